@@ -31,7 +31,7 @@ def machine_info() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             continue
     return {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "hostname": platform.node(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
@@ -83,7 +83,7 @@ def write_results(
         "",
         f"- date: {info['date']}",
         f"- machine: {info['hostname']} ({info['platform']}, {info['cpu_count']} CPUs)",
-        f"- versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
         f"- parameters: `{json.dumps(parameters, default=str)}`",
         "",
         markdown_table(rows, columns),

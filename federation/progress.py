@@ -1,0 +1,129 @@
+"""What a person watching a run sees: a rich progress bar with live metrics, or plain log lines.
+
+Runs started from `flwr run` have no terminal of their own (their output is streamed), so the
+plain observer is the default there; `silobridge simulate` in a terminal gets the rich one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+log = logging.getLogger("silobridge")
+
+
+def _live_line(record: dict[str, Any]) -> str:
+    metrics = record["metrics"]
+    if record["model"] == "demand":
+        all_, small = metrics["all"]["wape"], metrics["small"]["wape"]
+        return f"demand WAPE all {_num(all_)} small {_num(small)}"
+    return f"risk ROC-AUC {_num(metrics['all']['roc_auc'])}"
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+class LogObserver:
+    """One log line per stage and per round."""
+
+    def stage(self, name: str) -> None:
+        log.info("stage: %s", name)
+
+    def round_done(self, record: dict[str, Any]) -> None:
+        log.info(
+            "round %d %s: loss %s, model of round %d: %s",
+            record["round"],
+            record["model"],
+            _num(record["train_loss"]),
+            record["evaluated_round"],
+            _live_line(record),
+        )
+
+
+class RichObserver:
+    """A progress bar over the rounds whose description carries the latest metrics."""
+
+    def __init__(self, total_rounds: int, console: Console | None = None):
+        self.console = console or Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("[bold]{task.fields[stage]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[live]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self.task = self.progress.add_task("run", total=total_rounds, stage="starting", live="")
+        self.latest: dict[str, str] = {}
+
+    def __enter__(self) -> RichObserver:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def stage(self, name: str) -> None:
+        self.progress.update(self.task, stage=name)
+
+    def round_done(self, record: dict[str, Any]) -> None:
+        self.latest[record["model"]] = _live_line(record)
+        live = " | ".join(self.latest[k] for k in sorted(self.latest))
+        self.progress.update(self.task, completed=record["round"], live=live)
+
+
+class Fanout:
+    """Passes every event to several observers (display and metrics file)."""
+
+    def __init__(self, *observers: Any):
+        self.observers = observers
+
+    def stage(self, name: str) -> None:
+        for o in self.observers:
+            o.stage(name)
+
+    def round_done(self, record: dict[str, Any]) -> None:
+        for o in self.observers:
+            o.round_done(record)
+
+
+def results_tables(summary: dict[str, Any]) -> list[Table]:
+    """The end-of-run comparison of methods: one table per model, a row per method and firm group."""
+    from federation.summary import GROUP_ORDER, METHODS, METRICS
+
+    tables = []
+    for kind in ("demand", "risk"):
+        methods = summary["models"].get(kind, {})
+        table = Table(title=f"{kind} model, held-out periods")
+        table.add_column("method")
+        table.add_column("firms")
+        for metric in METRICS[kind]:
+            table.add_column(metric, justify="right")
+        for method in METHODS[kind]:
+            if method not in methods:
+                continue
+            for group in GROUP_ORDER:
+                row = methods[method][group]
+                table.add_row(method if group == GROUP_ORDER[0] else "", group, *(_num(row[m]) for m in METRICS[kind]))
+            table.add_section()
+        tables.append(table)
+    return tables
+
+
+def acceptance_table(summary: dict[str, Any]) -> Table:
+    table = Table(title="Acceptance checks")
+    table.add_column("check")
+    table.add_column("value", justify="right")
+    table.add_column("target")
+    table.add_column("passed")
+    for check in summary["acceptance"]:
+        passed = {True: "[green]yes", False: "[red]no", None: "n/a"}[check["passed"]]
+        table.add_row(check["name"], _num(check["value"]), check["target"], passed)
+    return table

@@ -1,0 +1,88 @@
+"""The run directory: written under a hidden partial name, renamed into place only when complete.
+
+A failed or interrupted run leaves nothing half-written in `runs/`: the partial folder is removed
+on error, and a crash leaves only a hidden `.<run-id>.partial` that no reader mistakes for a run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import OrderedDict
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import torch
+
+from silobridge.errors import ConfigError
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_JSON = "summary.json"
+SUMMARY_MD = "summary.md"
+MODELS_DIR = "models"
+
+
+class RunDirectory:
+    """`runs/<run-id>/`: resolved configuration, per-round metrics, final weights, summaries."""
+
+    def __init__(self, out_dir: Path, run_id: str):
+        self.final = out_dir / run_id
+        self.partial = out_dir / f".{run_id}.partial"
+        if self.final.exists():
+            raise ConfigError(
+                f"run directory {self.final} already exists; choose another --out or run id", field="run-id"
+            )
+
+    def __enter__(self) -> RunDirectory:
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        if self.partial.exists():
+            shutil.rmtree(self.partial)
+        self.partial.mkdir()
+        self._metrics = (self.partial / METRICS_FILE).open("a", encoding="utf-8")
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self._metrics.closed:
+            self._metrics.close()
+        if exc_type is not None and self.partial.exists():
+            shutil.rmtree(self.partial)
+
+    def write_json(self, name: str, payload: Any) -> None:
+        (self.partial / name).write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        self._metrics.write(json.dumps(record, default=_json_default) + "\n")
+        self._metrics.flush()
+
+    def write_text(self, name: str, text: str) -> None:
+        (self.partial / name).write_text(text, encoding="utf-8")
+
+    def write_model(
+        self, kind: str, weights: OrderedDict[str, np.ndarray], extra: dict[str, np.ndarray] | None = None
+    ) -> None:
+        """torch state_dict files, loadable with `torch.load` into the model `clients.models.build_model` makes."""
+        folder = self.partial / MODELS_DIR
+        folder.mkdir(exist_ok=True)
+        torch.save(OrderedDict((k, torch.from_numpy(np.asarray(v))) for k, v in weights.items()), folder / f"{kind}.pt")
+        if extra:
+            (folder / f"{kind}_normaliser.json").write_text(
+                json.dumps({k: np.asarray(v).tolist() for k, v in extra.items()})
+            )
+
+    def commit(self) -> Path:
+        self._metrics.close()
+        self.partial.rename(self.final)
+        return self.final
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float):
+        return None
+    return str(value)

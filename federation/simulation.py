@@ -1,0 +1,64 @@
+"""Run a whole federation on this machine: Flower's simulation runtime, in-process.
+
+Every firm is a virtual SuperNode running the same ClientApp as a real partner would; the
+ServerApp runs in a thread of this process, so the caller gets the run's result back directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+from federation.client_app import build_client_app
+from federation.runner import RunObserver
+from federation.server_app import RunResult, build_server_app
+from federation.settings import settings_from_run_config
+from silobridge.errors import FederationError
+
+# The runtime would otherwise try to pip-install the app's dependencies, which fails offline.
+os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+
+def simulate(
+    run_config: Mapping[str, Any], *, observer: RunObserver | None = None, cpus: int | None = None
+) -> RunResult:
+    """Validate the run config, then run the simulation; raise if it produced no result."""
+    settings = settings_from_run_config(run_config)  # every config error surfaces before anything starts
+    config = settings.to_run_config()  # pins the run id, so server and firms agree on it
+    results: list[RunResult] = []
+    server_app = build_server_app(config, observer, results.append)
+    client_app = build_client_app(config)
+    num_cpus = cpus or os.cpu_count() or 1
+    backend_config = {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {
+            "num_cpus": num_cpus,
+            "include_dashboard": False,
+            "logging_level": logging.ERROR,
+            "log_to_driver": True,
+        },
+    }
+    from flwr.simulation import run_simulation
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        _quiet_flower()
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=len(settings.scenario.firms),
+            backend_config=backend_config,
+        )
+    if not results:
+        raise FederationError("the simulation ended without a result; see the messages above")
+    return results[0]
+
+
+def _quiet_flower() -> None:
+    """Flower logs every message exchange at INFO; keep warnings and errors."""
+    for name in ("flwr", "ray"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,0 +1,201 @@
+"""The run summary: every model x method x firm group, the acceptance checks, as JSON and Markdown.
+
+Metrics (see README): demand -- wape (sum |error| / sum demand) and mae (mean |error| in units) over
+every forecast of the held-out periods; risk -- roc_auc, pr_auc (average precision) and brier.
+Groups: small and large firms (scenario `large_size`), and all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+
+from federation.runner import FederationOutcome, metrics_by_group
+from federation.settings import RunSettings
+
+METHODS = {
+    "demand": ("federated", "local_only", "centralised", "naive"),
+    "risk": ("federated", "local_only", "centralised"),
+}
+METRICS = {"demand": ("wape", "mae"), "risk": ("roc_auc", "pr_auc", "brier")}
+GROUP_ORDER = ("all", "small", "large")
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN: an undefined metric (no positives in a group, say) becomes null."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return None if math.isnan(value) else round(float(value), 6)
+    return value
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in ("silobridge", "flwr", "torch", "numpy"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def model_table(
+    outcome: FederationOutcome, centralised: dict[str, np.ndarray]
+) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """{model: {method: {group: {metric: value}}}} for every method that ran."""
+    vectors = {
+        "demand": {
+            "federated": outcome.federated.get("demand"),
+            "local_only": outcome.baselines.get("demand/local_only"),
+            "centralised": centralised.get("demand"),
+            "naive": outcome.baselines.get("demand/naive"),
+        },
+        "risk": {
+            "federated": outcome.federated.get("risk"),
+            "local_only": outcome.baselines.get("risk/local_only"),
+            "centralised": centralised.get("risk"),
+        },
+    }
+    table: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    for kind, methods in vectors.items():
+        table[kind] = {}
+        for method, vector in methods.items():
+            if vector is not None:
+                by_group = metrics_by_group(kind, vector)
+                table[kind][method] = {g: by_group[g] for g in GROUP_ORDER}
+    return table
+
+
+def _get(table: dict, *path: str) -> float:
+    node: Any = table
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return math.nan
+        node = node[key]
+    return float(node)
+
+
+def acceptance_checks(table: dict) -> list[dict[str, Any]]:
+    """The foundation's claims about the default scenario, each with its value and target."""
+    fed_small = _get(table, "demand", "federated", "small", "wape")
+    checks = [
+        {
+            "name": "demand: small firms' federated WAPE at least 15% lower than local-only",
+            "value": 1 - fed_small / _get(table, "demand", "local_only", "small", "wape"),
+            "target": ">= 0.15",
+            "passed": 1 - fed_small / _get(table, "demand", "local_only", "small", "wape") >= 0.15,
+        },
+        {
+            "name": "risk: federated ROC-AUC above local-only (all firms)",
+            "value": _get(table, "risk", "federated", "all", "roc_auc")
+            - _get(table, "risk", "local_only", "all", "roc_auc"),
+            "target": "> 0",
+            "passed": _get(table, "risk", "federated", "all", "roc_auc")
+            > _get(table, "risk", "local_only", "all", "roc_auc"),
+        },
+    ]
+    for group in ("all", "small"):
+        ratio = _get(table, "demand", "federated", group, "wape") / _get(table, "demand", "centralised", group, "wape")
+        checks.append(
+            {
+                "name": f"demand: federated WAPE within 10% of centralised ({group} firms)",
+                "value": ratio,
+                "target": "<= 1.10",
+                "passed": ratio <= 1.10,
+            }
+        )
+    auc_ratio = _get(table, "risk", "federated", "all", "roc_auc") / _get(
+        table, "risk", "centralised", "all", "roc_auc"
+    )
+    checks.append(
+        {
+            "name": "risk: federated ROC-AUC within 10% of centralised (all firms)",
+            "value": auc_ratio,
+            "target": ">= 0.90",
+            "passed": auc_ratio >= 0.90,
+        }
+    )
+    for check in checks:
+        if math.isnan(check["value"]):
+            check["passed"] = None  # a method did not run, so the claim cannot be judged
+        else:
+            check["passed"] = bool(check["passed"])
+    return checks
+
+
+def build_summary(
+    settings: RunSettings, outcome: FederationOutcome, centralised: dict[str, np.ndarray], *, seconds: float
+) -> dict[str, Any]:
+    scenario = settings.scenario
+    table = model_table(outcome, centralised)
+    summary = {
+        "run_id": settings.run_id,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "scenario": {
+            "name": scenario.name,
+            "file": str(settings.scenario_path),
+            "seed": scenario.seed,
+            "overrides": list(settings.overrides),
+        },
+        "federation": {
+            "firms": len(outcome.manifests),
+            "groups": {g: sum(1 for m in outcome.manifests.values() if m.group == g) for g in ("small", "large")},
+            "strategy": scenario.training.strategy,
+            "rounds": scenario.training.rounds,
+            "local_epochs": scenario.training.local_epochs,
+            "aggregation": settings.aggregation,
+            "test_start": scenario.test_start.isoformat(),
+            "test_periods": scenario.test_periods,
+            "horizon": scenario.horizon,
+        },
+        "models": table,
+        "acceptance": acceptance_checks(table),
+        "dropouts": outcome.dropped,
+        "seconds": seconds,
+        "versions": _versions(),
+    }
+    return _clean(summary)
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    lines = [
+        f"# SiloBridge run {summary['run_id']}",
+        "",
+        f"Scenario **{summary['scenario']['name']}** (seed {summary['scenario']['seed']}), "
+        f"{summary['federation']['firms']} firms ({summary['federation']['groups']['small']} small, "
+        f"{summary['federation']['groups']['large']} large), {summary['federation']['strategy']}, "
+        f"{summary['federation']['rounds']} rounds, aggregation: {summary['federation']['aggregation']}. "
+        f"Test periods from {summary['federation']['test_start']}.",
+        "",
+    ]
+    for kind, methods in summary["models"].items():
+        metrics = METRICS[kind]
+        lines += [
+            f"## {kind}",
+            "",
+            "| method | " + " | ".join(f"{m} ({g})" for m in metrics for g in GROUP_ORDER) + " |",
+        ]
+        lines.append("| --- " * (1 + len(metrics) * len(GROUP_ORDER)) + "|")
+        for method in METHODS[kind]:
+            if method in methods:
+                cells = [_fmt(methods[method][g][m]) for m in metrics for g in GROUP_ORDER]
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Acceptance checks", "", "| check | value | target | passed |", "| --- | --- | --- | --- |"]
+    for check in summary["acceptance"]:
+        lines.append(f"| {check['name']} | {_fmt(check['value'])} | {check['target']} | {_fmt(check['passed'])} |")
+    lines.append("")
+    if summary["dropouts"]:
+        lines += ["## Dropouts", ""] + [f"- {d}" for d in summary["dropouts"]] + [""]
+    return "\n".join(lines)

@@ -1,0 +1,73 @@
+"""Payloads the server and the firms exchange, validated on both ends.
+
+They travel in Flower `ConfigRecord`s, which hold only flat scalars, so each model converts to and
+from a flat mapping. Parsing a payload that is missing a field or has a wrong type raises a
+`ProtocolError` naming the message, never a bare KeyError deep inside training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from silobridge.errors import ProtocolError
+
+M = TypeVar("M", bound="Payload")
+
+
+class Payload(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def to_config(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_config(cls: type[M], values: Mapping[str, Any], *, firm: str | None = None) -> M:
+        try:
+            return cls.model_validate(dict(values))
+        except ValidationError as err:
+            first = err.errors()[0]
+            field = ".".join(map(str, first["loc"])) or "?"
+            raise ProtocolError(f"malformed {cls.__name__}: field '{field}': {first['msg']}", firm=firm) from None
+
+
+class TrainInstruction(Payload):
+    """What one federated round asks of a firm for one model."""
+
+    round: int = Field(ge=1)
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    optimiser: Literal["sgd", "adamw"]
+    learning_rate: float = Field(gt=0)
+    momentum: float = Field(ge=0, lt=1)
+    weight_decay: float = Field(ge=0)
+    proximal_mu: float = Field(ge=0)
+    seed: int = Field(ge=0)
+
+
+class BaselineInstruction(Payload):
+    """How a firm fits its local-only baselines: the same optimiser, its own data, early stopping."""
+
+    max_epochs: int = Field(ge=1)
+    patience: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    optimiser: Literal["sgd", "adamw"]
+    learning_rate: float = Field(gt=0)
+    momentum: float = Field(ge=0, lt=1)
+    weight_decay: float = Field(ge=0)
+    seed: int = Field(ge=0)
+
+
+class FirmManifest(Payload):
+    """What a firm tells the server when a run starts: who it is and which models it can train."""
+
+    firm_id: str
+    group: Literal["small", "large"]
+    tier: str = "unknown"
+    demand_examples: int = Field(ge=0)
+    risk_examples: int = Field(ge=0)
+
+    def trains(self, kind: str) -> bool:
+        return (self.demand_examples if kind == "demand" else self.risk_examples) > 0
