@@ -59,7 +59,7 @@ class DemandWindows:
 
 def calendar_features(dates: pd.Series | pd.DatetimeIndex) -> np.ndarray:
     """Yearly Fourier terms of each date: public knowledge, the same for every firm."""
-    day = pd.DatetimeIndex(dates).dayofyear.to_numpy(dtype=float)
+    day = pd.DatetimeIndex(dates).day_of_year.to_numpy(dtype=float)
     angle = 2 * np.pi * day / SEASON_DAYS
     return np.column_stack([f(k * angle) for k in range(1, FOURIER_HARMONICS + 1) for f in (np.sin, np.cos)])
 

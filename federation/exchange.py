@@ -25,14 +25,22 @@ class Replies:
 
 
 def wait_for_nodes(grid: Grid, expected: int, *, timeout_s: float, poll_s: float = 0.1) -> list[int]:
-    """Block until `expected` nodes are connected; fail clearly if they do not come."""
+    """Block until exactly `expected` nodes are connected; fail clearly if they do not come."""
     deadline = time.monotonic() + timeout_s
     while True:
         nodes = sorted(grid.get_node_ids())
-        if len(nodes) >= expected:
+        if len(nodes) > expected:
+            raise FederationError(
+                f"{len(nodes)} SuperNodes are connected but the scenario has {expected} firms; "
+                f"in a local simulation run: flwr run . --federation-config \"num-supernodes={expected}\""
+            )
+        if len(nodes) == expected:
             return nodes
         if time.monotonic() > deadline:
-            raise FederationError(f"only {len(nodes)} of {expected} firms connected within {timeout_s:.0f} s")
+            raise FederationError(
+                f"only {len(nodes)} of {expected} firms connected within {timeout_s:.0f} s; "
+                f"in a local simulation run: flwr run . --federation-config \"num-supernodes={expected}\""
+            )
         time.sleep(poll_s)
 
 

@@ -24,7 +24,7 @@ from federation.runner import RunObserver, run_federation
 from federation.settings import RunSettings, settings_from_run_config
 from federation.summary import build_summary, summary_markdown
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("silobridge")
 
 CENTRALISED_RUN_ID = -1
 """Cache key for the firms the coordinator rebuilds to compute the centralised baseline."""
@@ -85,6 +85,8 @@ def build_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        if observer is None:
+            _log_to_stderr()
         settings = settings_from_run_config(run_config if run_config is not None else context.run_config)
         result = run_server(grid, settings, observer or LogObserver())
         log.info("run written to %s", result.path)
@@ -92,6 +94,17 @@ def build_server_app(
             on_result(result)
 
     return app
+
+
+def _log_to_stderr() -> None:
+    """Under `flwr run` nothing configures our logger; its lines reach the user through the log stream."""
+    logger = logging.getLogger("silobridge")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 app = build_server_app()

@@ -21,7 +21,8 @@ from silobridge.config import DataSchema, FederationSpec
 from silobridge.errors import ConfigError
 
 APP_DIR = Path(__file__).resolve().parent.parent
-"""The project (or installed app) directory; relative paths in a run config start here."""
+"""The project (or installed app) directory; a relative scenario path starts here, a relative
+out-dir at the working directory of the process that runs the ServerApp."""
 
 GENERATED_SCHEMA = DataSchema(
     demand_covariates={name: ("log_ratio" if name == "price" else "raw") for name in DEMAND_COVARIATES},
@@ -46,7 +47,7 @@ class RunSettings(BaseModel):
     baseline_max_epochs: int = Field(default=200, ge=1)
     baseline_patience: int = Field(default=20, ge=1)
     round_timeout_s: float = Field(default=600.0, gt=0)
-    node_wait_s: float = Field(default=120.0, gt=0)
+    node_wait_s: float = Field(default=30.0, gt=0)
 
     @property
     def spec(self) -> FederationSpec:
@@ -121,7 +122,7 @@ def settings_from_run_config(run_config: Mapping[str, Any], *, base_dir: Path = 
         scenario_path=scenario_path,
         overrides=all_overrides,
         scenario=scenario,
-        out_dir=_resolve(str(run_config.get("out-dir") or "runs"), base_dir),
+        out_dir=_resolve(str(run_config.get("out-dir") or "runs"), Path.cwd()),
         run_id=run_id,
         aggregation="plain",
     )

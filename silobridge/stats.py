@@ -17,7 +17,7 @@ import numpy as np
 GROUPS: tuple[str, ...] = ("small", "large")
 """Firm groups reported separately; 'all' is their sum."""
 
-RISK_BINS = 512
+RISK_BINS = 1024
 LOGIT_RANGE = 12.0
 """Scores are binned on the logit scale over [-12, 12]: fine where rare-event probabilities live."""
 

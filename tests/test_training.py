@@ -1,0 +1,118 @@
+"""Models and local training: losses fall, FedProx pulls towards the anchor, weights round-trip strictly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from clients.data import firm_data_from_tables
+from clients.firm import FirmClient, Normaliser
+from clients.models import build_model, load_arrays, state_to_arrays
+from clients.training import TrainSettings, evaluate_loss, fit
+from federation.settings import GENERATED_SCHEMA
+from silobridge.arrays import flatten, unflatten
+from silobridge.config import FederationSpec
+from silobridge.messages import BaselineInstruction, TrainInstruction
+from silobridge.stats import DemandErrorStats, Moments, split_groups
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def spec(tiny_scenario) -> FederationSpec:
+    return FederationSpec(
+        data=GENERATED_SCHEMA, lags=8, horizon=4, test_start=tiny_scenario.test_start, test_periods=13, hidden=16
+    )
+
+
+@pytest.fixture(scope="module")
+def firm(tiny_chain, spec) -> FirmClient:
+    tables = tiny_chain.tables["R1"]
+    data = firm_data_from_tables("R1", tables.demand, tables.risk, spec.data, min_periods=spec.min_periods)
+    return FirmClient(data, group="large", spec=spec, tier="retailer")
+
+
+def test_demand_loss_falls_and_beats_the_untrained_model(firm: FirmClient, spec: FederationSpec) -> None:
+    train, test = firm.demand_split
+    model = build_model("demand", spec, seed=0)
+    before = evaluate_loss(model, test.features, test.targets, loss="l1", device=CPU)
+    report = fit(
+        model, train.features, train.targets, loss="l1", device=CPU,
+        settings=TrainSettings(epochs=15, batch_size=32, learning_rate=0.05, seed=1),
+    )
+    assert report.epoch_losses[-1] < 0.7 * report.epoch_losses[0]
+    assert evaluate_loss(model, test.features, test.targets, loss="l1", device=CPU) < 0.8 * before
+
+
+def test_risk_loss_falls(firm: FirmClient, spec: FederationSpec) -> None:
+    train, _ = firm.risk_split
+    moments = Moments.of(train.features)
+    x = ((train.features - moments.mean()) / moments.std()).astype(np.float32)
+    model = build_model("risk", spec, seed=0)
+    report = fit(model, x, train.labels, loss="bce", device=CPU, settings=TrainSettings(epochs=10, batch_size=64, learning_rate=0.05))
+    assert report.epoch_losses[-1] < 0.5 * report.epoch_losses[0]
+
+
+def test_fedprox_stays_closer_to_the_global_model(firm: FirmClient, spec: FederationSpec) -> None:
+    train, _ = firm.demand_split
+    distances = []
+    for mu in (0.0, 5.0):
+        model = build_model("demand", spec, seed=0)
+        anchor = [p.detach().clone() for p in model.parameters()]
+        settings = TrainSettings(epochs=3, batch_size=32, learning_rate=0.05, proximal_mu=mu, seed=2)
+        fit(model, train.features, train.targets, loss="l1", settings=settings, device=CPU, anchor=anchor)
+        distances.append(sum(float(((p.detach() - a) ** 2).sum()) for p, a in zip(model.parameters(), anchor, strict=True)))
+    assert distances[1] < 0.5 * distances[0]
+
+
+def test_train_returns_the_weighted_change_and_evaluates_what_it_received(firm: FirmClient, spec: FederationSpec) -> None:
+    weights = state_to_arrays(build_model("demand", spec, seed=3))
+    instruction = TrainInstruction(
+        round=1, epochs=1, batch_size=32, optimiser="sgd", learning_rate=0.05, momentum=0.9, weight_decay=0.0,
+        proximal_mu=0.0, seed=0,
+    )
+    outcome = firm.train("demand", weights, instruction)
+    assert outcome.weight == len(firm.demand_split[0])
+    local = flatten(weights) + outcome.weighted_delta / outcome.weight
+    assert not np.allclose(local, flatten(weights))
+    np.testing.assert_allclose(split_groups(outcome.evaluation)["small"], 0.0)
+    received = DemandErrorStats.from_vector(split_groups(firm.evaluate("demand", weights))["large"])
+    assert DemandErrorStats.from_vector(split_groups(outcome.evaluation)["large"]) == received
+
+
+def test_local_baselines_report_in_the_firms_group(firm: FirmClient) -> None:
+    instruction = BaselineInstruction(
+        max_epochs=20, patience=5, batch_size=64, optimiser="sgd", learning_rate=0.05, momentum=0.9, weight_decay=0.0, seed=0
+    )
+    out = firm.local_baselines(instruction)
+    assert set(out) == {"demand/local_only", "demand/naive", "risk/local_only"}
+    demand = DemandErrorStats.from_vector(split_groups(out["demand/local_only"])["large"])
+    naive = DemandErrorStats.from_vector(split_groups(out["demand/naive"])["large"])
+    assert demand.count == naive.count > 0
+    assert demand.metrics()["wape"] < naive.metrics()["wape"]
+
+
+def test_weights_load_strictly(spec: FederationSpec) -> None:
+    model = build_model("risk", spec, seed=0)
+    arrays = state_to_arrays(model)
+    np.testing.assert_array_equal(flatten(unflatten(flatten(arrays), arrays)), flatten(arrays))
+    broken = dict(arrays)
+    first = next(iter(broken))
+    broken[first] = np.full_like(broken[first], np.nan)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        load_arrays(model, broken)
+    broken[first] = np.zeros((1, 1), dtype=np.float32)
+    with pytest.raises(ValueError, match="has shape"):
+        load_arrays(model, broken)
+    with pytest.raises(ValueError, match="do not match the model"):
+        load_arrays(model, {"other": np.zeros(1)})
+
+
+def test_risk_needs_the_federation_normaliser(firm: FirmClient, spec: FederationSpec) -> None:
+    weights = state_to_arrays(build_model("risk", spec, seed=0))
+    with pytest.raises(ValueError, match="normaliser"):
+        firm.evaluate("risk", weights)
+    d = len(spec.data.risk_features)
+    stats = firm.evaluate("risk", weights, Normaliser(np.zeros(d), np.ones(d)))
+    assert stats.size == 2 * (2 * 1024 + 2)
