@@ -32,14 +32,14 @@ def wait_for_nodes(grid: Grid, expected: int, *, timeout_s: float, poll_s: float
         if len(nodes) > expected:
             raise FederationError(
                 f"{len(nodes)} SuperNodes are connected but the scenario has {expected} firms; "
-                f"in a local simulation run: flwr run . --federation-config \"num-supernodes={expected}\""
+                f'in a local simulation run: flwr run . --federation-config "num-supernodes={expected}"'
             )
         if len(nodes) == expected:
             return nodes
         if time.monotonic() > deadline:
             raise FederationError(
                 f"only {len(nodes)} of {expected} firms connected within {timeout_s:.0f} s; "
-                f"in a local simulation run: flwr run . --federation-config \"num-supernodes={expected}\""
+                f'in a local simulation run: flwr run . --federation-config "num-supernodes={expected}"'
             )
         time.sleep(poll_s)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any
 
 from rich.console import Console
@@ -77,6 +78,31 @@ class RichObserver:
         self.latest[record["model"]] = _live_line(record)
         live = " | ".join(self.latest[k] for k in sorted(self.latest))
         self.progress.update(self.task, completed=record["round"], live=live)
+
+
+class StageTimer:
+    """Seconds spent in each stage (all rounds together under 'rounds'): where a run's time goes."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._current: str | None = None
+        self._started = time.monotonic()
+
+    def stage(self, name: str) -> None:
+        now = time.monotonic()
+        if self._current is not None:
+            self.seconds[self._current] = self.seconds.get(self._current, 0.0) + now - self._started
+        self._current = "rounds" if name.startswith("round ") else name
+        self._started = now
+
+    def round_done(self, record: dict[str, Any]) -> None:
+        return None
+
+    def totals(self) -> dict[str, float]:
+        """Closes the running stage and returns rounded totals."""
+        self.stage("done")
+        self.seconds.pop("done", None)
+        return {name: round(value, 3) for name, value in self.seconds.items()}
 
 
 class Fanout:

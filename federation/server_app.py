@@ -18,7 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from federation.baselines import centralised_baseline
 from federation.firm_source import simulated_firm
-from federation.progress import Fanout, LogObserver
+from federation.progress import Fanout, LogObserver, StageTimer
 from federation.rundir import CONFIG_FILE, SUMMARY_JSON, SUMMARY_MD, RunDirectory
 from federation.runner import RunObserver, run_federation
 from federation.settings import RunSettings, settings_from_run_config
@@ -52,12 +52,14 @@ class _MetricsFile:
 def run_server(grid: Grid, settings: RunSettings, observer: RunObserver) -> RunResult:
     """The whole run; the run directory appears only if everything succeeded."""
     started = time.monotonic()
+    timer = StageTimer()
     with RunDirectory(settings.out_dir, settings.run_id) as rundir:
         rundir.write_json(
             CONFIG_FILE, {"run_config": settings.to_run_config(), "scenario": settings.scenario.model_dump(mode="json")}
         )
-        outcome = run_federation(grid, settings, Fanout(observer, _MetricsFile(rundir)))
-        observer.stage("centralised baseline")
+        observers = Fanout(observer, timer, _MetricsFile(rundir))
+        outcome = run_federation(grid, settings, observers)
+        observers.stage("centralised baseline")
         spec = settings.spec
         firms = [
             simulated_firm(settings, spec, i, run_id=CENTRALISED_RUN_ID) for i in range(len(settings.scenario.firms))
@@ -68,7 +70,9 @@ def run_server(grid: Grid, settings: RunSettings, observer: RunObserver) -> RunR
         for kind, weights in outcome.weights.items():
             extra = {"mean": outcome.normaliser.mean, "std": outcome.normaliser.std} if kind == "risk" else None
             rundir.write_model(kind, weights, extra)
-        summary = build_summary(settings, outcome, centralised, seconds=round(time.monotonic() - started, 2))
+        summary = build_summary(
+            settings, outcome, centralised, seconds=round(time.monotonic() - started, 2), stage_seconds=timer.totals()
+        )
         rundir.write_json(SUMMARY_JSON, summary)
         rundir.write_text(SUMMARY_MD, summary_markdown(summary))
         path = rundir.commit()

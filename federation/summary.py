@@ -131,7 +131,12 @@ def acceptance_checks(table: dict) -> list[dict[str, Any]]:
 
 
 def build_summary(
-    settings: RunSettings, outcome: FederationOutcome, centralised: dict[str, np.ndarray], *, seconds: float
+    settings: RunSettings,
+    outcome: FederationOutcome,
+    centralised: dict[str, np.ndarray],
+    *,
+    seconds: float,
+    stage_seconds: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     scenario = settings.scenario
     table = model_table(outcome, centralised)
@@ -159,6 +164,7 @@ def build_summary(
         "acceptance": acceptance_checks(table),
         "dropouts": outcome.dropped,
         "seconds": seconds,
+        "stage_seconds": stage_seconds or {},
         "versions": _versions(),
     }
     return _clean(summary)

@@ -13,7 +13,9 @@ def test_fedavg_equals_hand_computed_weighted_mean() -> None:
     global_weights = np.array([1.0, -2.0, 0.5])
     local_models = {"A": np.array([2.0, -1.0, 0.5]), "B": np.array([0.0, -4.0, 1.5]), "C": np.array([1.0, 0.0, 0.0])}
     examples = {"A": 100.0, "B": 300.0, "C": 600.0}
-    contributions = {f: np.concatenate([examples[f] * (m - global_weights), [examples[f]]]) for f, m in local_models.items()}
+    contributions = {
+        f: np.concatenate([examples[f] * (m - global_weights), [examples[f]]]) for f, m in local_models.items()
+    }
     summed = PlainSum().sum(contributions, length=4, stage="train")
     strategy = FedAvg(local_epochs=1, batch_size=8, learning_rate=0.1)
     new = strategy.aggregate_train(global_weights, summed.total[:-1], summed.total[-1])
@@ -25,7 +27,12 @@ def test_fedavg_equals_hand_computed_weighted_mean() -> None:
 
 def test_bad_contributions_are_named_and_left_out() -> None:
     summed = PlainSum().sum(
-        {"A": np.array([1.0, 2.0]), "B": np.array([np.nan, 1.0]), "C": np.array([1.0, 2.0, 3.0]), "D": np.array([3.0, 4.0])},
+        {
+            "A": np.array([1.0, 2.0]),
+            "B": np.array([np.nan, 1.0]),
+            "C": np.array([1.0, 2.0, 3.0]),
+            "D": np.array([3.0, 4.0]),
+        },
         length=2,
         stage="train.demand",
     )

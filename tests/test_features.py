@@ -14,8 +14,12 @@ from silobridge.config import TIERS, DataSchema, FederationSpec
 
 def _spec(test_start: dt.date, lags: int = 3, horizon: int = 2) -> FederationSpec:
     return FederationSpec(
-        data=DataSchema(demand_covariates={"price": "log_ratio"}), lags=lags, horizon=horizon,
-        test_start=test_start, test_periods=4, hidden=8,
+        data=DataSchema(demand_covariates={"price": "log_ratio"}),
+        lags=lags,
+        horizon=horizon,
+        test_start=test_start,
+        test_periods=4,
+        hidden=8,
     )
 
 

@@ -22,7 +22,9 @@ def test_same_seed_same_data_other_seed_other_data(tiny_scenario: Scenario, tiny
     assert not np.array_equal(other.tables["R1"].demand["units"], tiny_chain.tables["R1"].demand["units"])
 
 
-def test_adding_an_unlinked_retailer_leaves_other_firms_unchanged(tiny_scenario: Scenario, tiny_chain: ChainData) -> None:
+def test_adding_an_unlinked_retailer_leaves_other_firms_unchanged(
+    tiny_scenario: Scenario, tiny_chain: ChainData
+) -> None:
     raw = tiny_scenario.model_dump()
     raw["firms"] = [*raw["firms"], {"id": "R9", "tier": "retailer", "size": 2.0, "history": 60, "region": "south"}]
     bigger = generate_chain(scenario_from_dict(raw))
@@ -96,9 +98,7 @@ def test_firms_are_heterogeneous(default_scenario: Scenario, default_chain: Chai
     def roughness(firm_id: str) -> float:
         demand = default_chain.tables[firm_id].demand
         demand = demand[demand["date"] >= common]
-        return float(
-            np.mean([np.std(np.diff(s["units"])) / np.mean(s["units"]) for _, s in demand.groupby("series")])
-        )
+        return float(np.mean([np.std(np.diff(s["units"])) / np.mean(s["units"]) for _, s in demand.groupby("series")]))
 
     small_retail = [roughness(f.id) for f in small if f.tier == "retailer"]
     large_retail = [roughness(f.id) for f in large if f.tier == "retailer"]

@@ -38,7 +38,11 @@ def test_demand_loss_falls_and_beats_the_untrained_model(firm: FirmClient, spec:
     model = build_model("demand", spec, seed=0)
     before = evaluate_loss(model, test.features, test.targets, loss="l1", device=CPU)
     report = fit(
-        model, train.features, train.targets, loss="l1", device=CPU,
+        model,
+        train.features,
+        train.targets,
+        loss="l1",
+        device=CPU,
         settings=TrainSettings(epochs=15, batch_size=32, learning_rate=0.05, seed=1),
     )
     assert report.epoch_losses[-1] < 0.7 * report.epoch_losses[0]
@@ -50,7 +54,14 @@ def test_risk_loss_falls(firm: FirmClient, spec: FederationSpec) -> None:
     moments = Moments.of(train.features)
     x = ((train.features - moments.mean()) / moments.std()).astype(np.float32)
     model = build_model("risk", spec, seed=0)
-    report = fit(model, x, train.labels, loss="bce", device=CPU, settings=TrainSettings(epochs=10, batch_size=64, learning_rate=0.05))
+    report = fit(
+        model,
+        x,
+        train.labels,
+        loss="bce",
+        device=CPU,
+        settings=TrainSettings(epochs=10, batch_size=64, learning_rate=0.05),
+    )
     assert report.epoch_losses[-1] < 0.5 * report.epoch_losses[0]
 
 
@@ -62,15 +73,26 @@ def test_fedprox_stays_closer_to_the_global_model(firm: FirmClient, spec: Federa
         anchor = [p.detach().clone() for p in model.parameters()]
         settings = TrainSettings(epochs=3, batch_size=32, learning_rate=0.05, proximal_mu=mu, seed=2)
         fit(model, train.features, train.targets, loss="l1", settings=settings, device=CPU, anchor=anchor)
-        distances.append(sum(float(((p.detach() - a) ** 2).sum()) for p, a in zip(model.parameters(), anchor, strict=True)))
+        distances.append(
+            sum(float(((p.detach() - a) ** 2).sum()) for p, a in zip(model.parameters(), anchor, strict=True))
+        )
     assert distances[1] < 0.5 * distances[0]
 
 
-def test_train_returns_the_weighted_change_and_evaluates_what_it_received(firm: FirmClient, spec: FederationSpec) -> None:
+def test_train_returns_the_weighted_change_and_evaluates_what_it_received(
+    firm: FirmClient, spec: FederationSpec
+) -> None:
     weights = state_to_arrays(build_model("demand", spec, seed=3))
     instruction = TrainInstruction(
-        round=1, epochs=1, batch_size=32, optimiser="sgd", learning_rate=0.05, momentum=0.9, weight_decay=0.0,
-        proximal_mu=0.0, seed=0,
+        round=1,
+        epochs=1,
+        batch_size=32,
+        optimiser="sgd",
+        learning_rate=0.05,
+        momentum=0.9,
+        weight_decay=0.0,
+        proximal_mu=0.0,
+        seed=0,
     )
     outcome = firm.train("demand", weights, instruction)
     assert outcome.weight == len(firm.demand_split[0])
@@ -83,7 +105,14 @@ def test_train_returns_the_weighted_change_and_evaluates_what_it_received(firm: 
 
 def test_local_baselines_report_in_the_firms_group(firm: FirmClient) -> None:
     instruction = BaselineInstruction(
-        max_epochs=20, patience=5, batch_size=64, optimiser="sgd", learning_rate=0.05, momentum=0.9, weight_decay=0.0, seed=0
+        max_epochs=20,
+        patience=5,
+        batch_size=64,
+        optimiser="sgd",
+        learning_rate=0.05,
+        momentum=0.9,
+        weight_decay=0.0,
+        seed=0,
     )
     out = firm.local_baselines(instruction)
     assert set(out) == {"demand/local_only", "demand/naive", "risk/local_only"}

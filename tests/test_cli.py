@@ -1,0 +1,96 @@
+"""The `silobridge` command: a clear error, a non-zero exit and nothing in runs/ on bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from clients.data import load_firm_data
+from federation.settings import GENERATED_SCHEMA
+from tests.conftest import ROOT, TINY
+
+
+def silobridge(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "federation.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "COLUMNS": "200", "HOME": str(cwd)},
+    )
+
+
+def _bad_scenario(tmp_path: Path, change) -> Path:
+    raw = tomllib.loads(TINY.read_text())
+    change(raw)
+    path = tmp_path / "bad.toml"
+    path.write_text(tomli_w.dumps(raw))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda raw: raw["firms"][0].pop("tier"), "field 'firms[R1].tier': required field is missing"),
+        (lambda raw: raw["firms"][1].update(size=-1.0), "field 'firms[R2].size'"),
+        (lambda raw: raw["links"].append({"supplier": "X1", "customer": "R1"}), "unknown firm 'X1'"),
+        (lambda raw: raw["firms"][1].update(history=12), "firm 'R2': field 'history' is 12 periods"),
+    ],
+)
+def test_bad_scenario_exits_2_and_writes_nothing(tmp_path: Path, change, expected: str) -> None:
+    scenario = _bad_scenario(tmp_path, change)
+    result = silobridge("simulate", str(scenario), "--out", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    message = " ".join(result.stderr.split())
+    assert "configuration error" in message and str(scenario) in message and expected in message
+    assert not (tmp_path / "runs").exists()
+
+
+def test_out_of_range_options(tmp_path: Path) -> None:
+    result = silobridge("simulate", str(TINY), "--rounds", "0", "--out", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 2 and "--rounds" in result.stderr
+    result = silobridge(
+        "simulate", str(TINY), "--set", "training.learning_rate=-1", "--out", str(tmp_path / "runs"), cwd=tmp_path
+    )
+    assert result.returncode == 2 and "training.learning_rate" in result.stderr
+    result = silobridge("simulate", str(tmp_path / "missing.toml"), cwd=tmp_path)
+    assert result.returncode == 2 and "file not found" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_generate_writes_partner_csv_files(tmp_path: Path) -> None:
+    result = silobridge("generate", str(TINY), "--out", str(tmp_path / "data"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    folders = sorted(p.name for p in (tmp_path / "data").iterdir())
+    assert folders == ["D1", "M1", "R1", "R2", "S1"]
+    data = load_firm_data(tmp_path / "data" / "R2", GENERATED_SCHEMA, min_periods=28)
+    assert data.demand is not None and data.risk is not None
+    again = silobridge("generate", str(TINY), "--out", str(tmp_path / "data"), cwd=tmp_path)
+    assert again.returncode == 2 and "is not empty" in again.stderr
+
+
+def test_simulate_prints_the_comparison_and_writes_the_run(tmp_path: Path) -> None:
+    result = silobridge(
+        "simulate",
+        str(TINY),
+        "--rounds",
+        "2",
+        "--seed",
+        "3",
+        "--run-id",
+        "cli-run",
+        "--out",
+        str(tmp_path / "runs"),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for text in ("demand model", "risk model", "federated", "local_only", "centralised", "naive", "Acceptance checks"):
+        assert text in result.stdout
+    assert (tmp_path / "runs" / "cli-run" / "summary.json").exists()
+    assert "round 2 risk" in result.stderr  # plain progress lines when not on a terminal
