@@ -93,3 +93,60 @@ def write_results(
         md += [notes, ""]
     md_path.write_text("\n".join(md))
     return json_path, md_path
+
+
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+def tree_rss_mib(root: int) -> float:
+    """Resident memory of a process and all its descendants now (Ray workers included), in MiB."""
+    children = _children_map()
+    total_kib, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        stack.extend(children.get(pid, []))
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kib += int(line.split()[1])
+                    break
+        except OSError:
+            continue
+    return total_kib / 1024.0
+
+
+class TreeMemorySampler:
+    """Samples `tree_rss_mib(pid)` in a background thread; `peak_mib` is the largest sample."""
+
+    def __init__(self, pid: int, interval_s: float = 0.25):
+        import threading
+
+        self.pid = pid
+        self.interval_s = interval_s
+        self.peak_mib = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mib = max(self.peak_mib, tree_rss_mib(self.pid))
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> TreeMemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
