@@ -32,9 +32,7 @@ def seal(key: bytes, nonce: bytes, plaintext: bytes, associated_data: bytes) -> 
     return AESGCM(key).encrypt(nonce, plaintext, associated_data)
 
 
-def open_sealed(
-    key: bytes, nonce: bytes, ciphertext: bytes, associated_data: bytes, *, firm: str, stage: str
-) -> bytes:
+def open_sealed(key: bytes, nonce: bytes, ciphertext: bytes, associated_data: bytes, *, firm: str, stage: str) -> bytes:
     """AES-GCM decryption; a forged, altered or misrouted ciphertext raises naming the sender."""
     if len(nonce) != NONCE_BYTES:
         raise ProtocolError(f"share nonce must be {NONCE_BYTES} bytes, got {len(nonce)}", firm=firm, stage=stage)

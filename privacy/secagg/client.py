@@ -105,7 +105,9 @@ class SecAggClient:
         if s is None:
             raise self._fail(stage, "no key session open: AdvertiseRequest must come first (out of order)")
         if session != s.start:
-            raise self._fail(stage, f"message is for session {session}, the open session is {s.start} (replayed or stale)")
+            raise self._fail(
+                stage, f"message is for session {session}, the open session is {s.start} (replayed or stale)"
+            )
         if shared and s.roster is None:
             raise self._fail(stage, "keys not yet shared in this session: stage out of order")
         return s
@@ -136,17 +138,25 @@ class SecAggClient:
         if request.params_fingerprint != self.params.fingerprint():
             raise self._fail(stage, "server runs different secure-aggregation parameters (fingerprint mismatch)")
         if request.num_rounds != self.params.rounds_per_session:
-            raise self._fail(stage, f"session of {request.num_rounds} rounds, expected {self.params.rounds_per_session}")
+            raise self._fail(
+                stage, f"session of {request.num_rounds} rounds, expected {self.params.rounds_per_session}"
+            )
         if self._session is not None and request.session <= self._session.start:
-            raise self._fail(stage, f"session {request.session} does not follow session {self._session.start} (replayed)")
+            raise self._fail(
+                stage, f"session {request.session} does not follow session {self._session.start} (replayed)"
+            )
         if request.session <= self._last_masked_round:
-            raise self._fail(stage, f"session {request.session} would reuse round numbers up to {self._last_masked_round}")
+            raise self._fail(
+                stage, f"session {request.session} would reuse round numbers up to {self._last_masked_round}"
+            )
         channel = KeyPair.generate(self._entropy)
         mask_keys = tuple(KeyPair.generate(self._entropy) for _ in range(self.params.num_mask_keys))
         seeds = tuple(self._entropy(SEED_BYTES) for _ in range(self.params.rounds_per_session))
         self._session = _Session(start=request.session, channel_key=channel, mask_keys=mask_keys, self_seeds=seeds)
         commitments = tuple(
-            self_mask_commitment(seed, run_id=self.run_id, session=request.session, round_number=request.session + i, firm=self.firm_id)
+            self_mask_commitment(
+                seed, run_id=self.run_id, session=request.session, round_number=request.session + i, firm=self.firm_id
+            )
             for i, seed in enumerate(seeds)
         )
         return AdvertiseKeys(
@@ -201,9 +211,13 @@ class SecAggClient:
             peer = roster.index(j)
             shared = agree(s.channel_key.private_key, roster.channel_public_keys[peer], firm=j, stage=stage)
             send_keys[j] = channel_key(shared, run_id=self.run_id, session=s.start, sender=self.firm_id, recipient=j)
-            s.receive_keys[j] = channel_key(shared, run_id=self.run_id, session=s.start, sender=j, recipient=self.firm_id)
+            s.receive_keys[j] = channel_key(
+                shared, run_id=self.run_id, session=s.start, sender=j, recipient=self.firm_id
+            )
             for index, key in enumerate(s.mask_keys):
-                s.mask_agreements[(j, index)] = agree(key.private_key, roster.mask_public_keys[peer][index], firm=j, stage=stage)
+                s.mask_agreements[(j, index)] = agree(
+                    key.private_key, roster.mask_public_keys[peer][index], firm=j, stage=stage
+                )
         holders_x = [x_of[firm] for firm in sorted((*neighbours, self.firm_id))]
         secrets = [int.from_bytes(key.private_bytes(), "big") for key in s.mask_keys]
         secrets += [int.from_bytes(seed, "big") for seed in s.self_seeds]
@@ -227,13 +241,17 @@ class SecAggClient:
         stage = Stage.SHARE_KEYS  # the shares belong to SHARE_KEYS even though they arrive now
         neighbours = set(s.graph[self.firm_id])
         num_keys, num_rounds = len(s.mask_keys), len(s.self_seeds)
-        for sender, nonce, ciphertext in zip(request.share_senders, request.share_nonces, request.share_ciphertexts):
+        for sender, nonce, ciphertext in zip(
+            request.share_senders, request.share_nonces, request.share_ciphertexts, strict=True
+        ):
             if sender not in neighbours:
                 raise self._fail(stage, "server routed shares from a firm that is not a neighbour", firm=sender)
             known = s.held.get(sender)
             if known is not None:
                 if known.ciphertext != ciphertext:
-                    raise self._fail(stage, "server delivered different shares from this firm a second time", firm=sender)
+                    raise self._fail(
+                        stage, "server delivered different shares from this firm a second time", firm=sender
+                    )
                 continue
             ad = share_associated_data(run_id=self.run_id, session=s.start, sender=sender, recipient=self.firm_id)
             plaintext = open_sealed(s.receive_keys[sender], nonce, ciphertext, ad, firm=sender, stage=stage)
@@ -273,13 +291,19 @@ class SecAggClient:
                 stage, f"only {len(partners)} active neighbours; threshold {s.neighbourhood.threshold} cannot be met"
             )
         if request.vector_length != np.asarray(vector).size:
-            raise self._fail(stage, f"vector has {np.asarray(vector).size} values, the round expects {request.vector_length}")
+            raise self._fail(
+                stage, f"vector has {np.asarray(vector).size} values, the round expects {request.vector_length}"
+            )
         ring_vector = to_ring(vector, self.params.modulus_bits, firm=self.firm_id, stage=stage)
         pairwise = [
             (
                 pairwise_seed(
-                    s.mask_agreements[(j, key_index)], run_id=self.run_id, session=s.start, round_number=r,
-                    firm_a=self.firm_id, firm_b=j,
+                    s.mask_agreements[(j, key_index)],
+                    run_id=self.run_id,
+                    session=s.start,
+                    round_number=r,
+                    firm_a=self.firm_id,
+                    firm_b=j,
                 ),
                 pairwise_sign(self.firm_id, j),
             )
@@ -298,7 +322,9 @@ class SecAggClient:
         s = self._require_session(stage, request.run_id, request.session, shared=True)
         r = request.round_number
         if s.masked_round != r:
-            raise self._fail(stage, f"unmask for round {r}, but the last masked round is {s.masked_round} (out of order)")
+            raise self._fail(
+                stage, f"unmask for round {r}, but the last masked round is {s.masked_round} (out of order)"
+            )
         if s.unmasked_round == r:
             raise self._fail(stage, f"round {r} was already unmasked (replayed request)")
         survivors = set(request.survivors)
@@ -309,17 +335,23 @@ class SecAggClient:
         dropped = (s.masked_active - survivors) & neighbours
         if len(surviving) + 1 < s.neighbourhood.threshold:
             raise self._fail(
-                stage, f"only {len(surviving)} neighbours survived; below threshold {s.neighbourhood.threshold}, nothing is revealed"
+                stage,
+                f"only {len(surviving)} neighbours survived; below threshold {s.neighbourhood.threshold}, "
+                "nothing is revealed",
             )
         if not is_connected(survivors, s.graph):
-            raise self._fail(stage, "the survivors' neighbour graph is disconnected: the server could unmask partial sums")
+            raise self._fail(
+                stage, "the survivors' neighbour graph is disconnected: the server could unmask partial sums"
+            )
         offset = r - s.start
         key_index = self.params.mask_key_index(offset)
         self_owners = sorted(surviving | {self.firm_id})
         key_owners = sorted(dropped)
         for owner in self_owners:
             if key_index in s.revealed_key_indices.get(owner, ()):
-                raise self._fail(stage, "its mask key was revealed; revealing its self-mask too would expose its input", firm=owner)
+                raise self._fail(
+                    stage, "its mask key was revealed; revealing its self-mask too would expose its input", firm=owner
+                )
         for owner in key_owners:
             earlier = [
                 q for q in s.revealed_self_rounds.get(owner, ()) if self.params.mask_key_index(q - s.start) == key_index

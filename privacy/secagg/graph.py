@@ -23,7 +23,9 @@ def neighbour_graph(run_id: str, session: int, firms: Sequence[str], num_neighbo
     if len(set(roster)) != n:
         raise ConfigError("firm ids in a roster must be unique", field="firms")
     if not 1 <= num_neighbours <= n - 1:
-        raise ConfigError(f"num_neighbours must lie in [1, {n - 1}] for {n} firms, got {num_neighbours}", field="num_neighbours")
+        raise ConfigError(
+            f"num_neighbours must lie in [1, {n - 1}] for {n} firms, got {num_neighbours}", field="num_neighbours"
+        )
     if num_neighbours == n - 1:
         return {firm: tuple(f for f in roster if f != firm) for firm in roster}
     if num_neighbours % 2:
@@ -52,4 +54,3 @@ def is_connected(nodes: Collection[str], graph: Graph) -> bool:
                 remaining.discard(other)
                 frontier.append(other)
     return not remaining
-

@@ -38,10 +38,14 @@ def encode_fields(*fields: Field) -> bytes:
     return bytes(out)
 
 
+def hkdf_sha256(secret: bytes, *, salt: bytes | None, info: bytes, length: int) -> bytes:
+    """HKDF with SHA-256 (RFC 5869), the one place the protocol calls `cryptography`'s HKDF."""
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(secret)
+
+
 def derive_key(secret: bytes, purpose: str, *context: Field, length: int = 32) -> bytes:
-    """HKDF-SHA256 (RFC 5869) of `secret`, with `info` binding the purpose and the context fields."""
-    info = encode_fields(DOMAIN, purpose, *context)
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(secret)
+    """HKDF-SHA256 of `secret`, with `info` binding the purpose and the context fields (no salt)."""
+    return hkdf_sha256(secret, salt=None, info=encode_fields(DOMAIN, purpose, *context), length=length)
 
 
 def digest(purpose: str, *fields: Field) -> bytes:

@@ -53,4 +53,6 @@ def agree(private_key: X25519PrivateKey, peer_public: bytes, *, firm: str, stage
     try:
         return private_key.exchange(X25519PublicKey.from_public_bytes(peer_public))
     except ValueError as err:
-        raise ProtocolError(f"key agreement failed (low-order or malformed public key): {err}", firm=firm, stage=stage) from err
+        raise ProtocolError(
+            f"key agreement failed (low-order or malformed public key): {err}", firm=firm, stage=stage
+        ) from err

@@ -19,6 +19,7 @@ Only MaskedInput grows with L: w L with w = 4 up to 32-bit rings, the size of a 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -34,7 +35,7 @@ from privacy.secagg.wire import WireDict, WireReader, header
 
 
 def _strictly_sorted(reader: WireReader, key: str, firms: tuple[str, ...]) -> tuple[str, ...]:
-    if any(a >= b for a, b in zip(firms, firms[1:])):
+    if any(a >= b for a, b in itertools.pairwise(firms)):
         reader.fail(f"field '{key}' must list distinct firm ids in sorted order")
     return firms
 
@@ -80,7 +81,9 @@ class AdvertiseRequest:
     def from_wire(cls, wire: Mapping, *, recipient: str | None = None) -> AdvertiseRequest:
         """`recipient` (this firm) is only used to name it in errors."""
         r = WireReader(wire, message=cls.MESSAGE, fields=cls.FIELDS, firm=recipient, stage=cls.STAGE)
-        return cls(r.text("run_id"), r.integer("session"), r.integer("num_rounds", minimum=1), r.text("params_fingerprint"))
+        return cls(
+            r.text("run_id"), r.integer("session"), r.integer("num_rounds", minimum=1), r.text("params_fingerprint")
+        )
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,12 @@ class AdvertiseKeys:
     MESSAGE: ClassVar[str] = "AdvertiseKeys"
     STAGE: ClassVar[Stage] = Stage.ADVERTISE_KEYS
     FIELDS: ClassVar[tuple[str, ...]] = (
-        "run_id", "session", "sender", "channel_public_key", "mask_public_keys", "self_mask_commitments",
+        "run_id",
+        "session",
+        "sender",
+        "channel_public_key",
+        "mask_public_keys",
+        "self_mask_commitments",
     )
 
     run_id: str
@@ -124,7 +132,12 @@ class AdvertiseKeys:
         if not mask_keys or not commitments:
             r.fail("at least one mask key and one self-mask commitment are required")
         return cls(
-            r.text("run_id"), r.integer("session"), sender, r.blob("channel_public_key", size=KEY_BYTES), mask_keys, commitments
+            r.text("run_id"),
+            r.integer("session"),
+            sender,
+            r.blob("channel_public_key", size=KEY_BYTES),
+            mask_keys,
+            commitments,
         )
 
 
@@ -141,7 +154,12 @@ class Roster:
     MESSAGE: ClassVar[str] = "Roster"
     STAGE: ClassVar[Stage] = Stage.SHARE_KEYS
     FIELDS: ClassVar[tuple[str, ...]] = (
-        "run_id", "session", "firms", "channel_public_keys", "num_mask_keys", "mask_public_keys",
+        "run_id",
+        "session",
+        "firms",
+        "channel_public_keys",
+        "num_mask_keys",
+        "mask_public_keys",
     )
 
     run_id: str
@@ -229,8 +247,15 @@ class MaskedInputRequest:
     MESSAGE: ClassVar[str] = "MaskedInputRequest"
     STAGE: ClassVar[Stage] = Stage.MASKED_INPUT
     FIELDS: ClassVar[tuple[str, ...]] = (
-        "run_id", "session", "round_number", "recipient", "vector_length", "active_firms",
-        "share_senders", "share_nonces", "share_ciphertexts",
+        "run_id",
+        "session",
+        "round_number",
+        "recipient",
+        "vector_length",
+        "active_firms",
+        "share_senders",
+        "share_nonces",
+        "share_ciphertexts",
     )
 
     run_id: str
@@ -308,9 +333,7 @@ class MaskedInput:
         return wire
 
     @classmethod
-    def from_wire(
-        cls, wire: Mapping, *, expected_sender: str | None, vector: np.ndarray | None = None
-    ) -> MaskedInput:
+    def from_wire(cls, wire: Mapping, *, expected_sender: str | None, vector: np.ndarray | None = None) -> MaskedInput:
         """Exactly one of wire['vector'] (bytes) and `vector` (an ndarray of ring words) is given."""
         carries_bytes = isinstance(wire, Mapping) and "vector" in wire
         fields = cls.FIELDS + (("vector",) if carries_bytes else ())
@@ -378,8 +401,14 @@ class UnmaskShares:
     MESSAGE: ClassVar[str] = "UnmaskShares"
     STAGE: ClassVar[Stage] = Stage.UNMASK
     FIELDS: ClassVar[tuple[str, ...]] = (
-        "run_id", "session", "round_number", "sender",
-        "self_mask_owners", "self_mask_shares", "mask_key_owners", "mask_key_shares",
+        "run_id",
+        "session",
+        "round_number",
+        "sender",
+        "self_mask_owners",
+        "self_mask_shares",
+        "mask_key_owners",
+        "mask_key_shares",
     )
 
     run_id: str

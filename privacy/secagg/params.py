@@ -1,9 +1,13 @@
 """Security and dropout parameters of a secure-aggregation run, validated once at the edge.
 
 Defaults, and why:
-- num_neighbours k: about 3 * log2(n), rounded up to an even number (the ring graph links k/2 firms
-  on each side) and capped at n - 1. Sparse graphs are what make SecAgg+ scale (Bell et al. 2020);
-  below about 16 firms the cap makes the graph complete, i.e. classic SecAgg. n = 100 gives k = 20.
+- num_neighbours k: the smallest even k of at least about 3 * log2(n) for which, if each firm drops
+  independently with probability `expected_dropout` (default 0.1), every one of the n neighbourhoods
+  keeps `threshold` surviving share holders except with probability 1% per round (binomial tail,
+  union bound); capped at n - 1 (the complete graph, i.e. classic SecAgg). The log2 n floor is the
+  SecAgg+ scaling (Bell et al. 2020); the dropout term keeps rounds from aborting: a pure log n
+  degree (k = 20 at n = 100) aborts most rounds at 30% dropout. Examples: n = 100 gives k = 20 at
+  10% dropout, 34 at 20%, 84 at 30%; below about 16 firms the graph is complete.
 - threshold t: the smallest strict majority of the k + 1 share holders (a firm's neighbours and
   itself). Each honest holder reveals, per firm and key, either a self-mask share or a mask-key
   share, never both; with 2t > k + 1 two disjoint groups of holders cannot both reach t, so a server
@@ -17,6 +21,8 @@ Defaults, and why:
   the key's rounds and re-keys in the next session, and a firm whose self-mask was already revealed
   under that key cannot be recovered at all (the round aborts), or its earlier input would leak.
 - min_firms 3: a roster, and a released sum, of two firms lets each learn the other's input.
+- expected_dropout 0.1: only sizes the default k; the protocol itself tolerates any dropout that
+  leaves `threshold` holders in every neighbourhood that needs one.
 """
 
 from __future__ import annotations
@@ -33,16 +39,29 @@ from silobridge.errors import ConfigError
 PROTOCOL_VERSION = "silobridge-secagg/1"
 
 
-def default_num_neighbours(num_firms: int) -> int:
-    """About 3 * log2(n), even, at most n - 1 (see the module docstring)."""
-    if num_firms < 2:
-        raise ConfigError(f"secure aggregation needs at least 2 firms, got {num_firms}", field="num_firms")
-    return min(num_firms - 1, 2 * math.ceil(1.5 * math.log2(num_firms)))
+ABORT_BUDGET = 0.01  # accepted chance per round that some neighbourhood falls below threshold
 
 
 def default_threshold(num_neighbours: int) -> int:
     """The smallest strict majority of the num_neighbours + 1 share holders."""
     return (num_neighbours + 1) // 2 + 1
+
+
+def _fewer_than(k: int, p: float, t: int) -> float:
+    """P(Binomial(k, p) < t)."""
+    return sum(math.comb(k, i) * p**i * (1 - p) ** (k - i) for i in range(t))
+
+
+def default_num_neighbours(num_firms: int, expected_dropout: float = 0.1) -> int:
+    """Smallest even k >= ~3 log2 n keeping every neighbourhood above threshold (see module doc)."""
+    if num_firms < 2:
+        raise ConfigError(f"secure aggregation needs at least 2 firms, got {num_firms}", field="num_firms")
+    floor = 2 * math.ceil(1.5 * math.log2(num_firms))
+    for k in range(max(2, floor), num_firms - 1, 2):
+        # The tightest neighbourhood is a dropped firm's: its k neighbours must supply t shares.
+        if num_firms * _fewer_than(k, 1 - expected_dropout, default_threshold(k)) <= ABORT_BUDGET:
+            return k
+    return num_firms - 1
 
 
 @dataclass(frozen=True)
@@ -87,6 +106,7 @@ class SecAggParams:
     rounds_per_session: int = 1
     rounds_per_mask_key: int = 1
     min_firms: int = 3
+    expected_dropout: float = 0.1
 
     def __post_init__(self) -> None:
         check_modulus_bits(self.modulus_bits)
@@ -102,9 +122,16 @@ class SecAggParams:
                 field="rounds_per_mask_key",
             )
         _positive_int("min_firms", self.min_firms, minimum=2)
+        if not (isinstance(self.expected_dropout, (int, float)) and 0 <= self.expected_dropout < 0.5):
+            raise ConfigError(
+                f"must lie in [0, 0.5) (a majority of each neighbourhood must survive), got {self.expected_dropout!r}",
+                field="expected_dropout",
+            )
 
     @classmethod
-    def for_federation(cls, num_firms: int, value_bits: int, *, headroom_bits: int = 0, **overrides: Any) -> SecAggParams:
+    def for_federation(
+        cls, num_firms: int, value_bits: int, *, headroom_bits: int = 0, **overrides: Any
+    ) -> SecAggParams:
         """Parameters whose modulus fits the sum of `num_firms` quantised values (see quantise)."""
         from privacy.secagg.quantise import choose_modulus_bits
 
@@ -124,7 +151,7 @@ class SecAggParams:
         if type(num_firms) is not int or num_firms < 2:
             raise ConfigError(f"a roster needs at least 2 firms, got {num_firms!r}", field="num_firms")
         if self.num_neighbours is None:
-            k = default_num_neighbours(num_firms)
+            k = default_num_neighbours(num_firms, self.expected_dropout)
         else:
             k = min(self.num_neighbours, num_firms - 1)
             if k < num_firms - 1 and k % 2:

@@ -23,7 +23,9 @@ _BLOCK_BYTES = 16
 
 def _keystream(seed: bytes):  # -> a cryptography CipherContext
     if not isinstance(seed, bytes) or len(seed) != SEED_BYTES:
-        raise ConfigError(f"PRG seed must be {SEED_BYTES} bytes, got {len(seed) if isinstance(seed, bytes) else seed!r}")
+        raise ConfigError(
+            f"PRG seed must be {SEED_BYTES} bytes, got {len(seed) if isinstance(seed, bytes) else seed!r}"
+        )
     return Cipher(algorithms.AES(seed), modes.CTR(_ZERO_COUNTER)).encryptor()
 
 

@@ -32,9 +32,7 @@ def ring_mask(modulus_bits: int) -> int:
     return (1 << check_modulus_bits(modulus_bits)) - 1
 
 
-def to_ring(
-    values: np.ndarray, modulus_bits: int, *, firm: str | None = None, stage: str | None = None
-) -> np.ndarray:
+def to_ring(values: np.ndarray, modulus_bits: int, *, firm: str | None = None, stage: str | None = None) -> np.ndarray:
     """Map a 1-D integer vector into Z/2^m (negative values by two's complement).
 
     Accepts values in [-2^(m-1), 2^m): signed inputs from `quantise` and ring elements alike. Anything

@@ -200,7 +200,9 @@ class SecAggServer:
             self._phase = _Phase.IDLE
         raise error
 
-    def _intake(self, stage: Stage, replies: Replies, handle: Callable[[str, Reply], None], errors: dict[str, str]) -> None:
+    def _intake(
+        self, stage: Stage, replies: Replies, handle: Callable[[str, Reply], None], errors: dict[str, str]
+    ) -> None:
         items = replies.items() if isinstance(replies, Mapping) else replies
         seen: set[str] = set()
         for firm, reply in items:
@@ -222,7 +224,9 @@ class SecAggServer:
         kind, stage = message_type.MESSAGE, message_type.STAGE
         if isinstance(reply, message_type):
             if reply.sender != firm:
-                raise ProtocolError(f"{kind} claims to come from {reply.sender!r} but arrived from {firm!r}", firm=firm, stage=stage)
+                raise ProtocolError(
+                    f"{kind} claims to come from {reply.sender!r} but arrived from {firm!r}", firm=firm, stage=stage
+                )
             return reply
         if isinstance(reply, Mapping):
             return message_type.from_wire(reply, expected_sender=firm)
@@ -232,17 +236,20 @@ class SecAggServer:
         if msg.run_id != self.run_id:
             raise ProtocolError(f"message is for run {msg.run_id!r}, not {self.run_id!r}", firm=firm, stage=stage)
         if msg.session != self._start:
-            raise ProtocolError(f"message is for session {msg.session}, not {self._start} (replayed or stale)", firm=firm, stage=stage)
+            raise ProtocolError(
+                f"message is for session {msg.session}, not {self._start} (replayed or stale)", firm=firm, stage=stage
+            )
         if round_number is not None and msg.round_number != round_number:
             raise ProtocolError(
-                f"message is for round {msg.round_number}, this is round {round_number} (replayed or delayed)", firm=firm, stage=stage
+                f"message is for round {msg.round_number}, this is round {round_number} (replayed or delayed)",
+                firm=firm,
+                stage=stage,
             )
 
-    def _short_neighbourhoods(self, members: frozenset[str] | set[str], *, include_self: bool) -> list[str]:
-        """Members with fewer than `threshold` share holders among `members`."""
-        extra = 1 if include_self else 0
+    def _short_neighbourhoods(self, members: frozenset[str]) -> list[str]:
+        """Members with fewer than `threshold` share holders (themselves and neighbours) among `members`."""
         t = self._hood.threshold
-        return sorted(f for f in members if len(set(self._graph[f]) & members) + extra < t)
+        return sorted(f for f in members if len(set(self._graph[f]) & members) + 1 < t)
 
     # ---- stage 1 ---------------------------------------------------------------------------
 
@@ -252,7 +259,10 @@ class SecAggServer:
             raise ProtocolError(f"server is {self._phase.value}: finish the round first", stage=Stage.ADVERTISE_KEYS)
         invited = tuple(sorted(firms))
         if type(first_round) is not int or first_round <= self._last_round or first_round <= self._start:
-            raise ConfigError(f"first round must exceed round {max(self._last_round, self._start)}, got {first_round!r}", field="first_round")
+            raise ConfigError(
+                f"first round must exceed round {max(self._last_round, self._start)}, got {first_round!r}",
+                field="first_round",
+            )
         if len(set(invited)) != len(invited) or not all(isinstance(f, str) and f for f in invited):
             raise ConfigError("invited firms must be distinct non-empty strings", field="firms")
         if len(invited) < self.params.min_firms:
@@ -275,10 +285,17 @@ class SecAggServer:
             msg: AdvertiseKeys = self._parse(AdvertiseKeys, firm, reply)
             self._check_context(msg, firm, stage)
             if len(msg.mask_public_keys) != self.params.num_mask_keys:
-                raise ProtocolError(f"expected {self.params.num_mask_keys} mask keys, got {len(msg.mask_public_keys)}", firm=firm, stage=stage)
+                raise ProtocolError(
+                    f"expected {self.params.num_mask_keys} mask keys, got {len(msg.mask_public_keys)}",
+                    firm=firm,
+                    stage=stage,
+                )
             if len(msg.self_mask_commitments) != self.params.rounds_per_session:
                 raise ProtocolError(
-                    f"expected {self.params.rounds_per_session} self-mask commitments, got {len(msg.self_mask_commitments)}", firm=firm, stage=stage
+                    f"expected {self.params.rounds_per_session} self-mask commitments, "
+                    f"got {len(msg.self_mask_commitments)}",
+                    firm=firm,
+                    stage=stage,
                 )
             for key in (msg.channel_public_key, *msg.mask_public_keys):
                 check_public_key(key, firm=firm, stage=stage)
@@ -292,7 +309,9 @@ class SecAggServer:
         reused = sorted({firm for firms in owners.values() if len(firms) > 1 for firm in firms})
         for firm in reused:  # a key seen twice was copied, replayed, or used for two purposes
             del self._keys[firm]
-            error = ProtocolError("advertised a public key that is not unique (copied or replayed)", firm=firm, stage=stage)
+            error = ProtocolError(
+                "advertised a public key that is not unique (copied or replayed)", firm=firm, stage=stage
+            )
             if not self.drop_faulty_firms:
                 self._raise_abort(error)
             self._session_errors[firm] = str(error)
@@ -343,7 +362,7 @@ class SecAggServer:
             self._session_dropped.setdefault(firm, stage)
         if len(shared) < self.params.min_firms:
             self._abort(stage, f"{len(shared)} firms shared keys, at least {self.params.min_firms} needed")
-        short = self._short_neighbourhoods(shared, include_self=True)
+        short = self._short_neighbourhoods(shared)
         if short:
             self._abort(
                 stage,
@@ -354,14 +373,16 @@ class SecAggServer:
         self._inbox = {firm: [] for firm in shared}
         for sender in sorted(shared):
             msg = received[sender]
-            for recipient, nonce, ciphertext in zip(msg.recipients, msg.nonces, msg.ciphertexts):
+            for recipient, nonce, ciphertext in zip(msg.recipients, msg.nonces, msg.ciphertexts, strict=True):
                 if recipient in shared:
                     self._inbox[recipient].append((sender, nonce, ciphertext))
         self._phase = _Phase.READY
 
     # ---- stage 3 ---------------------------------------------------------------------------
 
-    def start_round(self, round_number: int, vector_length: int, *, leave_out: Iterable[str] = ()) -> dict[str, MaskedInputRequest]:
+    def start_round(
+        self, round_number: int, vector_length: int, *, leave_out: Iterable[str] = ()
+    ) -> dict[str, MaskedInputRequest]:
         """Ask every eligible firm for its masked input; `leave_out` names firms known to be gone."""
         stage = Stage.MASKED_INPUT
         self._expect_phase(_Phase.READY, stage)
@@ -369,14 +390,17 @@ class SecAggServer:
         if not 0 <= offset < self.params.rounds_per_session or round_number <= self._last_round:
             raise ConfigError(
                 f"round {round_number!r} is not a new round of session {self._start} "
-                f"(rounds {self._start}..{self._start + self.params.rounds_per_session - 1}, last run {self._last_round})",
+                f"(rounds {self._start}..{self._start + self.params.rounds_per_session - 1}, "
+                f"last run {self._last_round})",
                 field="round_number",
             )
         if type(vector_length) is not int or vector_length < 1:
             raise ConfigError(f"must be a positive integer, got {vector_length!r}", field="vector_length")
         leave_out = frozenset(leave_out)
         if not leave_out <= set(self.roster):
-            raise ConfigError(f"firms to leave out are not in the roster: {sorted(leave_out - set(self.roster))}", field="leave_out")
+            raise ConfigError(
+                f"firms to leave out are not in the roster: {sorted(leave_out - set(self.roster))}", field="leave_out"
+            )
         retired = self.retired_firms(round_number) & self._shared
         active = self._shared - retired - leave_out
         self._last_round = round_number
@@ -392,9 +416,11 @@ class SecAggServer:
         self._phase = _Phase.MASKING
         if len(active) < self.params.min_firms:
             self._abort(stage, f"{len(active)} firms can take part, at least {self.params.min_firms} needed")
-        short = self._short_neighbourhoods(active, include_self=True)
+        short = self._short_neighbourhoods(active)
         if short:
-            self._abort(stage, f"{len(short)} firm(s), e.g. {short[0]!r}, have too few active neighbours", firm=short[0])
+            self._abort(
+                stage, f"{len(short)} firm(s), e.g. {short[0]!r}, have too few active neighbours", firm=short[0]
+            )
         active_firms = tuple(sorted(active))
         requests = {}
         for firm in active_firms:
@@ -422,7 +448,10 @@ class SecAggServer:
         def handle(firm: str, reply: Reply) -> None:
             if firm not in rnd.active:
                 if firm in rnd.retired:
-                    why = "its mask key was reconstructed in a recovery; it must re-key (join the next session) before taking part again"
+                    why = (
+                        "its mask key was reconstructed in a recovery; "
+                        "it must re-key (join the next session) before taking part again"
+                    )
                 elif firm in self.roster:
                     why = "firm was not asked for input in this round"
                 else:
@@ -431,17 +460,22 @@ class SecAggServer:
             msg: MaskedInput = self._parse(MaskedInput, firm, reply)
             self._check_context(msg, firm, stage, rnd.number)
             if msg.modulus_bits != self.params.modulus_bits:
-                raise ProtocolError(f"modulus of {msg.modulus_bits} bits, expected {self.params.modulus_bits}", firm=firm, stage=stage)
+                raise ProtocolError(
+                    f"modulus of {msg.modulus_bits} bits, expected {self.params.modulus_bits}", firm=firm, stage=stage
+                )
             vector = msg.vector
             if not isinstance(vector, np.ndarray) or vector.dtype != dtype or vector.shape != (rnd.vector_length,):
                 raise ProtocolError(
-                    f"vector must be {rnd.vector_length} values of {dtype}, got {getattr(vector, 'dtype', type(vector))} "
+                    f"vector must be {rnd.vector_length} values of {dtype}, "
+                    f"got {getattr(vector, 'dtype', type(vector))} "
                     f"of shape {getattr(vector, 'shape', None)}",
                     firm=firm,
                     stage=stage,
                 )
             if self.params.modulus_bits < 8 * dtype.itemsize and int(vector.max()) >> self.params.modulus_bits:
-                raise ProtocolError(f"vector holds values outside [0, 2^{self.params.modulus_bits})", firm=firm, stage=stage)
+                raise ProtocolError(
+                    f"vector holds values outside [0, 2^{self.params.modulus_bits})", firm=firm, stage=stage
+                )
             np.add(rnd.total, vector, out=rnd.total)
             rnd.contributors.add(firm)
             self._confirmed.add(firm)
@@ -453,22 +487,36 @@ class SecAggServer:
             rnd.dropped[firm] = stage
         if len(survivors) < self.params.min_firms:
             self._abort(stage, f"{len(survivors)} masked inputs arrived, at least {self.params.min_firms} needed")
-        short = self._short_neighbourhoods(survivors, include_self=True)
+        short = self._short_neighbourhoods(survivors)
         if short:
-            self._abort(stage, f"{len(short)} firm(s), e.g. {short[0]!r}, have fewer than {self._hood.threshold} surviving share holders", firm=short[0])
+            self._abort(
+                stage,
+                f"{len(short)} firm(s), e.g. {short[0]!r}, "
+                f"have fewer than {self._hood.threshold} surviving share holders",
+                firm=short[0],
+            )
         key_owners = frozenset(d for d in dropped if set(self._graph[d]) & survivors)
         short = sorted(d for d in key_owners if len(set(self._graph[d]) & survivors) < self._hood.threshold)
         if short:
-            self._abort(stage, f"dropped firm {short[0]!r} has fewer than {self._hood.threshold} surviving share holders", firm=short[0])
+            self._abort(
+                stage,
+                f"dropped firm {short[0]!r} has fewer than {self._hood.threshold} surviving share holders",
+                firm=short[0],
+            )
         if not is_connected(survivors, self._graph):
             self._abort(stage, "the survivors' neighbour graph is disconnected; unmasking would expose partial sums")
         for d in sorted(key_owners):
-            earlier = [q for q in self._self_revealed.get(d, ()) if self.params.mask_key_index(q - self._start) == rnd.key_index]
+            earlier = [
+                q
+                for q in self._self_revealed.get(d, ())
+                if self.params.mask_key_index(q - self._start) == rnd.key_index
+            ]
             if earlier:
                 self._abort(
                     stage,
-                    f"firm {d!r} dropped, but its self-mask for round {min(earlier)} was revealed under the same mask key; "
-                    "rebuilding the key would expose that input, so the round cannot be recovered: start a new key session",
+                    f"firm {d!r} dropped, but its self-mask for round {min(earlier)} was revealed under "
+                    "the same mask key; rebuilding the key would expose that input, so the round cannot "
+                    "be recovered: start a new key session",
                     firm=d,
                 )
         for d in key_owners:
@@ -500,14 +548,18 @@ class SecAggServer:
             self._check_context(msg, firm, stage, rnd.number)
             neighbours = set(self._graph[firm])
             if msg.self_mask_owners != tuple(sorted((neighbours & survivors) | {firm})):
-                raise ProtocolError("self-mask shares must cover exactly the firm and its surviving neighbours", firm=firm, stage=stage)
+                raise ProtocolError(
+                    "self-mask shares must cover exactly the firm and its surviving neighbours", firm=firm, stage=stage
+                )
             if msg.mask_key_owners != tuple(sorted(neighbours & dropped)):
-                raise ProtocolError("mask-key shares must cover exactly the firm's dropped neighbours", firm=firm, stage=stage)
+                raise ProtocolError(
+                    "mask-key shares must cover exactly the firm's dropped neighbours", firm=firm, stage=stage
+                )
             decoded_self = [decode_share(s, firm=firm, stage=stage) for s in msg.self_mask_shares]
             decoded_keys = [decode_share(s, firm=firm, stage=stage) for s in msg.mask_key_shares]
-            for owner, value in zip(msg.self_mask_owners, decoded_self):
+            for owner, value in zip(msg.self_mask_owners, decoded_self, strict=True):
                 self_shares[owner][x_of[firm]] = value
-            for owner, value in zip(msg.mask_key_owners, decoded_keys):
+            for owner, value in zip(msg.mask_key_owners, decoded_keys, strict=True):
                 key_shares[owner][x_of[firm]] = value
             responders.add(firm)
 
@@ -518,7 +570,9 @@ class SecAggServer:
         t = self._hood.threshold
         short = sorted(f for f, shares in (*self_shares.items(), *key_shares.items()) if len(shares) < t)
         if short:
-            self._abort(stage, f"fewer than {t} shares arrived for {len(short)} firm(s), e.g. {short[0]!r}", firm=short[0])
+            self._abort(
+                stage, f"fewer than {t} shares arrived for {len(short)} firm(s), e.g. {short[0]!r}", firm=short[0]
+            )
         offset = rnd.number - self._start
         seeds = [self._rebuild_self_seed(firm, self_shares[firm], offset) for firm in sorted(survivors)]
         dangling = []
@@ -527,7 +581,9 @@ class SecAggServer:
             for j in sorted(set(self._graph[d]) & survivors):
                 peer_key = self._keys[j].mask_public_keys[rnd.key_index]
                 agreement = agree(key.private_key, peer_key, firm=j, stage=stage)
-                seed = pairwise_seed(agreement, run_id=self.run_id, session=self._start, round_number=rnd.number, firm_a=d, firm_b=j)
+                seed = pairwise_seed(
+                    agreement, run_id=self.run_id, session=self._start, round_number=rnd.number, firm_a=d, firm_b=j
+                )
                 dangling.append((seed, pairwise_sign(j, d)))
         total = unmask_sum(rnd.total, seeds, dangling, self.params.modulus_bits).astype(np.uint64)
         rnd.total = None
@@ -538,14 +594,20 @@ class SecAggServer:
         value = reconstruct_secret(shares, self._hood.threshold)
         expected = self._keys[firm].self_mask_commitments[offset]
         seed = value.to_bytes(32, "big") if value < 1 << 256 else b""
-        commitment = self_mask_commitment(seed, run_id=self.run_id, session=self._start, round_number=self._start + offset, firm=firm)
+        commitment = self_mask_commitment(
+            seed, run_id=self.run_id, session=self._start, round_number=self._start + offset, firm=firm
+        )
         if not seed or commitment != expected:
-            self._abort(Stage.UNMASK, "rebuilt self-mask seed does not match its commitment: a share is corrupt", firm=firm)
+            self._abort(
+                Stage.UNMASK, "rebuilt self-mask seed does not match its commitment: a share is corrupt", firm=firm
+            )
         return seed
 
     def _rebuild_mask_key(self, firm: str, shares: dict[int, int], key_index: int) -> KeyPair:
         value = reconstruct_secret(shares, self._hood.threshold)
         key = KeyPair.from_private_bytes(value.to_bytes(32, "big")) if value < 1 << 256 else None
         if key is None or key.public_bytes != self._keys[firm].mask_public_keys[key_index]:
-            self._abort(Stage.UNMASK, "rebuilt mask key does not match the advertised public key: a share is corrupt", firm=firm)
+            self._abort(
+                Stage.UNMASK, "rebuilt mask key does not match the advertised public key: a share is corrupt", firm=firm
+            )
         return key

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache
 
 from silobridge.errors import ConfigError, ProtocolError
 
@@ -57,6 +58,37 @@ def split_secret(
     return {x: evaluate_polynomial(polynomial, x) for x in xs}
 
 
+@lru_cache(maxsize=4096)
+def lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
+    """Weights l_i with f(0) = sum(l_i * f(x_i)) for any f of degree < len(xs).
+
+    l_i = prod_{j != i} x_j / (x_j - x_i). Holders' x-coordinates are small (roster positions), so
+    the products stay small integers until one batched modular inversion; the weights depend only
+    on which holders answered, so they are cached across the secrets of a round.
+    """
+    if len(set(xs)) != len(xs) or any(not 0 < x < PRIME for x in xs):
+        raise ProtocolError("share x-coordinates must be distinct and in (0, PRIME)")
+    numerators, denominators = [], []
+    for i, x_i in enumerate(xs):
+        numerator, denominator = 1, 1
+        for j, x_j in enumerate(xs):
+            if j != i:
+                numerator *= x_j
+                denominator *= x_j - x_i
+        numerators.append(numerator % PRIME)
+        denominators.append(denominator % PRIME)
+    # Montgomery's trick: invert all denominators with one modular inversion.
+    prefix = [1]
+    for d in denominators:
+        prefix.append(prefix[-1] * d % PRIME)
+    inverse = pow(prefix[-1], -1, PRIME)
+    weights = [0] * len(xs)
+    for i in range(len(xs) - 1, -1, -1):
+        weights[i] = numerators[i] * inverse * prefix[i] % PRIME
+        inverse = inverse * denominators[i] % PRIME
+    return tuple(weights)
+
+
 def reconstruct_secret(shares: Mapping[int, int], threshold: int) -> int:
     """f(0) by Lagrange interpolation through `threshold` of the shares (the lowest x first).
 
@@ -65,18 +97,8 @@ def reconstruct_secret(shares: Mapping[int, int], threshold: int) -> int:
     if len(shares) < threshold:
         raise ProtocolError(f"need {threshold} shares to reconstruct a secret, have {len(shares)}")
     points = sorted(shares.items())[:threshold]
-    xs = [x for x, _ in points]
-    if len(set(xs)) != len(xs) or any(not 0 < x < PRIME for x in xs):
-        raise ProtocolError("share x-coordinates must be distinct and in (0, PRIME)")
-    secret = 0
-    for i, (x_i, y_i) in enumerate(points):
-        numerator, denominator = 1, 1
-        for j, x_j in enumerate(xs):
-            if j != i:
-                numerator = numerator * x_j % PRIME
-                denominator = denominator * (x_j - x_i) % PRIME
-        secret = (secret + y_i * numerator * pow(denominator, -1, PRIME)) % PRIME
-    return secret
+    weights = lagrange_at_zero(tuple(x for x, _ in points))
+    return sum(weight * y for weight, (_, y) in zip(weights, points, strict=True)) % PRIME
 
 
 def encode_share(value: int) -> bytes:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TypeVar
 
 import numpy as np
 
@@ -25,8 +25,6 @@ from privacy.secagg.server import DropoutRecord, SecAggServer
 from privacy.secagg.stages import ROUND_STAGES, SESSION_STAGES, Stage
 from privacy.secagg.wire import WireDict, wire_size
 from silobridge.errors import ConfigError, ProtocolError
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -94,12 +92,13 @@ class InMemoryFederation:
         self.traffic = Traffic()
         self.client_errors: dict[str, str] = {}
 
-    def _ask(self, firm: str, stage: Stage, call: Callable[[], T]) -> T | None:
+    @contextmanager
+    def _may_refuse(self, firm: str, stage: Stage) -> Iterator[None]:
+        """A client's ProtocolError becomes an error reply: recorded, and the firm sends nothing."""
         try:
-            return call()
+            yield
         except ProtocolError as err:
             self.client_errors[firm] = f"{stage}: {err}"
-            return None
 
     def open_session(self, first_round: int, *, dropouts: Mapping[str, Stage] | None = None) -> Roster:
         """ADVERTISE_KEYS and SHARE_KEYS for a session starting at `first_round`."""
@@ -111,9 +110,9 @@ class InMemoryFederation:
             self.traffic.down(Stage.ADVERTISE_KEYS, wire)
             if schedule.get(firm) == Stage.ADVERTISE_KEYS:
                 continue
-            reply = self._ask(firm, Stage.ADVERTISE_KEYS, lambda: client.advertise(AdvertiseRequest.from_wire(wire, recipient=firm)))
-            if reply is not None:
-                replies[firm] = self.traffic.up(Stage.ADVERTISE_KEYS, reply.to_wire())
+            with self._may_refuse(firm, Stage.ADVERTISE_KEYS):
+                keys = client.advertise(AdvertiseRequest.from_wire(wire, recipient=firm))
+                replies[firm] = self.traffic.up(Stage.ADVERTISE_KEYS, keys.to_wire())
         roster = self.server.receive_advertise(replies)
         roster_wire = roster.to_wire()
         replies = {}
@@ -121,10 +120,9 @@ class InMemoryFederation:
             self.traffic.down(Stage.SHARE_KEYS, roster_wire)
             if firm in schedule:
                 continue
-            client = self.clients[firm]
-            reply = self._ask(firm, Stage.SHARE_KEYS, lambda: client.share_keys(Roster.from_wire(roster_wire, recipient=firm)))
-            if reply is not None:
-                replies[firm] = self.traffic.up(Stage.SHARE_KEYS, reply.to_wire())
+            with self._may_refuse(firm, Stage.SHARE_KEYS):
+                shares = self.clients[firm].share_keys(Roster.from_wire(roster_wire, recipient=firm))
+                replies[firm] = self.traffic.up(Stage.SHARE_KEYS, shares.to_wire())
         self.server.receive_shares(replies)
         return roster
 
@@ -151,14 +149,12 @@ class InMemoryFederation:
                     continue
                 if firm not in vectors:
                     raise ConfigError(f"no vector for active firm {firm!r}", field="vectors")
-                client = self.clients[firm]
-                reply = self._ask(
-                    firm,
-                    Stage.MASKED_INPUT,
-                    lambda: client.masked_input(MaskedInputRequest.from_wire(wire, expected_recipient=firm), vectors[firm]),
-                )
-                if reply is not None:
-                    yield firm, self.traffic.up(Stage.MASKED_INPUT, reply.to_wire())
+                masked = None
+                with self._may_refuse(firm, Stage.MASKED_INPUT):
+                    parsed = MaskedInputRequest.from_wire(wire, expected_recipient=firm)
+                    masked = self.clients[firm].masked_input(parsed, vectors[firm])
+                if masked is not None:
+                    yield firm, self.traffic.up(Stage.MASKED_INPUT, masked.to_wire())
 
         unmask = self.server.receive_masked_inputs(masked_replies())
         unmask_wire = unmask.to_wire()
@@ -167,10 +163,9 @@ class InMemoryFederation:
             self.traffic.down(Stage.UNMASK, unmask_wire)
             if schedule.get(firm) == Stage.UNMASK:
                 continue
-            client = self.clients[firm]
-            reply = self._ask(firm, Stage.UNMASK, lambda: client.unmask(UnmaskRequest.from_wire(unmask_wire, recipient=firm)))
-            if reply is not None:
-                replies[firm] = self.traffic.up(Stage.UNMASK, reply.to_wire())
+            with self._may_refuse(firm, Stage.UNMASK):
+                revealed = self.clients[firm].unmask(UnmaskRequest.from_wire(unmask_wire, recipient=firm))
+                replies[firm] = self.traffic.up(Stage.UNMASK, revealed.to_wire())
         total = self.server.finish(replies)
         return SecureSum(total, self.server.record, self.traffic.copy(), MappingProxyType(dict(self.client_errors)))
 
@@ -194,4 +189,6 @@ def secure_vector_sum(
         vectors, params, run_id=run_id, entropy_for=entropy_for, drop_faulty_firms=drop_faulty_firms
     )
     federation.open_session(round_number, dropouts={f: s for f, s in schedule.items() if s in SESSION_STAGES})
-    return federation.run_round(round_number, vectors, dropouts={f: s for f, s in schedule.items() if s in ROUND_STAGES})
+    return federation.run_round(
+        round_number, vectors, dropouts={f: s for f, s in schedule.items() if s in ROUND_STAGES}
+    )

@@ -20,7 +20,6 @@ from privacy.secagg import (
 )
 from privacy.secagg.shamir import SHARE_BYTES
 from silobridge.errors import ProtocolError
-
 from tests.privacy.secagg_support import firm_ids, seeded_entropy
 
 RUN = "run-adversarial"
@@ -33,7 +32,9 @@ class Harness:
     def __init__(self, n: int, params: SecAggParams, *, seed: str = "h", drop_faulty_firms: bool = True):
         self.params = params
         self.firms = firm_ids(n)
-        self.clients = {f: SecAggClient(f, params, run_id=RUN, entropy=seeded_entropy(f"{seed}/{f}")) for f in self.firms}
+        self.clients = {
+            f: SecAggClient(f, params, run_id=RUN, entropy=seeded_entropy(f"{seed}/{f}")) for f in self.firms
+        }
         self.server = SecAggServer(params, run_id=RUN, drop_faulty_firms=drop_faulty_firms)
         self.rng = np.random.default_rng(0)
         self.vectors: dict[str, np.ndarray] = {}
@@ -45,7 +46,9 @@ class Harness:
         self.server.receive_shares({f: self.clients[f].share_keys(roster).to_wire() for f in roster.firms})
         return roster
 
-    def masked_inputs(self, round_number: int, skip: set[str] = frozenset()) -> tuple[dict[str, MaskedInputRequest], dict]:
+    def masked_inputs(
+        self, round_number: int, skip: set[str] = frozenset()
+    ) -> tuple[dict[str, MaskedInputRequest], dict]:
         requests = self.server.start_round(round_number, LENGTH)
         self.vectors = {f: self.rng.integers(0, 1 << self.params.modulus_bits, LENGTH) for f in requests}
         replies = {
@@ -61,7 +64,9 @@ class Harness:
     def run_round(self, round_number: int, skip_masked: set[str] = frozenset()) -> np.ndarray:
         _, replies = self.masked_inputs(round_number, skip_masked)
         total = self.server.finish(self.unmask_replies(self.server.receive_masked_inputs(replies)))
-        expected = sum(self.vectors[f].astype(np.uint64) for f in replies) & np.uint64((1 << self.params.modulus_bits) - 1)
+        expected = sum(self.vectors[f].astype(np.uint64) for f in replies) & np.uint64(
+            (1 << self.params.modulus_bits) - 1
+        )
         np.testing.assert_array_equal(total, expected)
         return total
 
@@ -324,7 +329,9 @@ def test_firm_whose_mask_key_was_rebuilt_cannot_take_part_until_it_re_keys() -> 
     with pytest.raises(ProtocolError, match="must re-key") as caught:
         harness.clients[neighbour].masked_input(sneaky, np.zeros(LENGTH, dtype=np.int64))
     expect_error(caught, dropper, Stage.MASKED_INPUT)
-    replies = {f: harness.clients[f].masked_input(r, np.zeros(LENGTH, dtype=np.int64)).to_wire() for f, r in requests.items()}
+    replies = {
+        f: harness.clients[f].masked_input(r, np.zeros(LENGTH, dtype=np.int64)).to_wire() for f, r in requests.items()
+    }
     harness.server.finish(harness.unmask_replies(harness.server.receive_masked_inputs(replies)))
 
     # After re-keying in a new session it takes part again, and the sum is exact.

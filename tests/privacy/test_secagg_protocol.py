@@ -21,7 +21,6 @@ from privacy.secagg import (
 )
 from privacy.secagg.graph import is_connected, neighbour_graph
 from silobridge.errors import ConfigError, ProtocolError
-
 from tests.privacy.secagg_support import entropy_per_firm, firm_ids
 
 RUN = "run-test"
@@ -61,7 +60,9 @@ def expected_outcome(
     ):
         return Stage.MASKED_INPUT, set(), set(), set()
     responders = {f for f in survivors if schedule.get(f) != Stage.UNMASK}
-    if any(len((graph[s] | {s}) & responders) < t for s in survivors) or any(len(graph[d] & responders) < t for d in needed):
+    if any(len((graph[s] | {s}) & responders) < t for s in survivors) or any(
+        len(graph[d] & responders) < t for d in needed
+    ):
         return Stage.UNMASK, set(), set(), set()
     return None, survivors, needed, survivors - responders
 
@@ -76,7 +77,7 @@ def scenarios(draw: st.DrawFn) -> tuple[SecAggParams, dict[str, np.ndarray], dic
     length = draw(st.integers(1, 40))
     firms = firm_ids(n)
     stages = draw(st.lists(st.sampled_from([None] * 8 + list(Stage)), min_size=n, max_size=n))
-    schedule = {f: s for f, s in zip(firms, stages) if s is not None}
+    schedule = {f: s for f, s in zip(firms, stages, strict=True) if s is not None}
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     high = np.iinfo(np.uint64).max if modulus_bits == 64 else (1 << modulus_bits) - 1
@@ -181,6 +182,11 @@ def test_neighbour_graph_is_regular_symmetric_and_deterministic() -> None:
 def test_parameter_defaults_and_validation() -> None:
     assert [default_num_neighbours(n) for n in (3, 10, 16, 20, 50, 100, 300)] == [2, 9, 12, 14, 18, 20, 26]
     assert [default_threshold(k) for k in (2, 9, 20)] == [2, 6, 11]
+    # A higher expected dropout widens the neighbourhoods so rounds still complete.
+    assert [default_num_neighbours(100, d) for d in (0.1, 0.2, 0.3)] == [20, 34, 84]
+    assert SecAggParams(modulus_bits=24, expected_dropout=0.3).neighbourhood(100).num_neighbours == 84
+    with pytest.raises(ConfigError, match="expected_dropout"):
+        SecAggParams(modulus_bits=24, expected_dropout=0.5)
     hood = SecAggParams(modulus_bits=24).neighbourhood(100)
     assert (hood.num_neighbours, hood.threshold, hood.tolerated_dropouts) == (20, 11, 10)
     with pytest.raises(ConfigError, match="strict majority"):
@@ -224,10 +230,20 @@ def session_scenarios(draw: st.DrawFn):
     key_life = draw(st.sampled_from([1, rounds]))
     firms = firm_ids(n)
     schedules = [
-        {f: s for f, s in zip(firms, draw(st.lists(st.sampled_from([None] * 6 + list(Stage)[2:]), min_size=n, max_size=n))) if s}
+        {
+            f: s
+            for f, s in zip(
+                firms,
+                draw(st.lists(st.sampled_from([None] * 6 + list(Stage)[2:]), min_size=n, max_size=n)),
+                strict=True,
+            )
+            if s
+        }
         for _ in range(rounds)
     ]
-    params = SecAggParams(modulus_bits=draw(st.integers(8, 40)), rounds_per_session=rounds, rounds_per_mask_key=key_life)
+    params = SecAggParams(
+        modulus_bits=draw(st.integers(8, 40)), rounds_per_session=rounds, rounds_per_mask_key=key_life
+    )
     return params, firms, schedules, draw(st.integers(0, 2**32 - 1))
 
 
@@ -249,10 +265,7 @@ def test_sessions_recover_every_round_or_abort_it_and_retire_rebuilt_keys(scenar
         active = {f for f in firms if key not in retired.get(f, ())}
         survivors = {f for f in active if schedule.get(f) != Stage.MASKED_INPUT}
         needed = {d for d in active - survivors if graph[d] & survivors}
-        if (
-            len(active) < params.min_firms
-            or any(len(graph[f] & active) + 1 < t for f in active)
-        ):
+        if len(active) < params.min_firms or any(len(graph[f] & active) + 1 < t for f in active):
             expected: Stage | None = Stage.MASKED_INPUT
         elif (
             len(survivors) < params.min_firms
@@ -272,7 +285,9 @@ def test_sessions_recover_every_round_or_abort_it_and_retire_rebuilt_keys(scenar
                 len(graph[d] & responders) < t for d in needed
             )
             expected = Stage.UNMASK if short else None
-        event(f"round {offset + 1} of {len(schedules)}, key life {params.rounds_per_mask_key}: {expected or 'exact sum'}")
+        event(
+            f"round {offset + 1} of {len(schedules)}, key life {params.rounds_per_mask_key}: {expected or 'exact sum'}"
+        )
         if expected is not None:
             with pytest.raises(ProtocolError) as caught:
                 federation.run_round(round_number, vectors, dropouts=schedule)
@@ -283,3 +298,18 @@ def test_sessions_recover_every_round_or_abort_it_and_retire_rebuilt_keys(scenar
         np.testing.assert_array_equal(result.total, plain_sum(vectors, sorted(survivors), params.modulus_bits))
         assert set(result.record.retired) == {f for f in firms if key in retired.get(f, ())} - needed
     assert not federation.client_errors
+
+
+def test_neighbourhoods_sized_for_30_percent_dropout_recover_such_a_round() -> None:
+    # expected_dropout=0.3 widens each neighbourhood (k = 84 of 99) so that a random 30% of the
+    # firms vanishing before their input arrives is recovered rather than aborted.
+    firms = firm_ids(100)
+    params = SecAggParams(modulus_bits=23, expected_dropout=0.3)
+    rng = np.random.default_rng(30)
+    vectors = {f: rng.integers(0, 1 << 16, 4) for f in firms}
+    gone = rng.choice(firms, size=30, replace=False)
+    result = secure_vector_sum(
+        vectors, params, dropouts={f: Stage.MASKED_INPUT for f in gone}, entropy_for=entropy_per_firm("thirty")
+    )
+    assert len(result.record.reconstructed_mask_keys) == 30
+    np.testing.assert_array_equal(result.total, plain_sum(vectors, list(result.record.contributors), 23))

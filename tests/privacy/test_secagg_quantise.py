@@ -70,7 +70,9 @@ def test_all_firms_at_the_extreme_do_not_wrap(num_firms: int, value_bits: int, s
     # The ring sum of num_firms copies, as the protocol would reveal it.
     ring_sum = (to_ring(q, modulus_bits).astype(object) * num_firms) % (1 << modulus_bits)
     ring_sum = np.array([int(v) for v in ring_sum], dtype=np.uint64)
-    np.testing.assert_allclose(dequantise(ring_sum, modulus_bits, clip, value_bits), sign * num_firms * clip, rtol=1e-12)
+    np.testing.assert_allclose(
+        dequantise(ring_sum, modulus_bits, clip, value_bits), sign * num_firms * clip, rtol=1e-12
+    )
     if sign == 1 and num_firms > 1 and num_firms & (num_firms - 1) == 0:
         # One bit fewer and the positive extreme wraps: for n a power of two the chosen modulus is
         # the smallest safe one (for other n, ceil(log2 n) may leave some slack).
@@ -86,7 +88,9 @@ def test_all_firms_at_the_extreme_do_not_wrap(num_firms: int, value_bits: int, s
     length=st.integers(1, 200),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_dequantised_sum_is_within_the_worst_case_bound(num_firms: int, value_bits: int, length: int, seed: int) -> None:
+def test_dequantised_sum_is_within_the_worst_case_bound(
+    num_firms: int, value_bits: int, length: int, seed: int
+) -> None:
     rng = np.random.default_rng(seed)
     clip = 3.0
     floats = rng.uniform(-clip, clip, size=(num_firms, length))

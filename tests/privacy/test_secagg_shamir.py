@@ -17,7 +17,6 @@ from privacy.secagg.shamir import (
     split_secret,
 )
 from silobridge.errors import ConfigError, ProtocolError
-
 from tests.privacy.secagg_support import seeded_entropy
 
 # Worked example of Wikipedia's "Shamir's secret sharing" article: secret 1234, threshold 3,

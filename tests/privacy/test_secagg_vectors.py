@@ -177,8 +177,8 @@ def test_stream_accumulator_matches_expand_seed() -> None:
     signs = [1, -1, 1, 1, -1]
     base = np.arange(1000, dtype=np.uint32)
     accumulator = StreamAccumulator(base, 24)
-    accumulator.add_streams(zip(seeds, signs))
+    accumulator.add_streams(zip(seeds, signs, strict=True))
     expected = base.astype(np.int64)
-    for seed, sign in zip(seeds, signs):
+    for seed, sign in zip(seeds, signs, strict=True):
         expected += sign * expand_seed(seed, 1000, 24).astype(np.int64)
     np.testing.assert_array_equal(accumulator.result(), expected % (1 << 24))

@@ -21,7 +21,6 @@ from privacy.secagg import (
     wire_size,
 )
 from silobridge.errors import ProtocolError
-
 from tests.privacy.secagg_support import entropy_per_firm, firm_ids
 
 KEY = bytes(range(32))
