@@ -1,0 +1,380 @@
+"""A firm's side of the protocol: a state machine that takes requests and returns replies, no I/O.
+
+Call order per key session (`params.rounds_per_session` rounds starting at `session`):
+
+    keys   = client.advertise(AdvertiseRequest)            # stage ADVERTISE_KEYS
+    shares = client.share_keys(Roster)                     # stage SHARE_KEYS
+    for each round in the session:
+        masked = client.masked_input(MaskedInputRequest, vector)   # stage MASKED_INPUT
+        reveal = client.unmask(UnmaskRequest)                      # stage UNMASK (if asked)
+
+Besides checking every message, the client enforces the rules that keep its own and its
+neighbours' inputs hidden even from a server that lies: rounds only move forward and each is
+masked and unmasked at most once; it never reveals both a firm's self-mask share and its mask-key
+share under the same key; it refuses to mask with a firm whose key it helped reconstruct (that
+firm must re-key in a new session); and it reveals nothing when too few neighbours survive or the
+survivors' graph falls apart (the server could then unmask a partial sum).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from privacy.secagg.aead import NONCE_BYTES, channel_key, open_sealed, seal, share_associated_data
+from privacy.secagg.graph import is_connected, neighbour_graph
+from privacy.secagg.keys import Entropy, KeyPair, agree
+from privacy.secagg.masking import mask_vector, pairwise_seed, pairwise_sign, self_mask_commitment
+from privacy.secagg.messages import (
+    AdvertiseKeys,
+    AdvertiseRequest,
+    MaskedInput,
+    MaskedInputRequest,
+    Roster,
+    ShareKeys,
+    UnmaskRequest,
+    UnmaskShares,
+)
+from privacy.secagg.params import Neighbourhood, SecAggParams
+from privacy.secagg.prg import SEED_BYTES
+from privacy.secagg.ring import to_ring
+from privacy.secagg.shamir import SHARE_BYTES, decode_share, encode_share, split_secret
+from privacy.secagg.stages import Stage
+from silobridge.errors import ConfigError, ProtocolError
+
+
+@dataclass(frozen=True)
+class HeldShares:
+    """One owner's shares held by this firm: one per mask key, one per round's self-mask seed."""
+
+    mask_key_shares: tuple[int, ...]
+    self_mask_shares: tuple[int, ...]
+    ciphertext: bytes | None  # as delivered, to recognise an identical re-delivery
+
+
+@dataclass
+class _Session:
+    """Everything a firm keeps for one key session; dropped wholesale when it re-keys."""
+
+    start: int
+    channel_key: KeyPair
+    mask_keys: tuple[KeyPair, ...]
+    self_seeds: tuple[bytes, ...]
+    roster: Roster | None = None
+    neighbourhood: Neighbourhood | None = None
+    graph: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    x_coordinate: dict[str, int] = field(default_factory=dict)
+    receive_keys: dict[str, bytes] = field(default_factory=dict)
+    mask_agreements: dict[tuple[str, int], bytes] = field(default_factory=dict)
+    held: dict[str, HeldShares] = field(default_factory=dict)
+    masked_round: int | None = None
+    masked_active: frozenset[str] = frozenset()
+    unmasked_round: int | None = None
+    revealed_self_rounds: dict[str, set[int]] = field(default_factory=dict)
+    revealed_key_indices: dict[str, set[int]] = field(default_factory=dict)
+
+
+class SecAggClient:
+    """One firm's protocol state for a run.
+
+    `entropy` supplies every random byte (keys, seeds, share polynomials, nonces): keep the default
+    `os.urandom` outside tests.
+    """
+
+    def __init__(self, firm_id: str, params: SecAggParams, *, run_id: str, entropy: Entropy = os.urandom):
+        if not isinstance(firm_id, str) or not firm_id or not firm_id.isprintable():
+            raise ConfigError(f"firm id must be a non-empty printable string, got {firm_id!r}", field="firm_id")
+        self.firm_id = firm_id
+        self.params = params
+        self.run_id = run_id
+        self._entropy = entropy
+        self._session: _Session | None = None
+        self._last_masked_round = -1
+
+    # ---- helpers ---------------------------------------------------------------------------
+
+    def _fail(self, stage: Stage, problem: str, *, firm: str | None = None) -> ProtocolError:
+        return ProtocolError(problem, firm=firm or self.firm_id, stage=stage)
+
+    def _require_session(self, stage: Stage, run_id: str, session: int, *, shared: bool) -> _Session:
+        if run_id != self.run_id:
+            raise self._fail(stage, f"message is for run {run_id!r}, this firm is in run {self.run_id!r}")
+        s = self._session
+        if s is None:
+            raise self._fail(stage, "no key session open: AdvertiseRequest must come first (out of order)")
+        if session != s.start:
+            raise self._fail(
+                stage, f"message is for session {session}, the open session is {s.start} (replayed or stale)"
+            )
+        if shared and s.roster is None:
+            raise self._fail(stage, "keys not yet shared in this session: stage out of order")
+        return s
+
+    def _round_offset(self, stage: Stage, s: _Session, round_number: int) -> int:
+        offset = round_number - s.start
+        if not 0 <= offset < self.params.rounds_per_session:
+            raise self._fail(
+                stage,
+                f"round {round_number} is outside session {s.start} "
+                f"(rounds {s.start}..{s.start + self.params.rounds_per_session - 1})",
+            )
+        return offset
+
+    @property
+    def neighbours(self) -> tuple[str, ...]:
+        """This firm's neighbours in the open session (empty before SHARE_KEYS)."""
+        s = self._session
+        return s.graph.get(self.firm_id, ()) if s else ()
+
+    # ---- stage 1 ---------------------------------------------------------------------------
+
+    def advertise(self, request: AdvertiseRequest) -> AdvertiseKeys:
+        """Make fresh keys and self-mask seeds for the session and advertise the public parts."""
+        stage = Stage.ADVERTISE_KEYS
+        if request.run_id != self.run_id:
+            raise self._fail(stage, f"request is for run {request.run_id!r}, this firm is in run {self.run_id!r}")
+        if request.params_fingerprint != self.params.fingerprint():
+            raise self._fail(stage, "server runs different secure-aggregation parameters (fingerprint mismatch)")
+        if request.num_rounds != self.params.rounds_per_session:
+            raise self._fail(
+                stage, f"session of {request.num_rounds} rounds, expected {self.params.rounds_per_session}"
+            )
+        if self._session is not None and request.session <= self._session.start:
+            raise self._fail(
+                stage, f"session {request.session} does not follow session {self._session.start} (replayed)"
+            )
+        if request.session <= self._last_masked_round:
+            raise self._fail(
+                stage, f"session {request.session} would reuse round numbers up to {self._last_masked_round}"
+            )
+        channel = KeyPair.generate(self._entropy)
+        mask_keys = tuple(KeyPair.generate(self._entropy) for _ in range(self.params.num_mask_keys))
+        seeds = tuple(self._entropy(SEED_BYTES) for _ in range(self.params.rounds_per_session))
+        self._session = _Session(start=request.session, channel_key=channel, mask_keys=mask_keys, self_seeds=seeds)
+        commitments = tuple(
+            self_mask_commitment(
+                seed, run_id=self.run_id, session=request.session, round_number=request.session + i, firm=self.firm_id
+            )
+            for i, seed in enumerate(seeds)
+        )
+        return AdvertiseKeys(
+            run_id=self.run_id,
+            session=request.session,
+            sender=self.firm_id,
+            channel_public_key=channel.public_bytes,
+            mask_public_keys=tuple(key.public_bytes for key in mask_keys),
+            self_mask_commitments=commitments,
+        )
+
+    # ---- stage 2 ---------------------------------------------------------------------------
+
+    def _check_roster(self, s: _Session, roster: Roster) -> Neighbourhood:
+        stage = Stage.SHARE_KEYS
+        firms = roster.firms
+        if list(firms) != sorted(set(firms)):
+            raise self._fail(stage, "roster must list distinct firms in sorted order")
+        if self.firm_id not in firms:
+            raise self._fail(stage, "this firm is missing from the roster")
+        if len(roster.channel_public_keys) != len(firms) or len(roster.mask_public_keys) != len(firms):
+            raise self._fail(stage, "roster lists a different number of keys than firms")
+        if any(len(keys) != self.params.num_mask_keys for keys in roster.mask_public_keys):
+            raise self._fail(stage, f"roster must give {self.params.num_mask_keys} mask keys per firm")
+        me = roster.index(self.firm_id)
+        if roster.channel_public_keys[me] != s.channel_key.public_bytes or roster.mask_public_keys[me] != tuple(
+            key.public_bytes for key in s.mask_keys
+        ):
+            raise self._fail(stage, "roster carries public keys for this firm that it did not advertise")
+        all_keys = list(roster.channel_public_keys) + [key for keys in roster.mask_public_keys for key in keys]
+        if len(set(all_keys)) != len(all_keys):
+            raise self._fail(stage, "roster repeats a public key (copied or replayed keys)")
+        if len(firms) < self.params.min_firms:
+            raise self._fail(stage, f"roster of {len(firms)} firms is below the minimum of {self.params.min_firms}")
+        try:
+            return self.params.neighbourhood(len(firms))
+        except ConfigError as err:
+            raise self._fail(stage, f"parameters do not fit the roster: {err}") from err
+
+    def share_keys(self, roster: Roster) -> ShareKeys:
+        """Agree keys with each neighbour and send it encrypted shares of this firm's secrets."""
+        stage = Stage.SHARE_KEYS
+        s = self._require_session(stage, roster.run_id, roster.session, shared=False)
+        if s.roster is not None:
+            raise self._fail(stage, "keys already shared in this session (replayed roster)")
+        hood = self._check_roster(s, roster)
+        graph = neighbour_graph(self.run_id, s.start, roster.firms, hood.num_neighbours)
+        neighbours = graph[self.firm_id]
+        x_of = {firm: i + 1 for i, firm in enumerate(roster.firms)}
+        send_keys: dict[str, bytes] = {}
+        for j in neighbours:
+            peer = roster.index(j)
+            shared = agree(s.channel_key.private_key, roster.channel_public_keys[peer], firm=j, stage=stage)
+            send_keys[j] = channel_key(shared, run_id=self.run_id, session=s.start, sender=self.firm_id, recipient=j)
+            s.receive_keys[j] = channel_key(
+                shared, run_id=self.run_id, session=s.start, sender=j, recipient=self.firm_id
+            )
+            for index, key in enumerate(s.mask_keys):
+                s.mask_agreements[(j, index)] = agree(
+                    key.private_key, roster.mask_public_keys[peer][index], firm=j, stage=stage
+                )
+        holders_x = [x_of[firm] for firm in sorted((*neighbours, self.firm_id))]
+        secrets = [int.from_bytes(key.private_bytes(), "big") for key in s.mask_keys]
+        secrets += [int.from_bytes(seed, "big") for seed in s.self_seeds]
+        tables = [split_secret(secret, hood.threshold, holders_x, entropy=self._entropy) for secret in secrets]
+        num_keys = len(s.mask_keys)
+        nonces, ciphertexts = [], []
+        for j in neighbours:
+            plaintext = b"".join(encode_share(table[x_of[j]]) for table in tables)
+            nonce = self._entropy(NONCE_BYTES)
+            ad = share_associated_data(run_id=self.run_id, session=s.start, sender=self.firm_id, recipient=j)
+            nonces.append(nonce)
+            ciphertexts.append(seal(send_keys[j], nonce, plaintext, ad))
+        mine = [table[x_of[self.firm_id]] for table in tables]
+        s.held[self.firm_id] = HeldShares(tuple(mine[:num_keys]), tuple(mine[num_keys:]), None)
+        s.roster, s.neighbourhood, s.graph, s.x_coordinate = roster, hood, graph, x_of
+        return ShareKeys(self.run_id, s.start, self.firm_id, neighbours, tuple(nonces), tuple(ciphertexts))
+
+    # ---- stage 3 ---------------------------------------------------------------------------
+
+    def _receive_shares(self, s: _Session, request: MaskedInputRequest) -> None:
+        stage = Stage.SHARE_KEYS  # the shares belong to SHARE_KEYS even though they arrive now
+        neighbours = set(s.graph[self.firm_id])
+        num_keys, num_rounds = len(s.mask_keys), len(s.self_seeds)
+        for sender, nonce, ciphertext in zip(
+            request.share_senders, request.share_nonces, request.share_ciphertexts, strict=True
+        ):
+            if sender not in neighbours:
+                raise self._fail(stage, "server routed shares from a firm that is not a neighbour", firm=sender)
+            known = s.held.get(sender)
+            if known is not None:
+                if known.ciphertext != ciphertext:
+                    raise self._fail(
+                        stage, "server delivered different shares from this firm a second time", firm=sender
+                    )
+                continue
+            ad = share_associated_data(run_id=self.run_id, session=s.start, sender=sender, recipient=self.firm_id)
+            plaintext = open_sealed(s.receive_keys[sender], nonce, ciphertext, ad, firm=sender, stage=stage)
+            if len(plaintext) != SHARE_BYTES * (num_keys + num_rounds):
+                raise self._fail(stage, f"decrypted shares have {len(plaintext)} bytes", firm=sender)
+            values = [
+                decode_share(plaintext[i : i + SHARE_BYTES], firm=sender, stage=stage)
+                for i in range(0, len(plaintext), SHARE_BYTES)
+            ]
+            s.held[sender] = HeldShares(tuple(values[:num_keys]), tuple(values[num_keys:]), ciphertext)
+
+    def masked_input(self, request: MaskedInputRequest, vector: np.ndarray) -> MaskedInput:
+        """Mask `vector` (integers in [-2^(m-1), 2^m), e.g. from `quantise`) for this round."""
+        stage = Stage.MASKED_INPUT
+        s = self._require_session(stage, request.run_id, request.session, shared=True)
+        if request.recipient != self.firm_id:
+            raise self._fail(stage, f"request is addressed to {request.recipient!r}")
+        r = request.round_number
+        offset = self._round_offset(stage, s, r)
+        if s.masked_round is not None and r <= s.masked_round:
+            raise self._fail(stage, f"round {r} comes after round {s.masked_round} was masked (replayed or reordered)")
+        self._receive_shares(s, request)
+        active = set(request.active_firms)
+        if not active <= set(s.roster.firms) or self.firm_id not in active:
+            raise self._fail(stage, "active firms must be roster members and include this firm")
+        key_index = self.params.mask_key_index(offset)
+        partners = sorted(active & set(s.graph[self.firm_id]))
+        for j in partners:
+            if j not in s.held:
+                raise self._fail(stage, f"firm is active in round {r} but its shares never reached this firm", firm=j)
+            if key_index in s.revealed_key_indices.get(j, ()):
+                raise self._fail(
+                    stage, f"its mask key was reconstructed in a recovery; it must re-key before round {r}", firm=j
+                )
+        if len(partners) + 1 < s.neighbourhood.threshold:
+            raise self._fail(
+                stage, f"only {len(partners)} active neighbours; threshold {s.neighbourhood.threshold} cannot be met"
+            )
+        if request.vector_length != np.asarray(vector).size:
+            raise self._fail(
+                stage, f"vector has {np.asarray(vector).size} values, the round expects {request.vector_length}"
+            )
+        ring_vector = to_ring(vector, self.params.modulus_bits, firm=self.firm_id, stage=stage)
+        pairwise = [
+            (
+                pairwise_seed(
+                    s.mask_agreements[(j, key_index)],
+                    run_id=self.run_id,
+                    session=s.start,
+                    round_number=r,
+                    firm_a=self.firm_id,
+                    firm_b=j,
+                ),
+                pairwise_sign(self.firm_id, j),
+            )
+            for j in partners
+        ]
+        masked = mask_vector(ring_vector, s.self_seeds[offset], pairwise, self.params.modulus_bits)
+        s.masked_round, s.masked_active = r, frozenset(active)
+        self._last_masked_round = r
+        return MaskedInput(self.run_id, s.start, r, self.firm_id, self.params.modulus_bits, masked)
+
+    # ---- stage 4 ---------------------------------------------------------------------------
+
+    def unmask(self, request: UnmaskRequest) -> UnmaskShares:
+        """Reveal self-mask shares of the survivors and mask-key shares of dropped neighbours."""
+        stage = Stage.UNMASK
+        s = self._require_session(stage, request.run_id, request.session, shared=True)
+        r = request.round_number
+        if s.masked_round != r:
+            raise self._fail(
+                stage, f"unmask for round {r}, but the last masked round is {s.masked_round} (out of order)"
+            )
+        if s.unmasked_round == r:
+            raise self._fail(stage, f"round {r} was already unmasked (replayed request)")
+        survivors = set(request.survivors)
+        if not survivors <= s.masked_active or self.firm_id not in survivors:
+            raise self._fail(stage, "survivors must be active firms of this round and include this firm")
+        neighbours = set(s.graph[self.firm_id])
+        surviving = survivors & neighbours
+        dropped = (s.masked_active - survivors) & neighbours
+        if len(surviving) + 1 < s.neighbourhood.threshold:
+            raise self._fail(
+                stage,
+                f"only {len(surviving)} neighbours survived; below threshold {s.neighbourhood.threshold}, "
+                "nothing is revealed",
+            )
+        if not is_connected(survivors, s.graph):
+            raise self._fail(
+                stage, "the survivors' neighbour graph is disconnected: the server could unmask partial sums"
+            )
+        offset = r - s.start
+        key_index = self.params.mask_key_index(offset)
+        self_owners = sorted(surviving | {self.firm_id})
+        key_owners = sorted(dropped)
+        for owner in self_owners:
+            if key_index in s.revealed_key_indices.get(owner, ()):
+                raise self._fail(
+                    stage, "its mask key was revealed; revealing its self-mask too would expose its input", firm=owner
+                )
+        for owner in key_owners:
+            earlier = [
+                q for q in s.revealed_self_rounds.get(owner, ()) if self.params.mask_key_index(q - s.start) == key_index
+            ]
+            if earlier:
+                raise self._fail(
+                    stage,
+                    f"its self-mask for round {min(earlier)} was revealed under the same mask key; revealing the key "
+                    "would expose that input (it must re-key instead)",
+                    firm=owner,
+                )
+        for owner in self_owners:
+            s.revealed_self_rounds.setdefault(owner, set()).add(r)
+        for owner in key_owners:
+            s.revealed_key_indices.setdefault(owner, set()).add(key_index)
+        s.unmasked_round = r
+        return UnmaskShares(
+            run_id=self.run_id,
+            session=s.start,
+            round_number=r,
+            sender=self.firm_id,
+            self_mask_owners=tuple(self_owners),
+            self_mask_shares=tuple(encode_share(s.held[o].self_mask_shares[offset]) for o in self_owners),
+            mask_key_owners=tuple(key_owners),
+            mask_key_shares=tuple(encode_share(s.held[o].mask_key_shares[key_index]) for o in key_owners),
+        )
