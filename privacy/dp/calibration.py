@@ -34,11 +34,16 @@ def calibrate_noise_multiplier(
     and its epsilon must fall as z grows.
     """
     spec = spec or AccountingSpec()
+
+    def event_for(z: float) -> dpa.DpEvent:
+        # dp-accounting's search starts at z = 0, which no mechanism accepts: no noise is not private.
+        return make_event(z) if z > 0 else dpa.NonPrivateDpEvent()
+
     try:
         return float(
             dpa.calibrate_dp_mechanism(
                 make_fresh_accountant=spec.fresh_accountant,
-                make_event_from_param=make_event,
+                make_event_from_param=event_for,
                 target_epsilon=budget.epsilon,
                 target_delta=budget.delta,
                 tol=tolerance,
