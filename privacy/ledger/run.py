@@ -118,7 +118,7 @@ class PrivacyRun:
         """
         charge = self._firms.preview(candidates, event)
         participants = [firm for firm in charge.accounts if firm not in charge.over_budget]
-        requested = self._overall_if(charge, participants, event, release_id)  # the run's budget first
+        requested = self._overall_if(charge, participants, event, release_id, candidates)  # the run's budget first
         if not participants:
             self._refuse(release_id, candidates, event, f"no candidate firm has budget left for {event}")
         return Admission(participants, list(charge.over_budget), requested)
@@ -135,11 +135,11 @@ class PrivacyRun:
         if not firms:
             raise ConfigError("a release must account at least one firm", field="firms")
         charge = self._firms.preview(firms, release.event)
+        overall = self._overall_if(charge, firms, release.event, release.release_id, firms)  # the run's budget first
         if charge.over_budget:
             self._refuse(
                 release.release_id, firms, release.event, f"firms {list(charge.over_budget)} would exceed their budgets"
             )
-        overall = self._overall_if(charge, firms, release.event, release.release_id)
         totals = {"overall": overall, "firms": {firm: charge.epsilons[firm] for firm in sorted(firms)}}
         self._writer.append(
             "release",
@@ -182,16 +182,16 @@ class PrivacyRun:
             self.close("completed" if exc is None else f"aborted: {type(exc).__name__}: {exc}")
 
     def _overall_if(
-        self, charge: FirmCharge, firms: Sequence[str], event: dpa.DpEvent, release_id: str
+        self, charge: FirmCharge, firms: Sequence[str], event: dpa.DpEvent, release_id: str, listed: Sequence[str]
     ) -> float:
-        """Overall epsilon if `event` were released to `firms`; refuses if over the run budget."""
+        """Overall epsilon if `event` were released to `firms`; refuses (listing `listed`) if over the run budget."""
         run_account = self._run.composed(event) if self.spec.unit is PrivacyUnit.FIRM else self._run.account
         firm_accounts = {**self._firms.accounts, **{firm: charge.accounts[firm] for firm in firms}}
         requested = overall_epsilon(self.spec.unit, run_account, firm_accounts, self.budget.delta)
         if requested > self.budget.epsilon:
             self._refuse(
                 release_id,
-                firms,
+                listed,
                 event,
                 f"overall epsilon would go from {self.overall_epsilon:.6g} to {requested:.6g} at delta "
                 f"{self.budget.delta:g}, over the run budget of {self.budget.epsilon:g}",
