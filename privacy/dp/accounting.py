@@ -104,12 +104,10 @@ class AccountingSpec:
             raise ConfigError(f"invalid accountant specification {data!r}: {err}", field="accountant") from err
 
 
-def _check_supported(accountant: dpa.PrivacyAccountant, event: dpa.DpEvent, spec: AccountingSpec) -> None:
-    if not isinstance(event, dpa.DpEvent):
-        raise ConfigError(f"expected a DpEvent, got {type(event).__name__}", field="event")
+def _check_supported(accountant: dpa.PrivacyAccountant, kind: AccountantKind, event: dpa.DpEvent) -> None:
     if not accountant.supports(event):
         raise ConfigError(
-            f"the {spec.kind.value} accountant under {spec.relation.name} cannot account {event}",
+            f"the {kind.value} accountant under {accountant.neighboring_relation.name} cannot account {event}",
             field="accountant",
         )
 
@@ -119,7 +117,7 @@ def _rdp_curve(key: str, orders: tuple[float, ...], relation: NeighboringRelatio
     """The RDP curve of the event whose canonical key is `key` (the key describes it fully)."""
     event = event_from_json(json.loads(key))
     accountant = SkellamRdpAccountant(orders=orders, neighboring_relation=relation)
-    _check_supported(accountant, event, AccountingSpec(AccountantKind.RDP, relation, rdp_orders=orders))
+    _check_supported(accountant, AccountantKind.RDP, event)
     curve = accountant.compose(event).rdp
     curve.flags.writeable = False
     return curve
@@ -138,7 +136,7 @@ def _pld_of(key: str, relation: NeighboringRelation, discretization: float) -> _
     """The PLD of the event whose canonical key is `key`."""
     event = event_from_json(json.loads(key))
     accountant = PldAccountantView(neighboring_relation=relation, value_discretization_interval=discretization)
-    _check_supported(accountant, event, AccountingSpec(AccountantKind.PLD, relation, pld_discretization=discretization))
+    _check_supported(accountant, AccountantKind.PLD, event)
     accountant.compose(event)
     return _PldOf(accountant.pld, accountant.contains_non_private)
 
@@ -159,7 +157,11 @@ class Account:
         return cls(spec)
 
     def compose(self, event: dpa.DpEvent) -> Account:
-        """A new account with `event` spent too; raises ConfigError if this accountant cannot account it."""
+        """A new account with `event` spent too.
+
+        Raises ConfigError if this accountant cannot account `event`, or if the ledger could not record
+        it (only the event types of `privacy.dp.codec` are accepted, so whatever is spent can be audited).
+        """
         key = event_key(event)
         if self.spec.kind is AccountantKind.RDP:
             curve = _rdp_curve(key, self.spec.rdp_orders, self.spec.relation)

@@ -28,9 +28,9 @@ class Budget:
     delta: float
 
     def __post_init__(self) -> None:
-        if isinstance(self.epsilon, bool) or not (math.isfinite(self.epsilon) and self.epsilon > 0):
+        if not (_is_number(self.epsilon) and math.isfinite(self.epsilon) and self.epsilon > 0):
             raise ConfigError(f"must be a positive finite number, got {self.epsilon!r}", field="budget.epsilon")
-        if isinstance(self.delta, bool) or not 0 < self.delta < 1:
+        if not (_is_number(self.delta) and 0 < self.delta < 1):
             raise ConfigError(f"must be in (0, 1), got {self.delta!r}", field="budget.delta")
 
     def is_within(self, other: Budget) -> bool:
@@ -44,7 +44,11 @@ class Budget:
     def from_dict(cls, data: Mapping[str, Any]) -> Budget:
         if not isinstance(data, Mapping) or set(data) != {"epsilon", "delta"}:
             raise ConfigError(f"a budget is {{epsilon, delta}}, got {data!r}", field="budget")
-        return cls(epsilon=float(data["epsilon"]), delta=float(data["delta"]))
+        return cls(epsilon=data["epsilon"], delta=data["delta"])
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class BudgetGuard:

@@ -35,7 +35,8 @@ from privacy.dp.skellam import skellam_noise, skellam_tail_bound
 from silobridge.errors import ConfigError, DataError
 
 # Kairouz, Liu, Steinke (2021) use beta = exp(-0.5) for conditional randomized rounding: a rounding
-# attempt exceeds the norm bound with probability at most beta, so ~1.6 attempts on average.
+# attempt exceeds the norm bound with probability at most beta, so at most 1 / (1 - beta) ~ 2.5
+# attempts on average (in practice nearly always one).
 DEFAULT_ROUNDING_BETA = math.exp(-0.5)
 DEFAULT_WRAP_FAILURE_PROBABILITY = 1e-9
 _MAX_ROUNDING_ATTEMPTS = 1000

@@ -15,6 +15,9 @@ What is charged to whom depends on the unit of privacy:
   sample: that is what the amplified event accounts for, and the ledger must not reveal the sample.
 - `record`: firms hold disjoint records, so each firm's account is its own DP-SGD history; overall
   epsilon is the largest firm's (parallel composition), and each firm is held to its budget.
+  Record one release per firm (or per group of firms with the same sample rate and steps).
+- Distributed DP (no sampling amplification): list the firms whose noised updates are in the
+  revealed sum, and record the event for the shares actually present (see privacy.dp.distributed).
 """
 
 from __future__ import annotations
