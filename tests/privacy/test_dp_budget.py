@@ -21,10 +21,8 @@ events = st.builds(
 )
 
 
-@settings(max_examples=25, deadline=None)
-@given(schedule=st.lists(events, min_size=1, max_size=40), budget_epsilon=st.floats(0.5, 6.0))
-def test_guard_never_lets_spent_epsilon_exceed_the_budget(schedule: list[dpa.DpEvent], budget_epsilon: float) -> None:
-    guard = BudgetGuard(Budget(budget_epsilon, 1e-5))
+def check_guard_schedule(kind: AccountantKind, schedule: list[dpa.DpEvent], budget_epsilon: float) -> None:
+    guard = BudgetGuard(Budget(budget_epsilon, 1e-5), AccountingSpec(kind=kind))
     for event in schedule:
         before = guard.events
         preview = guard.preview(event)
@@ -36,6 +34,18 @@ def test_guard_never_lets_spent_epsilon_exceed_the_budget(schedule: list[dpa.DpE
             assert guard.events == before  # a refusal records nothing
         assert guard.spent <= budget_epsilon
     assert guard.spent == pytest.approx(epsilon(guard.events, 1e-5, guard.spec), rel=1e-9)
+
+
+@settings(max_examples=25, deadline=None)
+@given(schedule=st.lists(events, min_size=1, max_size=40), budget_epsilon=st.floats(0.5, 6.0))
+def test_rdp_guard_never_lets_spent_epsilon_exceed_the_budget(schedule: list[dpa.DpEvent], budget_epsilon: float) -> None:
+    check_guard_schedule(AccountantKind.RDP, schedule, budget_epsilon)
+
+
+@settings(max_examples=6, deadline=None)  # PLD compositions cost milliseconds each: fewer, shorter schedules
+@given(schedule=st.lists(events, min_size=1, max_size=12), budget_epsilon=st.floats(0.5, 6.0))
+def test_pld_guard_never_lets_spent_epsilon_exceed_the_budget(schedule: list[dpa.DpEvent], budget_epsilon: float) -> None:
+    check_guard_schedule(AccountantKind.PLD, schedule, budget_epsilon)
 
 
 @settings(max_examples=15, deadline=None)
