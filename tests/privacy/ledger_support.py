@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from privacy.dp import AccountingSpec, Budget, Sampling, central_round_event
-from privacy.ledger import PrivacyRun, Release, canonical_bytes, config_hash
+from privacy.ledger import PrivacyRun, Release, canonical_bytes, config_hash, public_key_hex
 from privacy.ledger.sealing import GENESIS_HASH, sha256_hex, sign_entry, unsigned
 from silobridge.errors import BudgetExhausted
 
@@ -67,8 +67,6 @@ def write_entries(path: Path, entries: list[dict[str, Any]]) -> None:
 
 def reseal(entries: list[dict[str, Any]], key: Ed25519PrivateKey) -> list[dict[str, Any]]:
     """Re-chain and re-sign every entry with `key`, as someone holding that key could."""
-    from privacy.ledger.sealing import public_key_hex
-
     sealed, prev = [], GENESIS_HASH
     for index, entry in enumerate(entries):
         body = {**unsigned(entry), "index": index, "prev": prev}
