@@ -1,0 +1,24 @@
+"""The per-run privacy ledger: signed, hash-chained JSON Lines, and its audit.
+
+`PrivacyRun` checks budgets and writes the ledger during a run; `verify_ledger` recomputes what a
+ledger says from its recorded events and refuses any ledger that was altered.
+"""
+
+from privacy.ledger.run import Admission, PrivacyRun, Release
+from privacy.ledger.sealing import canonical_bytes, config_hash, public_key_hex
+from privacy.ledger.verify import AuditReport, FirmAudit, ReleaseAudit, verify_ledger
+from privacy.ledger.writer import LedgerWriter
+
+__all__ = [
+    "Admission",
+    "AuditReport",
+    "FirmAudit",
+    "LedgerWriter",
+    "PrivacyRun",
+    "Release",
+    "ReleaseAudit",
+    "canonical_bytes",
+    "config_hash",
+    "public_key_hex",
+    "verify_ledger",
+]

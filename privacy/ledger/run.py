@@ -1,0 +1,209 @@
+"""One run's privacy: budget checks before a release, accounting and a ledger entry after it.
+
+The upper layers talk to this object only:
+
+    run = PrivacyRun.start(path, run_id=..., config_sha256=..., budget=Budget(8, 1e-5), signing_key=key)
+    admission = run.admit(release_id, worst_case_event, candidate_firms)   # before contacting firms
+    ... release with admission.participants ...
+    run.record(Release(release_id, mechanism, realised_event, firms=..., ...))
+    run.close()
+
+What is charged to whom depends on the unit of privacy:
+- `firm`: every release's event is composed into the run's account (overall epsilon, checked against
+  the run budget) and into the account of each firm listed in the release (checked against the
+  firm's own budget). For a Poisson-sampled release, list the whole eligible population, not the
+  sample: that is what the amplified event accounts for, and the ledger must not reveal the sample.
+- `record`: firms hold disjoint records, so each firm's account is its own DP-SGD history; overall
+  epsilon is the largest firm's (parallel composition), and each firm is held to its budget.
+  Record one release per firm (or per group of firms with the same sample rate and steps).
+- Distributed DP (no sampling amplification): list the firms whose noised updates are in the
+  revealed sum, and record the event for the shares actually present (see privacy.dp.distributed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, NoReturn
+
+import dp_accounting as dpa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from privacy.dp.accounting import AccountingSpec, PrivacyUnit
+from privacy.dp.budget import Budget, BudgetGuard, FirmBudgets, FirmCharge, overall_epsilon
+from privacy.dp.codec import event_to_json
+from privacy.dp.sampling import Sampling
+from privacy.ledger.writer import LedgerWriter
+from silobridge.errors import BudgetExhausted, ConfigError
+
+Scalar = str | int | float | bool | None
+
+
+@dataclass(frozen=True)
+class Release:
+    """One release as the ledger records it; `firms` are the firms accounted for it."""
+
+    release_id: str
+    mechanism: str
+    event: dpa.DpEvent
+    firms: Sequence[str]
+    sampling: Sampling = field(default_factory=Sampling.none)
+    noise_multiplier: float | None = None
+    clip_norm: float | None = None
+    excluded_firms: Sequence[str] = ()
+    parameters: Mapping[str, Scalar] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Which candidate firms can pay for a planned release, and the overall epsilon if it happens."""
+
+    participants: list[str]
+    excluded: list[str]
+    epsilon_if_released: float
+
+
+class PrivacyRun:
+    """Budget guards for the run and its firms, with the signed ledger that records them."""
+
+    def __init__(self, writer: LedgerWriter, spec: AccountingSpec, budget: Budget, firm_budgets: FirmBudgets):
+        self._writer = writer
+        self.spec = spec
+        self.budget = budget
+        self._run = BudgetGuard(budget, spec, name="run")
+        self._firms = firm_budgets
+
+    @classmethod
+    def start(
+        cls,
+        path: str | Path,
+        *,
+        run_id: str,
+        config_sha256: str,
+        budget: Budget,
+        signing_key: Ed25519PrivateKey,
+        spec: AccountingSpec | None = None,
+        firm_budgets: Mapping[str, Budget] | None = None,
+    ) -> PrivacyRun:
+        """Create the ledger at `path` (header entry) and the guards; `firm_budgets` are stricter overrides."""
+        spec = spec or AccountingSpec()
+        firms = FirmBudgets(budget, spec, firm_budgets)
+        header = {
+            "run_id": run_id,
+            "config_sha256": config_sha256,
+            "accountant": spec.to_dict(),
+            "budget": budget.to_dict(),
+            "firm_budgets": {firm: b.to_dict() for firm, b in sorted(firms.overrides.items())},
+        }
+        return cls(LedgerWriter(path, signing_key, header), spec, budget, firms)
+
+    @property
+    def path(self) -> Path:
+        return self._writer.path
+
+    @property
+    def overall_epsilon(self) -> float:
+        """Epsilon spent so far at the run's delta: the run account (firm unit) or the largest firm's (record unit)."""
+        return overall_epsilon(self.spec.unit, self._run.account, self._firms.accounts, self.budget.delta)
+
+    def firm_epsilon(self, firm: str) -> float:
+        """Epsilon the firm has spent, at its own delta."""
+        return self._firms.spent(firm)
+
+    def admit(self, release_id: str, event: dpa.DpEvent, candidates: Sequence[str]) -> Admission:
+        """Check a planned release before any firm is contacted.
+
+        Returns the candidates whose budgets can pay for `event`; raises `BudgetExhausted` (and writes
+        a refusal entry) if the run budget cannot, or if no candidate can. For distributed DP pass the
+        worst-case event (fewest noise shares the round may end with).
+        """
+        charge = self._firms.preview(candidates, event)
+        participants = [firm for firm in charge.accounts if firm not in charge.over_budget]
+        requested = self._overall_if(charge, participants, event, release_id, candidates)  # the run's budget first
+        if not participants:
+            self._refuse(release_id, candidates, event, f"no candidate firm has budget left for {event}")
+        return Admission(participants, list(charge.over_budget), requested)
+
+    def record(self, release: Release) -> dict[str, Any]:
+        """Account a release that happened and append its ledger entry; returns the epsilon totals written.
+
+        Raises `BudgetExhausted` (writing a refusal entry, charging nothing) if it would overspend:
+        that means the release was not admitted with a worst-case event, a bug in the caller.
+        """
+        firms = list(release.firms)
+        if set(firms) & set(release.excluded_firms):
+            raise ConfigError("a firm cannot be both accounted and excluded", field="excluded_firms")
+        if not firms:
+            raise ConfigError("a release must account at least one firm", field="firms")
+        charge = self._firms.preview(firms, release.event)
+        overall = self._overall_if(charge, firms, release.event, release.release_id, firms)  # the run's budget first
+        if charge.over_budget:
+            self._refuse(
+                release.release_id, firms, release.event, f"firms {list(charge.over_budget)} would exceed their budgets"
+            )
+        totals = {"overall": overall, "firms": {firm: charge.epsilons[firm] for firm in sorted(firms)}}
+        self._writer.append(
+            "release",
+            {
+                "release_id": release.release_id,
+                "mechanism": release.mechanism,
+                "noise_multiplier": release.noise_multiplier,
+                "clip_norm": release.clip_norm,
+                "sampling": release.sampling.to_dict(),
+                "firms": sorted(firms),
+                "excluded_firms": sorted(release.excluded_firms),
+                "event": event_to_json(release.event),
+                "parameters": dict(release.parameters),
+                "epsilon": totals,
+            },
+        )
+        # Written first, committed second: a failed write leaves the accounts as they were.
+        if self.spec.unit is PrivacyUnit.FIRM:
+            self._run.spend(release.event)
+        self._firms.commit(charge)
+        return totals
+
+    @property
+    def closed(self) -> bool:
+        return self._writer.closed
+
+    def close(self, reason: str = "completed") -> None:
+        """Write the end-of-run entry with every firm's total, and close the ledger."""
+        firms = {firm: self._firms.spent(firm) for firm in sorted(self._firms.accounts)}
+        self._writer.append("end", {"reason": reason, "epsilon": {"overall": self.overall_epsilon, "firms": firms}})
+        self._writer.close()
+
+    def __enter__(self) -> PrivacyRun:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self.closed:
+            self.close("completed" if exc is None else f"aborted: {type(exc).__name__}: {exc}")
+
+    def _overall_if(
+        self, charge: FirmCharge, firms: Sequence[str], event: dpa.DpEvent, release_id: str, listed: Sequence[str]
+    ) -> float:
+        """Overall epsilon if `event` were released to `firms`; refuses (listing `listed`) if over the run budget."""
+        run_account = self._run.composed(event) if self.spec.unit is PrivacyUnit.FIRM else self._run.account
+        firm_accounts = {**self._firms.accounts, **{firm: charge.accounts[firm] for firm in firms}}
+        requested = overall_epsilon(self.spec.unit, run_account, firm_accounts, self.budget.delta)
+        if requested > self.budget.epsilon:
+            self._refuse(
+                release_id,
+                listed,
+                event,
+                f"overall epsilon would go from {self.overall_epsilon:.6g} to {requested:.6g} at delta "
+                f"{self.budget.delta:g}, over the run budget of {self.budget.epsilon:g}",
+            )
+        return requested
+
+    def _refuse(self, release_id: str, firms: Sequence[str], event: dpa.DpEvent, reason: str) -> NoReturn:
+        self._writer.append(
+            "refusal",
+            {"release_id": release_id, "firms": sorted(firms), "event": event_to_json(event), "reason": reason},
+        )
+        raise BudgetExhausted(f"release '{release_id}' refused: {reason}")
