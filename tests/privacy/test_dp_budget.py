@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import dp_accounting as dpa
 import pytest
 from hypothesis import given, settings
@@ -118,16 +116,17 @@ def test_budget_validation() -> None:
 
 
 @pytest.mark.parametrize("kind", list(AccountantKind), ids=lambda kind: kind.value)
-def test_a_step_at_round_1000_is_fast(kind: AccountantKind) -> None:
-    """The accountant composes incrementally: one preview + spend late in a long run stays cheap."""
-    guard = BudgetGuard(Budget(100.0, 1e-5), AccountingSpec(kind=kind))
+def test_incremental_composition_late_in_a_long_run_matches_from_scratch(kind: AccountantKind) -> None:
+    """The guard composes incrementally (its speed is measured in benchmarks/bench_accountant.py);
+    what it reports at round 1001 must equal composing the whole history from scratch."""
+    spec = AccountingSpec(kind=kind)
+    guard = BudgetGuard(Budget(100.0, 1e-5), spec)
     guard.spend(dpa.SelfComposedDpEvent(ROUND, 999))
-    guard.preview(ROUND)  # warm the per-event cache, as round 1 of a run does
     guard.spend(ROUND)
-    started = time.perf_counter()
-    guard.preview(ROUND)
+    previewed = guard.preview(ROUND)
     guard.spend(ROUND)
-    assert time.perf_counter() - started < 0.05
+    assert guard.spent == pytest.approx(previewed)
+    assert guard.spent == pytest.approx(epsilon([dpa.SelfComposedDpEvent(ROUND, 1001)], 1e-5, spec), rel=1e-3)
 
 
 def test_many_firms_with_one_history_compose_once() -> None:
@@ -136,6 +135,5 @@ def test_many_firms_with_one_history_compose_once() -> None:
     for _ in range(50):
         firms.spend(ids, ROUND)
     assert len({id(account) for account in firms.accounts.values()}) == 1
-    started = time.perf_counter()
     firms.spend(ids, ROUND)
-    assert time.perf_counter() - started < 0.05
+    assert len({id(account) for account in firms.accounts.values()}) == 1
