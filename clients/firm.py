@@ -83,21 +83,26 @@ class FirmClient:
 
     # -- requests --------------------------------------------------------------------------------
 
+    def trains(self, kind: str) -> bool:
+        """Whether the firm holds training data for this model."""
+        split = self.demand_split if kind == "demand" else self.risk_split
+        return split is not None and len(split[0]) > 0
+
     def manifest(self) -> FirmManifest:
+        """Who the firm is and which models it can train; how much data it holds stays with it."""
         return FirmManifest(
             firm_id=self.firm_id,
             group=self.group,  # type: ignore[arg-type]
             tier=self.tier,
-            demand_examples=0 if self.demand_split is None else len(self.demand_split[0]),
-            risk_examples=0 if self.risk_split is None else len(self.risk_split[0]),
+            has_demand=self.trains("demand"),
+            has_risk=self.trains("risk"),
         )
 
-    def risk_moments(self) -> np.ndarray:
-        """Moments of the risk features over the training rows (zeros if the firm holds no risk data)."""
-        d = len(self.spec.data.risk_features)
-        if self.risk_split is None:
-            return Moments(0.0, np.zeros(d), np.zeros(d)).to_vector()
-        return Moments.of(self.risk_split[0].features).to_vector()
+    def risk_moments(self) -> dict[str, np.ndarray]:
+        """Moments of the risk features over the training rows (none if the firm holds no risk data)."""
+        if not self.trains("risk"):
+            return {}
+        return {"risk_moments": Moments.of(self.risk_split[0].features).to_vector()}  # type: ignore[index]
 
     def _xy(self, kind: ModelKind, split: int, norm: Normaliser | None) -> tuple[np.ndarray, np.ndarray]:
         if kind == "demand":
@@ -157,6 +162,29 @@ class FirmClient:
         return TrainOutcome(
             weight * delta, weight, report.epoch_losses[-1] if report.epoch_losses else float("nan"), evaluation
         )
+
+    def train_round(
+        self, weights: dict[str, dict[str, np.ndarray]], instruction: TrainInstruction, norm: Normaliser | None
+    ) -> dict[str, np.ndarray]:
+        """One round of every model the firm can train: the segments it releases into the sum."""
+        out: dict[str, np.ndarray] = {}
+        for kind, arrays in weights.items():
+            if not self.trains(kind):
+                continue  # its segments stay zero: the firm adds nothing to this model
+            outcome = self.train(kind, arrays, instruction, norm)  # type: ignore[arg-type]
+            out[f"{kind}/update"] = outcome.weighted_delta
+            out[f"{kind}/weight"] = np.array([outcome.weight])
+            out[f"{kind}/loss"] = np.array([outcome.weight * outcome.loss])
+            out[f"{kind}/eval"] = outcome.evaluation
+        return out
+
+    def evaluate_all(self, weights: dict[str, dict[str, np.ndarray]], norm: Normaliser | None) -> dict[str, np.ndarray]:
+        """Test-split statistics of every model the firm holds data for."""
+        return {
+            f"{kind}/eval": self.evaluate(kind, arrays, norm)  # type: ignore[arg-type]
+            for kind, arrays in weights.items()
+            if self.trains(kind)
+        }
 
     def local_baselines(self, instruction: BaselineInstruction) -> dict[str, np.ndarray]:
         """Fit local-only models on this firm's data alone; return their (and naive) test statistics."""

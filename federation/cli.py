@@ -54,6 +54,10 @@ def simulate(
     run_id: Annotated[
         str | None, typer.Option(help="Name of the run directory (default: time, scenario and seed).")
     ] = None,
+    aggregation: Annotated[
+        str | None,
+        typer.Option(help="'secure' (the scenario's default) or 'plain' to compare with aggregation in the clear."),
+    ] = None,
     plain: Annotated[bool, typer.Option("--plain", help="Log lines instead of the live progress display.")] = False,
 ) -> None:
     """Simulate every firm of a scenario as a Flower client and compare federated, local-only, centralised and naive."""
@@ -67,6 +71,7 @@ def simulate(
         "num-rounds": rounds or 0,
         "seed": -1 if seed is None else seed,
         "set": ";".join(set_ or []),
+        "aggregation": aggregation or "",
     }
     if run_id:
         run_config["run-id"] = run_id

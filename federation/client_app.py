@@ -1,8 +1,10 @@
-"""The firm's ClientApp: thin Flower glue around `clients.firm.FirmClient`.
+"""The firm's ClientApp: thin Flower glue around `clients.firm.FirmClient` and `clients.secure_sum`.
 
-Each handler parses the request, asks the firm object, and packs the answer. A firm-side failure
-that we expect (bad data, malformed request) goes back as an error reply naming the firm, so the
-server can report it; the firm's data never leaves in any reply, only updates and statistics.
+Every request that feeds a sum (feature moments, baselines, a training round, the final
+evaluation) is answered the same way: the firm computes its named segments, then releases them --
+in the clear under plain aggregation, quantised and masked under secure aggregation. A failure we
+expect (bad data, a malformed or out-of-order request) goes back as an error reply naming the firm.
+The firm's data never leaves in any reply.
 """
 
 from __future__ import annotations
@@ -14,39 +16,44 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Message, RecordDict
-from flwr.app.error import Error
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients.firm import FirmClient, Normaliser
-from clients.models import ModelKind
+from clients.models import MODEL_KINDS
+from clients.secure_sum import FirmSecureSum
 from federation.firm_source import simulated_firm
 from federation.records import (
     INSTRUCTION,
+    MASKED,
     NORMALISER,
     REPLY,
-    VECTORS,
-    WEIGHTS,
+    SECAGG,
+    SEGMENTS,
     arrays_of,
     arrays_record,
     config_of,
+    read_layout,
     read_spec,
+    secagg_run_id,
+    weights_key,
 )
 from federation.settings import settings_from_run_config
+from privacy.secagg.layout import CLIPPED
+from silobridge.config import FederationSpec
 from silobridge.errors import SiloBridgeError
 from silobridge.messages import BaselineInstruction, TrainInstruction
 
 FIRM_ERROR_CODE = 4100
 """Error code of replies for failures SiloBridge raised on purpose (bad data, bad request)."""
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("silobridge")
 
-Handler = Callable[[FirmClient, Message], RecordDict]
+Segments = dict[str, np.ndarray]
 
 
-def _firm(context: Context, run_config: Mapping[str, Any], message: Message) -> FirmClient:
+def _firm(context: Context, run_config: Mapping[str, Any], spec: FederationSpec) -> FirmClient:
     settings = settings_from_run_config(run_config)
-    spec = read_spec(message)
     node = context.node_config
     if "partition-id" not in node:
         raise SiloBridgeError("this node has no 'partition-id': only simulated nodes are supported so far")
@@ -55,45 +62,83 @@ def _firm(context: Context, run_config: Mapping[str, Any], message: Message) -> 
     return simulated_firm(settings, spec, int(node["partition-id"]), run_id=context.run_id)
 
 
-def _normaliser(message: Message) -> Normaliser:
+def _secure(firm: FirmClient, context: Context) -> FirmSecureSum:
+    stored = context.state.config_records.get(SECAGG)
+    return FirmSecureSum(
+        firm.firm_id, firm.spec.aggregation, run_id=secagg_run_id(context.run_id), stored=dict(stored or {})
+    )
+
+
+def _store(secure: FirmSecureSum, context: Context) -> None:
+    context.state.config_records[SECAGG] = ConfigRecord(secure.state())
+
+
+def _release(firm: FirmClient, context: Context, message: Message, segments: Segments) -> RecordDict:
+    """Send the firm's segments into the sum the request asks for: in the clear, or masked."""
+    layout = read_layout(message)
+    if firm.spec.aggregation.mode == "plain":
+        layout.count_clipped(segments)  # validates names; plain values are never clipped
+        return RecordDict({SEGMENTS: arrays_record(segments)})
+    secure = _secure(firm, context)
+    try:
+        release = secure.masked_input(
+            config_of(message, SECAGG), layout, {**segments, CLIPPED: np.array([layout.count_clipped(segments)])}
+        )
+    finally:
+        _store(secure, context)
+    return RecordDict({SECAGG: ConfigRecord(release.message), MASKED: arrays_record({"vector": release.vector})})
+
+
+def _normaliser(message: Message) -> Normaliser | None:
+    if NORMALISER not in message.content.array_records:
+        return None
     arrays = arrays_of(message, NORMALISER)
     return Normaliser(np.asarray(arrays["mean"], dtype=float), np.asarray(arrays["std"], dtype=float))
 
 
-def _manifest(firm: FirmClient, message: Message) -> RecordDict:
+def _weights(message: Message) -> dict[str, dict[str, np.ndarray]]:
+    return {
+        kind: arrays_of(message, weights_key(kind))
+        for kind in MODEL_KINDS
+        if weights_key(kind) in message.content.array_records
+    }
+
+
+# -- handlers: (firm, context, message) -> reply content ----------------------------------------
+
+Handler = Callable[[FirmClient, Context, Message], RecordDict]
+
+
+def _manifest(firm: FirmClient, context: Context, message: Message) -> RecordDict:
     return RecordDict({REPLY: ConfigRecord(firm.manifest().to_config())})
 
 
-def _moments(firm: FirmClient, message: Message) -> RecordDict:
-    return RecordDict({VECTORS: arrays_record({"risk_moments": firm.risk_moments()})})
+def _moments(firm: FirmClient, context: Context, message: Message) -> RecordDict:
+    return _release(firm, context, message, firm.risk_moments())
 
 
-def _baselines(firm: FirmClient, message: Message) -> RecordDict:
+def _baselines(firm: FirmClient, context: Context, message: Message) -> RecordDict:
     instruction = BaselineInstruction.from_config(config_of(message, INSTRUCTION), firm=firm.firm_id)
-    return RecordDict({VECTORS: arrays_record(firm.local_baselines(instruction))})
+    return _release(firm, context, message, firm.local_baselines(instruction))
 
 
-def _train(kind: ModelKind) -> Handler:
-    def handle(firm: FirmClient, message: Message) -> RecordDict:
-        instruction = TrainInstruction.from_config(config_of(message, INSTRUCTION), firm=firm.firm_id)
-        norm = _normaliser(message) if kind == "risk" else None
-        outcome = firm.train(kind, arrays_of(message, WEIGHTS), instruction, norm)
-        return RecordDict(
-            {
-                VECTORS: arrays_record({"weighted_delta": outcome.weighted_delta, "evaluation": outcome.evaluation}),
-                REPLY: ConfigRecord({"weight": outcome.weight, "loss": outcome.loss}),
-            }
-        )
-
-    return handle
+def _train(firm: FirmClient, context: Context, message: Message) -> RecordDict:
+    instruction = TrainInstruction.from_config(config_of(message, INSTRUCTION), firm=firm.firm_id)
+    return _release(firm, context, message, firm.train_round(_weights(message), instruction, _normaliser(message)))
 
 
-def _evaluate(kind: ModelKind) -> Handler:
-    def handle(firm: FirmClient, message: Message) -> RecordDict:
-        norm = _normaliser(message) if kind == "risk" else None
-        return RecordDict(
-            {VECTORS: arrays_record({"evaluation": firm.evaluate(kind, arrays_of(message, WEIGHTS), norm)})}
-        )
+def _evaluate(firm: FirmClient, context: Context, message: Message) -> RecordDict:
+    return _release(firm, context, message, firm.evaluate_all(_weights(message), _normaliser(message)))
+
+
+def _secagg_stage(stage: str) -> Handler:
+    def handle(firm: FirmClient, context: Context, message: Message) -> RecordDict:
+        secure = _secure(firm, context)
+        try:
+            reply = getattr(secure, stage)(config_of(message, SECAGG))
+        finally:
+            _store(secure, context)
+        return RecordDict({SECAGG: ConfigRecord(reply)})
 
     return handle
 
@@ -107,8 +152,8 @@ def build_client_app(run_config: Mapping[str, Any] | None = None) -> ClientApp:
         def wrapped(message: Message, context: Context) -> Message:
             config = run_config if run_config is not None else context.run_config
             try:
-                firm = _firm(context, config, message)
-                return Message(handler(firm, message), reply_to=message)
+                firm = _firm(context, config, read_spec(message))
+                return Message(handler(firm, context, message), reply_to=message)
             except SiloBridgeError as err:
                 log.warning("firm request %s failed: %s", message.metadata.message_type, err)
                 return Message(Error(code=FIRM_ERROR_CODE, reason=str(err)), reply_to=message)
@@ -118,9 +163,11 @@ def build_client_app(run_config: Mapping[str, Any] | None = None) -> ClientApp:
     register(app.query("manifest"), _manifest)
     register(app.query("moments"), _moments)
     register(app.train("baselines"), _baselines)
-    for kind in ("demand", "risk"):
-        register(app.train(kind), _train(kind))
-        register(app.evaluate(kind), _evaluate(kind))
+    register(app.train(), _train)
+    register(app.evaluate(), _evaluate)
+    register(app.query("secagg_advertise"), _secagg_stage("advertise"))
+    register(app.query("secagg_share"), _secagg_stage("share_keys"))
+    register(app.query("secagg_unmask"), _secagg_stage("unmask"))
     return app
 
 

@@ -8,15 +8,28 @@ from collections.abc import Mapping
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
+from privacy.secagg.layout import Segment, VectorLayout
 from silobridge.config import FederationSpec
 from silobridge.errors import ProtocolError
 
-RUN = "run"  # ConfigRecord: the federation spec every message carries
+RUN = "run"  # ConfigRecord: the federation spec every request carries
 INSTRUCTION = "instruction"  # ConfigRecord: what to do this round
-WEIGHTS = "weights"  # ArrayRecord: named model weights
 NORMALISER = "normaliser"  # ArrayRecord: mean and std of the risk features
-VECTORS = "vectors"  # ArrayRecord: named float64 vectors a firm releases (updates, statistics)
-REPLY = "reply"  # ConfigRecord: scalars a firm reports (manifest, weight, loss)
+LAYOUT = "layout"  # ConfigRecord: the segments of the sum this request asks for
+SEGMENTS = "segments"  # ArrayRecord: a firm's float segments (plain aggregation only)
+SECAGG = "secagg"  # ConfigRecord: a secure-aggregation protocol message
+MASKED = "masked"  # ArrayRecord: a firm's masked vector (secure aggregation)
+REPLY = "reply"  # ConfigRecord: scalars a firm reports (its manifest)
+
+
+def secagg_run_id(flower_run_id: int) -> str:
+    """The run identity both halves bind secure aggregation to: Flower's own run id."""
+    return f"flwr-run-{flower_run_id}"
+
+
+def weights_key(kind: str) -> str:
+    """ArrayRecord key of one model's weights."""
+    return f"weights.{kind}"
 
 
 def arrays_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
@@ -29,6 +42,29 @@ def record_arrays(record: ArrayRecord) -> OrderedDict[str, np.ndarray]:
 
 def request_content(spec: FederationSpec, **records: ArrayRecord | ConfigRecord) -> RecordDict:
     return RecordDict({RUN: ConfigRecord({"spec": spec.model_dump_json()}), **records})
+
+
+def layout_record(layout: VectorLayout) -> ConfigRecord:
+    return ConfigRecord(
+        {
+            "names": [s.name for s in layout.segments],
+            "lengths": [s.length for s in layout.segments],
+            "bounds": [float(s.bound) for s in layout.segments],
+            "value_bits": layout.value_bits,
+        }
+    )
+
+
+def read_layout(message: Message) -> VectorLayout:
+    record = config_of(message, LAYOUT)
+    try:
+        names, lengths, bounds = list(record["names"]), list(record["lengths"]), list(record["bounds"])
+        if not len(names) == len(lengths) == len(bounds):
+            raise ValueError("names, lengths and bounds differ in length")
+        segments = tuple(Segment(str(n), int(k), float(b)) for n, k, b in zip(names, lengths, bounds, strict=True))
+        return VectorLayout(segments, int(record["value_bits"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ProtocolError(f"malformed layout: {err}", stage=message.metadata.message_type) from None
 
 
 def read_spec(message: Message) -> FederationSpec:

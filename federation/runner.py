@@ -1,50 +1,53 @@
 """The server's side of a run, over a Flower Grid: who is there, baselines, rounds, final evaluation.
 
-Thin orchestration: the maths lives in `server.strategy` (FedAvg), the sums in
-`server.aggregation`, the metrics in `silobridge.stats`. Each step is one exchange of messages;
-both models train in the same exchange. Every per-round record passes through the observer.
+Thin orchestration: FedAvg lives in `server.strategy`, the shapes of the sums in `server.layouts`,
+secure aggregation's server half in `server.secure_sum`, metrics in `silobridge.stats`. Every step
+that releases something is one sum over firms, carried by one message per firm (both models train
+in the same message); under secure aggregation each sum adds one unmask exchange, and every
+`rounds_per_session` sums two key-agreement exchanges.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-from flwr.app import ConfigRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
 from clients.firm import Normaliser
-from clients.models import MODEL_KINDS, ModelKind, build_model, state_to_arrays
+from clients.models import MODEL_KINDS, build_model, state_to_arrays
 from federation.exchange import Replies, exchange, wait_for_nodes
 from federation.records import (
     INSTRUCTION,
+    LAYOUT,
+    MASKED,
     NORMALISER,
     REPLY,
-    VECTORS,
-    WEIGHTS,
+    SECAGG,
+    SEGMENTS,
     arrays_record,
+    layout_record,
     record_arrays,
     request_content,
+    secagg_run_id,
+    weights_key,
 )
 from federation.settings import RunSettings
-from server.aggregation import PlainSum, SumResult
+from privacy.secagg.layout import CLIPPED, VectorLayout
+from privacy.secagg.messages import MaskedInput
+from server.aggregation import PlainSum
+from server.layouts import baselines_layout, evaluation_layout, moments_layout, training_layout
+from server.secure_sum import SecureSumServer
 from server.strategy import FedAvg
 from silobridge.arrays import flatten, unflatten
 from silobridge.errors import FederationError, ProtocolError
 from silobridge.messages import BaselineInstruction, FirmManifest
-from silobridge.stats import (
-    GROUPS,
-    DemandErrorStats,
-    Moments,
-    RiskStats,
-    demand_metrics_by_group,
-    risk_metrics_by_group,
-)
-
-STAT_SIZE = {"demand": DemandErrorStats.SIZE * len(GROUPS), "risk": RiskStats.SIZE * len(GROUPS)}
+from silobridge.stats import Moments, demand_metrics_by_group, risk_metrics_by_group
 
 
 def metrics_by_group(kind: str, vector: np.ndarray) -> dict[str, dict[str, float]]:
@@ -60,6 +63,15 @@ class RunObserver(Protocol):
 
 
 @dataclass
+class SumOutcome:
+    """One released sum: segments, the firms in it, and how many values quantisation clipped."""
+
+    segments: dict[str, np.ndarray]
+    contributors: list[str]
+    clipped: int
+
+
+@dataclass
 class FederationOutcome:
     """What the federated part of a run produced; the ServerApp adds centralised baselines and writes it out."""
 
@@ -68,21 +80,32 @@ class FederationOutcome:
     weights: dict[str, OrderedDict[str, np.ndarray]]
     federated: dict[str, np.ndarray]  # final group-slotted statistics per model
     baselines: dict[str, np.ndarray]  # "demand/local_only", "demand/naive", "risk/local_only"
+    aggregation: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
     dropped: list[dict[str, Any]] = field(default_factory=list)
+
+
+Records = dict[str, ArrayRecord | ConfigRecord]
 
 
 class Federation:
     """One run's conversation with the firms over a Grid."""
 
-    def __init__(self, grid: Grid, settings: RunSettings, observer: RunObserver):
+    def __init__(self, grid: Grid, settings: RunSettings, observer: RunObserver, *, flower_run_id: int):
         self.grid = grid
         self.settings = settings
         self.spec = settings.spec
         self.observer = observer
-        self.aggregator = PlainSum()
+        self.plain = PlainSum()
+        self.secure = (
+            SecureSumServer(self.spec.aggregation, run_id=secagg_run_id(flower_run_id))
+            if self.spec.aggregation.mode == "secure"
+            else None
+        )
         self.manifests: dict[int, FirmManifest] = {}
+        self.node_of: dict[str, int] = {}
         self.dropped: list[dict[str, Any]] = []
+        self.clipped_total = 0
         training = settings.scenario.training
         self.strategy = FedAvg(
             local_epochs=training.local_epochs,
@@ -101,34 +124,128 @@ class Federation:
     def _firm(self, node: int) -> str:
         return self.manifests[node].firm_id if node in self.manifests else f"node {node}"
 
-    def _send(self, requests: list[tuple[int, str, RecordDict]], stage: str, *, round_: int | None = None) -> Replies:
+    def _send(self, requests: list[tuple[int, str, RecordDict]], stage: str) -> Replies:
         replies = exchange(self.grid, requests, timeout_s=self.settings.round_timeout_s)
         for (node, message_type), reason in sorted(replies.failed.items()):
-            self.dropped.append(
-                {"stage": stage, "round": round_, "firm": self._firm(node), "message": message_type, "reason": reason}
-            )
+            self.dropped.append({"stage": stage, "firm": self._firm(node), "message": message_type, "reason": reason})
         return replies
 
     def _require(self, replies: Replies, stage: str) -> None:
         """Setup stages need every firm: a failure there is a misconfigured federation, not a dropout."""
         if replies.failed:
             lines = [
-                f"  - firm '{self._firm(node)}' ({mt}): {reason}"
-                for (node, mt), reason in sorted(replies.failed.items())
+                f"  - firm '{self._firm(n)}' ({mt}): {reason}" for (n, mt), reason in sorted(replies.failed.items())
             ]
             raise FederationError(f"{stage} failed for {len(lines)} firm(s):\n" + "\n".join(lines))
 
-    def _sum(self, contributions: dict[str, np.ndarray], *, length: int, stage: str) -> SumResult:
-        result = self.aggregator.sum(contributions, length=length, stage=stage)
-        for firm, reason in result.rejected.items():
-            self.dropped.append({"stage": stage, "firm": firm, "reason": reason})
-        return result
+    def _drop(self, firm: str, stage: str, reason: str) -> None:
+        self.dropped.append({"stage": stage, "firm": firm, "reason": reason})
 
-    def _vector(self, content: RecordDict, name: str, node: int, stage: str) -> np.ndarray:
-        try:
-            return np.asarray(record_arrays(content.array_records[VECTORS])[name])
-        except KeyError:
-            raise ProtocolError(f"reply lacks vector '{name}'", firm=self._firm(node), stage=stage) from None
+    # -- sums -------------------------------------------------------------------------------------
+
+    def _sum(
+        self, message_type: str, records: Records, layout: VectorLayout, nodes: Iterable[int], stage: str
+    ) -> SumOutcome:
+        """One sum over `nodes`' answers to `message_type`, in the clear or securely."""
+        nodes = list(nodes)
+        if self.secure is None:
+            requests = [(n, message_type, self._content(records, layout)) for n in nodes]
+            replies = self._send(requests, stage)
+            contributions = {
+                self._firm(n): record_arrays(c.array_records[SEGMENTS])
+                for (n, _), c in replies.ok.items()
+                if SEGMENTS in c.array_records
+            }
+            result = self.plain.sum(contributions, layout, stage=stage)
+            for firm, reason in result.rejected.items():
+                self._drop(firm, stage, reason)
+            return SumOutcome(result.segments, result.contributors, 0)
+        return self._secure_sum(message_type, records, layout, nodes, stage)
+
+    def _content(self, records: dict[str, ArrayRecord | ConfigRecord], layout: VectorLayout) -> RecordDict:
+        return request_content(self.spec, **records, **{LAYOUT: layout_record(layout)})
+
+    def _open_session(self, nodes: list[int]) -> None:
+        """Key agreement for the next `rounds_per_session` sums: advertise keys, then share them."""
+        secure = self.secure
+        if secure is None:
+            raise FederationError("no secure aggregation in this run")
+        firms = [self._firm(n) for n in nodes]
+        advertise = secure.open_session(firms)
+        replies = self._send(
+            [
+                (n, "query.secagg_advertise", request_content(self.spec, **{SECAGG: ConfigRecord(advertise.to_wire())}))
+                for n in nodes
+            ],
+            "secagg: advertise keys",
+        )
+        roster = secure.receive_advertise(
+            {self._firm(n): dict(c.config_records[SECAGG]) for (n, _), c in replies.ok.items()}
+        )
+        roster_wire = ConfigRecord(roster.to_wire())
+        replies = self._send(
+            [
+                (self.node_of[f], "query.secagg_share", request_content(self.spec, **{SECAGG: roster_wire}))
+                for f in roster.firms
+            ],
+            "secagg: share keys",
+        )
+        secure.receive_shares({self._firm(n): dict(c.config_records[SECAGG]) for (n, _), c in replies.ok.items()})
+
+    def _secure_sum(
+        self, message_type: str, records: Records, layout: VectorLayout, nodes: list[int], stage: str
+    ) -> SumOutcome:
+        secure = self.secure
+        if secure is None:
+            raise FederationError("no secure aggregation in this run")
+        if secure.needs_session():
+            self._open_session(list(self.manifests))
+        wanted = {self._firm(n) for n in nodes}
+        requests = secure.start_round(layout, leave_out=[f for f in self.node_of if f not in wanted])
+        messages = [
+            (
+                self.node_of[firm],
+                message_type,
+                self._content({**records, SECAGG: ConfigRecord(request.to_wire())}, layout),
+            )
+            for firm, request in requests.items()
+        ]
+        replies = self._send(messages, stage)
+        masked: list[tuple[str, MaskedInput]] = []
+        for (node, _), content in replies.ok.items():
+            firm = self._firm(node)
+            try:
+                vector = record_arrays(content.array_records[MASKED])["vector"]
+                masked.append(
+                    (
+                        firm,
+                        MaskedInput.from_wire(
+                            dict(content.config_records[SECAGG]), expected_sender=firm, vector=vector
+                        ),
+                    )
+                )
+            except (KeyError, ProtocolError) as err:
+                self._drop(firm, stage, f"malformed masked input: {err}")
+        unmask = secure.receive_masked_inputs(masked)
+        unmask_wire = ConfigRecord(unmask.to_wire())
+        replies = self._send(
+            [
+                (self.node_of[f], "query.secagg_unmask", request_content(self.spec, **{SECAGG: unmask_wire}))
+                for f in unmask.survivors
+            ],
+            f"{stage}: unmask",
+        )
+        result = secure.finish(
+            {self._firm(n): dict(c.config_records[SECAGG]) for (n, _), c in replies.ok.items()},
+            layout,
+            len(self.manifests),
+        )
+        for firm, where in sorted(result.record.dropped.items()):
+            reason = result.record.errors.get(firm, "no answer")
+            self._drop(firm, f"{stage}: secagg {where}", str(reason))
+        clipped = int(round(float(result.segments[CLIPPED][0])))
+        self.clipped_total += clipped
+        return SumOutcome(result.segments, list(result.contributors), clipped)
 
     # -- stages -----------------------------------------------------------------------------------
 
@@ -144,21 +261,22 @@ class Federation:
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
             raise FederationError(f"several nodes claim the same firm: {', '.join(duplicates)}")
+        self.node_of = {m.firm_id: n for n, m in self.manifests.items()}
         return self.manifests
+
+    def _holders(self, kind: str) -> list[int]:
+        return [n for n, m in self.manifests.items() if m.trains(kind)]
 
     def feature_normaliser(self) -> Normaliser:
         """Federation-wide mean and std of the risk features, from summed moments."""
         self.observer.stage("feature moments")
-        replies = self._send([(n, "query.moments", request_content(self.spec)) for n in self.manifests], "moments")
-        self._require(replies, "moments")
-        d = len(self.spec.data.risk_features)
-        vectors = {self._firm(n): self._vector(c, "risk_moments", n, "moments") for (n, _), c in replies.ok.items()}
-        total = self._sum(vectors, length=1 + 2 * d, stage="moments").total
-        moments = Moments.from_vector(total)
+        layout = moments_layout(len(self.spec.data.risk_features), self.spec.aggregation)
+        outcome = self._sum("query.moments", {}, layout, self.manifests, "moments")
+        moments = Moments.from_vector(outcome.segments["risk_moments"])
         return Normaliser(moments.mean(), moments.std())
 
     def local_baselines(self) -> dict[str, np.ndarray]:
-        """Each firm fits local-only models on its own data; only their group-slotted test statistics come back."""
+        """Each firm fits local-only models on its own data; only their summed test statistics come back."""
         self.observer.stage("local-only baselines")
         training = self.settings.scenario.training
         instruction = BaselineInstruction(
@@ -171,117 +289,86 @@ class Federation:
             weight_decay=training.weight_decay,
             seed=self.settings.scenario.seed,
         )
-        content = request_content(self.spec, **{INSTRUCTION: ConfigRecord(instruction.to_config())})
-        replies = self._send([(n, "train.baselines", content) for n in self.manifests], "baselines")
-        self._require(replies, "baselines")
-        out: dict[str, np.ndarray] = {}
-        for key in ("demand/local_only", "demand/naive", "risk/local_only"):
-            kind = key.split("/")[0]
-            vectors = {}
-            for (node, _), content_ in replies.ok.items():
-                arrays = record_arrays(content_.array_records[VECTORS])
-                if key in arrays:
-                    vectors[self._firm(node)] = arrays[key]
-            if vectors:
-                out[key] = self._sum(vectors, length=STAT_SIZE[kind], stage="baselines").total
-        return out
+        layout = baselines_layout(self.spec.aggregation)
+        records = {INSTRUCTION: ConfigRecord(instruction.to_config())}
+        outcome = self._sum("train.baselines", records, layout, self.manifests, "baselines")
+        return {name: value for name, value in outcome.segments.items() if name != CLIPPED}
 
-    def _model_request(
-        self, kind: ModelKind, weights: dict[str, np.ndarray], norm: Normaliser, **extra: Any
-    ) -> RecordDict:
-        records: dict[str, Any] = {WEIGHTS: arrays_record(weights), **extra}
-        if kind == "risk":
-            records[NORMALISER] = arrays_record({"mean": norm.mean, "std": norm.std})
-        return request_content(self.spec, **records)
+    def _model_records(
+        self, weights: dict[str, OrderedDict[str, np.ndarray]], norm: Normaliser
+    ) -> dict[str, ArrayRecord]:
+        records: dict[str, ArrayRecord] = {weights_key(kind): arrays_record(w) for kind, w in weights.items()}
+        records[NORMALISER] = arrays_record({"mean": norm.mean, "std": norm.std})
+        return records
 
     def train(self, norm: Normaliser) -> tuple[dict[str, OrderedDict[str, np.ndarray]], list[dict[str, Any]]]:
-        """FedAvg rounds; each round trains both models in one exchange and evaluates the models it received."""
+        """FedAvg rounds; each trains both models in one message per firm and evaluates the models it received."""
         seed = self.settings.scenario.seed
-        weights = {kind: state_to_arrays(build_model(kind, self.spec, seed=seed)) for kind in MODEL_KINDS}
-        trains = {kind: [n for n, m in self.manifests.items() if m.trains(kind)] for kind in MODEL_KINDS}
+        kinds = [kind for kind in MODEL_KINDS if self._holders(kind)]
+        weights = {kind: state_to_arrays(build_model(kind, self.spec, seed=seed)) for kind in kinds}
+        layout = training_layout({kind: flatten(weights[kind]).size for kind in kinds}, self.spec.aggregation)
         rounds = self.settings.scenario.training.rounds
         history: list[dict[str, Any]] = []
         for server_round in range(1, rounds + 1):
             self.observer.stage(f"round {server_round}/{rounds}")
             started = time.monotonic()
-            instruction = ConfigRecord(self.strategy.configure_train(server_round).to_config())
-            requests = [
-                (node, f"train.{kind}", self._model_request(kind, weights[kind], norm, **{INSTRUCTION: instruction}))
-                for kind in MODEL_KINDS
-                for node in trains[kind]
-            ]
-            replies = self._send(requests, "train", round_=server_round)
-            for kind in MODEL_KINDS:
-                ok = {node: c for (node, mt), c in replies.ok.items() if mt == f"train.{kind}"}
-                if not trains[kind]:
-                    continue
-                if len(ok) < min(self.min_firms, len(trains[kind])):
-                    raise FederationError(
-                        f"round {server_round}, {kind}: only {len(ok)} of {len(trains[kind])} firms answered "
-                        f"(at least {min(self.min_firms, len(trains[kind]))} needed); see the dropout log"
-                    )
-                record = self._aggregate(kind, server_round, weights, ok)
-                record["seconds"] = round(time.monotonic() - started, 3)
+            records = {
+                **self._model_records(weights, norm),
+                INSTRUCTION: ConfigRecord(self.strategy.configure_train(server_round).to_config()),
+            }
+            outcome = self._sum("train", records, layout, self.manifests, f"round {server_round}")
+            if len(outcome.contributors) < min(self.min_firms, len(self.manifests)):
+                needed = min(self.min_firms, len(self.manifests))
+                raise FederationError(
+                    f"round {server_round}: only {len(outcome.contributors)} of {len(self.manifests)} firms "
+                    f"contributed (at least {needed} needed); see the dropout log"
+                )
+            seconds = round(time.monotonic() - started, 3)
+            for kind in kinds:
+                record = self._aggregate(kind, server_round, weights, outcome)
+                record["seconds"] = seconds
                 history.append(record)
                 self.observer.round_done(record)
         return weights, history
 
     def _aggregate(
-        self,
-        kind: ModelKind,
-        server_round: int,
-        weights: dict[str, OrderedDict[str, np.ndarray]],
-        ok: dict[int, RecordDict],
+        self, kind: str, server_round: int, weights: dict[str, OrderedDict[str, np.ndarray]], outcome: SumOutcome
     ) -> dict[str, Any]:
-        stage = f"train.{kind}"
+        segments = outcome.segments
+        weight_sum = float(segments[f"{kind}/weight"][0])
         flat = flatten(weights[kind])
-        updates, evaluations, loss_terms = {}, {}, {}
-        for node, content in ok.items():
-            firm = self._firm(node)
-            reply = content.config_records[REPLY]
-            weight = float(reply["weight"])
-            updates[firm] = np.concatenate([self._vector(content, "weighted_delta", node, stage), [weight]])
-            evaluations[firm] = self._vector(content, "evaluation", node, stage)
-            loss_terms[firm] = np.array([weight * float(reply["loss"]), weight])
-        summed = self._sum(updates, length=flat.size + 1, stage=stage)
-        weight_sum = summed.total[-1]
-        weights[kind] = unflatten(self.strategy.aggregate_train(flat, summed.total[:-1], weight_sum), weights[kind])
-        evaluation = self._sum(evaluations, length=STAT_SIZE[kind], stage=stage).total
-        loss = self._sum(loss_terms, length=2, stage=stage).total
+        weights[kind] = unflatten(
+            self.strategy.aggregate_train(flat, segments[f"{kind}/update"], weight_sum), weights[kind]
+        )
         return {
             "round": server_round,
             "model": kind,
-            "firms": len(summed.contributors),
-            "train_loss": float(loss[0] / loss[1]) if loss[1] > 0 else None,
+            "firms": len(outcome.contributors),
+            "train_loss": float(segments[f"{kind}/loss"][0] / weight_sum) if weight_sum > 0 else None,
+            "clipped_values": outcome.clipped,
             # Statistics the firms computed on the model they received: the model after round - 1.
             "evaluated_round": server_round - 1,
-            "metrics": metrics_by_group(kind, evaluation),
+            "metrics": metrics_by_group(kind, segments[f"{kind}/eval"]),
         }
 
     def evaluate(self, weights: dict[str, OrderedDict[str, np.ndarray]], norm: Normaliser) -> dict[str, np.ndarray]:
         """Test statistics of the final models."""
         self.observer.stage("final evaluation")
-        requests = [
-            (node, f"evaluate.{kind}", self._model_request(kind, weights[kind], norm))
-            for kind in MODEL_KINDS
-            for node, m in self.manifests.items()
-            if m.trains(kind)
-        ]
-        replies = self._send(requests, "evaluate")
-        out: dict[str, np.ndarray] = {}
-        for kind in MODEL_KINDS:
-            vectors = {
-                self._firm(node): self._vector(c, "evaluation", node, "evaluate")
-                for (node, mt), c in replies.ok.items()
-                if mt == f"evaluate.{kind}"
-            }
-            if vectors:
-                out[kind] = self._sum(vectors, length=STAT_SIZE[kind], stage=f"evaluate.{kind}").total
-        return out
+        layout = evaluation_layout(tuple(weights), self.spec.aggregation)
+        records = self._model_records(weights, norm)
+        outcome = self._sum("evaluate", records, layout, self.manifests, "evaluate")
+        return {kind: outcome.segments[f"{kind}/eval"] for kind in weights}
+
+    def describe_aggregation(self) -> dict[str, Any]:
+        if self.secure is None:
+            return {"mode": "plain"}
+        return {**self.secure.describe(len(self.manifests)), "clipped_values": self.clipped_total}
 
 
-def run_federation(grid: Grid, settings: RunSettings, observer: RunObserver) -> FederationOutcome:
-    federation = Federation(grid, settings, observer)
+def run_federation(
+    grid: Grid, settings: RunSettings, observer: RunObserver, *, flower_run_id: int
+) -> FederationOutcome:
+    federation = Federation(grid, settings, observer, flower_run_id=flower_run_id)
     manifests = federation.connect()
     norm = federation.feature_normaliser()
     baselines = federation.local_baselines()
@@ -293,6 +380,7 @@ def run_federation(grid: Grid, settings: RunSettings, observer: RunObserver) -> 
         weights=weights,
         federated=final,
         baselines=baselines,
+        aggregation=federation.describe_aggregation(),
         history=history,
         dropped=federation.dropped,
     )

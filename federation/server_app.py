@@ -49,7 +49,7 @@ class _MetricsFile:
         self.rundir.append_metrics(record)
 
 
-def run_server(grid: Grid, settings: RunSettings, observer: RunObserver) -> RunResult:
+def run_server(grid: Grid, settings: RunSettings, observer: RunObserver, *, flower_run_id: int) -> RunResult:
     """The whole run; the run directory appears only if everything succeeded."""
     started = time.monotonic()
     timer = StageTimer()
@@ -58,7 +58,7 @@ def run_server(grid: Grid, settings: RunSettings, observer: RunObserver) -> RunR
             CONFIG_FILE, {"run_config": settings.to_run_config(), "scenario": settings.scenario.model_dump(mode="json")}
         )
         observers = Fanout(observer, timer, _MetricsFile(rundir))
-        outcome = run_federation(grid, settings, observers)
+        outcome = run_federation(grid, settings, observers, flower_run_id=flower_run_id)
         observers.stage("centralised baseline")
         spec = settings.spec
         firms = [
@@ -92,7 +92,7 @@ def build_server_app(
         if observer is None:
             _log_to_stderr()
         settings = settings_from_run_config(run_config if run_config is not None else context.run_config)
-        result = run_server(grid, settings, observer or LogObserver())
+        result = run_server(grid, settings, observer or LogObserver(), flower_run_id=context.run_id)
         log.info("run written to %s", result.path)
         if on_result is not None:
             on_result(result)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from scenarios.generator import DEMAND_COVARIATES, RISK_FEATURES
 from scenarios.schema import Scenario, load_scenario, parse_override
+from server.secure_sum import resolve_aggregation
 from silobridge.config import DataSchema, FederationSpec
 from silobridge.errors import ConfigError
 
@@ -43,7 +44,7 @@ class RunSettings(BaseModel):
     scenario: Scenario
     out_dir: Path
     run_id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    aggregation: Literal["plain"] = "plain"
+    aggregation: Literal["secure", "plain"] = "secure"
     baseline_max_epochs: int = Field(default=200, ge=1)
     baseline_patience: int = Field(default=20, ge=1)
     round_timeout_s: float = Field(default=600.0, gt=0)
@@ -51,7 +52,9 @@ class RunSettings(BaseModel):
 
     @property
     def spec(self) -> FederationSpec:
+        """What every firm must agree on, with secure aggregation resolved for this federation's size."""
         s = self.scenario
+        aggregation = s.aggregation.model_copy(update={"mode": self.aggregation})
         return FederationSpec(
             data=GENERATED_SCHEMA,
             lags=s.training.lags,
@@ -59,6 +62,7 @@ class RunSettings(BaseModel):
             test_start=s.test_start,
             test_periods=s.test_periods,
             hidden=s.training.hidden,
+            aggregation=resolve_aggregation(aggregation, len(s.firms)),
         )
 
     def to_run_config(self) -> dict[str, Any]:
@@ -113,16 +117,18 @@ def settings_from_run_config(run_config: Mapping[str, Any], *, base_dir: Path = 
         raise ConfigError(
             f"'{run_id}' may hold only letters, digits, '.', '_' and '-'", source="run config", field="run-id"
         )
-    aggregation = str(run_config.get("aggregation") or "plain")
-    if aggregation != "plain":
+    aggregation = str(run_config.get("aggregation") or scenario.aggregation.mode)
+    if aggregation not in ("secure", "plain"):
         raise ConfigError(
-            f"unknown aggregation '{aggregation}' (known: plain)", source="run config", field="aggregation"
+            f"unknown aggregation '{aggregation}' (known: secure, plain)", source="run config", field="aggregation"
         )
-    return RunSettings(
+    settings = RunSettings(
         scenario_path=scenario_path,
         overrides=all_overrides,
         scenario=scenario,
         out_dir=_resolve(str(run_config.get("out-dir") or "runs"), Path.cwd()),
         run_id=run_id,
-        aggregation="plain",
+        aggregation=aggregation,  # type: ignore[arg-type]
     )
+    _ = settings.spec  # resolves secure aggregation for the federation's size: its errors surface here
+    return settings

@@ -155,7 +155,7 @@ def build_summary(
             "strategy": scenario.training.strategy,
             "rounds": scenario.training.rounds,
             "local_epochs": scenario.training.local_epochs,
-            "aggregation": settings.aggregation,
+            "aggregation": outcome.aggregation,
             "test_start": scenario.test_start.isoformat(),
             "test_periods": scenario.test_periods,
             "horizon": scenario.horizon,
@@ -181,7 +181,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         f"Scenario **{summary['scenario']['name']}** (seed {summary['scenario']['seed']}), "
         f"{summary['federation']['firms']} firms ({summary['federation']['groups']['small']} small, "
         f"{summary['federation']['groups']['large']} large), {summary['federation']['strategy']}, "
-        f"{summary['federation']['rounds']} rounds, aggregation: {summary['federation']['aggregation']}. "
+        f"{summary['federation']['rounds']} rounds, aggregation: {summary['federation']['aggregation']['mode']}. "
         f"Test periods from {summary['federation']['test_start']}.",
         "",
     ]

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from silobridge.config import MIN_TRAIN_WINDOWS, TIERS, Tier, min_periods
+from silobridge.config import MIN_TRAIN_WINDOWS, TIERS, AggregationSpec, Tier, min_periods
 from silobridge.errors import ConfigError
 
 FIRM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -128,6 +128,7 @@ class Scenario(_Frozen):
     links: tuple[Link, ...] = ()
     shocks: tuple[Shock, ...] = ()
     training: TrainingSettings = TrainingSettings()
+    aggregation: AggregationSpec = AggregationSpec()
 
     @field_validator("end")
     @classmethod

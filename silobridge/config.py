@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+if TYPE_CHECKING:
+    from privacy.secagg import SecAggParams
 
 CovariateTransform = Literal["raw", "log_ratio"]
 
@@ -54,8 +57,46 @@ MIN_TRAIN_WINDOWS = 4
 """A firm needs at least this many training windows per series to fit anything at all."""
 
 
+class AggregationSpec(BaseModel):
+    """How firms' vectors are summed: securely (the default) or in the clear, for comparison.
+
+    Under secure aggregation every released vector is quantised segment by segment: a firm's
+    model change is bounded per coordinate by `update_bound` (its weight by `max_examples`), and
+    statistics by `stats_bound`; values beyond a bound are clipped and the clipping is counted.
+    `num_neighbours`, `threshold` and `modulus_bits` are filled in by the coordinator for the
+    federation's size (None: not yet resolved).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: Literal["secure", "plain"] = "secure"
+    value_bits: int = Field(default=48, ge=8, le=52, description="bits of each quantised value")
+    rounds_per_session: int = Field(default=10, ge=1, le=1000, description="secure sums per key agreement")
+    num_neighbours: int | None = Field(default=None, ge=1, description="SecAgg+ neighbours; default ~log n")
+    threshold: int | None = Field(default=None, ge=2, description="shares needed to recover a firm; default majority")
+    expected_dropout: float = Field(default=0.1, ge=0, lt=0.5, description="sizes the default neighbourhoods")
+    max_examples: int = Field(default=100_000, ge=1, description="cap on a firm's weight (training examples)")
+    update_bound: float = Field(default=1.0, gt=0, description="bound on each coordinate of a firm's model change")
+    stats_bound: float = Field(default=2.0**40, gt=0, description="bound on each released statistic")
+    modulus_bits: int | None = Field(default=None, ge=8, le=64)
+
+    def secagg_params(self) -> SecAggParams:
+        """The protocol parameters both sides derive from this spec; requires a resolved spec."""
+        from privacy.secagg import SecAggParams
+
+        if self.modulus_bits is None or self.num_neighbours is None or self.threshold is None:
+            raise ValueError("aggregation spec is not resolved for a federation size yet")
+        return SecAggParams(
+            modulus_bits=self.modulus_bits,
+            num_neighbours=self.num_neighbours,
+            threshold=self.threshold,
+            rounds_per_session=self.rounds_per_session,
+            expected_dropout=self.expected_dropout,
+        )
+
+
 class FederationSpec(BaseModel):
-    """Columns, feature layout, model size and evaluation split of one federation."""
+    """Columns, feature layout, model size, evaluation split and aggregation of one federation."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -65,6 +106,7 @@ class FederationSpec(BaseModel):
     test_start: dt.date = Field(description="first held-out period; every firm splits at the same date")
     test_periods: int = Field(ge=1, le=104)
     hidden: int = Field(ge=4, le=4096)
+    aggregation: AggregationSpec = AggregationSpec()
 
     @property
     def min_periods(self) -> int:

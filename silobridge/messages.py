@@ -66,8 +66,8 @@ class FirmManifest(Payload):
     firm_id: str
     group: Literal["small", "large"]
     tier: str = "unknown"
-    demand_examples: int = Field(ge=0)
-    risk_examples: int = Field(ge=0)
+    has_demand: bool
+    has_risk: bool
 
     def trains(self, kind: str) -> bool:
-        return (self.demand_examples if kind == "demand" else self.risk_examples) > 0
+        return self.has_demand if kind == "demand" else self.has_risk

@@ -1,0 +1,73 @@
+"""A firm's half of secure aggregation: its protocol state travels in Flower's context.state.
+
+A firm's ClientApp may handle each message in a new process, so the SecAgg client is restored from
+the stored state before each stage and stored again after it, also when it refused a message. The
+state holds the firm's private keys and its neighbours' shares: it never leaves the firm.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from privacy.secagg import SecAggClient, default_threshold
+from privacy.secagg.layout import VectorLayout
+from privacy.secagg.messages import AdvertiseRequest, MaskedInputRequest, Roster, UnmaskRequest
+from privacy.secagg.wire import WireDict
+from silobridge.config import AggregationSpec
+from silobridge.errors import ProtocolError
+
+
+@dataclass(frozen=True)
+class MaskedRelease:
+    """What a firm sends for one secure sum: the protocol message and its masked vector."""
+
+    message: WireDict
+    vector: np.ndarray
+
+
+class FirmSecureSum:
+    """Restores the firm's SecAgg client from `stored`, answers one stage, exposes the state to store."""
+
+    def __init__(self, firm_id: str, spec: AggregationSpec, *, run_id: str, stored: Mapping[str, object] | None):
+        self.firm_id = firm_id
+        params = spec.secagg_params()
+        if params.threshold is not None and params.num_neighbours is not None:
+            if params.threshold < default_threshold(params.num_neighbours):
+                raise ProtocolError(
+                    f"the coordinator asks for threshold {params.threshold} with {params.num_neighbours} neighbours; "
+                    f"below a majority ({default_threshold(params.num_neighbours)}) a server could unmask this firm",
+                    firm=firm_id,
+                    stage="advertise_keys",
+                )
+        self.client = SecAggClient.restore_or_new(stored, firm_id, params, run_id=run_id, entropy=os.urandom)
+
+    def state(self) -> dict[str, object]:
+        return self.client.to_state()
+
+    def advertise(self, wire: Mapping[str, object]) -> WireDict:
+        return self.client.advertise(AdvertiseRequest.from_wire(wire, recipient=self.firm_id)).to_wire()
+
+    def share_keys(self, wire: Mapping[str, object]) -> WireDict:
+        return self.client.share_keys(Roster.from_wire(wire, recipient=self.firm_id)).to_wire()
+
+    def masked_input(
+        self, wire: Mapping[str, object], layout: VectorLayout, segments: Mapping[str, np.ndarray]
+    ) -> MaskedRelease:
+        """Quantise the firm's segments into the agreed layout and mask them."""
+        request = MaskedInputRequest.from_wire(wire, expected_recipient=self.firm_id)
+        if request.vector_length != layout.length:
+            raise ProtocolError(
+                f"masked input of {request.vector_length} values asked for a layout of {layout.length}",
+                firm=self.firm_id,
+                stage="masked_input",
+            )
+        integers, _ = layout.encode(segments, np.random.default_rng(), firm=self.firm_id)
+        masked = self.client.masked_input(request, integers)
+        return MaskedRelease(message=masked.to_wire(include_vector=False), vector=masked.vector)
+
+    def unmask(self, wire: Mapping[str, object]) -> WireDict:
+        return self.client.unmask(UnmaskRequest.from_wire(wire, recipient=self.firm_id)).to_wire()

@@ -1,0 +1,55 @@
+"""The shape of every sum a run releases: which segments, how long, and their public bounds.
+
+The coordinator fixes these from the federation spec and the model sizes, and sends them with each
+request; a firm checks that what it computed fits before anything is masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from privacy.secagg.layout import CLIPPED, Segment, VectorLayout
+from silobridge.config import AggregationSpec
+from silobridge.stats import GROUPS, DemandErrorStats, RiskStats
+
+STAT_LENGTH = {"demand": DemandErrorStats.SIZE * len(GROUPS), "risk": RiskStats.SIZE * len(GROUPS)}
+LOSS_BOUND = 1_000.0
+"""Per-example training losses above this are clipped in the released weighted-loss total."""
+
+
+def _with_clipping(segments: list[Segment], agg: AggregationSpec) -> VectorLayout:
+    """Every layout ends with the count of values the firms' quantisation clipped."""
+    total = sum(s.length for s in segments)
+    return VectorLayout((*segments, Segment(CLIPPED, 1, float(total))), agg.value_bits)
+
+
+def training_layout(param_counts: Mapping[str, int], agg: AggregationSpec) -> VectorLayout:
+    """One round of both models: weighted change, weight, weighted loss, evaluation of the received model."""
+    segments = []
+    for kind, count in param_counts.items():
+        segments += [
+            Segment(f"{kind}/update", count, agg.max_examples * agg.update_bound),
+            Segment(f"{kind}/weight", 1, float(agg.max_examples)),
+            Segment(f"{kind}/loss", 1, agg.max_examples * LOSS_BOUND),
+            Segment(f"{kind}/eval", STAT_LENGTH[kind], agg.stats_bound),
+        ]
+    return _with_clipping(segments, agg)
+
+
+def evaluation_layout(kinds: tuple[str, ...], agg: AggregationSpec) -> VectorLayout:
+    return _with_clipping([Segment(f"{k}/eval", STAT_LENGTH[k], agg.stats_bound) for k in kinds], agg)
+
+
+def baselines_layout(agg: AggregationSpec) -> VectorLayout:
+    return _with_clipping(
+        [
+            Segment("demand/local_only", STAT_LENGTH["demand"], agg.stats_bound),
+            Segment("demand/naive", STAT_LENGTH["demand"], agg.stats_bound),
+            Segment("risk/local_only", STAT_LENGTH["risk"], agg.stats_bound),
+        ],
+        agg,
+    )
+
+
+def moments_layout(num_features: int, agg: AggregationSpec) -> VectorLayout:
+    return _with_clipping([Segment("risk_moments", 1 + 2 * num_features, agg.stats_bound)], agg)
