@@ -17,6 +17,7 @@ Modules, one job each:
     wire       strict flat-dict (Flower ConfigRecord) encoding
     messages   the eight protocol messages
     client     SecAggClient, a firm's state machine
+    state      what a firm keeps between messages, and its flat form for Flower's context.state
     server     SecAggServer and DropoutRecord
     simulate   everything in memory: secure_vector_sum, InMemoryFederation
 
@@ -30,6 +31,12 @@ One round, classic mode (rounds_per_session=1), with `SESSION` = the round numbe
     S: total = server.finish({firm: r}); server.record
 
 With rounds_per_session = R the first three lines run once per R rounds.
+
+A Flower ClientApp may handle each message in a fresh process, so the glue keeps nothing in memory:
+
+    client = SecAggClient.restore_or_new(stored, firm, params, run_id=run)   # stored: context.state record
+    reply = client.<stage method>(request)
+    stored = client.to_state()                                               # saved back, even after a refusal
 """
 
 from privacy.secagg.client import SecAggClient
@@ -62,10 +69,12 @@ from privacy.secagg.ring import to_ring, to_signed
 from privacy.secagg.server import DropoutRecord, SecAggServer
 from privacy.secagg.simulate import InMemoryFederation, SecureSum, Traffic, secure_vector_sum
 from privacy.secagg.stages import Stage
+from privacy.secagg.state import STATE_FORMAT
 from privacy.secagg.wire import wire_size
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "STATE_FORMAT",
     "AdvertiseKeys",
     "AdvertiseRequest",
     "DropoutRecord",

@@ -14,18 +14,23 @@ masked and unmasked at most once; it never reveals both a firm's self-mask share
 share under the same key; it refuses to mask with a firm whose key it helped reconstruct (that
 firm must re-key in a new session); and it reveals nothing when too few neighbours survive or the
 survivors' graph falls apart (the server could then unmask a partial sum).
+
+Nothing here needs the object to live across messages: `to_state()` writes everything the firm
+must remember as a flat ConfigRecord-compatible dict and `from_state` / `restore_or_new` rebuild the
+client from it, with every rule above intact (see `state`).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from typing import NoReturn
 
 import numpy as np
 
-from privacy.secagg.aead import NONCE_BYTES, channel_key, open_sealed, seal, share_associated_data
-from privacy.secagg.graph import is_connected, neighbour_graph
-from privacy.secagg.keys import Entropy, KeyPair, agree
+from privacy.secagg.aead import NONCE_BYTES, open_sealed, seal, share_associated_data
+from privacy.secagg.graph import is_connected
+from privacy.secagg.keys import Entropy, KeyPair
 from privacy.secagg.masking import mask_vector, pairwise_seed, pairwise_sign, self_mask_commitment
 from privacy.secagg.messages import (
     AdvertiseKeys,
@@ -37,43 +42,24 @@ from privacy.secagg.messages import (
     UnmaskRequest,
     UnmaskShares,
 )
-from privacy.secagg.params import Neighbourhood, SecAggParams
+from privacy.secagg.params import SecAggParams
 from privacy.secagg.prg import SEED_BYTES
 from privacy.secagg.ring import to_ring
 from privacy.secagg.shamir import SHARE_BYTES, decode_share, encode_share, split_secret
 from privacy.secagg.stages import Stage
+from privacy.secagg.state import (
+    PHASE_NONE,
+    PHASES,
+    STATE_FORMAT,
+    STATE_STAGE,
+    Fail,
+    HeldShares,
+    KeySession,
+    StateDict,
+    state_keys,
+)
+from privacy.secagg.wire import FlatReader
 from silobridge.errors import ConfigError, ProtocolError
-
-
-@dataclass(frozen=True)
-class HeldShares:
-    """One owner's shares held by this firm: one per mask key, one per round's self-mask seed."""
-
-    mask_key_shares: tuple[int, ...]
-    self_mask_shares: tuple[int, ...]
-    ciphertext: bytes | None  # as delivered, to recognise an identical re-delivery
-
-
-@dataclass
-class _Session:
-    """Everything a firm keeps for one key session; dropped wholesale when it re-keys."""
-
-    start: int
-    channel_key: KeyPair
-    mask_keys: tuple[KeyPair, ...]
-    self_seeds: tuple[bytes, ...]
-    roster: Roster | None = None
-    neighbourhood: Neighbourhood | None = None
-    graph: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    x_coordinate: dict[str, int] = field(default_factory=dict)
-    receive_keys: dict[str, bytes] = field(default_factory=dict)
-    mask_agreements: dict[tuple[str, int], bytes] = field(default_factory=dict)
-    held: dict[str, HeldShares] = field(default_factory=dict)
-    masked_round: int | None = None
-    masked_active: frozenset[str] = frozenset()
-    unmasked_round: int | None = None
-    revealed_self_rounds: dict[str, set[int]] = field(default_factory=dict)
-    revealed_key_indices: dict[str, set[int]] = field(default_factory=dict)
 
 
 class SecAggClient:
@@ -90,7 +76,7 @@ class SecAggClient:
         self.params = params
         self.run_id = run_id
         self._entropy = entropy
-        self._session: _Session | None = None
+        self._session: KeySession | None = None
         self._last_masked_round = -1
 
     # ---- helpers ---------------------------------------------------------------------------
@@ -98,7 +84,7 @@ class SecAggClient:
     def _fail(self, stage: Stage, problem: str, *, firm: str | None = None) -> ProtocolError:
         return ProtocolError(problem, firm=firm or self.firm_id, stage=stage)
 
-    def _require_session(self, stage: Stage, run_id: str, session: int, *, shared: bool) -> _Session:
+    def _require_session(self, stage: Stage, run_id: str, session: int, *, shared: bool) -> KeySession:
         if run_id != self.run_id:
             raise self._fail(stage, f"message is for run {run_id!r}, this firm is in run {self.run_id!r}")
         s = self._session
@@ -112,7 +98,7 @@ class SecAggClient:
             raise self._fail(stage, "keys not yet shared in this session: stage out of order")
         return s
 
-    def _round_offset(self, stage: Stage, s: _Session, round_number: int) -> int:
+    def _round_offset(self, stage: Stage, s: KeySession, round_number: int) -> int:
         offset = round_number - s.start
         if not 0 <= offset < self.params.rounds_per_session:
             raise self._fail(
@@ -152,7 +138,7 @@ class SecAggClient:
         channel = KeyPair.generate(self._entropy)
         mask_keys = tuple(KeyPair.generate(self._entropy) for _ in range(self.params.num_mask_keys))
         seeds = tuple(self._entropy(SEED_BYTES) for _ in range(self.params.rounds_per_session))
-        self._session = _Session(start=request.session, channel_key=channel, mask_keys=mask_keys, self_seeds=seeds)
+        self._session = KeySession(start=request.session, channel_key=channel, mask_keys=mask_keys, self_seeds=seeds)
         commitments = tuple(
             self_mask_commitment(
                 seed, run_id=self.run_id, session=request.session, round_number=request.session + i, firm=self.firm_id
@@ -170,31 +156,13 @@ class SecAggClient:
 
     # ---- stage 2 ---------------------------------------------------------------------------
 
-    def _check_roster(self, s: _Session, roster: Roster) -> Neighbourhood:
-        stage = Stage.SHARE_KEYS
-        firms = roster.firms
-        if list(firms) != sorted(set(firms)):
-            raise self._fail(stage, "roster must list distinct firms in sorted order")
-        if self.firm_id not in firms:
-            raise self._fail(stage, "this firm is missing from the roster")
-        if len(roster.channel_public_keys) != len(firms) or len(roster.mask_public_keys) != len(firms):
-            raise self._fail(stage, "roster lists a different number of keys than firms")
-        if any(len(keys) != self.params.num_mask_keys for keys in roster.mask_public_keys):
-            raise self._fail(stage, f"roster must give {self.params.num_mask_keys} mask keys per firm")
-        me = roster.index(self.firm_id)
-        if roster.channel_public_keys[me] != s.channel_key.public_bytes or roster.mask_public_keys[me] != tuple(
-            key.public_bytes for key in s.mask_keys
-        ):
-            raise self._fail(stage, "roster carries public keys for this firm that it did not advertise")
-        all_keys = list(roster.channel_public_keys) + [key for keys in roster.mask_public_keys for key in keys]
-        if len(set(all_keys)) != len(all_keys):
-            raise self._fail(stage, "roster repeats a public key (copied or replayed keys)")
-        if len(firms) < self.params.min_firms:
-            raise self._fail(stage, f"roster of {len(firms)} firms is below the minimum of {self.params.min_firms}")
-        try:
-            return self.params.neighbourhood(len(firms))
-        except ConfigError as err:
-            raise self._fail(stage, f"parameters do not fit the roster: {err}") from err
+    def _raiser(self, stage: Stage) -> Fail:
+        """A `fail(problem)` that raises this firm's ProtocolError at `stage`."""
+
+        def fail(problem: str) -> NoReturn:
+            raise self._fail(stage, problem)
+
+        return fail
 
     def share_keys(self, roster: Roster) -> ShareKeys:
         """Agree keys with each neighbour and send it encrypted shares of this firm's secrets."""
@@ -202,22 +170,10 @@ class SecAggClient:
         s = self._require_session(stage, roster.run_id, roster.session, shared=False)
         if s.roster is not None:
             raise self._fail(stage, "keys already shared in this session (replayed roster)")
-        hood = self._check_roster(s, roster)
-        graph = neighbour_graph(self.run_id, s.start, roster.firms, hood.num_neighbours)
-        neighbours = graph[self.firm_id]
+        hood = s.check_roster(roster, self.params, self.firm_id, self._raiser(stage))
+        links = s.derive_links(roster, hood, run_id=self.run_id, firm_id=self.firm_id, stage=stage)
+        neighbours = links.graph[self.firm_id]
         x_of = {firm: i + 1 for i, firm in enumerate(roster.firms)}
-        send_keys: dict[str, bytes] = {}
-        for j in neighbours:
-            peer = roster.index(j)
-            shared = agree(s.channel_key.private_key, roster.channel_public_keys[peer], firm=j, stage=stage)
-            send_keys[j] = channel_key(shared, run_id=self.run_id, session=s.start, sender=self.firm_id, recipient=j)
-            s.receive_keys[j] = channel_key(
-                shared, run_id=self.run_id, session=s.start, sender=j, recipient=self.firm_id
-            )
-            for index, key in enumerate(s.mask_keys):
-                s.mask_agreements[(j, index)] = agree(
-                    key.private_key, roster.mask_public_keys[peer][index], firm=j, stage=stage
-                )
         holders_x = [x_of[firm] for firm in sorted((*neighbours, self.firm_id))]
         secrets = [int.from_bytes(key.private_bytes(), "big") for key in s.mask_keys]
         secrets += [int.from_bytes(seed, "big") for seed in s.self_seeds]
@@ -229,15 +185,15 @@ class SecAggClient:
             nonce = self._entropy(NONCE_BYTES)
             ad = share_associated_data(run_id=self.run_id, session=s.start, sender=self.firm_id, recipient=j)
             nonces.append(nonce)
-            ciphertexts.append(seal(send_keys[j], nonce, plaintext, ad))
+            ciphertexts.append(seal(links.send_keys[j], nonce, plaintext, ad))
         mine = [table[x_of[self.firm_id]] for table in tables]
         s.held[self.firm_id] = HeldShares(tuple(mine[:num_keys]), tuple(mine[num_keys:]), None)
-        s.roster, s.neighbourhood, s.graph, s.x_coordinate = roster, hood, graph, x_of
+        s.adopt(roster, hood, links)
         return ShareKeys(self.run_id, s.start, self.firm_id, neighbours, tuple(nonces), tuple(ciphertexts))
 
     # ---- stage 3 ---------------------------------------------------------------------------
 
-    def _receive_shares(self, s: _Session, request: MaskedInputRequest) -> None:
+    def _receive_shares(self, s: KeySession, request: MaskedInputRequest) -> None:
         stage = Stage.SHARE_KEYS  # the shares belong to SHARE_KEYS even though they arrive now
         neighbours = set(s.graph[self.firm_id])
         num_keys, num_rounds = len(s.mask_keys), len(s.self_seeds)
@@ -378,3 +334,106 @@ class SecAggClient:
             mask_key_owners=tuple(key_owners),
             mask_key_shares=tuple(encode_share(s.held[o].mask_key_shares[key_index]) for o in key_owners),
         )
+
+    # ---- stored state (Flower's context.state) ------------------------------------------------
+
+    def to_state(self) -> StateDict:
+        """Everything this firm must remember until its next message, as a flat ConfigRecord dict.
+
+        Save it after every call that returned or raised ProtocolError, and restore with
+        `restore_or_new` before the next: a Flower ClientApp may run each message in a new process.
+        It holds private keys, self-mask seeds and neighbours' shares: keep it on the firm's side
+        (see `privacy.secagg.state` for the layout and why derived keys are not stored).
+        """
+        state: StateDict = {
+            "format": STATE_FORMAT,
+            "run_id": self.run_id,
+            "params_fingerprint": self.params.fingerprint(),
+            "firm_id": self.firm_id,
+            "last_masked_round": self._last_masked_round,
+            "session_phase": PHASE_NONE if self._session is None else self._session.phase,
+        }
+        if self._session is not None:
+            state.update(self._session.to_state())
+        return state
+
+    @classmethod
+    def from_state(
+        cls, state: Mapping[str, object], params: SecAggParams, *, run_id: str, entropy: Entropy = os.urandom
+    ) -> SecAggClient:
+        """The client that `to_state` described, rebuilt exactly and validated field by field.
+
+        ProtocolError (stage "state") for a malformed, truncated or inconsistent state, or an empty
+        one (a firm's first message has none: use `restore_or_new`); ConfigError when the state
+        belongs to another run or was written under other parameters.
+        """
+        return cls._load(state, params, run_id=run_id, entropy=entropy, expected_firm=None)
+
+    @classmethod
+    def restore_or_new(
+        cls,
+        state: Mapping[str, object] | None,
+        firm_id: str,
+        params: SecAggParams,
+        *,
+        run_id: str,
+        entropy: Entropy = os.urandom,
+    ) -> SecAggClient:
+        """A fresh client when nothing is stored yet (None or empty), else `firm_id`'s restored one.
+
+        ConfigError if the stored state belongs to another firm.
+        """
+        if state is None or (isinstance(state, Mapping) and not state):
+            return cls(firm_id, params, run_id=run_id, entropy=entropy)
+        return cls._load(state, params, run_id=run_id, entropy=entropy, expected_firm=firm_id)
+
+    @classmethod
+    def _load(
+        cls, state: object, params: SecAggParams, *, run_id: str, entropy: Entropy, expected_firm: str | None
+    ) -> SecAggClient:
+        reader = FlatReader(state, label="SecAggClient state", firm=expected_firm, stage=STATE_STAGE)
+        firm_id = _read_identity(reader, params, run_id=run_id, expected_firm=expected_firm)
+        phase = reader.text("session_phase")
+        if phase not in PHASES:
+            reader.fail(f"session_phase must be one of {list(PHASES)}, got {phase!r}")
+        reader.check_keys(*state_keys(phase))
+        client = cls(firm_id, params, run_id=run_id, entropy=entropy)
+        client._last_masked_round = reader.integer("last_masked_round", minimum=-1)
+        if phase != PHASE_NONE:
+            client._session = KeySession.from_state(reader, params, run_id=run_id, firm_id=firm_id)
+        client._check_last_masked_round(reader.fail)
+        return client
+
+    def _check_last_masked_round(self, fail: Fail) -> None:
+        """The round-replay guard agrees with the session: it is the masked round, or precedes the session."""
+        last, s = self._last_masked_round, self._session
+        if s is None:
+            consistent = last == -1
+        elif s.masked_round is None:
+            consistent = last < s.start
+        else:
+            consistent = last == s.masked_round
+        if not consistent:
+            fail(f"last_masked_round {last} contradicts the session's masked rounds")
+
+
+def _read_identity(reader: FlatReader, params: SecAggParams, *, run_id: str, expected_firm: str | None) -> str:
+    """Check format, firm, run and parameters before anything else is read; returns the firm id.
+
+    From here on `reader` names the firm in its errors.
+    """
+    if not reader.has("format"):
+        reader.fail("empty or unformatted: nothing was stored yet (a firm's first message: use restore_or_new)")
+    found = reader.text("format")
+    if found != STATE_FORMAT:
+        reader.fail(f"format {found!r} is not {STATE_FORMAT!r} (written by another version)")
+    firm_id = reader.firm_id("firm_id")
+    if expected_firm is not None and firm_id != expected_firm:
+        raise ConfigError(f"stored state belongs to firm {firm_id!r}, not {expected_firm!r}", field="firm_id")
+    reader.firm = firm_id
+    stored_run = reader.text("run_id")
+    if stored_run != run_id:
+        raise ConfigError(f"stored state is for run {stored_run!r}, not {run_id!r}", field="run_id")
+    if reader.text("params_fingerprint") != params.fingerprint():
+        raise ConfigError("stored state was written under other secure-aggregation parameters", field="params")
+    return firm_id

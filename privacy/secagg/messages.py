@@ -19,7 +19,6 @@ Only MaskedInput grows with L: w L with w = 4 up to 32-bit rings, the size of a 
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -32,12 +31,6 @@ from privacy.secagg.ring import check_modulus_bits, ring_dtype
 from privacy.secagg.shamir import SHARE_BYTES
 from privacy.secagg.stages import Stage
 from privacy.secagg.wire import WireDict, WireReader, header
-
-
-def _strictly_sorted(reader: WireReader, key: str, firms: tuple[str, ...]) -> tuple[str, ...]:
-    if any(a >= b for a, b in itertools.pairwise(firms)):
-        reader.fail(f"field '{key}' must list distinct firm ids in sorted order")
-    return firms
 
 
 def _check_sender(reader: WireReader, claimed: str, expected_sender: str | None) -> str:
@@ -186,7 +179,7 @@ class Roster:
     @classmethod
     def from_wire(cls, wire: Mapping, *, recipient: str | None = None) -> Roster:
         r = WireReader(wire, message=cls.MESSAGE, fields=cls.FIELDS, firm=recipient, stage=cls.STAGE)
-        firms = _strictly_sorted(r, "firms", r.firm_ids("firms"))
+        firms = r.sorted_firm_ids("firms")
         n, per_firm = len(firms), r.integer("num_mask_keys", minimum=1)
         channel_keys = r.blobs("channel_public_keys", size=KEY_BYTES, count=n)
         flat = r.blobs("mask_public_keys", size=KEY_BYTES, count=n * per_firm)
@@ -224,7 +217,7 @@ class ShareKeys:
     def from_wire(cls, wire: Mapping, *, expected_sender: str | None) -> ShareKeys:
         r = WireReader(wire, message=cls.MESSAGE, fields=cls.FIELDS, firm=expected_sender, stage=cls.STAGE)
         sender = _check_sender(r, r.firm_id("sender"), expected_sender)
-        recipients = _strictly_sorted(r, "recipients", r.firm_ids("recipients"))
+        recipients = r.sorted_firm_ids("recipients")
         if sender in recipients:
             r.fail("a firm does not send shares to itself")
         count = len(recipients)
@@ -286,14 +279,14 @@ class MaskedInputRequest:
     def from_wire(cls, wire: Mapping, *, expected_recipient: str | None) -> MaskedInputRequest:
         r = WireReader(wire, message=cls.MESSAGE, fields=cls.FIELDS, firm=expected_recipient, stage=cls.STAGE)
         recipient = _check_recipient(r, r.firm_id("recipient"), expected_recipient)
-        senders = _strictly_sorted(r, "share_senders", r.firm_ids("share_senders"))
+        senders = r.sorted_firm_ids("share_senders")
         return cls(
             r.text("run_id"),
             r.integer("session"),
             r.integer("round_number"),
             recipient,
             r.integer("vector_length", minimum=1),
-            _strictly_sorted(r, "active_firms", r.firm_ids("active_firms")),
+            r.sorted_firm_ids("active_firms"),
             senders,
             r.blobs("share_nonces", size=NONCE_BYTES, count=len(senders)),
             r.blobs("share_ciphertexts", count=len(senders)),
@@ -387,7 +380,7 @@ class UnmaskRequest:
     @classmethod
     def from_wire(cls, wire: Mapping, *, recipient: str | None = None) -> UnmaskRequest:
         r = WireReader(wire, message=cls.MESSAGE, fields=cls.FIELDS, firm=recipient, stage=cls.STAGE)
-        survivors = _strictly_sorted(r, "survivors", r.firm_ids("survivors"))
+        survivors = r.sorted_firm_ids("survivors")
         return cls(r.text("run_id"), r.integer("session"), r.integer("round_number"), survivors)
 
 
@@ -437,8 +430,8 @@ class UnmaskShares:
     def from_wire(cls, wire: Mapping, *, expected_sender: str | None) -> UnmaskShares:
         r = WireReader(wire, message=cls.MESSAGE, fields=cls.FIELDS, firm=expected_sender, stage=cls.STAGE)
         sender = _check_sender(r, r.firm_id("sender"), expected_sender)
-        self_owners = _strictly_sorted(r, "self_mask_owners", r.firm_ids("self_mask_owners"))
-        key_owners = _strictly_sorted(r, "mask_key_owners", r.firm_ids("mask_key_owners"))
+        self_owners = r.sorted_firm_ids("self_mask_owners")
+        key_owners = r.sorted_firm_ids("mask_key_owners")
         if set(self_owners) & set(key_owners):
             r.fail("a firm's self-mask share and mask-key share must never both be revealed")
         return cls(

@@ -23,7 +23,7 @@ nothing: the running sum is discarded.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from types import MappingProxyType
 from typing import Any, NoReturn
@@ -74,8 +74,12 @@ class DropoutRecord:
     aborted: str | None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain types only, for a JSON run summary."""
-        out = asdict(self)
+        """Plain types only, for a JSON run summary.
+
+        Field by field rather than `asdict`, which deep-copies and cannot copy the read-only
+        mapping proxies that `dropped` and `errors` are.
+        """
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["dropped"] = {firm: str(stage) for firm, stage in self.dropped.items()}
         out["errors"] = dict(self.errors)
         return out

@@ -1,14 +1,15 @@
 """Strict reading and writing of the flat dictionaries that messages travel as.
 
 Flower's ConfigRecord holds only int, float, str, bytes, bool and homogeneous lists of these (no
-nesting), so every message flattens to such a dict. Reading is strict: exactly the expected keys,
-exact Python types (a bool is not an int), sizes checked; any deviation is a ProtocolError naming
-the firm and the stage.
+nesting), so every message, and a firm's stored state (see `state`), flattens to such a dict.
+Reading is strict: exactly the expected keys, exact Python types (a bool is not an int), sizes
+checked; any deviation is a ProtocolError naming the firm and the stage.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import itertools
+from collections.abc import Collection, Mapping
 from typing import NoReturn
 
 from privacy.secagg.params import PROTOCOL_VERSION
@@ -47,31 +48,39 @@ def wire_size(wire: Mapping[str, WireValue]) -> int:
     return sum(len(key.encode("utf-8")) + size(value) for key, value in wire.items())
 
 
-class WireReader:
-    """Reads one message's fields, raising ProtocolError(firm, stage) on the first problem."""
+class FlatReader:
+    """Typed, size-checked reads from one flat dict; the first problem raises ProtocolError(firm, stage).
 
-    def __init__(self, wire: object, *, message: str, fields: tuple[str, ...], firm: str | None, stage: str):
-        self.message = message
+    Shared by messages (`WireReader`) and a firm's stored state (`privacy.secagg.state`), so both
+    refuse the same things: missing or unexpected keys, wrong Python types (a bool is not an int),
+    wrong sizes and counts. `label` starts every error message.
+    """
+
+    def __init__(self, flat: object, *, label: str, firm: str | None, stage: str):
+        self.label = label
         self.firm = firm
         self.stage = stage
-        if not isinstance(wire, Mapping):
-            self.fail(f"expected a {message} dict, got {type(wire).__name__}")
-        self._wire = wire
-        kind = wire.get("message")
-        if kind != message:
-            self.fail(f"expected a {message} message, got {kind!r} (out of order or misrouted)")
-        if wire.get("protocol") != PROTOCOL_VERSION:
-            self.fail(f"protocol {wire.get('protocol')!r} is not {PROTOCOL_VERSION!r}")
-        expected = set(_HEADER) | set(fields)
-        missing, extra = expected - set(wire), set(wire) - expected
+        if not isinstance(flat, Mapping):
+            self.fail(f"expected a {label} dict, got {type(flat).__name__}")
+        self._flat = flat
+
+    def fail(self, problem: str) -> NoReturn:
+        raise ProtocolError(f"{self.label}: {problem}", firm=self.firm, stage=self.stage)
+
+    def has(self, key: str) -> bool:
+        return key in self._flat
+
+    def check_keys(self, required: Collection[str], optional: Collection[str] = ()) -> None:
+        """Every required key present and nothing outside required and optional."""
+        present = set(self._flat)
+        missing, extra = set(required) - present, present - set(required) - set(optional)
         if missing or extra:
             self.fail(f"fields missing {sorted(missing)}, unexpected {sorted(map(str, extra))}")
 
-    def fail(self, problem: str) -> NoReturn:
-        raise ProtocolError(f"{self.message}: {problem}", firm=self.firm, stage=self.stage)
-
     def _typed(self, key: str, kind: type) -> object:
-        value = self._wire[key]
+        if key not in self._flat:
+            self.fail(f"field '{key}' is missing")
+        value = self._flat[key]
         if type(value) is not kind:
             self.fail(f"field '{key}' must be {kind.__name__}, got {type(value).__name__}")
         return value
@@ -95,13 +104,26 @@ class WireReader:
         return value
 
     def _list(self, key: str, kind: type) -> list:
-        value = self._wire[key]
-        if type(value) is not list or any(type(item) is not kind for item in value):
+        value = self._typed(key, list)
+        if any(type(item) is not kind for item in value):
             self.fail(f"field '{key}' must be a list of {kind.__name__}")
         return value
 
+    def integers(self, key: str, *, count: int | None = None) -> tuple[int, ...]:
+        items = self._list(key, int)
+        if count is not None and len(items) != count:
+            self.fail(f"field '{key}' must hold {count} items, got {len(items)}")
+        return tuple(items)
+
     def firm_ids(self, key: str) -> tuple[str, ...]:
         return tuple(check_firm_id(item, reader=self, key=key) for item in self._list(key, str))
+
+    def sorted_firm_ids(self, key: str) -> tuple[str, ...]:
+        """Firm ids that must be distinct and in sorted order (the canonical form of a set)."""
+        firms = self.firm_ids(key)
+        if any(a >= b for a, b in itertools.pairwise(firms)):
+            self.fail(f"field '{key}' must list distinct firm ids in sorted order")
+        return firms
 
     def blobs(self, key: str, *, size: int | None = None, count: int | None = None) -> tuple[bytes, ...]:
         items = self._list(key, bytes)
@@ -112,7 +134,20 @@ class WireReader:
         return tuple(items)
 
 
-def check_firm_id(value: str, *, reader: WireReader, key: str) -> str:
+class WireReader(FlatReader):
+    """Reads one message: the header must name the protocol and `message`, the keys be exactly `fields`."""
+
+    def __init__(self, wire: object, *, message: str, fields: tuple[str, ...], firm: str | None, stage: str):
+        super().__init__(wire, label=message, firm=firm, stage=stage)
+        kind = self._flat.get("message")
+        if kind != message:
+            self.fail(f"expected a {message} message, got {kind!r} (out of order or misrouted)")
+        if self._flat.get("protocol") != PROTOCOL_VERSION:
+            self.fail(f"protocol {self._flat.get('protocol')!r} is not {PROTOCOL_VERSION!r}")
+        self.check_keys(set(_HEADER) | set(fields))
+
+
+def check_firm_id(value: str, *, reader: FlatReader, key: str) -> str:
     """A firm id is a non-empty printable string of at most MAX_FIRM_ID_CHARS characters."""
     if not value or len(value) > MAX_FIRM_ID_CHARS or not value.isprintable():
         reader.fail(f"field '{key}' holds an invalid firm id {value[:40]!r}")

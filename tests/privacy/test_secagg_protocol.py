@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -107,6 +108,14 @@ def test_unmasked_sum_is_exact_or_the_round_aborts_releasing_nothing(scenario) -
     assert set(record.reconstructed_mask_keys) == rebuilt_keys
     assert set(record.recovered_self_masks) == rebuilt_seeds
     assert record.aborted is None and not record.errors and not result.client_errors
+
+
+def test_dropout_record_converts_to_plain_json() -> None:
+    firms = firm_ids(5)
+    vectors = {f: np.arange(4) for f in firms}
+    result = secure_vector_sum(vectors, SecAggParams(modulus_bits=8), dropouts={firms[0]: Stage.MASKED_INPUT})
+    summary = json.loads(json.dumps(result.record.to_dict()))
+    assert summary["dropped"] == {firms[0]: "masked_input"} and summary["contributors"] == firms[1:]
 
 
 def test_signed_inputs_sum_to_the_signed_total() -> None:
