@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ from flwr.clientapp import ClientApp
 from clients.firm import FirmClient, Normaliser
 from clients.models import MODEL_KINDS
 from clients.secure_sum import FirmSecureSum
-from federation.firm_source import simulated_firm
+from federation.firm_source import simulated_dropout, simulated_firm
 from federation.records import (
     INSTRUCTION,
     MASKED,
@@ -38,10 +39,9 @@ from federation.records import (
     secagg_run_id,
     weights_key,
 )
-from federation.settings import settings_from_run_config
+from federation.settings import RunSettings, settings_from_run_config
 from privacy.secagg.layout import CLIPPED
-from silobridge.config import FederationSpec
-from silobridge.errors import SiloBridgeError
+from silobridge.errors import SiloBridgeError, SimulatedDropout
 from silobridge.messages import BaselineInstruction, TrainInstruction
 
 FIRM_ERROR_CODE = 4100
@@ -49,43 +49,61 @@ FIRM_ERROR_CODE = 4100
 
 log = logging.getLogger("silobridge")
 
-Segments = dict[str, np.ndarray]
+
+@dataclass(frozen=True)
+class Request:
+    """One message as a firm sees it: who it is, the run's settings, Flower's context and the message."""
+
+    firm: FirmClient
+    settings: RunSettings
+    context: Context
+    message: Message
 
 
-def _firm(context: Context, run_config: Mapping[str, Any], spec: FederationSpec) -> FirmClient:
+def _request(context: Context, run_config: Mapping[str, Any], message: Message) -> Request:
     settings = settings_from_run_config(run_config)
+    spec = read_spec(message)
     node = context.node_config
     if "partition-id" not in node:
         raise SiloBridgeError("this node has no 'partition-id': only simulated nodes are supported so far")
     if torch.get_num_threads() != 1:
         torch.set_num_threads(1)  # simulated firms share the machine's cores
-    return simulated_firm(settings, spec, int(node["partition-id"]), run_id=context.run_id)
+    firm = simulated_firm(settings, spec, int(node["partition-id"]), run_id=context.run_id)
+    return Request(firm, settings, context, message)
 
 
-def _secure(firm: FirmClient, context: Context) -> FirmSecureSum:
-    stored = context.state.config_records.get(SECAGG)
+def _secure(req: Request) -> FirmSecureSum:
+    stored = req.context.state.config_records.get(SECAGG)
     return FirmSecureSum(
-        firm.firm_id, firm.spec.aggregation, run_id=secagg_run_id(context.run_id), stored=dict(stored or {})
+        req.firm.firm_id, req.firm.spec.aggregation, run_id=secagg_run_id(req.context.run_id), stored=dict(stored or {})
     )
 
 
-def _store(secure: FirmSecureSum, context: Context) -> None:
-    context.state.config_records[SECAGG] = ConfigRecord(secure.state())
+def _store(secure: FirmSecureSum, req: Request) -> None:
+    req.context.state.config_records[SECAGG] = ConfigRecord(secure.state())
 
 
-def _release(firm: FirmClient, context: Context, message: Message, segments: Segments) -> RecordDict:
-    """Send the firm's segments into the sum the request asks for: in the clear, or masked."""
-    layout = read_layout(message)
-    if firm.spec.aggregation.mode == "plain":
-        layout.count_clipped(segments)  # validates names; plain values are never clipped
-        return RecordDict({SEGMENTS: arrays_record(segments)})
-    secure = _secure(firm, context)
-    try:
-        release = secure.masked_input(
-            config_of(message, SECAGG), layout, {**segments, CLIPPED: np.array([layout.count_clipped(segments)])}
+def _maybe_vanish(req: Request, round_number: int, stage: str) -> None:
+    """Simulation only: vanish as the scenario's [dropout] says, before or after masking."""
+    if simulated_dropout(req.settings.scenario, req.firm.firm_id, round_number, stage):
+        raise SimulatedDropout(
+            f"firm '{req.firm.firm_id}' vanished {stage.replace('_', ' ')} (secure sum {round_number})"
         )
+
+
+def _release(req: Request, segments: dict[str, np.ndarray]) -> RecordDict:
+    """Send the firm's segments into the sum the request asks for: in the clear, or masked."""
+    layout = read_layout(req.message)
+    if req.firm.spec.aggregation.mode == "plain":
+        layout.count_clipped(segments)  # validates the names; plain values are never clipped
+        return RecordDict({SEGMENTS: arrays_record(segments)})
+    wire = config_of(req.message, SECAGG)
+    _maybe_vanish(req, int(wire.get("round_number", 0)), "before_masking")
+    secure = _secure(req)
+    try:
+        release = secure.masked_input(wire, layout, {**segments, CLIPPED: np.array([layout.count_clipped(segments)])})
     finally:
-        _store(secure, context)
+        _store(secure, req)
     return RecordDict({SECAGG: ConfigRecord(release.message), MASKED: arrays_record({"vector": release.vector})})
 
 
@@ -97,47 +115,47 @@ def _normaliser(message: Message) -> Normaliser | None:
 
 
 def _weights(message: Message) -> dict[str, dict[str, np.ndarray]]:
-    return {
-        kind: arrays_of(message, weights_key(kind))
-        for kind in MODEL_KINDS
-        if weights_key(kind) in message.content.array_records
-    }
+    records = message.content.array_records
+    return {kind: arrays_of(message, weights_key(kind)) for kind in MODEL_KINDS if weights_key(kind) in records}
 
 
-# -- handlers: (firm, context, message) -> reply content ----------------------------------------
+# -- handlers ---------------------------------------------------------------------------------------
 
-Handler = Callable[[FirmClient, Context, Message], RecordDict]
-
-
-def _manifest(firm: FirmClient, context: Context, message: Message) -> RecordDict:
-    return RecordDict({REPLY: ConfigRecord(firm.manifest().to_config())})
+Handler = Callable[[Request], RecordDict]
 
 
-def _moments(firm: FirmClient, context: Context, message: Message) -> RecordDict:
-    return _release(firm, context, message, firm.risk_moments())
+def _manifest(req: Request) -> RecordDict:
+    return RecordDict({REPLY: ConfigRecord(req.firm.manifest().to_config())})
 
 
-def _baselines(firm: FirmClient, context: Context, message: Message) -> RecordDict:
-    instruction = BaselineInstruction.from_config(config_of(message, INSTRUCTION), firm=firm.firm_id)
-    return _release(firm, context, message, firm.local_baselines(instruction))
+def _moments(req: Request) -> RecordDict:
+    return _release(req, req.firm.risk_moments())
 
 
-def _train(firm: FirmClient, context: Context, message: Message) -> RecordDict:
-    instruction = TrainInstruction.from_config(config_of(message, INSTRUCTION), firm=firm.firm_id)
-    return _release(firm, context, message, firm.train_round(_weights(message), instruction, _normaliser(message)))
+def _baselines(req: Request) -> RecordDict:
+    instruction = BaselineInstruction.from_config(config_of(req.message, INSTRUCTION), firm=req.firm.firm_id)
+    return _release(req, req.firm.local_baselines(instruction))
 
 
-def _evaluate(firm: FirmClient, context: Context, message: Message) -> RecordDict:
-    return _release(firm, context, message, firm.evaluate_all(_weights(message), _normaliser(message)))
+def _train(req: Request) -> RecordDict:
+    instruction = TrainInstruction.from_config(config_of(req.message, INSTRUCTION), firm=req.firm.firm_id)
+    return _release(req, req.firm.train_round(_weights(req.message), instruction, _normaliser(req.message)))
+
+
+def _evaluate(req: Request) -> RecordDict:
+    return _release(req, req.firm.evaluate_all(_weights(req.message), _normaliser(req.message)))
 
 
 def _secagg_stage(stage: str) -> Handler:
-    def handle(firm: FirmClient, context: Context, message: Message) -> RecordDict:
-        secure = _secure(firm, context)
+    def handle(req: Request) -> RecordDict:
+        wire = config_of(req.message, SECAGG)
+        if stage == "unmask":
+            _maybe_vanish(req, int(wire.get("round_number", 0)), "after_masking")
+        secure = _secure(req)
         try:
-            reply = getattr(secure, stage)(config_of(message, SECAGG))
+            reply = getattr(secure, stage)(wire)
         finally:
-            _store(secure, context)
+            _store(secure, req)
         return RecordDict({SECAGG: ConfigRecord(reply)})
 
     return handle
@@ -152,10 +170,10 @@ def build_client_app(run_config: Mapping[str, Any] | None = None) -> ClientApp:
         def wrapped(message: Message, context: Context) -> Message:
             config = run_config if run_config is not None else context.run_config
             try:
-                firm = _firm(context, config, read_spec(message))
-                return Message(handler(firm, context, message), reply_to=message)
+                return Message(handler(_request(context, config, message)), reply_to=message)
             except SiloBridgeError as err:
-                log.warning("firm request %s failed: %s", message.metadata.message_type, err)
+                if not isinstance(err, SimulatedDropout):
+                    log.warning("firm request %s failed: %s", message.metadata.message_type, err)
                 return Message(Error(code=FIRM_ERROR_CODE, reason=str(err)), reply_to=message)
 
         decorator(wrapped)

@@ -6,7 +6,10 @@ the generator (run once per process) and pass the same validation as a partner's
 
 from __future__ import annotations
 
+import zlib
 from functools import lru_cache
+
+import numpy as np
 
 from clients.data import firm_data_from_tables
 from clients.firm import FirmClient
@@ -16,6 +19,17 @@ from scenarios.generator import ChainData, generate_chain
 from scenarios.schema import Scenario
 from silobridge.config import FederationSpec
 from silobridge.errors import ConfigError
+
+
+def simulated_dropout(scenario: Scenario, firm_id: str, round_number: int, stage: str) -> bool:
+    """Whether this firm vanishes at `stage` of secure sum `round_number` (scenario [dropout])."""
+    dropout = scenario.dropout
+    if dropout.rate <= 0 or dropout.stage != stage:
+        return False
+    draw = np.random.default_rng(
+        [scenario.seed, zlib.crc32(firm_id.encode()), round_number, zlib.crc32(stage.encode())]
+    )
+    return bool(draw.random() < dropout.rate)
 
 
 @lru_cache(maxsize=4)

@@ -10,7 +10,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from privacy.secagg.layout import Segment, VectorLayout
 from silobridge.config import FederationSpec
-from silobridge.errors import ProtocolError
+from silobridge.errors import ConfigError, ProtocolError
 
 RUN = "run"  # ConfigRecord: the federation spec every request carries
 INSTRUCTION = "instruction"  # ConfigRecord: what to do this round
@@ -50,6 +50,7 @@ def layout_record(layout: VectorLayout) -> ConfigRecord:
             "names": [s.name for s in layout.segments],
             "lengths": [s.length for s in layout.segments],
             "bounds": [float(s.bound) for s in layout.segments],
+            "precisions": [s.precision for s in layout.segments],
             "value_bits": layout.value_bits,
         }
     )
@@ -59,11 +60,15 @@ def read_layout(message: Message) -> VectorLayout:
     record = config_of(message, LAYOUT)
     try:
         names, lengths, bounds = list(record["names"]), list(record["lengths"]), list(record["bounds"])
-        if not len(names) == len(lengths) == len(bounds):
-            raise ValueError("names, lengths and bounds differ in length")
-        segments = tuple(Segment(str(n), int(k), float(b)) for n, k, b in zip(names, lengths, bounds, strict=True))
+        precisions = list(record["precisions"])
+        if not len(names) == len(lengths) == len(bounds) == len(precisions):
+            raise ValueError("names, lengths, bounds and precisions differ in length")
+        segments = tuple(
+            Segment(str(n), int(k), float(b), p)  # type: ignore[arg-type]
+            for n, k, b, p in zip(names, lengths, bounds, precisions, strict=True)
+        )
         return VectorLayout(segments, int(record["value_bits"]))
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, ConfigError) as err:
         raise ProtocolError(f"malformed layout: {err}", stage=message.metadata.message_type) from None
 
 

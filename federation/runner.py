@@ -9,6 +9,7 @@ in the same message); under secure aggregation each sum adds one unmask exchange
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -87,6 +88,9 @@ class FederationOutcome:
 
 Records = dict[str, ArrayRecord | ConfigRecord]
 
+MAX_SECURE_ATTEMPTS = 3
+"""A secure sum that aborts (too few survivors) is tried again, each time under a new round number."""
+
 
 class Federation:
     """One run's conversation with the firms over a Grid."""
@@ -117,7 +121,8 @@ class Federation:
             proximal_mu=training.proximal_mu if training.strategy == "fedprox" else 0.0,
             seed=settings.scenario.seed,
         )
-        self.min_firms = training.min_firms or len(settings.scenario.firms)
+        num_firms = len(settings.scenario.firms)
+        self.min_firms = training.min_firms or max(2, math.ceil(num_firms / 2))
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -195,6 +200,21 @@ class Federation:
     def _secure_sum(
         self, message_type: str, records: Records, layout: VectorLayout, nodes: list[int], stage: str
     ) -> SumOutcome:
+        """A secure sum; an aborted one (too few survivors somewhere) is retried under a new round number."""
+        last: ProtocolError | None = None
+        for attempt in range(1, MAX_SECURE_ATTEMPTS + 1):
+            try:
+                return self._secure_sum_once(message_type, records, layout, nodes, stage)
+            except ProtocolError as err:
+                last = err
+                self.dropped.append(
+                    {"stage": stage, "firm": None, "reason": f"secure sum aborted (attempt {attempt}): {err}"}
+                )
+        raise FederationError(f"{stage}: the secure sum aborted {MAX_SECURE_ATTEMPTS} times; last: {last}")
+
+    def _secure_sum_once(
+        self, message_type: str, records: Records, layout: VectorLayout, nodes: list[int], stage: str
+    ) -> SumOutcome:
         secure = self.secure
         if secure is None:
             raise FederationError("no secure aggregation in this run")
@@ -240,9 +260,8 @@ class Federation:
             layout,
             len(self.manifests),
         )
-        for firm, where in sorted(result.record.dropped.items()):
-            reason = result.record.errors.get(firm, "no answer")
-            self._drop(firm, f"{stage}: secagg {where}", str(reason))
+        for firm, error in sorted(result.record.errors.items()):  # silent dropouts are logged by the exchange
+            self._drop(firm, f"{stage}: secure aggregation", str(error))
         clipped = int(round(float(result.segments[CLIPPED][0])))
         self.clipped_total += clipped
         return SumOutcome(result.segments, list(result.contributors), clipped)

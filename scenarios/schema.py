@@ -107,8 +107,22 @@ class TrainingSettings(_Frozen):
     )
     lags: int = Field(default=8, ge=1, le=104)
     hidden: int = Field(default=64, ge=4, le=4096)
-    min_firms: int | None = Field(default=None, ge=1, description="fewest firms a round may aggregate; default: all")
+    min_firms: int | None = Field(
+        default=None, ge=1, description="fewest firms a round may aggregate; default: half the firms, at least 2"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class SimulatedDropout(_Frozen):
+    """Simulation only: firms that vanish mid-sum, to exercise and measure dropout recovery.
+
+    In each secure sum every firm independently vanishes with probability `rate`, either before
+    sending its masked input (it is left out) or after (the others' shares recover its masks).
+    Deterministic by the scenario's seed.
+    """
+
+    rate: float = Field(default=0.0, ge=0.0, le=0.9)
+    stage: Literal["before_masking", "after_masking"] = "after_masking"
 
 
 class Scenario(_Frozen):
@@ -129,6 +143,7 @@ class Scenario(_Frozen):
     shocks: tuple[Shock, ...] = ()
     training: TrainingSettings = TrainingSettings()
     aggregation: AggregationSpec = AggregationSpec()
+    dropout: SimulatedDropout = SimulatedDropout()
 
     @field_validator("end")
     @classmethod

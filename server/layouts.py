@@ -1,5 +1,8 @@
 """The shape of every sum a run releases: which segments, how long, and their public bounds.
 
+Statistics (evaluation, baselines, feature moments) take two words per value, so their sums come
+back at float64 precision whatever their wide bound; model updates take one.
+
 The coordinator fixes these from the federation spec and the model sizes, and sends them with each
 request; a firm checks that what it computed fits before anything is masked.
 """
@@ -31,25 +34,25 @@ def training_layout(param_counts: Mapping[str, int], agg: AggregationSpec) -> Ve
             Segment(f"{kind}/update", count, agg.max_examples * agg.update_bound),
             Segment(f"{kind}/weight", 1, float(agg.max_examples)),
             Segment(f"{kind}/loss", 1, agg.max_examples * LOSS_BOUND),
-            Segment(f"{kind}/eval", STAT_LENGTH[kind], agg.stats_bound),
+            Segment(f"{kind}/eval", STAT_LENGTH[kind], agg.stats_bound, "double"),
         ]
     return _with_clipping(segments, agg)
 
 
 def evaluation_layout(kinds: tuple[str, ...], agg: AggregationSpec) -> VectorLayout:
-    return _with_clipping([Segment(f"{k}/eval", STAT_LENGTH[k], agg.stats_bound) for k in kinds], agg)
+    return _with_clipping([Segment(f"{k}/eval", STAT_LENGTH[k], agg.stats_bound, "double") for k in kinds], agg)
 
 
 def baselines_layout(agg: AggregationSpec) -> VectorLayout:
     return _with_clipping(
         [
-            Segment("demand/local_only", STAT_LENGTH["demand"], agg.stats_bound),
-            Segment("demand/naive", STAT_LENGTH["demand"], agg.stats_bound),
-            Segment("risk/local_only", STAT_LENGTH["risk"], agg.stats_bound),
+            Segment("demand/local_only", STAT_LENGTH["demand"], agg.stats_bound, "double"),
+            Segment("demand/naive", STAT_LENGTH["demand"], agg.stats_bound, "double"),
+            Segment("risk/local_only", STAT_LENGTH["risk"], agg.stats_bound, "double"),
         ],
         agg,
     )
 
 
 def moments_layout(num_features: int, agg: AggregationSpec) -> VectorLayout:
-    return _with_clipping([Segment("risk_moments", 1 + 2 * num_features, agg.stats_bound)], agg)
+    return _with_clipping([Segment("risk_moments", 1 + 2 * num_features, agg.stats_bound, "double")], agg)

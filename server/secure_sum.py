@@ -73,7 +73,8 @@ class SecureSumServer:
         self.session_end = 1  # first round not covered by the open session
 
     def needs_session(self) -> bool:
-        return self.next_round >= self.session_end
+        """A new key session is due: none yet, its rounds are used up, or it was aborted."""
+        return self.next_round >= self.session_end or not self.protocol.session_open
 
     def open_session(self, firms: Iterable[str]) -> AdvertiseRequest:
         request = self.protocol.start_session(self.next_round, firms)

@@ -77,6 +77,10 @@ class FederationError(SiloBridgeError):
     """A run cannot go on: too few firms answered, a firm failed, or the federation is misconfigured."""
 
 
+class SimulatedDropout(FederationError):
+    """A simulated firm vanished on purpose (scenario [dropout]); the server treats it as a dropout."""
+
+
 class BudgetExhausted(SiloBridgeError):
     """A release would overspend a privacy budget; nothing was released."""
 

@@ -19,7 +19,8 @@ def test_fedavg_equals_hand_computed_weighted_mean() -> None:
     local_models = {"A": np.array([2.0, -1.0, 0.5]), "B": np.array([0.0, -4.0, 1.5]), "C": np.array([1.0, 0.0, 0.0])}
     examples = {"A": 100.0, "B": 300.0, "C": 600.0}
     contributions = {
-        f: {"update": examples[f] * (m - global_weights), "weight": np.array([examples[f]])} for f, m in local_models.items()
+        f: {"update": examples[f] * (m - global_weights), "weight": np.array([examples[f]])}
+        for f, m in local_models.items()
     }
     summed = PlainSum().sum(contributions, LAYOUT, stage="train")
     strategy = FedAvg(local_epochs=1, batch_size=8, learning_rate=0.1)
@@ -66,4 +67,9 @@ def test_layouts_bound_every_segment_and_count_clipping() -> None:
     assert names[:4] == ["demand/update", "demand/weight", "demand/loss", "demand/eval"] and names[-1] == "clipped"
     assert layout.segments[0].bound == 500.0
     assert layout.count_clipped({"demand/update": np.array([499.0, -501.0, 600.0] + [0.0] * 7)}) == 2
-    assert {s.name for s in baselines_layout(spec).segments} == {"demand/local_only", "demand/naive", "risk/local_only", "clipped"}
+    assert {s.name for s in baselines_layout(spec).segments} == {
+        "demand/local_only",
+        "demand/naive",
+        "risk/local_only",
+        "clipped",
+    }

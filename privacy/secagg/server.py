@@ -190,6 +190,11 @@ class SecAggServer:
         if self._phase is not phase:
             raise ProtocolError(f"server is {self._phase.value}, not {phase.value}: call out of order", stage=stage)
 
+    @property
+    def session_open(self) -> bool:
+        """Whether a key session is agreed and can take rounds (false after a session-level abort)."""
+        return self._phase in (_Phase.READY, _Phase.MASKING, _Phase.UNMASKING)
+
     def _abort(self, stage: Stage, problem: str, *, firm: str | None = None) -> NoReturn:
         """Stop the round (or the session, in its key stages); release nothing."""
         self._raise_abort(ProtocolError(f"aborted, nothing released: {problem}", firm=firm, stage=stage))

@@ -48,7 +48,9 @@ def test_pld_matches_dp_accounting_at_its_default_discretisation() -> None:
 
 
 def test_coarser_pld_discretisation_stays_an_upper_bound_and_close() -> None:
-    fine = epsilon([dpa.SelfComposedDpEvent(ROUND, 100)], DELTA, AccountingSpec(kind=AccountantKind.PLD, pld_discretization=1e-4))
+    fine = epsilon(
+        [dpa.SelfComposedDpEvent(ROUND, 100)], DELTA, AccountingSpec(kind=AccountantKind.PLD, pld_discretization=1e-4)
+    )
     coarse = epsilon([dpa.SelfComposedDpEvent(ROUND, 100)], DELTA, AccountingSpec(kind=AccountantKind.PLD))
     assert fine <= coarse <= fine * (1 + 1e-4)
 

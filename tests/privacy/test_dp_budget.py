@@ -36,13 +36,17 @@ def check_guard_schedule(kind: AccountantKind, schedule: list[dpa.DpEvent], budg
 
 @settings(max_examples=25, deadline=None)
 @given(schedule=st.lists(events, min_size=1, max_size=40), budget_epsilon=st.floats(0.5, 6.0))
-def test_rdp_guard_never_lets_spent_epsilon_exceed_the_budget(schedule: list[dpa.DpEvent], budget_epsilon: float) -> None:
+def test_rdp_guard_never_lets_spent_epsilon_exceed_the_budget(
+    schedule: list[dpa.DpEvent], budget_epsilon: float
+) -> None:
     check_guard_schedule(AccountantKind.RDP, schedule, budget_epsilon)
 
 
 @settings(max_examples=6, deadline=None)  # PLD compositions cost milliseconds each: fewer, shorter schedules
 @given(schedule=st.lists(events, min_size=1, max_size=12), budget_epsilon=st.floats(0.5, 6.0))
-def test_pld_guard_never_lets_spent_epsilon_exceed_the_budget(schedule: list[dpa.DpEvent], budget_epsilon: float) -> None:
+def test_pld_guard_never_lets_spent_epsilon_exceed_the_budget(
+    schedule: list[dpa.DpEvent], budget_epsilon: float
+) -> None:
     check_guard_schedule(AccountantKind.PLD, schedule, budget_epsilon)
 
 

@@ -199,4 +199,6 @@ def test_a_run_killed_mid_way_leaves_a_verifiable_ledger(tmp_path: Path) -> None
         child.wait(timeout=30)
     report = verify_ledger(path)
     assert len(report.releases) >= 19 and not report.ended
-    assert report.epsilon_overall == pytest.approx(epsilon([ROUND_EVENT] * len(report.releases), 1e-5, AccountingSpec()))
+    assert report.epsilon_overall == pytest.approx(
+        epsilon([ROUND_EVENT] * len(report.releases), 1e-5, AccountingSpec())
+    )
