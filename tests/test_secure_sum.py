@@ -1,0 +1,146 @@
+"""The two halves of secure aggregation as the Flower glue drives them, without Flower.
+
+Each firm's protocol state is stored in a Flower ConfigRecord between stages (as context.state
+keeps it), so these tests exercise exactly what a firm's ClientApp does per message.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from clients.secure_sum import FirmSecureSum
+from privacy.secagg.layout import Segment, VectorLayout
+from privacy.secagg.ring import to_ring
+from server.secure_sum import SecureSumServer, resolve_aggregation
+from silobridge.config import AggregationSpec
+from silobridge.errors import ConfigError, ProtocolError
+
+RUN = "flwr-run-7"
+
+
+def _firms(n: int) -> list[str]:
+    return [f"F{i:02d}" for i in range(n)]
+
+
+class _Federation:
+    """Server and firms talking through flat dicts, firm state kept only as stored ConfigRecords."""
+
+    def __init__(self, firms: list[str], spec: AggregationSpec):
+        self.firms = firms
+        self.spec = spec
+        self.server = SecureSumServer(spec, run_id=RUN)
+        self.stored: dict[str, ConfigRecord] = {f: ConfigRecord() for f in firms}
+
+    def _call(self, firm: str, stage: str, *args: object) -> object:
+        secure = FirmSecureSum(firm, self.spec, run_id=RUN, stored=dict(self.stored[firm]))
+        try:
+            return getattr(secure, stage)(*args)
+        finally:
+            self.stored[firm] = ConfigRecord(secure.state())  # what context.state would hold
+
+    def secure_sum(
+        self, layout: VectorLayout, values: dict[str, dict[str, np.ndarray]], vanish: dict[str, str]
+    ) -> dict:
+        if self.server.needs_session():
+            advertise = self.server.open_session(self.firms).to_wire()
+            roster = self.server.receive_advertise({f: self._call(f, "advertise", advertise) for f in self.firms})
+            self.server.receive_shares({f: self._call(f, "share_keys", roster.to_wire()) for f in roster.firms})
+        requests = self.server.start_round(layout)
+        from privacy.secagg.messages import MaskedInput
+
+        masked = []
+        for firm, request in requests.items():
+            if vanish.get(firm) == "before_masking":
+                continue
+            release = self._call(firm, "masked_input", request.to_wire(), layout, values.get(firm, {}))
+            masked.append((firm, MaskedInput.from_wire(release.message, expected_sender=firm, vector=release.vector)))
+        unmask = self.server.receive_masked_inputs(masked).to_wire()
+        replies = {f: self._call(f, "unmask", unmask) for f in unmask["survivors"] if vanish.get(f) != "after_masking"}
+        return self.server.finish(replies, layout, len(self.firms))
+
+
+LAYOUT = VectorLayout((Segment("update", 50, 1e5), Segment("weight", 1, 1e5), Segment("stats", 8, 2.0**40, "double")))
+
+
+def _values(firms: list[str], seed: int) -> dict[str, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return {
+        f: {
+            "update": rng.normal(0, 50, 50),
+            "weight": np.array([float(rng.integers(1, 5000))]),
+            "stats": rng.uniform(0, 1e7, 8),
+        }
+        for f in firms
+    }
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    n=st.integers(5, 12),
+    seed=st.integers(0, 2**16),
+    rate=st.sampled_from([0.0, 0.2]),
+    where=st.sampled_from(["before_masking", "after_masking"]),
+)
+def test_secure_sums_equal_plain_sums_through_stored_state(n: int, seed: int, rate: float, where: str) -> None:
+    firms = _firms(n)
+    spec = resolve_aggregation(AggregationSpec(rounds_per_session=2, expected_dropout=0.2), n)
+    federation = _Federation(firms, spec)
+    rng = np.random.default_rng(seed)
+    for sum_index in range(3):  # crosses a session boundary: keys are agreed again
+        values = _values(firms, seed + sum_index)
+        vanish = {f: where for f in firms if rng.random() < rate}
+        try:
+            result = federation.secure_sum(LAYOUT, values, vanish)
+        except ProtocolError as err:
+            assert vanish, f"a sum without dropouts aborted: {err}"
+            assert "aborted, nothing released" in str(err)
+            continue
+        included = [f for f in firms if vanish.get(f) != "before_masking"]
+        assert sorted(result.contributors) == included
+        bounds = LAYOUT.error_bounds(n)
+        for name in ("update", "weight", "stats"):
+            expected = sum(values[f][name] for f in included)
+            tolerance = bounds[name] + 4 * np.finfo(float).eps * np.abs(expected)
+            assert np.all(np.abs(result.segments[name] - expected) <= tolerance)
+
+
+def test_a_firm_refuses_a_threshold_below_a_majority() -> None:
+    spec = AggregationSpec(num_neighbours=6, threshold=3, modulus_bits=52)
+    with pytest.raises(ProtocolError, match="below a majority"):
+        FirmSecureSum("F01", spec, run_id=RUN, stored=None)
+
+
+def test_resolution_for_a_federation_size() -> None:
+    spec = resolve_aggregation(AggregationSpec(), 100)
+    assert 2 <= spec.num_neighbours < 99
+    assert spec.threshold > (spec.num_neighbours + 1) / 2  # a strict majority of the share holders
+    assert spec.modulus_bits == 48 + 7
+    small = resolve_aggregation(AggregationSpec(), 5)
+    assert small.num_neighbours == 4 and small.threshold == 3
+    assert resolve_aggregation(AggregationSpec(mode="plain"), 2).mode == "plain"
+    with pytest.raises(ConfigError, match="at least 3 firms"):
+        resolve_aggregation(AggregationSpec(), 2)
+    with pytest.raises(ConfigError, match="must be a majority"):
+        resolve_aggregation(AggregationSpec(num_neighbours=10, threshold=4), 50)
+    with pytest.raises(ConfigError, match="cannot hold the sum"):
+        resolve_aggregation(AggregationSpec(modulus_bits=40), 50)
+
+
+def test_double_precision_segments_are_exact_to_float64() -> None:
+    layout = VectorLayout((Segment("stats", 4, 2.0**40, "double"), Segment("coarse", 4, 2.0**40)))
+    rng = np.random.default_rng(1)
+    values = [{"stats": v, "coarse": v} for v in rng.uniform(0, 1e6, (9, 4))]
+    bits = layout.modulus_bits(9)
+    total = np.zeros(layout.length, dtype=np.uint64)
+    for v in values:
+        total += to_ring(layout.encode(v, rng)[0], bits).astype(np.uint64)
+    decoded = layout.decode(total, 9)
+    expected = sum(v["stats"] for v in values)
+    np.testing.assert_allclose(decoded["stats"], expected, rtol=1e-14)
+    # One word per value leaves the bound's coarse step (2^40 / 2^47 = 1/128 per firm).
+    assert np.max(np.abs(decoded["coarse"] - expected)) > 1e-6
+    assert layout.count_clipped({"stats": np.array([0.0, 2.0**41, -(2.0**41), 1.0])}) == 2
