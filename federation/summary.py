@@ -198,6 +198,18 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                 cells = [_fmt(methods[method][g][m]) for m in metrics for g in GROUP_ORDER]
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
+    aggregation = summary["federation"]["aggregation"]
+    if aggregation.get("mode") == "secure":
+        lines += [
+            "## Secure aggregation",
+            "",
+            f"SecAgg+ with {aggregation['resolved_num_neighbours']} neighbours per firm and threshold "
+            f"{aggregation['resolved_threshold']} of {aggregation['share_holders']} share holders (tolerates "
+            f"{aggregation['tolerated_dropouts_per_neighbourhood']} dropouts per neighbourhood); keys agreed every "
+            f"{aggregation['rounds_per_session']} sums; {aggregation['value_bits']}-bit values in a "
+            f"{aggregation['modulus_bits']}-bit ring; {aggregation['clipped_values']} values clipped to their bounds.",
+            "",
+        ]
     lines += ["## Acceptance checks", "", "| check | value | target | passed |", "| --- | --- | --- | --- |"]
     for check in summary["acceptance"]:
         lines.append(f"| {check['name']} | {_fmt(check['value'])} | {check['target']} | {_fmt(check['passed'])} |")
