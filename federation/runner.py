@@ -156,25 +156,33 @@ class Federation:
         if self.secure is None:
             requests = [(n, message_type, self._content(records, layout)) for n in nodes]
             replies = self._send(requests, stage)
-            contributions = {
-                self._firm(n): record_arrays(c.array_records[SEGMENTS])
-                for (n, _), c in replies.ok.items()
-                if SEGMENTS in c.array_records
-            }
+            contributions = {}
+            for (node, _), content in replies.ok.items():
+                if SEGMENTS in content.array_records:
+                    contributions[self._firm(node)] = record_arrays(content.array_records[SEGMENTS])
+                else:
+                    self._drop(self._firm(node), stage, "reply carries no segments")
             result = self.plain.sum(contributions, layout, stage=stage)
             for firm, reason in result.rejected.items():
                 self._drop(firm, stage, reason)
             return SumOutcome(result.segments, result.contributors, 0)
-        return self._secure_sum(message_type, records, layout, nodes, stage)
+        return self._secure_sum(self.secure, message_type, records, layout, nodes, stage)
 
     def _content(self, records: dict[str, ArrayRecord | ConfigRecord], layout: VectorLayout) -> RecordDict:
         return request_content(self.spec, **records, **{LAYOUT: layout_record(layout)})
 
-    def _open_session(self, nodes: list[int]) -> None:
+    def _secagg_replies(self, replies: Replies, stage: str) -> dict[str, dict[str, Any]]:
+        """The protocol message in each reply, by firm; a reply without one counts as a dropout."""
+        out = {}
+        for (node, _), content in replies.ok.items():
+            if SECAGG in content.config_records:
+                out[self._firm(node)] = dict(content.config_records[SECAGG])
+            else:
+                self._drop(self._firm(node), stage, "reply carries no secure-aggregation message")
+        return out
+
+    def _open_session(self, secure: SecureSumServer, nodes: list[int]) -> None:
         """Key agreement for the next `rounds_per_session` sums: advertise keys, then share them."""
-        secure = self.secure
-        if secure is None:
-            raise FederationError("no secure aggregation in this run")
         firms = [self._firm(n) for n in nodes]
         advertise = secure.open_session(firms)
         replies = self._send(
@@ -184,9 +192,7 @@ class Federation:
             ],
             "secagg: advertise keys",
         )
-        roster = secure.receive_advertise(
-            {self._firm(n): dict(c.config_records[SECAGG]) for (n, _), c in replies.ok.items()}
-        )
+        roster = secure.receive_advertise(self._secagg_replies(replies, "secagg: advertise keys"))
         roster_wire = ConfigRecord(roster.to_wire())
         replies = self._send(
             [
@@ -195,16 +201,22 @@ class Federation:
             ],
             "secagg: share keys",
         )
-        secure.receive_shares({self._firm(n): dict(c.config_records[SECAGG]) for (n, _), c in replies.ok.items()})
+        secure.receive_shares(self._secagg_replies(replies, "secagg: share keys"))
 
     def _secure_sum(
-        self, message_type: str, records: Records, layout: VectorLayout, nodes: list[int], stage: str
+        self,
+        secure: SecureSumServer,
+        message_type: str,
+        records: Records,
+        layout: VectorLayout,
+        nodes: list[int],
+        stage: str,
     ) -> SumOutcome:
         """A secure sum; an aborted one (too few survivors somewhere) is retried under a new round number."""
         last: ProtocolError | None = None
         for attempt in range(1, MAX_SECURE_ATTEMPTS + 1):
             try:
-                return self._secure_sum_once(message_type, records, layout, nodes, stage)
+                return self._secure_sum_once(secure, message_type, records, layout, nodes, stage)
             except ProtocolError as err:
                 last = err
                 self.dropped.append(
@@ -213,13 +225,16 @@ class Federation:
         raise FederationError(f"{stage}: the secure sum aborted {MAX_SECURE_ATTEMPTS} times; last: {last}")
 
     def _secure_sum_once(
-        self, message_type: str, records: Records, layout: VectorLayout, nodes: list[int], stage: str
+        self,
+        secure: SecureSumServer,
+        message_type: str,
+        records: Records,
+        layout: VectorLayout,
+        nodes: list[int],
+        stage: str,
     ) -> SumOutcome:
-        secure = self.secure
-        if secure is None:
-            raise FederationError("no secure aggregation in this run")
         if secure.needs_session():
-            self._open_session(list(self.manifests))
+            self._open_session(secure, list(self.manifests))
         wanted = {self._firm(n) for n in nodes}
         requests = secure.start_round(layout, leave_out=[f for f in self.node_of if f not in wanted])
         messages = [
@@ -256,7 +271,7 @@ class Federation:
             f"{stage}: unmask",
         )
         result = secure.finish(
-            {self._firm(n): dict(c.config_records[SECAGG]) for (n, _), c in replies.ok.items()},
+            self._secagg_replies(replies, f"{stage}: unmask"),
             layout,
             len(self.manifests),
         )
