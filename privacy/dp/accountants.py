@@ -48,9 +48,7 @@ class SkellamRdpAccountant(RdpAccountant):
                 ),
             )
         if do_compose:
-            self._rdp += count * skellam_rdp(
-                self._orders, event.variance, event.l1_sensitivity, event.l2_sensitivity
-            )
+            self._rdp += count * skellam_rdp(self._orders, event.variance, event.l1_sensitivity, event.l2_sensitivity)
         return None
 
 

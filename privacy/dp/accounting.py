@@ -78,7 +78,9 @@ class AccountingSpec:
         """An empty dp-accounting accountant of this kind and relation (for calibration)."""
         if self.kind is AccountantKind.RDP:
             return SkellamRdpAccountant(orders=self.rdp_orders, neighboring_relation=self.relation)
-        return PldAccountantView(neighboring_relation=self.relation, value_discretization_interval=self.pld_discretization)
+        return PldAccountantView(
+            neighboring_relation=self.relation, value_discretization_interval=self.pld_discretization
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form for the ledger header."""

@@ -45,7 +45,9 @@ def event_to_json(event: dpa.DpEvent, *, path: str = "event") -> dict[str, Any]:
     """The JSON-ready dict of `event`; refuses event types outside the schema."""
     name = _NAME_OF.get(type(event))
     if name is None:
-        raise ConfigError(f"cannot serialise {type(event).__name__}: not a supported event type", source=_SOURCE, field=path)
+        raise ConfigError(
+            f"cannot serialise {type(event).__name__}: not a supported event type", source=_SOURCE, field=path
+        )
     out: dict[str, Any] = {"type": name}
     for field, kind in _SCHEMA[name][1]:
         value = getattr(event, field)
@@ -71,9 +73,7 @@ def event_from_json(data: Any, *, path: str = "event") -> dpa.DpEvent:
     cls, fields = _SCHEMA[name]
     expected = {"type", *(field for field, _ in fields)}
     if set(data) != expected:
-        raise ConfigError(
-            f"{name} takes fields {sorted(expected)}, got {sorted(data)}", source=_SOURCE, field=path
-        )
+        raise ConfigError(f"{name} takes fields {sorted(expected)}, got {sorted(data)}", source=_SOURCE, field=path)
     values: dict[str, Any] = {}
     for field, kind in fields:
         value = data[field]

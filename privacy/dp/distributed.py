@@ -204,7 +204,8 @@ class DistributedSkellam:
         if bits < needed:
             raise ConfigError(
                 f"a modulus of 2^{bits} is too small: the noised sum of {num_firms} firms (clip {self.clip_norm:g}, "
-                f"scale {self.scale:g}, dimension {self.dim}, noise std {math.sqrt(num_firms * self.share_variance):.4g}) "
+                f"scale {self.scale:g}, dimension {self.dim}, "
+                f"noise std {math.sqrt(num_firms * self.share_variance):.4g}) "
                 f"can reach +/-{self.max_abs_sum(num_firms, failure_probability)} and needs {needed} bits "
                 f"(wrap probability <= {failure_probability:g}); raise the bits or lower the scale",
                 field="bits",

@@ -123,8 +123,12 @@ class AuditReport:
                 for firm, audit in sorted(self.firms.items())
             },
             "releases": [
-                {**asdict(release), "firms": list(release.firms), "excluded_firms": list(release.excluded_firms),
-                 "epsilon_firms": dict(release.epsilon_firms)}
+                {
+                    **asdict(release),
+                    "firms": list(release.firms),
+                    "excluded_firms": list(release.excluded_firms),
+                    "epsilon_firms": dict(release.epsilon_firms),
+                }
                 for release in self.releases
             ],
         }
@@ -276,9 +280,7 @@ def verify_ledger(path: str | Path, *, public_key: Ed25519PublicKey | str | None
             raise LedgerTampered("does not chain to the previous entry (SHA-256 mismatch)", entry=index)
         if isinstance(entry, HeaderEntry):
             if trusted is not None and entry.public_key != trusted:
-                raise LedgerTampered(
-                    f"signed with key {entry.public_key}, not the trusted key {trusted}", entry=index
-                )
+                raise LedgerTampered(f"signed with key {entry.public_key}, not the trusted key {trusted}", entry=index)
             key = load_public_key(entry.public_key)
             header = entry
             replay = _Replay(entry, index)

@@ -22,7 +22,7 @@ from silobridge.errors import ConfigError
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
 
 
 class LedgerWriter:
@@ -36,7 +36,9 @@ class LedgerWriter:
         try:
             self._file: BinaryIO | None = open(self.path, "xb")  # noqa: SIM115 - kept open for appends
         except FileExistsError as err:
-            raise ConfigError("a ledger already exists here; a run never overwrites one", source=str(self.path)) from err
+            raise ConfigError(
+                "a ledger already exists here; a run never overwrites one", source=str(self.path)
+            ) from err
         _fsync_directory(self.path.parent)
         self.append("header", {**header, "format": FORMAT, "public_key": public_key_hex(signing_key)})
 
