@@ -29,7 +29,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def _loss_fn(name: LossName) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def loss_function(name: LossName) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     if name == "l1":
         return nn.functional.l1_loss
     if name == "bce":
@@ -92,7 +92,7 @@ def fit(
     model.to(device).train()
     x = torch.as_tensor(features, dtype=torch.float32, device=device)
     y = torch.as_tensor(targets, dtype=torch.float32, device=device)
-    criterion = _loss_fn(loss)
+    criterion = loss_function(loss)
     optimiser = make_optimiser(model, settings)
     generator = torch.Generator().manual_seed(settings.seed)
     anchor_params = [a.to(device) for a in anchor] if anchor is not None and settings.proximal_mu > 0 else None
@@ -124,7 +124,7 @@ def evaluate_loss(
     model.to(device).eval()
     x = torch.as_tensor(features, dtype=torch.float32, device=device)
     y = torch.as_tensor(targets, dtype=torch.float32, device=device)
-    return float(_loss_fn(loss)(model(x), y))
+    return float(loss_function(loss)(model(x), y))
 
 
 def fit_early_stopping(

@@ -254,7 +254,7 @@ class SecAggClient:
         pairwise = [
             (
                 pairwise_seed(
-                    s.mask_agreements[(j, key_index)],
+                    s.mask_agreement(j, key_index, stage=stage),
                     run_id=self.run_id,
                     session=s.start,
                     round_number=r,

@@ -106,7 +106,6 @@ class Links:
     graph: dict[str, tuple[str, ...]]
     send_keys: dict[str, bytes]  # used once in SHARE_KEYS to encrypt the outgoing shares
     receive_keys: dict[str, bytes]
-    mask_agreements: dict[tuple[str, int], bytes]
 
 
 @dataclass
@@ -122,7 +121,7 @@ class KeySession:
     graph: dict[str, tuple[str, ...]] = field(default_factory=dict)
     x_coordinate: dict[str, int] = field(default_factory=dict)
     receive_keys: dict[str, bytes] = field(default_factory=dict)
-    mask_agreements: dict[tuple[str, int], bytes] = field(default_factory=dict)
+    _mask_agreements: dict[tuple[str, int], bytes] = field(default_factory=dict, repr=False, compare=False)
     held: dict[str, HeldShares] = field(default_factory=dict)
     masked_round: int | None = None
     masked_active: frozenset[str] = frozenset()
@@ -163,27 +162,38 @@ class KeySession:
             fail(f"parameters do not fit the roster: {err}")
 
     def derive_links(self, roster: Roster, hood: Neighbourhood, *, run_id: str, firm_id: str, stage: str) -> Links:
-        """The neighbour graph, and per neighbour the share channel keys and pairwise mask agreements."""
+        """The neighbour graph, and per neighbour the share channel keys (which also vets their keys)."""
         graph = neighbour_graph(run_id, self.start, roster.firms, hood.num_neighbours)
         send_keys: dict[str, bytes] = {}
         receive_keys: dict[str, bytes] = {}
-        mask_agreements: dict[tuple[str, int], bytes] = {}
         for j in graph[firm_id]:
             peer = roster.index(j)
             shared = agree(self.channel_key.private_key, roster.channel_public_keys[peer], firm=j, stage=stage)
             send_keys[j] = channel_key(shared, run_id=run_id, session=self.start, sender=firm_id, recipient=j)
             receive_keys[j] = channel_key(shared, run_id=run_id, session=self.start, sender=j, recipient=firm_id)
-            for index, key in enumerate(self.mask_keys):
-                mask_agreements[(j, index)] = agree(
-                    key.private_key, roster.mask_public_keys[peer][index], firm=j, stage=stage
-                )
-        return Links(graph, send_keys, receive_keys, mask_agreements)
+        return Links(graph, send_keys, receive_keys)
 
     def adopt(self, roster: Roster, hood: Neighbourhood, links: Links) -> None:
         """Enter the shared phase (the last step of SHARE_KEYS, and of restoring such a state)."""
         self.roster, self.neighbourhood, self.graph = roster, hood, links.graph
         self.x_coordinate = {firm: i + 1 for i, firm in enumerate(roster.firms)}
-        self.receive_keys, self.mask_agreements = links.receive_keys, links.mask_agreements
+        self.receive_keys = links.receive_keys
+        self._mask_agreements = {}
+
+    def mask_agreement(self, neighbour: str, key_index: int, *, stage: str) -> bytes:
+        """X25519 of this firm's mask key `key_index` with the neighbour's, computed when first needed.
+
+        A session holds one mask key per round; deriving all of them on every restore of the stored
+        state (one per message) cost most of a firm's time per round, and a round needs only its own.
+        """
+        cached = self._mask_agreements.get((neighbour, key_index))
+        if cached is None:
+            if self.roster is None:
+                raise ProtocolError("keys not yet shared in this session", stage=stage)
+            peer_key = self.roster.mask_public_keys[self.roster.index(neighbour)][key_index]
+            cached = agree(self.mask_keys[key_index].private_key, peer_key, firm=neighbour, stage=stage)
+            self._mask_agreements[(neighbour, key_index)] = cached
+        return cached
 
     # ---- flat form --------------------------------------------------------------------------------
 
