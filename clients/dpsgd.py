@@ -12,7 +12,10 @@ torchcsprng, which is not installed); the accounting does not depend on it.
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,19 +81,38 @@ def fit_private(
     )
     loader = DPDataLoader(dataset, sample_rate=dp.sample_rate, generator=generator)
     criterion = loss_function(loss)
-    for _ in range(settings.epochs):
-        total, batches = 0.0, 0
-        for x, y in loader:
-            optimiser.zero_grad(set_to_none=True)
-            # An empty Poisson batch still takes a noised step: its forward and backward pass give
-            # empty per-example gradients (the mean loss itself is NaN and is not counted).
-            value = criterion(private(x), y)
-            value.backward()
-            optimiser.step()
-            if len(x) > 0:
-                total += float(value.detach())
-                batches += 1
-            report.steps += 1
-        report.epoch_losses.append(total / batches if batches else float("nan"))
-    private._close()
+    opacus_log = logging.getLogger("opacus.data_loader")
+    level = opacus_log.level
+    opacus_log.setLevel(logging.ERROR)  # it warns on every empty Poisson batch, which is expected here
+    try:
+        with warnings.catch_warnings():  # torch warns about the backward hooks Opacus registers
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            for _ in range(settings.epochs):
+                report.epoch_losses.append(_epoch(private, optimiser, loader, criterion, report))
+    finally:
+        opacus_log.setLevel(level)
+        private._close()
     return report
+
+
+def _epoch(
+    private: nn.Module,
+    optimiser: DPOptimizer,
+    loader: DPDataLoader,
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    report: FitReport,
+) -> float:
+    """One pass of 1 / sample_rate Poisson batches; the mean loss of the non-empty ones."""
+    total, batches = 0.0, 0
+    for x, y in loader:
+        optimiser.zero_grad(set_to_none=True)
+        # An empty Poisson batch still takes a noised step: its forward and backward pass give
+        # empty per-example gradients (the mean loss itself is NaN and is not counted).
+        value = criterion(private(x), y)
+        value.backward()
+        optimiser.step()
+        if len(x) > 0:
+            total += float(value.detach())
+            batches += 1
+        report.steps += 1
+    return total / batches if batches else float("nan")

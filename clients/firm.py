@@ -16,9 +16,11 @@ import numpy as np
 import torch
 
 from clients.data import FirmData
+from clients.dpsgd import DpSgdSettings, fit_private
 from clients.features import DemandWindows, RiskExamples, demand_windows, risk_examples, standardise
 from clients.models import ModelKind, build_model, load_arrays, state_to_arrays
 from clients.training import TrainSettings, fit, fit_early_stopping, predict
+from privacy.dp import DistributedSkellam, clip_l2
 from silobridge.arrays import flatten
 from silobridge.config import FederationSpec
 from silobridge.messages import BaselineInstruction, FirmManifest, TrainInstruction
@@ -27,10 +29,30 @@ from silobridge.stats import DemandErrorStats, Moments, RiskStats, slot_by_group
 
 @dataclass(frozen=True)
 class Normaliser:
-    """Federation-wide mean and std of the risk features."""
+    """How risk features are scaled: federation-wide mean and std, or (under DP) public ranges.
+
+    With `low`/`high` set, features are first clipped to their public range, so a scale taken from
+    the range (no data) stays meaningful for outliers.
+    """
 
     mean: np.ndarray
     std: np.ndarray
+    low: np.ndarray | None = None
+    high: np.ndarray | None = None
+
+    @classmethod
+    def from_ranges(cls, ranges: dict[str, tuple[float, float]], features: tuple[str, ...]) -> Normaliser:
+        missing = [name for name in features if name not in ranges]
+        if missing:
+            raise ValueError(f"the federation's schema gives no public range for {missing}")
+        low = np.array([ranges[name][0] for name in features], dtype=float)
+        high = np.array([ranges[name][1] for name in features], dtype=float)
+        return cls(mean=(low + high) / 2, std=(high - low) / 2, low=low, high=high)
+
+    def apply(self, features: np.ndarray) -> np.ndarray:
+        if self.low is not None and self.high is not None:
+            features = np.clip(features, self.low, self.high)
+        return standardise(features, self.mean, self.std)
 
 
 @dataclass(frozen=True)
@@ -57,12 +79,24 @@ def risk_stats(model: torch.nn.Module, features: np.ndarray, labels: np.ndarray,
 class FirmClient:
     """One firm: its data, its group, the federation's spec."""
 
-    def __init__(self, data: FirmData, *, group: str, spec: FederationSpec, tier: str = "unknown", device: str = "cpu"):
+    def __init__(
+        self,
+        data: FirmData,
+        *,
+        group: str,
+        spec: FederationSpec,
+        tier: str = "unknown",
+        device: str = "cpu",
+        public_weight: float = 1.0,
+        budget_epsilon: float | None = None,
+    ):
         self.data = data
         self.group = group
         self.spec = spec
         self.tier = tier
         self.device = torch.device(device)
+        self.public_weight = public_weight  # the FedAvg weight under DP, where record counts stay private
+        self.budget_epsilon = budget_epsilon
 
     @property
     def firm_id(self) -> str:
@@ -96,6 +130,8 @@ class FirmClient:
             tier=self.tier,
             has_demand=self.trains("demand"),
             has_risk=self.trains("risk"),
+            public_weight=self.public_weight,
+            budget_epsilon=self.budget_epsilon,
         )
 
     def risk_moments(self) -> dict[str, np.ndarray]:
@@ -115,7 +151,7 @@ class FirmClient:
         if norm is None:
             raise ValueError("risk features need the federation's normaliser")
         examples = self.risk_split[split]
-        return standardise(examples.features, norm.mean, norm.std), examples.labels
+        return norm.apply(examples.features), examples.labels
 
     def _stats(self, kind: ModelKind, model: torch.nn.Module, norm: Normaliser | None) -> np.ndarray:
         if kind == "demand":
@@ -131,6 +167,39 @@ class FirmClient:
         load_arrays(model, arrays)
         return slot_by_group(self._stats(kind, model, norm), self.group)
 
+    def _train_settings(self, instruction: TrainInstruction) -> TrainSettings:
+        return TrainSettings(
+            epochs=instruction.epochs,
+            batch_size=instruction.batch_size,
+            learning_rate=instruction.learning_rate,
+            weight_decay=instruction.weight_decay,
+            proximal_mu=instruction.proximal_mu,
+            seed=self._seed(instruction.seed + instruction.round),
+            optimiser=instruction.optimiser,
+            momentum=instruction.momentum,
+        )
+
+    def _local_change(
+        self, kind: ModelKind, arrays: dict[str, np.ndarray], instruction: TrainInstruction, norm: Normaliser | None
+    ) -> tuple[np.ndarray, float, int]:
+        """Train from the global weights; the change of the weights, the last epoch's loss, the examples."""
+        model = build_model(kind, self.spec)
+        load_arrays(model, arrays)
+        x, y = self._xy(kind, 0, norm)
+        settings = self._train_settings(instruction)
+        loss = "l1" if kind == "demand" else "bce"
+        privacy = self.spec.privacy
+        if privacy.enabled and privacy.unit == "record":
+            if privacy.noise_multiplier is None:
+                raise ValueError("record-level DP needs the coordinator's calibrated noise multiplier")
+            dp = DpSgdSettings(privacy.noise_multiplier, privacy.max_grad_norm, privacy.sample_rate)
+            report = fit_private(model, x, y, loss=loss, settings=settings, dp=dp, device=self.device)
+        else:
+            anchor = [p.detach().clone() for p in model.parameters()]
+            report = fit(model, x, y, loss=loss, settings=settings, device=self.device, anchor=anchor)
+        delta = flatten(state_to_arrays(model)) - flatten(arrays)
+        return delta, report.epoch_losses[-1] if report.epoch_losses else float("nan"), len(x)
+
     def train(
         self,
         kind: ModelKind,
@@ -142,40 +211,72 @@ class FirmClient:
         model = build_model(kind, self.spec)
         load_arrays(model, arrays)
         evaluation = slot_by_group(self._stats(kind, model, norm), self.group)
-        x, y = self._xy(kind, 0, norm)
-        anchor = [p.detach().clone() for p in model.parameters()]
-        settings = TrainSettings(
-            epochs=instruction.epochs,
-            batch_size=instruction.batch_size,
-            learning_rate=instruction.learning_rate,
-            weight_decay=instruction.weight_decay,
-            proximal_mu=instruction.proximal_mu,
-            seed=self._seed(instruction.seed + instruction.round),
-            optimiser=instruction.optimiser,
-            momentum=instruction.momentum,
-        )
-        report = fit(
-            model, x, y, loss="l1" if kind == "demand" else "bce", settings=settings, device=self.device, anchor=anchor
-        )
-        weight = float(len(x))
-        delta = flatten(state_to_arrays(model)) - flatten(arrays)
-        return TrainOutcome(
-            weight * delta, weight, report.epoch_losses[-1] if report.epoch_losses else float("nan"), evaluation
-        )
+        delta, loss, examples = self._local_change(kind, arrays, instruction, norm)
+        weight = float(min(examples, self.spec.aggregation.max_examples))
+        return TrainOutcome(weight * delta, weight, loss, evaluation)
 
     def train_round(
         self, weights: dict[str, dict[str, np.ndarray]], instruction: TrainInstruction, norm: Normaliser | None
     ) -> dict[str, np.ndarray]:
-        """One round of every model the firm can train: the segments it releases into the sum."""
+        """One round of every model the firm can train: the segments it releases into the sum.
+
+        Without DP: example-weighted changes, their weights, the weighted training loss and the test
+        statistics of the received models. Under DP only the changes and public weights leave: a
+        record count, a loss or a test statistic would be a release the accountant does not cover.
+        """
+        privacy = self.spec.privacy
+        if not privacy.enabled:
+            out: dict[str, np.ndarray] = {}
+            for kind, arrays in weights.items():
+                if not self.trains(kind):
+                    continue  # its segments stay zero: the firm adds nothing to this model
+                outcome = self.train(kind, arrays, instruction, norm)  # type: ignore[arg-type]
+                out[f"{kind}/update"] = outcome.weighted_delta
+                out[f"{kind}/weight"] = np.array([outcome.weight])
+                out[f"{kind}/loss"] = np.array([outcome.weight * outcome.loss])
+                out[f"{kind}/eval"] = outcome.evaluation
+            return out
+        changes = {
+            kind: self._local_change(kind, arrays, instruction, norm)[0]  # type: ignore[arg-type]
+            for kind, arrays in weights.items()
+            if self.trains(kind)
+        }
+        if privacy.unit == "record":
+            weight = self.public_weight
+            return {
+                **{f"{kind}/update": weight * change for kind, change in changes.items()},
+                **{f"{kind}/weight": np.array([weight]) for kind in changes},
+            }
+        return self._firm_level_release(weights, changes)
+
+    def _firm_level_release(
+        self, weights: dict[str, dict[str, np.ndarray]], changes: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """DP-FedAvg: the firm's whole round (all models) clipped to one L2 norm; noise shares if distributed."""
+        privacy = self.spec.privacy
+        sizes = {kind: flatten(arrays).size for kind, arrays in weights.items()}
+        joint = np.concatenate([changes.get(kind, np.zeros(size)) for kind, size in sizes.items()])
+        clipped = clip_l2(joint, privacy.clip_norm, firm=self.firm_id).vector
+        if privacy.mechanism == "distributed":
+            if privacy.noise_multiplier is None or privacy.expected_shares is None:
+                raise ValueError("distributed DP needs the coordinator's noise multiplier and expected shares")
+            skellam = DistributedSkellam(
+                clip_norm=privacy.clip_norm,
+                scale=privacy.distributed_scale,
+                dim=joint.size,
+                noise_multiplier=privacy.noise_multiplier,
+                expected_shares=privacy.expected_shares,
+            )
+            rng = np.random.default_rng()  # fresh OS entropy: noise the coordinator cannot predict
+            released = (skellam.quantise(clipped, rng, firm=self.firm_id) + skellam.noise_share(rng)).astype(float)
+        else:
+            released = clipped
         out: dict[str, np.ndarray] = {}
-        for kind, arrays in weights.items():
-            if not self.trains(kind):
-                continue  # its segments stay zero: the firm adds nothing to this model
-            outcome = self.train(kind, arrays, instruction, norm)  # type: ignore[arg-type]
-            out[f"{kind}/update"] = outcome.weighted_delta
-            out[f"{kind}/weight"] = np.array([outcome.weight])
-            out[f"{kind}/loss"] = np.array([outcome.weight * outcome.loss])
-            out[f"{kind}/eval"] = outcome.evaluation
+        offset = 0
+        for kind, size in sizes.items():
+            out[f"{kind}/update"] = released[offset : offset + size]
+            out[f"{kind}/weight"] = np.array([1.0])
+            offset += size
         return out
 
     def evaluate_all(self, weights: dict[str, dict[str, np.ndarray]], norm: Normaliser | None) -> dict[str, np.ndarray]:

@@ -57,5 +57,13 @@ def simulated_firm(settings: RunSettings, spec: FederationSpec, partition_id: in
         device = str(resolve_device(scenario.training.device))
         for stale in [k for k in _firms if k[0] != run_id]:  # keep only this run's firms
             del _firms[stale]
-        _firms[key] = FirmClient(data, group=scenario.group_of(firm.id), spec=spec, tier=firm.tier, device=device)
+        _firms[key] = FirmClient(
+            data,
+            group=scenario.group_of(firm.id),
+            spec=spec,
+            tier=firm.tier,
+            device=device,
+            public_weight=firm.size,
+            budget_epsilon=firm.budget_epsilon,
+        )
     return _firms[key]

@@ -2,6 +2,8 @@
 
 A failed or interrupted run leaves nothing half-written in `runs/`: the partial folder is removed
 on error, and a crash leaves only a hidden `.<run-id>.partial` that no reader mistakes for a run.
+The exception is a run that already spent privacy: its folder is kept, with `failure.json` and no
+summary, so that its ledger can be audited.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
 MODELS_DIR = "models"
+FAILURE_FILE = "failure.json"
 
 
 class RunDirectory:
@@ -31,6 +34,7 @@ class RunDirectory:
     def __init__(self, out_dir: Path, run_id: str):
         self.final = out_dir / run_id
         self.partial = out_dir / f".{run_id}.partial"
+        self.keep_on_failure = False  # set once the run holds something that must outlive a failure
         if self.final.exists():
             raise ConfigError(
                 f"run directory {self.final} already exists; choose another --out or run id", field="run-id"
@@ -49,7 +53,12 @@ class RunDirectory:
     ) -> None:
         if not self._metrics.closed:
             self._metrics.close()
-        if exc_type is not None and self.partial.exists():
+        if exc_type is None or not self.partial.exists():
+            return
+        if self.keep_on_failure:  # the privacy ledger must stay auditable: keep what was written
+            self.write_json(FAILURE_FILE, {"error": f"{exc_type.__name__}: {exc}"})
+            self.partial.rename(self.final)
+        else:
             shutil.rmtree(self.partial)
 
     def write_json(self, name: str, payload: Any) -> None:

@@ -9,10 +9,9 @@ in the same message); under secure aggregation each sum adds one unmask exchange
 
 from __future__ import annotations
 
-import math
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -23,6 +22,7 @@ from flwr.serverapp import Grid
 from clients.firm import Normaliser
 from clients.models import MODEL_KINDS, build_model, state_to_arrays
 from federation.exchange import Replies, exchange, wait_for_nodes
+from federation.harness import SimulationHarness
 from federation.records import (
     INSTRUCTION,
     LAYOUT,
@@ -39,6 +39,8 @@ from federation.records import (
     weights_key,
 )
 from federation.settings import RunSettings
+from privacy.dp import Sampling
+from privacy.ledger import PrivacyRun, Release
 from privacy.secagg.layout import CLIPPED, VectorLayout
 from privacy.secagg.messages import MaskedInput
 from server.aggregation import PlainSum
@@ -46,7 +48,7 @@ from server.layouts import baselines_layout, evaluation_layout, moments_layout, 
 from server.secure_sum import SecureSumServer
 from server.strategy import FedAvg
 from silobridge.arrays import flatten, unflatten
-from silobridge.errors import FederationError, ProtocolError
+from silobridge.errors import BudgetExhausted, FederationError, ProtocolError
 from silobridge.messages import BaselineInstruction, FirmManifest
 from silobridge.stats import Moments, demand_metrics_by_group, risk_metrics_by_group
 
@@ -84,6 +86,7 @@ class FederationOutcome:
     aggregation: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
     dropped: list[dict[str, Any]] = field(default_factory=list)
+    stopped: str | None = None  # why training ended early (a refused round), if it did
 
 
 Records = dict[str, ArrayRecord | ConfigRecord]
@@ -95,11 +98,24 @@ MAX_SECURE_ATTEMPTS = 3
 class Federation:
     """One run's conversation with the firms over a Grid."""
 
-    def __init__(self, grid: Grid, settings: RunSettings, observer: RunObserver, *, flower_run_id: int):
+    def __init__(
+        self,
+        grid: Grid,
+        settings: RunSettings,
+        observer: RunObserver,
+        *,
+        flower_run_id: int,
+        harness: SimulationHarness | None = None,
+    ):
         self.grid = grid
         self.settings = settings
         self.spec = settings.spec
         self.observer = observer
+        self.harness = harness
+        self.private = self.spec.privacy.enabled
+        self.ledger: PrivacyRun | None = None  # opened once the firms are known (see run_federation)
+        self.plan = settings.privacy_plan() if self.private else None
+        self.stopped: str | None = None
         self.plain = PlainSum()
         self.secure = (
             SecureSumServer(self.spec.aggregation, run_id=secagg_run_id(flower_run_id))
@@ -121,8 +137,7 @@ class Federation:
             proximal_mu=training.proximal_mu if training.strategy == "fedprox" else 0.0,
             seed=settings.scenario.seed,
         )
-        num_firms = len(settings.scenario.firms)
-        self.min_firms = training.min_firms or max(2, math.ceil(num_firms / 2))
+        self.min_firms = settings.min_firms
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -302,18 +317,22 @@ class Federation:
         return [n for n, m in self.manifests.items() if m.trains(kind)]
 
     def feature_normaliser(self) -> Normaliser:
-        """Federation-wide mean and std of the risk features, from summed moments."""
+        """Federation-wide mean and std of the risk features, from summed moments.
+
+        Under DP the public ranges of the federation's schema scale the features instead: moments of
+        the firms' data would be one more release to account.
+        """
+        if self.private:
+            return Normaliser.from_ranges(self.spec.data.risk_feature_ranges, self.spec.data.risk_features)
         self.observer.stage("feature moments")
         layout = moments_layout(len(self.spec.data.risk_features), self.spec.aggregation)
         outcome = self._sum("query.moments", {}, layout, self.manifests, "moments")
         moments = Moments.from_vector(outcome.segments["risk_moments"])
         return Normaliser(moments.mean(), moments.std())
 
-    def local_baselines(self) -> dict[str, np.ndarray]:
-        """Each firm fits local-only models on its own data; only their summed test statistics come back."""
-        self.observer.stage("local-only baselines")
+    def baseline_instruction(self) -> BaselineInstruction:
         training = self.settings.scenario.training
-        instruction = BaselineInstruction(
+        return BaselineInstruction(
             max_epochs=self.settings.baseline_max_epochs,
             patience=self.settings.baseline_patience,
             batch_size=training.batch_size,
@@ -323,6 +342,16 @@ class Federation:
             weight_decay=training.weight_decay,
             seed=self.settings.scenario.seed,
         )
+
+    def local_baselines(self) -> dict[str, np.ndarray]:
+        """Each firm fits local-only models on its own data; only their summed test statistics come back.
+
+        Under DP no firm releases test statistics: the simulation harness measures the baselines.
+        """
+        self.observer.stage("local-only baselines")
+        instruction = self.baseline_instruction()
+        if self.private:
+            return self._harness("local-only baselines").local_baselines(instruction)
         layout = baselines_layout(self.spec.aggregation)
         records = {INSTRUCTION: ConfigRecord(instruction.to_config())}
         outcome = self._sum("train.baselines", records, layout, self.manifests, "baselines")
@@ -335,59 +364,180 @@ class Federation:
         records[NORMALISER] = arrays_record({"mean": norm.mean, "std": norm.std})
         return records
 
+    def _harness(self, what: str) -> SimulationHarness:
+        if self.harness is None:
+            raise FederationError(f"{what} under DP needs the simulation harness (all firms' data)")
+        return self.harness
+
     def train(self, norm: Normaliser) -> tuple[dict[str, OrderedDict[str, np.ndarray]], list[dict[str, Any]]]:
-        """FedAvg rounds; each trains both models in one message per firm and evaluates the models it received."""
+        """FedAvg rounds; each trains both models in one message per firm.
+
+        Without DP the firms also score the models they received; under DP a budget check comes before
+        every round (a refused round ends training, keeping the model so far), the round is recorded
+        in the ledger after it, and the harness scores the models.
+        """
         seed = self.settings.scenario.seed
         kinds = [kind for kind in MODEL_KINDS if self._holders(kind)]
         weights = {kind: state_to_arrays(build_model(kind, self.spec, seed=seed)) for kind in kinds}
-        layout = training_layout({kind: flatten(weights[kind]).size for kind in kinds}, self.spec.aggregation)
+        distributed = self.private and self.spec.privacy.unit == "firm" and self.spec.privacy.mechanism == "distributed"
+        layout = training_layout(
+            {kind: flatten(weights[kind]).size for kind in kinds},
+            self.spec.aggregation,
+            statistics=not self.private,
+            integer_updates=distributed,
+        )
         rounds = self.settings.scenario.training.rounds
         history: list[dict[str, Any]] = []
         for server_round in range(1, rounds + 1):
             self.observer.stage(f"round {server_round}/{rounds}")
             started = time.monotonic()
+            try:
+                participants = self._admit(server_round) if self.private else list(self.node_of)
+            except BudgetExhausted as err:
+                self.stopped = f"round {server_round} refused: {err}"
+                self.observer.stage("stopped: privacy budget")
+                break
             records = {
                 **self._model_records(weights, norm),
                 INSTRUCTION: ConfigRecord(self.strategy.configure_train(server_round).to_config()),
             }
-            outcome = self._sum("train", records, layout, self.manifests, f"round {server_round}")
-            if len(outcome.contributors) < min(self.min_firms, len(self.manifests)):
-                needed = min(self.min_firms, len(self.manifests))
+            nodes = [self.node_of[firm] for firm in participants]
+            outcome = self._sum("train", records, layout, nodes, f"round {server_round}")
+            needed = min(self.min_firms, len(self.manifests))
+            if len(outcome.contributors) < needed:
                 raise FederationError(
                     f"round {server_round}: only {len(outcome.contributors)} of {len(self.manifests)} firms "
                     f"contributed (at least {needed} needed); see the dropout log"
                 )
+            if self.private:
+                spent = self._private_update(server_round, weights, outcome, participants)
+                evaluation = self._harness("evaluation").evaluate(weights, norm)
             seconds = round(time.monotonic() - started, 3)
             for kind in kinds:
-                record = self._aggregate(kind, server_round, weights, outcome)
+                if self.private:
+                    record = self._round_record(kind, server_round, server_round, outcome, evaluation[kind])
+                    record["epsilon"] = spent
+                else:
+                    record = self._aggregate(kind, server_round, weights, outcome)
                 record["seconds"] = seconds
                 history.append(record)
                 self.observer.round_done(record)
         return weights, history
 
-    def _aggregate(
-        self, kind: str, server_round: int, weights: dict[str, OrderedDict[str, np.ndarray]], outcome: SumOutcome
+    def _round_record(
+        self, kind: str, server_round: int, evaluated: int, outcome: SumOutcome, evaluation: np.ndarray
     ) -> dict[str, Any]:
-        segments = outcome.segments
-        weight_sum = float(segments[f"{kind}/weight"][0])
-        flat = flatten(weights[kind])
-        weights[kind] = unflatten(
-            self.strategy.aggregate_train(flat, segments[f"{kind}/update"], weight_sum), weights[kind]
-        )
         return {
             "round": server_round,
             "model": kind,
             "firms": len(outcome.contributors),
-            "train_loss": float(segments[f"{kind}/loss"][0] / weight_sum) if weight_sum > 0 else None,
+            "train_loss": None,  # a private run does not release training losses
             "clipped_values": outcome.clipped,
-            # Statistics the firms computed on the model they received: the model after round - 1.
-            "evaluated_round": server_round - 1,
-            "metrics": metrics_by_group(kind, segments[f"{kind}/eval"]),
+            "evaluated_round": evaluated,
+            "metrics": metrics_by_group(kind, evaluation),
         }
 
+    # -- differential privacy ---------------------------------------------------------------------
+
+    def _record_groups(self, firms: Iterable[str]) -> dict[int, list[str]]:
+        """Firms by how many models they train: under record-level DP each model is DP-SGD on its own records."""
+        groups: dict[int, list[str]] = {}
+        for firm in firms:
+            manifest = self.manifests[self.node_of[firm]]
+            groups.setdefault(int(manifest.has_demand) + int(manifest.has_risk), []).append(firm)
+        return groups
+
+    def _admit(self, server_round: int) -> list[str]:
+        """Before contacting any firm: which firms' budgets can pay for this round (BudgetExhausted if none)."""
+        ledger, plan = self.ledger, self.plan
+        if ledger is None or plan is None:
+            raise FederationError("no privacy ledger in this run")
+        release = f"round-{server_round}"
+        if plan.spec.unit == "record":
+            admitted: list[str] = []
+            for models, firms in sorted(self._record_groups(self.node_of).items()):
+                admission = ledger.admit(f"{release}/models-{models}", plan.record_event(models), sorted(firms))
+                admitted += admission.participants
+                for firm in admission.excluded:
+                    self._drop(firm, f"round {server_round}", "its own privacy budget is spent")
+            return sorted(admitted)
+        admission = ledger.admit(release, plan.firm_event(), sorted(self.node_of))
+        for firm in admission.excluded:
+            self._drop(firm, f"round {server_round}", "its own privacy budget is spent")
+        self._eligible = list(admission.participants)
+        if plan.spec.mechanism == "central" and plan.spec.firm_sample_rate < 1:
+            draw = np.random.default_rng()  # fresh OS entropy: the sample must stay secret to amplify
+            sample = [firm for firm in self._eligible if draw.random() < plan.spec.firm_sample_rate]
+            return sample
+        return self._eligible
+
+    def _private_update(
+        self, server_round: int, weights: dict[str, OrderedDict[str, np.ndarray]], outcome: SumOutcome, asked: list[str]
+    ) -> float:
+        """Apply the round's noised sum and record the release; returns overall epsilon spent so far."""
+        ledger, plan = self.ledger, self.plan
+        if ledger is None or plan is None:
+            raise FederationError("no privacy ledger in this run")
+        spec = plan.spec
+        segments = outcome.segments
+        kinds = list(weights)
+        release = f"round-{server_round}"
+        if spec.unit == "record":
+            for kind in kinds:  # FedAvg with the firms' public weights
+                weight_sum = float(segments[f"{kind}/weight"][0])
+                if weight_sum > 0:
+                    flat = flatten(weights[kind])
+                    weights[kind] = unflatten(
+                        self.strategy.aggregate_train(flat, segments[f"{kind}/update"], weight_sum), weights[kind]
+                    )
+            for models, firms in sorted(self._record_groups(outcome.contributors).items()):
+                ledger.record(
+                    Release(
+                        release_id=f"{release}/models-{models}",
+                        mechanism="dpsgd",
+                        event=plan.record_event(models),
+                        firms=sorted(firms),
+                        sampling=Sampling.poisson(spec.sample_rate),
+                        noise_multiplier=spec.noise_multiplier,
+                        clip_norm=spec.max_grad_norm,
+                        parameters={"steps": plan.dpsgd_steps * models, "local_epochs": plan.local_epochs},
+                    )
+                )
+            return ledger.overall_epsilon
+        sizes = {kind: flatten(weights[kind]).size for kind in kinds}
+        joint = np.concatenate([segments[f"{kind}/update"] for kind in kinds])
+        if spec.mechanism == "central":
+            noised = plan.add_central_noise(joint, np.random.default_rng())
+            change = noised / plan.expected_participants(len(self._eligible))
+            event, accounted, shares = plan.firm_event(), self._eligible, None
+        else:
+            shares = len(outcome.contributors)
+            change = plan.skellam().dequantise(joint) / shares
+            event, accounted = plan.firm_event(noise_shares=shares), list(outcome.contributors)
+        offset = 0
+        for kind in kinds:
+            flat = flatten(weights[kind])
+            weights[kind] = unflatten(flat + change[offset : offset + sizes[kind]], weights[kind])
+            offset += sizes[kind]
+        ledger.record(
+            Release(
+                release_id=release,
+                mechanism="gaussian" if spec.mechanism == "central" else "skellam",
+                event=event,
+                firms=sorted(accounted),
+                sampling=plan.firm_sampling if spec.mechanism == "central" else Sampling.none(),
+                noise_multiplier=spec.noise_multiplier,
+                clip_norm=spec.clip_norm,
+                parameters={"noise_shares": shares} if shares is not None else {},
+            )
+        )
+        return ledger.overall_epsilon
+
     def evaluate(self, weights: dict[str, OrderedDict[str, np.ndarray]], norm: Normaliser) -> dict[str, np.ndarray]:
-        """Test statistics of the final models."""
+        """Test statistics of the final models (under DP, measured by the harness)."""
         self.observer.stage("final evaluation")
+        if self.private:
+            return self._harness("final evaluation").evaluate(weights, norm)
         layout = evaluation_layout(tuple(weights), self.spec.aggregation)
         records = self._model_records(weights, norm)
         outcome = self._sum("evaluate", records, layout, self.manifests, "evaluate")
@@ -400,10 +550,24 @@ class Federation:
 
 
 def run_federation(
-    grid: Grid, settings: RunSettings, observer: RunObserver, *, flower_run_id: int
+    grid: Grid,
+    settings: RunSettings,
+    observer: RunObserver,
+    *,
+    flower_run_id: int,
+    open_ledger: Callable[[Mapping[str, float | None]], PrivacyRun] | None = None,
+    harness: SimulationHarness | None = None,
 ) -> FederationOutcome:
-    federation = Federation(grid, settings, observer, flower_run_id=flower_run_id)
+    """Connect, (without DP) release feature moments, baselines, train, evaluate.
+
+    Under DP the privacy ledger opens once the firms have declared their own budgets (`open_ledger`).
+    """
+    federation = Federation(grid, settings, observer, flower_run_id=flower_run_id, harness=harness)
     manifests = federation.connect()
+    if federation.private:
+        if open_ledger is None:
+            raise FederationError("a differentially private run needs its privacy ledger")
+        federation.ledger = open_ledger({m.firm_id: m.budget_epsilon for m in manifests.values()})
     norm = federation.feature_normaliser()
     baselines = federation.local_baselines()
     weights, history = federation.train(norm)
@@ -417,4 +581,5 @@ def run_federation(
         aggregation=federation.describe_aggregation(),
         history=history,
         dropped=federation.dropped,
+        stopped=federation.stopped,
     )

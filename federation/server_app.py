@@ -13,21 +13,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from federation.baselines import centralised_baseline
-from federation.firm_source import simulated_firm
+from clients.firm import Normaliser
+from federation.harness import SimulationHarness
+from federation.privacy_report import LEDGER_FILE, privacy_summary
 from federation.progress import Fanout, LogObserver, StageTimer
 from federation.rundir import CONFIG_FILE, SUMMARY_JSON, SUMMARY_MD, RunDirectory
 from federation.runner import RunObserver, run_federation
 from federation.settings import RunSettings, settings_from_run_config
 from federation.summary import build_summary, summary_markdown
+from privacy.dp import Budget
+from privacy.ledger import PrivacyRun, config_hash, public_key_hex
+from server.privacy import accounting_spec
 
 log = logging.getLogger("silobridge")
-
-CENTRALISED_RUN_ID = -1
-"""Cache key for the firms the coordinator rebuilds to compute the centralised baseline."""
 
 
 @dataclass(frozen=True)
@@ -50,34 +53,85 @@ class _MetricsFile:
 
 
 def run_server(grid: Grid, settings: RunSettings, observer: RunObserver, *, flower_run_id: int) -> RunResult:
-    """The whole run; the run directory appears only if everything succeeded."""
+    """The whole run. The run directory appears when it succeeded, or -- once privacy was spent --
+    also when it failed, so that its ledger can be audited."""
     started = time.monotonic()
     timer = StageTimer()
+    spec = settings.spec  # configuration and calibration errors surface before anything is written
+    harness = SimulationHarness(settings)
     with RunDirectory(settings.out_dir, settings.run_id) as rundir:
-        rundir.write_json(
-            CONFIG_FILE, {"run_config": settings.to_run_config(), "scenario": settings.scenario.model_dump(mode="json")}
-        )
+        config = {"run_config": settings.to_run_config(), "scenario": settings.scenario.model_dump(mode="json")}
+        rundir.write_json(CONFIG_FILE, config)
         observers = Fanout(observer, timer, _MetricsFile(rundir))
-        outcome = run_federation(grid, settings, observers, flower_run_id=flower_run_id)
-        observers.stage("centralised baseline")
-        spec = settings.spec
-        firms = [
-            simulated_firm(settings, spec, i, run_id=CENTRALISED_RUN_ID) for i in range(len(settings.scenario.firms))
-        ]
-        centralised = centralised_baseline(
-            firms, settings.scenario.training, outcome.normaliser, seed=settings.scenario.seed
+        ledger = _LedgerOpener(settings, rundir, config)
+        outcome = run_federation(
+            grid, settings, observers, flower_run_id=flower_run_id, open_ledger=ledger.open, harness=harness
         )
+        ledger.close(outcome.stopped)
+        observers.stage("centralised baseline")
+        centralised = harness.centralised(outcome.normaliser)
         for kind, weights in outcome.weights.items():
-            extra = {"mean": outcome.normaliser.mean, "std": outcome.normaliser.std} if kind == "risk" else None
-            rundir.write_model(kind, weights, extra)
+            rundir.write_model(kind, weights, _normaliser_arrays(outcome.normaliser) if kind == "risk" else None)
+        privacy = (
+            privacy_summary(
+                settings.privacy_plan(),
+                rundir.partial / LEDGER_FILE,
+                ledger.public_key,
+                group_size=spec.lags + spec.horizon,
+            )
+            if spec.privacy.enabled
+            else {"enabled": False}
+        )
         summary = build_summary(
-            settings, outcome, centralised, seconds=round(time.monotonic() - started, 2), stage_seconds=timer.totals()
+            settings,
+            outcome,
+            centralised,
+            privacy=privacy,
+            seconds=round(time.monotonic() - started, 2),
+            stage_seconds=timer.totals(),
         )
         rundir.write_json(SUMMARY_JSON, summary)
         rundir.write_text(SUMMARY_MD, summary_markdown(summary))
         path = rundir.commit()
     observer.stage("done")
     return RunResult(path=path, summary=summary)
+
+
+def _normaliser_arrays(norm: Normaliser) -> dict[str, np.ndarray]:
+    arrays = {"mean": norm.mean, "std": norm.std}
+    if norm.low is not None and norm.high is not None:
+        arrays.update(low=norm.low, high=norm.high)
+    return arrays
+
+
+class _LedgerOpener:
+    """Opens the run's privacy ledger once the firms (and their own budgets) are known."""
+
+    def __init__(self, settings: RunSettings, rundir: RunDirectory, config: dict[str, Any]):
+        self.settings = settings
+        self.rundir = rundir
+        self.config_sha256 = config_hash(config)
+        self.key = Ed25519PrivateKey.generate()  # per run; its public key is in the ledger and the summary
+        self.public_key = public_key_hex(self.key.public_key())
+        self.ledger: PrivacyRun | None = None
+
+    def open(self, firm_budgets: Mapping[str, float | None]) -> PrivacyRun:
+        privacy = self.settings.spec.privacy
+        self.rundir.keep_on_failure = True  # from now on privacy may be spent: the ledger must survive
+        self.ledger = PrivacyRun.start(
+            self.rundir.partial / LEDGER_FILE,
+            run_id=self.settings.run_id,
+            config_sha256=self.config_sha256,
+            budget=Budget(privacy.epsilon, privacy.delta),
+            signing_key=self.key,
+            spec=accounting_spec(privacy),
+            firm_budgets={f: Budget(eps, privacy.delta) for f, eps in firm_budgets.items() if eps is not None},
+        )
+        return self.ledger
+
+    def close(self, stopped: str | None) -> None:
+        if self.ledger is not None and not self.ledger.closed:
+            self.ledger.close("completed" if stopped is None else f"stopped early: {stopped}")
 
 
 def build_server_app(

@@ -8,6 +8,9 @@ the data source and every override.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import logging
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,9 +18,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from clients.models import MODEL_KINDS, build_model, state_to_arrays
 from scenarios.generator import DEMAND_COVARIATES, RISK_FEATURES
 from scenarios.schema import Scenario, load_scenario, parse_override
+from server.privacy import PrivacyPlan, resolve_privacy
 from server.secure_sum import resolve_aggregation
+from silobridge.arrays import flatten
 from silobridge.config import DataSchema, FederationSpec
 from silobridge.errors import ConfigError
 
@@ -28,10 +34,22 @@ out-dir at the working directory of the process that runs the ServerApp."""
 GENERATED_SCHEMA = DataSchema(
     demand_covariates={name: ("log_ratio" if name == "price" else "raw") for name in DEMAND_COVARIATES},
     risk_features=RISK_FEATURES,
+    risk_feature_ranges={
+        "lead_time_cv": (0.0, 1.0),
+        "financial_stress": (0.0, 1.0),
+        "supplier_concentration": (0.0, 1.0),
+        "regional_shock": (0.0, 1.0),
+        "order_volume_ratio": (0.0, 5.0),
+        "congestion_index": (-4.0, 4.0),
+        "capacity_utilisation": (0.0, 2.0),
+        "quality_incidents": (0.0, 20.0),
+        "distance_km": (0.0, 2000.0),
+        "expedited": (0.0, 1.0),
+    },
 )
 """The columns the scenario generator writes: the schema of every simulated federation."""
 
-RUN_CONFIG_KEYS = ("scenario", "out-dir", "num-rounds", "seed", "set", "aggregation", "run-id")
+RUN_CONFIG_KEYS = ("scenario", "out-dir", "num-rounds", "seed", "set", "aggregation", "dp", "run-id")
 
 
 class RunSettings(BaseModel):
@@ -45,6 +63,7 @@ class RunSettings(BaseModel):
     out_dir: Path
     run_id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     aggregation: Literal["secure", "plain"] = "secure"
+    dp: bool = True
     baseline_max_epochs: int = Field(default=200, ge=1)
     baseline_patience: int = Field(default=20, ge=1)
     round_timeout_s: float = Field(default=600.0, gt=0)
@@ -52,18 +71,17 @@ class RunSettings(BaseModel):
 
     @property
     def spec(self) -> FederationSpec:
-        """What every firm must agree on, with secure aggregation resolved for this federation's size."""
-        s = self.scenario
-        aggregation = s.aggregation.model_copy(update={"mode": self.aggregation})
-        return FederationSpec(
-            data=GENERATED_SCHEMA,
-            lags=s.training.lags,
-            horizon=s.horizon,
-            test_start=s.test_start,
-            test_periods=s.test_periods,
-            hidden=s.training.hidden,
-            aggregation=resolve_aggregation(aggregation, len(s.firms)),
-        )
+        """What every firm must agree on, resolved for this federation (computed once per settings)."""
+        return federation_spec(self)
+
+    @property
+    def min_firms(self) -> int:
+        """Fewest firms a round may aggregate: the scenario's, or half the firms (at least 2)."""
+        n = len(self.scenario.firms)
+        return min(n, self.scenario.training.min_firms or max(2, math.ceil(n / 2)))
+
+    def privacy_plan(self) -> PrivacyPlan:
+        return privacy_plan(self, self.spec)
 
     def to_run_config(self) -> dict[str, Any]:
         """The flat form Flower carries (and the run directory records)."""
@@ -74,8 +92,65 @@ class RunSettings(BaseModel):
             "seed": self.scenario.seed,
             "set": ";".join(self.overrides),
             "aggregation": self.aggregation,
+            "dp": "on" if self.dp else "off",
             "run-id": self.run_id,
         }
+
+
+def quiet_accountant() -> None:
+    """dp-accounting logs a warning for every RDP order it drops as numerically unstable at small
+    noise; that is how it is meant to work, and it floods a run's output."""
+    logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+def privacy_plan(settings: RunSettings, spec: FederationSpec) -> PrivacyPlan:
+    """The run's releases as the accountant sees them (model size from the federation's architecture)."""
+    dim = sum(flatten(state_to_arrays(build_model(kind, spec))).size for kind in MODEL_KINDS)
+    training = settings.scenario.training
+    return PrivacyPlan(
+        spec=spec.privacy,
+        rounds=training.rounds,
+        local_epochs=training.local_epochs,
+        num_firms=len(settings.scenario.firms),
+        min_firms=settings.min_firms,
+        model_dim=dim,
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def federation_spec(settings: RunSettings) -> FederationSpec:
+    """Secure aggregation resolved for the federation's size, DP's noise calibrated to its budget."""
+    s = settings.scenario
+    privacy = s.privacy.model_copy(update={"enabled": settings.dp})
+    if privacy.enabled and privacy.unit == "record" and s.training.strategy == "fedprox":
+        raise ConfigError(
+            "FedProx's proximal term is not per-example, so record-level DP-SGD cannot clip it; use fedavg",
+            field="training.strategy",
+        )
+    base = FederationSpec(
+        data=GENERATED_SCHEMA,
+        lags=s.training.lags,
+        horizon=s.horizon,
+        test_start=s.test_start,
+        test_periods=s.test_periods,
+        hidden=s.training.hidden,
+        aggregation=resolve_aggregation(s.aggregation.model_copy(update={"mode": settings.aggregation}), len(s.firms)),
+        privacy=privacy,
+    )
+    if not privacy.enabled:
+        return base
+    if privacy.unit == "firm" and privacy.mechanism == "distributed":
+        if settings.aggregation != "secure":
+            raise ConfigError("distributed DP needs secure aggregation", field="privacy.mechanism")
+        privacy = privacy.model_copy(update={"expected_shares": len(s.firms)})
+        base = base.model_copy(update={"privacy": privacy})
+    quiet_accountant()
+    resolved = resolve_privacy(privacy_plan(settings, base))
+    spec = base.model_copy(update={"privacy": resolved})
+    if resolved.unit == "firm" and resolved.mechanism == "distributed":
+        modulus = spec.aggregation.modulus_bits or 64
+        privacy_plan(settings, spec).skellam().check_modulus(modulus, len(s.firms))
+    return spec
 
 
 def _resolve(path: str, base: Path) -> Path:
@@ -122,6 +197,9 @@ def settings_from_run_config(run_config: Mapping[str, Any], *, base_dir: Path = 
         raise ConfigError(
             f"unknown aggregation '{aggregation}' (known: secure, plain)", source="run config", field="aggregation"
         )
+    dp = str(run_config.get("dp") or ("on" if scenario.privacy.enabled else "off"))
+    if dp not in ("on", "off"):
+        raise ConfigError(f"must be 'on' or 'off', got '{dp}'", source="run config", field="dp")
     settings = RunSettings(
         scenario_path=scenario_path,
         overrides=all_overrides,
@@ -129,6 +207,7 @@ def settings_from_run_config(run_config: Mapping[str, Any], *, base_dir: Path = 
         out_dir=_resolve(str(run_config.get("out-dir") or "runs"), Path.cwd()),
         run_id=run_id,
         aggregation=aggregation,  # type: ignore[arg-type]
+        dp=dp == "on",
     )
     _ = settings.spec  # resolves secure aggregation for the federation's size: its errors surface here
     return settings

@@ -15,7 +15,7 @@ from typing import Any
 from federation.client_app import build_client_app
 from federation.runner import RunObserver
 from federation.server_app import RunResult, build_server_app
-from federation.settings import settings_from_run_config
+from federation.settings import quiet_accountant, settings_from_run_config
 from silobridge.errors import FederationError
 
 # The runtime would otherwise try to pip-install the app's dependencies, which fails offline.
@@ -62,3 +62,4 @@ def _quiet_flower() -> None:
     """Flower logs every message exchange at INFO; keep warnings and errors."""
     for name in ("flwr", "ray"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_accountant()

@@ -135,6 +135,7 @@ def build_summary(
     outcome: FederationOutcome,
     centralised: dict[str, np.ndarray],
     *,
+    privacy: dict[str, Any],
     seconds: float,
     stage_seconds: dict[str, float] | None = None,
 ) -> dict[str, Any]:
@@ -160,6 +161,8 @@ def build_summary(
             "test_periods": scenario.test_periods,
             "horizon": scenario.horizon,
         },
+        "privacy": privacy,
+        "stopped": outcome.stopped,
         "models": table,
         "acceptance": acceptance_checks(table),
         "dropouts": outcome.dropped,
@@ -198,6 +201,30 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                 cells = [_fmt(methods[method][g][m]) for m in metrics for g in GROUP_ORDER]
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
+    privacy = summary["privacy"]
+    if privacy.get("enabled"):
+        lines += [
+            "## Differential privacy",
+            "",
+            f"Unit: **{privacy['unit']}** ({privacy['neighbouring']}); mechanism {privacy['mechanism']}, "
+            f"noise multiplier {privacy['noise_multiplier']}, clip {privacy['clip_norm']}, sampling rate "
+            f"{privacy['sample_rate']}. Budget epsilon {privacy['budget']['epsilon']:g} at delta "
+            f"{privacy['budget']['delta']:g}; spent {_fmt(privacy['epsilon_overall'])} ({privacy['accountant']}, "
+            f"recomputed from the verified ledger `{privacy['ledger']}`, public key `{privacy['ledger_public_key']}`).",
+            "",
+            "| firm | releases | epsilon (RDP) | epsilon (PLD) | one observation (group) |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for firm, row in privacy["firms"].items():
+            lines.append(
+                f"| {firm} | {row['releases']} | {_fmt(row['epsilon_rdp'])} | {_fmt(row['epsilon_pld'])} | "
+                f"{_fmt(row.get('observation_epsilon'))} |"
+            )
+        lines.append("")
+    else:
+        lines += ["## Differential privacy", "", "Off: this run is the non-private comparison.", ""]
+    if summary.get("stopped"):
+        lines += [f"Training stopped early: {summary['stopped']}", ""]
     aggregation = summary["federation"]["aggregation"]
     if aggregation.get("mode") == "secure":
         lines += [

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from silobridge.config import MIN_TRAIN_WINDOWS, TIERS, AggregationSpec, Tier, min_periods
+from silobridge.config import MIN_TRAIN_WINDOWS, TIERS, AggregationSpec, PrivacySpec, Tier, min_periods
 from silobridge.errors import ConfigError
 
 FIRM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -46,6 +46,9 @@ class Firm(_Frozen):
     )
     deliveries: int | None = Field(
         default=None, ge=1, le=500, description="inbound deliveries per period (risk data rows)"
+    )
+    budget_epsilon: float | None = Field(
+        default=None, gt=0, description="the firm's own privacy limit (stricter than the run's)"
     )
 
     def series_count(self) -> int:
@@ -143,6 +146,7 @@ class Scenario(_Frozen):
     shocks: tuple[Shock, ...] = ()
     training: TrainingSettings = TrainingSettings()
     aggregation: AggregationSpec = AggregationSpec()
+    privacy: PrivacySpec = PrivacySpec()
     dropout: SimulatedDropout = SimulatedDropout()
 
     @field_validator("end")
@@ -232,6 +236,12 @@ def check_chain(scenario: Scenario) -> None:
         if shock.scope == "region" and shock.region not in regions:
             raise ValueError(
                 f"shocks[{i}].region: unknown region '{shock.region}' (known: {', '.join(sorted(regions))})"
+            )
+    for firm in scenario.firms:
+        if firm.budget_epsilon is not None and firm.budget_epsilon > scenario.privacy.epsilon:
+            raise ValueError(
+                f"firm '{firm.id}': field 'budget_epsilon' ({firm.budget_epsilon:g}) may only be stricter than the "
+                f"run's privacy.epsilon ({scenario.privacy.epsilon:g})"
             )
     need = scenario.min_history()
     for firm in scenario.firms:

@@ -26,16 +26,23 @@ def _with_clipping(segments: list[Segment], agg: AggregationSpec) -> VectorLayou
     return VectorLayout((*segments, Segment(CLIPPED, 1, float(total))), agg.value_bits)
 
 
-def training_layout(param_counts: Mapping[str, int], agg: AggregationSpec) -> VectorLayout:
-    """One round of both models: weighted change, weight, weighted loss, evaluation of the received model."""
+def training_layout(
+    param_counts: Mapping[str, int], agg: AggregationSpec, *, statistics: bool = True, integer_updates: bool = False
+) -> VectorLayout:
+    """One round of both models: weighted change and weight, and (without DP) the weighted loss and the
+    evaluation of the received model. Distributed DP sends its changes as noised integers."""
     segments = []
     for kind, count in param_counts.items():
+        update_bound = float(2 ** (agg.value_bits - 1) - 1) if integer_updates else agg.max_examples * agg.update_bound
         segments += [
-            Segment(f"{kind}/update", count, agg.max_examples * agg.update_bound),
+            Segment(f"{kind}/update", count, update_bound, "integer" if integer_updates else "single"),
             Segment(f"{kind}/weight", 1, float(agg.max_examples)),
-            Segment(f"{kind}/loss", 1, agg.max_examples * LOSS_BOUND),
-            Segment(f"{kind}/eval", STAT_LENGTH[kind], agg.stats_bound, "double"),
         ]
+        if statistics:
+            segments += [
+                Segment(f"{kind}/loss", 1, agg.max_examples * LOSS_BOUND),
+                Segment(f"{kind}/eval", STAT_LENGTH[kind], agg.stats_bound, "double"),
+            ]
     return _with_clipping(segments, agg)
 
 

@@ -29,6 +29,10 @@ class DataSchema(BaseModel):
 
     demand_covariates: dict[str, CovariateTransform] = Field(default_factory=dict)
     risk_features: tuple[str, ...] = ()
+    risk_feature_ranges: dict[str, tuple[float, float]] = Field(
+        default_factory=dict,
+        description="public range of each risk feature: under DP, features are clipped and scaled by it",
+    )
 
     @field_validator("demand_covariates")
     @classmethod
@@ -46,6 +50,14 @@ class DataSchema(BaseModel):
             raise ValueError("'date' and 'disrupted' cannot be risk features")
         if len(set(value)) != len(value):
             raise ValueError("risk features must be unique")
+        return value
+
+    @field_validator("risk_feature_ranges")
+    @classmethod
+    def _ordered_ranges(cls, value: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for name, (low, high) in value.items():
+            if not low < high:
+                raise ValueError(f"range of '{name}' must have low < high, got ({low}, {high})")
         return value
 
 
@@ -95,6 +107,35 @@ class AggregationSpec(BaseModel):
         )
 
 
+class PrivacySpec(BaseModel):
+    """Differential privacy of a run; on by default. The unit says what two neighbouring inputs differ in.
+
+    `record`: one training example of one firm (a demand window or a delivery row); every firm trains
+    with DP-SGD and is accounted on its own. `firm`: a firm's whole contribution to a round (DP-FedAvg
+    with clipped model changes and Gaussian noise, added by the server to the secure sum (`central`)
+    or by the firms in shares before masking (`distributed`)). `noise_multiplier` left as None is
+    calibrated by the coordinator so that the planned rounds spend exactly the budget.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    unit: Literal["record", "firm"] = "record"
+    epsilon: float = Field(default=8.0, gt=0, le=1000)
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+    accountant: Literal["rdp", "pld"] = "rdp"
+    noise_multiplier: float | None = Field(default=None, gt=0, le=1000)
+    # record level: DP-SGD inside each firm
+    max_grad_norm: float = Field(default=1.0, gt=0, description="per-example gradient clip (record unit)")
+    sample_rate: float = Field(default=0.02, gt=0, le=1, description="Poisson rate of examples per step (record)")
+    # firm level: DP-FedAvg
+    mechanism: Literal["central", "distributed"] = "central"
+    clip_norm: float = Field(default=0.5, gt=0, description="L2 bound on a firm's model change (firm unit)")
+    firm_sample_rate: float = Field(default=1.0, gt=0, le=1, description="Poisson rate of firms per round (firm)")
+    distributed_scale: float = Field(default=1000.0, gt=0, description="integer steps per unit (distributed)")
+    expected_shares: int | None = Field(default=None, ge=1, description="firms expected per sum (distributed)")
+
+
 class FederationSpec(BaseModel):
     """Columns, feature layout, model size, evaluation split and aggregation of one federation."""
 
@@ -107,6 +148,7 @@ class FederationSpec(BaseModel):
     test_periods: int = Field(ge=1, le=104)
     hidden: int = Field(ge=4, le=4096)
     aggregation: AggregationSpec = AggregationSpec()
+    privacy: PrivacySpec = PrivacySpec(enabled=False)
 
     @property
     def min_periods(self) -> int:

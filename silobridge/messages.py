@@ -21,7 +21,8 @@ class Payload(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     def to_config(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        """Flat values for a ConfigRecord, which has no null: an unset optional field is left out."""
+        return self.model_dump(mode="json", exclude_none=True)
 
     @classmethod
     def from_config(cls: type[M], values: Mapping[str, Any], *, firm: str | None = None) -> M:
@@ -68,6 +69,8 @@ class FirmManifest(Payload):
     tier: str = "unknown"
     has_demand: bool
     has_risk: bool
+    public_weight: float = Field(default=1.0, gt=0, description="FedAvg weight under DP (declared, public)")
+    budget_epsilon: float | None = Field(default=None, gt=0, description="the firm's own privacy limit")
 
     def trains(self, kind: str) -> bool:
         return self.has_demand if kind == "demand" else self.has_risk

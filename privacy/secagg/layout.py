@@ -7,7 +7,9 @@ serves the whole vector and the sum of all firms cannot wrap.
 
 A segment may take two words per value ("double"): a deterministic high part and a stochastically
 rounded remainder, both summed exactly, so statistics with a wide public bound (error totals,
-feature moments) come back at float64 precision instead of the bound's coarse step.
+feature moments) come back at float64 precision instead of the bound's coarse step. An "integer"
+segment carries values a mechanism already quantised (distributed DP's noised integers): they pass
+unscaled and come back as their exact integer sum.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from silobridge.errors import ConfigError, DataError
 CLIPPED = "clipped"
 """Segment name for the number of values a firm's quantisation clipped: summed, never sent per firm."""
 
-Precision = Literal["single", "double"]
+Precision = Literal["single", "double", "integer"]
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,10 @@ class Segment:
             raise ConfigError(f"segment '{self.name}': length must be a positive integer", field="segment")
         if not (math.isfinite(self.bound) and self.bound > 0):
             raise ConfigError(f"segment '{self.name}': bound must be positive and finite", field="segment")
-        if self.precision not in ("single", "double"):
-            raise ConfigError(f"segment '{self.name}': precision must be 'single' or 'double'", field="segment")
+        if self.precision not in ("single", "double", "integer"):
+            raise ConfigError(
+                f"segment '{self.name}': precision must be 'single', 'double' or 'integer'", field="segment"
+            )
 
     @property
     def words(self) -> int:
@@ -79,6 +83,17 @@ def _encode_double(
         scale=level * level / bound,
     )
     return np.concatenate([high.astype(np.int64), low]), stats
+
+
+def _encode_integers(values: np.ndarray, value_bits: int, name: str, firm: str) -> tuple[np.ndarray, QuantStats]:
+    """Already-quantised values pass as they are; anything not an integer within [-L, L] is refused."""
+    level = max_level(value_bits)
+    if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
+        raise DataError(firm, f"segment '{name}' must hold integers")
+    if values.size and np.max(np.abs(values)) > level:
+        raise DataError(firm, f"segment '{name}' holds a value beyond +/-{level}")
+    stats = QuantStats(int(values.size), 0, float(np.abs(values).max()) if values.size else 0.0, level, value_bits, 1.0)
+    return values.astype(np.int64), stats
 
 
 @dataclass(frozen=True)
@@ -126,6 +141,8 @@ class VectorLayout:
                 if not np.all(np.isfinite(value)):
                     raise DataError(firm, f"segment '{segment.name}' has non-finite values")
                 encoded, stats[segment.name] = _encode_double(value, segment.bound, self.value_bits, rng, firm)
+            elif segment.precision == "integer":
+                encoded, stats[segment.name] = _encode_integers(value, self.value_bits, segment.name, firm)
             else:
                 encoded, stats[segment.name] = quantise(value, segment.bound, self.value_bits, rng, firm=firm)
             parts.append(encoded)
@@ -141,7 +158,9 @@ class VectorLayout:
         for segment in self.segments:
             size = segment.length * segment.words
             part = ring_sum[offset : offset + size]
-            if segment.precision == "double":
+            if segment.precision == "integer":
+                out[segment.name] = to_signed(part, bits).astype(np.float64)
+            elif segment.precision == "double":
                 signed = to_signed(part, bits)
                 high, low = signed[: segment.length], signed[segment.length :]
                 step = segment.bound / level
@@ -157,7 +176,9 @@ class VectorLayout:
         level = max_level(self.value_bits)
         return {
             s.name: (
-                num_firms * s.bound / level / level
+                0.0
+                if s.precision == "integer"
+                else num_firms * s.bound / level / level
                 if s.precision == "double"
                 else sum_error_bound(num_firms, s.bound, self.value_bits)
             )

@@ -1,0 +1,89 @@
+"""The simulation harness: measurements only a party holding every firm's data can make.
+
+A simulation (or a pilot on all firms' extracts) knows every firm's data, so it can score the
+federated model on each firm's test split, fit each firm's local-only baselines and train the
+centralised baseline -- the non-private upper bound -- without any firm releasing anything. Under
+differential privacy the federation itself releases only DP-accounted updates, so all measurement
+happens here; without DP, firms release their test statistics through secure sums and the harness
+adds the centralised baseline only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clients.features import DemandWindows, RiskExamples
+from clients.firm import FirmClient, Normaliser
+from clients.models import build_model, state_to_arrays
+from clients.training import TrainSettings, fit, resolve_device
+from federation.firm_source import simulated_firm
+from federation.settings import RunSettings
+from silobridge.messages import BaselineInstruction
+
+HARNESS_RUN_ID = -1
+"""Cache key of the firms the harness rebuilds from the scenario (never a Flower run id)."""
+
+
+class SimulationHarness:
+    """Every firm of the scenario, held by the coordinator's process for measurement."""
+
+    def __init__(self, settings: RunSettings):
+        self.settings = settings
+        spec = settings.spec
+        self.firms: list[FirmClient] = [
+            simulated_firm(settings, spec, i, run_id=HARNESS_RUN_ID) for i in range(len(settings.scenario.firms))
+        ]
+
+    def evaluate(self, weights: dict[str, dict[str, np.ndarray]], norm: Normaliser) -> dict[str, np.ndarray]:
+        """Group-slotted test statistics of the given models, summed over the firms that hold the data."""
+        out: dict[str, np.ndarray] = {}
+        for kind, arrays in weights.items():
+            holders = [f for f in self.firms if f.trains(kind)]
+            if holders:
+                out[kind] = np.sum([f.evaluate(kind, arrays, norm) for f in holders], axis=0)  # type: ignore[arg-type]
+        return out
+
+    def local_baselines(self, instruction: BaselineInstruction) -> dict[str, np.ndarray]:
+        """Each firm's local-only models and naive forecasts, scored on its own test split, summed."""
+        totals: dict[str, np.ndarray] = {}
+        for firm in self.firms:
+            for key, vector in firm.local_baselines(instruction).items():
+                totals[key] = totals.get(key, 0) + vector
+        return totals
+
+    def centralised(self, norm: Normaliser) -> dict[str, np.ndarray]:
+        """Models trained on all firms' training data pooled, for as many passes as the federated run."""
+        training = self.settings.scenario.training
+        seed = self.settings.scenario.seed
+        device = resolve_device(training.device)
+        settings = TrainSettings(
+            epochs=training.rounds * training.local_epochs,
+            batch_size=training.batch_size,
+            learning_rate=training.learning_rate,
+            weight_decay=training.weight_decay,
+            seed=seed,
+            optimiser=training.optimiser,
+            momentum=training.momentum,
+        )
+        spec = self.firms[0].spec
+        weights: dict[str, dict[str, np.ndarray]] = {}
+        demand_firms = [f for f in self.firms if f.trains("demand")]
+        if demand_firms:
+            pooled = DemandWindows.concat([f.demand_split[0] for f in demand_firms])  # type: ignore[index]
+            model = build_model("demand", spec, seed=seed)
+            fit(model, pooled.features, pooled.targets, loss="l1", settings=settings, device=device)
+            weights["demand"] = state_to_arrays(model)
+        risk_firms = [f for f in self.firms if f.trains("risk")]
+        if risk_firms:
+            pooled_risk = RiskExamples.concat([f.risk_split[0] for f in risk_firms])  # type: ignore[index]
+            model = build_model("risk", spec, seed=seed)
+            fit(
+                model,
+                norm.apply(pooled_risk.features),
+                pooled_risk.labels,
+                loss="bce",
+                settings=settings,
+                device=device,
+            )
+            weights["risk"] = state_to_arrays(model)
+        return self.evaluate(weights, norm)
