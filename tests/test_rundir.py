@@ -9,6 +9,7 @@ import pytest
 
 from federation.rundir import RunDirectory
 from federation.simulation import simulate
+from privacy.ledger import verify_ledger
 from tests.conftest import TINY
 
 
@@ -38,8 +39,28 @@ class _FailsInRoundTwo:
             raise RuntimeError("coordinator crashed in round 2")
 
 
-def test_a_run_that_fails_midway_leaves_nothing_in_runs(tmp_path: Path) -> None:
+def test_a_run_without_dp_that_fails_midway_leaves_nothing_in_runs(tmp_path: Path) -> None:
     out = tmp_path / "runs"
     with pytest.raises(RuntimeError, match="coordinator crashed in round 2"):
-        simulate({"scenario": str(TINY), "out-dir": str(out), "num-rounds": 3}, observer=_FailsInRoundTwo(), cpus=2)
+        simulate(
+            {"scenario": str(TINY), "out-dir": str(out), "num-rounds": 3, "dp": "off"},
+            observer=_FailsInRoundTwo(),
+            cpus=2,
+        )
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_a_private_run_that_fails_midway_keeps_its_ledger_for_audit(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    with pytest.raises(RuntimeError, match="coordinator crashed in round 2"):
+        simulate(
+            {"scenario": str(TINY), "out-dir": str(out), "num-rounds": 3, "run-id": "crashed"},
+            observer=_FailsInRoundTwo(),
+            cpus=2,
+        )
+    run = out / "crashed"
+    assert (run / "failure.json").exists() and not (run / "summary.json").exists()
+    report = verify_ledger(run / "privacy_ledger.jsonl")
+    assert report.ended and report.end_reason.startswith("aborted: RuntimeError")
+    assert [r.release_id for r in report.releases] == ["round-1/models-2", "round-2/models-2"]
+    assert report.within_budget

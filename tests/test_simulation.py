@@ -1,7 +1,8 @@
 """End to end: real Flower simulations of the tiny scenario, run in-process, and their run directories.
 
-Three runs of the same scenario and seed: secure aggregation (the default), aggregation in the
-clear, and secure aggregation with 30% of the firms vanishing after sending their masked input.
+Runs of the same scenario and seed without DP (so models can be compared exactly): secure
+aggregation, aggregation in the clear, and secure aggregation with 30% of the firms vanishing after
+sending their masked input. The differentially private default has its own tests.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ def _simulate(out: Path, run_id: str, **config: object) -> RunResult:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunResult]:
     out = tmp_path_factory.mktemp("runs")
     return {
-        "secure": _simulate(out, "tiny-secure"),
-        "plain": _simulate(out, "tiny-plain", aggregation="plain"),
-        "dropout": _simulate(out, "tiny-dropout", set="dropout.rate=0.3;dropout.stage=after_masking"),
+        "secure": _simulate(out, "tiny-secure", dp="off"),
+        "plain": _simulate(out, "tiny-plain", aggregation="plain", dp="off"),
+        "dropout": _simulate(out, "tiny-dropout", dp="off", set="dropout.rate=0.3;dropout.stage=after_masking"),
     }
 
 
@@ -129,5 +130,5 @@ def test_existing_run_directory_is_refused(run: RunResult) -> None:
     from silobridge.errors import ConfigError
 
     with pytest.raises(ConfigError, match="already exists"):
-        simulate({"scenario": str(TINY), "out-dir": str(run.path.parent), "run-id": "tiny-secure"})
+        simulate({"scenario": str(TINY), "out-dir": str(run.path.parent), "run-id": "tiny-secure", "dp": "off"})
     assert not list(Path(run.path.parent).glob(".*partial"))

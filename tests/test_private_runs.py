@@ -1,0 +1,115 @@
+"""End to end under differential privacy (the default): budgets, refusals, the ledger and its audit.
+
+Each run is a real Flower simulation of the tiny scenario; every figure asserted is recomputed from
+the run's signed ledger, by the same verification an auditor runs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from federation.server_app import RunResult
+from federation.simulation import simulate
+from privacy.ledger import verify_ledger
+from tests.conftest import ROOT, TINY
+
+
+def _simulate(out: Path, run_id: str, overrides: str = "", **config: object) -> RunResult:
+    return simulate({"scenario": str(TINY), "out-dir": str(out), "run-id": run_id, "set": overrides, **config}, cpus=2)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunResult]:
+    out = tmp_path_factory.mktemp("private-runs")
+    return {
+        "record": _simulate(out, "record", "firms.R2.budget_epsilon=5.0"),
+        "refused": _simulate(out, "refused", "privacy.noise_multiplier=0.9;privacy.epsilon=4.0"),
+        "central": _simulate(out, "central", "privacy.unit=firm;privacy.mechanism=central;privacy.accountant=pld"),
+        "distributed": _simulate(out, "distributed", "privacy.unit=firm;privacy.mechanism=distributed"),
+    }
+
+
+def _audit(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "federation.cli", "audit", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "COLUMNS": "200"},
+    )
+
+
+def test_record_level_run_spends_the_calibrated_budget_and_no_more(runs: dict[str, RunResult]) -> None:
+    run = runs["record"]
+    privacy = run.summary["privacy"]
+    assert privacy["enabled"] and privacy["unit"] == "record" and privacy["mechanism"] == "dpsgd"
+    assert privacy["within_budget"]
+    # The noise multiplier was calibrated so that the planned rounds spend the whole budget.
+    assert 7.8 <= privacy["epsilon_overall"] <= 8.0
+    report = verify_ledger(run.path / "privacy_ledger.jsonl", public_key=privacy["ledger_public_key"])
+    assert report.key_trusted and report.ended and report.end_reason == "completed"
+    assert report.epsilon_overall == pytest.approx(privacy["epsilon_overall"], rel=1e-6)
+    # PLD, reported next to RDP, is tighter for DP-SGD.
+    firm = privacy["firms"]["R1"]
+    assert firm["epsilon_pld"] < firm["epsilon_rdp"]
+
+
+def test_a_firm_with_its_own_budget_stops_contributing_when_it_is_spent(runs: dict[str, RunResult]) -> None:
+    run = runs["record"]
+    firms = run.summary["privacy"]["firms"]
+    assert firms["R2"]["epsilon_rdp"] <= 5.0 < firms["R1"]["epsilon_rdp"]
+    assert firms["R2"]["releases"] < firms["R1"]["releases"] == 4
+    assert any(d["firm"] == "R2" and "its own privacy budget is spent" in d["reason"] for d in run.summary["dropouts"])
+    # The others' accounting is unaffected: each is charged only for the rounds it took part in.
+    report = verify_ledger(run.path / "privacy_ledger.jsonl")
+    assert report.firms["R2"].releases == firms["R2"]["releases"]
+    assert report.firms["R1"].epsilon == pytest.approx(firms["R1"]["epsilon_rdp"], rel=1e-6)
+
+
+def test_a_refused_round_ends_training_cleanly(runs: dict[str, RunResult]) -> None:
+    run = runs["refused"]
+    assert run.summary["stopped"] and "refused" in run.summary["stopped"]
+    report = verify_ledger(run.path / "privacy_ledger.jsonl")
+    assert report.refusals and report.within_budget and report.epsilon_overall <= 4.0
+    assert report.end_reason.startswith("stopped early")
+    trained = {json.loads(line)["round"] for line in (run.path / "metrics.jsonl").read_text().splitlines()}
+    assert len(trained) == 2  # rounds 1 and 2 spend 3.67; round 3 would reach 4.32
+    assert (run.path / "models" / "demand.pt").exists()  # the model trained so far is kept
+    assert run.summary["models"]["demand"]["federated"]["all"]["wape"] is not None
+
+
+def test_firm_level_central_and_distributed_runs(runs: dict[str, RunResult]) -> None:
+    central = runs["central"].summary["privacy"]
+    assert central["unit"] == "firm" and central["mechanism"] == "dp_fedavg_central" and central["accountant"] == "pld"
+    assert central["within_budget"] and central["epsilon_overall"] <= 8.0
+    distributed = runs["distributed"].summary["privacy"]
+    assert distributed["mechanism"] == "dp_fedavg_distributed" and distributed["within_budget"]
+    assert all(row["epsilon_pld"] is None for row in distributed["firms"].values())  # Skellam: RDP only
+    ledger = (runs["distributed"].path / "privacy_ledger.jsonl").read_text().splitlines()
+    releases = [json.loads(line) for line in ledger if json.loads(line)["kind"] == "release"]
+    assert all(r["mechanism"] == "skellam" and r["parameters"]["noise_shares"] == 5 for r in releases)
+
+
+def test_audit_command_verifies_and_detects_tampering(runs: dict[str, RunResult], tmp_path: Path) -> None:
+    run = runs["record"]
+    key = run.summary["privacy"]["ledger_public_key"]
+    result = _audit(str(run.path), "--public-key", key, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["verified"] and report["key_trusted"] and report["within_budget"]
+    lines = (run.path / "privacy_ledger.jsonl").read_text().splitlines()
+    entry = json.loads(lines[2])
+    entry["noise_multiplier"] = entry["noise_multiplier"] * 2  # claim more noise than was added
+    lines[2] = json.dumps(entry, separators=(",", ":"), sort_keys=True)
+    tampered = tmp_path / "tampered.jsonl"
+    tampered.write_text("\n".join(lines) + "\n")
+    result = _audit(str(tampered))
+    assert result.returncode == 3
+    assert "entry 2" in " ".join(result.stderr.split())
+    result = _audit(str(run.path), "--public-key", "00" * 32)
+    assert result.returncode == 3
