@@ -8,7 +8,6 @@ ledger that fails verification.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -64,7 +63,7 @@ def simulate(
     plain: Annotated[bool, typer.Option("--plain", help="Log lines instead of the live progress display.")] = False,
 ) -> None:
     """Simulate every firm of a scenario as a Flower client and compare federated, local-only, centralised and naive."""
-    from federation.progress import LogObserver, RichObserver, acceptance_table, results_tables
+    from federation.progress import LogObserver, RichObserver, acceptance_table, log_to_stderr, results_tables
     from federation.settings import settings_from_run_config
     from federation.simulation import simulate as run
 
@@ -82,7 +81,7 @@ def simulate(
         settings = settings_from_run_config(run_config)
         run_config["run-id"] = settings.run_id
         if plain or not err_console.is_terminal:
-            logging.basicConfig(level=logging.INFO, format="%(message)s")
+            log_to_stderr()
             result = run(run_config, observer=LogObserver())
         else:
             with RichObserver(settings.scenario.training.rounds, console=err_console) as observer:

@@ -30,6 +30,16 @@ def _num(value: float | None) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
+def log_to_stderr() -> None:
+    """Our progress lines on stderr at INFO, whatever other libraries did to the root logger."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
 class LogObserver:
     """One log line per stage and per round."""
 

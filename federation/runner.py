@@ -424,6 +424,20 @@ class Federation:
                 self.observer.round_done(record)
         return weights, history
 
+    def _aggregate(
+        self, kind: str, server_round: int, weights: dict[str, OrderedDict[str, np.ndarray]], outcome: SumOutcome
+    ) -> dict[str, Any]:
+        """FedAvg on the round's sums; the firms' statistics are of the model they received (round - 1)."""
+        segments = outcome.segments
+        weight_sum = float(segments[f"{kind}/weight"][0])
+        flat = flatten(weights[kind])
+        weights[kind] = unflatten(
+            self.strategy.aggregate_train(flat, segments[f"{kind}/update"], weight_sum), weights[kind]
+        )
+        record = self._round_record(kind, server_round, server_round - 1, outcome, segments[f"{kind}/eval"])
+        record["train_loss"] = float(segments[f"{kind}/loss"][0] / weight_sum) if weight_sum > 0 else None
+        return record
+
     def _round_record(
         self, kind: str, server_round: int, evaluated: int, outcome: SumOutcome, evaluation: np.ndarray
     ) -> dict[str, Any]:

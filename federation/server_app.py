@@ -21,7 +21,7 @@ from flwr.serverapp import Grid, ServerApp
 from clients.firm import Normaliser
 from federation.harness import SimulationHarness
 from federation.privacy_report import LEDGER_FILE, privacy_summary
-from federation.progress import Fanout, LogObserver, StageTimer
+from federation.progress import Fanout, LogObserver, StageTimer, log_to_stderr
 from federation.rundir import CONFIG_FILE, SUMMARY_JSON, SUMMARY_MD, RunDirectory
 from federation.runner import RunObserver, run_federation
 from federation.settings import RunSettings, settings_from_run_config
@@ -63,11 +63,11 @@ def run_server(grid: Grid, settings: RunSettings, observer: RunObserver, *, flow
         config = {"run_config": settings.to_run_config(), "scenario": settings.scenario.model_dump(mode="json")}
         rundir.write_json(CONFIG_FILE, config)
         observers = Fanout(observer, timer, _MetricsFile(rundir))
-        ledger = _LedgerOpener(settings, rundir, config)
-        outcome = run_federation(
-            grid, settings, observers, flower_run_id=flower_run_id, open_ledger=ledger.open, harness=harness
-        )
-        ledger.close(outcome.stopped)
+        with _LedgerOpener(settings, rundir, config) as ledger:
+            outcome = run_federation(
+                grid, settings, observers, flower_run_id=flower_run_id, open_ledger=ledger.open, harness=harness
+            )
+            ledger.stopped = outcome.stopped
         observers.stage("centralised baseline")
         centralised = harness.centralised(outcome.normaliser)
         for kind, weights in outcome.weights.items():
@@ -114,6 +114,7 @@ class _LedgerOpener:
         self.key = Ed25519PrivateKey.generate()  # per run; its public key is in the ledger and the summary
         self.public_key = public_key_hex(self.key.public_key())
         self.ledger: PrivacyRun | None = None
+        self.stopped: str | None = None
 
     def open(self, firm_budgets: Mapping[str, float | None]) -> PrivacyRun:
         privacy = self.settings.spec.privacy
@@ -129,9 +130,17 @@ class _LedgerOpener:
         )
         return self.ledger
 
-    def close(self, stopped: str | None) -> None:
-        if self.ledger is not None and not self.ledger.closed:
-            self.ledger.close("completed" if stopped is None else f"stopped early: {stopped}")
+    def __enter__(self) -> _LedgerOpener:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        """The ledger's end entry says how the run ended: completed, stopped early, or aborted."""
+        if self.ledger is None or self.ledger.closed:
+            return
+        if exc_type is not None:
+            self.ledger.close(f"aborted: {exc_type.__name__}: {exc}")
+        else:
+            self.ledger.close("completed" if self.stopped is None else f"stopped early: {self.stopped}")
 
 
 def build_server_app(
@@ -144,7 +153,7 @@ def build_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         if observer is None:
-            _log_to_stderr()
+            log_to_stderr()  # under `flwr run` nothing else configures our logger
         settings = settings_from_run_config(run_config if run_config is not None else context.run_config)
         result = run_server(grid, settings, observer or LogObserver(), flower_run_id=context.run_id)
         log.info("run written to %s", result.path)
@@ -152,17 +161,6 @@ def build_server_app(
             on_result(result)
 
     return app
-
-
-def _log_to_stderr() -> None:
-    """Under `flwr run` nothing configures our logger; its lines reach the user through the log stream."""
-    logger = logging.getLogger("silobridge")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
 
 
 app = build_server_app()
