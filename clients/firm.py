@@ -192,7 +192,7 @@ class FirmClient:
         if privacy.enabled and privacy.unit == "record":
             if privacy.noise_multiplier is None:
                 raise ValueError("record-level DP needs the coordinator's calibrated noise multiplier")
-            dp = DpSgdSettings(privacy.noise_multiplier, privacy.max_grad_norm, privacy.sample_rate)
+            dp = DpSgdSettings(privacy.noise_multiplier, privacy.max_grad_norm(kind), privacy.sample_rate)
             report = fit_private(model, x, y, loss=loss, settings=settings, dp=dp, device=self.device)
         else:
             anchor = [p.detach().clone() for p in model.parameters()]

@@ -237,6 +237,9 @@ def calibrate(
 
 
 def main() -> None:
+    from federation.settings import quiet_accountant
+
+    quiet_accountant()
     try:
         app()
     except KeyboardInterrupt:

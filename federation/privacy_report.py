@@ -2,8 +2,9 @@
 
 The figures come from verifying the ledger written during the run (chain, signatures, epsilon
 replayed through the accountant), so the summary states what an auditor would find. Both RDP and
-PLD are reported where PLD applies; for record-level runs, the group-privacy epsilon of one demand
-observation (it sits in up to lags + horizon training windows) is given too.
+PLD are reported where PLD applies. Under record-level DP each of a firm's data sets is accounted on
+its own and the firm's figure is the larger; the group-privacy epsilon of one demand observation
+(it sits in up to lags + horizon training windows) is given too.
 """
 
 from __future__ import annotations
@@ -24,15 +25,21 @@ from silobridge.errors import ConfigError
 LEDGER_FILE = "privacy_ledger.jsonl"
 
 
-def _events_by_firm(path: Path) -> dict[str, list[dpa.DpEvent]]:
+def _events_by_party(path: Path) -> dict[str, list[dpa.DpEvent]]:
+    """Every accounted party's events, in order: a firm, or (record unit) one data set of a firm."""
     events: dict[str, list[dpa.DpEvent]] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         entry = json.loads(line)
         if entry.get("kind") == "release":
             event = event_from_json(entry["event"])
-            for firm in entry["firms"]:
-                events.setdefault(firm, []).append(event)
+            for party in entry["firms"]:
+                events.setdefault(party, []).append(event)
     return events
+
+
+def _worst(a: float | None, b: float | None) -> float | None:
+    """The larger spend; None (unbounded) wins."""
+    return None if a is None or b is None else max(a, b)
 
 
 def _finite(value: float) -> float | None:
@@ -44,8 +51,8 @@ def privacy_summary(plan: PrivacyPlan, ledger_path: Path, public_key: str, *, gr
     spec = plan.spec
     report = verify_ledger(ledger_path, public_key=public_key)
     accounting = accounting_spec(spec)
-    by_firm: dict[str, dict[str, Any]] = {}
-    for firm, events in sorted(_events_by_firm(ledger_path).items()):
+    parties: dict[str, dict[str, Any]] = {}
+    for party, events in sorted(_events_by_party(ledger_path).items()):
         rdp_account = Account.empty(accounting.with_kind(AccountantKind.RDP)).compose_all(events)
         entry: dict[str, Any] = {"releases": len(events), "epsilon_rdp": _finite(rdp_account.epsilon(spec.delta))}
         try:
@@ -53,12 +60,22 @@ def privacy_summary(plan: PrivacyPlan, ledger_path: Path, public_key: str, *, gr
             entry["epsilon_pld"] = _finite(pld)
         except ConfigError:
             entry["epsilon_pld"] = None  # PLD cannot account this mechanism (Skellam): RDP only
-        if spec.unit == "record" and group_size > 1:
+        if party.endswith("/demand") and group_size > 1:
             try:
                 entry["observation_epsilon"] = _finite(group_epsilon(rdp_account, group_size, spec.delta).epsilon)
             except ConfigError:
                 entry["observation_epsilon"] = None  # too large a spend for group privacy to bound anything
-        by_firm[firm] = entry
+        parties[party] = entry
+    by_firm: dict[str, dict[str, Any]] = {}
+    for party, entry in parties.items():
+        firm, _, dataset = party.partition("/")
+        row = by_firm.setdefault(firm, {"releases": 0, "epsilon_rdp": 0.0, "epsilon_pld": 0.0, "datasets": {}})
+        row["datasets"][dataset or "all"] = entry
+        row["releases"] = max(row["releases"], entry["releases"])
+        row["epsilon_rdp"] = _worst(row["epsilon_rdp"], entry["epsilon_rdp"])
+        row["epsilon_pld"] = None if entry["epsilon_pld"] is None else _worst(row["epsilon_pld"], entry["epsilon_pld"])
+        if "observation_epsilon" in entry:
+            row["observation_epsilon"] = entry["observation_epsilon"]
     neighbours = {"record": "add or remove one training example of one firm", "firm": "add or remove one firm"}
     if accounting.relation is dpa.NeighboringRelation.REPLACE_SPECIAL:
         neighbours["firm"] = "one firm's round contribution replaced by zero (it is seen to take part)"
@@ -70,7 +87,11 @@ def privacy_summary(plan: PrivacyPlan, ledger_path: Path, public_key: str, *, gr
         "budget": {"epsilon": spec.epsilon, "delta": spec.delta},
         "accountant": spec.accountant,
         "noise_multiplier": spec.noise_multiplier,
-        "clip_norm": spec.max_grad_norm if spec.unit == "record" else spec.clip_norm,
+        "clip_norm": (
+            {"demand": spec.demand_max_grad_norm, "risk": spec.risk_max_grad_norm}
+            if spec.unit == "record"
+            else spec.clip_norm
+        ),
         "sample_rate": spec.sample_rate if spec.unit == "record" else spec.firm_sample_rate,
         "steps_per_round": plan.dpsgd_steps if spec.unit == "record" else None,
         "epsilon_overall": _finite(report.epsilon_overall),

@@ -53,6 +53,11 @@ from silobridge.messages import BaselineInstruction, FirmManifest
 from silobridge.stats import Moments, demand_metrics_by_group, risk_metrics_by_group
 
 
+def dataset_party(firm: str, kind: str) -> str:
+    """The ledger's name for one data set of one firm (record-level accounting)."""
+    return f"{firm}/{kind}"
+
+
 def metrics_by_group(kind: str, vector: np.ndarray) -> dict[str, dict[str, float]]:
     return demand_metrics_by_group(vector) if kind == "demand" else risk_metrics_by_group(vector)
 
@@ -453,13 +458,21 @@ class Federation:
 
     # -- differential privacy ---------------------------------------------------------------------
 
-    def _record_groups(self, firms: Iterable[str]) -> dict[int, list[str]]:
-        """Firms by how many models they train: under record-level DP each model is DP-SGD on its own records."""
-        groups: dict[int, list[str]] = {}
-        for firm in firms:
-            manifest = self.manifests[self.node_of[firm]]
-            groups.setdefault(int(manifest.has_demand) + int(manifest.has_risk), []).append(firm)
-        return groups
+    def accounted_parties(self) -> dict[str, str]:
+        """What the ledger accounts, each with its firm: the firms, or (record unit) each firm's data sets.
+
+        Under record-level DP a record sits in one data set only (a demand window or a delivery row),
+        so a firm's two data sets compose in parallel: each is accounted on its own, and the firm has
+        spent what its most-spent data set has.
+        """
+        if self.spec.privacy.unit == "firm":
+            return {firm: firm for firm in self.node_of}
+        return {
+            dataset_party(firm, kind): firm
+            for firm, node in self.node_of.items()
+            for kind in MODEL_KINDS
+            if self.manifests[node].trains(kind)
+        }
 
     def _admit(self, server_round: int) -> list[str]:
         """Before contacting any firm: which firms' budgets can pay for this round (BudgetExhausted if none)."""
@@ -468,13 +481,16 @@ class Federation:
             raise FederationError("no privacy ledger in this run")
         release = f"round-{server_round}"
         if plan.spec.unit == "record":
-            admitted: list[str] = []
-            for models, firms in sorted(self._record_groups(self.node_of).items()):
-                admission = ledger.admit(f"{release}/models-{models}", plan.record_event(models), sorted(firms))
-                admitted += admission.participants
-                for firm in admission.excluded:
-                    self._drop(firm, f"round {server_round}", "its own privacy budget is spent")
-            return sorted(admitted)
+            parties = self.accounted_parties()
+            refused: set[str] = set()
+            for kind in MODEL_KINDS:
+                candidates = sorted(p for p in parties if p.endswith(f"/{kind}"))
+                if candidates:
+                    admission = ledger.admit(f"{release}/{kind}", plan.record_event(), candidates)
+                    refused |= {parties[p] for p in admission.excluded}
+            for firm in sorted(refused):  # a firm takes part only while every data set it trains can pay
+                self._drop(firm, f"round {server_round}", "its own privacy budget is spent")
+            return sorted(set(self.node_of) - refused)
         admission = ledger.admit(release, plan.firm_event(), sorted(self.node_of))
         for firm in admission.excluded:
             self._drop(firm, f"round {server_round}", "its own privacy budget is spent")
@@ -504,19 +520,23 @@ class Federation:
                     weights[kind] = unflatten(
                         self.strategy.aggregate_train(flat, segments[f"{kind}/update"], weight_sum), weights[kind]
                     )
-            for models, firms in sorted(self._record_groups(outcome.contributors).items()):
-                ledger.record(
-                    Release(
-                        release_id=f"{release}/models-{models}",
-                        mechanism="dpsgd",
-                        event=plan.record_event(models),
-                        firms=sorted(firms),
-                        sampling=Sampling.poisson(spec.sample_rate),
-                        noise_multiplier=spec.noise_multiplier,
-                        clip_norm=spec.max_grad_norm,
-                        parameters={"steps": plan.dpsgd_steps * models, "local_epochs": plan.local_epochs},
+            contributors = set(outcome.contributors)
+            parties = self.accounted_parties()
+            for kind in kinds:
+                paid = sorted(p for p, firm in parties.items() if firm in contributors and p.endswith(f"/{kind}"))
+                if paid:
+                    ledger.record(
+                        Release(
+                            release_id=f"{release}/{kind}",
+                            mechanism="dpsgd",
+                            event=plan.record_event(),
+                            firms=paid,
+                            sampling=Sampling.poisson(spec.sample_rate),
+                            noise_multiplier=spec.noise_multiplier,
+                            clip_norm=spec.max_grad_norm(kind),
+                            parameters={"steps": plan.dpsgd_steps, "local_epochs": plan.local_epochs},
+                        )
                     )
-                )
             return ledger.overall_epsilon
         sizes = {kind: flatten(weights[kind]).size for kind in kinds}
         joint = np.concatenate([segments[f"{kind}/update"] for kind in kinds])
@@ -581,7 +601,8 @@ def run_federation(
     if federation.private:
         if open_ledger is None:
             raise FederationError("a differentially private run needs its privacy ledger")
-        federation.ledger = open_ledger({m.firm_id: m.budget_epsilon for m in manifests.values()})
+        own = {m.firm_id: m.budget_epsilon for m in manifests.values()}
+        federation.ledger = open_ledger({party: own[firm] for party, firm in federation.accounted_parties().items()})
     norm = federation.feature_normaliser()
     baselines = federation.local_baselines()
     weights, history = federation.train(norm)

@@ -85,10 +85,10 @@ class PrivacyPlan:
 
     # -- events -------------------------------------------------------------------------------------
 
-    def record_event(self, models: int, noise_multiplier: float | None = None) -> dpa.DpEvent:
-        """One round of DP-SGD on `models` models of one firm (each model trains on its own records)."""
+    def record_event(self, noise_multiplier: float | None = None) -> dpa.DpEvent:
+        """One round of DP-SGD on one of a firm's data sets (each model trains on its own records)."""
         z = noise_multiplier or self.noise_multiplier
-        return dpsgd_event(z, self.spec.sample_rate, self.dpsgd_steps * models)
+        return dpsgd_event(z, self.spec.sample_rate, self.dpsgd_steps)
 
     def firm_event(self, noise_shares: int | None = None, noise_multiplier: float | None = None) -> dpa.DpEvent:
         """One firm-level round: central Gaussian on the sampled sum, or the Skellam noise of `noise_shares`."""
@@ -99,13 +99,10 @@ class PrivacyPlan:
         return self.skellam(z).event(noise_shares or self.min_firms)
 
     def planned_run_event(self, noise_multiplier: float) -> dpa.DpEvent:
-        """The whole run at the worst case (both models, fewest noise shares): what calibration fits."""
+        """The whole run at the worst case (every round, fewest noise shares): what calibration fits."""
         if self.spec.unit == "record":
-            return (
-                self.record_event(2, noise_multiplier)
-                if self.rounds == 1
-                else dpa.SelfComposedDpEvent(self.record_event(2, noise_multiplier), self.rounds)
-            )
+            event = self.record_event(noise_multiplier)
+            return event if self.rounds == 1 else dpa.SelfComposedDpEvent(event, self.rounds)
         event = self.firm_event(noise_multiplier=noise_multiplier)
         return event if self.rounds == 1 else dpa.SelfComposedDpEvent(event, self.rounds)
 

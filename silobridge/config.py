@@ -111,7 +111,9 @@ class PrivacySpec(BaseModel):
     """Differential privacy of a run; on by default. The unit says what two neighbouring inputs differ in.
 
     `record`: one training example of one firm (a demand window or a delivery row); every firm trains
-    with DP-SGD and is accounted on its own. `firm`: a firm's whole contribution to a round (DP-FedAvg
+    with DP-SGD and is accounted on its own, each of its data sets separately (a record is in one of
+    them only, so they compose in parallel). Per-example gradients are clipped per model: the risk
+    model's examples carry far smaller gradients than the demand model's. `firm`: a firm's whole contribution to a round (DP-FedAvg
     with clipped model changes and Gaussian noise, added by the server to the secure sum (`central`)
     or by the firms in shares before masking (`distributed`)). `noise_multiplier` left as None is
     calibrated by the coordinator so that the planned rounds spend exactly the budget.
@@ -126,14 +128,19 @@ class PrivacySpec(BaseModel):
     accountant: Literal["rdp", "pld"] = "rdp"
     noise_multiplier: float | None = Field(default=None, gt=0, le=1000)
     # record level: DP-SGD inside each firm
-    max_grad_norm: float = Field(default=1.0, gt=0, description="per-example gradient clip (record unit)")
-    sample_rate: float = Field(default=0.02, gt=0, le=1, description="Poisson rate of examples per step (record)")
+    demand_max_grad_norm: float = Field(default=1.0, gt=0, description="per-example gradient clip, demand model")
+    risk_max_grad_norm: float = Field(default=0.1, gt=0, description="per-example gradient clip, risk model")
+    sample_rate: float = Field(default=0.1, gt=0, le=1, description="Poisson rate of examples per step (record)")
     # firm level: DP-FedAvg
     mechanism: Literal["central", "distributed"] = "central"
     clip_norm: float = Field(default=0.5, gt=0, description="L2 bound on a firm's model change (firm unit)")
     firm_sample_rate: float = Field(default=1.0, gt=0, le=1, description="Poisson rate of firms per round (firm)")
     distributed_scale: float = Field(default=1000.0, gt=0, description="integer steps per unit (distributed)")
     expected_shares: int | None = Field(default=None, ge=1, description="firms expected per sum (distributed)")
+
+    def max_grad_norm(self, kind: str) -> float:
+        """The per-example clip of one model under record-level DP."""
+        return self.demand_max_grad_norm if kind == "demand" else self.risk_max_grad_norm
 
 
 class FederationSpec(BaseModel):

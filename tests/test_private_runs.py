@@ -28,7 +28,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunResult]:
     out = tmp_path_factory.mktemp("private-runs")
     return {
         "record": _simulate(out, "record", "firms.R2.budget_epsilon=5.0"),
-        "refused": _simulate(out, "refused", "privacy.noise_multiplier=0.9;privacy.epsilon=4.0"),
+        "refused": _simulate(out, "refused", "privacy.noise_multiplier=1.2;privacy.epsilon=4.0"),
         "central": _simulate(out, "central", "privacy.unit=firm;privacy.mechanism=central;privacy.accountant=pld"),
         "distributed": _simulate(out, "distributed", "privacy.unit=firm;privacy.mechanism=distributed"),
     }
@@ -65,10 +65,14 @@ def test_a_firm_with_its_own_budget_stops_contributing_when_it_is_spent(runs: di
     assert firms["R2"]["epsilon_rdp"] <= 5.0 < firms["R1"]["epsilon_rdp"]
     assert firms["R2"]["releases"] < firms["R1"]["releases"] == 4
     assert any(d["firm"] == "R2" and "its own privacy budget is spent" in d["reason"] for d in run.summary["dropouts"])
-    # The others' accounting is unaffected: each is charged only for the rounds it took part in.
+    # The others' accounting is unaffected: each is charged only for the rounds it took part in. The
+    # ledger accounts each of a firm's data sets on its own (a record is in one of them only).
     report = verify_ledger(run.path / "privacy_ledger.jsonl")
-    assert report.firms["R2"].releases == firms["R2"]["releases"]
-    assert report.firms["R1"].epsilon == pytest.approx(firms["R1"]["epsilon_rdp"], rel=1e-6)
+    r2_parties = {p: row for p, row in report.firms.items() if p.startswith("R2/")}
+    assert set(r2_parties) == {f"R2/{kind}" for kind in firms["R2"]["datasets"]}
+    assert max(row.releases for row in r2_parties.values()) == firms["R2"]["releases"]
+    r1_worst = max(row.epsilon for p, row in report.firms.items() if p.startswith("R1/"))
+    assert r1_worst == pytest.approx(firms["R1"]["epsilon_rdp"], rel=1e-6)
 
 
 def test_a_refused_round_ends_training_cleanly(runs: dict[str, RunResult]) -> None:
@@ -78,7 +82,7 @@ def test_a_refused_round_ends_training_cleanly(runs: dict[str, RunResult]) -> No
     assert report.refusals and report.within_budget and report.epsilon_overall <= 4.0
     assert report.end_reason.startswith("stopped early")
     trained = {json.loads(line)["round"] for line in (run.path / "metrics.jsonl").read_text().splitlines()}
-    assert len(trained) == 2  # rounds 1 and 2 spend 3.67; round 3 would reach 4.32
+    assert len(trained) == 2  # rounds 1 and 2 spend 3.81; round 3 would reach 4.51
     assert (run.path / "models" / "demand.pt").exists()  # the model trained so far is kept
     assert run.summary["models"]["demand"]["federated"]["all"]["wape"] is not None
 
