@@ -12,6 +12,7 @@ import os
 import platform
 import resource
 import sys
+import time
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
@@ -150,3 +151,67 @@ class TreeMemorySampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds the whole machine has spent busy since boot (all cores; /proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _process_cpu_s(pid: int) -> float | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    utime, stime = stat.rsplit(")", 1)[1].split()[11:13]
+    return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
+
+
+class OtherWorkSampler:
+    """How much of the machine other work used while a process tree ran (the tree started inside).
+
+    Every `interval_s` it reads the CPU time of each process in the tree (keeping the last value of
+    each, so processes that ended still count up to their last sample) and the machine's busy time.
+    `other_share` = (machine busy - tree) / (wall x cores): 0 on a quiet machine; a benchmark whose
+    ratios come from separate runs should flag the runs where it was high.
+    """
+
+    def __init__(self, pid: int, interval_s: float = 0.25):
+        import threading
+
+        self.pid = pid
+        self.interval_s = interval_s
+        self._tree_cpu: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.other_share = float("nan")
+
+    def _sample(self) -> None:
+        children = _children_map()
+        stack = [self.pid]
+        while stack:
+            pid = stack.pop()
+            stack.extend(children.get(pid, []))
+            seconds = _process_cpu_s(pid)
+            if seconds is not None:
+                self._tree_cpu[pid] = seconds
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> OtherWorkSampler:
+        self._started = time.monotonic()
+        self._busy_at_start = _machine_busy_s()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        wall = time.monotonic() - self._started
+        other = _machine_busy_s() - self._busy_at_start - sum(self._tree_cpu.values())
+        self.other_share = max(0.0, other) / (wall * (os.cpu_count() or 1)) if wall > 0 else float("nan")
