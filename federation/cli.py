@@ -60,10 +60,21 @@ def simulate(
         str | None,
         typer.Option(help="'secure' (the scenario's default) or 'plain' to compare with aggregation in the clear."),
     ] = None,
+    no_dp: Annotated[
+        bool,
+        typer.Option("--no-dp", help="Turn differential privacy off: the non-private comparison (no ledger)."),
+    ] = False,
     plain: Annotated[bool, typer.Option("--plain", help="Log lines instead of the live progress display.")] = False,
 ) -> None:
     """Simulate every firm of a scenario as a Flower client and compare federated, local-only, centralised and naive."""
-    from federation.progress import LogObserver, RichObserver, acceptance_table, log_to_stderr, results_tables
+    from federation.progress import (
+        LogObserver,
+        RichObserver,
+        acceptance_table,
+        log_to_stderr,
+        privacy_table,
+        results_tables,
+    )
     from federation.settings import settings_from_run_config
     from federation.simulation import simulate as run
 
@@ -75,6 +86,8 @@ def simulate(
         "set": ";".join(set_ or []),
         "aggregation": aggregation or "",
     }
+    if no_dp:
+        run_config["dp"] = "off"
     if run_id:
         run_config["run-id"] = run_id
     try:
@@ -91,6 +104,9 @@ def simulate(
     for table in results_tables(result.summary):
         out_console.print(table)
     out_console.print(acceptance_table(result.summary))
+    privacy = privacy_table(result.summary)
+    if privacy is not None:
+        out_console.print(privacy)
     out_console.print(f"Run directory: [bold]{result.path}[/]")
 
 

@@ -26,6 +26,11 @@ def _live_line(record: dict[str, Any]) -> str:
     return f"risk ROC-AUC {_num(metrics['all']['roc_auc'])}"
 
 
+def _epsilon_text(record: dict[str, Any]) -> str:
+    """The privacy spent so far, for a private run's round (empty otherwise)."""
+    return f"epsilon spent {record['epsilon']:.2f}" if record.get("epsilon") is not None else ""
+
+
 def _num(value: float | None) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
@@ -47,13 +52,15 @@ class LogObserver:
         log.info("stage: %s", name)
 
     def round_done(self, record: dict[str, Any]) -> None:
+        epsilon = _epsilon_text(record)
         log.info(
-            "round %d %s: loss %s, model of round %d: %s",
+            "round %d %s: loss %s, model of round %d: %s%s",
             record["round"],
             record["model"],
             _num(record["train_loss"]),
             record["evaluated_round"],
             _live_line(record),
+            f", {epsilon}" if epsilon else "",
         )
 
 
@@ -86,7 +93,10 @@ class RichObserver:
 
     def round_done(self, record: dict[str, Any]) -> None:
         self.latest[record["model"]] = _live_line(record)
-        live = " | ".join(self.latest[k] for k in sorted(self.latest))
+        parts = [self.latest[k] for k in sorted(self.latest)]
+        if _epsilon_text(record):
+            parts.append(_epsilon_text(record))
+        live = " | ".join(parts)
         self.progress.update(self.task, completed=record["round"], live=live)
 
 
@@ -151,6 +161,32 @@ def results_tables(summary: dict[str, Any]) -> list[Table]:
             table.add_section()
         tables.append(table)
     return tables
+
+
+def privacy_table(summary: dict[str, Any]) -> Table | None:
+    """What the run spent of its budget, per firm, as the verified ledger says (None without DP)."""
+    privacy = summary.get("privacy") or {}
+    if not privacy.get("enabled"):
+        return None
+    budget = privacy["budget"]
+    table = Table(
+        title=(
+            f"Privacy ({privacy['unit']} level, {privacy['mechanism']}): epsilon spent "
+            f"{_num(privacy['epsilon_overall'])} of {budget['epsilon']:g} at delta {budget['delta']:g}"
+        )
+    )
+    table.add_column("firm")
+    table.add_column("releases", justify="right")
+    table.add_column("epsilon (RDP)", justify="right")
+    table.add_column("epsilon (PLD)", justify="right")
+    if privacy["unit"] == "record":
+        table.add_column("one observation", justify="right")
+    for firm, row in privacy["firms"].items():
+        cells = [firm, str(row["releases"]), _num(row["epsilon_rdp"]), _num(row["epsilon_pld"])]
+        if privacy["unit"] == "record":
+            cells.append(_num(row.get("observation_epsilon")))
+        table.add_row(*cells)
+    return table
 
 
 def acceptance_table(summary: dict[str, Any]) -> Table:

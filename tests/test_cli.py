@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tomllib
@@ -94,3 +95,29 @@ def test_simulate_prints_the_comparison_and_writes_the_run(tmp_path: Path) -> No
         assert text in result.stdout
     assert (tmp_path / "runs" / "cli-run" / "summary.json").exists()
     assert "round 2 risk" in result.stderr  # plain progress lines when not on a terminal
+    # Private by default: each round's line says what has been spent, the end shows the budget per firm.
+    summary = json.loads((tmp_path / "runs" / "cli-run" / "summary.json").read_text())
+    spent = summary["privacy"]["epsilon_overall"]
+    assert f"epsilon spent {spent:.2f}" in result.stderr
+    assert f"epsilon spent {spent:.3f} of 8" in " ".join(result.stdout.split())
+    assert (tmp_path / "runs" / "cli-run" / "privacy_ledger.jsonl").exists()
+
+
+def test_simulate_no_dp_is_the_non_private_comparison(tmp_path: Path) -> None:
+    result = silobridge(
+        "simulate",
+        str(TINY),
+        "--rounds",
+        "1",
+        "--no-dp",
+        "--run-id",
+        "open",
+        "--out",
+        str(tmp_path / "runs"),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "runs" / "open"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["privacy"]["enabled"] is False and not (run / "privacy_ledger.jsonl").exists()
+    assert "epsilon" not in result.stderr and "Privacy (" not in result.stdout
