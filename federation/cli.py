@@ -220,9 +220,9 @@ def calibrate(
     unit: Annotated[str, typer.Option(help="'record' (DP-SGD in each firm) or 'firm' (DP-FedAvg).")] = "record",
     local_epochs: Annotated[int, typer.Option(help="Local epochs per round (record unit).", min=1)] = 2,
     sample_rate: Annotated[
-        float, typer.Option(help="Record unit: examples per step; firm unit: firms per round.")
-    ] = 0.02,
-    models: Annotated[int, typer.Option(help="Models each firm trains per round (record unit).", min=1)] = 2,
+        float | None,
+        typer.Option(help="Record unit: examples per step (default 0.1); firm unit: firms per round (default 1)."),
+    ] = None,
     accountant: Annotated[str, typer.Option(help="'rdp' or 'pld'.")] = "rdp",
 ) -> None:
     """The noise multiplier that spends exactly (epsilon, delta) over the planned rounds."""
@@ -236,7 +236,9 @@ def calibrate(
             raise ConfigError(
                 f"unknown accountant '{accountant}' (rdp or pld)", source="command line", field="--accountant"
             )
-        fields = {"sample_rate": sample_rate} if unit == "record" else {"firm_sample_rate": sample_rate}
+        fields: dict[str, float] = {}
+        if sample_rate is not None:
+            fields = {"sample_rate": sample_rate} if unit == "record" else {"firm_sample_rate": sample_rate}
         spec = PrivacySpec(unit=unit, epsilon=epsilon, delta=delta, accountant=accountant, **fields)  # type: ignore[arg-type]
         plan = PrivacyPlan(spec=spec, rounds=rounds, local_epochs=local_epochs, num_firms=1, min_firms=1, model_dim=1)
         resolved = resolve_privacy(plan)

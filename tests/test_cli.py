@@ -121,3 +121,25 @@ def test_simulate_no_dp_is_the_non_private_comparison(tmp_path: Path) -> None:
     summary = json.loads((run / "summary.json").read_text())
     assert summary["privacy"]["enabled"] is False and not (run / "privacy_ledger.jsonl").exists()
     assert "epsilon" not in result.stderr and "Privacy (" not in result.stdout
+
+
+def test_calibrate_finds_the_noise_that_spends_the_budget(tmp_path: Path) -> None:
+    import re
+
+    import dp_accounting as dpa
+    from dp_accounting.rdp import RdpAccountant
+
+    result = silobridge("calibrate", "--epsilon", "8", "--rounds", "30", "--local-epochs", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    z = float(re.search(r"noise multiplier ([0-9.]+)", result.stdout).group(1))
+
+    # Checked against dp-accounting directly: 30 rounds of 2 epochs of 10 Poisson steps at rate 0.1.
+    def spent(noise: float) -> float:
+        accountant = RdpAccountant()
+        accountant.compose(dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(0.1, dpa.GaussianDpEvent(noise)), 600))
+        return accountant.get_epsilon(1e-5)
+
+    assert 7.9 <= spent(z) <= 8.0 + 1e-3
+    assert spent(z * 0.98) > 8.0  # and it is the smallest such noise, to within 2%
+    result = silobridge("calibrate", "--epsilon", "8", "--unit", "teams", cwd=tmp_path)
+    assert result.returncode == 2 and "--unit" in result.stderr
