@@ -192,8 +192,11 @@ def bench_ledger(directory: Path, rounds: int) -> list[dict[str, Any]]:
         "sampling": Sampling.poisson(SAMPLING_RATE).to_dict(),
         "firms": firms,
         "excluded_firms": [],
-        "event": {"type": "PoissonSampledDpEvent", "sampling_probability": SAMPLING_RATE,
-                  "event": {"type": "GaussianDpEvent", "noise_multiplier": NOISE_MULTIPLIER}},
+        "event": {
+            "type": "PoissonSampledDpEvent",
+            "sampling_probability": SAMPLING_RATE,
+            "event": {"type": "GaussianDpEvent", "noise_multiplier": NOISE_MULTIPLIER},
+        },
         "parameters": {},
         "epsilon": {"overall": 1.0, "firms": {firm: 1.0 for firm in firms}},
     }
@@ -269,8 +272,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=Path.cwd()) as directory:
         rows += bench_ledger(Path(directory), args.rounds)
 
-    step_1000 = {row["accountant"]: row["median_ms"] for row in rows
-                 if row["measure"] == "guard step (preview + spend)" and row["round"] == args.rounds}
+    step_1000 = {
+        row["accountant"]: row["median_ms"]
+        for row in rows
+        if row["measure"] == "guard step (preview + spend)" and row["round"] == args.rounds
+    }
     notes = (
         f"Target: an accountant step under 50 ms at round 1,000. Measured medians at round {args.rounds}: "
         + ", ".join(f"{kind} {value:.2f} ms" for kind, value in step_1000.items())

@@ -9,7 +9,7 @@ placed in the firm's group slot, so the server only ever needs sums.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -193,6 +193,9 @@ class FirmClient:
             if privacy.noise_multiplier is None:
                 raise ValueError("record-level DP needs the coordinator's calibrated noise multiplier")
             dp = DpSgdSettings(privacy.noise_multiplier, privacy.max_grad_norm(kind), privacy.sample_rate)
+            # The firm's own privacy settings, not the instruction, fix how much it trains: the steps it
+            # takes are what the accountant charges, whatever the coordinator asks.
+            settings = replace(settings, learning_rate=privacy.learning_rate, epochs=privacy.local_epochs)
             report = fit_private(model, x, y, loss=loss, settings=settings, dp=dp, device=self.device)
         else:
             anchor = [p.detach().clone() for p in model.parameters()]
@@ -242,7 +245,7 @@ class FirmClient:
             if self.trains(kind)
         }
         if privacy.unit == "record":
-            weight = self.public_weight
+            weight = self.public_weight**privacy.weight_power
             return {
                 **{f"{kind}/update": weight * change for kind, change in changes.items()},
                 **{f"{kind}/weight": np.array([weight]) for kind in changes},

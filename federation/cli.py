@@ -218,7 +218,7 @@ def calibrate(
     delta: Annotated[float, typer.Option(help="Target delta.")] = 1e-5,
     rounds: Annotated[int, typer.Option(help="Federated rounds.", min=1)] = 30,
     unit: Annotated[str, typer.Option(help="'record' (DP-SGD in each firm) or 'firm' (DP-FedAvg).")] = "record",
-    local_epochs: Annotated[int, typer.Option(help="Local epochs per round (record unit).", min=1)] = 2,
+    local_epochs: Annotated[int, typer.Option(help="DP-SGD epochs per round (record unit).", min=1)] = 1,
     sample_rate: Annotated[
         float | None,
         typer.Option(help="Record unit: examples per step (default 0.1); firm unit: firms per round (default 1)."),

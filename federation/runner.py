@@ -132,11 +132,13 @@ class Federation:
         self.dropped: list[dict[str, Any]] = []
         self.clipped_total = 0
         training = settings.scenario.training
+        privacy = self.spec.privacy
+        dpsgd = privacy.enabled and privacy.unit == "record"  # DP-SGD has its own epochs and step size
         self.strategy = FedAvg(
-            local_epochs=training.local_epochs,
+            local_epochs=privacy.local_epochs if dpsgd else training.local_epochs,
             batch_size=training.batch_size,
             optimiser=training.optimiser,
-            learning_rate=training.learning_rate,
+            learning_rate=privacy.learning_rate if dpsgd else training.learning_rate,
             momentum=training.momentum,
             weight_decay=training.weight_decay,
             proximal_mu=training.proximal_mu if training.strategy == "fedprox" else 0.0,

@@ -110,7 +110,7 @@ def privacy_plan(settings: RunSettings, spec: FederationSpec) -> PrivacyPlan:
     return PrivacyPlan(
         spec=spec.privacy,
         rounds=training.rounds,
-        local_epochs=training.local_epochs,
+        local_epochs=spec.privacy.local_epochs if spec.privacy.unit == "record" else training.local_epochs,
         num_firms=len(settings.scenario.firms),
         min_firms=settings.min_firms,
         model_dim=dim,

@@ -112,10 +112,10 @@ class PrivacySpec(BaseModel):
 
     `record`: one training example of one firm (a demand window or a delivery row); every firm trains
     with DP-SGD and is accounted on its own, each of its data sets separately (a record is in one of
-    them only, so they compose in parallel). Per-example gradients are clipped per model: the risk
-    model's examples carry far smaller gradients than the demand model's. `firm`: a firm's whole contribution to a round (DP-FedAvg
-    with clipped model changes and Gaussian noise, added by the server to the secure sum (`central`)
-    or by the firms in shares before masking (`distributed`)). `noise_multiplier` left as None is
+    them only, so they compose in parallel); each model has its own per-example clip norm.
+    `firm`: a firm's whole contribution to a round (DP-FedAvg with clipped model changes and Gaussian
+    noise, added by the server to the secure sum (`central`) or by the firms in shares before masking
+    (`distributed`)). `noise_multiplier` left as None is
     calibrated by the coordinator so that the planned rounds spend exactly the budget.
     """
 
@@ -129,8 +129,26 @@ class PrivacySpec(BaseModel):
     noise_multiplier: float | None = Field(default=None, gt=0, le=1000)
     # record level: DP-SGD inside each firm
     demand_max_grad_norm: float = Field(default=1.0, gt=0, description="per-example gradient clip, demand model")
-    risk_max_grad_norm: float = Field(default=0.1, gt=0, description="per-example gradient clip, risk model")
+    risk_max_grad_norm: float = Field(default=1.0, gt=0, description="per-example gradient clip, risk model")
     sample_rate: float = Field(default=0.1, gt=0, le=1, description="Poisson rate of examples per step (record)")
+    learning_rate: float = Field(
+        default=0.5,
+        gt=0,
+        description="DP-SGD step size (record unit), in place of training.learning_rate: clipped gradients "
+        "averaged over large Poisson batches move far less than plain minibatch gradients.",
+    )
+    local_epochs: int = Field(
+        default=1,
+        ge=1,
+        le=100,
+        description="DP-SGD epochs per round (record unit), in place of training.local_epochs: every step spends.",
+    )
+    weight_power: float = Field(
+        default=2.0,
+        ge=0,
+        description="record unit: a firm's FedAvg weight is its public size to this power. DP-SGD noise on a "
+        "firm's update has a variance of about 1 / size^2, so 2 weights each firm inversely to its noise.",
+    )
     # firm level: DP-FedAvg
     mechanism: Literal["central", "distributed"] = "central"
     clip_norm: float = Field(default=0.5, gt=0, description="L2 bound on a firm's model change (firm unit)")

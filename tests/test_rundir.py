@@ -62,5 +62,6 @@ def test_a_private_run_that_fails_midway_keeps_its_ledger_for_audit(tmp_path: Pa
     assert (run / "failure.json").exists() and not (run / "summary.json").exists()
     report = verify_ledger(run / "privacy_ledger.jsonl")
     assert report.ended and report.end_reason.startswith("aborted: RuntimeError")
-    assert [r.release_id for r in report.releases] == ["round-1/demand", "round-1/risk", "round-2/demand", "round-2/risk"]
+    released = [r.release_id for r in report.releases]
+    assert released == ["round-1/demand", "round-1/risk", "round-2/demand", "round-2/risk"]
     assert report.within_budget

@@ -1,0 +1,77 @@
+"""What a firm releases in a round under differential privacy, checked on the firm's own half.
+
+Record level: only each model's change and a public weight (its declared size to `weight_power`),
+trained by DP-SGD at the privacy section's own step size. Firm level: one joint change clipped to
+`clip_norm` (central), or quantised with a Skellam share added (distributed).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clients.firm import FirmClient, Normaliser
+from clients.models import build_model, state_to_arrays
+from federation.firm_source import simulated_firm
+from federation.settings import settings_from_run_config
+from silobridge.arrays import flatten
+from silobridge.messages import TrainInstruction
+from tests.conftest import TINY
+
+KINDS = ("demand", "risk")
+
+
+def _firm(overrides: str) -> tuple[FirmClient, dict[str, dict[str, np.ndarray]], TrainInstruction, Normaliser]:
+    settings = settings_from_run_config({"scenario": str(TINY), "set": overrides})
+    spec = settings.spec
+    firm = simulated_firm(settings, spec, 0, run_id=-7)
+    weights = {kind: state_to_arrays(build_model(kind, spec, seed=3)) for kind in KINDS}
+    training = settings.scenario.training
+    instruction = TrainInstruction(
+        round=1,
+        epochs=1,
+        batch_size=training.batch_size,
+        optimiser=training.optimiser,
+        learning_rate=training.learning_rate,
+        momentum=training.momentum,
+        weight_decay=training.weight_decay,
+        proximal_mu=0.0,
+        seed=5,
+    )
+    norm = Normaliser.from_ranges(spec.data.risk_feature_ranges, spec.data.risk_features)
+    return firm, weights, instruction, norm
+
+
+@pytest.mark.parametrize("power", [1.0, 2.0])
+def test_record_level_release_is_the_changes_and_a_public_weight_only(power: float) -> None:
+    firm, weights, instruction, norm = _firm(f"privacy.noise_multiplier=1.0;privacy.weight_power={power}")
+    released = firm.train_round(weights, instruction, norm)
+    assert set(released) == {f"{kind}/{part}" for kind in KINDS for part in ("update", "weight")}
+    weight = firm.public_weight**power
+    for kind in KINDS:
+        assert released[f"{kind}/weight"].tolist() == [pytest.approx(weight)]
+        change = released[f"{kind}/update"] / weight
+        assert change.shape == flatten(weights[kind]).shape and np.all(np.isfinite(change))
+        assert np.linalg.norm(change) > 0
+
+
+def test_dp_sgd_steps_at_the_privacy_learning_rate() -> None:
+    """The same seeds (same batches, same noise) with ten times the step give a far larger change."""
+    norms = {}
+    for lr in (0.05, 0.5):
+        firm, weights, instruction, norm = _firm(f"privacy.noise_multiplier=1.0;privacy.learning_rate={lr}")
+        norms[lr] = np.linalg.norm(firm.train_round(weights, instruction, norm)["demand/update"])
+    assert norms[0.5] > 3 * norms[0.05]
+    # The scenario's training.learning_rate is for plain training only.
+    firm, weights, instruction, norm = _firm("privacy.noise_multiplier=1.0;privacy.learning_rate=0.05")
+    faster = instruction.model_copy(update={"learning_rate": 0.9})
+    same = np.linalg.norm(firm.train_round(weights, faster, norm)["demand/update"])
+    assert same == pytest.approx(norms[0.05], rel=1e-6)
+
+
+def test_firm_level_central_release_is_clipped_jointly() -> None:
+    firm, weights, instruction, norm = _firm("privacy.unit=firm;privacy.noise_multiplier=1.0;privacy.clip_norm=0.05")
+    released = firm.train_round(weights, instruction, norm)
+    joint = np.concatenate([released[f"{kind}/update"] for kind in KINDS])
+    assert np.linalg.norm(joint) == pytest.approx(0.05, rel=1e-6)  # a round's change is far larger: clipped
+    assert all(released[f"{kind}/weight"].tolist() == [1.0] for kind in KINDS)
