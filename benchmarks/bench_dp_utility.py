@@ -1,7 +1,8 @@
 """Utility against epsilon: federated demand WAPE and risk ROC-AUC at epsilon 1, 2, 4, 8 and without DP.
 
 Run from the repository root:
-    python -m benchmarks.bench_dp_utility [--quick] [--rounds N] [--large-rounds N] [--skip-large]
+    python -m benchmarks.bench_dp_utility [--quick] [--rounds N] [--large-rounds N]
+        [--skip-large | --skip-default] [--epsilons 1,2,4,8]
 
 Settings (delta 1e-5 throughout; each budget is calibrated by the coordinator so that the planned
 rounds spend it exactly):
@@ -23,7 +24,8 @@ and `--skip-large` bound it.
 
 Each run is `silobridge simulate` in a fresh process (Ray's start-up and memory released after each),
 its figures read from the run's summary.json; one seed per point, so each point is one draw of the
-noise. Results, rewritten after every run: benchmarks/results/dp_utility{,_quick}.{json,md,png}.
+noise. Results, rewritten after every run: benchmarks/results/dp_utility{,_quick,_default,_large}.{json,md,png}
+(_default or _large when one scenario is left out, so a partial run keeps the other's results).
 """
 
 from __future__ import annotations
@@ -109,18 +111,28 @@ class Config:
         return out
 
 
-def plan(quick: bool, rounds: int | None, large_rounds: int, skip_large: bool) -> list[Config]:
+def plan(
+    quick: bool,
+    rounds: int | None,
+    large_rounds: int,
+    skip_large: bool,
+    skip_default: bool = False,
+    epsilons: tuple[float, ...] = EPSILONS,
+) -> list[Config]:
     """The runs of a mode; each scenario's non-private reference first."""
     if quick:
         rounds = rounds or QUICK_ROUNDS
         return [Config("default", rounds=rounds)] + [
             Config("default", "record", None, eps, rounds) for eps in QUICK_EPSILONS
         ]
-    configs = [Config("default", rounds=rounds)] + [Config("default", "record", None, eps, rounds) for eps in EPSILONS]
+    configs: list[Config] = []
+    if not skip_default:
+        configs += [Config("default", rounds=rounds)]
+        configs += [Config("default", "record", None, eps, rounds) for eps in epsilons]
     if not skip_large:
         configs.append(Config("large", rounds=large_rounds))
         for mechanism in ("central", "distributed"):
-            configs += [Config("large", "firm", mechanism, eps, large_rounds) for eps in EPSILONS]
+            configs += [Config("large", "firm", mechanism, eps, large_rounds) for eps in epsilons]
     return configs
 
 
@@ -381,13 +393,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="default scenario rounds (30; quick 10)")
     parser.add_argument("--large-rounds", type=int, default=LARGE_ROUNDS, help="rounds on the large scenario")
     parser.add_argument("--skip-large", action="store_true", help="leave out the large scenario")
+    parser.add_argument("--skip-default", action="store_true", help="leave out the default scenario")
+    parser.add_argument(
+        "--epsilons", default=",".join(f"{e:g}" for e in EPSILONS), help="comma-separated budgets (not --quick)"
+    )
     parser.add_argument("--work", type=Path, default=None, help="keep run directories and logs here (default: temp)")
     args = parser.parse_args()
-    configs = plan(args.quick, args.rounds, args.large_rounds, args.skip_large)
+    epsilons = tuple(float(e) for e in args.epsilons.split(","))
+    if args.skip_large and args.skip_default:
+        parser.error("--skip-large and --skip-default leave nothing to run")
+    configs = plan(args.quick, args.rounds, args.large_rounds, args.skip_large, args.skip_default, epsilons)
     name = "dp_utility_quick" if args.quick else "dp_utility"
+    if not args.quick and (args.skip_large or args.skip_default):
+        name += "_default" if args.skip_large else "_large"  # a partial run keeps the other's results
     parameters = {
         "mode": "quick" if args.quick else "full",
-        "epsilons": list(QUICK_EPSILONS if args.quick else EPSILONS),
+        "epsilons": list(QUICK_EPSILONS if args.quick else epsilons),
         "delta": DELTA,
         "default_rounds": args.rounds or (QUICK_ROUNDS if args.quick else "scenario (30)"),
         "large_rounds": None if args.quick or args.skip_large else args.large_rounds,
