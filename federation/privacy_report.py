@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,9 @@ def _finite(value: float) -> float | None:
     return None if math.isinf(value) or math.isnan(value) else round(value, 6)
 
 
-def privacy_summary(plan: PrivacyPlan, ledger_path: Path, public_key: str, *, group_size: int) -> dict[str, Any]:
+def privacy_summary(
+    plan: PrivacyPlan, ledger_path: Path, public_key: str, *, group_size: int, firms: Iterable[str] = ()
+) -> dict[str, Any]:
     """Budget, mechanism, and epsilon per firm and overall by RDP and PLD, from the verified ledger."""
     spec = plan.spec
     report = verify_ledger(ledger_path, public_key=public_key)
@@ -76,6 +79,9 @@ def privacy_summary(plan: PrivacyPlan, ledger_path: Path, public_key: str, *, gr
         row["epsilon_pld"] = None if entry["epsilon_pld"] is None else _worst(row["epsilon_pld"], entry["epsilon_pld"])
         if "observation_epsilon" in entry:
             row["observation_epsilon"] = entry["observation_epsilon"]
+    for firm in firms:  # a firm never admitted (its own budget too small for one round) spent nothing
+        by_firm.setdefault(firm, {"releases": 0, "epsilon_rdp": 0.0, "epsilon_pld": 0.0, "datasets": {}})
+    by_firm = dict(sorted(by_firm.items()))
     neighbours = {"record": "add or remove one training example of one firm", "firm": "add or remove one firm"}
     if accounting.relation is dpa.NeighboringRelation.REPLACE_SPECIAL:
         neighbours["firm"] = "one firm's round contribution replaced by zero (it is seen to take part)"

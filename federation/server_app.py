@@ -78,6 +78,7 @@ def run_server(grid: Grid, settings: RunSettings, observer: RunObserver, *, flow
                 rundir.partial / LEDGER_FILE,
                 ledger.public_key,
                 group_size=spec.lags + spec.horizon,
+                firms=[manifest.firm_id for manifest in outcome.manifests.values()],
             )
             if spec.privacy.enabled
             else {"enabled": False}

@@ -27,7 +27,7 @@ def _simulate(out: Path, run_id: str, overrides: str = "", **config: object) -> 
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunResult]:
     out = tmp_path_factory.mktemp("private-runs")
     return {
-        "record": _simulate(out, "record", "firms.R2.budget_epsilon=7.0"),
+        "record": _simulate(out, "record", "firms.R2.budget_epsilon=7.0;firms.S1.budget_epsilon=1.0"),
         "refused": _simulate(out, "refused", "privacy.noise_multiplier=1.0;privacy.epsilon=4.5"),
         "central": _simulate(out, "central", "privacy.unit=firm;privacy.mechanism=central;privacy.accountant=pld"),
         "distributed": _simulate(out, "distributed", "privacy.unit=firm;privacy.mechanism=distributed"),
@@ -65,6 +65,8 @@ def test_a_firm_with_its_own_budget_stops_contributing_when_it_is_spent(runs: di
     assert firms["R2"]["epsilon_rdp"] <= 7.0 < firms["R1"]["epsilon_rdp"]
     assert firms["R2"]["releases"] < firms["R1"]["releases"] == 4
     assert any(d["firm"] == "R2" and "its own privacy budget is spent" in d["reason"] for d in run.summary["dropouts"])
+    # S1's budget cannot pay for one round: it never takes part, and the summary says it spent nothing.
+    assert firms["S1"] == {"releases": 0, "epsilon_rdp": 0.0, "epsilon_pld": 0.0, "datasets": {}}
     # The others' accounting is unaffected: each is charged only for the rounds it took part in. The
     # ledger accounts each of a firm's data sets on its own (a record is in one of them only).
     report = verify_ledger(run.path / "privacy_ledger.jsonl")
