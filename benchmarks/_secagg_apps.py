@@ -1,8 +1,13 @@
 """The three aggregation methods of `bench_secure_aggregation` as Flower apps, and their instrumentation.
 
 Every method runs the same synthetic federation: firm i (its node's `partition-id`) has a fixed
-weight and, in round r, a seeded Gaussian update of P float32 values. Nothing is trained, so the
-numbers isolate what aggregation costs. The same firms vanish in all methods (`dropping`).
+weight and, in round r, a seeded Gaussian update of P float32 values. By default nothing is trained,
+so the numbers isolate what aggregation costs. With `Case.train_ms` > 0 every firm first spends that
+many milliseconds of process CPU time on a fixed workload (`local_training`: 64x64 float64 matmuls),
+a stand-in for local training that is the same in every method and leaves the update unchanged:
+once per round per firm, in plain's and our train handler and in the NumPyClient's `fit` that
+SecAgg+ calls in its collect-masked-vectors stage. The same firms vanish in all methods
+(`dropping`); a vanishing firm has trained first in every method.
 
 - plain: a Message-API ServerApp sends the global weights (one float32 ArrayRecord) to every node
   (`message_type="train"`); each firm answers with its update and weight; the server averages.
@@ -19,18 +24,19 @@ Instrumentation is identical for all three. Server: a Grid wrapper times every `
 (an exchange: the round trip including the firms' work), and each method times its own steps.
 Firms: an outermost client mod takes `time.process_time` around everything the ClientApp does for a
 message and counts the payload down and up (`payload_bytes`), one JSON line per message in a file
-per process.
+per process, with the CPU seconds of the named steps (`Probe`; the workload is the step `train`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,12 +124,16 @@ class Case:
     dropout: float
     rounds: int
     seed: int = 20260101
+    train_ms: float = 0.0
+    """Process CPU milliseconds each firm spends on `local_training` per round before making its update."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.firms < 3 or self.params < 1 or self.rounds < 2 or not 0 <= self.dropout < 0.5:
             raise ValueError(f"not a valid benchmark case: {self}")
+        if not (math.isfinite(self.train_ms) and self.train_ms >= 0):
+            raise ValueError(f"train_ms must be a finite number >= 0, got {self.train_ms!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -142,6 +152,32 @@ def firm_update(seed: int, partition: int, round_number: int, params: int) -> np
     """Firm `partition`'s update in `round_number`: small Gaussian noise, float32."""
     rng = np.random.default_rng([seed, _UPDATE_STREAM, partition, round_number])
     return rng.normal(0.0, UPDATE_STD, params).astype(np.float32)
+
+
+TRAINING_MATRIX = 64
+"""Side of the workload's float64 matrices: OpenBLAS keeps a product this small on one thread."""
+
+
+def local_training(train_ms: float) -> int:
+    """Stand-in for a firm's local training: multiply fixed 64x64 float64 matrices until `train_ms`
+    milliseconds of this process's CPU time (`time.process_time`) are used; returns how many products.
+
+    Deterministic work on its own arrays (no random state), so the firm's update is the same with or
+    without it; 0 does nothing. One product takes some 10 microseconds, the most it overshoots.
+    """
+    if train_ms <= 0:
+        return 0
+    side = TRAINING_MATRIX
+    a = np.linspace(-1.0, 1.0, side * side).reshape(side, side) / 8
+    b = np.ascontiguousarray(a.T)
+    out = np.empty_like(a)
+    budget = train_ms / 1000.0
+    started = time.process_time()
+    products = 0
+    while time.process_time() - started < budget:
+        np.matmul(a, b, out=out)
+        products += 1
+    return products
 
 
 def dropping(seed: int, round_number: int, firms: int, rate: float) -> frozenset[int]:
@@ -283,7 +319,32 @@ class Probe:
 
 
 PROBE = Probe()
-"""Per process: each simulation worker process handles one message at a time."""
+"""Per process: each simulation worker process handles one message at a time. Reach it only through
+`probe_step`, `probe_reset` and `probe_sections`: the simulation ships the ClientApp's closures to its
+workers by value, with a copy of every module global they name, while module-level functions (such
+as `train_locally`, or `_SyntheticClient.fit`) go by reference and find the worker's own module; a
+closure naming PROBE would time its steps on a copy that the others never see."""
+
+
+def probe_step(name: str) -> AbstractContextManager[None]:
+    """Time a named step of the current message on this process's probe."""
+    return PROBE.section(name)
+
+
+def probe_reset() -> None:
+    PROBE.reset()
+
+
+def probe_sections() -> dict[str, float]:
+    return PROBE.sections
+
+
+def train_locally(case: Case) -> None:
+    """The firm's stand-in for local training (`local_training`), measured as the step `train`; nothing
+    (and no step) when the case has no training."""
+    if case.train_ms > 0:
+        with probe_step("train"):
+            local_training(case.train_ms)
 
 
 def message_round(message: Message) -> int:
@@ -308,7 +369,7 @@ def measure_mod(method: str, log_dir: str) -> Mod:
     def mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
         # Read before handling: SecAgg+ pops the stage out of the incoming record.
         stage, round_number, down = message_stage(message), message_round(message), payload_bytes(message.content)
-        PROBE.reset()
+        probe_reset()
         started = time.process_time()
         reply = call_next(message, context)
         cpu = time.process_time() - started
@@ -322,7 +383,7 @@ def measure_mod(method: str, log_dir: str) -> Mod:
             "bytes_up": payload_bytes(reply.content) if reply.has_content() else 0,
             "error": reply.error.reason if reply.has_error() else None,
             "state_bytes": payload_bytes(context.state),  # what the firm keeps between messages
-            "sections": PROBE.sections,
+            "sections": probe_sections(),
         }
         with open(Path(log_dir) / f"firms-{os.getpid()}.jsonl", "a", encoding="utf-8") as out:
             out.write(json.dumps(line) + "\n")
@@ -501,10 +562,11 @@ def plain_apps(case: Case, log_dir: str, outcome: ServerOutcome) -> tuple[Server
     @client.train()
     def train(message: Message, context: Context) -> Message:
         r = message_round(message)
+        train_locally(case)  # every firm trains, the vanishing ones too, as under secure aggregation
         if _vanishes(case, context, r):
             return _dropout_reply(message)  # a plain firm that vanishes sends nothing
         partition = int(context.node_config["partition-id"])
-        with PROBE.section("update"):
+        with probe_step("update"):
             arrays_of(message, WEIGHTS)  # deserialise the global weights, as a real firm would
             update = firm_update(case.seed, partition, r, case.params)
         content = RecordDict(
@@ -646,20 +708,21 @@ def ours_apps(case: Case, log_dir: str, outcome: ServerOutcome) -> tuple[ServerA
     @client.train()
     def train(message: Message, context: Context) -> Message:
         partition = int(context.node_config["partition-id"])
-        with PROBE.section("update"):
+        train_locally(case)
+        with probe_step("update"):
             arrays_of(message, WEIGHTS)
             weight = firm_weight(case.seed, partition)
             update = firm_update(case.seed, partition, message_round(message), case.params)
-        with PROBE.section("restore"):
+        with probe_step("restore"):
             layout = read_layout(message)
             secure = restore(message, context)
         try:
-            with PROBE.section("mask"):
+            with probe_step("mask"):
                 values = {UPDATE: weight * update.astype(np.float64), WEIGHT: np.array([weight], dtype=np.float64)}
                 values[CLIPPED] = np.array([layout.count_clipped(values)])
                 release = secure.masked_input(config_of(message, SECAGG), layout, values)
         finally:
-            with PROBE.section("store"):
+            with probe_step("store"):
                 store(secure, context)
         content = RecordDict({SECAGG: ConfigRecord(release.message), MASKED: arrays_record({"vector": release.vector})})
         return Message(content, reply_to=message)
@@ -668,13 +731,13 @@ def ours_apps(case: Case, log_dir: str, outcome: ServerOutcome) -> tuple[ServerA
         def handle(message: Message, context: Context) -> Message:
             if may_vanish and _vanishes(case, context, message_round(message)):
                 return _dropout_reply(message)
-            with PROBE.section("restore"):
+            with probe_step("restore"):
                 secure = restore(message, context)
             try:
-                with PROBE.section(name):
+                with probe_step(name):
                     reply = getattr(secure, name)(config_of(message, SECAGG))
             finally:
-                with PROBE.section("store"):
+                with probe_step("store"):
                     store(secure, context)
             return Message(RecordDict({SECAGG: ConfigRecord(reply)}), reply_to=message)
 
@@ -775,8 +838,12 @@ class _SyntheticClient(NumPyClient):
         self.partition = partition
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Scalar]) -> tuple[list[np.ndarray], int, dict]:
-        """New local weights = global + this round's update (what the other methods average)."""
-        with PROBE.section("update"):
+        """New local weights = global + this round's update (what the other methods average).
+
+        SecAgg+ calls this once a round, in its collect-masked-vectors stage; the workload runs here.
+        """
+        train_locally(self.case)
+        with probe_step("update"):
             update = firm_update(self.case.seed, self.partition, int(config["server_round"]), self.case.params)
             new = (parameters[0] + update).astype(np.float32)
         return [new], firm_weight(self.case.seed, self.partition), {}

@@ -2,7 +2,8 @@
 
 Run from the repository root:
 
-    python -m benchmarks.bench_secure_aggregation [--quick | --full] [--rounds R]
+    python -m benchmarks.bench_secure_aggregation [--quick | --full] [--rounds R] [--train-ms MS]
+        [--firms N [N ...]] [--params P [P ...]] [--dropouts D [D ...]] [--methods M [M ...]]
 
 For each configuration (firms n, parameters P, dropout) the three methods of
 `benchmarks._secagg_apps` run on the same synthetic firms, one after the other, each in a fresh
@@ -11,6 +12,14 @@ CPUs): plain FedAvg over the Message API; our secure aggregation driven as `fede
 drives it; Flower's legacy SecAgg+ workflow with the same neighbours and threshold as ours. With
 dropout, the same 30% of the firms vanish in every method: after sending their masked input under
 secure aggregation (the survivors' shares recover them), with no update at all under plain.
+
+Firms train nothing by default: each sends a seeded synthetic update, so a plain round is only
+message passing and the ratio to plain is pure protocol overhead. --train-ms MS gives every firm, in
+every method, MS milliseconds of process CPU time of a fixed workload per round before it makes its
+update (`_secagg_apps.local_training`, 64x64 float64 matmuls on one thread), a stand-in for local
+training (about 100 ms is what a default-scenario firm spends training its two models a round on
+this 2-core machine), so that the ratio is measured on rounds in which firms train; the workload is
+reported as the firms' step `train` (train_cpu_ms).
 
 Per configuration and method: wall time per round in the steady state (round 1 and the start-up
 excluded; a warm-up message has started the simulation's workers before round 1), its ratio to
@@ -21,9 +30,14 @@ method's quantisation bound).
 
 Modes: --quick (n = 10, P = 10k and 100k, 0% and 30%: a few minutes), the default (n = 50 for every
 P, plus n = 10 and 100 at P = 100k, 0% and 30% each), --full (n in 10/50/100 x P in 10k/100k/1M x 0%
-and 30%; long). A case that fails, runs out of time or memory is recorded with its error, never
-with a number. Results: benchmarks/results/secure_aggregation.{json,md} (--quick:
-secure_aggregation_quick, --full: secure_aggregation_full).
+and 30%; long). --firms, --params and --dropouts replace that dimension of the mode's grid (each
+configuration takes every value given, duplicates dropped): `--firms 50 --params 100000 --dropouts 0
+0.3` runs just those two configurations. A case that fails, runs out of time or memory is recorded
+with its error, never with a number. Results: benchmarks/results/secure_aggregation.{json,md}
+(--quick: secure_aggregation_quick, --full: secure_aggregation_full); with --train-ms MS > 0 the name
+gets `_train{MS}ms` after `secure_aggregation` (secure_aggregation_train100ms_quick), and a grid
+changed by --firms/--params/--dropouts ends in `_custom`, so that neither overwrites the mode's own
+results.
 """
 
 from __future__ import annotations
@@ -43,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from flwr.common.secure_aggregation.secaggplus_constants import Stage
 
 from benchmarks._common import OtherWorkSampler, write_results
 from benchmarks._secagg_apps import (
@@ -91,6 +106,7 @@ COLUMNS = [
     "exchange_s",
     "server_s",
     "client_cpu_ms",
+    "train_cpu_ms",
     "up_kib",
     "down_kib",
     "max_err",
@@ -191,6 +207,7 @@ def summarise(run: CaseRun, reference: np.ndarray) -> dict[str, Any]:
         "k": k if case.method != "plain" else "",
         "t": t if case.method != "plain" else "",
         "rounds": case.rounds,
+        "train_ms": case.train_ms,
     }
     if run.outcome.error is not None:
         return {**row, "status": "failed", "error": run.outcome.error}
@@ -204,6 +221,9 @@ def summarise(run: CaseRun, reference: np.ndarray) -> dict[str, Any]:
         exchange_s=round(_mean(r["exchange_s"] for r in steady), 4),
         server_s=round(_mean(_server_work_s(case.method, r) for r in steady), 4),
         client_cpu_ms=round(1000 * _per_firm(lines, "cpu_s", case.firms, len(steady)), 2),
+        train_cpu_ms=round(
+            1000 * sum(line["sections"].get("train", 0.0) for line in lines) / (case.firms * len(steady)), 2
+        ),
         up_kib=round(_per_firm(lines, "bytes_up", case.firms, len(steady)) / 1024, 1),
         down_kib=round(_per_firm(lines, "bytes_down", case.firms, len(steady)) / 1024, 1),
         state_kib=round(_mean(line["state_bytes"] for line in lines) / 1024, 1),
@@ -273,8 +293,12 @@ def _span(values: Sequence[float]) -> str:
 def _where_time_goes(row: dict[str, Any]) -> str:
     """One line: a round's wall time split into exchanges and server work, and each firm's CPU by step."""
     detail = row["breakdown"]
-    by = "step" if row["method"] == "ours" else "stage"
-    firm = detail[f"firm_cpu_ms_per_round_by_{by}"]
+    by = "stage" if row["method"] == "flower_secaggplus" else "step"
+    firm = dict(detail[f"firm_cpu_ms_per_round_by_{by}"])
+    train = detail["firm_cpu_ms_per_round_by_step"].get("train", 0.0)
+    if by == "stage" and train:  # SecAgg+ trains inside its collect-masked-vectors stage: shown apart
+        firm[Stage.COLLECT_MASKED_VECTORS] -= train
+        firm["train"] = train
     parts = ", ".join(f"{name} {ms:.1f}" for name, ms in sorted(firm.items(), key=lambda kv: -kv[1]) if ms >= 0.05)
     server = ""
     if row["method"] == "ours":
@@ -288,8 +312,9 @@ def _where_time_goes(row: dict[str, Any]) -> str:
     )
 
 
-def notes(rows: Sequence[dict[str, Any]]) -> str:
-    """The key ratios, the design targets and where the time goes, in words."""
+def notes(rows: Sequence[dict[str, Any]], train_ms: float = 0.0) -> str:
+    """The key ratios, the design targets and where the time goes, in words (`train_ms`: the firms'
+    workload per round, 0 for none)."""
     ok = [r for r in rows if r.get("status") == "ok" and "vs_plain" in r]
     by_config = {(_config(r), r["method"]): r for r in ok}
 
@@ -329,11 +354,22 @@ def notes(rows: Sequence[dict[str, Any]]) -> str:
         )
     if speedups:
         lines.append(f"- Ours against Flower's SecAgg+: {_span(speedups)} faster per round.")
-    lines.append(
-        "- No firm trains here, so a plain round is only the simulation passing messages; every millisecond "
-        "of masking shows in the ratio. overhead_s, the seconds a method adds to plain's round, is what "
-        "would add to rounds in which firms train."
-    )
+    if train_ms > 0:
+        lines.append(
+            f"- Every firm trains here: in every method, before it makes its update, each firm spends {train_ms:g} ms "
+            "of process CPU time a round on a fixed workload (64x64 float64 matmuls on one thread), a stand-in for "
+            "local training (a default-scenario firm spends about 100 ms a round training its two models on this "
+            "2-core machine). The synthetic updates are unchanged, so the methods differ from the zero-training "
+            "results only by this workload. The simulation runs two firms at a time (num_cpus=2), so the firms' "
+            f"training alone takes at least n x {train_ms:g} ms / 2 of a round's wall time in every method. Firms "
+            "that vanish have trained first, in every method."
+        )
+    else:
+        lines.append(
+            "- No firm trains here, so a plain round is only the simulation passing messages; every millisecond "
+            "of masking shows in the ratio. overhead_s, the seconds a method adds to plain's round, is what "
+            "would add to rounds in which firms train (--train-ms measures such rounds)."
+        )
     busy = [r for r in rows if r.get("others_pct", 0) >= OTHERS_PCT_FLAG]
     if busy:
         listed = "; ".join(f"{r['method']} n={r['firms']} P={r['params']:,} {r['dropout']:.0%}" for r in busy)
@@ -348,8 +384,14 @@ def notes(rows: Sequence[dict[str, Any]]) -> str:
                 f"- {row['method']} at n={row['firms']}, P={row['params']:,}, dropout {row['dropout']:.0%}: "
                 f"no numbers: {reason}"
             )
-    lines += ["", "Where the time goes (firm CPU in ms per round, by step for ours, by SecAgg+ stage for Flower):", ""]
-    lines += [_where_time_goes(r) for r in ok if r["method"] != "plain" and r["firms"] == 50]
+    lines += [
+        "",
+        "Where the time goes (firm CPU in ms per round, by step for plain and ours, by SecAgg+ stage for Flower"
+        + (", its train step apart" if train_ms > 0 else "")
+        + "):",
+        "",
+    ]
+    lines += [_where_time_goes(r) for r in ok if (r["method"] != "plain" or train_ms > 0) and r["firms"] == 50]
     lines += [
         "",
         "round_s: mean wall time of rounds 2..R (round 1 and start-up excluded). keys_s: ours, the key "
@@ -358,7 +400,8 @@ def notes(rows: Sequence[dict[str, Any]]) -> str:
         "Grid.send_and_receive (firms' work, Ray transfer, the simulation's 0.1 s reply polling). server_s: "
         "the server's own work on the sum (plain: averaging; ours: receive_masked_inputs + finish; Flower: "
         "its collect and unmask stages outside their exchanges). client_cpu_ms, up_kib, down_kib: per firm "
-        "per round, process CPU time and payload (array bytes + config values) measured by a client mod. "
+        "per round, process CPU time and payload (array bytes + config values) measured by a client mod; "
+        "train_cpu_ms: the part of client_cpu_ms spent on the --train-ms workload (the firms' step train). "
         "max_err: largest distance of the final weights from an exact float64 reference (secure methods "
         "include the recovered late dropouts; plain only the firms that answered); err_bound: quantisation "
         "and float32 rounding bound. others_pct: share of the machine's CPU that other processes used during "
@@ -374,6 +417,32 @@ def notes(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def override_grid(
+    grid: Sequence[tuple[int, int, float]],
+    firms: Sequence[int] | None = None,
+    params: Sequence[int] | None = None,
+    dropouts: Sequence[float] | None = None,
+) -> list[tuple[int, int, float]]:
+    """The grid with each dimension given replaced by its values (in the order given), duplicates dropped."""
+    out: dict[tuple[int, int, float], None] = {}
+    for n, p, d in grid:
+        for new_n in firms or [n]:
+            for new_p in params or [p]:
+                for new_d in dropouts or [d]:
+                    out[(new_n, new_p, float(new_d))] = None
+    return list(out)
+
+
+def results_name(mode: str, train_ms: float, *, custom: bool) -> str:
+    """secure_aggregation[_train{MS}ms][_quick|_full][_custom]."""
+    name = "secure_aggregation"
+    if train_ms > 0:
+        name += f"_train{train_ms:g}ms"
+    if mode != "default":
+        name += f"_{mode}"
+    return name + ("_custom" if custom else "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Secure aggregation on Flower's simulation: plain vs ours vs SecAgg+")
     size = parser.add_mutually_exclusive_group()
@@ -382,11 +451,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="rounds per case (default 5, --quick 3)")
     parser.add_argument("--case-timeout", type=float, default=1800.0, help="seconds one case may run")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument(
+        "--train-ms",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="process CPU milliseconds of a fixed workload each firm runs per round before its update, a "
+        "stand-in for local training (default 0: no training)",
+    )
+    parser.add_argument("--firms", type=int, nargs="+", metavar="N", help="replace the grid's numbers of firms")
+    parser.add_argument("--params", type=int, nargs="+", metavar="P", help="replace the grid's numbers of parameters")
+    parser.add_argument("--dropouts", type=float, nargs="+", metavar="D", help="replace the grid's dropout rates")
     args = parser.parse_args(argv)
-    grid = QUICK_GRID if args.quick else FULL_GRID if args.full else DEFAULT_GRID
     mode = "quick" if args.quick else "full" if args.full else "default"
     rounds = args.rounds or (3 if args.quick else 5)
+    grid = override_grid(
+        QUICK_GRID if args.quick else FULL_GRID if args.full else DEFAULT_GRID, args.firms, args.params, args.dropouts
+    )
+    custom = any(values is not None for values in (args.firms, args.params, args.dropouts))
     methods = ["plain", *[m for m in args.methods if m != "plain"]]  # every ratio needs plain
+    try:  # every case valid before the first one runs
+        for firms, params, dropout in grid:
+            Case("plain", firms, params, dropout, rounds, train_ms=args.train_ms)
+    except ValueError as err:
+        parser.error(str(err))
 
     rows: list[dict[str, Any]] = []
     started = time.monotonic()
@@ -394,8 +482,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for firms, params, dropout in grid:
             references: dict[bool, np.ndarray] = {}
             for method in methods:
-                case = Case(method, firms, params, dropout, rounds)
-                print(f"-- {method}: n={firms}, P={params:,}, dropout {dropout:.0%}, {rounds} rounds", flush=True)
+                case = Case(method, firms, params, dropout, rounds, train_ms=args.train_ms)
+                print(
+                    f"-- {method}: n={firms}, P={params:,}, dropout {dropout:.0%}, {rounds} rounds, "
+                    f"training {args.train_ms:g} ms",
+                    flush=True,
+                )
                 result, others = run_case(
                     case, Path(tmp) / f"n{firms}-p{params}-d{dropout}-{method}", args.case_timeout
                 )
@@ -408,18 +500,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                     row = summarise(result, references[secure])
                 row["others_pct"] = round(100 * others)
                 rows.append(row)
-                brief = {k: row.get(k) for k in ("round_s", "keys_s", "client_cpu_ms", "max_err", "status")}
+                brief = {
+                    k: row.get(k) for k in ("round_s", "keys_s", "client_cpu_ms", "train_cpu_ms", "max_err", "status")
+                }
                 print(json.dumps(brief), flush=True)
     add_ratios(rows)
     elapsed = time.monotonic() - started
-    name = {"quick": "secure_aggregation_quick", "full": "secure_aggregation_full"}.get(mode, "secure_aggregation")
+    name = results_name(mode, args.train_ms, custom=custom)
     k_table = {f"n={n}, dropout {d:.0%}": security_parameters(Case("ours", n, 1, d, 2)) for n, _, d in grid}
     parameters = {
         "mode": mode,
+        "custom_grid": custom,
         "grid": [{"firms": n, "params": p, "dropout": d} for n, p, d in grid],
         "rounds": rounds,
         "steady_state_rounds": f"2..{rounds}",
         "methods": methods,
+        "train_ms": args.train_ms,
+        "training": "none: each firm sends a seeded synthetic update"
+        if args.train_ms <= 0
+        else f"each firm, in every method, spends {args.train_ms:g} ms of process CPU time a round on a fixed "
+        "workload (64x64 float64 matmuls, one thread) before making its update: a stand-in for local training",
         "neighbours_and_threshold": {key: {"k": k, "t": t} for key, (k, t) in k_table.items()},
         "ours": {
             "rounds_per_session": ROUNDS_PER_SESSION,
@@ -432,7 +532,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "case_timeout_s": args.case_timeout,
         "total_s": round(elapsed, 1),
     }
-    json_path, md_path = write_results(name, parameters=parameters, rows=rows, columns=COLUMNS, notes=notes(rows))
+    json_path, md_path = write_results(
+        name, parameters=parameters, rows=rows, columns=COLUMNS, notes=notes(rows, args.train_ms)
+    )
     print(f"wrote {json_path} and {md_path} in {elapsed:.0f} s")
     ours_or_plain_failed = [r for r in rows if r["method"] != "flower_secaggplus" and r.get("status") != "ok"]
     return 1 if ours_or_plain_failed else 0
