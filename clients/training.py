@@ -85,7 +85,7 @@ def fit(
     device: torch.device,
     anchor: list[torch.Tensor] | None = None,
 ) -> FitReport:
-    """Mini-batch AdamW for `settings.epochs` epochs; returns the mean training loss of each epoch."""
+    """Mini-batch training (`settings.optimiser`) for `settings.epochs` epochs; the mean loss of each epoch."""
     report = FitReport()
     if len(features) == 0:
         return report

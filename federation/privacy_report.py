@@ -39,8 +39,13 @@ def _events_by_party(path: Path) -> dict[str, list[dpa.DpEvent]]:
 
 
 def _worst(a: float | None, b: float | None) -> float | None:
-    """The larger spend; None (unbounded) wins."""
+    """The larger spend; None (unbounded, or not accountable by this accountant) wins."""
     return None if a is None or b is None else max(a, b)
+
+
+def _no_spend() -> dict[str, Any]:
+    """A firm's row before any release is charged to it."""
+    return {"releases": 0, "epsilon_rdp": 0.0, "epsilon_pld": 0.0, "datasets": {}}
 
 
 def _finite(value: float) -> float | None:
@@ -72,15 +77,15 @@ def privacy_summary(
     by_firm: dict[str, dict[str, Any]] = {}
     for party, entry in parties.items():
         firm, _, dataset = party.partition("/")
-        row = by_firm.setdefault(firm, {"releases": 0, "epsilon_rdp": 0.0, "epsilon_pld": 0.0, "datasets": {}})
+        row = by_firm.setdefault(firm, _no_spend())
         row["datasets"][dataset or "all"] = entry
         row["releases"] = max(row["releases"], entry["releases"])
         row["epsilon_rdp"] = _worst(row["epsilon_rdp"], entry["epsilon_rdp"])
-        row["epsilon_pld"] = None if entry["epsilon_pld"] is None else _worst(row["epsilon_pld"], entry["epsilon_pld"])
+        row["epsilon_pld"] = _worst(row["epsilon_pld"], entry["epsilon_pld"])
         if "observation_epsilon" in entry:
             row["observation_epsilon"] = entry["observation_epsilon"]
     for firm in firms:  # a firm never admitted (its own budget too small for one round) spent nothing
-        by_firm.setdefault(firm, {"releases": 0, "epsilon_rdp": 0.0, "epsilon_pld": 0.0, "datasets": {}})
+        by_firm.setdefault(firm, _no_spend())
     by_firm = dict(sorted(by_firm.items()))
     neighbours = {"record": "add or remove one training example of one firm", "firm": "add or remove one firm"}
     if accounting.relation is dpa.NeighboringRelation.REPLACE_SPECIAL:

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 from clients.firm import FirmClient, Normaliser
-from clients.models import build_model, state_to_arrays
+from clients.models import MODEL_KINDS, build_model, state_to_arrays
 from federation.firm_source import simulated_firm
 from federation.settings import settings_from_run_config
 from silobridge.arrays import flatten
 from silobridge.messages import TrainInstruction
 from tests.conftest import TINY
 
-KINDS = ("demand", "risk")
+KINDS = MODEL_KINDS
 
 
 def _firm(overrides: str) -> tuple[FirmClient, dict[str, dict[str, np.ndarray]], TrainInstruction, Normaliser]:
