@@ -1,0 +1,108 @@
+"""Federated analytics: the contract between a query's server half and its firm half.
+
+A query is a short conversation. The server half (in `server/analytics/`) sends a `QueryStep`; each
+firm's half (in `clients/analytics/`) answers with one vector of local statistics, clipped to the
+step's public bounds; the federation releases only the (securely summed, DP-noised) sum of those
+vectors, and the server half either asks the next step or gives the answer. Keeping the contract
+here lets both halves be tested without Flower and carried over Flower messages unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from silobridge.errors import ProtocolError
+from silobridge.messages import Payload
+
+
+class QueryStep(Payload):
+    """One step of a query: what every firm computes locally, and the bounds its vector must respect.
+
+    `value_bound` bounds each entry (sets the secure sum's quantisation range); `l2_bound` bounds the
+    L2 norm of a firm's whole vector, which is the firm-level sensitivity the DP noise is scaled to.
+    A firm clips to both and reports how many entries it clipped; it never sends more than `length`.
+    """
+
+    query: str = Field(min_length=1)
+    step: int = Field(ge=0)
+    length: int = Field(ge=1)
+    value_bound: float = Field(gt=0)
+    l2_bound: float = Field(gt=0)
+    params_json: str = "{}"  # ConfigRecords hold flat scalars: parameters travel as one JSON string
+
+    @field_validator("params_json")
+    @classmethod
+    def _is_json_object(cls, value: str) -> str:
+        try:
+            decoded = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"not JSON: {err}") from None
+        if not isinstance(decoded, dict):
+            raise ValueError("must be a JSON object")
+        return value
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return json.loads(self.params_json)
+
+    @classmethod
+    def build(
+        cls, query: str, step: int, *, length: int, value_bound: float, l2_bound: float, params: Mapping[str, Any]
+    ) -> QueryStep:
+        return cls(
+            query=query,
+            step=step,
+            length=length,
+            value_bound=value_bound,
+            l2_bound=l2_bound,
+            params_json=json.dumps(dict(params), sort_keys=True),
+        )
+
+
+@dataclass(frozen=True)
+class LocalAnswer:
+    """A firm's clipped vector for one step, and how many entries clipping changed (never silent)."""
+
+    vector: np.ndarray
+    clipped: int
+
+
+def clip_answer(step: QueryStep, vector: np.ndarray, *, firm: str) -> LocalAnswer:
+    """Enforce a step's public bounds on a firm's raw statistics: entry-wise, then on the L2 norm."""
+    values = np.asarray(vector, dtype=np.float64).reshape(-1)
+    if values.shape != (step.length,):
+        raise ProtocolError(
+            f"query '{step.query}' step {step.step}: local vector has {values.size} entries, expected {step.length}",
+            firm=firm,
+        )
+    if not np.all(np.isfinite(values)):
+        raise ProtocolError(f"query '{step.query}' step {step.step}: local vector has NaN or inf", firm=firm)
+    bounded = np.clip(values, -step.value_bound, step.value_bound)
+    clipped = int(np.count_nonzero(bounded != values))
+    norm = float(np.linalg.norm(bounded))
+    if norm > step.l2_bound:
+        bounded = bounded * (step.l2_bound / norm)
+        clipped = max(clipped, 1)
+    return LocalAnswer(bounded, clipped)
+
+
+class QueryPlan(Protocol):
+    """The server half of one query: asks steps, reads released sums, and finally answers."""
+
+    name: str
+
+    def first(self) -> QueryStep: ...
+
+    def next(self, total: np.ndarray, contributors: int) -> QueryStep | None:
+        """Take the released sum of the last step (over `contributors` firms); the next step, or None when done."""
+        ...
+
+    def result(self) -> dict[str, Any]:
+        """The answer, JSON-ready."""
+        ...
