@@ -1,4 +1,4 @@
-"""A firm's own data: load, validate and hold its demand and risk tables.
+"""A firm's own data: load, validate and hold its demand, risk and order-basket tables.
 
 The same code reads a partner's CSV files and the generator's tables, so a simulated firm and a
 real one go through one validation. Every problem is reported with file, row and column, all of
@@ -18,17 +18,21 @@ from silobridge.errors import DataError, DataProblem
 
 DEMAND_FILE = "demand.csv"
 RISK_FILE = "risk.csv"
+ORDERS_FILE = "orders.csv"
+DATA_FILES = (DEMAND_FILE, RISK_FILE, ORDERS_FILE)
 MAX_PROBLEMS = 50
 """Report at most this many problems per file; a broken export would otherwise flood the screen."""
 
 
 @dataclass(frozen=True)
 class FirmData:
-    """A firm's validated tables; either may be absent (a firm holds demand, risk or both)."""
+    """A firm's validated tables; any may be absent (a firm holds demand, risk, orders or several)."""
 
     firm_id: str
     demand: pd.DataFrame | None
     risk: pd.DataFrame | None
+    orders: pd.DataFrame | None = None
+    """Order baskets, one row per (order_id, item); only analytics queries read them."""
 
 
 class _Problems:
@@ -141,6 +145,27 @@ def validate_risk(frame: pd.DataFrame, schema: DataSchema, *, firm: str, file: s
     return out.sort_values("date", kind="stable").reset_index(drop=True)
 
 
+def validate_orders(frame: pd.DataFrame, *, firm: str, file: str = ORDERS_FILE) -> pd.DataFrame:
+    """Check an order-basket table (`order_id`, `item`, one row per item of an order) and return it sorted."""
+    problems = _Problems(firm, file)
+    if _missing_columns(frame, ["order_id", "item"], problems):
+        problems.raise_if_any()
+    out = pd.DataFrame()
+    for column, what in (("order_id", "an order id"), ("item", "an item name")):
+        text = frame[column].astype("string").str.strip()
+        blank = text.fillna("") == ""
+        problems.add_rows(blank.to_numpy(dtype=bool), column, f"expected {what}")
+        out[column] = text.astype(object)
+    problems.raise_if_any()
+    if len(out) == 0:
+        problems.add("the file has no rows")
+    problems.add_rows(
+        out.duplicated(["order_id", "item"], keep="first").to_numpy(), "item", "the same item twice in one order"
+    )
+    problems.raise_if_any()
+    return out.sort_values(["order_id", "item"], kind="stable").reset_index(drop=True)
+
+
 def _read_csv(path: Path, firm: str) -> pd.DataFrame:
     try:
         return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
@@ -151,16 +176,16 @@ def _read_csv(path: Path, firm: str) -> pd.DataFrame:
 
 
 def load_firm_data(folder: str | Path, schema: DataSchema, *, min_periods: int, firm_id: str | None = None) -> FirmData:
-    """Read `<folder>/demand.csv` and/or `<folder>/risk.csv`; the folder's name is the firm id."""
+    """Read `<folder>/demand.csv`, `risk.csv` and/or `orders.csv`; the folder's name is the firm id."""
     path = Path(folder)
     firm = firm_id or path.name
     if not path.is_dir():
         raise DataError(firm, f"data folder {path} does not exist")
-    demand_path, risk_path = path / DEMAND_FILE, path / RISK_FILE
-    if not demand_path.exists() and not risk_path.exists():
-        raise DataError(firm, f"{path} holds neither {DEMAND_FILE} nor {RISK_FILE}")
+    demand_path, risk_path, orders_path = path / DEMAND_FILE, path / RISK_FILE, path / ORDERS_FILE
+    if not demand_path.exists() and not risk_path.exists() and not orders_path.exists():
+        raise DataError(firm, f"{path} holds neither {DEMAND_FILE} nor {RISK_FILE} nor {ORDERS_FILE}")
     errors: list[DataProblem] = []
-    demand = risk = None
+    demand = risk = orders = None
     if demand_path.exists():
         try:
             demand = validate_demand(_read_csv(demand_path, firm), schema, firm=firm, min_periods=min_periods)
@@ -171,23 +196,37 @@ def load_firm_data(folder: str | Path, schema: DataSchema, *, min_periods: int, 
             risk = validate_risk(_read_csv(risk_path, firm), schema, firm=firm)
         except DataError as err:
             errors += err.problems
+    if orders_path.exists():
+        try:
+            orders = validate_orders(_read_csv(orders_path, firm), firm=firm)
+        except DataError as err:
+            errors += err.problems
     if errors:
         raise DataError(firm, errors)
-    return FirmData(firm_id=firm, demand=demand, risk=risk)
+    return FirmData(firm_id=firm, demand=demand, risk=risk, orders=orders)
 
 
 def firm_data_from_tables(
-    firm_id: str, demand: pd.DataFrame | None, risk: pd.DataFrame | None, schema: DataSchema, *, min_periods: int
+    firm_id: str,
+    demand: pd.DataFrame | None,
+    risk: pd.DataFrame | None,
+    schema: DataSchema,
+    *,
+    min_periods: int,
+    orders: pd.DataFrame | None = None,
 ) -> FirmData:
     """Validate in-memory tables (the generator's) exactly as a partner's CSV files are validated."""
     return FirmData(
         firm_id=firm_id,
         demand=None if demand is None else validate_demand(demand, schema, firm=firm_id, min_periods=min_periods),
         risk=None if risk is None else validate_risk(risk, schema, firm=firm_id),
+        orders=None if orders is None else validate_orders(orders, firm=firm_id),
     )
 
 
-def write_firm_data(folder: str | Path, demand: pd.DataFrame | None, risk: pd.DataFrame | None) -> None:
+def write_firm_data(
+    folder: str | Path, demand: pd.DataFrame | None, risk: pd.DataFrame | None, orders: pd.DataFrame | None = None
+) -> None:
     """Write tables in the partner CSV format (ISO dates)."""
     path = Path(folder)
     path.mkdir(parents=True, exist_ok=True)
@@ -197,3 +236,5 @@ def write_firm_data(folder: str | Path, demand: pd.DataFrame | None, risk: pd.Da
         out = table.copy()
         out["date"] = pd.to_datetime(out["date"]).dt.strftime("%Y-%m-%d")
         out.to_csv(path / name, index=False)
+    if orders is not None:
+        orders.to_csv(path / ORDERS_FILE, index=False)

@@ -116,7 +116,7 @@ def generate(
     out: Annotated[Path, typer.Option("--out", help="Folder that receives one sub-folder of CSV files per firm.")],
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a scenario field, as for simulate.")] = None,
 ) -> None:
-    """Write each firm's generated data as the CSV files a partner firm would prepare (demand.csv, risk.csv)."""
+    """Write each firm's generated data as a partner firm's CSV files (demand.csv, risk.csv, orders.csv)."""
     from clients.data import write_firm_data
     from scenarios.generator import generate_chain
     from scenarios.schema import load_scenario, parse_override
@@ -130,7 +130,7 @@ def generate(
     chain = generate_chain(loaded)
     for firm in loaded.firms:
         tables = chain.tables[firm.id]
-        write_firm_data(out / firm.id, tables.demand, tables.risk)
+        write_firm_data(out / firm.id, tables.demand, tables.risk, tables.orders)
     out_console.print(f"Wrote {len(loaded.firms)} firms' data to [bold]{out}[/]")
 
 

@@ -53,7 +53,9 @@ def simulated_firm(settings: RunSettings, spec: FederationSpec, partition_id: in
             )
         firm = scenario.firms[partition_id]
         tables = _chain(scenario).tables[firm.id]
-        data = firm_data_from_tables(firm.id, tables.demand, tables.risk, spec.data, min_periods=spec.min_periods)
+        data = firm_data_from_tables(
+            firm.id, tables.demand, tables.risk, spec.data, min_periods=spec.min_periods, orders=tables.orders
+        )
         device = str(resolve_device(scenario.training.device))
         for stale in [k for k in _firms if k[0] != run_id]:  # keep only this run's firms
             del _firms[stale]

@@ -4,7 +4,9 @@ Deterministic by the scenario's seed; each firm draws from its own stream (deriv
 its id) so adding a firm does not reshuffle the others. Retail demand carries trend, yearly
 seasonality, holidays, promotions, price effects and shocks; upstream tiers see only the orders of
 their customers, placed with an order-up-to policy, so order variance grows upstream (bullwhip).
-Disruptions are rare and depend on observable features of the supplier and the order.
+Disruptions are rare and depend on observable features of the supplier and the order. Every firm
+also keeps order baskets (which items were ordered together), with a few chain-wide co-purchase
+patterns planted among the popular items, for frequent-itemset queries.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ RISK_FEATURES: tuple[str, ...] = (
 BURN_IN = 52
 """Periods simulated before the longest history starts, so policies and AR processes settle."""
 
+BASKET_PATTERN_RATES: tuple[float, ...] = (0.15, 0.10, 0.08)
+"""Probability that an order contains each planted co-purchase pattern (a triple, then two pairs)."""
+
 DISRUPTION_BASE_RATE = 0.03
 """Target share of deliveries disrupted over the whole chain and timeline."""
 
@@ -48,6 +53,8 @@ class FirmTables:
 
     demand: pd.DataFrame
     risk: pd.DataFrame
+    orders: pd.DataFrame | None = None
+    """Order baskets: one row per (order_id, item)."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,8 @@ class ChainData:
     """Per firm, total demand it faced per period over the whole timeline (consumers or customers' orders)."""
     orders_placed: dict[str, np.ndarray] = field(repr=False)
     """Per firm with suppliers, total orders it placed per period over the whole timeline."""
+    basket_patterns: tuple[tuple[str, ...], ...] = ()
+    """The co-purchase patterns planted in the order baskets (item names), as ground truth."""
 
 
 # ---- the world's calendar ---------------------------------------------------------------------
@@ -285,6 +294,7 @@ def generate_chain(scenario: Scenario) -> ChainData:
     }
 
     tables: dict[str, FirmTables] = {}
+    patterns = _basket_patterns(scenario, catalogue)
     risk_rows = _risk_rows(scenario, dates, suppliers_of, placed_per_link, incoming, risk_shock)
     for firm in scenario.firms:
         keep = slice(n - firm.history, n)
@@ -292,7 +302,7 @@ def generate_chain(scenario: Scenario) -> ChainData:
         frame = pd.DataFrame(
             {
                 "date": np.tile(dates[keep], len(d.items)),
-                "series": np.repeat([f"item{i + 1:03d}" for i in d.items], firm.history),
+                "series": np.repeat([item_name(i) for i in d.items], firm.history),
                 "units": d.units[:, keep].ravel(),
                 "price": d.price[:, keep].ravel(),
                 "promotion": np.round(d.promotion[:, keep], 3).ravel(),
@@ -301,8 +311,15 @@ def generate_chain(scenario: Scenario) -> ChainData:
         )
         risk = risk_rows[firm.id]
         risk = risk[risk["date"] >= dates[n - firm.history]].reset_index(drop=True)
-        tables[firm.id] = FirmTables(demand=frame, risk=risk)
-    return ChainData(scenario=scenario, dates=dates, tables=tables, incoming_demand=incoming, orders_placed=placed)
+        tables[firm.id] = FirmTables(demand=frame, risk=risk, orders=_order_baskets(scenario, firm, d.items, patterns))
+    return ChainData(
+        scenario=scenario,
+        dates=dates,
+        tables=tables,
+        incoming_demand=incoming,
+        orders_placed=placed,
+        basket_patterns=tuple(tuple(item_name(i) for i in p) for p in patterns),
+    )
 
 
 def _upstream_demand(
@@ -329,6 +346,54 @@ def _upstream_demand(
     margin = rng.uniform(0.5, 0.8)
     price = catalogue.base_price[items][:, None] * margin * np.exp(_ar1(rng, n, 0.95, 0.03, len(items)))
     return _Demand(items, units, np.round(price, 2), promotion / np.maximum(carriers, 1))
+
+
+# ---- order baskets ------------------------------------------------------------------------------
+
+
+def item_name(index: int) -> str:
+    """The public name of catalogue item `index` (0-based): demand series and basket items use it."""
+    return f"item{index + 1:03d}"
+
+
+def _basket_patterns(scenario: Scenario, catalogue: _Catalogue) -> list[np.ndarray]:
+    """Disjoint item sets bought together chain-wide: a triple and two pairs of the most popular items.
+
+    Popular items are sold by most retailers (and so seen upstream), so the patterns appear in many
+    firms' baskets; patterns that do not fit a small catalogue are left out. They depend on the
+    catalogue only, so adding a firm changes no other firm's baskets.
+    """
+    pool = list(np.argsort(-catalogue.popularity, kind="stable"))
+    patterns = []
+    for size in (3, 2, 2)[: len(BASKET_PATTERN_RATES)]:
+        if len(pool) < size:
+            break
+        patterns.append(np.sort(np.array(pool[:size])))
+        pool = pool[size:]
+    return patterns
+
+
+def _order_baskets(scenario: Scenario, firm: Firm, items: np.ndarray, patterns: list[np.ndarray]) -> pd.DataFrame:
+    """A firm's order baskets over the items it trades: background items drawn uniformly (so only the
+    planted patterns co-occur more than chance), plus each planted pattern the firm sells all items
+    of, with its own rate. About 60 orders per unit of size, at least 20."""
+    rng = _rng(scenario.seed, "orders", firm.id)
+    count = max(20, round(60 * firm.size))
+    sold = set(items.tolist())
+    usable = [(p, rate) for p, rate in zip(patterns, BASKET_PATTERN_RATES, strict=False) if sold.issuperset(p.tolist())]
+    order_ids: list[str] = []
+    basket_items: list[str] = []
+    for number in range(count):
+        size = min(len(items), 1 + rng.poisson(1.5))
+        basket = set(rng.choice(items, size=size, replace=False).tolist())
+        for pattern, rate in usable:
+            if rng.random() < rate:
+                basket.update(pattern.tolist())
+        order_id = f"{firm.id}-{number + 1:05d}"
+        for item in sorted(basket):
+            order_ids.append(order_id)
+            basket_items.append(item_name(item))
+    return pd.DataFrame({"order_id": order_ids, "item": basket_items})
 
 
 # ---- supply risk ------------------------------------------------------------------------------

@@ -1,0 +1,116 @@
+"""Server half of federated anomaly detection: agree leaf masses, then a score cut-off, then count.
+
+Releases: (1) the shared forest's leaf masses, summed over firms; (2) unless a fixed
+`score_threshold` is given, a histogram of the records' isolation scores, from which the cut-off
+is the lowest bin edge above which at most `contamination` of the records lie; (3) per firm, only
+how many of its records score at or above the cut-off, and how many it scored, summed securely.
+No record, score or per-firm figure leaves a firm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from server.analytics._resolve import risk_query_params
+from silobridge.analytics import QueryStep
+from silobridge.config import DataSchema
+from silobridge.errors import ProtocolError
+from silobridge.iterative_params import AnomalyParams
+
+NAME = "anomaly_detection"
+
+
+def cutoff_from_histogram(counts: np.ndarray, contamination: float) -> float:
+    """The lowest bin edge e such that the (noisy, clamped) count of scores >= e is at most contamination x total."""
+    mass = np.maximum(np.asarray(counts, dtype=np.float64), 0.0)
+    bins = mass.size
+    target = contamination * float(mass.sum())
+    above = 0.0
+    for b in range(bins - 1, -1, -1):
+        above += mass[b]
+        if above > target:
+            return (b + 1) / bins
+    return 0.0
+
+
+class AnomalyPlan:
+    """Masses, then (optionally) the score histogram, then the flagged counts."""
+
+    name = NAME
+
+    def __init__(self, params: AnomalyParams, *, noise_multiplier: float = 0.0):
+        self.params = params
+        self.noise_multiplier = noise_multiplier
+        self.phase = "mass"
+        self.step = 0
+        self.masses: np.ndarray | None = None
+        self.cutoff = params.score_threshold
+        self.flagged = 0.0
+        self.records = 0.0
+
+    @property
+    def max_steps(self) -> int:
+        return 2 if self.params.score_threshold is not None else 3
+
+    def _build(self, phase: str) -> QueryStep:
+        p = self.params
+        m = float(p.max_records)
+        leaves = p.trees * 2**p.depth
+        shape = {
+            "mass": (leaves, m * np.sqrt(p.trees)),  # each tree's leaf counts sum to <= max_records
+            "histogram": (p.score_bins, m),
+            "flag": (2, m * np.sqrt(2.0)),
+        }
+        length, l2 = shape[phase]
+        params: dict[str, Any] = {"query": p.model_dump(mode="json"), "phase": phase}
+        if self.masses is not None:
+            params["masses"] = self.masses.tolist()
+        if phase == "flag":
+            params["cutoff"] = self.cutoff
+        self.phase = phase
+        return QueryStep.build(NAME, self.step, length=length, value_bound=m, l2_bound=float(l2), params=params)
+
+    def first(self) -> QueryStep:
+        return self._build("mass")
+
+    def next(self, total: np.ndarray, contributors: int) -> QueryStep | None:
+        values = np.asarray(total, dtype=np.float64).reshape(-1)
+        expected = {"mass": self.params.trees * 2**self.params.depth, "histogram": self.params.score_bins, "flag": 2}
+        if values.size != expected[self.phase]:
+            raise ProtocolError(
+                f"{NAME}: {self.phase} release has {values.size} entries, expected {expected[self.phase]}"
+            )
+        self.step += 1
+        if self.phase == "mass":
+            self.masses = np.maximum(values, 0.0)
+            return self._build("flag" if self.cutoff is not None else "histogram")
+        if self.phase == "histogram":
+            self.cutoff = cutoff_from_histogram(values, self.params.contamination)
+            return self._build("flag")
+        self.flagged, self.records = float(values[0]), float(values[1])
+        return None
+
+    def result(self) -> dict[str, Any]:
+        p = self.params
+        return {
+            "query": NAME,
+            "features": list(p.features),
+            "score_cutoff": self.cutoff,
+            "cutoff_source": "fixed score_threshold"
+            if p.score_threshold is not None
+            else f"contamination {p.contamination}",
+            "flagged": self.flagged,
+            "records": self.records,
+            "flagged_share": self.flagged / self.records if self.records > 0 else None,
+            "forest": {"trees": p.trees, "depth": p.depth, "seed": p.seed, "isolation_mass": p.isolation_mass},
+        }
+
+
+def make_plan(params: Mapping[str, Any], *, schema: DataSchema, noise_multiplier: float = 0.0) -> AnomalyPlan:
+    """An anomaly-detection plan over the risk table; features and ranges default to the schema's."""
+    return AnomalyPlan(
+        risk_query_params(AnomalyParams, params, schema=schema, query=NAME), noise_multiplier=noise_multiplier
+    )

@@ -1,0 +1,136 @@
+"""Server half of federated frequent itemsets (Apriori): one release of secure counts per itemset size.
+
+Level 1 counts every item of the public vocabulary; each later level counts the candidates built by
+Apriori's join (two frequent sets sharing all but their last item) and prune (every subset one item
+smaller must be frequent). A candidate is frequent when its released, noisy count reaches
+`min_support + threshold_sigmas * sigma`, sigma being the noise std of that release: with noise, an
+itemset under `min_support` survives with probability below Phi(-threshold_sigmas).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from silobridge.analytics import QueryStep
+from silobridge.config import DataSchema
+from silobridge.errors import ProtocolError
+from silobridge.iterative_params import AprioriParams, parse_query_params, query_error
+
+NAME = "frequent_itemsets"
+
+Itemset = tuple[str, ...]
+
+
+def candidates_after(frequent: Sequence[Itemset]) -> list[Itemset]:
+    """Apriori join and prune: the (k + 1)-sets all of whose k-subsets are in `frequent` (sorted sets)."""
+    known = set(frequent)
+    ordered = sorted(known)
+    out: list[Itemset] = []
+    for i, first in enumerate(ordered):
+        for second in ordered[i + 1 :]:
+            if first[:-1] != second[:-1]:
+                break  # sorted: later sets share even less of the prefix
+            joined = (*first, second[-1])
+            if all(subset in known for subset in itertools.combinations(joined, len(joined) - 1)):
+                out.append(joined)
+    return out
+
+
+def count_bound(params: AprioriParams, level: int, candidates: int) -> float:
+    """L2 bound of a firm's counts: each of its <= max_baskets baskets adds 1 to at most
+    min(C(max_basket_items, level), candidates) candidates, and no count exceeds max_baskets."""
+    per_basket = min(math.comb(params.max_basket_items, level), candidates)
+    return params.max_baskets * math.sqrt(per_basket)
+
+
+class AprioriPlan:
+    """Level by level until no candidate is left, `max_size` is reached, or a level exceeds `max_candidates`."""
+
+    name = NAME
+
+    def __init__(self, params: AprioriParams, *, noise_multiplier: float = 0.0):
+        self.params = params
+        self.noise_multiplier = noise_multiplier
+        self.level = 1
+        self.candidates: list[Itemset] = sorted((item,) for item in params.items)
+        self.frequent: dict[Itemset, float] = {}
+        self.levels: list[dict[str, Any]] = []
+        self.stopped = ""
+
+    @property
+    def max_steps(self) -> int:
+        return self.params.max_size
+
+    def _step(self) -> QueryStep:
+        return QueryStep.build(
+            NAME,
+            self.level - 1,
+            length=len(self.candidates),
+            value_bound=float(self.params.max_baskets),
+            l2_bound=count_bound(self.params, self.level, len(self.candidates)),
+            params={
+                "query": self.params.model_dump(mode="json"),
+                "level": self.level,
+                "candidates": [list(c) for c in self.candidates],
+            },
+        )
+
+    def threshold(self) -> float:
+        """The noisy count a candidate of the current level must reach."""
+        sigma = self.noise_multiplier * count_bound(self.params, self.level, len(self.candidates))
+        return self.params.min_support + self.params.threshold_sigmas * sigma
+
+    def first(self) -> QueryStep:
+        return self._step()
+
+    def next(self, total: np.ndarray, contributors: int) -> QueryStep | None:
+        counts = np.asarray(total, dtype=np.float64).reshape(-1)
+        if counts.size != len(self.candidates):
+            raise ProtocolError(
+                f"{NAME}: level {self.level} release has {counts.size} counts, expected {len(self.candidates)}"
+            )
+        threshold = self.threshold()
+        survivors = [(c, float(n)) for c, n in zip(self.candidates, counts, strict=True) if n >= threshold]
+        self.frequent.update(survivors)
+        self.levels.append(
+            {"size": self.level, "candidates": len(self.candidates), "threshold": threshold, "frequent": len(survivors)}
+        )
+        following = candidates_after([c for c, _ in survivors])
+        if self.level >= self.params.max_size:
+            self.stopped = "max_size reached"
+        elif not following:
+            self.stopped = "no candidates left"
+        elif len(following) > self.params.max_candidates:
+            self.stopped = f"{len(following)} candidates of size {self.level + 1} exceed max_candidates"
+        if self.stopped:
+            return None
+        self.level += 1
+        self.candidates = following
+        return self._step()
+
+    def result(self) -> dict[str, Any]:
+        ordered = sorted(self.frequent.items(), key=lambda entry: (len(entry[0]), -entry[1], entry[0]))
+        return {
+            "query": NAME,
+            "itemsets": [{"items": list(items), "support": support} for items, support in ordered],
+            "levels": self.levels,
+            "stopped": self.stopped,
+            "min_support": self.params.min_support,
+            "contribution_bound": {
+                "max_baskets": self.params.max_baskets,
+                "max_basket_items": self.params.max_basket_items,
+            },
+        }
+
+
+def make_plan(params: Mapping[str, Any], *, schema: DataSchema, noise_multiplier: float = 0.0) -> AprioriPlan:
+    """A frequent-itemset plan over the firms' order baskets (`items`: the public item vocabulary)."""
+    parsed = parse_query_params(AprioriParams, params, query=NAME)
+    if len(parsed.items) > parsed.max_candidates:
+        raise query_error(NAME, "items", f"{len(parsed.items)} items exceed max_candidates = {parsed.max_candidates}")
+    return AprioriPlan(parsed, noise_multiplier=noise_multiplier)

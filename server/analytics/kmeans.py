@@ -1,0 +1,156 @@
+"""Server half of federated K-means: a DP-safe grid histogram to start from, then Lloyd rounds.
+
+Step 0 releases a coarse joint histogram of the firms' points (on the [0, 1] scale of the public
+ranges); the initial centroids are picked from it deterministically: the densest cell first, then
+repeatedly the cell maximising count x squared distance to the nearest pick (k-means++'s rule with
+the argmax in place of sampling, so no randomness is needed and noise only moves counts). Each
+further step releases per-cluster sums, counts and the within-cluster sum of squares.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from silobridge.analytics import QueryStep
+from silobridge.config import DataSchema
+from silobridge.errors import ProtocolError
+from silobridge.iterative_params import KMeansParams, parse_query_params
+from silobridge.ranges import from_unit
+
+NAME = "kmeans"
+
+
+def cell_centres(grid: int, width: int) -> np.ndarray:
+    """Centres of the grid's cells on [0, 1]^width, in the order of `np.ravel_multi_index`."""
+    index = np.stack(np.unravel_index(np.arange(grid**width), (grid,) * width), axis=1)
+    return (index + 0.5) / grid
+
+
+def grid_init(counts: np.ndarray, grid: int, width: int, k: int) -> np.ndarray:
+    """k initial centroids from a (possibly noisy) cell histogram; ties go to the lowest cell index."""
+    mass = np.maximum(np.asarray(counts, dtype=np.float64), 0.0)
+    centres = cell_centres(grid, width)
+    chosen = [int(np.argmax(mass))]
+    nearest = np.sum((centres - centres[chosen[0]]) ** 2, axis=1)
+    for _ in range(1, k):
+        score = mass * nearest
+        if score.max() <= 0.0:  # fewer occupied cells than clusters: spread over the empty ones
+            score = nearest
+        pick = int(np.argmax(score))
+        chosen.append(pick)
+        nearest = np.minimum(nearest, np.sum((centres - centres[pick]) ** 2, axis=1))
+    return centres[chosen]
+
+
+def lloyd_update(centroids: np.ndarray, sums: np.ndarray, counts: np.ndarray, min_count: float) -> np.ndarray:
+    """Each centroid moves to its cluster's mean; a cluster counted under `min_count` (or empty) stays put."""
+    moved = centroids.copy()
+    keep = counts >= max(min_count, np.finfo(np.float64).tiny)
+    moved[keep] = np.clip(sums[keep] / counts[keep, None], 0.0, 1.0)
+    return moved
+
+
+class KMeansPlan:
+    """One grid release, then Lloyd rounds until no centroid coordinate moves more than `tolerance`."""
+
+    name = NAME
+
+    def __init__(self, params: KMeansParams, *, noise_multiplier: float = 0.0):
+        self.params = params
+        self.noise_multiplier = noise_multiplier
+        self.width = len(params.features)
+        self.step = 0
+        self.initial: np.ndarray | None = None
+        self.centroids: np.ndarray | None = None
+        self.counts = np.zeros(params.k)
+        self.inertia = 0.0
+        self.iterations = 0
+        self.converged = False
+        self.shifts: list[float] = []
+
+    @property
+    def max_steps(self) -> int:
+        return 1 + self.params.max_iterations
+
+    def _lloyd_bound(self) -> float:
+        """A point adds itself (norm <= sqrt(width)) to one sum, 1 to one count, <= width to the inertia."""
+        return self.params.points_per_firm * float(np.sqrt(self.width + 1.0 + self.width**2))
+
+    def first(self) -> QueryStep:
+        m = float(self.params.points_per_firm)
+        return QueryStep.build(
+            NAME,
+            0,
+            length=self.params.init_grid**self.width,
+            value_bound=m,
+            l2_bound=m,
+            params={"query": self.params.model_dump(mode="json"), "phase": "grid"},
+        )
+
+    def _lloyd_step(self, centroids: np.ndarray) -> QueryStep:
+        k = self.params.k
+        return QueryStep.build(
+            NAME,
+            self.step,
+            length=k * self.width + k + 1,
+            value_bound=float(self.params.points_per_firm * max(1, self.width)),
+            l2_bound=self._lloyd_bound(),
+            params={
+                "query": self.params.model_dump(mode="json"),
+                "phase": "lloyd",
+                "centroids": centroids.tolist(),
+            },
+        )
+
+    def next(self, total: np.ndarray, contributors: int) -> QueryStep | None:
+        values = np.asarray(total, dtype=np.float64).reshape(-1)
+        p, k, width = self.params, self.params.k, self.width
+        if self.centroids is None:
+            if values.size != p.init_grid**width:
+                raise ProtocolError(f"{NAME}: grid release has {values.size} entries, expected {p.init_grid**width}")
+            self.initial = grid_init(values, p.init_grid, width, k)
+            self.centroids = self.initial.copy()
+        else:
+            if values.size != k * width + k + 1:
+                raise ProtocolError(f"{NAME}: Lloyd release has {values.size} entries, expected {k * width + k + 1}")
+            sums = values[: k * width].reshape(k, width)
+            self.counts = values[k * width : k * width + k]
+            self.inertia = float(values[-1])
+            threshold = max(p.min_count, p.count_sigmas * self.noise_multiplier * self._lloyd_bound())
+            moved = lloyd_update(self.centroids, sums, self.counts, threshold)
+            shift = float(np.max(np.abs(moved - self.centroids)))
+            self.centroids = moved
+            self.shifts.append(shift)
+            self.iterations += 1
+            self.converged = shift <= p.tolerance
+            if self.converged or self.iterations >= p.max_iterations:
+                return None
+        self.step += 1
+        return self._lloyd_step(self.centroids)
+
+    def result(self) -> dict[str, Any]:
+        ranges = self.params.feature_ranges()
+        centroids = self.centroids if self.centroids is not None else np.zeros((0, self.width))
+        initial = self.initial if self.initial is not None else np.zeros((0, self.width))
+        return {
+            "query": NAME,
+            "unit": self.params.unit,
+            "features": list(self.params.features),
+            "centroids": from_unit(centroids, ranges).tolist(),
+            "centroids_scaled": centroids.tolist(),
+            "initial_centroids_scaled": initial.tolist(),
+            "counts": self.counts.tolist(),
+            "inertia_scaled": self.inertia,
+            "counts_note": "points per cluster and within-cluster sum of squares at the last released round",
+            "iterations": self.iterations,
+            "converged": self.converged,
+            "largest_shift_per_iteration": self.shifts,
+        }
+
+
+def make_plan(params: Mapping[str, Any], *, schema: DataSchema, noise_multiplier: float = 0.0) -> KMeansPlan:
+    """A K-means plan over demand profiles (the schema is not needed: the feature ranges are the query's)."""
+    return KMeansPlan(parse_query_params(KMeansParams, params, query=NAME), noise_multiplier=noise_multiplier)

@@ -1,0 +1,97 @@
+"""A federation in a loop, for testing query plans without Flower: every firm's half, clipping, a sum.
+
+`drive` runs a plan to its answer the way the engine does (optionally adding Gaussian noise of
+`noise_multiplier x l2_bound` to each released sum), sending each step through a JSON round trip as
+it would travel in a Flower message; `pooled` turns several firms into one firm holding all rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clients.analytics import LOCAL_HALVES
+from clients.data import FirmData, firm_data_from_tables
+from federation.settings import GENERATED_SCHEMA
+from scenarios.generator import ChainData, generate_chain
+from scenarios.schema import load_scenario
+from silobridge.analytics import QueryPlan, QueryStep, clip_answer
+from silobridge.config import min_periods
+
+
+@dataclass
+class Trace:
+    """What a driven query released: the steps asked and the sums released."""
+
+    steps: list[QueryStep] = field(default_factory=list)
+    totals: list[np.ndarray] = field(default_factory=list)
+    clipped: int = 0
+
+
+def drive(
+    plan: QueryPlan,
+    firms: list[FirmData],
+    *,
+    noise_multiplier: float = 0.0,
+    seed: int = 0,
+    max_steps: int = 200,
+) -> tuple[dict[str, Any], Trace]:
+    """Run `plan` over `firms`; returns its result and the trace of releases."""
+    rng = np.random.default_rng(seed)
+    trace = Trace()
+    step = plan.first()
+    while step is not None:
+        if len(trace.steps) >= max_steps:
+            raise RuntimeError(f"plan {plan.name} did not finish in {max_steps} steps")
+        step = QueryStep.model_validate_json(step.model_dump_json())  # as it travels in a message
+        total = np.zeros(step.length)
+        for firm in firms:
+            answer = clip_answer(step, LOCAL_HALVES[step.query](step, firm), firm=firm.firm_id)
+            total += answer.vector
+            trace.clipped += answer.clipped
+        if noise_multiplier > 0:
+            total = total + rng.normal(0.0, noise_multiplier * step.l2_bound, size=step.length)
+        trace.steps.append(step)
+        trace.totals.append(total)
+        step = plan.next(total, len(firms))
+    return plan.result(), trace
+
+
+def pooled(firms: list[FirmData]) -> FirmData:
+    """One firm holding every firm's rows (series and order ids made unique per firm)."""
+
+    def stack(tables: list[pd.DataFrame | None], key: str | None) -> pd.DataFrame | None:
+        parts = []
+        for firm, table in zip(firms, tables, strict=True):
+            if table is None:
+                continue
+            table = table.copy()
+            if key is not None:
+                table[key] = firm.firm_id + "/" + table[key].astype(str)
+            parts.append(table)
+        return pd.concat(parts, ignore_index=True) if parts else None
+
+    return FirmData(
+        firm_id="pooled",
+        demand=stack([f.demand for f in firms], "series"),
+        risk=stack([f.risk for f in firms], None),
+        orders=stack([f.orders for f in firms], "order_id"),
+    )
+
+
+@lru_cache(maxsize=2)
+def chain_firms(scenario_path: str) -> tuple[ChainData, tuple[FirmData, ...]]:
+    """A generated chain and its firms' validated data (generated once per test session)."""
+    scenario = load_scenario(scenario_path)
+    chain = generate_chain(scenario)
+    need = min_periods(scenario.training.lags, scenario.horizon, scenario.test_periods)
+    firms = tuple(
+        firm_data_from_tables(f.id, t.demand, t.risk, GENERATED_SCHEMA, min_periods=need, orders=t.orders)
+        for f in scenario.firms
+        for t in [chain.tables[f.id]]
+    )
+    return chain, firms
