@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from silobridge.analytics import QueryStep
 from silobridge.errors import ConfigError, ProtocolError
@@ -52,10 +52,11 @@ class RangedFeatures(_Frozen):
     def _unique_features(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return _unique(value, "features")
 
-    @model_validator(mode="after")
-    def _every_feature_has_a_range(self) -> RangedFeatures:
-        _check_ranges(self.features, self.ranges)
-        return self
+    @field_validator("ranges")
+    @classmethod
+    def _every_feature_has_a_range(cls, value: dict[str, Range], info: ValidationInfo) -> dict[str, Range]:
+        _check_ranges(info.data.get("features", ()), value)
+        return value
 
     def feature_ranges(self) -> list[Range]:
         return [self.ranges[name] for name in self.features]
@@ -110,17 +111,27 @@ class KMeansParams(_Frozen):
     def _unique_features(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return _unique(value, "features")
 
-    @model_validator(mode="after")
-    def _ranges_and_grid(self) -> KMeansParams:
-        filled = {name: self.ranges.get(name, DEMAND_FEATURE_RANGES[name]) for name in self.features}
-        _check_ranges(self.features, filled)
-        object.__setattr__(self, "ranges", filled)
-        cells = self.init_grid ** len(self.features)
+    @field_validator("ranges")
+    @classmethod
+    def _fill_ranges(cls, value: dict[str, Range], info: ValidationInfo) -> dict[str, Range]:
+        features = info.data.get("features", ())
+        unknown = sorted(set(value) - set(DEMAND_FEATURE_RANGES))
+        if unknown:
+            raise ValueError(f"{unknown} are not demand-profile features {sorted(DEMAND_FEATURE_RANGES)}")
+        filled = {name: value.get(name, DEMAND_FEATURE_RANGES[name]) for name in features}
+        _check_ranges(features, filled)
+        return filled
+
+    @field_validator("init_grid")
+    @classmethod
+    def _grid_size(cls, value: int, info: ValidationInfo) -> int:
+        width = len(info.data.get("features", ()))
+        cells = value**width
         if cells > 4096:
-            raise ValueError(f"init_grid ** {len(self.features)} features is {cells} cells, over 4096")
-        if self.k > cells:
-            raise ValueError(f"k = {self.k} is more than the {cells} initial grid cells: raise init_grid")
-        return self
+            raise ValueError(f"init_grid ** {width} features is {cells} cells, over 4096")
+        if info.data.get("k", 0) > cells:
+            raise ValueError(f"k = {info.data['k']} is more than the {cells} initial grid cells: raise init_grid")
+        return value
 
     @property
     def points_per_firm(self) -> int:
@@ -170,11 +181,13 @@ class AnomalyParams(RangedFeatures):
     score_bins: int = Field(default=200, ge=10, le=10_000)
     max_records: int = Field(default=10_000, ge=1, le=10_000_000)
 
-    @model_validator(mode="after")
-    def _forest_size(self) -> AnomalyParams:
-        if self.trees * 2**self.depth > 65_536:
-            raise ValueError(f"trees * 2 ** depth = {self.trees * 2**self.depth} leaves is over 65536")
-        return self
+    @field_validator("depth")
+    @classmethod
+    def _forest_size(cls, value: int, info: ValidationInfo) -> int:
+        leaves = info.data.get("trees", 1) * 2**value
+        if leaves > 65_536:
+            raise ValueError(f"trees * 2 ** depth = {leaves} leaves is over 65536")
+        return value
 
 
 # ---- what each step carries -------------------------------------------------------------------------
@@ -255,6 +268,8 @@ M = TypeVar("M", bound=BaseModel)
 def _first_problem(err: ValidationError) -> tuple[str, str]:
     problems = err.errors()
     field = ".".join(str(part) for part in problems[0]["loc"]) or "params"
+    if len(problems) == 1:
+        return field, problems[0]["msg"]
     text = "; ".join(f"{'.'.join(str(part) for part in p['loc']) or 'params'}: {p['msg']}" for p in problems)
     return field, text
 

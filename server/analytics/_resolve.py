@@ -16,6 +16,13 @@ def risk_query_params(model: type[R], params: Mapping[str, Any], *, schema: Data
     narrow the features or give ranges of its own); every feature must be one of the schema's."""
     raw = dict(params)
     raw.setdefault("features", list(schema.risk_features))
+    asked = raw["features"]
+    if isinstance(asked, list | tuple):
+        unknown = [name for name in asked if name not in schema.risk_features]
+        if unknown:
+            raise query_error(
+                query, "features", f"{unknown} are not risk features of the schema {list(schema.risk_features)}"
+            )
     given = raw.get("ranges", {})
     if isinstance(given, Mapping):
         raw["ranges"] = {**{name: list(bounds) for name, bounds in schema.risk_feature_ranges.items()}, **given}
