@@ -45,7 +45,7 @@ class RangedFeatures(_Frozen):
     """Numeric risk-table features and their public ranges (the server fills both from the DataSchema)."""
 
     features: tuple[str, ...] = ()
-    ranges: dict[str, Range] = Field(default_factory=dict)
+    ranges: dict[str, Range] = Field(default_factory=dict, validate_default=True)
 
     @field_validator("features")
     @classmethod
@@ -98,8 +98,10 @@ class KMeansParams(_Frozen):
     k: int = Field(ge=2, le=64)
     unit: Literal["series", "firm"] = "series"
     features: tuple[DemandFeature, ...] = Field(default=("log_mean", "cv", "trend"), min_length=1)
-    ranges: dict[str, Range] = Field(default_factory=dict, description="public ranges; defaults per feature")
-    init_grid: int = Field(default=4, ge=2, le=16)
+    ranges: dict[str, Range] = Field(
+        default_factory=dict, validate_default=True, description="public ranges; defaults per feature"
+    )
+    init_grid: int = Field(default=4, ge=2, le=16, validate_default=True)
     max_iterations: int = Field(default=10, ge=1, le=100, description="Lloyd rounds (each one release)")
     tolerance: float = Field(default=1e-6, ge=0, description="stop when no centroid coordinate moves more")
     max_points: int = Field(default=200, ge=1, le=100_000, description="series a firm contributes at most")
@@ -173,7 +175,7 @@ class AnomalyParams(RangedFeatures):
     """
 
     trees: int = Field(default=32, ge=1, le=256)
-    depth: int = Field(default=6, ge=1, le=12)
+    depth: int = Field(default=6, ge=1, le=12, validate_default=True)
     seed: int = Field(default=0, ge=0, lt=2**32)
     isolation_mass: float = Field(default=1.0, ge=0, description="a node with at most this mass isolates a record")
     contamination: float = Field(default=0.01, gt=0, lt=0.5, description="share of records to flag")
