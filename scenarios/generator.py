@@ -294,7 +294,7 @@ def generate_chain(scenario: Scenario) -> ChainData:
     }
 
     tables: dict[str, FirmTables] = {}
-    patterns = _basket_patterns(scenario, catalogue)
+    patterns = _basket_patterns(catalogue, [demand[f.id].items for f in scenario.firms])
     risk_rows = _risk_rows(scenario, dates, suppliers_of, placed_per_link, incoming, risk_shock)
     for firm in scenario.firms:
         keep = slice(n - firm.history, n)
@@ -356,14 +356,16 @@ def item_name(index: int) -> str:
     return f"item{index + 1:03d}"
 
 
-def _basket_patterns(scenario: Scenario, catalogue: _Catalogue) -> list[np.ndarray]:
-    """Disjoint item sets bought together chain-wide: a triple and two pairs of the most popular items.
+def _basket_patterns(catalogue: _Catalogue, sold_by: list[np.ndarray]) -> list[np.ndarray]:
+    """Disjoint item sets bought together chain-wide: a triple and two pairs of the most widely sold items.
 
-    Popular items are sold by most retailers (and so seen upstream), so the patterns appear in many
-    firms' baskets; patterns that do not fit a small catalogue are left out. They depend on the
-    catalogue only, so adding a firm changes no other firm's baskets.
+    Items are ranked by how many firms trade them (then by popularity), so the patterns appear in many
+    firms' baskets; patterns that do not fit a small catalogue are left out.
     """
-    pool = list(np.argsort(-catalogue.popularity, kind="stable"))
+    firms_selling = np.zeros(len(catalogue.popularity))
+    for items in sold_by:
+        firms_selling[items] += 1
+    pool = list(np.lexsort((-catalogue.popularity, -firms_selling)))
     patterns = []
     for size in (3, 2, 2)[: len(BASKET_PATTERN_RATES)]:
         if len(pool) < size:
