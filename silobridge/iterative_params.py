@@ -180,7 +180,7 @@ class AnomalyParams(RangedFeatures):
     isolation_mass: float = Field(default=1.0, ge=0, description="a node with at most this mass isolates a record")
     contamination: float = Field(default=0.01, gt=0, lt=0.5, description="share of records to flag")
     score_threshold: float | None = Field(default=None, gt=0, le=1, description="fixed cut-off; skips a release")
-    score_bins: int = Field(default=200, ge=10, le=10_000)
+    score_bins: int = Field(default=50, ge=10, le=10_000, description="histogram bins; fewer: less noise per tail")
     max_records: int = Field(default=10_000, ge=1, le=10_000_000)
 
     @field_validator("depth")

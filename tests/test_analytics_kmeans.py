@@ -97,8 +97,9 @@ def test_feature_map_on_a_known_series() -> None:
 
 def test_with_noise_each_round_stays_within_the_noise_scale(firms: list[FirmData]) -> None:
     """Each noisy Lloyd update against the exact one from the same centroids: a centroid moves to
-    (s + e_s) / (c + e_c), so each coordinate is off by about (e_s - m e_c) / c, std <= sigma sqrt(2) / c;
-    within 5 of those (plus the second-order term), or it stayed put when its noisy count was too small."""
+        (s + e_s) / (c + e_c), so each coordinate is off by about (e_s - m e_c) / c, std <= sigma sqrt(2) / c;
+        within 5 of those (plus the second-order term) when c > 10 sigma; it stays put when its noisy count is
+    under the plan's threshold."""
     multiplier = 0.02
     params = {"k": 4, "max_iterations": 6, "tolerance": 0.0, "max_points": 8}  # no firm has more series
     plan = kmeans.make_plan(params, schema=GENERATED_SCHEMA, noise_multiplier=multiplier)
@@ -107,6 +108,7 @@ def test_with_noise_each_round_stays_within_the_noise_scale(firms: list[FirmData
     k, width = 4, x.shape[1]
     threshold = max(plan.params.min_count, plan.params.count_sigmas * multiplier * plan._lloyd_bound())
     assert len(trace.steps) == 7
+    checked = 0
     for step, total in zip(trace.steps[1:], trace.totals[1:], strict=True):
         sigma = multiplier * step.l2_bound
         centroids = np.array(step.params["centroids"])
@@ -119,9 +121,13 @@ def test_with_noise_each_round_stays_within_the_noise_scale(firms: list[FirmData
         for j in range(k):
             if noisy_counts[j] < threshold:
                 np.testing.assert_array_equal(moved[j], centroids[j])
-            else:
+            elif counts[j] > 10 * sigma:
                 bound = 5 * sigma * np.sqrt(2) / counts[j] / (1 - 5 * sigma / counts[j])
                 np.testing.assert_array_less(np.abs(moved[j] - truth[j]), bound)
+                checked += 1
+            else:  # too few points for the linear bound: only the public box holds it
+                assert np.all((moved[j] >= 0) & (moved[j] <= 1))
+    assert checked >= 12  # most cluster updates were held to the bound
     assert not np.allclose(trace.totals[0], firm_half.grid_counts(x, plan.params.init_grid))  # noise was added
 
 

@@ -74,9 +74,10 @@ def average_path(n: np.ndarray | float) -> np.ndarray:
 
 def scores(leaf: np.ndarray, masses: np.ndarray, *, trees: int, depth: int, isolation_mass: float) -> np.ndarray:
     """Isolation scores in (0, 1] of records with the given leaves, from the chain-wide leaf masses."""
-    levels = [np.maximum(np.asarray(masses, dtype=np.float64), 0.0).reshape(trees, 2**depth)]
-    for _ in range(depth):
+    levels = [np.asarray(masses, dtype=np.float64).reshape(trees, 2**depth)]
+    for _ in range(depth):  # noisy masses are summed as released (unbiased), then clamped at 0
         levels.insert(0, levels[0].reshape(trees, -1, 2).sum(axis=2))
+    levels = [np.maximum(level, 0.0) for level in levels]
     tree = np.arange(trees)[None, :]
     path = np.stack([levels[d][tree, leaf >> (depth - d)] for d in range(depth + 1)], axis=2)  # (n, T, D+1)
     isolated = path <= isolation_mass
