@@ -71,7 +71,7 @@ def test_generate_writes_partner_csv_files(tmp_path: Path) -> None:
     folders = sorted(p.name for p in (tmp_path / "data").iterdir())
     assert folders == ["D1", "M1", "R1", "R2", "S1"]
     data = load_firm_data(tmp_path / "data" / "R2", GENERATED_SCHEMA, min_periods=28)
-    assert data.demand is not None and data.risk is not None
+    assert data.demand is not None and data.risk is not None and data.orders is not None
     again = silobridge("generate", str(TINY), "--out", str(tmp_path / "data"), cwd=tmp_path)
     assert again.returncode == 2 and "is not empty" in again.stderr
 
