@@ -7,6 +7,7 @@ it would travel in a Flower message; `pooled` turns several firms into one firm 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -58,7 +59,13 @@ def drive(
         trace.steps.append(step)
         trace.totals.append(total)
         step = plan.next(total, len(firms))
-    return plan.result(), trace
+    planned = getattr(plan, "max_steps", None)
+    if planned is not None and len(trace.steps) > planned:  # budgets are charged for max_steps up front
+        raise RuntimeError(f"plan {plan.name} released {len(trace.steps)} sums, more than its max_steps {planned}")
+    result = plan.result()
+    if json.loads(json.dumps(result)) != result:
+        raise RuntimeError(f"plan {plan.name}'s result does not survive JSON")
+    return result, trace
 
 
 def pooled(firms: list[FirmData]) -> FirmData:

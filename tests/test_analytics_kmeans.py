@@ -106,7 +106,7 @@ def test_with_noise_each_round_stays_within_the_noise_scale(firms: list[FirmData
     _, trace = drive(plan, firms, noise_multiplier=multiplier, seed=5)
     x = _pooled_points(firms, plan.params)
     k, width = 4, x.shape[1]
-    threshold = max(plan.params.min_count, plan.params.count_sigmas * multiplier * plan._lloyd_bound())
+    threshold = max(plan.params.min_count, plan.params.count_sigmas * multiplier * plan.lloyd_bound())
     assert len(trace.steps) == 7
     checked = 0
     for step, total in zip(trace.steps[1:], trace.totals[1:], strict=True):

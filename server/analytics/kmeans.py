@@ -75,7 +75,7 @@ class KMeansPlan:
     def max_steps(self) -> int:
         return 1 + self.params.max_iterations
 
-    def _lloyd_bound(self) -> float:
+    def lloyd_bound(self) -> float:
         """A point adds itself (norm <= sqrt(width)) to one sum, 1 to one count, <= width to the inertia."""
         return self.params.points_per_firm * float(np.sqrt(self.width + 1.0 + self.width**2))
 
@@ -97,7 +97,7 @@ class KMeansPlan:
             self.step,
             length=k * self.width + k + 1,
             value_bound=float(self.params.points_per_firm * max(1, self.width)),
-            l2_bound=self._lloyd_bound(),
+            l2_bound=self.lloyd_bound(),
             params={
                 "query": self.params.model_dump(mode="json"),
                 "phase": "lloyd",
@@ -119,7 +119,7 @@ class KMeansPlan:
             sums = values[: k * width].reshape(k, width)
             self.counts = values[k * width : k * width + k]
             self.inertia = float(values[-1])
-            threshold = max(p.min_count, p.count_sigmas * self.noise_multiplier * self._lloyd_bound())
+            threshold = max(p.min_count, p.count_sigmas * self.noise_multiplier * self.lloyd_bound())
             moved = lloyd_update(self.centroids, sums, self.counts, threshold)
             shift = float(np.max(np.abs(moved - self.centroids)))
             self.centroids = moved
