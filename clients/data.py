@@ -19,7 +19,6 @@ from silobridge.errors import DataError, DataProblem
 DEMAND_FILE = "demand.csv"
 RISK_FILE = "risk.csv"
 ORDERS_FILE = "orders.csv"
-DATA_FILES = (DEMAND_FILE, RISK_FILE, ORDERS_FILE)
 MAX_PROBLEMS = 50
 """Report at most this many problems per file; a broken export would otherwise flood the screen."""
 

@@ -6,7 +6,8 @@ seasonality, holidays, promotions, price effects and shocks; upstream tiers see 
 their customers, placed with an order-up-to policy, so order variance grows upstream (bullwhip).
 Disruptions are rare and depend on observable features of the supplier and the order. Every firm
 also keeps order baskets (which items were ordered together), with a few chain-wide co-purchase
-patterns planted among the popular items, for frequent-itemset queries.
+patterns planted among the most widely traded items, for frequent-itemset queries (which items
+those are depends on the whole chain, so adding a firm may change the other firms' baskets).
 """
 
 from __future__ import annotations
