@@ -84,6 +84,7 @@ def test_with_noise_the_planted_patterns_are_found_and_nothing_rare_survives(
     result, trace = drive(plan, firms, noise_multiplier=multiplier, seed=1)
     sigmas = {step.params["level"]: multiplier * step.l2_bound for step in trace.steps}
     found = {tuple(e["items"]): e["support"] for e in result["itemsets"]}
+    assert [level["noise_std"] for level in result["levels"]] == pytest.approx([sigmas[k] for k in sorted(sigmas)])
     for pattern in data.basket_patterns:
         level = len(pattern)
         assert exact[pattern] >= 30 + 8 * sigmas[level]  # the premise of the statement

@@ -86,6 +86,7 @@ def test_with_noise_coefficients_stay_within_the_noise_scale(firms: list[FirmDat
     plan = logistic.make_plan(params, schema=GENERATED_SCHEMA, noise_multiplier=multiplier)
     result, trace = drive(plan, firms, noise_multiplier=multiplier, seed=3)
     sigma = multiplier * trace.steps[-1].l2_bound
+    assert result["noise_std"] == pytest.approx(sigma)
     x, y = _pooled_design(firms, plan.params)
     exact = _pooled_newton(x, y, ridge)
     p = 1 / (1 + np.exp(-x @ exact))

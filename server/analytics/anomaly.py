@@ -108,6 +108,7 @@ class AnomalyPlan:
             "flagged": self.flagged,
             "records": self.records,
             "flagged_share": self.flagged / self.records if self.records > 0 else None,
+            "noise_std_of_counts": self.noise_multiplier * self.params.max_records * float(np.sqrt(2.0)),
             "forest": {"trees": p.trees, "depth": p.depth, "seed": p.seed, "isolation_mass": p.isolation_mass},
         }
 

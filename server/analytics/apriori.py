@@ -95,10 +95,17 @@ class AprioriPlan:
                 f"{NAME}: level {self.level} release has {counts.size} counts, expected {len(self.candidates)}"
             )
         threshold = self.threshold()
+        sigma = self.noise_multiplier * count_bound(self.params, self.level, len(self.candidates))
         survivors = [(c, float(n)) for c, n in zip(self.candidates, counts, strict=True) if n >= threshold]
         self.frequent.update(survivors)
         self.levels.append(
-            {"size": self.level, "candidates": len(self.candidates), "threshold": threshold, "frequent": len(survivors)}
+            {
+                "size": self.level,
+                "candidates": len(self.candidates),
+                "threshold": threshold,
+                "noise_std": sigma,
+                "frequent": len(survivors),
+            }
         )
         following = candidates_after([c for c, _ in survivors])
         if self.level >= self.params.max_size:

@@ -145,6 +145,10 @@ class KMeansPlan:
             "counts": self.counts.tolist(),
             "inertia_scaled": self.inertia,
             "counts_note": "points per cluster and within-cluster sum of squares at the last released round",
+            "noise_std": {
+                "grid": self.noise_multiplier * self.params.points_per_firm,
+                "lloyd": self.noise_multiplier * self.lloyd_bound(),
+            },
             "iterations": self.iterations,
             "converged": self.converged,
             "largest_shift_per_iteration": self.shifts,

@@ -136,6 +136,7 @@ class LogisticPlan:
             },
             "coefficients": {"intercept": intercept, **dict(zip(self.params.features, slopes.tolist(), strict=True))},
             "scale": "features mapped from their public ranges onto [-1, 1] (clipped)",
+            "noise_std": self.noise_multiplier * self.params.max_records * record_bound(self.dim),
             "records": self.records,
             "iterations": self.iterations,
             "converged": self.converged,
