@@ -12,6 +12,8 @@ its score is 2 ** (-mean depth / c(records)), as in an isolation forest (near 1:
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from clients.data import FirmData
@@ -23,8 +25,11 @@ from silobridge.ranges import to_unit
 EULER_GAMMA = 0.5772156649015329
 
 
+@lru_cache(maxsize=8)
 def build_forest(trees: int, depth: int, width: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(feature, split) of every internal node, (trees, 2 ** depth - 1) in heap order; data-independent."""
+    """(feature, split) of every internal node, (trees, 2 ** depth - 1) in heap order; data-independent.
+
+    Cached (every step of a query uses the same forest); the arrays are read-only."""
     rng = np.random.default_rng(seed)
     nodes = 2**depth - 1
     feature = np.zeros((trees, nodes), dtype=np.int64)
@@ -43,6 +48,8 @@ def build_forest(trees: int, depth: int, width: int, seed: int) -> tuple[np.ndar
                 low[child], high[child] = low[node], high[node]
             high[2 * node + 1, q] = cut
             low[2 * node + 2, q] = cut
+    feature.flags.writeable = False
+    split.flags.writeable = False
     return feature, split
 
 
