@@ -23,7 +23,7 @@ from flwr.clientapp import ClientApp
 from clients.firm import FirmClient, Normaliser
 from clients.models import MODEL_KINDS
 from clients.secure_sum import FirmSecureSum
-from federation.firm_source import simulated_dropout, simulated_firm
+from federation.firm_source import node_firm, simulated_dropout, simulated_firm
 from federation.records import (
     INSTRUCTION,
     MASKED,
@@ -55,17 +55,18 @@ class Request:
     """One message as a firm sees it: who it is, the run's settings, Flower's context and the message."""
 
     firm: FirmClient
-    settings: RunSettings
+    settings: RunSettings | None  # None on a partner's SuperNode: it needs only the spec each request carries
     context: Context
     message: Message
 
 
 def _request(context: Context, run_config: Mapping[str, Any], message: Message) -> Request:
-    settings = settings_from_run_config(run_config)
+    """Simulated nodes carry a `partition-id`; a partner's SuperNode names its own files instead."""
     spec = read_spec(message)
     node = context.node_config
     if "partition-id" not in node:
-        raise SiloBridgeError("this node has no 'partition-id': only simulated nodes are supported so far")
+        return Request(node_firm(node, spec), None, context, message)
+    settings = settings_from_run_config(run_config)
     if torch.get_num_threads() != 1:
         torch.set_num_threads(1)  # simulated firms share the machine's cores
     firm = simulated_firm(settings, spec, int(node["partition-id"]), run_id=context.run_id)
@@ -85,7 +86,7 @@ def _store(secure: FirmSecureSum, req: Request) -> None:
 
 def _maybe_vanish(req: Request, round_number: int, stage: str) -> None:
     """Simulation only: vanish as the scenario's [dropout] says, before or after masking."""
-    if simulated_dropout(req.settings.scenario, req.firm.firm_id, round_number, stage):
+    if req.settings is not None and simulated_dropout(req.settings.scenario, req.firm.firm_id, round_number, stage):
         raise SimulatedDropout(
             f"firm '{req.firm.firm_id}' vanished {stage.replace('_', ' ')} (secure sum {round_number})"
         )
