@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import ssl
 import sys
 import time
 import tomllib
@@ -160,7 +161,8 @@ def wait_healthy(address: str, ca_cert: Path, *, timeout_s: float = 60.0) -> Non
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"https://{address}/health", verify=str(ca_cert), timeout=2.0).is_success:
+            context = ssl.create_default_context(cafile=str(ca_cert))
+            if httpx.get(f"https://{address}/health", verify=context, timeout=2.0).is_success:
                 return
         except httpx.HTTPError as err:
             last = err
