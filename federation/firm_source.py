@@ -158,7 +158,8 @@ def node_firm(node_config: Mapping[str, Any], spec: FederationSpec) -> FirmClien
         )
     folder = Path(str(node_config[NODE_DATA_DIR])).expanduser()
     federation = Path(str(node_config[NODE_FEDERATION])).expanduser()
-    key = (str(folder), str(federation), spec.digest(), str(node_config.get(NODE_BUDGET, "")))
+    key = tuple(str(node_config.get(k, "")) for k in (NODE_DATA_DIR, NODE_FEDERATION, NODE_FIRM_ID, NODE_BUDGET))
+    key += (spec.digest(),)
     if key not in _nodes:
         scenario = _federation_file(federation)
         firm_id = str(node_config.get(NODE_FIRM_ID) or folder.name)
@@ -169,7 +170,7 @@ def node_firm(node_config: Mapping[str, Any], spec: FederationSpec) -> FirmClien
     return _nodes[key]
 
 
-_nodes: dict[tuple[str, str, str, str], FirmClient] = {}
+_nodes: dict[tuple[str, ...], FirmClient] = {}
 
 
 @lru_cache(maxsize=4)
