@@ -19,7 +19,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from clients.analytics import LOCAL_HALVES, answer_step
-from clients.data import FirmData, firm_data_from_tables
+from clients.data import FirmData
 from federation.analytics import SecAggSumStep, plain_sum_step
 from federation.settings import GENERATED_SCHEMA
 from privacy.dp import Budget, epsilon
@@ -32,35 +32,14 @@ from server.analytics.engine import QueryEngine, QueryPrivacy, StepSum, calibrat
 from server.analytics.histogram import histogram_quantiles
 from server.secure_sum import resolve_aggregation
 from silobridge.analytics import QueryStep
-from silobridge.config import AggregationSpec, min_periods
+from silobridge.config import AggregationSpec
 from silobridge.errors import BudgetExhausted, ConfigError, FederationError, ProtocolError
-
-RTOL = 1e-9
-UNITS = {"column": "units", "low": 0.0, "high": 5000.0}
-REGRESSION = {
-    "target": "units",
-    "features": ["price", "promotion", "holiday"],
-    "ranges": {"units": [0, 5000], "price": [0, 50], "promotion": [0, 1], "holiday": [0, 1]},
-}
+from tests.analytics_support import REGRESSION, RTOL, UNITS, pooled, pooled_ar, ridge_fit, tiny_firms
 
 
 @pytest.fixture(scope="module")
 def firms(tiny_scenario: Scenario, tiny_chain: ChainData) -> list[FirmData]:
-    periods = min_periods(tiny_scenario.training.lags, tiny_scenario.horizon, tiny_scenario.test_periods)
-    return [
-        firm_data_from_tables(
-            f.id,
-            tiny_chain.tables[f.id].demand,
-            tiny_chain.tables[f.id].risk,
-            GENERATED_SCHEMA,
-            min_periods=periods,
-        )
-        for f in tiny_scenario.firms
-    ]
-
-
-def _pooled(firms: list[FirmData], table: str, column: str) -> np.ndarray:
-    return np.concatenate([getattr(f, table)[column].to_numpy(dtype=float) for f in firms])
+    return tiny_firms(tiny_scenario, tiny_chain)
 
 
 def _run(firms: list[FirmData], name: str, params: dict[str, Any], *, secure: bool = False) -> dict[str, Any]:
@@ -73,23 +52,15 @@ def _run(firms: list[FirmData], name: str, params: dict[str, Any], *, secure: bo
     return engine.run(build_plan(name, params, GENERATED_SCHEMA)).answer
 
 
-def _ridge_fit(x: np.ndarray, y: np.ndarray, ridge: float) -> np.ndarray:
-    """The pooled reference: normal equations with the same ridge rule as the query states."""
-    design = np.column_stack([np.ones(len(y)), x])
-    xtx = design.T @ design
-    lam = ridge * np.mean(np.diag(xtx)[1:])
-    return np.linalg.solve(xtx + np.diag([0.0] + [lam] * x.shape[1]), design.T @ y)
-
-
 def test_every_query_has_both_halves() -> None:
     assert set(PLANS) == set(LOCAL_HALVES)
 
 
 @pytest.mark.parametrize("secure", [False, True], ids=["plain", "secagg"])
 def test_moments_equal_pooled(firms: list[FirmData], secure: bool) -> None:
-    units = _pooled(firms, "demand", "units")
-    distance = np.clip(_pooled(firms, "risk", "distance_km"), 0, 200)  # the range clips some values
-    assert np.max(_pooled(firms, "risk", "distance_km")) > 200
+    units = pooled(firms, "demand", "units")
+    distance = np.clip(pooled(firms, "risk", "distance_km"), 0, 200)  # the range clips some values
+    assert np.max(pooled(firms, "risk", "distance_km")) > 200
     count = _run(firms, "count", {"table": "risk"}, secure=secure)
     assert count["count"] == distance.size and count["firms"] == 5
     total = _run(firms, "sum", {"table": "risk", "column": "distance_km", "low": 0, "high": 200}, secure=secure)
@@ -104,14 +75,14 @@ def test_moments_equal_pooled(firms: list[FirmData], secure: bool) -> None:
 
 @pytest.mark.parametrize("secure", [False, True], ids=["plain", "secagg"])
 def test_histogram_and_quantiles_equal_pooled(firms: list[FirmData], secure: bool) -> None:
-    price = _pooled(firms, "demand", "price")
+    price = pooled(firms, "demand", "price")
     edges = [2.0, 5.0, 10.0, 15.0, 18.0]  # both outer edges clip: outside values count in the outer bins
     answer = _run(firms, "histogram", {"column": "price", "edges": edges}, secure=secure)
     expected, _ = np.histogram(np.clip(price, edges[0], edges[-1]), bins=edges)
     assert answer["counts"] == expected.astype(float).tolist()
     assert answer["total"] == price.size
 
-    units = _pooled(firms, "demand", "units")
+    units = pooled(firms, "demand", "units")
     probs = [0.1, 0.25, 0.5, 0.9, 1.0]
     params = {**UNITS, "bins": 500, "probs": probs}
     answer = _run(firms, "quantiles", params, secure=secure)
@@ -128,11 +99,11 @@ def test_histogram_and_quantiles_equal_pooled(firms: list[FirmData], secure: boo
 
 
 @pytest.mark.parametrize("secure", [False, True], ids=["plain", "secagg"])
-def test_linear_regression_equals_pooled(firms: list[FirmData], secure: bool) -> None:
+def test_linear_regression_equalspooled(firms: list[FirmData], secure: bool) -> None:
     answer = _run(firms, "linear_regression", REGRESSION, secure=secure)
-    x = np.column_stack([_pooled(firms, "demand", c) for c in REGRESSION["features"]])
-    y = _pooled(firms, "demand", "units")
-    beta = _ridge_fit(x, y, 1e-9)
+    x = np.column_stack([pooled(firms, "demand", c) for c in REGRESSION["features"]])
+    y = pooled(firms, "demand", "units")
+    beta = ridge_fit(x, y, 1e-9)
     got = np.array([answer["intercept"], *answer["coefficients"].values()])
     assert np.allclose(got, beta, rtol=RTOL, atol=0)
     assert answer["rows"] == y.size
@@ -143,25 +114,12 @@ def test_linear_regression_equals_pooled(firms: list[FirmData], secure: bool) ->
     assert np.allclose(got, ols, rtol=1e-5)
 
 
-def _pooled_ar(firms: list[FirmData], lags: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """Lag windows of every (firm, series) pooled, and each series in date order."""
-    rows, targets, series = [], [], []
-    for firm in firms:
-        for _, frame in firm.demand.groupby("series"):
-            y = frame.sort_values("date")["units"].to_numpy(dtype=float)
-            series.append(y)
-            for t in range(lags, y.size):
-                rows.append(y[t - lags : t][::-1])
-                targets.append(y[t])
-    return np.array(rows), np.array(targets), series
-
-
 @pytest.mark.parametrize("secure", [False, True], ids=["plain", "secagg"])
-def test_autoregression_equals_pooled(firms: list[FirmData], secure: bool) -> None:
+def test_autoregression_equalspooled(firms: list[FirmData], secure: bool) -> None:
     lags, horizon = 3, 5
     answer = _run(firms, "autoregression", {"lags": lags, "horizon": horizon, "high": 5000}, secure=secure)
-    x, y, series = _pooled_ar(firms, lags)
-    beta = _ridge_fit(x, y, 1e-9)
+    x, y, series = pooled_ar(firms, lags)
+    beta = ridge_fit(x, y, 1e-9)
     got = np.array([answer["intercept"], *answer["coefficients"].values()])
     assert np.allclose(got, beta, rtol=RTOL, atol=0)
     assert answer["rows"] == y.size and answer["series"] == len(series)
@@ -274,7 +232,7 @@ def test_dp_answers_within_the_noise_tolerance_and_ledger_audits(firms: list[Fir
     engine = QueryEngine(
         plain_sum_step(firms), [f.firm_id for f in firms], privacy=QueryPrivacy(ledger, z, np.random.default_rng(3))
     )
-    units = _pooled(firms, "demand", "units")
+    units = pooled(firms, "demand", "units")
 
     mean = engine.run(build_plan("mean", {**UNITS, "max_rows": rows}, GENERATED_SCHEMA))
     sigma = z * math.sqrt(2)  # per entry of the scaled vector [n / rows, sum / (rows M)]
