@@ -99,7 +99,7 @@ def test_histogram_and_quantiles_equal_pooled(firms: list[FirmData], secure: boo
 
 
 @pytest.mark.parametrize("secure", [False, True], ids=["plain", "secagg"])
-def test_linear_regression_equalspooled(firms: list[FirmData], secure: bool) -> None:
+def test_linear_regression_equals_pooled(firms: list[FirmData], secure: bool) -> None:
     answer = _run(firms, "linear_regression", REGRESSION, secure=secure)
     x = np.column_stack([pooled(firms, "demand", c) for c in REGRESSION["features"]])
     y = pooled(firms, "demand", "units")
@@ -115,7 +115,7 @@ def test_linear_regression_equalspooled(firms: list[FirmData], secure: bool) -> 
 
 
 @pytest.mark.parametrize("secure", [False, True], ids=["plain", "secagg"])
-def test_autoregression_equalspooled(firms: list[FirmData], secure: bool) -> None:
+def test_autoregression_equals_pooled(firms: list[FirmData], secure: bool) -> None:
     lags, horizon = 3, 5
     answer = _run(firms, "autoregression", {"lags": lags, "horizon": horizon, "high": 5000}, secure=secure)
     x, y, series = pooled_ar(firms, lags)
