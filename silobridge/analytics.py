@@ -100,8 +100,9 @@ class QueryPlan(Protocol):
     """The server half of one query: asks steps, reads released sums, and finally answers.
 
     `planned_steps` is the most steps (releases) the plan will ask: the engine calibrates the DP noise
-    for it and checks the whole query against the budget before any firm is contacted; a plan that
-    asks more is stopped with a `FederationError`.
+    for it and checks the whole query against the budget before any firm is contacted. Steps are
+    numbered 0, 1, ... and each must stay below `planned_steps`; a plan that asks more is stopped
+    with a `FederationError`. Each release is accounted at the step's own `l2_bound`.
     """
 
     name: str

@@ -72,6 +72,9 @@ class QueryPrivacy:
 
 @dataclass(frozen=True)
 class StepReport:
+    """One released step. `noise_std` is per entry of the step's vector (in the firms' scaled units,
+    as the vector travels); `clipped` is how many entries the firms' clipping changed, summed."""
+
     step: int
     length: int
     l2_bound: float
