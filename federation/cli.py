@@ -119,6 +119,122 @@ def _print_summary(summary: dict) -> None:
         out_console.print(privacy)
 
 
+def _parse_query_params(items: list[str]) -> dict[str, object]:
+    """`--param k=v`: v is read as JSON when it is (numbers, lists, objects), else kept as text."""
+    params: dict[str, object] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"expected key=value, got '{item}'", source="command line", field="--param")
+        try:
+            params[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            params[key.strip()] = text
+    return params
+
+
+def _flatten_answer(answer: dict[str, object], prefix: str = "") -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    for key, value in answer.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            rows += _flatten_answer(value, f"{name}.")
+        elif isinstance(value, float):
+            rows.append((name, f"{value:.6g}"))
+        elif isinstance(value, list) and value and all(isinstance(v, float) for v in value):
+            rows.append((name, ", ".join(f"{v:.6g}" for v in value)))
+        else:
+            rows.append((name, str(value)))
+    return rows
+
+
+@app.command()
+def query(
+    scenario: Annotated[Path, typer.Argument(help="Scenario file (TOML), e.g. scenarios/default.toml.")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="The query: count, sum, mean, variance, histogram, quantiles, linear_regression, autoregression, ..."
+        ),
+    ],
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            help="A query parameter, key=value (JSON or text): --param column=units --param low=0 --param high=5000",
+        ),
+    ] = None,
+    epsilon: Annotated[float, typer.Option(help="Privacy budget of this run of the query (firm-level).")] = 1.0,
+    delta: Annotated[float, typer.Option(help="Delta of the budget.")] = 1e-5,
+    noise_multiplier: Annotated[
+        float | None,
+        typer.Option(help="Fix the noise multiplier instead of calibrating it to spend the budget."),
+    ] = None,
+    accountant: Annotated[str, typer.Option(help="'rdp' or 'pld'.")] = "rdp",
+    no_dp: Annotated[
+        bool, typer.Option("--no-dp", help="No noise and no ledger: the exact answer, for comparison only.")
+    ] = False,
+    out: Annotated[Path, typer.Option("--out", help="Folder that receives the run directory.")] = Path("runs"),
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a scenario field, as for simulate.")] = None,
+    run_id: Annotated[str | None, typer.Option(help="Name of the run directory.")] = None,
+    aggregation: Annotated[
+        str | None, typer.Option(help="'secure' (the scenario's default) or 'plain' (sums in the clear).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answer and its privacy cost as JSON.")] = False,
+) -> None:
+    """Run one federated analytics query over a scenario's firms (simulated) and print the answer and its cost."""
+    from federation.analytics import QueryBudget, QueryRequest, run_queries
+    from federation.progress import log_to_stderr
+
+    try:
+        if accountant not in ("rdp", "pld"):
+            raise ConfigError(
+                f"unknown accountant '{accountant}' (rdp or pld)", source="command line", field="--accountant"
+            )
+        request = QueryRequest(name, _parse_query_params(param or []))
+        budget = None if no_dp else QueryBudget(epsilon, delta, accountant, noise_multiplier)
+        run_config: dict[str, object] = {
+            "scenario": str(scenario.resolve()),
+            "out-dir": str(out.resolve()),
+            "set": ";".join(set_ or []),
+            "aggregation": aggregation or "",
+        }
+        if run_id:
+            run_config["run-id"] = run_id
+        log_to_stderr()
+        result = run_queries(run_config, [request], budget)
+    except SiloBridgeError as err:
+        raise _fail(err) from None
+    outcome = result.outcomes[0]
+    if as_json:
+        out_console.print_json(
+            json.dumps(
+                {**outcome.to_dict(), "noise_multiplier": result.noise_multiplier, "run_dir": str(result.path)},
+                default=str,
+            )
+        )
+        return
+    from rich.table import Table
+
+    table = Table(title=f"Query '{outcome.query}'")
+    table.add_column("answer")
+    table.add_column("value", justify="right")
+    for key, value in _flatten_answer(outcome.answer):
+        table.add_row(key, value)
+    out_console.print(table)
+    cost = Table(title="Privacy cost", show_header=False)
+    if outcome.epsilon is None:
+        cost.add_row("differential privacy", "off (--no-dp): exact answer, nothing recorded")
+    else:
+        cost.add_row("epsilon of this query", f"{outcome.epsilon:.4f} at delta {outcome.delta:g}")
+        cost.add_row("epsilon of the run", f"{outcome.epsilon_total:.4f} of {epsilon:g}")
+        cost.add_row("noise multiplier", f"{result.noise_multiplier:.4f} (unit: firm)")
+    cost.add_row("releases", str(len(outcome.steps)))
+    cost.add_row("clipped values", str(sum(s.clipped for s in outcome.steps)))
+    out_console.print(cost)
+    out_console.print(f"Run directory: [bold]{result.path}[/]")
+
+
 @app.command()
 def generate(
     scenario: Annotated[Path, typer.Argument(help="Scenario file (TOML).")],

@@ -190,6 +190,12 @@ class Federation:
             return SumOutcome(result.segments, result.contributors, 0)
         return self._secure_sum(self.secure, message_type, records, layout, nodes, stage)
 
+    def release_sum(
+        self, message_type: str, records: Records, layout: VectorLayout, nodes: Iterable[int], stage: str
+    ) -> SumOutcome:
+        """One sum over `nodes` for a protocol beyond training (an analytics query step), as `_sum` does."""
+        return self._sum(message_type, records, layout, nodes, stage)
+
     def _content(self, records: dict[str, ArrayRecord | ConfigRecord], layout: VectorLayout) -> RecordDict:
         return request_content(self.spec, **records, **{LAYOUT: layout_record(layout)})
 
