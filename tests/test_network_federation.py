@@ -11,22 +11,14 @@ process the test starts is stopped by it, also on failure.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from clients.data import write_firm_data
-from federation.network.deploy import process_env, wait_healthy
+from federation.network.loopback import LoopbackFederation, free_port
 from federation.simulation import simulate
 from scenarios.generator import generate_chain
 from scenarios.schema import load_scenario
@@ -34,109 +26,36 @@ from tests.conftest import ROOT
 
 TRIO = ROOT / "tests" / "scenarios" / "trio.toml"
 FIRMS = ("R1", "D1", "M1")
-CLI = [sys.executable, "-m", "federation.cli"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Loopback:
-    """The federation's files and the processes the test started (stopped at the end, whatever happens)."""
-
-    root: Path
-    env: dict[str, str]
-    port: int
-    processes: list[subprocess.Popen] = field(default_factory=list)
-
-    def start(self, name: str, command: list[str]) -> subprocess.Popen:
-        log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT, start_new_session=True
-        )
-        log.close()
-        self.processes.append(process)
-        return process
-
-    def log(self, name: str) -> str:
-        return (self.root / f"{name}.log").read_text(errors="replace")
-
-    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [*CLI, *args], env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
-        )
-
-    def stop(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for process in self.processes:
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=5)
 
 
 @pytest.fixture(scope="module")
-def loopback(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loopback]:
+def loopback(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackFederation]:
     root = tmp_path_factory.mktemp("loopback")
-    env = process_env(root / "flwr-home")
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    net = Loopback(root, env, _free_port())
-    try:
+    with LoopbackFederation(root, TRIO, ROOT) as net:
         chain = generate_chain(load_scenario(TRIO))
         for firm in FIRMS:
             write_firm_data(root / "data" / firm, chain.tables[firm].demand, chain.tables[firm].risk)
-        assert net.cli("certs", "--out", str(root / "certs"), "--host", "127.0.0.1").returncode == 0
+        net.make_credentials([*FIRMS, "X9"])
         assert net.cli("certs", "--out", str(root / "other-ca"), "--host", "127.0.0.1").returncode == 0
-        for firm in (*FIRMS, "X9"):
-            made = net.cli("keys", "--out", str(root / "keys" / f"{firm}.key"))
-            assert made.returncode == 0, made.stderr
-        net.start("superlink", [*CLI, "superlink", "--certs", str(root / "certs"), "--port", str(net.port)])
-        wait_healthy(f"127.0.0.1:{net.port}", root / "certs" / "ca.pem", timeout_s=90)
+        net.start_superlink()
         for firm in FIRMS:
-            registered = net.cli("register", str(root / "keys" / f"{firm}.key.pub"))
-            assert registered.returncode == 0, registered.stdout + registered.stderr
+            net.register(firm)
         yield net
-    finally:
-        net.stop()
-
-
-def _join(net: Loopback, firm: str, *, key: str, ca: str = "certs", data: str | None = None) -> list[str]:
-    return [
-        *CLI,
-        "join",
-        "--superlink",
-        f"127.0.0.1:{net.port}",
-        "--ca",
-        str(net.root / ca / "ca.pem"),
-        "--key",
-        str(net.root / "keys" / f"{key}.key"),
-        "--data",
-        str(net.root / "data" / (data or firm)),
-        "--config",
-        str(TRIO),
-        "--runtime-port",
-        str(_free_port()),
-    ]
 
 
 @pytest.fixture(scope="module")
-def network_run(loopback: Loopback) -> dict:
+def network_run(loopback: LoopbackFederation) -> dict:
     for firm in FIRMS:
-        loopback.start(f"node-{firm}", _join(loopback, firm, key=firm))
-    run = loopback.cli("run", str(TRIO), "--out", str(loopback.root / "runs"), "--run-id", "net", timeout=900)
+        loopback.join(firm, loopback.root / "data" / firm)
+    run = loopback.run(loopback.root / "runs", "net")
     summary = loopback.root / "runs" / "net" / "summary.json"
     assert summary.exists(), run.stdout[-4000:] + run.stderr[-4000:] + loopback.log("superlink")[-4000:]
     return {"summary": json.loads(summary.read_text()), "stdout": run.stdout + run.stderr}
 
 
-def test_a_network_run_equals_the_pilot_simulation_on_the_same_files(loopback: Loopback, network_run: dict) -> None:
+def test_a_network_run_equals_the_pilot_simulation_on_the_same_files(
+    loopback: LoopbackFederation, network_run: dict
+) -> None:
     pilot = simulate(
         {
             "scenario": str(TRIO),
@@ -179,7 +98,7 @@ def test_a_network_run_equals_the_pilot_simulation_on_the_same_files(loopback: L
     ],
 )
 def test_nodes_without_a_registered_key_or_the_right_ca_are_refused(
-    loopback: Loopback,
+    loopback: LoopbackFederation,
     network_run: dict,
     name: str,
     key: str | None,
@@ -187,7 +106,9 @@ def test_nodes_without_a_registered_key_or_the_right_ca_are_refused(
     node_says: str,
     superlink_says: str | None,
 ) -> None:
-    command = _join(loopback, "R1", key=key or "R1", ca=ca)
+    command = loopback.join_command(
+        loopback.root / "data" / "R1", key=loopback.key(key or "R1"), ca_cert=loopback.root / ca / "ca.pem"
+    )
     if key is None:  # a SuperNode started by hand without --auth-supernode-private-key
         from federation.network.deploy import flower_executable
 
@@ -200,7 +121,7 @@ def test_nodes_without_a_registered_key_or_the_right_ca_are_refused(
             "--max-retries",
             "1",
             "--port",
-            str(_free_port()),
+            str(free_port()),
         ]
     process = loopback.start(f"refused-{name}", command)
     code = process.wait(timeout=120)
