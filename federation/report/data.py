@@ -144,8 +144,7 @@ class PrivacyAudit:
     @property
     def verdict(self) -> str:
         if self.report is None:
-            where = f" (entry {self.entry})" if self.entry is not None else ""
-            return f"FAILED{where}: {self.error}"
+            return f"FAILED: {self.error}"  # LedgerTampered's message names the first bad entry
         budget = self.report.budget
         spent = f"epsilon {self.report.epsilon_overall:.4f} of {budget.epsilon:g} at delta {budget.delta:g}"
         if self.report.within_budget:

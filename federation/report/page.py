@@ -14,7 +14,7 @@ from string import Template
 from typing import Any
 
 from federation.report import plots
-from federation.report.data import Efficiency, EfficiencyBlock, PrivacyAudit, RunData, Summary
+from federation.report.data import Efficiency, EfficiencyBlock, RunData, Summary
 
 METRICS = {"demand": ("wape", "mae"), "risk": ("roc_auc", "pr_auc", "brier")}
 METHOD_ORDER = ("federated", "local_only", "centralised", "naive")
@@ -195,7 +195,10 @@ def privacy(run: RunData) -> str:
         ("ledger", str(audit.ledger)),
         ("entries", f"{report.entries} (chain and signatures verified)"),
         ("signing key", f"{report.public_key} ({'the published key' if report.key_trusted else 'header key only'})"),
-        ("accountant", f"{report.accountant.kind.value}, {report.accountant.relation.name}, unit {report.accountant.unit.value}"),
+        (
+            "accountant",
+            f"{report.accountant.kind.value}, {report.accountant.relation.name}, unit {report.accountant.unit.value}",
+        ),
         ("budget", f"epsilon {report.budget.epsilon:g} at delta {report.budget.delta:g}"),
         ("epsilon spent (recomputed)", fmt(report.epsilon_overall)),
         ("ended", report.end_reason if report.ended else "no end entry: the run was cut off"),
@@ -257,7 +260,8 @@ def efficiency(s: Summary | None) -> str:
     eff: Efficiency = s.efficiency
     policy = ", ".join(f"{k} {fmt(v)}" for k, v in eff.policy.items()) or "n/a"
     dp = (
-        f"DP on the sums: epsilon {eff.dp.epsilon:g} at delta {eff.dp.delta:g}, noise multiplier {fmt(eff.dp.noise_multiplier)}"
+        f"DP on the sums: epsilon {eff.dp.epsilon:g} at delta {eff.dp.delta:g}, "
+        f"noise multiplier {fmt(eff.dp.noise_multiplier)}"
         if eff.dp is not None
         else "no DP noise on the efficiency sums"
     )

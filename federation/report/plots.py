@@ -100,7 +100,7 @@ def privacy_spent(audit: PrivacyAudit) -> bytes | None:
     if any(h - lo > 1e-9 for lo, h in zip(low, high, strict=True)):
         ax.fill_between(xs, low, high, color="tab:purple", alpha=0.15, label="range over firms")
     ax.axhline(report.budget.epsilon, color="tab:red", linestyle="--", label=f"budget {report.budget.epsilon:g}")
-    for offset, refusal in enumerate(report.refusals, start=1):
+    for offset in range(1, len(report.refusals) + 1):  # a refused release spends nothing: marked at the last spend
         ax.plot(len(steps) + offset, steps[-1].epsilon_overall, marker="x", color="tab:red", markersize=10)
     labels = [s.label for s in steps] + [f"{r} (refused)" for r in report.refusals]
     ax.set_xticks(range(1, len(labels) + 1), labels, rotation=45 if len(labels) > 6 else 0, ha="right")
@@ -117,7 +117,7 @@ def participation(rounds: Sequence[RoundRecord], total_firms: int | None) -> byt
     per_round = sorted({r.round: r.firms for r in rounds}.items())
     if not per_round:
         return None
-    figure = Figure(figsize=(6, 3), layout="constrained")
+    figure = Figure(figsize=(7.5, 3), layout="constrained")
     ax = figure.subplots()
     ax.bar([p[0] for p in per_round], [p[1] for p in per_round], color="tab:blue", label="firms in the sum")
     if total_firms:
@@ -126,7 +126,7 @@ def participation(rounds: Sequence[RoundRecord], total_firms: int | None) -> byt
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("firms")
     ax.set_ylim(bottom=0, top=max([p[1] for p in per_round] + [total_firms or 0]) * 1.15)
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
     return _png(figure)
 
 
