@@ -136,6 +136,7 @@ class PrivacyAudit:
     error: str | None = None
     entry: int | None = None
     steps: tuple[PrivacyStep, ...] = ()
+    firm_budgets: dict[str, float] = field(default_factory=dict)  # own budgets from the verified header
 
     @property
     def verified(self) -> bool:
@@ -225,7 +226,9 @@ def audit_ledger(ledger: Path, public_key: str | None) -> PrivacyAudit:
         return PrivacyAudit(ledger, error=str(err), entry=err.entry)
     except ConfigError as err:  # an unusable key or header: the ledger cannot be trusted either
         return PrivacyAudit(ledger, error=str(err))
-    return PrivacyAudit(ledger, report=report, steps=privacy_steps(report))
+    header = json.loads(ledger.read_text(encoding="utf-8").split("\n", 1)[0])  # verified just above
+    budgets = {party: float(b["epsilon"]) for party, b in header.get("firm_budgets", {}).items()}
+    return PrivacyAudit(ledger, report=report, steps=privacy_steps(report), firm_budgets=budgets)
 
 
 def load_run(run_dir: Path) -> RunData:

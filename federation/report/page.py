@@ -71,9 +71,9 @@ def image(png: bytes, alt: str) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{e(alt)}">'
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, numeric_from: int = 1) -> str:
-    """An HTML table; cells from column `numeric_from` on that are numbers are right-aligned."""
-    head = "".join(f"<th>{e(h)}</th>" for h in headers)
+def table(headers: Sequence[str] | None, rows: Iterable[Sequence[Any]], *, numeric_from: int = 1) -> str:
+    """An HTML table (no header row for None); numbers from column `numeric_from` on are right-aligned."""
+    head = "".join(f"<th>{e(h)}</th>" for h in headers or ())
     body = []
     for row in rows:
         cells = []
@@ -81,7 +81,8 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, numeric_from
             numeric = i >= numeric_from and isinstance(cell, int | float) and not isinstance(cell, bool)
             cells.append(f'<td class="num">{e(fmt(cell))}</td>' if numeric else f"<td>{e(fmt(cell))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    thead = f"<thead><tr>{head}</tr></thead>" if head else ""
+    return f"<table>{thead}<tbody>{''.join(body)}</tbody></table>"
 
 
 def paragraph(text: str, css: str | None = None) -> str:
@@ -118,7 +119,7 @@ def overview(run: RunData) -> str:
         ]
     if run.failure is not None:
         rows.append(("run failed", run.failure))
-    body = table(("", ""), rows, numeric_from=99)
+    body = table(None, rows, numeric_from=99)
     failed = paragraph(f"This run failed: {run.failure}", "verdict fail") if run.failure is not None else ""
     return section("Run", "run", failed, body)
 
@@ -203,7 +204,7 @@ def privacy(run: RunData) -> str:
         ("epsilon spent (recomputed)", fmt(report.epsilon_overall)),
         ("ended", report.end_reason if report.ended else "no end entry: the run was cut off"),
     ] + [("warning", w) for w in report.warnings]
-    parts.append(table(("", ""), rows, numeric_from=99))
+    parts.append(table(None, rows, numeric_from=99))
     png = plots.privacy_spent(audit)
     if png is not None:
         parts.append(image(png, "epsilon spent per round against the budget"))
@@ -225,6 +226,10 @@ def privacy(run: RunData) -> str:
                 fmt(firm.within_budget),
             )
         )
+    charged = {party.partition("/")[0] for party in report.firms}
+    for name in sorted(set(stated) - charged):  # admitted to no release: its own budget could not pay for one
+        own = [b for party, b in audit.firm_budgets.items() if party.partition("/")[0] == name]
+        firm_rows.append((name, "all", 0, 0.0, None, None, min(own, default=report.budget.epsilon), "yes"))
     parts.append("<h3>Privacy per firm</h3>")
     parts.append(
         table(

@@ -44,14 +44,14 @@ def training_curves(kind: str, rounds: Sequence[RoundRecord], summary: Summary |
     if metric is None or not records:
         return None
     methods = summary.models.get(kind, {}) if summary is not None else {}
-    final_round = summary.federation.get("rounds") if summary is not None else None
+    final_round = max(r.round for r in records)  # the summary scores the model after the last round trained
     figure = Figure(figsize=(10, 3.4), layout="constrained")
     axes = figure.subplots(1, len(GROUPS), sharey=True)
     for ax, group in zip(axes, GROUPS, strict=True):
         xs = [r.evaluated_round for r in records]
         ys = [_value(r.metrics.get(group, {}).get(metric)) for r in records]
         federated_final = methods.get("federated", {}).get(group, {}).get(metric)
-        if federated_final is not None and isinstance(final_round, int) and (not xs or xs[-1] < final_round):
+        if federated_final is not None and xs[-1] < final_round:
             xs, ys = [*xs, final_round], [*ys, float(federated_final)]  # the final model, scored after the last round
         ax.plot(xs, ys, marker="o", color="tab:blue", label="federated")
         for method, (colour, style) in BASELINE_STYLE.items():
