@@ -194,6 +194,11 @@ def test_every_value_is_escaped(runs: dict[str, RunResult], tmp_path: Path) -> N
     assert hostile in _section(page, "events") and "</table><script>alert(2)</script>" in _section(page, "events")
 
 
+def test_out_may_name_a_folder(runs: dict[str, RunResult], tmp_path: Path) -> None:
+    path, _ = write_report(runs["plain"].path, tmp_path)
+    assert path == tmp_path / REPORT_FILE and path.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+
+
 def test_missing_run_directory_is_a_config_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
     assert result.exit_code == 2 and "nope: not a run directory" in " ".join(result.output.split())

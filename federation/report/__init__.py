@@ -9,14 +9,26 @@ from pathlib import Path
 
 from federation.report.data import REPORT_FILE, RunData, load_run
 from federation.report.page import render
+from silobridge.errors import ConfigError
 
 
 def write_report(run_dir: Path, out: Path | None = None) -> tuple[Path, RunData]:
-    """Write the report of `run_dir` to `out` (default RUN_DIR/report.html); returns the path and what it read."""
+    """Write the report of `run_dir` to `out` (a file, or a folder to hold report.html; default RUN_DIR/report.html).
+
+    Returns the path written and what was read.
+    """
     run = load_run(run_dir)
     target = out if out is not None else run_dir / REPORT_FILE
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(render(run), encoding="utf-8")
+    if target.is_dir():
+        target = target / REPORT_FILE
+    page = render(run)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(page, encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(
+            f"cannot write the report: {err.strerror or err}", source=str(target), field="--out"
+        ) from None
     return target, run
 
 

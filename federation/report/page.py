@@ -144,7 +144,7 @@ def models(run: RunData) -> str:
             parts.append(image(png, f"{kind} test metric per round against the baselines"))
         if s is None or kind not in s.models:
             continue
-        metrics = METRICS.get(kind) or tuple(next(iter(next(iter(s.models[kind].values())).values())))
+        metrics = METRICS[kind]
         headers = ["method"] + [f"{m} ({g})" for m in metrics for g in GROUPS]
         methods = [m for m in METHOD_ORDER if m in s.models[kind]] + sorted(set(s.models[kind]) - set(METHOD_ORDER))
         rows = [

@@ -104,7 +104,8 @@ def privacy_spent(audit: PrivacyAudit) -> bytes | None:
         ax.plot(len(steps) + offset, steps[-1].epsilon_overall, marker="x", color="tab:red", markersize=10)
     labels = [s.label for s in steps] + [f"{r} (refused)" for r in report.refusals]
     ax.set_xticks(range(1, len(labels) + 1), labels, rotation=45 if len(labels) > 6 else 0, ha="right")
-    ax.set_ylim(bottom=0, top=max(report.budget.epsilon, max(high)) * 1.1)
+    finite = [v for v in (*high, *(s.epsilon_overall for s in steps)) if math.isfinite(v)]
+    ax.set_ylim(bottom=0, top=max([report.budget.epsilon, *finite]) * 1.1)
     ax.set_ylabel(f"epsilon at delta {report.budget.delta:g}")
     ax.set_title(f"privacy spent ({report.accountant.kind.value.upper()}, unit {report.accountant.unit.value})")
     ax.grid(alpha=0.3)
@@ -144,7 +145,7 @@ def efficiency_rates(efficiency: Efficiency) -> bytes:
     ax.set_xticks(range(len(blocks)), list(blocks))
     ax.set_ylabel("after / before")
     ax.set_title("efficiency: improvement rates with federated forecasts")
-    ax.legend(fontsize="small", ncols=4, loc="lower center")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
     return _png(figure)
 
@@ -159,6 +160,7 @@ def efficiency_tfp(efficiency: Efficiency) -> bytes:
     ax.bar([x + 0.2 for x in xs], [_value(b.after.TFP) for b in blocks.values()], 0.4, label="after (federated)")
     ax.set_xticks(list(xs), list(blocks))
     ax.set_ylabel("TFP = E x O x I")
-    ax.legend(fontsize="small")
+    ax.set_title("efficiency: total factor productivity before and after")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
     return _png(figure)
