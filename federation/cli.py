@@ -1,4 +1,4 @@
-"""`silobridge`: simulate a federation, audit a run's privacy ledger, calibrate noise, generate data.
+"""`silobridge`: simulate a federation, audit a run's privacy ledger, report on a run, calibrate noise, generate data.
 
 Every SiloBridge error ends the command with its message (naming file, firm and field) and a
 non-zero exit code: 2 for bad configuration or data, 1 for a run that failed or overspent, 3 for a
@@ -334,6 +334,33 @@ def audit(
     for refusal in report.refusals:
         out_console.print(f"refused: {refusal}")
     if not report.within_budget:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (runs/<run-id>).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Where to write the HTML file (default RUN_DIR/report.html).")
+    ] = None,
+) -> None:
+    """Write a self-contained HTML report of a run: training curves, privacy spent (ledger audited), efficiency, events.
+
+    Exit code as for audit: 0, or 3 when the ledger fails verification and 1 when it shows an overspend.
+    """
+    from federation.report import write_report
+
+    try:
+        path, run = write_report(run_dir, out)
+    except SiloBridgeError as err:
+        raise _fail(err) from None
+    if run.audit is not None:
+        style = "green" if run.audit.verified and run.audit.report.within_budget else "bold red"
+        out_console.print(f"privacy ledger: [{style}]{run.audit.verdict}[/]", highlight=False)
+    out_console.print(f"Report written to [bold]{path}[/]")
+    if run.audit is not None and not run.audit.verified:
+        raise typer.Exit(EXIT_TAMPERED)  # the report is written either way; the exit code carries the verdict
+    if run.audit is not None and not run.audit.report.within_budget:
         raise typer.Exit(EXIT_FAILED)
 
 
