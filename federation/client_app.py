@@ -20,11 +20,13 @@ import torch
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from clients.analytics import answer_step
 from clients.firm import FirmClient, Normaliser
 from clients.models import MODEL_KINDS
 from clients.secure_sum import FirmSecureSum
-from federation.firm_source import simulated_dropout, simulated_firm
+from federation.firm_source import node_firm, simulated_dropout, simulated_firm
 from federation.records import (
+    ANALYTICS,
     INSTRUCTION,
     MASKED,
     NORMALISER,
@@ -41,6 +43,7 @@ from federation.records import (
 )
 from federation.settings import RunSettings, settings_from_run_config
 from privacy.secagg.layout import CLIPPED
+from silobridge.analytics import QUERY_SEGMENT, QueryStep
 from silobridge.errors import SiloBridgeError, SimulatedDropout
 from silobridge.messages import BaselineInstruction, TrainInstruction
 
@@ -55,17 +58,18 @@ class Request:
     """One message as a firm sees it: who it is, the run's settings, Flower's context and the message."""
 
     firm: FirmClient
-    settings: RunSettings
+    settings: RunSettings | None  # None on a partner's SuperNode: it needs only the spec each request carries
     context: Context
     message: Message
 
 
 def _request(context: Context, run_config: Mapping[str, Any], message: Message) -> Request:
-    settings = settings_from_run_config(run_config)
+    """Simulated nodes carry a `partition-id`; a partner's SuperNode names its own files instead."""
     spec = read_spec(message)
     node = context.node_config
     if "partition-id" not in node:
-        raise SiloBridgeError("this node has no 'partition-id': only simulated nodes are supported so far")
+        return Request(node_firm(node, spec), None, context, message)
+    settings = settings_from_run_config(run_config)
     if torch.get_num_threads() != 1:
         torch.set_num_threads(1)  # simulated firms share the machine's cores
     firm = simulated_firm(settings, spec, int(node["partition-id"]), run_id=context.run_id)
@@ -85,23 +89,30 @@ def _store(secure: FirmSecureSum, req: Request) -> None:
 
 def _maybe_vanish(req: Request, round_number: int, stage: str) -> None:
     """Simulation only: vanish as the scenario's [dropout] says, before or after masking."""
-    if simulated_dropout(req.settings.scenario, req.firm.firm_id, round_number, stage):
+    if req.settings is not None and simulated_dropout(req.settings.scenario, req.firm.firm_id, round_number, stage):
         raise SimulatedDropout(
             f"firm '{req.firm.firm_id}' vanished {stage.replace('_', ' ')} (secure sum {round_number})"
         )
 
 
-def _release(req: Request, segments: dict[str, np.ndarray]) -> RecordDict:
-    """Send the firm's segments into the sum the request asks for: in the clear, or masked."""
+def _release(req: Request, segments: dict[str, np.ndarray], *, clipped: int | None = None) -> RecordDict:
+    """Send the firm's segments into the sum the request asks for: in the clear, or masked.
+
+    `clipped` is how many values the firm already clipped to public bounds (an analytics answer);
+    it is summed with the values quantisation clips, never sent on its own.
+    """
     layout = read_layout(req.message)
     if req.firm.spec.aggregation.mode == "plain":
         layout.count_clipped(segments)  # validates the names; plain values are never clipped
+        if clipped is not None:
+            segments = {**segments, CLIPPED: np.array([float(clipped)])}
         return RecordDict({SEGMENTS: arrays_record(segments)})
     wire = config_of(req.message, SECAGG)
     _maybe_vanish(req, int(wire.get("round_number", 0)), "before_masking")
     secure = _secure(req)
+    count = layout.count_clipped(segments) + (clipped or 0)
     try:
-        release = secure.masked_input(wire, layout, {**segments, CLIPPED: np.array([layout.count_clipped(segments)])})
+        release = secure.masked_input(wire, layout, {**segments, CLIPPED: np.array([count])})
     finally:
         _store(secure, req)
     return RecordDict({SECAGG: ConfigRecord(release.message), MASKED: arrays_record({"vector": release.vector})})
@@ -146,6 +157,13 @@ def _evaluate(req: Request) -> RecordDict:
     return _release(req, req.firm.evaluate_all(_weights(req.message), _normaliser(req.message)))
 
 
+def _analytics(req: Request) -> RecordDict:
+    """One step of an analytics query: the firm's half on its own tables, clipped, into the secure sum."""
+    step = QueryStep.from_config(config_of(req.message, ANALYTICS), firm=req.firm.firm_id)
+    answer = answer_step(step, req.firm.data)
+    return _release(req, {QUERY_SEGMENT: answer.vector}, clipped=answer.clipped)
+
+
 def _secagg_stage(stage: str) -> Handler:
     def handle(req: Request) -> RecordDict:
         wire = config_of(req.message, SECAGG)
@@ -183,6 +201,7 @@ def build_client_app(run_config: Mapping[str, Any] | None = None) -> ClientApp:
     register(app.train("baselines"), _baselines)
     register(app.train(), _train)
     register(app.evaluate(), _evaluate)
+    register(app.query("analytics"), _analytics)
     register(app.query("secagg_advertise"), _secagg_stage("advertise"))
     register(app.query("secagg_share"), _secagg_stage("share_keys"))
     register(app.query("secagg_unmask"), _secagg_stage("unmask"))

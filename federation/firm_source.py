@@ -1,24 +1,35 @@
-"""Which firm a simulated node plays, and its data: the one place a node meets its data.
+"""Which firm a node plays, and its data: the one place a node meets its data.
 
 In a simulation node `partition-id` i plays the i-th firm of the scenario; its tables come from
-the generator (run once per process) and pass the same validation as a partner's CSV files.
+the generator (run once per process) or, in a pilot, from that firm's folder of CSV files, and pass
+the same validation as a partner's files. In a real federation a SuperNode's node config names
+its firm's data folder and the federation file; its public profile (tier, size) comes from there.
 """
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from clients.data import firm_data_from_tables
+from clients.data import FirmData, firm_data_from_tables, load_firm_data
 from clients.firm import FirmClient
 from clients.training import resolve_device
 from federation.settings import RunSettings
 from scenarios.generator import ChainData, generate_chain
-from scenarios.schema import Scenario
+from scenarios.schema import Scenario, load_scenario
 from silobridge.config import FederationSpec
-from silobridge.errors import ConfigError
+from silobridge.errors import ConfigError, DataError, DataProblem
+
+NODE_DATA_DIR = "data-dir"
+NODE_FEDERATION = "federation"
+NODE_FIRM_ID = "firm-id"
+NODE_BUDGET = "budget-epsilon"
+"""Node config keys of a partner's SuperNode (`silobridge join` sets them)."""
 
 
 def simulated_dropout(scenario: Scenario, firm_id: str, round_number: int, stage: str) -> bool:
@@ -52,20 +63,118 @@ def simulated_firm(settings: RunSettings, spec: FederationSpec, partition_id: in
                 source=str(settings.scenario_path),
             )
         firm = scenario.firms[partition_id]
-        tables = _chain(scenario).tables[firm.id]
-        data = firm_data_from_tables(
-            firm.id, tables.demand, tables.risk, spec.data, min_periods=spec.min_periods, orders=tables.orders
-        )
-        device = str(resolve_device(scenario.training.device))
+        if isinstance(settings.data, Path):  # a pilot on the firms' own extracts
+            data = load_firm_data(settings.data / firm.id, spec.data, min_periods=spec.min_periods, firm_id=firm.id)
+        else:
+            tables = _chain(scenario).tables[firm.id]
+            data = firm_data_from_tables(
+                firm.id, tables.demand, tables.risk, spec.data, min_periods=spec.min_periods, orders=tables.orders
+            )
         for stale in [k for k in _firms if k[0] != run_id]:  # keep only this run's firms
             del _firms[stale]
-        _firms[key] = FirmClient(
-            data,
-            group=scenario.group_of(firm.id),
-            spec=spec,
-            tier=firm.tier,
-            device=device,
-            public_weight=firm.size,
-            budget_epsilon=firm.budget_epsilon,
-        )
+        _firms[key] = _client(scenario, spec, data, budget_epsilon=None)
     return _firms[key]
+
+
+def _client(scenario: Scenario, spec: FederationSpec, data: FirmData, *, budget_epsilon: float | None) -> FirmClient:
+    """A firm with its declared public profile; its own budget is the stricter of the declared and `budget_epsilon`."""
+    firm = scenario.firm(data.firm_id)
+    budgets = [b for b in (firm.budget_epsilon, budget_epsilon) if b is not None]
+    return FirmClient(
+        data,
+        group=scenario.group_of(firm.id),
+        spec=spec,
+        tier=firm.tier,
+        device=str(resolve_device(scenario.training.device)),
+        public_weight=firm.size,
+        budget_epsilon=min(budgets) if budgets else None,
+    )
+
+
+def declared_firm(scenario: Scenario, firm_id: str, *, source: str) -> None:
+    """A firm must be one the federation file declares: its tier and public weight come from there."""
+    if firm_id not in scenario.firm_ids:
+        raise ConfigError(
+            f"firm '{firm_id}' is not declared in the federation file (declared: {', '.join(scenario.firm_ids)})",
+            source=source,
+            field="firms",
+        )
+
+
+def pilot_folders(settings: RunSettings) -> dict[str, Path]:
+    """A pilot's folder must hold exactly one sub-folder per declared firm."""
+    if not isinstance(settings.data, Path):
+        return {}
+    root = settings.data
+    if not root.is_dir():
+        raise ConfigError(f"{root} is not a folder", source="command line", field="--data")
+    present = {p.name for p in root.iterdir() if p.is_dir()}
+    declared = set(settings.scenario.firm_ids)
+    if present != declared:
+        problems = []
+        if declared - present:
+            problems.append(f"no folder for declared firms {sorted(declared - present)}")
+        if present - declared:
+            problems.append(f"folders of undeclared firms {sorted(present - declared)}")
+        raise ConfigError(
+            f"{root}: {'; '.join(problems)} (one sub-folder per firm of {settings.scenario_path.name})",
+            source="command line",
+            field="--data",
+        )
+    return {firm: root / firm for firm in settings.scenario.firm_ids}
+
+
+def validate_firm_folder(
+    folder: Path, scenario: Scenario, spec: FederationSpec, *, firm_id: str | None = None
+) -> FirmData:
+    """What `silobridge validate` and `join` check before anything is sent: a declared firm, valid files."""
+    firm = firm_id or folder.name
+    declared_firm(scenario, firm, source="federation file")
+    return load_firm_data(folder, spec.data, min_periods=spec.min_periods, firm_id=firm)
+
+
+def validate_pilot(settings: RunSettings) -> None:
+    """Every firm's folder of a pilot, all checked before the simulation starts; every problem reported."""
+    problems: list[DataProblem] = []
+    failing: list[str] = []
+    for firm, folder in pilot_folders(settings).items():
+        try:
+            validate_firm_folder(folder, settings.scenario, settings.spec, firm_id=firm)
+        except DataError as err:
+            failing.append(firm)
+            problems += [
+                DataProblem(f"{firm}/{p.file}" if p.file else firm, p.row, p.column, p.message) for p in err.problems
+            ]
+    if problems:
+        raise DataError(", ".join(failing), problems)
+
+
+def node_firm(node_config: Mapping[str, Any], spec: FederationSpec) -> FirmClient:
+    """The firm a partner's SuperNode plays: its own files, checked against the federation file."""
+    missing = [k for k in (NODE_DATA_DIR, NODE_FEDERATION) if not str(node_config.get(k) or "")]
+    if missing:
+        raise ConfigError(
+            f"this SuperNode's node config lacks {missing}: start it with `silobridge join` (or --node-config "
+            f'\'{NODE_DATA_DIR}="/path/FIRM" {NODE_FEDERATION}="/path/federation.toml"\')',
+            source="node config",
+        )
+    folder = Path(str(node_config[NODE_DATA_DIR])).expanduser()
+    federation = Path(str(node_config[NODE_FEDERATION])).expanduser()
+    key = tuple(str(node_config.get(k, "")) for k in (NODE_DATA_DIR, NODE_FEDERATION, NODE_FIRM_ID, NODE_BUDGET))
+    key += (spec.digest(),)
+    if key not in _nodes:
+        scenario = _federation_file(federation)
+        firm_id = str(node_config.get(NODE_FIRM_ID) or folder.name)
+        declared_firm(scenario, firm_id, source=str(federation))
+        data = load_firm_data(folder, spec.data, min_periods=spec.min_periods, firm_id=firm_id)
+        budget = node_config.get(NODE_BUDGET)
+        _nodes[key] = _client(scenario, spec, data, budget_epsilon=float(budget) if budget not in (None, "") else None)
+    return _nodes[key]
+
+
+_nodes: dict[tuple[str, ...], FirmClient] = {}
+
+
+@lru_cache(maxsize=4)
+def _federation_file(path: Path) -> Scenario:
+    return load_scenario(path)

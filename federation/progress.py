@@ -20,6 +20,8 @@ log = logging.getLogger("silobridge")
 
 def _live_line(record: dict[str, Any]) -> str:
     metrics = record["metrics"]
+    if metrics is None:
+        return "not measured (DP: firms release no test statistics)"
     if record["model"] == "demand":
         all_, small = metrics["all"]["wape"], metrics["small"]["wape"]
         return f"demand WAPE all {_num(all_)} small {_num(small)}"

@@ -20,6 +20,7 @@ SEGMENTS = "segments"  # ArrayRecord: a firm's float segments (plain aggregation
 SECAGG = "secagg"  # ConfigRecord: a secure-aggregation protocol message
 MASKED = "masked"  # ArrayRecord: a firm's masked vector (secure aggregation)
 REPLY = "reply"  # ConfigRecord: scalars a firm reports (its manifest)
+ANALYTICS = "analytics"  # ConfigRecord: one analytics query step (silobridge.analytics.QueryStep)
 
 
 def secagg_run_id(flower_run_id: int) -> str:

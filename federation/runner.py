@@ -190,6 +190,12 @@ class Federation:
             return SumOutcome(result.segments, result.contributors, 0)
         return self._secure_sum(self.secure, message_type, records, layout, nodes, stage)
 
+    def release_sum(
+        self, message_type: str, records: Records, layout: VectorLayout, nodes: Iterable[int], stage: str
+    ) -> SumOutcome:
+        """One sum over `nodes` for a protocol beyond training (an analytics query step), as `_sum` does."""
+        return self._sum(message_type, records, layout, nodes, stage)
+
     def _content(self, records: dict[str, ArrayRecord | ConfigRecord], layout: VectorLayout) -> RecordDict:
         return request_content(self.spec, **records, **{LAYOUT: layout_record(layout)})
 
@@ -358,7 +364,9 @@ class Federation:
         self.observer.stage("local-only baselines")
         instruction = self.baseline_instruction()
         if self.private:
-            return self._harness("local-only baselines").local_baselines(instruction)
+            if self.harness is None:
+                return {}  # a real federation under DP: firms release no test statistics, nothing is measured
+            return self.harness.local_baselines(instruction)
         layout = baselines_layout(self.spec.aggregation)
         records = {INSTRUCTION: ConfigRecord(instruction.to_config())}
         outcome = self._sum("train.baselines", records, layout, self.manifests, "baselines")
@@ -370,11 +378,6 @@ class Federation:
         records: dict[str, ArrayRecord] = {weights_key(kind): arrays_record(w) for kind, w in weights.items()}
         records[NORMALISER] = arrays_record({"mean": norm.mean, "std": norm.std})
         return records
-
-    def _harness(self, what: str) -> SimulationHarness:
-        if self.harness is None:
-            raise FederationError(f"{what} under DP needs the simulation harness (all firms' data)")
-        return self.harness
 
     def train(self, norm: Normaliser) -> tuple[dict[str, OrderedDict[str, np.ndarray]], list[dict[str, Any]]]:
         """FedAvg rounds; each trains both models in one message per firm.
@@ -418,11 +421,11 @@ class Federation:
                 )
             if self.private:
                 spent = self._private_update(server_round, weights, outcome, participants)
-                evaluation = self._harness("evaluation").evaluate(weights, norm)
+                evaluation = self.harness.evaluate(weights, norm) if self.harness is not None else {}
             seconds = round(time.monotonic() - started, 3)
             for kind in kinds:
                 if self.private:
-                    record = self._round_record(kind, server_round, server_round, outcome, evaluation[kind])
+                    record = self._round_record(kind, server_round, server_round, outcome, evaluation.get(kind))
                     record["epsilon"] = spent
                 else:
                     record = self._aggregate(kind, server_round, weights, outcome)
@@ -446,8 +449,9 @@ class Federation:
         return record
 
     def _round_record(
-        self, kind: str, server_round: int, evaluated: int, outcome: SumOutcome, evaluation: np.ndarray
+        self, kind: str, server_round: int, evaluated: int, outcome: SumOutcome, evaluation: np.ndarray | None
     ) -> dict[str, Any]:
+        """Under DP a real federation measures nothing on test data: its rounds carry no metrics."""
         return {
             "round": server_round,
             "model": kind,
@@ -455,7 +459,7 @@ class Federation:
             "train_loss": None,  # a private run does not release training losses
             "clipped_values": outcome.clipped,
             "evaluated_round": evaluated,
-            "metrics": metrics_by_group(kind, evaluation),
+            "metrics": metrics_by_group(kind, evaluation) if evaluation is not None else None,
         }
 
     # -- differential privacy ---------------------------------------------------------------------
@@ -570,10 +574,10 @@ class Federation:
         return ledger.overall_epsilon
 
     def evaluate(self, weights: dict[str, OrderedDict[str, np.ndarray]], norm: Normaliser) -> dict[str, np.ndarray]:
-        """Test statistics of the final models (under DP, measured by the harness)."""
+        """Test statistics of the final models (under DP, measured by the harness when there is one)."""
         self.observer.stage("final evaluation")
         if self.private:
-            return self._harness("final evaluation").evaluate(weights, norm)
+            return self.harness.evaluate(weights, norm) if self.harness is not None else {}
         layout = evaluation_layout(tuple(weights), self.spec.aggregation)
         records = self._model_records(weights, norm)
         outcome = self._sum("evaluate", records, layout, self.manifests, "evaluate")

@@ -19,6 +19,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from clients.firm import Normaliser
+from federation.firm_source import pilot_folders
 from federation.harness import SimulationHarness
 from federation.privacy_report import LEDGER_FILE, privacy_summary
 from federation.progress import Fanout, LogObserver, StageTimer, log_to_stderr
@@ -58,7 +59,8 @@ def run_server(grid: Grid, settings: RunSettings, observer: RunObserver, *, flow
     started = time.monotonic()
     timer = StageTimer()
     spec = settings.spec  # configuration and calibration errors surface before anything is written
-    harness = SimulationHarness(settings)
+    pilot_folders(settings)  # a pilot's folder holds exactly the declared firms
+    harness = SimulationHarness(settings) if settings.simulated else None  # a real federation has no harness
     with RunDirectory(settings.out_dir, settings.run_id) as rundir:
         config = {"run_config": settings.to_run_config(), "scenario": settings.scenario.model_dump(mode="json")}
         rundir.write_json(CONFIG_FILE, config)
@@ -68,8 +70,10 @@ def run_server(grid: Grid, settings: RunSettings, observer: RunObserver, *, flow
                 grid, settings, observers, flower_run_id=flower_run_id, open_ledger=ledger.open, harness=harness
             )
             ledger.stopped = outcome.stopped
-        observers.stage("centralised baseline")
-        centralised = harness.centralised(outcome.normaliser)
+        centralised: dict[str, np.ndarray] = {}
+        if harness is not None:
+            observers.stage("centralised baseline")
+            centralised = harness.centralised(outcome.normaliser)
         for kind, weights in outcome.weights.items():
             rundir.write_model(kind, weights, _normaliser_arrays(outcome.normaliser) if kind == "risk" else None)
         privacy = (

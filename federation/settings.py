@@ -49,7 +49,10 @@ GENERATED_SCHEMA = DataSchema(
 )
 """The columns the scenario generator writes: the schema of every simulated federation."""
 
-RUN_CONFIG_KEYS = ("scenario", "out-dir", "num-rounds", "seed", "set", "aggregation", "dp", "run-id")
+RUN_CONFIG_KEYS = ("scenario", "out-dir", "num-rounds", "seed", "set", "aggregation", "dp", "run-id", "data")
+
+NODES = "nodes"
+"""Run config `data = "nodes"`: a real federation, each SuperNode reading its own firm's files."""
 
 
 class RunSettings(BaseModel):
@@ -68,6 +71,14 @@ class RunSettings(BaseModel):
     baseline_patience: int = Field(default=20, ge=1)
     round_timeout_s: float = Field(default=600.0, gt=0)
     node_wait_s: float = Field(default=30.0, gt=0)
+    data: Path | Literal["generated", "nodes"] = "generated"
+    """Where the firms' data comes from: generated from the scenario, a pilot folder holding one
+    sub-folder of CSV files per firm, or (a real federation) each SuperNode's own files."""
+
+    @property
+    def simulated(self) -> bool:
+        """Whether this process holds every firm's data (simulation or pilot), so the harness can measure."""
+        return self.data != NODES
 
     @property
     def spec(self) -> FederationSpec:
@@ -94,6 +105,7 @@ class RunSettings(BaseModel):
             "aggregation": self.aggregation,
             "dp": "on" if self.dp else "off",
             "run-id": self.run_id,
+            "data": "" if self.data == "generated" else str(self.data),
         }
 
 
@@ -128,7 +140,7 @@ def federation_spec(settings: RunSettings) -> FederationSpec:
             field="training.strategy",
         )
     base = FederationSpec(
-        data=GENERATED_SCHEMA,
+        data=s.data or GENERATED_SCHEMA,
         lags=s.training.lags,
         horizon=s.horizon,
         test_start=s.test_start,
@@ -200,7 +212,12 @@ def settings_from_run_config(run_config: Mapping[str, Any], *, base_dir: Path = 
     dp = str(run_config.get("dp") or ("on" if scenario.privacy.enabled else "off"))
     if dp not in ("on", "off"):
         raise ConfigError(f"must be 'on' or 'off', got '{dp}'", source="run config", field="dp")
+    data_text = str(run_config.get("data") or "")
+    data: Path | str = (
+        "generated" if not data_text else NODES if data_text == NODES else _resolve(data_text, Path.cwd())
+    )
     settings = RunSettings(
+        data=data,  # type: ignore[arg-type]
         scenario_path=scenario_path,
         overrides=all_overrides,
         scenario=scenario,

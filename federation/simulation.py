@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from federation.client_app import build_client_app
+from federation.firm_source import validate_pilot
 from federation.runner import RunObserver
 from federation.server_app import RunResult, build_server_app
 from federation.settings import quiet_accountant, settings_from_run_config
@@ -28,6 +29,7 @@ def simulate(
 ) -> RunResult:
     """Validate the run config, then run the simulation; raise if it produced no result."""
     settings = settings_from_run_config(run_config)  # every config error surfaces before anything starts
+    validate_pilot(settings)  # a pilot's CSV files, every firm's problems at once
     config = settings.to_run_config()  # pins the run id, so server and firms agree on it
     results: list[RunResult] = []
     server_app = build_server_app(config, observer, results.append)

@@ -357,6 +357,11 @@ def item_name(index: int) -> str:
     return f"item{index + 1:03d}"
 
 
+def catalogue_items(scenario: Scenario) -> tuple[str, ...]:
+    """Every item name of the scenario's catalogue: the public vocabulary of its order baskets."""
+    return tuple(item_name(i) for i in range(scenario.items))
+
+
 def _basket_patterns(catalogue: _Catalogue, sold_by: list[np.ndarray]) -> list[np.ndarray]:
     """Disjoint item sets bought together chain-wide: a triple and two pairs of the most widely sold items.
 

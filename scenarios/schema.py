@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from silobridge.config import MIN_TRAIN_WINDOWS, TIERS, AggregationSpec, PrivacySpec, Tier, min_periods
+from silobridge.config import MIN_TRAIN_WINDOWS, TIERS, AggregationSpec, DataSchema, PrivacySpec, Tier, min_periods
 from silobridge.errors import ConfigError
 
 FIRM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -148,6 +148,10 @@ class Scenario(_Frozen):
     aggregation: AggregationSpec = AggregationSpec()
     privacy: PrivacySpec = PrivacySpec()
     dropout: SimulatedDropout = SimulatedDropout()
+    data: DataSchema | None = Field(
+        default=None,
+        description="columns every firm's CSV files provide (a real federation's [data]); default: the generator's",
+    )
 
     @field_validator("end")
     @classmethod

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from privacy.secagg.layout import CLIPPED, Segment, VectorLayout
+from silobridge.analytics import QUERY_SEGMENT
 from silobridge.config import AggregationSpec
 from silobridge.stats import GROUPS, DemandErrorStats, RiskStats
 
@@ -63,3 +64,8 @@ def baselines_layout(agg: AggregationSpec) -> VectorLayout:
 
 def moments_layout(num_features: int, agg: AggregationSpec) -> VectorLayout:
     return _with_clipping([Segment("risk_moments", 1 + 2 * num_features, agg.stats_bound, "double")], agg)
+
+
+def query_layout(length: int, value_bound: float, agg: AggregationSpec) -> VectorLayout:
+    """One analytics query step: `length` values within +/-`value_bound`, at float64 precision."""
+    return _with_clipping([Segment(QUERY_SEGMENT, length, value_bound, "double")], agg)

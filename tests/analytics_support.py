@@ -1,8 +1,9 @@
-"""A federation in a loop, for testing query plans without Flower: every firm's half, clipping, a sum.
+"""Shared by the analytics tests: firms as validated tables, pooled references, and a federation in a loop.
 
 `drive` runs a plan to its answer the way the engine does (optionally adding Gaussian noise of
 `noise_multiplier x l2_bound` to each released sum), sending each step through a JSON round trip as
-it would travel in a Flower message; `pooled` turns several firms into one firm holding all rows.
+it would travel in a Flower message; `pooled_firm` turns several firms into one firm holding all rows,
+`pooled` concatenates one column of every firm.
 """
 
 from __future__ import annotations
@@ -19,9 +20,57 @@ from clients.analytics import LOCAL_HALVES
 from clients.data import FirmData, firm_data_from_tables
 from federation.settings import GENERATED_SCHEMA
 from scenarios.generator import ChainData, generate_chain
-from scenarios.schema import load_scenario
+from scenarios.schema import Scenario, load_scenario
 from silobridge.analytics import QueryPlan, QueryStep, clip_answer
 from silobridge.config import min_periods
+
+RTOL = 1e-9
+UNITS = {"column": "units", "low": 0.0, "high": 5000.0}
+REGRESSION = {
+    "target": "units",
+    "features": ["price", "promotion", "holiday"],
+    "ranges": {"units": [0, 5000], "price": [0, 50], "promotion": [0, 1], "holiday": [0, 1]},
+}
+
+
+def tiny_firms(tiny_scenario: Scenario, tiny_chain: ChainData) -> list[FirmData]:
+    periods = min_periods(tiny_scenario.training.lags, tiny_scenario.horizon, tiny_scenario.test_periods)
+    return [
+        firm_data_from_tables(
+            f.id,
+            tiny_chain.tables[f.id].demand,
+            tiny_chain.tables[f.id].risk,
+            GENERATED_SCHEMA,
+            min_periods=periods,
+            orders=tiny_chain.tables[f.id].orders,
+        )
+        for f in tiny_scenario.firms
+    ]
+
+
+def pooled(firms: list[FirmData], table: str, column: str) -> np.ndarray:
+    return np.concatenate([getattr(f, table)[column].to_numpy(dtype=float) for f in firms])
+
+
+def ridge_fit(x: np.ndarray, y: np.ndarray, ridge: float) -> np.ndarray:
+    """The pooled reference: normal equations with the same ridge rule as the query states."""
+    design = np.column_stack([np.ones(len(y)), x])
+    xtx = design.T @ design
+    lam = ridge * np.mean(np.diag(xtx)[1:])
+    return np.linalg.solve(xtx + np.diag([0.0] + [lam] * x.shape[1]), design.T @ y)
+
+
+def pooled_ar(firms: list[FirmData], lags: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Lag windows of every (firm, series) pooled, and each series in date order."""
+    rows, targets, series = [], [], []
+    for firm in firms:
+        for _, frame in firm.demand.groupby("series"):
+            y = frame.sort_values("date")["units"].to_numpy(dtype=float)
+            series.append(y)
+            for t in range(lags, y.size):
+                rows.append(y[t - lags : t][::-1])
+                targets.append(y[t])
+    return np.array(rows), np.array(targets), series
 
 
 @dataclass
@@ -48,6 +97,8 @@ def drive(
     while step is not None:
         if len(trace.steps) >= max_steps:
             raise RuntimeError(f"plan {plan.name} did not finish in {max_steps} steps")
+        if step.step >= plan.planned_steps:  # the engine refuses it: budgets are charged for planned_steps
+            raise RuntimeError(f"plan {plan.name} asked step {step.step} beyond its {plan.planned_steps} planned")
         step = QueryStep.model_validate_json(step.model_dump_json())  # as it travels in a message
         total = np.zeros(step.length)
         for firm in firms:
@@ -59,16 +110,15 @@ def drive(
         trace.steps.append(step)
         trace.totals.append(total)
         step = plan.next(total, len(firms))
-    planned = getattr(plan, "max_steps", None)
-    if planned is not None and len(trace.steps) > planned:  # budgets are charged for max_steps up front
-        raise RuntimeError(f"plan {plan.name} released {len(trace.steps)} sums, more than its max_steps {planned}")
+    if len(trace.steps) > plan.planned_steps:
+        raise RuntimeError(f"plan {plan.name} released {len(trace.steps)} sums, more than its {plan.planned_steps}")
     result = plan.result()
     if json.loads(json.dumps(result)) != result:
         raise RuntimeError(f"plan {plan.name}'s result does not survive JSON")
     return result, trace
 
 
-def pooled(firms: list[FirmData]) -> FirmData:
+def pooled_firm(firms: list[FirmData]) -> FirmData:
     """One firm holding every firm's rows (series and order ids made unique per firm)."""
 
     def stack(tables: list[pd.DataFrame | None], key: str | None) -> pd.DataFrame | None:

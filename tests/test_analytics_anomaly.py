@@ -75,7 +75,7 @@ def test_flagged_counts_equal_the_pooled_counts(firms: list[FirmData]) -> None:
 def test_a_fixed_threshold_skips_the_histogram(firms: list[FirmData]) -> None:
     plan = anomaly.make_plan({"score_threshold": 0.45, "trees": 16, "depth": 5, "seed": 7}, schema=GENERATED_SCHEMA)
     result, trace = drive(plan, firms)
-    assert [s.params["phase"] for s in trace.steps] == ["mass", "flag"] and plan.max_steps == 2
+    assert [s.params["phase"] for s in trace.steps] == ["mass", "flag"] and plan.planned_steps == 2
     scores, _ = _pooled_scores(firms, plan.params)
     assert result["flagged"] == np.count_nonzero(scores >= 0.45) > 0
     assert result["cutoff_source"] == "fixed score_threshold"

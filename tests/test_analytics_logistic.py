@@ -14,7 +14,7 @@ from silobridge.analytics import QueryStep, clip_answer
 from silobridge.errors import ConfigError, ProtocolError
 from silobridge.iterative_params import LogisticParams
 from silobridge.ranges import to_symmetric
-from tests.analytics_support import chain_firms, drive, pooled
+from tests.analytics_support import chain_firms, drive, pooled_firm
 from tests.conftest import DEFAULT
 
 RIDGE = 2.0
@@ -26,7 +26,7 @@ def firms() -> list[FirmData]:
 
 
 def _pooled_design(firms: list[FirmData], params: LogisticParams) -> tuple[np.ndarray, np.ndarray]:
-    risk = pooled(firms).risk
+    risk = pooled_firm(firms).risk
     x = to_symmetric(risk[list(params.features)].to_numpy(), params.feature_ranges())
     return np.column_stack([np.ones(len(x)), x]), risk["disrupted"].to_numpy(dtype=float)
 
@@ -68,7 +68,7 @@ def test_federated_newton_equals_pooled_newton_and_sklearn(firms: list[FirmData]
     np.testing.assert_allclose(_scaled(result), sk, rtol=0, atol=1e-4)  # lbfgs stops within its own tolerance
 
     # Coefficients in raw units give the same linear predictor inside the ranges.
-    raw = pooled(firms).risk[list(plan.params.features)].to_numpy()
+    raw = pooled_firm(firms).risk[list(plan.params.features)].to_numpy()
     inside = np.all((x[:, 1:] > -1) & (x[:, 1:] < 1), axis=1)
     slopes = np.array([result["coefficients"][name] for name in plan.params.features])
     np.testing.assert_allclose(

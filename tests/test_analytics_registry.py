@@ -5,14 +5,27 @@ from __future__ import annotations
 from clients.analytics import LOCAL_HALVES
 from federation.settings import GENERATED_SCHEMA
 from server.analytics import PLANS
+from tests.analytics_support import REGRESSION, UNITS
 
-MINIMAL = {"kmeans": {"k": 2}, "frequent_itemsets": {"items": ["a", "b"]}}
+MINIMAL = {
+    "kmeans": {"k": 2},
+    "frequent_itemsets": {"items": ["a", "b"]},
+    "sum": UNITS,
+    "mean": UNITS,
+    "variance": UNITS,
+    "histogram": {"column": "price", "edges": [0, 10, 50]},
+    "quantiles": UNITS,
+    "linear_regression": REGRESSION,
+    "autoregression": {"high": 5000},
+}
 
 
 def test_both_halves_are_registered_under_one_name() -> None:
     assert set(PLANS) == set(LOCAL_HALVES)
+    assert len(PLANS) == 12
     for name, factory in PLANS.items():
-        plan = factory(MINIMAL.get(name, {}), schema=GENERATED_SCHEMA, noise_multiplier=0.0)
+        plan = factory(MINIMAL.get(name, {}), GENERATED_SCHEMA, noise_multiplier=0.0)
         assert plan.name == name
-        assert plan.first().query == name
-        assert plan.max_steps >= 1
+        first = plan.first()
+        assert first.query == name
+        assert first.step == 0 and plan.planned_steps >= 1

@@ -1,6 +1,8 @@
-"""Firm halves of the analytics queries, by name: each computes a firm's raw vector for one step.
+"""A firm's halves of the federated analytics queries: query name -> local statistics of one step.
 
-The caller clips it with `silobridge.analytics.clip_answer` before it enters a secure sum.
+Each half reads the step's parameters, computes on the firm's own validated tables and returns one
+vector; the caller clips it with `silobridge.analytics.clip_answer` and releases it through the
+secure sum. Nothing else leaves the firm.
 """
 
 from __future__ import annotations
@@ -10,14 +12,36 @@ from collections.abc import Callable
 import numpy as np
 
 from clients.analytics import anomaly, apriori, kmeans, logistic
+from clients.analytics.histogram import histogram_local, quantiles_local
+from clients.analytics.moments import count_local, mean_local, sum_local, variance_local
+from clients.analytics.regression import autoregression_local, linear_regression_local
 from clients.data import FirmData
-from silobridge.analytics import QueryStep
+from silobridge.analytics import LocalAnswer, QueryStep, clip_answer
+from silobridge.errors import ProtocolError
 
 LocalHalf = Callable[[QueryStep, FirmData], np.ndarray]
 
 LOCAL_HALVES: dict[str, LocalHalf] = {
+    "count": count_local,
+    "sum": sum_local,
+    "mean": mean_local,
+    "variance": variance_local,
+    "histogram": histogram_local,
+    "quantiles": quantiles_local,
+    "linear_regression": linear_regression_local,
+    "autoregression": autoregression_local,
     "logistic_regression": logistic.local,
     "kmeans": kmeans.local,
     "frequent_itemsets": apriori.local,
     "anomaly_detection": anomaly.local,
 }
+
+
+def answer_step(step: QueryStep, data: FirmData) -> LocalAnswer:
+    """The firm's answer to one step: its half of the named query, clipped to the step's public bounds."""
+    half = LOCAL_HALVES.get(step.query)
+    if half is None:
+        raise ProtocolError(
+            f"unknown query '{step.query}' (this firm answers: {', '.join(sorted(LOCAL_HALVES))})", firm=data.firm_id
+        )
+    return clip_answer(step, half(step, data), firm=data.firm_id)

@@ -55,7 +55,7 @@ class AnomalyPlan:
         self.records = 0.0
 
     @property
-    def max_steps(self) -> int:
+    def planned_steps(self) -> int:
         return 2 if self.params.score_threshold is not None else 3
 
     def _build(self, phase: str) -> QueryStep:
@@ -113,7 +113,7 @@ class AnomalyPlan:
         }
 
 
-def make_plan(params: Mapping[str, Any], *, schema: DataSchema, noise_multiplier: float = 0.0) -> AnomalyPlan:
+def make_plan(params: Mapping[str, Any], schema: DataSchema, *, noise_multiplier: float = 0.0) -> AnomalyPlan:
     """An anomaly-detection plan over the risk table; features and ranges default to the schema's."""
     return AnomalyPlan(
         risk_query_params(AnomalyParams, params, schema=schema, query=NAME), noise_multiplier=noise_multiplier

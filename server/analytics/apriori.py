@@ -63,7 +63,7 @@ class AprioriPlan:
         self.stopped = ""
 
     @property
-    def max_steps(self) -> int:
+    def planned_steps(self) -> int:
         return self.params.max_size
 
     def _step(self) -> QueryStep:
@@ -135,7 +135,7 @@ class AprioriPlan:
         }
 
 
-def make_plan(params: Mapping[str, Any], *, schema: DataSchema, noise_multiplier: float = 0.0) -> AprioriPlan:
+def make_plan(params: Mapping[str, Any], schema: DataSchema, *, noise_multiplier: float = 0.0) -> AprioriPlan:
     """A frequent-itemset plan over the firms' order baskets (`items`: the public item vocabulary)."""
     parsed = parse_query_params(AprioriParams, params, query=NAME)
     if len(parsed.items) > parsed.max_candidates:

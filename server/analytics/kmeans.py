@@ -72,7 +72,7 @@ class KMeansPlan:
         self.shifts: list[float] = []
 
     @property
-    def max_steps(self) -> int:
+    def planned_steps(self) -> int:
         return 1 + self.params.max_iterations
 
     def lloyd_bound(self) -> float:
@@ -155,6 +155,6 @@ class KMeansPlan:
         }
 
 
-def make_plan(params: Mapping[str, Any], *, schema: DataSchema, noise_multiplier: float = 0.0) -> KMeansPlan:
+def make_plan(params: Mapping[str, Any], schema: DataSchema, *, noise_multiplier: float = 0.0) -> KMeansPlan:
     """A K-means plan over demand profiles (the schema is not needed: the feature ranges are the query's)."""
     return KMeansPlan(parse_query_params(KMeansParams, params, query=NAME), noise_multiplier=noise_multiplier)

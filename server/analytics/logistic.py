@@ -86,7 +86,7 @@ class LogisticPlan:
         self.history: list[float] = []
 
     @property
-    def max_steps(self) -> int:
+    def planned_steps(self) -> int:
         """Releases this query makes at most (for budgeting before it starts)."""
         return self.params.max_iterations
 
@@ -145,7 +145,7 @@ class LogisticPlan:
         }
 
 
-def make_plan(params: Mapping[str, Any], *, schema: DataSchema, noise_multiplier: float = 0.0) -> LogisticPlan:
+def make_plan(params: Mapping[str, Any], schema: DataSchema, *, noise_multiplier: float = 0.0) -> LogisticPlan:
     """A logistic-regression plan; features default to all of the schema's risk features, ranges to its ranges."""
     parsed = risk_query_params(LogisticParams, params, schema=schema, query=NAME)
     return LogisticPlan(parsed, noise_multiplier=noise_multiplier)

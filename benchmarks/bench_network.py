@@ -1,0 +1,146 @@
+"""A real federation on loopback against the same simulation: round time for 2, 5 and 10 partners.
+
+Run from the repository root: `python -m benchmarks.bench_network [--nodes 2 5 10] [--rounds 2]`.
+Writes benchmarks/results/network.{json,md}.
+
+For each size, one federation file (a distributor and its retailers) and its generated CSV files;
+then, side by side in one run: the loopback federation (SuperLink with TLS and node
+authentication, one `silobridge join` SuperNode per firm, `silobridge run`) and the pilot
+simulation on the same files (`simulate --data`). Both run secure aggregation and record-level DP.
+Per round: wall seconds of each training round as the ServerApp measured it (metrics.jsonl).
+Also measured: the cold start of one ClientApp process (a SuperNode starts one per message).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from benchmarks._common import write_results
+from clients.data import write_firm_data
+from federation.network.loopback import LoopbackFederation
+from federation.simulation import simulate
+from scenarios.generator import generate_chain
+from scenarios.schema import load_scenario
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def federation_file(path: Path, nodes: int, rounds: int) -> Path:
+    """A distributor and `nodes - 1` retailers it supplies; sizes alternate large and small."""
+    firms = [{"id": "D1", "tier": "distributor", "size": 6.0, "history": 100, "region": "north"}]
+    for i in range(1, nodes):
+        large = i % 3 == 1
+        firms.append(
+            {
+                "id": f"R{i}",
+                "tier": "retailer",
+                "size": 6.0 if large else 1.2,
+                "history": 100 if large else 45,
+                "region": "north" if i % 2 else "south",
+            }
+        )
+    raw = {
+        "name": f"net{nodes}",
+        "seed": 5,
+        "end": "2025-12-29",
+        "items": 4,
+        "firms": firms,
+        "links": [{"supplier": "D1", "customer": f["id"]} for f in firms[1:]],
+        "training": {"rounds": rounds, "local_epochs": 1, "hidden": 16, "min_firms": 2},
+    }
+    text = tomli_w.dumps(raw).replace('end = "2025-12-29"', "end = 2025-12-29")
+    path.write_text(text)
+    return path
+
+
+def round_seconds(run_dir: Path) -> list[float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    by_round: dict[int, float] = {}
+    for record in records:
+        by_round[record["round"]] = record["seconds"]
+    return [by_round[r] for r in sorted(by_round)]
+
+
+def clientapp_cold_start(repeats: int) -> list[float]:
+    """Seconds for a fresh interpreter to import the ClientApp (torch, flwr, our code): per message on a SuperNode."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import federation.client_app"], cwd=ROOT, check=True)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def measure(nodes: int, rounds: int, work: Path) -> dict[str, Any]:
+    work.mkdir(parents=True)
+    config = federation_file(work / "federation.toml", nodes, rounds)
+    scenario = load_scenario(config)
+    chain = generate_chain(scenario)
+    for firm in scenario.firm_ids:
+        write_firm_data(work / "data" / firm, chain.tables[firm].demand, chain.tables[firm].risk)
+    with LoopbackFederation(work, config, ROOT) as net:
+        net.make_credentials(scenario.firm_ids)
+        net.start_superlink()
+        for firm in scenario.firm_ids:
+            net.register(firm)
+            net.join(firm, work / "data" / firm)
+        started = time.perf_counter()
+        result = net.run(work / "runs", "net", timeout=3600)
+        network_wall = time.perf_counter() - started
+        if not (work / "runs" / "net" / "summary.json").exists():
+            raise RuntimeError(result.stdout[-3000:] + result.stderr[-3000:])
+    started = time.perf_counter()
+    pilot = simulate(
+        {"scenario": str(config), "out-dir": str(work / "runs"), "run-id": "sim", "data": str(work / "data")}
+    )
+    simulation_wall = time.perf_counter() - started
+    net_rounds, sim_rounds = round_seconds(work / "runs" / "net"), round_seconds(pilot.path)
+    return {
+        "nodes": nodes,
+        "rounds": rounds,
+        "network_round_s": round(statistics.mean(net_rounds), 2),
+        "simulation_round_s": round(statistics.mean(sim_rounds), 2),
+        "round_ratio": round(statistics.mean(net_rounds) / statistics.mean(sim_rounds), 2),
+        "network_run_s": round(network_wall, 1),
+        "simulation_run_s": round(simulation_wall, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, nargs="+", default=[2, 5, 10])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--cold-starts", type=int, default=5)
+    args = parser.parse_args()
+    starts = clientapp_cold_start(args.cold_starts)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-network-") as tmp:
+        for nodes in args.nodes:
+            row = measure(nodes, args.rounds, Path(tmp) / f"n{nodes}")
+            print(row, flush=True)
+            rows.append(row)
+    start_s = statistics.median(starts)
+    notes = (
+        f"ClientApp cold start (fresh interpreter importing torch, flwr and the ClientApp), median of "
+        f"{len(starts)}: {start_s:.2f} s. A SuperNode starts one such process per message, so every exchange "
+        "costs each partner at least this, in parallel across partners (each on its own machine); a secure, "
+        "private round is 2 exchanges (train + unmask), plus 2 per key-agreement session."
+    )
+    parameters = {"nodes": args.nodes, "rounds": args.rounds, "clientapp_cold_start_s": [round(t, 2) for t in starts]}
+    columns = list(rows[0]) if rows else ["nodes"]
+    json_path, md_path = write_results("network", parameters=parameters, rows=rows, columns=columns, notes=notes)
+    print(md_path.read_text())
+
+
+if __name__ == "__main__":
+    main()

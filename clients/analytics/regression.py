@@ -1,0 +1,69 @@
+"""A firm's half of linear regression and AR(p): its sufficient statistics X^T X, X^T y, y^T y.
+
+Columns are clipped to their public ranges and divided by their magnitudes, and the sums by the
+public row bound, so every entry is in [-1, 1] (see `silobridge.queries.gram_l2_bound`). X has an
+intercept column of ones. The AR query's second step sends, per lag, the sum over the firm's
+series of their last values (and how many series), from which the server forecasts the total.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clients.analytics.columns import column_values
+from clients.data import FirmData
+from silobridge.analytics import QueryStep, step_params
+from silobridge.errors import ProtocolError
+from silobridge.queries import AutoregressionParams, LinearRegressionParams
+
+
+def gram_vector(u: np.ndarray, v: np.ndarray, max_rows: int) -> np.ndarray:
+    """[upper triangle of u^T u (row-major), u^T v, v^T v] / max_rows for scaled design `u` and target `v`."""
+    gram = u.T @ u
+    rows, cols = np.triu_indices(u.shape[1])
+    return np.concatenate([gram[rows, cols], u.T @ v, [v @ v]]) / max_rows
+
+
+def _scaled(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    return np.clip(values, low, high) / max(abs(low), abs(high))
+
+
+def linear_regression_local(step: QueryStep, data: FirmData) -> np.ndarray:
+    params = step_params(LinearRegressionParams, step, firm=data.firm_id)
+    target = _scaled(column_values(data, params.table, params.target), *params.ranges[params.target])
+    columns = [np.ones_like(target)] + [
+        _scaled(column_values(data, params.table, c), *params.ranges[c]) for c in params.features
+    ]
+    return gram_vector(np.column_stack(columns), target, params.max_rows)
+
+
+def _series(data: FirmData, high: float) -> list[np.ndarray]:
+    """Each of the firm's demand series in date order, clipped to [0, high] and divided by high."""
+    if data.demand is None:
+        return []
+    frame = data.demand.sort_values(["series", "date"], kind="stable")
+    return [np.clip(rows["units"].to_numpy(dtype=np.float64), 0.0, high) / high for _, rows in frame.groupby("series")]
+
+
+def lag_windows(series: np.ndarray, lags: int) -> tuple[np.ndarray, np.ndarray]:
+    """Design [1, y_{t-1}, ..., y_{t-lags}] and target y_t for every t with `lags` earlier values."""
+    n = series.size - lags
+    if n <= 0:
+        return np.zeros((0, lags + 1)), np.zeros(0)
+    lagged = [series[lags - i : lags - i + n] for i in range(1, lags + 1)]
+    return np.column_stack([np.ones(n), *lagged]), series[lags:]
+
+
+def autoregression_local(step: QueryStep, data: FirmData) -> np.ndarray:
+    params = step_params(AutoregressionParams, step, firm=data.firm_id)
+    series = _series(data, params.high)
+    if step.step == 0:
+        windows = [lag_windows(s, params.lags) for s in series]
+        u = np.concatenate([w[0] for w in windows]) if windows else np.zeros((0, params.lags + 1))
+        v = np.concatenate([w[1] for w in windows]) if windows else np.zeros(0)
+        return gram_vector(u, v, params.max_rows)
+    if step.step == 1:
+        ends = [s[::-1][: params.lags] for s in series if s.size >= params.lags]  # y_T, y_{T-1}, ...
+        total = np.sum(ends, axis=0) if ends else np.zeros(params.lags)
+        return np.concatenate([[len(ends)], total]) / params.max_series
+    raise ProtocolError(f"query '{step.query}' has steps 0 and 1, not {step.step}", firm=data.firm_id)

@@ -1,0 +1,342 @@
+"""Running analytics queries over a federation: in memory (tests, benchmarks) or as a Flower simulation.
+
+Both halves meet here only: the server's plans (`server.analytics`) and the firms' halves
+(`clients.analytics`). Every step is one sum of the firms' clipped vectors -- in the clear, through
+the real SecAgg protocol in memory, or over Flower messages with the same secure-sum path training
+uses -- and the engine adds the DP noise and writes the ledger. `run_queries` runs a list of
+queries over a scenario's firms in a Flower simulation and writes a run directory whose ledger
+`silobridge audit` verifies.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flwr.app import ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from clients.analytics import answer_step
+from clients.data import FirmData
+from federation.privacy_report import LEDGER_FILE
+from federation.progress import LogObserver
+from federation.records import ANALYTICS
+from federation.rundir import CONFIG_FILE, RunDirectory
+from federation.runner import Federation, RunObserver
+from federation.settings import RunSettings, quiet_accountant, settings_from_run_config
+from privacy.dp import Budget
+from privacy.ledger import PrivacyRun, config_hash, public_key_hex
+from privacy.secagg.layout import CLIPPED
+from privacy.secagg.simulate import InMemoryFederation
+from scenarios.generator import catalogue_items
+from server.analytics import build_plan
+from server.analytics.engine import (
+    QueryEngine,
+    QueryOutcome,
+    QueryPrivacy,
+    StepSum,
+    SumStep,
+    calibrate_query_noise,
+    query_accounting,
+)
+from server.layouts import query_layout
+from silobridge.analytics import QUERY_SEGMENT, QueryPlan, QueryStep
+from silobridge.config import AggregationSpec
+from silobridge.errors import ConfigError, FederationError, SiloBridgeError
+
+QUERIES_FILE = "queries.json"
+
+log = logging.getLogger("silobridge")
+
+
+# -- in memory ------------------------------------------------------------------------------------
+
+
+def plain_sum_step(firms: Sequence[FirmData]) -> SumStep:
+    """Every firm answers in turn; the answers are added in the clear (the reference path of the tests)."""
+
+    def sum_step(step: QueryStep) -> StepSum:
+        answers = {data.firm_id: answer_step(step, data) for data in firms}
+        total = np.sum([a.vector for a in answers.values()], axis=0)
+        return StepSum(total, tuple(sorted(answers)), sum(a.clipped for a in answers.values()))
+
+    return sum_step
+
+
+class SecAggSumStep:
+    """Every step through the real SecAgg+ protocol in memory: quantise, mask, unmask, decode.
+
+    One key session serves `rounds_per_session` steps, as in a run; `aggregation` must be resolved
+    for the number of firms (`server.secure_sum.resolve_aggregation`).
+    """
+
+    def __init__(self, firms: Sequence[FirmData], aggregation: AggregationSpec, *, run_id: str = "in-memory-queries"):
+        self.firms = {data.firm_id: data for data in firms}
+        self.aggregation = aggregation
+        self.params = aggregation.secagg_params()
+        self.federation = InMemoryFederation(self.firms, self.params, run_id=run_id)
+        self.next_round = 1
+        self.session_end = 1
+        self.rng = np.random.default_rng()
+
+    def __call__(self, step: QueryStep) -> StepSum:
+        layout = query_layout(step.length, step.value_bound, self.aggregation)
+        vectors = {}
+        for firm, data in self.firms.items():
+            answer = answer_step(step, data)
+            segments = {QUERY_SEGMENT: answer.vector}
+            clipped = layout.count_clipped(segments) + answer.clipped
+            vectors[firm], _ = layout.encode({**segments, CLIPPED: np.array([clipped])}, self.rng, firm=firm)
+        if self.next_round >= self.session_end:
+            self.federation.open_session(self.next_round)
+            self.session_end = self.next_round + self.params.rounds_per_session
+        result = self.federation.run_round(self.next_round, vectors)
+        self.next_round += 1
+        decoded = layout.decode(result.total, len(self.firms))
+        contributors = tuple(sorted(result.record.contributors))
+        return StepSum(decoded[QUERY_SEGMENT], contributors, int(round(float(decoded[CLIPPED][0]))))
+
+
+# -- a Flower simulation --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueryRequest:
+    """One query of a run: its name and raw parameters (validated when the run is planned)."""
+
+    name: str
+    params: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class QueryBudget:
+    """DP for a run of queries: the run's (epsilon, delta), the accountant, and optionally a fixed noise."""
+
+    epsilon: float
+    delta: float
+    accountant: str = "rdp"
+    noise_multiplier: float | None = None
+
+
+@dataclass(frozen=True)
+class QueryRunResult:
+    path: Path
+    outcomes: list[QueryOutcome]
+    noise_multiplier: float | None
+    public_key: str | None
+    seconds: float
+
+
+def with_scenario_defaults(settings: RunSettings, requests: Sequence[QueryRequest]) -> list[QueryRequest]:
+    """Parameters a generated scenario can supply publicly: `frequent_itemsets` defaults its `items` to the
+    scenario's catalogue (item names are public; a pilot's or a network's firms must name theirs)."""
+    completed = []
+    for request in requests:
+        if request.name == "frequent_itemsets" and "items" not in request.params and settings.data == "generated":
+            request = QueryRequest(request.name, {**request.params, "items": list(catalogue_items(settings.scenario))})
+        completed.append(request)
+    return completed
+
+
+def plan_queries(
+    settings: RunSettings, requests: Sequence[QueryRequest], *, noise_multiplier: float = 0.0
+) -> list[QueryPlan]:
+    """Every query's parameters checked against the federation's schema before anything starts.
+
+    `noise_multiplier` is the one the engine will use: plans with DP thresholds scale them with it.
+    """
+    if not requests:
+        raise ConfigError("give at least one query", field="query")
+    return [build_plan(r.name, r.params, settings.spec.data, noise_multiplier=noise_multiplier) for r in requests]
+
+
+def noised_plans(
+    settings: RunSettings, requests: Sequence[QueryRequest], budget: QueryBudget
+) -> tuple[list[QueryPlan], float]:
+    """The plans and the noise multiplier: calibrated on the planned steps, then given to the plans.
+
+    A plan's `planned_steps` depends on its parameters only, so planning again with the noise cannot
+    change what was calibrated; it is checked all the same.
+    """
+    drafts = plan_queries(settings, requests)
+    noise = _noise(drafts, budget)
+    plans = plan_queries(settings, requests, noise_multiplier=noise)
+    if [p.planned_steps for p in plans] != [d.planned_steps for d in drafts]:
+        raise FederationError("a query's planned steps changed with the noise multiplier; the calibration is void")
+    return plans, noise
+
+
+def _noise(plans: Sequence[QueryPlan], budget: QueryBudget) -> float:
+    """One noise multiplier for every step of every query, so that all of them together spend the budget."""
+    if budget.noise_multiplier is not None:
+        return budget.noise_multiplier
+    releases = sum(plan.planned_steps for plan in plans)
+    return calibrate_query_noise(releases, Budget(budget.epsilon, budget.delta), query_accounting(budget.accountant))
+
+
+def _federation_sum_step(federation: Federation) -> SumStep:
+    """A step's sum over Flower messages, through the runner's secure (or plain) sum."""
+
+    def sum_step(step: QueryStep) -> StepSum:
+        layout = query_layout(step.length, step.value_bound, federation.spec.aggregation)
+        outcome = federation.release_sum(
+            "query.analytics",
+            {ANALYTICS: ConfigRecord(step.to_config())},
+            layout,
+            list(federation.manifests),
+            f"query {step.query} step {step.step}",
+        )
+        if not outcome.contributors:
+            raise FederationError(f"query '{step.query}' step {step.step}: no firm contributed; see the dropout log")
+        clipped = int(round(float(outcome.segments[CLIPPED][0])))
+        return StepSum(outcome.segments[QUERY_SEGMENT], tuple(outcome.contributors), clipped)
+
+    return sum_step
+
+
+def serve_queries(
+    grid: Grid,
+    settings: RunSettings,
+    requests: Sequence[QueryRequest],
+    budget: QueryBudget | None,
+    *,
+    flower_run_id: int,
+    observer: RunObserver,
+) -> QueryRunResult:
+    """The coordinator's side: connect, open the ledger (under DP), run every query, write the run directory."""
+    started = time.monotonic()
+    requests = with_scenario_defaults(settings, requests)
+    plans, noise = (
+        (plan_queries(settings, requests), None) if budget is None else noised_plans(settings, requests, budget)
+    )
+    with RunDirectory(settings.out_dir, settings.run_id) as rundir:
+        config = {
+            "run_config": settings.to_run_config(),
+            "queries": [{"query": r.name, "params": dict(r.params)} for r in requests],
+            "privacy": None if budget is None else {**vars(budget), "noise_multiplier": noise},
+        }
+        rundir.write_json(CONFIG_FILE, config)
+        federation = Federation(grid, settings, observer, flower_run_id=flower_run_id)
+        manifests = federation.connect()
+        firms = sorted(m.firm_id for m in manifests.values())
+        privacy, ledger, public_key = None, None, None
+        if budget is not None and noise is not None:
+            key = Ed25519PrivateKey.generate()
+            public_key = public_key_hex(key.public_key())
+            rundir.keep_on_failure = True  # privacy may be spent from here on: the ledger must survive
+            ledger = PrivacyRun.start(
+                rundir.partial / LEDGER_FILE,
+                run_id=settings.run_id,
+                config_sha256=config_hash(config),
+                budget=Budget(budget.epsilon, budget.delta),
+                signing_key=key,
+                spec=query_accounting(budget.accountant),
+                firm_budgets={
+                    m.firm_id: Budget(m.budget_epsilon, budget.delta)
+                    for m in manifests.values()
+                    if m.budget_epsilon is not None
+                },
+            )
+            privacy = QueryPrivacy(ledger, noise)
+        engine = QueryEngine(_federation_sum_step(federation), firms, privacy=privacy)
+        outcomes: list[QueryOutcome] = []
+        try:
+            for plan in plans:
+                observer.stage(f"query {plan.name}")
+                outcomes.append(engine.run(plan))
+        except BaseException as err:
+            if ledger is not None:
+                ledger.close(f"aborted: {type(err).__name__}: {err}")
+            raise
+        if ledger is not None:
+            ledger.close()
+        seconds = round(time.monotonic() - started, 3)
+        rundir.write_json(
+            QUERIES_FILE,
+            {
+                "queries": [o.to_dict() for o in outcomes],
+                "noise_multiplier": noise,
+                "public_key": public_key,
+                "aggregation": federation.describe_aggregation(),
+                "dropped": federation.dropped,
+                "seconds": seconds,
+            },
+        )
+        path = rundir.commit()
+    return QueryRunResult(path, outcomes, noise, public_key, seconds)
+
+
+def run_queries(
+    run_config: Mapping[str, Any],
+    requests: Sequence[QueryRequest],
+    budget: QueryBudget | None,
+    *,
+    observer: RunObserver | None = None,
+    cpus: int | None = None,
+) -> QueryRunResult:
+    """Run `requests` over the scenario's firms in an in-process Flower simulation (secure sums by default).
+
+    `run_config` is the flat run config of `silobridge simulate` (scenario, overrides, aggregation,
+    out-dir, run-id); the training DP of the scenario is not used: queries are accounted by `budget`.
+    """
+    from federation.client_app import build_client_app
+
+    settings = settings_from_run_config({**run_config, "dp": "off"})
+    requests = with_scenario_defaults(settings, requests)
+    # parameter errors surface before anything starts; under DP, the budget is checked and calibrated too
+    if budget is None:
+        plan_queries(settings, requests)
+    else:
+        noised_plans(settings, requests, budget)
+    config = settings.to_run_config()
+    results: list[QueryRunResult] = []
+    errors: list[SiloBridgeError] = []
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        try:
+            results.append(
+                serve_queries(
+                    grid, settings, requests, budget, flower_run_id=context.run_id, observer=observer or LogObserver()
+                )
+            )
+        except SiloBridgeError as err:  # raised again below, in the caller's thread, with its own message
+            errors.append(err)
+
+    os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    from flwr.simulation import run_simulation
+
+    from federation.simulation import _quiet_flower
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        _quiet_flower()
+        quiet_accountant()
+        run_simulation(
+            server_app=server_app,
+            client_app=build_client_app(config),
+            num_supernodes=len(settings.scenario.firms),
+            backend_config={
+                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                "init_args": {
+                    "num_cpus": cpus or os.cpu_count() or 1,
+                    "include_dashboard": False,
+                    "logging_level": logging.ERROR,
+                    "log_to_driver": True,
+                },
+            },
+        )
+    if errors:
+        raise errors[0]
+    if not results:
+        raise FederationError("the query run ended without a result; see the messages above")
+    return results[0]

@@ -1,0 +1,184 @@
+"""The Flower processes of a real federation, as exact command lines, and the checks between them.
+
+One place builds the `flower-superlink` / `flower-supernode` / `flwr` invocations, so the CLI, the
+README and the loopback test all start the same thing. Everything is TLS with pinned CA and
+SuperNode authentication; there is no insecure option here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import ssl
+import sys
+import time
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from federation.firm_source import NODE_BUDGET, NODE_DATA_DIR, NODE_FEDERATION, NODE_FIRM_ID
+from silobridge.errors import ConfigError, FederationError
+
+CONNECTION = "silobridge"
+"""Name of the SuperLink connection in $FLWR_HOME/config.toml that `flwr run` and `flwr supernode` use."""
+
+
+def flower_executable(name: str) -> str:
+    """Flower's console scripts live beside this interpreter (a venv need not be on PATH)."""
+    beside = Path(sys.executable).with_name(name)
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise FederationError(f"'{name}' not found beside {sys.executable} or on PATH: install flwr[simulation]")
+    return found
+
+
+def process_env(flwr_home: Path | None = None) -> dict[str, str]:
+    """Flower starts helper processes by name: put its scripts on PATH, never install at run time."""
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    if flwr_home is not None:
+        env["FLWR_HOME"] = str(flwr_home)
+    return env
+
+
+@dataclass(frozen=True)
+class SuperLinkFiles:
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+
+
+def superlink_command(
+    files: SuperLinkFiles, *, host: str, port: int, database: Path | None = None, log_file: Path | None = None
+) -> list[str]:
+    """A SuperLink serving Fleet, Control and Runtime APIs on one HTTPS port, admitting registered nodes only."""
+    for path in (files.ca_cert, files.server_cert, files.server_key):
+        if not path.is_file():
+            raise ConfigError(f"{path} does not exist (make it with `silobridge certs`)", field="--certs")
+    command = [
+        flower_executable("flower-superlink"),
+        "--ssl-ca-certfile",
+        str(files.ca_cert),
+        "--ssl-certfile",
+        str(files.server_cert),
+        "--ssl-keyfile",
+        str(files.server_key),
+        "--enable-supernode-auth",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--disable-runtime-dependency-installation",
+    ]
+    if database is not None:
+        command += ["--database", str(database)]
+    if log_file is not None:
+        command += ["--log-file", str(log_file)]
+    return command
+
+
+def node_config_text(values: Mapping[str, str | float]) -> str:
+    """Flower's `--node-config` syntax: space-separated key=value, strings quoted as TOML strings."""
+    parts = []
+    for key, value in values.items():
+        text = str(value)
+        if '"' in text or "\\" in text:
+            raise ConfigError(f"node config value {text!r} may not contain quotes or backslashes", field=key)
+        parts.append(f'{key}="{text}"' if isinstance(value, str) else f"{key}={value}")
+    return " ".join(parts)
+
+
+def supernode_command(
+    *,
+    superlink: str,
+    ca_cert: Path,
+    private_key: Path,
+    data_dir: Path,
+    federation: Path,
+    firm_id: str,
+    runtime_port: int,
+    budget_epsilon: float | None = None,
+) -> list[str]:
+    """A partner's SuperNode: TLS pinned to the federation's CA, authenticated by the firm's key."""
+    values: dict[str, str | float] = {
+        NODE_DATA_DIR: str(data_dir.resolve()),
+        NODE_FEDERATION: str(federation.resolve()),
+        NODE_FIRM_ID: firm_id,
+    }
+    if budget_epsilon is not None:
+        values[NODE_BUDGET] = float(budget_epsilon)
+    return [
+        flower_executable("flower-supernode"),
+        "--superlink",
+        superlink,
+        "--root-certificates",
+        str(ca_cert.resolve()),
+        "--auth-supernode-private-key",
+        str(private_key.resolve()),
+        "--node-config",
+        node_config_text(values),
+        "--port",
+        str(runtime_port),
+    ]
+
+
+def write_connection(flwr_home: Path, *, address: str, ca_cert: Path, name: str = CONNECTION) -> Path:
+    """Add (or replace) the named SuperLink connection in $FLWR_HOME/config.toml, keeping the others."""
+    import tomli_w
+
+    path = flwr_home / "config.toml"
+    config = tomllib.loads(path.read_text()) if path.exists() else {}
+    superlink = config.setdefault("superlink", {})
+    superlink.setdefault("default", name)
+    superlink[name] = {"address": address, "root-certificates": str(ca_cert.resolve())}
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    path.write_text(tomli_w.dumps(config))
+    return path
+
+
+def register_command(public_key: Path, *, name: str = CONNECTION) -> list[str]:
+    """Flower's own registration of a firm's public key with the SuperLink (over the Control API)."""
+    if not public_key.is_file():
+        raise ConfigError(f"{public_key} does not exist", field="PUBLIC_KEY")
+    return [flower_executable("flwr"), "supernode", "register", str(public_key), name]
+
+
+def run_command(app_dir: Path, run_config: Mapping[str, str | int], *, name: str = CONNECTION) -> list[str]:
+    """`flwr run` of this app on the named SuperLink, streaming the ServerApp's log."""
+    overrides = " ".join(f'{k}="{v}"' if isinstance(v, str) else f"{k}={v}" for k, v in run_config.items())
+    return [flower_executable("flwr"), "run", str(app_dir), name, "--run-config", overrides, "--stream"]
+
+
+def wait_healthy(address: str, ca_cert: Path, *, timeout_s: float = 60.0) -> None:
+    """Block until the SuperLink answers its HTTPS health endpoint, verified against the CA."""
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            context = ssl.create_default_context(cafile=str(ca_cert))
+            if httpx.get(f"https://{address}/health", verify=context, timeout=2.0).is_success:
+                return
+        except httpx.HTTPError as err:
+            last = err
+        time.sleep(0.3)
+    raise FederationError(f"SuperLink at {address} not healthy after {timeout_s:.0f} s: {last}")
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"expected HOST:PORT, got '{address}'", field="--superlink")
+    return host, int(port)
+
+
+def argv_text(command: Sequence[str]) -> str:
+    """A command line to print for the user (quoted where needed)."""
+    import shlex
+
+    return " ".join(shlex.quote(part) for part in command)

@@ -1,0 +1,216 @@
+"""The query engine: drives a query's server half step by step over any way of summing the firms' vectors.
+
+The engine knows nothing of Flower: `sum_step(step)` returns the (secure) sum of the firms' clipped
+vectors for one step, however it was obtained (the Flower glue, the in-memory SecAgg protocol, a
+plain sum in a test). Under DP the unit is the firm: a firm's whole vector is bounded by the step's
+`l2_bound`, so one step is a Gaussian release with noise std z x l2_bound added to the sum here
+(central DP). Before any firm is contacted, the whole query (its planned steps) and then each step
+are previewed against the run's budget; every step is recorded in the signed ledger as
+`query-<n>/<name>/step-<k>`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dp_accounting as dpa
+import numpy as np
+
+from privacy.dp import Budget, Sampling, calibrate_noise_multiplier, central_round_event, epsilon
+from privacy.dp.accounting import AccountantKind, AccountingSpec, PrivacyUnit
+from privacy.ledger import PrivacyRun, Release
+from silobridge.analytics import QueryPlan, QueryStep
+from silobridge.errors import BudgetExhausted, ConfigError, FederationError
+
+
+@dataclass(frozen=True)
+class StepSum:
+    """What one step released before noise: the sum, the firms in it, and how many entries they clipped."""
+
+    total: np.ndarray
+    contributors: tuple[str, ...]
+    clipped: int = 0
+
+
+SumStep = Callable[[QueryStep], StepSum]
+
+
+def query_accounting(kind: str = "rdp") -> AccountingSpec:
+    """Queries are accounted per firm (add or remove one firm's whole contribution)."""
+    return AccountingSpec(kind=AccountantKind(kind), unit=PrivacyUnit.FIRM)
+
+
+def step_event(noise_multiplier: float, l2_bound: float) -> dpa.DpEvent:
+    """One step: the Gaussian mechanism on a sum whose firm-level L2 sensitivity is `l2_bound`."""
+    return central_round_event(noise_multiplier, l2_bound, Sampling.none())
+
+
+def calibrate_query_noise(releases: int, budget: Budget, spec: AccountingSpec | None = None) -> float:
+    """The noise multiplier with which `releases` Gaussian steps spend at most `budget` (rounded up)."""
+    if releases < 1:
+        raise ConfigError(f"must be at least 1, got {releases}", field="releases")
+    z = calibrate_noise_multiplier(
+        lambda z: dpa.SelfComposedDpEvent(dpa.GaussianDpEvent(z), releases), budget, spec or query_accounting()
+    )
+    return round(z, 4) + 1e-4
+
+
+@dataclass(frozen=True)
+class QueryPrivacy:
+    """Central DP for queries: the run's ledger (budget and accounting) and the noise multiplier."""
+
+    ledger: PrivacyRun
+    noise_multiplier: float
+    rng: np.random.Generator = field(default_factory=np.random.default_rng)
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.noise_multiplier) and self.noise_multiplier > 0):
+            raise ConfigError(f"must be positive, got {self.noise_multiplier!r}", field="noise_multiplier")
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """One released step. `noise_std` is per entry of the step's vector (in the firms' scaled units,
+    as the vector travels); `clipped` is how many entries the firms' clipping changed, summed."""
+
+    step: int
+    length: int
+    l2_bound: float
+    contributors: int
+    clipped: int
+    noise_std: float
+    release_id: str | None
+    epsilon_after: float | None
+
+
+@dataclass(frozen=True)
+class QueryOutcome:
+    """A query's answer and what it cost: its own epsilon and the run's total after it (at the run's delta)."""
+
+    query: str
+    answer: dict[str, Any]
+    steps: list[StepReport]
+    epsilon: float | None
+    epsilon_total: float | None
+    delta: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "query": self.query,
+            "answer": self.answer,
+            "privacy": None
+            if self.epsilon is None
+            else {"epsilon": self.epsilon, "epsilon_total": self.epsilon_total, "delta": self.delta},
+            "steps": [vars(s) for s in self.steps],
+        }
+
+
+class QueryEngine:
+    """Runs queries one after another over the same firms, numbering their releases `query-<n>`."""
+
+    def __init__(self, sum_step: SumStep, firms: Sequence[str], *, privacy: QueryPrivacy | None = None):
+        if not firms:
+            raise ConfigError("a query needs at least one firm", field="firms")
+        self.sum_step = sum_step
+        self.firms = sorted(firms)
+        self.privacy = privacy
+        self.queries = 0
+
+    def run(self, plan: QueryPlan) -> QueryOutcome:
+        self.queries += 1
+        prefix = f"query-{self.queries}/{plan.name}"
+        events: list[dpa.DpEvent] = []
+        steps: list[StepReport] = []
+        step: QueryStep | None = plan.first()
+        if self.privacy is not None:
+            self._admit_query(self.privacy, prefix, plan, step)
+        while step is not None:
+            if step.step >= plan.planned_steps or len(steps) >= plan.planned_steps:
+                raise FederationError(
+                    f"query '{plan.name}' asked for step {step.step} beyond its {plan.planned_steps} planned steps"
+                )
+            released, report, event = self._release(prefix, step)
+            steps.append(report)
+            if event is not None:
+                events.append(event)
+            step = plan.next(released, report.contributors)
+        answer = plan.result()
+        if self.privacy is None:
+            return QueryOutcome(plan.name, answer, steps, None, None, None)
+        ledger = self.privacy.ledger
+        own = epsilon(events, ledger.budget.delta, ledger.spec) if events else 0.0
+        return QueryOutcome(plan.name, answer, steps, own, ledger.overall_epsilon, ledger.budget.delta)
+
+    def _admit_query(self, privacy: QueryPrivacy, prefix: str, plan: QueryPlan, first: QueryStep) -> None:
+        """The whole query at the first step's sensitivity for every planned step, before anything is sent.
+
+        Later steps are admitted one by one too, so a plan whose later steps are more sensitive is still
+        stopped before it overspends; this check refuses early the queries that cannot fit at all.
+        """
+        event = step_event(privacy.noise_multiplier, first.l2_bound)
+        whole = event if plan.planned_steps == 1 else dpa.SelfComposedDpEvent(event, plan.planned_steps)
+        try:
+            self._admit(privacy, prefix, whole)
+        except BudgetExhausted as err:
+            raise BudgetExhausted(
+                f"query '{plan.name}' ({plan.planned_steps} release(s) at noise multiplier "
+                f"{privacy.noise_multiplier:g}) refused before any firm was contacted: {err}"
+            ) from None
+
+    def _admit(self, privacy: QueryPrivacy, release_id: str, event: dpa.DpEvent) -> None:
+        """Every firm must be able to pay: a query's answer is over all of them, none is left out quietly."""
+        admission = privacy.ledger.admit(release_id, event, self.firms)
+        if admission.excluded:
+            spent = ", ".join(
+                f"'{firm}' (spent {privacy.ledger.firm_epsilon(firm):.6g})" for firm in admission.excluded
+            )
+            raise BudgetExhausted(f"release '{release_id}' refused: firms over their own budgets: {spent}")
+
+    def _release(self, prefix: str, step: QueryStep) -> tuple[np.ndarray, StepReport, dpa.DpEvent | None]:
+        privacy = self.privacy
+        release_id = f"{prefix}/step-{step.step}"
+        event = None
+        if privacy is not None:
+            event = step_event(privacy.noise_multiplier, step.l2_bound)
+            self._admit(privacy, release_id, event)  # before any firm is contacted
+        summed = self.sum_step(step)
+        total = np.asarray(summed.total, dtype=np.float64).reshape(-1)
+        if total.shape != (step.length,):
+            raise FederationError(f"{release_id}: the sum has {total.size} entries, the step {step.length}")
+        noise_std = 0.0
+        epsilon_after = None
+        if privacy is not None and event is not None:
+            noise_std = privacy.noise_multiplier * step.l2_bound
+            total = total + privacy.rng.normal(0.0, noise_std, size=total.shape)
+            totals = privacy.ledger.record(
+                Release(
+                    release_id=release_id,
+                    mechanism="gaussian",
+                    event=event,
+                    firms=self.firms,
+                    noise_multiplier=privacy.noise_multiplier,
+                    clip_norm=step.l2_bound,
+                    parameters={
+                        "query": step.query,
+                        "step": step.step,
+                        "length": step.length,
+                        "value_bound": step.value_bound,
+                        "contributors": len(summed.contributors),
+                        "clipped": summed.clipped,
+                    },
+                )
+            )
+            epsilon_after = float(totals["overall"])
+        report = StepReport(
+            step=step.step,
+            length=step.length,
+            l2_bound=step.l2_bound,
+            contributors=len(summed.contributors),
+            clipped=summed.clipped,
+            noise_std=noise_std,
+            release_id=release_id if privacy is not None else None,
+            epsilon_after=epsilon_after,
+        )
+        return total, report, event

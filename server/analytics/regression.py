@@ -1,0 +1,191 @@
+"""The server half of linear regression and AR(p): exact least squares from secure sums.
+
+The firms release [upper triangle of X^T X, X^T y, y^T y] of their scaled, clipped data in one
+sum; the server unscales it and solves the ridge-stabilised normal equations
+(X^T X + lambda P) beta = X^T y, with P the identity except for the intercept and lambda = ridge x
+the mean diagonal of X^T X over the features. Without noise that is the pooled fit, to float
+precision. Under DP the noised X^T X may not be positive definite; it is then projected onto the
+positive definite matrices (eigenvalues floored at lambda, or 1e-9 x the largest one) before the
+solve, post-processing that costs no privacy.
+
+AR(p) is the same regression on lag windows of every firm's demand series, then a second step sums
+each series' last p values (and counts the series), from which the forecast of the total of all
+series runs `horizon` periods ahead: S_{T+1} = k c + sum_i phi_i S_{T+1-i} is exact for the sum of
+k series that share the AR coefficients.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from silobridge.analytics import QueryStep, parse_params
+from silobridge.config import DataSchema
+from silobridge.errors import FederationError
+from silobridge.queries import (
+    VALUE_BOUND,
+    AutoregressionParams,
+    LinearRegressionParams,
+    gram_l2_bound,
+    gram_length,
+)
+
+
+@dataclass(frozen=True)
+class Normal:
+    """Unscaled sufficient statistics: X^T X, X^T y, y^T y (X's first column is the intercept)."""
+
+    xtx: np.ndarray
+    xty: np.ndarray
+    yty: float
+
+    @classmethod
+    def from_vector(cls, total: np.ndarray, scales: np.ndarray, target_scale: float, rows: int) -> Normal:
+        """Undo the firms' scaling: column j was divided by scales[j], the target by target_scale, sums by rows."""
+        dim = scales.size
+        tri = gram_length(dim) - dim - 1
+        upper, xty, yty = total[:tri], total[tri : tri + dim], total[tri + dim]
+        gram = np.zeros((dim, dim))
+        gram[np.triu_indices(dim)] = upper
+        gram = gram + np.triu(gram, 1).T
+        outer = np.outer(scales, scales)
+        return cls(gram * outer * rows, xty * scales * target_scale * rows, float(yty * target_scale**2 * rows))
+
+    @property
+    def rows(self) -> float:
+        return float(self.xtx[0, 0])
+
+
+def ridge_lambda(xtx: np.ndarray, ridge: float) -> float:
+    """lambda = ridge x the mean diagonal of X^T X over the features (not the intercept)."""
+    return ridge * float(np.mean(np.diag(xtx)[1:])) if xtx.shape[0] > 1 else 0.0
+
+
+def ridge_solve(xtx: np.ndarray, xty: np.ndarray, ridge: float) -> np.ndarray:
+    """(X^T X + lambda P) beta = X^T y; a matrix that noise made indefinite is projected first."""
+    lam = ridge_lambda(xtx, ridge)
+    penalty = np.diag([0.0] + [lam] * (xtx.shape[0] - 1))
+    matrix = (xtx + xtx.T) / 2 + penalty
+    try:
+        np.linalg.cholesky(matrix)
+        return np.linalg.solve(matrix, xty)
+    except np.linalg.LinAlgError:
+        values, vectors = np.linalg.eigh(matrix)
+        floor = max(lam, 1e-9 * float(np.max(np.abs(values))), 1e-300)
+        return vectors @ ((vectors.T @ xty) / np.maximum(values, floor))
+
+
+def fit_summary(normal: Normal, beta: np.ndarray) -> dict[str, float | None]:
+    """Rows, R^2 and the residual standard deviation, from the same sufficient statistics."""
+    n = normal.rows
+    rss = normal.yty - 2 * beta @ normal.xty + beta @ normal.xtx @ beta
+    tss = normal.yty - normal.xty[0] ** 2 / n if n > 0 else 0.0
+    dof = n - beta.size
+    return {
+        "rows": float(np.round(n)),  # an integer; rounding only removes float residue (post-processing)
+        "r2": float(1 - rss / tss) if tss > 0 else None,
+        "residual_std": float(math.sqrt(max(rss, 0.0) / dof)) if dof > 0 else None,
+    }
+
+
+def _gram_step(name: str, index: int, dim: int, params: dict[str, Any]) -> QueryStep:
+    return QueryStep.build(
+        name, index, length=gram_length(dim), value_bound=VALUE_BOUND, l2_bound=gram_l2_bound(dim), params=params
+    )
+
+
+class LinearRegressionPlan:
+    name = "linear_regression"
+    planned_steps = 1
+
+    def __init__(self, params: LinearRegressionParams):
+        self.params = params
+        self.scales = np.array([1.0] + [params.magnitude(c) for c in params.features])
+        self.normal: Normal | None = None
+        self.contributors = 0
+
+    @staticmethod
+    def create(raw: Mapping[str, Any], schema: DataSchema) -> LinearRegressionPlan:
+        return LinearRegressionPlan(parse_params(LinearRegressionParams, raw, query="linear_regression", schema=schema))
+
+    def first(self) -> QueryStep:
+        return _gram_step(self.name, 0, self.scales.size, self.params.model_dump(mode="json"))
+
+    def next(self, total: np.ndarray, contributors: int) -> QueryStep | None:
+        p = self.params
+        self.normal = Normal.from_vector(np.asarray(total), self.scales, p.magnitude(p.target), p.max_rows)
+        self.contributors = contributors
+        return None
+
+    def result(self) -> dict[str, Any]:
+        if self.normal is None:
+            raise FederationError(f"query '{self.name}' has no released sum yet")
+        beta = ridge_solve(self.normal.xtx, self.normal.xty, self.params.ridge)
+        return {
+            "firms": self.contributors,
+            "target": self.params.target,
+            "intercept": float(beta[0]),
+            "coefficients": {c: float(b) for c, b in zip(self.params.features, beta[1:], strict=True)},
+            **fit_summary(self.normal, beta),
+        }
+
+
+class AutoregressionPlan:
+    name = "autoregression"
+    planned_steps = 2
+
+    def __init__(self, params: AutoregressionParams):
+        self.params = params
+        self.scales = np.array([1.0] + [params.high] * params.lags)
+        self.beta: np.ndarray | None = None
+        self.normal: Normal | None = None
+        self.forecast: list[float] | None = None
+        self.series = 0.0
+        self.contributors = 0
+
+    @staticmethod
+    def create(raw: Mapping[str, Any], schema: DataSchema) -> AutoregressionPlan:
+        return AutoregressionPlan(parse_params(AutoregressionParams, raw, query="autoregression", schema=schema))
+
+    def first(self) -> QueryStep:
+        return _gram_step(self.name, 0, self.scales.size, self.params.model_dump(mode="json"))
+
+    def next(self, total: np.ndarray, contributors: int) -> QueryStep | None:
+        p = self.params
+        total = np.asarray(total, dtype=np.float64)
+        if self.beta is None:
+            self.normal = Normal.from_vector(total, self.scales, p.high, p.max_rows)
+            self.beta = ridge_solve(self.normal.xtx, self.normal.xty, p.ridge)
+            self.contributors = contributors
+            return QueryStep.build(
+                self.name,
+                1,
+                length=1 + p.lags,
+                value_bound=VALUE_BOUND,
+                l2_bound=math.sqrt(1 + p.lags),
+                params=p.model_dump(mode="json"),
+            )
+        self.series = max(0.0, float(np.round(total[0] * p.max_series)))
+        window = list(total[1:] * p.max_series * p.high)  # most recent first
+        self.forecast = []
+        for _ in range(p.horizon):
+            value = float(self.series * self.beta[0] + np.dot(self.beta[1:], window))
+            self.forecast.append(value)
+            window = [value, *window[:-1]]
+        return None
+
+    def result(self) -> dict[str, Any]:
+        if self.beta is None or self.normal is None or self.forecast is None:
+            raise FederationError(f"query '{self.name}' has not released both of its sums yet")
+        return {
+            "firms": self.contributors,
+            "intercept": float(self.beta[0]),
+            "coefficients": {f"lag_{i}": float(b) for i, b in enumerate(self.beta[1:], start=1)},
+            **fit_summary(self.normal, self.beta),
+            "series": self.series,
+            "forecast_total": self.forecast,
+        }

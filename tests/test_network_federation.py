@@ -1,0 +1,132 @@
+"""A real federation on loopback: SuperLink with TLS and node authentication, three partner SuperNodes.
+
+Everything goes through the commands a coordinator and the partners run (`silobridge certs`,
+`keys`, `superlink`, `register`, `join`, `run`), on 127.0.0.1 only. The run must equal a pilot
+simulation on the same CSV files (secure aggregation and record-level DP, both seeded, so the
+models differ only by the secure sum's quantisation). Three would-be nodes are refused: one with an
+unregistered key, one with no key, one trusting another CA; each refusal shows in the logs. Every
+process the test starts is stopped by it, also on failure.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from clients.data import write_firm_data
+from federation.network.loopback import LoopbackFederation, free_port
+from federation.simulation import simulate
+from scenarios.generator import generate_chain
+from scenarios.schema import load_scenario
+from tests.conftest import ROOT
+
+TRIO = ROOT / "tests" / "scenarios" / "trio.toml"
+FIRMS = ("R1", "D1", "M1")
+
+
+@pytest.fixture(scope="module")
+def loopback(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackFederation]:
+    root = tmp_path_factory.mktemp("loopback")
+    with LoopbackFederation(root, TRIO, ROOT) as net:
+        chain = generate_chain(load_scenario(TRIO))
+        for firm in FIRMS:
+            write_firm_data(root / "data" / firm, chain.tables[firm].demand, chain.tables[firm].risk)
+        net.make_credentials([*FIRMS, "X9"])
+        assert net.cli("certs", "--out", str(root / "other-ca"), "--host", "127.0.0.1").returncode == 0
+        net.start_superlink()
+        for firm in FIRMS:
+            net.register(firm)
+        yield net
+
+
+@pytest.fixture(scope="module")
+def network_run(loopback: LoopbackFederation) -> dict:
+    for firm in FIRMS:
+        loopback.join(firm, loopback.root / "data" / firm)
+    run = loopback.run(loopback.root / "runs", "net")
+    summary = loopback.root / "runs" / "net" / "summary.json"
+    assert summary.exists(), run.stdout[-4000:] + run.stderr[-4000:] + loopback.log("superlink")[-4000:]
+    return {"summary": json.loads(summary.read_text()), "stdout": run.stdout + run.stderr}
+
+
+def test_a_network_run_equals_the_pilot_simulation_on_the_same_files(
+    loopback: LoopbackFederation, network_run: dict
+) -> None:
+    pilot = simulate(
+        {
+            "scenario": str(TRIO),
+            "out-dir": str(loopback.root / "runs"),
+            "run-id": "pilot",
+            "data": str(loopback.root / "data"),
+        },
+        cpus=2,
+    )
+    net_dir = loopback.root / "runs" / "net"
+    summary = network_run["summary"]
+    assert summary["federation"]["firms"] == 3 and summary["federation"]["rounds"] == 2
+    assert summary["federation"]["aggregation"]["mode"] == "secure"
+    assert "round 2/2" in network_run["stdout"]
+    for kind in ("demand", "risk"):
+        ours = torch.load(net_dir / "models" / f"{kind}.pt")
+        theirs = torch.load(pilot.path / "models" / f"{kind}.pt")
+        assert ours.keys() == theirs.keys()
+        for name in ours:
+            # Seeded DP-SGD in every firm; only the secure sum's stochastic rounding differs (about 1e-9).
+            np.testing.assert_allclose(ours[name].numpy(), theirs[name].numpy(), atol=1e-6, rtol=0)
+    spent = summary["privacy"]["firms"]
+    assert set(spent) == set(FIRMS)
+    for firm, row in pilot.summary["privacy"]["firms"].items():
+        assert spent[firm]["releases"] == row["releases"] == 2
+        assert spent[firm]["epsilon_rdp"] == pytest.approx(row["epsilon_rdp"], rel=1e-9)
+    # The auditor verifies the network run's ledger like any other.
+    audit = loopback.cli("audit", str(net_dir), "--json")
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    # A real federation holds no one's test data: nothing is measured, nothing pretends to be.
+    assert summary["models"] == {"demand": {}, "risk": {}}
+
+
+@pytest.mark.parametrize(
+    ("name", "key", "ca", "node_says", "superlink_says"),
+    [
+        ("unregistered", "X9", "certs", "Failed to activate SuperNode", "No SuperNode found with the given public key"),
+        ("no-key", None, "certs", "All SuperNodes must be registered", "Attempted to register SuperNode"),
+        ("wrong-ca", "R1", "other-ca", "CERTIFICATE_VERIFY_FAILED", None),
+    ],
+)
+def test_nodes_without_a_registered_key_or_the_right_ca_are_refused(
+    loopback: LoopbackFederation,
+    network_run: dict,
+    name: str,
+    key: str | None,
+    ca: str,
+    node_says: str,
+    superlink_says: str | None,
+) -> None:
+    command = loopback.join_command(
+        loopback.root / "data" / "R1", key=loopback.key(key or "R1"), ca_cert=loopback.root / ca / "ca.pem"
+    )
+    if key is None:  # a SuperNode started by hand without --auth-supernode-private-key
+        from federation.network.deploy import flower_executable
+
+        command = [
+            flower_executable("flower-supernode"),
+            "--superlink",
+            f"127.0.0.1:{loopback.port}",
+            "--root-certificates",
+            str(loopback.root / ca / "ca.pem"),
+            "--max-retries",
+            "1",
+            "--port",
+            str(free_port()),
+        ]
+    process = loopback.start(f"refused-{name}", command)
+    code = process.wait(timeout=120)
+    log = loopback.log(f"refused-{name}")
+    assert code != 0, log
+    assert node_says in log, log[-3000:]
+    if superlink_says is not None:
+        assert superlink_says in loopback.log("superlink")
