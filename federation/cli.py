@@ -154,7 +154,9 @@ def query(
     name: Annotated[
         str,
         typer.Argument(
-            help="The query: count, sum, mean, variance, histogram, quantiles, linear_regression, autoregression, ..."
+            help="The query: count, sum, mean, variance, histogram, quantiles, linear_regression, autoregression, "
+            "logistic_regression, kmeans, frequent_itemsets (items default to a generated scenario's catalogue), "
+            "anomaly_detection."
         ),
     ],
     param: Annotated[

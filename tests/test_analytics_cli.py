@@ -1,8 +1,9 @@
 """End to end over Flower: queries in a simulation of the tiny scenario, through secure aggregation.
 
-Two simulations only (each costs ~25 s of start-up): without DP, several queries in one run equal
+Three simulations only (each costs ~25 s of start-up): without DP, several queries in one run equal
 the pooled computation exactly; with DP, `silobridge query` prints the answer and its cost, and
-`silobridge audit` verifies the run's ledger.
+`silobridge audit` verifies the run's ledger; and an iterative query (frequent itemsets, its items
+defaulting to the scenario's catalogue) run by `silobridge query` equals the in-test driver's answer.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import pytest
 
 from clients.data import FirmData
 from federation.analytics import QueryRequest, run_queries
+from federation.settings import GENERATED_SCHEMA
 from scenarios.generator import ChainData
 from scenarios.schema import Scenario
-from tests.analytics_support import REGRESSION, UNITS, pooled, pooled_ar, ridge_fit, tiny_firms
+from server.analytics import build_plan
+from tests.analytics_support import REGRESSION, UNITS, drive, pooled, pooled_ar, ridge_fit, tiny_firms
 from tests.conftest import TINY
 from tests.test_cli import silobridge
 
@@ -88,3 +91,31 @@ def test_query_command_with_dp_writes_an_auditable_ledger(tmp_path: Path, firms:
     )
     assert refused.returncode == 2
     assert "field 'params.colour'" in refused.stderr
+
+
+def test_iterative_query_command_equals_the_driver(tmp_path: Path, firms: list[FirmData]) -> None:
+    done = silobridge(
+        "query",
+        str(TINY),
+        "frequent_itemsets",
+        *("--param", "min_support=210.5", "--no-dp", "--json", "--out", str(tmp_path), "--run-id", "itemsets"),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout)
+    items = [f"item{i:03d}" for i in range(1, 7)]  # the tiny scenario's catalogue, defaulted by the command
+    expected, trace = drive(
+        build_plan("frequent_itemsets", {"items": items, "min_support": 210.5}, GENERATED_SCHEMA), firms
+    )
+    answer = printed["answer"]
+    assert [s["items"] for s in answer["itemsets"]] == [s["items"] for s in expected["itemsets"]]
+    assert np.allclose(
+        [s["support"] for s in answer["itemsets"]], [s["support"] for s in expected["itemsets"]], rtol=1e-9, atol=0
+    )
+    assert ["item002", "item003", "item005"] in [s["items"] for s in answer["itemsets"]]  # the planted triple
+    assert [level["frequent"] for level in answer["levels"]] == [level["frequent"] for level in expected["levels"]]
+    assert [s["step"] for s in printed["steps"]] == [s.step for s in trace.steps] == [0, 1, 2]
+    written = json.loads((Path(printed["run_dir"]) / "queries.json").read_text())
+    assert written["aggregation"]["mode"] == "secure" and printed["privacy"] is None
+    config = json.loads((Path(printed["run_dir"]) / "config.json").read_text())
+    assert config["queries"][0]["params"]["items"] == items
