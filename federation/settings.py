@@ -217,6 +217,7 @@ def settings_from_run_config(run_config: Mapping[str, Any], *, base_dir: Path = 
         "generated" if not data_text else NODES if data_text == NODES else _resolve(data_text, Path.cwd())
     )
     settings = RunSettings(
+        node_wait_s=600.0 if data == NODES else 30.0,  # partners join when they join: wait up to ten minutes
         data=data,  # type: ignore[arg-type]
         scenario_path=scenario_path,
         overrides=all_overrides,

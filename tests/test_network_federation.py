@@ -87,6 +87,10 @@ def test_a_network_run_equals_the_pilot_simulation_on_the_same_files(
     assert audit.returncode == 0, audit.stdout + audit.stderr
     # A real federation holds no one's test data: nothing is measured, nothing pretends to be.
     assert summary["models"] == {"demand": {}, "risk": {}}
+    # ... and its report says so instead of drawing empty curves.
+    report = loopback.cli("report", str(net_dir))
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert "No model metrics were recorded" in (net_dir / "report.html").read_text()
 
 
 @pytest.mark.parametrize(

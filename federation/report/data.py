@@ -112,7 +112,7 @@ class RoundRecord(_Model):
     train_loss: Number = None
     clipped_values: int = 0
     evaluated_round: int
-    metrics: dict[str, dict[str, Number]]
+    metrics: dict[str, dict[str, Number]] | None = None  # None: not measured (a real federation under DP)
     epsilon: Number = None
     seconds: Number = None
 

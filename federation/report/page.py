@@ -142,7 +142,7 @@ def models(run: RunData) -> str:
         png = plots.training_curves(kind, run.rounds, s)
         if png is not None:
             parts.append(image(png, f"{kind} test metric per round against the baselines"))
-        if s is None or kind not in s.models:
+        if s is None or not s.models.get(kind):
             continue
         metrics = METRICS[kind]
         headers = ["method"] + [f"{m} ({g})" for m in metrics for g in GROUPS]
@@ -155,7 +155,13 @@ def models(run: RunData) -> str:
     if loss is not None:
         parts.append(image(loss, "weighted training loss per round"))
     if not parts:
-        parts.append(paragraph("No model metrics were recorded in this run.", "note"))
+        parts.append(
+            paragraph(
+                "No model metrics were recorded in this run (a real federation under DP: firms release no "
+                "test statistics; a pilot on the same files measures them).",
+                "note",
+            )
+        )
     intro = paragraph(
         "Test metrics on the held-out periods. Curves: the federated model after each round; lines: the "
         "baselines' final values (local-only, centralised on pooled data, seasonal naive).",

@@ -40,7 +40,7 @@ def _value(value: float | None) -> float:
 def training_curves(kind: str, rounds: Sequence[RoundRecord], summary: Summary | None) -> bytes | None:
     """One model's test metric after each round per firm group, with the baselines' final values as lines."""
     metric, label = CURVE_METRIC.get(kind, (None, None))
-    records = sorted((r for r in rounds if r.model == kind), key=lambda r: r.evaluated_round)
+    records = sorted((r for r in rounds if r.model == kind and r.metrics is not None), key=lambda r: r.evaluated_round)
     if metric is None or not records:
         return None
     methods = summary.models.get(kind, {}) if summary is not None else {}
@@ -49,7 +49,7 @@ def training_curves(kind: str, rounds: Sequence[RoundRecord], summary: Summary |
     axes = figure.subplots(1, len(GROUPS), sharey=True)
     for ax, group in zip(axes, GROUPS, strict=True):
         xs = [r.evaluated_round for r in records]
-        ys = [_value(r.metrics.get(group, {}).get(metric)) for r in records]
+        ys = [_value((r.metrics or {}).get(group, {}).get(metric)) for r in records]
         federated_final = methods.get("federated", {}).get(group, {}).get(metric)
         if federated_final is not None and xs[-1] < final_round:
             xs, ys = [*xs, final_round], [*ys, float(federated_final)]  # the final model, scored after the last round
