@@ -6,7 +6,8 @@ Writes benchmarks/results/network.{json,md}.
 For each size, one federation file (a distributor and its retailers) and its generated CSV files;
 then, side by side in one run: the loopback federation (SuperLink with TLS and node
 authentication, one `silobridge join` SuperNode per firm, `silobridge run`) and the pilot
-simulation on the same files (`simulate --data`). Both run secure aggregation and record-level DP.
+simulation on the same files (`simulate --data`). Both run secure aggregation (plain for 2 firms,
+where secure aggregation refuses: a sum of two tells each the other's input) and record-level DP.
 Per round: wall seconds of each training round as the ServerApp measured it (metrics.jsonl).
 Also measured: the cold start of one ClientApp process (a SuperNode starts one per message).
 """
@@ -58,6 +59,8 @@ def federation_file(path: Path, nodes: int, rounds: int) -> Path:
         "links": [{"supplier": "D1", "customer": f["id"]} for f in firms[1:]],
         "training": {"rounds": rounds, "local_epochs": 1, "hidden": 16, "min_firms": 2},
     }
+    if nodes < 3:  # a sum of two firms tells each the other's input: secure aggregation refuses it
+        raw["aggregation"] = {"mode": "plain"}
     text = tomli_w.dumps(raw).replace('end = "2025-12-29"', "end = 2025-12-29")
     path.write_text(text)
     return path
@@ -108,6 +111,7 @@ def measure(nodes: int, rounds: int, work: Path) -> dict[str, Any]:
     return {
         "nodes": nodes,
         "rounds": rounds,
+        "aggregation": "plain" if nodes < 3 else "secure",
         "network_round_s": round(statistics.mean(net_rounds), 2),
         "simulation_round_s": round(statistics.mean(sim_rounds), 2),
         "round_ratio": round(statistics.mean(net_rounds) / statistics.mean(sim_rounds), 2),
