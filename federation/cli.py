@@ -71,6 +71,7 @@ def simulate(
         LogObserver,
         RichObserver,
         acceptance_table,
+        efficiency_table,
         log_to_stderr,
         privacy_table,
         results_tables,
@@ -103,6 +104,9 @@ def simulate(
         raise _fail(err) from None
     for table in results_tables(result.summary):
         out_console.print(table)
+    efficiency = efficiency_table(result.summary)
+    if efficiency is not None:
+        out_console.print(efficiency)
     out_console.print(acceptance_table(result.summary))
     privacy = privacy_table(result.summary)
     if privacy is not None:

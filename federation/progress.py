@@ -199,3 +199,25 @@ def acceptance_table(summary: dict[str, Any]) -> Table:
         passed = {True: "[green]yes", False: "[red]no", None: "n/a"}[check["passed"]]
         table.add_row(check["name"], _num(check["value"]), check["target"], passed)
     return table
+
+
+def efficiency_table(summary: dict[str, Any]) -> Table | None:
+    """Cross-firm efficiency before (local-only forecasts) and after (federated), chain and tiers."""
+    section = summary.get("efficiency")
+    if not section:
+        return None
+    table = Table(title=f"Cross-firm efficiency, inventory simulation over {section['horizon']} held-out periods")
+    table.add_column("group")
+    for name in ("E", "O", "I", "TFP"):
+        table.add_column(f"{name} before", justify="right")
+        table.add_column(f"{name} after", justify="right")
+    for name in ("K_E", "K_O", "K_I", "K_TFP"):
+        table.add_column(name, justify="right")
+    for group, row in (("chain", section["chain"]), *section["tiers"].items()):
+        before, after, rates = row["before"], row["after"], row["K"]
+        cells = [_num(v) for name in ("E", "O", "I", "TFP") for v in (before[name], after[name])]
+        cells += [_num(rates[name]) for name in ("K_E", "K_O", "K_I", "K_TFP")]
+        table.add_row(group, *cells)
+        if group == "chain":
+            table.add_section()
+    return table

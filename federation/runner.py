@@ -48,6 +48,7 @@ from server.layouts import baselines_layout, evaluation_layout, moments_layout, 
 from server.secure_sum import SecureSumServer
 from server.strategy import FedAvg
 from silobridge.arrays import flatten, unflatten
+from silobridge.efficiency_sums import EFFICIENCY_AFTER, EFFICIENCY_BEFORE
 from silobridge.errors import BudgetExhausted, FederationError, ProtocolError
 from silobridge.messages import BaselineInstruction, FirmManifest
 from silobridge.stats import Moments, demand_metrics_by_group, risk_metrics_by_group
@@ -92,6 +93,7 @@ class FederationOutcome:
     history: list[dict[str, Any]] = field(default_factory=list)
     dropped: list[dict[str, Any]] = field(default_factory=list)
     stopped: str | None = None  # why training ended early (a refused round), if it did
+    efficiency: dict[str, np.ndarray] = field(default_factory=dict)  # "before"/"after" tier-slotted sums
 
 
 Records = dict[str, ArrayRecord | ConfigRecord]
@@ -570,14 +572,19 @@ class Federation:
         return ledger.overall_epsilon
 
     def evaluate(self, weights: dict[str, OrderedDict[str, np.ndarray]], norm: Normaliser) -> dict[str, np.ndarray]:
-        """Test statistics of the final models (under DP, measured by the harness)."""
+        """Test statistics of the final models and the efficiency sums of ordering from the demand model
+        (under DP, measured by the harness, like every other test statistic)."""
         self.observer.stage("final evaluation")
         if self.private:
-            return self._harness("final evaluation").evaluate(weights, norm)
+            harness = self._harness("final evaluation")
+            return {**harness.evaluate(weights, norm), **harness.efficiency(weights)}
         layout = evaluation_layout(tuple(weights), self.spec.aggregation)
         records = self._model_records(weights, norm)
         outcome = self._sum("evaluate", records, layout, self.manifests, "evaluate")
-        return {kind: outcome.segments[f"{kind}/eval"] for kind in weights}
+        final = {kind: outcome.segments[f"{kind}/eval"] for kind in weights}
+        if EFFICIENCY_AFTER in outcome.segments:
+            final[EFFICIENCY_AFTER] = outcome.segments[EFFICIENCY_AFTER]
+        return final
 
     def describe_aggregation(self) -> dict[str, Any]:
         if self.secure is None:
@@ -609,6 +616,7 @@ def run_federation(
     baselines = federation.local_baselines()
     weights, history = federation.train(norm)
     final = federation.evaluate(weights, norm)
+    efficiency = {"before": baselines.pop(EFFICIENCY_BEFORE, None), "after": final.pop(EFFICIENCY_AFTER, None)}
     return FederationOutcome(
         manifests=manifests,
         normaliser=norm,
@@ -619,4 +627,5 @@ def run_federation(
         history=history,
         dropped=federation.dropped,
         stopped=federation.stopped,
+        efficiency={when: vector for when, vector in efficiency.items() if vector is not None},
     )

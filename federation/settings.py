@@ -136,6 +136,7 @@ def federation_spec(settings: RunSettings) -> FederationSpec:
         hidden=s.training.hidden,
         aggregation=resolve_aggregation(s.aggregation.model_copy(update={"mode": settings.aggregation}), len(s.firms)),
         privacy=privacy,
+        inventory=s.efficiency,
     )
     if not privacy.enabled:
         return base

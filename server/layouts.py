@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 from privacy.secagg.layout import CLIPPED, Segment, VectorLayout
 from silobridge.config import AggregationSpec
+from silobridge.efficiency_sums import EFFICIENCY_AFTER, EFFICIENCY_BEFORE, EFFICIENCY_LENGTH
 from silobridge.stats import GROUPS, DemandErrorStats, RiskStats
 
 STAT_LENGTH = {"demand": DemandErrorStats.SIZE * len(GROUPS), "risk": RiskStats.SIZE * len(GROUPS)}
@@ -47,7 +48,11 @@ def training_layout(
 
 
 def evaluation_layout(kinds: tuple[str, ...], agg: AggregationSpec) -> VectorLayout:
-    return _with_clipping([Segment(f"{k}/eval", STAT_LENGTH[k], agg.stats_bound, "double") for k in kinds], agg)
+    """The final models' test statistics and, with a demand model, the efficiency sums of ordering from it."""
+    segments = [Segment(f"{k}/eval", STAT_LENGTH[k], agg.stats_bound, "double") for k in kinds]
+    if "demand" in kinds:
+        segments.append(Segment(EFFICIENCY_AFTER, EFFICIENCY_LENGTH, agg.stats_bound, "double"))
+    return _with_clipping(segments, agg)
 
 
 def baselines_layout(agg: AggregationSpec) -> VectorLayout:
@@ -56,6 +61,7 @@ def baselines_layout(agg: AggregationSpec) -> VectorLayout:
             Segment("demand/local_only", STAT_LENGTH["demand"], agg.stats_bound, "double"),
             Segment("demand/naive", STAT_LENGTH["demand"], agg.stats_bound, "double"),
             Segment("risk/local_only", STAT_LENGTH["risk"], agg.stats_bound, "double"),
+            Segment(EFFICIENCY_BEFORE, EFFICIENCY_LENGTH, agg.stats_bound, "double"),
         ],
         agg,
     )
