@@ -334,9 +334,8 @@ class FirmClient:
             out[EFFICIENCY_AFTER] = self.efficiency(weights["demand"])
         return out
 
-    def local_baselines(self, instruction: BaselineInstruction) -> dict[str, np.ndarray]:
-        """Fit local-only models on this firm's data alone; return their (and naive) test statistics."""
-        settings = TrainSettings(
+    def _baseline_settings(self, instruction: BaselineInstruction) -> TrainSettings:
+        return TrainSettings(
             epochs=instruction.max_epochs,
             batch_size=instruction.batch_size,
             learning_rate=instruction.learning_rate,
@@ -345,19 +344,43 @@ class FirmClient:
             optimiser=instruction.optimiser,
             momentum=instruction.momentum,
         )
+
+    def local_demand_model(self, instruction: BaselineInstruction) -> torch.nn.Module:
+        """The local-only demand model: this firm's training windows alone, early stopping (deterministic)."""
+        if self.demand_split is None:
+            raise ValueError(f"firm '{self.firm_id}' holds no demand data")
+        train = self.demand_split[0]
+        model = build_model("demand", self.spec, seed=self._seed(instruction.seed))
+        fit_early_stopping(
+            model,
+            train.features,
+            train.targets,
+            loss="l1",
+            settings=self._baseline_settings(instruction),
+            device=self.device,
+            patience=instruction.patience,
+        )
+        return model
+
+    def efficiency_release(
+        self, arrays: dict[str, np.ndarray], instruction: BaselineInstruction
+    ) -> dict[str, np.ndarray]:
+        """Efficiency sums before (local-only model) and after (the given federated model), clipped
+        jointly to the federation's L2 bound: the firm's contribution to a DP release."""
+        if not self.trains("demand"):
+            return {}
+        before = slot_by_tier(self.efficiency_sums(self.local_demand_model(instruction)), self.tier)
+        after = self.efficiency(arrays)
+        clipped = clip_l2(np.concatenate([before, after]), self.spec.inventory.dp_clip_norm, firm=self.firm_id).vector
+        return {EFFICIENCY_BEFORE: clipped[: before.size], EFFICIENCY_AFTER: clipped[before.size :]}
+
+    def local_baselines(self, instruction: BaselineInstruction) -> dict[str, np.ndarray]:
+        """Fit local-only models on this firm's data alone; return their (and naive) test statistics."""
+        settings = self._baseline_settings(instruction)
         out: dict[str, np.ndarray] = {}
         if self.demand_split is not None:
-            train, test = self.demand_split
-            model = build_model("demand", self.spec, seed=self._seed(instruction.seed))
-            fit_early_stopping(
-                model,
-                train.features,
-                train.targets,
-                loss="l1",
-                settings=settings,
-                device=self.device,
-                patience=instruction.patience,
-            )
+            test = self.demand_split[1]
+            model = self.local_demand_model(instruction)
             out["demand/local_only"] = slot_by_group(demand_stats(model, test, self.device).to_vector(), self.group)
             naive = DemandErrorStats.from_forecasts(test.naive, test.actual)
             out["demand/naive"] = slot_by_group(naive.to_vector(), self.group)

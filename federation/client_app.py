@@ -41,7 +41,7 @@ from federation.records import (
 )
 from federation.settings import RunSettings, settings_from_run_config
 from privacy.secagg.layout import CLIPPED
-from silobridge.errors import SiloBridgeError, SimulatedDropout
+from silobridge.errors import ProtocolError, SiloBridgeError, SimulatedDropout
 from silobridge.messages import BaselineInstruction, TrainInstruction
 
 FIRM_ERROR_CODE = 4100
@@ -146,6 +146,14 @@ def _evaluate(req: Request) -> RecordDict:
     return _release(req, req.firm.evaluate_all(_weights(req.message), _normaliser(req.message)))
 
 
+def _efficiency(req: Request) -> RecordDict:
+    instruction = BaselineInstruction.from_config(config_of(req.message, INSTRUCTION), firm=req.firm.firm_id)
+    weights = _weights(req.message)
+    if "demand" not in weights:
+        raise ProtocolError("the efficiency release needs the federated demand model", firm=req.firm.firm_id)
+    return _release(req, req.firm.efficiency_release(weights["demand"], instruction))
+
+
 def _secagg_stage(stage: str) -> Handler:
     def handle(req: Request) -> RecordDict:
         wire = config_of(req.message, SECAGG)
@@ -183,6 +191,7 @@ def build_client_app(run_config: Mapping[str, Any] | None = None) -> ClientApp:
     register(app.train("baselines"), _baselines)
     register(app.train(), _train)
     register(app.evaluate(), _evaluate)
+    register(app.evaluate("efficiency"), _efficiency)
     register(app.query("secagg_advertise"), _secagg_stage("advertise"))
     register(app.query("secagg_share"), _secagg_stage("share_keys"))
     register(app.query("secagg_unmask"), _secagg_stage("unmask"))

@@ -1,8 +1,9 @@
 """The run summary's efficiency section: chain and tiers, before and after federation.
 
-The sums come from the run (a secure or plain sum of the firms' tier-slotted totals without DP;
-under DP, like every other test statistic, measured by the simulation harness); the ratios from
-`server.efficiency`.
+The sums come from the run: without DP, a secure (or plain) sum of the firms' tier-slotted totals;
+under DP, measured by the simulation harness like every other test statistic, or with
+`efficiency.dp` released by the firms through a secure sum with Gaussian noise, charged to the
+budget. The ratios come from `server.efficiency`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def efficiency_summary(settings: RunSettings, outcome: FederationOutcome) -> dic
     return {
         "horizon": simulated_periods(settings),
         "policy": {name: getattr(policy, name) for name in POLICY_FIELDS},
-        "dp": None,
+        "dp": outcome.efficiency_dp,
         "chain": table["chain"],
         "tiers": table["tiers"],
     }

@@ -44,7 +44,14 @@ from privacy.ledger import PrivacyRun, Release
 from privacy.secagg.layout import CLIPPED, VectorLayout
 from privacy.secagg.messages import MaskedInput
 from server.aggregation import PlainSum
-from server.layouts import baselines_layout, evaluation_layout, moments_layout, training_layout
+from server.efficiency_release import RELEASE_ID, efficiency_event, noised, release_epsilon
+from server.layouts import (
+    baselines_layout,
+    efficiency_layout,
+    evaluation_layout,
+    moments_layout,
+    training_layout,
+)
 from server.secure_sum import SecureSumServer
 from server.strategy import FedAvg
 from silobridge.arrays import flatten, unflatten
@@ -94,6 +101,7 @@ class FederationOutcome:
     dropped: list[dict[str, Any]] = field(default_factory=list)
     stopped: str | None = None  # why training ended early (a refused round), if it did
     efficiency: dict[str, np.ndarray] = field(default_factory=dict)  # "before"/"after" tier-slotted sums
+    efficiency_dp: dict[str, float] | None = None  # epsilon, delta, noise multiplier of a DP efficiency release
 
 
 Records = dict[str, ArrayRecord | ConfigRecord]
@@ -586,6 +594,50 @@ class Federation:
             final[EFFICIENCY_AFTER] = outcome.segments[EFFICIENCY_AFTER]
         return final
 
+    def release_efficiency(self, demand: OrderedDict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """Under DP with `efficiency.dp`: the firms' clipped efficiency sums, securely summed, Gaussian noise
+        added here, charged to every contributing firm's demand data (or the firm) and recorded in the ledger.
+
+        None if the budget refuses the release (a refusal entry is written); the harness's figures stand.
+        """
+        ledger, plan = self.ledger, self.plan
+        if ledger is None or plan is None:
+            raise FederationError("no privacy ledger in this run")
+        self.observer.stage("efficiency release")
+        policy, unit = self.spec.inventory, plan.spec.unit
+        holders = sorted(f for f, n in self.node_of.items() if self.manifests[n].trains("demand"))
+        firm_of = {dataset_party(f, "demand") if unit == "record" else f: f for f in holders}
+        event = efficiency_event(unit, policy.dp_noise_multiplier)
+        try:
+            admission = ledger.admit(RELEASE_ID, event, sorted(firm_of))
+        except BudgetExhausted as err:
+            self.dropped.append({"stage": "efficiency release", "firm": None, "reason": str(err)})
+            return None
+        for party in admission.excluded:
+            self._drop(firm_of[party], "efficiency release", "its own privacy budget is spent")
+        records = {
+            weights_key("demand"): arrays_record(demand),
+            INSTRUCTION: ConfigRecord(self.baseline_instruction().to_config()),
+        }
+        nodes = [self.node_of[firm_of[party]] for party in admission.participants]
+        outcome = self._sum("evaluate.efficiency", records, efficiency_layout(self.spec.aggregation), nodes, RELEASE_ID)
+        summed = {name: outcome.segments[name] for name in (EFFICIENCY_BEFORE, EFFICIENCY_AFTER)}
+        released = noised(summed, policy, np.random.default_rng())  # fresh OS entropy, as for training noise
+        contributors = set(outcome.contributors)
+        ledger.record(
+            Release(
+                release_id=RELEASE_ID,
+                mechanism="gaussian",
+                event=event,
+                firms=sorted(party for party, firm in firm_of.items() if firm in contributors),
+                noise_multiplier=policy.dp_noise_multiplier,
+                clip_norm=policy.dp_clip_norm,
+                excluded_firms=sorted(admission.excluded),
+                parameters={"query": "efficiency sums (before, after) by tier"},
+            )
+        )
+        return {"before": released[EFFICIENCY_BEFORE], "after": released[EFFICIENCY_AFTER]}
+
     def describe_aggregation(self) -> dict[str, Any]:
         if self.secure is None:
             return {"mode": "plain"}
@@ -617,6 +669,16 @@ def run_federation(
     weights, history = federation.train(norm)
     final = federation.evaluate(weights, norm)
     efficiency = {"before": baselines.pop(EFFICIENCY_BEFORE, None), "after": final.pop(EFFICIENCY_AFTER, None)}
+    efficiency_dp = None
+    if federation.private and settings.spec.inventory.dp and "demand" in weights:
+        released = federation.release_efficiency(weights["demand"])
+        if released is not None:
+            efficiency, privacy = released, settings.spec.privacy
+            efficiency_dp = {
+                "epsilon": release_epsilon(privacy, settings.spec.inventory),
+                "delta": privacy.delta,
+                "noise_multiplier": settings.spec.inventory.dp_noise_multiplier,
+            }
     return FederationOutcome(
         manifests=manifests,
         normaliser=norm,
@@ -628,4 +690,5 @@ def run_federation(
         dropped=federation.dropped,
         stopped=federation.stopped,
         efficiency={when: vector for when, vector in efficiency.items() if vector is not None},
+        efficiency_dp=efficiency_dp,
     )

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from clients.models import MODEL_KINDS, build_model, state_to_arrays
 from scenarios.generator import DEMAND_COVARIATES, RISK_FEATURES
 from scenarios.schema import Scenario, load_scenario, parse_override
+from server.efficiency_release import efficiency_event
 from server.privacy import PrivacyPlan, resolve_privacy
 from server.secure_sum import resolve_aggregation
 from silobridge.arrays import flatten
@@ -114,6 +115,9 @@ def privacy_plan(settings: RunSettings, spec: FederationSpec) -> PrivacyPlan:
         num_firms=len(settings.scenario.firms),
         min_firms=settings.min_firms,
         model_dim=dim,
+        reserved=(efficiency_event(spec.privacy.unit, spec.inventory.dp_noise_multiplier),)
+        if spec.inventory.dp
+        else (),
     )
 
 

@@ -69,3 +69,14 @@ def baselines_layout(agg: AggregationSpec) -> VectorLayout:
 
 def moments_layout(num_features: int, agg: AggregationSpec) -> VectorLayout:
     return _with_clipping([Segment("risk_moments", 1 + 2 * num_features, agg.stats_bound, "double")], agg)
+
+
+def efficiency_layout(agg: AggregationSpec) -> VectorLayout:
+    """The efficiency sums as their own (DP) release: before and after, tier-slotted."""
+    return _with_clipping(
+        [
+            Segment(EFFICIENCY_BEFORE, EFFICIENCY_LENGTH, agg.stats_bound, "double"),
+            Segment(EFFICIENCY_AFTER, EFFICIENCY_LENGTH, agg.stats_bound, "double"),
+        ],
+        agg,
+    )

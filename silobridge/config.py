@@ -162,7 +162,8 @@ class PrivacySpec(BaseModel):
 
 
 class InventoryPolicy(BaseModel):
-    """How every firm orders in the efficiency simulation: periodic review, order-up-to, the same for all.
+    """How every firm orders in the efficiency simulation (periodic review, order-up-to, the same for
+    all), and how the resulting sums are released.
 
     Every `review_period` periods a firm orders up to its forecast of the demand over `lead_time` +
     `review_period` periods plus a safety stock of z(service_level) x its forecast error's std x
@@ -180,6 +181,18 @@ class InventoryPolicy(BaseModel):
     order_cost: float = Field(default=10.0, ge=0, description="fixed cost per order placed (per series)")
     error_windows: int = Field(
         default=26, ge=1, le=1000, description="recent training windows whose forecast errors size the safety stock"
+    )
+    dp: bool = Field(
+        default=False,
+        description="in a private run, firms release their efficiency sums clipped, with Gaussian noise on the "
+        "secure sum, charged to the run's budget (otherwise the simulation harness measures them, like every "
+        "other test statistic under DP)",
+    )
+    dp_clip_norm: float = Field(
+        default=1e5, gt=0, description="L2 bound on one firm's released efficiency sums (before and after)"
+    )
+    dp_noise_multiplier: float = Field(
+        default=2.0, gt=0, le=1000, description="noise std over dp_clip_norm of the efficiency release"
     )
 
     @property

@@ -226,3 +226,67 @@ def test_chain_from_a_secure_sum_equals_the_pooled_firms(firms: list[FirmClient]
     # The chain is a ratio of sums, not a mean of the firms' ratios.
     mean_of_ratios = np.mean([s.served / s.operating_cost for s in per_firm.values()])
     assert chain["E"] != pytest.approx(mean_of_ratios, rel=1e-6)
+
+
+# -- the optional DP release --------------------------------------------------------------------------
+
+
+def test_a_firms_dp_contribution_is_clipped_jointly(firms: list[FirmClient], demand_weights) -> None:
+    from silobridge.efficiency_sums import EFFICIENCY_BEFORE
+    from silobridge.messages import BaselineInstruction
+
+    firm = firms[1]  # the small retailer: quick to fit
+    small = firm.spec.model_copy(update={"inventory": InventoryPolicy(dp_clip_norm=100.0)})
+    clipped_firm = FirmClient(firm.data, group=firm.group, spec=small, tier=firm.tier)
+    instruction = BaselineInstruction(
+        max_epochs=5,
+        patience=2,
+        batch_size=64,
+        optimiser="sgd",
+        learning_rate=0.05,
+        momentum=0.9,
+        weight_decay=0.0,
+        seed=0,
+    )
+    out = clipped_firm.efficiency_release(demand_weights, instruction)
+    joint = np.concatenate([out[EFFICIENCY_BEFORE], out[EFFICIENCY_AFTER]])
+    assert np.linalg.norm(joint) == pytest.approx(100.0, rel=1e-12)
+    after = firm.efficiency(demand_weights)
+    scale = 100.0 / np.linalg.norm(
+        np.concatenate([slot_by_tier(firm.efficiency_sums(firm.local_demand_model(instruction)), firm.tier), after])
+    )
+    np.testing.assert_allclose(out[EFFICIENCY_AFTER], after * scale, rtol=1e-9)
+
+
+def test_efficiency_event_and_its_epsilon_match_the_accountant() -> None:
+    import dp_accounting as dpa
+
+    from server.efficiency_release import efficiency_event, noised, release_epsilon
+    from silobridge.config import PrivacySpec
+
+    assert efficiency_event("firm", 2.0) == dpa.GaussianDpEvent(2.0)
+    assert efficiency_event("record", 2.0) == dpa.GaussianDpEvent(1.0)  # one record moves the clipped vector by 2C
+    privacy = PrivacySpec(unit="firm", delta=1e-5)
+    accountant = dpa.rdp.RdpAccountant()
+    accountant.compose(dpa.GaussianDpEvent(2.0))
+    assert release_epsilon(privacy, InventoryPolicy(dp_noise_multiplier=2.0)) == pytest.approx(
+        accountant.get_epsilon(1e-5), rel=1e-9
+    )
+    policy = InventoryPolicy(dp_noise_multiplier=0.5, dp_clip_norm=10.0)
+    out = noised({"x": np.zeros(200_000)}, policy, np.random.default_rng(3))
+    assert np.std(out["x"]) == pytest.approx(5.0, rel=0.01)
+
+
+def test_calibration_leaves_room_for_the_efficiency_release(tiny_scenario) -> None:
+    from federation.settings import settings_from_run_config
+    from privacy.dp import Account
+    from server.privacy import accounting_spec
+    from tests.conftest import TINY
+
+    plain = settings_from_run_config({"scenario": str(TINY)})
+    reserving = settings_from_run_config({"scenario": str(TINY), "set": "efficiency.dp=true"})
+    assert reserving.spec.privacy.noise_multiplier > plain.spec.privacy.noise_multiplier
+    plan = reserving.privacy_plan()
+    assert len(plan.reserved) == 1
+    spent = Account.empty(accounting_spec(plan.spec)).compose(plan.planned_run_event(plan.noise_multiplier))
+    assert spent.epsilon(plan.spec.delta) <= plan.spec.epsilon
