@@ -83,3 +83,35 @@ def test_summary_efficiency_equals_the_firms_numbers_recomputed(tmp_path) -> Non
     wape = result.summary["models"]["demand"]
     assert section["chain"]["after"]["I"] == pytest.approx(1 - wape["federated"]["all"]["wape"], abs=2e-6)
     assert section["chain"]["before"]["I"] == pytest.approx(1 - wape["local_only"]["all"]["wape"], abs=2e-6)
+
+
+def test_a_dp_efficiency_release_is_charged_and_recorded(tmp_path) -> None:
+    """Record-level DP with `efficiency.dp`: the noised sums are one more ledger release, within budget."""
+    from server.efficiency_release import release_epsilon
+
+    config = {
+        "scenario": str(TINY),
+        "out-dir": str(tmp_path),
+        "run-id": "tiny-efficiency-dp",
+        "set": "training.rounds=2;efficiency.dp=true",
+    }
+    result = simulate(config, cpus=2)
+    settings = settings_from_run_config(config)
+    section = result.summary["efficiency"]
+    assert section["dp"] == {
+        "epsilon": pytest.approx(release_epsilon(settings.spec.privacy, settings.spec.inventory), abs=1e-6),
+        "delta": 1e-5,
+        "noise_multiplier": 2.0,
+    }
+    assert set(section["chain"]) == {"before", "after", "K"}
+    assert list(section["tiers"]) == ["supplier", "manufacturer", "distributor", "retailer"]
+    entries = [json.loads(line) for line in (result.path / "privacy_ledger.jsonl").read_text().splitlines()]
+    releases = [e for e in entries if e["kind"] == "release" and e["release_id"] == "efficiency"]
+    assert len(releases) == 1
+    release = releases[0]
+    assert release["firms"] == sorted(f"{firm.id}/demand" for firm in settings.scenario.firms)
+    assert release["mechanism"] == "gaussian" and release["clip_norm"] == 1e5 and release["noise_multiplier"] == 2.0
+    privacy = result.summary["privacy"]
+    assert privacy["within_budget"] and privacy["epsilon_overall"] <= 8.0
+    assert privacy["firms"]["R1"]["datasets"]["demand"]["releases"] == 3  # two rounds and the efficiency sums
+    assert privacy["firms"]["R1"]["datasets"]["risk"]["releases"] == 2
