@@ -41,6 +41,15 @@ def efficiency_summary(settings: RunSettings, outcome: FederationOutcome) -> dic
     }
 
 
+def _dp_text(dp: dict[str, Any] | None) -> str:
+    if dp is None:
+        return "Exact sums (no noise on this release)."
+    return (
+        f"Released with DP: Gaussian noise (multiplier {dp['noise_multiplier']:g}), epsilon {dp['epsilon']:.4g} "
+        f"at delta {dp['delta']:g}, charged to the run's budget."
+    )
+
+
 def _cell(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
@@ -57,7 +66,7 @@ def efficiency_markdown(section: dict[str, Any] | None) -> list[str]:
         f"{policy['review_period']} period(s), lead time {policy['lead_time']}, service level "
         f"{policy['service_level']:g}; costs: holding {policy['holding_cost']:g}, "
         f"shortage {policy['shortage_cost']:g}, order {policy['order_cost']:g}. "
-        "Before: local-only demand models; after: the federated one.",
+        "Before: local-only demand models; after: the federated one. " + _dp_text(section["dp"]),
         "",
         "| group | E0 | E1 | O0 | O1 | I0 | I1 | TFP0 | TFP1 | K_E | K_O | K_I | K_TFP |",
         "| --- " * 13 + "|",

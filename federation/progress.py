@@ -206,7 +206,11 @@ def efficiency_table(summary: dict[str, Any]) -> Table | None:
     section = summary.get("efficiency")
     if not section:
         return None
-    table = Table(title=f"Cross-firm efficiency, inventory simulation over {section['horizon']} held-out periods")
+    dp = section.get("dp")
+    noise = f"; DP release, epsilon {dp['epsilon']:.3g}" if dp else ""
+    table = Table(
+        title=f"Cross-firm efficiency, inventory simulation over {section['horizon']} held-out periods{noise}"
+    )
     table.add_column("group")
     for name in ("E", "O", "I", "TFP"):
         table.add_column(f"{name} before", justify="right")

@@ -290,3 +290,28 @@ def test_calibration_leaves_room_for_the_efficiency_release(tiny_scenario) -> No
     assert len(plan.reserved) == 1
     spent = Account.empty(accounting_spec(plan.spec)).compose(plan.planned_run_event(plan.noise_multiplier))
     assert spent.epsilon(plan.spec.delta) <= plan.spec.epsilon
+
+
+def test_the_table_and_markdown_show_chain_and_tiers() -> None:
+    from rich.console import Console
+
+    from federation.efficiency_report import efficiency_markdown
+    from federation.progress import efficiency_table as rich_table
+
+    before = slot_by_tier(
+        EfficiencySums(served=10, on_time=8, demand=10, holding_cost=5, abs_error=1, actual=10), "retailer"
+    )
+    after = slot_by_tier(
+        EfficiencySums(served=10, on_time=9, demand=10, holding_cost=4, abs_error=1, actual=10), "retailer"
+    )
+    table = efficiency_table(before, after, ["retailer"])
+    section = {"horizon": 10, "policy": InventoryPolicy().model_dump(), "dp": None, **table}
+    assert table["chain"]["K"]["K_E"] == pytest.approx(1.25) and table["chain"]["K"]["K_O"] == pytest.approx(9 / 8)
+    console = Console(width=250, record=True)
+    console.print(rich_table({"efficiency": section}))
+    text = console.export_text()
+    assert "chain" in text and "retailer" in text and "1.406" in text  # K_TFP = 1.25 x 1.125 x 1
+    markdown = "\n".join(efficiency_markdown(section))
+    assert "| retailer | 2.0000 | 2.5000 | 0.8000 | 0.9000 | 0.9000 | 0.9000 |" in markdown
+    assert "Exact sums" in markdown
+    assert rich_table({"efficiency": None}) is None
