@@ -202,7 +202,8 @@ def acceptance_table(summary: dict[str, Any]) -> Table:
 
 
 def efficiency_table(summary: dict[str, Any]) -> Table | None:
-    """Cross-firm efficiency before (local-only forecasts) and after (federated), chain and tiers."""
+    """Cross-firm efficiency before (local-only forecasts) and after (federated), chain and tiers:
+    per group a row before, a row after and a row of the rates K = after / before."""
     section = summary.get("efficiency")
     if not section:
         return None
@@ -212,16 +213,15 @@ def efficiency_table(summary: dict[str, Any]) -> Table | None:
         title=f"Cross-firm efficiency, inventory simulation over {section['horizon']} held-out periods{noise}"
     )
     table.add_column("group")
+    table.add_column("")
     for name in ("E", "O", "I", "TFP"):
-        table.add_column(f"{name} before", justify="right")
-        table.add_column(f"{name} after", justify="right")
-    for name in ("K_E", "K_O", "K_I", "K_TFP"):
         table.add_column(name, justify="right")
     for group, row in (("chain", section["chain"]), *section["tiers"].items()):
-        before, after, rates = row["before"], row["after"], row["K"]
-        cells = [_num(v) for name in ("E", "O", "I", "TFP") for v in (before[name], after[name])]
-        cells += [_num(rates[name]) for name in ("K_E", "K_O", "K_I", "K_TFP")]
-        table.add_row(group, *cells)
-        if group == "chain":
-            table.add_section()
+        for label, values, names in (
+            ("before", row["before"], ("E", "O", "I", "TFP")),
+            ("after", row["after"], ("E", "O", "I", "TFP")),
+            ("K", row["K"], ("K_E", "K_O", "K_I", "K_TFP")),
+        ):
+            table.add_row(group if label == "before" else "", label, *(_num(values[n]) for n in names))
+        table.add_section()
     return table

@@ -307,10 +307,11 @@ def test_the_table_and_markdown_show_chain_and_tiers() -> None:
     table = efficiency_table(before, after, ["retailer"])
     section = {"horizon": 10, "policy": InventoryPolicy().model_dump(), "dp": None, **table}
     assert table["chain"]["K"]["K_E"] == pytest.approx(1.25) and table["chain"]["K"]["K_O"] == pytest.approx(9 / 8)
-    console = Console(width=250, record=True)
+    console = Console(width=80, record=True)
     console.print(rich_table({"efficiency": section}))
     text = console.export_text()
-    assert "chain" in text and "retailer" in text and "1.406" in text  # K_TFP = 1.25 x 1.125 x 1
+    assert "chain" in text and "retailer" in text and "…" not in text  # fits 80 columns
+    assert "│ 1.250 │ 1.125 │ 1.000 │ 1.406 │" in text  # K_TFP = 1.25 x 1.125 x 1
     markdown = "\n".join(efficiency_markdown(section))
     assert "| retailer | 2.0000 | 2.5000 | 0.8000 | 0.9000 | 0.9000 | 0.9000 |" in markdown
     assert "Exact sums" in markdown
