@@ -41,9 +41,14 @@ def efficiency_summary(settings: RunSettings, outcome: FederationOutcome) -> dic
     }
 
 
-def _dp_text(dp: dict[str, Any] | None) -> str:
+def _dp_text(dp: dict[str, Any] | None, private: bool) -> str:
+    if dp is None and private:
+        return (
+            "Measured by the simulation harness, like every test statistic of a private run (set "
+            "`efficiency.dp = true` to have the firms release them with DP instead)."
+        )
     if dp is None:
-        return "Exact sums (no noise on this release)."
+        return "Exact sums of the firms' totals (secure aggregation, no noise)."
     return (
         f"Released with DP: Gaussian noise (multiplier {dp['noise_multiplier']:g}), epsilon {dp['epsilon']:.4g} "
         f"at delta {dp['delta']:g}, charged to the run's budget."
@@ -54,7 +59,7 @@ def _cell(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def efficiency_markdown(section: dict[str, Any] | None) -> list[str]:
+def efficiency_markdown(section: dict[str, Any] | None, *, private: bool = False) -> list[str]:
     """The summary.md lines of the efficiency section."""
     if section is None:
         return ["## Cross-firm efficiency", "", "Not measured: no firm holds demand data.", ""]
@@ -66,7 +71,7 @@ def efficiency_markdown(section: dict[str, Any] | None) -> list[str]:
         f"{policy['review_period']} period(s), lead time {policy['lead_time']}, service level "
         f"{policy['service_level']:g}; costs: holding {policy['holding_cost']:g}, "
         f"shortage {policy['shortage_cost']:g}, order {policy['order_cost']:g}. "
-        "Before: local-only demand models; after: the federated one. " + _dp_text(section["dp"]),
+        "Before: local-only demand models; after: the federated one. " + _dp_text(section["dp"], private),
         "",
         "| group | E0 | E1 | O0 | O1 | I0 | I1 | TFP0 | TFP1 | K_E | K_O | K_I | K_TFP |",
         "| --- " * 13 + "|",

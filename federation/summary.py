@@ -239,7 +239,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             f"{aggregation['modulus_bits']}-bit ring; {aggregation['clipped_values']} values clipped to their bounds.",
             "",
         ]
-    lines += efficiency_markdown(summary.get("efficiency"))
+    lines += efficiency_markdown(summary.get("efficiency"), private=bool(privacy.get("enabled")))
     lines += ["## Acceptance checks", "", "| check | value | target | passed |", "| --- | --- | --- | --- |"]
     for check in summary["acceptance"]:
         lines.append(f"| {check['name']} | {_fmt(check['value'])} | {check['target']} | {_fmt(check['passed'])} |")

@@ -315,4 +315,5 @@ def test_the_table_and_markdown_show_chain_and_tiers() -> None:
     markdown = "\n".join(efficiency_markdown(section))
     assert "| retailer | 2.0000 | 2.5000 | 0.8000 | 0.9000 | 0.9000 | 0.9000 |" in markdown
     assert "Exact sums" in markdown
+    assert "simulation harness" in "\n".join(efficiency_markdown(section, private=True))
     assert rich_table({"efficiency": None}) is None
