@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from clients.models import MODEL_KINDS, build_model, state_to_arrays
 from scenarios.generator import DEMAND_COVARIATES, RISK_FEATURES
 from scenarios.schema import Scenario, load_scenario, parse_override
-from server.efficiency_release import efficiency_event
+from server.efficiency_release import check_room, efficiency_event
 from server.privacy import PrivacyPlan, resolve_privacy
 from server.secure_sum import resolve_aggregation
 from silobridge.arrays import flatten
@@ -150,6 +150,8 @@ def federation_spec(settings: RunSettings) -> FederationSpec:
         privacy = privacy.model_copy(update={"expected_shares": len(s.firms)})
         base = base.model_copy(update={"privacy": privacy})
     quiet_accountant()
+    if base.inventory.dp:
+        check_room(privacy, base.inventory)
     resolved = resolve_privacy(privacy_plan(settings, base))
     spec = base.model_copy(update={"privacy": resolved})
     if resolved.unit == "firm" and resolved.mechanism == "distributed":

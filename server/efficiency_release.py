@@ -14,6 +14,7 @@ import numpy as np
 from privacy.dp import Account, add_gaussian_noise, gaussian_event
 from server.privacy import accounting_spec
 from silobridge.config import InventoryPolicy, PrivacySpec
+from silobridge.errors import ConfigError
 
 RELEASE_ID = "efficiency"
 
@@ -27,6 +28,17 @@ def release_epsilon(privacy: PrivacySpec, policy: InventoryPolicy) -> float:
     """Epsilon of the efficiency release alone, at the run's delta, by the run's accountant."""
     event = efficiency_event(privacy.unit, policy.dp_noise_multiplier)
     return Account.empty(accounting_spec(privacy)).compose(event).epsilon(privacy.delta)
+
+
+def check_room(privacy: PrivacySpec, policy: InventoryPolicy) -> None:
+    """The efficiency release alone must leave budget for training, or calibration can find no noise."""
+    spent = release_epsilon(privacy, policy)
+    if spent >= privacy.epsilon:
+        raise ConfigError(
+            f"the efficiency release alone spends epsilon {spent:.3g} of the run's {privacy.epsilon:g}, leaving "
+            "nothing for training; raise it or turn efficiency.dp off",
+            field="efficiency.dp_noise_multiplier",
+        )
 
 
 def noised(segments: dict[str, np.ndarray], policy: InventoryPolicy, rng: np.random.Generator) -> dict[str, np.ndarray]:

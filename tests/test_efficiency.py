@@ -286,6 +286,9 @@ def test_calibration_leaves_room_for_the_efficiency_release(tiny_scenario) -> No
     plain = settings_from_run_config({"scenario": str(TINY)})
     reserving = settings_from_run_config({"scenario": str(TINY), "set": "efficiency.dp=true"})
     assert reserving.spec.privacy.noise_multiplier > plain.spec.privacy.noise_multiplier
+    with pytest.raises(ConfigError, match="efficiency release alone spends epsilon"):
+        greedy = "efficiency.dp=true;efficiency.dp_noise_multiplier=0.05"
+        settings_from_run_config({"scenario": str(TINY), "set": greedy})
     plan = reserving.privacy_plan()
     assert len(plan.reserved) == 1
     spent = Account.empty(accounting_spec(plan.spec)).compose(plan.planned_run_event(plan.noise_multiplier))
