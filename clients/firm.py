@@ -18,11 +18,13 @@ import torch
 from clients.data import FirmData
 from clients.dpsgd import DpSgdSettings, fit_private
 from clients.features import DemandWindows, RiskExamples, demand_windows, risk_examples, standardise
+from clients.inventory import SeriesHorizon, forecast_error_std, forecast_sums, simulate_series
 from clients.models import ModelKind, build_model, load_arrays, state_to_arrays
 from clients.training import TrainSettings, fit, fit_early_stopping, predict
 from privacy.dp import DistributedSkellam, clip_l2
 from silobridge.arrays import flatten
 from silobridge.config import FederationSpec
+from silobridge.efficiency_sums import EFFICIENCY_AFTER, EFFICIENCY_BEFORE, EfficiencySums, slot_by_tier
 from silobridge.messages import BaselineInstruction, FirmManifest, TrainInstruction
 from silobridge.stats import DemandErrorStats, Moments, RiskStats, slot_by_group
 
@@ -65,10 +67,16 @@ class TrainOutcome:
     evaluation: np.ndarray  # group-slotted statistics of the *received* global model on the test split
 
 
-def demand_stats(model: torch.nn.Module, windows: DemandWindows, device: torch.device) -> DemandErrorStats:
+def forecast_units(model: torch.nn.Module, windows: DemandWindows, device: torch.device) -> np.ndarray:
+    """The model's forecasts of each window, in units (never negative)."""
+    if len(windows) == 0:
+        return np.zeros(windows.targets.shape, dtype=float)
     scaled = predict(model, windows.features, device=device).reshape(len(windows), -1)
-    forecast = np.maximum(scaled * windows.scale[:, None], 0.0)
-    return DemandErrorStats.from_forecasts(forecast, windows.actual)
+    return np.maximum(scaled * windows.scale[:, None], 0.0)
+
+
+def demand_stats(model: torch.nn.Module, windows: DemandWindows, device: torch.device) -> DemandErrorStats:
+    return DemandErrorStats.from_forecasts(forecast_units(model, windows, device), windows.actual)
 
 
 def risk_stats(model: torch.nn.Module, features: np.ndarray, labels: np.ndarray, device: torch.device) -> RiskStats:
@@ -106,6 +114,13 @@ class FirmClient:
     def demand_split(self) -> tuple[DemandWindows, DemandWindows] | None:
         """(train, test) demand windows, or None if the firm holds no demand data."""
         return None if self.data.demand is None else demand_windows(self.data.demand, self.spec, self.tier)
+
+    @cached_property
+    def demand_series(self) -> list[tuple[DemandWindows, DemandWindows]]:
+        """(train, test) windows of each series on its own: the inventory simulation runs per series."""
+        if self.data.demand is None:
+            return []
+        return [demand_windows(rows, self.spec, self.tier) for _, rows in self.data.demand.groupby("series", sort=True)]
 
     @cached_property
     def risk_split(self) -> tuple[RiskExamples, RiskExamples] | None:
@@ -166,6 +181,31 @@ class FirmClient:
         model = build_model(kind, self.spec)
         load_arrays(model, arrays)
         return slot_by_group(self._stats(kind, model, norm), self.group)
+
+    def efficiency_sums(self, model: torch.nn.Module) -> EfficiencySums:
+        """Totals of the inventory simulation on the held-out horizon when ordering from `model`'s forecasts.
+
+        Per series: the safety stock comes from the model's errors on the series' most recent training
+        windows (over the periods one order covers); the orders from its forecasts on the test windows.
+        """
+        policy = self.spec.inventory
+        cover = policy.protection
+        total = EfficiencySums()
+        for train, test in self.demand_series:
+            if len(test) == 0:
+                continue
+            past = forecast_units(model, train, self.device)[-policy.error_windows :, :cover]
+            sigma = forecast_error_std(past, train.actual[-policy.error_windows :, :cover])
+            forecast = forecast_units(model, test, self.device)
+            horizon = SeriesHorizon(demand=test.actual[:, 0], forecasts=forecast, sigma=sigma)
+            total = total + simulate_series(horizon, policy) + forecast_sums(forecast, test.actual)
+        return total
+
+    def efficiency(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """Tier-slotted efficiency sums of ordering from the given demand model's forecasts."""
+        model = build_model("demand", self.spec)
+        load_arrays(model, arrays)
+        return slot_by_tier(self.efficiency_sums(model), self.tier)
 
     def _train_settings(self, instruction: TrainInstruction) -> TrainSettings:
         return TrainSettings(
@@ -283,16 +323,19 @@ class FirmClient:
         return out
 
     def evaluate_all(self, weights: dict[str, dict[str, np.ndarray]], norm: Normaliser | None) -> dict[str, np.ndarray]:
-        """Test-split statistics of every model the firm holds data for."""
-        return {
+        """Test-split statistics of every model the firm holds data for, and the efficiency sums of
+        ordering from the demand model's forecasts (the 'after' of the efficiency comparison)."""
+        out = {
             f"{kind}/eval": self.evaluate(kind, arrays, norm)  # type: ignore[arg-type]
             for kind, arrays in weights.items()
             if self.trains(kind)
         }
+        if "demand" in weights and self.trains("demand"):
+            out[EFFICIENCY_AFTER] = self.efficiency(weights["demand"])
+        return out
 
-    def local_baselines(self, instruction: BaselineInstruction) -> dict[str, np.ndarray]:
-        """Fit local-only models on this firm's data alone; return their (and naive) test statistics."""
-        settings = TrainSettings(
+    def _baseline_settings(self, instruction: BaselineInstruction) -> TrainSettings:
+        return TrainSettings(
             epochs=instruction.max_epochs,
             batch_size=instruction.batch_size,
             learning_rate=instruction.learning_rate,
@@ -301,22 +344,47 @@ class FirmClient:
             optimiser=instruction.optimiser,
             momentum=instruction.momentum,
         )
+
+    def local_demand_model(self, instruction: BaselineInstruction) -> torch.nn.Module:
+        """The local-only demand model: this firm's training windows alone, early stopping (deterministic)."""
+        if self.demand_split is None:
+            raise ValueError(f"firm '{self.firm_id}' holds no demand data")
+        train = self.demand_split[0]
+        model = build_model("demand", self.spec, seed=self._seed(instruction.seed))
+        fit_early_stopping(
+            model,
+            train.features,
+            train.targets,
+            loss="l1",
+            settings=self._baseline_settings(instruction),
+            device=self.device,
+            patience=instruction.patience,
+        )
+        return model
+
+    def efficiency_release(
+        self, arrays: dict[str, np.ndarray], instruction: BaselineInstruction
+    ) -> dict[str, np.ndarray]:
+        """Efficiency sums before (local-only model) and after (the given federated model), clipped
+        jointly to the federation's L2 bound: the firm's contribution to a DP release."""
+        if not self.trains("demand"):
+            return {}
+        before = slot_by_tier(self.efficiency_sums(self.local_demand_model(instruction)), self.tier)
+        after = self.efficiency(arrays)
+        clipped = clip_l2(np.concatenate([before, after]), self.spec.inventory.dp_clip_norm, firm=self.firm_id).vector
+        return {EFFICIENCY_BEFORE: clipped[: before.size], EFFICIENCY_AFTER: clipped[before.size :]}
+
+    def local_baselines(self, instruction: BaselineInstruction) -> dict[str, np.ndarray]:
+        """Fit local-only models on this firm's data alone; return their (and naive) test statistics."""
+        settings = self._baseline_settings(instruction)
         out: dict[str, np.ndarray] = {}
         if self.demand_split is not None:
-            train, test = self.demand_split
-            model = build_model("demand", self.spec, seed=self._seed(instruction.seed))
-            fit_early_stopping(
-                model,
-                train.features,
-                train.targets,
-                loss="l1",
-                settings=settings,
-                device=self.device,
-                patience=instruction.patience,
-            )
+            test = self.demand_split[1]
+            model = self.local_demand_model(instruction)
             out["demand/local_only"] = slot_by_group(demand_stats(model, test, self.device).to_vector(), self.group)
             naive = DemandErrorStats.from_forecasts(test.naive, test.actual)
             out["demand/naive"] = slot_by_group(naive.to_vector(), self.group)
+            out[EFFICIENCY_BEFORE] = slot_by_tier(self.efficiency_sums(model), self.tier)
         if self.risk_split is not None:
             train, test = self.risk_split
             own = Moments.of(train.features) if len(train) else Moments.of(test.features)

@@ -109,10 +109,13 @@ def simulate(
 
 
 def _print_summary(summary: dict) -> None:
-    from federation.progress import acceptance_table, privacy_table, results_tables
+    from federation.progress import acceptance_table, efficiency_table, privacy_table, results_tables
 
     for table in results_tables(summary):
         out_console.print(table)
+    efficiency = efficiency_table(summary)
+    if efficiency is not None:
+        out_console.print(efficiency)
     out_console.print(acceptance_table(summary))
     privacy = privacy_table(summary)
     if privacy is not None:

@@ -44,7 +44,7 @@ from federation.records import (
 from federation.settings import RunSettings, settings_from_run_config
 from privacy.secagg.layout import CLIPPED
 from silobridge.analytics import QUERY_SEGMENT, QueryStep
-from silobridge.errors import SiloBridgeError, SimulatedDropout
+from silobridge.errors import ProtocolError, SiloBridgeError, SimulatedDropout
 from silobridge.messages import BaselineInstruction, TrainInstruction
 
 FIRM_ERROR_CODE = 4100
@@ -164,6 +164,14 @@ def _analytics(req: Request) -> RecordDict:
     return _release(req, {QUERY_SEGMENT: answer.vector}, clipped=answer.clipped)
 
 
+def _efficiency(req: Request) -> RecordDict:
+    instruction = BaselineInstruction.from_config(config_of(req.message, INSTRUCTION), firm=req.firm.firm_id)
+    weights = _weights(req.message)
+    if "demand" not in weights:
+        raise ProtocolError("the efficiency release needs the federated demand model", firm=req.firm.firm_id)
+    return _release(req, req.firm.efficiency_release(weights["demand"], instruction))
+
+
 def _secagg_stage(stage: str) -> Handler:
     def handle(req: Request) -> RecordDict:
         wire = config_of(req.message, SECAGG)
@@ -202,6 +210,7 @@ def build_client_app(run_config: Mapping[str, Any] | None = None) -> ClientApp:
     register(app.train(), _train)
     register(app.evaluate(), _evaluate)
     register(app.query("analytics"), _analytics)
+    register(app.evaluate("efficiency"), _efficiency)
     register(app.query("secagg_advertise"), _secagg_stage("advertise"))
     register(app.query("secagg_share"), _secagg_stage("share_keys"))
     register(app.query("secagg_unmask"), _secagg_stage("unmask"))

@@ -18,6 +18,7 @@ from clients.models import build_model, state_to_arrays
 from clients.training import TrainSettings, fit, resolve_device
 from federation.firm_source import simulated_firm
 from federation.settings import RunSettings
+from silobridge.efficiency_sums import EFFICIENCY_AFTER
 from silobridge.messages import BaselineInstruction
 
 HARNESS_RUN_ID = -1
@@ -42,6 +43,13 @@ class SimulationHarness:
             if holders:
                 out[kind] = np.sum([f.evaluate(kind, arrays, norm) for f in holders], axis=0)  # type: ignore[arg-type]
         return out
+
+    def efficiency(self, weights: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Tier-slotted efficiency sums of ordering from the given demand model, summed over the firms."""
+        holders = [f for f in self.firms if f.trains("demand")]
+        if "demand" not in weights or not holders:
+            return {}
+        return {EFFICIENCY_AFTER: np.sum([f.efficiency(weights["demand"]) for f in holders], axis=0)}
 
     def local_baselines(self, instruction: BaselineInstruction) -> dict[str, np.ndarray]:
         """Each firm's local-only models and naive forecasts, scored on its own test split, summed."""

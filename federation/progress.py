@@ -201,3 +201,29 @@ def acceptance_table(summary: dict[str, Any]) -> Table:
         passed = {True: "[green]yes", False: "[red]no", None: "n/a"}[check["passed"]]
         table.add_row(check["name"], _num(check["value"]), check["target"], passed)
     return table
+
+
+def efficiency_table(summary: dict[str, Any]) -> Table | None:
+    """Cross-firm efficiency before (local-only forecasts) and after (federated), chain and tiers:
+    per group a row before, a row after and a row of the rates K = after / before."""
+    section = summary.get("efficiency")
+    if not section:
+        return None
+    dp = section.get("dp")
+    noise = f"; DP release, epsilon {dp['epsilon']:.3g}" if dp else ""
+    table = Table(
+        title=f"Cross-firm efficiency, inventory simulation over {section['horizon']} held-out periods{noise}"
+    )
+    table.add_column("group")
+    table.add_column("")
+    for name in ("E", "O", "I", "TFP"):
+        table.add_column(name, justify="right")
+    for group, row in (("chain", section["chain"]), *section["tiers"].items()):
+        for label, values, names in (
+            ("before", row["before"], ("E", "O", "I", "TFP")),
+            ("after", row["after"], ("E", "O", "I", "TFP")),
+            ("K", row["K"], ("K_E", "K_O", "K_I", "K_TFP")),
+        ):
+            table.add_row(group if label == "before" else "", label, *(_num(values[n]) for n in names))
+        table.add_section()
+    return table

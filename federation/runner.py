@@ -44,10 +44,18 @@ from privacy.ledger import PrivacyRun, Release
 from privacy.secagg.layout import CLIPPED, VectorLayout
 from privacy.secagg.messages import MaskedInput
 from server.aggregation import PlainSum
-from server.layouts import baselines_layout, evaluation_layout, moments_layout, training_layout
+from server.efficiency_release import RELEASE_ID, efficiency_event, noised, release_epsilon
+from server.layouts import (
+    baselines_layout,
+    efficiency_layout,
+    evaluation_layout,
+    moments_layout,
+    training_layout,
+)
 from server.secure_sum import SecureSumServer
 from server.strategy import FedAvg
 from silobridge.arrays import flatten, unflatten
+from silobridge.efficiency_sums import EFFICIENCY_AFTER, EFFICIENCY_BEFORE
 from silobridge.errors import BudgetExhausted, FederationError, ProtocolError
 from silobridge.messages import BaselineInstruction, FirmManifest
 from silobridge.stats import Moments, demand_metrics_by_group, risk_metrics_by_group
@@ -92,6 +100,8 @@ class FederationOutcome:
     history: list[dict[str, Any]] = field(default_factory=list)
     dropped: list[dict[str, Any]] = field(default_factory=list)
     stopped: str | None = None  # why training ended early (a refused round), if it did
+    efficiency: dict[str, np.ndarray] = field(default_factory=dict)  # "before"/"after" tier-slotted sums
+    efficiency_dp: dict[str, float] | None = None  # epsilon, delta, noise multiplier of a DP efficiency release
 
 
 Records = dict[str, ArrayRecord | ConfigRecord]
@@ -574,14 +584,64 @@ class Federation:
         return ledger.overall_epsilon
 
     def evaluate(self, weights: dict[str, OrderedDict[str, np.ndarray]], norm: Normaliser) -> dict[str, np.ndarray]:
-        """Test statistics of the final models (under DP, measured by the harness when there is one)."""
+        """Test statistics of the final models and the efficiency sums of ordering from the demand model
+        (under DP, measured by the harness like every other test statistic; nothing without one)."""
         self.observer.stage("final evaluation")
         if self.private:
-            return self.harness.evaluate(weights, norm) if self.harness is not None else {}
+            if self.harness is None:
+                return {}  # a real federation under DP releases no test statistics
+            return {**self.harness.evaluate(weights, norm), **self.harness.efficiency(weights)}
         layout = evaluation_layout(tuple(weights), self.spec.aggregation)
         records = self._model_records(weights, norm)
         outcome = self._sum("evaluate", records, layout, self.manifests, "evaluate")
-        return {kind: outcome.segments[f"{kind}/eval"] for kind in weights}
+        final = {kind: outcome.segments[f"{kind}/eval"] for kind in weights}
+        if EFFICIENCY_AFTER in outcome.segments:
+            final[EFFICIENCY_AFTER] = outcome.segments[EFFICIENCY_AFTER]
+        return final
+
+    def release_efficiency(self, demand: OrderedDict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """Under DP with `efficiency.dp`: the firms' clipped efficiency sums, securely summed, Gaussian noise
+        added here, charged to every contributing firm's demand data (or the firm) and recorded in the ledger.
+
+        None if the budget refuses the release (a refusal entry is written); the harness's figures stand.
+        """
+        ledger, plan = self.ledger, self.plan
+        if ledger is None or plan is None:
+            raise FederationError("no privacy ledger in this run")
+        self.observer.stage("efficiency release")
+        policy, unit = self.spec.inventory, plan.spec.unit
+        holders = sorted(f for f, n in self.node_of.items() if self.manifests[n].trains("demand"))
+        firm_of = {dataset_party(f, "demand") if unit == "record" else f: f for f in holders}
+        event = efficiency_event(unit, policy.dp_noise_multiplier)
+        try:
+            admission = ledger.admit(RELEASE_ID, event, sorted(firm_of))
+        except BudgetExhausted as err:
+            self.dropped.append({"stage": "efficiency release", "firm": None, "reason": str(err)})
+            return None
+        for party in admission.excluded:
+            self._drop(firm_of[party], "efficiency release", "its own privacy budget is spent")
+        records = {
+            weights_key("demand"): arrays_record(demand),
+            INSTRUCTION: ConfigRecord(self.baseline_instruction().to_config()),
+        }
+        nodes = [self.node_of[firm_of[party]] for party in admission.participants]
+        outcome = self._sum("evaluate.efficiency", records, efficiency_layout(self.spec.aggregation), nodes, RELEASE_ID)
+        summed = {name: outcome.segments[name] for name in (EFFICIENCY_BEFORE, EFFICIENCY_AFTER)}
+        released = noised(summed, policy, np.random.default_rng())  # fresh OS entropy, as for training noise
+        contributors = set(outcome.contributors)
+        ledger.record(
+            Release(
+                release_id=RELEASE_ID,
+                mechanism="gaussian",
+                event=event,
+                firms=sorted(party for party, firm in firm_of.items() if firm in contributors),
+                noise_multiplier=policy.dp_noise_multiplier,
+                clip_norm=policy.dp_clip_norm,
+                excluded_firms=sorted(admission.excluded),
+                parameters={"query": "efficiency sums (before, after) by tier"},
+            )
+        )
+        return {"before": released[EFFICIENCY_BEFORE], "after": released[EFFICIENCY_AFTER]}
 
     def describe_aggregation(self) -> dict[str, Any]:
         if self.secure is None:
@@ -613,6 +673,17 @@ def run_federation(
     baselines = federation.local_baselines()
     weights, history = federation.train(norm)
     final = federation.evaluate(weights, norm)
+    efficiency = {"before": baselines.pop(EFFICIENCY_BEFORE, None), "after": final.pop(EFFICIENCY_AFTER, None)}
+    efficiency_dp = None
+    if federation.private and settings.spec.inventory.dp and "demand" in weights:
+        released = federation.release_efficiency(weights["demand"])
+        if released is not None:
+            efficiency, privacy = released, settings.spec.privacy
+            efficiency_dp = {
+                "epsilon": release_epsilon(privacy, settings.spec.inventory),
+                "delta": privacy.delta,
+                "noise_multiplier": settings.spec.inventory.dp_noise_multiplier,
+            }
     return FederationOutcome(
         manifests=manifests,
         normaliser=norm,
@@ -623,4 +694,6 @@ def run_federation(
         history=history,
         dropped=federation.dropped,
         stopped=federation.stopped,
+        efficiency={when: vector for when, vector in efficiency.items() if vector is not None},
+        efficiency_dp=efficiency_dp,
     )

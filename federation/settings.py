@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from clients.models import MODEL_KINDS, build_model, state_to_arrays
 from scenarios.generator import DEMAND_COVARIATES, RISK_FEATURES
 from scenarios.schema import Scenario, load_scenario, parse_override
+from server.efficiency_release import check_room, efficiency_event
 from server.privacy import PrivacyPlan, resolve_privacy
 from server.secure_sum import resolve_aggregation
 from silobridge.arrays import flatten
@@ -126,6 +127,9 @@ def privacy_plan(settings: RunSettings, spec: FederationSpec) -> PrivacyPlan:
         num_firms=len(settings.scenario.firms),
         min_firms=settings.min_firms,
         model_dim=dim,
+        reserved=(efficiency_event(spec.privacy.unit, spec.inventory.dp_noise_multiplier),)
+        if spec.inventory.dp
+        else (),
     )
 
 
@@ -148,6 +152,7 @@ def federation_spec(settings: RunSettings) -> FederationSpec:
         hidden=s.training.hidden,
         aggregation=resolve_aggregation(s.aggregation.model_copy(update={"mode": settings.aggregation}), len(s.firms)),
         privacy=privacy,
+        inventory=s.efficiency,
     )
     if not privacy.enabled:
         return base
@@ -157,6 +162,8 @@ def federation_spec(settings: RunSettings) -> FederationSpec:
         privacy = privacy.model_copy(update={"expected_shares": len(s.firms)})
         base = base.model_copy(update={"privacy": privacy})
     quiet_accountant()
+    if base.inventory.dp:
+        check_room(privacy, base.inventory)
     resolved = resolve_privacy(privacy_plan(settings, base))
     spec = base.model_copy(update={"privacy": resolved})
     if resolved.unit == "firm" and resolved.mechanism == "distributed":

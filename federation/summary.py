@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from federation.efficiency_report import efficiency_markdown, efficiency_summary
 from federation.runner import FederationOutcome, metrics_by_group
 from federation.settings import RunSettings
 
@@ -165,6 +166,7 @@ def build_summary(
         "stopped": outcome.stopped,
         "models": table,
         "acceptance": acceptance_checks(table),
+        "efficiency": efficiency_summary(settings, outcome),
         "dropouts": outcome.dropped,
         "seconds": seconds,
         "stage_seconds": stage_seconds or {},
@@ -237,6 +239,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             f"{aggregation['modulus_bits']}-bit ring; {aggregation['clipped_values']} values clipped to their bounds.",
             "",
         ]
+    lines += efficiency_markdown(summary.get("efficiency"), private=bool(privacy.get("enabled")))
     lines += ["## Acceptance checks", "", "| check | value | target | passed |", "| --- | --- | --- | --- |"]
     for check in summary["acceptance"]:
         lines.append(f"| {check['name']} | {_fmt(check['value'])} | {check['target']} | {_fmt(check['passed'])} |")

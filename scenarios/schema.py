@@ -17,7 +17,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from silobridge.config import MIN_TRAIN_WINDOWS, TIERS, AggregationSpec, DataSchema, PrivacySpec, Tier, min_periods
+from silobridge.config import (
+    MIN_TRAIN_WINDOWS,
+    TIERS,
+    AggregationSpec,
+    DataSchema,
+    InventoryPolicy,
+    PrivacySpec,
+    Tier,
+    min_periods,
+)
 from silobridge.errors import ConfigError
 
 FIRM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -152,6 +161,7 @@ class Scenario(_Frozen):
         default=None,
         description="columns every firm's CSV files provide (a real federation's [data]); default: the generator's",
     )
+    efficiency: InventoryPolicy = InventoryPolicy()
 
     @field_validator("end")
     @classmethod
@@ -247,6 +257,12 @@ def check_chain(scenario: Scenario) -> None:
                 f"firm '{firm.id}': field 'budget_epsilon' ({firm.budget_epsilon:g}) may only be stricter than the "
                 f"run's privacy.epsilon ({scenario.privacy.epsilon:g})"
             )
+    policy = scenario.efficiency
+    if policy.protection > scenario.horizon:
+        raise ValueError(
+            f"efficiency: lead_time + review_period is {policy.protection} periods but the models forecast only "
+            f"horizon = {scenario.horizon}; an order must be covered by one forecast"
+        )
     need = scenario.min_history()
     for firm in scenario.firms:
         if firm.history < need:

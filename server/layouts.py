@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from privacy.secagg.layout import CLIPPED, Segment, VectorLayout
 from silobridge.analytics import QUERY_SEGMENT
 from silobridge.config import AggregationSpec
+from silobridge.efficiency_sums import EFFICIENCY_AFTER, EFFICIENCY_BEFORE, EFFICIENCY_LENGTH
 from silobridge.stats import GROUPS, DemandErrorStats, RiskStats
 
 STAT_LENGTH = {"demand": DemandErrorStats.SIZE * len(GROUPS), "risk": RiskStats.SIZE * len(GROUPS)}
@@ -48,7 +49,11 @@ def training_layout(
 
 
 def evaluation_layout(kinds: tuple[str, ...], agg: AggregationSpec) -> VectorLayout:
-    return _with_clipping([Segment(f"{k}/eval", STAT_LENGTH[k], agg.stats_bound, "double") for k in kinds], agg)
+    """The final models' test statistics and, with a demand model, the efficiency sums of ordering from it."""
+    segments = [Segment(f"{k}/eval", STAT_LENGTH[k], agg.stats_bound, "double") for k in kinds]
+    if "demand" in kinds:
+        segments.append(Segment(EFFICIENCY_AFTER, EFFICIENCY_LENGTH, agg.stats_bound, "double"))
+    return _with_clipping(segments, agg)
 
 
 def baselines_layout(agg: AggregationSpec) -> VectorLayout:
@@ -57,6 +62,7 @@ def baselines_layout(agg: AggregationSpec) -> VectorLayout:
             Segment("demand/local_only", STAT_LENGTH["demand"], agg.stats_bound, "double"),
             Segment("demand/naive", STAT_LENGTH["demand"], agg.stats_bound, "double"),
             Segment("risk/local_only", STAT_LENGTH["risk"], agg.stats_bound, "double"),
+            Segment(EFFICIENCY_BEFORE, EFFICIENCY_LENGTH, agg.stats_bound, "double"),
         ],
         agg,
     )
@@ -69,3 +75,14 @@ def moments_layout(num_features: int, agg: AggregationSpec) -> VectorLayout:
 def query_layout(length: int, value_bound: float, agg: AggregationSpec) -> VectorLayout:
     """One analytics query step: `length` values within +/-`value_bound`, at float64 precision."""
     return _with_clipping([Segment(QUERY_SEGMENT, length, value_bound, "double")], agg)
+
+
+def efficiency_layout(agg: AggregationSpec) -> VectorLayout:
+    """The efficiency sums as their own (DP) release: before and after, tier-slotted."""
+    return _with_clipping(
+        [
+            Segment(EFFICIENCY_BEFORE, EFFICIENCY_LENGTH, agg.stats_bound, "double"),
+            Segment(EFFICIENCY_AFTER, EFFICIENCY_LENGTH, agg.stats_bound, "double"),
+        ],
+        agg,
+    )

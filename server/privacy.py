@@ -53,6 +53,7 @@ class PrivacyPlan:
     num_firms: int
     min_firms: int
     model_dim: int
+    reserved: tuple[dpa.DpEvent, ...] = ()  # releases beyond training (the efficiency sums), fixed noise
 
     @property
     def noise_multiplier(self) -> float:
@@ -99,12 +100,14 @@ class PrivacyPlan:
         return self.skellam(z).event(noise_shares or self.min_firms)
 
     def planned_run_event(self, noise_multiplier: float) -> dpa.DpEvent:
-        """The whole run at the worst case (every round, fewest noise shares): what calibration fits."""
+        """The whole run at the worst case (every round, fewest noise shares) and the reserved releases:
+        what calibration fits."""
         if self.spec.unit == "record":
             event = self.record_event(noise_multiplier)
-            return event if self.rounds == 1 else dpa.SelfComposedDpEvent(event, self.rounds)
-        event = self.firm_event(noise_multiplier=noise_multiplier)
-        return event if self.rounds == 1 else dpa.SelfComposedDpEvent(event, self.rounds)
+        else:
+            event = self.firm_event(noise_multiplier=noise_multiplier)
+        training = event if self.rounds == 1 else dpa.SelfComposedDpEvent(event, self.rounds)
+        return dpa.ComposedDpEvent([training, *self.reserved]) if self.reserved else training
 
     # -- noise --------------------------------------------------------------------------------------
 

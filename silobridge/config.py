@@ -161,6 +161,46 @@ class PrivacySpec(BaseModel):
         return self.demand_max_grad_norm if kind == "demand" else self.risk_max_grad_norm
 
 
+class InventoryPolicy(BaseModel):
+    """How every firm orders in the efficiency simulation (periodic review, order-up-to, the same for
+    all), and how the resulting sums are released.
+
+    Every `review_period` periods a firm orders up to its forecast of the demand over `lead_time` +
+    `review_period` periods plus a safety stock of z(service_level) x its forecast error's std x
+    sqrt(lead_time + review_period). Unmet demand is backordered and served late. Costs are per unit
+    held or backordered at the end of a period, and per order placed.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    review_period: int = Field(default=1, ge=1, le=52, description="periods between orders")
+    lead_time: int = Field(default=1, ge=0, le=52, description="periods between an order and its arrival")
+    service_level: float = Field(default=0.95, gt=0.5, lt=1, description="cycle service level the safety stock aims at")
+    holding_cost: float = Field(default=1.0, ge=0, description="cost per unit on hand at the end of a period")
+    shortage_cost: float = Field(default=4.0, ge=0, description="cost per unit backordered at the end of a period")
+    order_cost: float = Field(default=10.0, ge=0, description="fixed cost per order placed (per series)")
+    error_windows: int = Field(
+        default=26, ge=1, le=1000, description="recent training windows whose forecast errors size the safety stock"
+    )
+    dp: bool = Field(
+        default=False,
+        description="in a private run, firms release their efficiency sums clipped, with Gaussian noise on the "
+        "secure sum, charged to the run's budget (otherwise the simulation harness measures them, like every "
+        "other test statistic under DP)",
+    )
+    dp_clip_norm: float = Field(
+        default=1e5, gt=0, description="L2 bound on one firm's released efficiency sums (before and after)"
+    )
+    dp_noise_multiplier: float = Field(
+        default=2.0, gt=0, le=1000, description="noise std over dp_clip_norm of the efficiency release"
+    )
+
+    @property
+    def protection(self) -> int:
+        """Periods one order must cover: until the order after it arrives."""
+        return self.lead_time + self.review_period
+
+
 class FederationSpec(BaseModel):
     """Columns, feature layout, model size, evaluation split and aggregation of one federation."""
 
@@ -174,6 +214,7 @@ class FederationSpec(BaseModel):
     hidden: int = Field(ge=4, le=4096)
     aggregation: AggregationSpec = AggregationSpec()
     privacy: PrivacySpec = PrivacySpec(enabled=False)
+    inventory: InventoryPolicy = InventoryPolicy()
 
     @property
     def min_periods(self) -> int:

@@ -71,5 +71,6 @@ def test_layouts_bound_every_segment_and_count_clipping() -> None:
         "demand/local_only",
         "demand/naive",
         "risk/local_only",
+        "efficiency/before",
         "clipped",
     }

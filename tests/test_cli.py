@@ -91,7 +91,16 @@ def test_simulate_prints_the_comparison_and_writes_the_run(tmp_path: Path) -> No
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    for text in ("demand model", "risk model", "federated", "local_only", "centralised", "naive", "Acceptance checks"):
+    for text in (
+        "demand model",
+        "risk model",
+        "federated",
+        "local_only",
+        "centralised",
+        "naive",
+        "Acceptance checks",
+        "Cross-firm efficiency",
+    ):
         assert text in result.stdout
     assert (tmp_path / "runs" / "cli-run" / "summary.json").exists()
     assert "round 2 risk" in result.stderr  # plain progress lines when not on a terminal

@@ -115,7 +115,7 @@ def test_local_baselines_report_in_the_firms_group(firm: FirmClient) -> None:
         seed=0,
     )
     out = firm.local_baselines(instruction)
-    assert set(out) == {"demand/local_only", "demand/naive", "risk/local_only"}
+    assert set(out) == {"demand/local_only", "demand/naive", "risk/local_only", "efficiency/before"}
     demand = DemandErrorStats.from_vector(split_groups(out["demand/local_only"])["large"])
     naive = DemandErrorStats.from_vector(split_groups(out["demand/naive"])["large"])
     assert demand.count == naive.count > 0

@@ -1,0 +1,117 @@
+"""End to end: one Flower simulation of the tiny scenario (no DP, secure aggregation, 2 rounds).
+
+The efficiency section of summary.json must equal what the firms' own numbers give when computed
+directly, outside the federation: each firm's local-only baseline and the saved federated model,
+run through the same inventory simulation by the harness, summed and turned into ratios.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from federation.harness import SimulationHarness
+from federation.settings import settings_from_run_config
+from federation.simulation import simulate
+from server.efficiency import efficiency_table
+from silobridge.efficiency_sums import EFFICIENCY_AFTER, EFFICIENCY_BEFORE
+from silobridge.messages import BaselineInstruction
+from tests.conftest import TINY
+
+
+def _close(got: dict, want: dict) -> None:
+    """summary.json rounds to 6 decimals."""
+    assert set(got) == set(want)
+    for key, value in want.items():
+        if isinstance(value, dict):
+            _close(got[key], value)
+        else:
+            assert got[key] == pytest.approx(value, abs=2e-6), key
+
+
+def test_summary_efficiency_equals_the_firms_numbers_recomputed(tmp_path) -> None:
+    config = {
+        "scenario": str(TINY),
+        "out-dir": str(tmp_path),
+        "run-id": "tiny-efficiency",
+        "dp": "off",
+        "set": "training.rounds=2",
+    }
+    result = simulate(config, cpus=2)
+    section = result.summary["efficiency"]
+    assert json.loads((result.path / "summary.json").read_text())["efficiency"] == section
+    assert "## Cross-firm efficiency" in (result.path / "summary.md").read_text()
+
+    assert section["horizon"] == 13 - 4 + 1
+    assert section["policy"] == {
+        "review_period": 1,
+        "service_level": 0.95,
+        "lead_time": 1,
+        "holding_cost": 1.0,
+        "shortage_cost": 4.0,
+        "order_cost": 10.0,
+    }
+    assert section["dp"] is None
+    assert list(section["tiers"]) == ["supplier", "manufacturer", "distributor", "retailer"]
+    for row in (section["chain"], *section["tiers"].values()):
+        assert set(row) == {"before", "after", "K"}
+        assert set(row["before"]) == set(row["after"]) == {"E", "O", "I", "TFP"}
+        assert set(row["K"]) == {"K_E", "K_O", "K_I", "K_TFP"}
+
+    settings = settings_from_run_config(config)
+    training = settings.scenario.training
+    instruction = BaselineInstruction(
+        max_epochs=settings.baseline_max_epochs,
+        patience=settings.baseline_patience,
+        batch_size=training.batch_size,
+        optimiser=training.optimiser,
+        learning_rate=training.learning_rate,
+        momentum=training.momentum,
+        weight_decay=training.weight_decay,
+        seed=settings.scenario.seed,
+    )
+    harness = SimulationHarness(settings)
+    before = harness.local_baselines(instruction)[EFFICIENCY_BEFORE]
+    state = torch.load(result.path / "models" / "demand.pt")
+    after = harness.efficiency({"demand": {k: v.numpy() for k, v in state.items()}})[EFFICIENCY_AFTER]
+    expected = efficiency_table(before, after, section["tiers"])
+    _close({"chain": section["chain"], "tiers": section["tiers"]}, expected)
+
+    # I is forecast skill on the held-out forecasts: 1 - WAPE of the same model over all firms.
+    wape = result.summary["models"]["demand"]
+    assert section["chain"]["after"]["I"] == pytest.approx(1 - wape["federated"]["all"]["wape"], abs=2e-6)
+    assert section["chain"]["before"]["I"] == pytest.approx(1 - wape["local_only"]["all"]["wape"], abs=2e-6)
+
+
+def test_a_dp_efficiency_release_is_charged_and_recorded(tmp_path) -> None:
+    """Record-level DP with `efficiency.dp`: the noised sums are one more ledger release, within budget."""
+    from server.efficiency_release import release_epsilon
+
+    config = {
+        "scenario": str(TINY),
+        "out-dir": str(tmp_path),
+        "run-id": "tiny-efficiency-dp",
+        "set": "training.rounds=2;efficiency.dp=true",
+    }
+    result = simulate(config, cpus=2)
+    settings = settings_from_run_config(config)
+    section = result.summary["efficiency"]
+    assert section["dp"] == {
+        "epsilon": pytest.approx(release_epsilon(settings.spec.privacy, settings.spec.inventory), abs=1e-6),
+        "delta": 1e-5,
+        "noise_multiplier": 2.0,
+    }
+    assert set(section["chain"]) == {"before", "after", "K"}
+    assert list(section["tiers"]) == ["supplier", "manufacturer", "distributor", "retailer"]
+    entries = [json.loads(line) for line in (result.path / "privacy_ledger.jsonl").read_text().splitlines()]
+    releases = [e for e in entries if e["kind"] == "release" and e["release_id"] == "efficiency"]
+    assert len(releases) == 1
+    release = releases[0]
+    assert release["firms"] == sorted(f"{firm.id}/demand" for firm in settings.scenario.firms)
+    assert release["mechanism"] == "gaussian" and release["clip_norm"] == 1e5 and release["noise_multiplier"] == 2.0
+    privacy = result.summary["privacy"]
+    assert privacy["within_budget"] and privacy["epsilon_overall"] <= 8.0
+    assert privacy["firms"]["R1"]["datasets"]["demand"]["releases"] == 3  # two rounds and the efficiency sums
+    assert privacy["firms"]["R1"]["datasets"]["risk"]["releases"] == 2
