@@ -608,12 +608,13 @@ def run_federation_command(
         "federation.toml"
     ),
     out: Annotated[Path, typer.Option("--out", help="Folder that receives the run directory.")] = Path("runs"),
-    rounds: Annotated[int | None, typer.Option(help="Override the number of rounds.", min=1)] = None,
     run_id: Annotated[str | None, typer.Option(help="Name of the run directory.")] = None,
-    no_dp: Annotated[bool, typer.Option("--no-dp", help="Turn differential privacy off (no ledger).")] = False,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a federation-file field.")] = None,
 ) -> None:
-    """Coordinator: run the federation on the SuperLink (`flwr run`); same log, summary and ledger as a simulation."""
+    """Coordinator: run the federation on the SuperLink (`flwr run`); same log, summary and ledger as a simulation.
+
+    No overrides: every partner's node refuses settings that differ from the federation file it holds,
+    so a change (rounds, privacy, aggregation) is a new federation file shared with every partner.
+    """
     import json
     import subprocess
 
@@ -623,10 +624,7 @@ def run_federation_command(
     run_config: dict[str, str | int] = {
         "scenario": str(config.resolve()),
         "out-dir": str(out.resolve()),
-        "num-rounds": rounds or 0,
-        "set": ";".join(set_ or []),
         "data": "nodes",
-        "dp": "off" if no_dp else "",
         "run-id": run_id or "",
     }
     try:

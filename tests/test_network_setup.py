@@ -23,7 +23,7 @@ from federation.network.keys import fingerprint, make_node_keys
 from federation.settings import settings_from_run_config
 from scenarios.generator import generate_chain
 from scenarios.schema import load_scenario
-from silobridge.errors import ConfigError, DataError
+from silobridge.errors import ConfigError, DataError, ProtocolError
 from tests.conftest import ROOT
 
 TRIO = ROOT / "tests" / "scenarios" / "trio.toml"
@@ -183,3 +183,23 @@ def test_supernode_command_pins_the_ca_and_quotes_the_node_config(tmp_path: Path
     assert f'data-dir="{(tmp_path / "R1").resolve()}"' in config and "budget-epsilon=3.0" in config
     with pytest.raises(ConfigError, match="quotes"):
         node_config_text({"data-dir": 'a"b'})
+
+
+def test_a_partner_refuses_settings_that_differ_from_its_federation_file(trio_data: Path) -> None:
+    """A dishonest coordinator cannot ask a partner for plain aggregation, a lower threshold or no DP."""
+    node = {NODE_DATA_DIR: str(trio_data / "R1"), NODE_FEDERATION: str(TRIO)}
+    honest = settings_from_run_config({"scenario": str(TRIO), "data": "nodes"}).spec
+    assert node_firm(node, honest, "train").firm_id == "R1"
+    plain = honest.model_copy(update={"aggregation": honest.aggregation.model_copy(update={"mode": "plain"})})
+    with pytest.raises(ProtocolError, match=r"firm 'R1', stage 'train'.*aggregation differ"):
+        node_firm(node, plain, "train")
+    with pytest.raises(ProtocolError, match="aggregation differ"):
+        node_firm(node, plain, "query.analytics")  # no statistic leaves in the clear, whatever the message
+    weaker = honest.model_copy(update={"privacy": honest.privacy.model_copy(update={"noise_multiplier": 0.01})})
+    no_dp = honest.model_copy(update={"privacy": honest.privacy.model_copy(update={"enabled": False})})
+    for spec in (weaker, no_dp):
+        for releasing in ("train", "evaluate", "train.baselines"):
+            with pytest.raises(ProtocolError, match="privacy differ"):
+                node_firm(node, spec, releasing)
+    # An analytics step's DP is the coordinator's central noise (accounted in its ledger), not DP-SGD's.
+    assert node_firm(node, no_dp, "query.analytics").firm_id == "R1"
