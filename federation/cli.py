@@ -274,7 +274,8 @@ def _network_query(run_config: dict[str, object], job: QueryJob) -> tuple[dict, 
     else:
         noised_plans(settings, job.requests, job.budget)
     flower_config = {**settings.to_run_config(), QUERIES_KEY: job.to_run_config()}
-    code = subprocess.call(run_command(APP_DIR, flower_config), env=process_env())
+    # flwr's streamed log goes to stderr, so that stdout holds only the answer (`--json` pipes cleanly)
+    code = subprocess.call(run_command(APP_DIR, flower_config), env=process_env(), stdout=sys.stderr)
     written = settings.out_dir / settings.run_id / QUERIES_FILE
     if not written.exists():  # `flwr run --stream` exits 0 even when the run failed
         raise FederationError(f"the query run wrote no {written} (flwr exit code {code}); see the log above")
