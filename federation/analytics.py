@@ -39,6 +39,7 @@ from privacy.ledger import PrivacyRun, config_hash, public_key_hex
 from privacy.secagg.layout import CLIPPED
 from privacy.secagg.simulate import InMemoryFederation
 from scenarios.generator import catalogue_items
+from scenarios.schema import load_scenario
 from server.analytics import build_plan
 from server.analytics.engine import (
     QueryEngine,
@@ -197,9 +198,13 @@ class QueryJob:
 def check_query_privacy(settings: RunSettings, budget: QueryBudget | None) -> None:
     """Exact answers (no DP) from a real federation only where its federation file turns DP off.
 
-    The partners agreed to that file; the coordinator alone may not drop the noise on their data.
+    The partners agreed to that file; the coordinator alone may not drop the noise on their data, so a
+    `--set privacy.enabled=false` override does not count. (A guard against mistakes: the coordinator
+    adds the noise, and the partners trust it to.)
     """
-    if budget is None and settings.data == NODES and settings.scenario.privacy.enabled:
+    if budget is None and settings.data == NODES and (
+        settings.scenario.privacy.enabled or load_scenario(settings.scenario_path).privacy.enabled
+    ):
         raise ConfigError(
             f"{settings.scenario_path.name} enables differential privacy ([privacy] enabled = true), so the "
             "partners' answers are released only with noise under a budget: drop --no-dp",
