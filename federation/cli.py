@@ -303,7 +303,7 @@ def _print_query(outcome: dict, noise: float | None, path: Path, *, epsilon: flo
         cost.add_row("epsilon of this query", f"{privacy['epsilon']:.4f} at delta {privacy['delta']:g}")
         cost.add_row("epsilon of the run", f"{privacy['epsilon_total']:.4f} of {epsilon:g}")
         cost.add_row("noise multiplier", f"{noise:.4f} (unit: firm)")
-        cost.add_row("across runs", "every `silobridge query` is its own run and budget: runs compose, see README")
+        cost.add_row("across runs", "this budget bounds this run only: separate queries add up (see README)")
     cost.add_row("releases", str(len(outcome["steps"])))
     cost.add_row("clipped values", str(sum(s["clipped"] for s in outcome["steps"])))
     out_console.print(cost)
