@@ -202,8 +202,10 @@ def check_query_privacy(settings: RunSettings, budget: QueryBudget | None) -> No
     `--set privacy.enabled=false` override does not count. (A guard against mistakes: the coordinator
     adds the noise, and the partners trust it to.)
     """
-    if budget is None and settings.data == NODES and (
-        settings.scenario.privacy.enabled or load_scenario(settings.scenario_path).privacy.enabled
+    if (
+        budget is None
+        and settings.data == NODES
+        and (settings.scenario.privacy.enabled or load_scenario(settings.scenario_path).privacy.enabled)
     ):
         raise ConfigError(
             f"{settings.scenario_path.name} enables differential privacy ([privacy] enabled = true), so the "
