@@ -203,3 +203,31 @@ def test_a_partner_refuses_settings_that_differ_from_its_federation_file(trio_da
                 node_firm(node, spec, releasing)
     # An analytics step's DP is the coordinator's central noise (accounted in its ledger), not DP-SGD's.
     assert node_firm(node, no_dp, "query.analytics").firm_id == "R1"
+
+
+def test_queries_reach_the_server_app_through_flwr_run_config_intact() -> None:
+    """The `queries` run-config value survives `flwr run --run-config` (Flower's own parser), quotes included."""
+    from flwr.common.config import parse_config_args
+
+    from federation.analytics import QueryBudget, QueryJob, QueryRequest
+    from federation.network.deploy import run_command
+
+    job = QueryJob(
+        (QueryRequest("histogram", {"column": "it's units", "edges": [0, 1.5, 10]}), QueryRequest("count", {})),
+        QueryBudget(2.0, 1e-6, "pld", None),
+    )
+    command = run_command(ROOT, {"scenario": "a b.toml", "num-rounds": 0, "queries": job.to_run_config()})
+    parsed = parse_config_args([command[command.index("--run-config") + 1]])
+    assert parsed["scenario"] == "a b.toml" and parsed["num-rounds"] == 0
+    assert QueryJob.from_run_config(parsed["queries"]) == job
+    assert QueryJob.from_run_config(QueryJob((QueryRequest("count", {}),), None).to_run_config()).budget is None
+    settings_from_run_config({"scenario": str(TRIO), "queries": job.to_run_config()})  # a known key
+    for bad, field in (
+        ("[]", "queries"),
+        ('{"queries": [], "privacy": null}', "queries"),
+        ('{"queries": [{"query": "sum"}], "privacy": null}', "queries.0"),
+        ('{"queries": [{"query": "sum", "params": {}}], "privacy": {"epsilon": 1}}', "queries.privacy"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            QueryJob.from_run_config(bad)
+        assert err.value.field == field
