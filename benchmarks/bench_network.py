@@ -138,7 +138,10 @@ def main() -> None:
         f"ClientApp cold start (fresh interpreter importing torch, flwr and the ClientApp), median of "
         f"{len(starts)}: {start_s:.2f} s. A SuperNode starts one such process per message, so every exchange "
         "costs each partner at least this, in parallel across partners (each on its own machine); a secure, "
-        "private round is 2 exchanges (train + unmask), plus 2 per key-agreement session."
+        "private round is 2 exchanges (train + unmask), plus 2 per key-agreement session. Here every partner's "
+        "SuperNode and its per-message processes share this machine's cores, so the loopback round grows with the "
+        "number of nodes (n cold starts per exchange on 2 cores); on the partners' own machines an exchange costs "
+        "about one cold start plus the network and training, whatever the number of partners."
     )
     parameters = {"nodes": args.nodes, "rounds": args.rounds, "clientapp_cold_start_s": [round(t, 2) for t in starts]}
     columns = list(rows[0]) if rows else ["nodes"]
