@@ -10,6 +10,7 @@ queries over a scenario's firms in a Flower simulation and writes a run director
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -26,17 +27,19 @@ from flwr.serverapp import Grid, ServerApp
 
 from clients.analytics import answer_step
 from clients.data import FirmData
+from federation.firm_source import pilot_folders, validate_pilot
 from federation.privacy_report import LEDGER_FILE
 from federation.progress import LogObserver
 from federation.records import ANALYTICS
 from federation.rundir import CONFIG_FILE, RunDirectory
 from federation.runner import Federation, RunObserver
-from federation.settings import RunSettings, quiet_accountant, settings_from_run_config
+from federation.settings import NODES, QUERIES_KEY, RunSettings, quiet_accountant, settings_from_run_config
 from privacy.dp import Budget
 from privacy.ledger import PrivacyRun, config_hash, public_key_hex
 from privacy.secagg.layout import CLIPPED
 from privacy.secagg.simulate import InMemoryFederation
 from scenarios.generator import catalogue_items
+from scenarios.schema import load_scenario
 from server.analytics import build_plan
 from server.analytics.engine import (
     QueryEngine,
@@ -127,12 +130,105 @@ class QueryBudget:
 
 
 @dataclass(frozen=True)
+class QueryJob:
+    """What a run of queries asks, as the run config's `queries` key carries it to a ServerApp under `flwr run`.
+
+    One JSON object: {"queries": [{"query": ..., "params": {...}}, ...], "privacy": budget or null}.
+    Single quotes are written as JSON escapes, so the text fits a TOML literal string on `flwr run
+    --run-config` (Flower's parser allows no escapes inside quotes).
+    """
+
+    requests: tuple[QueryRequest, ...]
+    budget: QueryBudget | None
+
+    def to_run_config(self) -> str:
+        payload = {
+            "queries": [{"query": r.name, "params": dict(r.params)} for r in self.requests],
+            "privacy": None if self.budget is None else vars(self.budget),
+        }
+        return json.dumps(payload, sort_keys=True).replace("'", "\\u0027")
+
+    @classmethod
+    def from_run_config(cls, text: str) -> QueryJob:
+        """The run config's `queries` text, checked: every malformed part is named."""
+        try:
+            payload = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"not JSON: {err}", source="run config", field=QUERIES_KEY) from None
+        if not isinstance(payload, dict) or set(payload) != {"queries", "privacy"}:
+            raise ConfigError(
+                "expected a JSON object with keys 'queries' and 'privacy'", source="run config", field=QUERIES_KEY
+            )
+        entries = payload["queries"]
+        if not isinstance(entries, list) or not entries:
+            raise ConfigError("'queries' must be a non-empty list", source="run config", field=QUERIES_KEY)
+        requests = []
+        for i, entry in enumerate(entries):
+            if not (
+                isinstance(entry, dict)
+                and set(entry) == {"query", "params"}
+                and isinstance(entry["query"], str)
+                and isinstance(entry["params"], dict)
+            ):
+                raise ConfigError(
+                    "expected {'query': NAME, 'params': {...}}", source="run config", field=f"{QUERIES_KEY}.{i}"
+                )
+            requests.append(QueryRequest(entry["query"], entry["params"]))
+        privacy = payload["privacy"]
+        budget = None
+        if privacy is not None:
+            try:
+                budget = QueryBudget(
+                    epsilon=float(privacy["epsilon"]),
+                    delta=float(privacy["delta"]),
+                    accountant=str(privacy.get("accountant", "rdp")),
+                    noise_multiplier=None
+                    if privacy.get("noise_multiplier") is None
+                    else float(privacy["noise_multiplier"]),
+                )
+            except (TypeError, KeyError, ValueError) as err:
+                raise ConfigError(
+                    f"expected epsilon, delta, accountant and noise_multiplier: {err!r}",
+                    source="run config",
+                    field=f"{QUERIES_KEY}.privacy",
+                ) from None
+        return cls(tuple(requests), budget)
+
+
+def check_query_privacy(settings: RunSettings, budget: QueryBudget | None) -> None:
+    """Exact answers (no DP) from a real federation only where its federation file turns DP off.
+
+    The partners agreed to that file; the coordinator alone may not drop the noise on their data, so a
+    `--set privacy.enabled=false` override does not count. (A guard against mistakes: the coordinator
+    adds the noise, and the partners trust it to.)
+    """
+    if (
+        budget is None
+        and settings.data == NODES
+        and (settings.scenario.privacy.enabled or load_scenario(settings.scenario_path).privacy.enabled)
+    ):
+        raise ConfigError(
+            f"{settings.scenario_path.name} enables differential privacy ([privacy] enabled = true), so the "
+            "partners' answers are released only with noise under a budget: drop --no-dp",
+            source=str(settings.scenario_path),
+            field="privacy.enabled",
+        )
+    if budget is not None and budget.accountant not in ("rdp", "pld"):
+        raise ConfigError(f"unknown accountant '{budget.accountant}' (rdp or pld)", field="accountant")
+
+
+@dataclass(frozen=True)
 class QueryRunResult:
     path: Path
     outcomes: list[QueryOutcome]
     noise_multiplier: float | None
     public_key: str | None
     seconds: float
+
+
+def query_settings(run_config: Mapping[str, Any]) -> RunSettings:
+    """A query run's settings: the scenario's training DP is off, since queries are accounted by their own budget."""
+    return settings_from_run_config({**run_config, "dp": "off"})
 
 
 def with_scenario_defaults(settings: RunSettings, requests: Sequence[QueryRequest]) -> list[QueryRequest]:
@@ -213,6 +309,8 @@ def serve_queries(
 ) -> QueryRunResult:
     """The coordinator's side: connect, open the ledger (under DP), run every query, write the run directory."""
     started = time.monotonic()
+    check_query_privacy(settings, budget)
+    pilot_folders(settings)  # a pilot's folder holds exactly the declared firms
     requests = with_scenario_defaults(settings, requests)
     plans, noise = (
         (plan_queries(settings, requests), None) if budget is None else noised_plans(settings, requests, budget)
@@ -285,11 +383,21 @@ def run_queries(
     """Run `requests` over the scenario's firms in an in-process Flower simulation (secure sums by default).
 
     `run_config` is the flat run config of `silobridge simulate` (scenario, overrides, aggregation,
-    out-dir, run-id); the training DP of the scenario is not used: queries are accounted by `budget`.
+    out-dir, run-id, and `data` for a pilot on per-firm CSV folders, each validated first); the
+    training DP of the scenario is not used: queries are accounted by `budget`.
     """
     from federation.client_app import build_client_app
 
-    settings = settings_from_run_config({**run_config, "dp": "off"})
+    settings = query_settings(run_config)
+    if settings.data == NODES:
+        raise ConfigError(
+            "a simulation cannot read the partners' nodes: run queries over a real federation with `flwr run` "
+            "(`silobridge query FEDERATION.toml QUERY --network`)",
+            source="run config",
+            field="data",
+        )
+    check_query_privacy(settings, budget)
+    validate_pilot(settings)  # every firm's files, every problem reported, before anything starts
     requests = with_scenario_defaults(settings, requests)
     # parameter errors surface before anything starts; under DP, the budget is checked and calibrated too
     if budget is None:

@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
-from silobridge.errors import ConfigError, DataError, LedgerTampered, SiloBridgeError
+from silobridge.errors import ConfigError, DataError, FederationError, LedgerTampered, SiloBridgeError
+
+if TYPE_CHECKING:
+    from federation.analytics import QueryJob
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SiloBridge: federated analytics for supply chains.")
 err_console = Console(stderr=True)
@@ -153,7 +156,10 @@ def _flatten_answer(answer: dict[str, object], prefix: str = "") -> list[tuple[s
 
 @app.command()
 def query(
-    scenario: Annotated[Path, typer.Argument(help="Scenario file (TOML), e.g. scenarios/default.toml.")],
+    scenario: Annotated[
+        Path,
+        typer.Argument(help="Scenario file (TOML), e.g. scenarios/default.toml; with --network, the federation file."),
+    ],
     name: Annotated[
         str,
         typer.Argument(
@@ -177,7 +183,12 @@ def query(
     ] = None,
     accountant: Annotated[str, typer.Option(help="'rdp' or 'pld'.")] = "rdp",
     no_dp: Annotated[
-        bool, typer.Option("--no-dp", help="No noise and no ledger: the exact answer, for comparison only.")
+        bool,
+        typer.Option(
+            "--no-dp",
+            help="No noise and no ledger: the exact answer, for comparison only (over a real federation only where "
+            "the federation file turns DP off).",
+        ),
     ] = False,
     out: Annotated[Path, typer.Option("--out", help="Folder that receives the run directory.")] = Path("runs"),
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a scenario field, as for simulate.")] = None,
@@ -185,16 +196,42 @@ def query(
     aggregation: Annotated[
         str | None, typer.Option(help="'secure' (the scenario's default) or 'plain' (sums in the clear).")
     ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="Pilot on real extracts: a folder with one sub-folder of CSV files per firm of the scenario "
+            "(each validated first) instead of generated data.",
+        ),
+    ] = None,
+    network: Annotated[
+        bool,
+        typer.Option(
+            "--network",
+            help="Run over the real federation: `flwr run` on the SuperLink of the 'silobridge' connection in "
+            "$FLWR_HOME, each partner's SuperNode answering from its own files.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer and its privacy cost as JSON.")] = False,
 ) -> None:
-    """Run one federated analytics query over a scenario's firms (simulated) and print the answer and its cost."""
-    from federation.analytics import QueryBudget, QueryRequest, run_queries
+    """Run one federated analytics query (simulated, on a pilot's files, or over the network); print answer and cost.
+
+    Each invocation is its own run with its own ledger and budget: queries run one after another
+    compose across runs, outside any one budget.
+    """
+    from federation.analytics import QueryBudget, QueryJob, QueryRequest, run_queries
     from federation.progress import log_to_stderr
 
     try:
         if accountant not in ("rdp", "pld"):
             raise ConfigError(
                 f"unknown accountant '{accountant}' (rdp or pld)", source="command line", field="--accountant"
+            )
+        if network and data is not None:
+            raise ConfigError(
+                "--data pilots on folders here; over the network each partner reads its own files: choose one",
+                source="command line",
+                field="--data",
             )
         request = QueryRequest(name, _parse_query_params(param or []))
         budget = None if no_dp else QueryBudget(epsilon, delta, accountant, noise_multiplier)
@@ -206,38 +243,71 @@ def query(
         }
         if run_id:
             run_config["run-id"] = run_id
-        log_to_stderr()
-        result = run_queries(run_config, [request], budget)
+        if data is not None:
+            run_config["data"] = str(data.resolve())
+        if network:
+            job = QueryJob((request,), budget)
+            outcome, noise, path = _network_query(run_config, job)
+        else:
+            log_to_stderr()
+            result = run_queries(run_config, [request], budget)
+            outcome, noise, path = result.outcomes[0].to_dict(), result.noise_multiplier, result.path
     except SiloBridgeError as err:
         raise _fail(err) from None
-    outcome = result.outcomes[0]
+    _print_query(outcome, noise, path, epsilon=epsilon, as_json=as_json)
+
+
+def _network_query(run_config: dict[str, object], job: QueryJob) -> tuple[dict, float | None, Path]:
+    """`flwr run` of the queries on the federation's SuperLink; the answer read back from the run directory."""
+    import subprocess
+
+    from federation.analytics import QUERIES_FILE, check_query_privacy, noised_plans, plan_queries, query_settings
+    from federation.network.deploy import process_env, run_command
+    from federation.settings import APP_DIR, NODES, QUERIES_KEY
+
+    run_config = {**run_config, "data": NODES}
+    settings = query_settings(run_config)
+    check_query_privacy(settings, job.budget)
+    # parameter errors (and, under DP, the budget's calibration) surface before the partners are asked
+    if job.budget is None:
+        plan_queries(settings, job.requests)
+    else:
+        noised_plans(settings, job.requests, job.budget)
+    flower_config = {**settings.to_run_config(), QUERIES_KEY: job.to_run_config()}
+    # flwr's streamed log goes to stderr, so that stdout holds only the answer (`--json` pipes cleanly)
+    code = subprocess.call(run_command(APP_DIR, flower_config), env=process_env(), stdout=sys.stderr)
+    written = settings.out_dir / settings.run_id / QUERIES_FILE
+    if not written.exists():  # `flwr run --stream` exits 0 even when the run failed
+        raise FederationError(f"the query run wrote no {written} (flwr exit code {code}); see the log above")
+    result = json.loads(written.read_text())
+    return result["queries"][0], result["noise_multiplier"], written.parent
+
+
+def _print_query(outcome: dict, noise: float | None, path: Path, *, epsilon: float, as_json: bool) -> None:
     if as_json:
-        out_console.print_json(
-            json.dumps(
-                {**outcome.to_dict(), "noise_multiplier": result.noise_multiplier, "run_dir": str(result.path)},
-                default=str,
-            )
-        )
+        out_console.print_json(json.dumps({**outcome, "noise_multiplier": noise, "run_dir": str(path)}, default=str))
         return
     from rich.table import Table
 
-    table = Table(title=f"Query '{outcome.query}'")
+    table = Table(title=f"Query '{outcome['query']}'")
     table.add_column("answer")
     table.add_column("value", justify="right")
-    for key, value in _flatten_answer(outcome.answer):
+    for key, value in _flatten_answer(outcome["answer"]):
         table.add_row(key, value)
     out_console.print(table)
     cost = Table(title="Privacy cost", show_header=False)
-    if outcome.epsilon is None:
+    privacy = outcome["privacy"]
+    if privacy is None:
         cost.add_row("differential privacy", "off (--no-dp): exact answer, nothing recorded")
     else:
-        cost.add_row("epsilon of this query", f"{outcome.epsilon:.4f} at delta {outcome.delta:g}")
-        cost.add_row("epsilon of the run", f"{outcome.epsilon_total:.4f} of {epsilon:g}")
-        cost.add_row("noise multiplier", f"{result.noise_multiplier:.4f} (unit: firm)")
-    cost.add_row("releases", str(len(outcome.steps)))
-    cost.add_row("clipped values", str(sum(s.clipped for s in outcome.steps)))
+        cost.add_row("epsilon of this query", f"{privacy['epsilon']:.4f} at delta {privacy['delta']:g}")
+        cost.add_row("epsilon of the run", f"{privacy['epsilon_total']:.4f} of {epsilon:g}")
+        cost.add_row("noise multiplier", f"{noise:.4f} (unit: firm)")
+        cost.add_row("across runs", "this budget bounds this run only: separate queries add up (see README)")
+    cost.add_row("releases", str(len(outcome["steps"])))
+    cost.add_row("clipped values", str(sum(s["clipped"] for s in outcome["steps"])))
     out_console.print(cost)
-    out_console.print(f"Run directory: [bold]{result.path}[/]")
+    out_console.print(f"Run directory: [bold]{path}[/]")
 
 
 @app.command()
@@ -608,12 +678,13 @@ def run_federation_command(
         "federation.toml"
     ),
     out: Annotated[Path, typer.Option("--out", help="Folder that receives the run directory.")] = Path("runs"),
-    rounds: Annotated[int | None, typer.Option(help="Override the number of rounds.", min=1)] = None,
     run_id: Annotated[str | None, typer.Option(help="Name of the run directory.")] = None,
-    no_dp: Annotated[bool, typer.Option("--no-dp", help="Turn differential privacy off (no ledger).")] = False,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a federation-file field.")] = None,
 ) -> None:
-    """Coordinator: run the federation on the SuperLink (`flwr run`); same log, summary and ledger as a simulation."""
+    """Coordinator: run the federation on the SuperLink (`flwr run`); same log, summary and ledger as a simulation.
+
+    No overrides: every partner's node refuses settings that differ from the federation file it holds,
+    so a change (rounds, privacy, aggregation) is a new federation file shared with every partner.
+    """
     import json
     import subprocess
 
@@ -623,10 +694,7 @@ def run_federation_command(
     run_config: dict[str, str | int] = {
         "scenario": str(config.resolve()),
         "out-dir": str(out.resolve()),
-        "num-rounds": rounds or 0,
-        "set": ";".join(set_ or []),
         "data": "nodes",
-        "dp": "off" if no_dp else "",
         "run-id": run_id or "",
     }
     try:

@@ -70,7 +70,7 @@ def _request(context: Context, run_config: Mapping[str, Any], message: Message) 
     spec = read_spec(message)
     node = context.node_config
     if "partition-id" not in node:
-        return Request(node_firm(node, spec), None, context, message)
+        return Request(node_firm(node, spec, message.metadata.message_type), None, context, message)
     settings = settings_from_run_config(run_config)
     if torch.get_num_threads() != 1:
         torch.set_num_threads(1)  # simulated firms share the machine's cores

@@ -19,11 +19,11 @@ import numpy as np
 from clients.data import FirmData, firm_data_from_tables, load_firm_data
 from clients.firm import FirmClient
 from clients.training import resolve_device
-from federation.settings import RunSettings
+from federation.settings import RunSettings, settings_from_run_config
 from scenarios.generator import ChainData, generate_chain
 from scenarios.schema import Scenario, load_scenario
 from silobridge.config import FederationSpec
-from silobridge.errors import ConfigError, DataError, DataProblem
+from silobridge.errors import ConfigError, DataError, DataProblem, ProtocolError
 
 NODE_DATA_DIR = "data-dir"
 NODE_FEDERATION = "federation"
@@ -149,8 +149,32 @@ def validate_pilot(settings: RunSettings) -> None:
         raise DataError(", ".join(failing), problems)
 
 
-def node_firm(node_config: Mapping[str, Any], spec: FederationSpec) -> FirmClient:
-    """The firm a partner's SuperNode plays: its own files, checked against the federation file."""
+PRIVATE_RELEASES = frozenset({"train", "train.baselines", "evaluate", "evaluate.efficiency", "query.moments"})
+"""Messages whose answer is a model update or test statistics: their privacy settings must be the file's."""
+
+
+def check_contract(spec: FederationSpec, local: FederationSpec, message_type: str, *, firm: str) -> None:
+    """A partner obeys only the federation file it holds: a request whose settings differ is refused.
+
+    Every request carries the coordinator's spec; a dishonest coordinator could otherwise ask for plain
+    aggregation, a lower SecAgg threshold or weaker DP noise. Analytics steps and protocol stages are
+    compared without the training privacy settings (a query's DP noise is the coordinator's to add).
+    """
+    fields = set(FederationSpec.model_fields)
+    if message_type not in PRIVATE_RELEASES:
+        fields.discard("privacy")
+    differing = sorted(name for name in fields if getattr(spec, name) != getattr(local, name))
+    if differing:
+        raise ProtocolError(
+            f"the coordinator's settings for {', '.join(differing)} differ from this firm's federation file; "
+            "refused (both sides must hold the same federation file)",
+            firm=firm,
+            stage=message_type,
+        )
+
+
+def node_firm(node_config: Mapping[str, Any], spec: FederationSpec, message_type: str = "query.manifest") -> FirmClient:
+    """The firm a partner's SuperNode plays: its own files, under the federation file it holds."""
     missing = [k for k in (NODE_DATA_DIR, NODE_FEDERATION) if not str(node_config.get(k) or "")]
     if missing:
         raise ConfigError(
@@ -160,11 +184,12 @@ def node_firm(node_config: Mapping[str, Any], spec: FederationSpec) -> FirmClien
         )
     folder = Path(str(node_config[NODE_DATA_DIR])).expanduser()
     federation = Path(str(node_config[NODE_FEDERATION])).expanduser()
+    firm_id = str(node_config.get(NODE_FIRM_ID) or folder.name)
+    check_contract(spec, _file_spec(federation), message_type, firm=firm_id)
     key = tuple(str(node_config.get(k, "")) for k in (NODE_DATA_DIR, NODE_FEDERATION, NODE_FIRM_ID, NODE_BUDGET))
     key += (spec.digest(),)
     if key not in _nodes:
         scenario = _federation_file(federation)
-        firm_id = str(node_config.get(NODE_FIRM_ID) or folder.name)
         declared_firm(scenario, firm_id, source=str(federation))
         data = load_firm_data(folder, spec.data, min_periods=spec.min_periods, firm_id=firm_id)
         budget = node_config.get(NODE_BUDGET)
@@ -178,3 +203,9 @@ _nodes: dict[tuple[str, ...], FirmClient] = {}
 @lru_cache(maxsize=4)
 def _federation_file(path: Path) -> Scenario:
     return load_scenario(path)
+
+
+@lru_cache(maxsize=4)
+def _file_spec(path: Path) -> FederationSpec:
+    """The spec the federation file defines, resolved as the coordinator's `silobridge run` resolves it."""
+    return settings_from_run_config({"scenario": str(path.resolve()), "data": "nodes"}).spec

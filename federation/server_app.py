@@ -1,7 +1,9 @@
 """The coordinator's ServerApp: run the federation, add the centralised baseline, write the run directory.
 
 `app` is what `flwr run .` loads; `build_server_app` binds a run config and a display when the
-simulation runs in-process (`silobridge simulate`).
+simulation runs in-process (`silobridge simulate`). A run config whose `queries` key is set runs
+those analytics queries instead of training (`federation.analytics.serve_queries`, the same path a
+query simulation takes) and writes their run directory.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from clients.firm import Normaliser
+from federation.analytics import QueryJob, query_settings, serve_queries
 from federation.firm_source import pilot_folders
 from federation.harness import SimulationHarness
 from federation.privacy_report import LEDGER_FILE, privacy_summary
 from federation.progress import Fanout, LogObserver, StageTimer, log_to_stderr
 from federation.rundir import CONFIG_FILE, SUMMARY_JSON, SUMMARY_MD, RunDirectory
 from federation.runner import RunObserver, run_federation
-from federation.settings import RunSettings, settings_from_run_config
+from federation.settings import QUERIES_KEY, RunSettings, settings_from_run_config
 from federation.summary import build_summary, summary_markdown
 from privacy.dp import Budget
 from privacy.ledger import PrivacyRun, config_hash, public_key_hex
@@ -159,7 +162,20 @@ def build_server_app(
     def main(grid: Grid, context: Context) -> None:
         if observer is None:
             log_to_stderr()  # under `flwr run` nothing else configures our logger
-        settings = settings_from_run_config(run_config if run_config is not None else context.run_config)
+        config = run_config if run_config is not None else context.run_config
+        if str(config.get(QUERIES_KEY) or ""):  # analytics queries instead of training (`silobridge query --network`)
+            job = QueryJob.from_run_config(str(config[QUERIES_KEY]))
+            queries = serve_queries(
+                grid,
+                query_settings(config),
+                job.requests,
+                job.budget,
+                flower_run_id=context.run_id,
+                observer=observer or LogObserver(),
+            )
+            log.info("queries written to %s", queries.path)
+            return
+        settings = settings_from_run_config(config)
         result = run_server(grid, settings, observer or LogObserver(), flower_run_id=context.run_id)
         log.info("run written to %s", result.path)
         if on_result is not None:

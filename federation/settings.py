@@ -50,7 +50,22 @@ GENERATED_SCHEMA = DataSchema(
 )
 """The columns the scenario generator writes: the schema of every simulated federation."""
 
-RUN_CONFIG_KEYS = ("scenario", "out-dir", "num-rounds", "seed", "set", "aggregation", "dp", "run-id", "data")
+QUERIES_KEY = "queries"
+"""Run config `queries`: "" trains; otherwise the JSON of the analytics queries (and their budget) the ServerApp
+runs instead (`federation.analytics.QueryJob`). RunSettings does not hold it: only the ServerApp reads it."""
+
+RUN_CONFIG_KEYS = (
+    "scenario",
+    "out-dir",
+    "num-rounds",
+    "seed",
+    "set",
+    "aggregation",
+    "dp",
+    "run-id",
+    "data",
+    QUERIES_KEY,
+)
 
 NODES = "nodes"
 """Run config `data = "nodes"`: a real federation, each SuperNode reading its own firm's files."""

@@ -185,10 +185,12 @@ class AutoregressionParams(QueryParams):
 
     Units are clipped to [0, `high`]; a firm contributes at most `max_rows` lag windows and
     `max_series` series; the forecast is of the sum of all series, `horizon` periods past each
-    series' last observation.
+    series' last observation. `differences` d > 0 fits the AR on each series differenced d times
+    (ARIMA(lags, d, 0)) and integrates the forecast back to levels.
     """
 
     lags: int = Field(default=4, ge=1, le=52)
+    differences: int = Field(default=0, ge=0, le=2)
     horizon: int = Field(default=4, ge=1, le=104)
     high: float = Field(gt=0, allow_inf_nan=False)
     max_rows: int = Field(default=10_000, ge=1, le=10**9)
@@ -197,6 +199,11 @@ class AutoregressionParams(QueryParams):
 
     def columns(self) -> list[tuple[str, str, str]]:
         return [("column", "demand", "units")]
+
+
+def difference_scale(differences: int) -> float:
+    """|d-th difference| <= 2^d x the levels' bound: the differenced series is divided by it to stay in [-1, 1]."""
+    return float(2**differences)
 
 
 def gram_length(dim: int) -> int:

@@ -1,21 +1,23 @@
 """End to end over Flower: queries in a simulation of the tiny scenario, through secure aggregation.
 
-Three simulations only (each costs ~25 s of start-up): without DP, several queries in one run equal
+Four simulations only (each costs ~25 s of start-up): without DP, several queries in one run equal
 the pooled computation exactly; with DP, `silobridge query` prints the answer and its cost, and
-`silobridge audit` verifies the run's ledger; and an iterative query (frequent itemsets, its items
-defaulting to the scenario's catalogue) run by `silobridge query` equals the in-test driver's answer.
+`silobridge audit` verifies the run's ledger; an iterative query (frequent itemsets, its items
+defaulting to the scenario's catalogue) run by `silobridge query` equals the in-test driver's answer;
+and a pilot (`--data`, one CSV folder per firm) equals the pooled computation on those files.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from clients.data import FirmData
+from clients.data import FirmData, write_firm_data
 from federation.analytics import QueryRequest, run_queries
 from federation.settings import GENERATED_SCHEMA
 from scenarios.generator import ChainData
@@ -119,3 +121,53 @@ def test_iterative_query_command_equals_the_driver(tmp_path: Path, firms: list[F
     assert written["aggregation"]["mode"] == "secure" and printed["privacy"] is None
     config = json.loads((Path(printed["run_dir"]) / "config.json").read_text())
     assert config["queries"][0]["params"]["items"] == items
+
+
+def test_query_command_pilots_on_the_firms_files(
+    tmp_path: Path, tiny_scenario: Scenario, tiny_chain: ChainData
+) -> None:
+    """`--data`: the query reads each firm's own CSV folder (here: halved units), validated before anything starts."""
+    pilot = tmp_path / "pilot"
+    units = []
+    for firm in tiny_scenario.firms:
+        tables = tiny_chain.tables[firm.id]
+        demand = tables.demand.copy()
+        demand["units"] = demand["units"] // 2  # not what the generator would give: the answer must come from here
+        units.append(demand["units"].to_numpy(dtype=float))
+        write_firm_data(pilot / firm.id, demand, tables.risk, tables.orders)
+    args = ("--param", "column=units", "--param", "low=0", "--param", "high=5000", "--no-dp", "--json")
+    done = silobridge(
+        "query",
+        str(TINY),
+        "sum",
+        *args,
+        "--data",
+        str(pilot),
+        "--out",
+        str(tmp_path / "runs"),
+        "--run-id",
+        "pilot",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout)
+    pooled_units = np.concatenate(units)
+    assert np.isclose(printed["answer"]["sum"], pooled_units.sum(), rtol=1e-9, atol=0)
+    assert printed["answer"]["sum"] != pytest.approx(
+        pooled(tiny_firms(tiny_scenario, tiny_chain), "demand", "units").sum()
+    )
+    config = json.loads((Path(printed["run_dir"]) / "config.json").read_text())
+    assert config["run_config"]["data"] == str(pilot)
+
+    broken = tmp_path / "broken"
+    shutil.copytree(pilot, broken)
+    demand_csv = broken / "R2" / "demand.csv"
+    lines = demand_csv.read_text().splitlines()
+    header = lines[0].split(",")
+    row = lines[3].split(",")
+    row[header.index("units")] = "many"
+    lines[3] = ",".join(row)
+    demand_csv.write_text("\n".join(lines) + "\n")
+    refused = silobridge("query", str(TINY), "sum", *args, "--data", str(broken), "--out", str(tmp_path), cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr
+    assert "R2/demand.csv" in refused.stderr and "units" in refused.stderr

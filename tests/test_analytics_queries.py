@@ -30,6 +30,7 @@ from scenarios.schema import Scenario
 from server.analytics import PLANS, build_plan
 from server.analytics.engine import QueryEngine, QueryPrivacy, StepSum, calibrate_query_noise, query_accounting
 from server.analytics.histogram import histogram_quantiles
+from server.analytics.regression import integrate
 from server.secure_sum import resolve_aggregation
 from silobridge.analytics import QueryStep
 from silobridge.config import AggregationSpec
@@ -134,6 +135,47 @@ def test_autoregression_equals_pooled(firms: list[FirmData], secure: bool) -> No
     assert np.allclose(answer["forecast_total"], total, rtol=RTOL, atol=0)
 
 
+@pytest.mark.parametrize("secure", [False, True], ids=["plain", "secagg"])
+def test_arima_with_one_difference_equals_pooled(firms: list[FirmData], secure: bool) -> None:
+    """ARIMA(p, 1, 0): AR(p) on every series' first differences, the forecast integrated back to levels."""
+    lags, horizon = 2, 4
+    params = {"lags": lags, "horizon": horizon, "high": 5000, "differences": 1}
+    answer = _run(firms, "autoregression", params, secure=secure)
+    _, _, series = pooled_ar(firms, lags)
+    rows, targets = [], []
+    for s in series:
+        diff = np.diff(s)
+        for t in range(lags, diff.size):
+            rows.append(diff[t - lags : t][::-1])
+            targets.append(diff[t])
+    beta = ridge_fit(np.array(rows), np.array(targets), 1e-9)
+    got = np.array([answer["intercept"], *answer["coefficients"].values()])
+    assert np.allclose(got, beta, rtol=RTOL, atol=0)
+    assert answer["rows"] == len(targets) and answer["series"] == len(series) and answer["differences"] == 1
+    # forecast each series' differences with the pooled coefficients, integrate from its last level, add up
+    total, total_diff = np.zeros(horizon), np.zeros(horizon)
+    for s in series:
+        window, level = list(np.diff(s)[::-1][:lags]), s[-1]
+        for h in range(horizon):
+            step = beta[0] + np.dot(beta[1:], window)
+            level += step
+            total_diff[h] += step
+            total[h] += level
+            window = [step, *window[:-1]]
+    assert np.allclose(answer["forecast_differenced"], total_diff, rtol=RTOL, atol=1e-6)
+    assert np.allclose(answer["forecast_total"], total, rtol=RTOL, atol=0)
+    # differencing really changed the model: plain AR(p) on the levels forecasts something else
+    levels = _run(firms, "autoregression", {**params, "differences": 0})
+    assert not np.allclose(levels["forecast_total"], total, rtol=1e-3)
+
+
+def test_integration_inverts_differencing_twice() -> None:
+    """d = 2: the integrated forecast of second differences continues the levels exactly."""
+    y = np.array([3.0, 5.0, 10.0, 12.0, 20.0, 21.0, 30.0])
+    seen, future = y[:4], y[4:]
+    assert np.allclose(integrate(list(np.diff(y, n=2)[2:]), seen[::-1][:2]), future, rtol=0, atol=1e-12)
+
+
 def test_clipping_is_counted(firms: list[FirmData]) -> None:
     """A public row bound below what firms hold clips their counts to it, and says how many entries."""
     engine = QueryEngine(plain_sum_step(firms), [f.firm_id for f in firms])
@@ -168,6 +210,7 @@ def test_clipping_is_counted(firms: list[FirmData]) -> None:
         ("linear_regression", {**REGRESSION, "target": "disrupted"}, "params.ranges"),
         ("autoregression", {"lags": 0, "high": 10}, "params.lags"),
         ("autoregression", {"lags": 2}, "params.high"),
+        ("autoregression", {"high": 10, "differences": 3}, "params.differences"),
     ],
 )
 def test_malformed_parameters_name_the_field(name: str, params: dict[str, Any], field: str) -> None:

@@ -1,11 +1,12 @@
 """A real federation on loopback: SuperLink with TLS and node authentication, three partner SuperNodes.
 
 Everything goes through the commands a coordinator and the partners run (`silobridge certs`,
-`keys`, `superlink`, `register`, `join`, `run`), on 127.0.0.1 only. The run must equal a pilot
-simulation on the same CSV files (secure aggregation and record-level DP, both seeded, so the
-models differ only by the secure sum's quantisation). Three would-be nodes are refused: one with an
-unregistered key, one with no key, one trusting another CA; each refusal shows in the logs. Every
-process the test starts is stopped by it, also on failure.
+`keys`, `superlink`, `register`, `join`, `run`, `query --network`), on 127.0.0.1 only. The run must
+equal a pilot simulation on the same CSV files (secure aggregation and record-level DP, both seeded,
+so the models differ only by the secure sum's quantisation). A query on the same nodes answers
+within its DP noise of the pooled files, with an auditable ledger. Three would-be nodes are refused:
+one with an unregistered key, one with no key, one trusting another CA; each refusal shows in the
+logs. Every process the test starts is stopped by it, also on failure.
 """
 
 from __future__ import annotations
@@ -14,14 +15,17 @@ import json
 from collections.abc import Iterator
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from clients.data import write_firm_data
 from federation.network.loopback import LoopbackFederation, free_port
 from federation.simulation import simulate
+from privacy.dp import Budget
 from scenarios.generator import generate_chain
 from scenarios.schema import load_scenario
+from server.analytics.engine import calibrate_query_noise
 from tests.conftest import ROOT
 
 TRIO = ROOT / "tests" / "scenarios" / "trio.toml"
@@ -91,6 +95,48 @@ def test_a_network_run_equals_the_pilot_simulation_on_the_same_files(
     report = loopback.cli("report", str(net_dir))
     assert report.returncode == 0, report.stdout + report.stderr
     assert "No model metrics were recorded" in (net_dir / "report.html").read_text()
+
+
+def test_a_query_over_the_network_answers_with_its_cost_and_an_auditable_ledger(
+    loopback: LoopbackFederation, network_run: dict
+) -> None:
+    """`silobridge query --network` on the nodes already joined: one histogram (one release) under DP.
+
+    trio.toml leaves DP on, so the partners' answers are released only noised, and `--no-dp` is
+    refused. A large budget keeps the noise small enough to check the answer: every bin within 5
+    standard deviations (z x max_rows) of the pooled counts of the partners' own files.
+    """
+    edges, rows, epsilon = [0, 100, 300, 2000], 400, 1000.0
+    args = (
+        *("--param", "column=units", "--param", f"edges={json.dumps(edges)}", "--param", f"max_rows={rows}"),
+        *("--out", str(loopback.root / "runs"), "--network", "--json"),
+    )
+    refused = loopback.cli("query", str(TRIO), "histogram", *args, "--no-dp", "--run-id", "exact")
+    assert refused.returncode == 2 and "privacy.enabled" in refused.stderr, refused.stderr[-2000:]
+    done = loopback.cli(
+        "query", str(TRIO), "histogram", *args, "--epsilon", str(epsilon), "--run-id", "net-query", timeout=600
+    )
+    run_dir = loopback.root / "runs" / "net-query"
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + loopback.log("superlink")[-3000:]
+    printed = json.loads(done.stdout)  # flwr's streamed log goes to stderr: stdout holds the answer only
+    units = np.concatenate([pd.read_csv(loopback.root / "data" / f / "demand.csv")["units"].to_numpy() for f in FIRMS])
+    pooled, _ = np.histogram(np.clip(units, edges[0], edges[-1]), bins=edges)
+    z = printed["noise_multiplier"]
+    assert z == pytest.approx(calibrate_query_noise(1, Budget(epsilon, 1e-5)))
+    answer = printed["answer"]
+    assert answer["firms"] == 3 and answer["edges"] == edges
+    assert np.all(np.abs(np.array(answer["counts"]) - pooled) <= 5 * z * rows + 0.5)
+    assert printed["privacy"]["epsilon"] <= epsilon and printed["privacy"]["epsilon"] > 0.9 * epsilon
+    written = json.loads((run_dir / "queries.json").read_text())
+    assert written["queries"][0]["answer"] == answer and written["aggregation"]["mode"] == "secure"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["run_config"]["data"] == "nodes" and config["queries"][0]["query"] == "histogram"
+    audit = loopback.cli("audit", str(run_dir), "--json", "--public-key", written["public_key"])
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    report = json.loads(audit.stdout)
+    assert report["verified"] and report["within_budget"] and set(report["firms"]) == set(FIRMS)
+    assert [r["release_id"] for r in report["releases"]] == ["query-1/histogram/step-0"]
+    assert report["epsilon_overall"] == pytest.approx(printed["privacy"]["epsilon_total"], rel=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from federation.network.keys import fingerprint, make_node_keys
 from federation.settings import settings_from_run_config
 from scenarios.generator import generate_chain
 from scenarios.schema import load_scenario
-from silobridge.errors import ConfigError, DataError
+from silobridge.errors import ConfigError, DataError, ProtocolError
 from tests.conftest import ROOT
 
 TRIO = ROOT / "tests" / "scenarios" / "trio.toml"
@@ -183,3 +183,51 @@ def test_supernode_command_pins_the_ca_and_quotes_the_node_config(tmp_path: Path
     assert f'data-dir="{(tmp_path / "R1").resolve()}"' in config and "budget-epsilon=3.0" in config
     with pytest.raises(ConfigError, match="quotes"):
         node_config_text({"data-dir": 'a"b'})
+
+
+def test_a_partner_refuses_settings_that_differ_from_its_federation_file(trio_data: Path) -> None:
+    """A dishonest coordinator cannot ask a partner for plain aggregation, a lower threshold or no DP."""
+    node = {NODE_DATA_DIR: str(trio_data / "R1"), NODE_FEDERATION: str(TRIO)}
+    honest = settings_from_run_config({"scenario": str(TRIO), "data": "nodes"}).spec
+    assert node_firm(node, honest, "train").firm_id == "R1"
+    plain = honest.model_copy(update={"aggregation": honest.aggregation.model_copy(update={"mode": "plain"})})
+    with pytest.raises(ProtocolError, match=r"firm 'R1', stage 'train'.*aggregation differ"):
+        node_firm(node, plain, "train")
+    with pytest.raises(ProtocolError, match="aggregation differ"):
+        node_firm(node, plain, "query.analytics")  # no statistic leaves in the clear, whatever the message
+    weaker = honest.model_copy(update={"privacy": honest.privacy.model_copy(update={"noise_multiplier": 0.01})})
+    no_dp = honest.model_copy(update={"privacy": honest.privacy.model_copy(update={"enabled": False})})
+    for spec in (weaker, no_dp):
+        for releasing in ("train", "evaluate", "train.baselines"):
+            with pytest.raises(ProtocolError, match="privacy differ"):
+                node_firm(node, spec, releasing)
+    # An analytics step's DP is the coordinator's central noise (accounted in its ledger), not DP-SGD's.
+    assert node_firm(node, no_dp, "query.analytics").firm_id == "R1"
+
+
+def test_queries_reach_the_server_app_through_flwr_run_config_intact() -> None:
+    """The `queries` run-config value survives `flwr run --run-config` (Flower's own parser), quotes included."""
+    from flwr.common.config import parse_config_args
+
+    from federation.analytics import QueryBudget, QueryJob, QueryRequest
+    from federation.network.deploy import run_command
+
+    job = QueryJob(
+        (QueryRequest("histogram", {"column": "it's units", "edges": [0, 1.5, 10]}), QueryRequest("count", {})),
+        QueryBudget(2.0, 1e-6, "pld", None),
+    )
+    command = run_command(ROOT, {"scenario": "a b.toml", "num-rounds": 0, "queries": job.to_run_config()})
+    parsed = parse_config_args([command[command.index("--run-config") + 1]])
+    assert parsed["scenario"] == "a b.toml" and parsed["num-rounds"] == 0
+    assert QueryJob.from_run_config(parsed["queries"]) == job
+    assert QueryJob.from_run_config(QueryJob((QueryRequest("count", {}),), None).to_run_config()).budget is None
+    settings_from_run_config({"scenario": str(TRIO), "queries": job.to_run_config()})  # a known key
+    for bad, field in (
+        ("[]", "queries"),
+        ('{"queries": [], "privacy": null}', "queries"),
+        ('{"queries": [{"query": "sum"}], "privacy": null}', "queries.0"),
+        ('{"queries": [{"query": "sum", "params": {}}], "privacy": {"epsilon": 1}}', "queries.privacy"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            QueryJob.from_run_config(bad)
+        assert err.value.field == field

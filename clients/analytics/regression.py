@@ -4,6 +4,8 @@ Columns are clipped to their public ranges and divided by their magnitudes, and 
 public row bound, so every entry is in [-1, 1] (see `silobridge.queries.gram_l2_bound`). X has an
 intercept column of ones. The AR query's second step sends, per lag, the sum over the firm's
 series of their last values (and how many series), from which the server forecasts the total.
+With `differences` d, every series is differenced d times (and divided by 2^d) before its lag
+windows; the second step then also sends the sum of each series' last d levels, for integrating.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from clients.analytics.columns import column_values
 from clients.data import FirmData
 from silobridge.analytics import QueryStep, step_params
 from silobridge.errors import ProtocolError
-from silobridge.queries import AutoregressionParams, LinearRegressionParams
+from silobridge.queries import AutoregressionParams, LinearRegressionParams, difference_scale
 
 
 def gram_vector(u: np.ndarray, v: np.ndarray, max_rows: int) -> np.ndarray:
@@ -54,16 +56,25 @@ def lag_windows(series: np.ndarray, lags: int) -> tuple[np.ndarray, np.ndarray]:
     return np.column_stack([np.ones(n), *lagged]), series[lags:]
 
 
+def differenced(series: np.ndarray, differences: int) -> np.ndarray:
+    """The series differenced `differences` times, divided by 2^d so that it stays in [-1, 1]."""
+    return np.diff(series, n=differences) / difference_scale(differences) if differences else series
+
+
 def autoregression_local(step: QueryStep, data: FirmData) -> np.ndarray:
     params = step_params(AutoregressionParams, step, firm=data.firm_id)
+    lags, d = params.lags, params.differences
     series = _series(data, params.high)
     if step.step == 0:
-        windows = [lag_windows(s, params.lags) for s in series]
-        u = np.concatenate([w[0] for w in windows]) if windows else np.zeros((0, params.lags + 1))
+        windows = [lag_windows(differenced(s, d), lags) for s in series if s.size > d]
+        u = np.concatenate([w[0] for w in windows]) if windows else np.zeros((0, lags + 1))
         v = np.concatenate([w[1] for w in windows]) if windows else np.zeros(0)
         return gram_vector(u, v, params.max_rows)
     if step.step == 1:
-        ends = [s[::-1][: params.lags] for s in series if s.size >= params.lags]  # y_T, y_{T-1}, ...
-        total = np.sum(ends, axis=0) if ends else np.zeros(params.lags)
-        return np.concatenate([[len(ends)], total]) / params.max_series
+        # per series: its last `lags` differenced values and its last d levels, most recent first
+        kept = [s for s in series if s.size >= lags + d]
+        ends = np.zeros(lags + d)
+        for s in kept:
+            ends += np.concatenate([differenced(s, d)[::-1][:lags], s[::-1][:d]])
+        return np.concatenate([[len(kept)], ends]) / params.max_series
     raise ProtocolError(f"query '{step.query}' has steps 0 and 1, not {step.step}", firm=data.firm_id)

@@ -151,8 +151,20 @@ def register_command(public_key: Path, *, name: str = CONNECTION) -> list[str]:
 
 def run_command(app_dir: Path, run_config: Mapping[str, str | int], *, name: str = CONNECTION) -> list[str]:
     """`flwr run` of this app on the named SuperLink, streaming the ServerApp's log."""
-    overrides = " ".join(f'{k}="{v}"' if isinstance(v, str) else f"{k}={v}" for k, v in run_config.items())
+    overrides = " ".join(f"{k}={_toml_value(k, v)}" for k, v in run_config.items())
     return [flower_executable("flwr"), "run", str(app_dir), name, "--run-config", overrides, "--stream"]
+
+
+def _toml_value(key: str, value: str | int) -> str:
+    """A run-config value as Flower's `--run-config` parser reads it: quoted strings allow no escapes, so a
+    string holding double quotes (the JSON of `queries`) goes in a TOML literal string ('...')."""
+    if not isinstance(value, str):
+        return str(value)
+    if '"' not in value:
+        return f'"{value}"'
+    if "'" in value or "\n" in value:
+        raise ConfigError(f"run config value {value!r} may not hold both kinds of quotes or a newline", field=key)
+    return f"'{value}'"
 
 
 def wait_healthy(address: str, ca_cert: Path, *, timeout_s: float = 60.0) -> None:

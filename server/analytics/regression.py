@@ -11,7 +11,9 @@ solve, post-processing that costs no privacy.
 AR(p) is the same regression on lag windows of every firm's demand series, then a second step sums
 each series' last p values (and counts the series), from which the forecast of the total of all
 series runs `horizon` periods ahead: S_{T+1} = k c + sum_i phi_i S_{T+1-i} is exact for the sum of
-k series that share the AR coefficients.
+k series that share the AR coefficients. With `differences` d (ARIMA(p, d, 0)) the firms difference
+each series d times first; the forecast of the summed d-th difference is integrated back to levels
+from the sum of every series' last d levels (released in the same second step).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from silobridge.queries import (
     VALUE_BOUND,
     AutoregressionParams,
     LinearRegressionParams,
+    difference_scale,
     gram_l2_bound,
     gram_length,
 )
@@ -134,16 +137,36 @@ class LinearRegressionPlan:
         }
 
 
+def integrate(differenced: list[float], levels: np.ndarray) -> list[float]:
+    """Levels from forecasts of the d-th difference, given the last d levels (most recent first).
+
+    Linear in the levels, so it integrates the sum of many series from the sum of their last levels.
+    """
+    d = len(levels)
+    # the last value of each lower difference: last[k] = (Delta^k y)_T
+    last = [sum((-1) ** j * math.comb(k, j) * float(levels[j]) for j in range(k + 1)) for k in range(d)]
+    out = []
+    for step in differenced:
+        value = step
+        for k in reversed(range(d)):
+            last[k] += value
+            value = last[k]
+        out.append(float(value))
+    return out
+
+
 class AutoregressionPlan:
     name = "autoregression"
     planned_steps = 2
 
     def __init__(self, params: AutoregressionParams):
         self.params = params
-        self.scales = np.array([1.0] + [params.high] * params.lags)
+        self.unit = params.high * difference_scale(params.differences)  # the firms' scale of the differenced series
+        self.scales = np.array([1.0] + [self.unit] * params.lags)
         self.beta: np.ndarray | None = None
         self.normal: Normal | None = None
         self.forecast: list[float] | None = None
+        self.differenced: list[float] = []
         self.series = 0.0
         self.contributors = 0
 
@@ -158,24 +181,27 @@ class AutoregressionPlan:
         p = self.params
         total = np.asarray(total, dtype=np.float64)
         if self.beta is None:
-            self.normal = Normal.from_vector(total, self.scales, p.high, p.max_rows)
+            self.normal = Normal.from_vector(total, self.scales, self.unit, p.max_rows)
             self.beta = ridge_solve(self.normal.xtx, self.normal.xty, p.ridge)
             self.contributors = contributors
+            length = 1 + p.lags + p.differences
             return QueryStep.build(
                 self.name,
                 1,
-                length=1 + p.lags,
+                length=length,
                 value_bound=VALUE_BOUND,
-                l2_bound=math.sqrt(1 + p.lags),
+                l2_bound=math.sqrt(length),
                 params=p.model_dump(mode="json"),
             )
         self.series = max(0.0, float(np.round(total[0] * p.max_series)))
-        window = list(total[1:] * p.max_series * p.high)  # most recent first
-        self.forecast = []
+        window = list(total[1 : 1 + p.lags] * p.max_series * self.unit)  # most recent first
+        levels = total[1 + p.lags :] * p.max_series * p.high  # the last d levels, most recent first
+        self.differenced = []
         for _ in range(p.horizon):
             value = float(self.series * self.beta[0] + np.dot(self.beta[1:], window))
-            self.forecast.append(value)
+            self.differenced.append(value)
             window = [value, *window[:-1]]
+        self.forecast = integrate(self.differenced, levels)
         return None
 
     def result(self) -> dict[str, Any]:
@@ -187,5 +213,7 @@ class AutoregressionPlan:
             "coefficients": {f"lag_{i}": float(b) for i, b in enumerate(self.beta[1:], start=1)},
             **fit_summary(self.normal, self.beta),
             "series": self.series,
+            "differences": self.params.differences,
             "forecast_total": self.forecast,
+            **({"forecast_differenced": self.differenced} if self.params.differences else {}),
         }
