@@ -24,7 +24,14 @@ from clients.training import TrainSettings, fit, fit_early_stopping, predict
 from privacy.dp import DistributedSkellam, clip_l2
 from silobridge.arrays import flatten
 from silobridge.config import FederationSpec
-from silobridge.efficiency_sums import EFFICIENCY_AFTER, EFFICIENCY_BEFORE, EfficiencySums, slot_by_tier
+from silobridge.efficiency_sums import (
+    EFFICIENCY_AFTER,
+    EFFICIENCY_BEFORE,
+    EfficiencyGroups,
+    EfficiencySums,
+    slot_by_tier,
+)
+from silobridge.errors import ConfigError, ProtocolError
 from silobridge.messages import BaselineInstruction, FirmManifest, TrainInstruction
 from silobridge.stats import DemandErrorStats, Moments, RiskStats, slot_by_group
 
@@ -46,7 +53,9 @@ class Normaliser:
     def from_ranges(cls, ranges: dict[str, tuple[float, float]], features: tuple[str, ...]) -> Normaliser:
         missing = [name for name in features if name not in ranges]
         if missing:
-            raise ValueError(f"the federation's schema gives no public range for {missing}")
+            raise ConfigError(
+                f"the federation's schema gives no public range for {missing}", field="data.risk_feature_ranges"
+            )
         low = np.array([ranges[name][0] for name in features], dtype=float)
         high = np.array([ranges[name][1] for name in features], dtype=float)
         return cls(mean=(low + high) / 2, std=(high - low) / 2, low=low, high=high)
@@ -158,20 +167,20 @@ class FirmClient:
     def _xy(self, kind: ModelKind, split: int, norm: Normaliser | None) -> tuple[np.ndarray, np.ndarray]:
         if kind == "demand":
             if self.demand_split is None:
-                raise ValueError(f"firm '{self.firm_id}' holds no demand data")
+                raise ProtocolError("asked about a demand model but the firm holds no demand data", firm=self.firm_id)
             windows = self.demand_split[split]
             return windows.features, windows.targets
         if self.risk_split is None:
-            raise ValueError(f"firm '{self.firm_id}' holds no risk data")
+            raise ProtocolError("asked about a risk model but the firm holds no risk data", firm=self.firm_id)
         if norm is None:
-            raise ValueError("risk features need the federation's normaliser")
+            raise ProtocolError("the request carries no normaliser for the risk features", firm=self.firm_id)
         examples = self.risk_split[split]
         return norm.apply(examples.features), examples.labels
 
     def _stats(self, kind: ModelKind, model: torch.nn.Module, norm: Normaliser | None) -> np.ndarray:
         if kind == "demand":
             if self.demand_split is None:
-                raise ValueError(f"firm '{self.firm_id}' holds no demand data")
+                raise ProtocolError("asked about a demand model but the firm holds no demand data", firm=self.firm_id)
             return demand_stats(model, self.demand_split[1], self.device).to_vector()
         x, y = self._xy("risk", 1, norm)
         return risk_stats(model, x, y, self.device).to_vector()
@@ -190,6 +199,12 @@ class FirmClient:
         """
         policy = self.spec.inventory
         cover = policy.protection
+        if cover > self.spec.horizon:
+            raise ConfigError(
+                f"firm '{self.firm_id}': an order covers lead_time + review_period = {cover} periods but the models "
+                f"forecast only {self.spec.horizon}",
+                field="efficiency.lead_time",
+            )
         total = EfficiencySums()
         for train, test in self.demand_series:
             if len(test) == 0:
@@ -197,15 +212,25 @@ class FirmClient:
             past = forecast_units(model, train, self.device)[-policy.error_windows :, :cover]
             sigma = forecast_error_std(past, train.actual[-policy.error_windows :, :cover])
             forecast = forecast_units(model, test, self.device)
-            horizon = SeriesHorizon(demand=test.actual[:, 0], forecasts=forecast, sigma=sigma)
+            if not (np.all(np.isfinite(forecast)) and np.isfinite(sigma)):
+                raise ProtocolError("the demand model sent gives non-finite forecasts", firm=self.firm_id)
+            horizon = SeriesHorizon(demand=test.actual[:, 0], forecasts=forecast, sigma=sigma, firm=self.firm_id)
             total = total + simulate_series(horizon, policy) + forecast_sums(forecast, test.actual)
         return total
 
-    def efficiency(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
-        """Tier-slotted efficiency sums of ordering from the given demand model's forecasts."""
+    def efficiency_slot(self, groups: EfficiencyGroups) -> str | None:
+        """The slot the server assigned this firm's tier, checked against the spec's minimum group size
+        (refused if said to hold fewer firms); None: the chain is too small, the firm releases nothing."""
+        return groups.slot_for(self.tier, self.spec.inventory.min_firms_per_group, firm=self.firm_id)
+
+    def efficiency(self, arrays: dict[str, np.ndarray], groups: EfficiencyGroups) -> np.ndarray | None:
+        """Slotted efficiency sums of ordering from the given demand model's forecasts (None: release nothing)."""
+        slot = self.efficiency_slot(groups)
+        if slot is None:
+            return None
         model = build_model("demand", self.spec)
         load_arrays(model, arrays)
-        return slot_by_tier(self.efficiency_sums(model), self.tier)
+        return slot_by_tier(self.efficiency_sums(model), slot)
 
     def _train_settings(self, instruction: TrainInstruction) -> TrainSettings:
         return TrainSettings(
@@ -231,7 +256,10 @@ class FirmClient:
         privacy = self.spec.privacy
         if privacy.enabled and privacy.unit == "record":
             if privacy.noise_multiplier is None:
-                raise ValueError("record-level DP needs the coordinator's calibrated noise multiplier")
+                raise ConfigError(
+                    f"firm '{self.firm_id}': record-level DP needs the coordinator's calibrated noise multiplier",
+                    field="privacy.noise_multiplier",
+                )
             dp = DpSgdSettings(privacy.noise_multiplier, privacy.max_grad_norm(kind), privacy.sample_rate)
             # The firm's own privacy settings, not the instruction, fix how much it trains: the steps it
             # takes are what the accountant charges, whatever the coordinator asks.
@@ -302,7 +330,11 @@ class FirmClient:
         clipped = clip_l2(joint, privacy.clip_norm, firm=self.firm_id).vector
         if privacy.mechanism == "distributed":
             if privacy.noise_multiplier is None or privacy.expected_shares is None:
-                raise ValueError("distributed DP needs the coordinator's noise multiplier and expected shares")
+                raise ConfigError(
+                    f"firm '{self.firm_id}': distributed DP needs the coordinator's noise multiplier and "
+                    "expected shares",
+                    field="privacy.noise_multiplier",
+                )
             skellam = DistributedSkellam(
                 clip_norm=privacy.clip_norm,
                 scale=privacy.distributed_scale,
@@ -322,16 +354,20 @@ class FirmClient:
             offset += size
         return out
 
-    def evaluate_all(self, weights: dict[str, dict[str, np.ndarray]], norm: Normaliser | None) -> dict[str, np.ndarray]:
+    def evaluate_all(
+        self, weights: dict[str, dict[str, np.ndarray]], norm: Normaliser | None, groups: EfficiencyGroups
+    ) -> dict[str, np.ndarray]:
         """Test-split statistics of every model the firm holds data for, and the efficiency sums of
         ordering from the demand model's forecasts (the 'after' of the efficiency comparison)."""
+        # The slot is checked first: a firm that refuses its slot releases nothing at all.
+        after = self.efficiency(weights["demand"], groups) if "demand" in weights and self.trains("demand") else None
         out = {
             f"{kind}/eval": self.evaluate(kind, arrays, norm)  # type: ignore[arg-type]
             for kind, arrays in weights.items()
             if self.trains(kind)
         }
-        if "demand" in weights and self.trains("demand"):
-            out[EFFICIENCY_AFTER] = self.efficiency(weights["demand"])
+        if after is not None:
+            out[EFFICIENCY_AFTER] = after
         return out
 
     def _baseline_settings(self, instruction: BaselineInstruction) -> TrainSettings:
@@ -348,7 +384,7 @@ class FirmClient:
     def local_demand_model(self, instruction: BaselineInstruction) -> torch.nn.Module:
         """The local-only demand model: this firm's training windows alone, early stopping (deterministic)."""
         if self.demand_split is None:
-            raise ValueError(f"firm '{self.firm_id}' holds no demand data")
+            raise ProtocolError("asked for a local demand model but the firm holds no demand data", firm=self.firm_id)
         train = self.demand_split[0]
         model = build_model("demand", self.spec, seed=self._seed(instruction.seed))
         fit_early_stopping(
@@ -363,19 +399,26 @@ class FirmClient:
         return model
 
     def efficiency_release(
-        self, arrays: dict[str, np.ndarray], instruction: BaselineInstruction
+        self, arrays: dict[str, np.ndarray], instruction: BaselineInstruction, groups: EfficiencyGroups
     ) -> dict[str, np.ndarray]:
         """Efficiency sums before (local-only model) and after (the given federated model), clipped
         jointly to the federation's L2 bound: the firm's contribution to a DP release."""
         if not self.trains("demand"):
             return {}
-        before = slot_by_tier(self.efficiency_sums(self.local_demand_model(instruction)), self.tier)
-        after = self.efficiency(arrays)
+        slot = self.efficiency_slot(groups)
+        if slot is None:
+            return {}
+        before = slot_by_tier(self.efficiency_sums(self.local_demand_model(instruction)), slot)
+        federated = build_model("demand", self.spec)
+        load_arrays(federated, arrays)
+        after = slot_by_tier(self.efficiency_sums(federated), slot)
         clipped = clip_l2(np.concatenate([before, after]), self.spec.inventory.dp_clip_norm, firm=self.firm_id).vector
         return {EFFICIENCY_BEFORE: clipped[: before.size], EFFICIENCY_AFTER: clipped[before.size :]}
 
-    def local_baselines(self, instruction: BaselineInstruction) -> dict[str, np.ndarray]:
-        """Fit local-only models on this firm's data alone; return their (and naive) test statistics."""
+    def local_baselines(self, instruction: BaselineInstruction, groups: EfficiencyGroups) -> dict[str, np.ndarray]:
+        """Fit local-only models on this firm's data alone; return their (and naive) test statistics and
+        the efficiency sums of ordering from the local-only forecasts (the 'before'), in the assigned slot."""
+        slot = self.efficiency_slot(groups) if self.trains("demand") else None
         settings = self._baseline_settings(instruction)
         out: dict[str, np.ndarray] = {}
         if self.demand_split is not None:
@@ -384,7 +427,8 @@ class FirmClient:
             out["demand/local_only"] = slot_by_group(demand_stats(model, test, self.device).to_vector(), self.group)
             naive = DemandErrorStats.from_forecasts(test.naive, test.actual)
             out["demand/naive"] = slot_by_group(naive.to_vector(), self.group)
-            out[EFFICIENCY_BEFORE] = slot_by_tier(self.efficiency_sums(model), self.tier)
+            if slot is not None and self.trains("demand"):
+                out[EFFICIENCY_BEFORE] = slot_by_tier(self.efficiency_sums(model), slot)
         if self.risk_split is not None:
             train, test = self.risk_split
             own = Moments.of(train.features) if len(train) else Moments.of(test.features)

@@ -21,6 +21,7 @@ import numpy as np
 
 from silobridge.config import InventoryPolicy
 from silobridge.efficiency_sums import EfficiencySums
+from silobridge.errors import ConfigError, DataError
 
 
 def safety_factor(service_level: float) -> float:
@@ -32,7 +33,9 @@ def order_up_to_level(forecast: np.ndarray, sigma: float, policy: InventoryPolic
     """Forecast demand over the protection interval plus safety stock."""
     cover = policy.protection
     if len(forecast) < cover:
-        raise ValueError(f"an order must cover {cover} periods but the forecast has {len(forecast)}")
+        raise ConfigError(
+            f"an order must cover {cover} periods but the forecast has {len(forecast)}", field="efficiency.lead_time"
+        )
     return float(np.sum(forecast[:cover])) + safety_factor(policy.service_level) * sigma * math.sqrt(cover)
 
 
@@ -53,15 +56,18 @@ class SeriesHorizon:
     demand: np.ndarray  # (P,)
     forecasts: np.ndarray  # (P, horizon)
     sigma: float
+    firm: str = "unknown"  # whose series, for errors
 
     def __post_init__(self) -> None:
         demand, forecasts = np.asarray(self.demand), np.asarray(self.forecasts)
         if demand.ndim != 1 or forecasts.ndim != 2 or forecasts.shape[0] != demand.shape[0]:
-            raise ValueError(f"need demand (P,) and forecasts (P, horizon); got {demand.shape} and {forecasts.shape}")
+            raise DataError(
+                self.firm, f"need demand (P,) and forecasts (P, horizon); got {demand.shape} and {forecasts.shape}"
+            )
         if not (np.all(np.isfinite(demand)) and np.all(np.isfinite(forecasts)) and math.isfinite(self.sigma)):
-            raise ValueError("demand, forecasts and sigma must be finite")
+            raise DataError(self.firm, "demand, forecasts and sigma must be finite")
         if np.any(demand < 0) or self.sigma < 0:
-            raise ValueError("demand and sigma cannot be negative")
+            raise DataError(self.firm, "demand and sigma cannot be negative")
 
 
 def simulate_series(series: SeriesHorizon, policy: InventoryPolicy) -> EfficiencySums:

@@ -27,6 +27,7 @@ from clients.secure_sum import FirmSecureSum
 from federation.firm_source import node_firm, simulated_dropout, simulated_firm
 from federation.records import (
     ANALYTICS,
+    EFFICIENCY_GROUPS,
     INSTRUCTION,
     MASKED,
     NORMALISER,
@@ -44,6 +45,7 @@ from federation.records import (
 from federation.settings import RunSettings, settings_from_run_config
 from privacy.secagg.layout import CLIPPED
 from silobridge.analytics import QUERY_SEGMENT, QueryStep
+from silobridge.efficiency_sums import EfficiencyGroups
 from silobridge.errors import ProtocolError, SiloBridgeError, SimulatedDropout
 from silobridge.messages import BaselineInstruction, TrainInstruction
 
@@ -125,6 +127,11 @@ def _normaliser(message: Message) -> Normaliser | None:
     return Normaliser(np.asarray(arrays["mean"], dtype=float), np.asarray(arrays["std"], dtype=float))
 
 
+def _groups(req: Request) -> EfficiencyGroups:
+    """The server's efficiency slot assignment; every request that releases efficiency sums carries one."""
+    return EfficiencyGroups.from_config(config_of(req.message, EFFICIENCY_GROUPS), firm=req.firm.firm_id)
+
+
 def _weights(message: Message) -> dict[str, dict[str, np.ndarray]]:
     records = message.content.array_records
     return {kind: arrays_of(message, weights_key(kind)) for kind in MODEL_KINDS if weights_key(kind) in records}
@@ -145,7 +152,7 @@ def _moments(req: Request) -> RecordDict:
 
 def _baselines(req: Request) -> RecordDict:
     instruction = BaselineInstruction.from_config(config_of(req.message, INSTRUCTION), firm=req.firm.firm_id)
-    return _release(req, req.firm.local_baselines(instruction))
+    return _release(req, req.firm.local_baselines(instruction, _groups(req)))
 
 
 def _train(req: Request) -> RecordDict:
@@ -154,7 +161,7 @@ def _train(req: Request) -> RecordDict:
 
 
 def _evaluate(req: Request) -> RecordDict:
-    return _release(req, req.firm.evaluate_all(_weights(req.message), _normaliser(req.message)))
+    return _release(req, req.firm.evaluate_all(_weights(req.message), _normaliser(req.message), _groups(req)))
 
 
 def _analytics(req: Request) -> RecordDict:
@@ -169,7 +176,7 @@ def _efficiency(req: Request) -> RecordDict:
     weights = _weights(req.message)
     if "demand" not in weights:
         raise ProtocolError("the efficiency release needs the federated demand model", firm=req.firm.firm_id)
-    return _release(req, req.firm.efficiency_release(weights["demand"], instruction))
+    return _release(req, req.firm.efficiency_release(weights["demand"], instruction, _groups(req)))
 
 
 def _secagg_stage(stage: str) -> Handler:

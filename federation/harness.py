@@ -18,7 +18,7 @@ from clients.models import build_model, state_to_arrays
 from clients.training import TrainSettings, fit, resolve_device
 from federation.firm_source import simulated_firm
 from federation.settings import RunSettings
-from silobridge.efficiency_sums import EFFICIENCY_AFTER
+from silobridge.efficiency_sums import EFFICIENCY_AFTER, EfficiencyGroups
 from silobridge.messages import BaselineInstruction
 
 HARNESS_RUN_ID = -1
@@ -44,18 +44,20 @@ class SimulationHarness:
                 out[kind] = np.sum([f.evaluate(kind, arrays, norm) for f in holders], axis=0)  # type: ignore[arg-type]
         return out
 
-    def efficiency(self, weights: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        """Tier-slotted efficiency sums of ordering from the given demand model, summed over the firms."""
+    def efficiency(self, weights: dict[str, dict[str, np.ndarray]], groups: EfficiencyGroups) -> dict[str, np.ndarray]:
+        """Slotted efficiency sums of ordering from the given demand model, summed over the firms, in the
+        slots the federation assigned (the same grouping as the firms' own releases)."""
         holders = [f for f in self.firms if f.trains("demand")]
         if "demand" not in weights or not holders:
             return {}
-        return {EFFICIENCY_AFTER: np.sum([f.efficiency(weights["demand"]) for f in holders], axis=0)}
+        vectors = [v for v in (f.efficiency(weights["demand"], groups) for f in holders) if v is not None]
+        return {EFFICIENCY_AFTER: np.sum(vectors, axis=0)} if vectors else {}
 
-    def local_baselines(self, instruction: BaselineInstruction) -> dict[str, np.ndarray]:
+    def local_baselines(self, instruction: BaselineInstruction, groups: EfficiencyGroups) -> dict[str, np.ndarray]:
         """Each firm's local-only models and naive forecasts, scored on its own test split, summed."""
         totals: dict[str, np.ndarray] = {}
         for firm in self.firms:
-            for key, vector in firm.local_baselines(instruction).items():
+            for key, vector in firm.local_baselines(instruction, groups).items():
                 totals[key] = totals.get(key, 0) + vector
         return totals
 

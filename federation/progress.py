@@ -226,4 +226,10 @@ def efficiency_table(summary: dict[str, Any]) -> Table | None:
         ):
             table.add_row(group if label == "before" else "", label, *(_num(values[n]) for n in names))
         table.add_section()
+    suppressed = section.get("suppressed_tiers") or {}
+    if suppressed:
+        minimum = section.get("min_firms_per_group")
+        table.caption = f"Published: groups of at least {minimum} firms. Not on their own: " + "; ".join(
+            f"{tier} ({why})" for tier, why in suppressed.items()
+        )
     return table

@@ -21,6 +21,7 @@ SECAGG = "secagg"  # ConfigRecord: a secure-aggregation protocol message
 MASKED = "masked"  # ArrayRecord: a firm's masked vector (secure aggregation)
 REPLY = "reply"  # ConfigRecord: scalars a firm reports (its manifest)
 ANALYTICS = "analytics"  # ConfigRecord: one analytics query step (silobridge.analytics.QueryStep)
+EFFICIENCY_GROUPS = "efficiency_groups"  # ConfigRecord: the server's efficiency slot assignment (EfficiencyGroups)
 
 
 def secagg_run_id(flower_run_id: int) -> str:

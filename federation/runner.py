@@ -24,6 +24,7 @@ from clients.models import MODEL_KINDS, build_model, state_to_arrays
 from federation.exchange import Replies, exchange, wait_for_nodes
 from federation.harness import SimulationHarness
 from federation.records import (
+    EFFICIENCY_GROUPS,
     INSTRUCTION,
     LAYOUT,
     MASKED,
@@ -44,6 +45,7 @@ from privacy.ledger import PrivacyRun, Release
 from privacy.secagg.layout import CLIPPED, VectorLayout
 from privacy.secagg.messages import MaskedInput
 from server.aggregation import PlainSum
+from server.efficiency import Grouping, group_tiers
 from server.efficiency_release import RELEASE_ID, efficiency_event, noised, release_epsilon
 from server.layouts import (
     baselines_layout,
@@ -55,7 +57,7 @@ from server.layouts import (
 from server.secure_sum import SecureSumServer
 from server.strategy import FedAvg
 from silobridge.arrays import flatten, unflatten
-from silobridge.efficiency_sums import EFFICIENCY_AFTER, EFFICIENCY_BEFORE
+from silobridge.efficiency_sums import EFFICIENCY_AFTER, EFFICIENCY_BEFORE, EfficiencyGroups
 from silobridge.errors import BudgetExhausted, FederationError, ProtocolError
 from silobridge.messages import BaselineInstruction, FirmManifest
 from silobridge.stats import Moments, demand_metrics_by_group, risk_metrics_by_group
@@ -100,7 +102,9 @@ class FederationOutcome:
     history: list[dict[str, Any]] = field(default_factory=list)
     dropped: list[dict[str, Any]] = field(default_factory=list)
     stopped: str | None = None  # why training ended early (a refused round), if it did
-    efficiency: dict[str, np.ndarray] = field(default_factory=dict)  # "before"/"after" tier-slotted sums
+    efficiency: dict[str, np.ndarray] = field(default_factory=dict)  # "before"/"after" slotted sums
+    efficiency_grouping: Grouping | None = None  # the slots the firms were assigned (from the manifests)
+    efficiency_firms: dict[str, list[str]] = field(default_factory=dict)  # "before"/"after": firms in each sum
     efficiency_dp: dict[str, float] | None = None  # epsilon, delta, noise multiplier of a DP efficiency release
 
 
@@ -139,6 +143,8 @@ class Federation:
         )
         self.manifests: dict[int, FirmManifest] = {}
         self.node_of: dict[str, int] = {}
+        self.grouping: Grouping | None = None  # efficiency slots, fixed from the manifests at connect
+        self.efficiency_firms: dict[str, list[str]] = {}
         self.dropped: list[dict[str, Any]] = []
         self.clipped_total = 0
         training = settings.scenario.training
@@ -334,7 +340,25 @@ class Federation:
         if duplicates:
             raise FederationError(f"several nodes claim the same firm: {', '.join(duplicates)}")
         self.node_of = {m.firm_id: n for n, m in self.manifests.items()}
+        self.grouping = group_tiers(
+            [m.tier for m in self.manifests.values() if m.has_demand], self.spec.inventory.min_firms_per_group
+        )
         return self.manifests
+
+    def _groups_record(self) -> dict[str, ConfigRecord]:
+        """The efficiency slot assignment every request that releases efficiency sums carries."""
+        return {EFFICIENCY_GROUPS: ConfigRecord(self._assignment().to_config())}
+
+    def _assignment(self) -> EfficiencyGroups:
+        if self.grouping is None:
+            raise FederationError("efficiency slots are assigned when the firms connect")
+        return self.grouping.assignment
+
+    def _efficiency_holders(self, firms: list[str]) -> list[str]:
+        """Of a sum's contributors, the firms whose efficiency totals are in it."""
+        slots = self.grouping.assignment.slots if self.grouping is not None else {}
+        manifests = [self.manifests[self.node_of[f]] for f in firms]
+        return sorted(m.firm_id for m in manifests if m.has_demand and m.tier in slots)
 
     def _holders(self, kind: str) -> list[int]:
         return [n for n, m in self.manifests.items() if m.trains(kind)]
@@ -376,10 +400,12 @@ class Federation:
         if self.private:
             if self.harness is None:
                 return {}  # a real federation under DP: firms release no test statistics, nothing is measured
-            return self.harness.local_baselines(instruction)
+            self.efficiency_firms["before"] = self._efficiency_holders(list(self.node_of))
+            return self.harness.local_baselines(instruction, self._assignment())
         layout = baselines_layout(self.spec.aggregation)
-        records = {INSTRUCTION: ConfigRecord(instruction.to_config())}
+        records = {INSTRUCTION: ConfigRecord(instruction.to_config()), **self._groups_record()}
         outcome = self._sum("train.baselines", records, layout, self.manifests, "baselines")
+        self.efficiency_firms["before"] = self._efficiency_holders(outcome.contributors)
         return {name: value for name, value in outcome.segments.items() if name != CLIPPED}
 
     def _model_records(
@@ -590,10 +616,12 @@ class Federation:
         if self.private:
             if self.harness is None:
                 return {}  # a real federation under DP releases no test statistics
-            return {**self.harness.evaluate(weights, norm), **self.harness.efficiency(weights)}
+            self.efficiency_firms["after"] = self._efficiency_holders(list(self.node_of))
+            return {**self.harness.evaluate(weights, norm), **self.harness.efficiency(weights, self._assignment())}
         layout = evaluation_layout(tuple(weights), self.spec.aggregation)
-        records = self._model_records(weights, norm)
+        records = {**self._model_records(weights, norm), **self._groups_record()}
         outcome = self._sum("evaluate", records, layout, self.manifests, "evaluate")
+        self.efficiency_firms["after"] = self._efficiency_holders(outcome.contributors)
         final = {kind: outcome.segments[f"{kind}/eval"] for kind in weights}
         if EFFICIENCY_AFTER in outcome.segments:
             final[EFFICIENCY_AFTER] = outcome.segments[EFFICIENCY_AFTER]
@@ -623,9 +651,12 @@ class Federation:
         records = {
             weights_key("demand"): arrays_record(demand),
             INSTRUCTION: ConfigRecord(self.baseline_instruction().to_config()),
+            **self._groups_record(),
         }
         nodes = [self.node_of[firm_of[party]] for party in admission.participants]
         outcome = self._sum("evaluate.efficiency", records, efficiency_layout(self.spec.aggregation), nodes, RELEASE_ID)
+        contributing = self._efficiency_holders(outcome.contributors)
+        self.efficiency_firms = {"before": contributing, "after": contributing}
         summed = {name: outcome.segments[name] for name in (EFFICIENCY_BEFORE, EFFICIENCY_AFTER)}
         released = noised(summed, policy, np.random.default_rng())  # fresh OS entropy, as for training noise
         contributors = set(outcome.contributors)
@@ -695,5 +726,7 @@ def run_federation(
         dropped=federation.dropped,
         stopped=federation.stopped,
         efficiency={when: vector for when, vector in efficiency.items() if vector is not None},
+        efficiency_grouping=federation.grouping,
+        efficiency_firms=federation.efficiency_firms,
         efficiency_dp=efficiency_dp,
     )

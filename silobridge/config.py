@@ -182,6 +182,13 @@ class InventoryPolicy(BaseModel):
     error_windows: int = Field(
         default=26, ge=1, le=1000, description="recent training windows whose forecast errors size the safety stock"
     )
+    min_firms_per_group: int = Field(
+        default=3,
+        ge=3,
+        le=1000,
+        description="fewest firms in any group whose efficiency is published (a tier below it is pooled); never "
+        "below 3: in a group of two each member learns the other's totals by subtracting its own",
+    )
     dp: bool = Field(
         default=False,
         description="in a private run, firms release their efficiency sums clipped, with Gaussian noise on the "

@@ -1,8 +1,12 @@
 """The numerators and denominators of cross-firm efficiency, as a vector firms release and the server sums.
 
 A firm never releases its E, O or I: it releases served units, costs, demand, on-time units and
-forecast-error totals, placed in its tier's slot. Sums of these vectors give every tier's and the
-chain's efficiency as ratios of sums, so a secure sum is all the server ever needs.
+forecast-error totals, placed in the slot the server assigned it. Sums of these vectors give every
+published group's and the chain's efficiency as ratios of sums, so a secure sum is all the server needs.
+
+A slot's sum is as good as published: the server sees it. So the server assigns slots from the public
+manifests (`EfficiencyGroups`): a tier gets its own slot only if it holds at least the minimum number
+of firms, the others share the OTHER slot, and a firm refuses a slot said to hold fewer firms.
 """
 
 from __future__ import annotations
@@ -12,9 +16,12 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from silobridge.config import TIERS
+from silobridge.errors import ProtocolError
 
-TIER_SLOTS: tuple[str, ...] = TIERS
-"""One slot per tier; the chain is their sum."""
+OTHER = "other tiers"
+"""The slot of every firm whose tier is too small to publish on its own."""
+TIER_SLOTS: tuple[str, ...] = (*TIERS, OTHER)
+"""One slot per tier plus the pooled slot; the chain is their sum."""
 
 EFFICIENCY_BEFORE = "efficiency/before"
 """Segment of the baselines sum: ordering from each firm's local-only demand model."""
@@ -50,7 +57,7 @@ class EfficiencySums:
     def from_vector(cls, vector: np.ndarray) -> EfficiencySums:
         v = np.asarray(vector, dtype=float)
         if v.shape != (cls.size(),):
-            raise ValueError(f"efficiency sums take {cls.size()} values, got shape {v.shape}")
+            raise ProtocolError(f"efficiency sums take {cls.size()} values, got shape {v.shape}")
         return cls(*map(float, v))
 
     def __add__(self, other: EfficiencySums) -> EfficiencySums:
@@ -61,25 +68,75 @@ EFFICIENCY_LENGTH = EfficiencySums.size() * len(TIER_SLOTS)
 """Length of a tier-slotted efficiency vector."""
 
 
-def slot_by_tier(sums: EfficiencySums, tier: str) -> np.ndarray:
-    """A firm's sums in its tier's slot, zeros elsewhere, so one sum yields every tier."""
-    if tier not in TIER_SLOTS:
-        raise ValueError(f"unknown tier '{tier}' (expected one of {', '.join(TIER_SLOTS)})")
+def slot_by_tier(sums: EfficiencySums, slot: str) -> np.ndarray:
+    """A firm's sums in its assigned slot, zeros elsewhere, so one sum yields every group."""
+    if slot not in TIER_SLOTS:
+        raise ProtocolError(f"unknown efficiency slot '{slot}' (expected one of {', '.join(TIER_SLOTS)})")
     size = EfficiencySums.size()
     out = np.zeros(EFFICIENCY_LENGTH)
-    index = TIER_SLOTS.index(tier)
+    index = TIER_SLOTS.index(slot)
     out[index * size : (index + 1) * size] = sums.to_vector()
     return out
 
 
 def split_tiers(vector: np.ndarray) -> dict[str, EfficiencySums]:
-    """Inverse of `slot_by_tier` on a sum: one total per tier plus 'chain'."""
+    """Inverse of `slot_by_tier` on a sum: one total per slot plus 'chain'."""
     v = np.asarray(vector, dtype=float)
     if v.shape != (EFFICIENCY_LENGTH,):
-        raise ValueError(f"a tier-slotted efficiency vector has {EFFICIENCY_LENGTH} values, got shape {v.shape}")
+        raise ProtocolError(f"a slotted efficiency vector has {EFFICIENCY_LENGTH} values, got shape {v.shape}")
     size = EfficiencySums.size()
     parts = {t: EfficiencySums.from_vector(v[i * size : (i + 1) * size]) for i, t in enumerate(TIER_SLOTS)}
     chain = EfficiencySums()
     for part in parts.values():
         chain = chain + part
     return {"chain": chain, **parts}
+
+
+@dataclass(frozen=True)
+class EfficiencyGroups:
+    """The server's slot assignment, sent with every request that releases efficiency sums.
+
+    `slots` maps a tier to its slot (the tier itself, or OTHER); a tier absent from it releases
+    nothing (the whole chain holds too few firms). `counts` is how many firms the server's manifests
+    put in each slot, which the firm checks against the minimum of its spec (never below 3).
+    """
+
+    slots: dict[str, str]
+    counts: dict[str, int]
+
+    def to_config(self) -> dict[str, int | str]:
+        """Flat values for a ConfigRecord."""
+        return {
+            **{f"slot.{tier}": slot for tier, slot in self.slots.items()},
+            **{f"count.{slot}": count for slot, count in self.counts.items()},
+        }
+
+    @classmethod
+    def from_config(cls, values: dict[str, object], *, firm: str | None = None) -> EfficiencyGroups:
+        slots: dict[str, str] = {}
+        counts: dict[str, int] = {}
+        for key, value in values.items():
+            if key.startswith("slot.") and isinstance(value, str) and value in TIER_SLOTS:
+                slots[key[5:]] = value
+            elif key.startswith("count.") and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                counts[key[6:]] = value
+            else:
+                raise ProtocolError(f"malformed efficiency grouping: field '{key}' is {value!r}", firm=firm)
+        return cls(slots=slots, counts=counts)
+
+    def slot_for(self, tier: str, minimum: int, *, firm: str) -> str | None:
+        """The slot this firm may use, None if it must release nothing; refuses a slot said to be too small.
+
+        `minimum` is the spec's minimum group size, validated never below 3.
+        """
+        if tier not in self.slots:
+            return None
+        slot = self.slots[tier]
+        count = self.counts.get(slot, 0)
+        if count < minimum:
+            raise ProtocolError(
+                f"the server put tier '{tier}' in efficiency slot '{slot}' of {count} firm(s); a firm releases its "
+                f"totals only into a slot of at least {minimum} firms",
+                firm=firm,
+            )
+        return slot

@@ -22,16 +22,23 @@ from clients.inventory import (
     safety_factor,
     simulate_series,
 )
-from clients.models import build_model, state_to_arrays
+from clients.models import build_model, load_arrays, state_to_arrays
 from clients.training import TrainSettings, fit
 from federation.settings import GENERATED_SCHEMA
 from scenarios.schema import scenario_from_dict
-from server.efficiency import Efficiency, Improvement, apply_improvement, efficiency_table, improvement
+from server.efficiency import Efficiency, Improvement, apply_improvement, efficiency_table, group_tiers, improvement
 from server.layouts import evaluation_layout
 from server.secure_sum import resolve_aggregation
 from silobridge.config import AggregationSpec, FederationSpec, InventoryPolicy
-from silobridge.efficiency_sums import EFFICIENCY_AFTER, EfficiencySums, slot_by_tier, split_tiers
-from silobridge.errors import ConfigError
+from silobridge.efficiency_sums import (
+    EFFICIENCY_AFTER,
+    OTHER,
+    EfficiencyGroups,
+    EfficiencySums,
+    slot_by_tier,
+    split_tiers,
+)
+from silobridge.errors import ConfigError, DataError, ProtocolError
 from tests.test_secure_sum import _Federation
 
 # -- the seed document's worked example ---------------------------------------------------------------
@@ -112,7 +119,7 @@ def test_safety_stock_from_the_forecast_error() -> None:
     level = order_up_to_level(np.array([10.0, 12.0, 99.0]), 2.0, POLICY)
     assert level == pytest.approx(22.0 + 1.6448536269514722 * 2.0 * math.sqrt(2.0), rel=1e-12)
     assert forecast_error_std(np.array([[1.0, 3.0]]), np.array([[2.0, 0.0]])) == pytest.approx(math.sqrt(5.0))
-    with pytest.raises(ValueError, match="must cover 2 periods"):
+    with pytest.raises(ConfigError, match="must cover 2 periods"):
         order_up_to_level(np.array([10.0]), 0.0, POLICY)
 
 
@@ -128,9 +135,9 @@ def test_safety_stock_buys_fill_rate_with_holding() -> None:
 def test_forecast_sums_and_bad_inputs() -> None:
     out = forecast_sums(np.array([[9.0, 12.0], [10.0, 10.0]]), np.array([[10.0, 10.0], [10.0, 10.0]]))
     assert out == EfficiencySums(abs_error=3.0, actual=40.0)
-    with pytest.raises(ValueError, match="negative"):
-        SeriesHorizon(np.array([-1.0]), np.zeros((1, 2)), 0.0)
-    with pytest.raises(ValueError, match="need demand"):
+    with pytest.raises(DataError, match="firm 'F9': demand and sigma cannot be negative"):
+        SeriesHorizon(np.array([-1.0]), np.zeros((1, 2)), 0.0, firm="F9")
+    with pytest.raises(DataError, match="need demand"):
         SeriesHorizon(np.zeros(3), np.zeros((2, 2)), 0.0)
     assert simulate_series(SeriesHorizon(np.zeros(0), np.zeros((0, 2)), 0.0), POLICY) == EfficiencySums()
 
@@ -151,8 +158,77 @@ def test_tier_slots_sum_to_the_chain() -> None:
     parts = split_tiers(slot_by_tier(a, "retailer") + slot_by_tier(b, "supplier") + slot_by_tier(b, "retailer"))
     assert parts["retailer"] == a + b and parts["supplier"] == b and parts["manufacturer"] == EfficiencySums()
     assert parts["chain"] == a + b + b
-    with pytest.raises(ValueError, match="unknown tier"):
+    assert split_tiers(slot_by_tier(a, OTHER))[OTHER] == a
+    with pytest.raises(ProtocolError, match="unknown efficiency slot 'wholesaler'"):
         slot_by_tier(a, "wholesaler")
+
+
+DEFAULT_TIERS = ["retailer"] * 5 + ["distributor"] * 3 + ["manufacturer"] * 2 + ["supplier"] * 2
+
+
+def test_tiers_below_the_minimum_are_pooled() -> None:
+    # The default scenario: 5 retailers and 3 distributors stand alone; 2 + 2 upstream firms pool into 4.
+    grouping = group_tiers(DEFAULT_TIERS, 3)
+    assert grouping.published == ("distributor", "retailer", OTHER)
+    assert grouping.assignment.slots == {
+        "retailer": "retailer",
+        "distributor": "distributor",
+        "manufacturer": OTHER,
+        "supplier": OTHER,
+    }
+    assert grouping.assignment.counts == {"retailer": 5, "distributor": 3, OTHER: 4}
+    described = grouping.describe()
+    assert described["groups"][OTHER] == {"firms": 4, "tiers": ["supplier", "manufacturer"]}
+    assert set(described["suppressed_tiers"]) == {"supplier", "manufacturer"}
+    assert (
+        "2 firm(s), fewer than the minimum 3; pooled into 'other tiers' (4 firms)"
+        in (described["suppressed_tiers"]["supplier"])
+    )
+    # A stricter minimum: nothing stands alone but the retailers; the rest (7 firms) pool.
+    assert group_tiers(DEFAULT_TIERS, 4).published == ("retailer", OTHER)
+
+
+def test_a_pool_too_small_to_publish_takes_the_smallest_tier_with_it() -> None:
+    # Chain minus the published tiers is the pool: a pool of one firm would be that firm's totals.
+    grouping = group_tiers(["retailer"] * 5 + ["distributor"] * 3 + ["supplier"], 3)
+    assert grouping.published == ("retailer", OTHER)
+    assert grouping.assignment.counts == {"retailer": 5, OTHER: 4}
+    assert "would expose the remaining tiers' 1 firm(s)" in grouping.suppressed["distributor"]
+    # One firm per tier (the trio scenario): nothing but the chain.
+    trio = group_tiers(["retailer", "distributor", "manufacturer"], 3)
+    assert trio.published == () and trio.assignment.counts == {OTHER: 3}
+    assert all("counted in the chain only" in why for why in trio.suppressed.values())
+    # Fewer firms than the minimum in the whole chain: no slot at all, nothing released.
+    pair = group_tiers(["retailer", "supplier"], 3)
+    assert pair.assignment == EfficiencyGroups({}, {}) and pair.published == ()
+    # Whatever the tiers, no published group and no pool has fewer than the minimum.
+    rng = np.random.default_rng(0)
+    tiers = ("supplier", "manufacturer", "distributor", "retailer")
+    for _ in range(300):
+        drawn = list(rng.choice(tiers, size=int(rng.integers(1, 15))))
+        for minimum in (3, 4, 5):
+            grouping = group_tiers(drawn, minimum)
+            assert all(n >= minimum for n in grouping.assignment.counts.values()), (drawn, minimum)
+            assert sum(grouping.assignment.counts.values()) == (len(drawn) if len(drawn) >= minimum else 0)
+
+
+def test_minimum_group_size_is_never_below_three() -> None:
+    assert InventoryPolicy().min_firms_per_group == 3
+    with pytest.raises(ValueError, match="greater than or equal to 3"):
+        InventoryPolicy(min_firms_per_group=2)
+
+
+def test_a_firm_refuses_a_slot_said_to_hold_too_few_firms() -> None:
+    groups = EfficiencyGroups({"retailer": "retailer", "supplier": OTHER}, {"retailer": 2, OTHER: 5})
+    with pytest.raises(ProtocolError, match="firm 'R1'.*slot 'retailer' of 2 firm\\(s\\)"):
+        groups.slot_for("retailer", 3, firm="R1")
+    assert groups.slot_for("supplier", 3, firm="S1") == OTHER
+    assert groups.slot_for("manufacturer", 3, firm="M1") is None  # no slot: releases nothing
+    assert EfficiencyGroups.from_config(groups.to_config()) == groups
+    with pytest.raises(ProtocolError, match="firm 'R1': malformed efficiency grouping: field 'count.retailer'"):
+        EfficiencyGroups.from_config({"slot.retailer": "retailer", "count.retailer": "many"}, firm="R1")
+    with pytest.raises(ProtocolError, match="field 'slot.retailer'"):
+        EfficiencyGroups.from_config({"slot.retailer": "wholesaler"}, firm="R1")
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +256,6 @@ def demand_weights(firms: list[FirmClient]) -> dict[str, np.ndarray]:
 
 def test_a_firms_forecast_totals_match_its_test_statistics(firms: list[FirmClient], demand_weights) -> None:
     from clients.firm import demand_stats
-    from clients.models import load_arrays
 
     firm = firms[0]
     model = build_model("demand", firm.spec)
@@ -198,9 +273,12 @@ def test_a_firms_forecast_totals_match_its_test_statistics(firms: list[FirmClien
     assert sums.holding_cost > 0 and sums.order_cost > 0
 
 
-def test_chain_from_a_secure_sum_equals_the_pooled_firms(firms: list[FirmClient], demand_weights) -> None:
-    vectors = {firm.firm_id: firm.efficiency(demand_weights) for firm in firms}
-    per_firm = {firm.firm_id: split_tiers(vectors[firm.firm_id])[firm.tier] for firm in firms}
+def test_no_published_group_holds_fewer_than_the_minimum(firms: list[FirmClient], demand_weights) -> None:
+    # The tiny chain: 2 retailers and one firm in each other tier. No tier reaches 3 firms, so every firm
+    # is told the pooled slot, the server's sum holds nothing per tier, and only the chain is published.
+    grouping = group_tiers([f.tier for f in firms], 3)
+    assert grouping.published == () and grouping.assignment.counts == {OTHER: 5}
+    vectors = {firm.firm_id: firm.efficiency(demand_weights, grouping.assignment) for firm in firms}
     agg = resolve_aggregation(AggregationSpec(), len(firms))
     layout = evaluation_layout(("demand",), agg)
     federation = _Federation([f.firm_id for f in firms], agg)
@@ -208,8 +286,17 @@ def test_chain_from_a_secure_sum_equals_the_pooled_firms(firms: list[FirmClient]
     summed = result.segments[EFFICIENCY_AFTER]
     # Two words per statistic: the secure sum is the plain sum to float64 precision.
     np.testing.assert_allclose(summed, np.sum(list(vectors.values()), axis=0), rtol=1e-12, atol=1e-9)
+    slots = split_tiers(summed)
+    for tier in ("supplier", "manufacturer", "distributor", "retailer"):
+        assert slots[tier] == EfficiencySums()  # S1's (or M1's, D1's) own totals are nowhere in the sum
 
-    table = efficiency_table(summed, summed, ["retailer", "supplier"])
+    table = efficiency_table(summed, summed, grouping.published)
+    assert table["tiers"] == {}
+    per_firm = {}
+    for firm in firms:
+        model = build_model("demand", firm.spec)
+        load_arrays(model, demand_weights)
+        per_firm[firm.firm_id] = firm.efficiency_sums(model)
     pooled = EfficiencySums()
     for sums in per_firm.values():
         pooled = pooled + sums
@@ -217,15 +304,60 @@ def test_chain_from_a_secure_sum_equals_the_pooled_firms(firms: list[FirmClient]
     assert chain["E"] == pytest.approx(pooled.served / pooled.operating_cost, rel=1e-12)
     assert chain["O"] == pytest.approx(pooled.on_time / pooled.demand, rel=1e-12)
     assert chain["I"] == pytest.approx(1 - pooled.abs_error / pooled.actual, rel=1e-12)
-    retail = per_firm["R1"] + per_firm["R2"]
-    assert table["tiers"]["retailer"]["after"]["E"] == pytest.approx(retail.served / retail.operating_cost, rel=1e-12)
-    assert table["tiers"]["supplier"]["after"]["O"] == pytest.approx(
-        per_firm["S1"].on_time / per_firm["S1"].demand, rel=1e-12
-    )
     assert table["chain"]["K"] == {"K_E": 1.0, "K_O": 1.0, "K_I": 1.0, "K_TFP": 1.0}
     # The chain is a ratio of sums, not a mean of the firms' ratios.
     mean_of_ratios = np.mean([s.served / s.operating_cost for s in per_firm.values()])
     assert chain["E"] != pytest.approx(mean_of_ratios, rel=1e-6)
+
+
+def test_a_firm_checks_its_slot_against_its_own_minimum(firms: list[FirmClient], demand_weights) -> None:
+    firm = firms[4]  # S1, the only supplier
+    told_alone = EfficiencyGroups({"supplier": "supplier"}, {"supplier": 1})
+    with pytest.raises(ProtocolError, match="firm 'S1'.*slot 'supplier' of 1 firm"):
+        firm.evaluate_all({"demand": demand_weights}, None, told_alone)
+    strict = firm.spec.model_copy(update={"inventory": InventoryPolicy(min_firms_per_group=4)})
+    strict_firm = FirmClient(firm.data, group=firm.group, spec=strict, tier=firm.tier)
+    with pytest.raises(ProtocolError, match="at least 4 firms"):
+        strict_firm.efficiency(demand_weights, EfficiencyGroups({"supplier": OTHER}, {OTHER: 3}))
+    assert firm.efficiency(demand_weights, EfficiencyGroups({}, {})) is None  # chain too small: nothing
+
+
+def test_a_malformed_efficiency_request_is_an_error_reply_naming_the_firm(firms: list[FirmClient]) -> None:
+    """The ClientApp's handlers turn only SiloBridgeErrors into error replies: these must be ones."""
+    from types import SimpleNamespace
+
+    from flwr.app import ConfigRecord
+
+    from federation.client_app import Request, _baselines, _efficiency
+    from federation.records import EFFICIENCY_GROUPS, INSTRUCTION
+    from silobridge.errors import SiloBridgeError
+
+    instruction = {
+        "max_epochs": 1,
+        "patience": 1,
+        "batch_size": 8,
+        "optimiser": "sgd",
+        "learning_rate": 0.1,
+        "momentum": 0.0,
+        "weight_decay": 0.0,
+        "seed": 0,
+    }
+
+    def request(configs: dict[str, dict], message_type: str) -> Request:
+        content = SimpleNamespace(config_records={k: ConfigRecord(v) for k, v in configs.items()}, array_records={})
+        message = SimpleNamespace(content=content, metadata=SimpleNamespace(message_type=message_type))
+        return Request(firms[0], None, None, message)  # type: ignore[arg-type]
+
+    bad_groups = {INSTRUCTION: instruction, EFFICIENCY_GROUPS: {"slot.retailer": "retailer", "count.retailer": 2}}
+    with pytest.raises(ProtocolError, match="firm 'R1'.*slot 'retailer' of 2 firm") as refused:
+        _baselines(request(bad_groups, "train.baselines"))
+    assert isinstance(refused.value, SiloBridgeError)
+    with pytest.raises(ProtocolError, match="message has no 'efficiency_groups' record"):
+        _baselines(request({INSTRUCTION: instruction}, "train.baselines"))
+    with pytest.raises(ProtocolError, match="firm 'R1'.*needs the federated demand model"):
+        _efficiency(request(bad_groups, "evaluate.efficiency"))
+    with pytest.raises(ProtocolError, match="firm 'R1': malformed BaselineInstruction"):
+        _baselines(request({INSTRUCTION: {**instruction, "patience": 0}}, "train.baselines"))
 
 
 # -- the optional DP release --------------------------------------------------------------------------
@@ -248,12 +380,14 @@ def test_a_firms_dp_contribution_is_clipped_jointly(firms: list[FirmClient], dem
         weight_decay=0.0,
         seed=0,
     )
-    out = clipped_firm.efficiency_release(demand_weights, instruction)
+    groups = group_tiers([f.tier for f in firms], 3).assignment
+    out = clipped_firm.efficiency_release(demand_weights, instruction, groups)
     joint = np.concatenate([out[EFFICIENCY_BEFORE], out[EFFICIENCY_AFTER]])
     assert np.linalg.norm(joint) == pytest.approx(100.0, rel=1e-12)
-    after = firm.efficiency(demand_weights)
+    after = firm.efficiency(demand_weights, groups)
+    assert split_tiers(after)[firm.tier] == EfficiencySums()  # R2 is in the pooled slot, not its tier's
     scale = 100.0 / np.linalg.norm(
-        np.concatenate([slot_by_tier(firm.efficiency_sums(firm.local_demand_model(instruction)), firm.tier), after])
+        np.concatenate([slot_by_tier(firm.efficiency_sums(firm.local_demand_model(instruction)), OTHER), after])
     )
     np.testing.assert_allclose(out[EFFICIENCY_AFTER], after * scale, rtol=1e-9)
 

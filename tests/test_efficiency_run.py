@@ -12,11 +12,12 @@ import json
 import pytest
 import torch
 
+from clients.models import build_model, load_arrays
 from federation.harness import SimulationHarness
 from federation.settings import settings_from_run_config
 from federation.simulation import simulate
-from server.efficiency import efficiency_table
-from silobridge.efficiency_sums import EFFICIENCY_AFTER, EFFICIENCY_BEFORE
+from server.efficiency import efficiency_table, group_tiers
+from silobridge.efficiency_sums import EFFICIENCY_AFTER, EFFICIENCY_BEFORE, EfficiencySums
 from silobridge.messages import BaselineInstruction
 from tests.conftest import TINY
 
@@ -54,7 +55,11 @@ def test_summary_efficiency_equals_the_firms_numbers_recomputed(tmp_path) -> Non
         "order_cost": 10.0,
     }
     assert section["dp"] is None
-    assert list(section["tiers"]) == ["supplier", "manufacturer", "distributor", "retailer"]
+    # One firm per tier but two retailers: no tier reaches 3 firms, so only the chain is published.
+    assert section["tiers"] == {} and section["groups"] == {}
+    assert section["min_firms_per_group"] == 3 and section["chain_firms"] == 5
+    assert set(section["suppressed_tiers"]) == {"supplier", "manufacturer", "distributor", "retailer"}
+    assert section["suppressed_tiers"]["retailer"] == "2 firm(s), fewer than the minimum 3; counted in the chain only"
     for row in (section["chain"], *section["tiers"].values()):
         assert set(row) == {"before", "after", "K"}
         assert set(row["before"]) == set(row["after"]) == {"E", "O", "I", "TFP"}
@@ -73,11 +78,24 @@ def test_summary_efficiency_equals_the_firms_numbers_recomputed(tmp_path) -> Non
         seed=settings.scenario.seed,
     )
     harness = SimulationHarness(settings)
-    before = harness.local_baselines(instruction)[EFFICIENCY_BEFORE]
+    grouping = group_tiers([f.tier for f in harness.firms if f.trains("demand")], 3)
+    before = harness.local_baselines(instruction, grouping.assignment)[EFFICIENCY_BEFORE]
     state = torch.load(result.path / "models" / "demand.pt")
-    after = harness.efficiency({"demand": {k: v.numpy() for k, v in state.items()}})[EFFICIENCY_AFTER]
+    weights = {"demand": {k: v.numpy() for k, v in state.items()}}
+    after = harness.efficiency(weights, grouping.assignment)[EFFICIENCY_AFTER]
     expected = efficiency_table(before, after, section["tiers"])
     _close({"chain": section["chain"], "tiers": section["tiers"]}, expected)
+    # Without DP the chain is exact: the firms' own totals, pooled, give the same ratios.
+    pooled = EfficiencySums()
+    for firm in harness.firms:
+        model = build_model("demand", firm.spec)
+        load_arrays(model, weights["demand"])
+        pooled = pooled + firm.efficiency_sums(model)
+    assert section["chain"]["after"]["E"] == pytest.approx(pooled.served / pooled.operating_cost, abs=2e-6)
+    assert section["chain"]["after"]["O"] == pytest.approx(pooled.on_time / pooled.demand, abs=2e-6)
+    markdown = (result.path / "summary.md").read_text()
+    assert "Only groups of at least 3 firms are published (chain: 5 firms)." in markdown
+    assert "- supplier not published on its own: 1 firm(s), fewer than the minimum 3" in markdown
 
     # I is forecast skill on the held-out forecasts: 1 - WAPE of the same model over all firms.
     wape = result.summary["models"]["demand"]
@@ -104,7 +122,7 @@ def test_a_dp_efficiency_release_is_charged_and_recorded(tmp_path) -> None:
         "noise_multiplier": 2.0,
     }
     assert set(section["chain"]) == {"before", "after", "K"}
-    assert list(section["tiers"]) == ["supplier", "manufacturer", "distributor", "retailer"]
+    assert section["tiers"] == {} and set(section["suppressed_tiers"]) == {f.tier for f in settings.scenario.firms}
     entries = [json.loads(line) for line in (result.path / "privacy_ledger.jsonl").read_text().splitlines()]
     releases = [e for e in entries if e["kind"] == "release" and e["release_id"] == "efficiency"]
     assert len(releases) == 1

@@ -147,9 +147,15 @@ def test_non_private_run_report(runs: dict[str, RunResult], tmp_path: Path) -> N
 def test_efficiency_section_when_present(runs: dict[str, RunResult], tmp_path: Path) -> None:
     run_dir = _copy(runs["plain"], tmp_path)
     summary = json.loads((run_dir / "summary.json").read_text())
+    measured = render(load_run(run_dir))  # the tiny run publishes the chain only: no tier has 3 firms
+    shown = _section(measured, "efficiency")
+    assert NOT_COMPUTED not in shown
+    assert "Only groups of at least 3 firms are published. Not on their own:" in shown
+    assert "retailer: 2 firm(s), fewer than the minimum 3; counted in the chain only" in shown
     summary.pop("efficiency")
     (run_dir / "summary.json").write_text(json.dumps(summary))
     without = render(load_run(run_dir))
+    assert len(_images(measured)) == len(_images(without)) + 2
     assert f"Cross-firm efficiency: {NOT_COMPUTED}." in _section(without, "efficiency")
     summary["efficiency"] = EFFICIENCY
     (run_dir / "summary.json").write_text(json.dumps(summary))

@@ -13,6 +13,8 @@ from clients.training import TrainSettings, evaluate_loss, fit
 from federation.settings import GENERATED_SCHEMA
 from silobridge.arrays import flatten, unflatten
 from silobridge.config import FederationSpec
+from silobridge.efficiency_sums import EfficiencyGroups
+from silobridge.errors import ProtocolError
 from silobridge.messages import BaselineInstruction, TrainInstruction
 from silobridge.stats import DemandErrorStats, Moments, split_groups
 
@@ -114,7 +116,7 @@ def test_local_baselines_report_in_the_firms_group(firm: FirmClient) -> None:
         weight_decay=0.0,
         seed=0,
     )
-    out = firm.local_baselines(instruction)
+    out = firm.local_baselines(instruction, EfficiencyGroups({"retailer": "retailer"}, {"retailer": 3}))
     assert set(out) == {"demand/local_only", "demand/naive", "risk/local_only", "efficiency/before"}
     demand = DemandErrorStats.from_vector(split_groups(out["demand/local_only"])["large"])
     naive = DemandErrorStats.from_vector(split_groups(out["demand/naive"])["large"])
@@ -140,7 +142,7 @@ def test_weights_load_strictly(spec: FederationSpec) -> None:
 
 def test_risk_needs_the_federation_normaliser(firm: FirmClient, spec: FederationSpec) -> None:
     weights = state_to_arrays(build_model("risk", spec, seed=0))
-    with pytest.raises(ValueError, match="normaliser"):
+    with pytest.raises(ProtocolError, match="firm .R1.: the request carries no normaliser"):
         firm.evaluate("risk", weights)
     d = len(spec.data.risk_features)
     stats = firm.evaluate("risk", weights, Normaliser(np.zeros(d), np.ones(d)))

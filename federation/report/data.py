@@ -68,7 +68,9 @@ class Efficiency(_Model):
     policy: dict[str, float | int | str | bool | None]
     dp: EfficiencyDp | None
     chain: EfficiencyBlock
-    tiers: dict[str, EfficiencyBlock]
+    tiers: dict[str, EfficiencyBlock]  # published groups only
+    min_firms_per_group: int | None = None
+    suppressed_tiers: dict[str, str] = {}  # tier -> why it is not published on its own
 
 
 class Acceptance(_Model):

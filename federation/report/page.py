@@ -298,6 +298,17 @@ def efficiency(s: Summary | None) -> str:
         table(headers, rows),
         image(plots.efficiency_rates(eff), "improvement rates K per tier"),
         image(plots.efficiency_tfp(eff), "TFP before and after per tier"),
+        _grouping(eff),
+    )
+
+
+def _grouping(eff: Efficiency) -> str:
+    """Why a tier has no row of its own: groups of fewer than the minimum are never published."""
+    if not eff.suppressed_tiers:
+        return ""
+    reasons = "; ".join(f"{tier}: {why}" for tier, why in eff.suppressed_tiers.items())
+    return paragraph(
+        f"Only groups of at least {eff.min_firms_per_group} firms are published. Not on their own: {reasons}.", "note"
     )
 
 
