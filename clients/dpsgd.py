@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from clients.training import FitReport, LossName, TrainSettings, loss_function, make_optimiser
+from privacy.dp import poisson_steps_per_epoch
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class DpSgdSettings:
 
 def steps_per_epoch(sample_rate: float) -> int:
     """Opacus' Poisson loader runs 1 / sample_rate steps per epoch, whatever the firm's size."""
-    return int(1 / sample_rate)
+    return poisson_steps_per_epoch(sample_rate)
 
 
 def fit_private(

@@ -15,7 +15,6 @@ import dp_accounting as dpa
 import numpy as np
 from dp_accounting import NeighboringRelation
 
-from clients.dpsgd import steps_per_epoch
 from privacy.dp import (
     AccountantKind,
     AccountingSpec,
@@ -27,6 +26,7 @@ from privacy.dp import (
     calibrate_noise_multiplier,
     central_round_event,
     dpsgd_event,
+    poisson_steps_per_epoch,
 )
 from silobridge.config import PrivacySpec
 from silobridge.errors import ConfigError
@@ -68,7 +68,7 @@ class PrivacyPlan:
     @property
     def dpsgd_steps(self) -> int:
         """DP-SGD steps one firm takes per model per round."""
-        return self.local_epochs * steps_per_epoch(self.spec.sample_rate)
+        return self.local_epochs * poisson_steps_per_epoch(self.spec.sample_rate)
 
     @property
     def firm_sampling(self) -> Sampling:

@@ -22,7 +22,7 @@ from privacy.dp.codec import event_from_json, event_to_json
 from privacy.dp.distributed import DistributedSkellam, rounded_l2_bound, stochastic_round
 from privacy.dp.events import SkellamDpEvent, combine_gaussians, dpsgd_event, gaussian_event, l2_sensitivity
 from privacy.dp.group import GroupPrivacy, group_epsilon
-from privacy.dp.sampling import Sampling, SamplingMethod
+from privacy.dp.sampling import Sampling, SamplingMethod, poisson_steps_per_epoch
 
 __all__ = [
     "Account",
@@ -56,6 +56,7 @@ __all__ = [
     "gaussian_event",
     "group_epsilon",
     "l2_sensitivity",
+    "poisson_steps_per_epoch",
     "rounded_l2_bound",
     "stochastic_round",
 ]

@@ -99,3 +99,11 @@ class Sampling:
         if self.method is SamplingMethod.FIXED:
             out.update(population=self.population, sample_size=self.sample_size)
         return out
+
+
+def poisson_steps_per_epoch(sample_rate: float) -> int:
+    """A Poisson loader (Opacus') runs 1 / sample_rate steps per epoch, whatever the data set's size:
+    the firm trains and the server accounts with this one count."""
+    if not 0 < sample_rate <= 1:
+        raise ConfigError(f"must lie in (0, 1], got {sample_rate}", field="privacy.sample_rate")
+    return int(1 / sample_rate)
