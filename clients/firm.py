@@ -9,6 +9,7 @@ placed in the firm's group slot, so the server only ever needs sums.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import cached_property
 
@@ -33,7 +34,10 @@ from silobridge.efficiency_sums import (
 )
 from silobridge.errors import ConfigError, ProtocolError
 from silobridge.messages import BaselineInstruction, FirmManifest, TrainInstruction
-from silobridge.stats import DemandErrorStats, Moments, RiskStats, slot_by_group
+from silobridge.stats import DemandErrorStats, Moments, RiskStats, StatGroups, slot_by_group
+
+StatSlots = Mapping[str, StatGroups]
+"""The server's statistics slots per model kind; None where the caller is the simulation harness (own group)."""
 
 
 @dataclass(frozen=True)
@@ -185,11 +189,37 @@ class FirmClient:
         x, y = self._xy("risk", 1, norm)
         return risk_stats(model, x, y, self.device).to_vector()
 
-    def evaluate(self, kind: ModelKind, arrays: dict[str, np.ndarray], norm: Normaliser | None = None) -> np.ndarray:
-        """Test-split statistics of the given weights, in this firm's group slot."""
+    def stat_slot(self, kind: str, groups: StatSlots | None) -> str | None:
+        """The slot of this firm's test statistics of one model, checked against the minimum group size (a
+        slot said to hold too few firms is refused); None: the model's holders are too few, release nothing.
+
+        Without `groups` (the simulation harness, which holds every firm's data) the firm's own group.
+        """
+        if groups is None:
+            return self.group
+        if kind not in groups:
+            raise ProtocolError(f"the request assigns no statistics slot for the {kind} model", firm=self.firm_id)
+        return groups[kind].slot_for(self.group, self.spec.inventory.min_firms_per_group, firm=self.firm_id)
+
+    def _slotted(self, kind: str, vector: np.ndarray, groups: StatSlots | None) -> np.ndarray:
+        """A statistics vector in the assigned slot (all zeros when the firm must release nothing)."""
+        slot = self.stat_slot(kind, groups)
+        if slot is None:
+            return slot_by_group(np.zeros_like(vector), self.group)
+        return slot_by_group(vector, slot)
+
+    def evaluate(
+        self,
+        kind: ModelKind,
+        arrays: dict[str, np.ndarray],
+        norm: Normaliser | None = None,
+        groups: StatSlots | None = None,
+    ) -> np.ndarray:
+        """Test-split statistics of the given weights, in the slot assigned to this firm's group."""
+        self.stat_slot(kind, groups)  # refuse a too-small slot before computing anything
         model = build_model(kind, self.spec)
         load_arrays(model, arrays)
-        return slot_by_group(self._stats(kind, model, norm), self.group)
+        return self._slotted(kind, self._stats(kind, model, norm), groups)
 
     def efficiency_sums(self, model: torch.nn.Module) -> EfficiencySums:
         """Totals of the inventory simulation on the held-out horizon when ordering from `model`'s forecasts.
@@ -277,23 +307,29 @@ class FirmClient:
         arrays: dict[str, np.ndarray],
         instruction: TrainInstruction,
         norm: Normaliser | None = None,
+        groups: StatSlots | None = None,
     ) -> TrainOutcome:
         """Evaluate the received global model, then train it locally and return the weighted change."""
+        self.stat_slot(kind, groups)  # refuse a too-small slot before training
         model = build_model(kind, self.spec)
         load_arrays(model, arrays)
-        evaluation = slot_by_group(self._stats(kind, model, norm), self.group)
+        evaluation = self._slotted(kind, self._stats(kind, model, norm), groups)
         delta, loss, examples = self._local_change(kind, arrays, instruction, norm)
         weight = float(min(examples, self.spec.aggregation.max_examples))
         return TrainOutcome(weight * delta, weight, loss, evaluation)
 
     def train_round(
-        self, weights: dict[str, dict[str, np.ndarray]], instruction: TrainInstruction, norm: Normaliser | None
+        self,
+        weights: dict[str, dict[str, np.ndarray]],
+        instruction: TrainInstruction,
+        norm: Normaliser | None,
+        groups: StatSlots | None = None,
     ) -> dict[str, np.ndarray]:
         """One round of every model the firm can train: the segments it releases into the sum.
 
         Without DP: example-weighted changes, their weights, the weighted training loss and the test
-        statistics of the received models. Under DP only the changes and public weights leave: a
-        record count, a loss or a test statistic would be a release the accountant does not cover.
+        statistics of the received models, in the slots `groups` assigns. Under DP only the changes and public
+        weights leave: a record count, a loss or a test statistic would be a release the accountant does not cover.
         """
         privacy = self.spec.privacy
         if not privacy.enabled:
@@ -301,7 +337,7 @@ class FirmClient:
             for kind, arrays in weights.items():
                 if not self.trains(kind):
                     continue  # its segments stay zero: the firm adds nothing to this model
-                outcome = self.train(kind, arrays, instruction, norm)  # type: ignore[arg-type]
+                outcome = self.train(kind, arrays, instruction, norm, groups)  # type: ignore[arg-type]
                 out[f"{kind}/update"] = outcome.weighted_delta
                 out[f"{kind}/weight"] = np.array([outcome.weight])
                 out[f"{kind}/loss"] = np.array([outcome.weight * outcome.loss])
@@ -355,14 +391,21 @@ class FirmClient:
         return out
 
     def evaluate_all(
-        self, weights: dict[str, dict[str, np.ndarray]], norm: Normaliser | None, groups: EfficiencyGroups
+        self,
+        weights: dict[str, dict[str, np.ndarray]],
+        norm: Normaliser | None,
+        groups: EfficiencyGroups,
+        stat_groups: StatSlots | None = None,
     ) -> dict[str, np.ndarray]:
         """Test-split statistics of every model the firm holds data for, and the efficiency sums of
         ordering from the demand model's forecasts (the 'after' of the efficiency comparison)."""
-        # The slot is checked first: a firm that refuses its slot releases nothing at all.
+        # The slots are checked first: a firm that refuses its slot releases nothing at all.
+        for kind in weights:
+            if self.trains(kind):
+                self.stat_slot(kind, stat_groups)
         after = self.efficiency(weights["demand"], groups) if "demand" in weights and self.trains("demand") else None
         out = {
-            f"{kind}/eval": self.evaluate(kind, arrays, norm)  # type: ignore[arg-type]
+            f"{kind}/eval": self.evaluate(kind, arrays, norm, stat_groups)  # type: ignore[arg-type]
             for kind, arrays in weights.items()
             if self.trains(kind)
         }
@@ -415,18 +458,24 @@ class FirmClient:
         clipped = clip_l2(np.concatenate([before, after]), self.spec.inventory.dp_clip_norm, firm=self.firm_id).vector
         return {EFFICIENCY_BEFORE: clipped[: before.size], EFFICIENCY_AFTER: clipped[before.size :]}
 
-    def local_baselines(self, instruction: BaselineInstruction, groups: EfficiencyGroups) -> dict[str, np.ndarray]:
+    def local_baselines(
+        self, instruction: BaselineInstruction, groups: EfficiencyGroups, stat_groups: StatSlots | None = None
+    ) -> dict[str, np.ndarray]:
         """Fit local-only models on this firm's data alone; return their (and naive) test statistics and
-        the efficiency sums of ordering from the local-only forecasts (the 'before'), in the assigned slot."""
+        the efficiency sums of ordering from the local-only forecasts (the 'before'), in the assigned slots."""
         slot = self.efficiency_slot(groups) if self.trains("demand") else None
+        for kind in ("demand", "risk"):
+            if self.trains(kind):
+                self.stat_slot(kind, stat_groups)  # refuse a too-small slot before fitting anything
         settings = self._baseline_settings(instruction)
         out: dict[str, np.ndarray] = {}
         if self.demand_split is not None:
             test = self.demand_split[1]
             model = self.local_demand_model(instruction)
-            out["demand/local_only"] = slot_by_group(demand_stats(model, test, self.device).to_vector(), self.group)
+            local = demand_stats(model, test, self.device).to_vector()
+            out["demand/local_only"] = self._slotted("demand", local, stat_groups)
             naive = DemandErrorStats.from_forecasts(test.naive, test.actual)
-            out["demand/naive"] = slot_by_group(naive.to_vector(), self.group)
+            out["demand/naive"] = self._slotted("demand", naive.to_vector(), stat_groups)
             if slot is not None and self.trains("demand"):
                 out[EFFICIENCY_BEFORE] = slot_by_tier(self.efficiency_sums(model), slot)
         if self.risk_split is not None:
@@ -444,5 +493,5 @@ class FirmClient:
                 patience=instruction.patience,
             )
             stats = risk_stats(model, standardise(test.features, norm.mean, norm.std), test.labels, self.device)
-            out["risk/local_only"] = slot_by_group(stats.to_vector(), self.group)
+            out["risk/local_only"] = self._slotted("risk", stats.to_vector(), stat_groups)
         return out

@@ -34,6 +34,7 @@ from federation.records import (
     REPLY,
     SECAGG,
     SEGMENTS,
+    STAT_GROUPS,
     arrays_of,
     arrays_record,
     config_of,
@@ -48,6 +49,7 @@ from silobridge.analytics import QUERY_SEGMENT, QueryStep
 from silobridge.efficiency_sums import EfficiencyGroups
 from silobridge.errors import ProtocolError, SiloBridgeError, SimulatedDropout
 from silobridge.messages import BaselineInstruction, TrainInstruction
+from silobridge.stats import StatGroups
 
 FIRM_ERROR_CODE = 4100
 """Error code of replies for failures SiloBridge raised on purpose (bad data, bad request)."""
@@ -132,6 +134,12 @@ def _groups(req: Request) -> EfficiencyGroups:
     return EfficiencyGroups.from_config(config_of(req.message, EFFICIENCY_GROUPS), firm=req.firm.firm_id)
 
 
+def _stat_groups(req: Request) -> dict[str, StatGroups]:
+    """The server's test-statistics slots per model; every request that releases test statistics carries them."""
+    values = config_of(req.message, STAT_GROUPS)
+    return {kind: StatGroups.from_config(values, kind, firm=req.firm.firm_id) for kind in MODEL_KINDS}
+
+
 def _weights(message: Message) -> dict[str, dict[str, np.ndarray]]:
     records = message.content.array_records
     return {kind: arrays_of(message, weights_key(kind)) for kind in MODEL_KINDS if weights_key(kind) in records}
@@ -152,16 +160,19 @@ def _moments(req: Request) -> RecordDict:
 
 def _baselines(req: Request) -> RecordDict:
     instruction = BaselineInstruction.from_config(config_of(req.message, INSTRUCTION), firm=req.firm.firm_id)
-    return _release(req, req.firm.local_baselines(instruction, _groups(req)))
+    return _release(req, req.firm.local_baselines(instruction, _groups(req), _stat_groups(req)))
 
 
 def _train(req: Request) -> RecordDict:
     instruction = TrainInstruction.from_config(config_of(req.message, INSTRUCTION), firm=req.firm.firm_id)
-    return _release(req, req.firm.train_round(_weights(req.message), instruction, _normaliser(req.message)))
+    # Without DP the round carries test statistics of the received models: in the slots the server assigned.
+    groups = None if req.firm.spec.privacy.enabled else _stat_groups(req)
+    return _release(req, req.firm.train_round(_weights(req.message), instruction, _normaliser(req.message), groups))
 
 
 def _evaluate(req: Request) -> RecordDict:
-    return _release(req, req.firm.evaluate_all(_weights(req.message), _normaliser(req.message), _groups(req)))
+    weights, norm = _weights(req.message), _normaliser(req.message)
+    return _release(req, req.firm.evaluate_all(weights, norm, _groups(req), _stat_groups(req)))
 
 
 def _analytics(req: Request) -> RecordDict:

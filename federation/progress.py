@@ -23,8 +23,10 @@ def _live_line(record: dict[str, Any]) -> str:
     if metrics is None:
         return "not measured (DP: firms release no test statistics)"
     if record["model"] == "demand":
-        all_, small = metrics["all"]["wape"], metrics["small"]["wape"]
-        return f"demand WAPE all {_num(all_)} small {_num(small)}"
+        all_ = metrics["all"]["wape"]
+        if "small" not in metrics:  # small firms not released on their own (too few firms)
+            return f"demand WAPE all {_num(all_)}"
+        return f"demand WAPE all {_num(all_)} small {_num(metrics['small']['wape'])}"
     return f"risk ROC-AUC {_num(metrics['all']['roc_auc'])}"
 
 
@@ -157,7 +159,7 @@ def results_tables(summary: dict[str, Any]) -> list[Table]:
         for method in METHODS[kind]:
             if method not in methods:
                 continue
-            for group in GROUP_ORDER:
+            for group in [g for g in GROUP_ORDER if g in methods[method]]:  # groups not released have no row
                 row = methods[method][group]
                 table.add_row(method if group == GROUP_ORDER[0] else "", group, *(_num(row[m]) for m in METRICS[kind]))
             table.add_section()

@@ -22,6 +22,7 @@ MASKED = "masked"  # ArrayRecord: a firm's masked vector (secure aggregation)
 REPLY = "reply"  # ConfigRecord: scalars a firm reports (its manifest)
 ANALYTICS = "analytics"  # ConfigRecord: one analytics query step (silobridge.analytics.QueryStep)
 EFFICIENCY_GROUPS = "efficiency_groups"  # ConfigRecord: the server's efficiency slot assignment (EfficiencyGroups)
+STAT_GROUPS = "stat_groups"  # ConfigRecord: the server's test-statistics slots per model (StatGroups)
 
 
 def secagg_run_id(flower_run_id: int) -> str:

@@ -32,6 +32,7 @@ from federation.records import (
     REPLY,
     SECAGG,
     SEGMENTS,
+    STAT_GROUPS,
     arrays_record,
     layout_record,
     record_arrays,
@@ -55,12 +56,13 @@ from server.layouts import (
     training_layout,
 )
 from server.secure_sum import SecureSumServer
+from server.stat_groups import StatGrouping, group_statistics
 from server.strategy import FedAvg
 from silobridge.arrays import flatten, unflatten
 from silobridge.efficiency_sums import EFFICIENCY_AFTER, EFFICIENCY_BEFORE, EfficiencyGroups
 from silobridge.errors import BudgetExhausted, FederationError, ProtocolError
 from silobridge.messages import BaselineInstruction, FirmManifest
-from silobridge.stats import Moments, demand_metrics_by_group, risk_metrics_by_group
+from silobridge.stats import GROUPS, Moments, demand_metrics_by_group, risk_metrics_by_group
 
 
 def dataset_party(firm: str, kind: str) -> str:
@@ -68,8 +70,11 @@ def dataset_party(firm: str, kind: str) -> str:
     return f"{firm}/{kind}"
 
 
-def metrics_by_group(kind: str, vector: np.ndarray) -> dict[str, dict[str, float]]:
-    return demand_metrics_by_group(vector) if kind == "demand" else risk_metrics_by_group(vector)
+def metrics_by_group(kind: str, vector: np.ndarray, groups: tuple[str, ...] = GROUPS) -> dict[str, dict[str, float]]:
+    """'all' and the named groups' metrics (only those released: see server/stat_groups.py)."""
+    if kind == "demand":
+        return demand_metrics_by_group(vector, groups)
+    return risk_metrics_by_group(vector, groups)
 
 
 class RunObserver(Protocol):
@@ -106,6 +111,8 @@ class FederationOutcome:
     efficiency_grouping: Grouping | None = None  # the slots the firms were assigned (from the manifests)
     efficiency_firms: dict[str, list[str]] = field(default_factory=dict)  # "before"/"after": firms in each sum
     efficiency_dp: dict[str, float] | None = None  # epsilon, delta, noise multiplier of a DP efficiency release
+    released_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # per model: groups shown besides 'all'
+    groups_withheld: dict[str, str] = field(default_factory=dict)  # per model: why small/large are not shown
 
 
 Records = dict[str, ArrayRecord | ConfigRecord]
@@ -144,6 +151,7 @@ class Federation:
         self.manifests: dict[int, FirmManifest] = {}
         self.node_of: dict[str, int] = {}
         self.grouping: Grouping | None = None  # efficiency slots, fixed from the manifests at connect
+        self.stat_grouping: dict[str, StatGrouping] = {}  # test-statistics slots per model, fixed at connect
         self.efficiency_firms: dict[str, list[str]] = {}
         self.dropped: list[dict[str, Any]] = []
         self.clipped_total = 0
@@ -343,7 +351,36 @@ class Federation:
         self.grouping = group_tiers(
             [m.tier for m in self.manifests.values() if m.has_demand], self.spec.inventory.min_firms_per_group
         )
+        self.stat_grouping = {
+            kind: group_statistics(
+                [m.group for m in self.manifests.values() if m.trains(kind)], self.spec.inventory.min_firms_per_group
+            )
+            for kind in MODEL_KINDS
+        }
         return self.manifests
+
+    def released_groups(self, kind: str) -> tuple[str, ...]:
+        """The groups whose metrics are shown besides 'all': under DP every group (the harness measures, no
+        firm releases anything); without DP those the statistics slots release on their own."""
+        if self.private:
+            return GROUPS
+        grouping = self.stat_grouping.get(kind)
+        return grouping.assignment.released if grouping is not None else ()
+
+    def groups_withheld(self) -> dict[str, str]:
+        """Per model, why small and large are not released separately (runs without DP only)."""
+        if self.private:
+            return {}
+        return {kind: g.withheld for kind, g in self.stat_grouping.items() if g.withheld is not None}
+
+    def _stat_groups_record(self) -> dict[str, ConfigRecord]:
+        """The test-statistics slots every request that releases test statistics carries."""
+        if not self.stat_grouping:
+            raise FederationError("statistics slots are assigned when the firms connect")
+        values: dict[str, int | str] = {}
+        for kind, grouping in self.stat_grouping.items():
+            values.update(grouping.assignment.to_config(kind))
+        return {STAT_GROUPS: ConfigRecord(values)}
 
     def _groups_record(self) -> dict[str, ConfigRecord]:
         """The efficiency slot assignment every request that releases efficiency sums carries."""
@@ -403,7 +440,11 @@ class Federation:
             self.efficiency_firms["before"] = self._efficiency_holders(list(self.node_of))
             return self.harness.local_baselines(instruction, self._assignment())
         layout = baselines_layout(self.spec.aggregation)
-        records = {INSTRUCTION: ConfigRecord(instruction.to_config()), **self._groups_record()}
+        records = {
+            INSTRUCTION: ConfigRecord(instruction.to_config()),
+            **self._groups_record(),
+            **self._stat_groups_record(),
+        }
         outcome = self._sum("train.baselines", records, layout, self.manifests, "baselines")
         self.efficiency_firms["before"] = self._efficiency_holders(outcome.contributors)
         return {name: value for name, value in outcome.segments.items() if name != CLIPPED}
@@ -446,6 +487,7 @@ class Federation:
             records = {
                 **self._model_records(weights, norm),
                 INSTRUCTION: ConfigRecord(self.strategy.configure_train(server_round).to_config()),
+                **({} if self.private else self._stat_groups_record()),
             }
             nodes = [self.node_of[firm] for firm in participants]
             outcome = self._sum("train", records, layout, nodes, f"round {server_round}")
@@ -495,7 +537,7 @@ class Federation:
             "train_loss": None,  # a private run does not release training losses
             "clipped_values": outcome.clipped,
             "evaluated_round": evaluated,
-            "metrics": metrics_by_group(kind, evaluation) if evaluation is not None else None,
+            "metrics": None if evaluation is None else metrics_by_group(kind, evaluation, self.released_groups(kind)),
         }
 
     # -- differential privacy ---------------------------------------------------------------------
@@ -619,7 +661,7 @@ class Federation:
             self.efficiency_firms["after"] = self._efficiency_holders(list(self.node_of))
             return {**self.harness.evaluate(weights, norm), **self.harness.efficiency(weights, self._assignment())}
         layout = evaluation_layout(tuple(weights), self.spec.aggregation)
-        records = {**self._model_records(weights, norm), **self._groups_record()}
+        records = {**self._model_records(weights, norm), **self._groups_record(), **self._stat_groups_record()}
         outcome = self._sum("evaluate", records, layout, self.manifests, "evaluate")
         self.efficiency_firms["after"] = self._efficiency_holders(outcome.contributors)
         final = {kind: outcome.segments[f"{kind}/eval"] for kind in weights}
@@ -729,4 +771,6 @@ def run_federation(
         efficiency_grouping=federation.grouping,
         efficiency_firms=federation.efficiency_firms,
         efficiency_dp=efficiency_dp,
+        released_groups={kind: federation.released_groups(kind) for kind in MODEL_KINDS},
+        groups_withheld=federation.groups_withheld(),
     )

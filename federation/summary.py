@@ -69,8 +69,10 @@ def model_table(
         table[kind] = {}
         for method, vector in methods.items():
             if vector is not None:
-                by_group = metrics_by_group(kind, vector)
-                table[kind][method] = {g: by_group[g] for g in GROUP_ORDER}
+                # Groups a run without DP does not release on their own have no row, whichever method.
+                released = outcome.released_groups.get(kind, GROUP_ORDER[1:])
+                by_group = metrics_by_group(kind, vector, tuple(released))
+                table[kind][method] = {g: by_group[g] for g in GROUP_ORDER if g in by_group}
     return table
 
 
@@ -165,6 +167,7 @@ def build_summary(
         "privacy": privacy,
         "stopped": outcome.stopped,
         "models": table,
+        "groups_withheld": dict(outcome.groups_withheld),
         "acceptance": acceptance_checks(table),
         "efficiency": efficiency_summary(settings, outcome),
         "dropouts": outcome.dropped,
@@ -200,9 +203,12 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         lines.append("| --- " * (1 + len(metrics) * len(GROUP_ORDER)) + "|")
         for method in METHODS[kind]:
             if method in methods:
-                cells = [_fmt(methods[method][g][m]) for m in metrics for g in GROUP_ORDER]
+                cells = [_fmt(methods[method].get(g, {}).get(m)) for m in metrics for g in GROUP_ORDER]
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
+        withheld = summary.get("groups_withheld", {}).get(kind)
+        if withheld:
+            lines += [f"Small and large firms not shown on their own: {withheld}.", ""]
     privacy = summary["privacy"]
     if privacy.get("enabled"):
         lines += [

@@ -15,9 +15,9 @@ from privacy.secagg.layout import CLIPPED, Segment, VectorLayout
 from silobridge.analytics import QUERY_SEGMENT
 from silobridge.config import AggregationSpec
 from silobridge.efficiency_sums import EFFICIENCY_AFTER, EFFICIENCY_BEFORE, EFFICIENCY_LENGTH
-from silobridge.stats import GROUPS, DemandErrorStats, RiskStats
+from silobridge.stats import STAT_SLOTS, DemandErrorStats, RiskStats
 
-STAT_LENGTH = {"demand": DemandErrorStats.SIZE * len(GROUPS), "risk": RiskStats.SIZE * len(GROUPS)}
+STAT_LENGTH = {"demand": DemandErrorStats.SIZE * len(STAT_SLOTS), "risk": RiskStats.SIZE * len(STAT_SLOTS)}
 LOSS_BOUND = 1_000.0
 """Per-example training losses above this are clipped in the released weighted-loss total."""
 

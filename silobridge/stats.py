@@ -14,8 +14,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from silobridge.errors import ProtocolError
+
 GROUPS: tuple[str, ...] = ("small", "large")
-"""Firm groups reported separately; 'all' is their sum."""
+"""Firm groups reported separately (when each is large enough, see `StatGroups`); 'all' is their sum."""
+POOLED = "pooled"
+"""The slot every firm uses when small and large are not released separately: only 'all' is."""
+STAT_SLOTS: tuple[str, ...] = (*GROUPS, POOLED)
+"""The slots of a statistics vector; 'all' is their sum."""
 
 RISK_BINS = 1024
 LOGIT_RANGE = 12.0
@@ -160,31 +166,102 @@ class Moments:
 
 
 def slot_by_group(vector: np.ndarray, group: str) -> np.ndarray:
-    """Place a firm's vector in its group's slot, zeros elsewhere, so one sum yields every group."""
-    if group not in GROUPS:
-        raise ValueError(f"unknown firm group '{group}' (expected one of {', '.join(GROUPS)})")
+    """Place a firm's vector in its slot (a group, or POOLED), zeros elsewhere, so one sum yields every slot."""
+    if group not in STAT_SLOTS:
+        raise ValueError(f"unknown firm group '{group}' (expected one of {', '.join(STAT_SLOTS)})")
     v = np.asarray(vector, dtype=float)
-    out = np.zeros(len(GROUPS) * v.size)
-    index = GROUPS.index(group)
+    out = np.zeros(len(STAT_SLOTS) * v.size)
+    index = STAT_SLOTS.index(group)
     out[index * v.size : (index + 1) * v.size] = v
     return out
 
 
-def split_groups(vector: np.ndarray) -> dict[str, np.ndarray]:
-    """Inverse of `slot_by_group` on a sum: one vector per group plus 'all'."""
+def split_slots(vector: np.ndarray) -> dict[str, np.ndarray]:
+    """Inverse of `slot_by_group` on a sum: one vector per slot (small, large, pooled)."""
     v = np.asarray(vector, dtype=float)
-    size = v.size // len(GROUPS)
-    parts = {g: v[i * size : (i + 1) * size] for i, g in enumerate(GROUPS)}
-    parts["all"] = np.sum(list(parts.values()), axis=0)
-    return parts
+    size = v.size // len(STAT_SLOTS)
+    return {g: v[i * size : (i + 1) * size] for i, g in enumerate(STAT_SLOTS)}
 
 
-def demand_metrics_by_group(vector: np.ndarray) -> dict[str, dict[str, float]]:
-    return {g: DemandErrorStats.from_vector(v).metrics() for g, v in split_groups(vector).items()}
+def split_groups(vector: np.ndarray, groups: Sequence[str] = GROUPS) -> dict[str, np.ndarray]:
+    """The released parts of a slotted sum: 'all' (every slot) plus the named groups (those released)."""
+    slots = split_slots(vector)
+    return {**{g: slots[g] for g in groups}, "all": np.sum(list(slots.values()), axis=0)}
 
 
-def risk_metrics_by_group(vector: np.ndarray) -> dict[str, dict[str, float]]:
-    return {g: RiskStats.from_vector(v).metrics() for g, v in split_groups(vector).items()}
+@dataclass(frozen=True)
+class StatGroups:
+    """The server's statistics slots for one model, sent with every request that releases test statistics.
+
+    The server sees each slot's sum, so small and large get slots of their own only when both hold at
+    least the minimum number of firms (a lone group, or its complement in 'all', would otherwise be one
+    or two firms' own figures); else every holder uses POOLED and only 'all' is released. With fewer
+    holders than the minimum in all, `slots` is empty and the firms release no statistics of the model.
+    `counts` is how many firms the server's manifests put in each slot; the firm checks them.
+    """
+
+    slots: dict[str, str]  # group -> slot
+    counts: dict[str, int]  # slot -> firms
+
+    @property
+    def released(self) -> tuple[str, ...]:
+        """The groups whose metrics are published besides 'all'."""
+        return tuple(g for g in GROUPS if self.slots.get(g) == g)
+
+    def to_config(self, kind: str) -> dict[str, int | str]:
+        """Flat values for a ConfigRecord, prefixed by the model kind."""
+        return {
+            **{f"{kind}.slot.{group}": slot for group, slot in self.slots.items()},
+            **{f"{kind}.count.{slot}": count for slot, count in self.counts.items()},
+        }
+
+    @classmethod
+    def from_config(cls, values: dict[str, object], kind: str, *, firm: str | None = None) -> StatGroups:
+        slots: dict[str, str] = {}
+        counts: dict[str, int] = {}
+        for key, value in values.items():
+            prefix, _, rest = key.partition(".")
+            if prefix != kind:
+                continue
+            field, _, name = rest.partition(".")
+            if field == "slot" and name in GROUPS and isinstance(value, str) and value in STAT_SLOTS:
+                slots[name] = value
+            elif (
+                field == "count"
+                and name in STAT_SLOTS
+                and isinstance(value, int)
+                and not isinstance(value, bool)
+                and value >= 0
+            ):
+                counts[name] = value
+            else:
+                raise ProtocolError(f"malformed statistics grouping: field '{key}' is {value!r}", firm=firm)
+        return cls(slots=slots, counts=counts)
+
+    def slot_for(self, group: str, minimum: int, *, firm: str) -> str | None:
+        """The slot this firm's group may use, None if it must release nothing; refuses a slot said to hold
+        fewer than `minimum` firms, or a group slot whose complement (the other group) is too small."""
+        if group not in self.slots:
+            return None
+        slot = self.slots[group]
+        checked = [slot] if slot == POOLED else list(GROUPS)  # separate groups: 'all' exposes each one's complement
+        for name in checked:
+            count = self.counts.get(name, 0)
+            if count < minimum:
+                raise ProtocolError(
+                    f"the server put group '{group}' in statistics slot '{slot}' where slot '{name}' holds {count} "
+                    f"firm(s); a firm releases test statistics only into slots of at least {minimum} firms",
+                    firm=firm,
+                )
+        return slot
+
+
+def demand_metrics_by_group(vector: np.ndarray, groups: Sequence[str] = GROUPS) -> dict[str, dict[str, float]]:
+    return {g: DemandErrorStats.from_vector(v).metrics() for g, v in split_groups(vector, groups).items()}
+
+
+def risk_metrics_by_group(vector: np.ndarray, groups: Sequence[str] = GROUPS) -> dict[str, dict[str, float]]:
+    return {g: RiskStats.from_vector(v).metrics() for g, v in split_groups(vector, groups).items()}
 
 
 def sum_vectors(vectors: Sequence[np.ndarray] | Mapping[object, np.ndarray]) -> np.ndarray:

@@ -130,6 +130,11 @@ def test_simulate_no_dp_is_the_non_private_comparison(tmp_path: Path) -> None:
     summary = json.loads((run / "summary.json").read_text())
     assert summary["privacy"]["enabled"] is False and not (run / "privacy_ledger.jsonl").exists()
     assert "epsilon" not in result.stderr and "Privacy (" not in result.stdout
+    # Tiny's 2 large firms: only 'all' is released; the live lines and tables show no small/large rows.
+    assert set(summary["groups_withheld"]) == {"demand", "risk"}
+    assert all(set(by_group) == {"all"} for methods in summary["models"].values() for by_group in methods.values())
+    assert "demand WAPE all" in result.stderr and "small" not in result.stderr
+    assert "demand model" in result.stdout and "federated" in result.stdout
 
 
 def test_calibrate_finds_the_noise_that_spends_the_budget(tmp_path: Path) -> None:

@@ -141,6 +141,12 @@ def test_non_private_run_report(runs: dict[str, RunResult], tmp_path: Path) -> N
     assert "Differential privacy was off in this run: there is no privacy ledger." in _section(page, "privacy")
     assert "No dropouts: every firm answered every stage." in _section(page, "events")
     assert "off (the non-private comparison)" in text
+    # Tiny has 2 large firms: without DP only 'all' is released, the small and large columns read n/a.
+    models = _section(page, "models")
+    assert set(run.summary["models"]["demand"]["federated"]) == {"all"}
+    wape = fmt(run.summary["models"]["demand"]["federated"]["all"]["wape"])
+    assert f"federated {wape} n/a n/a" in models
+    assert "Small and large firms not shown on their own: groups of fewer than 3 firms" in models
     assert len(_images(page)) == 6  # demand and risk curves, training loss, participation, K per tier, TFP
 
 

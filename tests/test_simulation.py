@@ -15,10 +15,12 @@ import pytest
 import torch
 
 from clients.models import build_model
+from federation.runner import Federation, SumOutcome
 from federation.server_app import RunResult
 from federation.settings import settings_from_run_config
 from federation.simulation import simulate
-from federation.summary import GROUP_ORDER, METHODS, METRICS
+from federation.summary import METHODS, METRICS
+from silobridge.stats import POOLED, split_slots
 from tests.conftest import TINY
 
 
@@ -26,11 +28,25 @@ def _simulate(out: Path, run_id: str, **config: object) -> RunResult:
     return simulate({"scenario": str(TINY), "out-dir": str(out), "run-id": run_id, **config}, cpus=2)
 
 
+SECURE_SUMS: list[tuple[str, dict[str, np.ndarray]]] = []
+"""(stage, decoded segments) of every secure sum of the secure run, as the server saw them."""
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunResult]:
     out = tmp_path_factory.mktemp("runs")
+    original = Federation._sum
+
+    def recording(self: Federation, *args: object, **kwargs: object) -> SumOutcome:
+        outcome = original(self, *args, **kwargs)
+        SECURE_SUMS.append((str(args[-1]), dict(outcome.segments)))
+        return outcome
+
+    with pytest.MonkeyPatch.context() as patch:  # the ServerApp runs in a thread of this process
+        patch.setattr(Federation, "_sum", recording)
+        secure = _simulate(out, "tiny-secure", dp="off")
     return {
-        "secure": _simulate(out, "tiny-secure", dp="off"),
+        "secure": secure,
         "plain": _simulate(out, "tiny-plain", aggregation="plain", dp="off"),
         "dropout": _simulate(out, "tiny-dropout", dp="off", set="dropout.rate=0.3;dropout.stage=after_masking"),
     }
@@ -56,17 +72,44 @@ def test_run_directory_is_complete(run: RunResult) -> None:
     assert "| federated |" in (run.path / "summary.md").read_text()
 
 
-def test_summary_has_every_model_method_group_and_metric(run: RunResult) -> None:
+def test_summary_has_every_model_method_and_metric_for_all_firms_only(run: RunResult) -> None:
+    """Tiny has 2 large firms: without DP the firms pool their statistics and only 'all' is released,
+    whatever the method; the checks that need the small group cannot be judged."""
     models = run.summary["models"]
     for kind, methods in METHODS.items():
         assert set(models[kind]) == set(methods)
         for method in methods:
-            for group in GROUP_ORDER:
-                assert set(models[kind][method][group]) == set(METRICS[kind])
+            assert set(models[kind][method]) == {"all"}
+            assert set(models[kind][method]["all"]) == set(METRICS[kind])
     assert all(models["demand"][m]["all"]["wape"] > 0 for m in METHODS["demand"])
     assert run.summary["federation"]["groups"] == {"small": 3, "large": 2}
+    for kind in ("demand", "risk"):
+        assert "(3 small, 2 large): only 'all' is" in run.summary["groups_withheld"][kind]
     assert run.summary["dropouts"] == []
-    assert all(isinstance(c["passed"], bool) for c in run.summary["acceptance"])
+    judged = {c["name"]: c["passed"] for c in run.summary["acceptance"]}
+    for name, passed in judged.items():
+        if "small" in name:
+            assert passed is None
+        else:
+            assert isinstance(passed, bool)
+    records = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
+    assert all(set(r["metrics"]) == {"all"} for r in records)
+
+
+def test_secure_sums_of_statistics_fill_only_the_pooled_slot(runs: dict[str, RunResult]) -> None:
+    """What the server decoded from every secure sum of statistics: zero in the small and large slots."""
+    stages = {stage for stage, _ in SECURE_SUMS}
+    assert {"baselines", "round 1", "evaluate"} <= stages
+    checked = 0
+    for _, segments in SECURE_SUMS:
+        for name, vector in segments.items():
+            if name.endswith(("/eval", "/local_only", "/naive")):
+                slots = split_slots(vector)
+                np.testing.assert_array_equal(slots["small"], 0.0)
+                np.testing.assert_array_equal(slots["large"], 0.0)
+                assert slots[POOLED][-1] > 0  # a count: every holder's statistics are in the pooled slot
+                checked += 1
+    assert checked == 3 + 2 * 4 + 2  # baselines, 4 rounds of both models, the final evaluation
 
 
 def test_secure_aggregation_is_the_default_and_is_described(run: RunResult, runs: dict[str, RunResult]) -> None:

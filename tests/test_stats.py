@@ -7,7 +7,8 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from silobridge.stats import (
-    GROUPS,
+    POOLED,
+    STAT_SLOTS,
     DemandErrorStats,
     Moments,
     RiskStats,
@@ -15,6 +16,7 @@ from silobridge.stats import (
     risk_metrics_by_group,
     slot_by_group,
     split_groups,
+    split_slots,
 )
 
 
@@ -64,7 +66,12 @@ def test_group_slots_sum_to_groups_and_all() -> None:
     np.testing.assert_array_equal(parts["all"], 2 * small + large)
     metrics = demand_metrics_by_group(total)
     assert metrics["all"]["wape"] == pytest.approx(7 / 50)
-    assert set(risk_metrics_by_group(np.zeros(RiskStats.SIZE * len(GROUPS)))) == {"small", "large", "all"}
+    assert set(risk_metrics_by_group(np.zeros(RiskStats.SIZE * len(STAT_SLOTS)))) == {"small", "large", "all"}
+    pooled = slot_by_group(small, POOLED) + slot_by_group(large, POOLED)
+    np.testing.assert_array_equal(split_slots(pooled)["small"], 0.0)
+    np.testing.assert_array_equal(split_groups(pooled, ())["all"], small + large)
+    assert set(demand_metrics_by_group(pooled, ())) == {"all"}
+    assert demand_metrics_by_group(pooled, ())["all"]["wape"] == pytest.approx(5 / 40)
     with pytest.raises(ValueError, match="unknown firm group"):
         slot_by_group(small, "medium")
 

@@ -16,7 +16,7 @@ from silobridge.config import FederationSpec
 from silobridge.efficiency_sums import EfficiencyGroups
 from silobridge.errors import ProtocolError
 from silobridge.messages import BaselineInstruction, TrainInstruction
-from silobridge.stats import DemandErrorStats, Moments, split_groups
+from silobridge.stats import POOLED, DemandErrorStats, Moments, StatGroups, split_groups, split_slots
 
 CPU = torch.device("cpu")
 
@@ -146,4 +146,25 @@ def test_risk_needs_the_federation_normaliser(firm: FirmClient, spec: Federation
         firm.evaluate("risk", weights)
     d = len(spec.data.risk_features)
     stats = firm.evaluate("risk", weights, Normaliser(np.zeros(d), np.ones(d)))
-    assert stats.size == 2 * (2 * 1024 + 2)
+    assert stats.size == 3 * (2 * 1024 + 2)  # small, large and pooled slots
+
+
+def test_firm_releases_in_the_assigned_slot_and_refuses_a_slot_of_too_few_firms(
+    firm: FirmClient, spec: FederationSpec
+) -> None:
+    weights = state_to_arrays(build_model("demand", spec, seed=3))
+    own = DemandErrorStats.from_vector(split_groups(firm.evaluate("demand", weights))["large"])
+    pooled = firm.evaluate("demand", weights, groups={"demand": StatGroups({"large": POOLED}, {POOLED: 5})})
+    slots = split_slots(pooled)
+    np.testing.assert_array_equal(slots["large"], 0.0)
+    np.testing.assert_array_equal(slots["small"], 0.0)
+    assert DemandErrorStats.from_vector(slots[POOLED]) == own
+    # R1 is the trio's only large firm: a 'large' slot of one firm is its own figures.
+    alone = {"demand": StatGroups({"small": "small", "large": "large"}, {"small": 3, "large": 1})}
+    with pytest.raises(ProtocolError, match="firm 'R1'.*slot 'large' holds 1 firm"):
+        firm.evaluate("demand", weights, groups=alone)
+    with pytest.raises(ProtocolError, match="firm 'R1'.*no statistics slot for the demand model"):
+        firm.evaluate("demand", weights, groups={})
+    # Too few holders in all: the firm releases zeros for the model.
+    nothing = firm.evaluate("demand", weights, groups={"demand": StatGroups({}, {})})
+    np.testing.assert_array_equal(nothing, 0.0)

@@ -103,6 +103,7 @@ class Summary(_Model):
     stage_seconds: dict[str, float] = {}
     versions: dict[str, str] = {}
     efficiency: Efficiency | None = None
+    groups_withheld: dict[str, str] = {}  # per model: why small/large are not released on their own
 
 
 class RoundRecord(_Model):

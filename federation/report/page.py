@@ -151,6 +151,8 @@ def models(run: RunData) -> str:
             [method] + [s.models[kind][method].get(g, {}).get(m) for m in metrics for g in GROUPS] for method in methods
         ]
         parts.append(f"<h3>{e(kind)}</h3>" + table(headers, rows))
+        if kind in s.groups_withheld:
+            parts.append(paragraph(f"Small and large firms not shown on their own: {s.groups_withheld[kind]}.", "note"))
     loss = plots.training_loss(run.rounds)
     if loss is not None:
         parts.append(image(loss, "weighted training loss per round"))
