@@ -329,8 +329,9 @@ def test_a_malformed_efficiency_request_is_an_error_reply_naming_the_firm(firms:
     from flwr.app import ConfigRecord
 
     from federation.client_app import Request, _baselines, _efficiency
-    from federation.records import EFFICIENCY_GROUPS, INSTRUCTION
+    from federation.records import EFFICIENCY_GROUPS, INSTRUCTION, STAT_GROUPS
     from silobridge.errors import SiloBridgeError
+    from silobridge.stats import POOLED, StatGroups
 
     instruction = {
         "max_epochs": 1,
@@ -348,12 +349,30 @@ def test_a_malformed_efficiency_request_is_an_error_reply_naming_the_firm(firms:
         message = SimpleNamespace(content=content, metadata=SimpleNamespace(message_type=message_type))
         return Request(firms[0], None, None, message)  # type: ignore[arg-type]
 
-    bad_groups = {INSTRUCTION: instruction, EFFICIENCY_GROUPS: {"slot.retailer": "retailer", "count.retailer": 2}}
+    pooled = StatGroups({"small": POOLED, "large": POOLED}, {POOLED: 5})
+    stat_groups = {**pooled.to_config("demand"), **pooled.to_config("risk")}
+    bad_groups = {
+        INSTRUCTION: instruction,
+        EFFICIENCY_GROUPS: {"slot.retailer": "retailer", "count.retailer": 2},
+        STAT_GROUPS: stat_groups,
+    }
     with pytest.raises(ProtocolError, match="firm 'R1'.*slot 'retailer' of 2 firm") as refused:
         _baselines(request(bad_groups, "train.baselines"))
     assert isinstance(refused.value, SiloBridgeError)
     with pytest.raises(ProtocolError, match="message has no 'efficiency_groups' record"):
-        _baselines(request({INSTRUCTION: instruction}, "train.baselines"))
+        _baselines(request({INSTRUCTION: instruction, STAT_GROUPS: stat_groups}, "train.baselines"))
+    good_efficiency = {"slot.retailer": "retailer", "count.retailer": 3}
+    with pytest.raises(ProtocolError, match="message has no 'stat_groups' record"):
+        _baselines(request({INSTRUCTION: instruction, EFFICIENCY_GROUPS: good_efficiency}, "train.baselines"))
+    # R1 told its 'large' slot holds one firm (itself): refused before anything is fitted.
+    alone = StatGroups({"small": "small", "large": "large"}, {"small": 3, "large": 1})
+    told_alone = {
+        INSTRUCTION: instruction,
+        EFFICIENCY_GROUPS: good_efficiency,
+        STAT_GROUPS: {**stat_groups, **alone.to_config("demand")},
+    }
+    with pytest.raises(ProtocolError, match="firm 'R1'.*slot 'large' holds 1 firm"):
+        _baselines(request(told_alone, "train.baselines"))
     with pytest.raises(ProtocolError, match="firm 'R1'.*needs the federated demand model"):
         _efficiency(request(bad_groups, "evaluate.efficiency"))
     with pytest.raises(ProtocolError, match="firm 'R1': malformed BaselineInstruction"):
