@@ -163,6 +163,9 @@ def results_tables(summary: dict[str, Any]) -> list[Table]:
                 row = methods[method][group]
                 table.add_row(method if group == GROUP_ORDER[0] else "", group, *(_num(row[m]) for m in METRICS[kind]))
             table.add_section()
+        withheld = (summary.get("groups_withheld") or {}).get(kind)
+        if withheld:
+            table.caption = f"Small and large firms not shown on their own: {withheld}."
         tables.append(table)
     return tables
 

@@ -135,6 +135,7 @@ def test_simulate_no_dp_is_the_non_private_comparison(tmp_path: Path) -> None:
     assert all(set(by_group) == {"all"} for methods in summary["models"].values() for by_group in methods.values())
     assert "demand WAPE all" in result.stderr and "small" not in result.stderr
     assert "demand model" in result.stdout and "federated" in result.stdout
+    assert "Small and large firms not shown on their own" in result.stdout
 
 
 def test_calibrate_finds_the_noise_that_spends_the_budget(tmp_path: Path) -> None:
