@@ -15,6 +15,7 @@ from functools import cached_property
 
 import numpy as np
 import torch
+from scipy.special import expit
 
 from clients.data import FirmData
 from clients.dpsgd import DpSgdSettings, fit_private
@@ -94,7 +95,7 @@ def demand_stats(model: torch.nn.Module, windows: DemandWindows, device: torch.d
 
 def risk_stats(model: torch.nn.Module, features: np.ndarray, labels: np.ndarray, device: torch.device) -> RiskStats:
     logits = predict(model, features, device=device)
-    return RiskStats.from_predictions(1 / (1 + np.exp(-logits)), labels)
+    return RiskStats.from_predictions(expit(logits), labels)  # no overflow for very negative logits
 
 
 class FirmClient:
