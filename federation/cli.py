@@ -24,6 +24,16 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="SiloBridge: 
 err_console = Console(stderr=True)
 out_console = Console()
 
+PilotData = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        help="Pilot on real extracts: a folder with one sub-folder of CSV files per firm of the scenario "
+        "(each validated first) instead of generated data.",
+    ),
+]
+"""`--data` of simulate and query: the firms' own files instead of the generator's."""
+
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_TAMPERED = 3
@@ -68,14 +78,7 @@ def simulate(
         typer.Option("--no-dp", help="Turn differential privacy off: the non-private comparison (no ledger)."),
     ] = False,
     plain: Annotated[bool, typer.Option("--plain", help="Log lines instead of the live progress display.")] = False,
-    data: Annotated[
-        Path | None,
-        typer.Option(
-            "--data",
-            help="Pilot on real extracts: a folder with one sub-folder of CSV files per firm of the scenario "
-            "(each validated first) instead of generated data.",
-        ),
-    ] = None,
+    data: PilotData = None,
 ) -> None:
     """Simulate every firm of a scenario as a Flower client and compare federated, local-only, centralised and naive."""
     from federation.progress import LogObserver, RichObserver, log_to_stderr
@@ -196,14 +199,7 @@ def query(
     aggregation: Annotated[
         str | None, typer.Option(help="'secure' (the scenario's default) or 'plain' (sums in the clear).")
     ] = None,
-    data: Annotated[
-        Path | None,
-        typer.Option(
-            "--data",
-            help="Pilot on real extracts: a folder with one sub-folder of CSV files per firm of the scenario "
-            "(each validated first) instead of generated data.",
-        ),
-    ] = None,
+    data: PilotData = None,
     network: Annotated[
         bool,
         typer.Option(
