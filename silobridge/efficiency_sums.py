@@ -17,6 +17,7 @@ import numpy as np
 
 from silobridge.config import TIERS
 from silobridge.errors import ProtocolError
+from silobridge.slots import SlotAssignment
 
 OTHER = "other tiers"
 """The slot of every firm whose tier is too small to publish on its own."""
@@ -93,50 +94,18 @@ def split_tiers(vector: np.ndarray) -> dict[str, EfficiencySums]:
 
 
 @dataclass(frozen=True)
-class EfficiencyGroups:
+class EfficiencyGroups(SlotAssignment):
     """The server's slot assignment, sent with every request that releases efficiency sums.
 
     `slots` maps a tier to its slot (the tier itself, or OTHER); a tier absent from it releases
-    nothing (the whole chain holds too few firms). `counts` is how many firms the server's manifests
-    put in each slot, which the firm checks against the minimum of its spec (never below 3).
+    nothing (the whole chain holds too few firms).
     """
-
-    slots: dict[str, str]
-    counts: dict[str, int]
-
-    def to_config(self) -> dict[str, int | str]:
-        """Flat values for a ConfigRecord."""
-        return {
-            **{f"slot.{tier}": slot for tier, slot in self.slots.items()},
-            **{f"count.{slot}": count for slot, count in self.counts.items()},
-        }
 
     @classmethod
     def from_config(cls, values: dict[str, object], *, firm: str | None = None) -> EfficiencyGroups:
-        slots: dict[str, str] = {}
-        counts: dict[str, int] = {}
-        for key, value in values.items():
-            if key.startswith("slot.") and isinstance(value, str) and value in TIER_SLOTS:
-                slots[key[5:]] = value
-            elif key.startswith("count.") and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-                counts[key[6:]] = value
-            else:
-                raise ProtocolError(f"malformed efficiency grouping: field '{key}' is {value!r}", firm=firm)
+        slots, counts = cls.parse(values, groups=TIERS, slot_names=TIER_SLOTS, what="efficiency", firm=firm)
         return cls(slots=slots, counts=counts)
 
     def slot_for(self, tier: str, minimum: int, *, firm: str) -> str | None:
-        """The slot this firm may use, None if it must release nothing; refuses a slot said to be too small.
-
-        `minimum` is the spec's minimum group size, validated never below 3.
-        """
-        if tier not in self.slots:
-            return None
-        slot = self.slots[tier]
-        count = self.counts.get(slot, 0)
-        if count < minimum:
-            raise ProtocolError(
-                f"the server put tier '{tier}' in efficiency slot '{slot}' of {count} firm(s); a firm releases its "
-                f"totals only into a slot of at least {minimum} firms",
-                firm=firm,
-            )
-        return slot
+        """The slot this firm may use, None if it must release nothing (see `checked_slot`)."""
+        return self.checked_slot(tier, minimum, firm=firm, what="efficiency totals")

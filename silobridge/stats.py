@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from silobridge.errors import ProtocolError
+from silobridge.slots import SlotAssignment
 
 GROUPS: tuple[str, ...] = ("small", "large")
 """Firm groups reported separately (when each is large enough, see `StatGroups`); 'all' is their sum."""
@@ -190,70 +190,33 @@ def split_groups(vector: np.ndarray, groups: Sequence[str] = GROUPS) -> dict[str
 
 
 @dataclass(frozen=True)
-class StatGroups:
+class StatGroups(SlotAssignment):
     """The server's statistics slots for one model, sent with every request that releases test statistics.
 
-    The server sees each slot's sum, so small and large get slots of their own only when both hold at
-    least the minimum number of firms (a lone group, or its complement in 'all', would otherwise be one
-    or two firms' own figures); else every holder uses POOLED and only 'all' is released. With fewer
-    holders than the minimum in all, `slots` is empty and the firms release no statistics of the model.
-    `counts` is how many firms the server's manifests put in each slot; the firm checks them.
+    Small and large get slots of their own only when both hold at least the minimum number of firms;
+    else every holder uses POOLED and only 'all' is released. With fewer holders than the minimum in
+    all, `slots` is empty and the firms release no statistics of the model.
     """
-
-    slots: dict[str, str]  # group -> slot
-    counts: dict[str, int]  # slot -> firms
 
     @property
     def released(self) -> tuple[str, ...]:
         """The groups whose metrics are published besides 'all'."""
         return tuple(g for g in GROUPS if self.slots.get(g) == g)
 
-    def to_config(self, kind: str) -> dict[str, int | str]:
+    def to_config(self, kind: str) -> dict[str, int | str]:  # type: ignore[override]
         """Flat values for a ConfigRecord, prefixed by the model kind."""
-        return {
-            **{f"{kind}.slot.{group}": slot for group, slot in self.slots.items()},
-            **{f"{kind}.count.{slot}": count for slot, count in self.counts.items()},
-        }
+        return super().to_config(f"{kind}.")
 
     @classmethod
     def from_config(cls, values: dict[str, object], kind: str, *, firm: str | None = None) -> StatGroups:
-        slots: dict[str, str] = {}
-        counts: dict[str, int] = {}
-        for key, value in values.items():
-            prefix, _, rest = key.partition(".")
-            if prefix != kind:
-                continue
-            field, _, name = rest.partition(".")
-            if field == "slot" and name in GROUPS and isinstance(value, str) and value in STAT_SLOTS:
-                slots[name] = value
-            elif (
-                field == "count"
-                and name in STAT_SLOTS
-                and isinstance(value, int)
-                and not isinstance(value, bool)
-                and value >= 0
-            ):
-                counts[name] = value
-            else:
-                raise ProtocolError(f"malformed statistics grouping: field '{key}' is {value!r}", firm=firm)
+        slots, counts = cls.parse(
+            values, groups=GROUPS, slot_names=STAT_SLOTS, what="statistics", prefix=f"{kind}.", firm=firm
+        )
         return cls(slots=slots, counts=counts)
 
     def slot_for(self, group: str, minimum: int, *, firm: str) -> str | None:
-        """The slot this firm's group may use, None if it must release nothing; refuses a slot said to hold
-        fewer than `minimum` firms, or a group slot whose complement (the other group) is too small."""
-        if group not in self.slots:
-            return None
-        slot = self.slots[group]
-        checked = [slot] if slot == POOLED else list(GROUPS)  # separate groups: 'all' exposes each one's complement
-        for name in checked:
-            count = self.counts.get(name, 0)
-            if count < minimum:
-                raise ProtocolError(
-                    f"the server put group '{group}' in statistics slot '{slot}' where slot '{name}' holds {count} "
-                    f"firm(s); a firm releases test statistics only into slots of at least {minimum} firms",
-                    firm=firm,
-                )
-        return slot
+        """The slot this firm's group may use, None if it must release nothing (see `checked_slot`)."""
+        return self.checked_slot(group, minimum, firm=firm, what="test statistics")
 
 
 def demand_metrics_by_group(vector: np.ndarray, groups: Sequence[str] = GROUPS) -> dict[str, dict[str, float]]:

@@ -220,9 +220,14 @@ def test_minimum_group_size_is_never_below_three() -> None:
 
 def test_a_firm_refuses_a_slot_said_to_hold_too_few_firms() -> None:
     groups = EfficiencyGroups({"retailer": "retailer", "supplier": OTHER}, {"retailer": 2, OTHER: 5})
-    with pytest.raises(ProtocolError, match="firm 'R1'.*slot 'retailer' of 2 firm\\(s\\)"):
+    with pytest.raises(ProtocolError, match="firm 'R1'.*slot 'retailer' holds 2 firm\\(s\\)"):
         groups.slot_for("retailer", 3, firm="R1")
-    assert groups.slot_for("supplier", 3, firm="S1") == OTHER
+    # A sum with any slot too small is refused by every firm, not only by that slot's members: the
+    # released sum would expose the retailers, and no firm takes part in such a release.
+    with pytest.raises(ProtocolError, match="firm 'S1'.*slot 'other tiers' where slot 'retailer' holds 2"):
+        groups.slot_for("supplier", 3, firm="S1")
+    fine = EfficiencyGroups({"retailer": "retailer", "supplier": OTHER}, {"retailer": 3, OTHER: 5})
+    assert fine.slot_for("supplier", 3, firm="S1") == OTHER and fine.slot_for("retailer", 3, firm="R1") == "retailer"
     assert groups.slot_for("manufacturer", 3, firm="M1") is None  # no slot: releases nothing
     assert EfficiencyGroups.from_config(groups.to_config()) == groups
     with pytest.raises(ProtocolError, match="firm 'R1': malformed efficiency grouping: field 'count.retailer'"):
@@ -313,7 +318,7 @@ def test_no_published_group_holds_fewer_than_the_minimum(firms: list[FirmClient]
 def test_a_firm_checks_its_slot_against_its_own_minimum(firms: list[FirmClient], demand_weights) -> None:
     firm = firms[4]  # S1, the only supplier
     told_alone = EfficiencyGroups({"supplier": "supplier"}, {"supplier": 1})
-    with pytest.raises(ProtocolError, match="firm 'S1'.*slot 'supplier' of 1 firm"):
+    with pytest.raises(ProtocolError, match="firm 'S1'.*slot 'supplier' holds 1 firm"):
         firm.evaluate_all({"demand": demand_weights}, None, told_alone)
     strict = firm.spec.model_copy(update={"inventory": InventoryPolicy(min_firms_per_group=4)})
     strict_firm = FirmClient(firm.data, group=firm.group, spec=strict, tier=firm.tier)
@@ -356,7 +361,7 @@ def test_a_malformed_efficiency_request_is_an_error_reply_naming_the_firm(firms:
         EFFICIENCY_GROUPS: {"slot.retailer": "retailer", "count.retailer": 2},
         STAT_GROUPS: stat_groups,
     }
-    with pytest.raises(ProtocolError, match="firm 'R1'.*slot 'retailer' of 2 firm") as refused:
+    with pytest.raises(ProtocolError, match="firm 'R1'.*slot 'retailer' holds 2 firm") as refused:
         _baselines(request(bad_groups, "train.baselines"))
     assert isinstance(refused.value, SiloBridgeError)
     with pytest.raises(ProtocolError, match="message has no 'efficiency_groups' record"):
