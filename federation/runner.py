@@ -121,6 +121,21 @@ MAX_SECURE_ATTEMPTS = 3
 """A secure sum that aborts (too few survivors) is tried again, each time under a new round number."""
 
 
+def baseline_instruction(settings: RunSettings) -> BaselineInstruction:
+    """How every firm fits its local-only baselines: the run's training settings, with early stopping."""
+    training = settings.scenario.training
+    return BaselineInstruction(
+        max_epochs=settings.baseline_max_epochs,
+        patience=settings.baseline_patience,
+        batch_size=training.batch_size,
+        optimiser=training.optimiser,
+        learning_rate=training.learning_rate,
+        momentum=training.momentum,
+        weight_decay=training.weight_decay,
+        seed=settings.scenario.seed,
+    )
+
+
 class Federation:
     """One run's conversation with the firms over a Grid."""
 
@@ -415,17 +430,7 @@ class Federation:
         return Normaliser(moments.mean(), moments.std())
 
     def baseline_instruction(self) -> BaselineInstruction:
-        training = self.settings.scenario.training
-        return BaselineInstruction(
-            max_epochs=self.settings.baseline_max_epochs,
-            patience=self.settings.baseline_patience,
-            batch_size=training.batch_size,
-            optimiser=training.optimiser,
-            learning_rate=training.learning_rate,
-            momentum=training.momentum,
-            weight_decay=training.weight_decay,
-            seed=self.settings.scenario.seed,
-        )
+        return baseline_instruction(self.settings)
 
     def local_baselines(self) -> dict[str, np.ndarray]:
         """Each firm fits local-only models on its own data; only their summed test statistics come back.

@@ -14,11 +14,11 @@ import torch
 
 from clients.models import build_model, load_arrays
 from federation.harness import SimulationHarness
+from federation.runner import baseline_instruction
 from federation.settings import settings_from_run_config
 from federation.simulation import simulate
 from server.efficiency import efficiency_table, group_tiers
 from silobridge.efficiency_sums import EFFICIENCY_AFTER, EFFICIENCY_BEFORE, EfficiencySums
-from silobridge.messages import BaselineInstruction
 from tests.conftest import TINY
 
 
@@ -66,17 +66,7 @@ def test_summary_efficiency_equals_the_firms_numbers_recomputed(tmp_path) -> Non
         assert set(row["K"]) == {"K_E", "K_O", "K_I", "K_TFP"}
 
     settings = settings_from_run_config(config)
-    training = settings.scenario.training
-    instruction = BaselineInstruction(
-        max_epochs=settings.baseline_max_epochs,
-        patience=settings.baseline_patience,
-        batch_size=training.batch_size,
-        optimiser=training.optimiser,
-        learning_rate=training.learning_rate,
-        momentum=training.momentum,
-        weight_decay=training.weight_decay,
-        seed=settings.scenario.seed,
-    )
+    instruction = baseline_instruction(settings)  # what the run's firms were asked
     harness = SimulationHarness(settings)
     grouping = group_tiers([f.tier for f in harness.firms if f.trains("demand")], 3)
     before = harness.local_baselines(instruction, grouping.assignment)[EFFICIENCY_BEFORE]
