@@ -20,8 +20,9 @@ SecAgg+ calls in its collect-masked-vectors stage. The same firms vanish in all 
   `FedAvg`, a `ClientApp(client_fn=..., mods=[secaggplus_mod])` whose NumPyClient returns the
   global weights plus the same update), the only way Flower 1.41 offers it.
 
-Instrumentation is identical for all three. Server: a Grid wrapper times every `send_and_receive`
-(an exchange: the round trip including the firms' work), and each method times its own steps.
+Instrumentation is identical for all three. Server: a Grid wrapper times every exchange (from the
+push of its messages to the pull of its last reply: the round trip including the firms' work; all
+three pull replies with `federation.exchange`'s schedule), and each method times its own steps.
 Firms: an outermost client mod takes `time.process_time` around everything the ClientApp does for a
 message and counts the payload down and up (`payload_bytes`), one JSON line per message in a file
 per process, with the CPU seconds of the named steps (`Probe`; the workload is the step `train`).
@@ -57,7 +58,7 @@ from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 from flwr.serverapp import Grid, ServerApp
 
 from clients.secure_sum import FirmSecureSum
-from federation.exchange import Replies, exchange, wait_for_nodes
+from federation.exchange import Replies, exchange, send_and_receive, wait_for_nodes
 from federation.records import (
     LAYOUT,
     MASKED,
@@ -448,17 +449,34 @@ class Stopwatch:
 
 
 class TimedGrid(Grid):
-    """Delegates to the simulation's Grid and adds each `send_and_receive` to a stopwatch."""
+    """Delegates to the simulation's Grid and times every exchange: from a push of messages until the
+    pull that brings the last of their replies (what `federation.exchange.send_and_receive` does for
+    plain and ours). Flower's SecAgg+ workflow calls `send_and_receive` on this Grid, which runs the
+    same polling loop, so all three methods poll for replies alike."""
 
     def __init__(self, grid: Grid, stopwatch: Stopwatch):
         self._grid = grid
         self._stopwatch = stopwatch
+        self._pending: set[str] = set()
+        self._pushed_at = 0.0
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        started = time.perf_counter()
-        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
-        self._stopwatch.exchange_s += time.perf_counter() - started
-        self._stopwatch.exchanges += 1
+        return send_and_receive(self, list(messages), timeout_s=EXCHANGE_TIMEOUT_S if timeout is None else timeout)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = list(self._grid.push_messages(messages))
+        if not self._pending:
+            self._pushed_at = time.perf_counter()
+        self._pending.update(ids)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        replies = list(self._grid.pull_messages(message_ids))
+        if self._pending:
+            self._pending.difference_update(reply.metadata.reply_to_message_id for reply in replies)
+            if not self._pending:
+                self._stopwatch.exchange_s += time.perf_counter() - self._pushed_at
+                self._stopwatch.exchanges += 1
         return replies
 
     def set_run(self, run: Any) -> None:
@@ -475,12 +493,6 @@ class TimedGrid(Grid):
 
     def get_node_ids(self) -> Iterable[int]:
         return self._grid.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._grid.pull_messages(message_ids)
 
 
 @dataclass

@@ -6,6 +6,8 @@ replay a ciphertext into another run or session, or hand one firm's shares to a 
 
 from __future__ import annotations
 
+import functools
+
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -19,6 +21,12 @@ TAG_BYTES = 16
 
 def channel_key(agreement: bytes, *, run_id: str, session: int, sender: str, recipient: str) -> bytes:
     """The AES-256 key for shares from `sender` to `recipient` (one key per direction)."""
+    return _channel_key(agreement, run_id, session, sender, recipient)
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _channel_key(agreement: bytes, run_id: str, session: int, sender: str, recipient: str) -> bytes:
+    """Memoised: a firm restored for every message derives the same keys with all its neighbours."""
     return derive_key(agreement, "share-channel", run_id, session, sender, recipient)
 
 

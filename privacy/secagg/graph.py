@@ -8,6 +8,7 @@ classic SecAgg.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Mapping, Sequence
 
 from privacy.secagg.kdf import digest
@@ -17,8 +18,16 @@ Graph = Mapping[str, tuple[str, ...]]
 
 
 def neighbour_graph(run_id: str, session: int, firms: Sequence[str], num_neighbours: int) -> dict[str, tuple[str, ...]]:
-    """Each firm's neighbours (sorted), for a k-regular graph over `firms`."""
-    roster = sorted(firms)
+    """Each firm's neighbours (sorted), for a k-regular graph over `firms`.
+
+    Memoised (a firm restored for every message would hash the whole roster each time); the
+    caller gets its own dict.
+    """
+    return dict(_graph(run_id, session, tuple(sorted(firms)), num_neighbours))
+
+
+@functools.lru_cache(maxsize=256)
+def _graph(run_id: str, session: int, roster: tuple[str, ...], num_neighbours: int) -> dict[str, tuple[str, ...]]:
     n = len(roster)
     if len(set(roster)) != n:
         raise ConfigError("firm ids in a roster must be unique", field="firms")

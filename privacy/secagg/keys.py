@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -48,10 +49,25 @@ def check_public_key(data: bytes, *, firm: str, stage: str) -> None:
     agree(_PROBE_KEY, data, firm=firm, stage=stage)
 
 
+AGREEMENT_CACHE_SIZE = 1 << 14
+"""Agreements a process remembers: every neighbour's, for each mask key and the share channel, of
+the few firms one process serves (a simulation worker serves many in turn)."""
+
+
+@functools.lru_cache(maxsize=AGREEMENT_CACHE_SIZE)
+def _exchange(private_raw: bytes, peer_public: bytes) -> bytes:
+    return X25519PrivateKey.from_private_bytes(private_raw).exchange(X25519PublicKey.from_public_bytes(peer_public))
+
+
 def agree(private_key: X25519PrivateKey, peer_public: bytes, *, firm: str, stage: str) -> bytes:
-    """X25519(private_key, peer_public); `firm` is the peer, named if its key is unusable."""
+    """X25519(private_key, peer_public); `firm` is the peer, named if its key is unusable.
+
+    Memoised per process on the key bytes: a firm restored from `context.state` for every message
+    would otherwise redo the same agreements with all its neighbours twice a round. The cache holds
+    only what the process that holds the private keys can compute anyway.
+    """
     try:
-        return private_key.exchange(X25519PublicKey.from_public_bytes(peer_public))
+        return _exchange(private_key.private_bytes_raw(), peer_public)
     except ValueError as err:
         raise ProtocolError(
             f"key agreement failed (low-order or malformed public key): {err}", firm=firm, stage=stage
