@@ -8,6 +8,7 @@ placed in the firm's group slot, so the server only ever needs sums.
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -23,7 +24,7 @@ from clients.features import DemandWindows, RiskExamples, demand_windows, risk_e
 from clients.inventory import SeriesHorizon, forecast_error_std, forecast_sums, simulate_series
 from clients.models import ModelKind, build_model, load_arrays, state_to_arrays
 from clients.training import TrainSettings, fit, fit_early_stopping, predict
-from privacy.dp import DistributedSkellam, clip_l2
+from privacy.dp import UNCLIPPED_SEGMENT, DistributedSkellam, clip_l2
 from silobridge.arrays import flatten
 from silobridge.config import FederationSpec
 from silobridge.efficiency_sums import (
@@ -344,6 +345,8 @@ class FirmClient:
                 out[f"{kind}/loss"] = np.array([outcome.weight * outcome.loss])
                 out[f"{kind}/eval"] = outcome.evaluation
             return out
+        if privacy.unit == "firm":
+            self.round_clip_norm(instruction)  # refuse a bad clip norm before training
         changes = {
             kind: self._local_change(kind, arrays, instruction, norm)[0]  # type: ignore[arg-type]
             for kind, arrays in weights.items()
@@ -355,16 +358,50 @@ class FirmClient:
                 **{f"{kind}/update": weight * change for kind, change in changes.items()},
                 **{f"{kind}/weight": np.array([weight]) for kind in changes},
             }
-        return self._firm_level_release(weights, changes)
+        return self._firm_level_release(weights, changes, instruction)
+
+    def round_clip_norm(self, instruction: TrainInstruction) -> float:
+        """The L2 bound of this round's change: the spec's, or under adaptive clipping the coordinator's C_t.
+
+        A clip norm that is not finite and positive (or one sent when the federation file fixes the norm)
+        is refused before anything is released: it would void the sensitivity the noise is scaled to.
+        """
+        privacy = self.spec.privacy
+        stage = f"train round {instruction.round}"
+        value = instruction.clip_norm
+        if not privacy.adaptive_clipping:
+            if value is not None:
+                raise ProtocolError(
+                    f"the instruction sets clip norm {value!r}, but the federation fixes it at {privacy.clip_norm:g} "
+                    "(adaptive clipping is off)",
+                    firm=self.firm_id,
+                    stage=stage,
+                )
+            return privacy.clip_norm
+        if value is None:
+            raise ProtocolError(
+                "adaptive clipping is on but the instruction carries no clip norm", firm=self.firm_id, stage=stage
+            )
+        if isinstance(value, bool) or not (math.isfinite(value) and value > 0):
+            raise ProtocolError(
+                f"the round's clip norm must be a finite positive number, got {value!r}", firm=self.firm_id, stage=stage
+            )
+        return float(value)
 
     def _firm_level_release(
-        self, weights: dict[str, dict[str, np.ndarray]], changes: dict[str, np.ndarray]
+        self, weights: dict[str, dict[str, np.ndarray]], changes: dict[str, np.ndarray], instruction: TrainInstruction
     ) -> dict[str, np.ndarray]:
-        """DP-FedAvg: the firm's whole round (all models) clipped to one L2 norm; noise shares if distributed."""
+        """DP-FedAvg: the firm's whole round (all models) clipped to one L2 norm; noise shares if distributed.
+
+        Under adaptive clipping the firm also adds its unclipped indicator (1 if its change was within the
+        round's clip norm) to the sum: the server releases only the noised count over firms.
+        """
         privacy = self.spec.privacy
+        clip_norm = self.round_clip_norm(instruction)
         sizes = {kind: flatten(arrays).size for kind, arrays in weights.items()}
         joint = np.concatenate([changes.get(kind, np.zeros(size)) for kind, size in sizes.items()])
-        clipped = clip_l2(joint, privacy.clip_norm, firm=self.firm_id).vector
+        result = clip_l2(joint, clip_norm, firm=self.firm_id)
+        clipped = result.vector
         if privacy.mechanism == "distributed":
             if privacy.noise_multiplier is None or privacy.expected_shares is None:
                 raise ConfigError(
@@ -389,6 +426,8 @@ class FirmClient:
             out[f"{kind}/update"] = released[offset : offset + size]
             out[f"{kind}/weight"] = np.array([1.0])
             offset += size
+        if privacy.adaptive_clipping:
+            out[UNCLIPPED_SEGMENT] = np.array([0.0 if result.clipped else 1.0])
         return out
 
     def evaluate_all(

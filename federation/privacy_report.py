@@ -38,6 +38,29 @@ def _events_by_party(path: Path) -> dict[str, list[dpa.DpEvent]]:
     return events
 
 
+def adaptive_clipping_report(path: Path) -> dict[str, Any] | None:
+    """The clip norm of every training round, as the signed ledger records it (None without adaptive clipping)."""
+    rounds: list[dict[str, Any]] = []
+    last: dict[str, Any] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        entry = json.loads(line)
+        if entry.get("kind") == "release" and entry.get("parameters", {}).get("adaptive_clipping"):
+            last = entry["parameters"]
+            rounds.append({"release": entry["release_id"], "clip_norm": entry["clip_norm"]})
+    if not rounds:
+        return None
+    return {
+        "target_quantile": last["target_quantile"],
+        "learning_rate": last["clip_learning_rate"],
+        "count_noise_std": last["count_noise_std"],
+        "update_noise_multiplier": last["update_noise_multiplier"],
+        "first_clip_norm": rounds[0]["clip_norm"],
+        "last_clip_norm": rounds[-1]["clip_norm"],
+        "next_clip_norm": last["next_clip_norm"],
+        "rounds": rounds,
+    }
+
+
 def _worst(a: float | None, b: float | None) -> float | None:
     """The larger spend; None (unbounded, or not accountable by this accountant) wins."""
     return None if a is None or b is None else max(a, b)
@@ -103,6 +126,7 @@ def privacy_summary(
             if spec.unit == "record"
             else spec.clip_norm
         ),
+        "adaptive_clipping": adaptive_clipping_report(ledger_path) if plan.adaptive else None,
         "sample_rate": spec.sample_rate if spec.unit == "record" else spec.firm_sample_rate,
         "steps_per_round": plan.dpsgd_steps if spec.unit == "record" else None,
         "epsilon_overall": _finite(report.epsilon_overall),

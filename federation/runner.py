@@ -41,7 +41,7 @@ from federation.records import (
     weights_key,
 )
 from federation.settings import RunSettings
-from privacy.dp import Sampling
+from privacy.dp import UNCLIPPED_SEGMENT, Sampling
 from privacy.ledger import PrivacyRun, Release
 from privacy.secagg.layout import CLIPPED, VectorLayout
 from privacy.secagg.messages import MaskedInput
@@ -156,6 +156,8 @@ class Federation:
         self.private = self.spec.privacy.enabled
         self.ledger: PrivacyRun | None = None  # opened once the firms are known (see run_federation)
         self.plan = settings.privacy_plan() if self.private else None
+        # adaptive clipping's state: the clip norm the next round sends (firm-level central DP only)
+        self.clipping = self.plan.clipping_state() if self.plan is not None and self.plan.adaptive else None
         self.stopped: str | None = None
         self.plain = PlainSum()
         self.secure = (
@@ -477,6 +479,7 @@ class Federation:
             self.spec.aggregation,
             statistics=not self.private,
             integer_updates=distributed,
+            unclipped_count=self.clipping is not None,
         )
         rounds = self.settings.scenario.training.rounds
         history: list[dict[str, Any]] = []
@@ -489,9 +492,12 @@ class Federation:
                 self.stopped = f"round {server_round} refused: {err}"
                 self.observer.stage("stopped: privacy budget")
                 break
+            instruction = self.strategy.configure_train(server_round)
+            if self.clipping is not None:
+                instruction = instruction.model_copy(update={"clip_norm": self.clipping.clip_norm})
             records = {
                 **self._model_records(weights, norm),
-                INSTRUCTION: ConfigRecord(self.strategy.configure_train(server_round).to_config()),
+                INSTRUCTION: ConfigRecord(instruction.to_config()),
                 **({} if self.private else self._stat_groups_record()),
             }
             nodes = [self.node_of[firm] for firm in participants]
@@ -510,6 +516,8 @@ class Federation:
                 if self.private:
                     record = self._round_record(kind, server_round, server_round, outcome, evaluation.get(kind))
                     record["epsilon"] = spent
+                    if instruction.clip_norm is not None:
+                        record["clip_norm"] = instruction.clip_norm
                 else:
                     record = self._aggregate(kind, server_round, weights, outcome)
                 record["seconds"] = seconds
@@ -629,9 +637,14 @@ class Federation:
             return ledger.overall_epsilon
         sizes = {kind: flatten(weights[kind]).size for kind in kinds}
         joint = np.concatenate([segments[f"{kind}/update"] for kind in kinds])
+        clip_norm, parameters = spec.clip_norm, {}
         if spec.mechanism == "central":
-            noised = plan.add_central_noise(joint, np.random.default_rng())
-            change = noised / plan.expected_participants(len(self._eligible))
+            rng = np.random.default_rng()  # fresh OS entropy: noise the firms cannot predict
+            expected = plan.expected_participants(len(self._eligible))
+            if self.clipping is not None:
+                clip_norm, parameters = self._adaptive_step(outcome, expected, rng)
+            noised = plan.add_central_noise(joint, rng, clip_norm)
+            change = noised / expected
             event, accounted, shares = plan.firm_event(), self._eligible, None
         else:
             shares = len(outcome.contributors)
@@ -650,11 +663,33 @@ class Federation:
                 firms=sorted(accounted),
                 sampling=plan.firm_sampling if spec.mechanism == "central" else Sampling.none(),
                 noise_multiplier=spec.noise_multiplier,
-                clip_norm=spec.clip_norm,
-                parameters={"noise_shares": shares} if shares is not None else {},
+                clip_norm=clip_norm,
+                parameters={"noise_shares": shares} if shares is not None else parameters,
             )
         )
         return ledger.overall_epsilon
+
+    def _adaptive_step(
+        self, outcome: SumOutcome, expected: float, rng: np.random.Generator
+    ) -> tuple[float, dict[str, float | bool]]:
+        """Release the noised unclipped count and move the clip norm; the norm this round used, and what the
+        ledger records of the two queries (the update's multiplier and the count's noise)."""
+        plan, clipping = self.plan, self.clipping
+        if plan is None or clipping is None:
+            raise FederationError("adaptive clipping is off in this run")
+        unclipped = float(outcome.segments[UNCLIPPED_SEGMENT][0])
+        centred = unclipped - len(outcome.contributors) / 2  # the sum of (b - 1/2) over the firms in the sum
+        noised = clipping.noised_count(centred, rng)
+        self.clipping = clipping.step(noised, expected)
+        parameters: dict[str, float | bool] = {
+            "adaptive_clipping": True,
+            "update_noise_multiplier": plan.update_noise_multiplier(),
+            "count_noise_std": clipping.count_noise_std,
+            "target_quantile": clipping.target_quantile,
+            "clip_learning_rate": clipping.learning_rate,
+            "next_clip_norm": self.clipping.clip_norm,
+        }
+        return clipping.clip_norm, parameters
 
     def evaluate(self, weights: dict[str, OrderedDict[str, np.ndarray]], norm: Normaliser) -> dict[str, np.ndarray]:
         """Test statistics of the final models and the efficiency sums of ordering from the demand model

@@ -220,6 +220,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             f"{privacy['budget']['delta']:g}; spent {_fmt(privacy['epsilon_overall'])} ({privacy['accountant']}, "
             f"recomputed from the verified ledger `{privacy['ledger']}`, public key `{privacy['ledger_public_key']}`).",
             "",
+            *_adaptive_clipping_lines(privacy.get("adaptive_clipping")),
             "| firm | releases | epsilon (RDP) | epsilon (PLD) | one observation (group) |",
             "| --- | --- | --- | --- | --- |",
         ]
@@ -253,3 +254,17 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     if summary["dropouts"]:
         lines += ["## Dropouts", ""] + [f"- {d}" for d in summary["dropouts"]] + [""]
     return "\n".join(lines)
+
+
+def _adaptive_clipping_lines(adaptive: dict[str, Any] | None) -> list[str]:
+    """Under adaptive clipping: the clip norm of the first and last round, and what the count cost."""
+    if not adaptive:
+        return []
+    return [
+        f"Adaptive clipping (target quantile {adaptive['target_quantile']:g}, step {adaptive['learning_rate']:g}): "
+        f"clip norm {adaptive['first_clip_norm']:.4g} in the first round, {adaptive['last_clip_norm']:.4g} in the "
+        f"last ({len(adaptive['rounds'])} rounds). The unclipped count is released with noise std "
+        f"{adaptive['count_noise_std']:.4g}; the update gets noise multiplier "
+        f"{adaptive['update_noise_multiplier']:.4g} (the noise multiplier above is the two combined).",
+        "",
+    ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from privacy.dp.clipping import UNCLIPPED_SEGMENT
 from privacy.secagg.layout import CLIPPED, Segment, VectorLayout
 from silobridge.analytics import QUERY_SEGMENT
 from silobridge.config import AggregationSpec
@@ -29,10 +30,16 @@ def _with_clipping(segments: list[Segment], agg: AggregationSpec) -> VectorLayou
 
 
 def training_layout(
-    param_counts: Mapping[str, int], agg: AggregationSpec, *, statistics: bool = True, integer_updates: bool = False
+    param_counts: Mapping[str, int],
+    agg: AggregationSpec,
+    *,
+    statistics: bool = True,
+    integer_updates: bool = False,
+    unclipped_count: bool = False,
 ) -> VectorLayout:
     """One round of both models: weighted change and weight, and (without DP) the weighted loss and the
-    evaluation of the received model. Distributed DP sends its changes as noised integers."""
+    evaluation of the received model. Distributed DP sends its changes as noised integers; adaptive
+    clipping adds each firm's unclipped indicator (0 or 1: exact at any value bits)."""
     segments = []
     for kind, count in param_counts.items():
         update_bound = float(2 ** (agg.value_bits - 1) - 1) if integer_updates else agg.max_examples * agg.update_bound
@@ -45,6 +52,8 @@ def training_layout(
                 Segment(f"{kind}/loss", 1, agg.max_examples * LOSS_BOUND),
                 Segment(f"{kind}/eval", STAT_LENGTH[kind], agg.stats_bound, "double"),
             ]
+    if unclipped_count:
+        segments.append(Segment(UNCLIPPED_SEGMENT, 1, 1.0))
     return _with_clipping(segments, agg)
 
 

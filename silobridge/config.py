@@ -10,7 +10,7 @@ import datetime as dt
 import hashlib
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 if TYPE_CHECKING:
     from privacy.secagg import SecAggParams
@@ -116,7 +116,9 @@ class PrivacySpec(BaseModel):
     `firm`: a firm's whole contribution to a round (DP-FedAvg with clipped model changes and Gaussian
     noise, added by the server to the secure sum (`central`) or by the firms in shares before masking
     (`distributed`)). `noise_multiplier` left as None is
-    calibrated by the coordinator so that the planned rounds spend exactly the budget.
+    calibrated by the coordinator so that the planned rounds spend exactly the budget. With
+    `adaptive_clipping` (firm, central) it is the multiplier of the update and the unclipped count
+    combined, as the accountant sees them; the update itself gets less (see `server.privacy`).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -155,6 +157,38 @@ class PrivacySpec(BaseModel):
     firm_sample_rate: float = Field(default=1.0, gt=0, le=1, description="Poisson rate of firms per round (firm)")
     distributed_scale: float = Field(default=1000.0, gt=0, description="integer steps per unit (distributed)")
     expected_shares: int | None = Field(default=None, ge=1, description="firms expected per sum (distributed)")
+    # firm level, central: adaptive clipping (Andrew, Thakkar, McMahan, Ramaswamy 2021); clip_norm is the first norm
+    adaptive_clipping: bool = Field(
+        default=False,
+        description="move the clip norm each round towards a quantile of the firms' update norms, from a noised "
+        "count of unclipped firms released (and accounted) with the update (firm unit, central mechanism)",
+    )
+    clip_target_quantile: float = Field(default=0.5, gt=0, lt=1, description="share of firms meant to go unclipped")
+    clip_learning_rate: float = Field(default=0.2, gt=0, le=10, description="geometric step of the clip norm")
+    clip_count_noise_std: float | None = Field(
+        default=None,
+        gt=0,
+        le=1e6,
+        description="Gaussian noise std on the unclipped count; None: expected participants / 20 (as the paper)",
+    )
+
+    @field_validator("adaptive_clipping")
+    @classmethod
+    def _adaptive_needs_central_firm(cls, value: bool, info: ValidationInfo) -> bool:
+        """Only the central firm-level release carries the noised count adaptive clipping needs."""
+        if not value:
+            return value
+        if info.data.get("unit") == "record":
+            raise ValueError(
+                "adaptive clipping applies to the firm unit only: under unit 'record' Opacus clips each example "
+                "at demand_max_grad_norm / risk_max_grad_norm"
+            )
+        if info.data.get("mechanism") == "distributed":
+            raise ValueError(
+                "adaptive clipping is not built for the distributed mechanism: the unclipped count would need its "
+                "own noise shares added by the firms; use mechanism 'central'"
+            )
+        return value
 
     def max_grad_norm(self, kind: str) -> float:
         """The per-example clip of one model under record-level DP."""

@@ -46,6 +46,11 @@ class TrainInstruction(Payload):
     weight_decay: float = Field(ge=0)
     proximal_mu: float = Field(ge=0)
     seed: int = Field(ge=0)
+    clip_norm: float | None = Field(
+        default=None,
+        description="firm-level DP with adaptive clipping: the round's clip norm C_t (the firm checks it is finite "
+        "and positive); absent otherwise",
+    )
 
 
 class BaselineInstruction(Payload):

@@ -117,6 +117,7 @@ class RoundRecord(_Model):
     evaluated_round: int
     metrics: dict[str, dict[str, Number]] | None = None  # None: not measured (a real federation under DP)
     epsilon: Number = None
+    clip_norm: Number = None  # adaptive clipping: the clip norm this round's firms were sent
     seconds: Number = None
 
 

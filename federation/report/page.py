@@ -129,10 +129,18 @@ def _privacy_line(s: Summary) -> str:
     if not p.get("enabled"):
         return "off (the non-private comparison)"
     budget = p.get("budget", {})
-    return (
+    line = (
         f"unit {p.get('unit')} ({p.get('neighbouring')}), mechanism {p.get('mechanism')}, noise multiplier "
         f"{p.get('noise_multiplier')}, budget epsilon {budget.get('epsilon')} at delta {budget.get('delta')}"
     )
+    adaptive = p.get("adaptive_clipping")
+    if isinstance(adaptive, dict):
+        line += (
+            f"; adaptive clipping (target quantile {adaptive.get('target_quantile')}): clip norm "
+            f"{fmt(adaptive.get('first_clip_norm'))} in the first round, "
+            f"{fmt(adaptive.get('last_clip_norm'))} in the last"
+        )
+    return line
 
 
 def models(run: RunData) -> str:

@@ -17,10 +17,17 @@ from privacy.dp.accounting import (
 from privacy.dp.budget import Budget, BudgetGuard, FirmBudgets
 from privacy.dp.calibration import calibrate_dpsgd, calibrate_noise_multiplier, calibrate_rounds
 from privacy.dp.central import add_gaussian_noise, central_release, central_round_event
-from privacy.dp.clipping import AdaptiveClipping, ClipResult, clip_l2
+from privacy.dp.clipping import UNCLIPPED_SEGMENT, AdaptiveClipping, ClipResult, clip_l2
 from privacy.dp.codec import event_from_json, event_to_json
 from privacy.dp.distributed import DistributedSkellam, rounded_l2_bound, stochastic_round
-from privacy.dp.events import SkellamDpEvent, combine_gaussians, dpsgd_event, gaussian_event, l2_sensitivity
+from privacy.dp.events import (
+    SkellamDpEvent,
+    combine_gaussians,
+    dpsgd_event,
+    gaussian_event,
+    l2_sensitivity,
+    remaining_noise_multiplier,
+)
 from privacy.dp.group import GroupPrivacy, group_epsilon
 from privacy.dp.sampling import Sampling, SamplingMethod, poisson_steps_per_epoch
 
@@ -40,6 +47,7 @@ __all__ = [
     "Sampling",
     "SamplingMethod",
     "SkellamDpEvent",
+    "UNCLIPPED_SEGMENT",
     "add_gaussian_noise",
     "calibrate_dpsgd",
     "calibrate_noise_multiplier",
@@ -57,6 +65,7 @@ __all__ = [
     "group_epsilon",
     "l2_sensitivity",
     "poisson_steps_per_epoch",
+    "remaining_noise_multiplier",
     "rounded_l2_bound",
     "stochastic_round",
 ]

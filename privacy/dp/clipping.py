@@ -18,6 +18,9 @@ from dp_accounting import NeighboringRelation
 from privacy.dp.events import gaussian_event
 from silobridge.errors import ConfigError, DataError
 
+UNCLIPPED_SEGMENT = "unclipped"
+"""Secure-sum segment of adaptive clipping: each firm's 1 if its update was within the round's clip norm, else 0."""
+
 
 @dataclass(frozen=True)
 class ClipResult:
@@ -88,9 +91,24 @@ class AdaptiveClipping:
         bits = np.asarray(unclipped)
         if bits.ndim != 1 or not np.all((bits == 0) | (bits == 1)):
             raise ConfigError("unclipped indicators must be a 1-D array of 0/1", field="unclipped")
-        if not expected_participants > 0:
+        noised = self.noised_count(float(np.sum(bits - 0.5)), rng)
+        return self.step(noised, expected_participants), self.count_event(relation)
+
+    def noised_count(self, centred_count: float, rng: np.random.Generator) -> float:
+        """The released count: the sum of (b - 1/2) over the firms in the sum, plus N(0, count_noise_std^2).
+
+        Split from `update` because in a run the server only ever sees the securely summed indicators.
+        """
+        if not math.isfinite(centred_count):
+            raise ConfigError(f"must be finite, got {centred_count!r}", field="unclipped_count")
+        return centred_count + rng.normal(0.0, self.count_noise_std)
+
+    def step(self, noised_count: float, expected_participants: float) -> AdaptiveClipping:
+        """The next state from an already noised count: fraction = count / expected + 1/2, then the geometric step."""
+        if not (math.isfinite(expected_participants) and expected_participants > 0):
             raise ConfigError(f"must be positive, got {expected_participants!r}", field="expected_participants")
-        noised = float(np.sum(bits - 0.5)) + rng.normal(0.0, self.count_noise_std)
-        fraction = noised / expected_participants + 0.5
+        if not math.isfinite(noised_count):
+            raise ConfigError(f"must be finite, got {noised_count!r}", field="noised_count")
+        fraction = noised_count / expected_participants + 0.5
         new_norm = self.clip_norm * math.exp(-self.learning_rate * (fraction - self.target_quantile))
-        return replace(self, clip_norm=new_norm), self.count_event(relation)
+        return replace(self, clip_norm=new_norm)

@@ -76,6 +76,25 @@ def combine_gaussians(*events: dpa.GaussianDpEvent) -> dpa.GaussianDpEvent:
     return dpa.GaussianDpEvent(noise_multiplier=precision**-0.5)
 
 
+def remaining_noise_multiplier(combined: float, *others: dpa.GaussianDpEvent) -> float:
+    """The multiplier one query may have so that it and `others`, combined, have multiplier `combined`.
+
+    The inverse of `combine_gaussians`: (combined^-2 - sum z_i^-2)^-1/2 (Andrew et al. 2021, section 3:
+    the update's noise once the clip count has taken its share). Impossible when the others alone
+    are already as revealing as `combined` allows.
+    """
+    _require_positive("noise_multiplier", combined)
+    remaining = combined**-2 - sum(event.noise_multiplier**-2 for event in others)
+    if remaining <= 0:
+        taken = sum(event.noise_multiplier**-2 for event in others) ** -0.5
+        raise ConfigError(
+            f"the other queries (combined multiplier {taken:.6g}) already spend the whole combined multiplier "
+            f"{combined:.6g}; their noise must be larger",
+            field="noise_multiplier",
+        )
+    return remaining**-0.5
+
+
 def dpsgd_event(noise_multiplier: float, sample_rate: float, steps: int) -> dpa.DpEvent:
     """Record-level DP-SGD: `steps` Poisson-sampled Gaussian steps (Abadi et al. 2016).
 
