@@ -18,6 +18,7 @@ from privacy.dp import (
     combine_gaussians,
     dpsgd_event,
     gaussian_event,
+    remaining_noise_multiplier,
 )
 from silobridge.errors import ConfigError, DataError
 
@@ -118,3 +119,31 @@ def test_dpsgd_event_structure_and_validation() -> None:
         dpsgd_event(1.1, 0.01, 0)
     with pytest.raises(ConfigError, match="sample_rate"):
         dpsgd_event(1.1, 1.5, 10)
+
+
+def test_adaptive_clipping_split_steps_match_update() -> None:
+    """The server sees only the summed indicators: noised_count then step is update, draw for draw."""
+    state = AdaptiveClipping(clip_norm=2.0, count_noise_std=0.7, target_quantile=0.3, learning_rate=0.5)
+    bits = np.array([1, 0, 1, 1, 0, 1])
+    whole, _ = state.update(bits, 8.0, np.random.default_rng(21))
+    noised = state.noised_count(float(bits.sum()) - bits.size / 2, np.random.default_rng(21))
+    split = state.step(noised, 8.0)
+    assert split.clip_norm == whole.clip_norm
+    expected_noise = np.random.default_rng(21).normal(0.0, 0.7)
+    assert noised == pytest.approx(1.0 + expected_noise)
+    fraction = noised / 8.0 + 0.5
+    assert split.clip_norm == pytest.approx(2.0 * math.exp(-0.5 * (fraction - 0.3)))
+    with pytest.raises(ConfigError, match="expected_participants"):
+        state.step(1.0, 0.0)
+    with pytest.raises(ConfigError, match="noised_count"):
+        state.step(float("nan"), 8.0)
+
+
+def test_remaining_noise_multiplier_inverts_combine_gaussians() -> None:
+    count = dpa.GaussianDpEvent(4.0)
+    update = remaining_noise_multiplier(1.3, count)
+    assert update == pytest.approx((1.3**-2 - 4.0**-2) ** -0.5)
+    combined = combine_gaussians(dpa.GaussianDpEvent(update), count)
+    assert combined.noise_multiplier == pytest.approx(1.3, rel=1e-12)
+    with pytest.raises(ConfigError, match="already spend the whole combined multiplier"):
+        remaining_noise_multiplier(1.3, dpa.GaussianDpEvent(1.3))
