@@ -47,6 +47,11 @@ def _combined(update: float, count_std: float) -> float:
     return (update**-2 + (2 * count_std) ** -2) ** -0.5
 
 
+def _recorded_multipliers(releases: list[dict]) -> list[float]:
+    """Each ledger release's two queries, combined from what it records of them."""
+    return [_combined(r["parameters"]["update_noise_multiplier"], r["parameters"]["count_noise_std"]) for r in releases]
+
+
 def _dp_accounting_epsilon(multipliers: list[float], sample_rate: float, delta: float) -> float:
     """Straight from dp-accounting's RDP accountant, at the orders our accountant uses."""
     accountant = dpa.rdp.RdpAccountant(orders=list(AccountingSpec().rdp_orders))
@@ -160,9 +165,7 @@ def test_guard_preview_ledger_and_audit_agree_on_the_combined_event(tmp_path: Pa
     assert report.within_budget and report.epsilon_overall <= spec.epsilon
     entries = [json.loads(line) for line in path.read_text().splitlines() if '"release"' in line]
     assert len({entry["clip_norm"] for entry in entries}) == plan.rounds
-    recorded = [
-        _combined(e["parameters"]["update_noise_multiplier"], e["parameters"]["count_noise_std"]) for e in entries
-    ]
+    recorded = _recorded_multipliers(entries)
     expected = _dp_accounting_epsilon(recorded, 0.6, spec.delta)
     assert report.epsilon_overall == pytest.approx(expected, rel=1e-9)
     # The calibrated budget is spent, to the calibration's rounding, and the combined multiplier is the spec's.
@@ -293,10 +296,9 @@ def test_the_run_is_accounted_as_the_combined_gaussian_and_audits_clean(adaptive
     z = privacy["noise_multiplier"]
     lines = (adaptive_run.path / "privacy_ledger.jsonl").read_text().splitlines()
     releases = [entry for entry in map(json.loads, lines) if entry["kind"] == "release"]
-    recorded = [
-        _combined(r["parameters"]["update_noise_multiplier"], r["parameters"]["count_noise_std"]) for r in releases
-    ]
-    assert all(r["event"]["noise_multiplier"] == pytest.approx(m, rel=1e-12) for r, m in zip(releases, recorded))
+    recorded = _recorded_multipliers(releases)
+    for release, combined in zip(releases, recorded, strict=True):
+        assert release["event"]["noise_multiplier"] == pytest.approx(combined, rel=1e-12)
     assert recorded[0] == pytest.approx(z, rel=1e-12)
     expected = _dp_accounting_epsilon(recorded, 1.0, 1e-5)
     result = subprocess.run(
