@@ -56,6 +56,7 @@ from privacy.secagg.state import (
     HeldShares,
     KeySession,
     StateDict,
+    ciphertext_digest,
     state_keys,
 )
 from privacy.secagg.wire import FlatReader
@@ -204,7 +205,7 @@ class SecAggClient:
                 raise self._fail(stage, "server routed shares from a firm that is not a neighbour", firm=sender)
             known = s.held.get(sender)
             if known is not None:
-                if known.ciphertext != ciphertext:
+                if known.ciphertext_digest != ciphertext_digest(ciphertext):
                     raise self._fail(
                         stage, "server delivered different shares from this firm a second time", firm=sender
                     )
@@ -217,7 +218,9 @@ class SecAggClient:
                 decode_share(plaintext[i : i + SHARE_BYTES], firm=sender, stage=stage)
                 for i in range(0, len(plaintext), SHARE_BYTES)
             ]
-            s.held[sender] = HeldShares(tuple(values[:num_keys]), tuple(values[num_keys:]), ciphertext)
+            s.held[sender] = HeldShares(
+                tuple(values[:num_keys]), tuple(values[num_keys:]), ciphertext_digest(ciphertext)
+            )
 
     def masked_input(self, request: MaskedInputRequest, vector: np.ndarray) -> MaskedInput:
         """Mask `vector` (integers in [-2^(m-1), 2^m), e.g. from `quantise`) for this round."""

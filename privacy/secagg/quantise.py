@@ -68,22 +68,27 @@ def quantise(
     values = np.asarray(vector, dtype=np.float64)
     if values.ndim != 1:
         raise DataError(firm, f"update must be a 1-D vector, got shape {values.shape}")
-    bad = ~np.isfinite(values)
-    if bad.any():
+    magnitudes = np.abs(values)
+    max_abs = float(magnitudes.max()) if values.size else 0.0
+    if not np.isfinite(max_abs):  # one pass finds a NaN or infinity; the second only names it
+        bad = ~np.isfinite(values)
         raise DataError(firm, f"update has {int(bad.sum())} non-finite values (first at index {int(np.argmax(bad))})")
     clip_range = _check_clip_range(clip_range)
     scale = quantisation_scale(clip_range, value_bits)
-    magnitudes = np.abs(values)
-    num_clipped = int(np.count_nonzero(magnitudes > clip_range))
-    scaled = np.clip(values, -clip_range, clip_range) * scale
-    floor = np.floor(scaled)
-    quantised = floor + (rng.random(values.shape) < (scaled - floor))
+    num_clipped = int(np.count_nonzero(magnitudes > clip_range)) if max_abs > clip_range else 0
+    # In place on fresh buffers: this runs on every firm's whole update every round.
+    scaled = np.clip(values, -clip_range, clip_range, out=magnitudes)
+    scaled *= scale
+    quantised = np.floor(scaled)
+    scaled -= quantised  # the fractional part, in [0, 1)
+    quantised += rng.random(values.shape) < scaled
     level = max_level(value_bits)
-    quantised = np.clip(quantised, -level, level).astype(np.int64)  # guards float round-off at +-L only
+    np.clip(quantised, -level, level, out=quantised)  # guards float round-off at +-L only
+    quantised = quantised.astype(np.int64)
     stats = QuantStats(
         num_values=int(values.size),
         num_clipped=num_clipped,
-        max_abs=float(magnitudes.max()) if values.size else 0.0,
+        max_abs=max_abs,
         clip_range=clip_range,
         value_bits=value_bits,
         scale=scale,

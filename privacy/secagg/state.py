@@ -27,8 +27,8 @@ Layout `STATE_FORMAT` (K mask keys and R rounds per session, n roster firms; set
                 roster_firms, roster_channel_public_keys (n x 32 B),
                 roster_mask_public_keys (n K x 32 B, firm-major),
                 held_owners, held_mask_key_shares (K per owner, 66 B each, owner-major),
-                held_self_mask_shares (R per owner, 66 B each), held_ciphertexts (one per owner as
-                delivered, b"" for the firm's own shares),
+                held_self_mask_shares (R per owner, 66 B each), held_ciphertext_digests (SHA-256
+                of each owner's ciphertext as delivered, b"" for the firm's own shares),
                 masked_round (absent: none masked in this session), masked_active,
                 unmasked_round (absent: none unmasked),
                 revealed_self_mask_owners + revealed_self_mask_rounds (parallel: one pair each),
@@ -37,12 +37,13 @@ Layout `STATE_FORMAT` (K mask keys and R rounds per session, n roster firms; set
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import NoReturn
 
-from privacy.secagg.aead import TAG_BYTES, channel_key
+from privacy.secagg.aead import channel_key
 from privacy.secagg.graph import neighbour_graph
 from privacy.secagg.keys import KEY_BYTES, KeyPair, agree
 from privacy.secagg.messages import Roster
@@ -52,7 +53,8 @@ from privacy.secagg.shamir import SHARE_BYTES, decode_share, encode_share
 from privacy.secagg.wire import FlatReader
 from silobridge.errors import ConfigError, ProtocolError
 
-STATE_FORMAT = "silobridge-secagg-client-state/1"
+STATE_FORMAT = "silobridge-secagg-client-state/2"
+CIPHERTEXT_DIGEST_BYTES = 32
 STATE_STAGE = "state"  # the `stage` of every error about a stored state
 
 PHASE_NONE, PHASE_ADVERTISED, PHASE_SHARED = "none", "advertised", "shared"
@@ -67,7 +69,7 @@ SHARED_KEYS = (
     "held_owners",
     "held_mask_key_shares",
     "held_self_mask_shares",
-    "held_ciphertexts",
+    "held_ciphertext_digests",
     "masked_active",
     "revealed_self_mask_owners",
     "revealed_self_mask_rounds",
@@ -96,7 +98,7 @@ class HeldShares:
 
     mask_key_shares: tuple[int, ...]
     self_mask_shares: tuple[int, ...]
-    ciphertext: bytes | None  # as delivered, to recognise an identical re-delivery
+    ciphertext_digest: bytes | None  # SHA-256 of the ciphertext as delivered, to recognise an identical re-delivery
 
 
 @dataclass(frozen=True)
@@ -215,7 +217,7 @@ class KeySession:
             held_owners=owners,
             held_mask_key_shares=[encode_share(v) for o in owners for v in self.held[o].mask_key_shares],
             held_self_mask_shares=[encode_share(v) for o in owners for v in self.held[o].self_mask_shares],
-            held_ciphertexts=[self.held[o].ciphertext or b"" for o in owners],
+            held_ciphertext_digests=[self.held[o].ciphertext_digest or b"" for o in owners],
             masked_active=sorted(self.masked_active),
         )
         if self.masked_round is not None:
@@ -326,6 +328,12 @@ def _read_roster(reader: FlatReader, params: SecAggParams, *, run_id: str, sessi
     return Roster(run_id, session, firms, channel_keys, mask_keys)
 
 
+def ciphertext_digest(ciphertext: bytes) -> bytes:
+    """What the state keeps of a delivered share ciphertext: enough to recognise a re-delivery, 40x
+    smaller than the ciphertext (the state travels with every message a firm handles)."""
+    return hashlib.sha256(ciphertext).digest()
+
+
 def _read_held(
     reader: FlatReader, params: SecAggParams, *, firm_id: str, neighbours: set[str]
 ) -> dict[str, HeldShares]:
@@ -336,17 +344,16 @@ def _read_held(
     num_keys, num_rounds = params.num_mask_keys, params.rounds_per_session
     key_shares = _read_shares(reader, "held_mask_key_shares", len(owners) * num_keys)
     seed_shares = _read_shares(reader, "held_self_mask_shares", len(owners) * num_rounds)
-    ciphertexts = reader.blobs("held_ciphertexts", count=len(owners))
-    delivered = SHARE_BYTES * (num_keys + num_rounds) + TAG_BYTES
+    digests = reader.blobs("held_ciphertext_digests", count=len(owners))
     held: dict[str, HeldShares] = {}
-    for i, (owner, ciphertext) in enumerate(zip(owners, ciphertexts, strict=True)):
-        expected = 0 if owner == firm_id else delivered
-        if len(ciphertext) != expected:
-            reader.fail(f"held ciphertext of {owner!r} must be {expected} bytes, got {len(ciphertext)}")
+    for i, (owner, digest) in enumerate(zip(owners, digests, strict=True)):
+        expected = 0 if owner == firm_id else CIPHERTEXT_DIGEST_BYTES
+        if len(digest) != expected:
+            reader.fail(f"held ciphertext digest of {owner!r} must be {expected} bytes, got {len(digest)}")
         held[owner] = HeldShares(
             key_shares[i * num_keys : (i + 1) * num_keys],
             seed_shares[i * num_rounds : (i + 1) * num_rounds],
-            ciphertext or None,
+            digest or None,
         )
     return held
 

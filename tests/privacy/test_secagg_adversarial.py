@@ -369,3 +369,29 @@ def test_with_a_key_per_round_a_recovered_firm_rejoins_the_next_round() -> None:
     assert harness.server.record.reconstructed_mask_keys == (dropper,)
     harness.run_round(2)
     assert dropper in harness.server.record.contributors
+
+
+def test_shares_delivered_again_must_be_identical_also_after_a_restore() -> None:
+    # A firm keeps only a digest of each delivered ciphertext in its state; a server that sends a
+    # neighbour's shares again must send the same bytes, or it could swap in shares of its choosing.
+    params = SecAggParams(modulus_bits=16, rounds_per_session=3)
+    harness = Harness(5, params)
+    first = _first_round_requests(harness)
+    firm = harness.firms[0]
+    assert first[firm].share_senders  # the first request of the session carries the neighbours' shares
+    zeros = np.zeros(LENGTH, dtype=np.int64)
+    harness.clients[firm].masked_input(first[firm], zeros)
+    others = {f: harness.clients[f].masked_input(r, zeros).to_wire() for f, r in first.items() if f != firm}
+    del others  # round 1 is left unfinished: only the firm's handling of round 2's request matters
+    restored = SecAggClient.from_state(harness.clients[firm].to_state(), params, run_id=RUN)
+    second = dataclasses.replace(first[firm], round_number=2)
+    identical = restored.masked_input(second, zeros)
+    assert identical.round_number == 2
+
+    restored = SecAggClient.from_state(harness.clients[firm].to_state(), params, run_id=RUN)
+    ciphertexts = list(first[firm].share_ciphertexts)
+    ciphertexts[0] = bytes([ciphertexts[0][0] ^ 1]) + ciphertexts[0][1:]
+    swapped = dataclasses.replace(first[firm], round_number=2, share_ciphertexts=tuple(ciphertexts))
+    with pytest.raises(ProtocolError, match="different shares from this firm a second time") as caught:
+        restored.masked_input(swapped, zeros)
+    expect_error(caught, first[firm].share_senders[0], Stage.SHARE_KEYS)

@@ -425,16 +425,21 @@ TAMPERED: list[tuple[str, Callable[[dict[str, Any], list[str]], Any], str]] = [
             "held_owners": s["held_owners"][1:],
             "held_mask_key_shares": s["held_mask_key_shares"][1:],
             "held_self_mask_shares": s["held_self_mask_shares"][2:],
-            "held_ciphertexts": s["held_ciphertexts"][1:],
+            "held_ciphertext_digests": s["held_ciphertext_digests"][1:],
         },
         "must include this firm",
     ),
     (
-        "truncated ciphertext",
+        "truncated ciphertext digest",
         lambda s, f: replaced(
-            s, held_ciphertexts=[s["held_ciphertexts"][0], s["held_ciphertexts"][1][:-1], *s["held_ciphertexts"][2:]]
+            s,
+            held_ciphertext_digests=[
+                s["held_ciphertext_digests"][0],
+                s["held_ciphertext_digests"][1][:-1],
+                *s["held_ciphertext_digests"][2:],
+            ],
         ),
-        "held ciphertext of 'firm-001'",
+        "held ciphertext digest of 'firm-001'",
     ),
     ("masked round outside the session", lambda s, f: replaced(s, masked_round=9), "outside the session's rounds"),
     ("unmasked before masked", lambda s, f: replaced(s, unmasked_round=2), "never masked"),
