@@ -387,6 +387,22 @@ def report(
     return json_path, md_path, image, checks
 
 
+def kept_rows(path: Path, configs: Sequence[Config]) -> list[dict[str, Any]]:
+    """Rows of an earlier results file that ran without error and belong to this plan (same rounds)."""
+    if not path.exists():
+        return []
+    wanted = {(config.setting, config.epsilon): config for config in configs}
+    kept = []
+    for row in json.loads(path.read_text()).get("results", []):
+        config = wanted.get((row.get("setting"), row.get("epsilon")))
+        if config is None or "error" in row:
+            continue
+        if config.rounds is not None and row.get("rounds") != config.rounds:
+            continue
+        kept.append(row)
+    return kept
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="default scenario, epsilon 2 and 8, 10 rounds")
@@ -398,6 +414,12 @@ def main() -> None:
         "--epsilons", default=",".join(f"{e:g}" for e in EPSILONS), help="comma-separated budgets (not --quick)"
     )
     parser.add_argument("--work", type=Path, default=None, help="keep run directories and logs here (default: temp)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the rows of the existing results file that ran without error and run only the missing ones "
+        "(a long large-scenario sweep can be done in parts)",
+    )
     args = parser.parse_args()
     epsilons = tuple(float(e) for e in args.epsilons.split(","))
     if args.skip_large and args.skip_default:
@@ -418,8 +440,15 @@ def main() -> None:
         "seed": "scenario's",
         "runs": len(configs),
     }
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = kept_rows(RESULTS_DIR / f"{name}.json", configs) if args.resume else []
+    done = {(row["setting"], row["epsilon"]) for row in rows}
+    configs = [config for config in configs if (config.setting, config.epsilon) not in done]
+    if rows:
+        parameters["kept_rows"] = [f"{row['setting']} eps {row['epsilon']}" for row in rows]
+        print(f"kept {len(rows)} earlier rows of {name}.json; {len(configs)} runs to go", flush=True)
     started = time.monotonic()
+    json_path, md_path, image = RESULTS_DIR / f"{name}.json", RESULTS_DIR / f"{name}.md", None
+    checks = target_checks(rows)
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.bench_dp_utility import Config, plan, report, summarise, target_checks
+from benchmarks.bench_dp_utility import Config, kept_rows, plan, report, summarise, target_checks
 
 
 def _summary(fed: tuple[float, float], local: tuple[float, float] = (0.30, 0.50), **privacy: Any) -> dict[str, Any]:
@@ -114,3 +114,18 @@ def test_plans() -> None:
     assert "privacy.mechanism=distributed" in full[-1].overrides() and full[-1].run_id == "large-firm-distributed-eps8"
     assert Config("default").overrides() == ["privacy.enabled=false"]
     assert len(plan(quick=False, rounds=None, large_rounds=5, skip_large=True)) == 5
+
+
+def test_resume_keeps_only_finished_rows_of_the_same_plan(tmp_path: Path) -> None:
+    rows = _rows(record8=(0.28, 0.55), large8_small=0.48)
+    rows[2] = {**rows[2], "error": "crashed"}  # default / record eps 8 failed: it must run again
+    json_path, *_ = report(rows, "dp_utility_test", {"mode": "test"}, quick=False, out_dir=tmp_path)
+    configs = plan(quick=False, rounds=10, large_rounds=10, skip_large=False, epsilons=(1.0, 2.0, 8.0))
+    kept = kept_rows(json_path, configs)
+    kept_keys = [(row["setting"], row["epsilon"]) for row in kept]
+    assert ("default / record", 8.0) not in kept_keys  # failed earlier
+    assert ("default / record", 2.0) in kept_keys and ("large / firm central", 1.0) in kept_keys
+    assert len(kept) == len(rows) - 1
+    # other rounds: a row of another plan is not reused
+    assert kept_rows(json_path, plan(quick=False, rounds=30, large_rounds=10, skip_large=True)) == []
+    assert kept_rows(tmp_path / "missing.json", configs) == []
