@@ -21,8 +21,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from clients.firm import FirmClient, Normaliser
-from clients.models import MODEL_KINDS, build_model, state_to_arrays
-from federation.firm_source import check_contract, simulated_firm
+from clients.models import MODEL_KINDS
+from federation.firm_source import check_contract
 from federation.server_app import RunResult
 from federation.settings import settings_from_run_config
 from federation.simulation import simulate
@@ -34,6 +34,7 @@ from silobridge.config import AggregationSpec, PrivacySpec
 from silobridge.errors import ConfigError, ProtocolError
 from silobridge.messages import TrainInstruction
 from tests.conftest import ROOT, TINY
+from tests.firm_support import tiny_firm
 
 ADAPTIVE = "privacy.unit=firm;privacy.adaptive_clipping=true;privacy.clip_count_noise_std=3"
 
@@ -181,23 +182,7 @@ def test_guard_preview_ledger_and_audit_agree_on_the_combined_event(tmp_path: Pa
 
 
 def _firm(overrides: str) -> tuple[FirmClient, dict[str, dict[str, np.ndarray]], TrainInstruction, Normaliser]:
-    settings = _settings(overrides)
-    spec = settings.spec
-    firm = simulated_firm(settings, spec, 0, run_id=-7)
-    weights = {kind: state_to_arrays(build_model(kind, spec, seed=3)) for kind in MODEL_KINDS}
-    training = settings.scenario.training
-    instruction = TrainInstruction(
-        round=2,
-        epochs=1,
-        batch_size=training.batch_size,
-        optimiser=training.optimiser,
-        learning_rate=training.learning_rate,
-        momentum=training.momentum,
-        weight_decay=training.weight_decay,
-        proximal_mu=0.0,
-        seed=5,
-    )
-    return firm, weights, instruction, Normaliser.from_ranges(spec.data.risk_feature_ranges, spec.data.risk_features)
+    return tiny_firm(overrides, round_number=2)
 
 
 def _joint(released: dict[str, np.ndarray]) -> np.ndarray:

@@ -11,35 +11,16 @@ import numpy as np
 import pytest
 
 from clients.firm import FirmClient, Normaliser
-from clients.models import MODEL_KINDS, build_model, state_to_arrays
-from federation.firm_source import simulated_firm
-from federation.settings import settings_from_run_config
+from clients.models import MODEL_KINDS
 from silobridge.arrays import flatten
 from silobridge.messages import TrainInstruction
-from tests.conftest import TINY
+from tests.firm_support import tiny_firm
 
 KINDS = MODEL_KINDS
 
 
 def _firm(overrides: str) -> tuple[FirmClient, dict[str, dict[str, np.ndarray]], TrainInstruction, Normaliser]:
-    settings = settings_from_run_config({"scenario": str(TINY), "set": overrides})
-    spec = settings.spec
-    firm = simulated_firm(settings, spec, 0, run_id=-7)
-    weights = {kind: state_to_arrays(build_model(kind, spec, seed=3)) for kind in KINDS}
-    training = settings.scenario.training
-    instruction = TrainInstruction(
-        round=1,
-        epochs=1,
-        batch_size=training.batch_size,
-        optimiser=training.optimiser,
-        learning_rate=training.learning_rate,
-        momentum=training.momentum,
-        weight_decay=training.weight_decay,
-        proximal_mu=0.0,
-        seed=5,
-    )
-    norm = Normaliser.from_ranges(spec.data.risk_feature_ranges, spec.data.risk_features)
-    return firm, weights, instruction, norm
+    return tiny_firm(overrides)
 
 
 @pytest.mark.parametrize("power", [1.0, 2.0])
