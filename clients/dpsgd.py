@@ -6,14 +6,18 @@ Each step samples the firm's training examples independently with probability `s
 A record is one training example: a demand window (so one week's value sits in up to lags +
 horizon records: see the group-privacy figures in the summary) or one risk delivery row.
 
-The noise comes from torch's generator, seeded per firm and round (Opacus' `secure_mode` needs
-torchcsprng, which is not installed); the accounting does not depend on it.
+The Poisson sampling and the noise come from torch's generator, seeded from the operating system's
+entropy unless the firm itself fixes a seed: a seed derived from public numbers (the coordinator's
+run seed, the round, the firm id) would let the coordinator replay the noise and subtract it.
+torch's generator is not a cryptographic one (Opacus' `secure_mode` needs torchcsprng, which is not
+installed); the accounting does not depend on it.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import secrets
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,14 +65,19 @@ def fit_private(
     settings: TrainSettings,
     dp: DpSgdSettings,
     device: torch.device,
+    noise_seed: int | None = None,
 ) -> FitReport:
-    """DP-SGD for `settings.epochs` epochs; trains `model` in place and counts the steps taken."""
+    """DP-SGD for `settings.epochs` epochs; trains `model` in place and counts the steps taken.
+
+    `noise_seed` fixes the sampling and the noise (only the firm may choose it: reproducible
+    experiments); None draws a fresh seed from the operating system, so nobody else can replay them.
+    """
     report = FitReport()
     if len(features) == 0:
         return report
     model.to(device).train()
     private = GradSampleModule(model)
-    generator = torch.Generator().manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(secrets.randbits(63) if noise_seed is None else noise_seed)
     optimiser = DPOptimizer(
         make_optimiser(private, settings),
         noise_multiplier=dp.noise_multiplier,

@@ -112,6 +112,7 @@ class FirmClient:
         device: str = "cpu",
         public_weight: float = 1.0,
         budget_epsilon: float | None = None,
+        noise_seed: int | None = None,
     ):
         self.data = data
         self.group = group
@@ -120,6 +121,7 @@ class FirmClient:
         self.device = torch.device(device)
         self.public_weight = public_weight  # the FedAvg weight under DP, where record counts stay private
         self.budget_epsilon = budget_epsilon
+        self.noise_seed = noise_seed  # the firm's own, never the coordinator's: None is fresh OS entropy
 
     @property
     def firm_id(self) -> str:
@@ -144,6 +146,19 @@ class FirmClient:
 
     def _seed(self, seed: int) -> int:
         return (seed * 1_000_003 + zlib.crc32(self.firm_id.encode())) % 2**31
+
+    def _noise_seed(self, kind: str, instruction: TrainInstruction) -> int | None:
+        """The DP-SGD seed of one model's round: None (fresh entropy) unless the firm fixed its own seed.
+
+        Never derived from the instruction's seed alone: that is the coordinator's number, and a seed it
+        knows would let it replay the firm's sampling and noise.
+        """
+        if self.noise_seed is None:
+            return None
+        sequence = np.random.SeedSequence(
+            [self.noise_seed, instruction.round, zlib.crc32(self.firm_id.encode()), zlib.crc32(kind.encode())]
+        )
+        return int(sequence.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -296,7 +311,16 @@ class FirmClient:
             # The firm's own privacy settings, not the instruction, fix how much it trains: the steps it
             # takes are what the accountant charges, whatever the coordinator asks.
             settings = replace(settings, learning_rate=privacy.learning_rate, epochs=privacy.local_epochs)
-            report = fit_private(model, x, y, loss=loss, settings=settings, dp=dp, device=self.device)
+            report = fit_private(
+                model,
+                x,
+                y,
+                loss=loss,
+                settings=settings,
+                dp=dp,
+                device=self.device,
+                noise_seed=self._noise_seed(kind, instruction),
+            )
         else:
             anchor = [p.detach().clone() for p in model.parameters()]
             report = fit(model, x, y, loss=loss, settings=settings, device=self.device, anchor=anchor)

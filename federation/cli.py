@@ -79,6 +79,14 @@ def simulate(
     ] = False,
     plain: Annotated[bool, typer.Option("--plain", help="Log lines instead of the live progress display.")] = False,
     data: PilotData = None,
+    noise_seed: Annotated[
+        int | None,
+        typer.Option(
+            "--noise-seed",
+            help="Fix every firm's DP-SGD sampling and noise (reproducible experiments); default: fresh OS entropy.",
+            min=0,
+        ),
+    ] = None,
 ) -> None:
     """Simulate every firm of a scenario as a Flower client and compare federated, local-only, centralised and naive."""
     from federation.progress import LogObserver, RichObserver, log_to_stderr
@@ -95,6 +103,8 @@ def simulate(
     }
     if no_dp:
         run_config["dp"] = "off"
+    if noise_seed is not None:
+        run_config["noise-seed"] = noise_seed
     if run_id:
         run_config["run-id"] = run_id
     if data is not None:
@@ -637,6 +647,14 @@ def join(
         float | None, typer.Option("--budget-epsilon", help="This firm's own privacy limit (stricter than the run's).")
     ] = None,
     runtime_port: Annotated[int, typer.Option(help="Local port of the SuperNode's own runtime API.")] = 9094,
+    noise_seed: Annotated[
+        int | None,
+        typer.Option(
+            "--noise-seed",
+            help="Fix this firm's own DP-SGD noise seed (reproducible tests; keep it secret); default: OS entropy.",
+            min=0,
+        ),
+    ] = None,
 ) -> None:
     """Firm: validate its data again, then start a SuperNode that joins the federation's rounds."""
     import subprocess
@@ -660,6 +678,7 @@ def join(
             firm_id=firm.firm_id,
             runtime_port=runtime_port,
             budget_epsilon=budget_epsilon,
+            noise_seed=noise_seed,
         )
     except SiloBridgeError as err:
         raise _fail(err) from None

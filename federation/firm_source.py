@@ -29,6 +29,7 @@ NODE_DATA_DIR = "data-dir"
 NODE_FEDERATION = "federation"
 NODE_FIRM_ID = "firm-id"
 NODE_BUDGET = "budget-epsilon"
+NODE_NOISE_SEED = "noise-seed"
 """Node config keys of a partner's SuperNode (`silobridge join` sets them)."""
 
 
@@ -48,12 +49,12 @@ def _chain(scenario: Scenario) -> ChainData:
     return generate_chain(scenario)
 
 
-_firms: dict[tuple[int, int, str], FirmClient] = {}
+_firms: dict[tuple[int, int, str, int | None], FirmClient] = {}
 
 
 def simulated_firm(settings: RunSettings, spec: FederationSpec, partition_id: int, *, run_id: int) -> FirmClient:
     """The firm that simulated node `partition_id` plays, built once per process, run and spec."""
-    key = (run_id, partition_id, spec.digest())
+    key = (run_id, partition_id, spec.digest(), settings.noise_seed)
     if key not in _firms:
         scenario = settings.scenario
         if not 0 <= partition_id < len(scenario.firms):
@@ -72,11 +73,18 @@ def simulated_firm(settings: RunSettings, spec: FederationSpec, partition_id: in
             )
         for stale in [k for k in _firms if k[0] != run_id]:  # keep only this run's firms
             del _firms[stale]
-        _firms[key] = _client(scenario, spec, data, budget_epsilon=None)
+        _firms[key] = _client(scenario, spec, data, budget_epsilon=None, noise_seed=settings.noise_seed)
     return _firms[key]
 
 
-def _client(scenario: Scenario, spec: FederationSpec, data: FirmData, *, budget_epsilon: float | None) -> FirmClient:
+def _client(
+    scenario: Scenario,
+    spec: FederationSpec,
+    data: FirmData,
+    *,
+    budget_epsilon: float | None,
+    noise_seed: int | None = None,
+) -> FirmClient:
     """A firm with its declared public profile; its own budget is the stricter of the declared and `budget_epsilon`."""
     firm = scenario.firm(data.firm_id)
     budgets = [b for b in (firm.budget_epsilon, budget_epsilon) if b is not None]
@@ -88,6 +96,7 @@ def _client(scenario: Scenario, spec: FederationSpec, data: FirmData, *, budget_
         device=str(resolve_device(scenario.training.device)),
         public_weight=firm.size,
         budget_epsilon=min(budgets) if budgets else None,
+        noise_seed=noise_seed,
     )
 
 
@@ -186,18 +195,37 @@ def node_firm(node_config: Mapping[str, Any], spec: FederationSpec, message_type
     federation = Path(str(node_config[NODE_FEDERATION])).expanduser()
     firm_id = str(node_config.get(NODE_FIRM_ID) or folder.name)
     check_contract(spec, _file_spec(federation), message_type, firm=firm_id)
-    key = tuple(str(node_config.get(k, "")) for k in (NODE_DATA_DIR, NODE_FEDERATION, NODE_FIRM_ID, NODE_BUDGET))
+    keys = (NODE_DATA_DIR, NODE_FEDERATION, NODE_FIRM_ID, NODE_BUDGET, NODE_NOISE_SEED)
+    key = tuple(str(node_config.get(k, "")) for k in keys)
     key += (spec.digest(),)
     if key not in _nodes:
         scenario = _federation_file(federation)
         declared_firm(scenario, firm_id, source=str(federation))
         data = load_firm_data(folder, spec.data, min_periods=spec.min_periods, firm_id=firm_id)
         budget = node_config.get(NODE_BUDGET)
-        _nodes[key] = _client(scenario, spec, data, budget_epsilon=float(budget) if budget not in (None, "") else None)
+        _nodes[key] = _client(
+            scenario,
+            spec,
+            data,
+            budget_epsilon=float(budget) if budget not in (None, "") else None,
+            noise_seed=_node_noise_seed(node_config.get(NODE_NOISE_SEED)),
+        )
     return _nodes[key]
 
 
 _nodes: dict[tuple[str, ...], FirmClient] = {}
+
+
+def _node_noise_seed(value: Any) -> int | None:
+    """The partner's own DP-SGD seed from its node config (absent or -1: fresh entropy each round)."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).lstrip("-").isdigit():
+        raise ConfigError(f"must be a whole number, got {value!r}", source="node config", field=NODE_NOISE_SEED)
+    seed = int(value)
+    if seed < -1:
+        raise ConfigError(f"must be >= 0 (-1: fresh entropy), got {seed}", source="node config", field=NODE_NOISE_SEED)
+    return None if seed == -1 else seed
 
 
 @lru_cache(maxsize=4)

@@ -64,6 +64,7 @@ RUN_CONFIG_KEYS = (
     "dp",
     "run-id",
     "data",
+    "noise-seed",
     QUERIES_KEY,
 )
 
@@ -90,6 +91,9 @@ class RunSettings(BaseModel):
     data: Path | Literal["generated", "nodes"] = "generated"
     """Where the firms' data comes from: generated from the scenario, a pilot folder holding one
     sub-folder of CSV files per firm, or (a real federation) each SuperNode's own files."""
+    noise_seed: int | None = Field(default=None, ge=0)
+    """A simulation's fixed seed for every firm's DP-SGD sampling and noise (reproducible experiments);
+    None: each firm draws fresh entropy. Never in a real federation: only a firm may seed its own noise."""
 
     @property
     def simulated(self) -> bool:
@@ -122,6 +126,7 @@ class RunSettings(BaseModel):
             "dp": "on" if self.dp else "off",
             "run-id": self.run_id,
             "data": "" if self.data == "generated" else str(self.data),
+            "noise-seed": -1 if self.noise_seed is None else self.noise_seed,
         }
 
 
@@ -238,7 +243,20 @@ def settings_from_run_config(run_config: Mapping[str, Any], *, base_dir: Path = 
     data: Path | str = (
         "generated" if not data_text else NODES if data_text == NODES else _resolve(data_text, Path.cwd())
     )
+    noise_seed = int(run_config.get("noise-seed", -1))
+    if noise_seed < -1:
+        raise ConfigError(
+            f"must be >= 0 (-1: fresh entropy), got {noise_seed}", source="run config", field="noise-seed"
+        )
+    if noise_seed >= 0 and data == NODES:
+        raise ConfigError(
+            "the coordinator may not seed the firms' DP noise in a real federation (it could replay and subtract "
+            "it); a firm fixes its own with `silobridge join --noise-seed`",
+            source="run config",
+            field="noise-seed",
+        )
     settings = RunSettings(
+        noise_seed=None if noise_seed < 0 else noise_seed,
         node_wait_s=600.0 if data == NODES else 30.0,  # partners join when they join: wait up to ten minutes
         data=data,  # type: ignore[arg-type]
         scenario_path=scenario_path,

@@ -13,10 +13,14 @@ from tests.conftest import TINY
 
 
 def tiny_firm(
-    overrides: str, *, round_number: int = 1
+    overrides: str, *, round_number: int = 1, noise_seed: int | None = None
 ) -> tuple[FirmClient, dict[str, dict[str, np.ndarray]], TrainInstruction, Normaliser]:
-    """The tiny scenario's first firm under `overrides` ("a=b;c=d"), models seeded 3, instruction seeded 5."""
-    settings = settings_from_run_config({"scenario": str(TINY), "set": overrides})
+    """The tiny scenario's first firm under `overrides` ("a=b;c=d"), models seeded 3, instruction seeded 5;
+    DP-SGD noise from `noise_seed` (None: fresh OS entropy, as in a real run)."""
+    run_config: dict[str, object] = {"scenario": str(TINY), "set": overrides}
+    if noise_seed is not None:
+        run_config["noise-seed"] = noise_seed
+    settings = settings_from_run_config(run_config)
     spec = settings.spec
     firm = simulated_firm(settings, spec, 0, run_id=-7)
     weights = {kind: state_to_arrays(build_model(kind, spec, seed=3)) for kind in MODEL_KINDS}

@@ -2,11 +2,12 @@
 
 Everything goes through the commands a coordinator and the partners run (`silobridge certs`,
 `keys`, `superlink`, `register`, `join`, `run`, `query --network`), on 127.0.0.1 only. The run must
-equal a pilot simulation on the same CSV files (secure aggregation and record-level DP, both seeded,
-so the models differ only by the secure sum's quantisation). A query on the same nodes answers
-within its DP noise of the pooled files, with an auditable ledger. Three would-be nodes are refused:
-one with an unregistered key, one with no key, one trusting another CA; each refusal shows in the
-logs. Every process the test starts is stopped by it, also on failure.
+equal a pilot simulation on the same CSV files (secure aggregation and record-level DP; each partner
+seeds its own DP-SGD noise with `join --noise-seed` and the pilot uses the same seed, so the models
+differ only by the secure sum's quantisation). A query on the same nodes answers within its DP noise
+of the pooled files, with an auditable ledger. Three would-be nodes are refused: one with an
+unregistered key, one with no key, one trusting another CA; each refusal shows in the logs. Every
+process the test starts is stopped by it, also on failure.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tests.conftest import ROOT
 
 TRIO = ROOT / "tests" / "scenarios" / "trio.toml"
 FIRMS = ("R1", "D1", "M1")
+NOISE_SEED = 17
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +52,8 @@ def loopback(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackFeder
 @pytest.fixture(scope="module")
 def network_run(loopback: LoopbackFederation) -> dict:
     for firm in FIRMS:
-        loopback.join(firm, loopback.root / "data" / firm)
+        # Each partner seeds its own DP-SGD noise (only a firm may): the pilot below uses the same seed.
+        loopback.join(firm, loopback.root / "data" / firm, "--noise-seed", str(NOISE_SEED))
     run = loopback.run(loopback.root / "runs", "net")
     summary = loopback.root / "runs" / "net" / "summary.json"
     assert summary.exists(), run.stdout[-4000:] + run.stderr[-4000:] + loopback.log("superlink")[-4000:]
@@ -66,6 +69,7 @@ def test_a_network_run_equals_the_pilot_simulation_on_the_same_files(
             "out-dir": str(loopback.root / "runs"),
             "run-id": "pilot",
             "data": str(loopback.root / "data"),
+            "noise-seed": NOISE_SEED,
         },
         cpus=2,
     )

@@ -166,6 +166,25 @@ def test_a_firms_own_budget_is_the_stricter_of_node_and_federation(trio_data: Pa
     assert node_firm(config, spec).manifest().budget_epsilon == 2.5
 
 
+def test_only_the_partner_can_seed_its_own_dp_noise(trio_data: Path) -> None:
+    """The coordinator knows every public number of a run; a DP-SGD seed it sets (or could derive) would let it
+    replay a firm's noise. So a real federation's run config may not carry one; a partner's node config may."""
+    with pytest.raises(ConfigError, match="noise-seed") as refused:
+        settings_from_run_config({"scenario": str(TRIO), "data": "nodes", "noise-seed": 3})
+    assert "silobridge join --noise-seed" in str(refused.value)
+    with pytest.raises(ConfigError, match="noise-seed"):
+        settings_from_run_config({"scenario": str(TRIO), "noise-seed": -2})
+    assert settings_from_run_config({"scenario": str(TRIO), "noise-seed": 3}).noise_seed == 3  # a simulation may
+    assert settings_from_run_config({"scenario": str(TRIO)}).noise_seed is None
+    spec = settings_from_run_config({"scenario": str(TRIO), "data": "nodes"}).spec
+    node = {NODE_DATA_DIR: str(trio_data / "R1"), NODE_FEDERATION: str(TRIO)}
+    assert node_firm(node, spec).noise_seed is None
+    assert node_firm({**node, "noise-seed": 17}, spec).noise_seed == 17
+    assert node_firm({**node, "noise-seed": -1}, spec).noise_seed is None
+    with pytest.raises(ConfigError, match="noise-seed"):
+        node_firm({**node, "noise-seed": "x"}, spec)
+
+
 def test_supernode_command_pins_the_ca_and_quotes_the_node_config(tmp_path: Path) -> None:
     command = supernode_command(
         superlink="10.0.0.5:9093",
@@ -176,11 +195,13 @@ def test_supernode_command_pins_the_ca_and_quotes_the_node_config(tmp_path: Path
         firm_id="R1",
         runtime_port=9094,
         budget_epsilon=3.0,
+        noise_seed=17,
     )
     assert "--insecure" not in command
     assert command[command.index("--root-certificates") + 1] == str((tmp_path / "ca.pem").resolve())
     config = command[command.index("--node-config") + 1]
     assert f'data-dir="{(tmp_path / "R1").resolve()}"' in config and "budget-epsilon=3.0" in config
+    assert "noise-seed=17" in config
     with pytest.raises(ConfigError, match="quotes"):
         node_config_text({"data-dir": 'a"b'})
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from federation.firm_source import NODE_BUDGET, NODE_DATA_DIR, NODE_FEDERATION, NODE_FIRM_ID
+from federation.firm_source import NODE_BUDGET, NODE_DATA_DIR, NODE_FEDERATION, NODE_FIRM_ID, NODE_NOISE_SEED
 from silobridge.errors import ConfigError, FederationError
 
 CONNECTION = "silobridge"
@@ -104,8 +104,12 @@ def supernode_command(
     firm_id: str,
     runtime_port: int,
     budget_epsilon: float | None = None,
+    noise_seed: int | None = None,
 ) -> list[str]:
-    """A partner's SuperNode: TLS pinned to the federation's CA, authenticated by the firm's key."""
+    """A partner's SuperNode: TLS pinned to the federation's CA, authenticated by the firm's key.
+
+    `noise_seed` fixes the firm's own DP-SGD noise (the coordinator never sees it); None: OS entropy.
+    """
     values: dict[str, str | float] = {
         NODE_DATA_DIR: str(data_dir.resolve()),
         NODE_FEDERATION: str(federation.resolve()),
@@ -113,6 +117,8 @@ def supernode_command(
     }
     if budget_epsilon is not None:
         values[NODE_BUDGET] = float(budget_epsilon)
+    if noise_seed is not None:
+        values[NODE_NOISE_SEED] = int(noise_seed)
     return [
         flower_executable("flower-supernode"),
         "--superlink",

@@ -118,7 +118,7 @@ class LoopbackFederation:
     def register(self, firm: str) -> None:
         self._checked("register", str(self.key(firm).with_name(self.key(firm).name + ".pub")))
 
-    def join_command(self, data_dir: Path, *, key: Path, ca_cert: Path | None = None) -> list[str]:
+    def join_command(self, data_dir: Path, *extra: str, key: Path, ca_cert: Path | None = None) -> list[str]:
         return [
             *CLI,
             "join",
@@ -134,10 +134,12 @@ class LoopbackFederation:
             str(self.federation_file),
             "--runtime-port",
             str(free_port()),
+            *extra,
         ]
 
-    def join(self, firm: str, data_dir: Path) -> subprocess.Popen:
-        return self.start(f"node-{firm}", self.join_command(data_dir, key=self.key(firm)))
+    def join(self, firm: str, data_dir: Path, *extra: str) -> subprocess.Popen:
+        """Start the firm's SuperNode with `silobridge join`; `extra` options pass through (e.g. --noise-seed)."""
+        return self.start(f"node-{firm}", self.join_command(data_dir, *extra, key=self.key(firm)))
 
     def run(self, out: Path, run_id: str, *extra: str, timeout: float = 900) -> subprocess.CompletedProcess:
         return self.cli(

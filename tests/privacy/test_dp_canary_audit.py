@@ -302,7 +302,16 @@ def record_scores(noise_multiplier: float, present: bool, trials: int, seed: int
         settings = TrainSettings(
             epochs=1, batch_size=RECORDS, learning_rate=LEARNING_RATE, seed=seed + trial, momentum=0.0
         )
-        report = fit_private(model, features, targets, loss="l1", settings=settings, dp=dp, device=torch.device("cpu"))
+        report = fit_private(
+            model,
+            features,
+            targets,
+            loss="l1",
+            settings=settings,
+            dp=dp,
+            device=torch.device("cpu"),
+            noise_seed=seed + trial,  # the audit replays its own trials; a real firm's noise is unseeded
+        )
         assert report.steps == plan.dpsgd_steps  # what was run is what is accounted
         scores[trial] = -(parameters(model) - start) @ gradient
     return scores
