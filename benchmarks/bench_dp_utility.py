@@ -2,7 +2,7 @@
 
 Run from the repository root:
     python -m benchmarks.bench_dp_utility [--quick] [--rounds N] [--large-rounds N]
-        [--skip-large | --skip-default] [--epsilons 1,2,4,8]
+        [--skip-large | --skip-default] [--epsilons 1,2,4,8] [--draws N]
 
 Settings (delta 1e-5 throughout; each budget is calibrated by the coordinator so that the planned
 rounds spend it exactly):
@@ -23,8 +23,11 @@ that the benchmark works, not the issue's setting. The full mode takes hours on 
 and `--skip-large` bound it.
 
 Each run is `silobridge simulate` in a fresh process (Ray's start-up and memory released after each),
-its figures read from the run's summary.json; one seed per point, so each point is one draw of the
-noise. Results, rewritten after every run: benchmarks/results/dp_utility{,_quick,_default,_large}.{json,md,png}
+its figures read from the run's summary.json. A private point is the mean of `--draws` runs (default
+3 on the default scenario, 1 on the large one) that differ only in the DP noise: under `record` draw d
+runs with `--noise-seed d`, so every draw can be rerun exactly; its standard deviation over the draws
+is reported beside it.
+Results, rewritten after every point: benchmarks/results/dp_utility{,_quick,_default,_large}.{json,md,png}
 (_default or _large when one scenario is left out, so a partial run keeps the other's results).
 """
 
@@ -38,9 +41,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from benchmarks._common import RESULTS_DIR, OtherWorkSampler, markdown_table, write_results
 
@@ -51,6 +56,8 @@ EPSILONS = (1.0, 2.0, 4.0, 8.0)
 QUICK_EPSILONS = (2.0, 8.0)
 QUICK_ROUNDS = 10
 LARGE_ROUNDS = 10
+DEFAULT_DRAWS = {"default": 3, "large": 1}
+FED_METRICS = ("fed_wape_all", "fed_wape_small", "fed_auc_all", "fed_auc_small")
 TARGET_EPSILON = 8.0
 MAX_WAPE_RATIO = 1.10
 
@@ -62,7 +69,9 @@ COLUMNS = [
     "rounds",
     "rounds_trained",
     "stopped",
+    "draws",
     "fed_wape_all",
+    "fed_wape_all_sd",
     "fed_wape_small",
     "local_wape_all",
     "local_wape_small",
@@ -88,6 +97,8 @@ class Config:
     mechanism: str | None = None
     epsilon: float | None = None
     rounds: int | None = None  # None: the scenario's own
+    draws: int = 1  # runs averaged into the point (private points only: no DP has no noise)
+    noise_seed: int | None = None  # one draw's DP-SGD seed (record level); None: fresh entropy
 
     @property
     def setting(self) -> str:
@@ -99,7 +110,15 @@ class Config:
     def run_id(self) -> str:
         if self.unit is None:
             return f"{self.scenario}-nodp"
-        return "-".join(filter(None, (self.scenario, self.unit, self.mechanism))) + f"-eps{self.epsilon:g}"
+        name = "-".join(filter(None, (self.scenario, self.unit, self.mechanism))) + f"-eps{self.epsilon:g}"
+        return name if self.noise_seed is None else f"{name}-n{self.noise_seed}"
+
+    def draw_configs(self) -> list[Config]:
+        """The runs of this point: one per noise draw, seeded 0, 1, ... where the firms' noise can be seeded."""
+        if self.unit is None:
+            return [self]
+        seeded = self.unit == "record"  # firm-level noise is the server's or the firms' Skellam shares: unseeded
+        return [replace(self, noise_seed=draw if seeded else None) for draw in range(self.draws)]
 
     def overrides(self) -> list[str]:
         if self.unit is None:
@@ -118,21 +137,24 @@ def plan(
     skip_large: bool,
     skip_default: bool = False,
     epsilons: tuple[float, ...] = EPSILONS,
+    draws: int | None = None,
 ) -> list[Config]:
-    """The runs of a mode; each scenario's non-private reference first."""
+    """The points of a mode; each scenario's non-private reference first. `draws` None: the scenario's default."""
+    default_draws = draws or DEFAULT_DRAWS["default"]
     if quick:
         rounds = rounds or QUICK_ROUNDS
         return [Config("default", rounds=rounds)] + [
-            Config("default", "record", None, eps, rounds) for eps in QUICK_EPSILONS
+            Config("default", "record", None, eps, rounds, default_draws) for eps in QUICK_EPSILONS
         ]
     configs: list[Config] = []
     if not skip_default:
         configs += [Config("default", rounds=rounds)]
-        configs += [Config("default", "record", None, eps, rounds) for eps in epsilons]
+        configs += [Config("default", "record", None, eps, rounds, default_draws) for eps in epsilons]
     if not skip_large:
+        large_draws = draws or DEFAULT_DRAWS["large"]
         configs.append(Config("large", rounds=large_rounds))
         for mechanism in ("central", "distributed"):
-            configs += [Config("large", "firm", mechanism, eps, large_rounds) for eps in epsilons]
+            configs += [Config("large", "firm", mechanism, eps, large_rounds, large_draws) for eps in epsilons]
     return configs
 
 
@@ -193,6 +215,8 @@ def run_one(config: Config, work: Path) -> dict[str, Any]:
     ]
     if config.rounds:
         command += ["--rounds", str(config.rounds)]
+    if config.noise_seed is not None:
+        command += ["--noise-seed", str(config.noise_seed)]
     for override in config.overrides():
         command += ["--set", override]
     log = work / f"{config.run_id}.log"
@@ -218,6 +242,38 @@ def run_one(config: Config, work: Path) -> dict[str, Any]:
     row["wall_s"] = round(wall, 1)
     row["other_share"] = round(other.other_share, 2)
     return row
+
+
+def combine_draws(config: Config, draws: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One point from its draws: the federated metrics averaged (with their spread and each draw's WAPE),
+    everything the noise does not change (budget, baselines) from the first draw, wall time summed.
+    A failed draw fails the point: a mean over the draws that happened to finish would be biased."""
+    failed = [row for row in draws if "error" in row]
+    if failed:
+        return {**failed[0], "draws": len(draws)}
+    row = dict(draws[0])
+    for key in FED_METRICS:
+        values = [draw[key] for draw in draws if draw.get(key) is not None]
+        row[key] = float(np.mean(values)) if len(values) == len(draws) else None
+        if key.startswith("fed_wape"):
+            row[f"{key}_sd"] = float(np.std(values, ddof=1)) if len(draws) > 1 and row[key] is not None else None
+            row[f"{key}_draws"] = [draw.get(key) for draw in draws]
+    row["draws"] = len(draws)
+    row["noise_seeds"] = [draw_config.noise_seed for draw_config in config.draw_configs()]
+    row["epsilon_spent"] = max(float(draw["epsilon_spent"]) for draw in draws) if config.unit else None
+    row["wall_s"] = round(sum(float(draw["wall_s"]) for draw in draws), 1)
+    row["other_share"] = max(float(draw.get("other_share") or 0.0) for draw in draws)
+    return row
+
+
+def run_point(config: Config, work: Path) -> dict[str, Any]:
+    """Every draw of one point, combined."""
+    draws = []
+    for draw in config.draw_configs():
+        draws.append(run_one(draw, work))
+        if "error" in draws[-1]:
+            break
+    return combine_draws(config, draws)
 
 
 def _find(rows: Sequence[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
@@ -358,9 +414,10 @@ def notes(rows: Sequence[dict[str, Any]], checks: Sequence[dict[str, Any]], plot
         f"Plot: `{plot_name}`. epsilon is the budget at delta {DELTA:g}, per firm: record, one training example "
         "(each of a firm's data sets accounted on its own); firm, a firm's whole contribution. epsilon_spent is "
         "the largest spend of any firm, recomputed from the run's verified ledger. The local-only and centralised "
-        "baselines are trained without DP in every run. One seed per point: each point is one draw of the DP "
-        "noise. other_share is the share of the machine that other work used during the run (wall times are "
-        "comparable only where it is low).",
+        "baselines are trained without DP in every run. A private point is the mean over `draws` runs that differ "
+        "only in the DP noise (fed_wape_all_sd: their standard deviation; record level: draw d ran with "
+        "`--noise-seed d`). other_share is the share of the machine that other work used during the run "
+        "(wall times are comparable only where it is low).",
     ]
     return "\n".join(text)
 
@@ -399,6 +456,8 @@ def kept_rows(path: Path, configs: Sequence[Config]) -> list[dict[str, Any]]:
             continue
         if config.rounds is not None and row.get("rounds") != config.rounds:
             continue
+        if row.get("draws", 1) != config.draws:
+            continue
         kept.append(row)
     return kept
 
@@ -413,6 +472,12 @@ def main() -> None:
     parser.add_argument(
         "--epsilons", default=",".join(f"{e:g}" for e in EPSILONS), help="comma-separated budgets (not --quick)"
     )
+    parser.add_argument(
+        "--draws",
+        type=int,
+        default=None,
+        help="noise draws averaged per private point (default 3 on the default scenario, 1 on the large one)",
+    )
     parser.add_argument("--work", type=Path, default=None, help="keep run directories and logs here (default: temp)")
     parser.add_argument(
         "--resume",
@@ -422,9 +487,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     epsilons = tuple(float(e) for e in args.epsilons.split(","))
+    if args.draws is not None and args.draws < 1:
+        parser.error("--draws must be at least 1")
     if args.skip_large and args.skip_default:
         parser.error("--skip-large and --skip-default leave nothing to run")
-    configs = plan(args.quick, args.rounds, args.large_rounds, args.skip_large, args.skip_default, epsilons)
+    configs = plan(args.quick, args.rounds, args.large_rounds, args.skip_large, args.skip_default, epsilons, args.draws)
     name = "dp_utility_quick" if args.quick else "dp_utility"
     if not args.quick and (args.skip_large or args.skip_default):
         name += "_default" if args.skip_large else "_large"  # a partial run keeps the other's results
@@ -438,7 +505,12 @@ def main() -> None:
         "aggregation": "secure",
         "accountant": "rdp",
         "seed": "scenario's",
-        "runs": len(configs),
+        "draws": {
+            scenario: max((c.draws for c in configs if c.scenario == scenario), default=None)
+            for scenario in dict.fromkeys(c.scenario for c in configs)
+        },
+        "points": len(configs),
+        "runs": sum(len(config.draw_configs()) for config in configs),
     }
     rows: list[dict[str, Any]] = kept_rows(RESULTS_DIR / f"{name}.json", configs) if args.resume else []
     done = {(row["setting"], row["epsilon"]) for row in rows}
@@ -453,15 +525,18 @@ def main() -> None:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         for index, config in enumerate(configs, 1):
-            print(f"[{index}/{len(configs)}] {config.setting}, epsilon {config.epsilon}", flush=True)
-            row = run_one(config, work)
+            print(
+                f"[{index}/{len(configs)}] {config.setting}, epsilon {config.epsilon}, {config.draws} draw(s)",
+                flush=True,
+            )
+            row = run_point(config, work)
             print(json.dumps({k: v for k, v in row.items() if k != "log_tail"}), flush=True)
             rows.append(row)
             json_path, md_path, image, checks = report(rows, name, parameters, args.quick)
     print(markdown_table(rows, COLUMNS))
     print()
     print(markdown_table(checks, CHECK_COLUMNS))
-    print(f"\n{len(configs)} runs in {time.monotonic() - started:.0f} s; written: {json_path}, {md_path}, {image}")
+    print(f"\n{len(configs)} points in {time.monotonic() - started:.0f} s; written: {json_path}, {md_path}, {image}")
     if any("error" in row for row in rows):
         sys.exit(1)
 

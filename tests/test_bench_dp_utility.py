@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.bench_dp_utility import Config, kept_rows, plan, report, summarise, target_checks
+from benchmarks.bench_dp_utility import Config, combine_draws, kept_rows, plan, report, summarise, target_checks
 
 
 def _summary(fed: tuple[float, float], local: tuple[float, float] = (0.30, 0.50), **privacy: Any) -> dict[str, Any]:
@@ -120,7 +120,7 @@ def test_resume_keeps_only_finished_rows_of_the_same_plan(tmp_path: Path) -> Non
     rows = _rows(record8=(0.28, 0.55), large8_small=0.48)
     rows[2] = {**rows[2], "error": "crashed"}  # default / record eps 8 failed: it must run again
     json_path, *_ = report(rows, "dp_utility_test", {"mode": "test"}, quick=False, out_dir=tmp_path)
-    configs = plan(quick=False, rounds=10, large_rounds=10, skip_large=False, epsilons=(1.0, 2.0, 8.0))
+    configs = plan(quick=False, rounds=10, large_rounds=10, skip_large=False, epsilons=(1.0, 2.0, 8.0), draws=1)
     kept = kept_rows(json_path, configs)
     kept_keys = [(row["setting"], row["epsilon"]) for row in kept]
     assert ("default / record", 8.0) not in kept_keys  # failed earlier
@@ -129,3 +129,31 @@ def test_resume_keeps_only_finished_rows_of_the_same_plan(tmp_path: Path) -> Non
     # other rounds: a row of another plan is not reused
     assert kept_rows(json_path, plan(quick=False, rounds=30, large_rounds=10, skip_large=True)) == []
     assert kept_rows(tmp_path / "missing.json", configs) == []
+    # nor a single draw where the plan averages three
+    three = plan(quick=False, rounds=10, large_rounds=10, skip_large=True, epsilons=(2.0,), draws=3)
+    assert [(row["setting"], row["epsilon"]) for row in kept_rows(json_path, three)] == [("default / no DP", None)]
+
+
+def test_a_private_point_is_the_mean_of_its_noise_draws() -> None:
+    point = Config("default", "record", None, 8.0, 10, draws=3)
+    draws = point.draw_configs()
+    assert [d.noise_seed for d in draws] == [0, 1, 2]  # record level: each draw can be rerun exactly
+    assert [d.run_id for d in draws] == [f"default-record-eps8-n{seed}" for seed in range(3)]
+    assert Config("default", rounds=10, draws=3).draw_configs() == [Config("default", rounds=10, draws=3)]
+    large = Config("large", "firm", "central", 8.0, 10, draws=2).draw_configs()
+    assert [d.noise_seed for d in large] == [None, None]  # the server's noise has no seed to fix
+    rows = []
+    for draw, (fed, spent) in zip(
+        draws, [((0.30, 0.40), 7.99), ((0.36, 0.46), 8.0), ((0.33, 0.43), 7.98)], strict=True
+    ):
+        row = summarise(draw, _summary(fed, mechanism="dpsgd", epsilon_overall=spent), 10)
+        rows.append(row | {"wall_s": 50.0, "other_share": 0.1})
+    point_row = combine_draws(point, rows)
+    assert point_row["fed_wape_all"] == pytest.approx(0.33) and point_row["fed_wape_small"] == pytest.approx(0.43)
+    assert point_row["fed_wape_all_sd"] == pytest.approx(0.03)  # sample standard deviation of 0.30, 0.36, 0.33
+    assert point_row["fed_wape_all_draws"] == [0.30, 0.36, 0.33] and point_row["noise_seeds"] == [0, 1, 2]
+    assert point_row["fed_auc_all"] == pytest.approx(0.8) and point_row["local_wape_small"] == 0.50
+    assert (point_row["draws"], point_row["wall_s"], point_row["epsilon_spent"]) == (3, 150.0, 8.0)
+    # A failed draw fails the point instead of averaging the survivors.
+    failed = combine_draws(point, [rows[0], {"setting": "default / record", "epsilon": 8.0, "error": "exit 1"}])
+    assert failed["error"] == "exit 1" and failed["draws"] == 2 and "fed_wape_all_sd" not in failed
