@@ -98,6 +98,7 @@ class Config:
     epsilon: float | None = None
     rounds: int | None = None  # None: the scenario's own
     draws: int = 1  # runs averaged into the point (private points only: no DP has no noise)
+    draw: int | None = None  # which draw of a point this run is (None: the point itself)
     noise_seed: int | None = None  # one draw's DP-SGD seed (record level); None: fresh entropy
 
     @property
@@ -111,14 +112,14 @@ class Config:
         if self.unit is None:
             return f"{self.scenario}-nodp"
         name = "-".join(filter(None, (self.scenario, self.unit, self.mechanism))) + f"-eps{self.epsilon:g}"
-        return name if self.noise_seed is None else f"{name}-n{self.noise_seed}"
+        return name if self.draw is None else f"{name}-d{self.draw}"
 
     def draw_configs(self) -> list[Config]:
         """The runs of this point: one per noise draw, seeded 0, 1, ... where the firms' noise can be seeded."""
         if self.unit is None:
             return [self]
         seeded = self.unit == "record"  # firm-level noise is the server's or the firms' Skellam shares: unseeded
-        return [replace(self, noise_seed=draw if seeded else None) for draw in range(self.draws)]
+        return [replace(self, draw=draw, noise_seed=draw if seeded else None) for draw in range(self.draws)]
 
     def overrides(self) -> list[str]:
         if self.unit is None:

@@ -33,6 +33,9 @@ from torch.utils.data import TensorDataset
 from clients.training import FitReport, LossName, TrainSettings, loss_function, make_optimiser
 from privacy.dp import poisson_steps_per_epoch
 
+MAX_NOISE_SEED = 2**63 - 1
+"""The largest noise seed a firm may fix (torch's generators take 64-bit seeds; Flower's config ints are signed)."""
+
 
 @dataclass(frozen=True)
 class DpSgdSettings:
@@ -77,13 +80,17 @@ def fit_private(
         return report
     model.to(device).train()
     private = GradSampleModule(model)
-    generator = torch.Generator().manual_seed(secrets.randbits(63) if noise_seed is None else noise_seed)
+    seed = secrets.randbits(63) if noise_seed is None else noise_seed
+    # Poisson sampling draws on the CPU; the noise is drawn where the gradients are (a CPU generator cannot
+    # feed torch.normal on CUDA). On the CPU one generator serves both, as Opacus expects.
+    generator = torch.Generator().manual_seed(seed)
+    noise_generator = generator if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed)
     optimiser = DPOptimizer(
         make_optimiser(private, settings),
         noise_multiplier=dp.noise_multiplier,
         max_grad_norm=dp.max_grad_norm,
         expected_batch_size=max(1, round(dp.sample_rate * len(features))),
-        generator=generator,
+        generator=noise_generator,
     )
     dataset = TensorDataset(
         torch.as_tensor(features, dtype=torch.float32, device=device),

@@ -85,6 +85,7 @@ def simulate(
             "--noise-seed",
             help="Fix every firm's DP-SGD sampling and noise (reproducible experiments); default: fresh OS entropy.",
             min=0,
+            max=2**63 - 1,
         ),
     ] = None,
 ) -> None:
@@ -651,8 +652,10 @@ def join(
         int | None,
         typer.Option(
             "--noise-seed",
-            help="Fix this firm's own DP-SGD noise seed (reproducible tests; keep it secret); default: OS entropy.",
+            help="Fix this firm's own DP-SGD sampling and noise, for tests against a coordinator you run yourself: "
+            "a coordinator that repeats a round number could then cancel your noise. Default: fresh OS entropy.",
             min=0,
+            max=2**63 - 1,
         ),
     ] = None,
 ) -> None:
@@ -683,7 +686,14 @@ def join(
     except SiloBridgeError as err:
         raise _fail(err) from None
     err_console.print(f"firm '{firm.firm_id}': data valid; joining {superlink}")
-    err_console.print(argv_text(command))
+    shown = argv_text(command)
+    if noise_seed is not None:  # the seed is the firm's secret: not in a log someone else may read
+        shown = shown.replace(f"noise-seed={noise_seed}", "noise-seed=<hidden>")
+        err_console.print(
+            "[yellow]warning:[/] --noise-seed fixes this node's DP noise: use it only for tests, against a "
+            "coordinator you trust (one that repeats a round number could cancel the noise)"
+        )
+    err_console.print(shown)
     raise typer.Exit(subprocess.call(command, env=process_env()))
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from clients.data import FirmData, firm_data_from_tables, load_firm_data
+from clients.dpsgd import MAX_NOISE_SEED
 from clients.firm import FirmClient
 from clients.training import resolve_device
 from federation.settings import RunSettings, settings_from_run_config
@@ -220,11 +221,20 @@ def _node_noise_seed(value: Any) -> int | None:
     """The partner's own DP-SGD seed from its node config (absent or -1: fresh entropy each round)."""
     if value in (None, ""):
         return None
-    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).lstrip("-").isdigit():
-        raise ConfigError(f"must be a whole number, got {value!r}", source="node config", field=NODE_NOISE_SEED)
-    seed = int(value)
-    if seed < -1:
-        raise ConfigError(f"must be >= 0 (-1: fresh entropy), got {seed}", source="node config", field=NODE_NOISE_SEED)
+    try:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ValueError
+        seed = int(value)
+    except ValueError:
+        raise ConfigError(
+            f"must be a whole number, got {value!r}", source="node config", field=NODE_NOISE_SEED
+        ) from None
+    if seed < -1 or seed > MAX_NOISE_SEED:
+        raise ConfigError(
+            f"must lie in 0..{MAX_NOISE_SEED} (-1: fresh entropy), got {seed}",
+            source="node config",
+            field=NODE_NOISE_SEED,
+        )
     return None if seed == -1 else seed
 
 

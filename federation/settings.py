@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from clients.dpsgd import MAX_NOISE_SEED
 from clients.models import MODEL_KINDS, build_model, state_to_arrays
 from scenarios.generator import DEMAND_COVARIATES, RISK_FEATURES
 from scenarios.schema import Scenario, load_scenario, parse_override
@@ -91,7 +92,7 @@ class RunSettings(BaseModel):
     data: Path | Literal["generated", "nodes"] = "generated"
     """Where the firms' data comes from: generated from the scenario, a pilot folder holding one
     sub-folder of CSV files per firm, or (a real federation) each SuperNode's own files."""
-    noise_seed: int | None = Field(default=None, ge=0)
+    noise_seed: int | None = Field(default=None, ge=0, le=MAX_NOISE_SEED)
     """A simulation's fixed seed for every firm's DP-SGD sampling and noise (reproducible experiments);
     None: each firm draws fresh entropy. Never in a real federation: only a firm may seed its own noise."""
 
@@ -244,9 +245,11 @@ def settings_from_run_config(run_config: Mapping[str, Any], *, base_dir: Path = 
         "generated" if not data_text else NODES if data_text == NODES else _resolve(data_text, Path.cwd())
     )
     noise_seed = int(run_config.get("noise-seed", -1))
-    if noise_seed < -1:
+    if not -1 <= noise_seed <= MAX_NOISE_SEED:
         raise ConfigError(
-            f"must be >= 0 (-1: fresh entropy), got {noise_seed}", source="run config", field="noise-seed"
+            f"must lie in 0..{MAX_NOISE_SEED} (-1: fresh entropy), got {noise_seed}",
+            source="run config",
+            field="noise-seed",
         )
     if noise_seed >= 0 and data == NODES:
         raise ConfigError(

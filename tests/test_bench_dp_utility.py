@@ -138,10 +138,11 @@ def test_a_private_point_is_the_mean_of_its_noise_draws() -> None:
     point = Config("default", "record", None, 8.0, 10, draws=3)
     draws = point.draw_configs()
     assert [d.noise_seed for d in draws] == [0, 1, 2]  # record level: each draw can be rerun exactly
-    assert [d.run_id for d in draws] == [f"default-record-eps8-n{seed}" for seed in range(3)]
+    assert [d.run_id for d in draws] == [f"default-record-eps8-d{seed}" for seed in range(3)]
     assert Config("default", rounds=10, draws=3).draw_configs() == [Config("default", rounds=10, draws=3)]
     large = Config("large", "firm", "central", 8.0, 10, draws=2).draw_configs()
     assert [d.noise_seed for d in large] == [None, None]  # the server's noise has no seed to fix
+    assert [d.run_id for d in large] == ["large-firm-central-eps8-d0", "large-firm-central-eps8-d1"]
     rows = []
     for draw, (fed, spent) in zip(
         draws, [((0.30, 0.40), 7.99), ((0.36, 0.46), 8.0), ((0.33, 0.43), 7.98)], strict=True

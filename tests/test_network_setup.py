@@ -181,8 +181,35 @@ def test_only_the_partner_can_seed_its_own_dp_noise(trio_data: Path) -> None:
     assert node_firm(node, spec).noise_seed is None
     assert node_firm({**node, "noise-seed": 17}, spec).noise_seed == 17
     assert node_firm({**node, "noise-seed": -1}, spec).noise_seed is None
-    with pytest.raises(ConfigError, match="noise-seed"):
-        node_firm({**node, "noise-seed": "x"}, spec)
+    for bad in ("x", "--5", 2**63, -2, True):
+        with pytest.raises(ConfigError, match="noise-seed"):
+            node_firm({**node, "noise-seed": bad}, spec)
+
+
+def test_a_partners_node_builds_its_firm_from_its_own_node_config_never_the_run_config(trio_data: Path) -> None:
+    """The coordinator writes the run config; the refusal above is only its own check. What protects a partner
+    is that its ClientApp (no `partition-id`) never reads a seed from the run config, whatever it holds."""
+    from types import SimpleNamespace
+
+    from flwr.app import Context, RecordDict
+
+    from federation.client_app import _request
+    from federation.records import request_content
+
+    spec = settings_from_run_config({"scenario": str(TRIO), "data": "nodes"}).spec
+    # Flower builds a Message only inside a run; the request reads just its content and type.
+    message = SimpleNamespace(content=request_content(spec), metadata=SimpleNamespace(message_type="train"))
+    hostile = {"scenario": str(TRIO), "data": "", "noise-seed": 3}
+    node = {NODE_DATA_DIR: str(trio_data / "R1"), NODE_FEDERATION: str(TRIO)}
+
+    def firm_of(node_config: dict, run_id: int) -> object:
+        context = Context(run_id=run_id, node_id=1, node_config=node_config, state=RecordDict(), run_config=hostile)
+        return _request(context, hostile, message).firm
+
+    assert firm_of(node, 1).noise_seed is None
+    assert firm_of({**node, "noise-seed": 17}, 1).noise_seed == 17
+    # A simulated node (the analyst's own machine holds every firm) does take the run's seed.
+    assert firm_of({"partition-id": 0, "num-partitions": 3}, 2).noise_seed == 3
 
 
 def test_supernode_command_pins_the_ca_and_quotes_the_node_config(tmp_path: Path) -> None:
