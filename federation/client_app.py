@@ -23,6 +23,7 @@ from flwr.clientapp import ClientApp
 from clients.analytics import answer_step
 from clients.firm import FirmClient, Normaliser
 from clients.models import MODEL_KINDS
+from clients.own_budget import check_round
 from clients.secure_sum import FirmSecureSum
 from federation.firm_source import node_firm, simulated_dropout, simulated_firm
 from federation.records import (
@@ -78,6 +79,10 @@ def _request(context: Context, run_config: Mapping[str, Any], message: Message) 
         torch.set_num_threads(1)  # simulated firms share the machine's cores
     firm = simulated_firm(settings, spec, int(node["partition-id"]), run_id=context.run_id)
     return Request(firm, settings, context, message)
+
+
+OWN_SPEND = "silobridge.own_spend"
+"""Node state (per run): the rounds each of the firm's data sets has released, for its own budget check."""
 
 
 def _secure(req: Request) -> FirmSecureSum:
@@ -164,10 +169,23 @@ def _baselines(req: Request) -> RecordDict:
 
 
 def _train(req: Request) -> RecordDict:
-    instruction = TrainInstruction.from_config(config_of(req.message, INSTRUCTION), firm=req.firm.firm_id)
+    firm = req.firm
+    instruction = TrainInstruction.from_config(config_of(req.message, INSTRUCTION), firm=firm.firm_id)
+    weights = _weights(req.message)
+    # The firm's own budget, counted by the firm itself in this run's node state (record level).
+    kinds = [kind for kind in weights if firm.trains(kind)]
+    stored = req.context.state.config_records.get(OWN_SPEND)
+    trained = {kind: int(count) for kind, count in (stored or {}).items()}  # type: ignore[call-overload]
+    stage = f"train round {instruction.round}"
+    check_round(firm.spec.privacy, firm.budget_epsilon, trained, kinds, firm=firm.firm_id, stage=stage)
     # Without DP the round carries test statistics of the received models: in the slots the server assigned.
-    groups = None if req.firm.spec.privacy.enabled else _stat_groups(req)
-    return _release(req, req.firm.train_round(_weights(req.message), instruction, _normaliser(req.message), groups))
+    groups = None if firm.spec.privacy.enabled else _stat_groups(req)
+    reply = _release(req, firm.train_round(weights, instruction, _normaliser(req.message), groups))
+    # Counted once the release has left (a firm that vanished before masking released nothing).
+    req.context.state.config_records[OWN_SPEND] = ConfigRecord(
+        {kind: trained.get(kind, 0) + (kind in kinds) for kind in sorted({*trained, *kinds})}
+    )
+    return reply
 
 
 def _evaluate(req: Request) -> RecordDict:

@@ -1,0 +1,88 @@
+"""A firm's own count of what its record-level DP-SGD has spent in a run.
+
+The coordinator's ledger decides who takes part in a round, and an auditor checks that ledger; but a
+firm that declared its own budget should not have to trust the coordinator to honour it. Under
+`record` the firm knows everything its spend depends on (the federation file's noise multiplier,
+sampling rate and local epochs, and the rounds it trained), so it accounts them itself with the same
+accountant and refuses a round that would take any of its data sets past its own epsilon. An honest
+coordinator never asks for such a round: it charges the same events (and possibly more).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+
+import dp_accounting as dpa
+from dp_accounting import NeighboringRelation
+
+from privacy.dp import AccountantKind, AccountingSpec, PrivacyUnit, dpsgd_event, epsilon, poisson_steps_per_epoch
+from silobridge.config import PrivacySpec
+from silobridge.errors import ConfigError, ProtocolError
+
+
+def round_event(privacy: PrivacySpec) -> dpa.DpEvent:
+    """One round of DP-SGD on one of the firm's data sets, as the firm itself runs it."""
+    if privacy.noise_multiplier is None:
+        raise ConfigError("record-level DP needs a calibrated noise multiplier", field="privacy.noise_multiplier")
+    steps = privacy.local_epochs * poisson_steps_per_epoch(privacy.sample_rate)
+    return dpsgd_event(privacy.noise_multiplier, privacy.sample_rate, steps)
+
+
+def own_epsilon(privacy: PrivacySpec, rounds: int) -> float:
+    """Epsilon (at the run's delta) of `rounds` rounds of DP-SGD on one data set, by the run's accountant.
+
+    Composed round by round, as the coordinator's ledger composes them, so both sides agree to the last bit.
+    """
+    if rounds <= 0:
+        return 0.0
+    round_event(privacy)  # a clear error for an uncalibrated spec
+    return _epsilon(
+        float(privacy.noise_multiplier),  # type: ignore[arg-type]
+        privacy.sample_rate,
+        privacy.local_epochs,
+        privacy.accountant,
+        privacy.delta,
+        rounds,
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _epsilon(
+    noise_multiplier: float, sample_rate: float, local_epochs: int, kind: str, delta: float, rounds: int
+) -> float:
+    steps = local_epochs * poisson_steps_per_epoch(sample_rate)
+    spec = AccountingSpec(
+        kind=AccountantKind(kind), relation=NeighboringRelation.ADD_OR_REMOVE_ONE, unit=PrivacyUnit.RECORD
+    )
+    return epsilon([dpsgd_event(noise_multiplier, sample_rate, steps)] * rounds, delta, spec)
+
+
+def check_round(
+    privacy: PrivacySpec,
+    budget_epsilon: float | None,
+    trained: Mapping[str, int],
+    kinds: list[str],
+    *,
+    firm: str,
+    stage: str,
+) -> None:
+    """Refuse (before training) a round that would take one of `kinds` past the firm's own budget.
+
+    `trained` counts the rounds each data set has already released in this run. Nothing to check
+    without an own budget or outside record-level DP (firm-level spend depends on the coordinator's
+    secret sample and on how many firms add noise, which a firm cannot see).
+    """
+    if budget_epsilon is None or not privacy.enabled or privacy.unit != "record":
+        return
+    for kind in kinds:
+        done = int(trained.get(kind, 0))
+        after = own_epsilon(privacy, done + 1)
+        if after > budget_epsilon:
+            raise ProtocolError(
+                f"refused: one more round would take this firm's {kind} data to epsilon {after:.4g} (spent "
+                f"{own_epsilon(privacy, done):.4g} in {done} rounds), over its own budget {budget_epsilon:g} "
+                f"at delta {privacy.delta:g}",
+                firm=firm,
+                stage=stage,
+            )
