@@ -33,9 +33,6 @@ from torch.utils.data import TensorDataset
 from clients.training import FitReport, LossName, TrainSettings, loss_function, make_optimiser
 from privacy.dp import poisson_steps_per_epoch
 
-MAX_NOISE_SEED = 2**63 - 1
-"""The largest noise seed a firm may fix (torch's generators take 64-bit seeds; Flower's config ints are signed)."""
-
 
 @dataclass(frozen=True)
 class DpSgdSettings:

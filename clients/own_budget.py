@@ -36,26 +36,16 @@ def own_epsilon(privacy: PrivacySpec, rounds: int) -> float:
     """
     if rounds <= 0:
         return 0.0
-    round_event(privacy)  # a clear error for an uncalibrated spec
-    return _epsilon(
-        float(privacy.noise_multiplier),  # type: ignore[arg-type]
-        privacy.sample_rate,
-        privacy.local_epochs,
-        privacy.accountant,
-        privacy.delta,
-        rounds,
-    )
+    return _epsilon(round_event(privacy), privacy.accountant, privacy.delta, rounds)
 
 
 @functools.lru_cache(maxsize=256)
-def _epsilon(
-    noise_multiplier: float, sample_rate: float, local_epochs: int, kind: str, delta: float, rounds: int
-) -> float:
-    steps = local_epochs * poisson_steps_per_epoch(sample_rate)
+def _epsilon(event: dpa.DpEvent, kind: str, delta: float, rounds: int) -> float:
+    """Cached: the train handler asks for the same few values every round."""
     spec = AccountingSpec(
         kind=AccountantKind(kind), relation=NeighboringRelation.ADD_OR_REMOVE_ONE, unit=PrivacyUnit.RECORD
     )
-    return epsilon([dpsgd_event(noise_multiplier, sample_rate, steps)] * rounds, delta, spec)
+    return epsilon([event] * rounds, delta, spec)
 
 
 def check_round(

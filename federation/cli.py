@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from silobridge.errors import ConfigError, DataError, FederationError, LedgerTampered, SiloBridgeError
+from silobridge.seeds import MAX_NOISE_SEED
 
 if TYPE_CHECKING:
     from federation.analytics import QueryJob
@@ -85,7 +86,7 @@ def simulate(
             "--noise-seed",
             help="Fix every firm's DP-SGD sampling and noise (reproducible experiments); default: fresh OS entropy.",
             min=0,
-            max=2**63 - 1,
+            max=MAX_NOISE_SEED,
         ),
     ] = None,
 ) -> None:
@@ -655,7 +656,7 @@ def join(
             help="Fix this firm's own DP-SGD sampling and noise, for tests against a coordinator you run yourself: "
             "a coordinator that repeats a round number could then cancel your noise. Default: fresh OS entropy.",
             min=0,
-            max=2**63 - 1,
+            max=MAX_NOISE_SEED,
         ),
     ] = None,
 ) -> None:

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from clients.data import FirmData, firm_data_from_tables, load_firm_data
-from clients.dpsgd import MAX_NOISE_SEED
 from clients.firm import FirmClient
 from clients.training import resolve_device
 from federation.settings import RunSettings, settings_from_run_config
@@ -25,6 +24,7 @@ from scenarios.generator import ChainData, generate_chain
 from scenarios.schema import Scenario, load_scenario
 from silobridge.config import FederationSpec
 from silobridge.errors import ConfigError, DataError, DataProblem, ProtocolError
+from silobridge.seeds import parse_noise_seed
 
 NODE_DATA_DIR = "data-dir"
 NODE_FEDERATION = "federation"
@@ -209,33 +209,12 @@ def node_firm(node_config: Mapping[str, Any], spec: FederationSpec, message_type
             spec,
             data,
             budget_epsilon=float(budget) if budget not in (None, "") else None,
-            noise_seed=_node_noise_seed(node_config.get(NODE_NOISE_SEED)),
+            noise_seed=parse_noise_seed(node_config.get(NODE_NOISE_SEED), source="node config"),
         )
     return _nodes[key]
 
 
 _nodes: dict[tuple[str, ...], FirmClient] = {}
-
-
-def _node_noise_seed(value: Any) -> int | None:
-    """The partner's own DP-SGD seed from its node config (absent or -1: fresh entropy each round)."""
-    if value in (None, ""):
-        return None
-    try:
-        if isinstance(value, bool) or not isinstance(value, int | str):
-            raise ValueError
-        seed = int(value)
-    except ValueError:
-        raise ConfigError(
-            f"must be a whole number, got {value!r}", source="node config", field=NODE_NOISE_SEED
-        ) from None
-    if seed < -1 or seed > MAX_NOISE_SEED:
-        raise ConfigError(
-            f"must lie in 0..{MAX_NOISE_SEED} (-1: fresh entropy), got {seed}",
-            source="node config",
-            field=NODE_NOISE_SEED,
-        )
-    return None if seed == -1 else seed
 
 
 @lru_cache(maxsize=4)

@@ -18,7 +18,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from clients.dpsgd import MAX_NOISE_SEED
 from clients.models import MODEL_KINDS, build_model, state_to_arrays
 from scenarios.generator import DEMAND_COVARIATES, RISK_FEATURES
 from scenarios.schema import Scenario, load_scenario, parse_override
@@ -28,6 +27,7 @@ from server.secure_sum import resolve_aggregation
 from silobridge.arrays import flatten
 from silobridge.config import DataSchema, FederationSpec
 from silobridge.errors import ConfigError
+from silobridge.seeds import MAX_NOISE_SEED, parse_noise_seed
 
 APP_DIR = Path(__file__).resolve().parent.parent
 """The project (or installed app) directory; a relative scenario path starts here, a relative
@@ -244,14 +244,8 @@ def settings_from_run_config(run_config: Mapping[str, Any], *, base_dir: Path = 
     data: Path | str = (
         "generated" if not data_text else NODES if data_text == NODES else _resolve(data_text, Path.cwd())
     )
-    noise_seed = int(run_config.get("noise-seed", -1))
-    if not -1 <= noise_seed <= MAX_NOISE_SEED:
-        raise ConfigError(
-            f"must lie in 0..{MAX_NOISE_SEED} (-1: fresh entropy), got {noise_seed}",
-            source="run config",
-            field="noise-seed",
-        )
-    if noise_seed >= 0 and data == NODES:
+    noise_seed = parse_noise_seed(run_config.get("noise-seed"), source="run config")
+    if noise_seed is not None and data == NODES:
         raise ConfigError(
             "the coordinator may not seed the firms' DP noise in a real federation (it could replay and subtract "
             "it); a firm fixes its own with `silobridge join --noise-seed`",
@@ -259,7 +253,7 @@ def settings_from_run_config(run_config: Mapping[str, Any], *, base_dir: Path = 
             field="noise-seed",
         )
     settings = RunSettings(
-        noise_seed=None if noise_seed < 0 else noise_seed,
+        noise_seed=noise_seed,
         node_wait_s=600.0 if data == NODES else 30.0,  # partners join when they join: wait up to ten minutes
         data=data,  # type: ignore[arg-type]
         scenario_path=scenario_path,
