@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from clients.data import FirmData, firm_data_from_tables, load_firm_data
+from clients.data import Calendar, FirmData, firm_data_from_tables, load_for_spec
 from clients.firm import FirmClient
 from clients.training import resolve_device
 from federation.settings import RunSettings, settings_from_run_config
@@ -47,6 +47,7 @@ def simulated_dropout(scenario: Scenario, firm_id: str, round_number: int, stage
 
 @lru_cache(maxsize=4)
 def _chain(scenario: Scenario) -> ChainData:
+    """The generated chain, once per process and scenario (hashable: every spec it holds is frozen)."""
     return generate_chain(scenario)
 
 
@@ -66,11 +67,17 @@ def simulated_firm(settings: RunSettings, spec: FederationSpec, partition_id: in
             )
         firm = scenario.firms[partition_id]
         if isinstance(settings.data, Path):  # a pilot on the firms' own extracts
-            data = load_firm_data(settings.data / firm.id, spec.data, min_periods=spec.min_periods, firm_id=firm.id)
+            data = load_for_spec(settings.data / firm.id, spec, firm_id=firm.id)
         else:
             tables = _chain(scenario).tables[firm.id]
             data = firm_data_from_tables(
-                firm.id, tables.demand, tables.risk, spec.data, min_periods=spec.min_periods, orders=tables.orders
+                firm.id,
+                tables.demand,
+                tables.risk,
+                spec.data,
+                min_periods=spec.min_periods,
+                orders=tables.orders,
+                calendar=Calendar.of(spec),
             )
         for stale in [k for k in _firms if k[0] != run_id]:  # keep only this run's firms
             del _firms[stale]
@@ -140,7 +147,7 @@ def validate_firm_folder(
     """What `silobridge validate` and `join` check before anything is sent: a declared firm, valid files."""
     firm = firm_id or folder.name
     declared_firm(scenario, firm, source="federation file")
-    return load_firm_data(folder, spec.data, min_periods=spec.min_periods, firm_id=firm)
+    return load_for_spec(folder, spec, firm_id=firm)
 
 
 def validate_pilot(settings: RunSettings) -> None:
@@ -202,7 +209,7 @@ def node_firm(node_config: Mapping[str, Any], spec: FederationSpec, message_type
     if key not in _nodes:
         scenario = _federation_file(federation)
         declared_firm(scenario, firm_id, source=str(federation))
-        data = load_firm_data(folder, spec.data, min_periods=spec.min_periods, firm_id=firm_id)
+        data = load_for_spec(folder, spec, firm_id=firm_id)
         budget = node_config.get(NODE_BUDGET)
         _nodes[key] = _client(
             scenario,

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from clients.models import MODEL_KINDS, build_model, state_to_arrays
 from scenarios.generator import DEMAND_COVARIATES, RISK_FEATURES
-from scenarios.schema import Scenario, load_scenario, parse_override
+from scenarios.schema import Scenario, check_generatable, load_scenario, parse_override
 from server.efficiency_release import check_room, efficiency_event
 from server.privacy import PrivacyPlan, resolve_privacy
 from server.secure_sum import resolve_aggregation
@@ -244,6 +244,11 @@ def settings_from_run_config(run_config: Mapping[str, Any], *, base_dir: Path = 
     data: Path | str = (
         "generated" if not data_text else NODES if data_text == NODES else _resolve(data_text, Path.cwd())
     )
+    if data == "generated":
+        check_generatable(scenario, source=str(scenario_path))
+    out_dir = _resolve(str(run_config.get("out-dir") or "runs"), Path.cwd())
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{out_dir} is a file; name a folder for the run directories", field="out-dir")
     noise_seed = parse_noise_seed(run_config.get("noise-seed"), source="run config")
     if noise_seed is not None and data == NODES:
         raise ConfigError(
@@ -259,7 +264,7 @@ def settings_from_run_config(run_config: Mapping[str, Any], *, base_dir: Path = 
         scenario_path=scenario_path,
         overrides=all_overrides,
         scenario=scenario,
-        out_dir=_resolve(str(run_config.get("out-dir") or "runs"), Path.cwd()),
+        out_dir=out_dir,
         run_id=run_id,
         aggregation=aggregation,  # type: ignore[arg-type]
         dp=dp == "on",
