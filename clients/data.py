@@ -137,7 +137,7 @@ def _first_row(mask: np.ndarray) -> int:
 def _check_calendar(dates: pd.Series, calendar: Calendar, column: str, problems: _Problems) -> None:
     """Every week on the federation's weekday, none after its end: one problem each, at the first offending row."""
     valid = dates.notna().to_numpy()
-    wrong_day = valid & (dates.dt.weekday.to_numpy(na_value=-1) != calendar.end.weekday())
+    wrong_day = valid & (dates.dt.day_of_week.to_numpy(na_value=-1) != calendar.end.weekday())
     if wrong_day.any():
         row = _first_row(wrong_day)
         day = dates.iloc[row - 2]

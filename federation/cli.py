@@ -556,7 +556,11 @@ def validate(
     ),
     firm_id: Annotated[str | None, typer.Option("--firm-id", help="Firm id, if not the folder's name.")] = None,
 ) -> None:
-    """Firm: check its CSV files against the federation's schema, reporting file, row and column. Sends nothing."""
+    """Firm: check its CSV files against the federation's schema, reporting file, row and column. Sends nothing.
+
+    Every rule the run applies is checked here first: a file that validates is not dropped by the run.
+    """
+    from clients.data import describe_risk_split
     from federation.firm_source import validate_firm_folder
 
     try:
@@ -568,7 +572,10 @@ def validate(
     if data.demand is not None:
         parts.append(f"demand.csv {len(data.demand)} rows, {data.demand['series'].nunique()} series")
     if data.risk is not None:
-        parts.append(f"risk.csv {len(data.risk)} rows")
+        split = describe_risk_split(data.risk_split or "", spec.data)
+        parts.append(f"risk.csv {len(data.risk)} rows, train/test split: {split}")
+    if data.orders is not None:
+        parts.append(f"orders.csv {len(data.orders)} rows")
     out_console.print(f"firm '{data.firm_id}': valid ({'; '.join(parts)}); nothing was sent anywhere")
 
 

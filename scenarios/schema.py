@@ -11,6 +11,7 @@ import datetime as dt
 import graphlib
 import math
 import tomllib
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -412,7 +413,8 @@ def _config_error(err: ValidationError, raw: Mapping[str, Any], source: str) -> 
         if problem["type"] == "missing":
             message = "required field is missing"
         elif problem["type"] == "extra_forbidden":
-            message = "unknown field"
+            known = _known_fields(problem["loc"])
+            message = f"unknown field (known: {', '.join(known)})" if known else "unknown field"
         if field:
             first_field = first_field or field
             lines.append(f"{field}: {message}")
@@ -423,6 +425,27 @@ def _config_error(err: ValidationError, raw: Mapping[str, Any], source: str) -> 
         text = text[len(first_field) + 2 :]
         return ConfigError(text, source=source, field=first_field)
     return ConfigError(text, source=source, field=first_field)
+
+
+def _known_fields(loc: Sequence[Any]) -> list[str]:
+    """The fields of the table an unknown key sits in, so a typo (`unit_column`) shows its fix."""
+    model: type[BaseModel] = Scenario
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        inner = [t for t in _flat_types(field.annotation) if isinstance(t, type) and issubclass(t, BaseModel)]
+        if not inner:
+            return []
+        model = inner[0]
+    return list(model.model_fields)
+
+
+def _flat_types(annotation: Any) -> list[Any]:
+    args = typing.get_args(annotation)
+    return [annotation] if not args else [t for arg in args for t in _flat_types(arg)]
 
 
 def _describe_location(loc: Sequence[Any], raw: Mapping[str, Any]) -> str:
