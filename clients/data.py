@@ -100,7 +100,9 @@ def _numeric(frame: pd.DataFrame, column: str, problems: _Problems, *, shown: st
     bad = values.isna() | ~np.isfinite(values.to_numpy(dtype=float, na_value=np.nan))
     problems.add_rows(bad.to_numpy(), shown or column, "expected a finite number")
     huge = (values.abs() > MAX_ABS_VALUE).to_numpy() & ~bad.to_numpy()
-    problems.add_rows(huge, shown or column, f"{MAX_ABS_VALUE:g} at most in magnitude (larger figures overflow the models)")
+    problems.add_rows(
+        huge, shown or column, f"{MAX_ABS_VALUE:g} at most in magnitude (larger figures overflow the models)"
+    )
     return values
 
 
@@ -352,6 +354,7 @@ def validate_orders(frame: pd.DataFrame, *, firm: str, file: str = ORDERS_FILE) 
 
 def _read_csv(path: Path, firm: str) -> pd.DataFrame:
     """Every cell as text (validation parses it), a spreadsheet's byte-order mark dropped from the header."""
+
     def refused(message: str) -> DataError:
         return DataError(firm, [DataProblem(path.name, None, None, message)])
 

@@ -39,7 +39,9 @@ class DataSchema(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    date_column: str = Field(default="date", pattern=COLUMN_NAME_PATTERN, description="demand.csv's (and risk.csv's) date")
+    date_column: str = Field(
+        default="date", pattern=COLUMN_NAME_PATTERN, description="demand.csv's (and risk.csv's) date"
+    )
     units_column: str = Field(default="units", pattern=COLUMN_NAME_PATTERN, description="demand.csv's quantity")
     series_column: str = Field(
         default="series", pattern=COLUMN_NAME_PATTERN, description="demand.csv's item or department (optional column)"
