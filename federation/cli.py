@@ -19,9 +19,17 @@ from silobridge.errors import ConfigError, DataError, FederationError, LedgerTam
 from silobridge.seeds import MAX_NOISE_SEED
 
 if TYPE_CHECKING:
+    from pydantic import ValidationError
+
     from federation.analytics import QueryJob
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="SiloBridge: federated analytics for supply chains.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="SiloBridge: federated analytics for supply chains.",
+    # a traceback with locals would print a firm's rows or keys into a terminal or a CI log
+    pretty_exceptions_show_locals=False,
+)
 err_console = Console(stderr=True)
 out_console = Console()
 
@@ -327,14 +335,17 @@ def generate(
     """Write each firm's generated data as a partner firm's CSV files (demand.csv, risk.csv, orders.csv)."""
     from clients.data import write_firm_data
     from scenarios.generator import generate_chain
-    from scenarios.schema import load_scenario, parse_override
+    from scenarios.schema import check_generatable, load_scenario, parse_override
 
     try:
         loaded = load_scenario(scenario, [parse_override(text) for text in set_ or []])
+        check_generatable(loaded, source=str(scenario))
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"{out} is a file; name a new folder", source="command line", field="--out")
+        if out.exists() and any(out.iterdir()):
+            raise ConfigError(f"{out} is not empty; choose a new folder", source="command line", field="--out")
     except SiloBridgeError as err:
         raise _fail(err) from None
-    if out.exists() and any(out.iterdir()):
-        raise _fail(ConfigError(f"{out} is not empty; choose a new folder", source="command line", field="--out"))
     chain = generate_chain(loaded)
     for firm in loaded.firms:
         tables = chain.tables[firm.id]
@@ -447,6 +458,30 @@ def report(
         raise typer.Exit(EXIT_FAILED)
 
 
+CALIBRATE_OPTIONS = {
+    "epsilon": "--epsilon",
+    "delta": "--delta",
+    "sample_rate": "--sample-rate",
+    "firm_sample_rate": "--sample-rate",
+    "rounds": "--rounds",
+    "local_epochs": "--local-epochs",
+}
+"""PrivacySpec and PrivacyPlan fields as calibrate's options name them."""
+
+
+def _option_error(err: ValidationError, options: dict[str, str]) -> ConfigError:
+    """A pydantic refusal of command-line values as one line per option, without pydantic's dump and URL."""
+    found = [
+        (options.get(str(p["loc"][-1]), str(p["loc"][-1])) if p["loc"] else None, p["msg"], p.get("input"))
+        for p in err.errors()
+    ]
+    if len(found) == 1:
+        option, message, got = found[0]
+        return ConfigError(f"{message} (got {got!r})", source="command line", field=option)
+    text = "; ".join(f"{option}: {message} (got {got!r})" for option, message, got in found)
+    return ConfigError(text, source="command line")
+
+
 @app.command()
 def calibrate(
     epsilon: Annotated[float, typer.Option(help="Target epsilon.", min=0.0)],
@@ -461,6 +496,8 @@ def calibrate(
     accountant: Annotated[str, typer.Option(help="'rdp' or 'pld'.")] = "rdp",
 ) -> None:
     """The noise multiplier that spends exactly (epsilon, delta) over the planned rounds."""
+    from pydantic import ValidationError
+
     from server.privacy import PrivacyPlan, accounting_spec, resolve_privacy
     from silobridge.config import PrivacySpec
 
@@ -477,8 +514,10 @@ def calibrate(
         spec = PrivacySpec(unit=unit, epsilon=epsilon, delta=delta, accountant=accountant, **fields)  # type: ignore[arg-type]
         plan = PrivacyPlan(spec=spec, rounds=rounds, local_epochs=local_epochs, num_firms=1, min_firms=1, model_dim=1)
         resolved = resolve_privacy(plan)
-    except (SiloBridgeError, ValueError) as err:
-        raise _fail(err if isinstance(err, SiloBridgeError) else ConfigError(str(err), source="command line")) from None
+    except ValidationError as err:
+        raise _fail(_option_error(err, CALIBRATE_OPTIONS)) from None
+    except SiloBridgeError as err:
+        raise _fail(err) from None
     plan = PrivacyPlan(spec=resolved, rounds=rounds, local_epochs=local_epochs, num_firms=1, min_firms=1, model_dim=1)
     from privacy.dp import epsilon as spent
 
@@ -540,9 +579,12 @@ def keys(
 
 
 def _federation(config: Path):  # noqa: ANN202 - returns (Scenario, FederationSpec)
-    from federation.settings import settings_from_run_config
+    """The federation file as a firm checks it: DP off (no calibration needed to check data), DP's own
+    demands on the schema checked still."""
+    from federation.settings import check_public_ranges, settings_from_run_config
 
     settings = settings_from_run_config({"scenario": str(config.resolve()), "dp": "off", "data": "nodes"})
+    check_public_ranges(settings.spec.data, private=settings.scenario.privacy.enabled)
     return settings.scenario, settings.spec
 
 
@@ -746,6 +788,24 @@ def run_federation_command(
     out_console.print(f"Run directory: [bold]{summary_path.parent}[/]")
 
 
+def _command_name(argv: list[str]) -> str:
+    """The subcommand a user typed (`silobridge validate ...` -> "validate"), for the one-line bug report."""
+    return next((arg for arg in argv if not arg.startswith("-")), "")
+
+
+def crash_report(err: BaseException) -> Path:
+    """Write the full traceback (frames and lines, no local variables: they may hold a firm's data) to a
+    private temp file and return its path."""
+    import tempfile
+    import traceback
+
+    handle, name = tempfile.mkstemp(prefix="silobridge-error-", suffix=".txt")
+    with open(handle, "w", encoding="utf-8") as out:
+        out.write(f"silobridge {' '.join(sys.argv[1:2])}\n")
+        out.write("".join(traceback.format_exception(err)))
+    return Path(name)
+
+
 def main() -> None:
     from federation.settings import quiet_accountant
 
@@ -755,6 +815,15 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
+    except Exception as err:  # noqa: BLE001 - the last stop: anything we did not expect is a bug, said in one line
+        command = " ".join(filter(None, ("silobridge", _command_name(sys.argv[1:]))))
+        path = crash_report(err)
+        err_console.print(
+            f"[bold red]internal error:[/] `{command}` stopped on an unexpected {type(err).__name__}; this is a bug "
+            f"in SiloBridge, not in your input. The traceback (without local variables) is in {path}",
+            highlight=False,
+        )
+        sys.exit(EXIT_FAILED)
 
 
 if __name__ == "__main__":

@@ -164,6 +164,7 @@ def federation_spec(settings: RunSettings) -> FederationSpec:
             "FedProx's proximal term is not per-example, so record-level DP-SGD cannot clip it; use fedavg",
             field="training.strategy",
         )
+    check_public_ranges(s.data or GENERATED_SCHEMA, private=privacy.enabled)
     base = FederationSpec(
         data=s.data or GENERATED_SCHEMA,
         lags=s.training.lags,
@@ -191,6 +192,18 @@ def federation_spec(settings: RunSettings) -> FederationSpec:
         modulus = spec.aggregation.modulus_bits or 64
         privacy_plan(settings, spec).skellam().check_modulus(modulus, len(s.firms))
     return spec
+
+
+def check_public_ranges(data: DataSchema, *, private: bool) -> None:
+    """Under DP every risk feature is clipped to a public range, which the federation file must give:
+    refused here rather than when the first round asks for the firms' features."""
+    missing = [name for name in data.risk_features if name not in data.risk_feature_ranges]
+    if private and missing:
+        raise ConfigError(
+            f"under differential privacy every risk feature needs a public range; none for {missing}. Write each "
+            "as name = [low, high] from public knowledge (a range computed from a firm's data leaks it)",
+            field="data.risk_feature_ranges",
+        )
 
 
 def _resolve(path: str, base: Path) -> Path:
