@@ -352,7 +352,7 @@ def validate_orders(frame: pd.DataFrame, *, firm: str, file: str = ORDERS_FILE) 
     return out.sort_values(["order_id", "item"], kind="stable").reset_index(drop=True)
 
 
-def _read_csv(path: Path, firm: str) -> pd.DataFrame:
+def read_firm_csv(path: Path, firm: str) -> pd.DataFrame:
     """Every cell as text (validation parses it), a spreadsheet's byte-order mark dropped from the header."""
 
     def refused(message: str) -> DataError:
@@ -391,20 +391,20 @@ def load_firm_data(
     rule = None
     if demand_path.exists():
         try:
-            frame = _read_csv(demand_path, firm)
+            frame = read_firm_csv(demand_path, firm)
             demand = validate_demand(frame, schema, firm=firm, min_periods=min_periods, calendar=calendar)
         except DataError as err:
             errors += err.problems
     if risk_path.exists():
         try:
-            frame = _read_csv(risk_path, firm)
+            frame = read_firm_csv(risk_path, firm)
             rule = risk_split_rule(frame.columns, schema)
             risk = validate_risk(frame, schema, firm=firm, calendar=calendar)
         except DataError as err:
             errors += err.problems
     if orders_path.exists():
         try:
-            orders = validate_orders(_read_csv(orders_path, firm), firm=firm)
+            orders = validate_orders(read_firm_csv(orders_path, firm), firm=firm)
         except DataError as err:
             errors += err.problems
     if errors:

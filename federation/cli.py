@@ -589,6 +589,46 @@ def _federation(config: Path):  # noqa: ANN202 - returns (Scenario, FederationSp
 
 
 @app.command()
+def init(
+    data_dir: Annotated[Path, typer.Argument(help="The pilot's folder: one sub-folder of CSV files per firm.")],
+    out: Annotated[Path, typer.Option("--out", help="The federation file to write (must not exist).")] = Path(
+        "federation.toml"
+    ),
+    name: Annotated[str | None, typer.Option(help="The federation's name (default: the folder's).")] = None,
+    date_column: Annotated[str | None, typer.Option(help="The date column, if not detected.")] = None,
+    units_column: Annotated[str | None, typer.Option(help="demand.csv's units column, if not detected.")] = None,
+    series_column: Annotated[str | None, typer.Option(help="demand.csv's series column, if not detected.")] = None,
+    label_column: Annotated[str | None, typer.Option(help="risk.csv's 0/1 label column, if not detected.")] = None,
+) -> None:
+    """Coordinator: write a first federation file from the firms' extracts (columns, weekly anchor, end, sizes).
+
+    Tiers are left as TODO for you to fill in (validate refuses the file until then); ranges for DP
+    clipping are only suggested, commented out: computed from private data, they would leak it.
+    """
+    import re
+
+    from federation.pilot_init import Columns, federation_toml, survey_folder
+
+    try:
+        if out.exists():
+            raise ConfigError(f"{out} already exists; choose another file", source="command line", field="--out")
+        if not out.parent.is_dir():
+            raise ConfigError(f"{out.parent} is not a folder", source="command line", field="--out")
+        title = name or re.sub(r"[^A-Za-z0-9_.-]+", "-", data_dir.resolve().name).strip("-") or "pilot"
+        columns = Columns(date=date_column, units=units_column, series=series_column, label=label_column)
+        surveys = survey_folder(data_dir, columns)
+        text = federation_toml(surveys, name=title, source=data_dir)
+    except SiloBridgeError as err:
+        raise _fail(err) from None
+    out.write_text(text, encoding="utf-8")
+    out_console.print(f"Wrote [bold]{out}[/] for {len(surveys)} firms: {', '.join(s.firm_id for s in surveys)}")
+    out_console.print(
+        "Next: set each firm's tier (TODO), check the columns and the end date, and write public ranges for the "
+        f"risk features; then `silobridge validate FIRM_DIR --config {out}`."
+    )
+
+
+@app.command()
 def validate(
     data_dir: Annotated[
         Path, typer.Argument(help="The firm's folder (its name is the firm id): demand.csv, risk.csv.")

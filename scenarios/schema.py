@@ -31,6 +31,8 @@ from silobridge.config import (
 from silobridge.errors import ConfigError
 
 FIRM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+TIER_PLACEHOLDER = "TODO"
+"""The tier `silobridge init` writes: not a tier, so the file is refused until the coordinator fills it in."""
 MAX_HISTORY = 5200
 """Longest history a firm may declare: the generator allocates firms x series x history values."""
 MAX_GENERATED_VALUES = 5_000_000
@@ -407,10 +409,16 @@ def scenario_from_dict(raw: Mapping[str, Any], *, source: str = "<scenario>") ->
 def _config_error(err: ValidationError, raw: Mapping[str, Any], source: str) -> ConfigError:
     lines: list[str] = []
     first_field: str | None = None
-    for problem in err.errors():
+    problems = err.errors()
+    in_firms = any(len(p["loc"]) > 2 and p["loc"][0] == "firms" for p in problems)
+    for problem in problems:
+        if in_firms and tuple(problem["loc"]) == ("firms",) and problem["type"] == "too_short":
+            continue  # a consequence of the firms' own problems, listed already
         field = _describe_location(problem["loc"], raw)
         message = problem["msg"].removeprefix("Value error, ")
-        if problem["type"] == "missing":
+        if problem["loc"][-1:] == ("tier",) and problem.get("input") == TIER_PLACEHOLDER:
+            message = f"still '{TIER_PLACEHOLDER}': write the firm's tier, one of {', '.join(TIERS)}"
+        elif problem["type"] == "missing":
             message = "required field is missing"
         elif problem["type"] == "extra_forbidden":
             known = _known_fields(problem["loc"])
