@@ -136,7 +136,10 @@ def simulate(
 
 def _print_summary(summary: dict) -> None:
     from federation.progress import acceptance_table, efficiency_table, privacy_table, results_tables
+    from federation.summary import data_lines
 
+    for line in data_lines(summary.get("data")):
+        out_console.print(line, highlight=False)
     for table in results_tables(summary):
         out_console.print(table)
     efficiency = efficiency_table(summary)

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from clients.data import Calendar, FirmData, firm_data_from_tables, load_for_spec
+from clients.data import RISK_FILE, Calendar, FirmData, firm_data_from_tables, load_for_spec, risk_split_rule
 from clients.firm import FirmClient
 from clients.training import resolve_device
 from federation.settings import RunSettings, settings_from_run_config
@@ -164,6 +165,20 @@ def validate_pilot(settings: RunSettings) -> None:
             ]
     if problems:
         raise DataError(", ".join(failing), problems)
+
+
+def pilot_risk_splits(settings: RunSettings) -> dict[str, str]:
+    """How each pilot firm's risk rows split into training and test (`risk_split_rule`), read from the
+    files' headers, so the run's summary can say where a holdout stands in for the federation's test date."""
+    if not isinstance(settings.data, Path):
+        return {}
+    splits = {}
+    for firm in settings.scenario.firm_ids:
+        path = settings.data / firm / RISK_FILE
+        if path.is_file():
+            header = pd.read_csv(path, nrows=0, dtype=str, encoding="utf-8-sig").columns
+            splits[firm] = risk_split_rule(header, settings.spec.data)
+    return splits
 
 
 PRIVATE_RELEASES = frozenset({"train", "train.baselines", "evaluate", "evaluate.efficiency", "query.moments"})

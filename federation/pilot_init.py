@@ -23,7 +23,6 @@ from scenarios.schema import FIRM_ID_PATTERN, TIER_PLACEHOLDER
 from silobridge.config import RISK_SPLIT
 from silobridge.errors import ConfigError, DataError
 
-
 DATE_NAMES = ("date", "week_ending", "week_end", "week", "week_start", "period", "ds")
 UNITS_NAMES = ("units", "qty", "quantity", "weekly_sales", "sales", "volume", "demand", "y")
 SERIES_NAMES = ("series", "item", "sku", "product", "dept", "department", "category", "store")
@@ -351,4 +350,3 @@ def _inline(item: object) -> str:
 def tiers_to_fill(text: str) -> bool:
     """Whether a written federation file still holds tier placeholders."""
     return f'tier = "{TIER_PLACEHOLDER}"' in text
-
