@@ -2,7 +2,9 @@
 
 Every SiloBridge error ends the command with its message (naming file, firm and field) and a
 non-zero exit code: 2 for bad configuration or data, 1 for a run that failed or overspent, 3 for a
-ledger that fails verification.
+ledger that fails verification. Anything else is a bug: one line names the command and the error's
+class, and the traceback goes to a private temp file (never local variables: they may hold a firm's
+rows or keys).
 """
 
 from __future__ import annotations
