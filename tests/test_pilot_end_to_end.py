@@ -37,6 +37,9 @@ def test_a_pilot_from_init_to_report(tmp_path: Path) -> None:
 
     federation = tmp_path / "federation.toml"
     result = silobridge("init", str(extracts), "--out", str(federation), cwd=tmp_path)
+    assert result.returncode == 2 and "cannot tell which 0/1 column is the label" in result.stderr
+    assert not federation.exists()
+    result = silobridge("init", str(extracts), "--out", str(federation), "--label-column", "default_flag", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     text = fill_in(federation.read_text(), {**TIERS, "L1": "supplier"})
     federation.write_text(text.replace("[data]", "[training]\nhidden = 8\nmin_firms = 2\n\n[data]", 1))
