@@ -14,10 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from clients.data import write_firm_data
+from clients.data import load_for_spec, write_firm_data
 from federation.cli import app
 from scenarios.generator import generate_chain
 from scenarios.schema import load_scenario, scenario_from_dict
+from silobridge.config import FederationSpec
 from silobridge.errors import SiloBridgeError
 from tests.test_pilot_extracts import TRIO, reshape_as_extract
 
@@ -152,14 +153,27 @@ KEYS = st.sampled_from(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(data=st.dictionaries(KEYS, VALUES, max_size=6))
-def test_random_data_tables_fail_only_with_our_errors(data: dict) -> None:
+def test_random_data_tables_fail_only_with_our_errors(data: dict, extracts: Path) -> None:
+    """A table is refused with a ConfigError, or accepted, hashed, and the files judged by it with a DataError."""
     raw = tomllib.loads(TRIO.read_text())
-    raw["data"] = {k: (None if v is None else v) for k, v in data.items() if v is not None}
+    raw["end"] = dt.date(2026, 1, 2)
+    raw["data"] = {k: v for k, v in data.items() if v is not None}
     try:
         scenario = scenario_from_dict(raw, source="random.toml")
     except SiloBridgeError:
         return
     assert scenario.data is not None
     hash(scenario)  # a valid table can be cached (the crash of the issue)
+    spec = FederationSpec(
+        data=scenario.data, lags=8, horizon=4, test_start=scenario.test_start, test_periods=13, hidden=8
+    )
+    try:
+        load_for_spec(extracts / "M1", spec)
+    except SiloBridgeError:
+        return
