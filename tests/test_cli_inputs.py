@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import tomllib
 from pathlib import Path
@@ -13,6 +14,9 @@ from typer.testing import CliRunner
 from federation import cli
 from federation.cli import app
 from tests.conftest import ROOT
+from tests.test_pilot_extracts import extract_federation, generated, reshape_as_extract
+
+__all__ = ["generated"]  # the module-scoped fixture of generated trio files, shared
 
 TRIO = ROOT / "tests" / "scenarios" / "trio.toml"
 
@@ -102,3 +106,57 @@ def test_an_unexpected_error_is_one_line_and_a_traceback_file(
 
 def test_typer_never_shows_locals() -> None:
     assert app.pretty_exceptions_show_locals is False
+
+
+def test_only_the_run_simulation_deprecation_is_silenced() -> None:
+    from federation.simulation import RUN_SIMULATION_DEPRECATION
+
+    def record(message: str, *args: object) -> logging.LogRecord:
+        return logging.LogRecord("flwr", logging.WARNING, __file__, 1, message, args, None)
+
+    ours = record("DEPRECATED FEATURE: %s", "The `run_simulation` function is deprecated and will be removed")
+    other = record("DEPRECATED FEATURE: %s", "Passing `enable_tf_gpu_growth=True` is deprecated.")
+    assert not RUN_SIMULATION_DEPRECATION.filter(ours)
+    assert RUN_SIMULATION_DEPRECATION.filter(other)
+    assert RUN_SIMULATION_DEPRECATION.filter(record("something else"))
+
+
+def test_progress_says_nothing_of_a_loss_dp_does_not_release(caplog: pytest.LogCaptureFixture) -> None:
+    from federation.progress import LogObserver, privacy_table
+
+    record = {"round": 2, "model": "risk", "train_loss": None, "evaluated_round": 2, "metrics": None}
+    with caplog.at_level(logging.INFO, logger="silobridge"):
+        LogObserver().round_done({**record, "epsilon": 1.5})
+        LogObserver().round_done({**record, "train_loss": 0.25})
+    assert "round 2 risk: model of round 2" in caplog.messages[0] and "loss" not in caplog.messages[0]
+    assert "round 2 risk: loss 0.250, model of round 2" in caplog.messages[1]
+
+    privacy = {
+        "enabled": True,
+        "unit": "record",
+        "mechanism": "dpsgd",
+        "epsilon_overall": 8.0,
+        "budget": {"epsilon": 8.0, "delta": 1e-5},
+        "firms": {"R1": {"releases": 2, "epsilon_rdp": 8.0, "epsilon_pld": 7.0, "observation_epsilon": None}},
+    }
+    table = privacy_table({"privacy": privacy})
+    assert table is not None and [c.header for c in table.columns][-1] == "epsilon (PLD)"
+    privacy["firms"]["D1"] = {"releases": 2, "epsilon_rdp": 1.0, "epsilon_pld": 0.9, "observation_epsilon": 4.0}
+    table = privacy_table({"privacy": privacy})
+    assert table is not None and [c.header for c in table.columns][-1] == "one observation"
+    assert list(table.columns[-1].cells) == ["no bound", "4.000"]
+
+
+def test_simulate_refuses_a_pilot_file_validate_refuses(generated: Path, tmp_path: Path) -> None:
+    """One validation path: a header-only demand.csv stops `simulate --data` before anything runs."""
+    extracts = tmp_path / "extracts"
+    for firm in ("R1", "D1", "M1"):
+        reshape_as_extract(generated / firm, extracts / firm)
+    demand = extracts / "D1" / "demand.csv"
+    demand.write_text(demand.read_text().splitlines()[0] + "\n")
+    federation = extract_federation(tmp_path / "federation.toml")
+    code, output = invoke(
+        "simulate", str(federation), "--no-dp", "--data", str(extracts), "--out", str(tmp_path / "runs")
+    )
+    assert code == 2 and "firm 'D1'" in output and "D1/demand.csv: the file has a header but no rows" in output
+    assert not (tmp_path / "runs").exists()
