@@ -95,14 +95,12 @@ class Calendar:
         return (self.end - self.test_start).days // 7 + 1
 
 
-def _numeric(frame: pd.DataFrame, column: str, problems: _Problems, *, shown: str | None = None) -> pd.Series:
+def _numeric(frame: pd.DataFrame, column: str, problems: _Problems) -> pd.Series:
     values = pd.to_numeric(frame[column], errors="coerce").astype(float)
     bad = values.isna() | ~np.isfinite(values.to_numpy(dtype=float, na_value=np.nan))
-    problems.add_rows(bad.to_numpy(), shown or column, "expected a finite number")
+    problems.add_rows(bad.to_numpy(), column, "expected a finite number")
     huge = (values.abs() > MAX_ABS_VALUE).to_numpy() & ~bad.to_numpy()
-    problems.add_rows(
-        huge, shown or column, f"{MAX_ABS_VALUE:g} at most in magnitude (larger figures overflow the models)"
-    )
+    problems.add_rows(huge, column, f"{MAX_ABS_VALUE:g} at most in magnitude (larger figures overflow the models)")
     return values
 
 
@@ -256,6 +254,7 @@ def risk_split_rule(columns: list[str] | pd.Index, schema: DataSchema) -> str:
 
 
 def describe_risk_split(rule: str, schema: DataSchema) -> str:
+    """The rule in words, for `validate` and the run's summary."""
     if rule == RISK_SPLIT_COLUMN:
         return f"the file's '{RISK_SPLIT}' column"
     if rule == RISK_SPLIT_DATE:

@@ -60,9 +60,11 @@ class FirmSurvey:
 
 
 def _numeric(frame: pd.DataFrame, column: str) -> pd.Series | None:
-    values = pd.to_numeric(frame[column], errors="coerce")
+    """The column's numbers if every present cell is a finite number, else None."""
+    values = pd.to_numeric(frame[column], errors="coerce").astype(float)
     present = frame[column].notna()
-    return values if present.any() and values[present].notna().all() else None
+    finite = values[present].abs() < math.inf
+    return values if present.any() and bool(finite.all()) else None
 
 
 def _is_dates(frame: pd.DataFrame, column: str) -> bool:
