@@ -261,7 +261,9 @@ def settings_from_run_config(run_config: Mapping[str, Any], *, base_dir: Path = 
         check_generatable(scenario, source=str(scenario_path))
     out_dir = _resolve(str(run_config.get("out-dir") or "runs"), Path.cwd())
     if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"{out_dir} is a file; name a folder for the run directories", field="out-dir")
+        raise ConfigError(
+            f"{out_dir} is a file; name a folder for the run directories", source="run config", field="out-dir"
+        )
     noise_seed = parse_noise_seed(run_config.get("noise-seed"), source="run config")
     if noise_seed is not None and data == NODES:
         raise ConfigError(
