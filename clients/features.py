@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
-from silobridge.config import TIERS, FederationSpec
+from silobridge.config import RISK_SPLIT, TIERS, FederationSpec
 
 FOURIER_HARMONICS = 2
 SEASON_DAYS = 365.25
@@ -161,8 +161,11 @@ class RiskExamples:
 
 
 def risk_examples(risk: pd.DataFrame, spec: FederationSpec) -> tuple[RiskExamples, RiskExamples]:
-    """Rows dated before the test date train; the rest test."""
-    is_test = risk["date"].to_numpy(dtype="datetime64[D]") >= np.datetime64(spec.test_start, "D")
+    """Rows dated before the test date train, the rest test; a `split` column (given or a holdout) decides instead."""
+    if RISK_SPLIT in risk.columns:
+        is_test = (risk[RISK_SPLIT] == "test").to_numpy()
+    else:
+        is_test = risk["date"].to_numpy(dtype="datetime64[D]") >= np.datetime64(spec.test_start, "D")
     features = risk[list(spec.data.risk_features)].to_numpy(dtype=float)
     labels = risk["disrupted"].to_numpy(dtype=np.float32)
     return RiskExamples(features[~is_test], labels[~is_test]), RiskExamples(features[is_test], labels[is_test])

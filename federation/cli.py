@@ -2,7 +2,9 @@
 
 Every SiloBridge error ends the command with its message (naming file, firm and field) and a
 non-zero exit code: 2 for bad configuration or data, 1 for a run that failed or overspent, 3 for a
-ledger that fails verification.
+ledger that fails verification. Anything else is a bug: one line names the command and the error's
+class, and the traceback goes to a private temp file (never local variables: they may hold a firm's
+rows or keys).
 """
 
 from __future__ import annotations
@@ -19,9 +21,17 @@ from silobridge.errors import ConfigError, DataError, FederationError, LedgerTam
 from silobridge.seeds import MAX_NOISE_SEED
 
 if TYPE_CHECKING:
+    from pydantic import ValidationError
+
     from federation.analytics import QueryJob
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="SiloBridge: federated analytics for supply chains.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="SiloBridge: federated analytics for supply chains.",
+    # a traceback with locals would print a firm's rows or keys into a terminal or a CI log
+    pretty_exceptions_show_locals=False,
+)
 err_console = Console(stderr=True)
 out_console = Console()
 
@@ -128,7 +138,10 @@ def simulate(
 
 def _print_summary(summary: dict) -> None:
     from federation.progress import acceptance_table, efficiency_table, privacy_table, results_tables
+    from federation.summary import data_lines
 
+    for line in data_lines(summary.get("data")):
+        out_console.print(line, highlight=False)
     for table in results_tables(summary):
         out_console.print(table)
     efficiency = efficiency_table(summary)
@@ -327,14 +340,17 @@ def generate(
     """Write each firm's generated data as a partner firm's CSV files (demand.csv, risk.csv, orders.csv)."""
     from clients.data import write_firm_data
     from scenarios.generator import generate_chain
-    from scenarios.schema import load_scenario, parse_override
+    from scenarios.schema import check_generatable, load_scenario, parse_override
 
     try:
         loaded = load_scenario(scenario, [parse_override(text) for text in set_ or []])
+        check_generatable(loaded, source=str(scenario))
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"{out} is a file; name a new folder", source="command line", field="--out")
+        if out.exists() and any(out.iterdir()):
+            raise ConfigError(f"{out} is not empty; choose a new folder", source="command line", field="--out")
     except SiloBridgeError as err:
         raise _fail(err) from None
-    if out.exists() and any(out.iterdir()):
-        raise _fail(ConfigError(f"{out} is not empty; choose a new folder", source="command line", field="--out"))
     chain = generate_chain(loaded)
     for firm in loaded.firms:
         tables = chain.tables[firm.id]
@@ -447,6 +463,30 @@ def report(
         raise typer.Exit(EXIT_FAILED)
 
 
+CALIBRATE_OPTIONS = {
+    "epsilon": "--epsilon",
+    "delta": "--delta",
+    "sample_rate": "--sample-rate",
+    "firm_sample_rate": "--sample-rate",
+    "rounds": "--rounds",
+    "local_epochs": "--local-epochs",
+}
+"""PrivacySpec and PrivacyPlan fields as calibrate's options name them."""
+
+
+def _option_error(err: ValidationError, options: dict[str, str]) -> ConfigError:
+    """A pydantic refusal of command-line values as one line per option, without pydantic's dump and URL."""
+    found = [
+        (options.get(str(p["loc"][-1]), str(p["loc"][-1])) if p["loc"] else None, p["msg"], p.get("input"))
+        for p in err.errors()
+    ]
+    if len(found) == 1:
+        option, message, got = found[0]
+        return ConfigError(f"{message} (got {got!r})", source="command line", field=option)
+    text = "; ".join(f"{option}: {message} (got {got!r})" for option, message, got in found)
+    return ConfigError(text, source="command line")
+
+
 @app.command()
 def calibrate(
     epsilon: Annotated[float, typer.Option(help="Target epsilon.", min=0.0)],
@@ -461,6 +501,8 @@ def calibrate(
     accountant: Annotated[str, typer.Option(help="'rdp' or 'pld'.")] = "rdp",
 ) -> None:
     """The noise multiplier that spends exactly (epsilon, delta) over the planned rounds."""
+    from pydantic import ValidationError
+
     from server.privacy import PrivacyPlan, accounting_spec, resolve_privacy
     from silobridge.config import PrivacySpec
 
@@ -477,8 +519,10 @@ def calibrate(
         spec = PrivacySpec(unit=unit, epsilon=epsilon, delta=delta, accountant=accountant, **fields)  # type: ignore[arg-type]
         plan = PrivacyPlan(spec=spec, rounds=rounds, local_epochs=local_epochs, num_firms=1, min_firms=1, model_dim=1)
         resolved = resolve_privacy(plan)
-    except (SiloBridgeError, ValueError) as err:
-        raise _fail(err if isinstance(err, SiloBridgeError) else ConfigError(str(err), source="command line")) from None
+    except ValidationError as err:
+        raise _fail(_option_error(err, CALIBRATE_OPTIONS)) from None
+    except SiloBridgeError as err:
+        raise _fail(err) from None
     plan = PrivacyPlan(spec=resolved, rounds=rounds, local_epochs=local_epochs, num_firms=1, min_firms=1, model_dim=1)
     from privacy.dp import epsilon as spent
 
@@ -540,10 +584,53 @@ def keys(
 
 
 def _federation(config: Path):  # noqa: ANN202 - returns (Scenario, FederationSpec)
-    from federation.settings import settings_from_run_config
+    """The federation file as a firm checks it: DP off (no calibration needed to check data), DP's own
+    demands on the schema checked still."""
+    from federation.settings import check_public_ranges, settings_from_run_config
 
     settings = settings_from_run_config({"scenario": str(config.resolve()), "dp": "off", "data": "nodes"})
+    check_public_ranges(settings.spec.data, private=settings.scenario.privacy.enabled)
     return settings.scenario, settings.spec
+
+
+@app.command()
+def init(
+    data_dir: Annotated[Path, typer.Argument(help="The pilot's folder: one sub-folder of CSV files per firm.")],
+    out: Annotated[Path, typer.Option("--out", help="The federation file to write (must not exist).")] = Path(
+        "federation.toml"
+    ),
+    name: Annotated[str | None, typer.Option(help="The federation's name (default: the folder's).")] = None,
+    date_column: Annotated[str | None, typer.Option(help="The date column, if not detected.")] = None,
+    units_column: Annotated[str | None, typer.Option(help="demand.csv's units column, if not detected.")] = None,
+    series_column: Annotated[str | None, typer.Option(help="demand.csv's series column, if not detected.")] = None,
+    label_column: Annotated[str | None, typer.Option(help="risk.csv's 0/1 label column, if not detected.")] = None,
+) -> None:
+    """Coordinator: write a first federation file from the firms' extracts (columns, weekly anchor, end, sizes).
+
+    Tiers are left as TODO for you to fill in (validate refuses the file until then); ranges for DP
+    clipping are only suggested, commented out: computed from private data, they would leak it.
+    """
+    import re
+
+    from federation.pilot_init import Columns, federation_toml, survey_folder
+
+    try:
+        if out.exists():
+            raise ConfigError(f"{out} already exists; choose another file", source="command line", field="--out")
+        if not out.parent.is_dir():
+            raise ConfigError(f"{out.parent} is not a folder", source="command line", field="--out")
+        title = name or re.sub(r"[^A-Za-z0-9_.-]+", "-", data_dir.resolve().name).strip("-") or "pilot"
+        columns = Columns(date=date_column, units=units_column, series=series_column, label=label_column)
+        surveys = survey_folder(data_dir, columns)
+        text = federation_toml(surveys, name=title, source=data_dir)
+    except SiloBridgeError as err:
+        raise _fail(err) from None
+    out.write_text(text, encoding="utf-8")
+    out_console.print(f"Wrote [bold]{out}[/] for {len(surveys)} firms: {', '.join(s.firm_id for s in surveys)}")
+    out_console.print(
+        "Next: set each firm's tier (TODO), check the columns and the end date, and write public ranges for the "
+        f"risk features; then `silobridge validate FIRM_DIR --config {out}`."
+    )
 
 
 @app.command()
@@ -556,7 +643,11 @@ def validate(
     ),
     firm_id: Annotated[str | None, typer.Option("--firm-id", help="Firm id, if not the folder's name.")] = None,
 ) -> None:
-    """Firm: check its CSV files against the federation's schema, reporting file, row and column. Sends nothing."""
+    """Firm: check its CSV files against the federation's schema, reporting file, row and column. Sends nothing.
+
+    Every rule the run applies is checked here first: a file that validates is not dropped by the run.
+    """
+    from clients.data import describe_risk_split
     from federation.firm_source import validate_firm_folder
 
     try:
@@ -568,7 +659,10 @@ def validate(
     if data.demand is not None:
         parts.append(f"demand.csv {len(data.demand)} rows, {data.demand['series'].nunique()} series")
     if data.risk is not None:
-        parts.append(f"risk.csv {len(data.risk)} rows")
+        split = describe_risk_split(data.risk_split or "", spec.data)
+        parts.append(f"risk.csv {len(data.risk)} rows, train/test split: {split}")
+    if data.orders is not None:
+        parts.append(f"orders.csv {len(data.orders)} rows")
     out_console.print(f"firm '{data.firm_id}': valid ({'; '.join(parts)}); nothing was sent anywhere")
 
 
@@ -739,6 +833,24 @@ def run_federation_command(
     out_console.print(f"Run directory: [bold]{summary_path.parent}[/]")
 
 
+def _command_name(argv: list[str]) -> str:
+    """The subcommand a user typed (`silobridge validate ...` -> "validate"), for the one-line bug report."""
+    return next((arg for arg in argv if not arg.startswith("-")), "")
+
+
+def crash_report(err: BaseException) -> Path:
+    """Write the full traceback (frames and lines, no local variables: they may hold a firm's data) to a
+    private temp file and return its path."""
+    import tempfile
+    import traceback
+
+    handle, name = tempfile.mkstemp(prefix="silobridge-error-", suffix=".txt")
+    with open(handle, "w", encoding="utf-8") as out:
+        out.write(f"silobridge {' '.join(sys.argv[1:2])}\n")
+        out.write("".join(traceback.format_exception(err)))
+    return Path(name)
+
+
 def main() -> None:
     from federation.settings import quiet_accountant
 
@@ -748,6 +860,15 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
+    except Exception as err:  # noqa: BLE001 - the last stop: anything we did not expect is a bug, said in one line
+        command = " ".join(filter(None, ("silobridge", _command_name(sys.argv[1:]))))
+        path = crash_report(err)
+        err_console.print(
+            f"[bold red]internal error:[/] `{command}` stopped on an unexpected {type(err).__name__}; this is a bug "
+            f"in SiloBridge, not in your input. The traceback (without local variables) is in {path}",
+            highlight=False,
+        )
+        sys.exit(EXIT_FAILED)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from clients.data import FirmData, firm_data_from_tables, load_firm_data
+from clients.data import RISK_FILE, Calendar, FirmData, firm_data_from_tables, load_for_spec, risk_split_rule
 from clients.firm import FirmClient
 from clients.training import resolve_device
 from federation.settings import RunSettings, settings_from_run_config
@@ -47,6 +48,7 @@ def simulated_dropout(scenario: Scenario, firm_id: str, round_number: int, stage
 
 @lru_cache(maxsize=4)
 def _chain(scenario: Scenario) -> ChainData:
+    """The generated chain, once per process and scenario (hashable: every spec it holds is frozen)."""
     return generate_chain(scenario)
 
 
@@ -66,11 +68,17 @@ def simulated_firm(settings: RunSettings, spec: FederationSpec, partition_id: in
             )
         firm = scenario.firms[partition_id]
         if isinstance(settings.data, Path):  # a pilot on the firms' own extracts
-            data = load_firm_data(settings.data / firm.id, spec.data, min_periods=spec.min_periods, firm_id=firm.id)
+            data = load_for_spec(settings.data / firm.id, spec, firm_id=firm.id)
         else:
             tables = _chain(scenario).tables[firm.id]
             data = firm_data_from_tables(
-                firm.id, tables.demand, tables.risk, spec.data, min_periods=spec.min_periods, orders=tables.orders
+                firm.id,
+                tables.demand,
+                tables.risk,
+                spec.data,
+                min_periods=spec.min_periods,
+                orders=tables.orders,
+                calendar=Calendar.of(spec),
             )
         for stale in [k for k in _firms if k[0] != run_id]:  # keep only this run's firms
             del _firms[stale]
@@ -140,7 +148,7 @@ def validate_firm_folder(
     """What `silobridge validate` and `join` check before anything is sent: a declared firm, valid files."""
     firm = firm_id or folder.name
     declared_firm(scenario, firm, source="federation file")
-    return load_firm_data(folder, spec.data, min_periods=spec.min_periods, firm_id=firm)
+    return load_for_spec(folder, spec, firm_id=firm)
 
 
 def validate_pilot(settings: RunSettings) -> None:
@@ -157,6 +165,20 @@ def validate_pilot(settings: RunSettings) -> None:
             ]
     if problems:
         raise DataError(", ".join(failing), problems)
+
+
+def pilot_risk_splits(settings: RunSettings) -> dict[str, str]:
+    """How each pilot firm's risk rows split into training and test (`risk_split_rule`), read from the
+    files' headers, so the run's summary can say where a holdout stands in for the federation's test date."""
+    if not isinstance(settings.data, Path):
+        return {}
+    splits = {}
+    for firm in settings.scenario.firm_ids:
+        path = settings.data / firm / RISK_FILE
+        if path.is_file():
+            header = pd.read_csv(path, nrows=0, dtype=str, encoding="utf-8-sig").columns
+            splits[firm] = risk_split_rule(header, settings.spec.data)
+    return splits
 
 
 PRIVATE_RELEASES = frozenset({"train", "train.baselines", "evaluate", "evaluate.efficiency", "query.moments"})
@@ -202,7 +224,7 @@ def node_firm(node_config: Mapping[str, Any], spec: FederationSpec, message_type
     if key not in _nodes:
         scenario = _federation_file(federation)
         declared_firm(scenario, firm_id, source=str(federation))
-        data = load_firm_data(folder, spec.data, min_periods=spec.min_periods, firm_id=firm_id)
+        data = load_for_spec(folder, spec, firm_id=firm_id)
         budget = node_config.get(NODE_BUDGET)
         _nodes[key] = _client(
             scenario,

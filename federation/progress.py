@@ -57,11 +57,13 @@ class LogObserver:
 
     def round_done(self, record: dict[str, Any]) -> None:
         epsilon = _epsilon_text(record)
+        loss = record.get("train_loss")
         log.info(
-            "round %d %s: loss %s, model of round %d: %s%s",
+            "round %d %s: %smodel of round %d: %s%s",
             record["round"],
             record["model"],
-            _num(record["train_loss"]),
+            # under DP the firms release no training loss: say nothing rather than a column of n/a
+            "" if loss is None or (isinstance(loss, float) and math.isnan(loss)) else f"loss {_num(loss)}, ",
             record["evaluated_round"],
             _live_line(record),
             f", {epsilon}" if epsilon else "",
@@ -186,14 +188,30 @@ def privacy_table(summary: dict[str, Any]) -> Table | None:
     table.add_column("releases", justify="right")
     table.add_column("epsilon (RDP)", justify="right")
     table.add_column("epsilon (PLD)", justify="right")
-    if privacy["unit"] == "record":
+    observation = shows_observation_epsilon(privacy)
+    if observation:
         table.add_column("one observation", justify="right")
+        table.caption = OBSERVATION_NOTE
     for firm, row in privacy["firms"].items():
         cells = [firm, str(row["releases"]), _num(row["epsilon_rdp"]), _num(row["epsilon_pld"])]
-        if privacy["unit"] == "record":
-            cells.append(_num(row.get("observation_epsilon")))
+        if observation:
+            value = row.get("observation_epsilon")
+            cells.append("no bound" if value is None else _num(value))
         table.add_row(*cells)
     return table
+
+
+OBSERVATION_NOTE = (
+    "one observation: epsilon of one week's demand figure, which sits in several training windows (group "
+    "privacy); 'no bound' where the spend is too large for group privacy to bound it"
+)
+
+
+def shows_observation_epsilon(privacy: dict[str, Any]) -> bool:
+    """The per-observation column only where some firm has a finite value: a column of n/a says nothing."""
+    return privacy.get("unit") == "record" and any(
+        row.get("observation_epsilon") is not None for row in privacy.get("firms", {}).values()
+    )
 
 
 def acceptance_table(summary: dict[str, Any]) -> Table:

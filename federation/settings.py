@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from clients.models import MODEL_KINDS, build_model, state_to_arrays
 from scenarios.generator import DEMAND_COVARIATES, RISK_FEATURES
-from scenarios.schema import Scenario, load_scenario, parse_override
+from scenarios.schema import Scenario, check_generatable, load_scenario, parse_override
 from server.efficiency_release import check_room, efficiency_event
 from server.privacy import PrivacyPlan, resolve_privacy
 from server.secure_sum import resolve_aggregation
@@ -164,6 +164,7 @@ def federation_spec(settings: RunSettings) -> FederationSpec:
             "FedProx's proximal term is not per-example, so record-level DP-SGD cannot clip it; use fedavg",
             field="training.strategy",
         )
+    check_public_ranges(s.data or GENERATED_SCHEMA, private=privacy.enabled)
     base = FederationSpec(
         data=s.data or GENERATED_SCHEMA,
         lags=s.training.lags,
@@ -191,6 +192,18 @@ def federation_spec(settings: RunSettings) -> FederationSpec:
         modulus = spec.aggregation.modulus_bits or 64
         privacy_plan(settings, spec).skellam().check_modulus(modulus, len(s.firms))
     return spec
+
+
+def check_public_ranges(data: DataSchema, *, private: bool) -> None:
+    """Under DP every risk feature is clipped to a public range, which the federation file must give:
+    refused here rather than when the first round asks for the firms' features."""
+    missing = [name for name in data.risk_features if name not in data.risk_feature_ranges]
+    if private and missing:
+        raise ConfigError(
+            f"under differential privacy every risk feature needs a public range; none for {missing}. Write each "
+            "as name = [low, high] from public knowledge (a range computed from a firm's data leaks it)",
+            field="data.risk_feature_ranges",
+        )
 
 
 def _resolve(path: str, base: Path) -> Path:
@@ -244,6 +257,13 @@ def settings_from_run_config(run_config: Mapping[str, Any], *, base_dir: Path = 
     data: Path | str = (
         "generated" if not data_text else NODES if data_text == NODES else _resolve(data_text, Path.cwd())
     )
+    if data == "generated":
+        check_generatable(scenario, source=str(scenario_path))
+    out_dir = _resolve(str(run_config.get("out-dir") or "runs"), Path.cwd())
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(
+            f"{out_dir} is a file; name a folder for the run directories", source="run config", field="out-dir"
+        )
     noise_seed = parse_noise_seed(run_config.get("noise-seed"), source="run config")
     if noise_seed is not None and data == NODES:
         raise ConfigError(
@@ -259,7 +279,7 @@ def settings_from_run_config(run_config: Mapping[str, Any], *, base_dir: Path = 
         scenario_path=scenario_path,
         overrides=all_overrides,
         scenario=scenario,
-        out_dir=_resolve(str(run_config.get("out-dir") or "runs"), Path.cwd()),
+        out_dir=out_dir,
         run_id=run_id,
         aggregation=aggregation,  # type: ignore[arg-type]
         dp=dp == "on",

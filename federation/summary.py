@@ -10,11 +10,15 @@ from __future__ import annotations
 import datetime as dt
 import math
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from clients.data import describe_risk_split
 from federation.efficiency_report import efficiency_markdown, efficiency_summary
+from federation.firm_source import pilot_risk_splits
+from federation.progress import OBSERVATION_NOTE, shows_observation_epsilon
 from federation.runner import FederationOutcome, metrics_by_group
 from federation.settings import RunSettings
 
@@ -164,6 +168,7 @@ def build_summary(
             "test_periods": scenario.test_periods,
             "horizon": scenario.horizon,
         },
+        "data": data_summary(settings),
         "privacy": privacy,
         "stopped": outcome.stopped,
         "models": table,
@@ -176,6 +181,33 @@ def build_summary(
         "versions": _versions(),
     }
     return _clean(summary)
+
+
+def data_summary(settings: RunSettings) -> dict[str, Any]:
+    """Where the firms' data came from and, in a pilot, how each firm's risk rows were split."""
+    if settings.data == "generated":
+        return {"source": "generated"}
+    if not isinstance(settings.data, Path):
+        return {"source": "partners' own files"}
+    splits = pilot_risk_splits(settings)
+    return {
+        "source": str(settings.data),
+        "risk_split": splits,
+        "risk_split_rules": {
+            rule: describe_risk_split(rule, settings.spec.data) for rule in sorted(set(splits.values()))
+        },
+    }
+
+
+def data_lines(data: dict[str, Any] | None) -> list[str]:
+    """One line per way risk rows were split, naming the firms (a holdout is stated, never silent)."""
+    if not data or not data.get("risk_split"):
+        return []
+    lines = []
+    for rule, text in data["risk_split_rules"].items():
+        firms = [firm for firm, used in data["risk_split"].items() if used == rule]
+        lines.append(f"Risk train/test split of {', '.join(firms)}: {text}.")
+    return lines
 
 
 def _fmt(value: Any) -> str:
@@ -193,6 +225,10 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         f"Test periods from {summary['federation']['test_start']}.",
         "",
     ]
+    data = data_lines(summary.get("data"))
+    if data:
+        lines += ["## Data", "", f"Pilot on the firms' files in `{summary['data']['source']}`.", ""]
+        lines += [*(f"- {line}" for line in data), ""]
     for kind, methods in summary["models"].items():
         metrics = METRICS[kind]
         lines += [
@@ -221,15 +257,24 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             f"recomputed from the verified ledger `{privacy['ledger']}`, public key `{privacy['ledger_public_key']}`).",
             "",
             *_adaptive_clipping_lines(privacy.get("adaptive_clipping")),
-            "| firm | releases | epsilon (RDP) | epsilon (PLD) | one observation (group) |",
-            "| --- | --- | --- | --- | --- |",
         ]
+        observation = shows_observation_epsilon(privacy)
+        if observation:
+            lines += [
+                "| firm | releases | epsilon (RDP) | epsilon (PLD) | one observation (group) |",
+                "| --- | --- | --- | --- | --- |",
+            ]
+        else:
+            lines += ["| firm | releases | epsilon (RDP) | epsilon (PLD) |", "| --- | --- | --- | --- |"]
         for firm, row in privacy["firms"].items():
-            lines.append(
-                f"| {firm} | {row['releases']} | {_fmt(row['epsilon_rdp'])} | {_fmt(row['epsilon_pld'])} | "
-                f"{_fmt(row.get('observation_epsilon'))} |"
-            )
+            cells = [firm, str(row["releases"]), _fmt(row["epsilon_rdp"]), _fmt(row["epsilon_pld"])]
+            if observation:
+                value = row.get("observation_epsilon")
+                cells.append("no bound" if value is None else _fmt(value))
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        if observation:
+            lines += [f"*{OBSERVATION_NOTE}.*", ""]
     else:
         lines += ["## Differential privacy", "", "Off: this run is the non-private comparison.", ""]
     if summary.get("stopped"):

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from dateutil.easter import easter
 
-from scenarios.schema import Firm, Link, Scenario
+from scenarios.schema import Firm, Link, Scenario, check_generatable
 
 DEMAND_COVARIATES: tuple[str, ...] = ("price", "promotion", "holiday")
 RISK_FEATURES: tuple[str, ...] = (
@@ -255,7 +255,8 @@ def order_up_to(
 
 def generate_chain(scenario: Scenario) -> ChainData:
     """Simulate the chain over the longest history plus a burn-in and cut each firm's window."""
-    n = max(f.history for f in scenario.firms) + BURN_IN
+    check_generatable(scenario)
+    n = max(f.periods() for f in scenario.firms) + BURN_IN
     dates = pd.date_range(end=pd.Timestamp(scenario.end), periods=n, freq="7D")
     years = range(dates[0].year - 1, dates[-1].year + 2)
     holidays = holiday_effects(years)
@@ -298,12 +299,13 @@ def generate_chain(scenario: Scenario) -> ChainData:
     patterns = _basket_patterns(catalogue, [demand[f.id].items for f in scenario.firms])
     risk_rows = _risk_rows(scenario, dates, suppliers_of, placed_per_link, incoming, risk_shock)
     for firm in scenario.firms:
-        keep = slice(n - firm.history, n)
+        history = firm.periods()
+        keep = slice(n - history, n)
         d = demand[firm.id]
         frame = pd.DataFrame(
             {
                 "date": np.tile(dates[keep], len(d.items)),
-                "series": np.repeat([item_name(i) for i in d.items], firm.history),
+                "series": np.repeat([item_name(i) for i in d.items], history),
                 "units": d.units[:, keep].ravel(),
                 "price": d.price[:, keep].ravel(),
                 "promotion": np.round(d.promotion[:, keep], 3).ravel(),
@@ -311,7 +313,7 @@ def generate_chain(scenario: Scenario) -> ChainData:
             }
         )
         risk = risk_rows[firm.id]
-        risk = risk[risk["date"] >= dates[n - firm.history]].reset_index(drop=True)
+        risk = risk[risk["date"] >= dates[n - history]].reset_index(drop=True)
         tables[firm.id] = FirmTables(demand=frame, risk=risk, orders=_order_baskets(scenario, firm, d.items, patterns))
     return ChainData(
         scenario=scenario,

@@ -11,11 +11,12 @@ import datetime as dt
 import graphlib
 import math
 import tomllib
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from silobridge.config import (
     MIN_TRAIN_WINDOWS,
@@ -30,10 +31,16 @@ from silobridge.config import (
 from silobridge.errors import ConfigError
 
 FIRM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+TIER_PLACEHOLDER = "TODO"
+"""The tier `silobridge init` writes: not a tier, so the file is refused until the coordinator fills it in."""
+MAX_HISTORY = 5200
+"""Longest history a firm may declare: the generator allocates firms x series x history values."""
+MAX_GENERATED_VALUES = 5_000_000
+"""Most demand cells (series x periods, over all firms) `generate` may be asked for: about 40 MB an array."""
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class Firm(_Frozen):
@@ -42,7 +49,13 @@ class Firm(_Frozen):
     id: str = Field(pattern=FIRM_ID_PATTERN)
     tier: Tier
     size: float = Field(gt=0, description="relative volume; firms at or above the scenario's large_size are 'large'")
-    history: int = Field(ge=1, description="number of periods of data the firm holds, ending at the scenario's end")
+    history: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_HISTORY,
+        description="number of periods of data the firm holds, ending at the scenario's end "
+        f"(at most {MAX_HISTORY}: about 100 years of weeks); required to generate data, informative in a pilot",
+    )
     region: str = Field(min_length=1)
     series: int | None = Field(
         default=None,
@@ -59,6 +72,12 @@ class Firm(_Frozen):
     budget_epsilon: float | None = Field(
         default=None, gt=0, description="the firm's own privacy limit (stricter than the run's)"
     )
+
+    def periods(self) -> int:
+        """The declared history; the generator needs it (`check_generatable` says so first)."""
+        if self.history is None:
+            raise ConfigError(f"firm '{self.id}': field 'history' is needed to generate its data", field="firms")
+        return self.history
 
     def series_count(self) -> int:
         """Retail series: given, or about 2 sqrt(size)."""
@@ -143,7 +162,9 @@ class Scenario(_Frozen):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     seed: int = Field(ge=0, lt=2**32)
-    end: dt.date = Field(description="the last period (a Monday: periods are ISO weeks)")
+    end: dt.date = Field(
+        description="the last period; its weekday anchors every week of the federation (the generator's are Mondays)"
+    )
     horizon: int = Field(default=4, ge=1, le=52, description="periods forecast at once")
     test_periods: int = Field(default=13, ge=1, le=104, description="final periods held out for evaluation")
     large_size: float = Field(default=5.0, gt=0, description="firms with size >= large_size form the 'large' group")
@@ -162,13 +183,6 @@ class Scenario(_Frozen):
         description="columns every firm's CSV files provide (a real federation's [data]); default: the generator's",
     )
     efficiency: InventoryPolicy = InventoryPolicy()
-
-    @field_validator("end")
-    @classmethod
-    def _monday(cls, value: dt.date) -> dt.date:
-        if value.weekday() != 0:
-            raise ValueError(f"{value.isoformat()} is a {value.strftime('%A')}; periods are weeks starting on Monday")
-        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
@@ -241,10 +255,6 @@ def check_chain(scenario: Scenario) -> None:
     except graphlib.CycleError as err:
         cycle = " -> ".join(err.args[1])
         raise ValueError(f"links form a cycle: {cycle}") from None
-    customers = {link.supplier for link in scenario.links}
-    for firm in scenario.firms:
-        if firm.tier != "retailer" and firm.id not in customers:
-            raise ValueError(f"firm '{firm.id}': a {firm.tier} needs at least one customer link (it has no demand)")
     regions = {f.region for f in scenario.firms}
     for i, shock in enumerate(scenario.shocks):
         if shock.scope == "region" and shock.region not in regions:
@@ -265,12 +275,52 @@ def check_chain(scenario: Scenario) -> None:
         )
     need = scenario.min_history()
     for firm in scenario.firms:
-        if firm.history < need:
+        if firm.history is not None and firm.history < need:
             raise ValueError(
                 f"firm '{firm.id}': field 'history' is {firm.history} periods; at least {need} are needed "
                 f"({scenario.training.lags} lags + {scenario.horizon} horizon + {MIN_TRAIN_WINDOWS - 1} more training "
                 f"windows + {scenario.test_periods} test periods)"
             )
+
+
+def check_generatable(scenario: Scenario, *, source: str = "<scenario>") -> None:
+    """What the generator needs beyond a valid federation file: Monday weeks, a customer for every upstream
+    firm (its demand is its customers' orders) and a size it can hold in memory.
+
+    A pilot's federation file needs none of these: there each firm's data comes from its own files.
+    """
+    if scenario.end.weekday() != 0:
+        raise ConfigError(
+            f"{scenario.end.isoformat()} is a {scenario.end.strftime('%A')}; the generator writes weeks starting on "
+            "Monday (a pilot on real extracts may anchor its weeks on any weekday)",
+            source=source,
+            field="end",
+        )
+    undated = [f.id for f in scenario.firms if f.history is None]
+    if undated:
+        raise ConfigError(
+            f"firms {undated} declare no 'history': the generator needs each firm's number of periods",
+            source=source,
+            field="firms",
+        )
+    customers = {link.supplier for link in scenario.links}
+    for firm in scenario.firms:
+        if firm.tier != "retailer" and firm.id not in customers:
+            raise ConfigError(
+                f"firm '{firm.id}': a {firm.tier} needs at least one customer link to generate its demand "
+                "(its customers' orders)",
+                source=source,
+                field="links",
+            )
+    periods = max(f.periods() for f in scenario.firms) + 52
+    cells = periods * sum(f.series_count() if f.tier == "retailer" else scenario.items for f in scenario.firms)
+    if cells > MAX_GENERATED_VALUES:
+        raise ConfigError(
+            f"generating this scenario means about {cells:,} demand values (firms x series x periods); at most "
+            f"{MAX_GENERATED_VALUES:,} are allowed: fewer firms, series or periods of history",
+            source=source,
+            field="firms",
+        )
 
 
 # ---- loading ---------------------------------------------------------------------------------
@@ -359,13 +409,20 @@ def scenario_from_dict(raw: Mapping[str, Any], *, source: str = "<scenario>") ->
 def _config_error(err: ValidationError, raw: Mapping[str, Any], source: str) -> ConfigError:
     lines: list[str] = []
     first_field: str | None = None
-    for problem in err.errors():
+    problems = err.errors()
+    in_firms = any(len(p["loc"]) > 2 and p["loc"][0] == "firms" for p in problems)
+    for problem in problems:
+        if in_firms and tuple(problem["loc"]) == ("firms",) and problem["type"] == "too_short":
+            continue  # a consequence of the firms' own problems, listed already
         field = _describe_location(problem["loc"], raw)
         message = problem["msg"].removeprefix("Value error, ")
-        if problem["type"] == "missing":
+        if problem["loc"][-1:] == ("tier",) and problem.get("input") == TIER_PLACEHOLDER:
+            message = f"still '{TIER_PLACEHOLDER}': write the firm's tier, one of {', '.join(TIERS)}"
+        elif problem["type"] == "missing":
             message = "required field is missing"
         elif problem["type"] == "extra_forbidden":
-            message = "unknown field"
+            known = _known_fields(problem["loc"])
+            message = f"unknown field (known: {', '.join(known)})" if known else "unknown field"
         if field:
             first_field = first_field or field
             lines.append(f"{field}: {message}")
@@ -376,6 +433,27 @@ def _config_error(err: ValidationError, raw: Mapping[str, Any], source: str) -> 
         text = text[len(first_field) + 2 :]
         return ConfigError(text, source=source, field=first_field)
     return ConfigError(text, source=source, field=first_field)
+
+
+def _known_fields(loc: Sequence[Any]) -> list[str]:
+    """The fields of the table an unknown key sits in, so a typo (`unit_column`) shows its fix."""
+    model: type[BaseModel] = Scenario
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        inner = [t for t in _flat_types(field.annotation) if isinstance(t, type) and issubclass(t, BaseModel)]
+        if not inner:
+            return []
+        model = inner[0]
+    return list(model.model_fields)
+
+
+def _flat_types(annotation: Any) -> list[Any]:
+    args = typing.get_args(annotation)
+    return [annotation] if not args else [t for arg in args for t in _flat_types(arg)]
 
 
 def _describe_location(loc: Sequence[Any], raw: Mapping[str, Any]) -> str:

@@ -10,7 +10,7 @@ import datetime as dt
 import hashlib
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 if TYPE_CHECKING:
     from privacy.secagg import SecAggParams
@@ -18,38 +18,69 @@ if TYPE_CHECKING:
 CovariateTransform = Literal["raw", "log_ratio"]
 
 
+COLUMN_NAME_PATTERN = r"^[^\x00-\x1f]{1,128}$"
+"""A column name as a CSV header holds it: any printable text, at most 128 characters."""
+
+DEMAND_COLUMNS = ("date", "series", "units")
+"""The names a firm's demand table has inside SiloBridge, whatever its extract calls them."""
+RISK_LABEL = "disrupted"
+RISK_SPLIT = "split"
+"""The optional column of risk.csv that assigns each row to `train` or `test` (cross-sectional data)."""
+
+
 class DataSchema(BaseModel):
     """The columns every firm of a federation must provide, agreed in the federation's configuration.
 
     Demand covariates are known in advance for the forecast periods (planned price, promotion,
     holiday); `log_ratio` compares a positive covariate with the series' own training mean.
+    `date_column`, `units_column`, `series_column` and `label_column` name the extract's own columns
+    (a retailer's `week_ending`, say): files are read as they come and renamed once, at load time.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
+    date_column: str = Field(
+        default="date", pattern=COLUMN_NAME_PATTERN, description="demand.csv's (and risk.csv's) date"
+    )
+    units_column: str = Field(default="units", pattern=COLUMN_NAME_PATTERN, description="demand.csv's quantity")
+    series_column: str = Field(
+        default="series", pattern=COLUMN_NAME_PATTERN, description="demand.csv's item or department (optional column)"
+    )
+    label_column: str = Field(default=RISK_LABEL, pattern=COLUMN_NAME_PATTERN, description="risk.csv's 0/1 label")
     demand_covariates: dict[str, CovariateTransform] = Field(default_factory=dict)
     risk_features: tuple[str, ...] = ()
     risk_feature_ranges: dict[str, tuple[float, float]] = Field(
         default_factory=dict,
         description="public range of each risk feature: under DP, features are clipped and scaled by it",
     )
+    risk_holdout: float = Field(
+        default=0.2,
+        gt=0,
+        lt=1,
+        description="share of a firm's risk rows held out for testing when risk.csv has neither a date nor a "
+        "split column (a seeded holdout, stratified by label)",
+    )
 
-    @field_validator("demand_covariates")
+    def __hash__(self) -> int:
+        """Frozen but holding dicts: hash the canonical JSON, so settings built on it can be cached."""
+        return hash(self.model_dump_json())
+
+    @field_validator("demand_covariates", "risk_feature_ranges")
     @classmethod
-    def _no_reserved(cls, value: dict[str, CovariateTransform]) -> dict[str, CovariateTransform]:
-        reserved = {"date", "series", "units"}
-        clash = reserved.intersection(value)
-        if clash:
-            raise ValueError(f"covariate names {sorted(clash)} are reserved demand columns")
+    def _column_names(cls, value: dict[str, object]) -> dict[str, object]:
+        for name in value:
+            if not name or len(name) > 128:
+                raise ValueError(f"'{name}' is not a column name (1 to 128 characters)")
         return value
 
     @field_validator("risk_features")
     @classmethod
-    def _no_label(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if "disrupted" in value or "date" in value:
-            raise ValueError("'date' and 'disrupted' cannot be risk features")
+    def _unique_features(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if len(set(value)) != len(value):
             raise ValueError("risk features must be unique")
+        for name in value:
+            if not name or len(name) > 128:
+                raise ValueError(f"'{name}' is not a column name (1 to 128 characters)")
         return value
 
     @field_validator("risk_feature_ranges")
@@ -59,6 +90,31 @@ class DataSchema(BaseModel):
             if not low < high:
                 raise ValueError(f"range of '{name}' must have low < high, got ({low}, {high})")
         return value
+
+    @model_validator(mode="after")
+    def _distinct_columns(self) -> DataSchema:
+        """Each file's columns must mean one thing each: a covariate cannot also be the units, say."""
+        demand = {self.date_column: "date_column", self.units_column: "units_column"}
+        if self.series_column in demand:
+            raise ValueError(f"series_column '{self.series_column}' is also the {demand[self.series_column]}")
+        demand[self.series_column] = "series_column"
+        if self.units_column == self.date_column:
+            raise ValueError(f"units_column and date_column are both '{self.date_column}'")
+        demand.update({name: f"name SiloBridge gives the {name} column" for name in DEMAND_COLUMNS})
+        for name in self.demand_covariates:
+            if name in demand:
+                raise ValueError(f"demand covariate '{name}' is also the {demand[name]}")
+        risk = {self.date_column: "date_column", self.label_column: "label_column", RISK_SPLIT: "split column"}
+        risk.update({"date": "name SiloBridge gives the date column", RISK_LABEL: "name SiloBridge gives the label"})
+        if self.label_column in (self.date_column, RISK_SPLIT):
+            raise ValueError(f"label_column '{self.label_column}' is also the {risk[self.label_column]}")
+        for name in self.risk_features:
+            if name in risk:
+                raise ValueError(f"risk feature '{name}' is also the {risk[name]}")
+        unknown = sorted(set(self.risk_feature_ranges) - set(self.risk_features))
+        if unknown:
+            raise ValueError(f"risk_feature_ranges names {unknown}, which are not risk_features")
+        return self
 
 
 Tier = Literal["supplier", "manufacturer", "distributor", "retailer"]
@@ -79,7 +135,7 @@ class AggregationSpec(BaseModel):
     federation's size (None: not yet resolved).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     mode: Literal["secure", "plain"] = "secure"
     value_bits: int = Field(default=48, ge=8, le=52, description="bits of each quantised value")
@@ -121,7 +177,7 @@ class PrivacySpec(BaseModel):
     combined, as the accountant sees them; the update itself gets less (see `server.privacy`).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     enabled: bool = True
     unit: Literal["record", "firm"] = "record"
@@ -205,7 +261,7 @@ class InventoryPolicy(BaseModel):
     held or backordered at the end of a period, and per order placed.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     review_period: int = Field(default=1, ge=1, le=52, description="periods between orders")
     lead_time: int = Field(default=1, ge=0, le=52, description="periods between an order and its arrival")
@@ -245,7 +301,7 @@ class InventoryPolicy(BaseModel):
 class FederationSpec(BaseModel):
     """Columns, feature layout, model size, evaluation split and aggregation of one federation."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     data: DataSchema
     lags: int = Field(ge=1, le=104)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from scenarios.schema import apply_overrides, load_scenario, parse_override
+from scenarios.schema import apply_overrides, check_generatable, load_scenario, parse_override
 from silobridge.errors import ConfigError
 from tests.conftest import DEFAULT, LARGE, TINY
 
@@ -40,10 +40,10 @@ def _error(tmp_path: Path, raw: dict) -> ConfigError:
 
 def test_missing_field_names_file_firm_and_field(tmp_path: Path) -> None:
     raw = _raw()
-    del raw["firms"][1]["history"]
+    del raw["firms"][1]["region"]
     err = _error(tmp_path, raw)
     assert err.source == str(tmp_path / "scenario.toml")
-    assert err.field == "firms[R2].history"
+    assert err.field == "firms[R2].region"
     assert "required field is missing" in str(err)
 
 
@@ -92,10 +92,43 @@ def test_too_little_history_names_firm_and_field(tmp_path: Path) -> None:
     assert "firm 'R2': field 'history' is 20 periods; at least 28 are needed" in str(err)
 
 
-def test_upstream_firm_without_customers(tmp_path: Path) -> None:
+def test_upstream_firm_without_customers_cannot_be_generated(tmp_path: Path) -> None:
+    """A pilot's supplier may hold risk data only; the generator needs its customers' orders for its demand."""
     raw = _raw()
     raw["links"] = [link for link in raw["links"] if link["supplier"] != "S1"]
-    assert "firm 'S1': a supplier needs at least one customer link" in str(_error(tmp_path, raw))
+    scenario = load_scenario(_write(tmp_path, raw))
+    with pytest.raises(ConfigError, match="firm 'S1': a supplier needs at least one customer link") as info:
+        check_generatable(scenario, source="scenario.toml")
+    assert info.value.field == "links"
+
+
+def test_history_is_bounded_and_needed_only_to_generate(tmp_path: Path) -> None:
+    raw = _raw()
+    raw["firms"][0]["history"] = 1_000_000_000
+    err = _error(tmp_path, raw)
+    assert err.field == "firms[R1].history"
+    assert "less than or equal to 5200" in str(err)
+    del raw["firms"][0]["history"]
+    scenario = load_scenario(_write(tmp_path, raw))
+    with pytest.raises(ConfigError, match=r"firms \['R1'\] declare no 'history'"):
+        check_generatable(scenario)
+
+
+def test_generation_is_bounded_in_size(tmp_path: Path) -> None:
+    raw = _raw()
+    raw["items"] = 500
+    for firm in raw["firms"]:
+        firm["history"] = 5200
+    with pytest.raises(ConfigError, match="demand values"):
+        check_generatable(load_scenario(_write(tmp_path, raw)))
+
+
+def test_nan_is_named_as_not_a_number(tmp_path: Path) -> None:
+    raw = _raw()
+    raw["privacy"] = {"epsilon": float("nan")}
+    err = _error(tmp_path, raw)
+    assert err.field == "privacy.epsilon"
+    assert "finite number" in str(err)
 
 
 def test_unknown_field_and_several_problems_at_once(tmp_path: Path) -> None:
@@ -108,10 +141,13 @@ def test_unknown_field_and_several_problems_at_once(tmp_path: Path) -> None:
     assert "firms[M1].size" in str(err)
 
 
-def test_end_must_be_a_monday(tmp_path: Path) -> None:
+def test_any_weekday_anchors_a_pilot_but_the_generator_keeps_mondays(tmp_path: Path) -> None:
     raw = _raw()
     raw["end"] = raw["end"].replace(day=30)
-    assert "is a Tuesday" in str(_error(tmp_path, raw))
+    scenario = load_scenario(_write(tmp_path, raw))
+    assert scenario.test_start.weekday() == 1  # every week of the federation falls on end's weekday
+    with pytest.raises(ConfigError, match="is a Tuesday; the generator writes weeks starting on Monday"):
+        check_generatable(scenario)
 
 
 def test_not_toml_and_missing_file(tmp_path: Path) -> None:

@@ -246,22 +246,21 @@ def privacy(run: RunData) -> str:
     for name in sorted(set(stated) - charged):  # admitted to no release: its own budget could not pay for one
         own = [b for party, b in audit.firm_budgets.items() if party.partition("/")[0] == name]
         firm_rows.append((name, "all", 0, 0.0, None, None, min(own, default=report.budget.epsilon), "yes"))
-    parts.append("<h3>Privacy per firm</h3>")
-    parts.append(
-        table(
-            (
-                "firm",
-                "data set",
-                "releases",
-                "epsilon (recomputed)",
-                "epsilon (PLD, summary)",
-                "one observation (group)",
-                "budget",
-                "within",
-            ),
-            firm_rows,
-        )
+    header = (
+        "firm",
+        "data set",
+        "releases",
+        "epsilon (recomputed)",
+        "epsilon (PLD, summary)",
+        "one observation (group)",
+        "budget",
+        "within",
     )
+    if all(row[5] is None for row in firm_rows):  # no firm's spend bounds one observation: a column of n/a says nothing
+        header = header[:5] + header[6:]
+        firm_rows = [row[:5] + row[6:] for row in firm_rows]
+    parts.append("<h3>Privacy per firm</h3>")
+    parts.append(table(header, firm_rows))
     return section("Privacy", "privacy", *parts)
 
 
