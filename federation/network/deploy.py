@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 
 from federation.firm_source import NODE_BUDGET, NODE_DATA_DIR, NODE_FEDERATION, NODE_FIRM_ID, NODE_NOISE_SEED
+from federation.network.flower_hooks import IDLE_POLL_S, SUPEREXEC_POLL_ENV, SUPEREXEC_POLL_S
 from silobridge.errors import ConfigError, FederationError
 
 CONNECTION = "silobridge"
@@ -42,6 +43,9 @@ def process_env(flwr_home: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    # A SuperExec (the SuperLink's for the ServerApp, a SuperNode's for each message) asks for work
+    # every second by default; a task should not wait that long. The caller's own setting wins.
+    env.setdefault(SUPEREXEC_POLL_ENV, SUPEREXEC_POLL_S)
     if flwr_home is not None:
         env["FLWR_HOME"] = str(flwr_home)
     return env
@@ -105,10 +109,13 @@ def supernode_command(
     runtime_port: int,
     budget_epsilon: float | None = None,
     noise_seed: int | None = None,
+    idle_poll_s: float = IDLE_POLL_S,
 ) -> list[str]:
     """A partner's SuperNode: TLS pinned to the federation's CA, authenticated by the firm's key.
 
     `noise_seed` fixes the firm's own DP-SGD noise (the coordinator never sees it); None: OS entropy.
+    It is Flower's `flower-supernode` run through `federation.network.supernode`, which shortens the
+    node's fixed 3 s idle sleep to `idle_poll_s` (a pinned hook, see `flower_hooks`).
     """
     values: dict[str, str | float] = {
         NODE_DATA_DIR: str(data_dir.resolve()),
@@ -120,7 +127,11 @@ def supernode_command(
     if noise_seed is not None:
         values[NODE_NOISE_SEED] = int(noise_seed)
     return [
-        flower_executable("flower-supernode"),
+        sys.executable,
+        "-m",
+        "federation.network.supernode",
+        "--idle-poll",
+        str(idle_poll_s),
         "--superlink",
         superlink,
         "--root-certificates",

@@ -1,0 +1,33 @@
+"""`flower-supernode`, with the SuperNode's polling shortened (`python -m federation.network.supernode`).
+
+`silobridge join` starts this instead of Flower's console script: it applies the pinned hook of
+`flower_hooks` and then runs Flower's own `flower_supernode()` with the remaining arguments, so the
+node behaves exactly as `flower-supernode` does apart from how long it sleeps between polls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from federation.network.flower_hooks import IDLE_POLL_S, apply_supernode_polling
+from silobridge.errors import FederationError
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m federation.network.supernode", add_help=False)
+    parser.add_argument("--idle-poll", type=float, default=IDLE_POLL_S)
+    ours, flower_args = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        apply_supernode_polling(idle_s=ours.idle_poll)
+    except FederationError as err:
+        sys.exit(f"error: {err}")
+    from flwr.supernode.cli import flower_supernode
+
+    sys.argv = ["flower-supernode", *flower_args]
+    flower_supernode()
+
+
+if __name__ == "__main__":
+    main()

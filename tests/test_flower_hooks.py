@@ -1,0 +1,123 @@
+"""The pinned Flower hook and settings that make a networked round fast: they fail when Flower changes.
+
+If one of these tests fails after a Flower upgrade, re-read `flwr/supernode/start_client_internal.py`
+and `flwr/supercore/superexec/run_superexec.py` and update `federation/network/flower_hooks.py`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from federation.network import flower_hooks
+from federation.network.deploy import process_env, supernode_command
+from federation.network.flower_hooks import (
+    HOOKED_MODULE,
+    SUPEREXEC_POLL_ENV,
+    SUPEREXEC_POLL_S,
+    apply_supernode_polling,
+    check_supernode_loop,
+)
+from silobridge.errors import FederationError
+from tests.conftest import ROOT
+
+
+class _Recorder:
+    """A stand-in for the time module that records sleeps instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.slept: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+    def monotonic(self) -> float:
+        return 42.0
+
+
+def test_the_installed_flower_still_has_the_sleeps_the_hook_shortens() -> None:
+    module = check_supernode_loop()
+    assert module.__name__ == HOOKED_MODULE
+    source = inspect.getsource(module)
+    assert source.count("time.sleep(3)") == 1 and source.count("time.sleep(0.5)") == 2
+    assert "start_client_internal" in dir(module)
+
+
+def test_the_hook_maps_only_flowers_two_sleeps(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = check_supernode_loop()
+    monkeypatch.setattr(module, "time", time)  # restored after the test
+    recorder = _Recorder()
+    monkeypatch.setattr(flower_hooks, "time", recorder)
+    sleeps = apply_supernode_polling(idle_s=0.1, reply_s=0.01)
+    assert module.time is sleeps
+    module.time.sleep(3)
+    module.time.sleep(0.5)
+    module.time.sleep(2)
+    assert recorder.slept == [0.1, 0.01, 2]
+    assert module.time.monotonic() == 42.0  # everything else passes through
+    apply_supernode_polling(idle_s=0.2)  # applying twice is allowed (the stand-in is recognised)
+
+
+def test_a_changed_flower_makes_the_hook_fail_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    source = inspect.getsource(check_supernode_loop())
+    monkeypatch.setattr(flower_hooks.inspect, "getsource", lambda module: source.replace("time.sleep(3)", "wait()"))
+    with pytest.raises(FederationError, match=r"has sleeps .*update federation/network/flower_hooks.py"):
+        check_supernode_loop()
+    monkeypatch.undo()
+    monkeypatch.setattr(flower_hooks, "version", lambda name: "1.99.0")
+    with pytest.raises(FederationError, match=r"flwr 1.99.0 is installed.*checked against flwr 1.41.0"):
+        check_supernode_loop()
+
+
+def test_poll_intervals_out_of_range_are_refused() -> None:
+    with pytest.raises(FederationError, match="got 0.0 and 0.01"):
+        apply_supernode_polling(idle_s=0.0)
+    with pytest.raises(FederationError, match="got 0.1 and 1.0"):
+        apply_supernode_polling(reply_s=1.0)
+
+
+def test_the_superexec_reads_our_poll_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.supercore.superexec import run_superexec
+
+    assert run_superexec._TASK_POLL_INTERVAL_ENV == SUPEREXEC_POLL_ENV
+    monkeypatch.delenv(SUPEREXEC_POLL_ENV, raising=False)
+    env = process_env()
+    assert env[SUPEREXEC_POLL_ENV] == SUPEREXEC_POLL_S
+    monkeypatch.setenv(SUPEREXEC_POLL_ENV, env[SUPEREXEC_POLL_ENV])
+    assert run_superexec._get_task_poll_interval() == float(SUPEREXEC_POLL_S)
+    monkeypatch.setenv(SUPEREXEC_POLL_ENV, "0.5")
+    assert process_env()[SUPEREXEC_POLL_ENV] == "0.5"  # the operator's own setting wins
+
+
+def test_join_starts_flowers_supernode_through_the_hook(tmp_path: Path) -> None:
+    command = supernode_command(
+        superlink="10.0.0.5:9093",
+        ca_cert=tmp_path / "ca.pem",
+        private_key=tmp_path / "R1.key",
+        data_dir=tmp_path / "R1",
+        federation=tmp_path / "federation.toml",
+        firm_id="R1",
+        runtime_port=9094,
+        idle_poll_s=0.2,
+    )
+    assert command[:5] == [sys.executable, "-m", "federation.network.supernode", "--idle-poll", "0.2"]
+    assert command[5:7] == ["--superlink", "10.0.0.5:9093"]
+
+
+def test_the_wrapper_refuses_a_bad_interval_without_a_traceback() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "federation.network.supernode", "--idle-poll", "5", "--superlink", "127.0.0.1:1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "error: SuperNode poll intervals must be" in result.stderr
+    assert "Traceback" not in result.stderr
