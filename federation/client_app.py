@@ -13,19 +13,15 @@ import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.analytics import answer_step
-from clients.firm import FirmClient, Normaliser
-from clients.models import MODEL_KINDS
 from clients.own_budget import check_round
 from clients.secure_sum import FirmSecureSum
-from federation.firm_source import node_firm, simulated_dropout, simulated_firm
+from federation.firm_source import FirmFiles, node_firm, simulated_dropout, simulated_firm
 from federation.records import (
     ANALYTICS,
     EFFICIENCY_GROUPS,
@@ -52,6 +48,9 @@ from silobridge.errors import ProtocolError, SiloBridgeError, SimulatedDropout
 from silobridge.messages import BaselineInstruction, TrainInstruction
 from silobridge.stats import StatGroups
 
+if TYPE_CHECKING:  # torch and Opacus load only for the stages that train or evaluate (see LIGHT_STAGES)
+    from clients.firm import FirmClient, Normaliser
+
 FIRM_ERROR_CODE = 4100
 """Error code of replies for failures SiloBridge raised on purpose (bad data, bad request)."""
 
@@ -62,7 +61,7 @@ log = logging.getLogger("silobridge")
 class Request:
     """One message as a firm sees it: who it is, the run's settings, Flower's context and the message."""
 
-    firm: FirmClient
+    firm: FirmClient | FirmFiles  # FirmFiles: a partner's secure-sum and analytics stages, no model code
     settings: RunSettings | None  # None on a partner's SuperNode: it needs only the spec each request carries
     context: Context
     message: Message
@@ -75,6 +74,8 @@ def _request(context: Context, run_config: Mapping[str, Any], message: Message) 
     if "partition-id" not in node:
         return Request(node_firm(node, spec, message.metadata.message_type), None, context, message)
     settings = settings_from_run_config(run_config)
+    import torch
+
     if torch.get_num_threads() != 1:
         torch.set_num_threads(1)  # simulated firms share the machine's cores
     firm = simulated_firm(settings, spec, int(node["partition-id"]), run_id=context.run_id)
@@ -128,6 +129,8 @@ def _release(req: Request, segments: dict[str, np.ndarray], *, clipped: int | No
 
 
 def _normaliser(message: Message) -> Normaliser | None:
+    from clients.firm import Normaliser
+
     if NORMALISER not in message.content.array_records:
         return None
     arrays = arrays_of(message, NORMALISER)
@@ -141,11 +144,15 @@ def _groups(req: Request) -> EfficiencyGroups:
 
 def _stat_groups(req: Request) -> dict[str, StatGroups]:
     """The server's test-statistics slots per model; every request that releases test statistics carries them."""
+    from clients.models import MODEL_KINDS
+
     values = config_of(req.message, STAT_GROUPS)
     return {kind: StatGroups.from_config(values, kind, firm=req.firm.firm_id) for kind in MODEL_KINDS}
 
 
 def _weights(message: Message) -> dict[str, dict[str, np.ndarray]]:
+    from clients.models import MODEL_KINDS
+
     records = message.content.array_records
     return {kind: arrays_of(message, weights_key(kind)) for kind in MODEL_KINDS if weights_key(kind) in records}
 
@@ -195,6 +202,8 @@ def _evaluate(req: Request) -> RecordDict:
 
 def _analytics(req: Request) -> RecordDict:
     """One step of an analytics query: the firm's half on its own tables, clipped, into the secure sum."""
+    from clients.analytics import answer_step
+
     step = QueryStep.from_config(config_of(req.message, ANALYTICS), firm=req.firm.firm_id)
     answer = answer_step(step, req.firm.data)
     return _release(req, {QUERY_SEGMENT: answer.vector}, clipped=answer.clipped)

@@ -10,22 +10,24 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from clients.data import RISK_FILE, Calendar, FirmData, firm_data_from_tables, load_for_spec, risk_split_rule
-from clients.firm import FirmClient
-from clients.training import resolve_device
 from federation.settings import RunSettings, settings_from_run_config
 from scenarios.generator import ChainData, generate_chain
 from scenarios.schema import Scenario, load_scenario
 from silobridge.config import FederationSpec
 from silobridge.errors import ConfigError, DataError, DataProblem, ProtocolError
 from silobridge.seeds import parse_noise_seed
+
+if TYPE_CHECKING:  # the model code (torch, Opacus) is imported only where a firm trains or evaluates
+    from clients.firm import FirmClient
 
 NODE_DATA_DIR = "data-dir"
 NODE_FEDERATION = "federation"
@@ -95,6 +97,9 @@ def _client(
     noise_seed: int | None = None,
 ) -> FirmClient:
     """A firm with its declared public profile; its own budget is the stricter of the declared and `budget_epsilon`."""
+    from clients.firm import FirmClient
+    from clients.training import resolve_device
+
     firm = scenario.firm(data.firm_id)
     budgets = [b for b in (firm.budget_epsilon, budget_epsilon) if b is not None]
     return FirmClient(
@@ -205,8 +210,30 @@ def check_contract(spec: FederationSpec, local: FederationSpec, message_type: st
         )
 
 
-def node_firm(node_config: Mapping[str, Any], spec: FederationSpec, message_type: str = "query.manifest") -> FirmClient:
-    """The firm a partner's SuperNode plays: its own files, under the federation file it holds."""
+LIGHT_STAGES = frozenset({"query.secagg_advertise", "query.secagg_share", "query.secagg_unmask", "query.analytics"})
+"""Messages a partner answers without its models: secure-sum key and unmask stages, analytics steps."""
+
+
+@dataclass(frozen=True)
+class FirmFiles:
+    """A partner's firm for the stages that neither train nor evaluate: its validated files and the
+    federation's spec, without the model code, so a fresh ClientApp process imports no torch or Opacus."""
+
+    data: FirmData
+    spec: FederationSpec
+
+    @property
+    def firm_id(self) -> str:
+        return self.data.firm_id
+
+
+def node_firm(
+    node_config: Mapping[str, Any], spec: FederationSpec, message_type: str = "query.manifest"
+) -> FirmClient | FirmFiles:
+    """The firm a partner's SuperNode plays: its own files, under the federation file it holds.
+
+    For the stages in `LIGHT_STAGES` only its files and the spec (`FirmFiles`), else a `FirmClient`.
+    """
     missing = [k for k in (NODE_DATA_DIR, NODE_FEDERATION) if not str(node_config.get(k) or "")]
     if missing:
         raise ConfigError(
@@ -217,7 +244,11 @@ def node_firm(node_config: Mapping[str, Any], spec: FederationSpec, message_type
     folder = Path(str(node_config[NODE_DATA_DIR])).expanduser()
     federation = Path(str(node_config[NODE_FEDERATION])).expanduser()
     firm_id = str(node_config.get(NODE_FIRM_ID) or folder.name)
-    check_contract(spec, _file_spec(federation), message_type, firm=firm_id)
+    light = message_type in LIGHT_STAGES
+    check_contract(spec, _file_spec(federation, calibrated=not light), message_type, firm=firm_id)
+    if light:
+        declared_firm(_federation_file(federation), firm_id, source=str(federation))
+        return FirmFiles(load_for_spec(folder, spec, firm_id=firm_id), spec)
     keys = (NODE_DATA_DIR, NODE_FEDERATION, NODE_FIRM_ID, NODE_BUDGET, NODE_NOISE_SEED)
     key = tuple(str(node_config.get(k, "")) for k in keys)
     key += (spec.digest(),)
@@ -244,7 +275,12 @@ def _federation_file(path: Path) -> Scenario:
     return load_scenario(path)
 
 
-@lru_cache(maxsize=4)
-def _file_spec(path: Path) -> FederationSpec:
-    """The spec the federation file defines, resolved as the coordinator's `silobridge run` resolves it."""
-    return settings_from_run_config({"scenario": str(path.resolve()), "data": "nodes"}).spec
+@lru_cache(maxsize=8)
+def _file_spec(path: Path, *, calibrated: bool = True) -> FederationSpec:
+    """The spec the federation file defines, resolved as the coordinator's `silobridge run` resolves it.
+
+    `calibrated=False` leaves DP off: every field but `privacy` is the same, and calibrating the noise
+    needs the model's size (torch), which a stage compared without `privacy` does not.
+    """
+    run_config = {"scenario": str(path.resolve()), "data": "nodes"}
+    return settings_from_run_config(run_config if calibrated else {**run_config, "dp": "off"}).spec

@@ -18,7 +18,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from clients.models import MODEL_KINDS, build_model, state_to_arrays
 from scenarios.generator import DEMAND_COVARIATES, RISK_FEATURES
 from scenarios.schema import Scenario, check_generatable, load_scenario, parse_override
 from server.efficiency_release import check_room, efficiency_event
@@ -139,6 +138,8 @@ def quiet_accountant() -> None:
 
 def privacy_plan(settings: RunSettings, spec: FederationSpec) -> PrivacyPlan:
     """The run's releases as the accountant sees them (model size from the federation's architecture)."""
+    from clients.models import MODEL_KINDS, build_model, state_to_arrays  # torch: only where DP is calibrated
+
     dim = sum(flatten(state_to_arrays(build_model(kind, spec))).size for kind in MODEL_KINDS)
     training = settings.scenario.training
     return PrivacyPlan(
