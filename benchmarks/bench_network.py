@@ -1,7 +1,8 @@
 """A real federation on loopback against the same simulation: round time for 2, 5 and 10 partners.
 
 Run from the repository root: `python -m benchmarks.bench_network [--nodes 2 5 10] [--rounds 2]`.
-Writes benchmarks/results/network.{json,md}.
+Writes benchmarks/results/network.{json,md} (`--results NAME` for another name, e.g. the smallest
+configuration: `--nodes 2 --results network_small`).
 
 For each size, one federation file (a distributor and its retailers) and its generated CSV files;
 then, side by side in one run: the loopback federation (SuperLink with TLS and node
@@ -9,13 +10,16 @@ authentication, one `silobridge join` SuperNode per firm, `silobridge run`) and 
 simulation on the same files (`simulate --data`). Both run secure aggregation (plain for 2 firms,
 where secure aggregation refuses: a sum of two tells each the other's input) and record-level DP.
 Per round: wall seconds of each training round as the ServerApp measured it (metrics.jsonl).
-Also measured: the cold start of one ClientApp process (a SuperNode starts one per message).
+Also measured: the cold start of one ClientApp process (a SuperNode starts one per message), for a
+stage that trains (torch, Opacus) and for a stage that does not (secure-sum key and unmask stages,
+analytics: no model code).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -74,12 +78,19 @@ def round_seconds(run_dir: Path) -> list[float]:
     return [by_round[r] for r in sorted(by_round)]
 
 
-def clientapp_cold_start(repeats: int) -> list[float]:
-    """Seconds for a fresh interpreter to import the ClientApp (torch, flwr, our code): per message on a SuperNode."""
+COLD_STARTS = {
+    "light": "import federation.client_app",
+    "train": "import federation.client_app, clients.firm",
+}
+"""What a fresh ClientApp process imports for a stage without model code, and for one that trains."""
+
+
+def clientapp_cold_start(repeats: int, code: str = COLD_STARTS["train"]) -> list[float]:
+    """Seconds for a fresh interpreter to import what a stage needs: per message on a SuperNode."""
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import federation.client_app"], cwd=ROOT, check=True)
+        subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
         times.append(time.perf_counter() - started)
     return times
 
@@ -125,27 +136,38 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, nargs="+", default=[2, 5, 10])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--cold-starts", type=int, default=5)
+    parser.add_argument("--results", default="network", help="Name of the results files.")
     args = parser.parse_args()
     starts = clientapp_cold_start(args.cold_starts)
+    light = clientapp_cold_start(args.cold_starts, COLD_STARTS["light"])
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-network-") as tmp:
         for nodes in args.nodes:
             row = measure(nodes, args.rounds, Path(tmp) / f"n{nodes}")
             print(row, flush=True)
             rows.append(row)
-    start_s = statistics.median(starts)
+    start_s, light_s = statistics.median(starts), statistics.median(light)
     notes = (
         f"ClientApp cold start (fresh interpreter importing torch, flwr and the ClientApp), median of "
-        f"{len(starts)}: {start_s:.2f} s. A SuperNode starts one such process per message, so every exchange "
-        "costs each partner at least this, in parallel across partners (each on its own machine); a secure, "
-        "private round is 2 exchanges (train + unmask), plus 2 per key-agreement session. Here every partner's "
+        f"{len(starts)}: {start_s:.2f} s; for a stage without model code (secure-sum key and unmask stages, "
+        f"analytics: no torch, no Opacus): {light_s:.2f} s. A SuperNode starts one such process per message, so "
+        "every exchange costs each partner at least this, in parallel across partners (each on its own machine); a "
+        "secure, private round is 2 exchanges (train, then unmask without model code), plus 2 per key-agreement "
+        "session. The SuperNode's idle and reply sleeps are shortened (federation/network/flower_hooks.py) and the "
+        "SuperExec polls every 0.05 s. Here every partner's "
         "SuperNode and its per-message processes share this machine's cores, so the loopback round grows with the "
         "number of nodes (n cold starts per exchange on 2 cores); on the partners' own machines an exchange costs "
         "about one cold start plus the network and training, whatever the number of partners."
     )
-    parameters = {"nodes": args.nodes, "rounds": args.rounds, "clientapp_cold_start_s": [round(t, 2) for t in starts]}
+    parameters = {
+        "nodes": args.nodes,
+        "rounds": args.rounds,
+        "clientapp_cold_start_s": [round(t, 2) for t in starts],
+        "clientapp_cold_start_light_s": [round(t, 2) for t in light],
+        "load_average_1m": round(os.getloadavg()[0], 1),
+    }
     columns = list(rows[0]) if rows else ["nodes"]
-    json_path, md_path = write_results("network", parameters=parameters, rows=rows, columns=columns, notes=notes)
+    json_path, md_path = write_results(args.results, parameters=parameters, rows=rows, columns=columns, notes=notes)
     print(md_path.read_text())
 
 

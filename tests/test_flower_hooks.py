@@ -121,3 +121,39 @@ def test_the_wrapper_refuses_a_bad_interval_without_a_traceback() -> None:
     assert result.returncode == 1
     assert "error: SuperNode poll intervals must be" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_serverapp_pulls_replies_itself_never_through_send_and_receive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower's HTTP Grid.send_and_receive sleeps 3 s between pulls; our exchange pushes and pulls on its own
+    short schedule, so a reply that comes on the third pull is collected within milliseconds."""
+    from types import SimpleNamespace
+
+    from federation import exchange as exchange_module
+
+    def fake_message(*, content: object, dst_node_id: int, message_type: str) -> SimpleNamespace:
+        return SimpleNamespace(
+            content=content, metadata=SimpleNamespace(dst_node_id=dst_node_id, message_type=message_type)
+        )
+
+    class Grid:
+        pulls = 0
+
+        def send_and_receive(self, *args: object, **kwargs: object) -> None:
+            raise AssertionError("Grid.send_and_receive sleeps 3 s between pulls")
+
+        def push_messages(self, messages: list[SimpleNamespace]) -> list[str]:
+            return [f"id-{m.metadata.dst_node_id}" for m in messages]
+
+        def pull_messages(self, ids: set[str]) -> list[SimpleNamespace]:
+            self.pulls += 1
+            if self.pulls < 3:
+                return []
+            meta = SimpleNamespace(reply_to_message_id="id-4", src_node_id=4, message_type="query.manifest")
+            return [SimpleNamespace(metadata=meta, content="reply", has_error=lambda: False)]
+
+    monkeypatch.setattr(exchange_module, "Message", fake_message)
+    grid = Grid()
+    started = time.monotonic()
+    replies = exchange_module.exchange(grid, [(4, "query.manifest", "request")], timeout_s=30)  # type: ignore[arg-type]
+    assert replies.ok == {(4, "query.manifest"): "reply"} and grid.pulls == 3
+    assert time.monotonic() - started < 0.5
