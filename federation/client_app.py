@@ -19,7 +19,6 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.own_budget import check_round
 from clients.secure_sum import FirmSecureSum
 from federation.firm_source import FirmFiles, node_firm, simulated_dropout, simulated_firm
 from federation.records import (
@@ -176,6 +175,8 @@ def _baselines(req: Request) -> RecordDict:
 
 
 def _train(req: Request) -> RecordDict:
+    from clients.own_budget import check_round  # dp-accounting: only where a firm trains
+
     firm = req.firm
     instruction = TrainInstruction.from_config(config_of(req.message, INSTRUCTION), firm=firm.firm_id)
     weights = _weights(req.message)

@@ -14,19 +14,20 @@ import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from scenarios.generator import DEMAND_COVARIATES, RISK_FEATURES
 from scenarios.schema import Scenario, check_generatable, load_scenario, parse_override
-from server.efficiency_release import check_room, efficiency_event
-from server.privacy import PrivacyPlan, resolve_privacy
 from server.secure_sum import resolve_aggregation
 from silobridge.arrays import flatten
 from silobridge.config import DataSchema, FederationSpec
 from silobridge.errors import ConfigError
 from silobridge.seeds import MAX_NOISE_SEED, parse_noise_seed
+
+if TYPE_CHECKING:  # DP calibration (dp-accounting, torch) loads only where DP is on: see federation_spec
+    from server.privacy import PrivacyPlan
 
 APP_DIR = Path(__file__).resolve().parent.parent
 """The project (or installed app) directory; a relative scenario path starts here, a relative
@@ -139,6 +140,8 @@ def quiet_accountant() -> None:
 def privacy_plan(settings: RunSettings, spec: FederationSpec) -> PrivacyPlan:
     """The run's releases as the accountant sees them (model size from the federation's architecture)."""
     from clients.models import MODEL_KINDS, build_model, state_to_arrays  # torch: only where DP is calibrated
+    from server.efficiency_release import efficiency_event
+    from server.privacy import PrivacyPlan
 
     dim = sum(flatten(state_to_arrays(build_model(kind, spec))).size for kind in MODEL_KINDS)
     training = settings.scenario.training
@@ -184,6 +187,9 @@ def federation_spec(settings: RunSettings) -> FederationSpec:
             raise ConfigError("distributed DP needs secure aggregation", field="privacy.mechanism")
         privacy = privacy.model_copy(update={"expected_shares": len(s.firms)})
         base = base.model_copy(update={"privacy": privacy})
+    from server.efficiency_release import check_room
+    from server.privacy import resolve_privacy
+
     quiet_accountant()
     if base.inventory.dp:
         check_room(privacy, base.inventory)

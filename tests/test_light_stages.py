@@ -1,4 +1,4 @@
-"""A partner's stages that neither train nor evaluate run without torch or Opacus.
+"""A partner's stages that neither train nor evaluate run without torch, Opacus or dp-accounting.
 
 A SuperNode starts a fresh ClientApp process per message, so importing the model code costs every
 secure-sum key and unmask stage and every analytics step seconds. These tests run the ClientApp in a
@@ -31,7 +31,8 @@ from types import SimpleNamespace
 
 import federation.client_app as client_app
 
-imported_on_load = sorted(m for m in ("torch", "opacus") if m in sys.modules)
+HEAVY = ("torch", "opacus", "dp_accounting")
+imported_on_load = sorted(m for m in HEAVY if m in sys.modules)
 from flwr.app import ConfigRecord, Context, RecordDict
 
 from federation.records import SECAGG, request_content, secagg_run_id
@@ -49,7 +50,7 @@ request = client_app._request(context, {}, message)
 reply = client_app._secagg_stage("advertise")(request)
 print(json.dumps({
     "on_load": imported_on_load,
-    "after_advertise": sorted(m for m in ("torch", "opacus") if m in sys.modules),
+    "after_advertise": sorted(m for m in HEAVY if m in sys.modules),
     "firm": type(request.firm).__name__,
     "reply_keys": sorted(dict(reply.config_records[SECAGG])),
     "stored": SECAGG in context.state.config_records,
