@@ -80,7 +80,7 @@ def round_seconds(run_dir: Path) -> list[float]:
 
 COLD_STARTS = {
     "light": "import federation.client_app",
-    "train": "import federation.client_app, clients.firm",
+    "train": "import federation.client_app, clients.firm, clients.own_budget",
 }
 """What a fresh ClientApp process imports for a stage without model code, and for one that trains."""
 
