@@ -66,6 +66,7 @@ RUN_CONFIG_KEYS = (
     "run-id",
     "data",
     "noise-seed",
+    "ledger-key",
     QUERIES_KEY,
 )
 
@@ -95,6 +96,8 @@ class RunSettings(BaseModel):
     noise_seed: int | None = Field(default=None, ge=0, le=MAX_NOISE_SEED)
     """A simulation's fixed seed for every firm's DP-SGD sampling and noise (reproducible experiments);
     None: each firm draws fresh entropy. Never in a real federation: only a firm may seed its own noise."""
+    ledger_key: Path | None = None
+    """The coordinator's long-term Ed25519 ledger key (PEM file); None: a key made for this run only."""
 
     @property
     def simulated(self) -> bool:
@@ -128,6 +131,7 @@ class RunSettings(BaseModel):
             "run-id": self.run_id,
             "data": "" if self.data == "generated" else str(self.data),
             "noise-seed": -1 if self.noise_seed is None else self.noise_seed,
+            "ledger-key": "" if self.ledger_key is None else str(self.ledger_key),
         }
 
 
@@ -252,7 +256,9 @@ def settings_from_run_config(run_config: Mapping[str, Any], *, base_dir: Path = 
             source="run config",
             field="noise-seed",
         )
+    ledger_key = str(run_config.get("ledger-key") or "")
     settings = RunSettings(
+        ledger_key=_resolve(ledger_key, Path.cwd()) if ledger_key else None,
         noise_seed=noise_seed,
         node_wait_s=600.0 if data == NODES else 30.0,  # partners join when they join: wait up to ten minutes
         data=data,  # type: ignore[arg-type]
