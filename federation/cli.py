@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from silobridge.errors import ConfigError, DataError, FederationError, SiloBridgeError
+from silobridge.errors import ConfigError, DataError, FederationError, LedgerTampered, SiloBridgeError
 from silobridge.seeds import MAX_NOISE_SEED
 
 if TYPE_CHECKING:
@@ -101,6 +101,18 @@ def simulate(
             "for this run only, which an audit reports as such.",
         ),
     ] = None,
+    state: Annotated[
+        Path | None,
+        typer.Option(
+            "--state",
+            help="Give every simulated firm its own lifetime privacy odometer in STATE/<firm>: repeated simulations "
+            "of the same firms compose, and a firm refuses a round past its lifetime budget.",
+        ),
+    ] = None,
+    lifetime_epsilon: Annotated[
+        float | None,
+        typer.Option("--lifetime-epsilon", help="With --state: each firm's lifetime epsilon per data set.", min=0.0),
+    ] = None,
 ) -> None:
     """Simulate every firm of a scenario as a Flower client and compare federated, local-only, centralised and naive."""
     from federation.progress import LogObserver, RichObserver, log_to_stderr
@@ -125,6 +137,10 @@ def simulate(
         run_config["data"] = str(data.resolve())
     if ledger_key is not None:
         run_config["ledger-key"] = str(ledger_key.resolve())
+    if state is not None:
+        run_config["state-dir"] = str(state.resolve())
+    if lifetime_epsilon is not None:
+        run_config["lifetime-epsilon"] = lifetime_epsilon
     try:
         settings = settings_from_run_config(run_config)
         run_config["run-id"] = settings.run_id
@@ -747,20 +763,52 @@ def join(
             max=MAX_NOISE_SEED,
         ),
     ] = None,
+    state: Annotated[
+        Path | None,
+        typer.Option(
+            "--state",
+            help="This firm's lifetime privacy odometer (a folder it owns): what each data set spent across runs, "
+            "signed by the node; rounds past --lifetime-epsilon are refused, whichever run asks.",
+        ),
+    ] = None,
+    lifetime_epsilon: Annotated[
+        float | None,
+        typer.Option(
+            "--lifetime-epsilon",
+            help="Lifetime epsilon per data set (with --state; needed once, kept after).",
+            min=0.0,
+        ),
+    ] = None,
+    lifetime_delta: Annotated[
+        float, typer.Option("--lifetime-delta", help="The delta lifetime epsilon is stated at.")
+    ] = 1e-5,
 ) -> None:
     """Firm: validate its data again, then start a SuperNode that joins the federation's rounds."""
     import subprocess
 
     from federation.firm_source import validate_firm_folder
     from federation.network.deploy import argv_text, process_env, split_address, supernode_command
+    from federation.odometer_glue import NODE_LIFETIME_DELTA, NODE_LIFETIME_EPSILON, NODE_STATE_DIR
 
     try:
+        if lifetime_epsilon is not None and state is None:
+            raise ConfigError("a lifetime budget needs --state DIR", source="command line", field="--lifetime-epsilon")
         split_address(superlink)
         for path, option in ((ca, "--ca"), (key, "--key")):
             if not path.is_file():
                 raise ConfigError(f"{path} does not exist", source="command line", field=option)
         scenario, spec = _federation(config)
         firm = validate_firm_folder(data, scenario, spec, firm_id=firm_id)
+        extra: dict[str, str | float] = {}
+        if state is not None:
+            from privacy.dp import Budget
+            from privacy.odometer import Odometer
+
+            lifetime = Budget(lifetime_epsilon, lifetime_delta) if lifetime_epsilon else None
+            Odometer.open(state.resolve(), firm=firm.firm_id, lifetime=lifetime)  # verified (or made) before joining
+            extra = {NODE_STATE_DIR: str(state.resolve()), NODE_LIFETIME_DELTA: lifetime_delta}
+            if lifetime_epsilon:
+                extra[NODE_LIFETIME_EPSILON] = lifetime_epsilon
         command = supernode_command(
             superlink=superlink,
             ca_cert=ca,
@@ -771,7 +819,11 @@ def join(
             runtime_port=runtime_port,
             budget_epsilon=budget_epsilon,
             noise_seed=noise_seed,
+            extra_config=extra,
         )
+    except LedgerTampered as err:
+        err_console.print(f"[bold red]odometer check failed, not joining:[/] {err}", highlight=False)
+        raise typer.Exit(EXIT_TAMPERED) from None
     except SiloBridgeError as err:
         raise _fail(err) from None
     err_console.print(f"firm '{firm.firm_id}': data valid; joining {superlink}")
@@ -784,6 +836,67 @@ def join(
         )
     err_console.print(shown)
     raise typer.Exit(subprocess.call(command, env=process_env()))
+
+
+@app.command()
+def budget(
+    state: Annotated[
+        Path, typer.Argument(help="An odometer folder (join --state), or a simulation's --state holding one per firm.")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print it as JSON.")] = False,
+) -> None:
+    """Firm: what each data set has spent across runs (the node's lifetime odometer, verified first).
+
+    Exit code 3 if the odometer was altered (the node then refuses to take part), 2 if there is none.
+    """
+    from rich.table import Table
+
+    from privacy.odometer import LOG_FILE, Odometer
+
+    folders = [state] if (state / LOG_FILE).exists() else sorted(p.parent for p in state.glob(f"*/{LOG_FILE}"))
+    try:
+        if not folders:
+            raise ConfigError(f"no odometer here (no {LOG_FILE}, nor one per firm)", source=str(state))
+        odometers = [Odometer.open(folder, firm=None) for folder in folders]
+    except LedgerTampered as err:
+        err_console.print(f"[bold red]odometer check failed:[/] {err}", highlight=False)
+        raise typer.Exit(EXIT_TAMPERED) from None
+    except SiloBridgeError as err:
+        raise _fail(err) from None
+    rows = [
+        {
+            "firm": odo.firm,
+            "dataset": row.dataset,
+            "releases": row.releases,
+            "runs": list(row.runs),
+            "epsilon": row.epsilon,
+            "lifetime_epsilon": odo.lifetime.epsilon,
+            "delta": odo.lifetime.delta,
+            "remaining": max(0.0, odo.lifetime.epsilon - row.epsilon),
+        }
+        for odo in odometers
+        for row in odo.datasets()
+    ]
+    if as_json:
+        out_console.print_json(json.dumps({"verified": True, "datasets": rows}))
+        return
+    table = Table(title="Lifetime privacy spend (odometer verified: chain, signatures, head)")
+    for column in ("firm", "data set", "releases", "runs", "epsilon spent", "lifetime budget", "remaining"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["firm"],
+            row["dataset"],
+            str(row["releases"]),
+            str(len(row["runs"])),
+            f"{row['epsilon']:.4f}",
+            f"{row['lifetime_epsilon']:g} at delta {row['delta']:g}",
+            f"{row['remaining']:.4f}",
+        )
+    for odo in odometers:
+        if not odo.datasets():
+            table.add_row(odo.firm, "-", "0", "0", "0", f"{odo.lifetime.epsilon:g} at delta {odo.lifetime.delta:g}", "")
+    out_console.print(table)
 
 
 @app.command("run")

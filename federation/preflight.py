@@ -6,6 +6,8 @@
 - Firms whose own `budget_epsilon` cannot pay for one round take part in no round; if that leaves
   fewer firms than a round needs (secure aggregation's minimum of 3, the run's `min_firms`), the
   run could never complete a round: refused, naming each firm and its budget.
+- A simulation with `--state`: every firm's lifetime odometer is opened (verified, its budget set);
+  firms whose odometer cannot pay for one more round would refuse it, so the same count applies.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
+from clients.own_budget import round_event
+from federation.odometer_glue import node_odometer
 from federation.settings import RunSettings
 from privacy.dp import epsilon
 from server.privacy import accounting_spec
@@ -55,20 +59,50 @@ def preflight(settings: RunSettings) -> None:
         )
     per_round = round_epsilon(settings)
     priced_out = {
-        firm.id: firm.budget_epsilon
+        firm.id: f"budget_epsilon {firm.budget_epsilon:g}"
         for firm in settings.scenario.firms
         if firm.budget_epsilon is not None and firm.budget_epsilon < per_round
     }
+    priced_out.update(_lifetime_priced_out(settings))
     if not priced_out:
         return
     left, needed = len(settings.scenario.firms) - len(priced_out), firms_needed(settings)
-    named = ", ".join(f"'{firm}' (budget_epsilon {budget:g})" for firm, budget in sorted(priced_out.items()))
+    named = ", ".join(f"'{firm}' ({why})" for firm, why in sorted(priced_out.items()))
     if left < needed:
         raise ConfigError(
             f"one round charges each firm epsilon {per_round:.4g} at delta {privacy.delta:g}; firm(s) {named} cannot "
             f"pay for it and would take part in no round, leaving {left} firm(s), fewer than the {needed} a round "
             f"needs{' (secure aggregation needs at least 3)' if settings.aggregation == 'secure' else ''}",
             source=str(settings.scenario_path),
-            field=f"firms.{sorted(priced_out)[0]}.budget_epsilon",
+            field="--lifetime-epsilon"
+            if priced_out[sorted(priced_out)[0]].startswith("lifetime")
+            else f"firms.{sorted(priced_out)[0]}.budget_epsilon",
         )
     log.warning("firm(s) %s cannot pay for one round (epsilon %.4g) and will take part in no round", named, per_round)
+
+
+def _lifetime_priced_out(settings: RunSettings) -> dict[str, str]:
+    """Simulated firms whose lifetime odometer (`--state`) cannot pay for one more round, and why."""
+    if settings.state_dir is None:
+        return {}
+    privacy = settings.spec.privacy
+    if privacy.unit != "record":
+        raise ConfigError(
+            "lifetime odometers count record-level DP-SGD only; a firm-level run's spend is not the firms' to count",
+            source="command line",
+            field="--state",
+        )
+    event = round_event(privacy)
+    out = {}
+    for firm in settings.scenario.firms:
+        odometer = node_odometer(firm.id, settings, {})
+        if odometer is None:
+            continue
+        worst = max((odometer.preview(dataset, event) for dataset in ("demand", "risk")), default=0.0)
+        if worst > odometer.lifetime.epsilon:
+            spent = max((row.epsilon for row in odometer.datasets()), default=0.0)
+            out[firm.id] = (
+                f"lifetime odometer at epsilon {spent:.4g} of {odometer.lifetime.epsilon:g}, one more round takes it "
+                f"to {worst:.4g}"
+            )
+    return out
