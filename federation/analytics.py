@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from clients.analytics import answer_step
 from clients.data import FirmData
 from federation.firm_source import pilot_folders, validate_pilot
+from federation.ledger_signer import ledger_signer
 from federation.privacy_report import LEDGER_FILE
 from federation.progress import LogObserver
 from federation.records import ANALYTICS
@@ -327,7 +327,7 @@ def serve_queries(
         firms = sorted(m.firm_id for m in manifests.values())
         privacy, ledger, public_key = None, None, None
         if budget is not None and noise is not None:
-            key = Ed25519PrivateKey.generate()
+            key, key_kind = ledger_signer(settings)  # the federation's long-term key, or one made for this run
             public_key = public_key_hex(key.public_key())
             rundir.keep_on_failure = True  # privacy may be spent from here on: the ledger must survive
             ledger = PrivacyRun.start(
@@ -336,6 +336,7 @@ def serve_queries(
                 config_sha256=config_hash(config),
                 budget=Budget(budget.epsilon, budget.delta),
                 signing_key=key,
+                key_kind=key_kind,
                 spec=query_accounting(budget.accountant),
                 firm_budgets={
                     m.firm_id: Budget(m.budget_epsilon, budget.delta)
@@ -398,6 +399,8 @@ def run_queries(
         )
     check_query_privacy(settings, budget)
     validate_pilot(settings)  # every firm's files, every problem reported, before anything starts
+    if budget is not None:
+        ledger_signer(settings)  # a missing or wrong ledger key, before anything starts
     requests = with_scenario_defaults(settings, requests)
     # parameter errors surface before anything starts; under DP, the budget is checked and calibrated too
     if budget is None:

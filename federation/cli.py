@@ -251,6 +251,10 @@ def query(
         ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer and its privacy cost as JSON.")] = False,
+    ledger_key: Annotated[
+        Path | None,
+        typer.Option("--ledger-key", help="Sign the ledger with the federation's long-term key (keys --ledger)."),
+    ] = None,
 ) -> None:
     """Run one federated analytics query (simulated, on a pilot's files, or over the network); print answer and cost.
 
@@ -283,6 +287,8 @@ def query(
             run_config["run-id"] = run_id
         if data is not None:
             run_config["data"] = str(data.resolve())
+        if ledger_key is not None:
+            run_config["ledger-key"] = str(ledger_key.resolve())
         if network:
             job = QueryJob((request,), budget)
             outcome, noise, path = _network_query(run_config, job)
@@ -300,12 +306,15 @@ def _network_query(run_config: dict[str, object], job: QueryJob) -> tuple[dict, 
     import subprocess
 
     from federation.analytics import QUERIES_FILE, check_query_privacy, noised_plans, plan_queries, query_settings
+    from federation.ledger_signer import ledger_signer
     from federation.network.deploy import process_env, run_command
     from federation.settings import APP_DIR, NODES, QUERIES_KEY
 
     run_config = {**run_config, "data": NODES}
     settings = query_settings(run_config)
     check_query_privacy(settings, job.budget)
+    if job.budget is not None:
+        ledger_signer(settings)  # a missing or wrong ledger key: refused before the partners are asked
     # parameter errors (and, under DP, the budget's calibration) surface before the partners are asked
     if job.budget is None:
         plan_queries(settings, job.requests)
