@@ -31,7 +31,7 @@ from federation.ledger_signer import ledger_signer
 from federation.privacy_report import LEDGER_FILE
 from federation.progress import LogObserver
 from federation.records import ANALYTICS
-from federation.rundir import CONFIG_FILE, RunDirectory
+from federation.rundir import CONFIG_FILE, RunDirectory, live_runs
 from federation.runner import Federation, RunObserver
 from federation.settings import NODES, QUERIES_KEY, RunSettings, quiet_accountant, settings_from_run_config
 from privacy.dp import Budget
@@ -315,7 +315,7 @@ def serve_queries(
     plans, noise = (
         (plan_queries(settings, requests), None) if budget is None else noised_plans(settings, requests, budget)
     )
-    with RunDirectory(settings.out_dir, settings.run_id) as rundir:
+    with RunDirectory(settings.out_dir, settings.run_id) as rundir, live_runs.hold(rundir):
         config = {
             "run_config": settings.to_run_config(),
             "queries": [{"query": r.name, "params": dict(r.params)} for r in requests],
@@ -344,6 +344,7 @@ def serve_queries(
                     if m.budget_epsilon is not None
                 },
             )
+            live_runs.ledger_opened(rundir, ledger)  # Ctrl-C closes it with its end entry
             privacy = QueryPrivacy(ledger, noise)
         engine = QueryEngine(_federation_sum_step(federation), firms, privacy=privacy)
         outcomes: list[QueryOutcome] = []
@@ -426,9 +427,9 @@ def run_queries(
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     from flwr.simulation import run_simulation
 
-    from federation.simulation import _quiet_flower
+    from federation.simulation import _quiet_flower, stop_on_interrupt
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), stop_on_interrupt():
         warnings.simplefilter("ignore", FutureWarning)
         _quiet_flower()
         quiet_accountant()

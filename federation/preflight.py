@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import replace
 
 from clients.own_budget import round_event
@@ -57,26 +58,36 @@ def preflight(settings: RunSettings) -> None:
             source=str(settings.scenario_path),
             field="privacy.noise_multiplier",
         )
+    budgets = {firm.id: firm.budget_epsilon for firm in settings.scenario.firms}
+    check_firm_budgets(settings, budgets, extra=_lifetime_priced_out(settings))
+
+
+def check_firm_budgets(
+    settings: RunSettings, budgets: Mapping[str, float | None], *, extra: Mapping[str, str] | None = None
+) -> None:
+    """Refuse a run in which the firms whose own budgets (by firm, or by `firm/dataset` party) cannot pay for
+    one round, with those in `extra` (firm -> why), leave fewer firms than a round needs."""
+    privacy = settings.spec.privacy
     per_round = round_epsilon(settings)
+    firms = {party.partition("/")[0] for party in budgets}
     priced_out = {
-        firm.id: f"budget_epsilon {firm.budget_epsilon:g}"
-        for firm in settings.scenario.firms
-        if firm.budget_epsilon is not None and firm.budget_epsilon < per_round
+        party.partition("/")[0]: f"budget_epsilon {budget:g}"
+        for party, budget in budgets.items()
+        if budget is not None and budget < per_round
     }
-    priced_out.update(_lifetime_priced_out(settings))
+    priced_out.update(extra or {})
     if not priced_out:
         return
-    left, needed = len(settings.scenario.firms) - len(priced_out), firms_needed(settings)
+    left, needed = len(firms - set(priced_out)), firms_needed(settings)
     named = ", ".join(f"'{firm}' ({why})" for firm, why in sorted(priced_out.items()))
+    first = sorted(priced_out)[0]
     if left < needed:
         raise ConfigError(
             f"one round charges each firm epsilon {per_round:.4g} at delta {privacy.delta:g}; firm(s) {named} cannot "
             f"pay for it and would take part in no round, leaving {left} firm(s), fewer than the {needed} a round "
             f"needs{' (secure aggregation needs at least 3)' if settings.aggregation == 'secure' else ''}",
             source=str(settings.scenario_path),
-            field="--lifetime-epsilon"
-            if priced_out[sorted(priced_out)[0]].startswith("lifetime")
-            else f"firms.{sorted(priced_out)[0]}.budget_epsilon",
+            field="--lifetime-epsilon" if priced_out[first].startswith("lifetime") else f"firms.{first}.budget_epsilon",
         )
     log.warning("firm(s) %s cannot pay for one round (epsilon %.4g) and will take part in no round", named, per_round)
 

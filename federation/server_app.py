@@ -25,6 +25,7 @@ from federation.analytics import QueryJob, query_settings, serve_queries
 from federation.firm_source import pilot_folders
 from federation.harness import SimulationHarness
 from federation.ledger_signer import PER_RUN, ledger_signer
+from federation.preflight import check_firm_budgets
 from federation.privacy_report import LEDGER_FILE, privacy_summary
 from federation.progress import Fanout, LogObserver, StageTimer, log_to_stderr
 from federation.rundir import CONFIG_FILE, SUMMARY_JSON, SUMMARY_MD, RunDirectory, live_runs
@@ -133,6 +134,9 @@ class _LedgerOpener:
 
     def open(self, firm_budgets: Mapping[str, float | None]) -> PrivacyRun:
         privacy = self.settings.spec.privacy
+        # The budgets the firms declared (a real federation learns them only now): refuse before round 1
+        # if leaving out the firms that cannot pay for one round leaves too few for a round.
+        check_firm_budgets(self.settings, firm_budgets)
         self.rundir.keep_on_failure = True  # from now on privacy may be spent: the ledger must survive
         self.ledger = PrivacyRun.start(
             self.rundir.partial / LEDGER_FILE,

@@ -57,7 +57,7 @@ def simulate(
     }
     from flwr.simulation import run_simulation
 
-    with warnings.catch_warnings(), _stop_on_interrupt():
+    with warnings.catch_warnings(), stop_on_interrupt():
         warnings.simplefilter("ignore", FutureWarning)
         _quiet_flower()
         run_simulation(
@@ -75,7 +75,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process Ctrl-C ende
 
 
 @contextmanager
-def _stop_on_interrupt() -> Iterator[None]:
+def stop_on_interrupt() -> Iterator[None]:
     """Ctrl-C (SIGINT) ends the simulation at once, cleanly: Flower's runtime would otherwise lose its Ray
     workers and wait for their replies until the round times out.
 
