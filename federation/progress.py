@@ -188,8 +188,10 @@ def privacy_table(summary: dict[str, Any]) -> Table | None:
     table.add_column("epsilon (PLD)", justify="right")
     if privacy["unit"] == "record":
         table.add_column("one observation", justify="right")
+    absent = set(privacy.get("firms_in_no_round") or ())
     for firm, row in privacy["firms"].items():
-        cells = [firm, str(row["releases"]), _num(row["epsilon_rdp"]), _num(row["epsilon_pld"])]
+        releases = f"{row['releases']} (took part in no round)" if firm in absent else str(row["releases"])
+        cells = [firm, releases, _num(row["epsilon_rdp"]), _num(row["epsilon_pld"])]
         if privacy["unit"] == "record":
             cells.append(_num(row.get("observation_epsilon")))
         table.add_row(*cells)
