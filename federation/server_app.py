@@ -120,7 +120,11 @@ class _LedgerOpener:
     """Opens the run's privacy ledger once the firms (and their own budgets) are known."""
 
     def __init__(
-        self, settings: RunSettings, rundir: RunDirectory, config: dict[str, Any], signer: tuple[Any, str] | None
+        self,
+        settings: RunSettings,
+        rundir: RunDirectory,
+        config: dict[str, Any],
+        signer: tuple[Ed25519PrivateKey, str] | None,
     ):
         self.settings = settings
         self.rundir = rundir
