@@ -21,17 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from clients.analytics import answer_step
 from clients.data import FirmData
 from federation.firm_source import pilot_folders, validate_pilot
+from federation.ledger_signer import ledger_signer
 from federation.privacy_report import LEDGER_FILE
 from federation.progress import LogObserver
 from federation.records import ANALYTICS
-from federation.rundir import CONFIG_FILE, RunDirectory
+from federation.rundir import CONFIG_FILE, RunDirectory, live_runs
 from federation.runner import Federation, RunObserver
 from federation.settings import NODES, QUERIES_KEY, RunSettings, quiet_accountant, settings_from_run_config
 from privacy.dp import Budget
@@ -315,7 +315,7 @@ def serve_queries(
     plans, noise = (
         (plan_queries(settings, requests), None) if budget is None else noised_plans(settings, requests, budget)
     )
-    with RunDirectory(settings.out_dir, settings.run_id) as rundir:
+    with RunDirectory(settings.out_dir, settings.run_id) as rundir, live_runs.hold(rundir):
         config = {
             "run_config": settings.to_run_config(),
             "queries": [{"query": r.name, "params": dict(r.params)} for r in requests],
@@ -327,7 +327,7 @@ def serve_queries(
         firms = sorted(m.firm_id for m in manifests.values())
         privacy, ledger, public_key = None, None, None
         if budget is not None and noise is not None:
-            key = Ed25519PrivateKey.generate()
+            key, key_kind = ledger_signer(settings)  # the federation's long-term key, or one made for this run
             public_key = public_key_hex(key.public_key())
             rundir.keep_on_failure = True  # privacy may be spent from here on: the ledger must survive
             ledger = PrivacyRun.start(
@@ -336,6 +336,7 @@ def serve_queries(
                 config_sha256=config_hash(config),
                 budget=Budget(budget.epsilon, budget.delta),
                 signing_key=key,
+                key_kind=key_kind,
                 spec=query_accounting(budget.accountant),
                 firm_budgets={
                     m.firm_id: Budget(m.budget_epsilon, budget.delta)
@@ -343,6 +344,7 @@ def serve_queries(
                     if m.budget_epsilon is not None
                 },
             )
+            live_runs.ledger_opened(rundir, ledger)  # Ctrl-C closes it with its end entry
             privacy = QueryPrivacy(ledger, noise)
         engine = QueryEngine(_federation_sum_step(federation), firms, privacy=privacy)
         outcomes: list[QueryOutcome] = []
@@ -398,6 +400,8 @@ def run_queries(
         )
     check_query_privacy(settings, budget)
     validate_pilot(settings)  # every firm's files, every problem reported, before anything starts
+    if budget is not None:
+        ledger_signer(settings)  # a missing or wrong ledger key, before anything starts
     requests = with_scenario_defaults(settings, requests)
     # parameter errors surface before anything starts; under DP, the budget is checked and calibrated too
     if budget is None:
@@ -423,9 +427,9 @@ def run_queries(
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     from flwr.simulation import run_simulation
 
-    from federation.simulation import _quiet_flower
+    from federation.simulation import _quiet_flower, stop_on_interrupt
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), stop_on_interrupt():
         warnings.simplefilter("ignore", FutureWarning)
         _quiet_flower()
         quiet_accountant()

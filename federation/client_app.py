@@ -23,9 +23,10 @@ from flwr.clientapp import ClientApp
 from clients.analytics import answer_step
 from clients.firm import FirmClient, Normaliser
 from clients.models import MODEL_KINDS
-from clients.own_budget import check_round
+from clients.own_budget import charge_lifetime, check_round
 from clients.secure_sum import FirmSecureSum
 from federation.firm_source import node_firm, simulated_dropout, simulated_firm
+from federation.odometer_glue import node_odometer
 from federation.records import (
     ANALYTICS,
     EFFICIENCY_GROUPS,
@@ -155,7 +156,12 @@ def _weights(message: Message) -> dict[str, dict[str, np.ndarray]]:
 Handler = Callable[[Request], RecordDict]
 
 
+def _odometer_run_id(req: Request) -> str:
+    return req.settings.run_id if req.settings is not None else f"flower-run-{req.context.run_id}"
+
+
 def _manifest(req: Request) -> RecordDict:
+    node_odometer(req.firm.firm_id, req.settings, req.context.node_config)  # a tampered odometer: refuse at once
     return RecordDict({REPLY: ConfigRecord(req.firm.manifest().to_config())})
 
 
@@ -178,6 +184,13 @@ def _train(req: Request) -> RecordDict:
     trained = {kind: int(count) for kind, count in (stored or {}).items()}  # type: ignore[call-overload]
     stage = f"train round {instruction.round}"
     check_round(firm.spec.privacy, firm.budget_epsilon, trained, kinds, firm=firm.firm_id, stage=stage)
+    # Across runs: the firm's lifetime odometer, charged before anything is released.
+    odometer = node_odometer(firm.firm_id, req.settings, req.context.node_config)
+    if odometer is not None:
+        release = f"round-{instruction.round}"
+        charge_lifetime(
+            odometer, firm.spec.privacy, kinds, run_id=_odometer_run_id(req), release_id=release, firm=firm.firm_id
+        )
     # Without DP the round carries test statistics of the received models: in the slots the server assigned.
     groups = None if firm.spec.privacy.enabled else _stat_groups(req)
     reply = _release(req, firm.train_round(weights, instruction, _normaliser(req.message), groups))

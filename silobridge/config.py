@@ -227,6 +227,18 @@ class PrivacySpec(BaseModel):
         le=1e6,
         description="Gaussian noise std on the unclipped count; None: expected participants / 20 (as the paper)",
     )
+    ledger_public_key: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-fA-F]{64}$",
+        description="the coordinator's long-term Ed25519 ledger key (hex, `silobridge keys --ledger`): every "
+        "run's ledger must be signed by it, and `silobridge audit --config` checks against it",
+    )
+
+    @field_validator("ledger_public_key")
+    @classmethod
+    def _lower_hex(cls, value: str | None) -> str | None:
+        """Hex of either case names the same key; stored in lower case, as ledgers write it."""
+        return None if value is None else value.lower()
 
     @field_validator("adaptive_clipping")
     @classmethod

@@ -76,7 +76,8 @@ def test_query_command_with_dp_writes_an_auditable_ledger(tmp_path: Path, firms:
     sigma_n = printed["noise_multiplier"] * math.sqrt(2) * rows
     units = pooled(firms, "demand", "units")
     assert abs(printed["answer"]["count"] - units.size) <= 5 * sigma_n + 0.5
-    audit = silobridge("audit", printed["run_dir"], "--json", cwd=tmp_path)
+    key = json.loads((Path(printed["run_dir"]) / "queries.json").read_text())["public_key"]
+    audit = silobridge("audit", printed["run_dir"], "--json", "--public-key", key, cwd=tmp_path)
     assert audit.returncode == 0, audit.stderr
     report = json.loads(audit.stdout)
     assert report["verified"] and report["within_budget"]

@@ -75,6 +75,10 @@ def test_a_firm_with_its_own_budget_stops_contributing_when_it_is_spent(runs: di
     assert max(row.releases for row in r2_parties.values()) == firms["R2"]["releases"]
     r1_worst = max(row.epsilon for p, row in report.firms.items() if p.startswith("R1/"))
     assert r1_worst == pytest.approx(firms["R1"]["epsilon_rdp"], rel=1e-6)
+    # S1 took part in no round: the summary says so, and every release names it among the excluded firms
+    # (before: `excluded_firms` was empty under record-level DP).
+    assert run.summary["privacy"]["firms_in_no_round"] == ["S1"]
+    assert all(any(p.startswith("S1/") for p in release.excluded_firms) for release in report.releases)
 
 
 def test_a_refused_round_ends_training_cleanly(runs: dict[str, RunResult]) -> None:

@@ -105,10 +105,12 @@ def supernode_command(
     runtime_port: int,
     budget_epsilon: float | None = None,
     noise_seed: int | None = None,
+    extra_config: Mapping[str, str | float] | None = None,
 ) -> list[str]:
     """A partner's SuperNode: TLS pinned to the federation's CA, authenticated by the firm's key.
 
     `noise_seed` fixes the firm's own DP-SGD noise (the coordinator never sees it); None: OS entropy.
+    `extra_config` adds node-config values (the lifetime odometer's folder and budget).
     """
     values: dict[str, str | float] = {
         NODE_DATA_DIR: str(data_dir.resolve()),
@@ -119,6 +121,7 @@ def supernode_command(
         values[NODE_BUDGET] = float(budget_epsilon)
     if noise_seed is not None:
         values[NODE_NOISE_SEED] = int(noise_seed)
+    values.update(extra_config or {})
     return [
         flower_executable("flower-supernode"),
         "--superlink",

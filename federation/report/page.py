@@ -193,7 +193,7 @@ def privacy(run: RunData) -> str:
         return section(
             "Privacy", "privacy", paragraph("Differential privacy was off in this run: there is no privacy ledger.")
         )
-    css = "verdict ok" if audit.verified and audit.report.within_budget else "verdict fail"
+    css = "verdict ok" if audit.judgement.verdict.exit_code in (0, 5) else "verdict fail"
     parts = [paragraph(f"Ledger audit: {audit.verdict}", css)]
     parts += [paragraph(note, "note") for note in run.notes]
     report = audit.report
@@ -211,14 +211,25 @@ def privacy(run: RunData) -> str:
     rows = [
         ("ledger", str(audit.ledger)),
         ("entries", f"{report.entries} (chain and signatures verified)"),
-        ("signing key", f"{report.public_key} ({'the published key' if report.key_trusted else 'header key only'})"),
+        (
+            "signing key",
+            f"{report.public_key} ({report.key_kind or 'kind not recorded'}; "
+            f"{'the trusted key' if report.key_trusted else 'header key only'})",
+        ),
         (
             "accountant",
             f"{report.accountant.kind.value}, {report.accountant.relation.name}, unit {report.accountant.unit.value}",
         ),
         ("budget", f"epsilon {report.budget.epsilon:g} at delta {report.budget.delta:g}"),
         ("epsilon spent (recomputed)", fmt(report.epsilon_overall)),
-        ("ended", report.end_reason if report.ended else "no end entry: the run was cut off"),
+        (
+            "ended",
+            report.end_reason
+            if report.ended
+            else "no end entry: torn by a crash mid-line"
+            if report.torn_tail
+            else "no end entry: the run was cut off",
+        ),
     ] + [("warning", w) for w in report.warnings]
     parts.append(table(None, rows, numeric_from=99))
     png = plots.privacy_spent(audit)
