@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 import warnings
@@ -51,7 +52,7 @@ from server.analytics.engine import (
     query_accounting,
 )
 from server.layouts import query_layout
-from silobridge.analytics import QUERY_SEGMENT, QueryPlan, QueryStep
+from silobridge.analytics import QUERY_SEGMENT, UNITS, QueryPlan, QueryStep, Unit
 from silobridge.config import AggregationSpec
 from silobridge.errors import ConfigError, FederationError, SiloBridgeError
 
@@ -121,12 +122,14 @@ class QueryRequest:
 
 @dataclass(frozen=True)
 class QueryBudget:
-    """DP for a run of queries: the run's (epsilon, delta), the accountant, and optionally a fixed noise."""
+    """DP for a run of queries: the run's (epsilon, delta), the accountant, optionally a fixed noise, and
+    the unit of privacy (`record`, the default, or `firm`)."""
 
     epsilon: float
     delta: float
     accountant: str = "rdp"
     noise_multiplier: float | None = None
+    unit: Unit = "record"
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,7 @@ class QueryJob:
                     noise_multiplier=None
                     if privacy.get("noise_multiplier") is None
                     else float(privacy["noise_multiplier"]),
+                    unit=str(privacy.get("unit", "record")),  # type: ignore[arg-type]  # checked below
                 )
             except (TypeError, KeyError, ValueError) as err:
                 raise ConfigError(
@@ -192,6 +196,7 @@ class QueryJob:
                     source="run config",
                     field=f"{QUERIES_KEY}.privacy",
                 ) from None
+            check_budget(budget, source="run config")
         return cls(tuple(requests), budget)
 
 
@@ -213,8 +218,8 @@ def check_query_privacy(settings: RunSettings, budget: QueryBudget | None) -> No
             source=str(settings.scenario_path),
             field="privacy.enabled",
         )
-    if budget is not None and budget.accountant not in ("rdp", "pld"):
-        raise ConfigError(f"unknown accountant '{budget.accountant}' (rdp or pld)", field="accountant")
+    if budget is not None:
+        check_budget(budget)
 
 
 @dataclass(frozen=True)
@@ -243,15 +248,18 @@ def with_scenario_defaults(settings: RunSettings, requests: Sequence[QueryReques
 
 
 def plan_queries(
-    settings: RunSettings, requests: Sequence[QueryRequest], *, noise_multiplier: float = 0.0
+    settings: RunSettings, requests: Sequence[QueryRequest], *, noise_multiplier: float = 0.0, unit: Unit = "record"
 ) -> list[QueryPlan]:
     """Every query's parameters checked against the federation's schema before anything starts.
 
-    `noise_multiplier` is the one the engine will use: plans with DP thresholds scale them with it.
+    `noise_multiplier` and `unit` are the engine's: plans with DP thresholds scale them with both.
     """
     if not requests:
         raise ConfigError("give at least one query", field="query")
-    return [build_plan(r.name, r.params, settings.spec.data, noise_multiplier=noise_multiplier) for r in requests]
+    return [
+        build_plan(r.name, r.params, settings.spec.data, noise_multiplier=noise_multiplier, unit=unit)
+        for r in requests
+    ]
 
 
 def noised_plans(
@@ -262,9 +270,10 @@ def noised_plans(
     A plan's `planned_steps` depends on its parameters only, so planning again with the noise cannot
     change what was calibrated; it is checked all the same.
     """
-    drafts = plan_queries(settings, requests)
+    check_budget(budget)
+    drafts = plan_queries(settings, requests, unit=budget.unit)
     noise = _noise(drafts, budget)
-    plans = plan_queries(settings, requests, noise_multiplier=noise)
+    plans = plan_queries(settings, requests, noise_multiplier=noise, unit=budget.unit)
     if [p.planned_steps for p in plans] != [d.planned_steps for d in drafts]:
         raise FederationError("a query's planned steps changed with the noise multiplier; the calibration is void")
     return plans, noise
@@ -275,7 +284,28 @@ def _noise(plans: Sequence[QueryPlan], budget: QueryBudget) -> float:
     if budget.noise_multiplier is not None:
         return budget.noise_multiplier
     releases = sum(plan.planned_steps for plan in plans)
-    return calibrate_query_noise(releases, Budget(budget.epsilon, budget.delta), query_accounting(budget.accountant))
+    return calibrate_query_noise(
+        releases, Budget(budget.epsilon, budget.delta), query_accounting(budget.accountant, budget.unit)
+    )
+
+
+def check_budget(budget: QueryBudget, *, source: str = "command line") -> None:
+    """A query budget that cannot be met or means nothing is refused before anything starts or is written."""
+    if not (math.isfinite(budget.epsilon) and budget.epsilon > 0):
+        raise ConfigError(f"epsilon must be a positive number, got {budget.epsilon:g}", source=source, field="epsilon")
+    if not (math.isfinite(budget.delta) and 0 < budget.delta < 1):
+        raise ConfigError(f"delta must lie in (0, 1), got {budget.delta:g}", source=source, field="delta")
+    if budget.accountant not in ("rdp", "pld"):
+        raise ConfigError(f"unknown accountant '{budget.accountant}' (rdp or pld)", source=source, field="accountant")
+    z = budget.noise_multiplier
+    if z is not None and not (math.isfinite(z) and z > 0):
+        raise ConfigError(
+            f"the noise multiplier must be a positive number, got {z:g} (for exact answers use --no-dp)",
+            source=source,
+            field="noise_multiplier",
+        )
+    if budget.unit not in UNITS:
+        raise ConfigError(f"unit must be one of {', '.join(UNITS)}, got '{budget.unit}'", source=source, field="unit")
 
 
 def _federation_sum_step(federation: Federation) -> SumStep:
@@ -336,14 +366,14 @@ def serve_queries(
                 config_sha256=config_hash(config),
                 budget=Budget(budget.epsilon, budget.delta),
                 signing_key=key,
-                spec=query_accounting(budget.accountant),
+                spec=query_accounting(budget.accountant, budget.unit),
                 firm_budgets={
                     m.firm_id: Budget(m.budget_epsilon, budget.delta)
                     for m in manifests.values()
                     if m.budget_epsilon is not None
                 },
             )
-            privacy = QueryPrivacy(ledger, noise)
+            privacy = QueryPrivacy(ledger, noise, unit=budget.unit)
         engine = QueryEngine(_federation_sum_step(federation), firms, privacy=privacy)
         outcomes: list[QueryOutcome] = []
         try:
