@@ -257,8 +257,7 @@ def plan_queries(
     if not requests:
         raise ConfigError("give at least one query", field="query")
     return [
-        build_plan(r.name, r.params, settings.spec.data, noise_multiplier=noise_multiplier, unit=unit)
-        for r in requests
+        build_plan(r.name, r.params, settings.spec.data, noise_multiplier=noise_multiplier, unit=unit) for r in requests
     ]
 
 

@@ -140,6 +140,5 @@ def make_plan(
     params: Mapping[str, Any], schema: DataSchema, *, noise_multiplier: float = 0.0, unit: Unit = "record"
 ) -> AnomalyPlan:
     """An anomaly-detection plan over the risk table; features and ranges default to the schema's."""
-    return AnomalyPlan(
-        risk_query_params(AnomalyParams, params, schema=schema, query=NAME), noise_multiplier=noise_multiplier, unit=unit
-    )
+    parsed = risk_query_params(AnomalyParams, params, schema=schema, query=NAME)
+    return AnomalyPlan(parsed, noise_multiplier=noise_multiplier, unit=unit)

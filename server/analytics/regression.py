@@ -90,9 +90,7 @@ def noise_penalty(sigma: float, scales: np.ndarray, rows: int) -> np.ndarray:
     return penalty
 
 
-def ridge_solve(
-    xtx: np.ndarray, xty: np.ndarray, ridge: float, extra_penalty: np.ndarray | None = None
-) -> np.ndarray:
+def ridge_solve(xtx: np.ndarray, xty: np.ndarray, ridge: float, extra_penalty: np.ndarray | None = None) -> np.ndarray:
     """(X^T X + lambda P + diag(extra)) beta = X^T y; a matrix that noise made indefinite is projected first."""
     lam = ridge_lambda(xtx, ridge)
     penalty = np.diag([0.0] + [lam] * (xtx.shape[0] - 1))
