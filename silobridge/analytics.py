@@ -206,8 +206,8 @@ def parse_params(model: type[P], raw: Mapping[str, Any], *, query: str, schema: 
         known = table_columns(schema, table)
         if column not in known:
             raise ConfigError(
-                f"query '{query}': column '{column}' is not in the federation's {table} table "
-                f"(columns: {', '.join(known)})",
+                f"query '{query}': column '{column}' is not a numeric column of the federation's {table} table "
+                f"(numeric columns: {', '.join(known)})",
                 field=f"params.{field}",
             )
     return params

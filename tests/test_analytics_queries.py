@@ -225,7 +225,9 @@ def test_feature_outside_the_schema_names_its_position() -> None:
     params = {**REGRESSION, "features": ["price", "colour"], "ranges": {**REGRESSION["ranges"], "colour": [0, 1]}}
     params["ranges"].pop("promotion")
     params["ranges"].pop("holiday")
-    with pytest.raises(ConfigError, match="column 'colour' is not in the federation's demand table") as caught:
+    with pytest.raises(
+        ConfigError, match="column 'colour' is not a numeric column of the federation's demand"
+    ) as caught:
         build_plan("linear_regression", params, GENERATED_SCHEMA)
     assert caught.value.field == "params.features.1"
 
