@@ -47,6 +47,11 @@ class QueryStep(Payload):
     value_bound: float = Field(gt=0)
     l2_bound: float = Field(gt=0)
     record_l2_bound: float | None = Field(default=None, gt=0)
+    # Under DP the engine states how it will noise this step, so a firm can count its own spend:
+    noise_multiplier: float | None = Field(default=None, gt=0)
+    unit: Unit | None = None
+    delta: float | None = Field(default=None, gt=0, lt=1)
+    accountant: Literal["rdp", "pld"] | None = None
     params_json: str = "{}"  # ConfigRecords hold flat scalars: parameters travel as one JSON string
 
     @field_validator("params_json")

@@ -228,6 +228,15 @@ class QueryEngine:
             sensitivity = step.sensitivity(privacy.unit)
             event = step_event(privacy.noise_multiplier, sensitivity)
             self._admit(privacy, release_id, event)  # before any firm is contacted
+        if privacy is not None:  # what the firms need to count their own spend (record level)
+            step = step.model_copy(
+                update={
+                    "noise_multiplier": privacy.noise_multiplier,
+                    "unit": privacy.unit,
+                    "delta": privacy.ledger.budget.delta,
+                    "accountant": privacy.ledger.spec.kind.value,
+                }
+            )
         summed = self.sum_step(step)
         total = np.asarray(summed.total, dtype=np.float64).reshape(-1)
         if total.shape != (step.length,):
