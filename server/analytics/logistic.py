@@ -114,6 +114,10 @@ class LogisticPlan:
     def first(self) -> QueryStep:
         return self._step()
 
+    def noise_std(self) -> float:
+        """Noise std of every released entry (gradient, Hessian, count) under the plan's unit."""
+        return self.noise_multiplier * self._step().sensitivity(self.unit)
+
     def next(self, total: np.ndarray, contributors: int) -> QueryStep | None:
         values = np.asarray(total, dtype=np.float64).reshape(-1)
         if values.shape != (vector_length(self.dim),):
@@ -122,9 +126,10 @@ class LogisticPlan:
             )
         gradient, hessian, self.records = unpack(values, self.dim)
         p = self.params
-        delta = newton_step(
-            self.beta, gradient, hessian, ridge=p.ridge, min_curvature=p.min_curvature, max_step=p.max_step
-        )
+        # noise-aware: the curvature is floored at the noise's spectral scale (about sqrt(dim) x its std per
+        # entry), so a noised Hessian cannot send a step off along a direction the noise flattened
+        floor = max(p.min_curvature, float(np.sqrt(self.dim)) * self.noise_std())
+        delta = newton_step(self.beta, gradient, hessian, ridge=p.ridge, min_curvature=floor, max_step=p.max_step)
         self.beta = self.beta + delta
         self.iterations += 1
         moved = float(np.max(np.abs(delta)))
@@ -146,7 +151,7 @@ class LogisticPlan:
             },
             "coefficients": {"intercept": intercept, **dict(zip(self.params.features, slopes.tolist(), strict=True))},
             "scale": "features mapped from their public ranges onto [-1, 1] (clipped)",
-            "noise_std": self.noise_multiplier * self._step().sensitivity(self.unit),
+            "noise_std": self.noise_std(),
             "records": self.records,
             "iterations": self.iterations,
             "converged": self.converged,
