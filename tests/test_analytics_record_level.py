@@ -250,3 +250,20 @@ def test_logistic_regression_at_epsilon_one_keeps_the_roc_auc(firms: list[FirmDa
         losses.append(auc(exact) - auc(answer))
     assert auc(exact) > 0.85
     assert np.median(np.abs(losses)) <= 0.02
+
+
+def test_a_tiny_noisy_eigenvalue_is_floored_on_the_public_scales() -> None:
+    """Positive definite only by a hair after noise: solved as it is, the coefficients explode; with the
+    noise floor (on the columns' public scales, where the noise is the same on every entry) they stay
+    bounded; a well-conditioned matrix (eigenvalues far above the floor) is solved as it is."""
+    scales = np.array([1.0, 1000.0])
+    scaled = np.array([[1.0, 1.0], [1.0, 1.0 + 1e-9]])  # nearly singular on the scaled columns
+    xtx = scaled * np.outer(scales, scales)
+    xty = np.array([1.0, 1.0 + 1e-3]) * scales
+    loose = ridge_solve(xtx, xty, 0.0, scales=scales)
+    floored = ridge_solve(xtx, xty, 0.0, scales=scales, noise_floor=0.05)
+    assert np.abs(loose * scales).max() > 1e5
+    assert np.abs(floored * scales).max() < 10
+    good = np.array([[50.0, 3.0], [3.0, 40.0]]) * np.outer(scales, scales)
+    rhs = np.array([5.0, 4.0]) * scales
+    assert np.allclose(ridge_solve(good, rhs, 0.0, scales=scales, noise_floor=0.05), np.linalg.solve(good, rhs))

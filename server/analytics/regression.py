@@ -90,20 +90,38 @@ def noise_penalty(sigma: float, scales: np.ndarray, rows: int) -> np.ndarray:
     return penalty
 
 
-def ridge_solve(xtx: np.ndarray, xty: np.ndarray, ridge: float, extra_penalty: np.ndarray | None = None) -> np.ndarray:
-    """(X^T X + lambda P + diag(extra)) beta = X^T y; a matrix that noise made indefinite is projected first."""
+def ridge_solve(
+    xtx: np.ndarray,
+    xty: np.ndarray,
+    ridge: float,
+    extra_penalty: np.ndarray | None = None,
+    *,
+    scales: np.ndarray | None = None,
+    noise_floor: float = 0.0,
+) -> np.ndarray:
+    """(X^T X + lambda P + diag(extra)) beta = X^T y, solved on the columns' public scales.
+
+    On the scaled columns (X^T X divided by scales_i scales_j) the DP noise is the same on every entry,
+    so with `noise_floor` > 0 (sqrt(dim) x that noise std) the matrix's eigenvalues are floored there
+    before the solve: a noised matrix is never inverted as it is, even when a tiny noisy eigenvalue
+    leaves it positive definite. Without noise the matrix is solved as it is unless noise-free rounding
+    made it indefinite (then projected, eigenvalues floored at lambda or 1e-9 x the largest)."""
     lam = ridge_lambda(xtx, ridge)
     penalty = np.diag([0.0] + [lam] * (xtx.shape[0] - 1))
     if extra_penalty is not None:
         penalty = penalty + np.diag(extra_penalty)
-    matrix = (xtx + xtx.T) / 2 + penalty
-    try:
-        np.linalg.cholesky(matrix)
-        return np.linalg.solve(matrix, xty)
-    except np.linalg.LinAlgError:
-        values, vectors = np.linalg.eigh(matrix)
-        floor = max(lam, 1e-9 * float(np.max(np.abs(values))), 1e-300)
-        return vectors @ ((vectors.T @ xty) / np.maximum(values, floor))
+    d = np.ones(xtx.shape[0]) if scales is None else np.asarray(scales, dtype=np.float64)
+    matrix = ((xtx + xtx.T) / 2 + penalty) / np.outer(d, d)
+    rhs = np.asarray(xty, dtype=np.float64) / d
+    if noise_floor <= 0:
+        try:
+            np.linalg.cholesky(matrix)
+            return np.linalg.solve(matrix, rhs) / d
+        except np.linalg.LinAlgError:
+            pass
+    values, vectors = np.linalg.eigh(matrix)
+    floor = max(noise_floor, lam / float(np.max(d)) ** 2, 1e-9 * float(np.max(np.abs(values))), 1e-300)
+    return (vectors @ ((vectors.T @ rhs) / np.maximum(values, floor))) / d
 
 
 def fit_summary(normal: Normal, beta: np.ndarray) -> dict[str, float | None]:
@@ -173,7 +191,8 @@ class LinearRegressionPlan:
         p = self.params
         sigma = self.entry_noise_std
         extra = noise_penalty(sigma, self.scales, p.max_rows) if sigma > 0 else None
-        beta = ridge_solve(self.normal.xtx, self.normal.xty, p.ridge, extra)
+        floor = math.sqrt(self.scales.size) * sigma * p.max_rows
+        beta = ridge_solve(self.normal.xtx, self.normal.xty, p.ridge, extra, scales=self.scales, noise_floor=floor)
         target = p.magnitude(p.target)
         return {
             "firms": self.contributors,
@@ -249,7 +268,10 @@ class AutoregressionPlan:
             self.normal = Normal.from_vector(total, self.scales, self.unit, p.max_rows)
             sigma = self.sigmas[0] if self.sigmas else 0.0
             extra = noise_penalty(sigma, self.scales, p.max_rows) if sigma > 0 else None
-            self.beta = ridge_solve(self.normal.xtx, self.normal.xty, p.ridge, extra)
+            floor = math.sqrt(self.scales.size) * sigma * p.max_rows
+            self.beta = ridge_solve(
+                self.normal.xtx, self.normal.xty, p.ridge, extra, scales=self.scales, noise_floor=floor
+            )
             self.contributors = contributors
             length = 1 + p.lags + p.differences
             step = QueryStep.build(
