@@ -219,13 +219,13 @@ def query(
         typer.Argument(help="Scenario file (TOML), e.g. scenarios/default.toml; with --network, the federation file."),
     ],
     name: Annotated[
-        str,
+        str | None,
         typer.Argument(
             help="The query: count, sum, mean, variance, histogram, quantiles, linear_regression, autoregression, "
             "logistic_regression, kmeans, frequent_itemsets (items default to a generated scenario's catalogue), "
-            "anomaly_detection."
+            "anomaly_detection. Leave out with --plan."
         ),
-    ],
+    ] = None,
     param: Annotated[
         list[str] | None,
         typer.Option(
@@ -233,7 +233,24 @@ def query(
             help="A query parameter, key=value (JSON or text): --param column=units --param low=0 --param high=5000",
         ),
     ] = None,
-    epsilon: Annotated[float, typer.Option(help="Privacy budget of this run of the query (firm-level).")] = 1.0,
+    plan: Annotated[
+        Path | None,
+        typer.Option(
+            "--plan",
+            help="A TOML file of \\[\\[query]] entries (name, params): run them all as one session, one run, one "
+            "budget, one ledger; refused before any firm is contacted if its planned releases would overspend.",
+        ),
+    ] = None,
+    epsilon: Annotated[
+        float, typer.Option(help="Privacy budget of this run (the query, or every query of --plan together).")
+    ] = 1.0,
+    unit: Annotated[
+        str,
+        typer.Option(
+            help="Unit of privacy: 'record' (one row, basket, series or observation as each query states; "
+            "the default) or 'firm' (a firm's whole contribution: for federations of hundreds of firms)."
+        ),
+    ] = "record",
     delta: Annotated[float, typer.Option(help="Delta of the budget.")] = 1e-5,
     noise_multiplier: Annotated[
         float | None,
@@ -269,13 +286,14 @@ def query(
         typer.Option("--ledger-key", help="Sign the ledger with the federation's long-term key (keys --ledger)."),
     ] = None,
 ) -> None:
-    """Run one federated analytics query (simulated, on a pilot's files, or over the network); print answer and cost.
+    """Run federated analytics queries (simulated, on a pilot's files, or over the network); print answers and cost.
 
-    Each invocation is its own run with its own ledger and budget: queries run one after another
-    compose across runs, outside any one budget.
+    One query, or a session of several (--plan) under one budget. Each invocation is its own run with
+    its own ledger and budget: separate invocations compose across runs, outside any one budget.
     """
     from federation.analytics import QueryBudget, QueryJob, QueryRequest, run_queries
     from federation.progress import log_to_stderr
+    from federation.query_plan import load_plan
 
     try:
         if accountant not in ("rdp", "pld"):
@@ -288,8 +306,22 @@ def query(
                 source="command line",
                 field="--data",
             )
-        request = QueryRequest(name, _parse_query_params(param or []))
-        budget = None if no_dp else QueryBudget(epsilon, delta, accountant, noise_multiplier)
+        if (name is None) == (plan is None):
+            raise ConfigError(
+                "name one query, or give --plan FILE for a session of several (not both)",
+                source="command line",
+                field="--plan" if plan is not None else "query",
+            )
+        if plan is not None and param:
+            raise ConfigError(
+                "--param belongs to a single query: put each query's params in the plan file",
+                source="command line",
+                field="--param",
+            )
+        if unit not in ("record", "firm"):
+            raise ConfigError(f"unknown unit '{unit}' (record or firm)", source="command line", field="--unit")
+        requests = load_plan(plan) if plan is not None else [QueryRequest(name or "", _parse_query_params(param or []))]
+        budget = None if no_dp else QueryBudget(epsilon, delta, accountant, noise_multiplier, unit)  # type: ignore[arg-type]
         run_config: dict[str, object] = {
             "scenario": str(scenario.resolve()),
             "out-dir": str(out.resolve()),
@@ -303,18 +335,26 @@ def query(
         if ledger_key is not None:
             run_config["ledger-key"] = str(ledger_key.resolve())
         if network:
-            job = QueryJob((request,), budget)
-            outcome, noise, path = _network_query(run_config, job)
+            job = QueryJob(tuple(requests), budget)
+            outcomes, noise, path = _network_query(run_config, job)
         else:
             log_to_stderr()
-            result = run_queries(run_config, [request], budget)
-            outcome, noise, path = result.outcomes[0].to_dict(), result.noise_multiplier, result.path
+            result = run_queries(run_config, requests, budget)
+            outcomes, noise, path = [o.to_dict() for o in result.outcomes], result.noise_multiplier, result.path
     except SiloBridgeError as err:
         raise _fail(err) from None
-    _print_query(outcome, noise, path, epsilon=epsilon, as_json=as_json)
+    if plan is None:
+        _print_query(outcomes[0], noise, path, epsilon=epsilon, as_json=as_json)
+    elif as_json:
+        out_console.print_json(
+            json.dumps({"queries": outcomes, "noise_multiplier": noise, "run_dir": str(path)}, default=str)
+        )
+    else:
+        for outcome in outcomes:
+            _print_query(outcome, noise, path, epsilon=epsilon, as_json=False)
 
 
-def _network_query(run_config: dict[str, object], job: QueryJob) -> tuple[dict, float | None, Path]:
+def _network_query(run_config: dict[str, object], job: QueryJob) -> tuple[list[dict], float | None, Path]:
     """`flwr run` of the queries on the federation's SuperLink; the answer read back from the run directory."""
     import subprocess
 
@@ -325,7 +365,7 @@ def _network_query(run_config: dict[str, object], job: QueryJob) -> tuple[dict, 
 
     run_config = {**run_config, "data": NODES}
     settings = query_settings(run_config)
-    check_query_privacy(settings, job.budget)
+    check_query_privacy(settings, job.budget, [r.name for r in job.requests])
     if job.budget is not None:
         ledger_signer(settings)  # a missing or wrong ledger key: refused before the partners are asked
     # parameter errors (and, under DP, the budget's calibration) surface before the partners are asked
@@ -340,7 +380,7 @@ def _network_query(run_config: dict[str, object], job: QueryJob) -> tuple[dict, 
     if not written.exists():  # `flwr run --stream` exits 0 even when the run failed
         raise FederationError(f"the query run wrote no {written} (flwr exit code {code}); see the log above")
     result = json.loads(written.read_text())
-    return result["queries"][0], result["noise_multiplier"], written.parent
+    return result["queries"], result["noise_multiplier"], written.parent
 
 
 def _print_query(outcome: dict, noise: float | None, path: Path, *, epsilon: float, as_json: bool) -> None:
@@ -362,7 +402,8 @@ def _print_query(outcome: dict, noise: float | None, path: Path, *, epsilon: flo
     else:
         cost.add_row("epsilon of this query", f"{privacy['epsilon']:.4f} at delta {privacy['delta']:g}")
         cost.add_row("epsilon of the run", f"{privacy['epsilon_total']:.4f} of {epsilon:g}")
-        cost.add_row("noise multiplier", f"{noise:.4f} (unit: firm)")
+        cost.add_row("noise multiplier", f"{noise:.4f} (unit: {privacy.get('unit', 'firm')})")
+        cost.add_row("neighbouring datasets", str(privacy.get("neighbours")))
         cost.add_row("across runs", "this budget bounds this run only: separate queries add up (see README)")
     cost.add_row("releases", str(len(outcome["steps"])))
     cost.add_row("clipped values", str(sum(s["clipped"] for s in outcome["steps"])))

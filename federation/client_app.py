@@ -21,6 +21,7 @@ from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients.analytics import answer_step
+from clients.analytics.own_spend import OWN_QUERY_SPEND, check_step
 from clients.firm import FirmClient, Normaliser
 from clients.models import MODEL_KINDS
 from clients.own_budget import charge_lifetime, check_round
@@ -207,10 +208,20 @@ def _evaluate(req: Request) -> RecordDict:
 
 
 def _analytics(req: Request) -> RecordDict:
-    """One step of an analytics query: the firm's half on its own tables, clipped, into the secure sum."""
+    """One step of an analytics query: the firm's half on its own tables, clipped, into the secure sum.
+
+    Under record-level DP the firm counts its own spend over the run's query steps and refuses past its budget."""
     step = QueryStep.from_config(config_of(req.message, ANALYTICS), firm=req.firm.firm_id)
+    stored = req.context.state.config_records.get(OWN_QUERY_SPEND)
+    answered = [float(z) for z in (stored or {}).get("multipliers", [])]  # type: ignore[union-attr]
+    check_step(step, req.firm.budget_epsilon, answered, firm=req.firm.firm_id)
     answer = answer_step(step, req.firm.data)
-    return _release(req, {QUERY_SEGMENT: answer.vector}, clipped=answer.clipped)
+    reply = _release(req, {QUERY_SEGMENT: answer.vector}, clipped=answer.clipped)
+    if step.noise_multiplier is not None:  # counted once the release has left
+        req.context.state.config_records[OWN_QUERY_SPEND] = ConfigRecord(
+            {"multipliers": [*answered, step.noise_multiplier]}
+        )
+    return reply
 
 
 def _efficiency(req: Request) -> RecordDict:
