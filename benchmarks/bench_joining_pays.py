@@ -321,6 +321,12 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return None if numerator is None or not denominator else numerator / denominator
 
 
+def _federated_context(check: dict[str, Any], label: str, value: float | None) -> None:
+    """Where the deployed figure is not produced, say what the federated global model gives for the same check."""
+    if check["status"] == NOT_PRODUCED and value is not None:
+        check["detail"] = f"federated global model instead: {label} {value:.4g}"
+
+
 def evaluate_targets(
     points: Sequence[dict[str, Any]], seeds: Sequence[int], epsilon: float = TARGET_EPSILON
 ) -> list[dict[str, Any]]:
@@ -340,6 +346,9 @@ def evaluate_targets(
         cases.append((f"seed {seed}", ratio, None if ratio is None else ratio <= 0.7))
     reason = _why_missing(private, ["wape_deployed_small", "wape_local_only_small"])
     checks.append(_check("small firms' deployed / local-only demand WAPE", "<= 0.70", cases, reason))
+    first = private[0] if private else None
+    fed = _ratio(first and first.get("wape_federated_small"), first and first.get("wape_local_only_small"))
+    _federated_context(checks[-1], f"seed {seeds[0]}" if seeds else "", fed)
 
     cases = []
     for seed, row, reference in zip(seeds, private, public, strict=True):
@@ -347,6 +356,9 @@ def evaluate_targets(
         cases.append((f"seed {seed}", ratio, None if ratio is None else ratio <= 1.10))
     reason = _why_missing([*private, *public], ["wape_deployed_all"])
     checks.append(_check("private / non-private deployed demand WAPE (all)", "<= 1.10", cases, reason))
+    reference = public[0] if public else None
+    fed = _ratio(first and first.get("wape_federated_all"), reference and reference.get("wape_federated_all"))
+    _federated_context(checks[-1], f"seed {seeds[0]}" if seeds else "", fed)
 
     firm_cases: list[tuple[str, float | None, bool | None]] = []
     mean_cases: list[tuple[str, float | None, bool | None]] = []
@@ -380,6 +392,8 @@ def evaluate_targets(
         ratio = _ratio(walmart and walmart.get("wape_deployed_all"), walmart and walmart.get(f"wape_{baseline}_all"))
         case = [("walmart", ratio, None if ratio is None else ratio <= 1.0)]
         checks.append(_check(f"real weekly sales: private deployed / {label} WAPE", "<= 1.00", case, reason))
+        fed = _ratio(walmart and walmart.get("wape_federated_all"), walmart and walmart.get(f"wape_{baseline}_all"))
+        _federated_context(checks[-1], "walmart", fed)
 
     credit = _find(points, "credit", None, epsilon)
     gain = None
@@ -388,12 +402,15 @@ def evaluate_targets(
     reason = _why_missing([credit], ["auc_deployed_all", "auc_local_only_all"])
     case = [("credit", gain, None if gain is None else gain >= 0.03)]
     checks.append(_check("real loans: private deployed - local-only ROC-AUC (all)", ">= 0.03", case, reason))
+    if credit and credit.get("auc_federated_all") is not None and credit.get("auc_local_only_all") is not None:
+        _federated_context(checks[-1], "credit", credit["auc_federated_all"] - credit["auc_local_only_all"])
 
-    first = private[0] if private else None
     seconds = first and first.get("seconds")
     limit = 1.5 * DEFAULT_RUN_SECONDS
     case = [(f"seed {seeds[0]}" if seeds else "", seconds, None if seconds is None else seconds <= limit)]
     checks.append(_check("default run time under DP (s)", f"<= {limit:g}", case, _why_missing([first], ["seconds"])))
+    if first and first.get("other_share") is not None:
+        checks[-1]["detail"] += f" (other work used {first['other_share']:.0%} of the machine meanwhile)"
     return checks
 
 
@@ -415,8 +432,9 @@ def run_one(run: Point, work: Path, pilots: Path | None) -> dict[str, Any]:
     if process.returncode != 0 or not summary_path.exists():
         tail = log.read_text()[-2000:].strip()
         lines = [line for line in tail.splitlines() if line.strip()]
-        error = next((line for line in lines if "error" in line.lower()), lines[-1] if lines else "")
-        return {"wall_s": round(wall, 1), "error": f"exit {process.returncode}: {error.strip()}", "log_tail": tail}
+        first = next((i for i, line in enumerate(lines) if "error" in line.lower()), max(len(lines) - 1, 0))
+        error = " | ".join(line.strip() for line in lines[first : first + 6])
+        return {"wall_s": round(wall, 1), "error": f"exit {process.returncode}: {error}", "log_tail": tail}
     row = read_summary(json.loads(summary_path.read_text()))
     row["rounds_trained"] = rounds_trained(summary_path.parent)
     row["wall_s"] = round(wall, 1)
