@@ -247,10 +247,9 @@ def combine_draws(point: Point, draws: Sequence[dict[str, Any]]) -> dict[str, An
     for key, first in draws[0].items():
         if key in ("missing", "demand_per_firm", "risk_per_firm", "k_tfp_groups"):
             continue
-        if isinstance(first, int | float) and not isinstance(first, bool) or first is None:
-            row[key] = _mean(draw.get(key) for draw in draws)
-        else:
-            row[key] = first
+        values = [draw.get(key) for draw in draws]
+        numeric = first is None or isinstance(first, int | float) and not isinstance(first, bool)
+        row[key] = _mean(values) if numeric and any(value != first for value in values) else first
     for key in ("demand_per_firm", "risk_per_firm"):
         firms = draws[0].get(key) or {}
         row[key] = {

@@ -115,6 +115,7 @@ def test_combine_draws_averages_and_a_failed_draw_fails_the_point() -> None:
     assert row["demand_per_firm"]["R1"] == pytest.approx([0.21, 0.2])
     assert row["worst_ratio"] == pytest.approx(0.21 / 0.2)  # worst firm of the averaged WAPE, not of one draw
     assert row["wall_s"] == 22.0 and row["noise_seeds"] == [0, 1] and row["draws"] == 2
+    assert row["firms"] == 12 and isinstance(row["firms"], int)  # what the draws share is kept as it is
     failed = combine_draws(point, [draws[0], {"error": "exit 1: boom", "wall_s": 3.0}])
     assert failed["error"] == "exit 1: boom" and "wape_deployed_all" not in failed
 
