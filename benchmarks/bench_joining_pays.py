@@ -484,8 +484,8 @@ def table_rows(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             view = {key: view[key] for key in ("pilot", "seed", "epsilon", "draws")} | {"wape_deployed_all": "failed"}
         else:
             for key in COLUMNS[4:]:
-                if view[key] is None and not (key == "epsilon_spent" and row.get("epsilon") is None):
-                    view[key] = NOT_PRODUCED
+                if view[key] is None:
+                    view[key] = "-" if key == "epsilon_spent" and row.get("epsilon") is None else NOT_PRODUCED
         view["epsilon"] = "no DP" if row.get("epsilon") is None else row["epsilon"]
         view["seed"] = "file" if row.get("seed") is None else row["seed"]
         out.append(view)
@@ -585,6 +585,12 @@ def reference_rows(references: Mapping[str, Any], points: Sequence[dict[str, Any
     return rows
 
 
+def _label(row: Mapping[str, Any]) -> str:
+    seed = "the file's seed" if row.get("seed") is None else f"seed {row['seed']}"
+    budget = "no DP" if row.get("epsilon") is None else f"epsilon {row['epsilon']:g}"
+    return f"{row.get('pilot')}, {seed}, {budget}"
+
+
 def notes(
     points: Sequence[dict[str, Any]],
     checks: Sequence[dict[str, Any]],
@@ -627,7 +633,7 @@ def notes(
     failed = [row for row in points if "error" in row]
     if failed:
         text += ["## Failed runs", ""]
-        text += [f"- {row['pilot']} seed {row['seed']} epsilon {row['epsilon']}: {row['error']}" for row in failed]
+        text += [f"- {_label(row)}: {row['error']}" for row in failed]
         text += [""]
     text += [
         "epsilon is per firm at the record level (one demand window or one risk row), delta 1e-5, accounted by "
@@ -750,7 +756,7 @@ def main() -> None:
             json_path, md_path, image, checks = report(rows, name, parameters, references, seeds, args.quick)
     print(markdown_table(table_rows(rows), COLUMNS))
     print()
-    print(markdown_table(checks, CHECK_COLUMNS))
+    print(markdown_table([{**c, "value": "-" if c["value"] is None else c["value"]} for c in checks], CHECK_COLUMNS))
     print(f"\n{len(todo)} points in {time.monotonic() - started:.0f} s; written: {json_path}, {md_path}, {image}")
     if any("error" in row for row in rows):
         sys.exit(1)
