@@ -211,7 +211,8 @@ def test_query_session_from_a_plan_file_one_budget_one_ledger(tmp_path: Path, fi
     written = json.loads((Path(printed["run_dir"]) / "queries.json").read_text())
     preview = written["preview"]
     assert preview["releases"] == 3 and preview["unit"] == "record" and preview["epsilon"] <= 30
-    audit = silobridge("audit", printed["run_dir"], "--json", cwd=tmp_path)
+    key = written["public_key"]
+    audit = silobridge("audit", printed["run_dir"], "--json", "--public-key", key, cwd=tmp_path)
     assert audit.returncode == 0, audit.stderr
     report = json.loads(audit.stdout)
     assert report["verified"] and report["within_budget"]
