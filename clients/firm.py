@@ -66,6 +66,26 @@ class Normaliser:
         high = np.array([ranges[name][1] for name in features], dtype=float)
         return cls(mean=(low + high) / 2, std=(high - low) / 2, low=low, high=high)
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Its wire form: mean and std, with the public range when it has one (firms must clip as scored)."""
+        arrays = {"mean": self.mean, "std": self.std}
+        if self.low is not None and self.high is not None:
+            arrays.update(low=self.low, high=self.high)
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], *, firm: str = "local") -> Normaliser:
+        """Back from `to_arrays`; a range comes whole (low and high) or not at all."""
+        if "mean" not in arrays or "std" not in arrays:
+            raise ProtocolError("the normaliser carries no mean or std", firm=firm)
+        if ("low" in arrays) != ("high" in arrays):
+            raise ProtocolError("the normaliser carries only one end of the features' range", firm=firm)
+
+        def vector(name: str) -> np.ndarray | None:
+            return np.asarray(arrays[name], dtype=float) if name in arrays else None
+
+        return cls(vector("mean"), vector("std"), vector("low"), vector("high"))  # type: ignore[arg-type]
+
     def apply(self, features: np.ndarray) -> np.ndarray:
         if self.low is not None and self.high is not None:
             features = np.clip(features, self.low, self.high)

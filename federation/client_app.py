@@ -41,6 +41,7 @@ from federation.records import (
     config_of,
     read_layout,
     read_spec,
+    record_arrays,
     secagg_run_id,
     weights_key,
 )
@@ -127,11 +128,11 @@ def _release(req: Request, segments: dict[str, np.ndarray], *, clipped: int | No
     return RecordDict({SECAGG: ConfigRecord(release.message), MASKED: arrays_record({"vector": release.vector})})
 
 
-def _normaliser(message: Message) -> Normaliser | None:
-    if NORMALISER not in message.content.array_records:
+def _normaliser(content: RecordDict, firm: str) -> Normaliser | None:
+    """The risk features' scaling as the coordinator scores with it: under DP with the public range."""
+    if NORMALISER not in content.array_records:
         return None
-    arrays = arrays_of(message, NORMALISER)
-    return Normaliser(np.asarray(arrays["mean"], dtype=float), np.asarray(arrays["std"], dtype=float))
+    return Normaliser.from_arrays(record_arrays(content.array_records[NORMALISER]), firm=firm)
 
 
 def _groups(req: Request) -> EfficiencyGroups:
@@ -180,7 +181,9 @@ def _train(req: Request) -> RecordDict:
     check_round(firm.spec.privacy, firm.budget_epsilon, trained, kinds, firm=firm.firm_id, stage=stage)
     # Without DP the round carries test statistics of the received models: in the slots the server assigned.
     groups = None if firm.spec.privacy.enabled else _stat_groups(req)
-    reply = _release(req, firm.train_round(weights, instruction, _normaliser(req.message), groups))
+    reply = _release(
+        req, firm.train_round(weights, instruction, _normaliser(req.message.content, req.firm.firm_id), groups)
+    )
     # Counted once the release has left (a firm that vanished before masking released nothing).
     req.context.state.config_records[OWN_SPEND] = ConfigRecord(
         {kind: trained.get(kind, 0) + (kind in kinds) for kind in sorted({*trained, *kinds})}
@@ -189,7 +192,7 @@ def _train(req: Request) -> RecordDict:
 
 
 def _evaluate(req: Request) -> RecordDict:
-    weights, norm = _weights(req.message), _normaliser(req.message)
+    weights, norm = _weights(req.message), _normaliser(req.message.content, req.firm.firm_id)
     return _release(req, req.firm.evaluate_all(weights, norm, _groups(req), _stat_groups(req)))
 
 

@@ -460,7 +460,7 @@ class Federation:
         self, weights: dict[str, OrderedDict[str, np.ndarray]], norm: Normaliser
     ) -> dict[str, ArrayRecord]:
         records: dict[str, ArrayRecord] = {weights_key(kind): arrays_record(w) for kind, w in weights.items()}
-        records[NORMALISER] = arrays_record({"mean": norm.mean, "std": norm.std})
+        records[NORMALISER] = arrays_record(norm.to_arrays())
         return records
 
     def train(self, norm: Normaliser) -> tuple[dict[str, OrderedDict[str, np.ndarray]], list[dict[str, Any]]]:

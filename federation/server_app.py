@@ -106,10 +106,7 @@ def run_server(grid: Grid, settings: RunSettings, observer: RunObserver, *, flow
 
 
 def _normaliser_arrays(norm: Normaliser) -> dict[str, np.ndarray]:
-    arrays = {"mean": norm.mean, "std": norm.std}
-    if norm.low is not None and norm.high is not None:
-        arrays.update(low=norm.low, high=norm.high)
-    return arrays
+    return norm.to_arrays()
 
 
 class _LedgerOpener:
