@@ -21,6 +21,7 @@ from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients.analytics import answer_step
+from clients.deploy import demand_statistics, risk_statistics
 from clients.firm import FirmClient, Normaliser
 from clients.models import MODEL_KINDS
 from clients.own_budget import check_round
@@ -52,6 +53,7 @@ from silobridge.efficiency_sums import EfficiencyGroups
 from silobridge.errors import ProtocolError, SiloBridgeError, SimulatedDropout
 from silobridge.messages import BaselineInstruction, TrainInstruction
 from silobridge.stats import StatGroups
+from silobridge.sufficient import LINEAR_COEF, LINEAR_REQUEST, LINEAR_SEGMENT
 
 FIRM_ERROR_CODE = 4100
 """Error code of replies for failures SiloBridge raised on purpose (bad data, bad request)."""
@@ -211,6 +213,23 @@ def _efficiency(req: Request) -> RecordDict:
     return _release(req, req.firm.efficiency_release(weights["demand"], instruction, _groups(req)))
 
 
+def _linear(req: Request) -> RecordDict:
+    """The firm's clipped sufficient statistics of one linear-family model, into the secure sum."""
+    firm = req.firm
+    model = config_of(req.message, LINEAR_REQUEST).get("model")
+    if model == "demand":
+        return _release(req, {LINEAR_SEGMENT: demand_statistics(firm)})
+    if model != "risk":
+        raise ProtocolError(
+            f"a linear-family request names model {model!r}, expected 'demand' or 'risk'", firm=firm.firm_id
+        )
+    norm = _normaliser(req.message.content, firm.firm_id)
+    if norm is None:
+        raise ProtocolError("the risk Newton step carries no normaliser", firm=firm.firm_id)
+    coef = np.asarray(arrays_of(req.message, LINEAR_COEF)["coef"], dtype=float)
+    return _release(req, {LINEAR_SEGMENT: risk_statistics(firm, norm, coef)})
+
+
 def _secagg_stage(stage: str) -> Handler:
     def handle(req: Request) -> RecordDict:
         wire = config_of(req.message, SECAGG)
@@ -248,6 +267,7 @@ def build_client_app(run_config: Mapping[str, Any] | None = None) -> ClientApp:
     register(app.train("baselines"), _baselines)
     register(app.train(), _train)
     register(app.evaluate(), _evaluate)
+    register(app.train("linear"), _linear)
     register(app.query("analytics"), _analytics)
     register(app.evaluate("efficiency"), _efficiency)
     register(app.query("secagg_advertise"), _secagg_stage("advertise"))

@@ -24,6 +24,7 @@ from clients.firm import Normaliser
 from federation.analytics import QueryJob, query_settings, serve_queries
 from federation.firm_source import pilot_folders
 from federation.harness import SimulationHarness
+from federation.linear_run import linear_privacy
 from federation.privacy_report import LEDGER_FILE, privacy_summary
 from federation.progress import Fanout, LogObserver, StageTimer, log_to_stderr
 from federation.rundir import CONFIG_FILE, SUMMARY_JSON, SUMMARY_MD, RunDirectory
@@ -76,9 +77,16 @@ def run_server(grid: Grid, settings: RunSettings, observer: RunObserver, *, flow
         centralised: dict[str, np.ndarray] = {}
         if harness is not None:
             observers.stage("centralised baseline")
-            centralised = harness.centralised(outcome.normaliser)
+            # the non-private upper bound of the family trained: the MLP's, or (linear only) pooled ridge/logistic
+            if "mlp" in outcome.families:
+                centralised = harness.centralised(outcome.normaliser)
+            else:
+                centralised = harness.centralised_linear(outcome.normaliser)
         for kind, weights in outcome.weights.items():
             rundir.write_model(kind, weights, _normaliser_arrays(outcome.normaliser) if kind == "risk" else None)
+        for kind, weights in (outcome.linear.weights() if outcome.linear is not None else {}).items():
+            extra = _normaliser_arrays(outcome.normaliser) if kind == "risk" else None
+            rundir.write_model(f"{kind}_linear", weights, extra)
         privacy = (
             privacy_summary(
                 settings.privacy_plan(),
@@ -90,6 +98,8 @@ def run_server(grid: Grid, settings: RunSettings, observer: RunObserver, *, flow
             if spec.privacy.enabled
             else {"enabled": False}
         )
+        if spec.privacy.enabled and outcome.linear is not None and "mlp" not in outcome.families:
+            privacy.update(linear_privacy(outcome.linear))
         summary = build_summary(
             settings,
             outcome,

@@ -50,3 +50,11 @@ def split_newton(vector: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
     if vector.size != newton_size(dim):
         raise ConfigError(f"expected {newton_size(dim)} Newton statistics, got {vector.size}")
     return vector[:dim], symmetric_from_triu(vector[dim:], dim)
+
+
+LINEAR_SEGMENT = "linear/statistics"
+"""The segment a firm's sufficient statistics travel in (one model per sum)."""
+LINEAR_REQUEST = "linear"
+"""The ConfigRecord of a linear-family request: which model ('demand' or 'risk')."""
+LINEAR_COEF = "linear_coef"
+"""The ArrayRecord carrying the current risk coefficients of a Newton step."""
