@@ -107,7 +107,9 @@ def deploy_demand(
         choice.shrinkage,
         dict(choice.validation),
     )
-    split = validation_split(train, spec.linear.validation_periods, spec.horizon) if len(train) else None
+    split = (
+        validation_split(train, spec.linear.validation_periods, spec.horizon, spec.test_periods) if len(train) else None
+    )
     if split is None:
         return best
     fit, tail = split

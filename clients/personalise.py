@@ -1,7 +1,8 @@
 """What a firm deploys: its own choice, made on its most recent training windows, at no privacy cost.
 
 The firm backtests each candidate on a validation tail (its last `validation_periods` forecast
-origins), each fitted only on windows whose targets were all observed by the tail's first origin,
+origins and, where its history allows, the season it is about to forecast, a year earlier), each
+fitted only on windows whose targets were all observed by the tail's first origin,
 picks the lowest WAPE (risk: log loss), and refits the choice on all its training data. Candidates:
 seasonal naive, its local-only ridge, the global model, and the global model adapted to its data
 (ridge shrunk toward the global coefficients, the shrinkage chosen on the same tail). Nothing of
@@ -40,16 +41,32 @@ def _take(windows: DemandWindows, mask: np.ndarray) -> DemandWindows:
     return DemandWindows(*(getattr(windows, f)[mask] for f in windows.__dataclass_fields__))
 
 
-def validation_split(windows: DemandWindows, periods: int, horizon: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """(fit, tail) masks: the tail is the last `periods` origins (at most half of them), the fit windows
-    those whose targets were all observed at the tail's first origin; None if either would be too small."""
+SEASON = 52
+"""Periods in a year: a firm with a long history also validates on the same season a year earlier."""
+MIN_SEASONAL_FIT_ORIGINS = 26
+"""Fewest origins a firm must keep for fitting before it validates on last year's season."""
+
+
+def validation_split(
+    windows: DemandWindows, periods: int, horizon: int, season: int | None = None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(fit, tail) masks. The tail: the last `periods` origins (at most half of them) and, where the
+    history allows, the `season` origins a year before the firm's next forecast (the season it is about
+    to forecast, which the recent tail may not resemble). The fit windows: those whose targets were all
+    observed at the tail's first origin. None if either would be too small."""
     origins = np.unique(windows.origin)
     tail_count = min(periods, len(origins) // 2)
     if tail_count < 1:
         return None
-    first = origins[-tail_count]
     step = (origins[1] - origins[0]) if len(origins) > 1 else np.timedelta64(7, "D")
+    first = origins[-tail_count]
     tail = windows.origin >= first
+    if season is not None:
+        season_start = origins[-1] + step * horizon - step * SEASON
+        seasonal = (windows.origin >= season_start) & (windows.origin < season_start + step * season)
+        kept = origins[origins + step * horizon <= season_start]
+        if seasonal.any() and kept.size >= MIN_SEASONAL_FIT_ORIGINS:
+            tail, first = tail | seasonal, season_start
     fit = windows.origin + step * horizon <= first
     if int(fit.sum()) < MIN_FIT_WINDOWS or not tail.any():
         return None
@@ -72,7 +89,7 @@ def choose_demand(train: DemandWindows, spec: FederationSpec, global_coef: np.nd
     """The firm's deployed demand model, chosen on its validation tail and refitted on all its windows."""
     if len(train) == 0:
         return Choice("naive", None, "no training windows: seasonal naive")
-    split = validation_split(train, spec.linear.validation_periods, spec.horizon)
+    split = validation_split(train, spec.linear.validation_periods, spec.horizon, spec.test_periods)
     x_all, y_all = demand_design(train, spec)
     if split is None:
         if global_coef is not None:
@@ -88,7 +105,7 @@ def choose_demand(train: DemandWindows, spec: FederationSpec, global_coef: np.nd
     for name, (coef, _) in fitted.items():
         scores[name] = wape(forecast_units(x_tail, coef, tail_windows.scale), actual)
     best = min(scores, key=lambda name: (np.nan_to_num(scores[name], nan=np.inf), name != "global"))
-    reason = f"lowest WAPE on its last {int(np.unique(tail_windows.origin).size)} training origins"
+    reason = f"lowest WAPE on {int(np.unique(tail_windows.origin).size)} of its own training origins"
     if best == "naive":
         return Choice("naive", None, reason, validation=scores)
     if best == "global":

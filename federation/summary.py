@@ -99,13 +99,16 @@ def _check(name: str, value: float, target: str, passed: bool) -> dict[str, Any]
 
 
 def acceptance_checks(
-    table: dict, per_firm: dict[str, Any] | None = None, efficiency: dict[str, Any] | None = None
+    table: dict,
+    per_firm: dict[str, Any] | None = None,
+    efficiency: dict[str, Any] | None = None,
+    non_private_wape: float | None = None,
 ) -> list[dict[str, Any]]:
     """The promise to a firm: joining leaves it no worse off than going alone, and the chain better off.
 
     Deployed and per-firm figures are the simulation harness's measurements. That the private deployed
     WAPE is within 10% of the non-private one needs both runs (benchmarks/bench_joining_pays.py): one run
-    cannot judge it, so it is not listed here.
+    cannot judge it, so its row says n/a unless `non_private_wape` (the other run's deployed WAPE) is given.
     """
     demand_rows = (per_firm or {}).get("demand", {})
     worst = demand_rows.get("worst_ratio") if demand_rows else None
@@ -117,6 +120,9 @@ def acceptance_checks(
     worst_auc = risk_rows.get("worst_difference") if risk_rows else None
     worst_auc_value = math.nan if worst_auc is None else float(worst_auc)
     k_tfp = _get(efficiency or {}, "chain", "K", "K_TFP")
+    private_ratio = (
+        _get(table, "demand", "deployed", "all", "wape") / non_private_wape if non_private_wape else math.nan
+    )
     checks = [
         _check(
             "demand: no firm's deployed WAPE above 1.02x its local-only", worst_value, "<= 1.02", worst_value <= 1.02
@@ -127,6 +133,12 @@ def acceptance_checks(
             worst_auc_value,
             ">= -0.01",
             worst_auc_value >= -0.01,
+        ),
+        _check(
+            "demand: private deployed WAPE within 10% of the non-private deployed (all firms)",
+            private_ratio,
+            "<= 1.10",
+            private_ratio <= 1.10,
         ),
         _check("efficiency: chain K_TFP at least 1 with what firms deploy", k_tfp, ">= 1", k_tfp >= 1),
     ]

@@ -70,3 +70,18 @@ def test_risk_choice_is_the_lowest_validation_loss_and_falls_back() -> None:
     assert choose_risk(x[:0], y[:0], truth, 1.0).name == "global"
     one_class = choose_risk(x[:10], np.zeros(10), None, 1.0)
     assert one_class.name == "local" and "too few" in one_class.reason
+
+
+def test_a_long_history_also_validates_on_last_years_season() -> None:
+    train, spec = _train()
+    origins = np.unique(train.origin)
+    week = np.timedelta64(7, "D")
+    fit, tail = validation_split(train, 4, spec.horizon, season=13)
+    season_start = origins[-1] + week * spec.horizon - 52 * week
+    tail_origins = np.unique(train.origin[tail])
+    assert np.sum(tail_origins < origins[-4]) == 13  # the season a year before the next forecast
+    assert tail_origins.min() == season_start
+    assert np.all(train.origin[fit] + week * spec.horizon <= season_start)
+    # without the season only the recent tail validates
+    _, recent = validation_split(train, 4, spec.horizon)
+    assert np.unique(train.origin[recent]).size == 4

@@ -88,7 +88,7 @@ def test_summary_has_every_model_method_and_metric_for_all_firms_only(run: RunRe
     assert run.summary["dropouts"] == []
     judged = {c["name"]: c["passed"] for c in run.summary["acceptance"]}
     for name, passed in judged.items():
-        if "small" in name:
+        if "small" in name or "non-private" in name:  # withheld groups; the other run is not known to this one
             assert passed is None
         else:
             assert isinstance(passed, bool)
