@@ -22,6 +22,7 @@ from flwr.clientapp import ClientApp
 
 from clients.analytics import answer_step
 from clients.analytics.own_spend import OWN_QUERY_SPEND, check_step
+from clients.deploy import demand_statistics, risk_statistics
 from clients.firm import FirmClient, Normaliser
 from clients.models import MODEL_KINDS
 from clients.own_budget import charge_lifetime, check_round
@@ -43,6 +44,7 @@ from federation.records import (
     config_of,
     read_layout,
     read_spec,
+    record_arrays,
     secagg_run_id,
     weights_key,
 )
@@ -53,6 +55,7 @@ from silobridge.efficiency_sums import EfficiencyGroups
 from silobridge.errors import ProtocolError, SiloBridgeError, SimulatedDropout
 from silobridge.messages import BaselineInstruction, TrainInstruction
 from silobridge.stats import StatGroups
+from silobridge.sufficient import LINEAR_COEF, LINEAR_REQUEST, LINEAR_SEGMENT
 
 FIRM_ERROR_CODE = 4100
 """Error code of replies for failures SiloBridge raised on purpose (bad data, bad request)."""
@@ -129,11 +132,11 @@ def _release(req: Request, segments: dict[str, np.ndarray], *, clipped: int | No
     return RecordDict({SECAGG: ConfigRecord(release.message), MASKED: arrays_record({"vector": release.vector})})
 
 
-def _normaliser(message: Message) -> Normaliser | None:
-    if NORMALISER not in message.content.array_records:
+def _normaliser(content: RecordDict, firm: str) -> Normaliser | None:
+    """The risk features' scaling as the coordinator scores with it: under DP with the public range."""
+    if NORMALISER not in content.array_records:
         return None
-    arrays = arrays_of(message, NORMALISER)
-    return Normaliser(np.asarray(arrays["mean"], dtype=float), np.asarray(arrays["std"], dtype=float))
+    return Normaliser.from_arrays(record_arrays(content.array_records[NORMALISER]), firm=firm)
 
 
 def _groups(req: Request) -> EfficiencyGroups:
@@ -194,7 +197,9 @@ def _train(req: Request) -> RecordDict:
         )
     # Without DP the round carries test statistics of the received models: in the slots the server assigned.
     groups = None if firm.spec.privacy.enabled else _stat_groups(req)
-    reply = _release(req, firm.train_round(weights, instruction, _normaliser(req.message), groups))
+    reply = _release(
+        req, firm.train_round(weights, instruction, _normaliser(req.message.content, req.firm.firm_id), groups)
+    )
     # Counted once the release has left (a firm that vanished before masking released nothing).
     req.context.state.config_records[OWN_SPEND] = ConfigRecord(
         {kind: trained.get(kind, 0) + (kind in kinds) for kind in sorted({*trained, *kinds})}
@@ -203,7 +208,7 @@ def _train(req: Request) -> RecordDict:
 
 
 def _evaluate(req: Request) -> RecordDict:
-    weights, norm = _weights(req.message), _normaliser(req.message)
+    weights, norm = _weights(req.message), _normaliser(req.message.content, req.firm.firm_id)
     return _release(req, req.firm.evaluate_all(weights, norm, _groups(req), _stat_groups(req)))
 
 
@@ -230,6 +235,23 @@ def _efficiency(req: Request) -> RecordDict:
     if "demand" not in weights:
         raise ProtocolError("the efficiency release needs the federated demand model", firm=req.firm.firm_id)
     return _release(req, req.firm.efficiency_release(weights["demand"], instruction, _groups(req)))
+
+
+def _linear(req: Request) -> RecordDict:
+    """The firm's clipped sufficient statistics of one linear-family model, into the secure sum."""
+    firm = req.firm
+    model = config_of(req.message, LINEAR_REQUEST).get("model")
+    if model == "demand":
+        return _release(req, {LINEAR_SEGMENT: demand_statistics(firm)})
+    if model != "risk":
+        raise ProtocolError(
+            f"a linear-family request names model {model!r}, expected 'demand' or 'risk'", firm=firm.firm_id
+        )
+    norm = _normaliser(req.message.content, firm.firm_id)
+    if norm is None:
+        raise ProtocolError("the risk Newton step carries no normaliser", firm=firm.firm_id)
+    coef = np.asarray(arrays_of(req.message, LINEAR_COEF)["coef"], dtype=float)
+    return _release(req, {LINEAR_SEGMENT: risk_statistics(firm, norm, coef)})
 
 
 def _secagg_stage(stage: str) -> Handler:
@@ -269,6 +291,7 @@ def build_client_app(run_config: Mapping[str, Any] | None = None) -> ClientApp:
     register(app.train("baselines"), _baselines)
     register(app.train(), _train)
     register(app.evaluate(), _evaluate)
+    register(app.train("linear"), _linear)
     register(app.query("analytics"), _analytics)
     register(app.evaluate("efficiency"), _efficiency)
     register(app.query("secagg_advertise"), _secagg_stage("advertise"))

@@ -25,6 +25,7 @@ from federation.analytics import QueryJob, query_settings, serve_queries
 from federation.firm_source import pilot_folders
 from federation.harness import SimulationHarness
 from federation.ledger_signer import PER_RUN, ledger_signer
+from federation.linear_run import linear_privacy
 from federation.preflight import check_firm_budgets
 from federation.privacy_report import LEDGER_FILE, privacy_summary
 from federation.progress import Fanout, LogObserver, StageTimer, log_to_stderr
@@ -79,9 +80,16 @@ def run_server(grid: Grid, settings: RunSettings, observer: RunObserver, *, flow
         centralised: dict[str, np.ndarray] = {}
         if harness is not None:
             observers.stage("centralised baseline")
-            centralised = harness.centralised(outcome.normaliser)
+            # the non-private upper bound of the family trained: the MLP's, or (linear only) pooled ridge/logistic
+            if "mlp" in outcome.families:
+                centralised = harness.centralised(outcome.normaliser)
+            else:
+                centralised = harness.centralised_linear(outcome.normaliser)
         for kind, weights in outcome.weights.items():
             rundir.write_model(kind, weights, _normaliser_arrays(outcome.normaliser) if kind == "risk" else None)
+        for kind, weights in (outcome.linear.weights() if outcome.linear is not None else {}).items():
+            extra = _normaliser_arrays(outcome.normaliser) if kind == "risk" else None
+            rundir.write_model(f"{kind}_linear", weights, extra)
         privacy = (
             privacy_summary(
                 settings.privacy_plan(),
@@ -94,6 +102,8 @@ def run_server(grid: Grid, settings: RunSettings, observer: RunObserver, *, flow
             if spec.privacy.enabled
             else {"enabled": False}
         )
+        if spec.privacy.enabled and outcome.linear is not None and "mlp" not in outcome.families:
+            privacy.update(linear_privacy(outcome.linear))
         summary = build_summary(
             settings,
             outcome,
@@ -110,10 +120,7 @@ def run_server(grid: Grid, settings: RunSettings, observer: RunObserver, *, flow
 
 
 def _normaliser_arrays(norm: Normaliser) -> dict[str, np.ndarray]:
-    arrays = {"mean": norm.mean, "std": norm.std}
-    if norm.low is not None and norm.high is not None:
-        arrays.update(low=norm.low, high=norm.high)
-    return arrays
+    return norm.to_arrays()
 
 
 class _LedgerOpener:

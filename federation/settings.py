@@ -25,7 +25,7 @@ from server.efficiency_release import check_room, efficiency_event
 from server.privacy import PrivacyPlan, resolve_privacy
 from server.secure_sum import resolve_aggregation
 from silobridge.arrays import flatten
-from silobridge.config import DataSchema, FederationSpec
+from silobridge.config import DataSchema, FederationSpec, LinearSpec
 from silobridge.errors import ConfigError
 from silobridge.seeds import MAX_NOISE_SEED, parse_noise_seed
 
@@ -187,6 +187,7 @@ def federation_spec(settings: RunSettings) -> FederationSpec:
         aggregation=resolve_aggregation(s.aggregation.model_copy(update={"mode": settings.aggregation}), len(s.firms)),
         privacy=privacy,
         inventory=s.efficiency,
+        linear=LinearSpec(model=s.training.model),
     )
     if not privacy.enabled:
         return base

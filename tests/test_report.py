@@ -28,7 +28,9 @@ from tests.conftest import TINY
 
 # Round 3 would overspend epsilon 4.5 (rounds 1 and 2 spend 4.22), and S1's own budget of 3.5 pays for
 # round 1 only: a refusal, a firm left out, and an uneven spend across firms.
-DP_OVERRIDES = "training.rounds=3;privacy.noise_multiplier=1.0;privacy.epsilon=4.5;firms.S1.budget_epsilon=3.5"
+DP_OVERRIDES = (
+    "training.model=mlp;training.rounds=3;privacy.noise_multiplier=1.0;privacy.epsilon=4.5;firms.S1.budget_epsilon=3.5"
+)
 EFFICIENCY = {
     "horizon": 13,
     "policy": {"review_period": 1, "service_level": 0.95, "holding_cost": 0.2, "lead_time": 2},

@@ -52,11 +52,20 @@ def test_a_run_without_dp_that_fails_midway_leaves_nothing_in_runs(tmp_path: Pat
     assert not out.exists() or list(out.iterdir()) == []
 
 
+MLP = "training.model=mlp"  # DP-SGD rounds: under record-level DP 'auto' trains the linear family
+
+
 def test_a_private_run_that_fails_midway_keeps_its_ledger_for_audit(tmp_path: Path) -> None:
     out = tmp_path / "runs"
     with pytest.raises(RuntimeError, match="coordinator crashed in round 2"):
         simulate(
-            {"scenario": str(TINY), "out-dir": str(out), "num-rounds": 3, "run-id": "crashed"},
+            {
+                "scenario": str(TINY),
+                "out-dir": str(out),
+                "num-rounds": 3,
+                "run-id": "crashed",
+                "set": "training.model=mlp",
+            },
             observer=_FailsInRoundTwo(),
             cpus=2,
         )

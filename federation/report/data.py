@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from federation.ledger_audit import audit_ledger_file
 from federation.rundir import CONFIG_FILE, FAILURE_FILE, METRICS_FILE, SUMMARY_JSON
@@ -91,6 +91,31 @@ class Dropout(_Model):
     message: str | None = None
 
 
+class FirmRow(_Model):
+    """Simulation only: what one firm deployed and what going alone would have given it."""
+
+    firm: str
+    group: str
+    choice: str
+    reason: str
+    shrinkage: Number = None
+    deployed_wape: Number = None
+    local_only_wape: Number = None
+    ratio: Number = None
+    deployed_roc_auc: Number = None
+    local_only_roc_auc: Number = None
+    difference: Number = None
+
+
+class PerFirm(_Model):
+    """`summary.json["models"][kind]["per_firm"]`: every firm's row and the worst of them."""
+
+    firms: list[FirmRow]
+    worst_ratio: Number = None
+    worst_difference: Number = None
+    mean_difference: Number = None
+
+
 class Summary(_Model):
     run_id: str
     created: str | None = None
@@ -106,6 +131,17 @@ class Summary(_Model):
     versions: dict[str, str] = {}
     efficiency: Efficiency | None = None
     groups_withheld: dict[str, str] = {}  # per model: why small/large are not released on their own
+    per_firm: dict[str, PerFirm] = {}  # per model, moved out of `models` when read
+
+    @model_validator(mode="before")
+    @classmethod
+    def _per_firm_out_of_models(cls, data: Any) -> Any:
+        """`models[kind]` holds the methods' metrics and, for a simulated run, its `per_firm` rows."""
+        if isinstance(data, dict) and isinstance(data.get("models"), dict):
+            models = {k: dict(v) if isinstance(v, dict) else v for k, v in data["models"].items()}
+            per_firm = {k: v.pop("per_firm") for k, v in models.items() if isinstance(v, dict) and "per_firm" in v}
+            data = {**data, "models": models, "per_firm": per_firm}
+        return data
 
 
 class RoundRecord(_Model):

@@ -14,10 +14,10 @@ from string import Template
 from typing import Any
 
 from federation.report import plots
-from federation.report.data import Efficiency, EfficiencyBlock, RunData, Summary
+from federation.report.data import Efficiency, EfficiencyBlock, PerFirm, RunData, Summary
 
 METRICS = {"demand": ("wape", "mae"), "risk": ("roc_auc", "pr_auc", "brier")}
-METHOD_ORDER = ("federated", "local_only", "centralised", "naive")
+METHOD_ORDER = ("deployed", "federated", "federated_linear", "local_only", "centralised", "naive")
 GROUPS = ("all", "small", "large")
 NOT_COMPUTED = "not computed in this run"
 
@@ -159,6 +159,8 @@ def models(run: RunData) -> str:
             [method] + [s.models[kind][method].get(g, {}).get(m) for m in metrics for g in GROUPS] for method in methods
         ]
         parts.append(f"<h3>{e(kind)}</h3>" + table(headers, rows))
+        if kind in s.per_firm:
+            parts.append(_per_firm(kind, s.per_firm[kind]))
         if kind in s.groups_withheld:
             parts.append(paragraph(f"Small and large firms not shown on their own: {s.groups_withheld[kind]}.", "note"))
     loss = plots.training_loss(run.rounds)
@@ -178,6 +180,28 @@ def models(run: RunData) -> str:
         "note",
     )
     return section("Models", "models", intro, *parts)
+
+
+def _per_firm(kind: str, rows: PerFirm) -> str:
+    """What joining gave each firm: its deployed model against going alone (simulation only)."""
+    if kind == "demand":
+        headers = ("firm", "group", "deploys", "WAPE deployed", "WAPE local-only", "ratio", "why")
+        body = [(r.firm, r.group, r.choice, r.deployed_wape, r.local_only_wape, r.ratio, r.reason) for r in rows.firms]
+        worst = f"worst ratio {fmt(rows.worst_ratio)}"
+    else:
+        headers = ("firm", "group", "deploys", "ROC-AUC deployed", "ROC-AUC local-only", "difference", "why")
+        body = [
+            (r.firm, r.group, r.choice, r.deployed_roc_auc, r.local_only_roc_auc, r.difference, r.reason)
+            for r in rows.firms
+        ]
+        worst = f"worst difference {fmt(rows.worst_difference)}, mean {fmt(rows.mean_difference)}"
+    note = paragraph(
+        f"What joining gave each firm ({worst}). Each firm chose what it deploys on its own most recent training "
+        "windows; the figures are the simulation harness's measurements on the test periods (simulation only: a "
+        "real federation releases none of them).",
+        "note",
+    )
+    return note + table(headers, body, numeric_from=3)
 
 
 def acceptance(s: Summary | None) -> str:
