@@ -1,17 +1,21 @@
-"""Federated analytics queries at 10, 50, 100 and 200 firms: latency and error against pooled ground truth.
+"""Federated analytics queries: latency and error against pooled ground truth, record- and firm-level DP.
 
 Run from the repository root:  python -m benchmarks.bench_analytics [--quick] [--firms 10 50] [--epsilon 1]
 
-For each chain (built by `scenarios.builder`, data from the generator, validated as a firm would)
-every query runs through the Flower-free engine three ways: a plain in-memory sum (the floor),
-the real SecAgg+ protocol in memory (`privacy.secagg.simulate`: key agreement, masking, Shamir
-shares, unmasking, every message through its wire form) without noise, and the same with
-firm-level central DP at (epsilon, delta) per query. Latency is the wall time of one query (the
-firms computed one after another in this process, key agreement included: one session per query
-here). Error is the relative L2 error of the query's main output against numpy on the pooled
-tables (every firm's rows concatenated); without noise it must be ~1e-12, under DP it is what a
-firm-level guarantee costs with that many firms. The public row bound (max_rows) is the largest
-firm's row count, as a federation would declare it. Results: benchmarks/results/analytics[_quick].{json,md}.
+Chains: the default scenario (`scenarios/default.toml`, 12 firms) and chains built by
+`scenarios.builder` (data from the generator, validated as a firm would). Every query runs through
+the Flower-free engine: a plain in-memory sum (the floor), the real SecAgg+ protocol in memory
+(`privacy.secagg.simulate`: key agreement, masking, Shamir shares, unmasking, every message through
+its wire form) without noise, and the same with central DP at (epsilon, delta) per query, at record
+level (the default unit: each record's contribution bounded, noise scaled to it) and at firm level
+(a firm's whole table is the unit), `repeats` noise draws each (median reported). Latency is the
+wall time of one query (firms computed one after another in this process, key agreement included).
+Errors, per family, as the issue's targets read: relative error (count, sum, mean, variance),
+total-variation distance of the normalised histogram, the largest quantile error in units of
+max(one bin, 5% of the value) (<= 1 meets the target), relative L2 error of regression and AR
+coefficients. Without noise every error must be ~1e-12. max_rows = the largest firm's row count,
+as a federation would declare it (under record level it only scales the vectors for transport).
+Results: benchmarks/results/analytics[_quick].{json,md}.
 """
 
 from __future__ import annotations
@@ -35,17 +39,21 @@ from privacy.dp import Budget
 from privacy.ledger import PrivacyRun
 from scenarios.builder import build
 from scenarios.generator import generate_chain
+from scenarios.schema import Scenario, load_scenario
 from server.analytics import build_plan
-from server.analytics.engine import QueryEngine, QueryPrivacy, calibrate_query_noise, query_accounting
+from server.analytics.engine import QueryEngine, QueryPrivacy, StepSum, calibrate_query_noise, query_accounting
 from server.secure_sum import resolve_aggregation
+from silobridge.analytics import QueryStep, Unit
 from silobridge.config import AggregationSpec, min_periods
 
 HIGH = 5000.0  # public bound on weekly units
 LAGS = 3
+DEFAULT_SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "default.toml"
+LEDGER_DIR = Path(tempfile.mkdtemp(prefix="bench-analytics-"))
+"""Each DP query writes its signed ledger here, as a run would (the cost is part of the latency)."""
 
 
-def chain_firms(num_firms: int) -> list[FirmData]:
-    scenario = build(num_firms, seed=20251230, name=f"bench{num_firms}")
+def _validated(scenario: Scenario) -> list[FirmData]:
     chain = generate_chain(scenario)
     periods = min_periods(scenario.training.lags, scenario.horizon, scenario.test_periods)
     return [
@@ -54,6 +62,14 @@ def chain_firms(num_firms: int) -> list[FirmData]:
         )
         for f in scenario.firms
     ]
+
+
+def chain_firms(num_firms: int) -> list[FirmData]:
+    return _validated(build(num_firms, seed=20251230, name=f"bench{num_firms}"))
+
+
+def default_firms() -> list[FirmData]:
+    return _validated(load_scenario(DEFAULT_SCENARIO))
 
 
 def _pooled(firms: list[FirmData], table: str, column: str) -> np.ndarray:
@@ -81,11 +97,25 @@ def _ar_truth(firms: list[FirmData]) -> np.ndarray:
     return _lstsq(np.array(rows), np.array(targets))
 
 
-Query = tuple[str, dict[str, Any], Callable[[dict[str, Any]], np.ndarray], np.ndarray]
+Metric = Callable[[dict[str, Any]], float]
+Query = tuple[str, dict[str, Any], str, Metric]
+
+
+def _relative(got: float | None, truth: float) -> float:
+    return float("inf") if got is None else abs(got - truth) / abs(truth)
+
+
+def _l2(got: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.linalg.norm(got - truth) / max(np.linalg.norm(truth), 1e-300))
+
+
+def _tv(counts: list[float], truth: np.ndarray) -> float:
+    got = np.maximum(np.asarray(counts, dtype=float), 0.0)
+    return 0.5 * float(np.abs(got / max(got.sum(), 1e-300) - truth / truth.sum()).sum())
 
 
 def queries(firms: list[FirmData]) -> list[Query]:
-    """(name, parameters, the answer's main output, the pooled ground truth of that output)."""
+    """(name, parameters, the error measure's name, the error of an answer against the pooled ground truth)."""
     demand_rows = max(len(f.demand) for f in firms if f.demand is not None)
     risk_rows = max(len(f.risk) for f in firms if f.risk is not None)
     units = np.clip(_pooled(firms, "demand", "units"), 0, HIGH)
@@ -94,148 +124,196 @@ def queries(firms: list[FirmData]) -> list[Query]:
     ranges = {"units": [0, HIGH], "price": [0, 50], "promotion": [0, 1], "holiday": [0, 1]}
     x = np.column_stack([np.clip(_pooled(firms, "demand", c), *ranges[c]) for c in features])
     edges = [0.0, 5.0, 10.0, 15.0, 20.0, 30.0]
+    price_counts = np.histogram(np.clip(price, edges[0], edges[-1]), bins=edges)[0].astype(float)
     column = {"column": "units", "low": 0.0, "high": HIGH, "max_rows": demand_rows}
     probs = [0.25, 0.5, 0.75]
+    quartiles = np.quantile(units, probs, method="inverted_cdf")
+    risk_count = float(_pooled(firms, "risk", "disrupted").size)
+    beta = _lstsq(x, units)
+    beta_ar = _ar_truth(firms)
+
+    def quantile_error(a: dict[str, Any]) -> float:
+        got = np.array([v if v is not None else np.inf for v in a["quantiles"].values()])
+        return float(np.max(np.abs(got - quartiles) / np.maximum(a["bin_width"], 0.05 * np.abs(quartiles))))
+
     return [
-        (
-            "count",
-            {"table": "risk", "max_rows": risk_rows},
-            lambda a: np.array([a["count"]]),
-            np.array([float(_pooled(firms, "risk", "disrupted").size)]),
-        ),
-        ("mean", column, lambda a: np.array([a["mean"] or 0.0]), np.array([units.mean()])),
-        ("variance", column, lambda a: np.array([a["variance"] or 0.0]), np.array([units.var(ddof=1)])),
+        ("count", {"table": "risk", "max_rows": risk_rows}, "relative", lambda a: _relative(a["count"], risk_count)),
+        ("sum", column, "relative", lambda a: _relative(a["sum"], float(units.sum()))),
+        ("mean", column, "relative", lambda a: _relative(a["mean"], float(units.mean()))),
+        ("variance", column, "relative", lambda a: _relative(a["variance"], float(units.var(ddof=1)))),
         (
             "histogram",
             {"column": "price", "edges": edges, "max_rows": demand_rows},
-            lambda a: np.array(a["counts"]),
-            np.histogram(np.clip(price, edges[0], edges[-1]), bins=edges)[0].astype(float),
+            "total variation",
+            lambda a: _tv(a["counts"], price_counts),
         ),
-        (
-            "quantiles",
-            {**column, "bins": 500, "probs": probs},
-            lambda a: np.array([v if v is not None else 0.0 for v in a["quantiles"].values()]),
-            np.quantile(units, probs, method="inverted_cdf"),
-        ),
+        ("quantiles", {**column, "bins": 256, "probs": probs}, "max error / max(bin, 5%)", quantile_error),
         (
             "linear_regression",
             {"target": "units", "features": features, "ranges": ranges, "max_rows": demand_rows, "ridge": 0.0},
-            lambda a: np.array([a["intercept"], *a["coefficients"].values()]),
-            _lstsq(x, units),
+            "relative L2",
+            lambda a: _l2(np.array([a["intercept"], *a["coefficients"].values()]), beta),
         ),
         (
             "autoregression",
             {"lags": LAGS, "horizon": 4, "high": HIGH, "max_rows": demand_rows, "max_series": 100, "ridge": 0.0},
-            lambda a: np.array([a["intercept"], *a["coefficients"].values()]),
-            _ar_truth(firms),
+            "relative L2",
+            lambda a: _l2(np.array([a["intercept"], *a["coefficients"].values()]), beta_ar),
         ),
     ]
 
 
-def _error(got: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.linalg.norm(got - truth) / max(np.linalg.norm(truth), 1e-300))
+class CachedSum:
+    """A step's secure sum, computed once per distinct step: the noise is added after the sum, so another
+    noise draw of the same step needs no new sum (a later, different step is summed afresh)."""
+
+    def __init__(self, inner: Callable[[QueryStep], StepSum]):
+        self.inner = inner
+        self.cache: dict[str, StepSum] = {}
+
+    def __call__(self, step: QueryStep) -> StepSum:
+        key = step.model_dump_json()
+        if key not in self.cache:
+            self.cache[key] = self.inner(step)
+        return self.cache[key]
 
 
-def run_size(num_firms: int, *, epsilon: float, delta: float, repeats: int) -> list[dict[str, Any]]:
-    started = time.monotonic()
-    firms = chain_firms(num_firms)
-    print(f"{num_firms} firms: data in {time.monotonic() - started:.1f} s", flush=True)
+def _dp_draws(
+    ids: list[str],
+    sum_step: Callable[[QueryStep], StepSum],
+    query: Query,
+    *,
+    unit: Unit,
+    budget: Budget,
+    repeats: int,
+    label: str,
+) -> tuple[float, list[float], float]:
+    """The noise multiplier, the error of each noise draw, and the first draw's latency (its sums uncached)."""
+    name, params, _, metric = query
+    spec = query_accounting(unit=unit)
+    z = calibrate_query_noise(build_plan(name, params, GENERATED_SCHEMA).planned_steps, budget, spec)
+    errors, first_seconds = [], 0.0
+    for seed in range(repeats):
+        ledger = PrivacyRun.start(
+            LEDGER_DIR / f"{label}-{name}-{unit}-{seed}.jsonl",
+            run_id=f"bench-{label}-{name}-{unit}-{seed}",
+            config_sha256="0" * 64,
+            budget=budget,
+            signing_key=Ed25519PrivateKey.generate(),
+            spec=spec,
+        )
+        engine = QueryEngine(sum_step, ids, privacy=QueryPrivacy(ledger, z, np.random.default_rng(seed), unit=unit))
+        t0 = time.monotonic()
+        outcome = engine.run(build_plan(name, params, GENERATED_SCHEMA, noise_multiplier=z, unit=unit))
+        if seed == 0:
+            first_seconds = time.monotonic() - t0
+        ledger.close()
+        errors.append(metric(outcome.answer))
+    return z, errors, first_seconds
+
+
+def run_size(label: str, firms: list[FirmData], *, epsilon: float, delta: float, repeats: int) -> list[dict[str, Any]]:
     ids = [f.firm_id for f in firms]
     aggregation = resolve_aggregation(AggregationSpec(), len(firms))
+    budget = Budget(epsilon, delta)
     rows = []
-    for name, params, output, truth in queries(firms):
-        plan = build_plan(name, params, GENERATED_SCHEMA)
+    for query in queries(firms):
+        name, params, measure, metric = query
         t0 = time.monotonic()
-        plain = QueryEngine(plain_sum_step(firms), ids).run(plan)
+        plain = QueryEngine(plain_sum_step(firms), ids).run(build_plan(name, params, GENERATED_SCHEMA))
         plain_s = time.monotonic() - t0
         t0 = time.monotonic()
         secure = QueryEngine(SecAggSumStep(firms, aggregation), ids).run(build_plan(name, params, GENERATED_SCHEMA))
         secure_s = time.monotonic() - t0
-        budget = Budget(epsilon, delta)
-        z = calibrate_query_noise(plan.planned_steps, budget)
-        dp_errors, dp_seconds = [], []
-        for seed in range(repeats):
-            ledger = PrivacyRun.start(
-                _ledger_path(num_firms, name, seed),
-                run_id=f"bench-{num_firms}-{name}-{seed}",
-                config_sha256="0" * 64,
+        draws = {
+            unit: _dp_draws(
+                ids,
+                CachedSum(SecAggSumStep(firms, aggregation)),
+                query,
+                unit=unit,
                 budget=budget,
-                signing_key=Ed25519PrivateKey.generate(),
-                spec=query_accounting(),
+                repeats=repeats,
+                label=label,
             )
-            engine = QueryEngine(
-                SecAggSumStep(firms, aggregation), ids, privacy=QueryPrivacy(ledger, z, np.random.default_rng(seed))
-            )
-            t0 = time.monotonic()
-            outcome = engine.run(build_plan(name, params, GENERATED_SCHEMA))
-            dp_seconds.append(time.monotonic() - t0)
-            ledger.close()
-            dp_errors.append(_error(output(outcome.answer), truth))
+            for unit in ("record", "firm")
+        }
+        z, record_errors, record_s = draws["record"]
         row = {
-            "firms": num_firms,
+            "chain": label,
+            "firms": len(firms),
             "query": name,
+            "error_measure": measure,
             "steps": len(secure.steps),
             "plain_ms": round(1000 * plain_s, 1),
             "secagg_ms": round(1000 * secure_s, 1),
-            "secagg_dp_ms": round(1000 * statistics.median(dp_seconds), 1),
-            "error_secagg": _error(output(secure.answer), truth),
-            "error_plain": _error(output(plain.answer), truth),
+            "secagg_dp_ms": round(1000 * record_s, 1),
+            "error_secagg": metric(secure.answer),
+            "error_plain": metric(plain.answer),
             "noise_multiplier": z,
-            "error_dp_median": statistics.median(dp_errors),
+            "error_record_median": statistics.median(record_errors),
+            "error_firm_median": statistics.median(draws["firm"][1]),
         }
         rows.append(row)
         print(
             f"  {name:18s} plain {row['plain_ms']:8.1f} ms  secagg {row['secagg_ms']:8.1f} ms  "
-            f"err(secagg) {row['error_secagg']:.1e}  err(dp, eps {epsilon:g}) {row['error_dp_median']:.3g}",
+            f"dp {row['secagg_dp_ms']:8.1f} ms  err(secagg) {row['error_secagg']:.1e}  "
+            f"{measure}: record {row['error_record_median']:.3g}  firm {row['error_firm_median']:.3g}",
             flush=True,
         )
     return rows
 
 
-LEDGER_DIR = Path(tempfile.mkdtemp(prefix="bench-analytics-"))
-"""Each DP query writes its signed ledger here, as a run would (the cost is part of the latency)."""
-
-
-def _ledger_path(num_firms: int, name: str, seed: int) -> Path:
-    return LEDGER_DIR / f"{num_firms}-{name}-{seed}.jsonl"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="10 and 50 firms, one DP draw per query")
-    parser.add_argument("--firms", type=int, nargs="+", help="chain sizes (default 10 50 100 200)")
-    parser.add_argument("--epsilon", type=float, default=1.0, help="firm-level epsilon per query")
+    parser.add_argument("--quick", action="store_true", help="the default scenario and 50 built firms")
+    parser.add_argument("--firms", type=int, nargs="+", help="built chain sizes (default 10 50 100 200)")
+    parser.add_argument("--epsilon", type=float, default=1.0, help="epsilon per query")
     parser.add_argument("--delta", type=float, default=1e-5)
-    parser.add_argument("--repeats", type=int, default=None, help="DP draws per query (default 3, quick 1)")
+    parser.add_argument("--repeats", type=int, default=5, help="DP noise draws per query and unit (median)")
     args = parser.parse_args()
     quiet_accountant()
-    sizes = args.firms or ([10, 50] if args.quick else [10, 50, 100, 200])
-    repeats = args.repeats or (1 if args.quick else 3)
-    rows = []
+    sizes = args.firms or ([50] if args.quick else [10, 50, 100, 200])
+    started = time.monotonic()
+    firms = default_firms()
+    print(f"default scenario, {len(firms)} firms: data in {time.monotonic() - started:.1f} s", flush=True)
+    rows = run_size("default", firms, epsilon=args.epsilon, delta=args.delta, repeats=args.repeats)
     for n in sizes:
-        rows += run_size(n, epsilon=args.epsilon, delta=args.delta, repeats=repeats)
+        started = time.monotonic()
+        firms = chain_firms(n)
+        print(f"{n} built firms: data in {time.monotonic() - started:.1f} s", flush=True)
+        rows += run_size(f"built-{n}", firms, epsilon=args.epsilon, delta=args.delta, repeats=args.repeats)
     name = "analytics_quick" if args.quick else "analytics"
     json_path, md_path = write_results(
         name,
-        parameters={"firms": sizes, "epsilon_per_query": args.epsilon, "delta": args.delta, "dp_repeats": repeats},
+        parameters={
+            "chains": ["default", *[f"built-{n}" for n in sizes]],
+            "epsilon_per_query": args.epsilon,
+            "delta": args.delta,
+            "dp_repeats": args.repeats,
+        },
         rows=rows,
         columns=[
+            "chain",
             "firms",
             "query",
+            "error_measure",
             "steps",
             "plain_ms",
             "secagg_ms",
             "secagg_dp_ms",
             "error_secagg",
             "noise_multiplier",
-            "error_dp_median",
+            "error_record_median",
+            "error_firm_median",
         ],
         notes=(
             "Latency: one query, firms computed one after another in one process, SecAgg+ in memory with a "
-            "fresh key session per query. Error: relative L2 error of the main output (count, mean, variance, "
-            "bin counts, quartiles, regression or AR coefficients) against numpy on the pooled tables; under DP "
-            "the noise is firm-level (a firm's whole table is the unit), calibrated so each query alone spends "
-            "(epsilon, delta). max_rows = the largest firm's row count."
+            "fresh key session per query; secagg_dp_ms is one record-level DP query (noise and signed ledger "
+            "included). Errors: median over the noise draws of the measure named per row, against numpy on the "
+            "pooled tables, each query alone spending (epsilon, delta); record = the default unit (one row, or "
+            "for AR one observation replaced), firm = a firm's whole table. Targets (issue 18): relative <= 0.01 "
+            "for count/sum/mean, <= 0.05 for variance, total variation <= 0.05, quantile measure <= 1, "
+            "relative L2 <= 0.10 for the regressions. max_rows = the largest firm's row count."
         ),
     )
     print(f"results: {json_path} and {md_path}")

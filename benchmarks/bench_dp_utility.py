@@ -122,9 +122,15 @@ class Config:
         return [replace(self, draw=draw, noise_seed=draw if seeded else None) for draw in range(self.draws)]
 
     def overrides(self) -> list[str]:
+        # This benchmark measures the MLP family (DP-SGD / DP-FedAvg); bench_joining_pays measures the default.
         if self.unit is None:
-            return ["privacy.enabled=false"]
-        out = ["privacy.enabled=true", f"privacy.unit={self.unit}", f"privacy.epsilon={self.epsilon}"]
+            return ["privacy.enabled=false", "training.model=mlp"]
+        out = [
+            "training.model=mlp",
+            "privacy.enabled=true",
+            f"privacy.unit={self.unit}",
+            f"privacy.epsilon={self.epsilon}",
+        ]
         out.append(f"privacy.delta={DELTA}")
         if self.mechanism:
             out.append(f"privacy.mechanism={self.mechanism}")

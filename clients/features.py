@@ -29,6 +29,9 @@ def risk_input_dim(spec: FederationSpec) -> int:
     return len(spec.data.risk_features)
 
 
+WINDOW_FIELDS = ("features", "targets", "scale", "naive", "origin", "seasonal_known")
+
+
 @dataclass(frozen=True)
 class DemandWindows:
     """Examples of one split: inputs, scaled targets, per-example scale and seasonal-naive forecasts."""
@@ -38,6 +41,7 @@ class DemandWindows:
     scale: np.ndarray  # (n,) float32: training mean of the example's series
     naive: np.ndarray  # (n, horizon) float32, in units
     origin: np.ndarray  # (n,) datetime64[D]: last observed period
+    seasonal_known: np.ndarray  # (n, horizon) bool: `naive` is the value a year (52 periods) earlier
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -49,12 +53,7 @@ class DemandWindows:
 
     @classmethod
     def concat(cls, parts: list[DemandWindows]) -> DemandWindows:
-        return cls(
-            *(
-                np.concatenate([getattr(p, f) for p in parts])
-                for f in ("features", "targets", "scale", "naive", "origin")
-            )
-        )
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in WINDOW_FIELDS))
 
 
 def calendar_features(dates: pd.Series | pd.DatetimeIndex) -> np.ndarray:
@@ -102,7 +101,8 @@ def _series_windows(
     features = np.concatenate([lag_block, future, np.broadcast_to(static, (n_windows, static.size))], axis=1)
 
     seasonal_index = target_index - 52
-    naive = np.where(seasonal_index >= 0, y[np.maximum(seasonal_index, 0)], y[origin_index][:, None])
+    known = seasonal_index >= 0
+    naive = np.where(known, y[np.maximum(seasonal_index, 0)], y[origin_index][:, None])
 
     first_target = dates[target_index[:, 0]]
     last_target = dates[target_index[:, -1]]
@@ -112,12 +112,13 @@ def _series_windows(
         np.full(n_windows, scale, dtype=np.float32),
         naive.astype(np.float32),
         dates[origin_index],
+        known,
     )
     return _take(windows, last_target < test_start), _take(windows, first_target >= test_start)
 
 
 def _take(windows: DemandWindows, mask: np.ndarray) -> DemandWindows:
-    return DemandWindows(*(getattr(windows, f)[mask] for f in ("features", "targets", "scale", "naive", "origin")))
+    return DemandWindows(*(getattr(windows, f)[mask] for f in WINDOW_FIELDS))
 
 
 def _empty_windows(spec: FederationSpec) -> DemandWindows:
@@ -128,6 +129,7 @@ def _empty_windows(spec: FederationSpec) -> DemandWindows:
         np.zeros(0, np.float32),
         np.zeros((0, h), np.float32),
         np.zeros(0, "datetime64[D]"),
+        np.zeros((0, h), bool),
     )
 
 

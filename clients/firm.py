@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from functools import cached_property
 
@@ -37,6 +37,9 @@ from silobridge.efficiency_sums import (
 from silobridge.errors import ConfigError, ProtocolError
 from silobridge.messages import BaselineInstruction, FirmManifest, TrainInstruction
 from silobridge.stats import DemandErrorStats, Moments, RiskStats, StatGroups, slot_by_group
+
+Forecaster = Callable[[DemandWindows], np.ndarray]
+"""Forecasts in units of the given windows."""
 
 StatSlots = Mapping[str, StatGroups]
 """The server's statistics slots per model kind; None where the caller is the simulation harness (own group)."""
@@ -65,6 +68,26 @@ class Normaliser:
         low = np.array([ranges[name][0] for name in features], dtype=float)
         high = np.array([ranges[name][1] for name in features], dtype=float)
         return cls(mean=(low + high) / 2, std=(high - low) / 2, low=low, high=high)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Its wire form: mean and std, with the public range when it has one (firms must clip as scored)."""
+        arrays = {"mean": self.mean, "std": self.std}
+        if self.low is not None and self.high is not None:
+            arrays.update(low=self.low, high=self.high)
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], *, firm: str = "local") -> Normaliser:
+        """Back from `to_arrays`; a range comes whole (low and high) or not at all."""
+        if "mean" not in arrays or "std" not in arrays:
+            raise ProtocolError("the normaliser carries no mean or std", firm=firm)
+        if ("low" in arrays) != ("high" in arrays):
+            raise ProtocolError("the normaliser carries only one end of the features' range", firm=firm)
+
+        def vector(name: str) -> np.ndarray | None:
+            return np.asarray(arrays[name], dtype=float) if name in arrays else None
+
+        return cls(vector("mean"), vector("std"), vector("low"), vector("high"))  # type: ignore[arg-type]
 
     def apply(self, features: np.ndarray) -> np.ndarray:
         if self.low is not None and self.high is not None:
@@ -122,6 +145,7 @@ class FirmClient:
         self.public_weight = public_weight  # the FedAvg weight under DP, where record counts stay private
         self.budget_epsilon = budget_epsilon
         self.noise_seed = noise_seed  # the firm's own, never the coordinator's: None is fresh OS entropy
+        self._local_models: dict[str, torch.nn.Module] = {}  # local-only demand models by instruction (deterministic)
 
     @property
     def firm_id(self) -> str:
@@ -238,8 +262,9 @@ class FirmClient:
         load_arrays(model, arrays)
         return self._slotted(kind, self._stats(kind, model, norm), groups)
 
-    def efficiency_sums(self, model: torch.nn.Module) -> EfficiencySums:
-        """Totals of the inventory simulation on the held-out horizon when ordering from `model`'s forecasts.
+    def efficiency_sums(self, model: torch.nn.Module | Forecaster) -> EfficiencySums:
+        """Totals of the inventory simulation on the held-out horizon when ordering from `model`'s forecasts
+        (a torch model, or any forecaster of windows in units: what the firm deploys).
 
         Per series: the safety stock comes from the model's errors on the series' most recent training
         windows (over the periods one order covers); the orders from its forecasts on the test windows.
@@ -252,13 +277,20 @@ class FirmClient:
                 f"forecast only {self.spec.horizon}",
                 field="efficiency.lead_time",
             )
+        if isinstance(model, torch.nn.Module):
+            torch_model = model
+
+            def forecaster(windows: DemandWindows) -> np.ndarray:
+                return forecast_units(torch_model, windows, self.device)
+        else:
+            forecaster = model
         total = EfficiencySums()
         for train, test in self.demand_series:
             if len(test) == 0:
                 continue
-            past = forecast_units(model, train, self.device)[-policy.error_windows :, :cover]
+            past = forecaster(train)[-policy.error_windows :, :cover]
             sigma = forecast_error_std(past, train.actual[-policy.error_windows :, :cover])
-            forecast = forecast_units(model, test, self.device)
+            forecast = forecaster(test)
             if not (np.all(np.isfinite(forecast)) and np.isfinite(sigma)):
                 raise ProtocolError("the demand model sent gives non-finite forecasts", firm=self.firm_id)
             horizon = SeriesHorizon(demand=test.actual[:, 0], forecasts=forecast, sigma=sigma, firm=self.firm_id)
@@ -492,6 +524,9 @@ class FirmClient:
         """The local-only demand model: this firm's training windows alone, early stopping (deterministic)."""
         if self.demand_split is None:
             raise ProtocolError("asked for a local demand model but the firm holds no demand data", firm=self.firm_id)
+        key = instruction.model_dump_json()
+        if key in self._local_models:
+            return self._local_models[key]
         train = self.demand_split[0]
         model = build_model("demand", self.spec, seed=self._seed(instruction.seed))
         fit_early_stopping(
@@ -503,6 +538,7 @@ class FirmClient:
             device=self.device,
             patience=instruction.patience,
         )
+        self._local_models[key] = model
         return model
 
     def efficiency_release(

@@ -17,6 +17,7 @@ import dp_accounting as dpa
 from dp_accounting import NeighboringRelation
 
 from privacy.dp import AccountantKind, AccountingSpec, PrivacyUnit, dpsgd_event, epsilon, poisson_steps_per_epoch
+from privacy.odometer import Odometer
 from silobridge.config import PrivacySpec
 from silobridge.errors import ConfigError, ProtocolError
 
@@ -76,3 +77,25 @@ def check_round(
                 firm=firm,
                 stage=stage,
             )
+
+
+def charge_lifetime(
+    odometer: Odometer, privacy: PrivacySpec, kinds: list[str], *, run_id: str, release_id: str, firm: str
+) -> None:
+    """Charge one training round to the firm's lifetime odometer before it releases anything.
+
+    Refuses (BudgetExhausted, charging nothing) a round that would take one of `kinds` past the
+    lifetime budget, whichever run asks. The odometer counts record-level DP-SGD, which the firm can
+    account itself; a firm-level run's spend depends on what only the coordinator knows, so a node that
+    keeps an odometer does not take part in one.
+    """
+    if not privacy.enabled or not kinds:
+        return
+    if privacy.unit != "record":
+        raise ProtocolError(
+            "refused: this node keeps a lifetime privacy odometer, which can count record-level DP-SGD only; "
+            "it cannot account a firm-level run's spend itself",
+            firm=firm,
+            stage=release_id,
+        )
+    odometer.charge(sorted(kinds), round_event(privacy), run_id=run_id, release_id=release_id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 import warnings
@@ -20,21 +21,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dp_accounting as dpa
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from clients.analytics import answer_step
 from clients.data import FirmData
 from federation.firm_source import pilot_folders, validate_pilot
+from federation.ledger_signer import ledger_signer
 from federation.privacy_report import LEDGER_FILE
 from federation.progress import LogObserver
 from federation.records import ANALYTICS
-from federation.rundir import CONFIG_FILE, RunDirectory
+from federation.rundir import CONFIG_FILE, RunDirectory, live_runs
 from federation.runner import Federation, RunObserver
 from federation.settings import NODES, QUERIES_KEY, RunSettings, quiet_accountant, settings_from_run_config
-from privacy.dp import Budget
+from privacy.dp import Budget, epsilon
 from privacy.ledger import PrivacyRun, config_hash, public_key_hex
 from privacy.secagg.layout import CLIPPED
 from privacy.secagg.simulate import InMemoryFederation
@@ -50,10 +52,11 @@ from server.analytics.engine import (
     calibrate_query_noise,
     query_accounting,
 )
+from server.analytics.kmeans import KMeansPlan
 from server.layouts import query_layout
-from silobridge.analytics import QUERY_SEGMENT, QueryPlan, QueryStep
+from silobridge.analytics import QUERY_SEGMENT, UNITS, QueryPlan, QueryStep, Unit
 from silobridge.config import AggregationSpec
-from silobridge.errors import ConfigError, FederationError, SiloBridgeError
+from silobridge.errors import BudgetExhausted, ConfigError, FederationError, SiloBridgeError
 
 QUERIES_FILE = "queries.json"
 
@@ -121,12 +124,14 @@ class QueryRequest:
 
 @dataclass(frozen=True)
 class QueryBudget:
-    """DP for a run of queries: the run's (epsilon, delta), the accountant, and optionally a fixed noise."""
+    """DP for a run of queries: the run's (epsilon, delta), the accountant, optionally a fixed noise, and
+    the unit of privacy (`record`, the default, or `firm`)."""
 
     epsilon: float
     delta: float
     accountant: str = "rdp"
     noise_multiplier: float | None = None
+    unit: Unit = "record"
 
 
 @dataclass(frozen=True)
@@ -185,6 +190,7 @@ class QueryJob:
                     noise_multiplier=None
                     if privacy.get("noise_multiplier") is None
                     else float(privacy["noise_multiplier"]),
+                    unit=str(privacy.get("unit", "record")),  # type: ignore[arg-type]  # checked below
                 )
             except (TypeError, KeyError, ValueError) as err:
                 raise ConfigError(
@@ -192,10 +198,11 @@ class QueryJob:
                     source="run config",
                     field=f"{QUERIES_KEY}.privacy",
                 ) from None
+            check_budget(budget, source="run config")
         return cls(tuple(requests), budget)
 
 
-def check_query_privacy(settings: RunSettings, budget: QueryBudget | None) -> None:
+def check_query_privacy(settings: RunSettings, budget: QueryBudget | None, queries: Sequence[str] = ()) -> None:
     """Exact answers (no DP) from a real federation only where its federation file turns DP off.
 
     The partners agreed to that file; the coordinator alone may not drop the noise on their data, so a
@@ -213,8 +220,8 @@ def check_query_privacy(settings: RunSettings, budget: QueryBudget | None) -> No
             source=str(settings.scenario_path),
             field="privacy.enabled",
         )
-    if budget is not None and budget.accountant not in ("rdp", "pld"):
-        raise ConfigError(f"unknown accountant '{budget.accountant}' (rdp or pld)", field="accountant")
+    if budget is not None:
+        check_budget(budget, queries=queries)
 
 
 @dataclass(frozen=True)
@@ -243,15 +250,26 @@ def with_scenario_defaults(settings: RunSettings, requests: Sequence[QueryReques
 
 
 def plan_queries(
-    settings: RunSettings, requests: Sequence[QueryRequest], *, noise_multiplier: float = 0.0
+    settings: RunSettings, requests: Sequence[QueryRequest], *, noise_multiplier: float = 0.0, unit: Unit = "record"
 ) -> list[QueryPlan]:
     """Every query's parameters checked against the federation's schema before anything starts.
 
-    `noise_multiplier` is the one the engine will use: plans with DP thresholds scale them with it.
+    `noise_multiplier` and `unit` are the engine's: plans with DP thresholds scale them with both.
     """
     if not requests:
         raise ConfigError("give at least one query", field="query")
-    return [build_plan(r.name, r.params, settings.spec.data, noise_multiplier=noise_multiplier) for r in requests]
+    plans = [
+        build_plan(r.name, r.params, settings.spec.data, noise_multiplier=noise_multiplier, unit=unit) for r in requests
+    ]
+    firms = len(settings.scenario.firms)
+    for plan in plans:
+        if isinstance(plan, KMeansPlan) and plan.params.k > firms * plan.params.points_per_firm:
+            raise ConfigError(
+                f"query 'kmeans': k = {plan.params.k} is more than the at most {firms * plan.params.points_per_firm} "
+                f"points the {firms} firms can contribute ({plan.params.points_per_firm} each)",
+                field="params.k",
+            )
+    return plans
 
 
 def noised_plans(
@@ -262,12 +280,43 @@ def noised_plans(
     A plan's `planned_steps` depends on its parameters only, so planning again with the noise cannot
     change what was calibrated; it is checked all the same.
     """
-    drafts = plan_queries(settings, requests)
+    check_budget(budget, queries=[r.name for r in requests])
+    drafts = plan_queries(settings, requests, unit=budget.unit)
     noise = _noise(drafts, budget)
-    plans = plan_queries(settings, requests, noise_multiplier=noise)
+    plans = plan_queries(settings, requests, noise_multiplier=noise, unit=budget.unit)
     if [p.planned_steps for p in plans] != [d.planned_steps for d in drafts]:
         raise FederationError("a query's planned steps changed with the noise multiplier; the calibration is void")
+    preview_session(plans, noise, budget)
     return plans, noise
+
+
+def preview_session(plans: Sequence[QueryPlan], noise_multiplier: float, budget: QueryBudget) -> dict[str, Any]:
+    """What the whole session will spend if every query makes all its planned releases; refused if over budget.
+
+    Every step is a Gaussian release at `noise_multiplier` (its sensitivity cancels), so the session is
+    their composition: under record level each firm's account (every firm is in every step at most),
+    under firm level the run's. Checked before any firm is contacted and before anything is written.
+    """
+    releases = sum(plan.planned_steps for plan in plans)
+    spec = query_accounting(budget.accountant, budget.unit)
+    event = dpa.SelfComposedDpEvent(dpa.GaussianDpEvent(noise_multiplier), releases)
+    spent = epsilon([event], budget.delta, spec)
+    preview = {
+        "queries": [{"query": plan.name, "planned_releases": plan.planned_steps} for plan in plans],
+        "releases": releases,
+        "noise_multiplier": noise_multiplier,
+        "epsilon": spent,
+        "delta": budget.delta,
+        "unit": budget.unit,
+    }
+    if spent > budget.epsilon:
+        listed = ", ".join(f"'{plan.name}' ({plan.planned_steps})" for plan in plans)
+        raise BudgetExhausted(
+            f"the session's {releases} planned release(s) [{listed}] at noise multiplier {noise_multiplier:g} "
+            f"would spend epsilon {spent:.6g} at delta {budget.delta:g}, over the budget of {budget.epsilon:g}: "
+            "refused before any firm was contacted"
+        )
+    return preview
 
 
 def _noise(plans: Sequence[QueryPlan], budget: QueryBudget) -> float:
@@ -275,7 +324,30 @@ def _noise(plans: Sequence[QueryPlan], budget: QueryBudget) -> float:
     if budget.noise_multiplier is not None:
         return budget.noise_multiplier
     releases = sum(plan.planned_steps for plan in plans)
-    return calibrate_query_noise(releases, Budget(budget.epsilon, budget.delta), query_accounting(budget.accountant))
+    return calibrate_query_noise(
+        releases, Budget(budget.epsilon, budget.delta), query_accounting(budget.accountant, budget.unit)
+    )
+
+
+def check_budget(budget: QueryBudget, *, source: str = "command line", queries: Sequence[str] = ()) -> None:
+    """A query budget that cannot be met or means nothing is refused before anything starts or is written."""
+    if queries:
+        source = f"{source}, {'query' if len(queries) == 1 else 'queries'} {', '.join(repr(q) for q in queries)}"
+    if not (math.isfinite(budget.epsilon) and budget.epsilon > 0):
+        raise ConfigError(f"epsilon must be a positive number, got {budget.epsilon:g}", source=source, field="epsilon")
+    if not (math.isfinite(budget.delta) and 0 < budget.delta < 1):
+        raise ConfigError(f"delta must lie in (0, 1), got {budget.delta:g}", source=source, field="delta")
+    if budget.accountant not in ("rdp", "pld"):
+        raise ConfigError(f"unknown accountant '{budget.accountant}' (rdp or pld)", source=source, field="accountant")
+    z = budget.noise_multiplier
+    if z is not None and not (math.isfinite(z) and z > 0):
+        raise ConfigError(
+            f"the noise multiplier must be a positive number, got {z:g} (for exact answers use --no-dp)",
+            source=source,
+            field="noise_multiplier",
+        )
+    if budget.unit not in UNITS:
+        raise ConfigError(f"unit must be one of {', '.join(UNITS)}, got '{budget.unit}'", source=source, field="unit")
 
 
 def _federation_sum_step(federation: Federation) -> SumStep:
@@ -309,13 +381,13 @@ def serve_queries(
 ) -> QueryRunResult:
     """The coordinator's side: connect, open the ledger (under DP), run every query, write the run directory."""
     started = time.monotonic()
-    check_query_privacy(settings, budget)
+    check_query_privacy(settings, budget, [r.name for r in requests])
     pilot_folders(settings)  # a pilot's folder holds exactly the declared firms
     requests = with_scenario_defaults(settings, requests)
     plans, noise = (
         (plan_queries(settings, requests), None) if budget is None else noised_plans(settings, requests, budget)
     )
-    with RunDirectory(settings.out_dir, settings.run_id) as rundir:
+    with RunDirectory(settings.out_dir, settings.run_id) as rundir, live_runs.hold(rundir):
         config = {
             "run_config": settings.to_run_config(),
             "queries": [{"query": r.name, "params": dict(r.params)} for r in requests],
@@ -327,7 +399,7 @@ def serve_queries(
         firms = sorted(m.firm_id for m in manifests.values())
         privacy, ledger, public_key = None, None, None
         if budget is not None and noise is not None:
-            key = Ed25519PrivateKey.generate()
+            key, key_kind = ledger_signer(settings)  # the federation's long-term key, or one made for this run
             public_key = public_key_hex(key.public_key())
             rundir.keep_on_failure = True  # privacy may be spent from here on: the ledger must survive
             ledger = PrivacyRun.start(
@@ -336,14 +408,16 @@ def serve_queries(
                 config_sha256=config_hash(config),
                 budget=Budget(budget.epsilon, budget.delta),
                 signing_key=key,
-                spec=query_accounting(budget.accountant),
+                key_kind=key_kind,
+                spec=query_accounting(budget.accountant, budget.unit),
                 firm_budgets={
                     m.firm_id: Budget(m.budget_epsilon, budget.delta)
                     for m in manifests.values()
                     if m.budget_epsilon is not None
                 },
             )
-            privacy = QueryPrivacy(ledger, noise)
+            live_runs.ledger_opened(rundir, ledger)  # Ctrl-C closes it with its end entry
+            privacy = QueryPrivacy(ledger, noise, unit=budget.unit)
         engine = QueryEngine(_federation_sum_step(federation), firms, privacy=privacy)
         outcomes: list[QueryOutcome] = []
         try:
@@ -361,6 +435,7 @@ def serve_queries(
             QUERIES_FILE,
             {
                 "queries": [o.to_dict() for o in outcomes],
+                "preview": None if budget is None or noise is None else preview_session(plans, noise, budget),
                 "noise_multiplier": noise,
                 "public_key": public_key,
                 "aggregation": federation.describe_aggregation(),
@@ -396,8 +471,10 @@ def run_queries(
             source="run config",
             field="data",
         )
-    check_query_privacy(settings, budget)
+    check_query_privacy(settings, budget, [r.name for r in requests])
     validate_pilot(settings)  # every firm's files, every problem reported, before anything starts
+    if budget is not None:
+        ledger_signer(settings)  # a missing or wrong ledger key, before anything starts
     requests = with_scenario_defaults(settings, requests)
     # parameter errors surface before anything starts; under DP, the budget is checked and calibrated too
     if budget is None:
@@ -423,9 +500,9 @@ def run_queries(
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     from flwr.simulation import run_simulation
 
-    from federation.simulation import _quiet_flower
+    from federation.simulation import _quiet_flower, stop_on_interrupt
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), stop_on_interrupt():
         warnings.simplefilter("ignore", FutureWarning)
         _quiet_flower()
         quiet_accountant()

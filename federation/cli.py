@@ -2,9 +2,10 @@
 
 Every SiloBridge error ends the command with its message (naming file, firm and field) and a
 non-zero exit code: 2 for bad configuration or data, 1 for a run that failed or overspent, 3 for a
-ledger that fails verification. Anything else is a bug: one line names the command and the error's
-class, and the traceback goes to a private temp file (never local variables: they may hold a firm's
-rows or keys).
+ledger that fails verification, 4 for an incomplete ledger (no end entry), 5 for a ledger checked
+only against a key found in its own run directory, 130 for a simulation stopped by Ctrl-C. Anything
+else is a bug: one line names the command and the error's class, and the traceback goes to a private
+temp file (never local variables: they may hold a firm's rows or keys).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from pydantic import ValidationError
 
     from federation.analytics import QueryJob
+    from federation.ledger_audit import LedgerAudit
 
 app = typer.Typer(
     add_completion=False,
@@ -48,6 +50,8 @@ PilotData = Annotated[
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_TAMPERED = 3
+EXIT_INCOMPLETE = 4  # a ledger without its end entry (privacy.ledger.verdict.Verdict)
+EXIT_SELF_SIGNED = 5  # a ledger checked only against a key found in its own run directory
 
 
 def _fail(err: SiloBridgeError) -> typer.Exit:
@@ -99,6 +103,26 @@ def simulate(
             max=MAX_NOISE_SEED,
         ),
     ] = None,
+    ledger_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--ledger-key",
+            help="Sign the privacy ledger with this long-term key (`silobridge keys --ledger`); default: a key made "
+            "for this run only, which an audit reports as such.",
+        ),
+    ] = None,
+    state: Annotated[
+        Path | None,
+        typer.Option(
+            "--state",
+            help="Give every simulated firm its own lifetime privacy odometer in STATE/<firm>: repeated simulations "
+            "of the same firms compose, and a firm refuses a round past its lifetime budget.",
+        ),
+    ] = None,
+    lifetime_epsilon: Annotated[
+        float | None,
+        typer.Option("--lifetime-epsilon", help="With --state: each firm's lifetime epsilon per data set.", min=0.0),
+    ] = None,
 ) -> None:
     """Simulate every firm of a scenario as a Flower client and compare federated, local-only, centralised and naive."""
     from federation.progress import LogObserver, RichObserver, log_to_stderr
@@ -121,6 +145,12 @@ def simulate(
         run_config["run-id"] = run_id
     if data is not None:
         run_config["data"] = str(data.resolve())
+    if ledger_key is not None:
+        run_config["ledger-key"] = str(ledger_key.resolve())
+    if state is not None:
+        run_config["state-dir"] = str(state.resolve())
+    if lifetime_epsilon is not None:
+        run_config["lifetime-epsilon"] = lifetime_epsilon
     try:
         settings = settings_from_run_config(run_config)
         run_config["run-id"] = settings.run_id
@@ -189,13 +219,13 @@ def query(
         typer.Argument(help="Scenario file (TOML), e.g. scenarios/default.toml; with --network, the federation file."),
     ],
     name: Annotated[
-        str,
+        str | None,
         typer.Argument(
             help="The query: count, sum, mean, variance, histogram, quantiles, linear_regression, autoregression, "
             "logistic_regression, kmeans, frequent_itemsets (items default to a generated scenario's catalogue), "
-            "anomaly_detection."
+            "anomaly_detection. Leave out with --plan."
         ),
-    ],
+    ] = None,
     param: Annotated[
         list[str] | None,
         typer.Option(
@@ -203,7 +233,24 @@ def query(
             help="A query parameter, key=value (JSON or text): --param column=units --param low=0 --param high=5000",
         ),
     ] = None,
-    epsilon: Annotated[float, typer.Option(help="Privacy budget of this run of the query (firm-level).")] = 1.0,
+    plan: Annotated[
+        Path | None,
+        typer.Option(
+            "--plan",
+            help="A TOML file of \\[\\[query]] entries (name, params): run them all as one session, one run, one "
+            "budget, one ledger; refused before any firm is contacted if its planned releases would overspend.",
+        ),
+    ] = None,
+    epsilon: Annotated[
+        float, typer.Option(help="Privacy budget of this run (the query, or every query of --plan together).")
+    ] = 1.0,
+    unit: Annotated[
+        str,
+        typer.Option(
+            help="Unit of privacy: 'record' (one row, basket, series or observation as each query states; "
+            "the default) or 'firm' (a firm's whole contribution: for federations of hundreds of firms)."
+        ),
+    ] = "record",
     delta: Annotated[float, typer.Option(help="Delta of the budget.")] = 1e-5,
     noise_multiplier: Annotated[
         float | None,
@@ -234,14 +281,19 @@ def query(
         ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer and its privacy cost as JSON.")] = False,
+    ledger_key: Annotated[
+        Path | None,
+        typer.Option("--ledger-key", help="Sign the ledger with the federation's long-term key (keys --ledger)."),
+    ] = None,
 ) -> None:
-    """Run one federated analytics query (simulated, on a pilot's files, or over the network); print answer and cost.
+    """Run federated analytics queries (simulated, on a pilot's files, or over the network); print answers and cost.
 
-    Each invocation is its own run with its own ledger and budget: queries run one after another
-    compose across runs, outside any one budget.
+    One query, or a session of several (--plan) under one budget. Each invocation is its own run with
+    its own ledger and budget: separate invocations compose across runs, outside any one budget.
     """
     from federation.analytics import QueryBudget, QueryJob, QueryRequest, run_queries
     from federation.progress import log_to_stderr
+    from federation.query_plan import load_plan
 
     try:
         if accountant not in ("rdp", "pld"):
@@ -254,8 +306,22 @@ def query(
                 source="command line",
                 field="--data",
             )
-        request = QueryRequest(name, _parse_query_params(param or []))
-        budget = None if no_dp else QueryBudget(epsilon, delta, accountant, noise_multiplier)
+        if (name is None) == (plan is None):
+            raise ConfigError(
+                "name one query, or give --plan FILE for a session of several (not both)",
+                source="command line",
+                field="--plan" if plan is not None else "query",
+            )
+        if plan is not None and param:
+            raise ConfigError(
+                "--param belongs to a single query: put each query's params in the plan file",
+                source="command line",
+                field="--param",
+            )
+        if unit not in ("record", "firm"):
+            raise ConfigError(f"unknown unit '{unit}' (record or firm)", source="command line", field="--unit")
+        requests = load_plan(plan) if plan is not None else [QueryRequest(name or "", _parse_query_params(param or []))]
+        budget = None if no_dp else QueryBudget(epsilon, delta, accountant, noise_multiplier, unit)  # type: ignore[arg-type]
         run_config: dict[str, object] = {
             "scenario": str(scenario.resolve()),
             "out-dir": str(out.resolve()),
@@ -266,29 +332,42 @@ def query(
             run_config["run-id"] = run_id
         if data is not None:
             run_config["data"] = str(data.resolve())
+        if ledger_key is not None:
+            run_config["ledger-key"] = str(ledger_key.resolve())
         if network:
-            job = QueryJob((request,), budget)
-            outcome, noise, path = _network_query(run_config, job)
+            job = QueryJob(tuple(requests), budget)
+            outcomes, noise, path = _network_query(run_config, job)
         else:
             log_to_stderr()
-            result = run_queries(run_config, [request], budget)
-            outcome, noise, path = result.outcomes[0].to_dict(), result.noise_multiplier, result.path
+            result = run_queries(run_config, requests, budget)
+            outcomes, noise, path = [o.to_dict() for o in result.outcomes], result.noise_multiplier, result.path
     except SiloBridgeError as err:
         raise _fail(err) from None
-    _print_query(outcome, noise, path, epsilon=epsilon, as_json=as_json)
+    if plan is None:
+        _print_query(outcomes[0], noise, path, epsilon=epsilon, as_json=as_json)
+    elif as_json:
+        out_console.print_json(
+            json.dumps({"queries": outcomes, "noise_multiplier": noise, "run_dir": str(path)}, default=str)
+        )
+    else:
+        for outcome in outcomes:
+            _print_query(outcome, noise, path, epsilon=epsilon, as_json=False)
 
 
-def _network_query(run_config: dict[str, object], job: QueryJob) -> tuple[dict, float | None, Path]:
+def _network_query(run_config: dict[str, object], job: QueryJob) -> tuple[list[dict], float | None, Path]:
     """`flwr run` of the queries on the federation's SuperLink; the answer read back from the run directory."""
     import subprocess
 
     from federation.analytics import QUERIES_FILE, check_query_privacy, noised_plans, plan_queries, query_settings
+    from federation.ledger_signer import ledger_signer
     from federation.network.deploy import process_env, run_command
     from federation.settings import APP_DIR, NODES, QUERIES_KEY
 
     run_config = {**run_config, "data": NODES}
     settings = query_settings(run_config)
-    check_query_privacy(settings, job.budget)
+    check_query_privacy(settings, job.budget, [r.name for r in job.requests])
+    if job.budget is not None:
+        ledger_signer(settings)  # a missing or wrong ledger key: refused before the partners are asked
     # parameter errors (and, under DP, the budget's calibration) surface before the partners are asked
     if job.budget is None:
         plan_queries(settings, job.requests)
@@ -301,7 +380,7 @@ def _network_query(run_config: dict[str, object], job: QueryJob) -> tuple[dict, 
     if not written.exists():  # `flwr run --stream` exits 0 even when the run failed
         raise FederationError(f"the query run wrote no {written} (flwr exit code {code}); see the log above")
     result = json.loads(written.read_text())
-    return result["queries"][0], result["noise_multiplier"], written.parent
+    return result["queries"], result["noise_multiplier"], written.parent
 
 
 def _print_query(outcome: dict, noise: float | None, path: Path, *, epsilon: float, as_json: bool) -> None:
@@ -323,7 +402,8 @@ def _print_query(outcome: dict, noise: float | None, path: Path, *, epsilon: flo
     else:
         cost.add_row("epsilon of this query", f"{privacy['epsilon']:.4f} at delta {privacy['delta']:g}")
         cost.add_row("epsilon of the run", f"{privacy['epsilon_total']:.4f} of {epsilon:g}")
-        cost.add_row("noise multiplier", f"{noise:.4f} (unit: firm)")
+        cost.add_row("noise multiplier", f"{noise:.4f} (unit: {privacy.get('unit', 'firm')})")
+        cost.add_row("neighbouring datasets", str(privacy.get("neighbours")))
         cost.add_row("across runs", "this budget bounds this run only: separate queries add up (see README)")
     cost.add_row("releases", str(len(outcome["steps"])))
     cost.add_row("clipped values", str(sum(s["clipped"] for s in outcome["steps"])))
@@ -363,38 +443,74 @@ def audit(
     target: Annotated[Path, typer.Argument(help="A run directory, or a privacy ledger file (privacy_ledger.jsonl).")],
     public_key: Annotated[
         str | None,
+        typer.Option(help="The coordinator's Ed25519 ledger public key (hex, any case) to verify the ledger against."),
+    ] = None,
+    config: Annotated[
+        Path | None,
         typer.Option(
-            help="The coordinator's Ed25519 public key (hex) as published for this run; checked against the ledger."
+            "--config", help="The federation file: verify against its [privacy] ledger_public_key (the usual way)."
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the audit report as JSON.")] = False,
 ) -> None:
-    """Verify a run's privacy ledger (chain, signatures, epsilon recomputed by the accountant) and report spend."""
-    from privacy.ledger import verify_ledger
+    """Verify a run's privacy ledger (chain, signatures, epsilon recomputed by the accountant) and report spend.
 
-    path = target / "privacy_ledger.jsonl" if target.is_dir() else target
+    Exit code: 0 verified under a trusted key; 1 over budget; 2 bad input; 3 failed (tampered, wrong key, or
+    the run's summary disagrees); 4 incomplete (no end entry: a crash prefix or a truncated ledger); 5 intact
+    but checked only against a key found in the run directory (give --config or --public-key).
+    """
+    from federation.ledger_audit import LEDGER_FILE, audit_ledger_file
+
+    path = target / LEDGER_FILE if target.is_dir() else target
     if not path.exists():
         raise _fail(ConfigError(f"no privacy ledger at {path} (a run without DP has none)", source=str(target)))
     try:
-        report = verify_ledger(path, public_key=public_key)
-    except LedgerTampered as err:
-        if as_json:
-            out_console.print_json(json.dumps({"verified": False, "error": str(err), "entry": err.entry}))
-        err_console.print(f"[bold red]ledger check failed:[/] {err}", highlight=False)
-        raise typer.Exit(EXIT_TAMPERED) from None
+        result = audit_ledger_file(
+            path, run_dir=target if target.is_dir() else None, public_key=public_key, federation=config
+        )
     except SiloBridgeError as err:
         raise _fail(err) from None
+    verdict, report = result.judgement.verdict, result.report
     if as_json:
-        out_console.print_json(json.dumps({"verified": True, **report.to_dict()}, default=str))
-        raise typer.Exit(0 if report.within_budget else EXIT_FAILED)
+        body = report.to_dict() if report is not None else {"error": result.error, "entry": result.entry}
+        out_console.print_json(
+            json.dumps(
+                {
+                    "verified": result.verified,
+                    "verdict": verdict.name.lower(),
+                    "verdict_text": result.judgement.text,
+                    "key_source": result.key_source,
+                    "problems": list(result.problems),
+                    **body,
+                },
+                default=str,
+            )
+        )
+        raise typer.Exit(verdict.exit_code)
+    if report is None:
+        err_console.print(f"[bold red]ledger check failed:[/] {result.error}", highlight=False)
+        raise typer.Exit(verdict.exit_code)
+    _print_audit(path, result)
+    style = "green" if verdict.exit_code == 0 else "bold red"
+    out_console.print(f"verdict: [{style}]{result.judgement.text}[/]", highlight=False)
+    raise typer.Exit(verdict.exit_code)
+
+
+def _print_audit(path: Path, result: LedgerAudit) -> None:
     from rich.table import Table
 
+    report = result.report
+    if report is None:  # a ledger that failed has only its error, printed by the caller
+        return
     summary = Table(title=f"Privacy ledger of run {report.run_id}", show_header=False)
     summary.add_row("ledger", str(path))
-    summary.add_row("entries", f"{report.entries} (chain and signatures verified)")
-    summary.add_row(
-        "signing key", f"{report.public_key} ({'trusted' if report.key_trusted else 'from the ledger header only'})"
+    summary.add_row("entries", f"{report.entries} (chain and signatures checked)")
+    trust = (
+        f"trusted: matches the key of {result.key_source}"
+        if report.key_trusted
+        else "NOT trusted: found in the run directory only"
     )
+    summary.add_row("signing key", f"{report.public_key} ({report.key_kind or 'kind not recorded'}; {trust})")
     summary.add_row(
         "accountant",
         f"{report.accountant.kind.value}, {report.accountant.relation.name}, unit {report.accountant.unit.value}",
@@ -402,7 +518,16 @@ def audit(
     summary.add_row("budget", f"epsilon {report.budget.epsilon:g} at delta {report.budget.delta:g}")
     summary.add_row("epsilon spent (recomputed)", f"{report.epsilon_overall:.4f}")
     summary.add_row("within budget", "yes" if report.within_budget else "NO")
-    summary.add_row("ended", report.end_reason if report.ended else "no end entry: the run was cut off")
+    summary.add_row(
+        "ended",
+        report.end_reason
+        if report.ended
+        else "NO end entry: torn by a crash mid-line"
+        if report.torn_tail
+        else "NO end entry: the run was cut off",
+    )
+    for problem in result.problems:
+        summary.add_row("disagreement", problem)
     for warning in report.warnings:
         summary.add_row("warning", warning)
     out_console.print(summary)
@@ -419,7 +544,7 @@ def audit(
         )
     out_console.print(firms)
     releases = Table(title="Per release")
-    for column in ("entry", "release", "mechanism", "firms", "epsilon after"):
+    for column in ("entry", "release", "mechanism", "firms", "excluded", "epsilon after"):
         releases.add_column(column)
     for release in report.releases:
         releases.add_row(
@@ -427,13 +552,12 @@ def audit(
             release.release_id,
             release.mechanism,
             str(len(release.firms)),
+            ", ".join(release.excluded_firms),
             f"{release.epsilon_overall:.4f}",
         )
     out_console.print(releases)
     for refusal in report.refusals:
         out_console.print(f"refused: {refusal}")
-    if not report.within_budget:
-        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()
@@ -442,25 +566,34 @@ def report(
     out: Annotated[
         Path | None, typer.Option("--out", help="Where to write the HTML file (default RUN_DIR/report.html).")
     ] = None,
+    public_key: Annotated[
+        str | None, typer.Option(help="The coordinator's ledger public key (hex) to audit the ledger against.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="The federation file whose [privacy] ledger_public_key to use.")
+    ] = None,
 ) -> None:
     """Write a self-contained HTML report of a run: training curves, privacy spent (ledger audited), efficiency, events.
 
-    Exit code as for audit: 0, or 3 when the ledger fails verification and 1 when it shows an overspend.
+    Exit code as for audit (3 failed, 1 over budget, 4 incomplete), except that a ledger checked only against
+    the key in its own run directory is reported as such in the page and exits 0.
     """
     from federation.report import write_report
 
     try:
-        path, run = write_report(run_dir, out)
+        if public_key is not None and config is not None:
+            raise ConfigError("give --public-key or --config, not both", source="command line", field="--public-key")
+        path, run = write_report(run_dir, out, public_key=public_key, federation=config)
     except SiloBridgeError as err:
         raise _fail(err) from None
+    code = 0
     if run.audit is not None:
-        style = "green" if run.audit.verified and run.audit.report.within_budget else "bold red"
-        out_console.print(f"privacy ledger: [{style}]{run.audit.verdict}[/]", highlight=False)
+        judgement = run.audit.judgement
+        code = 0 if judgement.verdict.exit_code == EXIT_SELF_SIGNED else judgement.verdict.exit_code
+        style = "green" if judgement.verdict.exit_code == 0 else "yellow" if code == 0 else "bold red"
+        out_console.print(f"privacy ledger: [{style}]{judgement.text}[/]", highlight=False)
     out_console.print(f"Report written to [bold]{path}[/]")
-    if run.audit is not None and not run.audit.verified:
-        raise typer.Exit(EXIT_TAMPERED)  # the report is written either way; the exit code carries the verdict
-    if run.audit is not None and not run.audit.report.within_budget:
-        raise typer.Exit(EXIT_FAILED)
+    raise typer.Exit(code)  # the report is written either way; the exit code carries the verdict
 
 
 CALIBRATE_OPTIONS = {
@@ -570,8 +703,29 @@ def keys(
         "firm.key"
     ),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing pair (key rotation).")] = False,
+    ledger: Annotated[
+        bool,
+        typer.Option(
+            "--ledger",
+            help="Coordinator: make the long-term Ed25519 key that signs every run's privacy ledger instead "
+            "(PEM private key, mode 0600; its public key goes into the federation file).",
+        ),
+    ] = False,
 ) -> None:
-    """Firm: make the SuperNode's authentication key pair (EC P-384, OpenSSH format)."""
+    """Firm: make the SuperNode's authentication key pair (EC P-384, OpenSSH format). Coordinator: --ledger."""
+    if ledger:
+        from privacy.ledger.keys import write_signing_key
+
+        try:
+            public_path, public_hex = write_signing_key(out, overwrite=overwrite)
+        except SiloBridgeError as err:
+            raise _fail(err) from None
+        out_console.print(f"Ledger private key (keep on the coordinator, mode 0600): [bold]{out}[/]")
+        out_console.print(f"Public key: {public_path}; put it in the federation file every partner holds:")
+        out_console.print(
+            f'[privacy]\nledger_public_key = "{public_hex}"', highlight=False, markup=False, soft_wrap=True
+        )
+        return
     from federation.network.keys import make_node_keys
 
     try:
@@ -753,20 +907,52 @@ def join(
             max=MAX_NOISE_SEED,
         ),
     ] = None,
+    state: Annotated[
+        Path | None,
+        typer.Option(
+            "--state",
+            help="This firm's lifetime privacy odometer (a folder it owns): what each data set spent across runs, "
+            "signed by the node; rounds past --lifetime-epsilon are refused, whichever run asks.",
+        ),
+    ] = None,
+    lifetime_epsilon: Annotated[
+        float | None,
+        typer.Option(
+            "--lifetime-epsilon",
+            help="Lifetime epsilon per data set (with --state; needed once, kept after).",
+            min=0.0,
+        ),
+    ] = None,
+    lifetime_delta: Annotated[
+        float, typer.Option("--lifetime-delta", help="The delta lifetime epsilon is stated at.")
+    ] = 1e-5,
 ) -> None:
     """Firm: validate its data again, then start a SuperNode that joins the federation's rounds."""
     import subprocess
 
     from federation.firm_source import validate_firm_folder
     from federation.network.deploy import argv_text, process_env, split_address, supernode_command
+    from federation.odometer_glue import NODE_LIFETIME_DELTA, NODE_LIFETIME_EPSILON, NODE_STATE_DIR
 
     try:
+        if lifetime_epsilon is not None and state is None:
+            raise ConfigError("a lifetime budget needs --state DIR", source="command line", field="--lifetime-epsilon")
         split_address(superlink)
         for path, option in ((ca, "--ca"), (key, "--key")):
             if not path.is_file():
                 raise ConfigError(f"{path} does not exist", source="command line", field=option)
         scenario, spec = _federation(config)
         firm = validate_firm_folder(data, scenario, spec, firm_id=firm_id)
+        extra: dict[str, str | float] = {}
+        if state is not None:
+            from privacy.dp import Budget
+            from privacy.odometer import Odometer
+
+            lifetime = Budget(lifetime_epsilon, lifetime_delta) if lifetime_epsilon else None
+            Odometer.open(state.resolve(), firm=firm.firm_id, lifetime=lifetime)  # verified (or made) before joining
+            extra = {NODE_STATE_DIR: str(state.resolve()), NODE_LIFETIME_DELTA: lifetime_delta}
+            if lifetime_epsilon:
+                extra[NODE_LIFETIME_EPSILON] = lifetime_epsilon
         command = supernode_command(
             superlink=superlink,
             ca_cert=ca,
@@ -777,7 +963,11 @@ def join(
             runtime_port=runtime_port,
             budget_epsilon=budget_epsilon,
             noise_seed=noise_seed,
+            extra_config=extra,
         )
+    except LedgerTampered as err:
+        err_console.print(f"[bold red]odometer check failed, not joining:[/] {err}", highlight=False)
+        raise typer.Exit(EXIT_TAMPERED) from None
     except SiloBridgeError as err:
         raise _fail(err) from None
     err_console.print(f"firm '{firm.firm_id}': data valid; joining {superlink}")
@@ -792,6 +982,67 @@ def join(
     raise typer.Exit(subprocess.call(command, env=process_env()))
 
 
+@app.command()
+def budget(
+    state: Annotated[
+        Path, typer.Argument(help="An odometer folder (join --state), or a simulation's --state holding one per firm.")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print it as JSON.")] = False,
+) -> None:
+    """Firm: what each data set has spent across runs (the node's lifetime odometer, verified first).
+
+    Exit code 3 if the odometer was altered (the node then refuses to take part), 2 if there is none.
+    """
+    from rich.table import Table
+
+    from privacy.odometer import LOG_FILE, Odometer
+
+    folders = [state] if (state / LOG_FILE).exists() else sorted(p.parent for p in state.glob(f"*/{LOG_FILE}"))
+    try:
+        if not folders:
+            raise ConfigError(f"no odometer here (no {LOG_FILE}, nor one per firm)", source=str(state))
+        odometers = [Odometer.open(folder, firm=None) for folder in folders]
+    except LedgerTampered as err:
+        err_console.print(f"[bold red]odometer check failed:[/] {err}", highlight=False)
+        raise typer.Exit(EXIT_TAMPERED) from None
+    except SiloBridgeError as err:
+        raise _fail(err) from None
+    rows = [
+        {
+            "firm": odo.firm,
+            "dataset": row.dataset,
+            "releases": row.releases,
+            "runs": list(row.runs),
+            "epsilon": row.epsilon,
+            "lifetime_epsilon": odo.lifetime.epsilon,
+            "delta": odo.lifetime.delta,
+            "remaining": max(0.0, odo.lifetime.epsilon - row.epsilon),
+        }
+        for odo in odometers
+        for row in odo.datasets()
+    ]
+    if as_json:
+        out_console.print_json(json.dumps({"verified": True, "datasets": rows}))
+        return
+    table = Table(title="Lifetime privacy spend (odometer verified: chain, signatures, head)")
+    for column in ("firm", "data set", "releases", "runs", "epsilon spent", "lifetime budget", "remaining"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["firm"],
+            row["dataset"],
+            str(row["releases"]),
+            str(len(row["runs"])),
+            f"{row['epsilon']:.4f}",
+            f"{row['lifetime_epsilon']:g} at delta {row['delta']:g}",
+            f"{row['remaining']:.4f}",
+        )
+    for odo in odometers:
+        if not odo.datasets():
+            table.add_row(odo.firm, "-", "0", "0", "0", f"{odo.lifetime.epsilon:g} at delta {odo.lifetime.delta:g}", "")
+    out_console.print(table)
+
+
 @app.command("run")
 def run_federation_command(
     config: Annotated[Path, typer.Argument(help="The federation file (firms, schema, training, privacy).")] = Path(
@@ -799,6 +1050,12 @@ def run_federation_command(
     ),
     out: Annotated[Path, typer.Option("--out", help="Folder that receives the run directory.")] = Path("runs"),
     run_id: Annotated[str | None, typer.Option(help="Name of the run directory.")] = None,
+    ledger_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--ledger-key", help="The long-term ledger key whose public key the federation file names (keys --ledger)."
+        ),
+    ] = None,
 ) -> None:
     """Coordinator: run the federation on the SuperLink (`flwr run`); same log, summary and ledger as a simulation.
 
@@ -816,9 +1073,14 @@ def run_federation_command(
         "out-dir": str(out.resolve()),
         "data": "nodes",
         "run-id": run_id or "",
+        "ledger-key": str(ledger_key.resolve()) if ledger_key is not None else "",
     }
     try:
+        from federation.ledger_signer import ledger_signer
+
         settings = settings_from_run_config(run_config)
+        if settings.spec.privacy.enabled:
+            ledger_signer(settings)  # a missing or wrong ledger key: refused before the partners are asked
     except SiloBridgeError as err:
         raise _fail(err) from None
     run_config["run-id"] = settings.run_id

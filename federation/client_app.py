@@ -36,6 +36,7 @@ from federation.records import (
     config_of,
     read_layout,
     read_spec,
+    record_arrays,
     secagg_run_id,
     weights_key,
 )
@@ -46,6 +47,7 @@ from silobridge.efficiency_sums import EfficiencyGroups
 from silobridge.errors import ProtocolError, SiloBridgeError, SimulatedDropout
 from silobridge.messages import BaselineInstruction, TrainInstruction
 from silobridge.stats import StatGroups
+from silobridge.sufficient import LINEAR_COEF, LINEAR_REQUEST, LINEAR_SEGMENT
 
 if TYPE_CHECKING:  # torch and Opacus load only for the stages that train or evaluate (see LIGHT_STAGES)
     from clients.firm import FirmClient, Normaliser
@@ -127,13 +129,13 @@ def _release(req: Request, segments: dict[str, np.ndarray], *, clipped: int | No
     return RecordDict({SECAGG: ConfigRecord(release.message), MASKED: arrays_record({"vector": release.vector})})
 
 
-def _normaliser(message: Message) -> Normaliser | None:
+def _normaliser(content: RecordDict, firm: str) -> Normaliser | None:
+    """The risk features' scaling as the coordinator scores with it: under DP with the public range."""
     from clients.firm import Normaliser
 
-    if NORMALISER not in message.content.array_records:
+    if NORMALISER not in content.array_records:
         return None
-    arrays = arrays_of(message, NORMALISER)
-    return Normaliser(np.asarray(arrays["mean"], dtype=float), np.asarray(arrays["std"], dtype=float))
+    return Normaliser.from_arrays(record_arrays(content.array_records[NORMALISER]), firm=firm)
 
 
 def _groups(req: Request) -> EfficiencyGroups:
@@ -161,7 +163,14 @@ def _weights(message: Message) -> dict[str, dict[str, np.ndarray]]:
 Handler = Callable[[Request], RecordDict]
 
 
+def _odometer_run_id(req: Request) -> str:
+    return req.settings.run_id if req.settings is not None else f"flower-run-{req.context.run_id}"
+
+
 def _manifest(req: Request) -> RecordDict:
+    from federation.odometer_glue import node_odometer
+
+    node_odometer(req.firm.firm_id, req.settings, req.context.node_config)  # a tampered odometer: refuse at once
     return RecordDict({REPLY: ConfigRecord(req.firm.manifest().to_config())})
 
 
@@ -175,7 +184,8 @@ def _baselines(req: Request) -> RecordDict:
 
 
 def _train(req: Request) -> RecordDict:
-    from clients.own_budget import check_round  # dp-accounting: only where a firm trains
+    from clients.own_budget import charge_lifetime, check_round  # dp-accounting: only where a firm trains
+    from federation.odometer_glue import node_odometer
 
     firm = req.firm
     instruction = TrainInstruction.from_config(config_of(req.message, INSTRUCTION), firm=firm.firm_id)
@@ -186,9 +196,18 @@ def _train(req: Request) -> RecordDict:
     trained = {kind: int(count) for kind, count in (stored or {}).items()}  # type: ignore[call-overload]
     stage = f"train round {instruction.round}"
     check_round(firm.spec.privacy, firm.budget_epsilon, trained, kinds, firm=firm.firm_id, stage=stage)
+    # Across runs: the firm's lifetime odometer, charged before anything is released.
+    odometer = node_odometer(firm.firm_id, req.settings, req.context.node_config)
+    if odometer is not None:
+        release = f"round-{instruction.round}"
+        charge_lifetime(
+            odometer, firm.spec.privacy, kinds, run_id=_odometer_run_id(req), release_id=release, firm=firm.firm_id
+        )
     # Without DP the round carries test statistics of the received models: in the slots the server assigned.
     groups = None if firm.spec.privacy.enabled else _stat_groups(req)
-    reply = _release(req, firm.train_round(weights, instruction, _normaliser(req.message), groups))
+    reply = _release(
+        req, firm.train_round(weights, instruction, _normaliser(req.message.content, req.firm.firm_id), groups)
+    )
     # Counted once the release has left (a firm that vanished before masking released nothing).
     req.context.state.config_records[OWN_SPEND] = ConfigRecord(
         {kind: trained.get(kind, 0) + (kind in kinds) for kind in sorted({*trained, *kinds})}
@@ -197,17 +216,28 @@ def _train(req: Request) -> RecordDict:
 
 
 def _evaluate(req: Request) -> RecordDict:
-    weights, norm = _weights(req.message), _normaliser(req.message)
+    weights, norm = _weights(req.message), _normaliser(req.message.content, req.firm.firm_id)
     return _release(req, req.firm.evaluate_all(weights, norm, _groups(req), _stat_groups(req)))
 
 
 def _analytics(req: Request) -> RecordDict:
-    """One step of an analytics query: the firm's half on its own tables, clipped, into the secure sum."""
+    """One step of an analytics query: the firm's half on its own tables, clipped, into the secure sum.
+
+    Under record-level DP the firm counts its own spend over the run's query steps and refuses past its budget."""
     from clients.analytics import answer_step
+    from clients.analytics.own_spend import OWN_QUERY_SPEND, check_step  # dp-accounting: only for its own spend
 
     step = QueryStep.from_config(config_of(req.message, ANALYTICS), firm=req.firm.firm_id)
+    stored = req.context.state.config_records.get(OWN_QUERY_SPEND)
+    answered = [float(z) for z in (stored or {}).get("multipliers", [])]  # type: ignore[union-attr]
+    check_step(step, req.firm.budget_epsilon, answered, firm=req.firm.firm_id)
     answer = answer_step(step, req.firm.data)
-    return _release(req, {QUERY_SEGMENT: answer.vector}, clipped=answer.clipped)
+    reply = _release(req, {QUERY_SEGMENT: answer.vector}, clipped=answer.clipped)
+    if step.noise_multiplier is not None:  # counted once the release has left
+        req.context.state.config_records[OWN_QUERY_SPEND] = ConfigRecord(
+            {"multipliers": [*answered, step.noise_multiplier]}
+        )
+    return reply
 
 
 def _efficiency(req: Request) -> RecordDict:
@@ -216,6 +246,25 @@ def _efficiency(req: Request) -> RecordDict:
     if "demand" not in weights:
         raise ProtocolError("the efficiency release needs the federated demand model", firm=req.firm.firm_id)
     return _release(req, req.firm.efficiency_release(weights["demand"], instruction, _groups(req)))
+
+
+def _linear(req: Request) -> RecordDict:
+    """The firm's clipped sufficient statistics of one linear-family model, into the secure sum."""
+    from clients.deploy import demand_statistics, risk_statistics
+
+    firm = req.firm
+    model = config_of(req.message, LINEAR_REQUEST).get("model")
+    if model == "demand":
+        return _release(req, {LINEAR_SEGMENT: demand_statistics(firm)})
+    if model != "risk":
+        raise ProtocolError(
+            f"a linear-family request names model {model!r}, expected 'demand' or 'risk'", firm=firm.firm_id
+        )
+    norm = _normaliser(req.message.content, firm.firm_id)
+    if norm is None:
+        raise ProtocolError("the risk Newton step carries no normaliser", firm=firm.firm_id)
+    coef = np.asarray(arrays_of(req.message, LINEAR_COEF)["coef"], dtype=float)
+    return _release(req, {LINEAR_SEGMENT: risk_statistics(firm, norm, coef)})
 
 
 def _secagg_stage(stage: str) -> Handler:
@@ -255,6 +304,7 @@ def build_client_app(run_config: Mapping[str, Any] | None = None) -> ClientApp:
     register(app.train("baselines"), _baselines)
     register(app.train(), _train)
     register(app.evaluate(), _evaluate)
+    register(app.train("linear"), _linear)
     register(app.query("analytics"), _analytics)
     register(app.evaluate("efficiency"), _efficiency)
     register(app.query("secagg_advertise"), _secagg_stage("advertise"))

@@ -56,6 +56,11 @@ def efficiency_summary(settings: RunSettings, outcome: FederationOutcome) -> dic
         "horizon": simulated_periods(settings),
         "policy": {name: getattr(policy, name) for name in POLICY_FIELDS},
         "dp": outcome.efficiency_dp,
+        "after_model": (
+            "what each firm deploys (its own choice), measured by the simulation harness"
+            if outcome.deployed is not None and outcome.efficiency_dp is None
+            else "the federated model"
+        ),
         "chain": table["chain"],
         "tiers": table["tiers"],
         **account,
@@ -84,7 +89,7 @@ def _dp_text(dp: dict[str, Any] | None, private: bool) -> str:
             "`efficiency.dp = true` to have the firms release them with DP instead)."
         )
     if dp is None:
-        return "Exact sums of the firms' totals (secure aggregation, no noise)."
+        return "Exact sums of the firms' totals (secure aggregation, no noise; the deployed 'after' is the harness's)."
     return (
         f"Released with DP: Gaussian noise (multiplier {dp['noise_multiplier']:g}), epsilon {dp['epsilon']:.4g} "
         f"at delta {dp['delta']:g}, charged to the run's budget."
@@ -112,7 +117,8 @@ def efficiency_markdown(section: dict[str, Any] | None, *, private: bool = False
         f"{policy['review_period']} period(s), lead time {policy['lead_time']}, service level "
         f"{policy['service_level']:g}; costs: holding {policy['holding_cost']:g}, "
         f"shortage {policy['shortage_cost']:g}, order {policy['order_cost']:g}. "
-        "Before: local-only demand models; after: the federated one. " + _dp_text(section["dp"], private),
+        f"Before: local-only demand models; after: {section.get('after_model', 'the federated one')}. "
+        + _dp_text(section["dp"], private),
         "",
         "| group | E0 | E1 | O0 | O1 | I0 | I1 | TFP0 | TFP1 | K_E | K_O | K_I | K_TFP |",
         "| --- " * 13 + "|",

@@ -11,11 +11,13 @@ adds the centralised baseline only.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from clients.features import DemandWindows, RiskExamples
 from clients.firm import FirmClient, Normaliser
 from clients.models import build_model, state_to_arrays
 from clients.training import TrainSettings, fit, resolve_device
+from federation.deployment import DeployedOutcome, centralised_linear, deploy_all
 from federation.firm_source import simulated_firm
 from federation.settings import RunSettings
 from silobridge.efficiency_sums import EFFICIENCY_AFTER, EfficiencyGroups
@@ -29,11 +31,16 @@ class SimulationHarness:
     """Every firm of the scenario, held by the coordinator's process for measurement."""
 
     def __init__(self, settings: RunSettings):
+        # One torch thread, as each simulated firm has: on a shared machine, threads that wait on each other
+        # slowed the harness's local fits by more than ten times.
+        if torch.get_num_threads() != 1:
+            torch.set_num_threads(1)
         self.settings = settings
         spec = settings.spec
         self.firms: list[FirmClient] = [
             simulated_firm(settings, spec, i, run_id=HARNESS_RUN_ID) for i in range(len(settings.scenario.firms))
         ]
+        self._baselines: dict[tuple, dict[str, dict[str, np.ndarray]]] = {}
 
     def evaluate(self, weights: dict[str, dict[str, np.ndarray]], norm: Normaliser) -> dict[str, np.ndarray]:
         """Group-slotted test statistics of the given models, summed over the firms that hold the data."""
@@ -53,13 +60,36 @@ class SimulationHarness:
         vectors = [v for v in (f.efficiency(weights["demand"], groups) for f in holders) if v is not None]
         return {EFFICIENCY_AFTER: np.sum(vectors, axis=0)} if vectors else {}
 
+    def firm_baselines(self, instruction: BaselineInstruction, groups: EfficiencyGroups) -> dict[str, dict]:
+        """Each firm's own local-only and naive statistics (in its group's slot), fitted once per run."""
+        key = (instruction.model_dump_json(), tuple(sorted(groups.to_config().items())))
+        if key not in self._baselines:
+            self._baselines[key] = {firm.firm_id: firm.local_baselines(instruction, groups) for firm in self.firms}
+        return self._baselines[key]
+
     def local_baselines(self, instruction: BaselineInstruction, groups: EfficiencyGroups) -> dict[str, np.ndarray]:
         """Each firm's local-only models and naive forecasts, scored on its own test split, summed."""
         totals: dict[str, np.ndarray] = {}
-        for firm in self.firms:
-            for key, vector in firm.local_baselines(instruction, groups).items():
+        for vectors in self.firm_baselines(instruction, groups).values():
+            for key, vector in vectors.items():
                 totals[key] = totals.get(key, 0) + vector
         return totals
+
+    def deploy(
+        self,
+        instruction: BaselineInstruction,
+        groups: EfficiencyGroups,
+        norm: Normaliser,
+        linear: dict[str, np.ndarray | None],
+        mlp: dict[str, dict[str, np.ndarray]] | None = None,
+    ) -> DeployedOutcome:
+        """What every firm deploys, scored (simulation only: see federation.deployment)."""
+        baselines = self.firm_baselines(instruction, groups)
+        return deploy_all(self.firms, baselines, instruction, groups, norm, linear, mlp)
+
+    def centralised_linear(self, norm: Normaliser) -> dict[str, np.ndarray]:
+        """The linear family fitted on every firm's training data pooled, without noise, scored per firm."""
+        return centralised_linear(self.firms, norm)
 
     def centralised(self, norm: Normaliser) -> dict[str, np.ndarray]:
         """Models trained on all firms' training data pooled, for as many passes as the federated run."""

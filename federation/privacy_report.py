@@ -76,9 +76,18 @@ def _finite(value: float) -> float | None:
 
 
 def privacy_summary(
-    plan: PrivacyPlan, ledger_path: Path, public_key: str, *, group_size: int, firms: Iterable[str] = ()
+    plan: PrivacyPlan,
+    ledger_path: Path,
+    public_key: str,
+    *,
+    group_size: int,
+    firms: Iterable[str] = (),
+    key_kind: str | None = None,
 ) -> dict[str, Any]:
-    """Budget, mechanism, and epsilon per firm and overall by RDP and PLD, from the verified ledger."""
+    """Budget, mechanism, and epsilon per firm and overall by RDP and PLD, from the verified ledger.
+
+    `key_kind` says which key signed the ledger: "long-term" (the federation's) or "per-run".
+    """
     spec = plan.spec
     report = verify_ledger(ledger_path, public_key=public_key)
     accounting = accounting_spec(spec)
@@ -110,6 +119,7 @@ def privacy_summary(
     for firm in firms:  # a firm never admitted (its own budget too small for one round) spent nothing
         by_firm.setdefault(firm, _no_spend())
     by_firm = dict(sorted(by_firm.items()))
+    in_no_round = [firm for firm, row in by_firm.items() if row["releases"] == 0]
     neighbours = {"record": "add or remove one training example of one firm", "firm": "add or remove one firm"}
     if accounting.relation is dpa.NeighboringRelation.REPLACE_SPECIAL:
         neighbours["firm"] = "one firm's round contribution replaced by zero (it is seen to take part)"
@@ -134,7 +144,9 @@ def privacy_summary(
         "firms": by_firm,
         "group_size": group_size if spec.unit == "record" else None,
         "refusals": list(report.refusals),
+        "firms_in_no_round": in_no_round,
         "ledger": LEDGER_FILE,
         "ledger_public_key": public_key,
+        "ledger_key_kind": key_kind,
         "ledger_entries": report.entries,
     }

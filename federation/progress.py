@@ -192,8 +192,10 @@ def privacy_table(summary: dict[str, Any]) -> Table | None:
     if observation:
         table.add_column("one observation", justify="right")
         table.caption = OBSERVATION_NOTE
+    absent = set(privacy.get("firms_in_no_round") or ())
     for firm, row in privacy["firms"].items():
-        cells = [firm, str(row["releases"]), _num(row["epsilon_rdp"]), _num(row["epsilon_pld"])]
+        releases = f"{row['releases']} (took part in no round)" if firm in absent else str(row["releases"])
+        cells = [firm, releases, _num(row["epsilon_rdp"]), _num(row["epsilon_pld"])]
         if observation:
             value = row.get("observation_epsilon")
             cells.append("no bound" if value is None else _num(value))

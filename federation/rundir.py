@@ -3,22 +3,30 @@
 A failed or interrupted run leaves nothing half-written in `runs/`: the partial folder is removed
 on error, and a crash leaves only a hidden `.<run-id>.partial` that no reader mistakes for a run.
 The exception is a run that already spent privacy: its folder is kept, with `failure.json` and no
-summary, so that its ledger can be audited.
+summary, so that its ledger can be audited (also when Ctrl-C interrupts it: `abandon`). A ledger is
+never deleted: a partial folder left by a crash is never reused or removed; a new run with the same
+id is refused, naming the folder.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from silobridge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from privacy.ledger import PrivacyRun
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -39,12 +47,20 @@ class RunDirectory:
             raise ConfigError(
                 f"run directory {self.final} already exists; choose another --out or run id", field="run-id"
             )
+        if self.partial.exists():
+            raise ConfigError(
+                f"an earlier run with this id stopped without finishing and left {self.partial}, which may hold "
+                f"the only record of privacy it spent: audit it (silobridge audit {self.partial}), move it away, "
+                "or choose another run id",
+                field="run-id",
+            )
 
     def __enter__(self) -> RunDirectory:
         self.partial.parent.mkdir(parents=True, exist_ok=True)
-        if self.partial.exists():
-            shutil.rmtree(self.partial)
-        self.partial.mkdir()
+        try:
+            self.partial.mkdir()  # never an existing one: another run may be writing it
+        except FileExistsError:
+            raise ConfigError(f"{self.partial} appeared meanwhile: another run uses this id", field="run-id") from None
         self._metrics = (self.partial / METRICS_FILE).open("a", encoding="utf-8")
         return self
 
@@ -60,6 +76,23 @@ class RunDirectory:
             self.partial.rename(self.final)
         else:
             shutil.rmtree(self.partial)
+
+    def abandon(self, reason: str) -> Path | None:
+        """Stop now (an interrupt): a run that spent privacy is kept with `failure.json`, any other removed.
+
+        Returns the kept folder, or None. Called from the thread that handles the interrupt while the run's
+        own thread may still be waiting for firms: the folder is renamed, not copied.
+        """
+        if not self._metrics.closed:
+            self._metrics.close()
+        if not self.partial.exists():
+            return None
+        if not self.keep_on_failure:
+            shutil.rmtree(self.partial, ignore_errors=True)
+            return None
+        self.write_json(FAILURE_FILE, {"error": reason, "interrupted": True})
+        self.partial.rename(self.final)
+        return self.final
 
     def write_json(self, name: str, payload: Any) -> None:
         (self.partial / name).write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
@@ -87,6 +120,38 @@ class RunDirectory:
         self._metrics.close()
         self.partial.rename(self.final)
         return self.final
+
+
+class LiveRuns:
+    """The run this process is writing (at most one), so that an interrupt handler can close it properly."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rundir: RunDirectory | None = None
+        self._ledger: PrivacyRun | None = None
+
+    @contextmanager
+    def hold(self, rundir: RunDirectory) -> Iterator[RunDirectory]:
+        with self._lock:
+            self._rundir, self._ledger = rundir, None
+        try:
+            yield rundir
+        finally:
+            with self._lock:
+                if self._rundir is rundir:
+                    self._rundir, self._ledger = None, None
+
+    def ledger_opened(self, rundir: RunDirectory, ledger: PrivacyRun) -> None:
+        with self._lock:
+            if self._rundir is rundir:
+                self._ledger = ledger
+
+    def current(self) -> tuple[RunDirectory | None, PrivacyRun | None]:
+        with self._lock:
+            return self._rundir, self._ledger
+
+
+live_runs = LiveRuns()
 
 
 def _json_default(value: Any) -> Any:

@@ -21,8 +21,10 @@ from flwr.serverapp import Grid
 
 from clients.firm import Normaliser
 from clients.models import MODEL_KINDS, build_model, state_to_arrays
+from federation.deployment import DeployedOutcome, measure_deployment
 from federation.exchange import Replies, exchange, wait_for_nodes
 from federation.harness import SimulationHarness
+from federation.linear_run import LinearModels, model_families, train_linear
 from federation.records import (
     EFFICIENCY_GROUPS,
     INSTRUCTION,
@@ -113,6 +115,9 @@ class FederationOutcome:
     efficiency_dp: dict[str, float] | None = None  # epsilon, delta, noise multiplier of a DP efficiency release
     released_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # per model: groups shown besides 'all'
     groups_withheld: dict[str, str] = field(default_factory=dict)  # per model: why small/large are not shown
+    families: tuple[str, ...] = ("mlp",)  # the global model families trained ("mlp", "linear")
+    linear: LinearModels | None = None  # the global linear models, where trained
+    deployed: DeployedOutcome | None = None  # simulation only: what each firm deployed, scored by the harness
 
 
 Records = dict[str, ArrayRecord | ConfigRecord]
@@ -460,7 +465,7 @@ class Federation:
         self, weights: dict[str, OrderedDict[str, np.ndarray]], norm: Normaliser
     ) -> dict[str, ArrayRecord]:
         records: dict[str, ArrayRecord] = {weights_key(kind): arrays_record(w) for kind, w in weights.items()}
-        records[NORMALISER] = arrays_record({"mean": norm.mean, "std": norm.std})
+        records[NORMALISER] = arrays_record(norm.to_arrays())
         return records
 
     def train(self, norm: Normaliser) -> tuple[dict[str, OrderedDict[str, np.ndarray]], list[dict[str, Any]]]:
@@ -784,8 +789,18 @@ def run_federation(
         federation.ledger = open_ledger({party: own[firm] for party, firm in federation.accounted_parties().items()})
     norm = federation.feature_normaliser()
     baselines = federation.local_baselines()
-    weights, history = federation.train(norm)
-    final = federation.evaluate(weights, norm)
+    families = model_families(settings.spec)
+    weights: dict[str, OrderedDict[str, np.ndarray]] = {}
+    history: list[dict[str, Any]] = []
+    final: dict[str, np.ndarray] = {}
+    if "mlp" in families:
+        weights, history = federation.train(norm)
+        final = federation.evaluate(weights, norm)
+    linear = None
+    if "linear" in families:
+        linear, linear_history = train_linear(federation, norm)
+        history += linear_history
+    deployed = measure_deployment(federation, harness, norm, linear, weights, final) if harness is not None else None
     efficiency = {"before": baselines.pop(EFFICIENCY_BEFORE, None), "after": final.pop(EFFICIENCY_AFTER, None)}
     efficiency_dp = None
     if federation.private and settings.spec.inventory.dp and "demand" in weights:
@@ -813,4 +828,7 @@ def run_federation(
         efficiency_dp=efficiency_dp,
         released_groups={kind: federation.released_groups(kind) for kind in MODEL_KINDS},
         groups_withheld=federation.groups_withheld(),
+        families=families,
+        linear=linear,
+        deployed=deployed,
     )

@@ -24,9 +24,12 @@ from clients.firm import Normaliser
 from federation.analytics import QueryJob, query_settings, serve_queries
 from federation.firm_source import pilot_folders
 from federation.harness import SimulationHarness
+from federation.ledger_signer import PER_RUN, ledger_signer
+from federation.linear_run import linear_privacy
+from federation.preflight import check_firm_budgets
 from federation.privacy_report import LEDGER_FILE, privacy_summary
 from federation.progress import Fanout, LogObserver, StageTimer, log_to_stderr
-from federation.rundir import CONFIG_FILE, SUMMARY_JSON, SUMMARY_MD, RunDirectory
+from federation.rundir import CONFIG_FILE, SUMMARY_JSON, SUMMARY_MD, RunDirectory, live_runs
 from federation.runner import RunObserver, run_federation
 from federation.settings import QUERIES_KEY, RunSettings, settings_from_run_config
 from federation.summary import build_summary, summary_markdown
@@ -64,11 +67,12 @@ def run_server(grid: Grid, settings: RunSettings, observer: RunObserver, *, flow
     spec = settings.spec  # configuration and calibration errors surface before anything is written
     pilot_folders(settings)  # a pilot's folder holds exactly the declared firms
     harness = SimulationHarness(settings) if settings.simulated else None  # a real federation has no harness
-    with RunDirectory(settings.out_dir, settings.run_id) as rundir:
+    signer = ledger_signer(settings) if spec.privacy.enabled else None  # a wrong or missing key: refused here
+    with RunDirectory(settings.out_dir, settings.run_id) as rundir, live_runs.hold(rundir):
         config = {"run_config": settings.to_run_config(), "scenario": settings.scenario.model_dump(mode="json")}
         rundir.write_json(CONFIG_FILE, config)
         observers = Fanout(observer, timer, _MetricsFile(rundir))
-        with _LedgerOpener(settings, rundir, config) as ledger:
+        with _LedgerOpener(settings, rundir, config, signer) as ledger:
             outcome = run_federation(
                 grid, settings, observers, flower_run_id=flower_run_id, open_ledger=ledger.open, harness=harness
             )
@@ -76,20 +80,30 @@ def run_server(grid: Grid, settings: RunSettings, observer: RunObserver, *, flow
         centralised: dict[str, np.ndarray] = {}
         if harness is not None:
             observers.stage("centralised baseline")
-            centralised = harness.centralised(outcome.normaliser)
+            # the non-private upper bound of the family trained: the MLP's, or (linear only) pooled ridge/logistic
+            if "mlp" in outcome.families:
+                centralised = harness.centralised(outcome.normaliser)
+            else:
+                centralised = harness.centralised_linear(outcome.normaliser)
         for kind, weights in outcome.weights.items():
             rundir.write_model(kind, weights, _normaliser_arrays(outcome.normaliser) if kind == "risk" else None)
+        for kind, weights in (outcome.linear.weights() if outcome.linear is not None else {}).items():
+            extra = _normaliser_arrays(outcome.normaliser) if kind == "risk" else None
+            rundir.write_model(f"{kind}_linear", weights, extra)
         privacy = (
             privacy_summary(
                 settings.privacy_plan(),
                 rundir.partial / LEDGER_FILE,
                 ledger.public_key,
+                key_kind=ledger.key_kind,
                 group_size=spec.lags + spec.horizon,
                 firms=[manifest.firm_id for manifest in outcome.manifests.values()],
             )
             if spec.privacy.enabled
             else {"enabled": False}
         )
+        if spec.privacy.enabled and outcome.linear is not None and "mlp" not in outcome.families:
+            privacy.update(linear_privacy(outcome.linear))
         summary = build_summary(
             settings,
             outcome,
@@ -106,26 +120,34 @@ def run_server(grid: Grid, settings: RunSettings, observer: RunObserver, *, flow
 
 
 def _normaliser_arrays(norm: Normaliser) -> dict[str, np.ndarray]:
-    arrays = {"mean": norm.mean, "std": norm.std}
-    if norm.low is not None and norm.high is not None:
-        arrays.update(low=norm.low, high=norm.high)
-    return arrays
+    return norm.to_arrays()
 
 
 class _LedgerOpener:
     """Opens the run's privacy ledger once the firms (and their own budgets) are known."""
 
-    def __init__(self, settings: RunSettings, rundir: RunDirectory, config: dict[str, Any]):
+    def __init__(
+        self,
+        settings: RunSettings,
+        rundir: RunDirectory,
+        config: dict[str, Any],
+        signer: tuple[Ed25519PrivateKey, str] | None,
+    ):
         self.settings = settings
         self.rundir = rundir
         self.config_sha256 = config_hash(config)
-        self.key = Ed25519PrivateKey.generate()  # per run; its public key is in the ledger and the summary
+        # The federation's long-term key, or (a simulation without one) a key made for this run only:
+        # the header records which, and its public key is in the summary.
+        self.key, self.key_kind = signer if signer is not None else (Ed25519PrivateKey.generate(), PER_RUN)
         self.public_key = public_key_hex(self.key.public_key())
         self.ledger: PrivacyRun | None = None
         self.stopped: str | None = None
 
     def open(self, firm_budgets: Mapping[str, float | None]) -> PrivacyRun:
         privacy = self.settings.spec.privacy
+        # The budgets the firms declared (a real federation learns them only now): refuse before round 1
+        # if leaving out the firms that cannot pay for one round leaves too few for a round.
+        check_firm_budgets(self.settings, firm_budgets)
         self.rundir.keep_on_failure = True  # from now on privacy may be spent: the ledger must survive
         self.ledger = PrivacyRun.start(
             self.rundir.partial / LEDGER_FILE,
@@ -135,7 +157,9 @@ class _LedgerOpener:
             signing_key=self.key,
             spec=accounting_spec(privacy),
             firm_budgets={f: Budget(eps, privacy.delta) for f, eps in firm_budgets.items() if eps is not None},
+            key_kind=self.key_kind,
         )
+        live_runs.ledger_opened(self.rundir, self.ledger)
         return self.ledger
 
     def __enter__(self) -> _LedgerOpener:

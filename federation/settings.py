@@ -22,7 +22,7 @@ from scenarios.generator import DEMAND_COVARIATES, RISK_FEATURES
 from scenarios.schema import Scenario, check_generatable, load_scenario, parse_override
 from server.secure_sum import resolve_aggregation
 from silobridge.arrays import flatten
-from silobridge.config import DataSchema, FederationSpec
+from silobridge.config import DataSchema, FederationSpec, LinearSpec
 from silobridge.errors import ConfigError
 from silobridge.seeds import MAX_NOISE_SEED, parse_noise_seed
 
@@ -66,6 +66,9 @@ RUN_CONFIG_KEYS = (
     "run-id",
     "data",
     "noise-seed",
+    "ledger-key",
+    "state-dir",
+    "lifetime-epsilon",
     QUERIES_KEY,
 )
 
@@ -95,6 +98,12 @@ class RunSettings(BaseModel):
     noise_seed: int | None = Field(default=None, ge=0, le=MAX_NOISE_SEED)
     """A simulation's fixed seed for every firm's DP-SGD sampling and noise (reproducible experiments);
     None: each firm draws fresh entropy. Never in a real federation: only a firm may seed its own noise."""
+    ledger_key: Path | None = None
+    """The coordinator's long-term Ed25519 ledger key (PEM file); None: a key made for this run only."""
+    state_dir: Path | None = None
+    """Simulations: every firm's lifetime privacy odometer lives in `state_dir/<firm>` (privacy.odometer)."""
+    lifetime_epsilon: float | None = Field(default=None, gt=0)
+    """Sets (or changes) the simulated firms' lifetime budget; None keeps the one their odometers hold."""
 
     @property
     def simulated(self) -> bool:
@@ -128,6 +137,9 @@ class RunSettings(BaseModel):
             "run-id": self.run_id,
             "data": "" if self.data == "generated" else str(self.data),
             "noise-seed": -1 if self.noise_seed is None else self.noise_seed,
+            "ledger-key": "" if self.ledger_key is None else str(self.ledger_key),
+            "state-dir": "" if self.state_dir is None else str(self.state_dir),
+            "lifetime-epsilon": self.lifetime_epsilon or 0.0,
         }
 
 
@@ -179,6 +191,7 @@ def federation_spec(settings: RunSettings) -> FederationSpec:
         aggregation=resolve_aggregation(s.aggregation.model_copy(update={"mode": settings.aggregation}), len(s.firms)),
         privacy=privacy,
         inventory=s.efficiency,
+        linear=LinearSpec(model=s.training.model),
     )
     if not privacy.enabled:
         return base
@@ -279,7 +292,21 @@ def settings_from_run_config(run_config: Mapping[str, Any], *, base_dir: Path = 
             source="run config",
             field="noise-seed",
         )
+    ledger_key = str(run_config.get("ledger-key") or "")
+    state_dir = str(run_config.get("state-dir") or "")
+    lifetime = float(run_config.get("lifetime-epsilon") or 0.0)
+    if state_dir and data == NODES:
+        raise ConfigError(
+            "in a real federation each firm keeps its own odometer: `silobridge join --state DIR`",
+            source="run config",
+            field="state-dir",
+        )
+    if lifetime and not state_dir:
+        raise ConfigError("a lifetime budget needs --state DIR", source="run config", field="lifetime-epsilon")
     settings = RunSettings(
+        state_dir=_resolve(state_dir, Path.cwd()) if state_dir else None,
+        lifetime_epsilon=lifetime or None,
+        ledger_key=_resolve(ledger_key, Path.cwd()) if ledger_key else None,
         noise_seed=noise_seed,
         node_wait_s=600.0 if data == NODES else 30.0,  # partners join when they join: wait up to ten minutes
         data=data,  # type: ignore[arg-type]

@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
+import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from federation.client_app import build_client_app
 from federation.firm_source import validate_pilot
+from federation.ledger_signer import ledger_signer
+from federation.preflight import preflight
+from federation.rundir import RunDirectory, live_runs
 from federation.runner import RunObserver
 from federation.server_app import RunResult, build_server_app
 from federation.settings import quiet_accountant, settings_from_run_config
@@ -30,6 +37,10 @@ def simulate(
     """Validate the run config, then run the simulation; raise if it produced no result."""
     settings = settings_from_run_config(run_config)  # every config error surfaces before anything starts
     validate_pilot(settings)  # a pilot's CSV files, every firm's problems at once
+    if settings.spec.privacy.enabled:
+        ledger_signer(settings)  # a missing or wrong ledger key
+        preflight(settings)  # a budget no round can fit, firms' own budgets that leave too few firms
+    RunDirectory(settings.out_dir, settings.run_id)  # an existing run, or an interrupted one, with this id
     config = settings.to_run_config()  # pins the run id, so server and firms agree on it
     results: list[RunResult] = []
     server_app = build_server_app(config, observer, results.append)
@@ -46,7 +57,7 @@ def simulate(
     }
     from flwr.simulation import run_simulation
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), stop_on_interrupt():
         warnings.simplefilter("ignore", FutureWarning)
         _quiet_flower()
         run_simulation(
@@ -80,6 +91,67 @@ class _RunSimulationDeprecation(logging.Filter):
 
 
 RUN_SIMULATION_DEPRECATION = _RunSimulationDeprecation()
+
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process Ctrl-C ended
+
+
+@contextmanager
+def stop_on_interrupt() -> Iterator[None]:
+    """Ctrl-C (SIGINT) ends the simulation at once, cleanly: Flower's runtime would otherwise lose its Ray
+    workers and wait for their replies until the round times out.
+
+    The run's ledger gets its end entry ("interrupted"), a run that spent privacy keeps its folder with
+    failure.json, Ray is shut down, what was spent is printed, and the process exits with 130.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread receives signals
+        return
+    previous = signal.signal(signal.SIGINT, _interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the clean-up
+    for name in ("flwr", "ray", "silobridge"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # the run's thread now fails: nothing to report
+    reason = "interrupted: SIGINT (Ctrl-C)"
+    rundir, ledger = live_runs.current()
+    lines = []
+    if ledger is not None:
+        ledger.close(reason)
+        lines.append(
+            f"privacy spent before the interrupt: epsilon {ledger.overall_epsilon:.4f} of {ledger.budget.epsilon:g} "
+            f"at delta {ledger.budget.delta:g} (signed ledger {ledger.path.name}, closed with its end entry)"
+        )
+    kept = rundir.abandon(reason) if rundir is not None else None
+    if kept is not None:
+        lines.append(f"run directory kept with failure.json: {kept}; check it with: silobridge audit {kept}")
+    elif ledger is None:
+        lines.append("no privacy was spent; nothing was kept")
+    _shutdown_ray()
+    sys.stderr.write("interrupted: " + "\n".join(lines) + "\n")
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)  # Flower's runtime thread is still waiting on dead workers: do not join it
+
+
+def _shutdown_ray() -> None:
+    """Ray's shutdown, bounded: a shutdown that hangs on dead workers must not keep the process alive."""
+
+    def stop() -> None:
+        try:
+            import ray
+
+            ray.shutdown()
+        except Exception:  # noqa: BLE001 - best effort while exiting; the process ends right after
+            return
+
+    thread = threading.Thread(target=stop, daemon=True)
+    thread.start()
+    thread.join(timeout=20)
 
 
 def _quiet_flower() -> None:

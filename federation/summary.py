@@ -23,9 +23,11 @@ from federation.runner import FederationOutcome, metrics_by_group
 from federation.settings import RunSettings
 
 METHODS = {
-    "demand": ("federated", "local_only", "centralised", "naive"),
-    "risk": ("federated", "local_only", "centralised"),
+    "demand": ("deployed", "federated", "federated_linear", "local_only", "centralised", "naive"),
+    "risk": ("deployed", "federated", "federated_linear", "local_only", "centralised"),
 }
+SIMULATION_ONLY = ("deployed", "centralised")
+"""Methods only the simulation harness measures (it holds every firm's data); a real federation has none."""
 METRICS = {"demand": ("wape", "mae"), "risk": ("roc_auc", "pr_auc", "brier")}
 GROUP_ORDER = ("all", "small", "large")
 
@@ -55,14 +57,20 @@ def model_table(
     outcome: FederationOutcome, centralised: dict[str, np.ndarray]
 ) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
     """{model: {method: {group: {metric: value}}}} for every method that ran."""
+    deployed = outcome.deployed
+    both = "mlp" in outcome.families and "linear" in outcome.families  # the linear models get their own row
     vectors = {
         "demand": {
+            "deployed": deployed.demand if deployed is not None else None,
+            "federated_linear": deployed.global_demand if deployed is not None and both else None,
             "federated": outcome.federated.get("demand"),
             "local_only": outcome.baselines.get("demand/local_only"),
             "centralised": centralised.get("demand"),
             "naive": outcome.baselines.get("demand/naive"),
         },
         "risk": {
+            "deployed": deployed.risk if deployed is not None else None,
+            "federated_linear": deployed.global_risk if deployed is not None and both else None,
             "federated": outcome.federated.get("risk"),
             "local_only": outcome.baselines.get("risk/local_only"),
             "centralised": centralised.get("risk"),
@@ -73,7 +81,8 @@ def model_table(
         table[kind] = {}
         for method, vector in methods.items():
             if vector is not None:
-                # Groups a run without DP does not release on their own have no row, whichever method.
+                # Groups a run without DP does not release on their own have no row, whichever method
+                # (the harness's measurements of what firms deploy are shown as a real run would release them).
                 released = outcome.released_groups.get(kind, GROUP_ORDER[1:])
                 by_group = metrics_by_group(kind, vector, tuple(released))
                 table[kind][method] = {g: by_group[g] for g in GROUP_ORDER if g in by_group}
@@ -89,52 +98,81 @@ def _get(table: dict, *path: str) -> float:
     return float(node)
 
 
-def acceptance_checks(table: dict) -> list[dict[str, Any]]:
-    """The foundation's claims about the default scenario, each with its value and target."""
-    fed_small = _get(table, "demand", "federated", "small", "wape")
+def _check(name: str, value: float, target: str, passed: bool) -> dict[str, Any]:
+    return {"name": name, "value": value, "target": target, "passed": passed}
+
+
+def acceptance_checks(
+    table: dict,
+    per_firm: dict[str, Any] | None = None,
+    efficiency: dict[str, Any] | None = None,
+    non_private_wape: float | None = None,
+) -> list[dict[str, Any]]:
+    """The promise to a firm: joining leaves it no worse off than going alone, and the chain better off.
+
+    Deployed and per-firm figures are the simulation harness's measurements. That the private deployed
+    WAPE is within 10% of the non-private one needs both runs (benchmarks/bench_joining_pays.py): one run
+    cannot judge it, so its row says n/a unless `non_private_wape` (the other run's deployed WAPE) is given.
+    """
+    demand_rows = (per_firm or {}).get("demand", {})
+    worst = demand_rows.get("worst_ratio") if demand_rows else None
+    worst_value = math.nan if worst is None else float(worst)
+    small = 1 - _get(table, "demand", "deployed", "small", "wape") / _get(
+        table, "demand", "local_only", "small", "wape"
+    )
+    risk_rows = (per_firm or {}).get("risk", {})
+    worst_auc = risk_rows.get("worst_difference") if risk_rows else None
+    worst_auc_value = math.nan if worst_auc is None else float(worst_auc)
+    k_tfp = _get(efficiency or {}, "chain", "K", "K_TFP")
+    private_ratio = (
+        _get(table, "demand", "deployed", "all", "wape") / non_private_wape if non_private_wape else math.nan
+    )
     checks = [
-        {
-            "name": "demand: small firms' federated WAPE at least 15% lower than local-only",
-            "value": 1 - fed_small / _get(table, "demand", "local_only", "small", "wape"),
-            "target": ">= 0.15",
-            "passed": 1 - fed_small / _get(table, "demand", "local_only", "small", "wape") >= 0.15,
-        },
-        {
-            "name": "risk: federated ROC-AUC above local-only (all firms)",
-            "value": _get(table, "risk", "federated", "all", "roc_auc")
-            - _get(table, "risk", "local_only", "all", "roc_auc"),
-            "target": "> 0",
-            "passed": _get(table, "risk", "federated", "all", "roc_auc")
-            > _get(table, "risk", "local_only", "all", "roc_auc"),
-        },
+        _check(
+            "demand: no firm's deployed WAPE above 1.02x its local-only", worst_value, "<= 1.02", worst_value <= 1.02
+        ),
+        _check("demand: small firms' deployed WAPE at least 30% below local-only", small, ">= 0.30", small >= 0.30),
+        _check(
+            "risk: no firm's deployed ROC-AUC more than 0.01 below its local-only",
+            worst_auc_value,
+            ">= -0.01",
+            worst_auc_value >= -0.01,
+        ),
+        _check(
+            "demand: private deployed WAPE within 10% of the non-private deployed (all firms)",
+            private_ratio,
+            "<= 1.10",
+            private_ratio <= 1.10,
+        ),
+        _check("efficiency: chain K_TFP at least 1 with what firms deploy", k_tfp, ">= 1", k_tfp >= 1),
     ]
-    for group in ("all", "small"):
-        ratio = _get(table, "demand", "federated", group, "wape") / _get(table, "demand", "centralised", group, "wape")
-        checks.append(
-            {
-                "name": f"demand: federated WAPE within 10% of centralised ({group} firms)",
-                "value": ratio,
-                "target": "<= 1.10",
-                "passed": ratio <= 1.10,
-            }
-        )
-    auc_ratio = _get(table, "risk", "federated", "all", "roc_auc") / _get(
-        table, "risk", "centralised", "all", "roc_auc"
-    )
-    checks.append(
-        {
-            "name": "risk: federated ROC-AUC within 10% of centralised (all firms)",
-            "value": auc_ratio,
-            "target": ">= 0.90",
-            "passed": auc_ratio >= 0.90,
-        }
-    )
     for check in checks:
         if math.isnan(check["value"]):
             check["passed"] = None  # a method did not run, so the claim cannot be judged
         else:
             check["passed"] = bool(check["passed"])
     return checks
+
+
+def per_firm_summary(outcome: FederationOutcome) -> dict[str, Any] | None:
+    """Simulation only: each firm's deployed and local-only figures and its choice ("what joining gave me")."""
+    deployed = outcome.deployed
+    if deployed is None:
+        return None
+    out: dict[str, Any] = {}
+    demand = deployed.per_firm.get("demand", [])
+    if demand:
+        ratios = [r["ratio"] for r in demand if not math.isnan(r["ratio"])]
+        out["demand"] = {"firms": demand, "worst_ratio": max(ratios) if ratios else None}
+    risk = deployed.per_firm.get("risk", [])
+    if risk:
+        differences = [r["difference"] for r in risk if not math.isnan(r["difference"])]
+        out["risk"] = {
+            "firms": risk,
+            "worst_difference": min(differences) if differences else None,
+            "mean_difference": float(np.mean(differences)) if differences else None,
+        }
+    return out
 
 
 def build_summary(
@@ -147,7 +185,13 @@ def build_summary(
     stage_seconds: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     scenario = settings.scenario
+    private = settings.spec.privacy.enabled
     table = model_table(outcome, centralised)
+    per_firm = per_firm_summary(outcome)
+    efficiency = efficiency_summary(settings, outcome)
+    for kind in ("demand", "risk"):
+        if per_firm and kind in per_firm:
+            table[kind]["per_firm"] = per_firm[kind]
     summary = {
         "run_id": settings.run_id,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -173,8 +217,10 @@ def build_summary(
         "stopped": outcome.stopped,
         "models": table,
         "groups_withheld": dict(outcome.groups_withheld),
-        "acceptance": acceptance_checks(table),
-        "efficiency": efficiency_summary(settings, outcome),
+        "model_families": list(outcome.families),
+        "simulation_only": [*SIMULATION_ONLY, "per_firm", *(["federated", "federated_linear"] if private else [])],
+        "acceptance": acceptance_checks(table, per_firm, efficiency),
+        "efficiency": efficiency,
         "dropouts": outcome.dropped,
         "seconds": seconds,
         "stage_seconds": stage_seconds or {},
@@ -242,6 +288,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                 cells = [_fmt(methods[method].get(g, {}).get(m)) for m in metrics for g in GROUP_ORDER]
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
+        lines += _per_firm_lines(kind, methods.get("per_firm"))
         withheld = summary.get("groups_withheld", {}).get(kind)
         if withheld:
             lines += [f"Small and large firms not shown on their own: {withheld}.", ""]
@@ -299,6 +346,25 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     if summary["dropouts"]:
         lines += ["## Dropouts", ""] + [f"- {d}" for d in summary["dropouts"]] + [""]
     return "\n".join(lines)
+
+
+def _per_firm_lines(kind: str, per_firm: dict[str, Any] | None) -> list[str]:
+    """What joining gave each firm (simulation only: the harness's measurements)."""
+    if not per_firm:
+        return []
+    if kind == "demand":
+        head = "| firm | group | deploys | WAPE deployed | WAPE local-only | ratio |"
+        keys = ("deployed_wape", "local_only_wape", "ratio")
+        worst = f"worst ratio {_fmt(per_firm.get('worst_ratio'))}"
+    else:
+        head = "| firm | group | deploys | ROC-AUC deployed | ROC-AUC local-only | difference |"
+        keys = ("deployed_roc_auc", "local_only_roc_auc", "difference")
+        worst = f"worst difference {_fmt(per_firm.get('worst_difference'))}"
+    lines = [f"What joining gave each firm (simulation only; {worst}):", "", head, "| --- " * 6 + "|"]
+    for row in per_firm["firms"]:
+        cells = [row["firm"], row["group"], row["choice"], *(_fmt(row.get(k)) for k in keys)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _adaptive_clipping_lines(adaptive: dict[str, Any] | None) -> list[str]:

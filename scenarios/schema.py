@@ -138,6 +138,12 @@ class TrainingSettings(_Frozen):
     )
     lags: int = Field(default=8, ge=1, le=104)
     hidden: int = Field(default=64, ge=4, le=4096)
+    model: Literal["auto", "linear", "mlp"] = Field(
+        default="auto",
+        description="global model family: 'linear' (ridge and logistic regression from one or a few noised secure "
+        "sums of sufficient statistics), 'mlp' (FedAvg rounds; DP-SGD under DP) or 'auto': linear under DP, both "
+        "without DP; every firm then deploys what does best on its own recent data",
+    )
     min_firms: int | None = Field(
         default=None, ge=1, description="fewest firms a round may aggregate; default: half the firms, at least 2"
     )

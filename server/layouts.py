@@ -17,6 +17,7 @@ from silobridge.analytics import QUERY_SEGMENT
 from silobridge.config import AggregationSpec
 from silobridge.efficiency_sums import EFFICIENCY_AFTER, EFFICIENCY_BEFORE, EFFICIENCY_LENGTH
 from silobridge.stats import STAT_SLOTS, DemandErrorStats, RiskStats
+from silobridge.sufficient import LINEAR_SEGMENT
 
 STAT_LENGTH = {"demand": DemandErrorStats.SIZE * len(STAT_SLOTS), "risk": RiskStats.SIZE * len(STAT_SLOTS)}
 LOSS_BOUND = 1_000.0
@@ -95,3 +96,8 @@ def efficiency_layout(agg: AggregationSpec) -> VectorLayout:
         ],
         agg,
     )
+
+
+def linear_layout(length: int, agg: AggregationSpec) -> VectorLayout:
+    """One firm's sufficient statistics of a linear-family model, at float64 precision."""
+    return _with_clipping([Segment(LINEAR_SEGMENT, length, agg.stats_bound, "double")], agg)

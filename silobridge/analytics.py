@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -24,6 +24,12 @@ from silobridge.messages import Payload
 QUERY_SEGMENT = "answer"
 """Name of the one segment a query step's secure sum carries."""
 
+Unit = Literal["record", "firm"]
+"""The unit of privacy of a query: one record of a firm's table (default), or a firm's whole contribution."""
+UNITS: tuple[Unit, ...] = ("record", "firm")
+FIRM_NEIGHBOURS = "add or remove one firm's whole contribution (every vector it sends)"
+"""The neighbouring relation of every query under firm-level DP."""
+
 
 class QueryStep(Payload):
     """One step of a query: what every firm computes locally, and the bounds its vector must respect.
@@ -31,6 +37,8 @@ class QueryStep(Payload):
     `value_bound` bounds each entry (sets the secure sum's quantisation range); `l2_bound` bounds the
     L2 norm of a firm's whole vector, which is the firm-level sensitivity the DP noise is scaled to.
     A firm clips to both and reports how many entries it clipped; it never sends more than `length`.
+    `record_l2_bound` bounds how far one record (as the query defines it, after the firm's per-record
+    clipping and caps) moves the L2 norm of the summed vector: the record-level sensitivity.
     """
 
     query: str = Field(min_length=1)
@@ -38,6 +46,12 @@ class QueryStep(Payload):
     length: int = Field(ge=1)
     value_bound: float = Field(gt=0)
     l2_bound: float = Field(gt=0)
+    record_l2_bound: float | None = Field(default=None, gt=0)
+    # Under DP the engine states how it will noise this step, so a firm can count its own spend:
+    noise_multiplier: float | None = Field(default=None, gt=0)
+    unit: Unit | None = None
+    delta: float | None = Field(default=None, gt=0, lt=1)
+    accountant: Literal["rdp", "pld"] | None = None
     params_json: str = "{}"  # ConfigRecords hold flat scalars: parameters travel as one JSON string
 
     @field_validator("params_json")
@@ -55,9 +69,27 @@ class QueryStep(Payload):
     def params(self) -> dict[str, Any]:
         return json.loads(self.params_json)
 
+    def sensitivity(self, unit: Unit) -> float:
+        """The L2 sensitivity the noise is scaled to: one firm's whole vector, or one record's share of it."""
+        if unit == "firm":
+            return self.l2_bound
+        if self.record_l2_bound is None:
+            raise ConfigError(
+                f"query '{self.query}' step {self.step} states no record-level bound: use unit 'firm'", field="unit"
+            )
+        return self.record_l2_bound
+
     @classmethod
     def build(
-        cls, query: str, step: int, *, length: int, value_bound: float, l2_bound: float, params: Mapping[str, Any]
+        cls,
+        query: str,
+        step: int,
+        *,
+        length: int,
+        value_bound: float,
+        l2_bound: float,
+        params: Mapping[str, Any],
+        record_l2_bound: float | None = None,
     ) -> QueryStep:
         return cls(
             query=query,
@@ -65,6 +97,7 @@ class QueryStep(Payload):
             length=length,
             value_bound=value_bound,
             l2_bound=l2_bound,
+            record_l2_bound=record_l2_bound,
             params_json=json.dumps(dict(params), sort_keys=True),
         )
 
@@ -107,6 +140,8 @@ class QueryPlan(Protocol):
 
     name: str
     planned_steps: int
+    neighbours: str
+    """The neighbouring relation under the plan's unit (for record level: what one record is, and how it changes)."""
 
     def first(self) -> QueryStep: ...
 
@@ -122,11 +157,14 @@ class QueryPlan(Protocol):
 class PlanFactory(Protocol):
     """How a query's server half is made: raw parameters (validated at the edge) and the federation's schema.
 
-    `noise_multiplier` is the noise std per unit of `l2_bound` the engine adds to every step (0 without DP);
-    plans that threshold noisy counts (frequent itemsets, K-means) scale their thresholds with it.
+    `noise_multiplier` is the noise std per unit of sensitivity the engine adds to every step (0 without
+    DP) and `unit` says which sensitivity (`QueryStep.sensitivity`): plans that threshold noisy counts
+    (frequent itemsets, K-means) scale their thresholds with both, and every plan states its noise std.
     """
 
-    def __call__(self, raw: Mapping[str, Any], schema: DataSchema, *, noise_multiplier: float = 0.0) -> QueryPlan: ...
+    def __call__(
+        self, raw: Mapping[str, Any], schema: DataSchema, *, noise_multiplier: float = 0.0, unit: Unit = "record"
+    ) -> QueryPlan: ...
 
 
 TABLES = ("demand", "risk")
@@ -173,8 +211,8 @@ def parse_params(model: type[P], raw: Mapping[str, Any], *, query: str, schema: 
         known = table_columns(schema, table)
         if column not in known:
             raise ConfigError(
-                f"query '{query}': column '{column}' is not in the federation's {table} table "
-                f"(columns: {', '.join(known)})",
+                f"query '{query}': column '{column}' is not a numeric column of the federation's {table} table "
+                f"(numeric columns: {', '.join(known)})",
                 field=f"params.{field}",
             )
     return params

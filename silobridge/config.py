@@ -227,6 +227,18 @@ class PrivacySpec(BaseModel):
         le=1e6,
         description="Gaussian noise std on the unclipped count; None: expected participants / 20 (as the paper)",
     )
+    ledger_public_key: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-fA-F]{64}$",
+        description="the coordinator's long-term Ed25519 ledger key (hex, `silobridge keys --ledger`): every "
+        "run's ledger must be signed by it, and `silobridge audit --config` checks against it",
+    )
+
+    @field_validator("ledger_public_key")
+    @classmethod
+    def _lower_hex(cls, value: str | None) -> str | None:
+        """Hex of either case names the same key; stored in lower case, as ledgers write it."""
+        return None if value is None else value.lower()
 
     @field_validator("adaptive_clipping")
     @classmethod
@@ -298,6 +310,33 @@ class InventoryPolicy(BaseModel):
         return self.lead_time + self.review_period
 
 
+class LinearSpec(BaseModel):
+    """The linear model family (sufficient-statistics ridge and logistic regression): public constants only.
+
+    One demand window's features and targets are clipped to these bounds before they enter the firm's
+    X^T X and X^T Y, so one window moves the summed statistics by a known amount; the bounds are part
+    of the federation file, never read from the data.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: Literal["auto", "linear", "mlp"] = Field(
+        default="auto",
+        description="global model family: 'auto' trains the linear family under DP (one release spends the "
+        "budget once) and both families without DP, each firm choosing what it deploys",
+    )
+    value_bound: float = Field(default=4.0, gt=0, le=1000, description="scaled demand values are clipped to [0, c]")
+    feature_bound: float = Field(default=3.0, gt=0, le=1000, description="calendar and covariates clipped to [-b, b]")
+    row_norm: float = Field(default=6.0, gt=0, description="L2 bound on one window's feature vector")
+    target_norm: float = Field(default=4.0, gt=0, description="L2 bound on one window's scaled targets")
+    ridge: float = Field(default=1.0, gt=0, description="ridge penalty of the global and local fits")
+    validation_periods: int = Field(
+        default=8, ge=1, le=104, description="a firm's most recent training origins it chooses its model on"
+    )
+    newton_steps: int = Field(default=3, ge=1, le=20, description="noised Newton steps of the logistic risk model")
+    risk_ridge: float = Field(default=1.0, gt=0, description="L2 penalty of the logistic risk model")
+
+
 class FederationSpec(BaseModel):
     """Columns, feature layout, model size, evaluation split and aggregation of one federation."""
 
@@ -312,6 +351,7 @@ class FederationSpec(BaseModel):
     aggregation: AggregationSpec = AggregationSpec()
     privacy: PrivacySpec = PrivacySpec(enabled=False)
     inventory: InventoryPolicy = InventoryPolicy()
+    linear: LinearSpec = LinearSpec()
 
     @property
     def min_periods(self) -> int:

@@ -1,7 +1,7 @@
 """Shared by the analytics tests: firms as validated tables, pooled references, and a federation in a loop.
 
 `drive` runs a plan to its answer the way the engine does (optionally adding Gaussian noise of
-`noise_multiplier x l2_bound` to each released sum), sending each step through a JSON round trip as
+`noise_multiplier x step.sensitivity(unit)` to each released sum), sending each step through a JSON round trip as
 it would travel in a Flower message; `pooled_firm` turns several firms into one firm holding all rows,
 `pooled` concatenates one column of every firm.
 """
@@ -89,6 +89,7 @@ def drive(
     noise_multiplier: float = 0.0,
     seed: int = 0,
     max_steps: int = 200,
+    unit: str = "record",
 ) -> tuple[dict[str, Any], Trace]:
     """Run `plan` over `firms`; returns its result and the trace of releases."""
     rng = np.random.default_rng(seed)
@@ -106,7 +107,7 @@ def drive(
             total += answer.vector
             trace.clipped += answer.clipped
         if noise_multiplier > 0:
-            total = total + rng.normal(0.0, noise_multiplier * step.l2_bound, size=step.length)
+            total = total + rng.normal(0.0, noise_multiplier * step.sensitivity(unit), size=step.length)
         trace.steps.append(step)
         trace.totals.append(total)
         step = plan.next(total, len(firms))

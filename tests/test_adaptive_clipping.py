@@ -287,7 +287,10 @@ def test_the_run_is_accounted_as_the_combined_gaussian_and_audits_clean(adaptive
     assert recorded[0] == pytest.approx(z, rel=1e-12)
     expected = _dp_accounting_epsilon(recorded, 1.0, 1e-5)
     result = subprocess.run(
-        [sys.executable, "-m", "federation.cli", "audit", str(adaptive_run.path), "--json"],
+        [
+            *(sys.executable, "-m", "federation.cli", "audit", str(adaptive_run.path), "--json"),
+            *("--public-key", privacy["ledger_public_key"]),  # the run's own key: audited as published
+        ],
         capture_output=True,
         text=True,
         timeout=120,

@@ -87,8 +87,8 @@ def test_with_noise_counts_stay_within_the_noise_scale(firms: list[FirmData]) ->
     above it exceeds the target by at most the noise summed over the bins above it (5 sigma sqrt(bins))."""
     multiplier = 0.003
     params = {"contamination": 0.01, "max_records": 5000, "score_bins": 50}
-    plan = anomaly.make_plan(params, schema=GENERATED_SCHEMA, noise_multiplier=multiplier)
-    result, trace = drive(plan, firms, noise_multiplier=multiplier, seed=4)
+    plan = anomaly.make_plan(params, schema=GENERATED_SCHEMA, noise_multiplier=multiplier, unit="firm")
+    result, trace = drive(plan, firms, noise_multiplier=multiplier, seed=4, unit="firm")
     scores, exact_masses = _pooled_scores(firms, plan.params, masses=trace.totals[0])
     assert not np.array_equal(trace.totals[0], exact_masses)  # noise was added
     sigma_hist, sigma_flag = (multiplier * step.l2_bound for step in trace.steps[1:])

@@ -80,8 +80,8 @@ def test_with_noise_the_planted_patterns_are_found_and_nothing_rare_survives(
     params = {"items": ITEMS, "min_support": 30, "max_baskets": 200, "max_basket_items": 4, "threshold_sigmas": 3}
     exact_plan = apriori.make_plan(params, schema=GENERATED_SCHEMA)
     exact = {tuple(e["items"]): e["support"] for e in drive(exact_plan, firms)[0]["itemsets"]}
-    plan = apriori.make_plan(params, schema=GENERATED_SCHEMA, noise_multiplier=multiplier)
-    result, trace = drive(plan, firms, noise_multiplier=multiplier, seed=1)
+    plan = apriori.make_plan(params, schema=GENERATED_SCHEMA, noise_multiplier=multiplier, unit="firm")
+    result, trace = drive(plan, firms, noise_multiplier=multiplier, seed=1, unit="firm")
     sigmas = {step.params["level"]: multiplier * step.l2_bound for step in trace.steps}
     found = {tuple(e["items"]): e["support"] for e in result["itemsets"]}
     assert [level["noise_std"] for level in result["levels"]] == pytest.approx([sigmas[k] for k in sorted(sigmas)])

@@ -73,10 +73,14 @@ def test_query_command_with_dp_writes_an_auditable_ledger(tmp_path: Path, firms:
     assert done.returncode == 0, done.stderr
     printed = json.loads(done.stdout)
     assert printed["privacy"]["epsilon"] <= 50 and printed["privacy"]["epsilon"] > 45  # calibrated to spend it
-    sigma_n = printed["noise_multiplier"] * math.sqrt(2) * rows
+    assert printed["privacy"]["unit"] == "record"  # the default
+    sigma_n = printed["noise_multiplier"] * math.hypot(0.25, 1.0) / 0.25  # record level: rows do not enter
+    assert printed["answer"]["noise_std"]["count"] == pytest.approx(sigma_n)
+    assert printed["steps"][0]["sensitivity"] == pytest.approx(math.hypot(0.25, 1.0) / rows)
     units = pooled(firms, "demand", "units")
     assert abs(printed["answer"]["count"] - units.size) <= 5 * sigma_n + 0.5
-    audit = silobridge("audit", printed["run_dir"], "--json", cwd=tmp_path)
+    key = json.loads((Path(printed["run_dir"]) / "queries.json").read_text())["public_key"]
+    audit = silobridge("audit", printed["run_dir"], "--json", "--public-key", key, cwd=tmp_path)
     assert audit.returncode == 0, audit.stderr
     report = json.loads(audit.stdout)
     assert report["verified"] and report["within_budget"]
@@ -171,3 +175,51 @@ def test_query_command_pilots_on_the_firms_files(
     refused = silobridge("query", str(TINY), "sum", *args, "--data", str(broken), "--out", str(tmp_path), cwd=tmp_path)
     assert refused.returncode == 2, refused.stderr
     assert "R2/demand.csv" in refused.stderr and "units" in refused.stderr
+
+
+def test_query_session_from_a_plan_file_one_budget_one_ledger(tmp_path: Path, firms: list[FirmData]) -> None:
+    """`--plan`: three queries in one run under one budget; one ledger with every release, verified; the
+    preview's epsilon is the accountant's for all planned releases; answers within the stated noise."""
+    plan = tmp_path / "queries.toml"
+    plan.write_text(
+        "[[query]]\n"
+        'name = "mean"\n'
+        'params = { column = "units", low = 0, high = 5000 }\n\n'
+        "[[query]]\n"
+        'name = "histogram"\n'
+        'params = { column = "units", edges = [0, 50, 200, 1000, 5000] }\n\n'
+        "[[query]]\n"
+        'name = "count"\n'
+        'params = { table = "risk" }\n'
+    )
+    done = silobridge(
+        "query",
+        str(TINY),
+        *("--plan", str(plan), "--epsilon", "30", "--json", "--out", str(tmp_path), "--run-id", "session"),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout)
+    assert [q["query"] for q in printed["queries"]] == ["mean", "histogram", "count"]
+    mean, histogram, count = (q["answer"] for q in printed["queries"])
+    units = pooled(firms, "demand", "units")
+    assert abs(mean["mean"] - units.mean()) <= 5 * mean["noise_std"]["mean"]
+    exact = np.histogram(np.clip(units, 0, 5000), bins=[0, 50, 200, 1000, 5000])[0]
+    assert np.all(np.abs(np.array(histogram["counts"]) - exact) <= 5 * histogram["noise_std_per_bin"] + 0.5)
+    risk_rows = sum(len(f.risk) for f in firms)
+    assert abs(count["count"] - risk_rows) <= 5 * count["noise_std"]["count"] + 0.5
+    written = json.loads((Path(printed["run_dir"]) / "queries.json").read_text())
+    preview = written["preview"]
+    assert preview["releases"] == 3 and preview["unit"] == "record" and preview["epsilon"] <= 30
+    key = written["public_key"]
+    audit = silobridge("audit", printed["run_dir"], "--json", "--public-key", key, cwd=tmp_path)
+    assert audit.returncode == 0, audit.stderr
+    report = json.loads(audit.stdout)
+    assert report["verified"] and report["within_budget"]
+    assert [r["release_id"] for r in report["releases"]] == [
+        "query-1/mean/step-0",
+        "query-2/histogram/step-0",
+        "query-3/count/step-0",
+    ]
+    assert report["epsilon_overall"] == pytest.approx(preview["epsilon"], rel=1e-6)
+    assert report["epsilon_overall"] == pytest.approx(printed["queries"][-1]["privacy"]["epsilon_total"], rel=1e-6)

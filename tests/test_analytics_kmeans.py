@@ -102,8 +102,8 @@ def test_with_noise_each_round_stays_within_the_noise_scale(firms: list[FirmData
     under the plan's threshold."""
     multiplier = 0.02
     params = {"k": 4, "max_iterations": 6, "tolerance": 0.0, "max_points": 8}  # no firm has more series
-    plan = kmeans.make_plan(params, schema=GENERATED_SCHEMA, noise_multiplier=multiplier)
-    _, trace = drive(plan, firms, noise_multiplier=multiplier, seed=5)
+    plan = kmeans.make_plan(params, schema=GENERATED_SCHEMA, noise_multiplier=multiplier, unit="firm")
+    _, trace = drive(plan, firms, noise_multiplier=multiplier, seed=5, unit="firm")
     x = _pooled_points(firms, plan.params)
     k, width = 4, x.shape[1]
     threshold = max(plan.params.min_count, plan.params.count_sigmas * multiplier * plan.lloyd_bound())

@@ -83,8 +83,8 @@ def test_with_noise_coefficients_stay_within_the_noise_scale(firms: list[FirmDat
     d x d symmetric matrix), so each coefficient stays within 5 std of A^-1 e, inflated by 1 / (1 - rho)."""
     ridge, multiplier = 20.0, 2e-5
     params = {"ridge": ridge, "max_iterations": 12, "max_records": 5000}
-    plan = logistic.make_plan(params, schema=GENERATED_SCHEMA, noise_multiplier=multiplier)
-    result, trace = drive(plan, firms, noise_multiplier=multiplier, seed=3)
+    plan = logistic.make_plan(params, schema=GENERATED_SCHEMA, noise_multiplier=multiplier, unit="firm")
+    result, trace = drive(plan, firms, noise_multiplier=multiplier, seed=3, unit="firm")
     sigma = multiplier * trace.steps[-1].l2_bound
     assert result["noise_std"] == pytest.approx(sigma)
     x, y = _pooled_design(firms, plan.params)

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import dp_accounting as dpa
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -224,7 +225,9 @@ def test_feature_outside_the_schema_names_its_position() -> None:
     params = {**REGRESSION, "features": ["price", "colour"], "ranges": {**REGRESSION["ranges"], "colour": [0, 1]}}
     params["ranges"].pop("promotion")
     params["ranges"].pop("holiday")
-    with pytest.raises(ConfigError, match="column 'colour' is not in the federation's demand table") as caught:
+    with pytest.raises(
+        ConfigError, match="column 'colour' is not a numeric column of the federation's demand"
+    ) as caught:
         build_plan("linear_regression", params, GENERATED_SCHEMA)
     assert caught.value.field == "params.features.1"
 
@@ -254,7 +257,7 @@ def test_malformed_steps_are_refused_by_the_firm(firms: list[FirmData]) -> None:
         answer_step(unknown, firm)
 
 
-def _ledger(tmp_path: Path, budget: Budget) -> PrivacyRun:
+def _ledger(tmp_path: Path, budget: Budget, unit: str = "record") -> PrivacyRun:
     tmp_path.mkdir(parents=True, exist_ok=True)
     return PrivacyRun.start(
         tmp_path / "ledger.jsonl",
@@ -262,39 +265,49 @@ def _ledger(tmp_path: Path, budget: Budget) -> PrivacyRun:
         config_sha256="0" * 64,
         budget=budget,
         signing_key=Ed25519PrivateKey.generate(),
-        spec=query_accounting(),
+        spec=query_accounting(unit=unit),
     )
 
 
-def test_dp_answers_within_the_noise_tolerance_and_ledger_audits(firms: list[FirmData], tmp_path: Path) -> None:
-    """Large epsilon so the tolerance means something with five firms; 5 sigma of the noise actually added."""
-    budget = Budget(epsilon=200.0, delta=1e-5)
-    z = calibrate_query_noise(4, budget)  # mean (1 step) + linear regression (1) + autoregression (2)
-    ledger = _ledger(tmp_path, budget)
+def test_firm_level_dp_answers_within_the_noise_tolerance_and_ledger_audits(
+    firms: list[FirmData], tmp_path: Path
+) -> None:
+    """Unit firm: large epsilon so the tolerance means something with five firms; 5 sigma of the noise added."""
+    budget = Budget(epsilon=2000.0, delta=1e-5)
+    z = calibrate_query_noise(4, budget, query_accounting(unit="firm"))  # mean, linear regression, AR (2)
+    ledger = _ledger(tmp_path, budget, unit="firm")
     rows = 2000  # every firm's demand table fits: nothing is clipped
     engine = QueryEngine(
-        plain_sum_step(firms), [f.firm_id for f in firms], privacy=QueryPrivacy(ledger, z, np.random.default_rng(3))
+        plain_sum_step(firms),
+        [f.firm_id for f in firms],
+        privacy=QueryPrivacy(ledger, z, np.random.default_rng(3), unit="firm"),
     )
     units = pooled(firms, "demand", "units")
 
-    mean = engine.run(build_plan("mean", {**UNITS, "max_rows": rows}, GENERATED_SCHEMA))
-    sigma = z * math.sqrt(2)  # per entry of the scaled vector [n / rows, sum / (rows M)]
-    sigma_n, sigma_sum = sigma * rows, sigma * rows * 5000
+    def build(name: str, params: dict[str, Any]) -> Any:
+        return build_plan(name, params, GENERATED_SCHEMA, noise_multiplier=z, unit="firm")
+
+    mean = engine.run(build("mean", {**UNITS, "max_rows": rows}))
+    sigma = z * math.hypot(0.25, 1.0)  # per entry of the scaled vector [0.25 n / rows, sum / (rows M)]
+    sigma_n, sigma_sum = sigma * rows / 0.25, sigma * rows * 5000
+    assert mean.answer["noise_std"]["count"] == pytest.approx(sigma_n)
+    assert mean.answer["noise_std"]["sum"] == pytest.approx(sigma_sum)
     assert abs(mean.answer["count"] - units.size) <= 5 * sigma_n + 0.5
     n_low = units.size - 5 * sigma_n
     assert abs(mean.answer["mean"] - units.mean()) <= (5 * sigma_sum + units.mean() * 5 * sigma_n) / n_low
     assert mean.answer["count"] != units.size  # the noise is really there
     assert mean.steps[0].noise_std == pytest.approx(sigma)
-    assert mean.epsilon == pytest.approx(epsilon([ledger_event(ledger, 0)], 1e-5, query_accounting()))
+    assert mean.epsilon == pytest.approx(epsilon([ledger_event(ledger, 0)], 1e-5, query_accounting(unit="firm")))
+    assert mean.to_dict()["privacy"]["unit"] == "firm" and "whole contribution" in mean.neighbours
 
-    regression = engine.run(build_plan("linear_regression", {**REGRESSION, "max_rows": rows}, GENERATED_SCHEMA))
+    regression = engine.run(build("linear_regression", {**REGRESSION, "max_rows": rows}))
     sigma_rows = z * regression.steps[0].l2_bound * rows  # the noise on X^T X [0, 0], the row count
     assert regression.steps[0].noise_std == pytest.approx(z * math.sqrt(4 * 4 + 4 + 1))
     assert 0 < abs(regression.answer["rows"] - units.size) <= 5 * sigma_rows + 0.5
     assert all(math.isfinite(c) for c in regression.answer["coefficients"].values())
 
     ar_params = {"lags": 2, "high": 5000, "max_rows": rows, "max_series": 30}
-    ar = engine.run(build_plan("autoregression", ar_params, GENERATED_SCHEMA))
+    ar = engine.run(build("autoregression", ar_params))
     series = sum(f.demand["series"].nunique() for f in firms)
     assert len(ar.steps) == 2 and abs(ar.answer["series"] - series) <= 5 * z * math.sqrt(3) * 30 + 0.5
     ledger.close()
@@ -372,7 +385,9 @@ def test_budget_refusal_names_spent_and_asked(firms: list[FirmData], tmp_path: P
         engine.run(build_plan("autoregression", {"high": 5000}, GENERATED_SCHEMA))
     message = str(caught.value)
     assert "query 'autoregression' (2 release(s)" in message
-    assert f"from {first.epsilon_total:.6g} to" in message and "over the run budget of 3" in message
+    alone = epsilon([dpa.SelfComposedDpEvent(dpa.GaussianDpEvent(z), 2)], 1e-5, query_accounting())
+    assert f"spent {first.epsilon_total:.6g} of the budget 3 at delta 1e-05" in message
+    assert f"this query alone asks {alone:.6g}" in message
     assert len(asked) == 1  # no firm was asked anything for the refused query
     ledger.close()
     report = verify_ledger(ledger.path)

@@ -112,7 +112,7 @@ def test_plans() -> None:
     assert len(full) == 5 + 1 + 8 and {c.rounds for c in full if c.scenario == "large"} == {5}
     assert {c.rounds for c in full if c.scenario == "default"} == {None}
     assert "privacy.mechanism=distributed" in full[-1].overrides() and full[-1].run_id == "large-firm-distributed-eps8"
-    assert Config("default").overrides() == ["privacy.enabled=false"]
+    assert Config("default").overrides() == ["privacy.enabled=false", "training.model=mlp"]
     assert len(plan(quick=False, rounds=None, large_rounds=5, skip_large=True)) == 5
 
 

@@ -91,7 +91,7 @@ def test_a_network_run_equals_the_pilot_simulation_on_the_same_files(
         assert spent[firm]["releases"] == row["releases"] == 2
         assert spent[firm]["epsilon_rdp"] == pytest.approx(row["epsilon_rdp"], rel=1e-9)
     # The auditor verifies the network run's ledger like any other.
-    audit = loopback.cli("audit", str(net_dir), "--json")
+    audit = loopback.cli("audit", str(net_dir), "--json", "--public-key", summary["privacy"]["ledger_public_key"])
     assert audit.returncode == 0, audit.stdout + audit.stderr
     # A real federation holds no one's test data: nothing is measured, nothing pretends to be.
     assert summary["models"] == {"demand": {}, "risk": {}}

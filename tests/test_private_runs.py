@@ -16,7 +16,11 @@ import pytest
 from federation.server_app import RunResult
 from federation.simulation import simulate
 from privacy.ledger import verify_ledger
+from scenarios.schema import load_scenario
 from tests.conftest import ROOT, TINY
+
+MLP = "training.model=mlp"
+"""The MLP family (DP-SGD rounds) where a test is about it: under record-level DP 'auto' trains the linear one."""
 
 
 def _simulate(out: Path, run_id: str, overrides: str = "", **config: object) -> RunResult:
@@ -27,8 +31,9 @@ def _simulate(out: Path, run_id: str, overrides: str = "", **config: object) -> 
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunResult]:
     out = tmp_path_factory.mktemp("private-runs")
     return {
-        "record": _simulate(out, "record", "firms.R2.budget_epsilon=7.0;firms.S1.budget_epsilon=1.0"),
-        "refused": _simulate(out, "refused", "privacy.noise_multiplier=1.0;privacy.epsilon=4.5"),
+        "record": _simulate(out, "record", f"{MLP};firms.R2.budget_epsilon=7.0;firms.S1.budget_epsilon=1.0"),
+        "refused": _simulate(out, "refused", f"{MLP};privacy.noise_multiplier=1.0;privacy.epsilon=4.5"),
+        "linear": _simulate(out, "linear", "firms.S1.budget_epsilon=1.0"),
         "central": _simulate(out, "central", "privacy.unit=firm;privacy.mechanism=central;privacy.accountant=pld"),
         "distributed": _simulate(out, "distributed", "privacy.unit=firm;privacy.mechanism=distributed"),
     }
@@ -75,6 +80,10 @@ def test_a_firm_with_its_own_budget_stops_contributing_when_it_is_spent(runs: di
     assert max(row.releases for row in r2_parties.values()) == firms["R2"]["releases"]
     r1_worst = max(row.epsilon for p, row in report.firms.items() if p.startswith("R1/"))
     assert r1_worst == pytest.approx(firms["R1"]["epsilon_rdp"], rel=1e-6)
+    # S1 took part in no round: the summary says so, and every release names it among the excluded firms
+    # (before: `excluded_firms` was empty under record-level DP).
+    assert run.summary["privacy"]["firms_in_no_round"] == ["S1"]
+    assert all(any(p.startswith("S1/") for p in release.excluded_firms) for release in report.releases)
 
 
 def test_a_refused_round_ends_training_cleanly(runs: dict[str, RunResult]) -> None:
@@ -119,3 +128,32 @@ def test_audit_command_verifies_and_detects_tampering(runs: dict[str, RunResult]
     assert "entry 2" in " ".join(result.stderr.split())
     result = _audit(str(run.path), "--public-key", "00" * 32)
     assert result.returncode == 3
+
+
+def test_linear_family_spends_the_budget_in_one_release_per_model_and_audits(runs: dict[str, RunResult]) -> None:
+    """The default under DP: one noised secure sum for demand, `newton_steps` for risk, each firm's data sets
+    charged the calibrated epsilon; a firm whose own budget cannot pay is left out and spends nothing."""
+    run = runs["linear"]
+    privacy = run.summary["privacy"]
+    assert privacy["mechanism"] == "sufficient_statistics_gaussian" and privacy["within_budget"]
+    assert 7.8 <= privacy["epsilon_overall"] <= 8.0
+    releases = [
+        json.loads(line)
+        for line in (run.path / "privacy_ledger.jsonl").read_text().splitlines()
+        if json.loads(line)["kind"] == "release"
+    ]
+    assert [r["release_id"] for r in releases] == ["linear/demand", "linear/risk-1", "linear/risk-2", "linear/risk-3"]
+    assert all(r["mechanism"] == "gaussian" and "S1/demand" not in r["firms"] for r in releases)
+    firms = privacy["firms"]
+    assert firms["R1"]["datasets"]["demand"]["releases"] == 1 and firms["R1"]["datasets"]["risk"]["releases"] == 3
+    assert firms["S1"]["releases"] == 0
+    report = verify_ledger(run.path / "privacy_ledger.jsonl", public_key=privacy["ledger_public_key"])
+    assert report.epsilon_overall == pytest.approx(privacy["epsilon_overall"], rel=1e-6)
+    result = _audit(str(run.path), "--public-key", privacy["ledger_public_key"], "--json")
+    assert result.returncode == 0, result.stderr
+    assert (run.path / "models" / "demand_linear.pt").exists() and not (run.path / "models" / "demand.pt").exists()
+    models = run.summary["models"]["demand"]
+    assert {"deployed", "federated", "local_only", "centralised", "naive", "per_firm"} == set(models)
+    rows = models["per_firm"]["firms"]
+    assert {r["firm"] for r in rows} == {f.id for f in load_scenario(TINY).firms}
+    assert models["per_firm"]["worst_ratio"] == pytest.approx(max(r["ratio"] for r in rows))

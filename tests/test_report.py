@@ -28,7 +28,9 @@ from tests.conftest import TINY
 
 # Round 3 would overspend epsilon 4.5 (rounds 1 and 2 spend 4.22), and S1's own budget of 3.5 pays for
 # round 1 only: a refusal, a firm left out, and an uneven spend across firms.
-DP_OVERRIDES = "training.rounds=3;privacy.noise_multiplier=1.0;privacy.epsilon=4.5;firms.S1.budget_epsilon=3.5"
+DP_OVERRIDES = (
+    "training.model=mlp;training.rounds=3;privacy.noise_multiplier=1.0;privacy.epsilon=4.5;firms.S1.budget_epsilon=3.5"
+)
 EFFICIENCY = {
     "horizon": 13,
     "policy": {"review_period": 1, "service_level": 0.95, "holding_cost": 0.2, "lead_time": 2},
@@ -88,7 +90,7 @@ def _section(page: str, anchor: str) -> str:
 
 def test_private_run_report(runs: dict[str, RunResult], tmp_path: Path) -> None:
     run = runs["dp"]
-    path, data = write_report(_copy(run, tmp_path))
+    path, data = write_report(_copy(run, tmp_path), public_key=run.summary["privacy"]["ledger_public_key"])
     assert path == tmp_path / "dp" / REPORT_FILE
     page = path.read_text(encoding="utf-8")
     text = _text(page)
@@ -106,8 +108,11 @@ def test_private_run_report(runs: dict[str, RunResult], tmp_path: Path) -> None:
     report = verify_ledger(run.path / "privacy_ledger.jsonl", public_key=summary["privacy"]["ledger_public_key"])
     privacy = _section(page, "privacy")
     assert data.audit is not None and data.audit.verified and report.refusals == ("round-3/demand",)
-    assert f"verified: chain and signatures intact, epsilon {report.epsilon_overall:.4f} of 4.5" in privacy
-    assert "the published key" in privacy
+    assert (
+        f"verified: chain and signatures intact under the trusted key, epsilon {report.epsilon_overall:.4f} of 4.5"
+        in (privacy)
+    )
+    assert "per-run; the trusted key" in privacy
     for party, firm in report.firms.items():
         name, _, dataset = party.partition("/")
         assert f"{name} {dataset} {firm.releases} {fmt(firm.epsilon)}" in privacy
@@ -230,8 +235,9 @@ def test_failed_private_run_still_reports_its_ledger(runs: dict[str, RunResult],
     page = render(load_run(run_dir))
     assert "This run failed: FederationError: round 3: only 1 of 5 firms" in _section(page, "run")
     privacy = _section(page, "privacy")
-    assert "Ledger audit: verified: chain and signatures intact" in privacy
-    assert "no published public key: the ledger was checked against its own header key only" in privacy
+    # No trusted key given: intact, and said to be checked against the per-run key in its own folder only.
+    assert "Ledger audit: intact but signed by a per-run key found only in the run directory" in privacy
+    assert "no trusted key given (--config or --public-key)" in privacy
     assert "header key only" in privacy
     assert len(_images(page)) == 4  # curves from metrics.jsonl (no baselines), privacy, participation
 

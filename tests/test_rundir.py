@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from federation.rundir import RunDirectory
 from federation.simulation import simulate
 from privacy.ledger import verify_ledger
+from silobridge.errors import ConfigError
 from tests.conftest import TINY
 
 
@@ -50,11 +52,20 @@ def test_a_run_without_dp_that_fails_midway_leaves_nothing_in_runs(tmp_path: Pat
     assert not out.exists() or list(out.iterdir()) == []
 
 
+MLP = "training.model=mlp"  # DP-SGD rounds: under record-level DP 'auto' trains the linear family
+
+
 def test_a_private_run_that_fails_midway_keeps_its_ledger_for_audit(tmp_path: Path) -> None:
     out = tmp_path / "runs"
     with pytest.raises(RuntimeError, match="coordinator crashed in round 2"):
         simulate(
-            {"scenario": str(TINY), "out-dir": str(out), "num-rounds": 3, "run-id": "crashed"},
+            {
+                "scenario": str(TINY),
+                "out-dir": str(out),
+                "num-rounds": 3,
+                "run-id": "crashed",
+                "set": "training.model=mlp",
+            },
             observer=_FailsInRoundTwo(),
             cpus=2,
         )
@@ -65,3 +76,27 @@ def test_a_private_run_that_fails_midway_keeps_its_ledger_for_audit(tmp_path: Pa
     released = [r.release_id for r in report.releases]
     assert released == ["round-1/demand", "round-1/risk", "round-2/demand", "round-2/risk"]
     assert report.within_budget
+
+
+def test_an_interrupted_runs_partial_folder_is_never_reused_or_deleted(tmp_path: Path) -> None:
+    """The issue: re-running with the same --run-id silently deleted `.RUNID.partial` and its ledger."""
+    partial = tmp_path / ".r3.partial"
+    partial.mkdir()
+    (partial / "privacy_ledger.jsonl").write_text("the only record of what was spent\n")
+    with pytest.raises(ConfigError, match=r"\.r3\.partial.*silobridge audit"):
+        RunDirectory(tmp_path, "r3")
+    with pytest.raises(ConfigError, match=r"\.r3\.partial"):  # the simulation refuses before Ray starts
+        simulate({"scenario": str(TINY), "out-dir": str(tmp_path), "run-id": "r3"}, cpus=1)
+    assert (partial / "privacy_ledger.jsonl").read_text() == "the only record of what was spent\n"
+
+
+def test_abandon_keeps_a_private_run_with_its_reason(tmp_path: Path) -> None:
+    with RunDirectory(tmp_path, "kept") as rundir:
+        rundir.keep_on_failure = True
+        rundir.write_text("privacy_ledger.jsonl", "{}\n")
+        kept = rundir.abandon("interrupted: SIGINT (Ctrl-C)")
+    assert kept == tmp_path / "kept"
+    assert json.loads((kept / "failure.json").read_text())["error"] == "interrupted: SIGINT (Ctrl-C)"
+    with RunDirectory(tmp_path, "dropped") as rundir:
+        assert rundir.abandon("interrupted: SIGINT (Ctrl-C)") is None  # nothing private spent: nothing kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]

@@ -110,12 +110,14 @@ def supernode_command(
     budget_epsilon: float | None = None,
     noise_seed: int | None = None,
     idle_poll_s: float = IDLE_POLL_S,
+    extra_config: Mapping[str, str | float] | None = None,
 ) -> list[str]:
     """A partner's SuperNode: TLS pinned to the federation's CA, authenticated by the firm's key.
 
     `noise_seed` fixes the firm's own DP-SGD noise (the coordinator never sees it); None: OS entropy.
     It is Flower's `flower-supernode` run through `federation.network.supernode`, which shortens the
-    node's fixed 3 s idle sleep to `idle_poll_s` (a pinned hook, see `flower_hooks`).
+    node's fixed 3 s idle sleep to `idle_poll_s` (a pinned hook, see `flower_hooks`). `extra_config` adds
+    node-config values (the lifetime odometer's folder and budget).
     """
     values: dict[str, str | float] = {
         NODE_DATA_DIR: str(data_dir.resolve()),
@@ -126,6 +128,7 @@ def supernode_command(
         values[NODE_BUDGET] = float(budget_epsilon)
     if noise_seed is not None:
         values[NODE_NOISE_SEED] = int(noise_seed)
+    values.update(extra_config or {})
     return [
         sys.executable,
         "-m",

@@ -12,12 +12,15 @@ from federation.report.page import render
 from silobridge.errors import ConfigError
 
 
-def write_report(run_dir: Path, out: Path | None = None) -> tuple[Path, RunData]:
+def write_report(
+    run_dir: Path, out: Path | None = None, *, public_key: str | None = None, federation: Path | None = None
+) -> tuple[Path, RunData]:
     """Write the report of `run_dir` to `out` (a file, or a folder to hold report.html; default RUN_DIR/report.html).
 
+    `public_key` or `federation` (the federation file) give the key the ledger is audited against.
     Returns the path written and what was read.
     """
-    run = load_run(run_dir)
+    run = load_run(run_dir, public_key=public_key, federation=federation)
     target = out if out is not None else run_dir / REPORT_FILE
     if target.is_dir():
         target = target / REPORT_FILE

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from federation.ledger_audit import audit_ledger_file
 from federation.rundir import CONFIG_FILE, FAILURE_FILE, METRICS_FILE, SUMMARY_JSON
-from privacy.ledger import AuditReport, verify_ledger
-from silobridge.errors import ConfigError, LedgerTampered
+from privacy.ledger import AuditReport
+from privacy.ledger.verdict import Judgement, judge
+from silobridge.errors import ConfigError
 
 LEDGER_FILE = "privacy_ledger.jsonl"
 REPORT_FILE = "report.html"
@@ -89,6 +91,31 @@ class Dropout(_Model):
     message: str | None = None
 
 
+class FirmRow(_Model):
+    """Simulation only: what one firm deployed and what going alone would have given it."""
+
+    firm: str
+    group: str
+    choice: str
+    reason: str
+    shrinkage: Number = None
+    deployed_wape: Number = None
+    local_only_wape: Number = None
+    ratio: Number = None
+    deployed_roc_auc: Number = None
+    local_only_roc_auc: Number = None
+    difference: Number = None
+
+
+class PerFirm(_Model):
+    """`summary.json["models"][kind]["per_firm"]`: every firm's row and the worst of them."""
+
+    firms: list[FirmRow]
+    worst_ratio: Number = None
+    worst_difference: Number = None
+    mean_difference: Number = None
+
+
 class Summary(_Model):
     run_id: str
     created: str | None = None
@@ -104,6 +131,17 @@ class Summary(_Model):
     versions: dict[str, str] = {}
     efficiency: Efficiency | None = None
     groups_withheld: dict[str, str] = {}  # per model: why small/large are not released on their own
+    per_firm: dict[str, PerFirm] = {}  # per model, moved out of `models` when read
+
+    @model_validator(mode="before")
+    @classmethod
+    def _per_firm_out_of_models(cls, data: Any) -> Any:
+        """`models[kind]` holds the methods' metrics and, for a simulated run, its `per_firm` rows."""
+        if isinstance(data, dict) and isinstance(data.get("models"), dict):
+            models = {k: dict(v) if isinstance(v, dict) else v for k, v in data["models"].items()}
+            per_firm = {k: v.pop("per_firm") for k, v in models.items() if isinstance(v, dict) and "per_firm" in v}
+            data = {**data, "models": models, "per_firm": per_firm}
+        return data
 
 
 class RoundRecord(_Model):
@@ -141,20 +179,21 @@ class PrivacyAudit:
     entry: int | None = None
     steps: tuple[PrivacyStep, ...] = ()
     firm_budgets: dict[str, float] = field(default_factory=dict)  # own budgets from the verified header
+    problems: tuple[str, ...] = ()  # where the summary disagrees with the ledger
 
     @property
     def verified(self) -> bool:
-        return self.report is not None
+        """Chain and signatures hold and the summary agrees (the key's origin is in `judgement`)."""
+        return self.report is not None and not self.problems
+
+    @property
+    def judgement(self) -> Judgement:
+        """The same verdict `silobridge audit` gives (incomplete, self-signed, over budget, failed)."""
+        return judge(self.report, self.problems, self.error)
 
     @property
     def verdict(self) -> str:
-        if self.report is None:
-            return f"FAILED: {self.error}"  # LedgerTampered's message names the first bad entry
-        budget = self.report.budget
-        spent = f"epsilon {self.report.epsilon_overall:.4f} of {budget.epsilon:g} at delta {budget.delta:g}"
-        if self.report.within_budget:
-            return f"verified: chain and signatures intact, {spent} (recomputed), within budget"
-        return f"verified but OVER BUDGET: {spent} (recomputed)"
+        return self.judgement.text
 
 
 @dataclass(frozen=True)
@@ -222,21 +261,27 @@ def privacy_steps(report: AuditReport) -> tuple[PrivacyStep, ...]:
     return tuple(steps.values())
 
 
-def audit_ledger(ledger: Path, public_key: str | None) -> PrivacyAudit:
-    """Verify the ledger with the auditor's code; a tampered ledger is a verdict, not an exception."""
-    try:
-        report = verify_ledger(ledger, public_key=public_key)
-    except LedgerTampered as err:
-        return PrivacyAudit(ledger, error=str(err), entry=err.entry)
-    except ConfigError as err:  # an unusable key or header: the ledger cannot be trusted either
-        return PrivacyAudit(ledger, error=str(err))
+def audit_ledger(
+    ledger: Path, public_key: str | None = None, *, run_dir: Path | None = None, federation: Path | None = None
+) -> PrivacyAudit:
+    """Verify the ledger with the auditor's code (`federation.ledger_audit`, as `silobridge audit` does);
+    a tampered ledger is a verdict, not an exception. `public_key` or `federation` give the trusted key."""
+    audit = audit_ledger_file(ledger, run_dir=run_dir, public_key=public_key, federation=federation)
+    if audit.report is None:
+        return PrivacyAudit(ledger, error=audit.error, entry=audit.entry)
     header = json.loads(ledger.read_text(encoding="utf-8").split("\n", 1)[0])  # verified just above
     budgets = {party: float(b["epsilon"]) for party, b in header.get("firm_budgets", {}).items()}
-    return PrivacyAudit(ledger, report=report, steps=privacy_steps(report), firm_budgets=budgets)
+    return PrivacyAudit(
+        ledger, report=audit.report, steps=privacy_steps(audit.report), firm_budgets=budgets, problems=audit.problems
+    )
 
 
-def load_run(run_dir: Path) -> RunData:
-    """Read and check a run directory (a finished run, or a private run that failed and kept its ledger)."""
+CRASHED = "the run stopped without writing summary.json or failure.json (killed, or the machine went down)"
+
+
+def load_run(run_dir: Path, *, public_key: str | None = None, federation: Path | None = None) -> RunData:
+    """Read and check a run directory (a finished run, a private run that failed or was interrupted and kept
+    its ledger, or the hidden partial folder a crash left with a ledger in it)."""
     if not run_dir.is_dir():
         raise ConfigError("not a run directory", source=str(run_dir))
     summary_path, failure_path = run_dir / SUMMARY_JSON, run_dir / FAILURE_FILE
@@ -244,6 +289,8 @@ def load_run(run_dir: Path) -> RunData:
     failure = None
     if failure_path.exists():
         failure = str(_read_json(failure_path).get("error", "unknown error"))
+    elif summary is None and (run_dir / LEDGER_FILE).exists():
+        failure = CRASHED  # a crash left the ledger: it must still be readable and audited
     if summary is None and failure is None:
         raise ConfigError(f"has neither {SUMMARY_JSON} nor {FAILURE_FILE}: not a run directory", source=str(run_dir))
     config = _read_json(run_dir / CONFIG_FILE) if (run_dir / CONFIG_FILE).exists() else {}
@@ -252,10 +299,12 @@ def load_run(run_dir: Path) -> RunData:
     claims_dp = summary is not None and bool(summary.privacy.get("enabled"))
     audit: PrivacyAudit | None = None
     if ledger.exists():
-        key = summary.privacy.get("ledger_public_key") if summary is not None else None
-        audit = audit_ledger(ledger, key)
-        if key is None:
-            notes.append("no published public key: the ledger was checked against its own header key only")
+        audit = audit_ledger(ledger, public_key, run_dir=run_dir, federation=federation)
+        if public_key is None and federation is None:
+            notes.append(
+                "no trusted key given (--config or --public-key): the ledger was checked against the key in its "
+                "own header only"
+            )
     elif claims_dp:
         audit = PrivacyAudit(ledger, error=f"the summary says DP was on, but there is no {LEDGER_FILE}")
     return RunData(

@@ -14,10 +14,10 @@ from string import Template
 from typing import Any
 
 from federation.report import plots
-from federation.report.data import Efficiency, EfficiencyBlock, RunData, Summary
+from federation.report.data import Efficiency, EfficiencyBlock, PerFirm, RunData, Summary
 
 METRICS = {"demand": ("wape", "mae"), "risk": ("roc_auc", "pr_auc", "brier")}
-METHOD_ORDER = ("federated", "local_only", "centralised", "naive")
+METHOD_ORDER = ("deployed", "federated", "federated_linear", "local_only", "centralised", "naive")
 GROUPS = ("all", "small", "large")
 NOT_COMPUTED = "not computed in this run"
 
@@ -159,6 +159,8 @@ def models(run: RunData) -> str:
             [method] + [s.models[kind][method].get(g, {}).get(m) for m in metrics for g in GROUPS] for method in methods
         ]
         parts.append(f"<h3>{e(kind)}</h3>" + table(headers, rows))
+        if kind in s.per_firm:
+            parts.append(_per_firm(kind, s.per_firm[kind]))
         if kind in s.groups_withheld:
             parts.append(paragraph(f"Small and large firms not shown on their own: {s.groups_withheld[kind]}.", "note"))
     loss = plots.training_loss(run.rounds)
@@ -180,6 +182,28 @@ def models(run: RunData) -> str:
     return section("Models", "models", intro, *parts)
 
 
+def _per_firm(kind: str, rows: PerFirm) -> str:
+    """What joining gave each firm: its deployed model against going alone (simulation only)."""
+    if kind == "demand":
+        headers = ("firm", "group", "deploys", "WAPE deployed", "WAPE local-only", "ratio", "why")
+        body = [(r.firm, r.group, r.choice, r.deployed_wape, r.local_only_wape, r.ratio, r.reason) for r in rows.firms]
+        worst = f"worst ratio {fmt(rows.worst_ratio)}"
+    else:
+        headers = ("firm", "group", "deploys", "ROC-AUC deployed", "ROC-AUC local-only", "difference", "why")
+        body = [
+            (r.firm, r.group, r.choice, r.deployed_roc_auc, r.local_only_roc_auc, r.difference, r.reason)
+            for r in rows.firms
+        ]
+        worst = f"worst difference {fmt(rows.worst_difference)}, mean {fmt(rows.mean_difference)}"
+    note = paragraph(
+        f"What joining gave each firm ({worst}). Each firm chose what it deploys on its own most recent training "
+        "windows; the figures are the simulation harness's measurements on the test periods (simulation only: a "
+        "real federation releases none of them).",
+        "note",
+    )
+    return note + table(headers, body, numeric_from=3)
+
+
 def acceptance(s: Summary | None) -> str:
     if s is None:
         return section("Acceptance checks", "acceptance", paragraph(NOT_COMPUTED, "note"))
@@ -193,7 +217,7 @@ def privacy(run: RunData) -> str:
         return section(
             "Privacy", "privacy", paragraph("Differential privacy was off in this run: there is no privacy ledger.")
         )
-    css = "verdict ok" if audit.verified and audit.report.within_budget else "verdict fail"
+    css = "verdict ok" if audit.judgement.verdict.exit_code in (0, 5) else "verdict fail"
     parts = [paragraph(f"Ledger audit: {audit.verdict}", css)]
     parts += [paragraph(note, "note") for note in run.notes]
     report = audit.report
@@ -211,14 +235,25 @@ def privacy(run: RunData) -> str:
     rows = [
         ("ledger", str(audit.ledger)),
         ("entries", f"{report.entries} (chain and signatures verified)"),
-        ("signing key", f"{report.public_key} ({'the published key' if report.key_trusted else 'header key only'})"),
+        (
+            "signing key",
+            f"{report.public_key} ({report.key_kind or 'kind not recorded'}; "
+            f"{'the trusted key' if report.key_trusted else 'header key only'})",
+        ),
         (
             "accountant",
             f"{report.accountant.kind.value}, {report.accountant.relation.name}, unit {report.accountant.unit.value}",
         ),
         ("budget", f"epsilon {report.budget.epsilon:g} at delta {report.budget.delta:g}"),
         ("epsilon spent (recomputed)", fmt(report.epsilon_overall)),
-        ("ended", report.end_reason if report.ended else "no end entry: the run was cut off"),
+        (
+            "ended",
+            report.end_reason
+            if report.ended
+            else "no end entry: torn by a crash mid-line"
+            if report.torn_tail
+            else "no end entry: the run was cut off",
+        ),
     ] + [("warning", w) for w in report.warnings]
     parts.append(table(None, rows, numeric_from=99))
     png = plots.privacy_spent(audit)

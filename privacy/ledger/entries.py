@@ -65,6 +65,7 @@ class HeaderEntry(_Envelope):
     budget: BudgetModel
     firm_budgets: dict[NonEmpty, BudgetModel]
     public_key: Hex64
+    key_kind: Literal["long-term", "per-run"] | None = None  # which key signed: the federation's, or one made per run
 
 
 class ReleaseEntry(_Envelope):

@@ -22,6 +22,7 @@ What is charged to whom depends on the unit of privacy:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,10 @@ class PrivacyRun:
         self.budget = budget
         self._run = BudgetGuard(budget, spec, name="run")
         self._firms = firm_budgets
+        # An interrupt (Ctrl-C) closes the ledger from another thread: an entry and the accounts it
+        # commits are written as one step, so the end entry always states totals the entries give.
+        self._lock = threading.RLock()
+        self._excluded: dict[str, list[str]] = {}  # release id -> firms its admission left out
 
     @classmethod
     def start(
@@ -86,8 +91,12 @@ class PrivacyRun:
         signing_key: Ed25519PrivateKey,
         spec: AccountingSpec | None = None,
         firm_budgets: Mapping[str, Budget] | None = None,
+        key_kind: str | None = None,
     ) -> PrivacyRun:
-        """Create the ledger at `path` (header entry) and the guards; `firm_budgets` are stricter overrides."""
+        """Create the ledger at `path` (header entry) and the guards; `firm_budgets` are stricter overrides.
+
+        `key_kind` records which key signs: "long-term" (the federation's ledger key) or "per-run".
+        """
         spec = spec or AccountingSpec()
         firms = FirmBudgets(budget, spec, firm_budgets)
         header = {
@@ -97,6 +106,8 @@ class PrivacyRun:
             "budget": budget.to_dict(),
             "firm_budgets": {firm: b.to_dict() for firm, b in sorted(firms.overrides.items())},
         }
+        if key_kind is not None:
+            header["key_kind"] = key_kind
         return cls(LedgerWriter(path, signing_key, header), spec, budget, firms)
 
     @property
@@ -119,12 +130,14 @@ class PrivacyRun:
         a refusal entry) if the run budget cannot, or if no candidate can. For distributed DP pass the
         worst-case event (fewest noise shares the round may end with).
         """
-        charge = self._firms.preview(candidates, event)
-        participants = [firm for firm in charge.accounts if firm not in charge.over_budget]
-        requested = self._overall_if(charge, participants, event, release_id, candidates)  # the run's budget first
-        if not participants:
-            self._refuse(release_id, candidates, event, f"no candidate firm has budget left for {event}")
-        return Admission(participants, list(charge.over_budget), requested)
+        with self._lock:
+            charge = self._firms.preview(candidates, event)
+            participants = [firm for firm in charge.accounts if firm not in charge.over_budget]
+            requested = self._overall_if(charge, participants, event, release_id, candidates)  # the run's budget first
+            if not participants:
+                self._refuse(release_id, candidates, event, f"no candidate firm has budget left for {event}")
+            self._excluded[release_id] = list(charge.over_budget)
+            return Admission(participants, list(charge.over_budget), requested)
 
     def record(self, release: Release) -> dict[str, Any]:
         """Account a release that happened and append its ledger entry; returns the epsilon totals written.
@@ -132,7 +145,14 @@ class PrivacyRun:
         Raises `BudgetExhausted` (writing a refusal entry, charging nothing) if it would overspend:
         that means the release was not admitted with a worst-case event, a bug in the caller.
         """
+        with self._lock:
+            return self._record(release)
+
+    def _record(self, release: Release) -> dict[str, Any]:
         firms = list(release.firms)
+        # Firms its admission left out for their budgets are excluded from this release, whether or
+        # not the caller repeats them: a firm that takes part in no round is named in the ledger.
+        excluded = sorted({*release.excluded_firms, *self._excluded.pop(release.release_id, ())} - set(firms))
         if set(firms) & set(release.excluded_firms):
             raise ConfigError("a firm cannot be both accounted and excluded", field="excluded_firms")
         if not firms:
@@ -153,7 +173,7 @@ class PrivacyRun:
                 "clip_norm": release.clip_norm,
                 "sampling": release.sampling.to_dict(),
                 "firms": sorted(firms),
-                "excluded_firms": sorted(release.excluded_firms),
+                "excluded_firms": excluded,
                 "event": event_to_json(release.event),
                 "parameters": dict(release.parameters),
                 "epsilon": totals,
@@ -170,10 +190,14 @@ class PrivacyRun:
         return self._writer.closed
 
     def close(self, reason: str = "completed") -> None:
-        """Write the end-of-run entry with every firm's total, and close the ledger."""
-        firms = {firm: self._firms.spent(firm) for firm in sorted(self._firms.accounts)}
-        self._writer.append("end", {"reason": reason, "epsilon": {"overall": self.overall_epsilon, "firms": firms}})
-        self._writer.close()
+        """Write the end-of-run entry with every firm's total, and close the ledger (once: later calls do nothing)."""
+        with self._lock:
+            if self.closed:
+                return
+            firms = {firm: self._firms.spent(firm) for firm in sorted(self._firms.accounts)}
+            totals = {"overall": self.overall_epsilon, "firms": firms}
+            self._writer.append("end", {"reason": reason, "epsilon": totals})
+            self._writer.close()
 
     def __enter__(self) -> PrivacyRun:
         return self

@@ -8,7 +8,8 @@ file states with the recomputed ones. The first failure raises `LedgerTampered` 
 
 Truncation. A ledger cut at an entry boundary (a run killed mid-way) verifies; the report says it has
 no end-of-run entry. A last line without its newline is a write torn by a crash: it is left out and
-reported (`torn_tail`), and the prefix before it is verified. A damaged line anywhere else fails.
+reported (`torn_tail`), and the prefix before it is verified: a crash prefix, which `privacy.ledger.verdict`
+calls incomplete, not verified. A damaged line anywhere else, or bytes after the end entry, fail.
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ from privacy.dp.accounting import Account, AccountingSpec, PrivacyUnit, compose_
 from privacy.dp.budget import Budget, overall_epsilon
 from privacy.dp.codec import event_from_json
 from privacy.ledger.entries import ENTRY_MODELS, EpsilonTotals, HeaderEntry
+from privacy.ledger.keys import public_key_bytes, raw_public
 from privacy.ledger.sealing import (
     GENESIS_HASH,
     canonical_bytes,
     load_public_key,
-    public_key_hex,
     sha256_hex,
     signature_valid,
 )
@@ -90,6 +91,7 @@ class AuditReport:
     end_reason: str | None
     torn_tail: bool
     warnings: tuple[str, ...] = field(default=())
+    key_kind: str | None = None  # what the header says of its key: "long-term" or "per-run" (older ledgers: None)
 
     @property
     def within_budget(self) -> bool:
@@ -111,6 +113,7 @@ class AuditReport:
             "ended": self.ended,
             "end_reason": self.end_reason,
             "torn_tail": self.torn_tail,
+            "key_kind": self.key_kind,
             "warnings": list(self.warnings),
             "refusals": list(self.refusals),
             "firms": {
@@ -164,10 +167,13 @@ def _split_lines(data: bytes) -> tuple[list[bytes], bool]:
     return lines, torn
 
 
-def _trusted_key(public_key: Ed25519PublicKey | str | None) -> str | None:
+def _trusted_key(public_key: Ed25519PublicKey | str | bytes | None) -> bytes | None:
+    """The trusted key's raw bytes: hex is compared as bytes, so its case does not matter."""
     if public_key is None:
         return None
-    return public_key if isinstance(public_key, str) else public_key_hex(public_key)
+    if isinstance(public_key, bytes):
+        return public_key
+    return public_key_bytes(public_key) if isinstance(public_key, str) else raw_public(public_key)
 
 
 def _close(stored: float, recomputed: float) -> bool:
@@ -234,7 +240,7 @@ def _decode_event(data: dict[str, Any], index: int) -> dpa.DpEvent:
         raise LedgerTampered(f"unreadable event: {err}", entry=index) from err
 
 
-def verify_ledger(path: str | Path, *, public_key: Ed25519PublicKey | str | None = None) -> AuditReport:
+def verify_ledger(path: str | Path, *, public_key: Ed25519PublicKey | str | bytes | None = None) -> AuditReport:
     """Verify the ledger at `path` and recompute its epsilon; raises `LedgerTampered` at the first bad entry.
 
     `public_key` (an Ed25519 public key or its hex) is the key the auditor trusts for this run; without
@@ -279,8 +285,10 @@ def verify_ledger(path: str | Path, *, public_key: Ed25519PublicKey | str | None
         if entry.prev != prev:
             raise LedgerTampered("does not chain to the previous entry (SHA-256 mismatch)", entry=index)
         if isinstance(entry, HeaderEntry):
-            if trusted is not None and entry.public_key != trusted:
-                raise LedgerTampered(f"signed with key {entry.public_key}, not the trusted key {trusted}", entry=index)
+            if trusted is not None and bytes.fromhex(entry.public_key) != trusted:
+                raise LedgerTampered(
+                    f"signed with key {entry.public_key}, not the trusted key {trusted.hex()}", entry=index
+                )
             key = load_public_key(entry.public_key)
             header = entry
             replay = _Replay(entry, index)
@@ -315,6 +323,8 @@ def verify_ledger(path: str | Path, *, public_key: Ed25519PublicKey | str | None
             replay.check_totals(entry.epsilon, index, all_firms=True)
             end_reason = entry.reason
 
+    if end_reason is not None and torn:
+        raise LedgerTampered("bytes follow the end-of-run entry: a closed ledger is never written to", entry=len(lines))
     if end_reason is None:
         warnings.append("no end-of-run entry: the run stopped before closing its ledger, or the ledger was truncated")
     firms = {
@@ -341,4 +351,5 @@ def verify_ledger(path: str | Path, *, public_key: Ed25519PublicKey | str | None
         end_reason=end_reason,
         torn_tail=torn,
         warnings=tuple(warnings),
+        key_kind=header.key_kind,
     )

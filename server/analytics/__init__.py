@@ -2,9 +2,9 @@
 
 `PLANS` maps a query's name to its factory: raw parameters and the federation's schema in, a
 `QueryPlan` out (parameters validated at the edge, errors naming the field). A factory also takes
-the keyword `noise_multiplier`: the Gaussian noise std per unit of a step's `l2_bound` that the
-engine will add (0 without DP), which the iterative queries use to scale their DP thresholds; the
-one-release queries do not depend on it (their answers are post-processing of the noisy sums).
+the keywords `noise_multiplier` (the Gaussian noise std per unit of a step's sensitivity that the
+engine will add, 0 without DP) and `unit` (`record`, the default, or `firm`: which sensitivity); the
+iterative queries scale their DP thresholds with them, and every plan states its noise std.
 """
 
 from __future__ import annotations
@@ -16,30 +16,19 @@ from server.analytics import anomaly, apriori, kmeans, logistic
 from server.analytics.histogram import HistogramPlan, QuantilesPlan
 from server.analytics.moments import MomentsPlan
 from server.analytics.regression import AutoregressionPlan, LinearRegressionPlan
-from silobridge.analytics import PlanFactory, QueryPlan
+from silobridge.analytics import UNITS, PlanFactory, QueryPlan, Unit
 from silobridge.config import DataSchema
 from silobridge.errors import ConfigError
 
-
-def _noise_free(factory: Any) -> PlanFactory:
-    """A factory whose plan does not depend on the noise level: the keyword is accepted and unused."""
-
-    def make(raw: Mapping[str, Any], schema: DataSchema, *, noise_multiplier: float = 0.0) -> QueryPlan:
-        return factory(raw, schema)
-
-    make.__doc__ = factory.__doc__
-    return make
-
-
 PLANS: dict[str, PlanFactory] = {
-    "count": _noise_free(MomentsPlan.factory("count")),
-    "sum": _noise_free(MomentsPlan.factory("sum")),
-    "mean": _noise_free(MomentsPlan.factory("mean")),
-    "variance": _noise_free(MomentsPlan.factory("variance")),
-    "histogram": _noise_free(HistogramPlan.create),
-    "quantiles": _noise_free(QuantilesPlan.create),
-    "linear_regression": _noise_free(LinearRegressionPlan.create),
-    "autoregression": _noise_free(AutoregressionPlan.create),
+    "count": MomentsPlan.factory("count"),
+    "sum": MomentsPlan.factory("sum"),
+    "mean": MomentsPlan.factory("mean"),
+    "variance": MomentsPlan.factory("variance"),
+    "histogram": HistogramPlan.create,
+    "quantiles": QuantilesPlan.create,
+    "linear_regression": LinearRegressionPlan.create,
+    "autoregression": AutoregressionPlan.create,
     logistic.NAME: logistic.make_plan,
     kmeans.NAME: kmeans.make_plan,
     apriori.NAME: apriori.make_plan,
@@ -47,12 +36,17 @@ PLANS: dict[str, PlanFactory] = {
 }
 
 
-def build_plan(name: str, raw: Mapping[str, Any], schema: DataSchema, *, noise_multiplier: float = 0.0) -> QueryPlan:
+def build_plan(
+    name: str, raw: Mapping[str, Any], schema: DataSchema, *, noise_multiplier: float = 0.0, unit: Unit = "record"
+) -> QueryPlan:
     """The server half of query `name` with its parameters validated against the federation's schema.
 
-    `noise_multiplier` is the engine's (after calibration), so that plans with DP thresholds match the noise.
+    `noise_multiplier` is the engine's (after calibration) and `unit` its unit of privacy, so that plans
+    with DP thresholds match the noise and every plan states its noise std.
     """
     factory = PLANS.get(name)
     if factory is None:
         raise ConfigError(f"unknown query '{name}' (known: {', '.join(sorted(PLANS))})", field="query")
-    return factory(raw, schema, noise_multiplier=noise_multiplier)
+    if unit not in UNITS:
+        raise ConfigError(f"query '{name}': unit must be one of {', '.join(UNITS)}, got '{unit}'", field="unit")
+    return factory(raw, schema, noise_multiplier=noise_multiplier, unit=unit)

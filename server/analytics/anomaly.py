@@ -5,6 +5,11 @@ Releases: (1) the shared forest's leaf masses, summed over firms; (2) unless a f
 is the lowest bin edge above which at most `contamination` of the records lie; (3) per firm, only
 how many of its records score at or above the cut-off, and how many it scored, summed securely.
 No record, score or per-firm figure leaves a firm.
+
+Record level: the record is one row of the risk table. It lies in one leaf of each tree (sqrt(trees)
+in L2), one histogram bin, and adds at most 1 to each of the two counts; adding it may push the
+firm's oldest row out of its `max_records` cap, so every bound is doubled (`CAP_DISPLACEMENT`).
+Scores use the released (noisy) masses only, so later steps are functions of each record alone.
 """
 
 from __future__ import annotations
@@ -15,12 +20,15 @@ from typing import Any
 import numpy as np
 
 from server.analytics._resolve import risk_query_params
-from silobridge.analytics import QueryStep
+from silobridge.analytics import FIRM_NEIGHBOURS, QueryStep, Unit
 from silobridge.config import DataSchema
 from silobridge.errors import ProtocolError
 from silobridge.iterative_params import AnomalyParams
 
 NAME = "anomaly_detection"
+CAP_DISPLACEMENT = 2.0
+"""A row added to a firm over its cap pushes another out: a release moves by two rows' terms at most."""
+NEIGHBOURS = "add or remove one row of the risk table (features clipped to the public ranges)"
 
 
 def cutoff_from_histogram(counts: np.ndarray, contamination: float) -> float:
@@ -44,9 +52,11 @@ class AnomalyPlan:
 
     name = NAME
 
-    def __init__(self, params: AnomalyParams, *, noise_multiplier: float = 0.0):
+    def __init__(self, params: AnomalyParams, *, noise_multiplier: float = 0.0, unit: Unit = "record"):
         self.params = params
         self.noise_multiplier = noise_multiplier
+        self.unit = unit
+        self.neighbours = FIRM_NEIGHBOURS if unit == "firm" else NEIGHBOURS
         self.phase = "mass"
         self.step = 0
         self.masses: np.ndarray | None = None
@@ -74,7 +84,15 @@ class AnomalyPlan:
         if phase == "flag":
             params["cutoff"] = self.cutoff
         self.phase = phase
-        return QueryStep.build(NAME, self.step, length=length, value_bound=m, l2_bound=float(l2), params=params)
+        return QueryStep.build(
+            NAME,
+            self.step,
+            length=length,
+            value_bound=m,
+            l2_bound=float(l2),
+            record_l2_bound=CAP_DISPLACEMENT * float(l2) / m,
+            params=params,
+        )
 
     def first(self) -> QueryStep:
         return self._build("mass")
@@ -108,13 +126,19 @@ class AnomalyPlan:
             "flagged": self.flagged,
             "records": self.records,
             "flagged_share": self.flagged / self.records if self.records > 0 else None,
-            "noise_std_of_counts": self.noise_multiplier * self.params.max_records * float(np.sqrt(2.0)),
+            "noise_std_of_counts": self.noise_multiplier
+            * (
+                self.params.max_records * float(np.sqrt(2.0))
+                if self.unit == "firm"
+                else CAP_DISPLACEMENT * float(np.sqrt(2.0))
+            ),
             "forest": {"trees": p.trees, "depth": p.depth, "seed": p.seed, "isolation_mass": p.isolation_mass},
         }
 
 
-def make_plan(params: Mapping[str, Any], schema: DataSchema, *, noise_multiplier: float = 0.0) -> AnomalyPlan:
+def make_plan(
+    params: Mapping[str, Any], schema: DataSchema, *, noise_multiplier: float = 0.0, unit: Unit = "record"
+) -> AnomalyPlan:
     """An anomaly-detection plan over the risk table; features and ranges default to the schema's."""
-    return AnomalyPlan(
-        risk_query_params(AnomalyParams, params, schema=schema, query=NAME), noise_multiplier=noise_multiplier
-    )
+    parsed = risk_query_params(AnomalyParams, params, schema=schema, query=NAME)
+    return AnomalyPlan(parsed, noise_multiplier=noise_multiplier, unit=unit)

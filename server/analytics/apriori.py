@@ -5,6 +5,11 @@ Apriori's join (two frequent sets sharing all but their last item) and prune (ev
 smaller must be frequent). A candidate is frequent when its released, noisy count reaches
 `min_support + threshold_sigmas * sigma`, sigma being the noise std of that release: with noise, an
 itemset under `min_support` survives with probability below Phi(-threshold_sigmas).
+
+Record level: the record is one basket (an order), of which a firm counts at most `max_basket_items`
+items; one basket adds 1 to at most min(C(max_basket_items, size), candidates) counts, and may push
+another basket out of the firm's `max_baskets` cap, so it moves a level's counts by at most twice
+that in L2 (`CAP_DISPLACEMENT`).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from silobridge.analytics import QueryStep
+from silobridge.analytics import FIRM_NEIGHBOURS, QueryStep, Unit
 from silobridge.config import DataSchema
 from silobridge.errors import ProtocolError
 from silobridge.iterative_params import AprioriParams, parse_query_params, query_error
@@ -24,6 +29,9 @@ from silobridge.iterative_params import AprioriParams, parse_query_params, query
 NAME = "frequent_itemsets"
 
 Itemset = tuple[str, ...]
+CAP_DISPLACEMENT = 2.0
+"""A basket added to a firm over its cap pushes another out: counts move by two baskets' at most."""
+NEIGHBOURS = "add or remove one order basket (at most max_basket_items of its items counted)"
 
 
 def candidates_after(frequent: Sequence[Itemset]) -> list[Itemset]:
@@ -48,14 +56,21 @@ def count_bound(params: AprioriParams, level: int, candidates: int) -> float:
     return params.max_baskets * math.sqrt(per_basket)
 
 
+def basket_bound(params: AprioriParams, level: int, candidates: int) -> float:
+    """L2 change of a level's counts when one basket is added or removed (displacement included)."""
+    return CAP_DISPLACEMENT * math.sqrt(min(math.comb(params.max_basket_items, level), candidates))
+
+
 class AprioriPlan:
     """Level by level until no candidate is left, `max_size` is reached, or a level exceeds `max_candidates`."""
 
     name = NAME
 
-    def __init__(self, params: AprioriParams, *, noise_multiplier: float = 0.0):
+    def __init__(self, params: AprioriParams, *, noise_multiplier: float = 0.0, unit: Unit = "record"):
         self.params = params
         self.noise_multiplier = noise_multiplier
+        self.unit = unit
+        self.neighbours = FIRM_NEIGHBOURS if unit == "firm" else NEIGHBOURS
         self.level = 1
         self.candidates: list[Itemset] = sorted((item,) for item in params.items)
         self.frequent: dict[Itemset, float] = {}
@@ -73,6 +88,7 @@ class AprioriPlan:
             length=len(self.candidates),
             value_bound=float(self.params.max_baskets),
             l2_bound=count_bound(self.params, self.level, len(self.candidates)),
+            record_l2_bound=basket_bound(self.params, self.level, len(self.candidates)),
             params={
                 "query": self.params.model_dump(mode="json"),
                 "level": self.level,
@@ -80,10 +96,13 @@ class AprioriPlan:
             },
         )
 
+    def sigma(self) -> float:
+        """Noise std of every count of the current level."""
+        return self.noise_multiplier * self._step().sensitivity(self.unit)
+
     def threshold(self) -> float:
         """The noisy count a candidate of the current level must reach."""
-        sigma = self.noise_multiplier * count_bound(self.params, self.level, len(self.candidates))
-        return self.params.min_support + self.params.threshold_sigmas * sigma
+        return self.params.min_support + self.params.threshold_sigmas * self.sigma()
 
     def first(self) -> QueryStep:
         return self._step()
@@ -95,7 +114,7 @@ class AprioriPlan:
                 f"{NAME}: level {self.level} release has {counts.size} counts, expected {len(self.candidates)}"
             )
         threshold = self.threshold()
-        sigma = self.noise_multiplier * count_bound(self.params, self.level, len(self.candidates))
+        sigma = self.sigma()
         survivors = [(c, float(n)) for c, n in zip(self.candidates, counts, strict=True) if n >= threshold]
         self.frequent.update(survivors)
         self.levels.append(
@@ -135,9 +154,11 @@ class AprioriPlan:
         }
 
 
-def make_plan(params: Mapping[str, Any], schema: DataSchema, *, noise_multiplier: float = 0.0) -> AprioriPlan:
+def make_plan(
+    params: Mapping[str, Any], schema: DataSchema, *, noise_multiplier: float = 0.0, unit: Unit = "record"
+) -> AprioriPlan:
     """A frequent-itemset plan over the firms' order baskets (`items`: the public item vocabulary)."""
     parsed = parse_query_params(AprioriParams, params, query=NAME)
     if len(parsed.items) > parsed.max_candidates:
         raise query_error(NAME, "items", f"{len(parsed.items)} items exceed max_candidates = {parsed.max_candidates}")
-    return AprioriPlan(parsed, noise_multiplier=noise_multiplier)
+    return AprioriPlan(parsed, noise_multiplier=noise_multiplier, unit=unit)

@@ -5,6 +5,11 @@ ranges); the initial centroids are picked from it deterministically: the densest
 repeatedly the cell maximising count x squared distance to the nearest pick (k-means++'s rule with
 the argmax in place of sampling, so no randomness is needed and noise only moves counts). Each
 further step releases per-cluster sums, counts and the within-cluster sum of squares.
+
+Record level: the record is one point, i.e. one demand series (with `unit = "firm"` the firm's
+total demand is its only point, so record and firm level coincide). Adding a series may push
+another out of the firm's `max_points` cap, so one record moves a step's sum by at most twice one
+point's terms (`CAP_DISPLACEMENT`).
 """
 
 from __future__ import annotations
@@ -14,13 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from silobridge.analytics import QueryStep
+from silobridge.analytics import FIRM_NEIGHBOURS, QueryStep, Unit
 from silobridge.config import DataSchema
 from silobridge.errors import ProtocolError
 from silobridge.iterative_params import KMeansParams, parse_query_params
 from silobridge.ranges import from_unit
 
 NAME = "kmeans"
+CAP_DISPLACEMENT = 2.0
+"""A series added to a firm over its cap pushes another out: the sum moves by two points' terms at most."""
 
 
 def cell_centres(grid: int, width: int) -> np.ndarray:
@@ -58,9 +65,15 @@ class KMeansPlan:
 
     name = NAME
 
-    def __init__(self, params: KMeansParams, *, noise_multiplier: float = 0.0):
+    def __init__(self, params: KMeansParams, *, noise_multiplier: float = 0.0, unit: Unit = "record"):
         self.params = params
         self.noise_multiplier = noise_multiplier
+        self.unit = unit
+        self.neighbours = (
+            FIRM_NEIGHBOURS
+            if unit == "firm" or params.unit == "firm"
+            else "add or remove one demand series of a firm (its profile clipped to the public ranges)"
+        )
         self.width = len(params.features)
         self.step = 0
         self.initial: np.ndarray | None = None
@@ -75,9 +88,25 @@ class KMeansPlan:
     def planned_steps(self) -> int:
         return 1 + self.params.max_iterations
 
-    def lloyd_bound(self) -> float:
+    def point_bound(self) -> float:
         """A point adds itself (norm <= sqrt(width)) to one sum, 1 to one count, <= width to the inertia."""
-        return self.params.points_per_firm * float(np.sqrt(self.width + 1.0 + self.width**2))
+        return float(np.sqrt(self.width + 1.0 + self.width**2))
+
+    def lloyd_bound(self) -> float:
+        return self.params.points_per_firm * self.point_bound()
+
+    def _record_bound(self, per_point: float) -> float:
+        """One series moves the sum by one point's terms, twice where the firm's cap can displace another."""
+        return per_point * (1.0 if self.params.unit == "firm" else CAP_DISPLACEMENT)
+
+    def lloyd_sigma(self) -> float:
+        """Noise std of every entry of a Lloyd release."""
+        unit_bound = self.lloyd_bound() if self.unit == "firm" else self._record_bound(self.point_bound())
+        return self.noise_multiplier * unit_bound
+
+    def grid_sigma(self) -> float:
+        unit_bound = float(self.params.points_per_firm) if self.unit == "firm" else self._record_bound(1.0)
+        return self.noise_multiplier * unit_bound
 
     def first(self) -> QueryStep:
         m = float(self.params.points_per_firm)
@@ -87,6 +116,7 @@ class KMeansPlan:
             length=self.params.init_grid**self.width,
             value_bound=m,
             l2_bound=m,
+            record_l2_bound=self._record_bound(1.0),
             params={"query": self.params.model_dump(mode="json"), "phase": "grid"},
         )
 
@@ -98,6 +128,7 @@ class KMeansPlan:
             length=k * self.width + k + 1,
             value_bound=float(self.params.points_per_firm * max(1, self.width)),
             l2_bound=self.lloyd_bound(),
+            record_l2_bound=self._record_bound(self.point_bound()),
             params={
                 "query": self.params.model_dump(mode="json"),
                 "phase": "lloyd",
@@ -119,7 +150,7 @@ class KMeansPlan:
             sums = values[: k * width].reshape(k, width)
             self.counts = values[k * width : k * width + k]
             self.inertia = float(values[-1])
-            threshold = max(p.min_count, p.count_sigmas * self.noise_multiplier * self.lloyd_bound())
+            threshold = max(p.min_count, p.count_sigmas * self.lloyd_sigma())
             moved = lloyd_update(self.centroids, sums, self.counts, threshold)
             shift = float(np.max(np.abs(moved - self.centroids)))
             self.centroids = moved
@@ -146,8 +177,8 @@ class KMeansPlan:
             "inertia_scaled": self.inertia,
             "counts_note": "points per cluster and within-cluster sum of squares at the last released round",
             "noise_std": {
-                "grid": self.noise_multiplier * self.params.points_per_firm,
-                "lloyd": self.noise_multiplier * self.lloyd_bound(),
+                "grid": self.grid_sigma(),
+                "lloyd": self.lloyd_sigma(),
             },
             "iterations": self.iterations,
             "converged": self.converged,
@@ -155,6 +186,9 @@ class KMeansPlan:
         }
 
 
-def make_plan(params: Mapping[str, Any], schema: DataSchema, *, noise_multiplier: float = 0.0) -> KMeansPlan:
+def make_plan(
+    params: Mapping[str, Any], schema: DataSchema, *, noise_multiplier: float = 0.0, unit: Unit = "record"
+) -> KMeansPlan:
     """A K-means plan over demand profiles (the schema is not needed: the feature ranges are the query's)."""
-    return KMeansPlan(parse_query_params(KMeansParams, params, query=NAME), noise_multiplier=noise_multiplier)
+    parsed = parse_query_params(KMeansParams, params, query=NAME)
+    return KMeansPlan(parsed, noise_multiplier=noise_multiplier, unit=unit)

@@ -4,6 +4,10 @@ Each step releases, for the current coefficients, the firms' summed gradient of 
 the upper triangle of the summed Hessian and the record count; the server takes one ridge-penalised,
 eigenvalue-floored, trust-region-limited Newton step. The same `newton_step` applied to pooled sums
 is the pooled solution, which is how the tests check the federated one.
+
+Record level: the record is one row of the risk table; adding it adds its terms (`record_bound`)
+and may push the firm's oldest row out of its `max_records` cap, so one record moves a step's sum
+by at most 2 x record_bound (`CAP_DISPLACEMENT`).
 """
 
 from __future__ import annotations
@@ -14,13 +18,16 @@ from typing import Any
 import numpy as np
 
 from server.analytics._resolve import risk_query_params
-from silobridge.analytics import QueryStep
+from silobridge.analytics import FIRM_NEIGHBOURS, QueryStep, Unit
 from silobridge.config import DataSchema
 from silobridge.errors import ProtocolError
 from silobridge.iterative_params import LogisticParams
 from silobridge.ranges import range_arrays
 
 NAME = "logistic_regression"
+CAP_DISPLACEMENT = 2.0
+"""A record added to a firm over its cap pushes another out: the sum moves by two records' terms at most."""
+NEIGHBOURS = "add or remove one row of the risk table (features clipped to the public ranges)"
 
 
 def vector_length(dim: int) -> int:
@@ -75,9 +82,11 @@ class LogisticPlan:
 
     name = NAME
 
-    def __init__(self, params: LogisticParams, *, noise_multiplier: float = 0.0):
+    def __init__(self, params: LogisticParams, *, noise_multiplier: float = 0.0, unit: Unit = "record"):
         self.params = params
         self.noise_multiplier = noise_multiplier
+        self.unit = unit
+        self.neighbours = FIRM_NEIGHBOURS if unit == "firm" else NEIGHBOURS
         self.dim = len(params.features) + 1
         self.beta = np.zeros(self.dim)
         self.iterations = 0
@@ -98,11 +107,16 @@ class LogisticPlan:
             length=vector_length(self.dim),
             value_bound=float(self.params.max_records),
             l2_bound=bound,
+            record_l2_bound=CAP_DISPLACEMENT * record_bound(self.dim),
             params={"query": self.params.model_dump(mode="json"), "coefficients": self.beta.tolist()},
         )
 
     def first(self) -> QueryStep:
         return self._step()
+
+    def noise_std(self) -> float:
+        """Noise std of every released entry (gradient, Hessian, count) under the plan's unit."""
+        return self.noise_multiplier * self._step().sensitivity(self.unit)
 
     def next(self, total: np.ndarray, contributors: int) -> QueryStep | None:
         values = np.asarray(total, dtype=np.float64).reshape(-1)
@@ -112,9 +126,10 @@ class LogisticPlan:
             )
         gradient, hessian, self.records = unpack(values, self.dim)
         p = self.params
-        delta = newton_step(
-            self.beta, gradient, hessian, ridge=p.ridge, min_curvature=p.min_curvature, max_step=p.max_step
-        )
+        # noise-aware: the curvature is floored at the noise's spectral scale (about sqrt(dim) x its std per
+        # entry), so a noised Hessian cannot send a step off along a direction the noise flattened
+        floor = max(p.min_curvature, float(np.sqrt(self.dim)) * self.noise_std())
+        delta = newton_step(self.beta, gradient, hessian, ridge=p.ridge, min_curvature=floor, max_step=p.max_step)
         self.beta = self.beta + delta
         self.iterations += 1
         moved = float(np.max(np.abs(delta)))
@@ -136,7 +151,7 @@ class LogisticPlan:
             },
             "coefficients": {"intercept": intercept, **dict(zip(self.params.features, slopes.tolist(), strict=True))},
             "scale": "features mapped from their public ranges onto [-1, 1] (clipped)",
-            "noise_std": self.noise_multiplier * self.params.max_records * record_bound(self.dim),
+            "noise_std": self.noise_std(),
             "records": self.records,
             "iterations": self.iterations,
             "converged": self.converged,
@@ -145,7 +160,9 @@ class LogisticPlan:
         }
 
 
-def make_plan(params: Mapping[str, Any], schema: DataSchema, *, noise_multiplier: float = 0.0) -> LogisticPlan:
+def make_plan(
+    params: Mapping[str, Any], schema: DataSchema, *, noise_multiplier: float = 0.0, unit: Unit = "record"
+) -> LogisticPlan:
     """A logistic-regression plan; features default to all of the schema's risk features, ranges to its ranges."""
     parsed = risk_query_params(LogisticParams, params, schema=schema, query=NAME)
-    return LogisticPlan(parsed, noise_multiplier=noise_multiplier)
+    return LogisticPlan(parsed, noise_multiplier=noise_multiplier, unit=unit)

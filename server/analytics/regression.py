@@ -6,7 +6,14 @@ sum; the server unscales it and solves the ridge-stabilised normal equations
 the mean diagonal of X^T X over the features. Without noise that is the pooled fit, to float
 precision. Under DP the noised X^T X may not be positive definite; it is then projected onto the
 positive definite matrices (eigenvalues floored at lambda, or 1e-9 x the largest one) before the
-solve, post-processing that costs no privacy.
+solve, post-processing that costs no privacy. Under DP the ridge is noise-aware: each feature's
+diagonal also gets sqrt(dim) x the noise std of its released Gram entry (about half the spectral norm
+of the symmetric noise matrix), so a noised matrix is regularised by what the noise can do to it.
+
+Record level: for linear regression one row of the demand table adds its own [x x^T, x y, y^2],
+L2 norm <= sqrt(dim^2 + dim + 1) / max_rows. For AR the record is one observation, and the relation
+is the replacement of its value (the series and weeks are public: the lag windows need them); see
+`silobridge.queries.ar_record_bound` for the sensitivity of each step.
 
 AR(p) is the same regression on lag windows of every firm's demand series, then a second step sums
 each series' last p values (and counts the series), from which the forecast of the total of all
@@ -25,13 +32,17 @@ from typing import Any
 
 import numpy as np
 
-from silobridge.analytics import QueryStep, parse_params
+from silobridge.analytics import FIRM_NEIGHBOURS, QueryStep, Unit, parse_params
 from silobridge.config import DataSchema
 from silobridge.errors import FederationError
 from silobridge.queries import (
+    AR_NEIGHBOURS,
+    ROW_NEIGHBOURS,
     VALUE_BOUND,
     AutoregressionParams,
     LinearRegressionParams,
+    ar_ends_record_bound,
+    ar_record_bound,
     difference_scale,
     gram_l2_bound,
     gram_length,
@@ -68,18 +79,49 @@ def ridge_lambda(xtx: np.ndarray, ridge: float) -> float:
     return ridge * float(np.mean(np.diag(xtx)[1:])) if xtx.shape[0] > 1 else 0.0
 
 
-def ridge_solve(xtx: np.ndarray, xty: np.ndarray, ridge: float) -> np.ndarray:
-    """(X^T X + lambda P) beta = X^T y; a matrix that noise made indefinite is projected first."""
+def noise_penalty(sigma: float, scales: np.ndarray, rows: int) -> np.ndarray:
+    """Per-column noise-aware ridge: sqrt(dim) x the noise std of each feature's unscaled diagonal entry.
+
+    `sigma` is the noise std of an entry of the released (scaled) vector; column j was divided by
+    scales[j] and the sums by `rows`, so its diagonal entry carries sigma x rows x scales[j]^2. The
+    intercept (column 0) is not shrunk."""
+    penalty = math.sqrt(scales.size) * sigma * rows * np.asarray(scales, dtype=np.float64) ** 2
+    penalty[0] = 0.0
+    return penalty
+
+
+def ridge_solve(
+    xtx: np.ndarray,
+    xty: np.ndarray,
+    ridge: float,
+    extra_penalty: np.ndarray | None = None,
+    *,
+    scales: np.ndarray | None = None,
+    noise_floor: float = 0.0,
+) -> np.ndarray:
+    """(X^T X + lambda P + diag(extra)) beta = X^T y, solved on the columns' public scales.
+
+    On the scaled columns (X^T X divided by scales_i scales_j) the DP noise is the same on every entry,
+    so with `noise_floor` > 0 (sqrt(dim) x that noise std) the matrix's eigenvalues are floored there
+    before the solve: a noised matrix is never inverted as it is, even when a tiny noisy eigenvalue
+    leaves it positive definite. Without noise the matrix is solved as it is unless noise-free rounding
+    made it indefinite (then projected, eigenvalues floored at lambda or 1e-9 x the largest)."""
     lam = ridge_lambda(xtx, ridge)
     penalty = np.diag([0.0] + [lam] * (xtx.shape[0] - 1))
-    matrix = (xtx + xtx.T) / 2 + penalty
-    try:
-        np.linalg.cholesky(matrix)
-        return np.linalg.solve(matrix, xty)
-    except np.linalg.LinAlgError:
-        values, vectors = np.linalg.eigh(matrix)
-        floor = max(lam, 1e-9 * float(np.max(np.abs(values))), 1e-300)
-        return vectors @ ((vectors.T @ xty) / np.maximum(values, floor))
+    if extra_penalty is not None:
+        penalty = penalty + np.diag(extra_penalty)
+    d = np.ones(xtx.shape[0]) if scales is None else np.asarray(scales, dtype=np.float64)
+    matrix = ((xtx + xtx.T) / 2 + penalty) / np.outer(d, d)
+    rhs = np.asarray(xty, dtype=np.float64) / d
+    if noise_floor <= 0:
+        try:
+            np.linalg.cholesky(matrix)
+            return np.linalg.solve(matrix, rhs) / d
+        except np.linalg.LinAlgError:
+            pass
+    values, vectors = np.linalg.eigh(matrix)
+    floor = max(noise_floor, lam / float(np.max(d)) ** 2, 1e-9 * float(np.max(np.abs(values))), 1e-300)
+    return (vectors @ ((vectors.T @ rhs) / np.maximum(values, floor))) / d
 
 
 def fit_summary(normal: Normal, beta: np.ndarray) -> dict[str, float | None]:
@@ -95,9 +137,15 @@ def fit_summary(normal: Normal, beta: np.ndarray) -> dict[str, float | None]:
     }
 
 
-def _gram_step(name: str, index: int, dim: int, params: dict[str, Any]) -> QueryStep:
+def _gram_step(name: str, index: int, dim: int, params: dict[str, Any], record_bound: float) -> QueryStep:
     return QueryStep.build(
-        name, index, length=gram_length(dim), value_bound=VALUE_BOUND, l2_bound=gram_l2_bound(dim), params=params
+        name,
+        index,
+        length=gram_length(dim),
+        value_bound=VALUE_BOUND,
+        l2_bound=gram_l2_bound(dim),
+        record_l2_bound=record_bound,
+        params=params,
     )
 
 
@@ -105,18 +153,31 @@ class LinearRegressionPlan:
     name = "linear_regression"
     planned_steps = 1
 
-    def __init__(self, params: LinearRegressionParams):
+    def __init__(self, params: LinearRegressionParams, *, noise_multiplier: float = 0.0, unit: Unit = "record"):
         self.params = params
+        self.noise_multiplier = noise_multiplier
+        self.unit = unit
+        self.neighbours = FIRM_NEIGHBOURS if unit == "firm" else ROW_NEIGHBOURS.format(table=params.table)
         self.scales = np.array([1.0] + [params.magnitude(c) for c in params.features])
         self.normal: Normal | None = None
         self.contributors = 0
 
     @staticmethod
-    def create(raw: Mapping[str, Any], schema: DataSchema) -> LinearRegressionPlan:
-        return LinearRegressionPlan(parse_params(LinearRegressionParams, raw, query="linear_regression", schema=schema))
+    def create(
+        raw: Mapping[str, Any], schema: DataSchema, *, noise_multiplier: float = 0.0, unit: Unit = "record"
+    ) -> LinearRegressionPlan:
+        params = parse_params(LinearRegressionParams, raw, query="linear_regression", schema=schema)
+        return LinearRegressionPlan(params, noise_multiplier=noise_multiplier, unit=unit)
 
     def first(self) -> QueryStep:
-        return _gram_step(self.name, 0, self.scales.size, self.params.model_dump(mode="json"))
+        dim = self.scales.size
+        bound = gram_l2_bound(dim) / self.params.max_rows
+        return _gram_step(self.name, 0, dim, self.params.model_dump(mode="json"), bound)
+
+    @property
+    def entry_noise_std(self) -> float:
+        """Noise std of every entry of the released (scaled) vector."""
+        return float(self.noise_multiplier * self.first().sensitivity(self.unit))
 
     def next(self, total: np.ndarray, contributors: int) -> QueryStep | None:
         p = self.params
@@ -127,13 +188,25 @@ class LinearRegressionPlan:
     def result(self) -> dict[str, Any]:
         if self.normal is None:
             raise FederationError(f"query '{self.name}' has no released sum yet")
-        beta = ridge_solve(self.normal.xtx, self.normal.xty, self.params.ridge)
+        p = self.params
+        sigma = self.entry_noise_std
+        extra = noise_penalty(sigma, self.scales, p.max_rows) if sigma > 0 else None
+        floor = math.sqrt(self.scales.size) * sigma * p.max_rows
+        beta = ridge_solve(self.normal.xtx, self.normal.xty, p.ridge, extra, scales=self.scales, noise_floor=floor)
+        target = p.magnitude(p.target)
         return {
             "firms": self.contributors,
             "target": self.params.target,
             "intercept": float(beta[0]),
             "coefficients": {c: float(b) for c, b in zip(self.params.features, beta[1:], strict=True)},
             **fit_summary(self.normal, beta),
+            "noise_std": {
+                "rows": sigma * p.max_rows,
+                "xtx": (sigma * p.max_rows * np.outer(self.scales, self.scales)).tolist(),
+                "xty": (sigma * p.max_rows * target * self.scales).tolist(),
+                "yty": sigma * p.max_rows * target * target,
+            },
+            "noise_ridge": None if extra is None else extra.tolist(),
         }
 
 
@@ -159,10 +232,14 @@ class AutoregressionPlan:
     name = "autoregression"
     planned_steps = 2
 
-    def __init__(self, params: AutoregressionParams):
+    def __init__(self, params: AutoregressionParams, *, noise_multiplier: float = 0.0, unit: Unit = "record"):
         self.params = params
+        self.noise_multiplier = noise_multiplier
+        self.privacy_unit = unit
+        self.neighbours = FIRM_NEIGHBOURS if unit == "firm" else AR_NEIGHBOURS
         self.unit = params.high * difference_scale(params.differences)  # the firms' scale of the differenced series
         self.scales = np.array([1.0] + [self.unit] * params.lags)
+        self.sigmas: list[float] = []
         self.beta: np.ndarray | None = None
         self.normal: Normal | None = None
         self.forecast: list[float] | None = None
@@ -171,28 +248,43 @@ class AutoregressionPlan:
         self.contributors = 0
 
     @staticmethod
-    def create(raw: Mapping[str, Any], schema: DataSchema) -> AutoregressionPlan:
-        return AutoregressionPlan(parse_params(AutoregressionParams, raw, query="autoregression", schema=schema))
+    def create(
+        raw: Mapping[str, Any], schema: DataSchema, *, noise_multiplier: float = 0.0, unit: Unit = "record"
+    ) -> AutoregressionPlan:
+        params = parse_params(AutoregressionParams, raw, query="autoregression", schema=schema)
+        return AutoregressionPlan(params, noise_multiplier=noise_multiplier, unit=unit)
 
     def first(self) -> QueryStep:
-        return _gram_step(self.name, 0, self.scales.size, self.params.model_dump(mode="json"))
+        p = self.params
+        bound = ar_record_bound(p.lags, p.differences) / p.max_rows
+        step = _gram_step(self.name, 0, self.scales.size, p.model_dump(mode="json"), bound)
+        self.sigmas = [self.noise_multiplier * step.sensitivity(self.privacy_unit)]
+        return step
 
     def next(self, total: np.ndarray, contributors: int) -> QueryStep | None:
         p = self.params
         total = np.asarray(total, dtype=np.float64)
         if self.beta is None:
             self.normal = Normal.from_vector(total, self.scales, self.unit, p.max_rows)
-            self.beta = ridge_solve(self.normal.xtx, self.normal.xty, p.ridge)
+            sigma = self.sigmas[0] if self.sigmas else 0.0
+            extra = noise_penalty(sigma, self.scales, p.max_rows) if sigma > 0 else None
+            floor = math.sqrt(self.scales.size) * sigma * p.max_rows
+            self.beta = ridge_solve(
+                self.normal.xtx, self.normal.xty, p.ridge, extra, scales=self.scales, noise_floor=floor
+            )
             self.contributors = contributors
             length = 1 + p.lags + p.differences
-            return QueryStep.build(
+            step = QueryStep.build(
                 self.name,
                 1,
                 length=length,
                 value_bound=VALUE_BOUND,
                 l2_bound=math.sqrt(length),
+                record_l2_bound=ar_ends_record_bound(p.differences) / p.max_series,
                 params=p.model_dump(mode="json"),
             )
+            self.sigmas.append(self.noise_multiplier * step.sensitivity(self.privacy_unit))
+            return step
         self.series = max(0.0, float(np.round(total[0] * p.max_series)))
         window = list(total[1 : 1 + p.lags] * p.max_series * self.unit)  # most recent first
         levels = total[1 + p.lags :] * p.max_series * p.high  # the last d levels, most recent first
@@ -216,4 +308,10 @@ class AutoregressionPlan:
             "differences": self.params.differences,
             "forecast_total": self.forecast,
             **({"forecast_differenced": self.differenced} if self.params.differences else {}),
+            "noise_std": {
+                "gram_entry_scaled": self.sigmas[0],
+                "xtx_lags": self.sigmas[0] * self.params.max_rows * self.unit**2,
+                "series": self.sigmas[1] * self.params.max_series,
+                "last_values_sum": self.sigmas[1] * self.params.max_series * self.unit,
+            },
         }

@@ -32,6 +32,7 @@ from scipy.stats import binomtest, norm
 from torch import nn
 
 from clients.dpsgd import DpSgdSettings, fit_private
+from clients.linear import clip_rows, demand_sensitivity, sufficient_statistics
 from clients.training import TrainSettings
 from privacy.dp import EpsilonReport, clip_l2, epsilon_report
 from privacy.dp.empirical import (
@@ -43,6 +44,7 @@ from privacy.dp.empirical import (
     epsilon_lower_bound,
     max_auditable_epsilon,
 )
+from server.linear import add_noise, release_event
 from server.privacy import PrivacyPlan, accounting_spec
 from silobridge.config import PrivacySpec
 from silobridge.errors import ConfigError
@@ -345,3 +347,58 @@ def test_record_canary_without_noise_exceeds_the_accounted_epsilon() -> None:
     result = record_audit(NO_NOISE)
     assert (result.false_positives, result.false_negatives) == (0, 0)
     assert result.epsilon_lower_bound > accounted(record_plan(RECORD_NOISE), "record").rdp
+
+
+# -- record level, linear family: one noised release of the summed sufficient statistics --------------
+
+LINEAR_DIM, LINEAR_OUTPUTS = 6, 2
+LINEAR_ROW, LINEAR_TARGET = 3.0, 2.0
+
+
+def linear_windows(present: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fixed windows of the pooled data (a canary window far beyond the public bounds, or not), and the
+    direction of the canary's clipped contribution to [triu(X^T X), X^T Y]."""
+    rng = np.random.default_rng(20261206)
+    x = clip_rows(rng.normal(0.0, 1.0, (40, LINEAR_DIM)), LINEAR_ROW)
+    y = clip_rows(np.abs(rng.normal(0.0, 1.0, (40, LINEAR_OUTPUTS))), LINEAR_TARGET)
+    canary_x = clip_rows(np.full((1, LINEAR_DIM), 50.0), LINEAR_ROW)  # clipping must bring it to the bound
+    canary_y = clip_rows(np.full((1, LINEAR_OUTPUTS), 50.0), LINEAR_TARGET)
+    direction = sufficient_statistics(canary_x, canary_y)
+    direction /= np.linalg.norm(direction)
+    if present:
+        x, y = np.vstack([x, canary_x]), np.vstack([y, canary_y])
+    return x, y, direction
+
+
+def linear_scores(multiplier: float, present: bool, trials: int, seed: int, *, noised: bool) -> np.ndarray:
+    """The coordinator's view (the secure sum of the firms' statistics, noised once) on the canary's direction."""
+    x, y, direction = linear_windows(present)
+    summed = sufficient_statistics(x, y)
+    std = multiplier * demand_sensitivity(LINEAR_ROW, LINEAR_TARGET) if noised else 0.0
+    rng = np.random.default_rng(seed)
+    return np.array([add_noise(summed, std, rng) @ direction for _ in range(trials)])
+
+
+@functools.cache
+def linear_audit(multiplier: float, noised: bool = True) -> AuditResult:
+    threshold = best_threshold(
+        linear_scores(multiplier, False, FIRM_CALIBRATION, 11, noised=noised),
+        linear_scores(multiplier, True, FIRM_CALIBRATION, 12, noised=noised),
+        delta=DELTA,
+    )
+    return audit(
+        linear_scores(multiplier, False, FIRM_TRIALS, 13, noised=noised),
+        linear_scores(multiplier, True, FIRM_TRIALS, 14, noised=noised),
+        threshold,
+        delta=DELTA,
+    )
+
+
+def test_linear_release_audit_stays_below_the_accounted_epsilon() -> None:
+    """One release at multiplier 1 is accounted at about 4.4 (the ledger's event, the run's accountant);
+    the canary audit of the same code path measures less, and without noise it measures more."""
+    privacy = PrivacySpec(enabled=True, unit="record")
+    accounted_epsilon = epsilon_report([release_event(1.0)], DELTA, accounting_spec(privacy)).best
+    assert 4.0 < accounted_epsilon < 4.6
+    assert linear_audit(1.0).epsilon_lower_bound < accounted_epsilon
+    assert linear_audit(1.0, noised=False).epsilon_lower_bound > accounted_epsilon

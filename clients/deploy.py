@@ -1,0 +1,160 @@
+"""A firm's half of the linear family and of deployment: its sufficient statistics, and what it deploys.
+
+The statistics are what the firm adds to the federation's secure sum (clipped to the public bounds,
+see `clients.linear`). Deployment happens at the firm, on its own data, after the global models are
+known: it backtests its candidates on its most recent training windows (`clients.personalise`) --
+seasonal naive, its local-only models (ridge, and the MLP it fits as its local-only baseline), the
+global models and the global linear model adapted to its data -- and deploys the best. Nothing of
+this is released; the simulation harness, which holds every firm's data, scores what each deployed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from clients.features import DemandWindows
+from clients.firm import FirmClient, Normaliser, forecast_units
+from clients.linear import demand_design, newton_statistics, risk_design, sufficient_statistics, wape
+from clients.models import build_model, load_arrays
+from clients.personalise import Choice, choose_demand, choose_risk, demand_forecasts, validation_split
+from clients.training import fit_early_stopping
+from silobridge.errors import ProtocolError
+from silobridge.messages import BaselineInstruction
+from silobridge.stats import DemandErrorStats, RiskStats
+
+Forecaster = Callable[[DemandWindows], np.ndarray]
+LINEAR_NAMES = {"local": "local_ridge", "global": "global_linear", "adapted": "adapted_linear"}
+"""The linear family's candidates as a deployment names them (beside naive, local_mlp, global_mlp)."""
+
+
+def demand_statistics(firm: FirmClient) -> np.ndarray:
+    """[triu(X^T X), X^T Y] over the firm's clipped training windows."""
+    if firm.demand_split is None:
+        raise ProtocolError("asked for demand statistics but the firm holds no demand data", firm=firm.firm_id)
+    return sufficient_statistics(*demand_design(firm.demand_split[0], firm.spec))
+
+
+def risk_training(firm: FirmClient, norm: Normaliser) -> tuple[np.ndarray, np.ndarray]:
+    """The firm's risk design rows (scaled, intercept, clipped) and labels, in date order."""
+    if firm.risk_split is None:
+        raise ProtocolError("asked for risk statistics but the firm holds no risk data", firm=firm.firm_id)
+    train = firm.risk_split[0]
+    return risk_design(norm.apply(train.features)), train.labels.astype(float)
+
+
+def risk_statistics(firm: FirmClient, norm: Normaliser, coef: np.ndarray) -> np.ndarray:
+    """[gradient, triu(Hessian)] of the log loss at `coef` over the firm's risk training rows."""
+    x, y = risk_training(firm, norm)
+    if coef.shape != (x.shape[1],):
+        raise ProtocolError(f"risk coefficients have shape {coef.shape}, expected ({x.shape[1]},)", firm=firm.firm_id)
+    return newton_statistics(x, y, coef)
+
+
+@dataclass
+class Deployment:
+    """What one firm deploys for demand, why, and how it forecasts."""
+
+    name: str
+    reason: str
+    forecaster: Forecaster
+    shrinkage: float | None = None
+    validation: dict[str, float] = field(default_factory=dict)
+
+
+def _take(windows: DemandWindows, mask: np.ndarray) -> DemandWindows:
+    return DemandWindows(*(getattr(windows, f)[mask] for f in windows.__dataclass_fields__))
+
+
+def _torch_forecaster(model: torch.nn.Module, device: torch.device) -> Forecaster:
+    return lambda windows: forecast_units(model, windows, device)
+
+
+def _local_mlp_on(firm: FirmClient, windows: DemandWindows, instruction: BaselineInstruction) -> torch.nn.Module:
+    """The firm's local-only MLP fitted on some of its windows, as its baseline is fitted on all of them."""
+    model = build_model("demand", firm.spec, seed=firm._seed(instruction.seed))
+    fit_early_stopping(
+        model,
+        windows.features,
+        windows.targets,
+        loss="l1",
+        settings=firm._baseline_settings(instruction),
+        device=firm.device,
+        patience=instruction.patience,
+    )
+    return model
+
+
+def deploy_demand(
+    firm: FirmClient,
+    instruction: BaselineInstruction,
+    linear_coef: np.ndarray | None,
+    mlp_arrays: dict[str, np.ndarray] | None = None,
+) -> Deployment:
+    """The firm's deployed demand forecaster: the lowest validation WAPE among its candidates."""
+    if firm.demand_split is None:
+        raise ProtocolError("asked to deploy a demand model but the firm holds no demand data", firm=firm.firm_id)
+    spec, train = firm.spec, firm.demand_split[0]
+    choice: Choice = choose_demand(train, spec, linear_coef)
+    best = Deployment(
+        LINEAR_NAMES.get(choice.name, choice.name),
+        choice.reason,
+        lambda windows: demand_forecasts(choice, windows, spec),
+        choice.shrinkage,
+        dict(choice.validation),
+    )
+    split = (
+        validation_split(train, spec.linear.validation_periods, spec.horizon, spec.test_periods) if len(train) else None
+    )
+    if split is None:
+        return best
+    fit, tail = split
+    tail_windows = _take(train, tail)
+    scores = best.validation
+    score = min(scores.values()) if scores else math.inf
+    extra: dict[str, tuple[float, Callable[[], Forecaster]]] = {}
+    local = _local_mlp_on(firm, _take(train, fit), instruction)
+    extra["local_mlp"] = (
+        wape(forecast_units(local, tail_windows, firm.device), tail_windows.actual),
+        lambda: _torch_forecaster(firm.local_demand_model(instruction), firm.device),
+    )
+    if mlp_arrays is not None:
+        global_mlp = build_model("demand", spec)
+        load_arrays(global_mlp, mlp_arrays)
+        extra["global_mlp"] = (
+            wape(forecast_units(global_mlp, tail_windows, firm.device), tail_windows.actual),
+            lambda: _torch_forecaster(global_mlp, firm.device),
+        )
+    for name, (value, make) in extra.items():
+        scores[name] = value
+        if math.isfinite(value) and value < score:
+            score = value
+            best = Deployment(name, best.reason, make(), None, scores)
+    return best
+
+
+def demand_test_stats(firm: FirmClient, forecaster: Forecaster) -> DemandErrorStats:
+    """Error totals of a forecaster on the firm's test windows."""
+    if firm.demand_split is None:
+        return DemandErrorStats.from_forecasts(np.zeros((0, firm.spec.horizon)), np.zeros((0, firm.spec.horizon)))
+    test = firm.demand_split[1]
+    return DemandErrorStats.from_forecasts(forecaster(test), test.actual)
+
+
+def deploy_risk(firm: FirmClient, norm: Normaliser, global_coef: np.ndarray | None) -> Choice:
+    """The firm's deployed logistic risk model: local, global or shrunk toward the global one."""
+    x, y = risk_training(firm, norm)
+    return choose_risk(x, y, global_coef, firm.spec.linear.risk_ridge)
+
+
+def risk_test_stats(firm: FirmClient, norm: Normaliser, coef: np.ndarray) -> RiskStats:
+    """Score histograms of a logistic model on the firm's risk test rows."""
+    if firm.risk_split is None:
+        return RiskStats.empty()
+    test = firm.risk_split[1]
+    x = risk_design(norm.apply(test.features))
+    return RiskStats.from_predictions(1.0 / (1.0 + np.exp(-(x @ coef))), test.labels)

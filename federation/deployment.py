@@ -1,0 +1,197 @@
+"""Simulation only: what each firm deploys, scored on its test split by the harness, which holds every
+firm's data.
+
+Each firm makes its own choice (`clients.deploy`) on its own training windows; the harness then
+measures the deployed model's test statistics (summed by group, as every other method's), each firm's
+deployed and local-only figures ("what joining gave me"), and the efficiency sums of ordering from
+the deployed forecasts (the 'after' of the efficiency comparison). None of these figures is released
+by a real federation: they are marked simulation-only in the summary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from clients.deploy import (
+    Forecaster,
+    demand_statistics,
+    demand_test_stats,
+    deploy_demand,
+    deploy_risk,
+    risk_test_stats,
+    risk_training,
+)
+from clients.firm import FirmClient, Normaliser
+from clients.linear import demand_design, demand_dim, forecast_units, logistic_fit, ridge
+from silobridge.config import FederationSpec
+from silobridge.efficiency_sums import EFFICIENCY_AFTER, EfficiencyGroups, slot_by_tier
+from silobridge.messages import BaselineInstruction
+from silobridge.stats import demand_metrics_by_group, risk_metrics_by_group, slot_by_group
+from silobridge.sufficient import split_regression
+
+if TYPE_CHECKING:
+    from federation.harness import SimulationHarness
+    from federation.linear_run import LinearModels
+    from federation.runner import Federation
+
+
+@dataclass
+class DeployedOutcome:
+    """Group-slotted sums of the deployed models' test statistics, per-firm rows, efficiency 'after'."""
+
+    demand: np.ndarray | None = None
+    risk: np.ndarray | None = None
+    global_demand: np.ndarray | None = None  # the global linear model itself, for the 'federated_linear' row
+    global_risk: np.ndarray | None = None
+    efficiency_after: np.ndarray | None = None
+    per_firm: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+def linear_forecaster(coef: np.ndarray, spec: FederationSpec) -> Forecaster:
+    """Forecasts in units of a linear demand model's coefficients."""
+    return lambda windows: forecast_units(demand_design(windows, spec)[0], coef, windows.scale)
+
+
+def _add(total: np.ndarray | None, vector: np.ndarray) -> np.ndarray:
+    return vector if total is None else total + vector
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator and not math.isnan(denominator) else math.nan
+
+
+def _own(vector: np.ndarray, group: str, kind: str) -> dict[str, float]:
+    """A firm's own metrics from its group-slotted statistics vector."""
+    by_group = (demand_metrics_by_group if kind == "demand" else risk_metrics_by_group)(vector, (group,))
+    return by_group["all"]
+
+
+def deploy_all(
+    firms: list[FirmClient],
+    baselines_of: dict[str, dict[str, np.ndarray]],
+    instruction: BaselineInstruction,
+    groups: EfficiencyGroups | None,
+    norm: Normaliser,
+    linear: dict[str, np.ndarray | None],
+    mlp: dict[str, dict[str, np.ndarray]] | None = None,
+) -> DeployedOutcome:
+    """Every firm's deployed demand (and, with a global linear risk model, risk) model, scored; each firm's
+    local-only figures come from its own baselines (`baselines_of`, by firm)."""
+    out = DeployedOutcome(per_firm={"demand": [], "risk": []})
+    for firm in firms:
+        baselines = baselines_of.get(firm.firm_id, {})
+        if firm.trains("demand"):
+            deployment = deploy_demand(firm, instruction, linear.get("demand"), (mlp or {}).get("demand"))
+            stats = slot_by_group(demand_test_stats(firm, deployment.forecaster).to_vector(), firm.group)
+            out.demand = _add(out.demand, stats)
+            coef = linear.get("demand")
+            if coef is not None:
+                glob = demand_test_stats(firm, linear_forecaster(coef, firm.spec)).to_vector()
+                out.global_demand = _add(out.global_demand, slot_by_group(glob, firm.group))
+            deployed_wape = _own(stats, firm.group, "demand")["wape"]
+            local_wape = (
+                _own(baselines["demand/local_only"], firm.group, "demand")["wape"]
+                if "demand/local_only" in baselines
+                else math.nan
+            )
+            out.per_firm["demand"].append(
+                {
+                    "firm": firm.firm_id,
+                    "group": firm.group,
+                    "choice": deployment.name,
+                    "reason": deployment.reason,
+                    "shrinkage": deployment.shrinkage,
+                    "deployed_wape": deployed_wape,
+                    "local_only_wape": local_wape,
+                    "ratio": _ratio(deployed_wape, local_wape),
+                }
+            )
+            slot = firm.efficiency_slot(groups) if groups is not None else None
+            if slot is not None:
+                out.efficiency_after = _add(
+                    out.efficiency_after, slot_by_tier(firm.efficiency_sums(deployment.forecaster), slot)
+                )
+        risk_coef = linear.get("risk")
+        if firm.trains("risk") and risk_coef is not None:
+            choice = deploy_risk(firm, norm, risk_coef)
+            coef = choice.coef if choice.coef is not None else risk_coef
+            stats = slot_by_group(risk_test_stats(firm, norm, coef).to_vector(), firm.group)
+            out.risk = _add(out.risk, stats)
+            global_stats = slot_by_group(risk_test_stats(firm, norm, risk_coef).to_vector(), firm.group)
+            out.global_risk = _add(out.global_risk, global_stats)
+            deployed_auc = _own(stats, firm.group, "risk")["roc_auc"]
+            local_auc = (
+                _own(baselines["risk/local_only"], firm.group, "risk")["roc_auc"]
+                if "risk/local_only" in baselines
+                else math.nan
+            )
+            out.per_firm["risk"].append(
+                {
+                    "firm": firm.firm_id,
+                    "group": firm.group,
+                    "choice": choice.name,
+                    "reason": choice.reason,
+                    "shrinkage": choice.shrinkage,
+                    "deployed_roc_auc": deployed_auc,
+                    "local_only_roc_auc": local_auc,
+                    "difference": deployed_auc - local_auc,
+                }
+            )
+    return out
+
+
+def measure_deployment(
+    federation: Federation,
+    harness: SimulationHarness,
+    norm: Normaliser,
+    linear: LinearModels | None,
+    mlp: dict[str, Any],
+    final: dict[str, np.ndarray],
+) -> DeployedOutcome:
+    """Let every firm choose what it deploys, score it, and make the efficiency comparison's 'after' the
+    deployed forecasts (in `final`, in place); without the MLP family the global linear models are the
+    federated ones there too."""
+    federation.observer.stage("deployment (simulation)")
+    deployed = harness.deploy(
+        federation.baseline_instruction(),
+        federation._assignment(),
+        norm,
+        {"demand": linear.demand, "risk": linear.risk} if linear is not None else {},
+        mlp or None,
+    )
+    federation.efficiency_firms["after"] = federation._efficiency_holders(list(federation.node_of))
+    final.pop(EFFICIENCY_AFTER, None)
+    if deployed.efficiency_after is not None:
+        final[EFFICIENCY_AFTER] = deployed.efficiency_after
+    if not mlp:
+        for kind, vector in (("demand", deployed.global_demand), ("risk", deployed.global_risk)):
+            if vector is not None:
+                final[kind] = vector
+    return deployed
+
+
+def centralised_linear(firms: list[FirmClient], norm: Normaliser) -> dict[str, np.ndarray]:
+    """Pooled ridge and logistic regression without noise (the non-private upper bound of the linear
+    family), scored on every firm's test split."""
+    out: dict[str, np.ndarray] = {}
+    demand_firms = [f for f in firms if f.trains("demand")]
+    if demand_firms:
+        spec = demand_firms[0].spec
+        xtx, xty = split_regression(sum(demand_statistics(f) for f in demand_firms), demand_dim(spec), spec.horizon)
+        coef = ridge(xtx, xty, spec.linear.ridge)
+        for firm in demand_firms:
+            stats = demand_test_stats(firm, linear_forecaster(coef, firm.spec)).to_vector()
+            out["demand"] = _add(out.get("demand"), slot_by_group(stats, firm.group))
+    risk_firms = [f for f in firms if f.trains("risk")]
+    if risk_firms:
+        rows = [risk_training(f, norm) for f in risk_firms]
+        x, y = np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows])
+        risk_coef = logistic_fit(x, y, risk_firms[0].spec.linear.risk_ridge)
+        for firm in risk_firms:
+            stats = risk_test_stats(firm, norm, risk_coef).to_vector()
+            out["risk"] = _add(out.get("risk"), slot_by_group(stats, firm.group))
+    return out

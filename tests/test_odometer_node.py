@@ -1,0 +1,124 @@
+"""A firm's node and its lifetime odometer: charged before a round is released, refused past the budget,
+and a tampered odometer stops the node. No simulation: the node's own functions, as the ClientApp calls them."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from clients.data import write_firm_data
+from clients.own_budget import charge_lifetime, own_epsilon
+from federation.cli import app
+from federation.odometer_glue import NODE_LIFETIME_EPSILON, NODE_STATE_DIR, node_odometer
+from privacy.odometer import LOG_FILE
+from scenarios.generator import generate_chain
+from scenarios.schema import load_scenario
+from silobridge.config import PrivacySpec
+from silobridge.errors import BudgetExhausted, LedgerTampered, ProtocolError
+from tests.conftest import ROOT
+
+TRIO = ROOT / "tests" / "scenarios" / "trio.toml"
+
+PRIVACY = PrivacySpec(unit="record", epsilon=8.0, noise_multiplier=1.5, sample_rate=0.1)
+
+
+def _node(folder: Path, lifetime: float | None = None) -> dict[str, object]:
+    config: dict[str, object] = {NODE_STATE_DIR: str(folder)}
+    if lifetime is not None:
+        config[NODE_LIFETIME_EPSILON] = lifetime
+    return config
+
+
+def test_rounds_of_several_runs_compose_and_the_one_past_the_lifetime_budget_is_refused(tmp_path: Path) -> None:
+    lifetime = own_epsilon(PRIVACY, 3) * 1.0001  # three rounds fit, a fourth does not
+    for run, rounds in (("run-1", 2), ("run-2", 1)):  # two runs: 2 + 1 rounds
+        for number in range(1, rounds + 1):
+            odometer = node_odometer("R1", None, _node(tmp_path, lifetime))
+            charge_lifetime(odometer, PRIVACY, ["demand", "risk"], run_id=run, release_id=f"round-{number}", firm="R1")
+    odometer = node_odometer("R1", None, _node(tmp_path))  # the budget is kept: no need to repeat it
+    assert odometer.spent("demand") == pytest.approx(own_epsilon(PRIVACY, 3), rel=1e-9)
+    with pytest.raises(BudgetExhausted, match="firm 'R1' refuses round-1 of run run-3"):
+        charge_lifetime(odometer, PRIVACY, ["demand"], run_id="run-3", release_id="round-1", firm="R1")
+    assert node_odometer("R1", None, _node(tmp_path)).datasets()[0].releases == 3  # nothing charged
+    result = CliRunner().invoke(app, ["budget", str(tmp_path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "R1" in result.output and "demand" in result.output
+
+
+def test_a_node_with_an_odometer_does_not_take_part_in_a_firm_level_run(tmp_path: Path) -> None:
+    odometer = node_odometer("R1", None, _node(tmp_path, 10.0))
+    firm_level = PrivacySpec(unit="firm", epsilon=8.0, noise_multiplier=1.0)
+    with pytest.raises(ProtocolError, match="record-level DP-SGD only"):
+        charge_lifetime(odometer, firm_level, ["demand"], run_id="r", release_id="round-1", firm="R1")
+
+
+def test_a_tampered_odometer_stops_the_node_and_budget_says_so(tmp_path: Path) -> None:
+    odometer = node_odometer("R1", None, _node(tmp_path, 10.0))
+    charge_lifetime(odometer, PRIVACY, ["demand"], run_id="r", release_id="round-1", firm="R1")
+    charge_lifetime(odometer, PRIVACY, ["demand"], run_id="r", release_id="round-2", firm="R1")
+    log = tmp_path / LOG_FILE
+    log.write_bytes(b"".join(log.read_bytes().splitlines(keepends=True)[:-1]))  # forget the last round
+    with pytest.raises(LedgerTampered):
+        node_odometer("R1", None, _node(tmp_path))
+    assert CliRunner().invoke(app, ["budget", str(tmp_path)]).exit_code == 3
+
+
+def test_the_round_event_is_the_ledgers(tmp_path: Path) -> None:
+    odometer = node_odometer("R1", None, _node(tmp_path, 10.0))
+    charge_lifetime(odometer, PRIVACY, ["risk"], run_id="r", release_id="round-1", firm="R1")
+    assert odometer.spent("risk") == pytest.approx(own_epsilon(PRIVACY, 1), rel=1e-12)
+
+
+@pytest.fixture(scope="module")
+def r1_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("trio-data")
+    tables = generate_chain(load_scenario(TRIO)).tables["R1"]
+    write_firm_data(root / "R1", tables.demand, tables.risk)
+    return root / "R1"
+
+
+def _join(r1_data: Path, tmp_path: Path, *extra: str) -> tuple[int, str]:
+    (tmp_path / "ca.pem").write_text("ca")
+    (tmp_path / "R1.key").write_text("key")
+    args = [
+        "join",
+        "--superlink",
+        "127.0.0.1:9093",
+        "--ca",
+        str(tmp_path / "ca.pem"),
+        "--key",
+        str(tmp_path / "R1.key"),
+    ]
+    args += ["--data", str(r1_data), "--config", str(TRIO), *extra]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "250"})
+    return result.exit_code, " ".join(result.output.split())
+
+
+def test_join_keeps_the_odometer_in_the_node_config(
+    r1_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[list[str]] = []
+    monkeypatch.setattr(subprocess, "call", lambda command, env=None: started.append(command) or 0)
+    state = tmp_path / "odometer"
+    code, output = _join(r1_data, tmp_path, "--state", str(state), "--lifetime-epsilon", "10")
+    assert code == 0, output
+    node_config = started[0][started[0].index("--node-config") + 1]
+    assert f'state-dir="{state}"' in node_config and "lifetime-epsilon=10" in node_config
+    assert node_odometer("R1", None, _node(state)).lifetime.epsilon == 10  # made, verified and kept
+
+
+def test_join_refuses_to_start_with_a_tampered_odometer(
+    r1_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[list[str]] = []
+    monkeypatch.setattr(subprocess, "call", lambda command, env=None: started.append(command) or 0)
+    state = tmp_path / "odometer"
+    odometer = node_odometer("R1", None, _node(state, 10.0))
+    charge_lifetime(odometer, PRIVACY, ["demand"], run_id="r", release_id="round-1", firm="R1")
+    (state / "odometer.head").unlink()
+    code, output = _join(r1_data, tmp_path, "--state", str(state))
+    assert code == 3 and "odometer check failed, not joining" in output and not started
+    code, output = _join(r1_data, tmp_path, "--lifetime-epsilon", "10")
+    assert code == 2 and "a lifetime budget needs --state DIR" in output

@@ -1,0 +1,58 @@
+"""One private simulation signed by the federation's long-term ledger key, with every firm's lifetime odometer.
+
+Covers end to end what the unit tests cover piecewise: the ledger verifies against the federation file's
+key (and only says "verified" then), the firms' odometers hold the run's rounds, and a second run that
+would take the firms past their lifetime budget is refused before anything starts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from clients.own_budget import own_epsilon
+from federation.cli import app
+from federation.settings import settings_from_run_config
+from federation.simulation import simulate
+from privacy.ledger.keys import write_signing_key
+from privacy.odometer import Odometer
+from silobridge.errors import ConfigError
+from tests.conftest import ROOT
+
+TRIO = ROOT / "tests" / "scenarios" / "trio.toml"
+
+
+def test_a_long_term_key_and_lifetime_odometers_across_runs(tmp_path: Path) -> None:
+    key = tmp_path / "ledger.key"
+    _, public = write_signing_key(key)
+    federation = tmp_path / "trio.toml"
+    federation.write_text(TRIO.read_text() + f'\n[privacy]\nledger_public_key = "{public.upper()}"\n')
+    state = tmp_path / "state"
+    config = {"scenario": str(federation), "out-dir": str(tmp_path / "runs"), "num-rounds": 2}
+    privacy = settings_from_run_config(config).spec.privacy
+    lifetime = own_epsilon(privacy, 2) * 1.0001  # this run's two rounds fit; not one more
+    keyed = {**config, "ledger-key": str(key), "state-dir": str(state), "lifetime-epsilon": lifetime}
+
+    with pytest.raises(ConfigError, match="pass its private key file with --ledger-key"):
+        simulate({**config, "run-id": "nokey"}, cpus=2)  # the federation names a key: no per-run key
+    run = simulate({**keyed, "run-id": "first"}, cpus=2)
+
+    assert run.summary["privacy"]["ledger_key_kind"] == "long-term"
+    result = CliRunner().invoke(app, ["audit", str(run.path), "--config", str(federation)], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert "verified: chain and signatures intact under the trusted key" in " ".join(result.output.split())
+    for firm in ("R1", "D1", "M1"):
+        odometer = Odometer.open(state / firm, firm=firm)
+        spent = {row.dataset: (row.releases, row.runs) for row in odometer.datasets()}
+        assert spent and all(value == (2, ("first",)) for value in spent.values()), (firm, spent)
+        assert max(row.epsilon for row in odometer.datasets()) == pytest.approx(own_epsilon(privacy, 2), rel=1e-9)
+    shown = CliRunner().invoke(app, ["budget", str(state), "--json"])
+    assert shown.exit_code == 0 and {row["firm"] for row in json.loads(shown.output)["datasets"]} == {"R1", "D1", "M1"}
+
+    # A second run of the same firms would pass their lifetime budgets: refused before any firm is asked.
+    with pytest.raises(ConfigError, match="lifetime odometer at epsilon"):
+        simulate({**keyed, "run-id": "second", "lifetime-epsilon": 0}, cpus=2)
+    assert not (tmp_path / "runs" / "second").exists()
