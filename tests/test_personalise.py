@@ -8,6 +8,7 @@ import pytest
 from clients.features import DemandWindows, demand_windows
 from clients.linear import demand_design, ridge, risk_design
 from clients.personalise import (
+    MIN_VALIDATION_EVENTS,
     RISK_SWITCH_MARGIN,
     choose_demand,
     choose_risk,
@@ -153,5 +154,10 @@ def test_the_risk_tail_holds_the_last_quarter_of_each_class() -> None:
 
 def test_risk_keeps_the_local_only_model_when_it_cannot_validate() -> None:
     x, y, truth = _risk_rows()
+    rare = np.zeros_like(y)
+    rare[[10, 50, 90, 130, 170, 210, 250, 290]] = 1.0  # 8 events: the tail holds 2
+    few_events = choose_risk(x, rare, truth, 1.0, local_only=lambda tail: 10.0)  # however bad it validates
+    assert few_events.name == "local_only" and f"fewer than {MIN_VALIDATION_EVENTS} events" in few_events.reason
+    assert "global" in few_events.validation  # the candidates were still scored, for the firm's report
     one_class = choose_risk(x[:10], np.zeros(10), truth, 1.0, local_only=lambda cut: 0.1)
     assert one_class.name == "local_only" and "too few" in one_class.reason
