@@ -51,7 +51,7 @@ def _take(windows: DemandWindows, mask: np.ndarray) -> DemandWindows:
 DEMAND_SWITCH_MARGIN = 0.10
 """Relative validation WAPE by which a candidate must beat the firm's local-only model to replace it.
 On the default run a large firm's candidates differ by a few percent on the tail (R2: 6% better on
-validation, 18% worse on test), a small firm's by 17% to 60% (the global model against a local MLP
+validation, 18% worse on test), a small firm's by 18% to 54% (the global model against a local MLP
 fitted on little data)."""
 RISK_SWITCH_MARGIN = 0.02
 """Relative validation log loss by which a candidate must beat the firm's local-only risk model."""
