@@ -224,7 +224,7 @@ def choose_risk(
         if best == "local_only":
             kept = f"no candidate beat its local-only model by {RISK_SWITCH_MARGIN:.0%} log loss on {rows}"
             return Choice("local_only", None, kept, validation=scores)
-        reason += f", {RISK_SWITCH_MARGIN:.0%} below its local-only model's"
+        reason += f", more than {RISK_SWITCH_MARGIN:.0%} below its local-only model's"
     else:
         best = min(scores, key=lambda name: (scores[name], name != "global"))
     if best == "global":
