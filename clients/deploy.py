@@ -10,19 +10,34 @@ this is released; the simulation harness, which holds every firm's data, scores 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy.special import expit
 
 from clients.features import DemandWindows
 from clients.firm import FirmClient, Normaliser, forecast_units
-from clients.linear import demand_design, newton_statistics, risk_design, sufficient_statistics, wape
+from clients.linear import (
+    demand_design,
+    logit_log_loss,
+    newton_statistics,
+    risk_design,
+    sufficient_statistics,
+    wape,
+)
 from clients.models import build_model, load_arrays
-from clients.personalise import Choice, choose_demand, choose_risk, demand_forecasts, validation_split
-from clients.training import fit_early_stopping
+from clients.personalise import (
+    DEMAND_SWITCH_MARGIN,
+    Choice,
+    choose_demand,
+    choose_risk,
+    demand_forecasts,
+    keep_or_switch,
+    validation_split,
+)
+from clients.training import fit_early_stopping, predict
 from silobridge.errors import ProtocolError
 from silobridge.messages import BaselineInstruction
 from silobridge.stats import DemandErrorStats, RiskStats
@@ -95,46 +110,51 @@ def deploy_demand(
     linear_coef: np.ndarray | None,
     mlp_arrays: dict[str, np.ndarray] | None = None,
 ) -> Deployment:
-    """The firm's deployed demand forecaster: the lowest validation WAPE among its candidates."""
+    """The firm's deployed demand forecaster: its local-only MLP unless a candidate beats its validation
+    WAPE by DEMAND_SWITCH_MARGIN (`keep_or_switch`); too few windows to validate, the linear fallback."""
     if firm.demand_split is None:
         raise ProtocolError("asked to deploy a demand model but the firm holds no demand data", firm=firm.firm_id)
     spec, train = firm.spec, firm.demand_split[0]
     choice: Choice = choose_demand(train, spec, linear_coef)
-    best = Deployment(
-        LINEAR_NAMES.get(choice.name, choice.name),
-        choice.reason,
-        lambda windows: demand_forecasts(choice, windows, spec),
-        choice.shrinkage,
-        dict(choice.validation),
-    )
     split = (
         validation_split(train, spec.linear.validation_periods, spec.horizon, spec.test_periods) if len(train) else None
     )
     if split is None:
-        return best
+        return Deployment(
+            LINEAR_NAMES.get(choice.name, choice.name),
+            choice.reason,
+            lambda windows: demand_forecasts(choice, windows, spec),
+            choice.shrinkage,
+            dict(choice.validation),
+        )
     fit, tail = split
     tail_windows = _take(train, tail)
-    scores = best.validation
-    score = min(scores.values()) if scores else math.inf
-    extra: dict[str, tuple[float, Callable[[], Forecaster]]] = {}
+    scores = dict(choice.validation)
+    makers: dict[str, Callable[[], Forecaster]] = {}
     local = _local_mlp_on(firm, _take(train, fit), instruction)
-    extra["local_mlp"] = (
-        wape(forecast_units(local, tail_windows, firm.device), tail_windows.actual),
-        lambda: _torch_forecaster(firm.local_demand_model(instruction), firm.device),
-    )
+    scores["local_mlp"] = wape(forecast_units(local, tail_windows, firm.device), tail_windows.actual)
+    makers["local_mlp"] = lambda: _torch_forecaster(firm.local_demand_model(instruction), firm.device)
     if mlp_arrays is not None:
         global_mlp = build_model("demand", spec)
         load_arrays(global_mlp, mlp_arrays)
-        extra["global_mlp"] = (
-            wape(forecast_units(global_mlp, tail_windows, firm.device), tail_windows.actual),
-            lambda: _torch_forecaster(global_mlp, firm.device),
-        )
-    for name, (value, make) in extra.items():
-        scores[name] = value
-        if math.isfinite(value) and value < score:
-            score = value
-            best = Deployment(name, best.reason, make(), None, scores)
-    return best
+        scores["global_mlp"] = wape(forecast_units(global_mlp, tail_windows, firm.device), tail_windows.actual)
+        makers["global_mlp"] = lambda: _torch_forecaster(global_mlp, firm.device)
+    origins = int(np.unique(tail_windows.origin).size)
+    pick = keep_or_switch(scores, "local_mlp", DEMAND_SWITCH_MARGIN)
+    if pick == "local_mlp":
+        reason = f"no candidate beat its local-only MLP by {DEMAND_SWITCH_MARGIN:.0%} WAPE on {origins} origins"
+        return Deployment(pick, reason, makers[pick](), None, scores)
+    reason = f"{choice.reason}, over {DEMAND_SWITCH_MARGIN:.0%} below its local-only MLP's"
+    if pick in makers:
+        return Deployment(pick, reason, makers[pick](), None, scores)
+    # the best score overall is a linear candidate's, hence the linear choice's (its lowest)
+    return Deployment(
+        LINEAR_NAMES.get(choice.name, choice.name),
+        reason,
+        lambda windows: demand_forecasts(choice, windows, spec),
+        choice.shrinkage,
+        scores,
+    )
 
 
 def demand_test_stats(firm: FirmClient, forecaster: Forecaster) -> DemandErrorStats:
@@ -145,16 +165,53 @@ def demand_test_stats(firm: FirmClient, forecaster: Forecaster) -> DemandErrorSt
     return DemandErrorStats.from_forecasts(forecaster(test), test.actual)
 
 
-def deploy_risk(firm: FirmClient, norm: Normaliser, global_coef: np.ndarray | None) -> Choice:
-    """The firm's deployed logistic risk model: local, global or shrunk toward the global one."""
-    x, y = risk_training(firm, norm)
-    return choose_risk(x, y, global_coef, firm.spec.linear.risk_ridge)
+@dataclass
+class RiskDeployment:
+    """What one firm deploys for risk, why, and its probabilities on raw (unscaled) features."""
+
+    choice: Choice
+    predict: Callable[[np.ndarray], np.ndarray]
+
+
+def _logistic(norm: Normaliser, coef: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda features: expit(risk_design(norm.apply(features)) @ coef)
+
+
+def _mlp_probabilities(model: torch.nn.Module, norm: Normaliser, firm: FirmClient) -> Callable[..., np.ndarray]:
+    return lambda features: expit(predict(model, norm.apply(features), device=firm.device))
+
+
+def deploy_risk(
+    firm: FirmClient, norm: Normaliser, global_coef: np.ndarray | None, instruction: BaselineInstruction
+) -> RiskDeployment:
+    """The firm's deployed risk model: its local-only MLP (the baseline's recipe), unless a logistic one
+    (local, global or shrunk toward the global) beats its validation log loss by RISK_SWITCH_MARGIN."""
+    x, y = risk_training(firm, norm)  # raises if the firm holds no risk data
+    train = firm.risk_split[0]  # type: ignore[index]
+
+    def local_only(tail: np.ndarray) -> float:
+        model, own = firm.fit_local_risk(train.features[~tail], train.labels[~tail], instruction, train.features)
+        logits = predict(model, own.apply(train.features[tail]), device=firm.device)
+        return logit_log_loss(logits, train.labels[tail].astype(float))
+
+    choice = choose_risk(x, y, global_coef, firm.spec.linear.risk_ridge, local_only=local_only)
+    if choice.name == "local_only":
+        model, own = firm.local_risk_model(instruction)
+        return RiskDeployment(choice, _mlp_probabilities(model, own, firm))
+    coef = choice.coef if choice.coef is not None else global_coef
+    if coef is None:
+        raise ProtocolError("the firm has no risk model to deploy", firm=firm.firm_id)
+    return RiskDeployment(choice, _logistic(norm, coef))
 
 
 def risk_test_stats(firm: FirmClient, norm: Normaliser, coef: np.ndarray) -> RiskStats:
     """Score histograms of a logistic model on the firm's risk test rows."""
+    return risk_predict_stats(firm, _logistic(norm, coef))
+
+
+def risk_predict_stats(firm: FirmClient, probabilities: Callable[[np.ndarray], np.ndarray]) -> RiskStats:
+    """Score histograms of a model's probabilities (of raw features) on the firm's risk test rows."""
     if firm.risk_split is None:
         return RiskStats.empty()
     test = firm.risk_split[1]
-    x = risk_design(norm.apply(test.features))
-    return RiskStats.from_predictions(1.0 / (1.0 + np.exp(-(x @ coef))), test.labels)
+    return RiskStats.from_predictions(probabilities(test.features), test.labels)

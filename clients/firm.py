@@ -146,6 +146,7 @@ class FirmClient:
         self.budget_epsilon = budget_epsilon
         self.noise_seed = noise_seed  # the firm's own, never the coordinator's: None is fresh OS entropy
         self._local_models: dict[str, torch.nn.Module] = {}  # local-only demand models by instruction (deterministic)
+        self._local_risk: dict[str, tuple[torch.nn.Module, Normaliser]] = {}  # local-only risk models, likewise
 
     @property
     def firm_id(self) -> str:
@@ -541,6 +542,35 @@ class FirmClient:
         self._local_models[key] = model
         return model
 
+    def fit_local_risk(
+        self, features: np.ndarray, labels: np.ndarray, instruction: BaselineInstruction, fallback: np.ndarray
+    ) -> tuple[torch.nn.Module, Normaliser]:
+        """A local-only risk MLP on some of this firm's rows, scaled by their own moments (by `fallback`'s
+        where there are no rows): the local-only baseline's recipe, also used to validate it."""
+        own = Moments.of(features) if len(features) else Moments.of(fallback)
+        norm = Normaliser(own.mean(), own.std())
+        model = build_model("risk", self.spec, seed=self._seed(instruction.seed))
+        fit_early_stopping(
+            model,
+            norm.apply(features),
+            labels,
+            loss="bce",
+            settings=self._baseline_settings(instruction),
+            device=self.device,
+            patience=instruction.patience,
+        )
+        return model, norm
+
+    def local_risk_model(self, instruction: BaselineInstruction) -> tuple[torch.nn.Module, Normaliser]:
+        """The local-only risk model and its scaling: this firm's training rows alone (deterministic, cached)."""
+        if self.risk_split is None:
+            raise ProtocolError("asked for a local risk model but the firm holds no risk data", firm=self.firm_id)
+        key = instruction.model_dump_json()
+        if key not in self._local_risk:
+            train, test = self.risk_split
+            self._local_risk[key] = self.fit_local_risk(train.features, train.labels, instruction, test.features)
+        return self._local_risk[key]
+
     def efficiency_release(
         self, arrays: dict[str, np.ndarray], instruction: BaselineInstruction, groups: EfficiencyGroups
     ) -> dict[str, np.ndarray]:
@@ -567,7 +597,6 @@ class FirmClient:
         for kind in ("demand", "risk"):
             if self.trains(kind):
                 self.stat_slot(kind, stat_groups)  # refuse a too-small slot before fitting anything
-        settings = self._baseline_settings(instruction)
         out: dict[str, np.ndarray] = {}
         if self.demand_split is not None:
             test = self.demand_split[1]
@@ -579,19 +608,8 @@ class FirmClient:
             if slot is not None and self.trains("demand"):
                 out[EFFICIENCY_BEFORE] = slot_by_tier(self.efficiency_sums(model), slot)
         if self.risk_split is not None:
-            train, test = self.risk_split
-            own = Moments.of(train.features) if len(train) else Moments.of(test.features)
-            norm = Normaliser(own.mean(), own.std())
-            model = build_model("risk", self.spec, seed=self._seed(instruction.seed))
-            fit_early_stopping(
-                model,
-                standardise(train.features, norm.mean, norm.std),
-                train.labels,
-                loss="bce",
-                settings=settings,
-                device=self.device,
-                patience=instruction.patience,
-            )
-            stats = risk_stats(model, standardise(test.features, norm.mean, norm.std), test.labels, self.device)
+            test = self.risk_split[1]
+            model, norm = self.local_risk_model(instruction)
+            stats = risk_stats(model, norm.apply(test.features), test.labels, self.device)
             out["risk/local_only"] = self._slotted("risk", stats.to_vector(), stat_groups)
         return out

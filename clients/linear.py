@@ -139,5 +139,9 @@ def logistic_fit(
 
 def log_loss(x: np.ndarray, y: np.ndarray, coef: np.ndarray) -> float:
     """Mean binary cross-entropy of the model on (x, y)."""
-    z = x @ coef
+    return logit_log_loss(x @ coef, y)
+
+
+def logit_log_loss(z: np.ndarray, y: np.ndarray) -> float:
+    """Mean binary cross-entropy of log-odds `z` for labels `y` (any model's, without overflow)."""
     return float(np.mean(np.logaddexp(0.0, z) - y * z))

@@ -22,6 +22,7 @@ from clients.deploy import (
     demand_test_stats,
     deploy_demand,
     deploy_risk,
+    risk_predict_stats,
     risk_test_stats,
     risk_training,
 )
@@ -62,6 +63,11 @@ def _add(total: np.ndarray | None, vector: np.ndarray) -> np.ndarray:
 
 def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator and not math.isnan(denominator) else math.nan
+
+
+def _rounded(scores: dict[str, float]) -> dict[str, float]:
+    """A firm's validation scores of its candidates (what it chose on), for the per-firm rows."""
+    return {name: round(float(value), 6) for name, value in scores.items()}
 
 
 def _own(vector: np.ndarray, group: str, kind: str) -> dict[str, float]:
@@ -108,6 +114,7 @@ def deploy_all(
                     "deployed_wape": deployed_wape,
                     "local_only_wape": local_wape,
                     "ratio": _ratio(deployed_wape, local_wape),
+                    "validation": _rounded(deployment.validation),
                 }
             )
             slot = firm.efficiency_slot(groups) if groups is not None else None
@@ -117,9 +124,9 @@ def deploy_all(
                 )
         risk_coef = linear.get("risk")
         if firm.trains("risk") and risk_coef is not None:
-            choice = deploy_risk(firm, norm, risk_coef)
-            coef = choice.coef if choice.coef is not None else risk_coef
-            stats = slot_by_group(risk_test_stats(firm, norm, coef).to_vector(), firm.group)
+            deployed_risk = deploy_risk(firm, norm, risk_coef, instruction)
+            choice = deployed_risk.choice
+            stats = slot_by_group(risk_predict_stats(firm, deployed_risk.predict).to_vector(), firm.group)
             out.risk = _add(out.risk, stats)
             global_stats = slot_by_group(risk_test_stats(firm, norm, risk_coef).to_vector(), firm.group)
             out.global_risk = _add(out.global_risk, global_stats)
@@ -139,6 +146,7 @@ def deploy_all(
                     "deployed_roc_auc": deployed_auc,
                     "local_only_roc_auc": local_auc,
                     "difference": deployed_auc - local_auc,
+                    "validation": _rounded(choice.validation),
                 }
             )
     return out

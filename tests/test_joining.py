@@ -9,6 +9,7 @@ import pytest
 
 from clients.deploy import demand_statistics, deploy_demand, risk_statistics
 from clients.linear import demand_dim
+from clients.personalise import DEMAND_SWITCH_MARGIN
 from federation.linear_run import model_families
 from federation.runner import baseline_instruction
 from federation.settings import settings_from_run_config
@@ -42,7 +43,7 @@ def test_a_firm_releases_statistics_of_the_agreed_shape() -> None:
         risk_statistics(firm, norm, np.zeros(dim + 1))
 
 
-def test_a_firm_deploys_its_best_validated_candidate() -> None:
+def test_a_firm_deploys_its_local_mlp_unless_a_candidate_beats_it_by_the_margin() -> None:
     firm, _, _, _ = tiny_firm("")
     settings = settings_from_run_config({"scenario": str(TINY)})
     instruction = baseline_instruction(settings)
@@ -53,7 +54,12 @@ def test_a_firm_deploys_its_best_validated_candidate() -> None:
     assert {"naive", "local", "global", "local_mlp"} <= set(deployment.validation)
     names = {"naive": "naive", "local_ridge": "local", "global_linear": "global", "local_mlp": "local_mlp"}
     chosen = names[deployment.name] if deployment.name in names else f"adapted@{deployment.shrinkage:g}"
-    assert deployment.validation[chosen] == min(deployment.validation.values())
+    local = deployment.validation["local_mlp"]
+    if chosen != "local_mlp":
+        assert deployment.validation[chosen] == min(deployment.validation.values())
+        assert deployment.validation[chosen] < (1 - DEMAND_SWITCH_MARGIN) * local
+    else:
+        assert min(deployment.validation.values()) >= (1 - DEMAND_SWITCH_MARGIN) * local
     test = firm.demand_split[1]
     forecasts = deployment.forecaster(test)
     assert forecasts.shape == test.targets.shape and np.all(forecasts >= 0)

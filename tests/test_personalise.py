@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from clients.features import DemandWindows, demand_windows
 from clients.linear import demand_design, ridge, risk_design
-from clients.personalise import choose_demand, choose_risk, demand_forecasts, validation_split
+from clients.personalise import (
+    MIN_VALIDATION_EVENTS,
+    RISK_SWITCH_MARGIN,
+    choose_demand,
+    choose_risk,
+    demand_forecasts,
+    keep_or_switch,
+    stratified_tail,
+    validation_split,
+)
 from tests.firm_support import tiny_firm
 
 
@@ -85,3 +95,69 @@ def test_a_long_history_also_validates_on_last_years_season() -> None:
     # without the season only the recent tail validates
     _, recent = validation_split(train, 4, spec.horizon)
     assert np.unique(train.origin[recent]).size == 4
+
+
+def test_a_candidate_within_the_margin_does_not_replace_the_local_only_model() -> None:
+    scores = {"local_mlp": 0.40, "global": 0.39, "adapted@10": 0.385}  # 3.75% better: within 5%
+    assert keep_or_switch(scores, "local_mlp", 0.05) == "local_mlp"
+    assert keep_or_switch(scores, "local_mlp", 0.03) == "adapted@10"  # beyond a 3% margin
+    beyond = {"local_mlp": 0.40, "global": 0.30, "naive": 0.37}
+    assert keep_or_switch(beyond, "local_mlp", 0.05) == "global"
+    assert keep_or_switch({"local_mlp": 0.40, "global": 0.38}, "local_mlp", 0.05) == "local_mlp"  # exactly 5%
+    assert keep_or_switch({"local_mlp": 0.40, "global": 0.0}, "local_mlp", 0.0) == "global"
+
+
+def test_non_finite_scores_never_win_and_a_local_model_without_a_score_gives_way() -> None:
+    assert keep_or_switch({"local_mlp": 0.40, "global": float("nan")}, "local_mlp", 0.05) == "local_mlp"
+    assert keep_or_switch({"local_mlp": float("nan"), "global": 0.5}, "local_mlp", 0.05) == "global"
+    assert keep_or_switch({"global": 0.5}, "local_mlp", 0.05) == "global"
+    assert keep_or_switch({"local_mlp": float("inf")}, "local_mlp", 0.05) == "local_mlp"
+
+
+def _risk_rows(n: int = 300) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = risk_design(rng.uniform(-1, 1, size=(n, 3)))
+    truth = np.array([3.0, -2.0, 1.0, 0.0])
+    y = (rng.random(n) < 1 / (1 + np.exp(-(x @ truth)))).astype(float)
+    return x, y, truth
+
+
+def test_risk_considers_the_local_only_model_and_keeps_it_unless_beaten_by_the_margin() -> None:
+    x, y, truth = _risk_rows()
+    tails: list[np.ndarray] = []
+    reference = choose_risk(x, y, truth, 1.0)
+    best = min(reference.validation.values())
+
+    def barely_worse(tail: np.ndarray) -> float:
+        tails.append(tail)
+        return best * (1 + RISK_SWITCH_MARGIN / 2)  # the best logistic beats it by less than the margin
+
+    kept = choose_risk(x, y, truth, 1.0, local_only=barely_worse)
+    assert len(tails) == 1 and np.array_equal(tails[0], stratified_tail(y, 0.25))  # the candidates' tail
+    assert kept.name == "local_only" and kept.coef is None and "local-only" in kept.reason
+    assert kept.validation["local_only"] == pytest.approx(best * (1 + RISK_SWITCH_MARGIN / 2))
+    switched = choose_risk(x, y, truth, 1.0, local_only=lambda cut: 2 * best)
+    assert switched.name != "local_only" and switched.coef is not None
+    key = switched.name if switched.name not in ("adapted",) else f"adapted@{switched.shrinkage:g}"
+    assert switched.validation[key] == min(switched.validation.values())
+
+
+def test_the_risk_tail_holds_the_last_quarter_of_each_class() -> None:
+    y = np.array([0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0], dtype=float)
+    tail = stratified_tail(y, 0.25)
+    assert tail is not None
+    assert np.flatnonzero(tail & (y == 1)).tolist() == [16]  # one of four positives: the last one
+    assert np.flatnonzero(tail & (y == 0)).tolist() == [18, 19, 20, 21]  # 4 of the 18 negatives (4.5 rounded)
+    assert stratified_tail(np.array([0, 0, 0, 1, 0, 0], dtype=float), 0.25) is None  # one positive: none to fit
+    assert stratified_tail(np.zeros(8), 0.25) is None
+
+
+def test_risk_keeps_the_local_only_model_when_it_cannot_validate() -> None:
+    x, y, truth = _risk_rows()
+    rare = np.zeros_like(y)
+    rare[[10, 50, 90, 130, 170, 210, 250, 290]] = 1.0  # 8 events: the tail holds 2
+    few_events = choose_risk(x, rare, truth, 1.0, local_only=lambda tail: 10.0)  # however bad it validates
+    assert few_events.name == "local_only" and f"fewer than {MIN_VALIDATION_EVENTS} events" in few_events.reason
+    assert "global" in few_events.validation  # the candidates were still scored, for the firm's report
+    one_class = choose_risk(x[:10], np.zeros(10), truth, 1.0, local_only=lambda cut: 0.1)
+    assert one_class.name == "local_only" and "too few" in one_class.reason
