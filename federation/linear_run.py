@@ -126,6 +126,15 @@ def _release(
         participants = [parties[p] for p in admission.participants]
         for party in admission.excluded:
             federation._drop(parties[party], release_id, "its own privacy budget is spent")
+    fewest = federation.secure.params.min_firms if federation.secure is not None else 1
+    if len(participants) < fewest:  # a secure sum over fewer firms would be theirs alone: not released
+        reason = (
+            f"{len(participants)} firm(s) hold {kind} data and can take part, fewer than the {fewest} a secure sum "
+            f"needs: no global linear {kind} model; firms keep their own models"
+        )
+        federation.dropped.append({"stage": release_id, "firm": None, "reason": reason})
+        federation.observer.stage(f"{release_id} skipped: {reason}")
+        return None
     layout = linear_layout(length, federation.spec.aggregation)
     nodes = [federation.node_of[firm] for firm in participants]
     outcome = federation.release_sum("train.linear", records, layout, nodes, release_id)

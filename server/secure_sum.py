@@ -88,9 +88,11 @@ class SecureSumServer:
         self.protocol.receive_shares(replies)
 
     def start_round(self, layout: VectorLayout, *, leave_out: Iterable[str] = ()) -> dict[str, MaskedInputRequest]:
-        requests = self.protocol.start_round(self.next_round, layout.length, leave_out=leave_out)
+        """The round number is used up even when the round aborts at once (too few firms): the protocol has
+        recorded it, and a retry must run under a new one."""
+        number = self.next_round
         self.next_round += 1
-        return requests
+        return self.protocol.start_round(number, layout.length, leave_out=leave_out)
 
     def receive_masked_inputs(self, replies: Iterable[tuple[str, object]]) -> UnmaskRequest:
         return self.protocol.receive_masked_inputs(replies)

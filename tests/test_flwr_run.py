@@ -93,7 +93,8 @@ def test_flwr_run_writes_the_same_run_directory(flwr_home: Path, tmp_path: Path)
     assert (run_dir / "summary.json").exists(), result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["federation"]["firms"] == 5 and summary["federation"]["rounds"] == 2
-    assert set(summary["models"]["demand"]) == {"federated", "local_only", "centralised", "naive"}
+    # tiny runs with DP (record level): `auto` trains the linear family; firms deploy their own choice
+    assert set(summary["models"]["demand"]) == {"deployed", "per_firm", "local_only", "centralised", "naive"}
     records = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert len(records) == 4  # two rounds of two models
     assert "stage: round 2/2" in result.stdout + result.stderr
