@@ -71,7 +71,7 @@ def test_flwr_run_writes_the_same_run_directory(flwr_home: Path, tmp_path: Path)
         "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
         "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
     }
-    run_config = f'scenario="{TINY}" out-dir="{out}" run-id="via-flwr-run" num-rounds=2'
+    run_config = f'scenario="{TINY}" out-dir="{out}" run-id="via-flwr-run" num-rounds=2 set="training.model=mlp"'
     flwr = bin_dir / "flwr"
     result = subprocess.run(
         [
@@ -93,8 +93,10 @@ def test_flwr_run_writes_the_same_run_directory(flwr_home: Path, tmp_path: Path)
     assert (run_dir / "summary.json").exists(), result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["federation"]["firms"] == 5 and summary["federation"]["rounds"] == 2
-    # tiny runs with DP (record level): `auto` trains the linear family; firms deploy their own choice
-    assert set(summary["models"]["demand"]) == {"deployed", "per_firm", "local_only", "centralised", "naive"}
-    records = (run_dir / "metrics.jsonl").read_text().splitlines()
-    assert len(records) == 4  # two rounds of two models
+    # the MLP family (DP-SGD rounds, pinned by the run config's `set`); firms deploy their own choice
+    methods = set(summary["models"]["demand"])
+    required = {"deployed", "per_firm", "federated", "local_only", "centralised", "naive"}
+    assert required <= methods <= required | {"federated_linear"}
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len([r for r in records if r["model"] in ("demand", "risk")]) == 4  # two MLP rounds of two models
     assert "stage: round 2/2" in result.stdout + result.stderr

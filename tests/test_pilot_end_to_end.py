@@ -60,8 +60,11 @@ def test_a_pilot_from_init_to_report(tmp_path: Path) -> None:
     assert "Risk train/test split of L1: no date or 'split' column: a seeded holdout of 20%" in " ".join(
         result.stdout.split()
     )
-    assert isinstance(summary["models"]["demand"]["federated"]["all"]["wape"], float)  # a pilot measures accuracy
-    assert isinstance(summary["models"]["risk"]["federated"]["all"]["roc_auc"], float)
+    # a pilot measures accuracy: what each firm deploys (under DP `auto` trains the linear family)
+    assert isinstance(summary["models"]["demand"]["deployed"]["all"]["wape"], float)
+    assert isinstance(summary["models"]["risk"]["local_only"]["all"]["roc_auc"], float)
+    # two firms hold risk data, fewer than a secure sum's 3: no global risk model is released, and the run says so
+    assert "fewer than the 3 a secure sum needs: no global linear risk model" in " ".join(result.stderr.split())
 
     result = silobridge("report", str(run), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
