@@ -99,3 +99,21 @@ def charge_lifetime(
             stage=release_id,
         )
     odometer.charge(sorted(kinds), round_event(privacy), run_id=run_id, release_id=release_id)
+
+
+def refuse_uncounted_release(odometer: Odometer | None, privacy: PrivacySpec, *, release_id: str, firm: str) -> None:
+    """A node that keeps a lifetime odometer takes part only in releases it can count itself.
+
+    The linear family's statistics are noised by the coordinator after the secure sum, so the node cannot
+    account that release on its own: rather than release uncounted, it refuses (train with
+    `training.model = "mlp"`, whose DP-SGD rounds it counts, or join without a lifetime odometer).
+    """
+    if odometer is None or not privacy.enabled:
+        return
+    raise ProtocolError(
+        "refused: this node keeps a lifetime privacy odometer, which can count record-level DP-SGD rounds only; "
+        "the linear family's release is noised by the coordinator, so the node cannot count it itself "
+        '(the federation may train with training.model = "mlp")',
+        firm=firm,
+        stage=release_id,
+    )

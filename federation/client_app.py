@@ -251,9 +251,13 @@ def _efficiency(req: Request) -> RecordDict:
 def _linear(req: Request) -> RecordDict:
     """The firm's clipped sufficient statistics of one linear-family model, into the secure sum."""
     from clients.deploy import demand_statistics, risk_statistics
+    from clients.own_budget import refuse_uncounted_release
+    from federation.odometer_glue import node_odometer
 
     firm = req.firm
     model = config_of(req.message, LINEAR_REQUEST).get("model")
+    odometer = node_odometer(firm.firm_id, req.settings, req.context.node_config)
+    refuse_uncounted_release(odometer, firm.spec.privacy, release_id=f"linear/{model}", firm=firm.firm_id)
     if model == "demand":
         return _release(req, {LINEAR_SEGMENT: demand_statistics(firm)})
     if model != "risk":

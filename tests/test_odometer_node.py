@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from clients.data import write_firm_data
-from clients.own_budget import charge_lifetime, own_epsilon
+from clients.own_budget import charge_lifetime, own_epsilon, refuse_uncounted_release
 from federation.cli import app
 from federation.odometer_glue import NODE_LIFETIME_EPSILON, NODE_STATE_DIR, node_odometer
 from privacy.odometer import LOG_FILE
@@ -52,6 +52,14 @@ def test_a_node_with_an_odometer_does_not_take_part_in_a_firm_level_run(tmp_path
     firm_level = PrivacySpec(unit="firm", epsilon=8.0, noise_multiplier=1.0)
     with pytest.raises(ProtocolError, match="record-level DP-SGD only"):
         charge_lifetime(odometer, firm_level, ["demand"], run_id="r", release_id="round-1", firm="R1")
+
+
+def test_a_node_with_an_odometer_refuses_a_release_it_cannot_count(tmp_path: Path) -> None:
+    odometer = node_odometer("R1", None, _node(tmp_path, 10.0))
+    with pytest.raises(ProtocolError, match="cannot count it itself"):
+        refuse_uncounted_release(odometer, PRIVACY, release_id="linear/demand", firm="R1")
+    refuse_uncounted_release(None, PRIVACY, release_id="linear/demand", firm="R1")  # no odometer: no refusal
+    assert node_odometer("R1", None, _node(tmp_path)).datasets() == []  # nothing charged
 
 
 def test_a_tampered_odometer_stops_the_node_and_budget_says_so(tmp_path: Path) -> None:
