@@ -221,6 +221,7 @@ class FirmFiles:
 
     data: FirmData
     spec: FederationSpec
+    budget_epsilon: float | None = None  # the partner's own budget: an analytics step counts its own spend
 
     @property
     def firm_id(self) -> str:
@@ -246,9 +247,11 @@ def node_firm(
     firm_id = str(node_config.get(NODE_FIRM_ID) or folder.name)
     light = message_type in LIGHT_STAGES
     check_contract(spec, _file_spec(federation, calibrated=not light), message_type, firm=firm_id)
+    budget = node_config.get(NODE_BUDGET)
+    budget_epsilon = float(budget) if budget not in (None, "") else None
     if light:
         declared_firm(_federation_file(federation), firm_id, source=str(federation))
-        return FirmFiles(load_for_spec(folder, spec, firm_id=firm_id), spec)
+        return FirmFiles(load_for_spec(folder, spec, firm_id=firm_id), spec, budget_epsilon)
     keys = (NODE_DATA_DIR, NODE_FEDERATION, NODE_FIRM_ID, NODE_BUDGET, NODE_NOISE_SEED)
     key = tuple(str(node_config.get(k, "")) for k in keys)
     key += (spec.digest(),)
@@ -256,12 +259,11 @@ def node_firm(
         scenario = _federation_file(federation)
         declared_firm(scenario, firm_id, source=str(federation))
         data = load_for_spec(folder, spec, firm_id=firm_id)
-        budget = node_config.get(NODE_BUDGET)
         _nodes[key] = _client(
             scenario,
             spec,
             data,
-            budget_epsilon=float(budget) if budget not in (None, "") else None,
+            budget_epsilon=budget_epsilon,
             noise_seed=parse_noise_seed(node_config.get(NODE_NOISE_SEED), source="node config"),
         )
     return _nodes[key]
