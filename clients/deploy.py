@@ -37,7 +37,7 @@ from clients.personalise import (
     keep_or_switch,
     validation_split,
 )
-from clients.training import fit_early_stopping, predict
+from clients.training import predict
 from silobridge.errors import ProtocolError
 from silobridge.messages import BaselineInstruction
 from silobridge.stats import DemandErrorStats, RiskStats
@@ -89,21 +89,6 @@ def _torch_forecaster(model: torch.nn.Module, device: torch.device) -> Forecaste
     return lambda windows: forecast_units(model, windows, device)
 
 
-def _local_mlp_on(firm: FirmClient, windows: DemandWindows, instruction: BaselineInstruction) -> torch.nn.Module:
-    """The firm's local-only MLP fitted on some of its windows, as its baseline is fitted on all of them."""
-    model = build_model("demand", firm.spec, seed=firm._seed(instruction.seed))
-    fit_early_stopping(
-        model,
-        windows.features,
-        windows.targets,
-        loss="l1",
-        settings=firm._baseline_settings(instruction),
-        device=firm.device,
-        patience=instruction.patience,
-    )
-    return model
-
-
 def deploy_demand(
     firm: FirmClient,
     instruction: BaselineInstruction,
@@ -131,7 +116,7 @@ def deploy_demand(
     tail_windows = _take(train, tail)
     scores = dict(choice.validation)
     makers: dict[str, Callable[[], Forecaster]] = {}
-    local = _local_mlp_on(firm, _take(train, fit), instruction)
+    local = firm.fit_local_demand(_take(train, fit), instruction)
     scores["local_mlp"] = wape(forecast_units(local, tail_windows, firm.device), tail_windows.actual)
     makers["local_mlp"] = lambda: _torch_forecaster(firm.local_demand_model(instruction), firm.device)
     if mlp_arrays is not None:

@@ -528,18 +528,23 @@ class FirmClient:
         key = instruction.model_dump_json()
         if key in self._local_models:
             return self._local_models[key]
-        train = self.demand_split[0]
+        model = self.fit_local_demand(self.demand_split[0], instruction)
+        self._local_models[key] = model
+        return model
+
+    def fit_local_demand(self, windows: DemandWindows, instruction: BaselineInstruction) -> torch.nn.Module:
+        """The local-only demand recipe on the given windows (all of them for the baseline, a validation
+        split's fit windows when the firm chooses what to deploy)."""
         model = build_model("demand", self.spec, seed=self._seed(instruction.seed))
         fit_early_stopping(
             model,
-            train.features,
-            train.targets,
+            windows.features,
+            windows.targets,
             loss="l1",
             settings=self._baseline_settings(instruction),
             device=self.device,
             patience=instruction.patience,
         )
-        self._local_models[key] = model
         return model
 
     def fit_local_risk(
