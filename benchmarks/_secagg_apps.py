@@ -57,9 +57,10 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 from flwr.serverapp import Grid, ServerApp
 
-from clients.secure_sum import FirmSecureSum
-from federation.exchange import Replies, exchange, send_and_receive, wait_for_nodes
-from federation.records import (
+from silobridge.clients.secure_sum import FirmSecureSum
+from silobridge.contract.config import AggregationSpec
+from silobridge.federation.exchange import Replies, exchange, send_and_receive, wait_for_nodes
+from silobridge.federation.records import (
     LAYOUT,
     MASKED,
     RUN,
@@ -72,10 +73,9 @@ from federation.records import (
     record_arrays,
     secagg_run_id,
 )
-from privacy.secagg.layout import CLIPPED, Segment, VectorLayout
-from privacy.secagg.messages import MaskedInput
-from server.secure_sum import SecureSumServer, resolve_aggregation
-from silobridge.config import AggregationSpec
+from silobridge.privacy.secagg.layout import CLIPPED, Segment, VectorLayout
+from silobridge.privacy.secagg.messages import MaskedInput
+from silobridge.server.secure_sum import SecureSumServer, resolve_aggregation
 
 # The runtime would otherwise try to pip-install app dependencies (offline here), and Ray warns about GPUs.
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")

@@ -33,9 +33,9 @@ import dp_accounting as dpa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from benchmarks._common import write_results
-from privacy.dp import AccountantKind, AccountingSpec, Budget, BudgetGuard, FirmBudgets, Sampling
-from privacy.ledger import PrivacyRun, Release, verify_ledger
-from privacy.ledger.writer import LedgerWriter
+from silobridge.privacy.dp import AccountantKind, AccountingSpec, Budget, BudgetGuard, FirmBudgets, Sampling
+from silobridge.privacy.ledger import PrivacyRun, Release, verify_ledger
+from silobridge.privacy.ledger.writer import LedgerWriter
 
 CHECKPOINTS = (1, 10, 100, 1000)
 SAMPLING_RATE = 0.1

@@ -32,19 +32,25 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from benchmarks._common import write_results
-from clients.data import FirmData, firm_data_from_tables
-from federation.analytics import SecAggSumStep, plain_sum_step
-from federation.settings import GENERATED_SCHEMA, quiet_accountant
-from privacy.dp import Budget
-from privacy.ledger import PrivacyRun
-from scenarios.builder import build
-from scenarios.generator import generate_chain
-from scenarios.schema import Scenario, load_scenario
-from server.analytics import build_plan
-from server.analytics.engine import QueryEngine, QueryPrivacy, StepSum, calibrate_query_noise, query_accounting
-from server.secure_sum import resolve_aggregation
-from silobridge.analytics import QueryStep, Unit
-from silobridge.config import AggregationSpec, min_periods
+from silobridge.clients.data import FirmData, firm_data_from_tables
+from silobridge.contract.analytics import QueryStep, Unit
+from silobridge.contract.config import AggregationSpec, min_periods
+from silobridge.federation.analytics import SecAggSumStep, plain_sum_step
+from silobridge.federation.settings import GENERATED_SCHEMA, quiet_accountant
+from silobridge.privacy.dp import Budget
+from silobridge.privacy.ledger import PrivacyRun
+from silobridge.scenarios.builder import build
+from silobridge.scenarios.generator import generate_chain
+from silobridge.scenarios.schema import Scenario, load_scenario
+from silobridge.server.analytics import build_plan
+from silobridge.server.analytics.engine import (
+    QueryEngine,
+    QueryPrivacy,
+    StepSum,
+    calibrate_query_noise,
+    query_accounting,
+)
+from silobridge.server.secure_sum import resolve_aggregation
 
 HIGH = 5000.0  # public bound on weekly units
 LAGS = 3

@@ -211,7 +211,7 @@ def run_one(config: Config, work: Path) -> dict[str, Any]:
     command = [
         sys.executable,
         "-m",
-        "federation.cli",
+        "silobridge.federation.cli",
         "simulate",
         str(SCENARIOS[config.scenario]),
         "--plain",

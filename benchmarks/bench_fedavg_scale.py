@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from benchmarks._common import TreeMemorySampler, write_results
-from scenarios.builder import chain_scenario, to_toml
+from silobridge.scenarios.builder import chain_scenario, to_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,7 +30,7 @@ def run_one(num_firms: int, rounds: int, work: Path) -> dict[str, object]:
     command = [
         sys.executable,
         "-m",
-        "federation.cli",
+        "silobridge.federation.cli",
         "simulate",
         str(scenario),
         "--plain",

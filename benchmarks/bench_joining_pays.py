@@ -418,7 +418,7 @@ def evaluate_targets(
 
 def run_one(run: Point, work: Path, pilots: Path | None) -> dict[str, Any]:
     """One `silobridge simulate` in a fresh process; its summary read, or its error."""
-    command = [sys.executable, "-m", "federation.cli", "simulate"] + run.arguments(pilots)
+    command = [sys.executable, "-m", "silobridge.federation.cli", "simulate"] + run.arguments(pilots)
     command += ["--plain", "--out", str(work / "runs"), "--run-id", run.run_id]
     log = work / f"{run.run_id}.log"
     started = time.monotonic()

@@ -31,11 +31,11 @@ from typing import Any
 import tomli_w
 
 from benchmarks._common import write_results
-from clients.data import write_firm_data
-from federation.network.loopback import LoopbackFederation
-from federation.simulation import simulate
-from scenarios.generator import generate_chain
-from scenarios.schema import load_scenario
+from silobridge.clients.data import write_firm_data
+from silobridge.federation.network.loopback import LoopbackFederation
+from silobridge.federation.simulation import simulate
+from silobridge.scenarios.generator import generate_chain
+from silobridge.scenarios.schema import load_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 

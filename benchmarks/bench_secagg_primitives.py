@@ -24,7 +24,8 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from benchmarks._common import peak_rss_mib, write_results
-from privacy.secagg import (
+from silobridge.errors import ProtocolError
+from silobridge.privacy.secagg import (
     InMemoryFederation,
     SecAggParams,
     Stage,
@@ -32,9 +33,8 @@ from privacy.secagg import (
     quantise,
     secure_vector_sum,
 )
-from privacy.secagg.masking import mask_vector
-from privacy.secagg.ring import ring_dtype
-from silobridge.errors import ProtocolError
+from silobridge.privacy.secagg.masking import mask_vector
+from silobridge.privacy.secagg.ring import ring_dtype
 
 MASKING_TARGET_MS = 50.0
 RECOVERY_TARGET_MS = 500.0

@@ -27,7 +27,7 @@ from flwr.common.serde import config_record_to_proto
 
 from benchmarks._common import write_results
 from benchmarks.bench_secagg_primitives import firm_ids, timed
-from privacy.secagg import InMemoryFederation, SecAggClient, SecAggParams, wire_size
+from silobridge.privacy.secagg import InMemoryFederation, SecAggClient, SecAggParams, wire_size
 
 RUN = "bench-state"
 FIRM = "firm-000"  # the firm whose state is measured

@@ -75,7 +75,7 @@ from benchmarks._secagg_apps import (
     run_in_child,
     security_parameters,
 )
-from silobridge.config import AggregationSpec
+from silobridge.contract.config import AggregationSpec
 
 QUICK_GRID = [(10, p, d) for p in (10_000, 100_000) for d in (0.0, 0.3)]
 DEFAULT_GRID = [(50, p, d) for p in (10_000, 100_000, 1_000_000) for d in (0.0, 0.3)] + [

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from silobridge.config import RISK_LABEL, RISK_SPLIT, DataSchema, FederationSpec
+from silobridge.contract.config import RISK_LABEL, RISK_SPLIT, DataSchema, FederationSpec
 from silobridge.errors import DataError, DataProblem
 
 DEMAND_FILE = "demand.csv"

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from scipy.special import expit
 
-from clients.features import DemandWindows
-from clients.firm import FirmClient, Normaliser, forecast_units
-from clients.linear import (
+from silobridge.clients.features import DemandWindows
+from silobridge.clients.firm import FirmClient, Normaliser, forecast_units
+from silobridge.clients.linear import (
     demand_design,
     logit_log_loss,
     newton_statistics,
@@ -27,8 +27,8 @@ from clients.linear import (
     sufficient_statistics,
     wape,
 )
-from clients.models import build_model, load_arrays
-from clients.personalise import (
+from silobridge.clients.models import build_model, load_arrays
+from silobridge.clients.personalise import (
     DEMAND_SWITCH_MARGIN,
     Choice,
     choose_demand,
@@ -37,10 +37,10 @@ from clients.personalise import (
     keep_or_switch,
     validation_split,
 )
-from clients.training import predict
+from silobridge.clients.training import predict
+from silobridge.contract.messages import BaselineInstruction
+from silobridge.contract.stats import DemandErrorStats, RiskStats
 from silobridge.errors import ProtocolError
-from silobridge.messages import BaselineInstruction
-from silobridge.stats import DemandErrorStats, RiskStats
 
 Forecaster = Callable[[DemandWindows], np.ndarray]
 LINEAR_NAMES = {"local": "local_ridge", "global": "global_linear", "adapted": "adapted_linear"}

@@ -30,8 +30,8 @@ from opacus.optimizers import DPOptimizer
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from clients.training import FitReport, LossName, TrainSettings, loss_function, make_optimiser
-from privacy.dp import poisson_steps_per_epoch
+from silobridge.clients.training import FitReport, LossName, TrainSettings, loss_function, make_optimiser
+from silobridge.privacy.dp import poisson_steps_per_epoch
 
 
 @dataclass(frozen=True)

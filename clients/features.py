@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
-from silobridge.config import RISK_SPLIT, TIERS, FederationSpec
+from silobridge.contract.config import RISK_SPLIT, TIERS, FederationSpec
 
 FOURIER_HARMONICS = 2
 SEASON_DAYS = 365.25

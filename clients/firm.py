@@ -18,25 +18,25 @@ import numpy as np
 import torch
 from scipy.special import expit
 
-from clients.data import FirmData
-from clients.dpsgd import DpSgdSettings, fit_private
-from clients.features import DemandWindows, RiskExamples, demand_windows, risk_examples, standardise
-from clients.inventory import SeriesHorizon, forecast_error_std, forecast_sums, simulate_series
-from clients.models import ModelKind, build_model, load_arrays, state_to_arrays
-from clients.training import TrainSettings, fit, fit_early_stopping, predict
-from privacy.dp import UNCLIPPED_SEGMENT, DistributedSkellam, clip_l2
-from silobridge.arrays import flatten
-from silobridge.config import FederationSpec
-from silobridge.efficiency_sums import (
+from silobridge.clients.data import FirmData
+from silobridge.clients.dpsgd import DpSgdSettings, fit_private
+from silobridge.clients.features import DemandWindows, RiskExamples, demand_windows, risk_examples, standardise
+from silobridge.clients.inventory import SeriesHorizon, forecast_error_std, forecast_sums, simulate_series
+from silobridge.clients.models import ModelKind, build_model, load_arrays, state_to_arrays
+from silobridge.clients.training import TrainSettings, fit, fit_early_stopping, predict
+from silobridge.contract.arrays import flatten
+from silobridge.contract.config import FederationSpec
+from silobridge.contract.efficiency_sums import (
     EFFICIENCY_AFTER,
     EFFICIENCY_BEFORE,
     EfficiencyGroups,
     EfficiencySums,
     slot_by_tier,
 )
+from silobridge.contract.messages import BaselineInstruction, FirmManifest, TrainInstruction
+from silobridge.contract.stats import DemandErrorStats, Moments, RiskStats, StatGroups, slot_by_group
 from silobridge.errors import ConfigError, ProtocolError
-from silobridge.messages import BaselineInstruction, FirmManifest, TrainInstruction
-from silobridge.stats import DemandErrorStats, Moments, RiskStats, StatGroups, slot_by_group
+from silobridge.privacy.dp import UNCLIPPED_SEGMENT, DistributedSkellam, clip_l2
 
 Forecaster = Callable[[DemandWindows], np.ndarray]
 """Forecasts in units of the given windows."""

@@ -19,8 +19,8 @@ from statistics import NormalDist
 
 import numpy as np
 
-from silobridge.config import InventoryPolicy
-from silobridge.efficiency_sums import EfficiencySums
+from silobridge.contract.config import InventoryPolicy
+from silobridge.contract.efficiency_sums import EfficiencySums
 from silobridge.errors import ConfigError, DataError
 
 

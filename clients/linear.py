@@ -18,10 +18,10 @@ import numpy as np
 from scipy.linalg import solve
 from scipy.special import expit
 
-from clients.features import DemandWindows, demand_input_dim
-from silobridge.config import TIERS, FederationSpec
+from silobridge.clients.features import DemandWindows, demand_input_dim
+from silobridge.contract.config import TIERS, FederationSpec
+from silobridge.contract.sufficient import split_newton, triu_vector
 from silobridge.errors import ConfigError
-from silobridge.sufficient import split_newton, triu_vector
 
 
 def clip_rows(matrix: np.ndarray, bound: float) -> np.ndarray:

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from clients.features import demand_input_dim, risk_input_dim
-from silobridge.config import FederationSpec
+from silobridge.clients.features import demand_input_dim, risk_input_dim
+from silobridge.contract.config import FederationSpec
 
 ModelKind = Literal["demand", "risk"]
 MODEL_KINDS: tuple[ModelKind, ...] = ("demand", "risk")

@@ -16,10 +16,17 @@ from collections.abc import Mapping
 import dp_accounting as dpa
 from dp_accounting import NeighboringRelation
 
-from privacy.dp import AccountantKind, AccountingSpec, PrivacyUnit, dpsgd_event, epsilon, poisson_steps_per_epoch
-from privacy.odometer import Odometer
-from silobridge.config import PrivacySpec
+from silobridge.contract.config import PrivacySpec
 from silobridge.errors import ConfigError, ProtocolError
+from silobridge.privacy.dp import (
+    AccountantKind,
+    AccountingSpec,
+    PrivacyUnit,
+    dpsgd_event,
+    epsilon,
+    poisson_steps_per_epoch,
+)
+from silobridge.privacy.odometer import Odometer
 
 
 def round_event(privacy: PrivacySpec) -> dpa.DpEvent:

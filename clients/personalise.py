@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from clients.features import DemandWindows
-from clients.linear import demand_design, forecast_units, log_loss, logistic_fit, ridge, wape
-from silobridge.config import FederationSpec
+from silobridge.clients.features import DemandWindows
+from silobridge.clients.linear import demand_design, forecast_units, log_loss, logistic_fit, ridge, wape
+from silobridge.contract.config import FederationSpec
 
 SHRINKAGE_GRID = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
 """Penalties toward the global coefficients a firm tries (statistics are sums over its windows)."""

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from privacy.secagg import SecAggClient, default_threshold
-from privacy.secagg.layout import VectorLayout
-from privacy.secagg.messages import AdvertiseRequest, MaskedInputRequest, Roster, UnmaskRequest
-from privacy.secagg.wire import WireDict
-from silobridge.config import AggregationSpec
+from silobridge.contract.config import AggregationSpec
 from silobridge.errors import ProtocolError
+from silobridge.privacy.secagg import SecAggClient, default_threshold
+from silobridge.privacy.secagg.layout import VectorLayout
+from silobridge.privacy.secagg.messages import AdvertiseRequest, MaskedInputRequest, Roster, UnmaskRequest
+from silobridge.privacy.secagg.wire import WireDict
 
 
 @dataclass(frozen=True)

@@ -26,24 +26,27 @@ import numpy as np
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from clients.analytics import answer_step
-from clients.data import FirmData
-from federation.firm_source import pilot_folders, validate_pilot
-from federation.ledger_signer import ledger_signer
-from federation.privacy_report import LEDGER_FILE
-from federation.progress import LogObserver
-from federation.records import ANALYTICS
-from federation.rundir import CONFIG_FILE, RunDirectory, live_runs
-from federation.runner import Federation, RunObserver
-from federation.settings import NODES, QUERIES_KEY, RunSettings, quiet_accountant, settings_from_run_config
-from privacy.dp import Budget, epsilon
-from privacy.ledger import PrivacyRun, config_hash, public_key_hex
-from privacy.secagg.layout import CLIPPED
-from privacy.secagg.simulate import InMemoryFederation
-from scenarios.generator import catalogue_items
-from scenarios.schema import load_scenario
-from server.analytics import build_plan
-from server.analytics.engine import (
+from silobridge.clients.analytics import answer_step
+from silobridge.clients.data import FirmData
+from silobridge.contract.analytics import QUERY_SEGMENT, UNITS, QueryPlan, QueryStep, Unit
+from silobridge.contract.config import AggregationSpec
+from silobridge.errors import BudgetExhausted, ConfigError, FederationError, SiloBridgeError
+from silobridge.federation.firm_source import pilot_folders, validate_pilot
+from silobridge.federation.ledger_signer import ledger_signer
+from silobridge.federation.privacy_report import LEDGER_FILE
+from silobridge.federation.progress import LogObserver
+from silobridge.federation.records import ANALYTICS
+from silobridge.federation.rundir import CONFIG_FILE, RunDirectory, live_runs
+from silobridge.federation.runner import Federation, RunObserver
+from silobridge.federation.settings import NODES, QUERIES_KEY, RunSettings, quiet_accountant, settings_from_run_config
+from silobridge.privacy.dp import Budget, epsilon
+from silobridge.privacy.ledger import PrivacyRun, config_hash, public_key_hex
+from silobridge.privacy.secagg.layout import CLIPPED
+from silobridge.privacy.secagg.simulate import InMemoryFederation
+from silobridge.scenarios.generator import catalogue_items
+from silobridge.scenarios.schema import load_scenario
+from silobridge.server.analytics import build_plan
+from silobridge.server.analytics.engine import (
     QueryEngine,
     QueryOutcome,
     QueryPrivacy,
@@ -52,11 +55,8 @@ from server.analytics.engine import (
     calibrate_query_noise,
     query_accounting,
 )
-from server.analytics.kmeans import KMeansPlan
-from server.layouts import query_layout
-from silobridge.analytics import QUERY_SEGMENT, UNITS, QueryPlan, QueryStep, Unit
-from silobridge.config import AggregationSpec
-from silobridge.errors import BudgetExhausted, ConfigError, FederationError, SiloBridgeError
+from silobridge.server.analytics.kmeans import KMeansPlan
+from silobridge.server.layouts import query_layout
 
 QUERIES_FILE = "queries.json"
 
@@ -461,7 +461,7 @@ def run_queries(
     out-dir, run-id, and `data` for a pilot on per-firm CSV folders, each validated first); the
     training DP of the scenario is not used: queries are accounted by `budget`.
     """
-    from federation.client_app import build_client_app
+    from silobridge.federation.client_app import build_client_app
 
     settings = query_settings(run_config)
     if settings.data == NODES:
@@ -500,7 +500,7 @@ def run_queries(
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     from flwr.simulation import run_simulation
 
-    from federation.simulation import _quiet_flower, stop_on_interrupt
+    from silobridge.federation.simulation import _quiet_flower, stop_on_interrupt
 
     with warnings.catch_warnings(), stop_on_interrupt():
         warnings.simplefilter("ignore", FutureWarning)

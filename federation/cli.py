@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
+from silobridge.contract.seeds import MAX_NOISE_SEED
 from silobridge.errors import ConfigError, DataError, FederationError, LedgerTampered, SiloBridgeError
-from silobridge.seeds import MAX_NOISE_SEED
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
 
-    from federation.analytics import QueryJob
-    from federation.ledger_audit import LedgerAudit
+    from silobridge.federation.analytics import QueryJob
+    from silobridge.federation.ledger_audit import LedgerAudit
 
 app = typer.Typer(
     add_completion=False,
@@ -125,9 +125,9 @@ def simulate(
     ] = None,
 ) -> None:
     """Simulate every firm of a scenario as a Flower client and compare federated, local-only, centralised and naive."""
-    from federation.progress import LogObserver, RichObserver, log_to_stderr
-    from federation.settings import settings_from_run_config
-    from federation.simulation import simulate as run
+    from silobridge.federation.progress import LogObserver, RichObserver, log_to_stderr
+    from silobridge.federation.settings import settings_from_run_config
+    from silobridge.federation.simulation import simulate as run
 
     run_config: dict[str, object] = {
         "scenario": str(scenario.resolve()),
@@ -167,8 +167,8 @@ def simulate(
 
 
 def _print_summary(summary: dict) -> None:
-    from federation.progress import acceptance_table, efficiency_table, privacy_table, results_tables
-    from federation.summary import data_lines
+    from silobridge.federation.progress import acceptance_table, efficiency_table, privacy_table, results_tables
+    from silobridge.federation.summary import data_lines
 
     for line in data_lines(summary.get("data")):
         out_console.print(line, highlight=False)
@@ -291,9 +291,9 @@ def query(
     One query, or a session of several (--plan) under one budget. Each invocation is its own run with
     its own ledger and budget: separate invocations compose across runs, outside any one budget.
     """
-    from federation.analytics import QueryBudget, QueryJob, QueryRequest, run_queries
-    from federation.progress import log_to_stderr
-    from federation.query_plan import load_plan
+    from silobridge.federation.analytics import QueryBudget, QueryJob, QueryRequest, run_queries
+    from silobridge.federation.progress import log_to_stderr
+    from silobridge.federation.query_plan import load_plan
 
     try:
         if accountant not in ("rdp", "pld"):
@@ -358,10 +358,16 @@ def _network_query(run_config: dict[str, object], job: QueryJob) -> tuple[list[d
     """`flwr run` of the queries on the federation's SuperLink; the answer read back from the run directory."""
     import subprocess
 
-    from federation.analytics import QUERIES_FILE, check_query_privacy, noised_plans, plan_queries, query_settings
-    from federation.ledger_signer import ledger_signer
-    from federation.network.deploy import process_env, run_command
-    from federation.settings import APP_DIR, NODES, QUERIES_KEY
+    from silobridge.federation.analytics import (
+        QUERIES_FILE,
+        check_query_privacy,
+        noised_plans,
+        plan_queries,
+        query_settings,
+    )
+    from silobridge.federation.ledger_signer import ledger_signer
+    from silobridge.federation.network.deploy import process_env, run_command
+    from silobridge.federation.settings import APP_DIR, NODES, QUERIES_KEY
 
     run_config = {**run_config, "data": NODES}
     settings = query_settings(run_config)
@@ -418,9 +424,9 @@ def generate(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a scenario field, as for simulate.")] = None,
 ) -> None:
     """Write each firm's generated data as a partner firm's CSV files (demand.csv, risk.csv, orders.csv)."""
-    from clients.data import write_firm_data
-    from scenarios.generator import generate_chain
-    from scenarios.schema import check_generatable, load_scenario, parse_override
+    from silobridge.clients.data import write_firm_data
+    from silobridge.scenarios.generator import generate_chain
+    from silobridge.scenarios.schema import check_generatable, load_scenario, parse_override
 
     try:
         loaded = load_scenario(scenario, [parse_override(text) for text in set_ or []])
@@ -459,7 +465,7 @@ def audit(
     the run's summary disagrees); 4 incomplete (no end entry: a crash prefix or a truncated ledger); 5 intact
     but checked only against a key found in the run directory (give --config or --public-key).
     """
-    from federation.ledger_audit import LEDGER_FILE, audit_ledger_file
+    from silobridge.federation.ledger_audit import LEDGER_FILE, audit_ledger_file
 
     path = target / LEDGER_FILE if target.is_dir() else target
     if not path.exists():
@@ -578,7 +584,7 @@ def report(
     Exit code as for audit (3 failed, 1 over budget, 4 incomplete), except that a ledger checked only against
     the key in its own run directory is reported as such in the page and exits 0.
     """
-    from federation.report import write_report
+    from silobridge.federation.report import write_report
 
     try:
         if public_key is not None and config is not None:
@@ -636,8 +642,8 @@ def calibrate(
     """The noise multiplier that spends exactly (epsilon, delta) over the planned rounds."""
     from pydantic import ValidationError
 
-    from server.privacy import PrivacyPlan, accounting_spec, resolve_privacy
-    from silobridge.config import PrivacySpec
+    from silobridge.contract.config import PrivacySpec
+    from silobridge.server.privacy import PrivacyPlan, accounting_spec, resolve_privacy
 
     try:
         if unit not in ("record", "firm"):
@@ -657,7 +663,7 @@ def calibrate(
     except SiloBridgeError as err:
         raise _fail(err) from None
     plan = PrivacyPlan(spec=resolved, rounds=rounds, local_epochs=local_epochs, num_firms=1, min_firms=1, model_dim=1)
-    from privacy.dp import epsilon as spent
+    from silobridge.privacy.dp import epsilon as spent
 
     achieved = spent([plan.planned_run_event(resolved.noise_multiplier)], delta, accounting_spec(resolved))
     out_console.print(
@@ -684,7 +690,7 @@ def certs(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing files.")] = False,
 ) -> None:
     """Coordinator: create a CA and the SuperLink's TLS certificate (for a small or test federation)."""
-    from federation.network.certs import make_certificates
+    from silobridge.federation.network.certs import make_certificates
 
     try:
         files = make_certificates(out, host or ["127.0.0.1"], days=days, overwrite=overwrite)
@@ -714,7 +720,7 @@ def keys(
 ) -> None:
     """Firm: make the SuperNode's authentication key pair (EC P-384, OpenSSH format). Coordinator: --ledger."""
     if ledger:
-        from privacy.ledger.keys import write_signing_key
+        from silobridge.privacy.ledger.keys import write_signing_key
 
         try:
             public_path, public_hex = write_signing_key(out, overwrite=overwrite)
@@ -726,7 +732,7 @@ def keys(
             f'[privacy]\nledger_public_key = "{public_hex}"', highlight=False, markup=False, soft_wrap=True
         )
         return
-    from federation.network.keys import make_node_keys
+    from silobridge.federation.network.keys import make_node_keys
 
     try:
         files = make_node_keys(out, overwrite=overwrite, comment=out.stem)
@@ -740,7 +746,7 @@ def keys(
 def _federation(config: Path):  # noqa: ANN202 - returns (Scenario, FederationSpec)
     """The federation file as a firm checks it: DP off (no calibration needed to check data), DP's own
     demands on the schema checked still."""
-    from federation.settings import check_public_ranges, settings_from_run_config
+    from silobridge.federation.settings import check_public_ranges, settings_from_run_config
 
     settings = settings_from_run_config({"scenario": str(config.resolve()), "dp": "off", "data": "nodes"})
     check_public_ranges(settings.spec.data, private=settings.scenario.privacy.enabled)
@@ -766,7 +772,7 @@ def init(
     """
     import re
 
-    from federation.pilot_init import Columns, federation_toml, survey_folder
+    from silobridge.federation.pilot_init import Columns, federation_toml, survey_folder
 
     try:
         if out.exists():
@@ -801,8 +807,8 @@ def validate(
 
     Every rule the run applies is checked here first: a file that validates is not dropped by the run.
     """
-    from clients.data import describe_risk_split
-    from federation.firm_source import validate_firm_folder
+    from silobridge.clients.data import describe_risk_split
+    from silobridge.federation.firm_source import validate_firm_folder
 
     try:
         scenario, spec = _federation(config)
@@ -839,8 +845,8 @@ def superlink(
 
     from flwr.supercore.utils import get_flwr_home
 
-    from federation.network.certs import CA_CERT, SERVER_CERT, SERVER_KEY
-    from federation.network.deploy import (
+    from silobridge.federation.network.certs import CA_CERT, SERVER_CERT, SERVER_KEY
+    from silobridge.federation.network.deploy import (
         CONNECTION,
         SuperLinkFiles,
         argv_text,
@@ -874,8 +880,8 @@ def register(
     """Coordinator: register a firm's public key with the running SuperLink (Flower's `flwr supernode register`)."""
     import subprocess
 
-    from federation.network.deploy import process_env, register_command
-    from federation.network.keys import fingerprint
+    from silobridge.federation.network.deploy import process_env, register_command
+    from silobridge.federation.network.keys import fingerprint
 
     try:
         command = register_command(public_key)
@@ -930,9 +936,9 @@ def join(
     """Firm: validate its data again, then start a SuperNode that joins the federation's rounds."""
     import subprocess
 
-    from federation.firm_source import validate_firm_folder
-    from federation.network.deploy import argv_text, process_env, split_address, supernode_command
-    from federation.odometer_glue import NODE_LIFETIME_DELTA, NODE_LIFETIME_EPSILON, NODE_STATE_DIR
+    from silobridge.federation.firm_source import validate_firm_folder
+    from silobridge.federation.network.deploy import argv_text, process_env, split_address, supernode_command
+    from silobridge.federation.odometer_glue import NODE_LIFETIME_DELTA, NODE_LIFETIME_EPSILON, NODE_STATE_DIR
 
     try:
         if lifetime_epsilon is not None and state is None:
@@ -945,8 +951,8 @@ def join(
         firm = validate_firm_folder(data, scenario, spec, firm_id=firm_id)
         extra: dict[str, str | float] = {}
         if state is not None:
-            from privacy.dp import Budget
-            from privacy.odometer import Odometer
+            from silobridge.privacy.dp import Budget
+            from silobridge.privacy.odometer import Odometer
 
             lifetime = Budget(lifetime_epsilon, lifetime_delta) if lifetime_epsilon else None
             Odometer.open(state.resolve(), firm=firm.firm_id, lifetime=lifetime)  # verified (or made) before joining
@@ -995,7 +1001,7 @@ def budget(
     """
     from rich.table import Table
 
-    from privacy.odometer import LOG_FILE, Odometer
+    from silobridge.privacy.odometer import LOG_FILE, Odometer
 
     folders = [state] if (state / LOG_FILE).exists() else sorted(p.parent for p in state.glob(f"*/{LOG_FILE}"))
     try:
@@ -1065,8 +1071,8 @@ def run_federation_command(
     import json
     import subprocess
 
-    from federation.network.deploy import process_env, run_command
-    from federation.settings import APP_DIR, settings_from_run_config
+    from silobridge.federation.network.deploy import process_env, run_command
+    from silobridge.federation.settings import APP_DIR, settings_from_run_config
 
     run_config: dict[str, str | int] = {
         "scenario": str(config.resolve()),
@@ -1076,7 +1082,7 @@ def run_federation_command(
         "ledger-key": str(ledger_key.resolve()) if ledger_key is not None else "",
     }
     try:
-        from federation.ledger_signer import ledger_signer
+        from silobridge.federation.ledger_signer import ledger_signer
 
         settings = settings_from_run_config(run_config)
         if settings.spec.privacy.enabled:
@@ -1114,7 +1120,7 @@ def crash_report(err: BaseException) -> Path:
 
 
 def main() -> None:
-    from federation.settings import quiet_accountant
+    from silobridge.federation.settings import quiet_accountant
 
     quiet_accountant()
     try:

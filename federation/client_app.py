@@ -19,9 +19,15 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.secure_sum import FirmSecureSum
-from federation.firm_source import FirmFiles, node_firm, simulated_dropout, simulated_firm
-from federation.records import (
+from silobridge.clients.secure_sum import FirmSecureSum
+from silobridge.contract.analytics import QUERY_SEGMENT, QueryStep
+from silobridge.contract.efficiency_sums import EfficiencyGroups
+from silobridge.contract.messages import BaselineInstruction, TrainInstruction
+from silobridge.contract.stats import StatGroups
+from silobridge.contract.sufficient import LINEAR_COEF, LINEAR_REQUEST, LINEAR_SEGMENT
+from silobridge.errors import ProtocolError, SiloBridgeError, SimulatedDropout
+from silobridge.federation.firm_source import FirmFiles, node_firm, simulated_dropout, simulated_firm
+from silobridge.federation.records import (
     ANALYTICS,
     EFFICIENCY_GROUPS,
     INSTRUCTION,
@@ -40,17 +46,11 @@ from federation.records import (
     secagg_run_id,
     weights_key,
 )
-from federation.settings import RunSettings, settings_from_run_config
-from privacy.secagg.layout import CLIPPED
-from silobridge.analytics import QUERY_SEGMENT, QueryStep
-from silobridge.efficiency_sums import EfficiencyGroups
-from silobridge.errors import ProtocolError, SiloBridgeError, SimulatedDropout
-from silobridge.messages import BaselineInstruction, TrainInstruction
-from silobridge.stats import StatGroups
-from silobridge.sufficient import LINEAR_COEF, LINEAR_REQUEST, LINEAR_SEGMENT
+from silobridge.federation.settings import RunSettings, settings_from_run_config
+from silobridge.privacy.secagg.layout import CLIPPED
 
 if TYPE_CHECKING:  # torch and Opacus load only for the stages that train or evaluate (see LIGHT_STAGES)
-    from clients.firm import FirmClient, Normaliser
+    from silobridge.clients.firm import FirmClient, Normaliser
 
 FIRM_ERROR_CODE = 4100
 """Error code of replies for failures SiloBridge raised on purpose (bad data, bad request)."""
@@ -131,7 +131,7 @@ def _release(req: Request, segments: dict[str, np.ndarray], *, clipped: int | No
 
 def _normaliser(content: RecordDict, firm: str) -> Normaliser | None:
     """The risk features' scaling as the coordinator scores with it: under DP with the public range."""
-    from clients.firm import Normaliser
+    from silobridge.clients.firm import Normaliser
 
     if NORMALISER not in content.array_records:
         return None
@@ -145,14 +145,14 @@ def _groups(req: Request) -> EfficiencyGroups:
 
 def _stat_groups(req: Request) -> dict[str, StatGroups]:
     """The server's test-statistics slots per model; every request that releases test statistics carries them."""
-    from clients.models import MODEL_KINDS
+    from silobridge.clients.models import MODEL_KINDS
 
     values = config_of(req.message, STAT_GROUPS)
     return {kind: StatGroups.from_config(values, kind, firm=req.firm.firm_id) for kind in MODEL_KINDS}
 
 
 def _weights(message: Message) -> dict[str, dict[str, np.ndarray]]:
-    from clients.models import MODEL_KINDS
+    from silobridge.clients.models import MODEL_KINDS
 
     records = message.content.array_records
     return {kind: arrays_of(message, weights_key(kind)) for kind in MODEL_KINDS if weights_key(kind) in records}
@@ -168,7 +168,7 @@ def _odometer_run_id(req: Request) -> str:
 
 
 def _manifest(req: Request) -> RecordDict:
-    from federation.odometer_glue import node_odometer
+    from silobridge.federation.odometer_glue import node_odometer
 
     node_odometer(req.firm.firm_id, req.settings, req.context.node_config)  # a tampered odometer: refuse at once
     return RecordDict({REPLY: ConfigRecord(req.firm.manifest().to_config())})
@@ -184,8 +184,8 @@ def _baselines(req: Request) -> RecordDict:
 
 
 def _train(req: Request) -> RecordDict:
-    from clients.own_budget import charge_lifetime, check_round  # dp-accounting: only where a firm trains
-    from federation.odometer_glue import node_odometer
+    from silobridge.clients.own_budget import charge_lifetime, check_round  # dp-accounting: only where a firm trains
+    from silobridge.federation.odometer_glue import node_odometer
 
     firm = req.firm
     instruction = TrainInstruction.from_config(config_of(req.message, INSTRUCTION), firm=firm.firm_id)
@@ -224,8 +224,11 @@ def _analytics(req: Request) -> RecordDict:
     """One step of an analytics query: the firm's half on its own tables, clipped, into the secure sum.
 
     Under record-level DP the firm counts its own spend over the run's query steps and refuses past its budget."""
-    from clients.analytics import answer_step
-    from clients.analytics.own_spend import OWN_QUERY_SPEND, check_step  # dp-accounting: only for its own spend
+    from silobridge.clients.analytics import answer_step
+    from silobridge.clients.analytics.own_spend import (  # dp-accounting: only for its own spend
+        OWN_QUERY_SPEND,
+        check_step,
+    )
 
     step = QueryStep.from_config(config_of(req.message, ANALYTICS), firm=req.firm.firm_id)
     stored = req.context.state.config_records.get(OWN_QUERY_SPEND)
@@ -250,9 +253,9 @@ def _efficiency(req: Request) -> RecordDict:
 
 def _linear(req: Request) -> RecordDict:
     """The firm's clipped sufficient statistics of one linear-family model, into the secure sum."""
-    from clients.deploy import demand_statistics, risk_statistics
-    from clients.own_budget import refuse_uncounted_release
-    from federation.odometer_glue import node_odometer
+    from silobridge.clients.deploy import demand_statistics, risk_statistics
+    from silobridge.clients.own_budget import refuse_uncounted_release
+    from silobridge.federation.odometer_glue import node_odometer
 
     firm = req.firm
     model = config_of(req.message, LINEAR_REQUEST).get("model")

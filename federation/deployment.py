@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clients.deploy import (
+from silobridge.clients.deploy import (
     Forecaster,
     demand_statistics,
     demand_test_stats,
@@ -26,18 +26,18 @@ from clients.deploy import (
     risk_test_stats,
     risk_training,
 )
-from clients.firm import FirmClient, Normaliser
-from clients.linear import demand_design, demand_dim, forecast_units, logistic_fit, ridge
-from silobridge.config import FederationSpec
-from silobridge.efficiency_sums import EFFICIENCY_AFTER, EfficiencyGroups, slot_by_tier
-from silobridge.messages import BaselineInstruction
-from silobridge.stats import demand_metrics_by_group, risk_metrics_by_group, slot_by_group
-from silobridge.sufficient import split_regression
+from silobridge.clients.firm import FirmClient, Normaliser
+from silobridge.clients.linear import demand_design, demand_dim, forecast_units, logistic_fit, ridge
+from silobridge.contract.config import FederationSpec
+from silobridge.contract.efficiency_sums import EFFICIENCY_AFTER, EfficiencyGroups, slot_by_tier
+from silobridge.contract.messages import BaselineInstruction
+from silobridge.contract.stats import demand_metrics_by_group, risk_metrics_by_group, slot_by_group
+from silobridge.contract.sufficient import split_regression
 
 if TYPE_CHECKING:
-    from federation.harness import SimulationHarness
-    from federation.linear_run import LinearModels
-    from federation.runner import Federation
+    from silobridge.federation.harness import SimulationHarness
+    from silobridge.federation.linear_run import LinearModels
+    from silobridge.federation.runner import Federation
 
 
 @dataclass

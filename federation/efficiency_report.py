@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from federation.runner import FederationOutcome
-from federation.settings import RunSettings
-from server.efficiency import Grouping, efficiency_table, group_tiers
+from silobridge.federation.runner import FederationOutcome
+from silobridge.federation.settings import RunSettings
+from silobridge.server.efficiency import Grouping, efficiency_table, group_tiers
 
 POLICY_FIELDS = ("review_period", "service_level", "lead_time", "holding_cost", "shortage_cost", "order_cost")
 

@@ -18,16 +18,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from clients.data import RISK_FILE, Calendar, FirmData, firm_data_from_tables, load_for_spec, risk_split_rule
-from federation.settings import RunSettings, settings_from_run_config
-from scenarios.generator import ChainData, generate_chain
-from scenarios.schema import Scenario, load_scenario
-from silobridge.config import FederationSpec
+from silobridge.clients.data import RISK_FILE, Calendar, FirmData, firm_data_from_tables, load_for_spec, risk_split_rule
+from silobridge.contract.config import FederationSpec
+from silobridge.contract.seeds import parse_noise_seed
 from silobridge.errors import ConfigError, DataError, DataProblem, ProtocolError
-from silobridge.seeds import parse_noise_seed
+from silobridge.federation.settings import RunSettings, settings_from_run_config
+from silobridge.scenarios.generator import ChainData, generate_chain
+from silobridge.scenarios.schema import Scenario, load_scenario
 
 if TYPE_CHECKING:  # the model code (torch, Opacus) is imported only where a firm trains or evaluates
-    from clients.firm import FirmClient
+    from silobridge.clients.firm import FirmClient
 
 NODE_DATA_DIR = "data-dir"
 NODE_FEDERATION = "federation"
@@ -97,8 +97,8 @@ def _client(
     noise_seed: int | None = None,
 ) -> FirmClient:
     """A firm with its declared public profile; its own budget is the stricter of the declared and `budget_epsilon`."""
-    from clients.firm import FirmClient
-    from clients.training import resolve_device
+    from silobridge.clients.firm import FirmClient
+    from silobridge.clients.training import resolve_device
 
     firm = scenario.firm(data.firm_id)
     budgets = [b for b in (firm.budget_epsilon, budget_epsilon) if b is not None]

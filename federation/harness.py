@@ -13,15 +13,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from clients.features import DemandWindows, RiskExamples
-from clients.firm import FirmClient, Normaliser
-from clients.models import build_model, state_to_arrays
-from clients.training import TrainSettings, fit, resolve_device
-from federation.deployment import DeployedOutcome, centralised_linear, deploy_all
-from federation.firm_source import simulated_firm
-from federation.settings import RunSettings
-from silobridge.efficiency_sums import EFFICIENCY_AFTER, EfficiencyGroups
-from silobridge.messages import BaselineInstruction
+from silobridge.clients.features import DemandWindows, RiskExamples
+from silobridge.clients.firm import FirmClient, Normaliser
+from silobridge.clients.models import build_model, state_to_arrays
+from silobridge.clients.training import TrainSettings, fit, resolve_device
+from silobridge.contract.efficiency_sums import EFFICIENCY_AFTER, EfficiencyGroups
+from silobridge.contract.messages import BaselineInstruction
+from silobridge.federation.deployment import DeployedOutcome, centralised_linear, deploy_all
+from silobridge.federation.firm_source import simulated_firm
+from silobridge.federation.settings import RunSettings
 
 HARNESS_RUN_ID = -1
 """Cache key of the firms the harness rebuilds from the scenario (never a Flower run id)."""

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from privacy.ledger import AuditReport, verify_ledger
-from privacy.ledger.keys import public_key_bytes, same_key
-from privacy.ledger.verdict import Judgement, judge
 from silobridge.errors import ConfigError, LedgerTampered
+from silobridge.privacy.ledger import AuditReport, verify_ledger
+from silobridge.privacy.ledger.keys import public_key_bytes, same_key
+from silobridge.privacy.ledger.verdict import Judgement, judge
 
 LEDGER_FILE = "privacy_ledger.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -43,11 +43,11 @@ class LedgerAudit:
 
 def federation_ledger_key(config: Path) -> str:
     """The `[privacy] ledger_public_key` of a federation file; ConfigError naming the file if it has none."""
-    from scenarios.schema import load_scenario
+    from silobridge.scenarios.schema import load_scenario
 
     key = load_scenario(config).privacy.ledger_public_key
     if key is None:
-        raise ConfigError("declares no ledger key", source=str(config), field="privacy.ledger_public_key")
+        raise ConfigError("declares no ledger key", source=str(config), field="silobridge.privacy.ledger_public_key")
     return key
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from federation.settings import RunSettings
-from privacy.ledger.keys import load_signing_key, raw_public
 from silobridge.errors import ConfigError
+from silobridge.federation.settings import RunSettings
+from silobridge.privacy.ledger.keys import load_signing_key, raw_public
 
 LONG_TERM = "long-term"
 PER_RUN = "per-run"
@@ -24,7 +24,7 @@ def ledger_signer(settings: RunSettings) -> tuple[Ed25519PrivateKey, str]:
             raise ConfigError(
                 f"the federation file names the ledger key {declared}: pass its private key file with --ledger-key",
                 source=str(settings.scenario_path),
-                field="privacy.ledger_public_key",
+                field="silobridge.privacy.ledger_public_key",
             )
         return Ed25519PrivateKey.generate(), PER_RUN
     key = load_signing_key(settings.ledger_key)

@@ -21,19 +21,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from flwr.app import ConfigRecord
 
-from clients.firm import Normaliser
-from clients.linear import demand_dim, demand_sensitivity, newton_sensitivity, risk_row_norm
-from federation.records import NORMALISER, arrays_record
-from privacy.ledger import Release
-from server.efficiency_release import efficiency_event
-from server.layouts import linear_layout
-from server.linear import adassp, add_noise, calibrate_release, newton_step, release_event
-from silobridge.config import FederationSpec
+from silobridge.clients.firm import Normaliser
+from silobridge.clients.linear import demand_dim, demand_sensitivity, newton_sensitivity, risk_row_norm
+from silobridge.contract.config import FederationSpec
+from silobridge.contract.sufficient import LINEAR_COEF, LINEAR_REQUEST, LINEAR_SEGMENT, newton_size, regression_size
 from silobridge.errors import BudgetExhausted, ConfigError, FederationError
-from silobridge.sufficient import LINEAR_COEF, LINEAR_REQUEST, LINEAR_SEGMENT, newton_size, regression_size
+from silobridge.federation.records import NORMALISER, arrays_record
+from silobridge.privacy.ledger import Release
+from silobridge.server.efficiency_release import efficiency_event
+from silobridge.server.layouts import linear_layout
+from silobridge.server.linear import adassp, add_noise, calibrate_release, newton_step, release_event
 
 if TYPE_CHECKING:
-    from federation.runner import Federation
+    from silobridge.federation.runner import Federation
 
 
 @dataclass
@@ -108,7 +108,7 @@ def _release(
 ) -> tuple[np.ndarray, float, dict[str, Any]] | None:
     """One (noised) sum of the holders' statistics; None if the budget refuses it. Returns the released
     vector, the noise std and a history record."""
-    from federation.runner import dataset_party
+    from silobridge.federation.runner import dataset_party
 
     started = time.monotonic()
     holders = [federation.manifests[n].firm_id for n in federation.manifests if federation.manifests[n].trains(kind)]

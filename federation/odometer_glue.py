@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from federation.settings import RunSettings
-from privacy.dp import Budget
-from privacy.odometer import Odometer
+from silobridge.federation.settings import RunSettings
+from silobridge.privacy.dp import Budget
+from silobridge.privacy.odometer import Odometer
 
 NODE_STATE_DIR = "state-dir"
 NODE_LIFETIME_EPSILON = "lifetime-epsilon"

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from clients.data import DEMAND_FILE, ORDERS_FILE, RISK_FILE, read_firm_csv
-from scenarios.schema import FIRM_ID_PATTERN, TIER_PLACEHOLDER
-from silobridge.config import RISK_SPLIT
+from silobridge.clients.data import DEMAND_FILE, ORDERS_FILE, RISK_FILE, read_firm_csv
+from silobridge.contract.config import RISK_SPLIT
 from silobridge.errors import ConfigError, DataError
+from silobridge.scenarios.schema import FIRM_ID_PATTERN, TIER_PLACEHOLDER
 
 DATE_NAMES = ("date", "week_ending", "week_end", "week", "week_start", "period", "ds")
 UNITS_NAMES = ("units", "qty", "quantity", "weekly_sales", "sales", "volume", "demand", "y")

@@ -16,12 +16,12 @@ import logging
 from collections.abc import Mapping
 from dataclasses import replace
 
-from clients.own_budget import round_event
-from federation.odometer_glue import node_odometer
-from federation.settings import RunSettings
-from privacy.dp import epsilon
-from server.privacy import accounting_spec
+from silobridge.clients.own_budget import round_event
 from silobridge.errors import ConfigError
+from silobridge.federation.odometer_glue import node_odometer
+from silobridge.federation.settings import RunSettings
+from silobridge.privacy.dp import epsilon
+from silobridge.server.privacy import accounting_spec
 
 log = logging.getLogger("silobridge")
 

@@ -17,11 +17,11 @@ from typing import Any
 
 import dp_accounting as dpa
 
-from privacy.dp import Account, AccountantKind, group_epsilon
-from privacy.dp.codec import event_from_json
-from privacy.ledger import verify_ledger
-from server.privacy import PrivacyPlan, accounting_spec
 from silobridge.errors import ConfigError
+from silobridge.privacy.dp import Account, AccountantKind, group_epsilon
+from silobridge.privacy.dp.codec import event_from_json
+from silobridge.privacy.ledger import verify_ledger
+from silobridge.server.privacy import PrivacyPlan, accounting_spec
 
 LEDGER_FILE = "privacy_ledger.jsonl"
 

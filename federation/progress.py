@@ -148,7 +148,7 @@ class Fanout:
 
 def results_tables(summary: dict[str, Any]) -> list[Table]:
     """The end-of-run comparison of methods: one table per model, a row per method and firm group."""
-    from federation.summary import GROUP_ORDER, METHODS, METRICS
+    from silobridge.federation.summary import GROUP_ORDER, METHODS, METRICS
 
     tables = []
     for kind in ("demand", "risk"):

@@ -22,9 +22,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from federation.analytics import QueryRequest
-from server.analytics import PLANS
 from silobridge.errors import ConfigError
+from silobridge.federation.analytics import QueryRequest
+from silobridge.server.analytics import PLANS
 
 
 class PlanEntry(BaseModel):

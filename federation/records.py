@@ -8,9 +8,9 @@ from collections.abc import Mapping
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
-from privacy.secagg.layout import Segment, VectorLayout
-from silobridge.config import FederationSpec
+from silobridge.contract.config import FederationSpec
 from silobridge.errors import ConfigError, ProtocolError
+from silobridge.privacy.secagg.layout import Segment, VectorLayout
 
 RUN = "run"  # ConfigRecord: the federation spec every request carries
 INSTRUCTION = "instruction"  # ConfigRecord: what to do this round

@@ -26,7 +26,7 @@ import torch
 from silobridge.errors import ConfigError
 
 if TYPE_CHECKING:
-    from privacy.ledger import PrivacyRun
+    from silobridge.privacy.ledger import PrivacyRun
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"

@@ -19,13 +19,18 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
-from clients.firm import Normaliser
-from clients.models import MODEL_KINDS, build_model, state_to_arrays
-from federation.deployment import DeployedOutcome, measure_deployment
-from federation.exchange import Replies, exchange, wait_for_nodes
-from federation.harness import SimulationHarness
-from federation.linear_run import LinearModels, model_families, train_linear
-from federation.records import (
+from silobridge.clients.firm import Normaliser
+from silobridge.clients.models import MODEL_KINDS, build_model, state_to_arrays
+from silobridge.contract.arrays import flatten, unflatten
+from silobridge.contract.efficiency_sums import EFFICIENCY_AFTER, EFFICIENCY_BEFORE, EfficiencyGroups
+from silobridge.contract.messages import BaselineInstruction, FirmManifest
+from silobridge.contract.stats import GROUPS, Moments, demand_metrics_by_group, risk_metrics_by_group
+from silobridge.errors import BudgetExhausted, FederationError, ProtocolError
+from silobridge.federation.deployment import DeployedOutcome, measure_deployment
+from silobridge.federation.exchange import Replies, exchange, wait_for_nodes
+from silobridge.federation.harness import SimulationHarness
+from silobridge.federation.linear_run import LinearModels, model_families, train_linear
+from silobridge.federation.records import (
     EFFICIENCY_GROUPS,
     INSTRUCTION,
     LAYOUT,
@@ -42,29 +47,24 @@ from federation.records import (
     secagg_run_id,
     weights_key,
 )
-from federation.settings import RunSettings
-from privacy.dp import UNCLIPPED_SEGMENT, Sampling
-from privacy.ledger import PrivacyRun, Release
-from privacy.secagg.layout import CLIPPED, VectorLayout
-from privacy.secagg.messages import MaskedInput
-from server.aggregation import PlainSum
-from server.efficiency import Grouping, group_tiers
-from server.efficiency_release import RELEASE_ID, efficiency_event, noised, release_epsilon
-from server.layouts import (
+from silobridge.federation.settings import RunSettings
+from silobridge.privacy.dp import UNCLIPPED_SEGMENT, Sampling
+from silobridge.privacy.ledger import PrivacyRun, Release
+from silobridge.privacy.secagg.layout import CLIPPED, VectorLayout
+from silobridge.privacy.secagg.messages import MaskedInput
+from silobridge.server.aggregation import PlainSum
+from silobridge.server.efficiency import Grouping, group_tiers
+from silobridge.server.efficiency_release import RELEASE_ID, efficiency_event, noised, release_epsilon
+from silobridge.server.layouts import (
     baselines_layout,
     efficiency_layout,
     evaluation_layout,
     moments_layout,
     training_layout,
 )
-from server.secure_sum import SecureSumServer
-from server.stat_groups import StatGrouping, group_statistics
-from server.strategy import FedAvg
-from silobridge.arrays import flatten, unflatten
-from silobridge.efficiency_sums import EFFICIENCY_AFTER, EFFICIENCY_BEFORE, EfficiencyGroups
-from silobridge.errors import BudgetExhausted, FederationError, ProtocolError
-from silobridge.messages import BaselineInstruction, FirmManifest
-from silobridge.stats import GROUPS, Moments, demand_metrics_by_group, risk_metrics_by_group
+from silobridge.server.secure_sum import SecureSumServer
+from silobridge.server.stat_groups import StatGrouping, group_statistics
+from silobridge.server.strategy import FedAvg
 
 
 def dataset_party(firm: str, kind: str) -> str:

@@ -20,22 +20,22 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from clients.firm import Normaliser
-from federation.analytics import QueryJob, query_settings, serve_queries
-from federation.firm_source import pilot_folders
-from federation.harness import SimulationHarness
-from federation.ledger_signer import PER_RUN, ledger_signer
-from federation.linear_run import linear_privacy
-from federation.preflight import check_firm_budgets
-from federation.privacy_report import LEDGER_FILE, privacy_summary
-from federation.progress import Fanout, LogObserver, StageTimer, log_to_stderr
-from federation.rundir import CONFIG_FILE, SUMMARY_JSON, SUMMARY_MD, RunDirectory, live_runs
-from federation.runner import RunObserver, run_federation
-from federation.settings import QUERIES_KEY, RunSettings, settings_from_run_config
-from federation.summary import build_summary, summary_markdown
-from privacy.dp import Budget
-from privacy.ledger import PrivacyRun, config_hash, public_key_hex
-from server.privacy import accounting_spec
+from silobridge.clients.firm import Normaliser
+from silobridge.federation.analytics import QueryJob, query_settings, serve_queries
+from silobridge.federation.firm_source import pilot_folders
+from silobridge.federation.harness import SimulationHarness
+from silobridge.federation.ledger_signer import PER_RUN, ledger_signer
+from silobridge.federation.linear_run import linear_privacy
+from silobridge.federation.preflight import check_firm_budgets
+from silobridge.federation.privacy_report import LEDGER_FILE, privacy_summary
+from silobridge.federation.progress import Fanout, LogObserver, StageTimer, log_to_stderr
+from silobridge.federation.rundir import CONFIG_FILE, SUMMARY_JSON, SUMMARY_MD, RunDirectory, live_runs
+from silobridge.federation.runner import RunObserver, run_federation
+from silobridge.federation.settings import QUERIES_KEY, RunSettings, settings_from_run_config
+from silobridge.federation.summary import build_summary, summary_markdown
+from silobridge.privacy.dp import Budget
+from silobridge.privacy.ledger import PrivacyRun, config_hash, public_key_hex
+from silobridge.server.privacy import accounting_spec
 
 log = logging.getLogger("silobridge")
 

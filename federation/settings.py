@@ -18,16 +18,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from scenarios.generator import DEMAND_COVARIATES, RISK_FEATURES
-from scenarios.schema import Scenario, check_generatable, load_scenario, parse_override
-from server.secure_sum import resolve_aggregation
-from silobridge.arrays import flatten
-from silobridge.config import DataSchema, FederationSpec, LinearSpec
+from silobridge.contract.arrays import flatten
+from silobridge.contract.config import DataSchema, FederationSpec, LinearSpec
+from silobridge.contract.seeds import MAX_NOISE_SEED, parse_noise_seed
 from silobridge.errors import ConfigError
-from silobridge.seeds import MAX_NOISE_SEED, parse_noise_seed
+from silobridge.scenarios.generator import DEMAND_COVARIATES, RISK_FEATURES
+from silobridge.scenarios.schema import Scenario, check_generatable, load_scenario, parse_override
+from silobridge.server.secure_sum import resolve_aggregation
 
 if TYPE_CHECKING:  # DP calibration (dp-accounting, torch) loads only where DP is on: see federation_spec
-    from server.privacy import PrivacyPlan
+    from silobridge.server.privacy import PrivacyPlan
 
 APP_DIR = Path(__file__).resolve().parent.parent
 """The project (or installed app) directory; a relative scenario path starts here, a relative
@@ -151,9 +151,13 @@ def quiet_accountant() -> None:
 
 def privacy_plan(settings: RunSettings, spec: FederationSpec) -> PrivacyPlan:
     """The run's releases as the accountant sees them (model size from the federation's architecture)."""
-    from clients.models import MODEL_KINDS, build_model, state_to_arrays  # torch: only where DP is calibrated
-    from server.efficiency_release import efficiency_event
-    from server.privacy import PrivacyPlan
+    from silobridge.clients.models import (  # torch: only where DP is calibrated
+        MODEL_KINDS,
+        build_model,
+        state_to_arrays,
+    )
+    from silobridge.server.efficiency_release import efficiency_event
+    from silobridge.server.privacy import PrivacyPlan
 
     dim = sum(flatten(state_to_arrays(build_model(kind, spec))).size for kind in MODEL_KINDS)
     training = settings.scenario.training
@@ -200,8 +204,8 @@ def federation_spec(settings: RunSettings) -> FederationSpec:
             raise ConfigError("distributed DP needs secure aggregation", field="privacy.mechanism")
         privacy = privacy.model_copy(update={"expected_shares": len(s.firms)})
         base = base.model_copy(update={"privacy": privacy})
-    from server.efficiency_release import check_room
-    from server.privacy import resolve_privacy
+    from silobridge.server.efficiency_release import check_room
+    from silobridge.server.privacy import resolve_privacy
 
     quiet_accountant()
     if base.inventory.dp:

@@ -16,15 +16,15 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from federation.client_app import build_client_app
-from federation.firm_source import validate_pilot
-from federation.ledger_signer import ledger_signer
-from federation.preflight import preflight
-from federation.rundir import RunDirectory, live_runs
-from federation.runner import RunObserver
-from federation.server_app import RunResult, build_server_app
-from federation.settings import quiet_accountant, settings_from_run_config
 from silobridge.errors import FederationError
+from silobridge.federation.client_app import build_client_app
+from silobridge.federation.firm_source import validate_pilot
+from silobridge.federation.ledger_signer import ledger_signer
+from silobridge.federation.preflight import preflight
+from silobridge.federation.rundir import RunDirectory, live_runs
+from silobridge.federation.runner import RunObserver
+from silobridge.federation.server_app import RunResult, build_server_app
+from silobridge.federation.settings import quiet_accountant, settings_from_run_config
 
 # The runtime would otherwise try to pip-install the app's dependencies, which fails offline.
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")

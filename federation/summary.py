@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from clients.data import describe_risk_split
-from federation.efficiency_report import efficiency_markdown, efficiency_summary
-from federation.firm_source import pilot_risk_splits
-from federation.progress import OBSERVATION_NOTE, shows_observation_epsilon
-from federation.runner import FederationOutcome, metrics_by_group
-from federation.settings import RunSettings
+from silobridge.clients.data import describe_risk_split
+from silobridge.federation.efficiency_report import efficiency_markdown, efficiency_summary
+from silobridge.federation.firm_source import pilot_risk_splits
+from silobridge.federation.progress import OBSERVATION_NOTE, shows_observation_epsilon
+from silobridge.federation.runner import FederationOutcome, metrics_by_group
+from silobridge.federation.settings import RunSettings
 
 METHODS = {
     "demand": ("deployed", "federated", "federated_linear", "local_only", "centralised", "naive"),

@@ -34,11 +34,12 @@ import dp_accounting as dpa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from privacy.dp.accounting import Account, AccountantKind, AccountingSpec, PrivacyUnit
-from privacy.dp.budget import Budget
-from privacy.dp.codec import event_from_json, event_to_json
-from privacy.ledger.keys import load_signing_key, raw_public
-from privacy.ledger.sealing import (
+from silobridge.errors import BudgetExhausted, ConfigError, LedgerTampered
+from silobridge.privacy.dp.accounting import Account, AccountantKind, AccountingSpec, PrivacyUnit
+from silobridge.privacy.dp.budget import Budget
+from silobridge.privacy.dp.codec import event_from_json, event_to_json
+from silobridge.privacy.ledger.keys import load_signing_key, raw_public
+from silobridge.privacy.ledger.sealing import (
     GENESIS_HASH,
     canonical_bytes,
     load_public_key,
@@ -46,7 +47,6 @@ from privacy.ledger.sealing import (
     sign_entry,
     signature_valid,
 )
-from silobridge.errors import BudgetExhausted, ConfigError, LedgerTampered
 
 FORMAT = "silobridge-odometer/1"
 LOG_FILE = "odometer.jsonl"

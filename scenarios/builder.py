@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from scenarios.schema import Scenario, scenario_from_dict
+from silobridge.scenarios.schema import Scenario, scenario_from_dict
 
 REGIONS = ("north", "south", "east", "west", "central", "coast")
 TIER_SHARES = (

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from dateutil.easter import easter
 
-from scenarios.schema import Firm, Link, Scenario, check_generatable
+from silobridge.scenarios.schema import Firm, Link, Scenario, check_generatable
 
 DEMAND_COVARIATES: tuple[str, ...] = ("price", "promotion", "holiday")
 RISK_FEATURES: tuple[str, ...] = (

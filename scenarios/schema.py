@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from silobridge.config import (
+from silobridge.contract.config import (
     MIN_TRAIN_WINDOWS,
     TIERS,
     AggregationSpec,

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from privacy.secagg.layout import VectorLayout
 from silobridge.errors import ProtocolError
+from silobridge.privacy.secagg.layout import VectorLayout
 
 
 @dataclass

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from silobridge.config import TIERS
-from silobridge.efficiency_sums import OTHER, EfficiencyGroups, EfficiencySums, split_tiers
+from silobridge.contract.config import TIERS
+from silobridge.contract.efficiency_sums import OTHER, EfficiencyGroups, EfficiencySums, split_tiers
 
 
 def _ratio(numerator: float, denominator: float) -> float:

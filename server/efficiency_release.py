@@ -11,10 +11,10 @@ from __future__ import annotations
 import dp_accounting as dpa
 import numpy as np
 
-from privacy.dp import Account, add_gaussian_noise, gaussian_event
-from server.privacy import accounting_spec
-from silobridge.config import InventoryPolicy, PrivacySpec
+from silobridge.contract.config import InventoryPolicy, PrivacySpec
 from silobridge.errors import ConfigError
+from silobridge.privacy.dp import Account, add_gaussian_noise, gaussian_event
+from silobridge.server.privacy import accounting_spec
 
 RELEASE_ID = "efficiency"
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from privacy.dp.clipping import UNCLIPPED_SEGMENT
-from privacy.secagg.layout import CLIPPED, Segment, VectorLayout
-from silobridge.analytics import QUERY_SEGMENT
-from silobridge.config import AggregationSpec
-from silobridge.efficiency_sums import EFFICIENCY_AFTER, EFFICIENCY_BEFORE, EFFICIENCY_LENGTH
-from silobridge.stats import STAT_SLOTS, DemandErrorStats, RiskStats
-from silobridge.sufficient import LINEAR_SEGMENT
+from silobridge.contract.analytics import QUERY_SEGMENT
+from silobridge.contract.config import AggregationSpec
+from silobridge.contract.efficiency_sums import EFFICIENCY_AFTER, EFFICIENCY_BEFORE, EFFICIENCY_LENGTH
+from silobridge.contract.stats import STAT_SLOTS, DemandErrorStats, RiskStats
+from silobridge.contract.sufficient import LINEAR_SEGMENT
+from silobridge.privacy.dp.clipping import UNCLIPPED_SEGMENT
+from silobridge.privacy.secagg.layout import CLIPPED, Segment, VectorLayout
 
 STAT_LENGTH = {"demand": DemandErrorStats.SIZE * len(STAT_SLOTS), "risk": RiskStats.SIZE * len(STAT_SLOTS)}
 LOSS_BOUND = 1_000.0

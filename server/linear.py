@@ -23,10 +23,10 @@ from collections.abc import Sequence
 import dp_accounting as dpa
 import numpy as np
 
-from privacy.dp import Budget, calibrate_noise_multiplier
-from server.privacy import accounting_spec
-from silobridge.config import PrivacySpec
-from silobridge.sufficient import split_newton, split_regression
+from silobridge.contract.config import PrivacySpec
+from silobridge.contract.sufficient import split_newton, split_regression
+from silobridge.privacy.dp import Budget, calibrate_noise_multiplier
+from silobridge.server.privacy import accounting_spec
 
 NOISE_FAILURE = 0.05
 """Probability that the noise's operator norm exceeds the bound AdaSSP regularises by."""

@@ -21,7 +21,9 @@ import dp_accounting as dpa
 import numpy as np
 from dp_accounting import NeighboringRelation
 
-from privacy.dp import (
+from silobridge.contract.config import PrivacySpec
+from silobridge.errors import ConfigError
+from silobridge.privacy.dp import (
     AccountantKind,
     AccountingSpec,
     AdaptiveClipping,
@@ -36,8 +38,6 @@ from privacy.dp import (
     poisson_steps_per_epoch,
     remaining_noise_multiplier,
 )
-from silobridge.config import PrivacySpec
-from silobridge.errors import ConfigError
 
 
 def accounting_spec(spec: PrivacySpec) -> AccountingSpec:

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from privacy.secagg import SecAggParams, default_num_neighbours, default_threshold
-from privacy.secagg.layout import VectorLayout
-from privacy.secagg.messages import AdvertiseRequest, MaskedInputRequest, Roster, UnmaskRequest
-from privacy.secagg.quantise import choose_modulus_bits
-from privacy.secagg.server import DropoutRecord, SecAggServer
-from silobridge.config import AggregationSpec
+from silobridge.contract.config import AggregationSpec
 from silobridge.errors import ConfigError
+from silobridge.privacy.secagg import SecAggParams, default_num_neighbours, default_threshold
+from silobridge.privacy.secagg.layout import VectorLayout
+from silobridge.privacy.secagg.messages import AdvertiseRequest, MaskedInputRequest, Roster, UnmaskRequest
+from silobridge.privacy.secagg.quantise import choose_modulus_bits
+from silobridge.privacy.secagg.server import DropoutRecord, SecAggServer
 
 
 def resolve_aggregation(spec: AggregationSpec, num_firms: int) -> AggregationSpec:

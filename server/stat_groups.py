@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from silobridge.stats import GROUPS, POOLED, StatGroups
+from silobridge.contract.stats import GROUPS, POOLED, StatGroups
 
 
 @dataclass(frozen=True)

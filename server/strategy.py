@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 
-from silobridge.messages import TrainInstruction
+from silobridge.contract.messages import TrainInstruction
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clients.analytics import LOCAL_HALVES
-from clients.data import FirmData, firm_data_from_tables
-from federation.settings import GENERATED_SCHEMA
-from scenarios.generator import ChainData, generate_chain
-from scenarios.schema import Scenario, load_scenario
-from silobridge.analytics import QueryPlan, QueryStep, clip_answer
-from silobridge.config import min_periods
+from silobridge.clients.analytics import LOCAL_HALVES
+from silobridge.clients.data import FirmData, firm_data_from_tables
+from silobridge.contract.analytics import QueryPlan, QueryStep, clip_answer
+from silobridge.contract.config import min_periods
+from silobridge.federation.settings import GENERATED_SCHEMA
+from silobridge.scenarios.generator import ChainData, generate_chain
+from silobridge.scenarios.schema import Scenario, load_scenario
 
 RTOL = 1e-9
 UNITS = {"column": "units", "low": 0.0, "high": 5000.0}

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from scenarios.generator import ChainData, generate_chain
-from scenarios.schema import Scenario, load_scenario
+from silobridge.scenarios.generator import ChainData, generate_chain
+from silobridge.scenarios.schema import Scenario, load_scenario
 
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 torch.set_num_threads(1)

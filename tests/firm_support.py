@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from clients.firm import FirmClient, Normaliser
-from clients.models import MODEL_KINDS, build_model, state_to_arrays
-from federation.firm_source import simulated_firm
-from federation.settings import settings_from_run_config
-from silobridge.messages import TrainInstruction
+from silobridge.clients.firm import FirmClient, Normaliser
+from silobridge.clients.models import MODEL_KINDS, build_model, state_to_arrays
+from silobridge.contract.messages import TrainInstruction
+from silobridge.federation.firm_source import simulated_firm
+from silobridge.federation.settings import settings_from_run_config
 from tests.conftest import TINY
 
 

@@ -20,19 +20,19 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from clients.firm import FirmClient, Normaliser
-from clients.models import MODEL_KINDS
-from federation.firm_source import check_contract
-from federation.server_app import RunResult
-from federation.settings import settings_from_run_config
-from federation.simulation import simulate
-from privacy.dp import UNCLIPPED_SEGMENT, AccountingSpec, Budget, combine_gaussians, epsilon
-from privacy.ledger import PrivacyRun, Release, config_hash, verify_ledger
-from server.layouts import training_layout
-from server.privacy import PrivacyPlan, accounting_spec, resolve_privacy
-from silobridge.config import AggregationSpec, PrivacySpec
+from silobridge.clients.firm import FirmClient, Normaliser
+from silobridge.clients.models import MODEL_KINDS
+from silobridge.contract.config import AggregationSpec, PrivacySpec
+from silobridge.contract.messages import TrainInstruction
 from silobridge.errors import ConfigError, ProtocolError
-from silobridge.messages import TrainInstruction
+from silobridge.federation.firm_source import check_contract
+from silobridge.federation.server_app import RunResult
+from silobridge.federation.settings import settings_from_run_config
+from silobridge.federation.simulation import simulate
+from silobridge.privacy.dp import UNCLIPPED_SEGMENT, AccountingSpec, Budget, combine_gaussians, epsilon
+from silobridge.privacy.ledger import PrivacyRun, Release, config_hash, verify_ledger
+from silobridge.server.layouts import training_layout
+from silobridge.server.privacy import PrivacyPlan, accounting_spec, resolve_privacy
 from tests.conftest import ROOT, TINY
 from tests.firm_support import tiny_firm
 
@@ -288,7 +288,7 @@ def test_the_run_is_accounted_as_the_combined_gaussian_and_audits_clean(adaptive
     expected = _dp_accounting_epsilon(recorded, 1.0, 1e-5)
     result = subprocess.run(
         [
-            *(sys.executable, "-m", "federation.cli", "audit", str(adaptive_run.path), "--json"),
+            *(sys.executable, "-m", "silobridge.federation.cli", "audit", str(adaptive_run.path), "--json"),
             *("--public-key", privacy["ledger_public_key"]),  # the run's own key: audited as published
         ],
         capture_output=True,

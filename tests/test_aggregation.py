@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from privacy.secagg.layout import Segment, VectorLayout
-from server.aggregation import PlainSum
-from server.layouts import baselines_layout, training_layout
-from server.strategy import FedAvg
-from silobridge.config import AggregationSpec
+from silobridge.contract.config import AggregationSpec
+from silobridge.privacy.secagg.layout import Segment, VectorLayout
+from silobridge.server.aggregation import PlainSum
+from silobridge.server.layouts import baselines_layout, training_layout
+from silobridge.server.strategy import FedAvg
 
 LAYOUT = VectorLayout((Segment("update", 3, 1e5), Segment("weight", 1, 1e5)))
 

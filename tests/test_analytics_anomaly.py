@@ -6,13 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clients.analytics import anomaly as firm_half
-from clients.data import FirmData
-from federation.settings import GENERATED_SCHEMA
-from server.analytics import PLANS, anomaly
-from silobridge.analytics import QueryStep
+from silobridge.clients.analytics import anomaly as firm_half
+from silobridge.clients.data import FirmData
+from silobridge.contract.analytics import QueryStep
+from silobridge.contract.iterative_params import AnomalyParams
 from silobridge.errors import ConfigError, ProtocolError
-from silobridge.iterative_params import AnomalyParams
+from silobridge.federation.settings import GENERATED_SCHEMA
+from silobridge.server.analytics import PLANS, anomaly
 from tests.analytics_support import chain_firms, drive
 from tests.conftest import DEFAULT
 

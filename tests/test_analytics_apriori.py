@@ -8,14 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clients.analytics import apriori as firm_half
-from clients.data import FirmData
-from federation.settings import GENERATED_SCHEMA
-from scenarios.generator import ChainData
-from server.analytics import PLANS, apriori
-from silobridge.analytics import QueryStep, clip_answer
+from silobridge.clients.analytics import apriori as firm_half
+from silobridge.clients.data import FirmData
+from silobridge.contract.analytics import QueryStep, clip_answer
+from silobridge.contract.iterative_params import AprioriParams
 from silobridge.errors import ConfigError, ProtocolError
-from silobridge.iterative_params import AprioriParams
+from silobridge.federation.settings import GENERATED_SCHEMA
+from silobridge.scenarios.generator import ChainData
+from silobridge.server.analytics import PLANS, apriori
 from tests.analytics_support import chain_firms, drive
 from tests.conftest import DEFAULT
 

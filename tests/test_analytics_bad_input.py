@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from federation.analytics import QueryBudget, QueryRequest, run_queries
-from federation.query_plan import load_plan
 from silobridge.errors import BudgetExhausted, ConfigError, SiloBridgeError
+from silobridge.federation.analytics import QueryBudget, QueryRequest, run_queries
+from silobridge.federation.query_plan import load_plan
 from tests.conftest import TINY
 from tests.test_cli import silobridge
 

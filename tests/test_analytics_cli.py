@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clients.data import FirmData, write_firm_data
-from federation.analytics import QueryRequest, run_queries
-from federation.settings import GENERATED_SCHEMA
-from scenarios.generator import ChainData
-from scenarios.schema import Scenario
-from server.analytics import build_plan
+from silobridge.clients.data import FirmData, write_firm_data
+from silobridge.federation.analytics import QueryRequest, run_queries
+from silobridge.federation.settings import GENERATED_SCHEMA
+from silobridge.scenarios.generator import ChainData
+from silobridge.scenarios.schema import Scenario
+from silobridge.server.analytics import build_plan
 from tests.analytics_support import REGRESSION, UNITS, drive, pooled, pooled_ar, ridge_fit, tiny_firms
 from tests.conftest import TINY
 from tests.test_cli import silobridge

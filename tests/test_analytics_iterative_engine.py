@@ -10,15 +10,21 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from clients.data import FirmData
-from federation.analytics import QueryBudget, QueryRequest, noised_plans, plain_sum_step, with_scenario_defaults
-from federation.settings import GENERATED_SCHEMA, settings_from_run_config
-from privacy.dp import Budget
-from privacy.ledger import PrivacyRun, verify_ledger
-from scenarios.generator import ChainData, catalogue_items
-from scenarios.schema import Scenario
-from server.analytics import build_plan
-from server.analytics.engine import QueryEngine, QueryPrivacy, calibrate_query_noise, query_accounting
+from silobridge.clients.data import FirmData
+from silobridge.federation.analytics import (
+    QueryBudget,
+    QueryRequest,
+    noised_plans,
+    plain_sum_step,
+    with_scenario_defaults,
+)
+from silobridge.federation.settings import GENERATED_SCHEMA, settings_from_run_config
+from silobridge.privacy.dp import Budget
+from silobridge.privacy.ledger import PrivacyRun, verify_ledger
+from silobridge.scenarios.generator import ChainData, catalogue_items
+from silobridge.scenarios.schema import Scenario
+from silobridge.server.analytics import build_plan
+from silobridge.server.analytics.engine import QueryEngine, QueryPrivacy, calibrate_query_noise, query_accounting
 from tests.analytics_support import drive, tiny_firms
 from tests.conftest import TINY
 

@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clients.analytics import kmeans as firm_half
-from clients.data import FirmData
-from federation.settings import GENERATED_SCHEMA
-from server.analytics import PLANS, kmeans
+from silobridge.clients.analytics import kmeans as firm_half
+from silobridge.clients.data import FirmData
+from silobridge.contract.iterative_params import KMeansParams
 from silobridge.errors import ConfigError
-from silobridge.iterative_params import KMeansParams
+from silobridge.federation.settings import GENERATED_SCHEMA
+from silobridge.server.analytics import PLANS, kmeans
 from tests.analytics_support import chain_firms, drive
 from tests.conftest import DEFAULT
 

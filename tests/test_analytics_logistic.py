@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from clients.analytics import logistic as firm_half
-from clients.data import FirmData
-from federation.settings import GENERATED_SCHEMA
-from server.analytics import PLANS, logistic
-from silobridge.analytics import QueryStep, clip_answer
+from silobridge.clients.analytics import logistic as firm_half
+from silobridge.clients.data import FirmData
+from silobridge.contract.analytics import QueryStep, clip_answer
+from silobridge.contract.iterative_params import LogisticParams
+from silobridge.contract.ranges import to_symmetric
 from silobridge.errors import ConfigError, ProtocolError
-from silobridge.iterative_params import LogisticParams
-from silobridge.ranges import to_symmetric
+from silobridge.federation.settings import GENERATED_SCHEMA
+from silobridge.server.analytics import PLANS, logistic
 from tests.analytics_support import chain_firms, drive, pooled_firm
 from tests.conftest import DEFAULT
 

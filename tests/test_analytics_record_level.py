@@ -17,18 +17,18 @@ import pandas as pd
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from clients.analytics import LOCAL_HALVES
-from clients.data import FirmData
-from federation.analytics import StepSum, plain_sum_step
-from federation.settings import GENERATED_SCHEMA
-from privacy.dp import Budget, epsilon
-from privacy.ledger import PrivacyRun, verify_ledger
-from server.analytics import build_plan
-from server.analytics.engine import QueryEngine, QueryPrivacy, calibrate_query_noise, query_accounting
-from server.analytics.logistic import record_bound
-from server.analytics.regression import ridge_solve
-from silobridge.analytics import QueryStep
-from silobridge.queries import ar_record_bound
+from silobridge.clients.analytics import LOCAL_HALVES
+from silobridge.clients.data import FirmData
+from silobridge.contract.analytics import QueryStep
+from silobridge.contract.queries import ar_record_bound
+from silobridge.federation.analytics import StepSum, plain_sum_step
+from silobridge.federation.settings import GENERATED_SCHEMA
+from silobridge.privacy.dp import Budget, epsilon
+from silobridge.privacy.ledger import PrivacyRun, verify_ledger
+from silobridge.server.analytics import build_plan
+from silobridge.server.analytics.engine import QueryEngine, QueryPrivacy, calibrate_query_noise, query_accounting
+from silobridge.server.analytics.logistic import record_bound
+from silobridge.server.analytics.regression import ridge_solve
 from tests.analytics_support import REGRESSION, UNITS, chain_firms, drive, pooled
 
 DEFAULT = "scenarios/default.toml"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from clients.analytics import LOCAL_HALVES
-from federation.settings import GENERATED_SCHEMA
-from server.analytics import PLANS
+from silobridge.clients.analytics import LOCAL_HALVES
+from silobridge.federation.settings import GENERATED_SCHEMA
+from silobridge.server.analytics import PLANS
 from tests.analytics_support import REGRESSION, UNITS
 
 MINIMAL = {

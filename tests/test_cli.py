@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from clients.data import load_firm_data
-from federation.settings import GENERATED_SCHEMA
+from silobridge.clients.data import load_firm_data
+from silobridge.federation.settings import GENERATED_SCHEMA
 from tests.conftest import ROOT, TINY
 
 
 def silobridge(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "federation.cli", *args],
+        [sys.executable, "-m", "silobridge.federation.cli", *args],
         cwd=cwd,
         capture_output=True,
         text=True,

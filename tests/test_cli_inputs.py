@@ -11,8 +11,8 @@ import pytest
 import tomli_w
 from typer.testing import CliRunner
 
-from federation import cli
-from federation.cli import app
+from silobridge.federation import cli
+from silobridge.federation.cli import app
 from tests.conftest import ROOT
 from tests.test_pilot_extracts import extract_federation, generated, reshape_as_extract
 
@@ -79,13 +79,14 @@ def test_an_unexpected_error_is_one_line_and_a_traceback_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A bug prints the command and the error class; the traceback (no locals: a firm's rows) goes to a file."""
-    import federation.firm_source
+
+    import silobridge.federation.firm_source as firm_source
 
     def broken(*args: object, **kwargs: object) -> None:
         secret_rows = ["row of a firm's private data"]  # a locals dump would print this
         raise RuntimeError(f"failed after {len(secret_rows)} rows")
 
-    monkeypatch.setattr(federation.firm_source, "validate_firm_folder", broken)
+    monkeypatch.setattr(firm_source, "validate_firm_folder", broken)
     monkeypatch.setattr(sys, "argv", ["silobridge", "validate", str(tmp_path), "--config", str(TRIO)])
     monkeypatch.setattr(cli.err_console, "width", 400)
     with pytest.raises(SystemExit) as info:
@@ -109,7 +110,7 @@ def test_typer_never_shows_locals() -> None:
 
 
 def test_only_the_run_simulation_deprecation_is_silenced() -> None:
-    from federation.simulation import RUN_SIMULATION_DEPRECATION
+    from silobridge.federation.simulation import RUN_SIMULATION_DEPRECATION
 
     def record(message: str, *args: object) -> logging.LogRecord:
         return logging.LogRecord("flwr", logging.WARNING, __file__, 1, message, args, None)
@@ -122,7 +123,7 @@ def test_only_the_run_simulation_deprecation_is_silenced() -> None:
 
 
 def test_progress_says_nothing_of_a_loss_dp_does_not_release(caplog: pytest.LogCaptureFixture) -> None:
-    from federation.progress import LogObserver, privacy_table
+    from silobridge.federation.progress import LogObserver, privacy_table
 
     record = {"round": 2, "model": "risk", "train_loss": None, "evaluated_round": 2, "metrics": None}
     with caplog.at_level(logging.INFO, logger="silobridge"):

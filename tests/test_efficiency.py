@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from clients.data import firm_data_from_tables
-from clients.firm import FirmClient
-from clients.inventory import (
+from silobridge.clients.data import firm_data_from_tables
+from silobridge.clients.firm import FirmClient
+from silobridge.clients.inventory import (
     SeriesHorizon,
     forecast_error_std,
     forecast_sums,
@@ -22,15 +22,10 @@ from clients.inventory import (
     safety_factor,
     simulate_series,
 )
-from clients.models import build_model, load_arrays, state_to_arrays
-from clients.training import TrainSettings, fit
-from federation.settings import GENERATED_SCHEMA
-from scenarios.schema import scenario_from_dict
-from server.efficiency import Efficiency, Improvement, apply_improvement, efficiency_table, group_tiers, improvement
-from server.layouts import evaluation_layout
-from server.secure_sum import resolve_aggregation
-from silobridge.config import AggregationSpec, FederationSpec, InventoryPolicy
-from silobridge.efficiency_sums import (
+from silobridge.clients.models import build_model, load_arrays, state_to_arrays
+from silobridge.clients.training import TrainSettings, fit
+from silobridge.contract.config import AggregationSpec, FederationSpec, InventoryPolicy
+from silobridge.contract.efficiency_sums import (
     EFFICIENCY_AFTER,
     OTHER,
     EfficiencyGroups,
@@ -39,6 +34,18 @@ from silobridge.efficiency_sums import (
     split_tiers,
 )
 from silobridge.errors import ConfigError, DataError, ProtocolError
+from silobridge.federation.settings import GENERATED_SCHEMA
+from silobridge.scenarios.schema import scenario_from_dict
+from silobridge.server.efficiency import (
+    Efficiency,
+    Improvement,
+    apply_improvement,
+    efficiency_table,
+    group_tiers,
+    improvement,
+)
+from silobridge.server.layouts import evaluation_layout
+from silobridge.server.secure_sum import resolve_aggregation
 from tests.test_secure_sum import _Federation
 
 # -- the seed document's worked example ---------------------------------------------------------------
@@ -260,7 +267,7 @@ def demand_weights(firms: list[FirmClient]) -> dict[str, np.ndarray]:
 
 
 def test_a_firms_forecast_totals_match_its_test_statistics(firms: list[FirmClient], demand_weights) -> None:
-    from clients.firm import demand_stats
+    from silobridge.clients.firm import demand_stats
 
     firm = firms[0]
     model = build_model("demand", firm.spec)
@@ -333,10 +340,10 @@ def test_a_malformed_efficiency_request_is_an_error_reply_naming_the_firm(firms:
 
     from flwr.app import ConfigRecord
 
-    from federation.client_app import Request, _baselines, _efficiency
-    from federation.records import EFFICIENCY_GROUPS, INSTRUCTION, STAT_GROUPS
+    from silobridge.contract.stats import POOLED, StatGroups
     from silobridge.errors import SiloBridgeError
-    from silobridge.stats import POOLED, StatGroups
+    from silobridge.federation.client_app import Request, _baselines, _efficiency
+    from silobridge.federation.records import EFFICIENCY_GROUPS, INSTRUCTION, STAT_GROUPS
 
     instruction = {
         "max_epochs": 1,
@@ -388,8 +395,8 @@ def test_a_malformed_efficiency_request_is_an_error_reply_naming_the_firm(firms:
 
 
 def test_a_firms_dp_contribution_is_clipped_jointly(firms: list[FirmClient], demand_weights) -> None:
-    from silobridge.efficiency_sums import EFFICIENCY_BEFORE
-    from silobridge.messages import BaselineInstruction
+    from silobridge.contract.efficiency_sums import EFFICIENCY_BEFORE
+    from silobridge.contract.messages import BaselineInstruction
 
     firm = firms[1]  # the small retailer: quick to fit
     small = firm.spec.model_copy(update={"inventory": InventoryPolicy(dp_clip_norm=100.0)})
@@ -419,8 +426,8 @@ def test_a_firms_dp_contribution_is_clipped_jointly(firms: list[FirmClient], dem
 def test_efficiency_event_and_its_epsilon_match_the_accountant() -> None:
     import dp_accounting as dpa
 
-    from server.efficiency_release import efficiency_event, noised, release_epsilon
-    from silobridge.config import PrivacySpec
+    from silobridge.contract.config import PrivacySpec
+    from silobridge.server.efficiency_release import efficiency_event, noised, release_epsilon
 
     assert efficiency_event("firm", 2.0) == dpa.GaussianDpEvent(2.0)
     assert efficiency_event("record", 2.0) == dpa.GaussianDpEvent(1.0)  # one record moves the clipped vector by 2C
@@ -436,9 +443,9 @@ def test_efficiency_event_and_its_epsilon_match_the_accountant() -> None:
 
 
 def test_calibration_leaves_room_for_the_efficiency_release(tiny_scenario) -> None:
-    from federation.settings import settings_from_run_config
-    from privacy.dp import Account
-    from server.privacy import accounting_spec
+    from silobridge.federation.settings import settings_from_run_config
+    from silobridge.privacy.dp import Account
+    from silobridge.server.privacy import accounting_spec
     from tests.conftest import TINY
 
     plain = settings_from_run_config({"scenario": str(TINY)})
@@ -456,8 +463,8 @@ def test_calibration_leaves_room_for_the_efficiency_release(tiny_scenario) -> No
 def test_the_table_and_markdown_show_chain_and_tiers() -> None:
     from rich.console import Console
 
-    from federation.efficiency_report import efficiency_markdown
-    from federation.progress import efficiency_table as rich_table
+    from silobridge.federation.efficiency_report import efficiency_markdown
+    from silobridge.federation.progress import efficiency_table as rich_table
 
     before = slot_by_tier(
         EfficiencySums(served=10, on_time=8, demand=10, holding_cost=5, abs_error=1, actual=10), "retailer"

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from clients.firm import Normaliser
-from clients.models import MODEL_KINDS
-from federation.harness import SimulationHarness
-from federation.runner import baseline_instruction
-from federation.settings import settings_from_run_config
-from federation.simulation import simulate
-from server.efficiency import efficiency_table, group_tiers
-from silobridge.efficiency_sums import EFFICIENCY_BEFORE
+from silobridge.clients.firm import Normaliser
+from silobridge.clients.models import MODEL_KINDS
+from silobridge.contract.efficiency_sums import EFFICIENCY_BEFORE
+from silobridge.federation.harness import SimulationHarness
+from silobridge.federation.runner import baseline_instruction
+from silobridge.federation.settings import settings_from_run_config
+from silobridge.federation.simulation import simulate
+from silobridge.server.efficiency import efficiency_table, group_tiers
 from tests.conftest import TINY
 
 
@@ -97,7 +97,7 @@ def test_summary_efficiency_equals_the_firms_numbers_recomputed(tmp_path) -> Non
 
 def test_a_dp_efficiency_release_is_charged_and_recorded(tmp_path) -> None:
     """Record-level DP with `efficiency.dp`: the noised sums are one more ledger release, within budget."""
-    from server.efficiency_release import release_epsilon
+    from silobridge.server.efficiency_release import release_epsilon
 
     config = {
         "scenario": str(TINY),

@@ -7,9 +7,9 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 
-from clients.features import demand_input_dim, demand_windows, risk_examples
-from federation.settings import GENERATED_SCHEMA
-from silobridge.config import TIERS, DataSchema, FederationSpec
+from silobridge.clients.features import demand_input_dim, demand_windows, risk_examples
+from silobridge.contract.config import TIERS, DataSchema, FederationSpec
+from silobridge.federation.settings import GENERATED_SCHEMA
 
 
 def _spec(test_start: dt.date, lags: int = 3, horizon: int = 2) -> FederationSpec:

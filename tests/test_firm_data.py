@@ -7,10 +7,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from clients.data import load_firm_data, write_firm_data
-from federation.settings import GENERATED_SCHEMA
-from scenarios.generator import ChainData
+from silobridge.clients.data import load_firm_data, write_firm_data
 from silobridge.errors import DataError
+from silobridge.federation.settings import GENERATED_SCHEMA
+from silobridge.scenarios.generator import ChainData
 
 MIN_PERIODS = 28
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clients.firm import FirmClient, Normaliser
-from clients.models import MODEL_KINDS
-from silobridge.arrays import flatten
-from silobridge.messages import TrainInstruction
+from silobridge.clients.firm import FirmClient, Normaliser
+from silobridge.clients.models import MODEL_KINDS
+from silobridge.contract.arrays import flatten
+from silobridge.contract.messages import TrainInstruction
 from tests.firm_support import tiny_firm
 
 KINDS = MODEL_KINDS

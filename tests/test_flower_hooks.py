@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from federation.network import flower_hooks
-from federation.network.deploy import process_env, supernode_command
-from federation.network.flower_hooks import (
+from silobridge.errors import FederationError
+from silobridge.federation.network import flower_hooks
+from silobridge.federation.network.deploy import process_env, supernode_command
+from silobridge.federation.network.flower_hooks import (
     HOOKED_MODULE,
     SUPEREXEC_POLL_ENV,
     SUPEREXEC_POLL_S,
     apply_supernode_polling,
     check_supernode_loop,
 )
-from silobridge.errors import FederationError
 from tests.conftest import ROOT
 
 
@@ -105,13 +105,21 @@ def test_join_starts_flowers_supernode_through_the_hook(tmp_path: Path) -> None:
         runtime_port=9094,
         idle_poll_s=0.2,
     )
-    assert command[:5] == [sys.executable, "-m", "federation.network.supernode", "--idle-poll", "0.2"]
+    assert command[:5] == [sys.executable, "-m", "silobridge.federation.network.supernode", "--idle-poll", "0.2"]
     assert command[5:7] == ["--superlink", "10.0.0.5:9093"]
 
 
 def test_the_wrapper_refuses_a_bad_interval_without_a_traceback() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "federation.network.supernode", "--idle-poll", "5", "--superlink", "127.0.0.1:1"],
+        [
+            sys.executable,
+            "-m",
+            "silobridge.federation.network.supernode",
+            "--idle-poll",
+            "5",
+            "--superlink",
+            "127.0.0.1:1",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -128,7 +136,7 @@ def test_the_serverapp_pulls_replies_itself_never_through_send_and_receive(monke
     short schedule, so a reply that comes on the third pull is collected within milliseconds."""
     from types import SimpleNamespace
 
-    from federation import exchange as exchange_module
+    from silobridge.federation import exchange as exchange_module
 
     def fake_message(*, content: object, dst_node_id: int, message_type: str) -> SimpleNamespace:
         return SimpleNamespace(

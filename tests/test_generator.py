@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from clients.data import firm_data_from_tables
-from federation.settings import GENERATED_SCHEMA
-from scenarios.generator import ChainData, generate_chain, order_up_to
-from scenarios.schema import Scenario, load_scenario, parse_override, scenario_from_dict
-from silobridge.config import TIERS, min_periods
+from silobridge.clients.data import firm_data_from_tables
+from silobridge.contract.config import TIERS, min_periods
+from silobridge.federation.settings import GENERATED_SCHEMA
+from silobridge.scenarios.generator import ChainData, generate_chain, order_up_to
+from silobridge.scenarios.schema import Scenario, load_scenario, parse_override, scenario_from_dict
 from tests.conftest import TINY
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from federation.cli import app
-from privacy.ledger import verify_ledger
+from silobridge.federation.cli import app
+from silobridge.privacy.ledger import verify_ledger
 from tests.conftest import ROOT
 
 TRIO = ROOT / "tests" / "scenarios" / "trio.toml"
@@ -27,7 +27,7 @@ TRIO = ROOT / "tests" / "scenarios" / "trio.toml"
 
 def _silobridge(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "federation.cli", *args],
+        [sys.executable, "-m", "silobridge.federation.cli", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

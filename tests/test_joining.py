@@ -7,15 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from clients.deploy import demand_statistics, deploy_demand, risk_statistics
-from clients.linear import demand_dim
-from clients.personalise import DEMAND_SWITCH_MARGIN
-from federation.linear_run import model_families
-from federation.runner import baseline_instruction
-from federation.settings import settings_from_run_config
-from federation.summary import acceptance_checks
+from silobridge.clients.deploy import demand_statistics, deploy_demand, risk_statistics
+from silobridge.clients.linear import demand_dim
+from silobridge.clients.personalise import DEMAND_SWITCH_MARGIN
+from silobridge.contract.sufficient import newton_size, regression_size
 from silobridge.errors import ConfigError, ProtocolError
-from silobridge.sufficient import newton_size, regression_size
+from silobridge.federation.linear_run import model_families
+from silobridge.federation.runner import baseline_instruction
+from silobridge.federation.settings import settings_from_run_config
+from silobridge.federation.summary import acceptance_checks
 from tests.conftest import TINY
 from tests.firm_support import tiny_firm
 

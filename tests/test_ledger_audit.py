@@ -16,13 +16,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
-from federation.cli import app
-from federation.ledger_audit import audit_ledger_file
-from privacy.dp import Budget, Sampling
-from privacy.ledger import PrivacyRun, Release, config_hash, public_key_hex, verify_ledger
-from privacy.ledger.keys import load_signing_key, same_key, write_signing_key
-from privacy.ledger.verdict import Verdict
 from silobridge.errors import ConfigError
+from silobridge.federation.cli import app
+from silobridge.federation.ledger_audit import audit_ledger_file
+from silobridge.privacy.dp import Budget, Sampling
+from silobridge.privacy.ledger import PrivacyRun, Release, config_hash, public_key_hex, verify_ledger
+from silobridge.privacy.ledger.keys import load_signing_key, same_key, write_signing_key
+from silobridge.privacy.ledger.verdict import Verdict
 from tests.conftest import ROOT
 from tests.privacy.ledger_support import KEY, OTHER_KEY, ROUND_EVENT, SPEC, write_sample_ledger
 
@@ -107,7 +107,7 @@ def test_keys_compare_as_bytes_whatever_the_case() -> None:
 
 
 def test_the_federation_file_stores_its_key_in_lower_case(tmp_path: Path) -> None:
-    from scenarios.schema import load_scenario
+    from silobridge.scenarios.schema import load_scenario
 
     assert load_scenario(_federation_file(tmp_path, KEY_HEX.upper())).privacy.ledger_public_key == KEY_HEX
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from clients.data import write_firm_data
-from federation.firm_source import NODE_DATA_DIR, NODE_FEDERATION, FirmFiles, _file_spec, node_firm
-from federation.settings import settings_from_run_config
-from scenarios.generator import generate_chain
-from scenarios.schema import load_scenario
+from silobridge.clients.data import write_firm_data
 from silobridge.errors import ProtocolError
+from silobridge.federation.firm_source import NODE_DATA_DIR, NODE_FEDERATION, FirmFiles, _file_spec, node_firm
+from silobridge.federation.settings import settings_from_run_config
+from silobridge.scenarios.generator import generate_chain
+from silobridge.scenarios.schema import load_scenario
 from tests.conftest import ROOT
 
 TRIO = ROOT / "tests" / "scenarios" / "trio.toml"
@@ -29,15 +29,15 @@ import json, sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import federation.client_app as client_app
+import silobridge.federation.client_app as client_app
 
 HEAVY = ("torch", "opacus", "dp_accounting")
 imported_on_load = sorted(m for m in HEAVY if m in sys.modules)
 from flwr.app import ConfigRecord, Context, RecordDict
 
-from federation.records import SECAGG, request_content, secagg_run_id
-from server.secure_sum import SecureSumServer
-from silobridge.config import FederationSpec
+from silobridge.federation.records import SECAGG, request_content, secagg_run_id
+from silobridge.server.secure_sum import SecureSumServer
+from silobridge.contract.config import FederationSpec
 
 spec = FederationSpec.model_validate_json(Path(sys.argv[1]).read_text())
 node = json.loads(sys.argv[2])

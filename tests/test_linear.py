@@ -6,8 +6,8 @@ import dp_accounting as dpa
 import numpy as np
 import pytest
 
-from clients.features import demand_windows
-from clients.linear import (
+from silobridge.clients.features import demand_windows
+from silobridge.clients.linear import (
     clip_rows,
     demand_design,
     demand_dim,
@@ -21,8 +21,11 @@ from clients.linear import (
     sufficient_statistics,
     wape,
 )
-from privacy.dp import Account
-from server.linear import (
+from silobridge.contract.config import PrivacySpec
+from silobridge.contract.sufficient import split_newton, split_regression, symmetric_from_triu, triu_vector
+from silobridge.errors import ConfigError
+from silobridge.privacy.dp import Account
+from silobridge.server.linear import (
     adassp,
     calibrate_release,
     floored_solve,
@@ -30,10 +33,7 @@ from server.linear import (
     noise_norm_bound,
     release_event,
 )
-from server.privacy import accounting_spec
-from silobridge.config import PrivacySpec
-from silobridge.errors import ConfigError
-from silobridge.sufficient import split_newton, split_regression, symmetric_from_triu, triu_vector
+from silobridge.server.privacy import accounting_spec
 from tests.firm_support import tiny_firm
 
 

@@ -20,13 +20,13 @@ import pandas as pd
 import pytest
 import torch
 
-from clients.data import write_firm_data
-from federation.network.loopback import LoopbackFederation, free_port
-from federation.simulation import simulate
-from privacy.dp import Budget
-from scenarios.generator import generate_chain
-from scenarios.schema import load_scenario
-from server.analytics.engine import calibrate_query_noise
+from silobridge.clients.data import write_firm_data
+from silobridge.federation.network.loopback import LoopbackFederation, free_port
+from silobridge.federation.simulation import simulate
+from silobridge.privacy.dp import Budget
+from silobridge.scenarios.generator import generate_chain
+from silobridge.scenarios.schema import load_scenario
+from silobridge.server.analytics.engine import calibrate_query_noise
 from tests.conftest import ROOT
 
 TRIO = ROOT / "tests" / "scenarios" / "trio.toml"
@@ -164,7 +164,7 @@ def test_nodes_without_a_registered_key_or_the_right_ca_are_refused(
         loopback.root / "data" / "R1", key=loopback.key(key or "R1"), ca_cert=loopback.root / ca / "ca.pem"
     )
     if key is None:  # a SuperNode started by hand without --auth-supernode-private-key
-        from federation.network.deploy import flower_executable
+        from silobridge.federation.network.deploy import flower_executable
 
         command = [
             flower_executable("flower-supernode"),

@@ -14,16 +14,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from typer.testing import CliRunner
 
-from clients.data import write_firm_data
-from federation.cli import app
-from federation.firm_source import NODE_DATA_DIR, NODE_FEDERATION, node_firm, validate_pilot
-from federation.network.certs import make_certificates
-from federation.network.deploy import node_config_text, supernode_command
-from federation.network.keys import fingerprint, make_node_keys
-from federation.settings import settings_from_run_config
-from scenarios.generator import generate_chain
-from scenarios.schema import load_scenario
+from silobridge.clients.data import write_firm_data
 from silobridge.errors import ConfigError, DataError, ProtocolError
+from silobridge.federation.cli import app
+from silobridge.federation.firm_source import NODE_DATA_DIR, NODE_FEDERATION, node_firm, validate_pilot
+from silobridge.federation.network.certs import make_certificates
+from silobridge.federation.network.deploy import node_config_text, supernode_command
+from silobridge.federation.network.keys import fingerprint, make_node_keys
+from silobridge.federation.settings import settings_from_run_config
+from silobridge.scenarios.generator import generate_chain
+from silobridge.scenarios.schema import load_scenario
 from tests.conftest import ROOT
 
 TRIO = ROOT / "tests" / "scenarios" / "trio.toml"
@@ -193,8 +193,8 @@ def test_a_partners_node_builds_its_firm_from_its_own_node_config_never_the_run_
 
     from flwr.app import Context, RecordDict
 
-    from federation.client_app import _request
-    from federation.records import request_content
+    from silobridge.federation.client_app import _request
+    from silobridge.federation.records import request_content
 
     spec = settings_from_run_config({"scenario": str(TRIO), "data": "nodes"}).spec
     # Flower builds a Message only inside a run; the request reads just its content and type.
@@ -257,8 +257,8 @@ def test_queries_reach_the_server_app_through_flwr_run_config_intact() -> None:
     """The `queries` run-config value survives `flwr run --run-config` (Flower's own parser), quotes included."""
     from flwr.common.config import parse_config_args
 
-    from federation.analytics import QueryBudget, QueryJob, QueryRequest
-    from federation.network.deploy import run_command
+    from silobridge.federation.analytics import QueryBudget, QueryJob, QueryRequest
+    from silobridge.federation.network.deploy import run_command
 
     job = QueryJob(
         (QueryRequest("histogram", {"column": "it's units", "edges": [0, 1.5, 10]}), QueryRequest("count", {})),

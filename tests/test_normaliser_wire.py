@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from flwr.app import RecordDict
 
-from clients.firm import Normaliser
-from federation.client_app import _normaliser
-from federation.records import NORMALISER, arrays_record
+from silobridge.clients.firm import Normaliser
 from silobridge.errors import ProtocolError
+from silobridge.federation.client_app import _normaliser
+from silobridge.federation.records import NORMALISER, arrays_record
 
 
 def _message(arrays: dict[str, np.ndarray]) -> RecordDict:

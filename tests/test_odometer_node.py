@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from clients.data import write_firm_data
-from clients.own_budget import charge_lifetime, own_epsilon, refuse_uncounted_release
-from federation.cli import app
-from federation.odometer_glue import NODE_LIFETIME_EPSILON, NODE_STATE_DIR, node_odometer
-from privacy.odometer import LOG_FILE
-from scenarios.generator import generate_chain
-from scenarios.schema import load_scenario
-from silobridge.config import PrivacySpec
+from silobridge.clients.data import write_firm_data
+from silobridge.clients.own_budget import charge_lifetime, own_epsilon, refuse_uncounted_release
+from silobridge.contract.config import PrivacySpec
 from silobridge.errors import BudgetExhausted, LedgerTampered, ProtocolError
+from silobridge.federation.cli import app
+from silobridge.federation.odometer_glue import NODE_LIFETIME_EPSILON, NODE_STATE_DIR, node_odometer
+from silobridge.privacy.odometer import LOG_FILE
+from silobridge.scenarios.generator import generate_chain
+from silobridge.scenarios.schema import load_scenario
 from tests.conftest import ROOT
 
 TRIO = ROOT / "tests" / "scenarios" / "trio.toml"

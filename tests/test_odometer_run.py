@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from clients.own_budget import own_epsilon
-from federation.cli import app
-from federation.settings import settings_from_run_config
-from federation.simulation import simulate
-from privacy.ledger.keys import write_signing_key
-from privacy.odometer import Odometer
+from silobridge.clients.own_budget import own_epsilon
 from silobridge.errors import ConfigError
+from silobridge.federation.cli import app
+from silobridge.federation.settings import settings_from_run_config
+from silobridge.federation.simulation import simulate
+from silobridge.privacy.ledger.keys import write_signing_key
+from silobridge.privacy.odometer import Odometer
 from tests.conftest import ROOT
 
 TRIO = ROOT / "tests" / "scenarios" / "trio.toml"

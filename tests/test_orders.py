@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clients.data import ORDERS_FILE, firm_data_from_tables, load_firm_data, validate_orders, write_firm_data
-from federation.settings import GENERATED_SCHEMA
-from scenarios.generator import ChainData, generate_chain
-from scenarios.schema import Scenario, load_scenario, parse_override
+from silobridge.clients.data import ORDERS_FILE, firm_data_from_tables, load_firm_data, validate_orders, write_firm_data
 from silobridge.errors import DataError
+from silobridge.federation.settings import GENERATED_SCHEMA
+from silobridge.scenarios.generator import ChainData, generate_chain
+from silobridge.scenarios.schema import Scenario, load_scenario, parse_override
 from tests.conftest import TINY
 
 MIN_PERIODS = 28

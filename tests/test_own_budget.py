@@ -13,16 +13,16 @@ from types import SimpleNamespace
 import pytest
 from flwr.app import ConfigRecord, Context, RecordDict
 
-from clients.firm import FirmClient
-from clients.own_budget import check_round, own_epsilon
-from federation.client_app import OWN_SPEND, Request, _train
-from federation.records import INSTRUCTION, LAYOUT, NORMALISER, arrays_record, layout_record, weights_key
-from federation.settings import settings_from_run_config
-from privacy.dp import epsilon
-from server.layouts import training_layout
-from server.privacy import accounting_spec
-from silobridge.arrays import flatten
+from silobridge.clients.firm import FirmClient
+from silobridge.clients.own_budget import check_round, own_epsilon
+from silobridge.contract.arrays import flatten
 from silobridge.errors import ProtocolError
+from silobridge.federation.client_app import OWN_SPEND, Request, _train
+from silobridge.federation.records import INSTRUCTION, LAYOUT, NORMALISER, arrays_record, layout_record, weights_key
+from silobridge.federation.settings import settings_from_run_config
+from silobridge.privacy.dp import epsilon
+from silobridge.server.layouts import training_layout
+from silobridge.server.privacy import accounting_spec
 from tests.conftest import TINY
 from tests.firm_support import tiny_firm
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clients.features import DemandWindows, demand_windows
-from clients.linear import demand_design, ridge, risk_design
-from clients.personalise import (
+from silobridge.clients.features import DemandWindows, demand_windows
+from silobridge.clients.linear import demand_design, ridge, risk_design
+from silobridge.clients.personalise import (
     MIN_VALIDATION_EVENTS,
     RISK_SWITCH_MARGIN,
     choose_demand,

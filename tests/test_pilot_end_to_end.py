@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from clients.data import write_firm_data
-from scenarios.generator import generate_chain
-from scenarios.schema import load_scenario
+from silobridge.clients.data import write_firm_data
+from silobridge.scenarios.generator import generate_chain
+from silobridge.scenarios.schema import load_scenario
 from tests.test_cli import silobridge
 from tests.test_pilot_extracts import TRIO, reshape_as_extract
 from tests.test_pilot_init import TIERS, fill_in

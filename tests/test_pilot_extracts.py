@@ -14,7 +14,7 @@ import pytest
 import tomli_w
 from typer.testing import CliRunner
 
-from clients.data import (
+from silobridge.clients.data import (
     RISK_SPLIT_COLUMN,
     RISK_SPLIT_DATE,
     RISK_SPLIT_HOLDOUT,
@@ -22,12 +22,12 @@ from clients.data import (
     stratified_holdout,
     write_firm_data,
 )
-from federation.cli import app
-from federation.settings import settings_from_run_config
-from scenarios.generator import generate_chain
-from scenarios.schema import load_scenario
-from silobridge.config import FederationSpec
+from silobridge.contract.config import FederationSpec
 from silobridge.errors import ConfigError, DataError
+from silobridge.federation.cli import app
+from silobridge.federation.settings import settings_from_run_config
+from silobridge.scenarios.generator import generate_chain
+from silobridge.scenarios.schema import load_scenario
 from tests.conftest import ROOT
 
 TRIO = ROOT / "tests" / "scenarios" / "trio.toml"

@@ -14,12 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from clients.data import load_for_spec, write_firm_data
-from federation.cli import app
-from scenarios.generator import generate_chain
-from scenarios.schema import load_scenario, scenario_from_dict
-from silobridge.config import FederationSpec
+from silobridge.clients.data import load_for_spec, write_firm_data
+from silobridge.contract.config import FederationSpec
 from silobridge.errors import SiloBridgeError
+from silobridge.federation.cli import app
+from silobridge.scenarios.generator import generate_chain
+from silobridge.scenarios.schema import load_scenario, scenario_from_dict
 from tests.test_pilot_extracts import TRIO, reshape_as_extract
 
 TIERS = {"R1": "retailer", "D1": "distributor", "M1": "manufacturer"}

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from federation.ledger_signer import ledger_signer
-from federation.preflight import check_firm_budgets, preflight, round_epsilon
-from federation.settings import settings_from_run_config
-from federation.simulation import simulate
-from privacy.ledger import public_key_hex
-from privacy.ledger.keys import write_signing_key
 from silobridge.errors import ConfigError
+from silobridge.federation.ledger_signer import ledger_signer
+from silobridge.federation.preflight import check_firm_budgets, preflight, round_epsilon
+from silobridge.federation.settings import settings_from_run_config
+from silobridge.federation.simulation import simulate
+from silobridge.privacy.ledger import public_key_hex
+from silobridge.privacy.ledger.keys import write_signing_key
 from tests.conftest import ROOT
 
 TRIO = ROOT / "tests" / "scenarios" / "trio.toml"

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from federation.server_app import RunResult
-from federation.simulation import simulate
-from privacy.ledger import verify_ledger
-from scenarios.schema import load_scenario
+from silobridge.federation.server_app import RunResult
+from silobridge.federation.simulation import simulate
+from silobridge.privacy.ledger import verify_ledger
+from silobridge.scenarios.schema import load_scenario
 from tests.conftest import ROOT, TINY
 
 MLP = "training.model=mlp"
@@ -41,7 +41,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunResult]:
 
 def _audit(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "federation.cli", "audit", *args],
+        [sys.executable, "-m", "silobridge.federation.cli", "audit", *args],
         capture_output=True,
         text=True,
         timeout=120,

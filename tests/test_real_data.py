@@ -35,8 +35,8 @@ from benchmarks.real_reference import (
     wape,
     windows,
 )
-from scenarios.schema import scenario_from_dict
 from silobridge.errors import ConfigError
+from silobridge.scenarios.schema import scenario_from_dict
 
 ISSUE16_DATA_KEYS = ("date_column", "units_column", "series_column", "label_column")
 

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from federation.cli import EXIT_TAMPERED, app
-from federation.report import REPORT_FILE, load_run, render, write_report
-from federation.report.page import NOT_COMPUTED, fmt
-from federation.server_app import RunResult
-from federation.simulation import simulate
-from privacy.ledger import canonical_bytes, verify_ledger
 from silobridge.errors import ConfigError
+from silobridge.federation.cli import EXIT_TAMPERED, app
+from silobridge.federation.report import REPORT_FILE, load_run, render, write_report
+from silobridge.federation.report.page import NOT_COMPUTED, fmt
+from silobridge.federation.server_app import RunResult
+from silobridge.federation.simulation import simulate
+from silobridge.privacy.ledger import canonical_bytes, verify_ledger
 from tests.browser import page_problems
 from tests.conftest import TINY
 

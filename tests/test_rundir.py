@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from federation.rundir import RunDirectory
-from federation.simulation import simulate
-from privacy.ledger import verify_ledger
 from silobridge.errors import ConfigError
+from silobridge.federation.rundir import RunDirectory
+from silobridge.federation.simulation import simulate
+from silobridge.privacy.ledger import verify_ledger
 from tests.conftest import TINY
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from scenarios.schema import apply_overrides, check_generatable, load_scenario, parse_override
 from silobridge.errors import ConfigError
+from silobridge.scenarios.schema import apply_overrides, check_generatable, load_scenario, parse_override
 from tests.conftest import DEFAULT, LARGE, TINY
 
 

@@ -12,12 +12,12 @@ from flwr.app import ConfigRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clients.secure_sum import FirmSecureSum
-from privacy.secagg.layout import Segment, VectorLayout
-from privacy.secagg.ring import to_ring
-from server.secure_sum import SecureSumServer, resolve_aggregation
-from silobridge.config import AggregationSpec
+from silobridge.clients.secure_sum import FirmSecureSum
+from silobridge.contract.config import AggregationSpec
 from silobridge.errors import ConfigError, ProtocolError
+from silobridge.privacy.secagg.layout import Segment, VectorLayout
+from silobridge.privacy.secagg.ring import to_ring
+from silobridge.server.secure_sum import SecureSumServer, resolve_aggregation
 
 RUN = "flwr-run-7"
 
@@ -50,7 +50,7 @@ class _Federation:
             roster = self.server.receive_advertise({f: self._call(f, "advertise", advertise) for f in self.firms})
             self.server.receive_shares({f: self._call(f, "share_keys", roster.to_wire()) for f in roster.firms})
         requests = self.server.start_round(layout)
-        from privacy.secagg.messages import MaskedInput
+        from silobridge.privacy.secagg.messages import MaskedInput
 
         masked = []
         for firm, request in requests.items():

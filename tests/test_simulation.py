@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from clients.models import build_model
-from federation.runner import Federation, SumOutcome
-from federation.server_app import RunResult
-from federation.settings import settings_from_run_config
-from federation.simulation import simulate
-from federation.summary import METHODS, METRICS
-from silobridge.stats import POOLED, split_slots
+from silobridge.clients.models import build_model
+from silobridge.contract.stats import POOLED, split_slots
+from silobridge.federation.runner import Federation, SumOutcome
+from silobridge.federation.server_app import RunResult
+from silobridge.federation.settings import settings_from_run_config
+from silobridge.federation.simulation import simulate
+from silobridge.federation.summary import METHODS, METRICS
 from tests.conftest import TINY
 
 

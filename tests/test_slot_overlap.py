@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from scenarios.schema import load_scenario
-from server.efficiency import group_tiers
-from server.stat_groups import group_statistics
-from silobridge.slot_overlap import isolated_members
+from silobridge.contract.slot_overlap import isolated_members
+from silobridge.scenarios.schema import load_scenario
+from silobridge.server.efficiency import group_tiers
+from silobridge.server.stat_groups import group_statistics
 
 
 def _slots(groups: dict[str, str], tiers: dict[str, str], minimum: int) -> list[dict[str, str | None]]:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scenarios.schema import load_scenario
-from server.stat_groups import group_statistics
+from silobridge.contract.stats import POOLED, DemandErrorStats, StatGroups, slot_by_group, split_slots
 from silobridge.errors import ProtocolError
-from silobridge.stats import POOLED, DemandErrorStats, StatGroups, slot_by_group, split_slots
+from silobridge.scenarios.schema import load_scenario
+from silobridge.server.stat_groups import group_statistics
 from tests.conftest import DEFAULT, LARGE, ROOT, TINY
 
 TRIO = ROOT / "tests" / "scenarios" / "trio.toml"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from silobridge.stats import (
+from silobridge.contract.stats import (
     POOLED,
     STAT_SLOTS,
     DemandErrorStats,

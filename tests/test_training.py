@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from clients.data import firm_data_from_tables
-from clients.firm import FirmClient, Normaliser
-from clients.models import build_model, load_arrays, state_to_arrays
-from clients.training import TrainSettings, evaluate_loss, fit
-from federation.settings import GENERATED_SCHEMA
-from silobridge.arrays import flatten, unflatten
-from silobridge.config import FederationSpec
-from silobridge.efficiency_sums import EfficiencyGroups
+from silobridge.clients.data import firm_data_from_tables
+from silobridge.clients.firm import FirmClient, Normaliser
+from silobridge.clients.models import build_model, load_arrays, state_to_arrays
+from silobridge.clients.training import TrainSettings, evaluate_loss, fit
+from silobridge.contract.arrays import flatten, unflatten
+from silobridge.contract.config import FederationSpec
+from silobridge.contract.efficiency_sums import EfficiencyGroups
+from silobridge.contract.messages import BaselineInstruction, TrainInstruction
+from silobridge.contract.stats import POOLED, DemandErrorStats, Moments, StatGroups, split_groups, split_slots
 from silobridge.errors import ProtocolError
-from silobridge.messages import BaselineInstruction, TrainInstruction
-from silobridge.stats import POOLED, DemandErrorStats, Moments, StatGroups, split_groups, split_slots
+from silobridge.federation.settings import GENERATED_SCHEMA
 
 CPU = torch.device("cpu")
 

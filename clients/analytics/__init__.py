@@ -11,12 +11,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from clients.analytics import anomaly, apriori, kmeans, logistic
-from clients.analytics.histogram import histogram_local, quantiles_local
-from clients.analytics.moments import count_local, mean_local, sum_local, variance_local
-from clients.analytics.regression import autoregression_local, linear_regression_local
-from clients.data import FirmData
-from silobridge.analytics import LocalAnswer, QueryStep, clip_answer
+from silobridge.clients.analytics import anomaly, apriori, kmeans, logistic
+from silobridge.clients.analytics.histogram import histogram_local, quantiles_local
+from silobridge.clients.analytics.moments import count_local, mean_local, sum_local, variance_local
+from silobridge.clients.analytics.regression import autoregression_local, linear_regression_local
+from silobridge.clients.data import FirmData
+from silobridge.contract.analytics import LocalAnswer, QueryStep, clip_answer
 from silobridge.errors import ProtocolError
 
 LocalHalf = Callable[[QueryStep, FirmData], np.ndarray]

@@ -16,11 +16,11 @@ from functools import lru_cache
 
 import numpy as np
 
-from clients.data import FirmData
-from silobridge.analytics import QueryStep
+from silobridge.clients.data import FirmData
+from silobridge.contract.analytics import QueryStep
+from silobridge.contract.iterative_params import AnomalyParams, AnomalyStep, parse_step
+from silobridge.contract.ranges import to_unit
 from silobridge.errors import ProtocolError
-from silobridge.iterative_params import AnomalyParams, AnomalyStep, parse_step
-from silobridge.ranges import to_unit
 
 EULER_GAMMA = 0.5772156649015329
 

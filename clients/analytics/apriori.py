@@ -13,9 +13,9 @@ import hashlib
 import numpy as np
 import pandas as pd
 
-from clients.data import FirmData
-from silobridge.analytics import QueryStep
-from silobridge.iterative_params import AprioriParams, AprioriStep, parse_step
+from silobridge.clients.data import FirmData
+from silobridge.contract.analytics import QueryStep
+from silobridge.contract.iterative_params import AprioriParams, AprioriStep, parse_step
 
 _CHUNK = 512
 """Candidates counted at once (bounds the memory of the baskets x candidates x size test)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from clients.data import FirmData
+from silobridge.clients.data import FirmData
 from silobridge.errors import DataError
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from clients.analytics.columns import column_values
-from clients.data import FirmData
-from silobridge.analytics import QueryStep, step_params
-from silobridge.queries import HistogramParams, QuantileParams
+from silobridge.clients.analytics.columns import column_values
+from silobridge.clients.data import FirmData
+from silobridge.contract.analytics import QueryStep, step_params
+from silobridge.contract.queries import HistogramParams, QuantileParams
 
 
 def bin_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from clients.data import FirmData
-from silobridge.analytics import QueryStep
-from silobridge.iterative_params import KMeansParams, KMeansStep, parse_step
-from silobridge.ranges import to_unit
+from silobridge.clients.data import FirmData
+from silobridge.contract.analytics import QueryStep
+from silobridge.contract.iterative_params import KMeansParams, KMeansStep, parse_step
+from silobridge.contract.ranges import to_unit
 
 
 def profile(units: np.ndarray) -> dict[str, float]:

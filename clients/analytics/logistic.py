@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from clients.data import FirmData
-from silobridge.analytics import QueryStep
+from silobridge.clients.data import FirmData
+from silobridge.contract.analytics import QueryStep
+from silobridge.contract.iterative_params import LogisticStep, parse_step
+from silobridge.contract.ranges import to_symmetric
 from silobridge.errors import ProtocolError
-from silobridge.iterative_params import LogisticStep, parse_step
-from silobridge.ranges import to_symmetric
 
 
 def design(data: FirmData, step: LogisticStep, *, firm: str) -> tuple[np.ndarray, np.ndarray]:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from clients.analytics.columns import column_values, row_count
-from clients.data import FirmData
-from silobridge.analytics import QueryStep, step_params
-from silobridge.queries import MOMENT_WEIGHTS, ColumnParams, CountParams
+from silobridge.clients.analytics.columns import column_values, row_count
+from silobridge.clients.data import FirmData
+from silobridge.contract.analytics import QueryStep, step_params
+from silobridge.contract.queries import MOMENT_WEIGHTS, ColumnParams, CountParams
 
 
 def count_local(step: QueryStep, data: FirmData) -> np.ndarray:

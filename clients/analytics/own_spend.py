@@ -15,9 +15,9 @@ from collections.abc import Sequence
 import dp_accounting as dpa
 from dp_accounting import NeighboringRelation
 
-from privacy.dp import AccountantKind, AccountingSpec, PrivacyUnit, epsilon
-from silobridge.analytics import QueryStep
+from silobridge.contract.analytics import QueryStep
 from silobridge.errors import ProtocolError
+from silobridge.privacy.dp import AccountantKind, AccountingSpec, PrivacyUnit, epsilon
 
 OWN_QUERY_SPEND = "silobridge.own_query_spend"
 """Node state (per run): the noise multipliers of the query steps this firm has released."""

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from clients.analytics.columns import column_values
-from clients.data import FirmData
-from silobridge.analytics import QueryStep, step_params
+from silobridge.clients.analytics.columns import column_values
+from silobridge.clients.data import FirmData
+from silobridge.contract.analytics import QueryStep, step_params
+from silobridge.contract.queries import AutoregressionParams, LinearRegressionParams, difference_scale
 from silobridge.errors import ProtocolError
-from silobridge.queries import AutoregressionParams, LinearRegressionParams, difference_scale
 
 
 def gram_vector(u: np.ndarray, v: np.ndarray, max_rows: int) -> np.ndarray:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import httpx
 
-from federation.firm_source import NODE_BUDGET, NODE_DATA_DIR, NODE_FEDERATION, NODE_FIRM_ID, NODE_NOISE_SEED
-from federation.network.flower_hooks import IDLE_POLL_S, SUPEREXEC_POLL_ENV, SUPEREXEC_POLL_S
 from silobridge.errors import ConfigError, FederationError
+from silobridge.federation.firm_source import NODE_BUDGET, NODE_DATA_DIR, NODE_FEDERATION, NODE_FIRM_ID, NODE_NOISE_SEED
+from silobridge.federation.network.flower_hooks import IDLE_POLL_S, SUPEREXEC_POLL_ENV, SUPEREXEC_POLL_S
 
 CONNECTION = "silobridge"
 """Name of the SuperLink connection in $FLWR_HOME/config.toml that `flwr run` and `flwr supernode` use."""
@@ -132,7 +132,7 @@ def supernode_command(
     return [
         sys.executable,
         "-m",
-        "federation.network.supernode",
+        "silobridge.federation.network.supernode",
         "--idle-poll",
         str(idle_poll_s),
         "--superlink",

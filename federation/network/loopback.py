@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from federation.network.deploy import process_env, wait_healthy
 from silobridge.errors import FederationError
+from silobridge.federation.network.deploy import process_env, wait_healthy
 
-CLI = (sys.executable, "-m", "federation.cli")
+CLI = (sys.executable, "-m", "silobridge.federation.cli")
 
 
 def free_port() -> int:

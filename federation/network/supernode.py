@@ -11,8 +11,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from federation.network.flower_hooks import IDLE_POLL_S, apply_supernode_polling
 from silobridge.errors import FederationError
+from silobridge.federation.network.flower_hooks import IDLE_POLL_S, apply_supernode_polling
 
 
 def main(argv: Sequence[str] | None = None) -> None:

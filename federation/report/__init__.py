@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from federation.report.data import REPORT_FILE, RunData, load_run
-from federation.report.page import render
 from silobridge.errors import ConfigError
+from silobridge.federation.report.data import REPORT_FILE, RunData, load_run
+from silobridge.federation.report.page import render
 
 
 def write_report(

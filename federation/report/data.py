@@ -16,11 +16,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from federation.ledger_audit import audit_ledger_file
-from federation.rundir import CONFIG_FILE, FAILURE_FILE, METRICS_FILE, SUMMARY_JSON
-from privacy.ledger import AuditReport
-from privacy.ledger.verdict import Judgement, judge
 from silobridge.errors import ConfigError
+from silobridge.federation.ledger_audit import audit_ledger_file
+from silobridge.federation.rundir import CONFIG_FILE, FAILURE_FILE, METRICS_FILE, SUMMARY_JSON
+from silobridge.privacy.ledger import AuditReport
+from silobridge.privacy.ledger.verdict import Judgement, judge
 
 LEDGER_FILE = "privacy_ledger.jsonl"
 REPORT_FILE = "report.html"

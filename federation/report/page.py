@@ -13,8 +13,8 @@ from collections.abc import Iterable, Sequence
 from string import Template
 from typing import Any
 
-from federation.report import plots
-from federation.report.data import Efficiency, EfficiencyBlock, PerFirm, RunData, Summary
+from silobridge.federation.report import plots
+from silobridge.federation.report.data import Efficiency, EfficiencyBlock, PerFirm, RunData, Summary
 
 METRICS = {"demand": ("wape", "mae"), "risk": ("roc_auc", "pr_auc", "brier")}
 METHOD_ORDER = ("deployed", "federated", "federated_linear", "local_only", "centralised", "naive")

@@ -13,7 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from federation.report.data import Efficiency, PrivacyAudit, RoundRecord, Summary
+from silobridge.federation.report.data import Efficiency, PrivacyAudit, RoundRecord, Summary
 
 GROUPS = ("all", "small", "large")
 # The metric each model's curve shows, and whether lower is better (for the axis label).

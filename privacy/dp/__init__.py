@@ -5,7 +5,7 @@ a builder for) the dp-accounting `DpEvent` that describes it, and every release 
 budget guard before it happens.
 """
 
-from privacy.dp.accounting import (
+from silobridge.privacy.dp.accounting import (
     Account,
     AccountantKind,
     AccountingSpec,
@@ -14,13 +14,13 @@ from privacy.dp.accounting import (
     epsilon,
     epsilon_report,
 )
-from privacy.dp.budget import Budget, BudgetGuard, FirmBudgets
-from privacy.dp.calibration import calibrate_dpsgd, calibrate_noise_multiplier, calibrate_rounds
-from privacy.dp.central import add_gaussian_noise, central_release, central_round_event
-from privacy.dp.clipping import UNCLIPPED_SEGMENT, AdaptiveClipping, ClipResult, clip_l2
-from privacy.dp.codec import event_from_json, event_to_json
-from privacy.dp.distributed import DistributedSkellam, rounded_l2_bound, stochastic_round
-from privacy.dp.events import (
+from silobridge.privacy.dp.budget import Budget, BudgetGuard, FirmBudgets
+from silobridge.privacy.dp.calibration import calibrate_dpsgd, calibrate_noise_multiplier, calibrate_rounds
+from silobridge.privacy.dp.central import add_gaussian_noise, central_release, central_round_event
+from silobridge.privacy.dp.clipping import UNCLIPPED_SEGMENT, AdaptiveClipping, ClipResult, clip_l2
+from silobridge.privacy.dp.codec import event_from_json, event_to_json
+from silobridge.privacy.dp.distributed import DistributedSkellam, rounded_l2_bound, stochastic_round
+from silobridge.privacy.dp.events import (
     SkellamDpEvent,
     combine_gaussians,
     dpsgd_event,
@@ -28,8 +28,8 @@ from privacy.dp.events import (
     l2_sensitivity,
     remaining_noise_multiplier,
 )
-from privacy.dp.group import GroupPrivacy, group_epsilon
-from privacy.dp.sampling import Sampling, SamplingMethod, poisson_steps_per_epoch
+from silobridge.privacy.dp.group import GroupPrivacy, group_epsilon
+from silobridge.privacy.dp.sampling import Sampling, SamplingMethod, poisson_steps_per_epoch
 
 __all__ = [
     "Account",

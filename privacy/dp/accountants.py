@@ -17,8 +17,8 @@ from dp_accounting import NeighboringRelation
 from dp_accounting.pld import PLDAccountant, privacy_loss_distribution
 from dp_accounting.rdp import RdpAccountant
 
-from privacy.dp.events import SkellamDpEvent
-from privacy.dp.skellam import skellam_rdp
+from silobridge.privacy.dp.events import SkellamDpEvent
+from silobridge.privacy.dp.skellam import skellam_rdp
 
 _SKELLAM_RELATIONS = (NeighboringRelation.REPLACE_SPECIAL, NeighboringRelation.REPLACE_ONE)
 

@@ -26,9 +26,9 @@ from dp_accounting import NeighboringRelation
 from dp_accounting.pld import privacy_loss_distribution
 from dp_accounting.rdp import rdp_privacy_accountant
 
-from privacy.dp.accountants import PldAccountantView, SkellamRdpAccountant
-from privacy.dp.codec import event_from_json, event_key
 from silobridge.errors import ConfigError
+from silobridge.privacy.dp.accountants import PldAccountantView, SkellamRdpAccountant
+from silobridge.privacy.dp.codec import event_from_json, event_key
 
 DEFAULT_RDP_ORDERS: tuple[float, ...] = tuple(rdp_privacy_accountant.DEFAULT_RDP_ORDERS)
 # dp-accounting's PLDAccountant defaults to 1e-4. 1e-3 is about ten times faster per composition

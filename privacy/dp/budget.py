@@ -15,9 +15,9 @@ from typing import Any
 
 import dp_accounting as dpa
 
-from privacy.dp.accounting import Account, AccountingSpec, PrivacyUnit, compose_each, max_epsilon
-from privacy.dp.codec import event_key
 from silobridge.errors import BudgetExhausted, ConfigError
+from silobridge.privacy.dp.accounting import Account, AccountingSpec, PrivacyUnit, compose_each, max_epsilon
+from silobridge.privacy.dp.codec import event_key
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,11 @@ from collections.abc import Callable
 
 import dp_accounting as dpa
 
-from privacy.dp.accounting import AccountingSpec
-from privacy.dp.budget import Budget
-from privacy.dp.events import dpsgd_event
-from privacy.dp.sampling import Sampling
 from silobridge.errors import ConfigError
+from silobridge.privacy.dp.accounting import AccountingSpec
+from silobridge.privacy.dp.budget import Budget
+from silobridge.privacy.dp.events import dpsgd_event
+from silobridge.privacy.dp.sampling import Sampling
 
 # Precision of the returned noise multiplier: far below what changes a model, and it keeps a PLD
 # calibration to a few seconds.

@@ -13,9 +13,9 @@ import dp_accounting as dpa
 import numpy as np
 from dp_accounting import NeighboringRelation
 
-from privacy.dp.events import combine_gaussians, gaussian_event, l2_sensitivity
-from privacy.dp.sampling import Sampling
 from silobridge.errors import ConfigError
+from silobridge.privacy.dp.events import combine_gaussians, gaussian_event, l2_sensitivity
+from silobridge.privacy.dp.sampling import Sampling
 
 
 def central_round_event(

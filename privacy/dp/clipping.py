@@ -15,8 +15,8 @@ import dp_accounting as dpa
 import numpy as np
 from dp_accounting import NeighboringRelation
 
-from privacy.dp.events import gaussian_event
 from silobridge.errors import ConfigError, DataError
+from silobridge.privacy.dp.events import gaussian_event
 
 UNCLIPPED_SEGMENT = "unclipped"
 """Secure-sum segment of adaptive clipping: each firm's 1 if its update was within the round's clip norm, else 0."""

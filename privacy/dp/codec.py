@@ -14,8 +14,8 @@ from typing import Any
 
 import dp_accounting as dpa
 
-from privacy.dp.events import SkellamDpEvent
 from silobridge.errors import ConfigError
+from silobridge.privacy.dp.events import SkellamDpEvent
 
 _FLOAT, _INT, _EVENT, _EVENTS = "float", "int", "event", "events"
 

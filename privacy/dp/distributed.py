@@ -30,9 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 from dp_accounting import NeighboringRelation
 
-from privacy.dp.events import SkellamDpEvent
-from privacy.dp.skellam import skellam_noise, skellam_tail_bound
 from silobridge.errors import ConfigError, DataError
+from silobridge.privacy.dp.events import SkellamDpEvent
+from silobridge.privacy.dp.skellam import skellam_noise, skellam_tail_bound
 
 # Kairouz, Liu, Steinke (2021) use beta = exp(-0.5) for conditional randomized rounding: a rounding
 # attempt exceeds the norm bound with probability at most beta, so at most 1 / (1 - beta) ~ 2.5

@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from privacy.dp.accounting import Account
 from silobridge.errors import ConfigError
+from silobridge.privacy.dp.accounting import Account
 
 
 @dataclass(frozen=True)

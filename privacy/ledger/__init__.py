@@ -4,10 +4,10 @@
 ledger says from its recorded events and refuses any ledger that was altered.
 """
 
-from privacy.ledger.run import Admission, PrivacyRun, Release
-from privacy.ledger.sealing import canonical_bytes, config_hash, public_key_hex
-from privacy.ledger.verify import AuditReport, FirmAudit, ReleaseAudit, verify_ledger
-from privacy.ledger.writer import LedgerWriter
+from silobridge.privacy.ledger.run import Admission, PrivacyRun, Release
+from silobridge.privacy.ledger.sealing import canonical_bytes, config_hash, public_key_hex
+from silobridge.privacy.ledger.verify import AuditReport, FirmAudit, ReleaseAudit, verify_ledger
+from silobridge.privacy.ledger.writer import LedgerWriter
 
 __all__ = [
     "Admission",

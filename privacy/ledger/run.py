@@ -32,12 +32,12 @@ from typing import Any, NoReturn
 import dp_accounting as dpa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from privacy.dp.accounting import AccountingSpec, PrivacyUnit
-from privacy.dp.budget import Budget, BudgetGuard, FirmBudgets, FirmCharge, overall_epsilon
-from privacy.dp.codec import event_to_json
-from privacy.dp.sampling import Sampling
-from privacy.ledger.writer import LedgerWriter
 from silobridge.errors import BudgetExhausted, ConfigError
+from silobridge.privacy.dp.accounting import AccountingSpec, PrivacyUnit
+from silobridge.privacy.dp.budget import Budget, BudgetGuard, FirmBudgets, FirmCharge, overall_epsilon
+from silobridge.privacy.dp.codec import event_to_json
+from silobridge.privacy.dp.sampling import Sampling
+from silobridge.privacy.ledger.writer import LedgerWriter
 
 Scalar = str | int | float | bool | None
 

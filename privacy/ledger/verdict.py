@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from privacy.ledger.verify import AuditReport
+from silobridge.privacy.ledger.verify import AuditReport
 
 
 class Verdict(enum.Enum):

@@ -25,19 +25,19 @@ import dp_accounting as dpa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
-from privacy.dp.accounting import Account, AccountingSpec, PrivacyUnit, compose_each
-from privacy.dp.budget import Budget, overall_epsilon
-from privacy.dp.codec import event_from_json
-from privacy.ledger.entries import ENTRY_MODELS, EpsilonTotals, HeaderEntry
-from privacy.ledger.keys import public_key_bytes, raw_public
-from privacy.ledger.sealing import (
+from silobridge.errors import ConfigError, LedgerTampered
+from silobridge.privacy.dp.accounting import Account, AccountingSpec, PrivacyUnit, compose_each
+from silobridge.privacy.dp.budget import Budget, overall_epsilon
+from silobridge.privacy.dp.codec import event_from_json
+from silobridge.privacy.ledger.entries import ENTRY_MODELS, EpsilonTotals, HeaderEntry
+from silobridge.privacy.ledger.keys import public_key_bytes, raw_public
+from silobridge.privacy.ledger.sealing import (
     GENESIS_HASH,
     canonical_bytes,
     load_public_key,
     sha256_hex,
     signature_valid,
 )
-from silobridge.errors import ConfigError, LedgerTampered
 
 # Stored totals are written by the same code that recomputes them; the tolerance only absorbs a
 # different floating-point library, not a different accountant.

@@ -16,9 +16,9 @@ from typing import Any, BinaryIO
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
-from privacy.ledger.entries import ENTRY_MODELS, ENVELOPE_FIELDS, FORMAT
-from privacy.ledger.sealing import GENESIS_HASH, canonical_bytes, public_key_hex, sha256_hex, sign_entry
 from silobridge.errors import ConfigError
+from silobridge.privacy.ledger.entries import ENTRY_MODELS, ENVELOPE_FIELDS, FORMAT
+from silobridge.privacy.ledger.sealing import GENESIS_HASH, canonical_bytes, public_key_hex, sha256_hex, sign_entry
 
 
 def _now() -> str:

@@ -39,8 +39,8 @@ A Flower ClientApp may handle each message in a fresh process, so the glue keeps
     stored = client.to_state()                                               # saved back, even after a refusal
 """
 
-from privacy.secagg.client import SecAggClient
-from privacy.secagg.messages import (
+from silobridge.privacy.secagg.client import SecAggClient
+from silobridge.privacy.secagg.messages import (
     AdvertiseKeys,
     AdvertiseRequest,
     MaskedInput,
@@ -50,14 +50,14 @@ from privacy.secagg.messages import (
     UnmaskRequest,
     UnmaskShares,
 )
-from privacy.secagg.params import (
+from silobridge.privacy.secagg.params import (
     PROTOCOL_VERSION,
     Neighbourhood,
     SecAggParams,
     default_num_neighbours,
     default_threshold,
 )
-from privacy.secagg.quantise import (
+from silobridge.privacy.secagg.quantise import (
     QuantStats,
     choose_modulus_bits,
     dequantise,
@@ -65,12 +65,12 @@ from privacy.secagg.quantise import (
     quantise,
     sum_error_bound,
 )
-from privacy.secagg.ring import to_ring, to_signed
-from privacy.secagg.server import DropoutRecord, SecAggServer
-from privacy.secagg.simulate import InMemoryFederation, SecureSum, Traffic, secure_vector_sum
-from privacy.secagg.stages import Stage
-from privacy.secagg.state import STATE_FORMAT
-from privacy.secagg.wire import wire_size
+from silobridge.privacy.secagg.ring import to_ring, to_signed
+from silobridge.privacy.secagg.server import DropoutRecord, SecAggServer
+from silobridge.privacy.secagg.simulate import InMemoryFederation, SecureSum, Traffic, secure_vector_sum
+from silobridge.privacy.secagg.stages import Stage
+from silobridge.privacy.secagg.state import STATE_FORMAT
+from silobridge.privacy.secagg.wire import wire_size
 
 __all__ = [
     "PROTOCOL_VERSION",

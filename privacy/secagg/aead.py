@@ -11,9 +11,9 @@ import functools
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from privacy.secagg.kdf import DOMAIN, derive_key, encode_fields
-from privacy.secagg.stages import Stage
 from silobridge.errors import ProtocolError
+from silobridge.privacy.secagg.kdf import DOMAIN, derive_key, encode_fields
+from silobridge.privacy.secagg.stages import Stage
 
 NONCE_BYTES = 12
 TAG_BYTES = 16

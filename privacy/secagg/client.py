@@ -28,11 +28,12 @@ from typing import NoReturn
 
 import numpy as np
 
-from privacy.secagg.aead import NONCE_BYTES, open_sealed, seal, share_associated_data
-from privacy.secagg.graph import is_connected
-from privacy.secagg.keys import Entropy, KeyPair
-from privacy.secagg.masking import mask_vector, pairwise_seed, pairwise_sign, self_mask_commitment
-from privacy.secagg.messages import (
+from silobridge.errors import ConfigError, ProtocolError
+from silobridge.privacy.secagg.aead import NONCE_BYTES, open_sealed, seal, share_associated_data
+from silobridge.privacy.secagg.graph import is_connected
+from silobridge.privacy.secagg.keys import Entropy, KeyPair
+from silobridge.privacy.secagg.masking import mask_vector, pairwise_seed, pairwise_sign, self_mask_commitment
+from silobridge.privacy.secagg.messages import (
     AdvertiseKeys,
     AdvertiseRequest,
     MaskedInput,
@@ -42,12 +43,12 @@ from privacy.secagg.messages import (
     UnmaskRequest,
     UnmaskShares,
 )
-from privacy.secagg.params import SecAggParams
-from privacy.secagg.prg import SEED_BYTES
-from privacy.secagg.ring import to_ring
-from privacy.secagg.shamir import SHARE_BYTES, decode_share, encode_share, split_secret
-from privacy.secagg.stages import Stage
-from privacy.secagg.state import (
+from silobridge.privacy.secagg.params import SecAggParams
+from silobridge.privacy.secagg.prg import SEED_BYTES
+from silobridge.privacy.secagg.ring import to_ring
+from silobridge.privacy.secagg.shamir import SHARE_BYTES, decode_share, encode_share, split_secret
+from silobridge.privacy.secagg.stages import Stage
+from silobridge.privacy.secagg.state import (
     PHASE_NONE,
     PHASES,
     STATE_FORMAT,
@@ -59,8 +60,7 @@ from privacy.secagg.state import (
     ciphertext_digest,
     state_keys,
 )
-from privacy.secagg.wire import FlatReader
-from silobridge.errors import ConfigError, ProtocolError
+from silobridge.privacy.secagg.wire import FlatReader
 
 
 class SecAggClient:

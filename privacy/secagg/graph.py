@@ -11,8 +11,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Collection, Mapping, Sequence
 
-from privacy.secagg.kdf import digest
 from silobridge.errors import ConfigError
+from silobridge.privacy.secagg.kdf import digest
 
 Graph = Mapping[str, tuple[str, ...]]
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from privacy.secagg.kdf import digest
 from silobridge.errors import ProtocolError
+from silobridge.privacy.secagg.kdf import digest
 
 KEY_BYTES = 32
 

@@ -21,7 +21,8 @@ from typing import Literal
 
 import numpy as np
 
-from privacy.secagg.quantise import (
+from silobridge.errors import ConfigError, DataError
+from silobridge.privacy.secagg.quantise import (
     QuantStats,
     choose_modulus_bits,
     dequantise,
@@ -29,8 +30,7 @@ from privacy.secagg.quantise import (
     quantise,
     sum_error_bound,
 )
-from privacy.secagg.ring import to_signed
-from silobridge.errors import ConfigError, DataError
+from silobridge.privacy.secagg.ring import to_signed
 
 CLIPPED = "clipped"
 """Segment name for the number of values a firm's quantisation clipped: summed, never sent per firm."""

@@ -12,9 +12,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from privacy.secagg.kdf import derive_key, digest
-from privacy.secagg.prg import StreamAccumulator
 from silobridge.errors import ConfigError
+from silobridge.privacy.secagg.kdf import derive_key, digest
+from silobridge.privacy.secagg.prg import StreamAccumulator
 
 
 def pairwise_sign(own: str, other: str) -> int:

@@ -25,12 +25,12 @@ from typing import ClassVar
 
 import numpy as np
 
-from privacy.secagg.aead import NONCE_BYTES
-from privacy.secagg.keys import KEY_BYTES
-from privacy.secagg.ring import check_modulus_bits, ring_dtype
-from privacy.secagg.shamir import SHARE_BYTES
-from privacy.secagg.stages import Stage
-from privacy.secagg.wire import WireDict, WireReader, header
+from silobridge.privacy.secagg.aead import NONCE_BYTES
+from silobridge.privacy.secagg.keys import KEY_BYTES
+from silobridge.privacy.secagg.ring import check_modulus_bits, ring_dtype
+from silobridge.privacy.secagg.shamir import SHARE_BYTES
+from silobridge.privacy.secagg.stages import Stage
+from silobridge.privacy.secagg.wire import WireDict, WireReader, header
 
 
 def _check_sender(reader: WireReader, claimed: str, expected_sender: str | None) -> str:

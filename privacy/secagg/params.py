@@ -33,8 +33,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from privacy.secagg.ring import check_modulus_bits, ring_dtype
 from silobridge.errors import ConfigError
+from silobridge.privacy.secagg.ring import check_modulus_bits, ring_dtype
 
 PROTOCOL_VERSION = "silobridge-secagg/1"
 
@@ -133,7 +133,7 @@ class SecAggParams:
         cls, num_firms: int, value_bits: int, *, headroom_bits: int = 0, **overrides: Any
     ) -> SecAggParams:
         """Parameters whose modulus fits the sum of `num_firms` quantised values (see quantise)."""
-        from privacy.secagg.quantise import choose_modulus_bits
+        from silobridge.privacy.secagg.quantise import choose_modulus_bits
 
         return cls(modulus_bits=choose_modulus_bits(num_firms, value_bits, headroom_bits=headroom_bits), **overrides)
 

@@ -13,8 +13,8 @@ from collections.abc import Iterable
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from privacy.secagg.ring import ring_dtype, ring_mask
 from silobridge.errors import ConfigError
+from silobridge.privacy.secagg.ring import ring_dtype, ring_mask
 
 SEED_BYTES = 32
 _ZERO_COUNTER = bytes(16)

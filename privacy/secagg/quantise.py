@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from privacy.secagg.ring import MAX_MODULUS_BITS, check_modulus_bits, to_signed
 from silobridge.errors import ConfigError, DataError
+from silobridge.privacy.secagg.ring import MAX_MODULUS_BITS, check_modulus_bits, to_signed
 
 MAX_VALUE_BITS = 52  # float64 holds every integer up to 2^53 exactly, so floor() stays exact
 

@@ -30,11 +30,12 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from privacy.secagg.aead import TAG_BYTES
-from privacy.secagg.graph import is_connected, neighbour_graph
-from privacy.secagg.keys import KeyPair, agree, check_public_key
-from privacy.secagg.masking import pairwise_seed, pairwise_sign, self_mask_commitment, unmask_sum
-from privacy.secagg.messages import (
+from silobridge.errors import ConfigError, ProtocolError
+from silobridge.privacy.secagg.aead import TAG_BYTES
+from silobridge.privacy.secagg.graph import is_connected, neighbour_graph
+from silobridge.privacy.secagg.keys import KeyPair, agree, check_public_key
+from silobridge.privacy.secagg.masking import pairwise_seed, pairwise_sign, self_mask_commitment, unmask_sum
+from silobridge.privacy.secagg.messages import (
     AdvertiseKeys,
     AdvertiseRequest,
     MaskedInput,
@@ -44,11 +45,10 @@ from privacy.secagg.messages import (
     UnmaskRequest,
     UnmaskShares,
 )
-from privacy.secagg.params import Neighbourhood, SecAggParams
-from privacy.secagg.ring import ring_dtype
-from privacy.secagg.shamir import SHARE_BYTES, decode_share, reconstruct_secret
-from privacy.secagg.stages import Stage
-from silobridge.errors import ConfigError, ProtocolError
+from silobridge.privacy.secagg.params import Neighbourhood, SecAggParams
+from silobridge.privacy.secagg.ring import ring_dtype
+from silobridge.privacy.secagg.shamir import SHARE_BYTES, decode_share, reconstruct_secret
+from silobridge.privacy.secagg.stages import Stage
 
 Reply = Any  # a message object or its wire dict
 Replies = Mapping[str, Reply] | Iterable[tuple[str, Reply]]

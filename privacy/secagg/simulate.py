@@ -17,14 +17,14 @@ from types import MappingProxyType
 
 import numpy as np
 
-from privacy.secagg.client import SecAggClient
-from privacy.secagg.keys import Entropy
-from privacy.secagg.messages import AdvertiseRequest, MaskedInputRequest, Roster, UnmaskRequest
-from privacy.secagg.params import SecAggParams
-from privacy.secagg.server import DropoutRecord, SecAggServer
-from privacy.secagg.stages import ROUND_STAGES, SESSION_STAGES, Stage
-from privacy.secagg.wire import WireDict, wire_size
 from silobridge.errors import ConfigError, ProtocolError
+from silobridge.privacy.secagg.client import SecAggClient
+from silobridge.privacy.secagg.keys import Entropy
+from silobridge.privacy.secagg.messages import AdvertiseRequest, MaskedInputRequest, Roster, UnmaskRequest
+from silobridge.privacy.secagg.params import SecAggParams
+from silobridge.privacy.secagg.server import DropoutRecord, SecAggServer
+from silobridge.privacy.secagg.stages import ROUND_STAGES, SESSION_STAGES, Stage
+from silobridge.privacy.secagg.wire import WireDict, wire_size
 
 
 @dataclass

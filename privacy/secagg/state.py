@@ -43,15 +43,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import NoReturn
 
-from privacy.secagg.aead import channel_key
-from privacy.secagg.graph import neighbour_graph
-from privacy.secagg.keys import KEY_BYTES, KeyPair, agree
-from privacy.secagg.messages import Roster
-from privacy.secagg.params import Neighbourhood, SecAggParams
-from privacy.secagg.prg import SEED_BYTES
-from privacy.secagg.shamir import SHARE_BYTES, decode_share, encode_share
-from privacy.secagg.wire import FlatReader
 from silobridge.errors import ConfigError, ProtocolError
+from silobridge.privacy.secagg.aead import channel_key
+from silobridge.privacy.secagg.graph import neighbour_graph
+from silobridge.privacy.secagg.keys import KEY_BYTES, KeyPair, agree
+from silobridge.privacy.secagg.messages import Roster
+from silobridge.privacy.secagg.params import Neighbourhood, SecAggParams
+from silobridge.privacy.secagg.prg import SEED_BYTES
+from silobridge.privacy.secagg.shamir import SHARE_BYTES, decode_share, encode_share
+from silobridge.privacy.secagg.wire import FlatReader
 
 STATE_FORMAT = "silobridge-secagg-client-state/2"
 CIPHERTEXT_DIGEST_BYTES = 32

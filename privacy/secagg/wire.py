@@ -12,8 +12,8 @@ import itertools
 from collections.abc import Collection, Mapping
 from typing import NoReturn
 
-from privacy.secagg.params import PROTOCOL_VERSION
 from silobridge.errors import ProtocolError
+from silobridge.privacy.secagg.params import PROTOCOL_VERSION
 
 WireScalar = int | float | str | bytes | bool
 WireValue = WireScalar | list[int] | list[float] | list[str] | list[bytes] | list[bool]

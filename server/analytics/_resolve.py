@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from silobridge.config import DataSchema
-from silobridge.iterative_params import RangedFeatures, parse_query_params, query_error
+from silobridge.contract.config import DataSchema
+from silobridge.contract.iterative_params import RangedFeatures, parse_query_params, query_error
 
 R = TypeVar("R", bound=RangedFeatures)
 

@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from server.analytics._resolve import risk_query_params
-from silobridge.analytics import FIRM_NEIGHBOURS, QueryStep, Unit
-from silobridge.config import DataSchema
+from silobridge.contract.analytics import FIRM_NEIGHBOURS, QueryStep, Unit
+from silobridge.contract.config import DataSchema
+from silobridge.contract.iterative_params import AnomalyParams
 from silobridge.errors import ProtocolError
-from silobridge.iterative_params import AnomalyParams
+from silobridge.server.analytics._resolve import risk_query_params
 
 NAME = "anomaly_detection"
 CAP_DISPLACEMENT = 2.0

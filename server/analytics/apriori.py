@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from silobridge.analytics import FIRM_NEIGHBOURS, QueryStep, Unit
-from silobridge.config import DataSchema
+from silobridge.contract.analytics import FIRM_NEIGHBOURS, QueryStep, Unit
+from silobridge.contract.config import DataSchema
+from silobridge.contract.iterative_params import AprioriParams, parse_query_params, query_error
 from silobridge.errors import ProtocolError
-from silobridge.iterative_params import AprioriParams, parse_query_params, query_error
 
 NAME = "frequent_itemsets"
 

@@ -25,11 +25,11 @@ from typing import Any
 import dp_accounting as dpa
 import numpy as np
 
-from privacy.dp import Budget, Sampling, calibrate_noise_multiplier, central_round_event, epsilon
-from privacy.dp.accounting import AccountantKind, AccountingSpec, PrivacyUnit
-from privacy.ledger import PrivacyRun, Release
-from silobridge.analytics import FIRM_NEIGHBOURS, UNITS, QueryPlan, QueryStep, Unit
+from silobridge.contract.analytics import FIRM_NEIGHBOURS, UNITS, QueryPlan, QueryStep, Unit
 from silobridge.errors import BudgetExhausted, ConfigError, FederationError
+from silobridge.privacy.dp import Budget, Sampling, calibrate_noise_multiplier, central_round_event, epsilon
+from silobridge.privacy.dp.accounting import AccountantKind, AccountingSpec, PrivacyUnit
+from silobridge.privacy.ledger import PrivacyRun, Release
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from silobridge.analytics import FIRM_NEIGHBOURS, QueryStep, Unit, parse_params
-from silobridge.config import DataSchema
+from silobridge.contract.analytics import FIRM_NEIGHBOURS, QueryStep, Unit, parse_params
+from silobridge.contract.config import DataSchema
+from silobridge.contract.queries import ROW_NEIGHBOURS, VALUE_BOUND, HistogramParams, QuantileParams
 from silobridge.errors import FederationError
-from silobridge.queries import ROW_NEIGHBOURS, VALUE_BOUND, HistogramParams, QuantileParams
 
 
 def histogram_quantiles(counts: np.ndarray, edges: np.ndarray, probs: Sequence[float]) -> list[float | None]:

@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from silobridge.analytics import FIRM_NEIGHBOURS, QueryStep, Unit
-from silobridge.config import DataSchema
+from silobridge.contract.analytics import FIRM_NEIGHBOURS, QueryStep, Unit
+from silobridge.contract.config import DataSchema
+from silobridge.contract.iterative_params import KMeansParams, parse_query_params
+from silobridge.contract.ranges import from_unit
 from silobridge.errors import ProtocolError
-from silobridge.iterative_params import KMeansParams, parse_query_params
-from silobridge.ranges import from_unit
 
 NAME = "kmeans"
 CAP_DISPLACEMENT = 2.0

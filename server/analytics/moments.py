@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from silobridge.analytics import FIRM_NEIGHBOURS, QueryStep, Unit, parse_params
-from silobridge.config import DataSchema
+from silobridge.contract.analytics import FIRM_NEIGHBOURS, QueryStep, Unit, parse_params
+from silobridge.contract.config import DataSchema
+from silobridge.contract.queries import MOMENT_WEIGHTS, ROW_NEIGHBOURS, VALUE_BOUND, ColumnParams, CountParams
 from silobridge.errors import FederationError
-from silobridge.queries import MOMENT_WEIGHTS, ROW_NEIGHBOURS, VALUE_BOUND, ColumnParams, CountParams
 
 POWERS = {"count": (0,), "sum": (1,), "mean": (0, 1), "variance": (0, 1, 2)}
 

@@ -32,10 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from silobridge.analytics import FIRM_NEIGHBOURS, QueryStep, Unit, parse_params
-from silobridge.config import DataSchema
-from silobridge.errors import FederationError
-from silobridge.queries import (
+from silobridge.contract.analytics import FIRM_NEIGHBOURS, QueryStep, Unit, parse_params
+from silobridge.contract.config import DataSchema
+from silobridge.contract.queries import (
     AR_NEIGHBOURS,
     ROW_NEIGHBOURS,
     VALUE_BOUND,
@@ -47,6 +46,7 @@ from silobridge.queries import (
     gram_l2_bound,
     gram_length,
 )
+from silobridge.errors import FederationError
 
 
 @dataclass(frozen=True)

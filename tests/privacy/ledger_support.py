@@ -10,10 +10,10 @@ import dp_accounting as dpa
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from privacy.dp import AccountingSpec, Budget, Sampling, central_round_event
-from privacy.ledger import PrivacyRun, Release, canonical_bytes, config_hash, public_key_hex
-from privacy.ledger.sealing import GENESIS_HASH, sha256_hex, sign_entry, unsigned
 from silobridge.errors import BudgetExhausted
+from silobridge.privacy.dp import AccountingSpec, Budget, Sampling, central_round_event
+from silobridge.privacy.ledger import PrivacyRun, Release, canonical_bytes, config_hash, public_key_hex
+from silobridge.privacy.ledger.sealing import GENESIS_HASH, sha256_hex, sign_entry, unsigned
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 OTHER_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from privacy.secagg.keys import Entropy
+from silobridge.privacy.secagg.keys import Entropy
 
 
 def seeded_entropy(seed: int | str) -> Entropy:

@@ -9,9 +9,9 @@ from dp_accounting import NeighboringRelation
 from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
-from privacy.dp.accountants import PldAccountantView, SkellamRdpAccountant
-from privacy.dp.events import SkellamDpEvent
-from privacy.dp.skellam import skellam_rdp
+from silobridge.privacy.dp.accountants import PldAccountantView, SkellamRdpAccountant
+from silobridge.privacy.dp.events import SkellamDpEvent
+from silobridge.privacy.dp.skellam import skellam_rdp
 
 STANDARD_EVENTS = [
     dpa.GaussianDpEvent(1.5),

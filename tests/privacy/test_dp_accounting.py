@@ -10,7 +10,8 @@ from dp_accounting import NeighboringRelation
 from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
-from privacy.dp import (
+from silobridge.errors import ConfigError
+from silobridge.privacy.dp import (
     Account,
     AccountantKind,
     AccountingSpec,
@@ -19,7 +20,6 @@ from privacy.dp import (
     epsilon,
     epsilon_report,
 )
-from silobridge.errors import ConfigError
 
 ROUND = dpa.PoissonSampledDpEvent(0.1, dpa.GaussianDpEvent(1.0))
 DELTA = 1e-5

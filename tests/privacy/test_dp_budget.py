@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from privacy.dp import AccountantKind, AccountingSpec, Budget, BudgetGuard, FirmBudgets, epsilon
 from silobridge.errors import BudgetExhausted, ConfigError
+from silobridge.privacy.dp import AccountantKind, AccountingSpec, Budget, BudgetGuard, FirmBudgets, epsilon
 
 ROUND = dpa.PoissonSampledDpEvent(0.1, dpa.GaussianDpEvent(1.0))
 

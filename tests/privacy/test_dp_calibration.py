@@ -6,7 +6,8 @@ import dp_accounting as dpa
 import pytest
 from dp_accounting import NeighboringRelation
 
-from privacy.dp import (
+from silobridge.errors import ConfigError
+from silobridge.privacy.dp import (
     AccountantKind,
     AccountingSpec,
     Budget,
@@ -18,7 +19,6 @@ from privacy.dp import (
     dpsgd_event,
     epsilon,
 )
-from silobridge.errors import ConfigError
 
 
 @pytest.mark.parametrize(

@@ -31,11 +31,13 @@ import torch
 from scipy.stats import binomtest, norm
 from torch import nn
 
-from clients.dpsgd import DpSgdSettings, fit_private
-from clients.linear import clip_rows, demand_sensitivity, sufficient_statistics
-from clients.training import TrainSettings
-from privacy.dp import EpsilonReport, clip_l2, epsilon_report
-from privacy.dp.empirical import (
+from silobridge.clients.dpsgd import DpSgdSettings, fit_private
+from silobridge.clients.linear import clip_rows, demand_sensitivity, sufficient_statistics
+from silobridge.clients.training import TrainSettings
+from silobridge.contract.config import PrivacySpec
+from silobridge.errors import ConfigError
+from silobridge.privacy.dp import EpsilonReport, clip_l2, epsilon_report
+from silobridge.privacy.dp.empirical import (
     AuditResult,
     audit,
     best_threshold,
@@ -44,10 +46,8 @@ from privacy.dp.empirical import (
     epsilon_lower_bound,
     max_auditable_epsilon,
 )
-from server.linear import add_noise, release_event
-from server.privacy import PrivacyPlan, accounting_spec
-from silobridge.config import PrivacySpec
-from silobridge.errors import ConfigError
+from silobridge.server.linear import add_noise, release_event
+from silobridge.server.privacy import PrivacyPlan, accounting_spec
 
 DELTA = 1e-5
 CONFIDENCE = 0.95

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from privacy.dp import SkellamDpEvent, event_from_json, event_to_json
 from silobridge.errors import ConfigError
+from silobridge.privacy.dp import SkellamDpEvent, event_from_json, event_to_json
 
 positive = st.floats(min_value=1e-3, max_value=1e3, allow_nan=False)
 leaves = st.one_of(

@@ -8,9 +8,16 @@ import numpy as np
 import pytest
 from dp_accounting import NeighboringRelation
 
-from privacy.dp import AccountingSpec, DistributedSkellam, clip_l2, epsilon, rounded_l2_bound, stochastic_round
-from privacy.dp.distributed import integer_l1_bound
 from silobridge.errors import ConfigError, DataError
+from silobridge.privacy.dp import (
+    AccountingSpec,
+    DistributedSkellam,
+    clip_l2,
+    epsilon,
+    rounded_l2_bound,
+    stochastic_round,
+)
+from silobridge.privacy.dp.distributed import integer_l1_bound
 
 SPEC = AccountingSpec(relation=NeighboringRelation.REPLACE_SPECIAL)
 

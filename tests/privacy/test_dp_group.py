@@ -5,7 +5,7 @@ from __future__ import annotations
 import dp_accounting as dpa
 import pytest
 
-from privacy.dp import Account, AccountingSpec, group_epsilon
+from silobridge.privacy.dp import Account, AccountingSpec, group_epsilon
 
 SPEC = AccountingSpec()
 

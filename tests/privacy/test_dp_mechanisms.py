@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from dp_accounting import NeighboringRelation
 
-from privacy.dp import (
+from silobridge.errors import ConfigError, DataError
+from silobridge.privacy.dp import (
     AdaptiveClipping,
     Sampling,
     central_release,
@@ -20,7 +21,6 @@ from privacy.dp import (
     gaussian_event,
     remaining_noise_multiplier,
 )
-from silobridge.errors import ConfigError, DataError
 
 
 def chi_square_z(sample: np.ndarray, variance: float) -> float:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from privacy.dp.skellam import skellam_noise, skellam_rdp, skellam_tail_bound
 from silobridge.errors import ConfigError
+from silobridge.privacy.dp.skellam import skellam_noise, skellam_rdp, skellam_tail_bound
 
 
 def exact_renyi_divergence(alpha: int, variance: float, shift: int) -> float:

@@ -15,7 +15,8 @@ import dp_accounting as dpa
 import pytest
 from dp_accounting import NeighboringRelation
 
-from privacy.dp import (
+from silobridge.errors import BudgetExhausted, ConfigError, LedgerTampered
+from silobridge.privacy.dp import (
     AccountantKind,
     AccountingSpec,
     Budget,
@@ -25,8 +26,7 @@ from privacy.dp import (
     dpsgd_event,
     epsilon,
 )
-from privacy.ledger import PrivacyRun, Release, config_hash, public_key_hex, verify_ledger
-from silobridge.errors import BudgetExhausted, ConfigError, LedgerTampered
+from silobridge.privacy.ledger import PrivacyRun, Release, config_hash, public_key_hex, verify_ledger
 from tests.privacy.ledger_support import FIRMS, KEY, ROUND_EVENT, SPEC, read_entries, write_sample_ledger
 
 REPO = Path(__file__).resolve().parents[2]
@@ -179,8 +179,8 @@ def test_a_run_killed_mid_way_leaves_a_verifiable_ledger(tmp_path: Path) -> None
         f"""
         import time
         from tests.privacy.ledger_support import FIRMS, KEY, ROUND_EVENT
-        from privacy.dp import Budget
-        from privacy.ledger import PrivacyRun, Release
+        from silobridge.privacy.dp import Budget
+        from silobridge.privacy.ledger import PrivacyRun, Release
         run = PrivacyRun.start({str(path)!r}, run_id="doomed", config_sha256="0" * 64,
                                budget=Budget(1000.0, 1e-5), signing_key=KEY)
         for r in range(100_000):

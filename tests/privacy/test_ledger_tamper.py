@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from privacy.ledger import public_key_hex, verify_ledger
 from silobridge.errors import LedgerTampered
+from silobridge.privacy.ledger import public_key_hex, verify_ledger
 from tests.privacy.ledger_support import KEY, OTHER_KEY, read_entries, reseal, write_entries, write_sample_ledger
 
 Path_ = tuple[str | int, ...]

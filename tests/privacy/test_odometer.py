@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from privacy.dp import AccountingSpec, Budget, PrivacyUnit, dpsgd_event, epsilon
-from privacy.odometer import HEAD_FILE, KEY_FILE, LOG_FILE, Odometer
 from silobridge.errors import BudgetExhausted, ConfigError, LedgerTampered
+from silobridge.privacy.dp import AccountingSpec, Budget, PrivacyUnit, dpsgd_event, epsilon
+from silobridge.privacy.odometer import HEAD_FILE, KEY_FILE, LOG_FILE, Odometer
 
 ROUND = dpsgd_event(1.2, 0.1, 10)  # one round of DP-SGD on one data set
 LIFETIME = Budget(10.0, 1e-5)

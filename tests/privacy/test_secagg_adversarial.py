@@ -7,7 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from privacy.secagg import (
+from silobridge.errors import ProtocolError
+from silobridge.privacy.secagg import (
     AdvertiseRequest,
     MaskedInput,
     MaskedInputRequest,
@@ -18,8 +19,7 @@ from privacy.secagg import (
     Stage,
     UnmaskRequest,
 )
-from privacy.secagg.shamir import SHARE_BYTES
-from silobridge.errors import ProtocolError
+from silobridge.privacy.secagg.shamir import SHARE_BYTES
 from tests.privacy.secagg_support import firm_ids, seeded_entropy
 
 RUN = "run-adversarial"

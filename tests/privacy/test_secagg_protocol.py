@@ -10,7 +10,8 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from privacy.secagg import (
+from silobridge.errors import ConfigError, ProtocolError
+from silobridge.privacy.secagg import (
     InMemoryFederation,
     SecAggParams,
     SecAggServer,
@@ -20,8 +21,7 @@ from privacy.secagg import (
     secure_vector_sum,
     to_signed,
 )
-from privacy.secagg.graph import is_connected, neighbour_graph
-from silobridge.errors import ConfigError, ProtocolError
+from silobridge.privacy.secagg.graph import is_connected, neighbour_graph
 from tests.privacy.secagg_support import entropy_per_firm, firm_ids
 
 RUN = "run-test"

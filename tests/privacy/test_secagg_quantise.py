@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from privacy.secagg.quantise import (
+from silobridge.errors import ConfigError, DataError
+from silobridge.privacy.secagg.quantise import (
     choose_modulus_bits,
     dequantise,
     max_level,
@@ -17,8 +18,7 @@ from privacy.secagg.quantise import (
     quantise,
     sum_error_bound,
 )
-from privacy.secagg.ring import to_ring, to_signed
-from silobridge.errors import ConfigError, DataError
+from silobridge.privacy.secagg.ring import to_ring, to_signed
 
 
 def test_stochastic_rounding_is_unbiased() -> None:

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from privacy.secagg.shamir import (
+from silobridge.errors import ConfigError, ProtocolError
+from silobridge.privacy.secagg.shamir import (
     PRIME,
     decode_share,
     encode_share,
@@ -16,7 +17,6 @@ from privacy.secagg.shamir import (
     reconstruct_secret,
     split_secret,
 )
-from silobridge.errors import ConfigError, ProtocolError
 from tests.privacy.secagg_support import seeded_entropy
 
 # Worked example of Wikipedia's "Shamir's secret sharing" article: secret 1234, threshold 3,

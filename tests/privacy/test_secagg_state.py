@@ -23,7 +23,8 @@ from flwr.proto.recorddict_pb2 import ConfigRecord as ProtoConfigRecord
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from privacy.secagg import (
+from silobridge.errors import ConfigError, ProtocolError
+from silobridge.privacy.secagg import (
     AdvertiseRequest,
     InMemoryFederation,
     MaskedInputRequest,
@@ -34,10 +35,9 @@ from privacy.secagg import (
     UnmaskRequest,
     default_num_neighbours,
 )
-from privacy.secagg.keys import Entropy, KeyPair
-from privacy.secagg.messages import AdvertiseKeys, MaskedInput, ShareKeys, UnmaskShares
-from privacy.secagg.state import STATE_FORMAT, STATE_STAGE
-from silobridge.errors import ConfigError, ProtocolError
+from silobridge.privacy.secagg.keys import Entropy, KeyPair
+from silobridge.privacy.secagg.messages import AdvertiseKeys, MaskedInput, ShareKeys, UnmaskShares
+from silobridge.privacy.secagg.state import STATE_FORMAT, STATE_STAGE
 from tests.privacy.secagg_support import entropy_per_firm, firm_ids, seeded_entropy
 
 RUN = "run-state"

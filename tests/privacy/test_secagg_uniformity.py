@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import chisquare
 
-from privacy.secagg import InMemoryFederation, MaskedInput, SecAggParams, quantise, to_ring
+from silobridge.privacy.secagg import InMemoryFederation, MaskedInput, SecAggParams, quantise, to_ring
 from tests.privacy.secagg_support import entropy_per_firm, firm_ids
 
 LENGTH = 1 << 16  # 256 values expected in each of 256 buckets

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from privacy.secagg.aead import open_sealed, seal
-from privacy.secagg.kdf import derive_key, encode_fields, hkdf_sha256
-from privacy.secagg.keys import KeyPair, agree, check_public_key
-from privacy.secagg.prg import StreamAccumulator, expand_seed
 from silobridge.errors import ProtocolError
+from silobridge.privacy.secagg.aead import open_sealed, seal
+from silobridge.privacy.secagg.kdf import derive_key, encode_fields, hkdf_sha256
+from silobridge.privacy.secagg.keys import KeyPair, agree, check_public_key
+from silobridge.privacy.secagg.prg import StreamAccumulator, expand_seed
 
 h = bytes.fromhex
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from privacy.secagg import (
+from silobridge.errors import ProtocolError
+from silobridge.privacy.secagg import (
     PROTOCOL_VERSION,
     AdvertiseKeys,
     AdvertiseRequest,
@@ -20,7 +21,6 @@ from privacy.secagg import (
     secure_vector_sum,
     wire_size,
 )
-from silobridge.errors import ProtocolError
 from tests.privacy.secagg_support import entropy_per_firm, firm_ids
 
 KEY = bytes(range(32))

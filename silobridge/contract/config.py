@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 if TYPE_CHECKING:
-    from privacy.secagg import SecAggParams
+    from silobridge.privacy.secagg import SecAggParams
 
 CovariateTransform = Literal["raw", "log_ratio"]
 
@@ -150,7 +150,7 @@ class AggregationSpec(BaseModel):
 
     def secagg_params(self) -> SecAggParams:
         """The protocol parameters both sides derive from this spec; requires a resolved spec."""
-        from privacy.secagg import SecAggParams
+        from silobridge.privacy.secagg import SecAggParams
 
         if self.modulus_bits is None or self.num_neighbours is None or self.threshold is None:
             raise ValueError("aggregation spec is not resolved for a federation size yet")

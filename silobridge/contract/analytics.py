@@ -17,9 +17,9 @@ from typing import Any, Literal, Protocol, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from silobridge.config import DataSchema
+from silobridge.contract.config import DataSchema
+from silobridge.contract.messages import Payload
 from silobridge.errors import ConfigError, ProtocolError
-from silobridge.messages import Payload
 
 QUERY_SEGMENT = "answer"
 """Name of the one segment a query step's secure sum carries."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from silobridge.slots import SlotAssignment
+from silobridge.contract.slots import SlotAssignment
 
 GROUPS: tuple[str, ...] = ("small", "large")
 """Firm groups reported separately (when each is large enough, see `StatGroups`); 'all' is their sum."""

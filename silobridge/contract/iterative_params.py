@@ -14,7 +14,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from silobridge.analytics import QueryStep
+from silobridge.contract.analytics import QueryStep
 from silobridge.errors import ConfigError, ProtocolError
 
 Range = tuple[float, float]

@@ -15,9 +15,9 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from silobridge.config import TIERS
+from silobridge.contract.config import TIERS
+from silobridge.contract.slots import SlotAssignment
 from silobridge.errors import ProtocolError
-from silobridge.slots import SlotAssignment
 
 OTHER = "other tiers"
 """The slot of every firm whose tier is too small to publish on its own."""
