@@ -67,7 +67,8 @@ class QueryStep(Payload):
 
     @property
     def params(self) -> dict[str, Any]:
-        return json.loads(self.params_json)
+        decoded: dict[str, Any] = json.loads(self.params_json)  # a JSON object: checked on construction
+        return decoded
 
     def sensitivity(self, unit: Unit) -> float:
         """The L2 sensitivity the noise is scaled to: one firm's whole vector, or one record's share of it."""
