@@ -18,6 +18,7 @@ from silobridge.errors import ProtocolError
 from silobridge.privacy.secagg import SecAggClient, default_threshold
 from silobridge.privacy.secagg.layout import VectorLayout
 from silobridge.privacy.secagg.messages import AdvertiseRequest, MaskedInputRequest, Roster, UnmaskRequest
+from silobridge.privacy.secagg.state import StateDict
 from silobridge.privacy.secagg.wire import WireDict
 
 
@@ -45,7 +46,7 @@ class FirmSecureSum:
                 )
         self.client = SecAggClient.restore_or_new(stored, firm_id, params, run_id=run_id, entropy=os.urandom)
 
-    def state(self) -> dict[str, object]:
+    def state(self) -> StateDict:
         return self.client.to_state()
 
     def advertise(self, wire: Mapping[str, object]) -> WireDict:

@@ -139,7 +139,7 @@ def _shock_paths(scenario: Scenario, dates: pd.DatetimeIndex) -> tuple[dict[str,
         start = week_start(shock.start)
         stop = start + dt.timedelta(weeks=shock.periods)
         active = np.array([start <= d < stop for d in day])
-        targets = regions if shock.scope == "chain" else [shock.region]
+        targets = regions if shock.scope == "chain" or shock.region is None else [shock.region]  # validated
         for region in targets:
             demand[region] = demand[region] + active * np.log1p(shock.demand_effect)
             risk[region] = np.maximum(risk[region], active * shock.risk_effect)

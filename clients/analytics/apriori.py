@@ -9,6 +9,7 @@ names or popularity.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,11 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _item_order(order_id: object) -> Callable[[object], str]:
+    """The sort key of one basket's items: their digests salted with the order id."""
+    return lambda item: _digest(f"{order_id}\x00{item}")
+
+
 def basket_matrix(orders: pd.DataFrame | None, query: AprioriParams) -> np.ndarray:
     """Baskets x vocabulary incidence (bool) after the contribution bounds."""
     vocabulary = {item: i for i, item in enumerate(query.items)}
@@ -36,7 +42,7 @@ def basket_matrix(orders: pd.DataFrame | None, query: AprioriParams) -> np.ndarr
     matrix = np.zeros((len(kept), len(vocabulary)), dtype=bool)
     rows = {order_id: i for i, order_id in enumerate(kept)}
     for order_id, items in known[known["order_id"].isin(rows)].groupby("order_id", sort=False)["item"]:
-        chosen = sorted(items, key=lambda item, o=order_id: _digest(f"{o}\x00{item}"))[: query.max_basket_items]
+        chosen = sorted(items, key=_item_order(order_id))[: query.max_basket_items]
         matrix[rows[order_id], [vocabulary[item] for item in chosen]] = True
     return matrix
 

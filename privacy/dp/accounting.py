@@ -120,7 +120,7 @@ def _rdp_curve(key: str, orders: tuple[float, ...], relation: NeighboringRelatio
     event = event_from_json(json.loads(key))
     accountant = SkellamRdpAccountant(orders=orders, neighboring_relation=relation)
     _check_supported(accountant, AccountantKind.RDP, event)
-    curve = accountant.compose(event).rdp
+    curve: np.ndarray = accountant.compose(event).rdp
     curve.flags.writeable = False
     return curve
 
@@ -190,10 +190,14 @@ class Account:
         if not self.events:
             value = 0.0
         elif self.spec.kind is AccountantKind.RDP:
-            value = float(rdp_privacy_accountant.compute_epsilon(self.spec.rdp_orders, self._rdp, delta)[0])
+            assert self._rdp is not None, "an RDP account with events holds their curve"
+            orders, curve = self.spec.rdp_orders, self._rdp
+            # dp-accounting annotates the curve as Sequence[float]; it takes (and builds) numpy arrays.
+            value = float(rdp_privacy_accountant.compute_epsilon(orders, curve, delta)[0])  # type: ignore[arg-type]
         elif self._non_private:
             value = math.inf
         else:
+            assert self._pld is not None, "a PLD account with events holds their distribution"
             value = float(self._pld.get_epsilon_for_delta(delta))
         self._epsilons[delta] = value
         return value

@@ -83,7 +83,8 @@ def stochastic_round(
     for _ in range(_MAX_ROUNDING_ATTEMPTS):
         rounded = floor + (rng.random(values.shape) < fraction)
         if np.linalg.norm(rounded) <= norm_bound:
-            return rounded.astype(np.int64)
+            integers: np.ndarray = rounded.astype(np.int64)
+            return integers
     raise DataError(
         firm,
         f"randomized rounding did not meet the norm bound {norm_bound:.6g} in {_MAX_ROUNDING_ATTEMPTS} "

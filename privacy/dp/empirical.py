@@ -70,7 +70,8 @@ def _bound_from_rates(fpr_high: np.ndarray, fnr_high: np.ndarray, delta: float) 
     with np.errstate(divide="ignore", invalid="ignore"):
         first = np.log(np.maximum(1.0 - delta - fnr_high, 0.0) / fpr_high)
         second = np.log(np.maximum(1.0 - delta - fpr_high, 0.0) / fnr_high)
-    return np.maximum(np.maximum(first, second), 0.0)
+    bound: np.ndarray = np.maximum(np.maximum(first, second), 0.0)
+    return bound
 
 
 def _check_delta(delta: float) -> None:

@@ -92,7 +92,8 @@ def remaining_noise_multiplier(combined: float, *others: dpa.GaussianDpEvent) ->
             f"{combined:.6g}; their noise must be larger",
             field="noise_multiplier",
         )
-    return remaining**-0.5
+    multiplier: float = remaining**-0.5
+    return multiplier
 
 
 def dpsgd_event(noise_multiplier: float, sample_rate: float, steps: int) -> dpa.DpEvent:

@@ -87,7 +87,12 @@ class Sampling:
         """The event of running `event` on a sample drawn by this scheme."""
         if self.method is SamplingMethod.POISSON and self.rate < 1.0:
             return dpa.PoissonSampledDpEvent(sampling_probability=self.rate, event=event)
-        if self.method is SamplingMethod.FIXED and self.sample_size != self.population:
+        if (
+            self.method is SamplingMethod.FIXED
+            and self.population is not None  # always set for FIXED (checked on construction)
+            and self.sample_size is not None
+            and self.sample_size != self.population
+        ):
             return dpa.SampledWithoutReplacementDpEvent(
                 source_dataset_size=self.population, sample_size=self.sample_size, event=event
             )

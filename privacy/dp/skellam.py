@@ -67,5 +67,5 @@ def skellam_tail_bound(variance: float, dim: int, failure_probability: float) ->
     upper = math.sqrt(variance) + target
     while _log_tail(upper, variance) < target:
         upper *= 2.0
-    t = optimize.brentq(lambda x: _log_tail(x, variance) - target, 0.0, upper, xtol=1e-6)
+    t: float = optimize.brentq(lambda x: _log_tail(x, variance) - target, 0.0, upper, xtol=1e-6)
     return math.ceil(t)

@@ -29,7 +29,14 @@ from silobridge.errors import ConfigError, LedgerTampered
 from silobridge.privacy.dp.accounting import Account, AccountingSpec, PrivacyUnit, compose_each
 from silobridge.privacy.dp.budget import Budget, overall_epsilon
 from silobridge.privacy.dp.codec import event_from_json
-from silobridge.privacy.ledger.entries import ENTRY_MODELS, EpsilonTotals, HeaderEntry
+from silobridge.privacy.ledger.entries import (
+    ENTRY_MODELS,
+    EndEntry,
+    EpsilonTotals,
+    HeaderEntry,
+    RefusalEntry,
+    ReleaseEntry,
+)
 from silobridge.privacy.ledger.keys import public_key_bytes, raw_public
 from silobridge.privacy.ledger.sealing import (
     GENESIS_HASH,
@@ -292,11 +299,12 @@ def verify_ledger(path: str | Path, *, public_key: Ed25519PublicKey | str | byte
             key = load_public_key(entry.public_key)
             header = entry
             replay = _Replay(entry, index)
+        assert key is not None and replay is not None, "entry 0 is the header (checked above)"
         if not signature_valid(obj, key):
             raise LedgerTampered("the Ed25519 signature does not match the entry", entry=index)
         prev = sha256_hex(line)
 
-        if kind == "release":
+        if isinstance(entry, ReleaseEntry):
             event = _decode_event(entry.event, index)
             firms = list(entry.firms)
             if len(set(firms)) != len(firms) or set(firms) & set(entry.excluded_firms):
@@ -316,10 +324,10 @@ def verify_ledger(path: str | Path, *, public_key: Ed25519PublicKey | str | byte
                     epsilon_firms={firm: replay.firm_epsilon(firm) for firm in firms},
                 )
             )
-        elif kind == "refusal":
+        elif isinstance(entry, RefusalEntry):
             _decode_event(entry.event, index)
             refusals.append(entry.release_id)
-        elif kind == "end":
+        elif isinstance(entry, EndEntry):
             replay.check_totals(entry.epsilon, index, all_firms=True)
             end_reason = entry.reason
 
@@ -327,11 +335,12 @@ def verify_ledger(path: str | Path, *, public_key: Ed25519PublicKey | str | byte
         raise LedgerTampered("bytes follow the end-of-run entry: a closed ledger is never written to", entry=len(lines))
     if end_reason is None:
         warnings.append("no end-of-run entry: the run stopped before closing its ledger, or the ledger was truncated")
-    firms = {
+    assert header is not None and replay is not None, "the ledger has entries, and entry 0 is the header"
+    audits = {
         firm: FirmAudit(firm, replay.release_counts[firm], replay.firm_epsilon(firm), replay.budget_of(firm))
         for firm in sorted(replay.firm_accounts)
     }
-    over = [firm for firm, audit in firms.items() if not audit.within_budget]
+    over = [firm for firm, audit in audits.items() if not audit.within_budget]
     if replay.overall > replay.budget.epsilon or over:
         warnings.append(f"budget exceeded: overall epsilon {replay.overall:.6g}, firms over budget: {over}")
     return AuditReport(
@@ -345,7 +354,7 @@ def verify_ledger(path: str | Path, *, public_key: Ed25519PublicKey | str | byte
         entries=len(lines),
         releases=tuple(releases),
         refusals=tuple(refusals),
-        firms=firms,
+        firms=audits,
         epsilon_overall=replay.overall,
         ended=end_reason is not None,
         end_reason=end_reason,

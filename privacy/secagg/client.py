@@ -226,6 +226,7 @@ class SecAggClient:
         """Mask `vector` (integers in [-2^(m-1), 2^m), e.g. from `quantise`) for this round."""
         stage = Stage.MASKED_INPUT
         s = self._require_session(stage, request.run_id, request.session, shared=True)
+        assert s.roster is not None and s.neighbourhood is not None, "a shared session has adopted its roster"
         if request.recipient != self.firm_id:
             raise self._fail(stage, f"request is addressed to {request.recipient!r}")
         r = request.round_number
@@ -279,6 +280,7 @@ class SecAggClient:
         """Reveal self-mask shares of the survivors and mask-key shares of dropped neighbours."""
         stage = Stage.UNMASK
         s = self._require_session(stage, request.run_id, request.session, shared=True)
+        assert s.neighbourhood is not None, "a shared session has adopted its roster"
         r = request.round_number
         if s.masked_round != r:
             raise self._fail(

@@ -71,7 +71,7 @@ class AdvertiseRequest:
         }
 
     @classmethod
-    def from_wire(cls, wire: Mapping, *, recipient: str | None = None) -> AdvertiseRequest:
+    def from_wire(cls, wire: Mapping[str, object], *, recipient: str | None = None) -> AdvertiseRequest:
         """`recipient` (this firm) is only used to name it in errors."""
         r = WireReader(wire, message=cls.MESSAGE, fields=cls.FIELDS, firm=recipient, stage=cls.STAGE)
         return cls(
@@ -117,7 +117,7 @@ class AdvertiseKeys:
         }
 
     @classmethod
-    def from_wire(cls, wire: Mapping, *, expected_sender: str | None) -> AdvertiseKeys:
+    def from_wire(cls, wire: Mapping[str, object], *, expected_sender: str | None) -> AdvertiseKeys:
         r = WireReader(wire, message=cls.MESSAGE, fields=cls.FIELDS, firm=expected_sender, stage=cls.STAGE)
         sender = _check_sender(r, r.firm_id("sender"), expected_sender)
         mask_keys = r.blobs("mask_public_keys", size=KEY_BYTES)
@@ -177,7 +177,7 @@ class Roster:
         }
 
     @classmethod
-    def from_wire(cls, wire: Mapping, *, recipient: str | None = None) -> Roster:
+    def from_wire(cls, wire: Mapping[str, object], *, recipient: str | None = None) -> Roster:
         r = WireReader(wire, message=cls.MESSAGE, fields=cls.FIELDS, firm=recipient, stage=cls.STAGE)
         firms = r.sorted_firm_ids("firms")
         n, per_firm = len(firms), r.integer("num_mask_keys", minimum=1)
@@ -214,7 +214,7 @@ class ShareKeys:
         }
 
     @classmethod
-    def from_wire(cls, wire: Mapping, *, expected_sender: str | None) -> ShareKeys:
+    def from_wire(cls, wire: Mapping[str, object], *, expected_sender: str | None) -> ShareKeys:
         r = WireReader(wire, message=cls.MESSAGE, fields=cls.FIELDS, firm=expected_sender, stage=cls.STAGE)
         sender = _check_sender(r, r.firm_id("sender"), expected_sender)
         recipients = r.sorted_firm_ids("recipients")
@@ -276,7 +276,7 @@ class MaskedInputRequest:
         }
 
     @classmethod
-    def from_wire(cls, wire: Mapping, *, expected_recipient: str | None) -> MaskedInputRequest:
+    def from_wire(cls, wire: Mapping[str, object], *, expected_recipient: str | None) -> MaskedInputRequest:
         r = WireReader(wire, message=cls.MESSAGE, fields=cls.FIELDS, firm=expected_recipient, stage=cls.STAGE)
         recipient = _check_recipient(r, r.firm_id("recipient"), expected_recipient)
         senders = r.sorted_firm_ids("share_senders")
@@ -326,7 +326,9 @@ class MaskedInput:
         return wire
 
     @classmethod
-    def from_wire(cls, wire: Mapping, *, expected_sender: str | None, vector: np.ndarray | None = None) -> MaskedInput:
+    def from_wire(
+        cls, wire: Mapping[str, object], *, expected_sender: str | None, vector: np.ndarray | None = None
+    ) -> MaskedInput:
         """Exactly one of wire['vector'] (bytes) and `vector` (an ndarray of ring words) is given."""
         carries_bytes = isinstance(wire, Mapping) and "vector" in wire
         fields = cls.FIELDS + (("vector",) if carries_bytes else ())
@@ -378,7 +380,7 @@ class UnmaskRequest:
         }
 
     @classmethod
-    def from_wire(cls, wire: Mapping, *, recipient: str | None = None) -> UnmaskRequest:
+    def from_wire(cls, wire: Mapping[str, object], *, recipient: str | None = None) -> UnmaskRequest:
         r = WireReader(wire, message=cls.MESSAGE, fields=cls.FIELDS, firm=recipient, stage=cls.STAGE)
         survivors = r.sorted_firm_ids("survivors")
         return cls(r.text("run_id"), r.integer("session"), r.integer("round_number"), survivors)
@@ -427,7 +429,7 @@ class UnmaskShares:
         }
 
     @classmethod
-    def from_wire(cls, wire: Mapping, *, expected_sender: str | None) -> UnmaskShares:
+    def from_wire(cls, wire: Mapping[str, object], *, expected_sender: str | None) -> UnmaskShares:
         r = WireReader(wire, message=cls.MESSAGE, fields=cls.FIELDS, firm=expected_sender, stage=cls.STAGE)
         sender = _check_sender(r, r.firm_id("sender"), expected_sender)
         self_owners = r.sorted_firm_ids("self_mask_owners")

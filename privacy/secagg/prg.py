@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
 from silobridge.errors import ConfigError
 from silobridge.privacy.secagg.ring import ring_dtype, ring_mask
@@ -21,7 +21,7 @@ _ZERO_COUNTER = bytes(16)
 _BLOCK_BYTES = 16
 
 
-def _keystream(seed: bytes):  # -> a cryptography CipherContext
+def _keystream(seed: bytes) -> CipherContext:
     if not isinstance(seed, bytes) or len(seed) != SEED_BYTES:
         raise ConfigError(
             f"PRG seed must be {SEED_BYTES} bytes, got {len(seed) if isinstance(seed, bytes) else seed!r}"
@@ -33,7 +33,8 @@ def expand_seed(seed: bytes, length: int, modulus_bits: int) -> np.ndarray:
     """The mask stream of `seed`: `length` ring elements (a fresh array)."""
     dtype = ring_dtype(modulus_bits)
     raw = _keystream(seed).update(bytes(length * dtype.itemsize))
-    return np.frombuffer(raw, dtype=dtype) & dtype.type(ring_mask(modulus_bits))
+    stream: np.ndarray = np.frombuffer(raw, dtype=dtype) & dtype.type(ring_mask(modulus_bits))
+    return stream
 
 
 class StreamAccumulator:
@@ -60,7 +61,8 @@ class StreamAccumulator:
         """total += sign * PRG(seed) (mod the word; reduced mod 2^m by `result`)."""
         if self._done:
             raise ConfigError("mask accumulator already produced its result")
-        _keystream(seed).update_into(self._zeros, self._scratch)
+        # cryptography's stub admits bytes, bytearray and memoryview only; OpenSSL writes into any buffer.
+        _keystream(seed).update_into(self._zeros, self._scratch)  # type: ignore[arg-type]
         if sign == 1:
             np.add(self._total, self._words, out=self._total)
         elif sign == -1:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from types import MappingProxyType
-from typing import Any, NoReturn
+from typing import Any, ClassVar, NoReturn, Protocol, Self, TypeVar
 
 import numpy as np
 
@@ -52,6 +52,22 @@ from silobridge.privacy.secagg.stages import Stage
 
 Reply = Any  # a message object or its wire dict
 Replies = Mapping[str, Reply] | Iterable[tuple[str, Reply]]
+
+
+class _FirmMessage(Protocol):
+    """What `SecAggServer._parse` reads of a firm's message type: its name, stage, sender and wire form."""
+
+    MESSAGE: ClassVar[str]
+    STAGE: ClassVar[Stage]
+
+    @property
+    def sender(self) -> str: ...
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, object], *, expected_sender: str | None) -> Self: ...
+
+
+_Message = TypeVar("_Message", bound=_FirmMessage)
 
 
 @dataclass(frozen=True)
@@ -153,6 +169,12 @@ class SecAggServer:
     def graph(self) -> Mapping[str, tuple[str, ...]]:
         return MappingProxyType(self._graph)
 
+    @property
+    def _threshold(self) -> int:
+        """Shares that rebuild a secret: agreed with the roster, before any stage that reads it."""
+        assert self._hood is not None, "no neighbourhood before the roster is agreed"
+        return self._hood.threshold
+
     def retired_firms(self, round_number: int) -> frozenset[str]:
         """Firms that may not take part in `round_number`: the key it uses was reconstructed."""
         key_index = self.params.mask_key_index(round_number - self._start)
@@ -229,7 +251,7 @@ class SecAggServer:
                 errors[key] = f"{errors[key]}; {err}" if key in errors else str(err)
 
     @staticmethod
-    def _parse(message_type: type, firm: str, reply: Reply) -> Any:
+    def _parse(message_type: type[_Message], firm: str, reply: Reply) -> _Message:
         kind, stage = message_type.MESSAGE, message_type.STAGE
         if isinstance(reply, message_type):
             if reply.sender != firm:
@@ -257,7 +279,7 @@ class SecAggServer:
 
     def _short_neighbourhoods(self, members: frozenset[str]) -> list[str]:
         """Members with fewer than `threshold` share holders (themselves and neighbours) among `members`."""
-        t = self._hood.threshold
+        t = self._threshold
         return sorted(f for f in members if len(set(self._graph[f]) & members) + 1 < t)
 
     # ---- stage 1 ---------------------------------------------------------------------------
@@ -375,7 +397,7 @@ class SecAggServer:
         if short:
             self._abort(
                 stage,
-                f"{len(short)} firm(s), e.g. {short[0]!r}, have fewer than {self._hood.threshold} share holders left",
+                f"{len(short)} firm(s), e.g. {short[0]!r}, have fewer than {self._threshold} share holders left",
                 firm=short[0],
             )
         self._shared = shared
@@ -452,6 +474,8 @@ class SecAggServer:
         stage = Stage.MASKED_INPUT
         self._expect_phase(_Phase.MASKING, stage)
         rnd = self._round
+        assert rnd is not None and rnd.total is not None, "the masking phase has a round and its running sum"
+        total = rnd.total
         dtype = ring_dtype(self.params.modulus_bits)
 
         def handle(firm: str, reply: Reply) -> None:
@@ -485,7 +509,7 @@ class SecAggServer:
                 raise ProtocolError(
                     f"vector holds values outside [0, 2^{self.params.modulus_bits})", firm=firm, stage=stage
                 )
-            np.add(rnd.total, vector, out=rnd.total)
+            np.add(total, vector, out=total)
             rnd.contributors.add(firm)
             self._confirmed.add(firm)
 
@@ -500,16 +524,15 @@ class SecAggServer:
         if short:
             self._abort(
                 stage,
-                f"{len(short)} firm(s), e.g. {short[0]!r}, "
-                f"have fewer than {self._hood.threshold} surviving share holders",
+                f"{len(short)} firm(s), e.g. {short[0]!r}, have fewer than {self._threshold} surviving share holders",
                 firm=short[0],
             )
         key_owners = frozenset(d for d in dropped if set(self._graph[d]) & survivors)
-        short = sorted(d for d in key_owners if len(set(self._graph[d]) & survivors) < self._hood.threshold)
+        short = sorted(d for d in key_owners if len(set(self._graph[d]) & survivors) < self._threshold)
         if short:
             self._abort(
                 stage,
-                f"dropped firm {short[0]!r} has fewer than {self._hood.threshold} surviving share holders",
+                f"dropped firm {short[0]!r} has fewer than {self._threshold} surviving share holders",
                 firm=short[0],
             )
         if not is_connected(survivors, self._graph):
@@ -543,6 +566,7 @@ class SecAggServer:
         stage = Stage.UNMASK
         self._expect_phase(_Phase.UNMASKING, stage)
         rnd = self._round
+        assert rnd is not None and rnd.total is not None, "the unmasking phase has a round and its masked sum"
         survivors = frozenset(rnd.contributors)
         dropped = rnd.active - survivors
         x_of = {firm: i + 1 for i, firm in enumerate(self.roster)}
@@ -576,7 +600,7 @@ class SecAggServer:
         for firm in survivors - responders:
             rnd.dropped[firm] = stage
         rnd.recovered = frozenset(survivors - responders)
-        t = self._hood.threshold
+        t = self._threshold
         short = sorted(f for f, shares in (*self_shares.items(), *key_shares.items()) if len(shares) < t)
         if short:
             self._abort(
@@ -600,7 +624,7 @@ class SecAggServer:
         return total
 
     def _rebuild_self_seed(self, firm: str, shares: dict[int, int], offset: int) -> bytes:
-        value = reconstruct_secret(shares, self._hood.threshold)
+        value = reconstruct_secret(shares, self._threshold)
         expected = self._keys[firm].self_mask_commitments[offset]
         seed = value.to_bytes(32, "big") if value < 1 << 256 else b""
         commitment = self_mask_commitment(
@@ -613,7 +637,7 @@ class SecAggServer:
         return seed
 
     def _rebuild_mask_key(self, firm: str, shares: dict[int, int], key_index: int) -> KeyPair:
-        value = reconstruct_secret(shares, self._hood.threshold)
+        value = reconstruct_secret(shares, self._threshold)
         key = KeyPair.from_private_bytes(value.to_bytes(32, "big")) if value < 1 << 256 else None
         if key is None or key.public_bytes != self._keys[firm].mask_public_keys[key_index]:
             self._abort(

@@ -254,16 +254,18 @@ class KeySession:
         self.adopt(roster, hood, links)
         neighbours = set(links.graph[firm_id])
         self.held = _read_held(reader, params, firm_id=firm_id, neighbours=neighbours)
-        self._restore_rounds(reader, params, firm_id=firm_id, neighbours=neighbours)
+        self._restore_rounds(reader, params, roster=roster, firm_id=firm_id, neighbours=neighbours)
 
-    def _restore_rounds(self, reader: FlatReader, params: SecAggParams, *, firm_id: str, neighbours: set[str]) -> None:
+    def _restore_rounds(
+        self, reader: FlatReader, params: SecAggParams, *, roster: Roster, firm_id: str, neighbours: set[str]
+    ) -> None:
         """Masked and unmasked rounds and what was revealed, checked against each other."""
         rounds = range(self.start, self.start + params.rounds_per_session)
         masked = _optional_round(reader, "masked_round", rounds)
         active = frozenset(reader.sorted_firm_ids("masked_active"))
         if masked is None and active:
             reader.fail("masked_active lists firms although no round was masked")
-        if masked is not None and not (active <= set(self.roster.firms) and firm_id in active):
+        if masked is not None and not (active <= set(roster.firms) and firm_id in active):
             reader.fail("masked_active must be roster members and include this firm")
         unmasked = _optional_round(reader, "unmasked_round", rounds)
         if unmasked is not None and (masked is None or unmasked > masked):

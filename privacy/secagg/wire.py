@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Collection, Mapping
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from silobridge.errors import ProtocolError
 from silobridge.privacy.secagg.params import PROTOCOL_VERSION
@@ -21,6 +21,7 @@ WireDict = dict[str, WireValue]
 
 MAX_FIRM_ID_CHARS = 200
 _HEADER = ("protocol", "message")
+_T = TypeVar("_T")
 
 
 def header(message: str) -> WireDict:
@@ -77,7 +78,7 @@ class FlatReader:
         if missing or extra:
             self.fail(f"fields missing {sorted(missing)}, unexpected {sorted(map(str, extra))}")
 
-    def _typed(self, key: str, kind: type) -> object:
+    def _typed(self, key: str, kind: type[_T]) -> _T:
         if key not in self._flat:
             self.fail(f"field '{key}' is missing")
         value = self._flat[key]
@@ -103,7 +104,7 @@ class FlatReader:
             self.fail(f"field '{key}' must be {size} bytes, got {len(value)}")
         return value
 
-    def _list(self, key: str, kind: type) -> list:
+    def _list(self, key: str, kind: type[_T]) -> list[_T]:
         value = self._typed(key, list)
         if any(type(item) is not kind for item in value):
             self.fail(f"field '{key}' must be a list of {kind.__name__}")

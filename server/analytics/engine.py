@@ -153,9 +153,10 @@ class QueryEngine:
         prefix = f"query-{self.queries}/{plan.name}"
         events: list[dpa.DpEvent] = []
         steps: list[StepReport] = []
-        step: QueryStep | None = plan.first()
+        first = plan.first()
+        step: QueryStep | None = first
         if self.privacy is not None:
-            self._admit_query(self.privacy, prefix, plan, step)
+            self._admit_query(self.privacy, prefix, plan, first)
         while step is not None:
             if step.step >= plan.planned_steps or len(steps) >= plan.planned_steps:
                 raise FederationError(

@@ -48,7 +48,7 @@ class MomentsPlan:
 
     @classmethod
     def factory(cls, name: str) -> Any:
-        model = CountParams if name == "count" else ColumnParams
+        model: type[CountParams | ColumnParams] = CountParams if name == "count" else ColumnParams
 
         def make(
             raw: Mapping[str, Any], schema: DataSchema, *, noise_multiplier: float = 0.0, unit: Unit = "record"

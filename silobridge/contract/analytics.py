@@ -67,7 +67,8 @@ class QueryStep(Payload):
 
     @property
     def params(self) -> dict[str, Any]:
-        return json.loads(self.params_json)
+        decoded: dict[str, Any] = json.loads(self.params_json)  # a JSON object: checked on construction
+        return decoded
 
     def sensitivity(self, unit: Unit) -> float:
         """The L2 sensitivity the noise is scaled to: one firm's whole vector, or one record's share of it."""
@@ -139,7 +140,10 @@ class QueryPlan(Protocol):
     """
 
     name: str
-    planned_steps: int
+
+    @property
+    def planned_steps(self) -> int: ...  # read only: a class constant or a property of the plan
+
     neighbours: str
     """The neighbouring relation under the plan's unit (for record level: what one record is, and how it changes)."""
 
@@ -163,7 +167,7 @@ class PlanFactory(Protocol):
     """
 
     def __call__(
-        self, raw: Mapping[str, Any], schema: DataSchema, *, noise_multiplier: float = 0.0, unit: Unit = "record"
+        self, raw: Mapping[str, Any], schema: DataSchema, /, *, noise_multiplier: float = 0.0, unit: Unit = "record"
     ) -> QueryPlan: ...
 
 

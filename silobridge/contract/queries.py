@@ -195,8 +195,9 @@ class LinearRegressionParams(TableQuery):
         return max(abs(low), abs(high))
 
     def columns(self) -> list[tuple[str, str, str]]:
-        return [("target", self.table, self.target)] + [
-            (f"features.{i}", self.table, c) for i, c in enumerate(self.features)
+        return [
+            ("target", self.table, self.target),
+            *((f"features.{i}", self.table, c) for i, c in enumerate(self.features)),
         ]
 
 

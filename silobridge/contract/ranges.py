@@ -20,13 +20,15 @@ def range_arrays(ranges: Sequence[tuple[float, float]]) -> tuple[np.ndarray, np.
 def to_unit(values: np.ndarray, ranges: Sequence[tuple[float, float]]) -> np.ndarray:
     """Map each column from its public range onto [0, 1], clipping values outside the range."""
     low, high = range_arrays(ranges)
-    return np.clip((np.asarray(values, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
+    unit: np.ndarray = np.clip((np.asarray(values, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
+    return unit
 
 
 def from_unit(values: np.ndarray, ranges: Sequence[tuple[float, float]]) -> np.ndarray:
     """Back from [0, 1] to the features' own units (for reporting answers)."""
     low, high = range_arrays(ranges)
-    return low + np.asarray(values, dtype=np.float64) * (high - low)
+    own: np.ndarray = low + np.asarray(values, dtype=np.float64) * (high - low)
+    return own
 
 
 def to_symmetric(values: np.ndarray, ranges: Sequence[tuple[float, float]]) -> np.ndarray:

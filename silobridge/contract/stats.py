@@ -67,7 +67,8 @@ def score_bins(probabilities: np.ndarray) -> np.ndarray:
     p = np.clip(np.asarray(probabilities, dtype=float), 1e-12, 1 - 1e-12)
     logit = np.log(p) - np.log1p(-p)
     position = (np.clip(logit, -LOGIT_RANGE, LOGIT_RANGE) + LOGIT_RANGE) / (2 * LOGIT_RANGE)
-    return np.minimum((position * RISK_BINS).astype(int), RISK_BINS - 1)
+    bins: np.ndarray = np.minimum((position * RISK_BINS).astype(int), RISK_BINS - 1)
+    return bins
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,8 @@ class Moments:
     def std(self) -> np.ndarray:
         """Population std, floored so a constant feature does not divide by zero."""
         variance = self.total_sq / max(self.count, 1.0) - self.mean() ** 2
-        return np.sqrt(np.maximum(variance, 1e-12)).clip(min=1e-6)
+        std: np.ndarray = np.sqrt(np.maximum(variance, 1e-12)).clip(min=1e-6)
+        return std
 
 
 def slot_by_group(vector: np.ndarray, group: str) -> np.ndarray:
