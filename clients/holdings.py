@@ -26,7 +26,7 @@ StatSlots = Mapping[str, StatGroups]
 """The server's statistics slots per model kind; None where the caller is the simulation harness (own group)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity: a firm's data frames are not compared
 class FirmHoldings:
     """One firm's data, group and tier under the federation's spec; the splits are cut once, on first use."""
 
