@@ -134,7 +134,7 @@ def test_average_path_length() -> None:
 def test_malformed_params_are_rejected_naming_the_field(params: dict, field: str) -> None:
     with pytest.raises(ConfigError) as info:
         anomaly.make_plan(params, schema=GENERATED_SCHEMA)
-    assert info.value.field == field
+    assert info.value.field == f"params.{field}"
 
 
 def test_a_malformed_step_is_a_protocol_error(firms: list[FirmData]) -> None:

@@ -155,4 +155,4 @@ def test_a_firm_without_demand_contributes_nothing() -> None:
 def test_malformed_params_are_rejected_naming_the_field(params: dict, field: str) -> None:
     with pytest.raises(ConfigError) as info:
         kmeans.make_plan(params, schema=GENERATED_SCHEMA)
-    assert info.value.field == field
+    assert info.value.field == f"params.{field}"

@@ -133,8 +133,8 @@ def test_step_bounds_hold_for_any_firm() -> None:
 def test_malformed_params_are_rejected_naming_the_field(params: dict, field: str) -> None:
     with pytest.raises(ConfigError) as info:
         logistic.make_plan(params, schema=GENERATED_SCHEMA)
-    assert info.value.field == field
-    assert f"field '{field}'" in str(info.value)
+    assert info.value.field == f"params.{field}"
+    assert f"field 'params.{field}'" in str(info.value)
 
 
 def test_a_malformed_step_is_a_protocol_error_naming_the_firm(firms: list[FirmData]) -> None:

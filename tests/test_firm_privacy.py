@@ -12,6 +12,7 @@ import pytest
 
 from silobridge.clients.firm import FirmClient, Normaliser
 from silobridge.clients.models import MODEL_KINDS
+from silobridge.clients.round_update import dp_noise_seed
 from silobridge.contract.arrays import flatten
 from silobridge.contract.messages import TrainInstruction
 from tests.firm_support import tiny_firm
@@ -73,7 +74,8 @@ def test_dp_sgd_noise_cannot_be_replayed_from_public_numbers() -> None:
     # ... while each round and each model draws its own.
     later = instruction.model_copy(update={"round": 2})
     assert not np.allclose(firm.train_round(weights, later, norm)["demand/update"], change(11))
-    assert firm._noise_seed("demand", instruction) != firm._noise_seed("risk", instruction)
+    seeds = [dp_noise_seed(firm.noise_seed, firm.firm_id, kind, instruction) for kind in ("demand", "risk")]
+    assert seeds[0] != seeds[1]
 
 
 def test_firm_level_central_release_is_clipped_jointly() -> None:

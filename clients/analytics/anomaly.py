@@ -18,7 +18,8 @@ import numpy as np
 
 from silobridge.clients.data import FirmData
 from silobridge.contract.analytics import QueryStep
-from silobridge.contract.iterative_params import AnomalyParams, AnomalyStep, parse_step
+from silobridge.contract.iterative_params import AnomalyParams, AnomalyStep
+from silobridge.contract.query_params import step_params
 from silobridge.contract.ranges import to_unit
 from silobridge.errors import ProtocolError
 
@@ -114,7 +115,7 @@ def score_histogram(values: np.ndarray, bins: int) -> np.ndarray:
 
 def local(step: QueryStep, data: FirmData) -> np.ndarray:
     """The vector this firm contributes to one step: leaf masses, a score histogram, or flagged counts."""
-    parsed = parse_step(AnomalyStep, step, firm=data.firm_id)
+    parsed = step_params(AnomalyStep, step, firm=data.firm_id)
     q = parsed.query
     x = unit_records(data, q, firm=data.firm_id)
     feature, split = build_forest(q.trees, q.depth, len(q.features), q.seed)

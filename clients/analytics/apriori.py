@@ -16,7 +16,8 @@ import pandas as pd
 
 from silobridge.clients.data import FirmData
 from silobridge.contract.analytics import QueryStep
-from silobridge.contract.iterative_params import AprioriParams, AprioriStep, parse_step
+from silobridge.contract.iterative_params import AprioriParams, AprioriStep
+from silobridge.contract.query_params import step_params
 
 _CHUNK = 512
 """Candidates counted at once (bounds the memory of the baskets x candidates x size test)."""
@@ -58,7 +59,7 @@ def candidate_counts(matrix: np.ndarray, candidates: np.ndarray) -> np.ndarray:
 
 def local(step: QueryStep, data: FirmData) -> np.ndarray:
     """The vector this firm contributes at one Apriori level (zeros if it holds no order baskets)."""
-    parsed = parse_step(AprioriStep, step, firm=data.firm_id)
+    parsed = step_params(AprioriStep, step, firm=data.firm_id)
     vocabulary = {item: i for i, item in enumerate(parsed.query.items)}
     candidates = np.array([[vocabulary[item] for item in c] for c in parsed.candidates], dtype=np.int64)
     return candidate_counts(basket_matrix(data.orders, parsed.query), candidates)

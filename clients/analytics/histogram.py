@@ -10,8 +10,9 @@ import numpy as np
 
 from silobridge.clients.analytics.columns import column_values
 from silobridge.clients.data import FirmData
-from silobridge.contract.analytics import QueryStep, step_params
+from silobridge.contract.analytics import QueryStep
 from silobridge.contract.queries import HistogramParams, QuantileParams
+from silobridge.contract.query_params import step_params
 
 
 def bin_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:

@@ -13,7 +13,8 @@ import pandas as pd
 
 from silobridge.clients.data import FirmData
 from silobridge.contract.analytics import QueryStep
-from silobridge.contract.iterative_params import KMeansParams, KMeansStep, parse_step
+from silobridge.contract.iterative_params import KMeansParams, KMeansStep
+from silobridge.contract.query_params import step_params
 from silobridge.contract.ranges import to_unit
 
 
@@ -73,7 +74,7 @@ def lloyd_terms(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 
 def local(step: QueryStep, data: FirmData) -> np.ndarray:
     """The vector this firm contributes to one K-means step."""
-    parsed = parse_step(KMeansStep, step, firm=data.firm_id)
+    parsed = step_params(KMeansStep, step, firm=data.firm_id)
     x = points(data.demand, parsed.query)
     if parsed.phase == "grid":
         return grid_counts(x, parsed.query.init_grid)

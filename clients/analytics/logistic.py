@@ -11,7 +11,8 @@ import numpy as np
 
 from silobridge.clients.data import FirmData
 from silobridge.contract.analytics import QueryStep
-from silobridge.contract.iterative_params import LogisticStep, parse_step
+from silobridge.contract.iterative_params import LogisticStep
+from silobridge.contract.query_params import step_params
 from silobridge.contract.ranges import to_symmetric
 from silobridge.errors import ProtocolError
 
@@ -40,6 +41,6 @@ def newton_terms(x: np.ndarray, y: np.ndarray, beta: np.ndarray) -> np.ndarray:
 
 def local(step: QueryStep, data: FirmData) -> np.ndarray:
     """The vector this firm contributes to one Newton step (zeros if it holds no risk table)."""
-    parsed = parse_step(LogisticStep, step, firm=data.firm_id)
+    parsed = step_params(LogisticStep, step, firm=data.firm_id)
     x, y = design(data, parsed, firm=data.firm_id)
     return newton_terms(x, y, np.asarray(parsed.coefficients, dtype=np.float64))

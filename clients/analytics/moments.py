@@ -12,8 +12,9 @@ import numpy as np
 
 from silobridge.clients.analytics.columns import column_values, row_count
 from silobridge.clients.data import FirmData
-from silobridge.contract.analytics import QueryStep, step_params
+from silobridge.contract.analytics import QueryStep
 from silobridge.contract.queries import MOMENT_WEIGHTS, ColumnParams, CountParams
+from silobridge.contract.query_params import step_params
 
 
 def count_local(step: QueryStep, data: FirmData) -> np.ndarray:

@@ -14,8 +14,9 @@ import numpy as np
 
 from silobridge.clients.analytics.columns import column_values
 from silobridge.clients.data import FirmData
-from silobridge.contract.analytics import QueryStep, step_params
+from silobridge.contract.analytics import QueryStep
 from silobridge.contract.queries import AutoregressionParams, LinearRegressionParams, difference_scale
+from silobridge.contract.query_params import step_params
 from silobridge.errors import ProtocolError
 
 

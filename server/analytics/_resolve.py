@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from silobridge.contract.config import DataSchema
-from silobridge.contract.iterative_params import RangedFeatures, parse_query_params, query_error
+from silobridge.contract.iterative_params import RangedFeatures
+from silobridge.contract.query_params import param_error, parse_params
 
 R = TypeVar("R", bound=RangedFeatures)
 
@@ -20,18 +21,18 @@ def risk_query_params(model: type[R], params: Mapping[str, Any], *, schema: Data
     if isinstance(asked, list | tuple):
         unknown = [name for name in asked if name not in schema.risk_features]
         if unknown:
-            raise query_error(
+            raise param_error(
                 query, "features", f"{unknown} are not risk features of the schema {list(schema.risk_features)}"
             )
     given = raw.get("ranges", {})
     if isinstance(given, Mapping):
         raw["ranges"] = {**{name: list(bounds) for name, bounds in schema.risk_feature_ranges.items()}, **given}
-    parsed = parse_query_params(model, raw, query=query)
+    parsed = parse_params(model, raw, query=query)
     if not parsed.features:
-        raise query_error(query, "features", "no risk features to use (the schema has none)")
+        raise param_error(query, "features", "no risk features to use (the schema has none)")
     unknown = [name for name in parsed.features if name not in schema.risk_features]
     if unknown:
-        raise query_error(
+        raise param_error(
             query, "features", f"{unknown} are not risk features of the schema {list(schema.risk_features)}"
         )
     return parsed

@@ -23,7 +23,8 @@ import numpy as np
 
 from silobridge.contract.analytics import FIRM_NEIGHBOURS, QueryStep, Unit
 from silobridge.contract.config import DataSchema
-from silobridge.contract.iterative_params import AprioriParams, parse_query_params, query_error
+from silobridge.contract.iterative_params import AprioriParams
+from silobridge.contract.query_params import param_error, parse_params
 from silobridge.errors import ProtocolError
 
 NAME = "frequent_itemsets"
@@ -158,7 +159,7 @@ def make_plan(
     params: Mapping[str, Any], schema: DataSchema, *, noise_multiplier: float = 0.0, unit: Unit = "record"
 ) -> AprioriPlan:
     """A frequent-itemset plan over the firms' order baskets (`items`: the public item vocabulary)."""
-    parsed = parse_query_params(AprioriParams, params, query=NAME)
+    parsed = parse_params(AprioriParams, params, query=NAME)
     if len(parsed.items) > parsed.max_candidates:
-        raise query_error(NAME, "items", f"{len(parsed.items)} items exceed max_candidates = {parsed.max_candidates}")
+        raise param_error(NAME, "items", f"{len(parsed.items)} items exceed max_candidates = {parsed.max_candidates}")
     return AprioriPlan(parsed, noise_multiplier=noise_multiplier, unit=unit)

@@ -21,7 +21,8 @@ import numpy as np
 
 from silobridge.contract.analytics import FIRM_NEIGHBOURS, QueryStep, Unit
 from silobridge.contract.config import DataSchema
-from silobridge.contract.iterative_params import KMeansParams, parse_query_params
+from silobridge.contract.iterative_params import KMeansParams
+from silobridge.contract.query_params import parse_params
 from silobridge.contract.ranges import from_unit
 from silobridge.errors import ProtocolError
 
@@ -190,5 +191,5 @@ def make_plan(
     params: Mapping[str, Any], schema: DataSchema, *, noise_multiplier: float = 0.0, unit: Unit = "record"
 ) -> KMeansPlan:
     """A K-means plan over demand profiles (the schema is not needed: the feature ranges are the query's)."""
-    parsed = parse_query_params(KMeansParams, params, query=NAME)
+    parsed = parse_params(KMeansParams, params, query=NAME)
     return KMeansPlan(parsed, noise_multiplier=noise_multiplier, unit=unit)

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from silobridge.contract.analytics import FIRM_NEIGHBOURS, QueryStep, Unit, parse_params
+from silobridge.contract.analytics import FIRM_NEIGHBOURS, QueryStep, Unit
 from silobridge.contract.config import DataSchema
 from silobridge.contract.queries import (
     AR_NEIGHBOURS,
@@ -46,6 +46,7 @@ from silobridge.contract.queries import (
     gram_l2_bound,
     gram_length,
 )
+from silobridge.contract.query_params import parse_params
 from silobridge.errors import FederationError
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
 from silobridge.contract.config import DataSchema
 from silobridge.contract.messages import Payload
@@ -169,65 +169,3 @@ class PlanFactory(Protocol):
     def __call__(
         self, raw: Mapping[str, Any], schema: DataSchema, /, *, noise_multiplier: float = 0.0, unit: Unit = "record"
     ) -> QueryPlan: ...
-
-
-TABLES = ("demand", "risk")
-
-
-def table_columns(schema: DataSchema, table: str) -> tuple[str, ...]:
-    """The numeric columns a query may read from a firm's table, as the federation's schema names them."""
-    if table == "demand":
-        return ("units", *schema.demand_covariates)
-    if table == "risk":
-        return (*schema.risk_features, "disrupted")
-    raise ConfigError(f"unknown table '{table}' (known: {', '.join(TABLES)})", field="params.table")
-
-
-class QueryParams(BaseModel):
-    """Base of every query's parameters: frozen, no unknown fields, and the columns it reads.
-
-    `columns()` lists (field path, table, column) for every column the query reads, so one check
-    against the federation's schema serves every query.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    def columns(self) -> list[tuple[str, str, str]]:
-        return []
-
-
-P = TypeVar("P", bound=QueryParams)
-
-
-def _first_error(err: ValidationError) -> tuple[str, str]:
-    first = err.errors()[0]
-    return ".".join(str(part) for part in first["loc"]) or "?", first["msg"]
-
-
-def parse_params(model: type[P], raw: Mapping[str, Any], *, query: str, schema: DataSchema) -> P:
-    """Validate a query's parameters at the edge; errors name the field (`params.<name>`) and the query."""
-    try:
-        params = model.model_validate(dict(raw))
-    except ValidationError as err:
-        field, message = _first_error(err)
-        raise ConfigError(f"query '{query}': {message}", field=f"params.{field}") from None
-    for field, table, column in params.columns():
-        known = table_columns(schema, table)
-        if column not in known:
-            raise ConfigError(
-                f"query '{query}': column '{column}' is not a numeric column of the federation's {table} table "
-                f"(numeric columns: {', '.join(known)})",
-                field=f"params.{field}",
-            )
-    return params
-
-
-def step_params(model: type[P], step: QueryStep, *, firm: str) -> P:
-    """A firm reads a step's parameters with the same model the server validated them with."""
-    try:
-        return model.model_validate(step.params)
-    except ValidationError as err:
-        field, message = _first_error(err)
-        raise ProtocolError(
-            f"query '{step.query}' step {step.step}: field 'params.{field}': {message}", firm=firm
-        ) from None

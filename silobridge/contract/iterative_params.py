@@ -1,21 +1,18 @@
 """Parameters of the iterative analytics queries, shared by the server halves and the firm halves.
 
-A query's parameters are validated once where the query is posed (errors name the field, as
-`ConfigError`), then travel inside every `QueryStep` so a firm computes exactly what the server asks;
-a firm re-validates what it receives (errors are `ProtocolError`: the step itself is malformed).
+A query's parameters are validated once where the query is posed (`query_params.parse_params`: a
+`ConfigError` naming the parameter), then travel inside every `QueryStep` so a firm computes exactly
+what the server asks; a firm re-validates what it receives (`query_params.step_params`: a
+`ProtocolError`, the step itself is malformed).
 Each step's own state (coefficients, centroids, candidate itemsets, leaf masses) travels beside them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
-
-from silobridge.contract.analytics import QueryStep
-from silobridge.errors import ConfigError, ProtocolError
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 Range = tuple[float, float]
 
@@ -260,40 +257,3 @@ class AnomalyStep(_Frozen):
         if self.phase == "flag" and self.cutoff is None:
             raise ValueError("cutoff: required in the flag phase")
         return self
-
-
-# ---- parsing at either edge ---------------------------------------------------------------------------
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def _first_problem(err: ValidationError) -> tuple[str, str]:
-    problems = err.errors()
-    field = ".".join(str(part) for part in problems[0]["loc"]) or "params"
-    if len(problems) == 1:
-        return field, problems[0]["msg"]
-    text = "; ".join(f"{'.'.join(str(part) for part in p['loc']) or 'params'}: {p['msg']}" for p in problems)
-    return field, text
-
-
-def parse_query_params(model: type[M], raw: Mapping[str, Any], *, query: str) -> M:
-    """A query's parameters as posed by a user: `ConfigError` naming the (first) offending field."""
-    try:
-        return model.model_validate(dict(raw))
-    except ValidationError as err:
-        field, text = _first_problem(err)
-        raise ConfigError(text, source=f"query '{query}'", field=field) from None
-
-
-def parse_step(model: type[M], step: QueryStep, *, firm: str) -> M:
-    """What a step asks of a firm: `ProtocolError` naming the firm, step and field when it is malformed."""
-    try:
-        return model.model_validate(step.params)
-    except ValidationError as err:
-        _, text = _first_problem(err)
-        raise ProtocolError(f"query '{step.query}' step {step.step}: {text}", firm=firm) from None
-
-
-def query_error(query: str, field: str, message: str) -> ConfigError:
-    """A problem with a query's parameters that only shows against the federation's schema."""
-    return ConfigError(message, source=f"query '{query}'", field=field)

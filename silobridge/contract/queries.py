@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, ValidationInfo, field_validator
 
-from silobridge.contract.analytics import QueryParams
+from silobridge.contract.query_params import QueryParams
 
 VALUE_BOUND = 1.0
 """Every entry of a simple query's vector is scaled into [-1, 1] by its public bounds."""

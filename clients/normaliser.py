@@ -1,0 +1,61 @@
+"""How a firm scales its risk features: the federation-wide moments, or (under DP) the public ranges."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from silobridge.clients.features import standardise
+from silobridge.errors import ConfigError, ProtocolError
+
+
+@dataclass(frozen=True)
+class Normaliser:
+    """How risk features are scaled: federation-wide mean and std, or (under DP) public ranges.
+
+    With `low`/`high` set, features are first clipped to their public range, so a scale taken from
+    the range (no data) stays meaningful for outliers.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    low: np.ndarray | None = None
+    high: np.ndarray | None = None
+
+    @classmethod
+    def from_ranges(cls, ranges: dict[str, tuple[float, float]], features: tuple[str, ...]) -> Normaliser:
+        missing = [name for name in features if name not in ranges]
+        if missing:
+            raise ConfigError(
+                f"the federation's schema gives no public range for {missing}", field="data.risk_feature_ranges"
+            )
+        low = np.array([ranges[name][0] for name in features], dtype=float)
+        high = np.array([ranges[name][1] for name in features], dtype=float)
+        return cls(mean=(low + high) / 2, std=(high - low) / 2, low=low, high=high)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Its wire form: mean and std, with the public range when it has one (firms must clip as scored)."""
+        arrays = {"mean": self.mean, "std": self.std}
+        if self.low is not None and self.high is not None:
+            arrays.update(low=self.low, high=self.high)
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], *, firm: str = "local") -> Normaliser:
+        """Back from `to_arrays`; a range comes whole (low and high) or not at all."""
+        if "mean" not in arrays or "std" not in arrays:
+            raise ProtocolError("the normaliser carries no mean or std", firm=firm)
+        if ("low" in arrays) != ("high" in arrays):
+            raise ProtocolError("the normaliser carries only one end of the features' range", firm=firm)
+
+        def vector(name: str) -> np.ndarray | None:
+            return np.asarray(arrays[name], dtype=float) if name in arrays else None
+
+        return cls(vector("mean"), vector("std"), vector("low"), vector("high"))  # type: ignore[arg-type]
+
+    def apply(self, features: np.ndarray) -> np.ndarray:
+        if self.low is not None and self.high is not None:
+            features = np.clip(features, self.low, self.high)
+        return standardise(features, self.mean, self.std)
