@@ -80,11 +80,14 @@ def efficiency_sums(firm: FirmHoldings, model: torch.nn.Module | Forecaster) -> 
             f"forecast only {firm.spec.horizon}",
             field="efficiency.lead_time",
         )
+    forecaster: Callable[[DemandWindows], np.ndarray]
     if isinstance(model, torch.nn.Module):
         torch_model = model
 
-        def forecaster(windows: DemandWindows) -> np.ndarray:
+        def forecast_with_the_network(windows: DemandWindows) -> np.ndarray:
             return forecast_units(torch_model, windows, firm.device)
+
+        forecaster = forecast_with_the_network
     else:
         forecaster = model
     total = EfficiencySums()

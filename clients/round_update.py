@@ -19,7 +19,7 @@ from silobridge.clients.firm_release import firm_level_release, round_clip_norm
 from silobridge.clients.holdings import FirmHoldings, StatSlots
 from silobridge.clients.models import ModelKind, build_model, load_arrays, state_to_arrays
 from silobridge.clients.normaliser import Normaliser
-from silobridge.clients.training import TrainSettings, fit
+from silobridge.clients.training import LossName, TrainSettings, fit
 from silobridge.contract.arrays import flatten
 from silobridge.contract.messages import TrainInstruction
 from silobridge.errors import ConfigError
@@ -80,7 +80,7 @@ def local_change(
     load_arrays(model, arrays)
     x, y = firm.xy(kind, 0, norm)
     settings = train_settings(firm, instruction)
-    loss = "l1" if kind == "demand" else "bce"
+    loss: LossName = "l1" if kind == "demand" else "bce"
     privacy = firm.spec.privacy
     if privacy.enabled and privacy.unit == "record":
         if privacy.noise_multiplier is None:

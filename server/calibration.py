@@ -37,6 +37,9 @@ def calibrate(
     spec = PrivacySpec(unit=unit, epsilon=epsilon, delta=delta, accountant=accountant, **fields)  # type: ignore[arg-type]
     plan = PrivacyPlan(spec=spec, rounds=rounds, local_epochs=local_epochs, num_firms=1, min_firms=1, model_dim=1)
     resolved = resolve_privacy(plan)
+    noise_multiplier = resolved.noise_multiplier
+    if noise_multiplier is None:  # resolve_privacy sets it or refuses; a None here is a bug, never a user error
+        raise RuntimeError("resolve_privacy returned no noise multiplier")
     plan = PrivacyPlan(spec=resolved, rounds=rounds, local_epochs=local_epochs, num_firms=1, min_firms=1, model_dim=1)
-    achieved = spent([plan.planned_run_event(resolved.noise_multiplier)], delta, accounting_spec(resolved))
-    return Calibration(resolved.noise_multiplier, achieved)  # type: ignore[arg-type]
+    achieved = spent([plan.planned_run_event(noise_multiplier)], delta, accounting_spec(resolved))
+    return Calibration(noise_multiplier, achieved)
