@@ -79,8 +79,8 @@ def round_seconds(run_dir: Path) -> list[float]:
 
 
 COLD_STARTS = {
-    "light": "import federation.client_app",
-    "train": "import federation.client_app, clients.firm, clients.own_budget",
+    "light": "import silobridge.federation.client_app",
+    "train": "import silobridge.federation.client_app, silobridge.clients.firm, silobridge.clients.own_budget",
 }
 """What a fresh ClientApp process imports for a stage without model code, and for one that trains."""
 
