@@ -13,9 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,14 +29,15 @@ from silobridge.clients.data import FirmData
 from silobridge.contract.analytics import QUERY_SEGMENT, UNITS, QueryPlan, QueryStep, Unit
 from silobridge.contract.config import AggregationSpec
 from silobridge.errors import BudgetExhausted, ConfigError, FederationError, SiloBridgeError
+from silobridge.federation.coordinator import Federation, RunObserver
 from silobridge.federation.firm_source import pilot_folders, validate_pilot
+from silobridge.federation.launch import launch
 from silobridge.federation.ledger_signer import ledger_signer
 from silobridge.federation.privacy_report import LEDGER_FILE
 from silobridge.federation.progress import LogObserver
 from silobridge.federation.records import ANALYTICS
 from silobridge.federation.rundir import CONFIG_FILE, RunDirectory, live_runs
-from silobridge.federation.runner import Federation, RunObserver
-from silobridge.federation.settings import NODES, QUERIES_KEY, RunSettings, quiet_accountant, settings_from_run_config
+from silobridge.federation.settings import NODES, QUERIES_KEY, RunSettings, settings_from_run_config
 from silobridge.privacy.dp import Budget, epsilon
 from silobridge.privacy.ledger import PrivacyRun, config_hash, public_key_hex
 from silobridge.privacy.secagg.layout import CLIPPED
@@ -497,29 +496,7 @@ def run_queries(
         except SiloBridgeError as err:  # raised again below, in the caller's thread, with its own message
             errors.append(err)
 
-    os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
-    from flwr.simulation import run_simulation
-
-    from silobridge.federation.simulation import _quiet_flower, stop_on_interrupt
-
-    with warnings.catch_warnings(), stop_on_interrupt():
-        warnings.simplefilter("ignore", FutureWarning)
-        _quiet_flower()
-        quiet_accountant()
-        run_simulation(
-            server_app=server_app,
-            client_app=build_client_app(config),
-            num_supernodes=len(settings.scenario.firms),
-            backend_config={
-                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                "init_args": {
-                    "num_cpus": cpus or os.cpu_count() or 1,
-                    "include_dashboard": False,
-                    "logging_level": logging.ERROR,
-                    "log_to_driver": True,
-                },
-            },
-        )
+    launch(server_app, build_client_app(config), num_supernodes=len(settings.scenario.firms), cpus=cpus)
     if errors:
         raise errors[0]
     if not results:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -29,15 +29,10 @@ from silobridge.clients.deploy import (
 from silobridge.clients.firm import FirmClient, Normaliser
 from silobridge.clients.linear import demand_design, demand_dim, forecast_units, logistic_fit, ridge
 from silobridge.contract.config import FederationSpec
-from silobridge.contract.efficiency_sums import EFFICIENCY_AFTER, EfficiencyGroups, slot_by_tier
+from silobridge.contract.efficiency_sums import EfficiencyGroups, slot_by_tier
 from silobridge.contract.messages import BaselineInstruction
 from silobridge.contract.stats import demand_metrics_by_group, risk_metrics_by_group, slot_by_group
 from silobridge.contract.sufficient import split_regression
-
-if TYPE_CHECKING:
-    from silobridge.federation.harness import SimulationHarness
-    from silobridge.federation.linear_run import LinearModels
-    from silobridge.federation.runner import Federation
 
 
 @dataclass
@@ -150,36 +145,6 @@ def deploy_all(
                 }
             )
     return out
-
-
-def measure_deployment(
-    federation: Federation,
-    harness: SimulationHarness,
-    norm: Normaliser,
-    linear: LinearModels | None,
-    mlp: dict[str, Any],
-    final: dict[str, np.ndarray],
-) -> DeployedOutcome:
-    """Let every firm choose what it deploys, score it, and make the efficiency comparison's 'after' the
-    deployed forecasts (in `final`, in place); without the MLP family the global linear models are the
-    federated ones there too."""
-    federation.observer.stage("deployment (simulation)")
-    deployed = harness.deploy(
-        federation.baseline_instruction(),
-        federation._assignment(),
-        norm,
-        {"demand": linear.demand, "risk": linear.risk} if linear is not None else {},
-        mlp or None,
-    )
-    federation.efficiency_firms["after"] = federation._efficiency_holders(list(federation.node_of))
-    final.pop(EFFICIENCY_AFTER, None)
-    if deployed.efficiency_after is not None:
-        final[EFFICIENCY_AFTER] = deployed.efficiency_after
-    if not mlp:
-        for kind, vector in (("demand", deployed.global_demand), ("risk", deployed.global_risk)):
-            if vector is not None:
-                final[kind] = vector
-    return deployed
 
 
 def centralised_linear(firms: list[FirmClient], norm: Normaliser) -> dict[str, np.ndarray]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from flwr.app import ConfigRecord
@@ -26,14 +26,13 @@ from silobridge.clients.linear import demand_dim, demand_sensitivity, newton_sen
 from silobridge.contract.config import FederationSpec
 from silobridge.contract.sufficient import LINEAR_COEF, LINEAR_REQUEST, LINEAR_SEGMENT, newton_size, regression_size
 from silobridge.errors import BudgetExhausted, ConfigError, FederationError
+from silobridge.federation.coordinator import Federation
 from silobridge.federation.records import NORMALISER, arrays_record
 from silobridge.privacy.ledger import Release
+from silobridge.server.dp_rounds import dataset_party
 from silobridge.server.efficiency_release import efficiency_event
 from silobridge.server.layouts import linear_layout
 from silobridge.server.linear import adassp, add_noise, calibrate_release, newton_step, release_event
-
-if TYPE_CHECKING:
-    from silobridge.federation.runner import Federation
 
 
 @dataclass
@@ -108,8 +107,6 @@ def _release(
 ) -> tuple[np.ndarray, float, dict[str, Any]] | None:
     """One (noised) sum of the holders' statistics; None if the budget refuses it. Returns the released
     vector, the noise std and a history record."""
-    from silobridge.federation.runner import dataset_party
-
     started = time.monotonic()
     holders = [federation.manifests[n].firm_id for n in federation.manifests if federation.manifests[n].trains(kind)]
     participants = holders

@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from silobridge.federation.summary_schema import GROUP_ORDER, METHODS, METRICS
+
 log = logging.getLogger("silobridge")
 
 
@@ -148,8 +150,6 @@ class Fanout:
 
 def results_tables(summary: dict[str, Any]) -> list[Table]:
     """The end-of-run comparison of methods: one table per model, a row per method and firm group."""
-    from silobridge.federation.summary import GROUP_ORDER, METHODS, METRICS
-
     tables = []
     for kind in ("demand", "risk"):
         methods = summary["models"].get(kind, {})

@@ -22,6 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from silobridge.clients.firm import Normaliser
 from silobridge.federation.analytics import QueryJob, query_settings, serve_queries
+from silobridge.federation.coordinator import RunObserver
 from silobridge.federation.firm_source import pilot_folders
 from silobridge.federation.harness import SimulationHarness
 from silobridge.federation.ledger_signer import PER_RUN, ledger_signer
@@ -30,7 +31,7 @@ from silobridge.federation.preflight import check_firm_budgets
 from silobridge.federation.privacy_report import LEDGER_FILE, privacy_summary
 from silobridge.federation.progress import Fanout, LogObserver, StageTimer, log_to_stderr
 from silobridge.federation.rundir import CONFIG_FILE, SUMMARY_JSON, SUMMARY_MD, RunDirectory, live_runs
-from silobridge.federation.runner import RunObserver, run_federation
+from silobridge.federation.runner import run_federation
 from silobridge.federation.settings import QUERIES_KEY, RunSettings, settings_from_run_config
 from silobridge.federation.summary import build_summary, summary_markdown
 from silobridge.privacy.dp import Budget

@@ -16,20 +16,13 @@ from typing import Any
 import numpy as np
 
 from silobridge.clients.data import describe_risk_split
+from silobridge.federation.coordinator import metrics_by_group
 from silobridge.federation.efficiency_report import efficiency_markdown, efficiency_summary
 from silobridge.federation.firm_source import pilot_risk_splits
 from silobridge.federation.progress import OBSERVATION_NOTE, shows_observation_epsilon
-from silobridge.federation.runner import FederationOutcome, metrics_by_group
+from silobridge.federation.runner import FederationOutcome
 from silobridge.federation.settings import RunSettings
-
-METHODS = {
-    "demand": ("deployed", "federated", "federated_linear", "local_only", "centralised", "naive"),
-    "risk": ("deployed", "federated", "federated_linear", "local_only", "centralised"),
-}
-SIMULATION_ONLY = ("deployed", "centralised")
-"""Methods only the simulation harness measures (it holds every firm's data); a real federation has none."""
-METRICS = {"demand": ("wape", "mae"), "risk": ("roc_auc", "pr_auc", "brier")}
-GROUP_ORDER = ("all", "small", "large")
+from silobridge.federation.summary_schema import GROUP_ORDER, METHODS, METRICS, SIMULATION_ONLY
 
 
 def _clean(value: Any) -> Any:

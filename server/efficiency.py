@@ -1,4 +1,4 @@
-"""Cross-firm efficiency from summed numerators and denominators (design notes, section 5).
+"""Cross-firm efficiency from summed numerators and denominators (README, "Cross-firm efficiency").
 
 E (production): units served per unit of operating cost; O (organisational): fill rate, the share
 of demand served on time; I (innovation): forecast skill, 1 - WAPE clipped to [0, 1]. Each is a

@@ -1,24 +1,24 @@
 """The server's half of secure aggregation over a run: key sessions, rounds, and decoding the sum.
 
 Every sum a run releases (feature moments, baselines, each training round, the final evaluation)
-is one round of the SecAgg protocol. Keys are agreed once per session of `rounds_per_session`
-sums (two exchanges), then each sum costs the exchange that carries the masked inputs plus one
-unmask exchange. What comes back is the exact sum of the firms' quantised vectors, decoded per
-segment, and a record of who took part and who dropped at which stage.
+is one round of the SecAgg protocol, sequenced by `privacy.secagg.driver`. Keys are agreed once per
+session of `rounds_per_session` sums (two exchanges), then each sum costs the exchange that carries
+the masked inputs plus one unmask exchange. What comes back is the exact sum of the firms' quantised
+vectors, decoded per segment, and a record of who took part and who dropped at which stage.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from silobridge.contract.config import AggregationSpec
-from silobridge.errors import ConfigError
+from silobridge.errors import ConfigError, ProtocolError
 from silobridge.privacy.secagg import SecAggParams, default_num_neighbours, default_threshold
+from silobridge.privacy.secagg.driver import SecureSumDriver, SecureSumTransport
 from silobridge.privacy.secagg.layout import VectorLayout
-from silobridge.privacy.secagg.messages import AdvertiseRequest, MaskedInputRequest, Roster, UnmaskRequest
 from silobridge.privacy.secagg.quantise import choose_modulus_bits
 from silobridge.privacy.secagg.server import DropoutRecord, SecAggServer
 
@@ -63,42 +63,37 @@ class SecureSumResult:
 
 
 class SecureSumServer:
-    """Drives one `SecAggServer` through the sessions and rounds of a run."""
+    """A run's secure sums, from its AggregationSpec: the protocol driver over one `SecAggServer`, each
+    sum decoded per segment of its layout. The transport (how each stage's messages reach the firms)
+    is the caller's: Flower messages in a run, anything else in a test or benchmark."""
 
     def __init__(self, spec: AggregationSpec, *, run_id: str):
         self.spec = spec
         self.params: SecAggParams = spec.secagg_params()
         self.protocol = SecAggServer(self.params, run_id=run_id, drop_faulty_firms=True)
-        self.next_round = 1
-        self.session_end = 1  # first round not covered by the open session
+        self.driver = SecureSumDriver(self.protocol)
 
-    def needs_session(self) -> bool:
-        """A new key session is due: none yet, its rounds are used up, or it was aborted."""
-        return self.next_round >= self.session_end or not self.protocol.session_open
+    def sum(
+        self,
+        transport: SecureSumTransport,
+        layout: VectorLayout,
+        firms: Sequence[str],
+        *,
+        num_firms: int,
+        leave_out: Iterable[str] = (),
+        attempts: int = 1,
+        on_abort: Callable[[int, ProtocolError], None] | None = None,
+    ) -> SecureSumResult:
+        """One secure sum over the session's `firms` less `leave_out` (a key session first when one is
+        due), decoded for a federation of `num_firms`; an aborted attempt is retried under a new round
+        number, up to `attempts` times (see `SecureSumDriver.secure_sum`)."""
+        ring_sum = self.driver.secure_sum(
+            transport, firms, layout.length, leave_out=leave_out, attempts=attempts, on_abort=on_abort
+        )
+        return self.decode(ring_sum, layout, num_firms)
 
-    def open_session(self, firms: Iterable[str]) -> AdvertiseRequest:
-        request = self.protocol.start_session(self.next_round, firms)
-        self.session_end = self.next_round + self.params.rounds_per_session
-        return request
-
-    def receive_advertise(self, replies: Mapping[str, object]) -> Roster:
-        return self.protocol.receive_advertise(replies)
-
-    def receive_shares(self, replies: Mapping[str, object]) -> None:
-        self.protocol.receive_shares(replies)
-
-    def start_round(self, layout: VectorLayout, *, leave_out: Iterable[str] = ()) -> dict[str, MaskedInputRequest]:
-        """The round number is used up even when the round aborts at once (too few firms): the protocol has
-        recorded it, and a retry must run under a new one."""
-        number = self.next_round
-        self.next_round += 1
-        return self.protocol.start_round(number, layout.length, leave_out=leave_out)
-
-    def receive_masked_inputs(self, replies: Iterable[tuple[str, object]]) -> UnmaskRequest:
-        return self.protocol.receive_masked_inputs(replies)
-
-    def finish(self, replies: Mapping[str, object], layout: VectorLayout, num_firms: int) -> SecureSumResult:
-        ring_sum = self.protocol.finish(replies)
+    def decode(self, ring_sum: np.ndarray, layout: VectorLayout, num_firms: int) -> SecureSumResult:
+        """The finished round's sum per segment, with who is in it."""
         record = self.protocol.record
         return SecureSumResult(layout.decode(ring_sum, num_firms), tuple(sorted(record.contributors)), record)
 

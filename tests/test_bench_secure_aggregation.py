@@ -13,7 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from benchmarks._secagg_apps import METHODS, Case, local_training, reference_weights, simulate
+from benchmarks._secagg_apps import simulate
+from benchmarks._secagg_case import METHODS, Case, local_training, reference_weights
 from benchmarks.bench_secure_aggregation import (
     _where_time_goes,
     add_ratios,

@@ -110,7 +110,7 @@ def test_typer_never_shows_locals() -> None:
 
 
 def test_only_the_run_simulation_deprecation_is_silenced() -> None:
-    from silobridge.federation.simulation import RUN_SIMULATION_DEPRECATION
+    from silobridge.federation.launch import RUN_SIMULATION_DEPRECATION
 
     def record(message: str, *args: object) -> logging.LogRecord:
         return logging.LogRecord("flwr", logging.WARNING, __file__, 1, message, args, None)

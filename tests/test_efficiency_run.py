@@ -17,8 +17,8 @@ import torch
 from silobridge.clients.firm import Normaliser
 from silobridge.clients.models import MODEL_KINDS
 from silobridge.contract.efficiency_sums import EFFICIENCY_BEFORE
+from silobridge.federation.coordinator import baseline_instruction
 from silobridge.federation.harness import SimulationHarness
-from silobridge.federation.runner import baseline_instruction
 from silobridge.federation.settings import settings_from_run_config
 from silobridge.federation.simulation import simulate
 from silobridge.server.efficiency import efficiency_table, group_tiers

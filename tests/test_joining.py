@@ -12,8 +12,8 @@ from silobridge.clients.linear import demand_dim
 from silobridge.clients.personalise import DEMAND_SWITCH_MARGIN
 from silobridge.contract.sufficient import newton_size, regression_size
 from silobridge.errors import ConfigError, ProtocolError
+from silobridge.federation.coordinator import baseline_instruction
 from silobridge.federation.linear_run import model_families
-from silobridge.federation.runner import baseline_instruction
 from silobridge.federation.settings import settings_from_run_config
 from silobridge.federation.summary import acceptance_checks
 from tests.conftest import TINY

@@ -42,7 +42,7 @@ from silobridge.contract.config import FederationSpec
 spec = FederationSpec.model_validate_json(Path(sys.argv[1]).read_text())
 node = json.loads(sys.argv[2])
 server = SecureSumServer(spec.aggregation, run_id=secagg_run_id(7))
-advertise = server.open_session(["R1", "D1", "M1"])
+advertise = server.protocol.start_session(1, ["R1", "D1", "M1"])
 content = request_content(spec, **{SECAGG: ConfigRecord(advertise.to_wire())})
 message = SimpleNamespace(content=content, metadata=SimpleNamespace(message_type="query.secagg_advertise"))
 context = Context(run_id=7, node_id=1, node_config=node, state=RecordDict(), run_config={})

@@ -6,6 +6,8 @@ keeps it), so these tests exercise exactly what a firm's ClientApp does per mess
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord
@@ -16,8 +18,15 @@ from silobridge.clients.secure_sum import FirmSecureSum
 from silobridge.contract.config import AggregationSpec
 from silobridge.errors import ConfigError, ProtocolError
 from silobridge.privacy.secagg.layout import Segment, VectorLayout
+from silobridge.privacy.secagg.messages import (
+    AdvertiseRequest,
+    MaskedInput,
+    MaskedInputRequest,
+    Roster,
+    UnmaskRequest,
+)
 from silobridge.privacy.secagg.ring import to_ring
-from silobridge.server.secure_sum import SecureSumServer, resolve_aggregation
+from silobridge.server.secure_sum import SecureSumResult, SecureSumServer, resolve_aggregation
 
 RUN = "flwr-run-7"
 
@@ -26,8 +35,44 @@ def _firms(n: int) -> list[str]:
     return [f"F{i:02d}" for i in range(n)]
 
 
+class _StoredStateTransport:
+    """Each stage handed to the firms as flat dicts, each firm's state kept only as a stored ConfigRecord.
+
+    A firm in `vanish` sends nothing from its stage on: "before_masking" (no masked input) or
+    "after_masking" (no unmask reply).
+    """
+
+    def __init__(self, federation: _Federation, layout: VectorLayout, values: dict, vanish: dict[str, str]):
+        self.federation, self.layout, self.values, self.vanish = federation, layout, values, vanish
+
+    def advertise(self, request: AdvertiseRequest, firms: list[str]) -> dict:
+        return {f: self.federation.call(f, "advertise", request.to_wire()) for f in firms}
+
+    def share_keys(self, roster: Roster) -> dict:
+        return {f: self.federation.call(f, "share_keys", roster.to_wire()) for f in roster.firms}
+
+    def masked_inputs(self, requests: dict[str, MaskedInputRequest]) -> list:
+        masked = []
+        for firm, request in requests.items():
+            if self.vanish.get(firm) == "before_masking":
+                continue
+            wire = request.to_wire()
+            release = self.federation.call(firm, "masked_input", wire, self.layout, self.values.get(firm, {}))
+            masked.append((firm, MaskedInput.from_wire(release.message, expected_sender=firm, vector=release.vector)))
+        return masked
+
+    def unmask(self, request: UnmaskRequest) -> dict:
+        wire = request.to_wire()
+        return {
+            f: self.federation.call(f, "unmask", wire)
+            for f in request.survivors
+            if self.vanish.get(f) != "after_masking"
+        }
+
+
 class _Federation:
-    """Server and firms talking through flat dicts, firm state kept only as stored ConfigRecords."""
+    """Server and firms talking through flat dicts, firm state kept only as stored ConfigRecords; the
+    sums are sequenced by the same driver the coordinator uses."""
 
     def __init__(self, firms: list[str], spec: AggregationSpec):
         self.firms = firms
@@ -35,7 +80,7 @@ class _Federation:
         self.server = SecureSumServer(spec, run_id=RUN)
         self.stored: dict[str, ConfigRecord] = {f: ConfigRecord() for f in firms}
 
-    def _call(self, firm: str, stage: str, *args: object) -> object:
+    def call(self, firm: str, stage: str, *args: object) -> Any:
         secure = FirmSecureSum(firm, self.spec, run_id=RUN, stored=dict(self.stored[firm]))
         try:
             return getattr(secure, stage)(*args)
@@ -44,23 +89,9 @@ class _Federation:
 
     def secure_sum(
         self, layout: VectorLayout, values: dict[str, dict[str, np.ndarray]], vanish: dict[str, str]
-    ) -> dict:
-        if self.server.needs_session():
-            advertise = self.server.open_session(self.firms).to_wire()
-            roster = self.server.receive_advertise({f: self._call(f, "advertise", advertise) for f in self.firms})
-            self.server.receive_shares({f: self._call(f, "share_keys", roster.to_wire()) for f in roster.firms})
-        requests = self.server.start_round(layout)
-        from silobridge.privacy.secagg.messages import MaskedInput
-
-        masked = []
-        for firm, request in requests.items():
-            if vanish.get(firm) == "before_masking":
-                continue
-            release = self._call(firm, "masked_input", request.to_wire(), layout, values.get(firm, {}))
-            masked.append((firm, MaskedInput.from_wire(release.message, expected_sender=firm, vector=release.vector)))
-        unmask = self.server.receive_masked_inputs(masked).to_wire()
-        replies = {f: self._call(f, "unmask", unmask) for f in unmask["survivors"] if vanish.get(f) != "after_masking"}
-        return self.server.finish(replies, layout, len(self.firms))
+    ) -> SecureSumResult:
+        transport = _StoredStateTransport(self, layout, values, vanish)
+        return self.server.sum(transport, layout, self.firms, num_firms=len(self.firms))
 
 
 LAYOUT = VectorLayout((Segment("update", 50, 1e5), Segment("weight", 1, 1e5), Segment("stats", 8, 2.0**40, "double")))

@@ -16,11 +16,11 @@ import torch
 
 from silobridge.clients.models import build_model
 from silobridge.contract.stats import POOLED, split_slots
-from silobridge.federation.runner import Federation, SumOutcome
+from silobridge.federation.coordinator import Federation, SumOutcome
 from silobridge.federation.server_app import RunResult
 from silobridge.federation.settings import settings_from_run_config
 from silobridge.federation.simulation import simulate
-from silobridge.federation.summary import METHODS, METRICS
+from silobridge.federation.summary_schema import METHODS, METRICS
 from tests.conftest import TINY
 
 

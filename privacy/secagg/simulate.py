@@ -1,4 +1,4 @@
-"""All stages run in memory, in the order the Flower glue must follow: for tests and benchmarks.
+"""All stages run in memory, sequenced by the same driver the coordinator uses: for tests and benchmarks.
 
 Every message goes through `to_wire` and `from_wire`, as it would over the network, so validation
 is exercised and the bytes of each stage are counted. A firm "dropping at a stage" sends no reply
@@ -10,7 +10,7 @@ reply would be, and its error is kept in `client_errors`.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -19,6 +19,7 @@ import numpy as np
 
 from silobridge.errors import ConfigError, ProtocolError
 from silobridge.privacy.secagg.client import SecAggClient
+from silobridge.privacy.secagg.driver import SecureSumDriver
 from silobridge.privacy.secagg.keys import Entropy
 from silobridge.privacy.secagg.messages import AdvertiseRequest, MaskedInputRequest, Roster, UnmaskRequest
 from silobridge.privacy.secagg.params import SecAggParams
@@ -71,8 +72,76 @@ def _check_schedule(dropouts: Mapping[str, Stage], firms: Iterable[str], stages:
     return schedule
 
 
+class _InMemoryTransport:
+    """Hands each stage's requests to the clients through their wire form, counting the bytes; a firm
+    scheduled to drop at a stage (or that refuses a request) sends nothing from then on."""
+
+    def __init__(
+        self,
+        federation: InMemoryFederation,
+        schedule: Mapping[str, Stage],
+        vectors: Mapping[str, np.ndarray] | None = None,
+    ):
+        self.federation = federation
+        self.clients = federation.clients
+        self.traffic = federation.traffic
+        self.schedule = schedule
+        self.vectors = vectors or {}
+
+    def advertise(self, request: AdvertiseRequest, firms: Sequence[str]) -> dict[str, WireDict]:
+        wire = request.to_wire()
+        replies: dict[str, WireDict] = {}
+        for firm in firms:
+            self.traffic.down(Stage.ADVERTISE_KEYS, wire)
+            if self.schedule.get(firm) == Stage.ADVERTISE_KEYS:
+                continue
+            with self.federation._may_refuse(firm, Stage.ADVERTISE_KEYS):
+                keys = self.clients[firm].advertise(AdvertiseRequest.from_wire(wire, recipient=firm))
+                replies[firm] = self.traffic.up(Stage.ADVERTISE_KEYS, keys.to_wire())
+        return replies
+
+    def share_keys(self, roster: Roster) -> dict[str, WireDict]:
+        roster_wire = roster.to_wire()
+        replies: dict[str, WireDict] = {}
+        for firm in roster.firms:
+            self.traffic.down(Stage.SHARE_KEYS, roster_wire)
+            if firm in self.schedule:
+                continue
+            with self.federation._may_refuse(firm, Stage.SHARE_KEYS):
+                shares = self.clients[firm].share_keys(Roster.from_wire(roster_wire, recipient=firm))
+                replies[firm] = self.traffic.up(Stage.SHARE_KEYS, shares.to_wire())
+        return replies
+
+    def masked_inputs(self, requests: dict[str, MaskedInputRequest]) -> Iterator[tuple[str, WireDict]]:
+        """A generator: the server adds each masked input before the next one is made."""
+        for firm, request in requests.items():
+            wire = self.traffic.down(Stage.MASKED_INPUT, request.to_wire())
+            if self.schedule.get(firm) == Stage.MASKED_INPUT:
+                continue
+            if firm not in self.vectors:
+                raise ConfigError(f"no vector for active firm {firm!r}", field="vectors")
+            masked = None
+            with self.federation._may_refuse(firm, Stage.MASKED_INPUT):
+                parsed = MaskedInputRequest.from_wire(wire, expected_recipient=firm)
+                masked = self.clients[firm].masked_input(parsed, self.vectors[firm])
+            if masked is not None:
+                yield firm, self.traffic.up(Stage.MASKED_INPUT, masked.to_wire())
+
+    def unmask(self, request: UnmaskRequest) -> dict[str, WireDict]:
+        unmask_wire = request.to_wire()
+        replies: dict[str, WireDict] = {}
+        for firm in request.survivors:
+            self.traffic.down(Stage.UNMASK, unmask_wire)
+            if self.schedule.get(firm) == Stage.UNMASK:
+                continue
+            with self.federation._may_refuse(firm, Stage.UNMASK):
+                revealed = self.clients[firm].unmask(UnmaskRequest.from_wire(unmask_wire, recipient=firm))
+                replies[firm] = self.traffic.up(Stage.UNMASK, revealed.to_wire())
+        return replies
+
+
 class InMemoryFederation:
-    """A server and one client per firm, driven stage by stage without any transport."""
+    """A server and one client per firm, driven stage by stage (`SecureSumDriver`) over an in-memory transport."""
 
     def __init__(
         self,
@@ -89,6 +158,7 @@ class InMemoryFederation:
             for firm in sorted(firms)
         }
         self.server = SecAggServer(params, run_id=run_id, drop_faulty_firms=drop_faulty_firms)
+        self.driver = SecureSumDriver(self.server)
         self.traffic = Traffic()
         self.client_errors: dict[str, str] = {}
 
@@ -103,28 +173,8 @@ class InMemoryFederation:
     def open_session(self, first_round: int, *, dropouts: Mapping[str, Stage] | None = None) -> Roster:
         """ADVERTISE_KEYS and SHARE_KEYS for a session starting at `first_round`."""
         schedule = _check_schedule(dropouts or {}, self.clients, SESSION_STAGES)
-        request = self.server.start_session(first_round, self.clients)
-        wire = request.to_wire()
-        replies: dict[str, WireDict] = {}
-        for firm, client in self.clients.items():
-            self.traffic.down(Stage.ADVERTISE_KEYS, wire)
-            if schedule.get(firm) == Stage.ADVERTISE_KEYS:
-                continue
-            with self._may_refuse(firm, Stage.ADVERTISE_KEYS):
-                keys = client.advertise(AdvertiseRequest.from_wire(wire, recipient=firm))
-                replies[firm] = self.traffic.up(Stage.ADVERTISE_KEYS, keys.to_wire())
-        roster = self.server.receive_advertise(replies)
-        roster_wire = roster.to_wire()
-        replies = {}
-        for firm in roster.firms:
-            self.traffic.down(Stage.SHARE_KEYS, roster_wire)
-            if firm in schedule:
-                continue
-            with self._may_refuse(firm, Stage.SHARE_KEYS):
-                shares = self.clients[firm].share_keys(Roster.from_wire(roster_wire, recipient=firm))
-                replies[firm] = self.traffic.up(Stage.SHARE_KEYS, shares.to_wire())
-        self.server.receive_shares(replies)
-        return roster
+        transport = _InMemoryTransport(self, schedule)
+        return self.driver.open_session(transport, self.clients, first_round=first_round)
 
     def run_round(
         self,
@@ -139,34 +189,8 @@ class InMemoryFederation:
         lengths = {np.asarray(v).size for v in vectors.values()}
         if len(lengths) != 1:
             raise ConfigError(f"all vectors must have one length, got {sorted(lengths)}", field="vectors")
-        requests = self.server.start_round(round_number, lengths.pop(), leave_out=leave_out)
-
-        def masked_replies() -> Iterator[tuple[str, WireDict]]:
-            # A generator: the server adds each masked input before the next one is made.
-            for firm, request in requests.items():
-                wire = self.traffic.down(Stage.MASKED_INPUT, request.to_wire())
-                if schedule.get(firm) == Stage.MASKED_INPUT:
-                    continue
-                if firm not in vectors:
-                    raise ConfigError(f"no vector for active firm {firm!r}", field="vectors")
-                masked = None
-                with self._may_refuse(firm, Stage.MASKED_INPUT):
-                    parsed = MaskedInputRequest.from_wire(wire, expected_recipient=firm)
-                    masked = self.clients[firm].masked_input(parsed, vectors[firm])
-                if masked is not None:
-                    yield firm, self.traffic.up(Stage.MASKED_INPUT, masked.to_wire())
-
-        unmask = self.server.receive_masked_inputs(masked_replies())
-        unmask_wire = unmask.to_wire()
-        replies: dict[str, WireDict] = {}
-        for firm in unmask.survivors:
-            self.traffic.down(Stage.UNMASK, unmask_wire)
-            if schedule.get(firm) == Stage.UNMASK:
-                continue
-            with self._may_refuse(firm, Stage.UNMASK):
-                revealed = self.clients[firm].unmask(UnmaskRequest.from_wire(unmask_wire, recipient=firm))
-                replies[firm] = self.traffic.up(Stage.UNMASK, revealed.to_wire())
-        total = self.server.finish(replies)
+        transport = _InMemoryTransport(self, schedule, vectors)
+        total = self.driver.run_round(transport, lengths.pop(), leave_out=leave_out, round_number=round_number)
         return SecureSum(total, self.server.record, self.traffic.copy(), MappingProxyType(dict(self.client_errors)))
 
 
