@@ -135,7 +135,8 @@ class DpRounds:
             return ledger.overall_epsilon
         sizes = {kind: flatten(weights[kind]).size for kind in kinds}
         joint = np.concatenate([segments[f"{kind}/update"] for kind in kinds])
-        clip_norm, parameters = spec.clip_norm, {}
+        clip_norm = spec.clip_norm
+        parameters: dict[str, float | bool] = {}
         if spec.mechanism == "central":
             rng = np.random.default_rng()  # fresh OS entropy: noise the firms cannot predict
             expected = plan.expected_participants(len(self.eligible))
