@@ -32,11 +32,8 @@ class LocalBaselines:
         return TrainSettings(
             epochs=instruction.max_epochs,
             batch_size=instruction.batch_size,
-            learning_rate=instruction.learning_rate,
-            weight_decay=instruction.weight_decay,
             seed=self.firm.seed(instruction.seed),
             optimiser=instruction.optimiser,
-            momentum=instruction.momentum,
         )
 
     def fit_demand(self, windows: DemandWindows, instruction: BaselineInstruction) -> torch.nn.Module:

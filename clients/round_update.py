@@ -54,12 +54,9 @@ def train_settings(firm: FirmHoldings, instruction: TrainInstruction) -> TrainSe
     return TrainSettings(
         epochs=instruction.epochs,
         batch_size=instruction.batch_size,
-        learning_rate=instruction.learning_rate,
-        weight_decay=instruction.weight_decay,
         proximal_mu=instruction.proximal_mu,
         seed=firm.seed(instruction.seed + instruction.round),
         optimiser=instruction.optimiser,
-        momentum=instruction.momentum,
     )
 
 
@@ -91,7 +88,8 @@ def local_change(
         dp = DpSgdSettings(privacy.noise_multiplier, privacy.max_grad_norm(kind), privacy.sample_rate)
         # The firm's own privacy settings, not the instruction, fix how much it trains: the steps it
         # takes are what the accountant charges, whatever the coordinator asks.
-        settings = replace(settings, learning_rate=privacy.learning_rate, epochs=privacy.local_epochs)
+        step = settings.optimiser.model_copy(update={"learning_rate": privacy.learning_rate})
+        settings = replace(settings, optimiser=step, epochs=privacy.local_epochs)
         report = fit_private(
             model,
             x,

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from silobridge.contract.optimiser import OptimiserSpec
+
 LossName = Literal["l1", "bce"]
 
 
@@ -37,35 +39,30 @@ def loss_function(name: LossName) -> Callable[[torch.Tensor, torch.Tensor], torc
     raise ValueError(f"unknown loss '{name}'")
 
 
-OptimiserName = Literal["sgd", "adamw"]
-
-
 @dataclass(frozen=True)
 class TrainSettings:
-    """Optimiser settings of one call; the proximal term (FedProx) pulls towards `anchor`."""
+    """One training call: the optimiser as instructed, how long, and the proximal term (FedProx) towards `anchor`."""
 
     epochs: int
     batch_size: int
-    learning_rate: float
-    weight_decay: float = 0.0
+    optimiser: OptimiserSpec
     proximal_mu: float = 0.0
     seed: int = 0
-    optimiser: OptimiserName = "sgd"
-    momentum: float = 0.9
 
 
 def make_optimiser(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
     """SGD with momentum by default: stateless between rounds, so FedAvg averages like with like."""
-    if settings.optimiser == "sgd":
+    spec = settings.optimiser
+    if spec.name == "sgd":
         return torch.optim.SGD(
             model.parameters(),
-            lr=settings.learning_rate,
-            momentum=settings.momentum,
-            weight_decay=settings.weight_decay,
+            lr=spec.learning_rate,
+            momentum=spec.momentum,
+            weight_decay=spec.weight_decay,
         )
-    if settings.optimiser == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    raise ValueError(f"unknown optimiser '{settings.optimiser}'")
+    if spec.name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=spec.weight_decay)
+    raise ValueError(f"unknown optimiser '{spec.name}'")
 
 
 @dataclass
@@ -85,7 +82,7 @@ def fit(
     device: torch.device,
     anchor: list[torch.Tensor] | None = None,
 ) -> FitReport:
-    """Mini-batch training (`settings.optimiser`) for `settings.epochs` epochs; the mean loss of each epoch."""
+    """Mini-batch training (`settings.optimiser.name`) for `settings.epochs` epochs; the mean loss of each epoch."""
     report = FitReport()
     if len(features) == 0:
         return report

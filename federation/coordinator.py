@@ -97,10 +97,7 @@ def baseline_instruction(settings: RunSettings) -> BaselineInstruction:
         max_epochs=settings.baseline_max_epochs,
         patience=settings.baseline_patience,
         batch_size=training.batch_size,
-        optimiser=training.optimiser,
-        learning_rate=training.learning_rate,
-        momentum=training.momentum,
-        weight_decay=training.weight_decay,
+        optimiser=training.optimiser_spec,
         seed=settings.scenario.seed,
     )
 
@@ -113,10 +110,11 @@ def fedavg_strategy(settings: RunSettings) -> FedAvg:
     return FedAvg(
         local_epochs=privacy.local_epochs if dpsgd else training.local_epochs,
         batch_size=training.batch_size,
-        optimiser=training.optimiser,
-        learning_rate=privacy.learning_rate if dpsgd else training.learning_rate,
-        momentum=training.momentum,
-        weight_decay=training.weight_decay,
+        optimiser=(
+            training.optimiser_spec.model_copy(update={"learning_rate": privacy.learning_rate})
+            if dpsgd
+            else training.optimiser_spec
+        ),
         proximal_mu=training.proximal_mu if training.strategy == "fedprox" else 0.0,
         seed=settings.scenario.seed,
     )

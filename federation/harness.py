@@ -99,11 +99,8 @@ class SimulationHarness:
         settings = TrainSettings(
             epochs=training.rounds * training.local_epochs,
             batch_size=training.batch_size,
-            learning_rate=training.learning_rate,
-            weight_decay=training.weight_decay,
             seed=seed,
-            optimiser=training.optimiser,
-            momentum=training.momentum,
+            optimiser=training.optimiser_spec,
         )
         spec = self.firms[0].spec
         weights: dict[str, dict[str, np.ndarray]] = {}

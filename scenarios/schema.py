@@ -28,6 +28,7 @@ from silobridge.contract.config import (
     Tier,
     min_periods,
 )
+from silobridge.contract.optimiser import OptimiserName, OptimiserSpec
 from silobridge.errors import ConfigError
 
 FIRM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -128,7 +129,7 @@ class TrainingSettings(_Frozen):
     rounds: int = Field(default=30, ge=1, le=10_000)
     local_epochs: int = Field(default=1, ge=1, le=100)
     batch_size: int = Field(default=64, ge=1, le=65_536)
-    optimiser: Literal["sgd", "adamw"] = "sgd"
+    optimiser: OptimiserName = "sgd"
     learning_rate: float = Field(default=0.05, gt=0, le=10.0)
     momentum: float = Field(default=0.9, ge=0, lt=1.0, description="SGD momentum")
     weight_decay: float = Field(default=1e-4, ge=0, le=1.0)
@@ -148,6 +149,16 @@ class TrainingSettings(_Frozen):
         default=None, ge=1, description="fewest firms a round may aggregate; default: half the firms, at least 2"
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @property
+    def optimiser_spec(self) -> OptimiserSpec:
+        """The optimiser keys of this table as the one spec that travels to every firm's training."""
+        return OptimiserSpec(
+            name=self.optimiser,
+            learning_rate=self.learning_rate,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+        )
 
 
 class SimulatedDropout(_Frozen):

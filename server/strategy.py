@@ -8,11 +8,11 @@ sum(w_i * delta_i) and sum(w_i), which is all FedAvg and FedProx need.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
 from silobridge.contract.messages import TrainInstruction
+from silobridge.contract.optimiser import OptimiserSpec
 
 
 @dataclass(frozen=True)
@@ -21,10 +21,7 @@ class FedAvg:
 
     local_epochs: int
     batch_size: int
-    learning_rate: float
-    optimiser: Literal["sgd", "adamw"] = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
+    optimiser: OptimiserSpec
     proximal_mu: float = 0.0
     seed: int = 0
 
@@ -38,9 +35,6 @@ class FedAvg:
             epochs=self.local_epochs,
             batch_size=self.batch_size,
             optimiser=self.optimiser,
-            learning_rate=self.learning_rate,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
             proximal_mu=self.proximal_mu,
             seed=self.seed,
         )

@@ -29,10 +29,7 @@ def tiny_firm(
         round=round_number,
         epochs=1,
         batch_size=training.batch_size,
-        optimiser=training.optimiser,
-        learning_rate=training.learning_rate,
-        momentum=training.momentum,
-        weight_decay=training.weight_decay,
+        optimiser=training.optimiser_spec,
         proximal_mu=0.0,
         seed=5,
     )

@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 
 from silobridge.contract.config import AggregationSpec
+from silobridge.contract.optimiser import OptimiserSpec
 from silobridge.privacy.secagg.layout import Segment, VectorLayout
 from silobridge.server.aggregation import PlainSum
 from silobridge.server.layouts import baselines_layout, training_layout
 from silobridge.server.strategy import FedAvg
 
 LAYOUT = VectorLayout((Segment("update", 3, 1e5), Segment("weight", 1, 1e5)))
+SGD = OptimiserSpec(name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=0.0)
 
 
 def test_fedavg_equals_hand_computed_weighted_mean() -> None:
@@ -23,7 +25,7 @@ def test_fedavg_equals_hand_computed_weighted_mean() -> None:
         for f, m in local_models.items()
     }
     summed = PlainSum().sum(contributions, LAYOUT, stage="train")
-    strategy = FedAvg(local_epochs=1, batch_size=8, learning_rate=0.1)
+    strategy = FedAvg(local_epochs=1, batch_size=8, optimiser=SGD)
     new = strategy.aggregate_train(global_weights, summed.segments["update"], summed.segments["weight"][0])
     by_hand = (100 * local_models["A"] + 300 * local_models["B"] + 600 * local_models["C"]) / 1000
     np.testing.assert_allclose(new, by_hand)
@@ -52,7 +54,7 @@ def test_bad_contributions_are_named_and_left_out() -> None:
 
 
 def test_strategy_refuses_an_empty_round_and_a_wrong_shape() -> None:
-    strategy = FedAvg(local_epochs=1, batch_size=8, learning_rate=0.1, proximal_mu=0.5)
+    strategy = FedAvg(local_epochs=1, batch_size=8, optimiser=SGD, proximal_mu=0.5)
     assert strategy.name == "fedprox" and strategy.configure_train(3).proximal_mu == 0.5
     with pytest.raises(ValueError, match="no training examples"):
         strategy.aggregate_train(np.zeros(2), np.zeros(2), 0.0)

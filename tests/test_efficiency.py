@@ -33,6 +33,7 @@ from silobridge.contract.efficiency_sums import (
     slot_by_tier,
     split_tiers,
 )
+from silobridge.contract.optimiser import OptimiserSpec
 from silobridge.errors import ConfigError, DataError, ProtocolError
 from silobridge.federation.settings import GENERATED_SCHEMA
 from silobridge.scenarios.schema import scenario_from_dict
@@ -261,7 +262,8 @@ def demand_weights(firms: list[FirmClient]) -> dict[str, np.ndarray]:
     """A demand model briefly trained on one firm, so that every firm's forecasts mean something."""
     model = build_model("demand", firms[0].spec, seed=0)
     train, _ = firms[0].demand_split
-    settings = TrainSettings(epochs=5, batch_size=32, learning_rate=0.05, seed=0)
+    sgd = OptimiserSpec(name="sgd", learning_rate=0.05, momentum=0.9, weight_decay=0.0)
+    settings = TrainSettings(epochs=5, batch_size=32, optimiser=sgd, seed=0)
     fit(model, train.features, train.targets, loss="l1", settings=settings, device=torch.device("cpu"))
     return state_to_arrays(model)
 
@@ -405,10 +407,7 @@ def test_a_firms_dp_contribution_is_clipped_jointly(firms: list[FirmClient], dem
         max_epochs=5,
         patience=2,
         batch_size=64,
-        optimiser="sgd",
-        learning_rate=0.05,
-        momentum=0.9,
-        weight_decay=0.0,
+        optimiser=OptimiserSpec(name="sgd", learning_rate=0.05, momentum=0.9, weight_decay=0.0),
         seed=0,
     )
     groups = group_tiers([f.tier for f in firms], 3).assignment

@@ -48,7 +48,9 @@ def test_dp_sgd_steps_at_the_privacy_learning_rate() -> None:
     assert norms[0.5] > 3 * norms[0.05]
     # The scenario's training.learning_rate is for plain training only.
     firm, weights, instruction, norm = _firm("privacy.noise_multiplier=1.0;privacy.learning_rate=0.05", 11)
-    faster = instruction.model_copy(update={"learning_rate": 0.9})
+    faster = instruction.model_copy(
+        update={"optimiser": instruction.optimiser.model_copy(update={"learning_rate": 0.9})}
+    )
     same = np.linalg.norm(firm.train_round(weights, faster, norm)["demand/update"])
     assert same == pytest.approx(norms[0.05], rel=1e-6)
 

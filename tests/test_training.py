@@ -14,11 +14,13 @@ from silobridge.contract.arrays import flatten, unflatten
 from silobridge.contract.config import FederationSpec
 from silobridge.contract.efficiency_sums import EfficiencyGroups
 from silobridge.contract.messages import BaselineInstruction, TrainInstruction
+from silobridge.contract.optimiser import OptimiserSpec
 from silobridge.contract.stats import POOLED, DemandErrorStats, Moments, StatGroups, split_groups, split_slots
 from silobridge.errors import ProtocolError
 from silobridge.federation.settings import GENERATED_SCHEMA
 
 CPU = torch.device("cpu")
+SGD = OptimiserSpec(name="sgd", learning_rate=0.05, momentum=0.9, weight_decay=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,7 @@ def test_demand_loss_falls_and_beats_the_untrained_model(firm: FirmClient, spec:
         train.targets,
         loss="l1",
         device=CPU,
-        settings=TrainSettings(epochs=15, batch_size=32, learning_rate=0.05, seed=1),
+        settings=TrainSettings(epochs=15, batch_size=32, optimiser=SGD, seed=1),
     )
     assert report.epoch_losses[-1] < 0.7 * report.epoch_losses[0]
     assert evaluate_loss(model, test.features, test.targets, loss="l1", device=CPU) < 0.8 * before
@@ -62,7 +64,7 @@ def test_risk_loss_falls(firm: FirmClient, spec: FederationSpec) -> None:
         train.labels,
         loss="bce",
         device=CPU,
-        settings=TrainSettings(epochs=10, batch_size=64, learning_rate=0.05),
+        settings=TrainSettings(epochs=10, batch_size=64, optimiser=SGD),
     )
     assert report.epoch_losses[-1] < 0.5 * report.epoch_losses[0]
 
@@ -73,7 +75,7 @@ def test_fedprox_stays_closer_to_the_global_model(firm: FirmClient, spec: Federa
     for mu in (0.0, 5.0):
         model = build_model("demand", spec, seed=0)
         anchor = [p.detach().clone() for p in model.parameters()]
-        settings = TrainSettings(epochs=3, batch_size=32, learning_rate=0.05, proximal_mu=mu, seed=2)
+        settings = TrainSettings(epochs=3, batch_size=32, optimiser=SGD, proximal_mu=mu, seed=2)
         fit(model, train.features, train.targets, loss="l1", settings=settings, device=CPU, anchor=anchor)
         distances.append(
             sum(float(((p.detach() - a) ** 2).sum()) for p, a in zip(model.parameters(), anchor, strict=True))
@@ -89,10 +91,7 @@ def test_train_returns_the_weighted_change_and_evaluates_what_it_received(
         round=1,
         epochs=1,
         batch_size=32,
-        optimiser="sgd",
-        learning_rate=0.05,
-        momentum=0.9,
-        weight_decay=0.0,
+        optimiser=OptimiserSpec(name="sgd", learning_rate=0.05, momentum=0.9, weight_decay=0.0),
         proximal_mu=0.0,
         seed=0,
     )
@@ -110,10 +109,7 @@ def test_local_baselines_report_in_the_firms_group(firm: FirmClient) -> None:
         max_epochs=20,
         patience=5,
         batch_size=64,
-        optimiser="sgd",
-        learning_rate=0.05,
-        momentum=0.9,
-        weight_decay=0.0,
+        optimiser=OptimiserSpec(name="sgd", learning_rate=0.05, momentum=0.9, weight_decay=0.0),
         seed=0,
     )
     out = firm.local_baselines(instruction, EfficiencyGroups({"retailer": "retailer"}, {"retailer": 3}))

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from silobridge.contract.optimiser import OptimiserSpec, flatten_wire_keys, nest_wire_keys
 from silobridge.errors import ProtocolError
 
 M = TypeVar("M", bound="Payload")
@@ -34,16 +35,26 @@ class Payload(BaseModel):
             raise ProtocolError(f"malformed {cls.__name__}: field '{field}': {first['msg']}", firm=firm) from None
 
 
-class TrainInstruction(Payload):
+class _CarriesOptimiser(Payload):
+    """A payload with an `OptimiserSpec`, which travels as flat keys (ConfigRecords hold no nesting)."""
+
+    optimiser: OptimiserSpec
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_optimiser(cls, values: Any) -> Any:
+        return nest_wire_keys(values, "optimiser")
+
+    def to_config(self) -> dict[str, Any]:
+        return flatten_wire_keys(super().to_config(), "optimiser")
+
+
+class TrainInstruction(_CarriesOptimiser):
     """What one federated round asks of a firm for one model."""
 
     round: int = Field(ge=1)
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
-    optimiser: Literal["sgd", "adamw"]
-    learning_rate: float = Field(gt=0)
-    momentum: float = Field(ge=0, lt=1)
-    weight_decay: float = Field(ge=0)
     proximal_mu: float = Field(ge=0)
     seed: int = Field(ge=0)
     clip_norm: float | None = Field(
@@ -53,16 +64,12 @@ class TrainInstruction(Payload):
     )
 
 
-class BaselineInstruction(Payload):
+class BaselineInstruction(_CarriesOptimiser):
     """How a firm fits its local-only baselines: the same optimiser, its own data, early stopping."""
 
     max_epochs: int = Field(ge=1)
     patience: int = Field(ge=1)
     batch_size: int = Field(ge=1)
-    optimiser: Literal["sgd", "adamw"]
-    learning_rate: float = Field(gt=0)
-    momentum: float = Field(ge=0, lt=1)
-    weight_decay: float = Field(ge=0)
     seed: int = Field(ge=0)
 
 

@@ -35,6 +35,7 @@ from silobridge.clients.dpsgd import DpSgdSettings, fit_private
 from silobridge.clients.linear import clip_rows, demand_sensitivity, sufficient_statistics
 from silobridge.clients.training import TrainSettings
 from silobridge.contract.config import PrivacySpec
+from silobridge.contract.optimiser import OptimiserSpec
 from silobridge.errors import ConfigError
 from silobridge.privacy.dp import EpsilonReport, clip_l2, epsilon_report
 from silobridge.privacy.dp.empirical import (
@@ -252,6 +253,7 @@ RECORDS = 20
 FEATURES = 5
 MAX_GRAD_NORM = 1.0
 LEARNING_RATE = 0.5
+SGD_WITHOUT_MOMENTUM = OptimiserSpec(name="sgd", learning_rate=LEARNING_RATE, momentum=0.0, weight_decay=0.0)
 RECORD_CALIBRATION = 150
 RECORD_TRIALS = 800
 RECORD_NOISE = 1.0
@@ -301,9 +303,7 @@ def record_scores(noise_multiplier: float, present: bool, trials: int, seed: int
     scores = np.empty(trials)
     for trial in range(trials):
         model = copy.deepcopy(initial)
-        settings = TrainSettings(
-            epochs=1, batch_size=RECORDS, learning_rate=LEARNING_RATE, seed=seed + trial, momentum=0.0
-        )
+        settings = TrainSettings(epochs=1, batch_size=RECORDS, optimiser=SGD_WITHOUT_MOMENTUM, seed=seed + trial)
         report = fit_private(
             model,
             features,
