@@ -16,6 +16,7 @@ from silobridge.clients.training import TrainSettings, fit_early_stopping
 from silobridge.contract.efficiency_sums import EFFICIENCY_AFTER, EFFICIENCY_BEFORE, EfficiencyGroups, slot_by_tier
 from silobridge.contract.messages import BaselineInstruction
 from silobridge.contract.stats import DemandErrorStats, Moments
+from silobridge.contract.wire_names import DEMAND_LOCAL_ONLY, DEMAND_NAIVE, RISK_LOCAL_ONLY
 from silobridge.errors import ProtocolError
 from silobridge.privacy.dp import clip_l2
 
@@ -106,16 +107,16 @@ class LocalBaselines:
             test = firm.demand_split[1]
             model = self.demand_model(instruction)
             local = demand_stats(model, test, firm.device).to_vector()
-            out["demand/local_only"] = firm.slotted("demand", local, stat_groups)
+            out[DEMAND_LOCAL_ONLY] = firm.slotted("demand", local, stat_groups)
             naive = DemandErrorStats.from_forecasts(test.naive, test.actual)
-            out["demand/naive"] = firm.slotted("demand", naive.to_vector(), stat_groups)
+            out[DEMAND_NAIVE] = firm.slotted("demand", naive.to_vector(), stat_groups)
             if slot is not None and firm.trains("demand"):
                 out[EFFICIENCY_BEFORE] = slot_by_tier(efficiency_sums(firm, model), slot)
         if firm.risk_split is not None:
             test = firm.risk_split[1]
             model, norm = self.risk_model(instruction)
             stats = risk_stats(model, norm.apply(test.features), test.labels, firm.device)
-            out["risk/local_only"] = firm.slotted("risk", stats.to_vector(), stat_groups)
+            out[RISK_LOCAL_ONLY] = firm.slotted("risk", stats.to_vector(), stat_groups)
         return out
 
     def efficiency_release(

@@ -20,6 +20,7 @@ from silobridge.clients.normaliser import Normaliser
 from silobridge.clients.training import predict
 from silobridge.contract.efficiency_sums import EFFICIENCY_AFTER, EfficiencyGroups, EfficiencySums, slot_by_tier
 from silobridge.contract.stats import DemandErrorStats, RiskStats
+from silobridge.contract.wire_names import eval_segment
 from silobridge.errors import ConfigError, ProtocolError
 
 Forecaster = Callable[[DemandWindows], np.ndarray]
@@ -129,7 +130,7 @@ def evaluate_all(
             firm.stat_slot(kind, stat_groups)
     after = efficiency(firm, weights["demand"], groups) if "demand" in weights and firm.trains("demand") else None
     out = {
-        f"{kind}/eval": evaluate(firm, kind, arrays, norm, stat_groups)  # type: ignore[arg-type]
+        eval_segment(kind): evaluate(firm, kind, arrays, norm, stat_groups)  # type: ignore[arg-type]
         for kind, arrays in weights.items()
         if firm.trains(kind)
     }

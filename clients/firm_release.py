@@ -10,6 +10,7 @@ import numpy as np
 from silobridge.contract.arrays import flatten
 from silobridge.contract.config import PrivacySpec
 from silobridge.contract.messages import TrainInstruction
+from silobridge.contract.wire_names import update_segment, weight_segment
 from silobridge.errors import ConfigError, ProtocolError
 from silobridge.privacy.dp import UNCLIPPED_SEGMENT, DistributedSkellam, clip_l2
 
@@ -78,8 +79,8 @@ def firm_level_release(
     out: dict[str, np.ndarray] = {}
     offset = 0
     for kind, size in sizes.items():
-        out[f"{kind}/update"] = released[offset : offset + size]
-        out[f"{kind}/weight"] = np.array([1.0])
+        out[update_segment(kind)] = released[offset : offset + size]
+        out[weight_segment(kind)] = np.array([1.0])
         offset += size
     if privacy.adaptive_clipping:
         out[UNCLIPPED_SEGMENT] = np.array([0.0 if result.clipped else 1.0])

@@ -22,6 +22,7 @@ from silobridge.clients.normaliser import Normaliser
 from silobridge.clients.training import LossName, TrainSettings, fit
 from silobridge.contract.arrays import flatten
 from silobridge.contract.messages import TrainInstruction
+from silobridge.contract.wire_names import eval_segment, loss_segment, update_segment, weight_segment
 from silobridge.errors import ConfigError
 
 
@@ -151,10 +152,10 @@ def train_round(
             if not firm.trains(kind):
                 continue  # its segments stay zero: the firm adds nothing to this model
             outcome = train(firm, kind, arrays, instruction, norm, groups, noise_seed=noise_seed)  # type: ignore[arg-type]
-            out[f"{kind}/update"] = outcome.weighted_delta
-            out[f"{kind}/weight"] = np.array([outcome.weight])
-            out[f"{kind}/loss"] = np.array([outcome.weight * outcome.loss])
-            out[f"{kind}/eval"] = outcome.evaluation
+            out[update_segment(kind)] = outcome.weighted_delta
+            out[weight_segment(kind)] = np.array([outcome.weight])
+            out[loss_segment(kind)] = np.array([outcome.weight * outcome.loss])
+            out[eval_segment(kind)] = outcome.evaluation
         return out
     if privacy.unit == "firm":
         round_clip_norm(privacy, instruction, firm=firm.firm_id)  # refuse a bad clip norm before training
@@ -166,7 +167,7 @@ def train_round(
     if privacy.unit == "record":
         weight = public_weight**privacy.weight_power
         return {
-            **{f"{kind}/update": weight * change for kind, change in changes.items()},
-            **{f"{kind}/weight": np.array([weight]) for kind in changes},
+            **{update_segment(kind): weight * change for kind, change in changes.items()},
+            **{weight_segment(kind): np.array([weight]) for kind in changes},
         }
     return firm_level_release(privacy, weights, changes, instruction, firm=firm.firm_id)

@@ -28,6 +28,7 @@ from silobridge.clients.analytics import answer_step
 from silobridge.clients.data import FirmData
 from silobridge.contract.analytics import QUERY_SEGMENT, UNITS, QueryPlan, QueryStep, Unit
 from silobridge.contract.config import AggregationSpec
+from silobridge.contract.wire_names import QUERY_ANALYTICS
 from silobridge.errors import BudgetExhausted, ConfigError, FederationError, SiloBridgeError
 from silobridge.federation.coordinator import Federation, RunObserver
 from silobridge.federation.firm_source import pilot_folders, validate_pilot
@@ -355,7 +356,7 @@ def _federation_sum_step(federation: Federation) -> SumStep:
     def sum_step(step: QueryStep) -> StepSum:
         layout = query_layout(step.length, step.value_bound, federation.spec.aggregation)
         outcome = federation.release_sum(
-            "query.analytics",
+            QUERY_ANALYTICS,
             {ANALYTICS: ConfigRecord(step.to_config())},
             layout,
             list(federation.manifests),

@@ -25,6 +25,20 @@ from silobridge.contract.efficiency_sums import EfficiencyGroups
 from silobridge.contract.messages import BaselineInstruction, TrainInstruction
 from silobridge.contract.stats import StatGroups
 from silobridge.contract.sufficient import LINEAR_COEF, LINEAR_REQUEST, LINEAR_SEGMENT
+from silobridge.contract.wire_names import (
+    EVALUATE,
+    EVALUATE_EFFICIENCY,
+    QUERY_ANALYTICS,
+    QUERY_MANIFEST,
+    QUERY_MOMENTS,
+    QUERY_SECAGG_ADVERTISE,
+    QUERY_SECAGG_SHARE,
+    QUERY_SECAGG_UNMASK,
+    TRAIN,
+    TRAIN_BASELINES,
+    TRAIN_LINEAR,
+    split_message_type,
+)
 from silobridge.errors import ProtocolError, SiloBridgeError, SimulatedDropout
 from silobridge.federation.firm_source import FirmFiles, node_firm, simulated_dropout, simulated_firm
 from silobridge.federation.records import (
@@ -306,17 +320,23 @@ def build_client_app(run_config: Mapping[str, Any] | None = None) -> ClientApp:
 
         decorator(wrapped)
 
-    register(app.query("manifest"), _manifest)
-    register(app.query("moments"), _moments)
-    register(app.train("baselines"), _baselines)
-    register(app.train(), _train)
-    register(app.evaluate(), _evaluate)
-    register(app.train("linear"), _linear)
-    register(app.query("analytics"), _analytics)
-    register(app.evaluate("efficiency"), _efficiency)
-    register(app.query("secagg_advertise"), _secagg_stage("advertise"))
-    register(app.query("secagg_share"), _secagg_stage("share_keys"))
-    register(app.query("secagg_unmask"), _secagg_stage("unmask"))
+    def on(message_type: str, handler: Handler) -> None:
+        """Register `handler` under the message type the coordinator sends (Flower's "<category>.<action>")."""
+        category, action = split_message_type(message_type)
+        decorate = getattr(app, category)
+        register(decorate(action) if action else decorate(), handler)
+
+    on(QUERY_MANIFEST, _manifest)
+    on(QUERY_MOMENTS, _moments)
+    on(TRAIN_BASELINES, _baselines)
+    on(TRAIN, _train)
+    on(EVALUATE, _evaluate)
+    on(TRAIN_LINEAR, _linear)
+    on(QUERY_ANALYTICS, _analytics)
+    on(EVALUATE_EFFICIENCY, _efficiency)
+    on(QUERY_SECAGG_ADVERTISE, _secagg_stage("advertise"))
+    on(QUERY_SECAGG_SHARE, _secagg_stage("share_keys"))
+    on(QUERY_SECAGG_UNMASK, _secagg_stage("unmask"))
     return app
 
 

@@ -26,6 +26,14 @@ from silobridge.clients.models import MODEL_KINDS
 from silobridge.contract.efficiency_sums import EFFICIENCY_AFTER, EFFICIENCY_BEFORE, EfficiencyGroups
 from silobridge.contract.messages import BaselineInstruction, FirmManifest
 from silobridge.contract.stats import GROUPS, Moments, demand_metrics_by_group, risk_metrics_by_group
+from silobridge.contract.wire_names import (
+    EVALUATE,
+    EVALUATE_EFFICIENCY,
+    QUERY_MANIFEST,
+    QUERY_MOMENTS,
+    TRAIN_BASELINES,
+    eval_segment,
+)
 from silobridge.errors import BudgetExhausted, FederationError, ProtocolError
 from silobridge.federation.exchange import Replies, exchange, wait_for_nodes
 from silobridge.federation.harness import SimulationHarness
@@ -264,7 +272,7 @@ class Federation:
         expected = len(self.settings.scenario.firms)
         self.observer.stage(f"waiting for {expected} firms")
         nodes = wait_for_nodes(self.grid, expected, timeout_s=self.settings.node_wait_s)
-        replies = self._send([(n, "query.manifest", request_content(self.spec)) for n in nodes], "manifest")
+        replies = self._send([(n, QUERY_MANIFEST, request_content(self.spec)) for n in nodes], "manifest")
         self._require(replies, "manifest")
         for (node, _), content in replies.ok.items():
             self.manifests[node] = FirmManifest.from_config(content.config_records[REPLY], firm=f"node {node}")
@@ -335,7 +343,7 @@ class Federation:
             return Normaliser.from_ranges(self.spec.data.risk_feature_ranges, self.spec.data.risk_features)
         self.observer.stage("feature moments")
         layout = moments_layout(len(self.spec.data.risk_features), self.spec.aggregation)
-        outcome = self._sum("query.moments", {}, layout, self.manifests, "moments")
+        outcome = self._sum(QUERY_MOMENTS, {}, layout, self.manifests, "moments")
         moments = Moments.from_vector(outcome.segments["risk_moments"])
         return Normaliser(moments.mean(), moments.std())
 
@@ -360,7 +368,7 @@ class Federation:
             **self._groups_record(),
             **self._stat_groups_record(),
         }
-        outcome = self._sum("train.baselines", records, layout, self.manifests, "baselines")
+        outcome = self._sum(TRAIN_BASELINES, records, layout, self.manifests, "baselines")
         self.efficiency_firms["before"] = self._efficiency_holders(outcome.contributors)
         return {name: value for name, value in outcome.segments.items() if name != CLIPPED}
 
@@ -398,9 +406,9 @@ class Federation:
             return {**self.harness.evaluate(weights, norm), **self.harness.efficiency(weights, self._assignment())}
         layout = evaluation_layout(tuple(weights), self.spec.aggregation)
         records = {**self._model_records(weights, norm), **self._groups_record(), **self._stat_groups_record()}
-        outcome = self._sum("evaluate", records, layout, self.manifests, "evaluate")
+        outcome = self._sum(EVALUATE, records, layout, self.manifests, "evaluate")
         self.efficiency_firms["after"] = self._efficiency_holders(outcome.contributors)
-        final = {kind: outcome.segments[f"{kind}/eval"] for kind in weights}
+        final = {kind: outcome.segments[eval_segment(kind)] for kind in weights}
         if EFFICIENCY_AFTER in outcome.segments:
             final[EFFICIENCY_AFTER] = outcome.segments[EFFICIENCY_AFTER]
         return final
@@ -432,7 +440,7 @@ class Federation:
             **self._groups_record(),
         }
         nodes = [self.node_of[firm_of[party]] for party in admission.participants]
-        outcome = self._sum("evaluate.efficiency", records, efficiency_layout(self.spec.aggregation), nodes, RELEASE_ID)
+        outcome = self._sum(EVALUATE_EFFICIENCY, records, efficiency_layout(self.spec.aggregation), nodes, RELEASE_ID)
         contributing = self._efficiency_holders(outcome.contributors)
         self.efficiency_firms = {"before": contributing, "after": contributing}
         summed = {name: outcome.segments[name] for name in (EFFICIENCY_BEFORE, EFFICIENCY_AFTER)}

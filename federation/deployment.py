@@ -33,6 +33,7 @@ from silobridge.contract.efficiency_sums import EfficiencyGroups, slot_by_tier
 from silobridge.contract.messages import BaselineInstruction
 from silobridge.contract.stats import demand_metrics_by_group, risk_metrics_by_group, slot_by_group
 from silobridge.contract.sufficient import split_regression
+from silobridge.contract.wire_names import DEMAND_LOCAL_ONLY, RISK_LOCAL_ONLY
 
 
 @dataclass
@@ -95,8 +96,8 @@ def deploy_all(
                 out.global_demand = _add(out.global_demand, slot_by_group(glob, firm.group))
             deployed_wape = _own(stats, firm.group, "demand")["wape"]
             local_wape = (
-                _own(baselines["demand/local_only"], firm.group, "demand")["wape"]
-                if "demand/local_only" in baselines
+                _own(baselines[DEMAND_LOCAL_ONLY], firm.group, "demand")["wape"]
+                if DEMAND_LOCAL_ONLY in baselines
                 else math.nan
             )
             out.per_firm["demand"].append(
@@ -127,8 +128,8 @@ def deploy_all(
             out.global_risk = _add(out.global_risk, global_stats)
             deployed_auc = _own(stats, firm.group, "risk")["roc_auc"]
             local_auc = (
-                _own(baselines["risk/local_only"], firm.group, "risk")["roc_auc"]
-                if "risk/local_only" in baselines
+                _own(baselines[RISK_LOCAL_ONLY], firm.group, "risk")["roc_auc"]
+                if RISK_LOCAL_ONLY in baselines
                 else math.nan
             )
             out.per_firm["risk"].append(

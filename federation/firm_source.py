@@ -21,6 +21,18 @@ import pandas as pd
 from silobridge.clients.data import RISK_FILE, Calendar, FirmData, firm_data_from_tables, load_for_spec, risk_split_rule
 from silobridge.contract.config import FederationSpec
 from silobridge.contract.seeds import parse_noise_seed
+from silobridge.contract.wire_names import (
+    EVALUATE,
+    EVALUATE_EFFICIENCY,
+    QUERY_ANALYTICS,
+    QUERY_MANIFEST,
+    QUERY_MOMENTS,
+    QUERY_SECAGG_ADVERTISE,
+    QUERY_SECAGG_SHARE,
+    QUERY_SECAGG_UNMASK,
+    TRAIN,
+    TRAIN_BASELINES,
+)
 from silobridge.errors import ConfigError, DataError, DataProblem, ProtocolError
 from silobridge.federation.settings import RunSettings, settings_from_run_config
 from silobridge.scenarios.generator import ChainData, generate_chain
@@ -186,7 +198,7 @@ def pilot_risk_splits(settings: RunSettings) -> dict[str, str]:
     return splits
 
 
-PRIVATE_RELEASES = frozenset({"train", "train.baselines", "evaluate", "evaluate.efficiency", "query.moments"})
+PRIVATE_RELEASES = frozenset({TRAIN, TRAIN_BASELINES, EVALUATE, EVALUATE_EFFICIENCY, QUERY_MOMENTS})
 """Messages whose answer is a model update or test statistics: their privacy settings must be the file's."""
 
 
@@ -210,7 +222,7 @@ def check_contract(spec: FederationSpec, local: FederationSpec, message_type: st
         )
 
 
-LIGHT_STAGES = frozenset({"query.secagg_advertise", "query.secagg_share", "query.secagg_unmask", "query.analytics"})
+LIGHT_STAGES = frozenset({QUERY_SECAGG_ADVERTISE, QUERY_SECAGG_SHARE, QUERY_SECAGG_UNMASK, QUERY_ANALYTICS})
 """Messages a partner answers without its models: secure-sum key and unmask stages, analytics steps."""
 
 
@@ -229,7 +241,7 @@ class FirmFiles:
 
 
 def node_firm(
-    node_config: Mapping[str, Any], spec: FederationSpec, message_type: str = "query.manifest"
+    node_config: Mapping[str, Any], spec: FederationSpec, message_type: str = QUERY_MANIFEST
 ) -> FirmClient | FirmFiles:
     """The firm a partner's SuperNode plays: its own files, under the federation file it holds.
 

@@ -25,6 +25,7 @@ from silobridge.clients.firm import Normaliser
 from silobridge.clients.linear import demand_dim, demand_sensitivity, newton_sensitivity, risk_row_norm
 from silobridge.contract.config import FederationSpec
 from silobridge.contract.sufficient import LINEAR_COEF, LINEAR_REQUEST, LINEAR_SEGMENT, newton_size, regression_size
+from silobridge.contract.wire_names import TRAIN_LINEAR
 from silobridge.errors import BudgetExhausted, ConfigError, FederationError
 from silobridge.federation.coordinator import Federation
 from silobridge.federation.records import NORMALISER, arrays_record
@@ -134,7 +135,7 @@ def _release(
         return None
     layout = linear_layout(length, federation.spec.aggregation)
     nodes = [federation.node_of[firm] for firm in participants]
-    outcome = federation.release_sum("train.linear", records, layout, nodes, release_id)
+    outcome = federation.release_sum(TRAIN_LINEAR, records, layout, nodes, release_id)
     summed = outcome.segments[LINEAR_SEGMENT]
     std = 0.0 if multiplier is None else multiplier * sensitivity
     released = add_noise(summed, std, rng)

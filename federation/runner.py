@@ -41,7 +41,7 @@ class FederationOutcome:
     normaliser: Normaliser
     weights: dict[str, OrderedDict[str, np.ndarray]]
     federated: dict[str, np.ndarray]  # final group-slotted statistics per model
-    baselines: dict[str, np.ndarray]  # "demand/local_only", "demand/naive", "risk/local_only"
+    baselines: dict[str, np.ndarray]  # DEMAND_LOCAL_ONLY, DEMAND_NAIVE, RISK_LOCAL_ONLY
     aggregation: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
     dropped: list[dict[str, Any]] = field(default_factory=list)

@@ -16,6 +16,7 @@ from typing import Any
 from flwr.app import ConfigRecord, RecordDict
 
 from silobridge.contract.config import FederationSpec
+from silobridge.contract.wire_names import QUERY_SECAGG_ADVERTISE, QUERY_SECAGG_SHARE, QUERY_SECAGG_UNMASK
 from silobridge.errors import ProtocolError
 from silobridge.federation.exchange import Replies
 from silobridge.federation.records import MASKED, SECAGG, record_arrays, request_content
@@ -29,9 +30,9 @@ from silobridge.privacy.secagg.messages import (
 
 Requests = list[tuple[int, str, RecordDict]]
 
-ADVERTISE = "query.secagg_advertise"
-SHARE = "query.secagg_share"
-UNMASK = "query.secagg_unmask"
+ADVERTISE = QUERY_SECAGG_ADVERTISE
+SHARE = QUERY_SECAGG_SHARE
+UNMASK = QUERY_SECAGG_UNMASK
 
 
 @dataclass

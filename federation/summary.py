@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from silobridge.clients.data import describe_risk_split
+from silobridge.contract.wire_names import DEMAND_LOCAL_ONLY, DEMAND_NAIVE, RISK_LOCAL_ONLY
 from silobridge.federation.coordinator import metrics_by_group
 from silobridge.federation.efficiency_report import efficiency_markdown, efficiency_summary
 from silobridge.federation.firm_source import pilot_risk_splits
@@ -57,15 +58,15 @@ def model_table(
             "deployed": deployed.demand if deployed is not None else None,
             "federated_linear": deployed.global_demand if deployed is not None and both else None,
             "federated": outcome.federated.get("demand"),
-            "local_only": outcome.baselines.get("demand/local_only"),
+            "local_only": outcome.baselines.get(DEMAND_LOCAL_ONLY),
             "centralised": centralised.get("demand"),
-            "naive": outcome.baselines.get("demand/naive"),
+            "naive": outcome.baselines.get(DEMAND_NAIVE),
         },
         "risk": {
             "deployed": deployed.risk if deployed is not None else None,
             "federated_linear": deployed.global_risk if deployed is not None and both else None,
             "federated": outcome.federated.get("risk"),
-            "local_only": outcome.baselines.get("risk/local_only"),
+            "local_only": outcome.baselines.get(RISK_LOCAL_ONLY),
             "centralised": centralised.get("risk"),
         },
     }

@@ -17,6 +17,7 @@ from flwr.app import ConfigRecord
 from silobridge.clients.firm import Normaliser
 from silobridge.clients.models import MODEL_KINDS, build_model, state_to_arrays
 from silobridge.contract.arrays import flatten, unflatten
+from silobridge.contract.wire_names import TRAIN, eval_segment, loss_segment, update_segment, weight_segment
 from silobridge.errors import BudgetExhausted, FederationError
 from silobridge.federation.coordinator import Federation, SumOutcome, Weights, metrics_by_group
 from silobridge.federation.records import INSTRUCTION
@@ -61,7 +62,7 @@ def train(federation: Federation, norm: Normaliser) -> tuple[Weights, list[dict[
             **({} if private else federation._stat_groups_record()),
         }
         nodes = [federation.node_of[firm] for firm in participants]
-        outcome = federation._sum("train", records, layout, nodes, f"round {server_round}")
+        outcome = federation._sum(TRAIN, records, layout, nodes, f"round {server_round}")
         needed = min(federation.min_firms, len(federation.manifests))
         if len(outcome.contributors) < needed:
             raise FederationError(
@@ -104,13 +105,13 @@ def _aggregate(
 ) -> dict[str, Any]:
     """FedAvg on the round's sums; the firms' statistics are of the model they received (round - 1)."""
     segments = outcome.segments
-    weight_sum = float(segments[f"{kind}/weight"][0])
+    weight_sum = float(segments[weight_segment(kind)][0])
     flat = flatten(weights[kind])
     weights[kind] = unflatten(
-        federation.strategy.aggregate_train(flat, segments[f"{kind}/update"], weight_sum), weights[kind]
+        federation.strategy.aggregate_train(flat, segments[update_segment(kind)], weight_sum), weights[kind]
     )
-    record = _round_record(federation, kind, server_round, server_round - 1, outcome, segments[f"{kind}/eval"])
-    record["train_loss"] = float(segments[f"{kind}/loss"][0] / weight_sum) if weight_sum > 0 else None
+    record = _round_record(federation, kind, server_round, server_round - 1, outcome, segments[eval_segment(kind)])
+    record["train_loss"] = float(segments[loss_segment(kind)][0] / weight_sum) if weight_sum > 0 else None
     return record
 
 

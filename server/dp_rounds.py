@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from silobridge.contract.arrays import flatten, unflatten
+from silobridge.contract.wire_names import update_segment, weight_segment
 from silobridge.errors import FederationError
 from silobridge.privacy.dp import UNCLIPPED_SEGMENT, Sampling
 from silobridge.privacy.ledger import PrivacyRun, Release
@@ -110,11 +111,11 @@ class DpRounds:
         release = f"round-{server_round}"
         if spec.unit == "record":
             for kind in kinds:  # FedAvg with the firms' public weights
-                weight_sum = float(segments[f"{kind}/weight"][0])
+                weight_sum = float(segments[weight_segment(kind)][0])
                 if weight_sum > 0:
                     flat = flatten(weights[kind])
                     weights[kind] = unflatten(
-                        self.strategy.aggregate_train(flat, segments[f"{kind}/update"], weight_sum), weights[kind]
+                        self.strategy.aggregate_train(flat, segments[update_segment(kind)], weight_sum), weights[kind]
                     )
             contributed = set(contributors)
             for kind in kinds:
@@ -134,7 +135,7 @@ class DpRounds:
                     )
             return ledger.overall_epsilon
         sizes = {kind: flatten(weights[kind]).size for kind in kinds}
-        joint = np.concatenate([segments[f"{kind}/update"] for kind in kinds])
+        joint = np.concatenate([segments[update_segment(kind)] for kind in kinds])
         clip_norm = spec.clip_norm
         parameters: dict[str, float | bool] = {}
         if spec.mechanism == "central":

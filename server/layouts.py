@@ -16,6 +16,15 @@ from silobridge.contract.config import AggregationSpec
 from silobridge.contract.efficiency_sums import EFFICIENCY_AFTER, EFFICIENCY_BEFORE, EFFICIENCY_LENGTH
 from silobridge.contract.stats import STAT_SLOTS, DemandErrorStats, RiskStats
 from silobridge.contract.sufficient import LINEAR_SEGMENT
+from silobridge.contract.wire_names import (
+    DEMAND_LOCAL_ONLY,
+    DEMAND_NAIVE,
+    RISK_LOCAL_ONLY,
+    eval_segment,
+    loss_segment,
+    update_segment,
+    weight_segment,
+)
 from silobridge.privacy.dp.clipping import UNCLIPPED_SEGMENT
 from silobridge.privacy.secagg.layout import CLIPPED, Segment, VectorLayout
 
@@ -45,13 +54,13 @@ def training_layout(
     for kind, count in param_counts.items():
         update_bound = float(2 ** (agg.value_bits - 1) - 1) if integer_updates else agg.max_examples * agg.update_bound
         segments += [
-            Segment(f"{kind}/update", count, update_bound, "integer" if integer_updates else "single"),
-            Segment(f"{kind}/weight", 1, float(agg.max_examples)),
+            Segment(update_segment(kind), count, update_bound, "integer" if integer_updates else "single"),
+            Segment(weight_segment(kind), 1, float(agg.max_examples)),
         ]
         if statistics:
             segments += [
-                Segment(f"{kind}/loss", 1, agg.max_examples * LOSS_BOUND),
-                Segment(f"{kind}/eval", STAT_LENGTH[kind], agg.stats_bound, "double"),
+                Segment(loss_segment(kind), 1, agg.max_examples * LOSS_BOUND),
+                Segment(eval_segment(kind), STAT_LENGTH[kind], agg.stats_bound, "double"),
             ]
     if unclipped_count:
         segments.append(Segment(UNCLIPPED_SEGMENT, 1, 1.0))
@@ -60,7 +69,7 @@ def training_layout(
 
 def evaluation_layout(kinds: tuple[str, ...], agg: AggregationSpec) -> VectorLayout:
     """The final models' test statistics and, with a demand model, the efficiency sums of ordering from it."""
-    segments = [Segment(f"{k}/eval", STAT_LENGTH[k], agg.stats_bound, "double") for k in kinds]
+    segments = [Segment(eval_segment(k), STAT_LENGTH[k], agg.stats_bound, "double") for k in kinds]
     if "demand" in kinds:
         segments.append(Segment(EFFICIENCY_AFTER, EFFICIENCY_LENGTH, agg.stats_bound, "double"))
     return _with_clipping(segments, agg)
@@ -69,9 +78,9 @@ def evaluation_layout(kinds: tuple[str, ...], agg: AggregationSpec) -> VectorLay
 def baselines_layout(agg: AggregationSpec) -> VectorLayout:
     return _with_clipping(
         [
-            Segment("demand/local_only", STAT_LENGTH["demand"], agg.stats_bound, "double"),
-            Segment("demand/naive", STAT_LENGTH["demand"], agg.stats_bound, "double"),
-            Segment("risk/local_only", STAT_LENGTH["risk"], agg.stats_bound, "double"),
+            Segment(DEMAND_LOCAL_ONLY, STAT_LENGTH["demand"], agg.stats_bound, "double"),
+            Segment(DEMAND_NAIVE, STAT_LENGTH["demand"], agg.stats_bound, "double"),
+            Segment(RISK_LOCAL_ONLY, STAT_LENGTH["risk"], agg.stats_bound, "double"),
             Segment(EFFICIENCY_BEFORE, EFFICIENCY_LENGTH, agg.stats_bound, "double"),
         ],
         agg,
