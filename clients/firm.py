@@ -124,7 +124,7 @@ class FirmClient:
         """Moments of the risk features over the training rows (none if the firm holds no risk data)."""
         if not self.trains("risk"):
             return {}
-        return {"risk_moments": Moments.of(self.risk_split[0].features).to_vector()}  # type: ignore[index]
+        return {RISK_MOMENTS: Moments.of(self.risk_split[0].features).to_vector()}  # type: ignore[index]
 
     # -- training rounds -------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from silobridge.contract.wire_names import (
     EVALUATE_EFFICIENCY,
     QUERY_MANIFEST,
     QUERY_MOMENTS,
+    RISK_MOMENTS,
     TRAIN_BASELINES,
     eval_segment,
 )
@@ -344,7 +345,7 @@ class Federation:
         self.observer.stage("feature moments")
         layout = moments_layout(len(self.spec.data.risk_features), self.spec.aggregation)
         outcome = self._sum(QUERY_MOMENTS, {}, layout, self.manifests, "moments")
-        moments = Moments.from_vector(outcome.segments["risk_moments"])
+        moments = Moments.from_vector(outcome.segments[RISK_MOMENTS])
         return Normaliser(moments.mean(), moments.std())
 
     def baseline_instruction(self) -> BaselineInstruction:

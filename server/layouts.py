@@ -20,6 +20,7 @@ from silobridge.contract.wire_names import (
     DEMAND_LOCAL_ONLY,
     DEMAND_NAIVE,
     RISK_LOCAL_ONLY,
+    RISK_MOMENTS,
     eval_segment,
     loss_segment,
     update_segment,
@@ -88,7 +89,7 @@ def baselines_layout(agg: AggregationSpec) -> VectorLayout:
 
 
 def moments_layout(num_features: int, agg: AggregationSpec) -> VectorLayout:
-    return _with_clipping([Segment("risk_moments", 1 + 2 * num_features, agg.stats_bound, "double")], agg)
+    return _with_clipping([Segment(RISK_MOMENTS, 1 + 2 * num_features, agg.stats_bound, "double")], agg)
 
 
 def query_layout(length: int, value_bound: float, agg: AggregationSpec) -> VectorLayout:

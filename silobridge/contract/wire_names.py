@@ -55,6 +55,7 @@ def eval_segment(kind: str) -> str:
     return f"{kind}/eval"
 
 
+RISK_MOMENTS = "risk_moments"  # the risk features' count, sums and sums of squares (the normaliser's input)
 DEMAND_LOCAL_ONLY = "demand/local_only"  # each firm's own demand model, scored on its own test data
 DEMAND_NAIVE = "demand/naive"  # the seasonal naive forecast, scored alike
 RISK_LOCAL_ONLY = "risk/local_only"  # each firm's own risk model
