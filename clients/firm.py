@@ -26,6 +26,7 @@ from silobridge.contract.config import FederationSpec
 from silobridge.contract.efficiency_sums import EfficiencyGroups, EfficiencySums
 from silobridge.contract.messages import BaselineInstruction, FirmManifest, TrainInstruction
 from silobridge.contract.stats import Moments
+from silobridge.contract.wire_names import RISK_MOMENTS
 
 __all__ = [
     "FirmClient",
