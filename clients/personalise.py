@@ -17,6 +17,7 @@ partly luck, and a switch that validated slightly better can test worse; switchi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -73,6 +74,13 @@ def keep_or_switch(scores: dict[str, float], incumbent: str, margin: float) -> s
     return best if finite[best] < (1.0 - margin) * finite[incumbent] else incumbent
 
 
+def confirms(scores: dict[str, float], pick: str, incumbent: str, margin: float) -> bool:
+    """Whether `pick` also beats `incumbent` by `margin` relative on a second validation's `scores` (a
+    missing or non-finite score of either never confirms a switch)."""
+    mine, theirs = scores.get(pick, math.nan), scores.get(incumbent, math.nan)
+    return bool(np.isfinite(mine) and np.isfinite(theirs) and mine < (1.0 - margin) * theirs)
+
+
 SEASON = 52
 """Periods in a year: a firm with a long history also validates on the same season a year earlier."""
 MIN_SEASONAL_FIT_ORIGINS = 26
@@ -117,6 +125,20 @@ def _candidates(
     return out
 
 
+def demand_scores(
+    train: DemandWindows, spec: FederationSpec, global_coef: np.ndarray | None, fit: np.ndarray, tail: np.ndarray
+) -> dict[str, float]:
+    """Validation WAPE on the `tail` windows of seasonal naive and of every linear candidate fitted on the
+    `fit` windows (keys: naive, local, global, adapted@ALPHA)."""
+    x_all, y_all = demand_design(train, spec)
+    tail_windows = _take(train, tail)
+    actual = tail_windows.actual
+    scores = {"naive": wape(tail_windows.naive.astype(float), actual)}
+    for name, (coef, _) in _candidates(x_all[fit], y_all[fit], global_coef, spec).items():
+        scores[name] = wape(forecast_units(x_all[tail], coef, tail_windows.scale), actual)
+    return scores
+
+
 def choose_demand(train: DemandWindows, spec: FederationSpec, global_coef: np.ndarray | None) -> Choice:
     """The firm's deployed demand model, chosen on its validation tail and refitted on all its windows."""
     if len(train) == 0:
@@ -129,15 +151,9 @@ def choose_demand(train: DemandWindows, spec: FederationSpec, global_coef: np.nd
         coef = ridge(x_all.T @ x_all, x_all.T @ y_all, spec.linear.ridge)
         return Choice("local", coef, f"{len(train)} training windows, too few to validate, no global model: local")
     fit, tail = split
-    x_fit, y_fit = x_all[fit], y_all[fit]
-    x_tail, tail_windows = x_all[tail], _take(train, tail)
-    actual = tail_windows.actual
-    scores = {"naive": wape(tail_windows.naive.astype(float), actual)}
-    fitted = _candidates(x_fit, y_fit, global_coef, spec)
-    for name, (coef, _) in fitted.items():
-        scores[name] = wape(forecast_units(x_tail, coef, tail_windows.scale), actual)
+    scores = demand_scores(train, spec, global_coef, fit, tail)
     best = min(scores, key=lambda name: (np.nan_to_num(scores[name], nan=np.inf), name != "global"))
-    reason = f"lowest WAPE on {int(np.unique(tail_windows.origin).size)} of its own training origins"
+    reason = f"lowest WAPE on {int(np.unique(train.origin[tail]).size)} of its own training origins"
     if best == "naive":
         return Choice("naive", None, reason, validation=scores)
     if best == "global":

@@ -8,11 +8,14 @@ import pytest
 from silobridge.clients.features import DemandWindows, demand_windows
 from silobridge.clients.linear import demand_design, ridge, risk_design
 from silobridge.clients.personalise import (
+    DEMAND_SWITCH_MARGIN,
     MIN_VALIDATION_EVENTS,
     RISK_SWITCH_MARGIN,
     choose_demand,
     choose_risk,
+    confirms,
     demand_forecasts,
+    demand_scores,
     keep_or_switch,
     stratified_tail,
     validation_split,
@@ -161,3 +164,29 @@ def test_risk_keeps_the_local_only_model_when_it_cannot_validate() -> None:
     assert "global" in few_events.validation  # the candidates were still scored, for the firm's report
     one_class = choose_risk(x[:10], np.zeros(10), truth, 1.0, local_only=lambda cut: 0.1)
     assert one_class.name == "local_only" and "too few" in one_class.reason
+
+
+def test_seasonal_naive_needs_the_margin_and_the_recent_confirmation() -> None:
+    # the Walmart pilot's dept_1 (epsilon 8): naive won the tail reaching back a year (its local-only MLP fitted on
+    # 67 windows), lost the recent tail (the MLP fitted on 108), and tested 1.32x the local-only WAPE when deployed
+    seasonal = {"naive": 0.0944, "local": 0.2196, "adapted@10": 0.1714, "local_mlp": 0.2078}
+    assert keep_or_switch(seasonal, "local_mlp", DEMAND_SWITCH_MARGIN) == "naive"
+    assert keep_or_switch({"naive": 0.19, "local_mlp": 0.2078}, "local_mlp", DEMAND_SWITCH_MARGIN) == "local_mlp"
+    recent = {"naive": 0.075, "local": 0.230, "local_mlp": 0.044}
+    assert not confirms(recent, "naive", "local_mlp", DEMAND_SWITCH_MARGIN)
+    assert confirms({"naive": 0.035, "local_mlp": 0.044}, "naive", "local_mlp", DEMAND_SWITCH_MARGIN)
+    assert not confirms({"naive": 0.0396, "local_mlp": 0.044}, "naive", "local_mlp", DEMAND_SWITCH_MARGIN)  # 10% only
+    assert not confirms({"naive": 0.01, "local_mlp": float("nan")}, "naive", "local_mlp", 0.1)
+    assert not confirms({"local_mlp": 0.04}, "naive", "local_mlp", 0.1)
+
+
+def test_demand_scores_fit_on_the_fit_windows_and_score_the_tail() -> None:
+    train, spec = _train()
+    fit, tail = validation_split(train, 4, spec.horizon)
+    scores = demand_scores(train, spec, None, fit, tail)
+    assert set(scores) == {"naive", "local"}
+    x, y = demand_design(train, spec)
+    coef = ridge(x[fit].T @ x[fit], x[fit].T @ y[fit], spec.linear.ridge)
+    actual = train.actual[tail]
+    forecast = np.maximum(x[tail] @ coef, 0.0) * train.scale[tail].astype(float)[:, None]
+    assert scores["local"] == pytest.approx(np.abs(forecast - actual).sum() / np.abs(actual).sum())
