@@ -208,8 +208,9 @@ def _mlp_probabilities(model: torch.nn.Module, norm: Normaliser, firm: FirmClien
 def deploy_risk(
     firm: FirmClient, norm: Normaliser, global_coef: np.ndarray | None, instruction: BaselineInstruction
 ) -> RiskDeployment:
-    """The firm's deployed risk model: its local-only MLP (the baseline's recipe), unless a logistic one
-    (local, global or shrunk toward the global) beats its validation log loss by RISK_SWITCH_MARGIN."""
+    """The firm's deployed risk model (`choose_risk`): its local-only MLP (the baseline's recipe), unless a
+    logistic one (local, global or shrunk toward the global) beats its validation log loss by
+    RISK_SWITCH_MARGIN, or its rows hold too few events to learn from and a global model exists."""
     x, y = risk_training(firm, norm)  # raises if the firm holds no risk data
     train = firm.risk_split[0]  # type: ignore[index]
 
@@ -219,7 +220,7 @@ def deploy_risk(
         return logit_log_loss(logits, train.labels[tail].astype(float))
 
     choice = choose_risk(x, y, global_coef, firm.spec.linear.risk_ridge, local_only=local_only)
-    if choice.name == "local_only":
+    if choice.name in ("local_only", "none"):  # "none": no rows and no global model, the baseline's fallback
         model, own = firm.local_risk_model(instruction)
         return RiskDeployment(choice, _mlp_probabilities(model, own, firm))
     coef = choice.coef if choice.coef is not None else global_coef

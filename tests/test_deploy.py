@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 import silobridge.clients.deploy as deploy
 from silobridge.clients.deploy import deploy_demand
 from silobridge.clients.personalise import DEMAND_SWITCH_MARGIN, validation_split
+from silobridge.federation.deployment import NO_GLOBAL_RISK, deploy_all
 from silobridge.federation.firm_source import simulated_firm
 from silobridge.federation.runner import baseline_instruction
 from silobridge.federation.settings import settings_from_run_config
@@ -71,3 +74,19 @@ def test_no_confirmation_when_the_tail_is_recent_only(monkeypatch: pytest.Monkey
     tails = _scripted_local_mlp(monkeypatch, seasonal=1e6, recent=1e-9)
     deployment = deploy_demand(firm, instruction, None)
     assert deployment.name != "local_mlp" and len(tails) == 1 and deployment.recent == {}
+
+
+def test_without_global_models_every_firm_still_deploys_and_says_why() -> None:
+    firm, _, _, norm = tiny_firm("")
+    assert firm.trains("demand") and firm.trains("risk")
+    instruction = baseline_instruction(settings_from_run_config({"scenario": str(TINY)}))
+    outcome = deploy_all([firm], {}, instruction, None, norm, {"demand": None, "risk": None})
+    (demand,) = outcome.per_firm["demand"]
+    (risk,) = outcome.per_firm["risk"]
+    assert demand["firm"] == risk["firm"] == firm.firm_id and demand["group"] == firm.group
+    assert demand["choice"] in ("local_mlp", "local_ridge", "naive") and demand["deployed_wape"] > 0
+    assert risk["choice"] in ("local_only", "local") and risk["reason"].startswith(NO_GLOBAL_RISK)
+    assert 0.0 <= risk["deployed_roc_auc"] <= 1.0
+    assert math.isnan(risk["local_only_roc_auc"]) and math.isnan(risk["difference"])  # no baselines given
+    assert math.isnan(demand["ratio"])
+    assert outcome.risk is not None and outcome.global_risk is None and outcome.global_demand is None
