@@ -624,9 +624,13 @@ def notes(
     references: Mapping[str, Any],
     plot_name: str | None,
     quick: bool,
+    parameters: Mapping[str, Any] | None = None,
 ) -> str:
     shown = [{**check, "value": "-" if check["value"] is None else check["value"]} for check in checks]
     text = ["## Targets (issue 17)", "", markdown_table(shown, CHECK_COLUMNS), ""]
+    reduced = parameters.get("reduced") if parameters else None
+    if reduced and not quick:
+        text += [f"**Reduced grid**: {'; '.join(reduced)}. The statuses judge only what ran.", ""]
     if quick:
         text += [
             "Quick mode: one seed, one noise draw, fewer rounds: a check that the harness works; the statuses above "
@@ -693,7 +697,7 @@ def report(
         parameters=parameters,
         rows=table_rows(points),
         columns=COLUMNS,
-        notes=notes(points, checks, curve_rows, references, image.name if image else None, quick),
+        notes=notes(points, checks, curve_rows, references, image.name if image else None, quick, parameters),
         out_dir=out,
     )
     payload = json.loads(json_path.read_text())
@@ -718,6 +722,26 @@ def kept_points(path: Path, points: Sequence[Point]) -> list[dict[str, Any]]:
             continue
         kept.append(row)
     return kept
+
+
+def reductions(
+    seeds: Sequence[int], epsilons: Sequence[float], draws: int, rounds: int | None, real: bool
+) -> list[str]:
+    """How a grid falls short of the issue's (seeds 1-5, epsilon 1, 2, 4, 8, 3 draws, the files' rounds, the
+    real pilots), said in the results so a reduced run is never read as the full one."""
+    out = []
+    if tuple(seeds) != SEEDS:
+        out.append(f"seeds {', '.join(map(str, seeds))} of {SEEDS[0]}-{SEEDS[-1]}")
+    if set(EPSILONS) - set(epsilons):
+        ran, grid = (", ".join(f"{e:g}" for e in values) for values in (sorted(epsilons), EPSILONS))
+        out.append(f"epsilon {ran} of {grid}")
+    if draws != DRAWS:
+        out.append(f"{draws} noise draw(s) per private point, not {DRAWS}")
+    if rounds:
+        out.append(f"{rounds} rounds instead of the files' own")
+    if not real:
+        out.append("no real pilots")
+    return out
 
 
 def _numbers(text: str, kind: type) -> tuple:
@@ -749,8 +773,10 @@ def main() -> None:
         epsilons = (*epsilons, TARGET_EPSILON)  # the targets are judged at epsilon 8
     points = plan(seeds, epsilons, draws, rounds, not args.skip_real)
     name = "joining_pays_quick" if args.quick else "joining_pays"
+    reduced = reductions(seeds, epsilons, draws, rounds, not args.skip_real)
     parameters = {
-        "mode": "quick" if args.quick else "full",
+        "mode": "quick" if args.quick else ("reduced" if reduced else "full"),
+        "reduced": reduced,
         "seeds": list(seeds),
         "epsilons": list(epsilons),
         "delta": DELTA,

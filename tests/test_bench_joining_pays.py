@@ -10,13 +10,17 @@ from typing import Any
 import pytest
 
 from benchmarks.bench_joining_pays import (
+    DRAWS,
+    EPSILONS,
     NOT_PRODUCED,
+    SEEDS,
     Point,
     combine_draws,
     evaluate_targets,
     kept_points,
     plan,
     read_summary,
+    reductions,
     report,
 )
 
@@ -246,3 +250,13 @@ def test_risk_targets_skip_firms_without_a_roc_auc_but_not_half_measured_ones() 
     assert mean["status"] == "met" and mean["value"] == pytest.approx(0.1)
     half = {**base, "risk_per_firm": {"R1": [0.9, 0.6], "S1": [None, 0.5]}}
     assert {c["target"]: c for c in evaluate_targets([half], [1])}[every["target"]]["status"] == "not run"
+
+
+def test_a_reduced_grid_says_what_it_leaves_out() -> None:
+    assert reductions(SEEDS, EPSILONS, DRAWS, None, True) == []
+    assert reductions((1, 2), (8.0,), 1, None, True) == [
+        "seeds 1, 2 of 1-5",
+        "epsilon 8 of 1, 2, 4, 8",
+        "1 noise draw(s) per private point, not 3",
+    ]
+    assert reductions(SEEDS, EPSILONS, DRAWS, 5, False) == ["5 rounds instead of the files' own", "no real pilots"]
