@@ -196,9 +196,10 @@ def stratified_tail(y: np.ndarray, share: float) -> np.ndarray | None:
 RISK_FOLDS = 4
 """Most folds of the cross-validation a firm runs when its recent tail holds too few events: every
 event of its training rows is then validated once."""
-MIN_LOCAL_EVENTS = 2
-"""Fewest events a firm's training rows must hold for its local-only risk model to learn anything to
-rank by (and for any validation): with fewer, it deploys the global model, fitted on the federation's."""
+MIN_LOCAL_EVENTS = MIN_VALIDATION_EVENTS
+"""Fewest events a firm's training rows must hold for it to choose its risk model on its own evidence:
+with fewer it can tell no two models apart, and its local-only model has learnt from as few events
+(ranking at random with none), so it deploys the global model, which learnt from the federation's."""
 
 
 def stratified_folds(y: np.ndarray, folds: int) -> list[np.ndarray]:
@@ -241,14 +242,14 @@ def choose_risk(
     local, global or shrunk, or, with `local_only` (the log loss on a mask of its local-only model fitted on
     the other rows), that model (name "local_only", coef None), kept unless the validated rows hold
     MIN_VALIDATION_EVENTS events and a candidate beats it by RISK_SWITCH_MARGIN. Fewer than
-    MIN_LOCAL_EVENTS events in all: the global model; too few rows to validate otherwise: local-only kept."""
+    MIN_LOCAL_EVENTS events in all: the global model; without one, too few to validate: local-only kept."""
     if len(y) == 0:
         if global_coef is None:
             return Choice("none", None, "no risk training rows and no global model")
         return Choice("global", global_coef, "no risk training rows: global model")
     events = int(np.sum(y == 1.0))
     if events < MIN_LOCAL_EVENTS and global_coef is not None:
-        why = f"its {len(y)} training rows hold {events} event(s): nothing of its own to learn risk from or validate on"
+        why = f"its {len(y)} training rows hold {events} event(s), too few to learn risk from or to validate on"
         return Choice("global", global_coef, f"{why}: global model")
     validation = risk_validation(y, tail_share)
     if validation is None:

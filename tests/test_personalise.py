@@ -177,18 +177,18 @@ def test_risk_with_few_events_in_its_tail_validates_on_folds_of_all_its_rows() -
     assert kept.name == "local_only" and "no candidate beat" in kept.reason
 
 
-def test_risk_keeps_the_local_only_model_when_too_few_events_validate() -> None:
-    x, y, truth = _risk_rows()
+def test_without_a_global_model_too_few_events_keep_the_local_only_model() -> None:
+    x, y, _ = _risk_rows()
     rare = np.zeros_like(y)
     rare[[10, 150, 290]] = 1.0  # 3 events: 3 folds validate 3 < MIN_VALIDATION_EVENTS
-    few_events = choose_risk(x, rare, truth, 1.0, local_only=lambda mask: 10.0)  # however bad it validates
+    few_events = choose_risk(x, rare, None, 1.0, local_only=lambda mask: 10.0)  # however bad it validates
     assert few_events.name == "local_only" and f"fewer than {MIN_VALIDATION_EVENTS} events" in few_events.reason
-    assert "global" in few_events.validation  # the candidates were still scored, for the firm's report
+    assert "local" in few_events.validation  # the candidates were still scored, for the firm's report
 
 
-def test_a_firm_without_events_of_its_own_deploys_the_global_model() -> None:
+def test_a_firm_with_too_few_events_of_its_own_deploys_the_global_model() -> None:
     x, _, truth = _risk_rows()
-    for events in ([], [42]):  # below MIN_LOCAL_EVENTS: its local-only model has nothing to rank by
+    for events in ([], [42], [10, 150, 290, 299]):  # below MIN_LOCAL_EVENTS: nothing to choose on
         y = np.zeros(len(x))
         y[events] = 1.0
         choice = choose_risk(x, y, truth, 1.0, local_only=lambda mask: 0.0)
