@@ -119,9 +119,9 @@ def deploy_all(
     linear: dict[str, np.ndarray | None],
     mlp: dict[str, dict[str, np.ndarray]] | None = None,
 ) -> DeployedOutcome:
-    """Every firm's deployed demand and risk model, scored; each firm's local-only figures come from its own
-    baselines (`baselines_of`, by firm). Without a global model a firm still deploys (its own models or
-    naive) and its row says why."""
+    """Every firm's deployed demand and (where the linear family ran: `linear` has a "risk" key) risk model,
+    scored; each firm's local-only figures come from its own baselines (`baselines_of`, by firm). Without
+    a global model a firm still deploys (its own models or naive) and its row says why."""
     out = DeployedOutcome(per_firm={"demand": [], "risk": []})
     for firm in firms:
         baselines = baselines_of.get(firm.firm_id, {})
@@ -139,8 +139,8 @@ def deploy_all(
                 out.efficiency_after = _add(
                     out.efficiency_after, slot_by_tier(firm.efficiency_sums(deployment.forecaster), slot)
                 )
-        if firm.trains("risk"):
-            risk_coef = linear.get("risk")
+        if firm.trains("risk") and "risk" in linear:  # the linear family ran (an MLP-only run has no risk choice)
+            risk_coef = linear["risk"]
             deployed_risk = deploy_risk(firm, norm, risk_coef, instruction)
             choice = deployed_risk.choice
             if risk_coef is None:
