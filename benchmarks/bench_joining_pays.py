@@ -74,6 +74,8 @@ COLUMNS = [
     "auc_deployed_all",
     "auc_federated_all",
     "auc_local_only_all",
+    "auc_deployed_firm_mean",
+    "auc_local_only_firm_mean",
     "k_tfp_chain",
     "seconds",
     "other_share",
@@ -170,11 +172,25 @@ def _per_firm_entries(per_firm: Any) -> dict[str, Mapping[str, Any]]:
 
 
 def per_firm_pairs(per_firm: Any, metric: str) -> dict[str, tuple[float | None, float | None]]:
-    """{firm: (deployed, local_only)} of a per-firm section."""
+    """{firm: (deployed, local_only)} of a per-firm section: the summary's rows carry `deployed_<metric>` and
+    `local_only_<metric>` (`deployed` / `local_only`, a number or {metric: number}, are read too)."""
+
+    def value(row: Mapping[str, Any], method: str) -> float | None:
+        return _number(row.get(f"{method}_{metric}", row.get(method)), metric)
+
     return {
-        firm: (_number(row.get("deployed"), metric), _number(row.get("local_only"), metric))
-        for firm, row in _per_firm_entries(per_firm).items()
+        firm: (value(row, "deployed"), value(row, "local_only")) for firm, row in _per_firm_entries(per_firm).items()
     }
+
+
+def firm_means(pairs: Mapping[str, Sequence[float | None]]) -> tuple[float | None, float | None]:
+    """(deployed, local-only) means over the firms where both are defined: each firm's ROC-AUC on its own
+    scores, unlike the pooled figure, which ranks every firm's scores (of different model families, not
+    calibrated to each other) in one histogram."""
+    both = [(dep, loc) for dep, loc in pairs.values() if dep is not None and loc is not None]
+    if not both:
+        return None, None
+    return float(np.mean([dep for dep, _ in both])), float(np.mean([loc for _, loc in both]))
 
 
 def read_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
@@ -212,6 +228,7 @@ def read_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
     if risk_firms is None:
         row["missing"].append("models.risk.per_firm")
     row["risk_per_firm"] = {firm: list(pair) for firm, pair in per_firm_pairs(risk_firms, "roc_auc").items()}
+    row["auc_deployed_firm_mean"], row["auc_local_only_firm_mean"] = firm_means(row["risk_per_firm"])
 
     efficiency = summary.get("efficiency") or {}
     row["k_tfp_chain"] = _number(((efficiency.get("chain") or {}).get("K") or {}), "K_TFP")
@@ -260,6 +277,7 @@ def combine_draws(point: Point, draws: Sequence[dict[str, Any]]) -> dict[str, An
         group: _mean(draw.get("k_tfp_groups", {}).get(group) for draw in draws)
         for group in draws[0].get("k_tfp_groups", {})
     }
+    row["auc_deployed_firm_mean"], row["auc_local_only_firm_mean"] = firm_means(row["risk_per_firm"])
     ratios = [dep / loc for dep, loc in row["demand_per_firm"].values() if dep is not None and loc]
     if ratios and len(ratios) == len(row["demand_per_firm"]):
         row["worst_ratio"] = max(ratios)  # the worst firm of the per-firm WAPE averaged over the draws
@@ -362,7 +380,8 @@ def evaluate_targets(
     firm_cases: list[tuple[str, float | None, bool | None]] = []
     mean_cases: list[tuple[str, float | None, bool | None]] = []
     for seed, row in zip(seeds, private, strict=True):
-        pairs = (row or {}).get("risk_per_firm") or {}
+        # a firm whose test rows hold one class has no ROC-AUC, deployed or local-only: nothing to judge there
+        pairs = {f: p for f, p in ((row or {}).get("risk_per_firm") or {}).items() if p != [None, None]}
         gains = [dep - loc for dep, loc in pairs.values() if dep is not None and loc is not None]
         for firm, (dep, loc) in pairs.items():
             gain = None if dep is None or loc is None else dep - loc
@@ -401,6 +420,11 @@ def evaluate_targets(
     reason = _why_missing([credit], ["auc_deployed_all", "auc_local_only_all"])
     case = [("credit", gain, None if gain is None else gain >= 0.03)]
     checks.append(_check("real loans: private deployed - local-only ROC-AUC (all)", ">= 0.03", case, reason))
+    if credit and credit.get("auc_deployed_firm_mean") is not None:
+        checks[-1]["detail"] += (
+            f" (per-lender means: deployed {credit['auc_deployed_firm_mean']:.4g}, "
+            f"local-only {credit['auc_local_only_firm_mean']:.4g})"
+        )
     if credit and credit.get("auc_federated_all") is not None and credit.get("auc_local_only_all") is not None:
         _federated_context(checks[-1], "credit", credit["auc_federated_all"] - credit["auc_local_only_all"])
 
@@ -512,6 +536,8 @@ def curve(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "auc_deployed_all",
             "auc_federated_all",
             "auc_local_only_all",
+            "auc_deployed_firm_mean",
+            "auc_local_only_firm_mean",
             "k_tfp_chain",
         ):
             entry[key] = _mean(row.get(key) for row in rows)
@@ -598,9 +624,13 @@ def notes(
     references: Mapping[str, Any],
     plot_name: str | None,
     quick: bool,
+    parameters: Mapping[str, Any] | None = None,
 ) -> str:
     shown = [{**check, "value": "-" if check["value"] is None else check["value"]} for check in checks]
     text = ["## Targets (issue 17)", "", markdown_table(shown, CHECK_COLUMNS), ""]
+    reduced = parameters.get("reduced") if parameters else None
+    if reduced and not quick:
+        text += [f"**Reduced grid**: {'; '.join(reduced)}. The statuses judge only what ran.", ""]
     if quick:
         text += [
             "Quick mode: one seed, one noise draw, fewer rounds: a check that the harness works; the statuses above "
@@ -637,7 +667,11 @@ def notes(
         text += [""]
     text += [
         "epsilon is per firm at the record level (one demand window or one risk row), delta 1e-5, accounted by "
-        "RDP from each run's verified ledger (epsilon_spent: the largest spend of any firm). A private point is "
+        "RDP from each run's verified ledger (epsilon_spent: the largest spend of any firm). ROC-AUC 'all' pools "
+        "every firm's test scores in one histogram: scores of different model families (a local MLP here, a "
+        "logistic model there) that are not calibrated to each other, so it can fall below every firm's own; "
+        "auc_*_firm_mean is the mean of each firm's own ROC-AUC over the firms whose test rows hold both classes, "
+        "the figure the per-firm targets judge. A private point is "
         "the mean over its draws (draw d ran with `--noise-seed d`). other_share: the share of the machine other "
         "work used during the run (run times are comparable only where it is low).",
     ]
@@ -663,7 +697,7 @@ def report(
         parameters=parameters,
         rows=table_rows(points),
         columns=COLUMNS,
-        notes=notes(points, checks, curve_rows, references, image.name if image else None, quick),
+        notes=notes(points, checks, curve_rows, references, image.name if image else None, quick, parameters),
         out_dir=out,
     )
     payload = json.loads(json_path.read_text())
@@ -688,6 +722,26 @@ def kept_points(path: Path, points: Sequence[Point]) -> list[dict[str, Any]]:
             continue
         kept.append(row)
     return kept
+
+
+def reductions(
+    seeds: Sequence[int], epsilons: Sequence[float], draws: int, rounds: int | None, real: bool
+) -> list[str]:
+    """How a grid falls short of the issue's (seeds 1-5, epsilon 1, 2, 4, 8, 3 draws, the files' rounds, the
+    real pilots), said in the results so a reduced run is never read as the full one."""
+    out = []
+    if tuple(seeds) != SEEDS:
+        out.append(f"seeds {', '.join(map(str, seeds))} of {SEEDS[0]}-{SEEDS[-1]}")
+    if set(EPSILONS) - set(epsilons):
+        ran, grid = (", ".join(f"{e:g}" for e in values) for values in (sorted(epsilons), EPSILONS))
+        out.append(f"epsilon {ran} of {grid}")
+    if draws != DRAWS:
+        out.append(f"{draws} noise draw(s) per private point, not {DRAWS}")
+    if rounds:
+        out.append(f"{rounds} rounds instead of the files' own")
+    if not real:
+        out.append("no real pilots")
+    return out
 
 
 def _numbers(text: str, kind: type) -> tuple:
@@ -719,8 +773,10 @@ def main() -> None:
         epsilons = (*epsilons, TARGET_EPSILON)  # the targets are judged at epsilon 8
     points = plan(seeds, epsilons, draws, rounds, not args.skip_real)
     name = "joining_pays_quick" if args.quick else "joining_pays"
+    reduced = reductions(seeds, epsilons, draws, rounds, not args.skip_real)
     parameters = {
-        "mode": "quick" if args.quick else "full",
+        "mode": "quick" if args.quick else ("reduced" if reduced else "full"),
+        "reduced": reduced,
         "seeds": list(seeds),
         "epsilons": list(epsilons),
         "delta": DELTA,

@@ -33,7 +33,9 @@ from silobridge.clients.personalise import (
     Choice,
     choose_demand,
     choose_risk,
+    confirms,
     demand_forecasts,
+    demand_scores,
     keep_or_switch,
     validation_split,
 )
@@ -79,6 +81,7 @@ class Deployment:
     forecaster: Forecaster
     shrinkage: float | None = None
     validation: dict[str, float] = field(default_factory=dict)
+    recent: dict[str, float] = field(default_factory=dict)  # the confirmation on the recent tail, where one ran
 
 
 def _take(windows: DemandWindows, mask: np.ndarray) -> DemandWindows:
@@ -89,21 +92,40 @@ def _torch_forecaster(model: torch.nn.Module, device: torch.device) -> Forecaste
     return lambda windows: forecast_units(model, windows, device)
 
 
+def _mlp_scores(
+    firm: FirmClient,
+    instruction: BaselineInstruction,
+    train: DemandWindows,
+    split: tuple[np.ndarray, np.ndarray],
+    global_mlp: torch.nn.Module | None,
+) -> dict[str, float]:
+    """Validation WAPE on the split's tail of the local-only MLP (its recipe, fitted on the split's fit
+    windows) and of the global MLP."""
+    fit, tail = split
+    tail_windows = _take(train, tail)
+    local = firm.fit_local_demand(_take(train, fit), instruction)
+    scores = {"local_mlp": wape(forecast_units(local, tail_windows, firm.device), tail_windows.actual)}
+    if global_mlp is not None:
+        scores["global_mlp"] = wape(forecast_units(global_mlp, tail_windows, firm.device), tail_windows.actual)
+    return scores
+
+
 def deploy_demand(
     firm: FirmClient,
     instruction: BaselineInstruction,
     linear_coef: np.ndarray | None,
     mlp_arrays: dict[str, np.ndarray] | None = None,
 ) -> Deployment:
-    """The firm's deployed demand forecaster: its local-only MLP unless a candidate beats its validation
-    WAPE by DEMAND_SWITCH_MARGIN (`keep_or_switch`); too few windows to validate, the linear fallback."""
+    """The firm's deployed demand forecaster: its local-only MLP unless a candidate (seasonal naive included)
+    beats its validation WAPE by DEMAND_SWITCH_MARGIN (`keep_or_switch`) and, where the tail reached back to
+    last year's season, also on the recent tail alone (`confirms`); too few windows to validate, the linear
+    fallback."""
     if firm.demand_split is None:
         raise ProtocolError("asked to deploy a demand model but the firm holds no demand data", firm=firm.firm_id)
     spec, train = firm.spec, firm.demand_split[0]
     choice: Choice = choose_demand(train, spec, linear_coef)
-    split = (
-        validation_split(train, spec.linear.validation_periods, spec.horizon, spec.test_periods) if len(train) else None
-    )
+    periods = spec.linear.validation_periods
+    split = validation_split(train, periods, spec.horizon, spec.test_periods) if len(train) else None
     if split is None:
         return Deployment(
             LINEAR_NAMES.get(choice.name, choice.name),
@@ -112,26 +134,42 @@ def deploy_demand(
             choice.shrinkage,
             dict(choice.validation),
         )
-    fit, tail = split
-    tail_windows = _take(train, tail)
-    scores = dict(choice.validation)
-    makers: dict[str, Callable[[], Forecaster]] = {}
-    local = firm.fit_local_demand(_take(train, fit), instruction)
-    scores["local_mlp"] = wape(forecast_units(local, tail_windows, firm.device), tail_windows.actual)
-    makers["local_mlp"] = lambda: _torch_forecaster(firm.local_demand_model(instruction), firm.device)
+    global_mlp: torch.nn.Module | None = None
     if mlp_arrays is not None:
         global_mlp = build_model("demand", spec)
         load_arrays(global_mlp, mlp_arrays)
-        scores["global_mlp"] = wape(forecast_units(global_mlp, tail_windows, firm.device), tail_windows.actual)
-        makers["global_mlp"] = lambda: _torch_forecaster(global_mlp, firm.device)
-    origins = int(np.unique(tail_windows.origin).size)
+    scores = {**choice.validation, **_mlp_scores(firm, instruction, train, split, global_mlp)}
+    makers: dict[str, Callable[[], Forecaster]] = {
+        "local_mlp": lambda: _torch_forecaster(firm.local_demand_model(instruction), firm.device)
+    }
+    if global_mlp is not None:
+        makers["global_mlp"] = lambda: _torch_forecaster(global_mlp, firm.device)  # type: ignore[arg-type]
+    origins = int(np.unique(train.origin[split[1]]).size)
     pick = keep_or_switch(scores, "local_mlp", DEMAND_SWITCH_MARGIN)
+    confirm: dict[str, float] = {}
+    reason = f"no candidate beat its local-only MLP by {DEMAND_SWITCH_MARGIN:.0%} WAPE on {origins} origins"
+    recent = validation_split(train, periods, spec.horizon)
+    if pick != "local_mlp" and recent is not None and not np.array_equal(recent[1], split[1]):
+        # The seasonal tail leaves the fitted candidates a year less to fit on; seasonal naive fits nothing, so
+        # it (or a model that needs less data) can win there and lose once the local-only MLP has all its data.
+        confirm = {
+            **demand_scores(train, spec, linear_coef, *recent),
+            **_mlp_scores(firm, instruction, train, recent, global_mlp),
+        }
+        if not confirms(confirm, pick, "local_mlp", DEMAND_SWITCH_MARGIN):
+            recent_origins = int(np.unique(train.origin[recent[1]]).size)
+            reason = (
+                f"{pick} beat its local-only MLP by {DEMAND_SWITCH_MARGIN:.0%} WAPE on {origins} origins but not on "
+                f"its {recent_origins} most recent (the local-only MLP fitted on more windows): kept it"
+            )
+            pick = "local_mlp"
     if pick == "local_mlp":
-        reason = f"no candidate beat its local-only MLP by {DEMAND_SWITCH_MARGIN:.0%} WAPE on {origins} origins"
-        return Deployment(pick, reason, makers[pick](), None, scores)
+        return Deployment(pick, reason, makers[pick](), None, scores, confirm)
     reason = f"{choice.reason}, over {DEMAND_SWITCH_MARGIN:.0%} below its local-only MLP's"
+    if confirm:
+        reason += f" (also on its {int(np.unique(train.origin[recent[1]]).size)} most recent)"  # type: ignore[index]
     if pick in makers:
-        return Deployment(pick, reason, makers[pick](), None, scores)
+        return Deployment(pick, reason, makers[pick](), None, scores, confirm)
     # the best score overall is a linear candidate's, hence the linear choice's (its lowest)
     return Deployment(
         LINEAR_NAMES.get(choice.name, choice.name),
@@ -139,6 +177,7 @@ def deploy_demand(
         lambda windows: demand_forecasts(choice, windows, spec),
         choice.shrinkage,
         scores,
+        confirm,
     )
 
 
@@ -169,8 +208,9 @@ def _mlp_probabilities(model: torch.nn.Module, norm: Normaliser, firm: FirmClien
 def deploy_risk(
     firm: FirmClient, norm: Normaliser, global_coef: np.ndarray | None, instruction: BaselineInstruction
 ) -> RiskDeployment:
-    """The firm's deployed risk model: its local-only MLP (the baseline's recipe), unless a logistic one
-    (local, global or shrunk toward the global) beats its validation log loss by RISK_SWITCH_MARGIN."""
+    """The firm's deployed risk model (`choose_risk`): its local-only MLP (the baseline's recipe), unless a
+    logistic one (local, global or shrunk toward the global) beats its validation log loss by
+    RISK_SWITCH_MARGIN, or its rows hold too few events to learn from and a global model exists."""
     x, y = risk_training(firm, norm)  # raises if the firm holds no risk data
     train = firm.risk_split[0]  # type: ignore[index]
 
@@ -180,7 +220,7 @@ def deploy_risk(
         return logit_log_loss(logits, train.labels[tail].astype(float))
 
     choice = choose_risk(x, y, global_coef, firm.spec.linear.risk_ridge, local_only=local_only)
-    if choice.name == "local_only":
+    if choice.name in ("local_only", "none"):  # "none": no rows and no global model, the baseline's fallback
         model, own = firm.local_risk_model(instruction)
         return RiskDeployment(choice, _mlp_probabilities(model, own, firm))
     coef = choice.coef if choice.coef is not None else global_coef

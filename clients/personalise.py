@@ -17,6 +17,7 @@ partly luck, and a switch that validated slightly better can test worse; switchi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -73,6 +74,13 @@ def keep_or_switch(scores: dict[str, float], incumbent: str, margin: float) -> s
     return best if finite[best] < (1.0 - margin) * finite[incumbent] else incumbent
 
 
+def confirms(scores: dict[str, float], pick: str, incumbent: str, margin: float) -> bool:
+    """Whether `pick` also beats `incumbent` by `margin` relative on a second validation's `scores` (a
+    missing or non-finite score of either never confirms a switch)."""
+    mine, theirs = scores.get(pick, math.nan), scores.get(incumbent, math.nan)
+    return bool(np.isfinite(mine) and np.isfinite(theirs) and mine < (1.0 - margin) * theirs)
+
+
 SEASON = 52
 """Periods in a year: a firm with a long history also validates on the same season a year earlier."""
 MIN_SEASONAL_FIT_ORIGINS = 26
@@ -117,6 +125,20 @@ def _candidates(
     return out
 
 
+def demand_scores(
+    train: DemandWindows, spec: FederationSpec, global_coef: np.ndarray | None, fit: np.ndarray, tail: np.ndarray
+) -> dict[str, float]:
+    """Validation WAPE on the `tail` windows of seasonal naive and of every linear candidate fitted on the
+    `fit` windows (keys: naive, local, global, adapted@ALPHA)."""
+    x_all, y_all = demand_design(train, spec)
+    tail_windows = _take(train, tail)
+    actual = tail_windows.actual
+    scores = {"naive": wape(tail_windows.naive.astype(float), actual)}
+    for name, (coef, _) in _candidates(x_all[fit], y_all[fit], global_coef, spec).items():
+        scores[name] = wape(forecast_units(x_all[tail], coef, tail_windows.scale), actual)
+    return scores
+
+
 def choose_demand(train: DemandWindows, spec: FederationSpec, global_coef: np.ndarray | None) -> Choice:
     """The firm's deployed demand model, chosen on its validation tail and refitted on all its windows."""
     if len(train) == 0:
@@ -129,15 +151,9 @@ def choose_demand(train: DemandWindows, spec: FederationSpec, global_coef: np.nd
         coef = ridge(x_all.T @ x_all, x_all.T @ y_all, spec.linear.ridge)
         return Choice("local", coef, f"{len(train)} training windows, too few to validate, no global model: local")
     fit, tail = split
-    x_fit, y_fit = x_all[fit], y_all[fit]
-    x_tail, tail_windows = x_all[tail], _take(train, tail)
-    actual = tail_windows.actual
-    scores = {"naive": wape(tail_windows.naive.astype(float), actual)}
-    fitted = _candidates(x_fit, y_fit, global_coef, spec)
-    for name, (coef, _) in fitted.items():
-        scores[name] = wape(forecast_units(x_tail, coef, tail_windows.scale), actual)
+    scores = demand_scores(train, spec, global_coef, fit, tail)
     best = min(scores, key=lambda name: (np.nan_to_num(scores[name], nan=np.inf), name != "global"))
-    reason = f"lowest WAPE on {int(np.unique(tail_windows.origin).size)} of its own training origins"
+    reason = f"lowest WAPE on {int(np.unique(train.origin[tail]).size)} of its own training origins"
     if best == "naive":
         return Choice("naive", None, reason, validation=scores)
     if best == "global":
@@ -177,6 +193,42 @@ def stratified_tail(y: np.ndarray, share: float) -> np.ndarray | None:
     return tail
 
 
+RISK_FOLDS = 4
+"""Most folds of the cross-validation a firm runs when its recent tail holds too few events: every
+event of its training rows is then validated once."""
+MIN_LOCAL_EVENTS = MIN_VALIDATION_EVENTS
+"""Fewest events a firm's training rows must hold for it to choose its risk model on its own evidence:
+with fewer it can tell no two models apart, and its local-only model has learnt from as few events
+(ranking at random with none), so it deploys the global model, which learnt from the federation's."""
+
+
+def stratified_folds(y: np.ndarray, folds: int) -> list[np.ndarray]:
+    """`folds` masks over rows in date order: each class's rows cut into `folds` contiguous blocks, fold j
+    holding block j of each class, so every fold holds events and every row is validated once. Needs at
+    least `folds` rows of each class."""
+    masks = [np.zeros(len(y), dtype=bool) for _ in range(folds)]
+    for label in (0.0, 1.0):
+        for mask, block in zip(masks, np.array_split(np.flatnonzero(y == label), folds), strict=True):
+            mask[block] = True
+    return masks
+
+
+def risk_validation(y: np.ndarray, tail_share: float) -> tuple[list[np.ndarray], str] | None:
+    """The masks a firm validates its risk candidates on (each fitted on the other rows) and their
+    description: its `stratified_tail` when that holds MIN_VALIDATION_EVENTS events, else folds of
+    `stratified_folds` over all its rows (up to RISK_FOLDS, one event each at least). None if it has too
+    few rows of a class for either."""
+    tail = stratified_tail(y, tail_share)
+    if tail is not None and int(y[tail].sum()) >= MIN_VALIDATION_EVENTS:
+        held = f"({int(tail.sum())}, {int(y[tail].sum())} positive)"
+        return [tail], f"the last {tail_share:.0%} of each class's training rows {held}"
+    folds = min(RISK_FOLDS, int(np.sum(y == 1.0)), int(np.sum(y == 0.0)))
+    if folds < 2 or len(y) < 2 * MIN_FIT_WINDOWS:
+        return None
+    rows = f"{folds} folds of all {len(y)} training rows ({int(y.sum())} positive)"
+    return stratified_folds(y, folds), rows
+
+
 def choose_risk(
     x: np.ndarray,
     y: np.ndarray,
@@ -185,24 +237,29 @@ def choose_risk(
     tail_share: float = 0.25,
     local_only: Callable[[np.ndarray], float] | None = None,
 ) -> Choice:
-    """The firm's deployed risk model (design rows `x`, in date order), chosen by log loss on its
-    `stratified_tail`, then refitted on all rows: logistic local, global or shrunk, or, with `local_only`
-    (the log loss on a tail mask of its local-only model fitted on the other rows), that model (name
-    "local_only", coef None), kept unless the tail holds MIN_VALIDATION_EVENTS events and a candidate
-    beats it by RISK_SWITCH_MARGIN; too few rows or events to validate, it is kept too."""
+    """The firm's deployed risk model (design rows `x`, in date order), chosen by log loss on
+    `risk_validation`'s rows (each candidate fitted on the others), then refitted on all rows: logistic
+    local, global or shrunk, or, with `local_only` (the log loss on a mask of its local-only model fitted on
+    the other rows), that model (name "local_only", coef None), kept unless the validated rows hold
+    MIN_VALIDATION_EVENTS events and a candidate beats it by RISK_SWITCH_MARGIN. Fewer than
+    MIN_LOCAL_EVENTS events in all: the global model; without one, too few to validate: local-only kept."""
     if len(y) == 0:
         if global_coef is None:
             return Choice("none", None, "no risk training rows and no global model")
         return Choice("global", global_coef, "no risk training rows: global model")
-    tail = stratified_tail(y, tail_share)
-    if tail is None:
+    events = int(np.sum(y == 1.0))
+    if events < MIN_LOCAL_EVENTS and global_coef is not None:
+        why = f"its {len(y)} training rows hold {events} event(s), too few to learn risk from or to validate on"
+        return Choice("global", global_coef, f"{why}: global model")
+    validation = risk_validation(y, tail_share)
+    if validation is None:
         too_few = f"{len(y)} rows, too few (or one class) to validate"
         if local_only is not None:
             return Choice("local_only", None, f"{too_few}: its local-only model")
         if global_coef is not None:
             return Choice("global", global_coef, f"{too_few}: global model")
         return Choice("local", logistic_fit(x, y, penalty), f"{len(y)} rows, too few to validate: local")
-    fit = ~tail
+    masks, rows = validation
 
     def fits(xs: np.ndarray, ys: np.ndarray) -> dict[str, tuple[np.ndarray, float | None]]:
         out: dict[str, tuple[np.ndarray, float | None]] = {"local": (logistic_fit(xs, ys, penalty), None)}
@@ -212,12 +269,19 @@ def choose_risk(
                 out[f"adapted@{alpha:g}"] = (logistic_fit(xs, ys, alpha, prior=global_coef), alpha)
         return out
 
-    scores = {name: log_loss(x[tail], y[tail], coef) for name, (coef, _) in fits(x[fit], y[fit]).items()}
-    rows = f"the last {tail_share:.0%} of each class's training rows ({int(tail.sum())}, {int(y[tail].sum())} positive)"
+    weights = np.array([mask.sum() for mask in masks], dtype=float) / sum(int(mask.sum()) for mask in masks)
+    per_mask = [
+        {name: log_loss(x[mask], y[mask], coef) for name, (coef, _) in fits(x[~mask], y[~mask]).items()}
+        for mask in masks
+    ]
+    scores = {
+        name: float(sum(w * fold[name] for w, fold in zip(weights, per_mask, strict=True))) for name in per_mask[0]
+    }
+    validated_events = int(sum(y[mask].sum() for mask in masks))
     reason = f"lowest log loss on {rows}"
     if local_only is not None:
-        scores["local_only"] = local_only(tail)
-        if int(y[tail].sum()) < MIN_VALIDATION_EVENTS:
+        scores["local_only"] = float(np.dot(weights, [local_only(mask) for mask in masks]))
+        if validated_events < MIN_VALIDATION_EVENTS:
             kept = f"fewer than {MIN_VALIDATION_EVENTS} events to validate on ({rows}): its local-only model"
             return Choice("local_only", None, kept, validation=scores)
         best = keep_or_switch(scores, "local_only", RISK_SWITCH_MARGIN)

@@ -11,7 +11,7 @@ by a real federation: they are marked simulation-only in the summary.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -72,6 +72,40 @@ def _own(vector: np.ndarray, group: str, kind: str) -> dict[str, float]:
     return by_group["all"]
 
 
+PER_FIRM_METRIC = {"demand": ("wape", "ratio"), "risk": ("roc_auc", "difference")}
+"""Each model's per-firm metric and how its row compares deployed with local-only (a ratio of WAPE, a
+difference of ROC-AUC)."""
+
+
+def per_firm_row(
+    firm: FirmClient, kind: str, stats: np.ndarray, baselines: dict[str, np.ndarray], choice: Any
+) -> dict[str, Any]:
+    """ "What joining gave me": the firm's deployed and local-only test metric (local-only from its own
+    baselines, nan without them), their comparison, what it chose (`choice`: a demand Deployment or a risk
+    Choice, both with name, reason, shrinkage and validation scores) and why."""
+    metric, comparison = PER_FIRM_METRIC[kind]
+    deployed = _own(stats, firm.group, kind)[metric]
+    key = DEMAND_LOCAL_ONLY if kind == "demand" else RISK_LOCAL_ONLY
+    local = _own(baselines[key], firm.group, kind)[metric] if key in baselines else math.nan
+    row: dict[str, Any] = {
+        "firm": firm.firm_id,
+        "group": firm.group,
+        "choice": choice.name,
+        "reason": choice.reason,
+        "shrinkage": choice.shrinkage,
+        f"deployed_{metric}": deployed,
+        f"local_only_{metric}": local,
+        comparison: _ratio(deployed, local) if comparison == "ratio" else deployed - local,
+        "validation": _rounded(choice.validation),
+    }
+    if getattr(choice, "recent", None):
+        row["recent_validation"] = _rounded(choice.recent)
+    return row
+
+
+NO_GLOBAL_RISK = "no global linear risk model (its release was skipped or refused)"
+
+
 def deploy_all(
     firms: list[FirmClient],
     baselines_of: dict[str, dict[str, np.ndarray]],
@@ -81,8 +115,9 @@ def deploy_all(
     linear: dict[str, np.ndarray | None],
     mlp: dict[str, dict[str, np.ndarray]] | None = None,
 ) -> DeployedOutcome:
-    """Every firm's deployed demand (and, with a global linear risk model, risk) model, scored; each firm's
-    local-only figures come from its own baselines (`baselines_of`, by firm)."""
+    """Every firm's deployed demand and (where the linear family ran: `linear` has a "risk" key) risk model,
+    scored; each firm's local-only figures come from its own baselines (`baselines_of`, by firm). Without
+    a global model a firm still deploys (its own models or naive) and its row says why."""
     out = DeployedOutcome(per_firm={"demand": [], "risk": []})
     for firm in firms:
         baselines = baselines_of.get(firm.firm_id, {})
@@ -94,57 +129,24 @@ def deploy_all(
             if coef is not None:
                 glob = demand_test_stats(firm, linear_forecaster(coef, firm.spec)).to_vector()
                 out.global_demand = _add(out.global_demand, slot_by_group(glob, firm.group))
-            deployed_wape = _own(stats, firm.group, "demand")["wape"]
-            local_wape = (
-                _own(baselines[DEMAND_LOCAL_ONLY], firm.group, "demand")["wape"]
-                if DEMAND_LOCAL_ONLY in baselines
-                else math.nan
-            )
-            out.per_firm["demand"].append(
-                {
-                    "firm": firm.firm_id,
-                    "group": firm.group,
-                    "choice": deployment.name,
-                    "reason": deployment.reason,
-                    "shrinkage": deployment.shrinkage,
-                    "deployed_wape": deployed_wape,
-                    "local_only_wape": local_wape,
-                    "ratio": _ratio(deployed_wape, local_wape),
-                    "validation": _rounded(deployment.validation),
-                }
-            )
+            out.per_firm["demand"].append(per_firm_row(firm, "demand", stats, baselines, deployment))
             slot = firm.efficiency_slot(groups) if groups is not None else None
             if slot is not None:
                 out.efficiency_after = _add(
                     out.efficiency_after, slot_by_tier(firm.efficiency_sums(deployment.forecaster), slot)
                 )
-        risk_coef = linear.get("risk")
-        if firm.trains("risk") and risk_coef is not None:
+        if firm.trains("risk") and "risk" in linear:  # the linear family ran (an MLP-only run has no risk choice)
+            risk_coef = linear["risk"]
             deployed_risk = deploy_risk(firm, norm, risk_coef, instruction)
             choice = deployed_risk.choice
+            if risk_coef is None:
+                choice = replace(choice, reason=f"{NO_GLOBAL_RISK}: {choice.reason}")
             stats = slot_by_group(risk_predict_stats(firm, deployed_risk.predict).to_vector(), firm.group)
             out.risk = _add(out.risk, stats)
-            global_stats = slot_by_group(risk_test_stats(firm, norm, risk_coef).to_vector(), firm.group)
-            out.global_risk = _add(out.global_risk, global_stats)
-            deployed_auc = _own(stats, firm.group, "risk")["roc_auc"]
-            local_auc = (
-                _own(baselines[RISK_LOCAL_ONLY], firm.group, "risk")["roc_auc"]
-                if RISK_LOCAL_ONLY in baselines
-                else math.nan
-            )
-            out.per_firm["risk"].append(
-                {
-                    "firm": firm.firm_id,
-                    "group": firm.group,
-                    "choice": choice.name,
-                    "reason": choice.reason,
-                    "shrinkage": choice.shrinkage,
-                    "deployed_roc_auc": deployed_auc,
-                    "local_only_roc_auc": local_auc,
-                    "difference": deployed_auc - local_auc,
-                    "validation": _rounded(choice.validation),
-                }
-            )
+            if risk_coef is not None:
+                global_stats = slot_by_group(risk_test_stats(firm, norm, risk_coef).to_vector(), firm.group)
+                out.global_risk = _add(out.global_risk, global_stats)
+            out.per_firm["risk"].append(per_firm_row(firm, "risk", stats, baselines, choice))
     return out
 
 

@@ -10,13 +10,17 @@ from typing import Any
 import pytest
 
 from benchmarks.bench_joining_pays import (
+    DRAWS,
+    EPSILONS,
     NOT_PRODUCED,
+    SEEDS,
     Point,
     combine_draws,
     evaluate_targets,
     kept_points,
     plan,
     read_summary,
+    reductions,
     report,
 )
 
@@ -214,3 +218,45 @@ def test_report_writes_results_and_resume_keeps_good_points(tmp_path: Path) -> N
     kept = kept_points(json_path, wanted)
     assert {(row["pilot"], row["epsilon"]) for row in kept} == {("default", None), ("default", 8.0)}
     assert kept_points(json_path, plan([1], [8.0], draws=3, rounds=5, real=False)) == [kept[0]]  # other draws
+
+
+def test_read_summary_reads_the_summarys_own_per_firm_rows_and_their_means() -> None:
+    summary = _issue17(0.25, 0.30, {"R1": (0.2, 0.21)}, {})
+    summary["models"]["demand"]["per_firm"] = {
+        "worst_ratio": 0.95,
+        "firms": [{"firm": "R1", "deployed_wape": 0.2, "local_only_wape": 0.21, "ratio": 0.95}],
+    }
+    summary["models"]["risk"]["per_firm"] = {
+        "firms": [
+            {"firm": "R1", "deployed_roc_auc": 0.9, "local_only_roc_auc": 0.6, "difference": 0.3},
+            {"firm": "R2", "deployed_roc_auc": 0.7, "local_only_roc_auc": 0.8, "difference": -0.1},
+            {"firm": "S1", "deployed_roc_auc": float("nan"), "local_only_roc_auc": float("nan")},  # one test class
+        ],
+        "worst_difference": -0.1,
+    }
+    row = read_summary(summary)
+    assert row["demand_per_firm"] == {"R1": [0.2, 0.21]}
+    assert row["risk_per_firm"] == {"R1": [0.9, 0.6], "R2": [0.7, 0.8], "S1": [None, None]}
+    assert row["auc_deployed_firm_mean"] == pytest.approx(0.8) and row["auc_local_only_firm_mean"] == pytest.approx(0.7)
+
+
+def test_risk_targets_skip_firms_without_a_roc_auc_but_not_half_measured_ones() -> None:
+    base = {"pilot": "default", "seed": 1, "epsilon": 8.0}
+    row = {**base, "risk_per_firm": {"R1": [0.9, 0.6], "R2": [0.7, 0.8], "S1": [None, None]}}
+    checks = {c["target"]: c for c in evaluate_targets([row], [1])}
+    every = checks["every firm's deployed - local-only risk ROC-AUC"]
+    mean = checks["mean over firms of deployed - local-only risk ROC-AUC"]
+    assert every["status"] == "NOT met" and "S1" not in every["detail"] and every["value"] == pytest.approx(-0.1)
+    assert mean["status"] == "met" and mean["value"] == pytest.approx(0.1)
+    half = {**base, "risk_per_firm": {"R1": [0.9, 0.6], "S1": [None, 0.5]}}
+    assert {c["target"]: c for c in evaluate_targets([half], [1])}[every["target"]]["status"] == "not run"
+
+
+def test_a_reduced_grid_says_what_it_leaves_out() -> None:
+    assert reductions(SEEDS, EPSILONS, DRAWS, None, True) == []
+    assert reductions((1, 2), (8.0,), 1, None, True) == [
+        "seeds 1, 2 of 1-5",
+        "epsilon 8 of 1, 2, 4, 8",
+        "1 noise draw(s) per private point, not 3",
+    ]
+    assert reductions(SEEDS, EPSILONS, DRAWS, 5, False) == ["5 rounds instead of the files' own", "no real pilots"]

@@ -58,8 +58,11 @@ def test_a_firm_deploys_its_local_mlp_unless_a_candidate_beats_it_by_the_margin(
     if chosen != "local_mlp":
         assert deployment.validation[chosen] == min(deployment.validation.values())
         assert deployment.validation[chosen] < (1 - DEMAND_SWITCH_MARGIN) * local
-    else:
-        assert min(deployment.validation.values()) >= (1 - DEMAND_SWITCH_MARGIN) * local
+    elif min(deployment.validation.values()) < (1 - DEMAND_SWITCH_MARGIN) * local:
+        # won on the tail reaching back a year, not confirmed on the recent tail (the MLP fitted on more windows)
+        best = min(deployment.validation, key=deployment.validation.__getitem__)
+        assert "not on its" in deployment.reason
+        assert deployment.recent[best] >= (1 - DEMAND_SWITCH_MARGIN) * deployment.recent["local_mlp"]
     test = firm.demand_split[1]
     forecasts = deployment.forecaster(test)
     assert forecasts.shape == test.targets.shape and np.all(forecasts >= 0)

@@ -8,12 +8,18 @@ import pytest
 from silobridge.clients.features import DemandWindows, demand_windows
 from silobridge.clients.linear import demand_design, ridge, risk_design
 from silobridge.clients.personalise import (
+    DEMAND_SWITCH_MARGIN,
     MIN_VALIDATION_EVENTS,
+    RISK_FOLDS,
     RISK_SWITCH_MARGIN,
     choose_demand,
     choose_risk,
+    confirms,
     demand_forecasts,
+    demand_scores,
     keep_or_switch,
+    risk_validation,
+    stratified_folds,
     stratified_tail,
     validation_split,
 )
@@ -152,12 +158,74 @@ def test_the_risk_tail_holds_the_last_quarter_of_each_class() -> None:
     assert stratified_tail(np.zeros(8), 0.25) is None
 
 
-def test_risk_keeps_the_local_only_model_when_it_cannot_validate() -> None:
+def test_risk_with_few_events_in_its_tail_validates_on_folds_of_all_its_rows() -> None:
     x, y, truth = _risk_rows()
     rare = np.zeros_like(y)
-    rare[[10, 50, 90, 130, 170, 210, 250, 290]] = 1.0  # 8 events: the tail holds 2
-    few_events = choose_risk(x, rare, truth, 1.0, local_only=lambda tail: 10.0)  # however bad it validates
+    rare[[10, 50, 90, 130, 170, 210, 250, 290]] = 1.0  # 8 events: the last quarter holds 2
+    masks: list[np.ndarray] = []
+
+    def local_only(mask: np.ndarray) -> float:
+        masks.append(mask)
+        return 10.0  # a local-only model that validates badly
+
+    switched = choose_risk(x, rare, truth, 1.0, local_only=local_only)
+    assert len(masks) == RISK_FOLDS and f"{RISK_FOLDS} folds of all 300 training rows (8 positive)" in switched.reason
+    assert np.array_equal(np.sum(masks, axis=0), np.ones(300))  # every row validated exactly once
+    assert all(int(rare[mask].sum()) == 2 for mask in masks)
+    assert switched.name != "local_only" and switched.validation["local_only"] == pytest.approx(10.0)
+    kept = choose_risk(x, rare, truth, 1.0, local_only=lambda mask: 0.01)  # however few events, a better one stays
+    assert kept.name == "local_only" and "no candidate beat" in kept.reason
+
+
+def test_without_a_global_model_too_few_events_keep_the_local_only_model() -> None:
+    x, y, _ = _risk_rows()
+    rare = np.zeros_like(y)
+    rare[[10, 150, 290]] = 1.0  # 3 events: 3 folds validate 3 < MIN_VALIDATION_EVENTS
+    few_events = choose_risk(x, rare, None, 1.0, local_only=lambda mask: 10.0)  # however bad it validates
     assert few_events.name == "local_only" and f"fewer than {MIN_VALIDATION_EVENTS} events" in few_events.reason
-    assert "global" in few_events.validation  # the candidates were still scored, for the firm's report
-    one_class = choose_risk(x[:10], np.zeros(10), truth, 1.0, local_only=lambda cut: 0.1)
+    assert "local" in few_events.validation  # the candidates were still scored, for the firm's report
+
+
+def test_a_firm_with_too_few_events_of_its_own_deploys_the_global_model() -> None:
+    x, _, truth = _risk_rows()
+    for events in ([], [42], [10, 150, 290, 299]):  # below MIN_LOCAL_EVENTS: nothing to choose on
+        y = np.zeros(len(x))
+        y[events] = 1.0
+        choice = choose_risk(x, y, truth, 1.0, local_only=lambda mask: 0.0)
+        assert choice.name == "global" and np.array_equal(choice.coef, truth)
+        assert f"hold {len(events)} event(s)" in choice.reason
+    one_class = choose_risk(x[:10], np.zeros(10), None, 1.0, local_only=lambda cut: 0.1)  # and no global model
     assert one_class.name == "local_only" and "too few" in one_class.reason
+
+
+def test_stratified_folds_cut_each_class_in_date_order() -> None:
+    y = np.array([0, 1, 0, 0, 1, 0, 1, 0, 0, 1], dtype=float)
+    folds = stratified_folds(y, 2)
+    assert [np.flatnonzero(f).tolist() for f in folds] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    assert risk_validation(np.array([0, 0, 0, 1, 0, 0], dtype=float), 0.25) is None  # one event: nothing to fold
+
+
+def test_seasonal_naive_needs_the_margin_and_the_recent_confirmation() -> None:
+    # the Walmart pilot's dept_1 (epsilon 8): naive won the tail reaching back a year (its local-only MLP fitted on
+    # 67 windows), lost the recent tail (the MLP fitted on 108), and tested 1.32x the local-only WAPE when deployed
+    seasonal = {"naive": 0.0944, "local": 0.2196, "adapted@10": 0.1714, "local_mlp": 0.2078}
+    assert keep_or_switch(seasonal, "local_mlp", DEMAND_SWITCH_MARGIN) == "naive"
+    assert keep_or_switch({"naive": 0.19, "local_mlp": 0.2078}, "local_mlp", DEMAND_SWITCH_MARGIN) == "local_mlp"
+    recent = {"naive": 0.075, "local": 0.230, "local_mlp": 0.044}
+    assert not confirms(recent, "naive", "local_mlp", DEMAND_SWITCH_MARGIN)
+    assert confirms({"naive": 0.035, "local_mlp": 0.044}, "naive", "local_mlp", DEMAND_SWITCH_MARGIN)
+    assert not confirms({"naive": 0.0396, "local_mlp": 0.044}, "naive", "local_mlp", DEMAND_SWITCH_MARGIN)  # 10% only
+    assert not confirms({"naive": 0.01, "local_mlp": float("nan")}, "naive", "local_mlp", 0.1)
+    assert not confirms({"local_mlp": 0.04}, "naive", "local_mlp", 0.1)
+
+
+def test_demand_scores_fit_on_the_fit_windows_and_score_the_tail() -> None:
+    train, spec = _train()
+    fit, tail = validation_split(train, 4, spec.horizon)
+    scores = demand_scores(train, spec, None, fit, tail)
+    assert set(scores) == {"naive", "local"}
+    x, y = demand_design(train, spec)
+    coef = ridge(x[fit].T @ x[fit], x[fit].T @ y[fit], spec.linear.ridge)
+    actual = train.actual[tail]
+    forecast = np.maximum(x[tail] @ coef, 0.0) * train.scale[tail].astype(float)[:, None]
+    assert scores["local"] == pytest.approx(np.abs(forecast - actual).sum() / np.abs(actual).sum())

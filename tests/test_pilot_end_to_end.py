@@ -65,6 +65,11 @@ def test_a_pilot_from_init_to_report(tmp_path: Path) -> None:
     assert isinstance(summary["models"]["risk"]["local_only"]["all"]["roc_auc"], float)
     # two firms hold risk data, fewer than a secure sum's 3: no global risk model is released, and the run says so
     assert "fewer than the 3 a secure sum needs: no global linear risk model" in " ".join(result.stderr.split())
+    # each of them still deploys a risk model of its own, and its row says why
+    risk_rows = summary["models"]["risk"]["per_firm"]["firms"]
+    assert {row["firm"] for row in risk_rows} == {"D1", "L1"}
+    assert all(row["reason"].startswith("no global linear risk model") for row in risk_rows)
+    assert isinstance(summary["models"]["risk"]["deployed"]["all"]["roc_auc"], float)
 
     result = silobridge("report", str(run), cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -1,0 +1,92 @@
+"""A firm's deployment choice in full: the margin, and the confirmation on its most recent windows."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import silobridge.clients.deploy as deploy
+from silobridge.clients.deploy import deploy_demand
+from silobridge.clients.personalise import DEMAND_SWITCH_MARGIN, validation_split
+from silobridge.federation.deployment import NO_GLOBAL_RISK, deploy_all
+from silobridge.federation.firm_source import simulated_firm
+from silobridge.federation.runner import baseline_instruction
+from silobridge.federation.settings import settings_from_run_config
+from tests.conftest import TINY
+from tests.firm_support import tiny_firm
+
+
+def _scripted_local_mlp(monkeypatch: pytest.MonkeyPatch, seasonal: float, recent: float) -> list[np.ndarray]:
+    """Replace the local-only MLP's validation score: `seasonal` on the tail reaching back a year, `recent` on
+    the recent tail alone. Returns the tails it was scored on."""
+    tails: list[np.ndarray] = []
+
+    def scores(firm, instruction, train, split, global_mlp):  # noqa: ANN001, ANN202
+        spec = firm.spec
+        tails.append(split[1])
+        full = validation_split(train, spec.linear.validation_periods, spec.horizon, spec.test_periods)
+        return {"local_mlp": seasonal if np.array_equal(split[1], full[1]) else recent}
+
+    monkeypatch.setattr(deploy, "_mlp_scores", scores)
+    return tails
+
+
+def _setup():  # noqa: ANN202
+    firm, *_ = tiny_firm("")
+    instruction = baseline_instruction(settings_from_run_config({"scenario": str(TINY)}))
+    spec, train = firm.spec, firm.demand_split[0]
+    full = validation_split(train, spec.linear.validation_periods, spec.horizon, spec.test_periods)
+    recent = validation_split(train, spec.linear.validation_periods, spec.horizon)
+    assert not np.array_equal(full[1], recent[1])  # the tiny firm's history reaches back a year
+    return firm, instruction
+
+
+def test_a_switch_won_on_last_years_season_must_hold_on_the_recent_tail(monkeypatch: pytest.MonkeyPatch) -> None:
+    firm, instruction = _setup()
+    tails = _scripted_local_mlp(monkeypatch, seasonal=1e6, recent=1e-9)  # every candidate wins the seasonal tail
+    kept = deploy_demand(firm, instruction, None)
+    assert len(tails) == 2  # validated, then the switch was checked on the recent tail
+    assert kept.name == "local_mlp" and "most recent" in kept.reason and "kept it" in kept.reason
+    assert {"naive", "local", "local_mlp"} <= set(kept.recent) and kept.recent["local_mlp"] == 1e-9
+
+
+def test_a_switch_confirmed_on_the_recent_tail_is_deployed(monkeypatch: pytest.MonkeyPatch) -> None:
+    firm, instruction = _setup()
+    _scripted_local_mlp(monkeypatch, seasonal=1e6, recent=1e6)
+    switched = deploy_demand(firm, instruction, None)
+    assert switched.name in ("naive", "local_ridge") and "also on its" in switched.reason
+    key = "naive" if switched.name == "naive" else "local"
+    assert switched.recent[key] < (1 - DEMAND_SWITCH_MARGIN) * switched.recent["local_mlp"]
+    test = firm.demand_split[1]
+    assert switched.forecaster(test).shape == test.targets.shape
+
+
+def test_no_confirmation_when_the_tail_is_recent_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = settings_from_run_config({"scenario": str(TINY)})
+    firm = simulated_firm(settings, settings.spec, 1, run_id=-8)  # R2: 40 weeks, too few for last year's season
+    instruction = baseline_instruction(settings)
+    spec, train = firm.spec, firm.demand_split[0]
+    full = validation_split(train, spec.linear.validation_periods, spec.horizon, spec.test_periods)
+    recent = validation_split(train, spec.linear.validation_periods, spec.horizon)
+    assert np.array_equal(full[1], recent[1])
+    tails = _scripted_local_mlp(monkeypatch, seasonal=1e6, recent=1e-9)
+    deployment = deploy_demand(firm, instruction, None)
+    assert deployment.name != "local_mlp" and len(tails) == 1 and deployment.recent == {}
+
+
+def test_without_global_models_every_firm_still_deploys_and_says_why() -> None:
+    firm, _, _, norm = tiny_firm("")
+    assert firm.trains("demand") and firm.trains("risk")
+    instruction = baseline_instruction(settings_from_run_config({"scenario": str(TINY)}))
+    outcome = deploy_all([firm], {}, instruction, None, norm, {"demand": None, "risk": None})
+    (demand,) = outcome.per_firm["demand"]
+    (risk,) = outcome.per_firm["risk"]
+    assert demand["firm"] == risk["firm"] == firm.firm_id and demand["group"] == firm.group
+    assert demand["choice"] in ("local_mlp", "local_ridge", "naive") and demand["deployed_wape"] > 0
+    assert risk["choice"] in ("local_only", "local") and risk["reason"].startswith(NO_GLOBAL_RISK)
+    assert 0.0 <= risk["deployed_roc_auc"] <= 1.0
+    assert math.isnan(risk["local_only_roc_auc"]) and math.isnan(risk["difference"])  # no baselines given
+    assert math.isnan(demand["ratio"])
+    assert outcome.risk is not None and outcome.global_risk is None and outcome.global_demand is None
