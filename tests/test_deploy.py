@@ -10,9 +10,9 @@ import pytest
 import silobridge.clients.deploy as deploy
 from silobridge.clients.deploy import deploy_demand
 from silobridge.clients.personalise import DEMAND_SWITCH_MARGIN, validation_split
+from silobridge.federation.coordinator import baseline_instruction
 from silobridge.federation.deployment import NO_GLOBAL_RISK, deploy_all
 from silobridge.federation.firm_source import simulated_firm
-from silobridge.federation.runner import baseline_instruction
 from silobridge.federation.settings import settings_from_run_config
 from tests.conftest import TINY
 from tests.firm_support import tiny_firm
