@@ -33,17 +33,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from benchmarks._common import write_results
 from silobridge.clients.data import FirmData, firm_data_from_tables
-from silobridge.contract.analytics import QueryStep, Unit
 from silobridge.contract.config import AggregationSpec, min_periods
-from silobridge.federation.analytics import SecAggSumStep, plain_sum_step
+from silobridge.contract.query_protocol import QueryStep, Unit
+from silobridge.federation.query_run import SecAggSumStep, plain_sum_step
 from silobridge.federation.settings import GENERATED_SCHEMA, quiet_accountant
 from silobridge.privacy.dp import Budget
 from silobridge.privacy.ledger import PrivacyRun
 from silobridge.scenarios.builder import build
 from silobridge.scenarios.generator import generate_chain
 from silobridge.scenarios.schema import Scenario, load_scenario
-from silobridge.server.analytics import build_plan
-from silobridge.server.analytics.engine import (
+from silobridge.server.query_plans import build_plan
+from silobridge.server.query_plans.engine import (
     QueryEngine,
     QueryPrivacy,
     StepSum,

@@ -12,7 +12,7 @@ from silobridge.clients.features import DemandWindows
 from silobridge.clients.holdings import FirmHoldings, StatSlots
 from silobridge.clients.models import build_model, load_arrays
 from silobridge.clients.normaliser import Normaliser
-from silobridge.clients.training import TrainSettings, fit_early_stopping
+from silobridge.clients.training import FitSettings, fit_early_stopping
 from silobridge.contract.efficiency_sums import EFFICIENCY_AFTER, EFFICIENCY_BEFORE, EfficiencyGroups, slot_by_tier
 from silobridge.contract.messages import BaselineInstruction
 from silobridge.contract.stats import DemandErrorStats, Moments
@@ -29,8 +29,8 @@ class LocalBaselines:
         self._demand: dict[str, torch.nn.Module] = {}  # local-only demand models by instruction (deterministic)
         self._risk: dict[str, tuple[torch.nn.Module, Normaliser]] = {}  # local-only risk models, likewise
 
-    def settings(self, instruction: BaselineInstruction) -> TrainSettings:
-        return TrainSettings(
+    def settings(self, instruction: BaselineInstruction) -> FitSettings:
+        return FitSettings(
             epochs=instruction.max_epochs,
             batch_size=instruction.batch_size,
             seed=self.firm.seed(instruction.seed),
@@ -134,5 +134,5 @@ class LocalBaselines:
         federated = build_model("demand", firm.spec)
         load_arrays(federated, arrays)
         after = slot_by_tier(efficiency_sums(firm, federated), slot)
-        clipped = clip_l2(np.concatenate([before, after]), firm.spec.inventory.dp_clip_norm, firm=firm.firm_id).vector
+        clipped = clip_l2(np.concatenate([before, after]), firm.spec.efficiency.dp_clip_norm, firm=firm.firm_id).vector
         return {EFFICIENCY_BEFORE: clipped[: before.size], EFFICIENCY_AFTER: clipped[before.size :]}

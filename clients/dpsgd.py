@@ -30,7 +30,7 @@ from opacus.optimizers import DPOptimizer
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from silobridge.clients.training import FitReport, LossName, TrainSettings, loss_function, make_optimiser
+from silobridge.clients.training import FitReport, FitSettings, LossName, loss_function, make_optimiser
 from silobridge.privacy.dp import poisson_steps_per_epoch
 
 
@@ -62,7 +62,7 @@ def fit_private(
     targets: np.ndarray,
     *,
     loss: LossName,
-    settings: TrainSettings,
+    settings: FitSettings,
     dp: DpSgdSettings,
     device: torch.device,
     noise_seed: int | None = None,

@@ -73,7 +73,7 @@ def efficiency_sums(firm: FirmHoldings, model: torch.nn.Module | Forecaster) -> 
     Per series: the safety stock comes from the model's errors on the series' most recent training
     windows (over the periods one order covers); the orders from its forecasts on the test windows.
     """
-    policy = firm.spec.inventory
+    policy = firm.spec.efficiency
     cover = policy.protection
     if cover > firm.spec.horizon:
         raise ConfigError(

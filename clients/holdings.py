@@ -96,7 +96,7 @@ class FirmHoldings:
             return self.group
         if kind not in groups:
             raise ProtocolError(f"the request assigns no statistics slot for the {kind} model", firm=self.firm_id)
-        return groups[kind].slot_for(self.group, self.spec.inventory.min_firms_per_group, firm=self.firm_id)
+        return groups[kind].slot_for(self.group, self.spec.efficiency.min_firms_per_group, firm=self.firm_id)
 
     def slotted(self, kind: str, vector: np.ndarray, groups: StatSlots | None) -> np.ndarray:
         """A statistics vector in the assigned slot (all zeros when the firm must release nothing)."""
@@ -108,4 +108,4 @@ class FirmHoldings:
     def efficiency_slot(self, groups: EfficiencyGroups) -> str | None:
         """The slot the server assigned this firm's tier, checked against the spec's minimum group size
         (refused if said to hold fewer firms); None: the chain is too small, the firm releases nothing."""
-        return groups.slot_for(self.tier, self.spec.inventory.min_firms_per_group, firm=self.firm_id)
+        return groups.slot_for(self.tier, self.spec.efficiency.min_firms_per_group, firm=self.firm_id)

@@ -19,7 +19,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from silobridge.contract.config import InventoryPolicy
+from silobridge.contract.config import EfficiencySpec
 from silobridge.contract.efficiency_sums import EfficiencySums
 from silobridge.errors import ConfigError, DataError
 
@@ -29,7 +29,7 @@ def safety_factor(service_level: float) -> float:
     return NormalDist().inv_cdf(service_level)
 
 
-def order_up_to_level(forecast: np.ndarray, sigma: float, policy: InventoryPolicy) -> float:
+def order_up_to_level(forecast: np.ndarray, sigma: float, policy: EfficiencySpec) -> float:
     """Forecast demand over the protection interval plus safety stock."""
     cover = policy.protection
     if len(forecast) < cover:
@@ -70,7 +70,7 @@ class SeriesHorizon:
             raise DataError(self.firm, "demand and sigma cannot be negative")
 
 
-def simulate_series(series: SeriesHorizon, policy: InventoryPolicy) -> EfficiencySums:
+def simulate_series(series: SeriesHorizon, policy: EfficiencySpec) -> EfficiencySums:
     """Run the order-up-to policy over the horizon; forecast-error totals are left at zero (see `forecast_sums`)."""
     demand = np.asarray(series.demand, dtype=float)
     forecasts = np.maximum(np.asarray(series.forecasts, dtype=float), 0.0)

@@ -19,7 +19,7 @@ from silobridge.clients.firm_release import firm_level_release, round_clip_norm
 from silobridge.clients.holdings import FirmHoldings, StatSlots
 from silobridge.clients.models import ModelKind, build_model, load_arrays, state_to_arrays
 from silobridge.clients.normaliser import Normaliser
-from silobridge.clients.training import LossName, TrainSettings, fit
+from silobridge.clients.training import FitSettings, LossName, fit
 from silobridge.contract.arrays import flatten
 from silobridge.contract.messages import TrainInstruction
 from silobridge.contract.wire_names import eval_segment, loss_segment, update_segment, weight_segment
@@ -50,9 +50,9 @@ def dp_noise_seed(own_seed: int | None, firm_id: str, kind: str, instruction: Tr
     return int(sequence.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
-def train_settings(firm: FirmHoldings, instruction: TrainInstruction) -> TrainSettings:
+def train_settings(firm: FirmHoldings, instruction: TrainInstruction) -> FitSettings:
     """The coordinator's local-training settings, with this firm's own seed for the round."""
-    return TrainSettings(
+    return FitSettings(
         epochs=instruction.epochs,
         batch_size=instruction.batch_size,
         proximal_mu=instruction.proximal_mu,

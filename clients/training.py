@@ -40,7 +40,7 @@ def loss_function(name: LossName) -> Callable[[torch.Tensor, torch.Tensor], torc
 
 
 @dataclass(frozen=True)
-class TrainSettings:
+class FitSettings:
     """One training call: the optimiser as instructed, how long, and the proximal term (FedProx) towards `anchor`."""
 
     epochs: int
@@ -50,7 +50,7 @@ class TrainSettings:
     seed: int = 0
 
 
-def make_optimiser(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+def make_optimiser(model: nn.Module, settings: FitSettings) -> torch.optim.Optimizer:
     """SGD with momentum by default: stateless between rounds, so FedAvg averages like with like."""
     spec = settings.optimiser
     if spec.name == "sgd":
@@ -78,7 +78,7 @@ def fit(
     targets: np.ndarray,
     *,
     loss: LossName,
-    settings: TrainSettings,
+    settings: FitSettings,
     device: torch.device,
     anchor: list[torch.Tensor] | None = None,
 ) -> FitReport:
@@ -130,7 +130,7 @@ def fit_early_stopping(
     targets: np.ndarray,
     *,
     loss: LossName,
-    settings: TrainSettings,
+    settings: FitSettings,
     device: torch.device,
     validation_fraction: float = 0.2,
     patience: int = 10,

@@ -20,9 +20,9 @@ from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from silobridge.clients.secure_sum import FirmSecureSum
-from silobridge.contract.analytics import QUERY_SEGMENT, QueryStep
 from silobridge.contract.efficiency_sums import EfficiencyGroups
 from silobridge.contract.messages import BaselineInstruction, TrainInstruction
+from silobridge.contract.query_protocol import QUERY_SEGMENT, QueryStep
 from silobridge.contract.stats import StatGroups
 from silobridge.contract.sufficient import LINEAR_COEF, LINEAR_REQUEST, LINEAR_SEGMENT
 from silobridge.contract.wire_names import (
@@ -238,8 +238,8 @@ def _analytics(req: Request) -> RecordDict:
     """One step of an analytics query: the firm's half on its own tables, clipped, into the secure sum.
 
     Under record-level DP the firm counts its own spend over the run's query steps and refuses past its budget."""
-    from silobridge.clients.analytics import answer_step
-    from silobridge.clients.analytics.own_spend import (  # dp-accounting: only for its own spend
+    from silobridge.clients.query_answers import answer_step
+    from silobridge.clients.query_answers.own_spend import (  # dp-accounting: only for its own spend
         OWN_QUERY_SPEND,
         check_step,
     )

@@ -283,11 +283,11 @@ class Federation:
             raise FederationError(f"several nodes claim the same firm: {', '.join(duplicates)}")
         self.node_of = {m.firm_id: n for n, m in self.manifests.items()}
         self.grouping = group_tiers(
-            [m.tier for m in self.manifests.values() if m.has_demand], self.spec.inventory.min_firms_per_group
+            [m.tier for m in self.manifests.values() if m.has_demand], self.spec.efficiency.min_firms_per_group
         )
         self.stat_grouping = {
             kind: group_statistics(
-                [m.group for m in self.manifests.values() if m.trains(kind)], self.spec.inventory.min_firms_per_group
+                [m.group for m in self.manifests.values() if m.trains(kind)], self.spec.efficiency.min_firms_per_group
             )
             for kind in MODEL_KINDS
         }
@@ -424,7 +424,7 @@ class Federation:
         if ledger is None or plan is None:
             raise FederationError("no privacy ledger in this run")
         self.observer.stage("efficiency release")
-        policy, unit = self.spec.inventory, plan.spec.unit
+        policy, unit = self.spec.efficiency, plan.spec.unit
         holders = sorted(f for f, n in self.node_of.items() if self.manifests[n].trains("demand"))
         firm_of = {dataset_party(f, "demand") if unit == "record" else f: f for f in holders}
         event = efficiency_event(unit, policy.dp_noise_multiplier)

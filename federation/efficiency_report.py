@@ -33,7 +33,7 @@ def efficiency_summary(settings: RunSettings, outcome: FederationOutcome) -> dic
     formed (`groups`, `suppressed_tiers`); None when nothing was simulated or the chain is too small."""
     if "before" not in outcome.efficiency or "after" not in outcome.efficiency:
         return None
-    policy = settings.spec.inventory
+    policy = settings.spec.efficiency
     grouping = outcome.efficiency_grouping or group_tiers(
         [m.tier for m in outcome.manifests.values() if m.has_demand], policy.min_firms_per_group
     )

@@ -16,7 +16,7 @@ import torch
 from silobridge.clients.features import DemandWindows, RiskExamples
 from silobridge.clients.firm import FirmClient, Normaliser
 from silobridge.clients.models import build_model, state_to_arrays
-from silobridge.clients.training import TrainSettings, fit, resolve_device
+from silobridge.clients.training import FitSettings, fit, resolve_device
 from silobridge.contract.efficiency_sums import EFFICIENCY_AFTER, EfficiencyGroups
 from silobridge.contract.messages import BaselineInstruction
 from silobridge.federation.deployment import DeployedOutcome, centralised_linear, deploy_all
@@ -96,7 +96,7 @@ class SimulationHarness:
         training = self.settings.scenario.training
         seed = self.settings.scenario.seed
         device = resolve_device(training.device)
-        settings = TrainSettings(
+        settings = FitSettings(
             epochs=training.rounds * training.local_epochs,
             batch_size=training.batch_size,
             seed=seed,

@@ -88,7 +88,7 @@ def linear_privacy(models: LinearModels) -> dict[str, Any]:
 def _multipliers(federation: Federation) -> dict[str, float]:
     """Noise multipliers calibrated so each model's releases (and a DP efficiency release) spend the budget."""
     spec = federation.spec
-    reserved = (efficiency_event(spec.privacy.unit, spec.inventory.dp_noise_multiplier),) if spec.inventory.dp else ()
+    reserved = (efficiency_event(spec.privacy.unit, spec.efficiency.dp_noise_multiplier),) if spec.efficiency.dp else ()
     return {
         "demand": calibrate_release(spec.privacy, 1, reserved),
         "risk": calibrate_release(spec.privacy, spec.linear.newton_steps, reserved),

@@ -23,8 +23,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from silobridge.errors import ConfigError
-from silobridge.federation.analytics import QueryRequest
-from silobridge.server.analytics import PLANS
+from silobridge.federation.query_run import QueryRequest
+from silobridge.server.query_plans import PLANS
 
 
 class PlanEntry(BaseModel):

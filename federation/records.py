@@ -20,7 +20,7 @@ SEGMENTS = "segments"  # ArrayRecord: a firm's float segments (plain aggregation
 SECAGG = "secagg"  # ConfigRecord: a secure-aggregation protocol message
 MASKED = "masked"  # ArrayRecord: a firm's masked vector (secure aggregation)
 REPLY = "reply"  # ConfigRecord: scalars a firm reports (its manifest)
-ANALYTICS = "analytics"  # ConfigRecord: one analytics query step (silobridge.analytics.QueryStep)
+ANALYTICS = "analytics"  # ConfigRecord: one analytics query step (silobridge.contract.query_protocol.QueryStep)
 EFFICIENCY_GROUPS = "efficiency_groups"  # ConfigRecord: the server's efficiency slot assignment (EfficiencyGroups)
 STAT_GROUPS = "stat_groups"  # ConfigRecord: the server's test-statistics slots per model (StatGroups)
 

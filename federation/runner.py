@@ -123,14 +123,14 @@ def run_federation(
     deployed = measure_deployment(federation, harness, norm, linear, weights, final) if harness is not None else None
     efficiency = {"before": baselines.pop(EFFICIENCY_BEFORE, None), "after": final.pop(EFFICIENCY_AFTER, None)}
     efficiency_dp = None
-    if federation.private and settings.spec.inventory.dp and "demand" in weights:
+    if federation.private and settings.spec.efficiency.dp and "demand" in weights:
         released = federation.release_efficiency(weights["demand"])
         if released is not None:
             efficiency, privacy = released, settings.spec.privacy
             efficiency_dp = {
-                "epsilon": release_epsilon(privacy, settings.spec.inventory),
+                "epsilon": release_epsilon(privacy, settings.spec.efficiency),
                 "delta": privacy.delta,
-                "noise_multiplier": settings.spec.inventory.dp_noise_multiplier,
+                "noise_multiplier": settings.spec.efficiency.dp_noise_multiplier,
             }
     return FederationOutcome(
         manifests=manifests,

@@ -2,7 +2,7 @@
 
 `app` is what `flwr run .` loads; `build_server_app` binds a run config and a display when the
 simulation runs in-process (`silobridge simulate`). A run config whose `queries` key is set runs
-those analytics queries instead of training (`federation.analytics.serve_queries`, the same path a
+those analytics queries instead of training (`federation.query_run.serve_queries`, the same path a
 query simulation takes) and writes their run directory.
 """
 
@@ -21,7 +21,6 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from silobridge.clients.firm import Normaliser
-from silobridge.federation.analytics import QueryJob, query_settings, serve_queries
 from silobridge.federation.coordinator import RunObserver
 from silobridge.federation.firm_source import pilot_folders
 from silobridge.federation.harness import SimulationHarness
@@ -30,6 +29,7 @@ from silobridge.federation.linear_run import linear_privacy
 from silobridge.federation.preflight import check_firm_budgets
 from silobridge.federation.privacy_report import LEDGER_FILE, privacy_summary
 from silobridge.federation.progress import Fanout, LogObserver, StageTimer, log_to_stderr
+from silobridge.federation.query_run import QueryJob, query_settings, serve_queries
 from silobridge.federation.rundir import CONFIG_FILE, SUMMARY_JSON, SUMMARY_MD, RunDirectory, live_runs
 from silobridge.federation.runner import run_federation
 from silobridge.federation.settings import QUERIES_KEY, RunSettings, settings_from_run_config

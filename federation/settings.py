@@ -53,7 +53,7 @@ GENERATED_SCHEMA = DataSchema(
 
 QUERIES_KEY = "queries"
 """Run config `queries`: "" trains; otherwise the JSON of the analytics queries (and their budget) the ServerApp
-runs instead (`federation.analytics.QueryJob`). RunSettings does not hold it: only the ServerApp reads it."""
+runs instead (`federation.query_run.QueryJob`). RunSettings does not hold it: only the ServerApp reads it."""
 
 RUN_CONFIG_KEYS = (
     "scenario",
@@ -168,8 +168,8 @@ def privacy_plan(settings: RunSettings, spec: FederationSpec) -> PrivacyPlan:
         num_firms=len(settings.scenario.firms),
         min_firms=settings.min_firms,
         model_dim=dim,
-        reserved=(efficiency_event(spec.privacy.unit, spec.inventory.dp_noise_multiplier),)
-        if spec.inventory.dp
+        reserved=(efficiency_event(spec.privacy.unit, spec.efficiency.dp_noise_multiplier),)
+        if spec.efficiency.dp
         else (),
     )
 
@@ -194,7 +194,7 @@ def federation_spec(settings: RunSettings) -> FederationSpec:
         hidden=s.training.hidden,
         aggregation=resolve_aggregation(s.aggregation.model_copy(update={"mode": settings.aggregation}), len(s.firms)),
         privacy=privacy,
-        inventory=s.efficiency,
+        efficiency=s.efficiency,
         linear=LinearSpec(model=s.training.model),
     )
     if not privacy.enabled:
@@ -208,8 +208,8 @@ def federation_spec(settings: RunSettings) -> FederationSpec:
     from silobridge.server.privacy import resolve_privacy
 
     quiet_accountant()
-    if base.inventory.dp:
-        check_room(privacy, base.inventory)
+    if base.efficiency.dp:
+        check_room(privacy, base.efficiency)
     resolved = resolve_privacy(privacy_plan(settings, base))
     spec = base.model_copy(update={"privacy": resolved})
     if resolved.unit == "firm" and resolved.mechanism == "distributed":

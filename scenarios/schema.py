@@ -23,7 +23,7 @@ from silobridge.contract.config import (
     TIERS,
     AggregationSpec,
     DataSchema,
-    InventoryPolicy,
+    EfficiencySpec,
     PrivacySpec,
     Tier,
     min_periods,
@@ -123,7 +123,7 @@ class Shock(_Frozen):
         return self
 
 
-class TrainingSettings(_Frozen):
+class TrainingSpec(_Frozen):
     """How the models are trained; the same settings drive federated and baseline training."""
 
     rounds: int = Field(default=30, ge=1, le=10_000)
@@ -161,7 +161,7 @@ class TrainingSettings(_Frozen):
         )
 
 
-class SimulatedDropout(_Frozen):
+class DropoutSimulation(_Frozen):
     """Simulation only: firms that vanish mid-sum, to exercise and measure dropout recovery.
 
     In each secure sum every firm independently vanishes with probability `rate`, either before
@@ -191,15 +191,15 @@ class Scenario(_Frozen):
     firms: tuple[Firm, ...] = Field(min_length=2)
     links: tuple[Link, ...] = ()
     shocks: tuple[Shock, ...] = ()
-    training: TrainingSettings = TrainingSettings()
+    training: TrainingSpec = TrainingSpec()
     aggregation: AggregationSpec = AggregationSpec()
     privacy: PrivacySpec = PrivacySpec()
-    dropout: SimulatedDropout = SimulatedDropout()
+    dropout: DropoutSimulation = DropoutSimulation()
     data: DataSchema | None = Field(
         default=None,
         description="columns every firm's CSV files provide (a real federation's [data]); default: the generator's",
     )
-    efficiency: InventoryPolicy = InventoryPolicy()
+    efficiency: EfficiencySpec = EfficiencySpec()
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dp_accounting as dpa
 import numpy as np
 
-from silobridge.contract.config import InventoryPolicy, PrivacySpec
+from silobridge.contract.config import EfficiencySpec, PrivacySpec
 from silobridge.errors import ConfigError
 from silobridge.privacy.dp import Account, add_gaussian_noise, gaussian_event
 from silobridge.server.privacy import accounting_spec
@@ -24,13 +24,13 @@ def efficiency_event(unit: str, noise_multiplier: float) -> dpa.GaussianDpEvent:
     return gaussian_event(noise_multiplier, 2.0 if unit == "record" else 1.0)
 
 
-def release_epsilon(privacy: PrivacySpec, policy: InventoryPolicy) -> float:
+def release_epsilon(privacy: PrivacySpec, policy: EfficiencySpec) -> float:
     """Epsilon of the efficiency release alone, at the run's delta, by the run's accountant."""
     event = efficiency_event(privacy.unit, policy.dp_noise_multiplier)
     return Account.empty(accounting_spec(privacy)).compose(event).epsilon(privacy.delta)
 
 
-def check_room(privacy: PrivacySpec, policy: InventoryPolicy) -> None:
+def check_room(privacy: PrivacySpec, policy: EfficiencySpec) -> None:
     """The efficiency release alone must leave budget for training, or calibration can find no noise."""
     spent = release_epsilon(privacy, policy)
     if spent >= privacy.epsilon:
@@ -41,7 +41,7 @@ def check_room(privacy: PrivacySpec, policy: InventoryPolicy) -> None:
         )
 
 
-def noised(segments: dict[str, np.ndarray], policy: InventoryPolicy, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def noised(segments: dict[str, np.ndarray], policy: EfficiencySpec, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """The securely summed, clipped segments with Gaussian noise on every coordinate."""
     return {
         name: add_gaussian_noise(value, policy.dp_noise_multiplier, policy.dp_clip_norm, rng)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from silobridge.contract.analytics import QUERY_SEGMENT
 from silobridge.contract.config import AggregationSpec
 from silobridge.contract.efficiency_sums import EFFICIENCY_AFTER, EFFICIENCY_BEFORE, EFFICIENCY_LENGTH
+from silobridge.contract.query_protocol import QUERY_SEGMENT
 from silobridge.contract.stats import STAT_SLOTS, DemandErrorStats, RiskStats
 from silobridge.contract.sufficient import LINEAR_SEGMENT
 from silobridge.contract.wire_names import (

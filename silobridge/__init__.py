@@ -1,6 +1,9 @@
 """SiloBridge: federated analytics for supply chains, private by default.
 
-This package is the shared kernel every layer may import: the version and the one error tree.
+The one installed package. Its subpackages are the product's layers, each importing only those below
+it: `federation` (the Flower apps, the run, the CLI), `clients` (a firm's side) and `server` (the
+aggregator's side), `scenarios`, `contract` (what coordinator and firms agree on) and `privacy` (the
+pure core). This module holds the version and re-exports the one error tree (`silobridge.errors`).
 """
 
 from silobridge.errors import (

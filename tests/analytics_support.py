@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from silobridge.clients.analytics import LOCAL_HALVES
 from silobridge.clients.data import FirmData, firm_data_from_tables
-from silobridge.contract.analytics import QueryPlan, QueryStep, clip_answer
+from silobridge.clients.query_answers import LOCAL_HALVES
 from silobridge.contract.config import min_periods
+from silobridge.contract.query_protocol import QueryPlan, QueryStep, clip_answer
 from silobridge.federation.settings import GENERATED_SCHEMA
 from silobridge.scenarios.generator import ChainData, generate_chain
 from silobridge.scenarios.schema import Scenario, load_scenario

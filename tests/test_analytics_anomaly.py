@@ -6,13 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from silobridge.clients.analytics import anomaly as firm_half
 from silobridge.clients.data import FirmData
-from silobridge.contract.analytics import QueryStep
+from silobridge.clients.query_answers import anomaly as firm_half
 from silobridge.contract.iterative_params import AnomalyParams
+from silobridge.contract.query_protocol import QueryStep
 from silobridge.errors import ConfigError, ProtocolError
 from silobridge.federation.settings import GENERATED_SCHEMA
-from silobridge.server.analytics import PLANS, anomaly
+from silobridge.server.query_plans import PLANS, anomaly
 from tests.analytics_support import chain_firms, drive
 from tests.conftest import DEFAULT
 

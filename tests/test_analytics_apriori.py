@@ -8,14 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from silobridge.clients.analytics import apriori as firm_half
 from silobridge.clients.data import FirmData
-from silobridge.contract.analytics import QueryStep, clip_answer
+from silobridge.clients.query_answers import apriori as firm_half
 from silobridge.contract.iterative_params import AprioriParams
+from silobridge.contract.query_protocol import QueryStep, clip_answer
 from silobridge.errors import ConfigError, ProtocolError
 from silobridge.federation.settings import GENERATED_SCHEMA
 from silobridge.scenarios.generator import ChainData
-from silobridge.server.analytics import PLANS, apriori
+from silobridge.server.query_plans import PLANS, apriori
 from tests.analytics_support import chain_firms, drive
 from tests.conftest import DEFAULT
 

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from silobridge.errors import BudgetExhausted, ConfigError, SiloBridgeError
-from silobridge.federation.analytics import QueryBudget, QueryRequest, run_queries
 from silobridge.federation.query_plan import load_plan
+from silobridge.federation.query_run import QueryBudget, QueryRequest, run_queries
 from tests.conftest import TINY
 from tests.test_cli import silobridge
 

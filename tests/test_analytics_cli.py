@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 from silobridge.clients.data import FirmData, write_firm_data
-from silobridge.federation.analytics import QueryRequest, run_queries
+from silobridge.federation.query_run import QueryRequest, run_queries
 from silobridge.federation.settings import GENERATED_SCHEMA
 from silobridge.scenarios.generator import ChainData
 from silobridge.scenarios.schema import Scenario
-from silobridge.server.analytics import build_plan
+from silobridge.server.query_plans import build_plan
 from tests.analytics_support import REGRESSION, UNITS, drive, pooled, pooled_ar, ridge_fit, tiny_firms
 from tests.conftest import TINY
 from tests.test_cli import silobridge

@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from silobridge.clients.data import FirmData
-from silobridge.federation.analytics import (
+from silobridge.federation.query_run import (
     QueryBudget,
     QueryRequest,
     noised_plans,
@@ -23,8 +23,8 @@ from silobridge.privacy.dp import Budget
 from silobridge.privacy.ledger import PrivacyRun, verify_ledger
 from silobridge.scenarios.generator import ChainData, catalogue_items
 from silobridge.scenarios.schema import Scenario
-from silobridge.server.analytics import build_plan
-from silobridge.server.analytics.engine import QueryEngine, QueryPrivacy, calibrate_query_noise, query_accounting
+from silobridge.server.query_plans import build_plan
+from silobridge.server.query_plans.engine import QueryEngine, QueryPrivacy, calibrate_query_noise, query_accounting
 from tests.analytics_support import drive, tiny_firms
 from tests.conftest import TINY
 

@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from silobridge.clients.analytics import kmeans as firm_half
 from silobridge.clients.data import FirmData
+from silobridge.clients.query_answers import kmeans as firm_half
 from silobridge.contract.iterative_params import KMeansParams
 from silobridge.errors import ConfigError
 from silobridge.federation.settings import GENERATED_SCHEMA
-from silobridge.server.analytics import PLANS, kmeans
+from silobridge.server.query_plans import PLANS, kmeans
 from tests.analytics_support import chain_firms, drive
 from tests.conftest import DEFAULT
 

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from silobridge.clients.analytics import logistic as firm_half
 from silobridge.clients.data import FirmData
-from silobridge.contract.analytics import QueryStep, clip_answer
+from silobridge.clients.query_answers import logistic as firm_half
 from silobridge.contract.iterative_params import LogisticParams
+from silobridge.contract.query_protocol import QueryStep, clip_answer
 from silobridge.contract.ranges import to_symmetric
 from silobridge.errors import ConfigError, ProtocolError
 from silobridge.federation.settings import GENERATED_SCHEMA
-from silobridge.server.analytics import PLANS, logistic
+from silobridge.server.query_plans import PLANS, logistic
 from tests.analytics_support import chain_firms, drive, pooled_firm
 from tests.conftest import DEFAULT
 

@@ -15,19 +15,19 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, Context, RecordDict
 
-from silobridge.clients.analytics.own_spend import OWN_QUERY_SPEND, check_step, own_query_epsilon
 from silobridge.clients.firm import FirmClient
-from silobridge.contract.analytics import QueryStep
+from silobridge.clients.query_answers.own_spend import OWN_QUERY_SPEND, check_step, own_query_epsilon
+from silobridge.contract.query_protocol import QueryStep
 from silobridge.errors import ProtocolError
-from silobridge.federation.analytics import StepSum
 from silobridge.federation.client_app import Request, _analytics
+from silobridge.federation.query_run import StepSum
 from silobridge.federation.records import ANALYTICS, LAYOUT, layout_record
 from silobridge.federation.settings import GENERATED_SCHEMA
 from silobridge.privacy.dp import Budget
 from silobridge.privacy.ledger import PrivacyRun
-from silobridge.server.analytics import build_plan
-from silobridge.server.analytics.engine import QueryEngine, QueryPrivacy, calibrate_query_noise, query_accounting
 from silobridge.server.layouts import query_layout
+from silobridge.server.query_plans import build_plan
+from silobridge.server.query_plans.engine import QueryEngine, QueryPrivacy, calibrate_query_noise, query_accounting
 from tests.firm_support import tiny_firm
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from silobridge.contract.analytics import QueryStep
 from silobridge.contract.config import DataSchema
 from silobridge.contract.iterative_params import KMeansParams, LogisticParams
 from silobridge.contract.queries import ColumnParams
 from silobridge.contract.query_params import param_error, parse_params, step_params
+from silobridge.contract.query_protocol import QueryStep
 from silobridge.errors import ConfigError, ProtocolError
 
 SCHEMA = DataSchema()

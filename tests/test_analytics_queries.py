@@ -19,28 +19,28 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from silobridge.clients.analytics import LOCAL_HALVES, answer_step
 from silobridge.clients.data import FirmData
-from silobridge.contract.analytics import QueryStep
+from silobridge.clients.query_answers import LOCAL_HALVES, answer_step
 from silobridge.contract.config import AggregationSpec
+from silobridge.contract.query_protocol import QueryStep
 from silobridge.errors import BudgetExhausted, ConfigError, FederationError, ProtocolError
-from silobridge.federation.analytics import SecAggSumStep, plain_sum_step
+from silobridge.federation.query_run import SecAggSumStep, plain_sum_step
 from silobridge.federation.settings import GENERATED_SCHEMA
 from silobridge.privacy.dp import Budget, epsilon
 from silobridge.privacy.dp.codec import event_from_json
 from silobridge.privacy.ledger import PrivacyRun, verify_ledger
 from silobridge.scenarios.generator import ChainData
 from silobridge.scenarios.schema import Scenario
-from silobridge.server.analytics import PLANS, build_plan
-from silobridge.server.analytics.engine import (
+from silobridge.server.query_plans import PLANS, build_plan
+from silobridge.server.query_plans.engine import (
     QueryEngine,
     QueryPrivacy,
     StepSum,
     calibrate_query_noise,
     query_accounting,
 )
-from silobridge.server.analytics.histogram import histogram_quantiles
-from silobridge.server.analytics.regression import integrate
+from silobridge.server.query_plans.histogram import histogram_quantiles
+from silobridge.server.query_plans.regression import integrate
 from silobridge.server.secure_sum import resolve_aggregation
 from tests.analytics_support import REGRESSION, RTOL, UNITS, pooled, pooled_ar, ridge_fit, tiny_firms
 

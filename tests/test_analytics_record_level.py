@@ -17,18 +17,18 @@ import pandas as pd
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from silobridge.clients.analytics import LOCAL_HALVES
 from silobridge.clients.data import FirmData
-from silobridge.contract.analytics import QueryStep
+from silobridge.clients.query_answers import LOCAL_HALVES
 from silobridge.contract.queries import ar_record_bound
-from silobridge.federation.analytics import StepSum, plain_sum_step
+from silobridge.contract.query_protocol import QueryStep
+from silobridge.federation.query_run import StepSum, plain_sum_step
 from silobridge.federation.settings import GENERATED_SCHEMA
 from silobridge.privacy.dp import Budget, epsilon
 from silobridge.privacy.ledger import PrivacyRun, verify_ledger
-from silobridge.server.analytics import build_plan
-from silobridge.server.analytics.engine import QueryEngine, QueryPrivacy, calibrate_query_noise, query_accounting
-from silobridge.server.analytics.logistic import record_bound
-from silobridge.server.analytics.regression import ridge_solve
+from silobridge.server.query_plans import build_plan
+from silobridge.server.query_plans.engine import QueryEngine, QueryPrivacy, calibrate_query_noise, query_accounting
+from silobridge.server.query_plans.logistic import record_bound
+from silobridge.server.query_plans.regression import ridge_solve
 from tests.analytics_support import REGRESSION, UNITS, chain_firms, drive, pooled
 
 DEFAULT = "scenarios/default.toml"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from silobridge.clients.analytics import LOCAL_HALVES
+from silobridge.clients.query_answers import LOCAL_HALVES
 from silobridge.federation.settings import GENERATED_SCHEMA
-from silobridge.server.analytics import PLANS
+from silobridge.server.query_plans import PLANS
 from tests.analytics_support import REGRESSION, UNITS
 
 MINIMAL = {

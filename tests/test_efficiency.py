@@ -23,8 +23,8 @@ from silobridge.clients.inventory import (
     simulate_series,
 )
 from silobridge.clients.models import build_model, load_arrays, state_to_arrays
-from silobridge.clients.training import TrainSettings, fit
-from silobridge.contract.config import AggregationSpec, FederationSpec, InventoryPolicy
+from silobridge.clients.training import FitSettings, fit
+from silobridge.contract.config import AggregationSpec, EfficiencySpec, FederationSpec
 from silobridge.contract.efficiency_sums import (
     EFFICIENCY_AFTER,
     OTHER,
@@ -89,7 +89,7 @@ def test_efficiency_is_a_ratio_of_sums_with_skill_clipped() -> None:
 
 # -- the inventory simulation, by hand ----------------------------------------------------------------
 
-POLICY = InventoryPolicy(
+POLICY = EfficiencySpec(
     review_period=1, lead_time=1, service_level=0.95, holding_cost=1.0, shortage_cost=4.0, order_cost=10.0
 )
 
@@ -221,9 +221,9 @@ def test_a_pool_too_small_to_publish_takes_the_smallest_tier_with_it() -> None:
 
 
 def test_minimum_group_size_is_never_below_three() -> None:
-    assert InventoryPolicy().min_firms_per_group == 3
+    assert EfficiencySpec().min_firms_per_group == 3
     with pytest.raises(ValueError, match="greater than or equal to 3"):
-        InventoryPolicy(min_firms_per_group=2)
+        EfficiencySpec(min_firms_per_group=2)
 
 
 def test_a_firm_refuses_a_slot_said_to_hold_too_few_firms() -> None:
@@ -263,7 +263,7 @@ def demand_weights(firms: list[FirmClient]) -> dict[str, np.ndarray]:
     model = build_model("demand", firms[0].spec, seed=0)
     train, _ = firms[0].demand_split
     sgd = OptimiserSpec(name="sgd", learning_rate=0.05, momentum=0.9, weight_decay=0.0)
-    settings = TrainSettings(epochs=5, batch_size=32, optimiser=sgd, seed=0)
+    settings = FitSettings(epochs=5, batch_size=32, optimiser=sgd, seed=0)
     fit(model, train.features, train.targets, loss="l1", settings=settings, device=torch.device("cpu"))
     return state_to_arrays(model)
 
@@ -329,7 +329,7 @@ def test_a_firm_checks_its_slot_against_its_own_minimum(firms: list[FirmClient],
     told_alone = EfficiencyGroups({"supplier": "supplier"}, {"supplier": 1})
     with pytest.raises(ProtocolError, match="firm 'S1'.*slot 'supplier' holds 1 firm"):
         firm.evaluate_all({"demand": demand_weights}, None, told_alone)
-    strict = firm.spec.model_copy(update={"inventory": InventoryPolicy(min_firms_per_group=4)})
+    strict = firm.spec.model_copy(update={"efficiency": EfficiencySpec(min_firms_per_group=4)})
     strict_firm = FirmClient(firm.data, group=firm.group, spec=strict, tier=firm.tier)
     with pytest.raises(ProtocolError, match="at least 4 firms"):
         strict_firm.efficiency(demand_weights, EfficiencyGroups({"supplier": OTHER}, {OTHER: 3}))
@@ -401,7 +401,7 @@ def test_a_firms_dp_contribution_is_clipped_jointly(firms: list[FirmClient], dem
     from silobridge.contract.messages import BaselineInstruction
 
     firm = firms[1]  # the small retailer: quick to fit
-    small = firm.spec.model_copy(update={"inventory": InventoryPolicy(dp_clip_norm=100.0)})
+    small = firm.spec.model_copy(update={"efficiency": EfficiencySpec(dp_clip_norm=100.0)})
     clipped_firm = FirmClient(firm.data, group=firm.group, spec=small, tier=firm.tier)
     instruction = BaselineInstruction(
         max_epochs=5,
@@ -433,10 +433,10 @@ def test_efficiency_event_and_its_epsilon_match_the_accountant() -> None:
     privacy = PrivacySpec(unit="firm", delta=1e-5)
     accountant = dpa.rdp.RdpAccountant()
     accountant.compose(dpa.GaussianDpEvent(2.0))
-    assert release_epsilon(privacy, InventoryPolicy(dp_noise_multiplier=2.0)) == pytest.approx(
+    assert release_epsilon(privacy, EfficiencySpec(dp_noise_multiplier=2.0)) == pytest.approx(
         accountant.get_epsilon(1e-5), rel=1e-9
     )
-    policy = InventoryPolicy(dp_noise_multiplier=0.5, dp_clip_norm=10.0)
+    policy = EfficiencySpec(dp_noise_multiplier=0.5, dp_clip_norm=10.0)
     out = noised({"x": np.zeros(200_000)}, policy, np.random.default_rng(3))
     assert np.std(out["x"]) == pytest.approx(5.0, rel=0.01)
 
@@ -472,7 +472,7 @@ def test_the_table_and_markdown_show_chain_and_tiers() -> None:
         EfficiencySums(served=10, on_time=9, demand=10, holding_cost=4, abs_error=1, actual=10), "retailer"
     )
     table = efficiency_table(before, after, ["retailer"])
-    section = {"horizon": 10, "policy": InventoryPolicy().model_dump(), "dp": None, **table}
+    section = {"horizon": 10, "policy": EfficiencySpec().model_dump(), "dp": None, **table}
     assert table["chain"]["K"]["K_E"] == pytest.approx(1.25) and table["chain"]["K"]["K_O"] == pytest.approx(9 / 8)
     console = Console(width=80, record=True)
     console.print(rich_table({"efficiency": section}))

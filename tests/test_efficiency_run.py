@@ -109,7 +109,7 @@ def test_a_dp_efficiency_release_is_charged_and_recorded(tmp_path) -> None:
     settings = settings_from_run_config(config)
     section = result.summary["efficiency"]
     assert section["dp"] == {
-        "epsilon": pytest.approx(release_epsilon(settings.spec.privacy, settings.spec.inventory), abs=1e-6),
+        "epsilon": pytest.approx(release_epsilon(settings.spec.privacy, settings.spec.efficiency), abs=1e-6),
         "delta": 1e-5,
         "noise_multiplier": 2.0,
     }

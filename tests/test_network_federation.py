@@ -26,7 +26,7 @@ from silobridge.federation.simulation import simulate
 from silobridge.privacy.dp import Budget
 from silobridge.scenarios.generator import generate_chain
 from silobridge.scenarios.schema import load_scenario
-from silobridge.server.analytics.engine import calibrate_query_noise
+from silobridge.server.query_plans.engine import calibrate_query_noise
 from tests.conftest import ROOT
 
 TRIO = ROOT / "tests" / "scenarios" / "trio.toml"

@@ -257,8 +257,8 @@ def test_queries_reach_the_server_app_through_flwr_run_config_intact() -> None:
     """The `queries` run-config value survives `flwr run --run-config` (Flower's own parser), quotes included."""
     from flwr.common.config import parse_config_args
 
-    from silobridge.federation.analytics import QueryBudget, QueryJob, QueryRequest
     from silobridge.federation.network.deploy import run_command
+    from silobridge.federation.query_run import QueryBudget, QueryJob, QueryRequest
 
     job = QueryJob(
         (QueryRequest("histogram", {"column": "it's units", "edges": [0, 1.5, 10]}), QueryRequest("count", {})),

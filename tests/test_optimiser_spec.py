@@ -7,7 +7,7 @@ import pytest
 from silobridge.contract.messages import BaselineInstruction, TrainInstruction
 from silobridge.contract.optimiser import OptimiserSpec
 from silobridge.errors import ProtocolError
-from silobridge.scenarios.schema import TrainingSettings
+from silobridge.scenarios.schema import TrainingSpec
 
 ADAMW = OptimiserSpec(name="adamw", learning_rate=0.01, momentum=0.5, weight_decay=1e-3)
 
@@ -42,6 +42,6 @@ def test_a_malformed_optimiser_key_names_the_firm_and_the_field() -> None:
 
 def test_the_scenario_holds_the_only_defaults() -> None:
     """weight_decay 1e-4 (the scenario's default) is what every path trains with when the file is silent."""
-    assert TrainingSettings().optimiser_spec == OptimiserSpec(
+    assert TrainingSpec().optimiser_spec == OptimiserSpec(
         name="sgd", learning_rate=0.05, momentum=0.9, weight_decay=1e-4
     )

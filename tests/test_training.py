@@ -9,7 +9,7 @@ import torch
 from silobridge.clients.data import firm_data_from_tables
 from silobridge.clients.firm import FirmClient, Normaliser
 from silobridge.clients.models import build_model, load_arrays, state_to_arrays
-from silobridge.clients.training import TrainSettings, evaluate_loss, fit
+from silobridge.clients.training import FitSettings, evaluate_loss, fit
 from silobridge.contract.arrays import flatten, unflatten
 from silobridge.contract.config import FederationSpec
 from silobridge.contract.efficiency_sums import EfficiencyGroups
@@ -47,7 +47,7 @@ def test_demand_loss_falls_and_beats_the_untrained_model(firm: FirmClient, spec:
         train.targets,
         loss="l1",
         device=CPU,
-        settings=TrainSettings(epochs=15, batch_size=32, optimiser=SGD, seed=1),
+        settings=FitSettings(epochs=15, batch_size=32, optimiser=SGD, seed=1),
     )
     assert report.epoch_losses[-1] < 0.7 * report.epoch_losses[0]
     assert evaluate_loss(model, test.features, test.targets, loss="l1", device=CPU) < 0.8 * before
@@ -64,7 +64,7 @@ def test_risk_loss_falls(firm: FirmClient, spec: FederationSpec) -> None:
         train.labels,
         loss="bce",
         device=CPU,
-        settings=TrainSettings(epochs=10, batch_size=64, optimiser=SGD),
+        settings=FitSettings(epochs=10, batch_size=64, optimiser=SGD),
     )
     assert report.epoch_losses[-1] < 0.5 * report.epoch_losses[0]
 
@@ -75,7 +75,7 @@ def test_fedprox_stays_closer_to_the_global_model(firm: FirmClient, spec: Federa
     for mu in (0.0, 5.0):
         model = build_model("demand", spec, seed=0)
         anchor = [p.detach().clone() for p in model.parameters()]
-        settings = TrainSettings(epochs=3, batch_size=32, optimiser=SGD, proximal_mu=mu, seed=2)
+        settings = FitSettings(epochs=3, batch_size=32, optimiser=SGD, proximal_mu=mu, seed=2)
         fit(model, train.features, train.targets, loss="l1", settings=settings, device=CPU, anchor=anchor)
         distances.append(
             sum(float(((p.detach() - a) ** 2).sum()) for p, a in zip(model.parameters(), anchor, strict=True))

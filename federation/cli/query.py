@@ -160,10 +160,10 @@ def query(
     One query, or a session of several (--plan) under one budget. Each invocation is its own run with
     its own ledger and budget: separate invocations compose across runs, outside any one budget.
     """
-    from silobridge.federation.analytics import QueryBudget, QueryJob, QueryRequest, run_queries
     from silobridge.federation.network.runs import run_queries as run_network_queries
     from silobridge.federation.progress import log_to_stderr
     from silobridge.federation.query_plan import load_plan
+    from silobridge.federation.query_run import QueryBudget, QueryJob, QueryRequest, run_queries
     from silobridge.federation.run_requests import query_config
 
     try:

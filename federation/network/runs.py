@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from silobridge.errors import FederationError
 
 if TYPE_CHECKING:
-    from silobridge.federation.analytics import QueryJob
+    from silobridge.federation.query_run import QueryJob
 
 
 @dataclass(frozen=True)
@@ -58,15 +58,15 @@ def run_federation(run_config: Mapping[str, str | int]) -> NetworkRun:
 
 def run_queries(run_config: Mapping[str, object], job: QueryJob) -> NetworkQueries:
     """`flwr run` of the queries on the federation's SuperLink; the answer read back from the run directory."""
-    from silobridge.federation.analytics import (
+    from silobridge.federation.ledger_signer import ledger_signer
+    from silobridge.federation.network.deploy import process_env, run_command
+    from silobridge.federation.query_run import (
         QUERIES_FILE,
         check_query_privacy,
         noised_plans,
         plan_queries,
         query_settings,
     )
-    from silobridge.federation.ledger_signer import ledger_signer
-    from silobridge.federation.network.deploy import process_env, run_command
     from silobridge.federation.settings import APP_DIR, NODES, QUERIES_KEY
 
     config = {**run_config, "data": NODES}

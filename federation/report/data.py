@@ -37,7 +37,7 @@ class Levels(_Model):
     """Efficiency levels: production E, organisational O, innovation I, and TFP = E x O x I."""
 
     E: Number
-    O: Number  # noqa: E741 -- the symbols of the design notes
+    O: Number  # noqa: E741 -- the README's symbols (Cross-firm efficiency)
     I: Number  # noqa: E741
     TFP: Number
 

@@ -263,7 +263,7 @@ class PrivacySpec(BaseModel):
         return self.demand_max_grad_norm if kind == "demand" else self.risk_max_grad_norm
 
 
-class InventoryPolicy(BaseModel):
+class EfficiencySpec(BaseModel):
     """How every firm orders in the efficiency simulation (periodic review, order-up-to, the same for
     all), and how the resulting sums are released.
 
@@ -350,7 +350,7 @@ class FederationSpec(BaseModel):
     hidden: int = Field(ge=4, le=4096)
     aggregation: AggregationSpec = AggregationSpec()
     privacy: PrivacySpec = PrivacySpec(enabled=False)
-    inventory: InventoryPolicy = InventoryPolicy()
+    efficiency: EfficiencySpec = EfficiencySpec()
     linear: LinearSpec = LinearSpec()
 
     @property

@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from silobridge.contract.analytics import QueryStep
 from silobridge.contract.config import DataSchema
+from silobridge.contract.query_protocol import QueryStep
 from silobridge.errors import ConfigError, ProtocolError
 
 TABLES = ("demand", "risk")

@@ -33,7 +33,7 @@ from torch import nn
 
 from silobridge.clients.dpsgd import DpSgdSettings, fit_private
 from silobridge.clients.linear import clip_rows, demand_sensitivity, sufficient_statistics
-from silobridge.clients.training import TrainSettings
+from silobridge.clients.training import FitSettings
 from silobridge.contract.config import PrivacySpec
 from silobridge.contract.optimiser import OptimiserSpec
 from silobridge.errors import ConfigError
@@ -303,7 +303,7 @@ def record_scores(noise_multiplier: float, present: bool, trials: int, seed: int
     scores = np.empty(trials)
     for trial in range(trials):
         model = copy.deepcopy(initial)
-        settings = TrainSettings(epochs=1, batch_size=RECORDS, optimiser=SGD_WITHOUT_MOMENTUM, seed=seed + trial)
+        settings = FitSettings(epochs=1, batch_size=RECORDS, optimiser=SGD_WITHOUT_MOMENTUM, seed=seed + trial)
         report = fit_private(
             model,
             features,

@@ -1,7 +1,7 @@
 """A firm's half of linear regression and AR(p): its sufficient statistics X^T X, X^T y, y^T y.
 
 Columns are clipped to their public ranges and divided by their magnitudes, and the sums by the
-public row bound, so every entry is in [-1, 1] (see `silobridge.queries.gram_l2_bound`). X has an
+public row bound, so every entry is in [-1, 1] (see `silobridge.contract.queries.gram_l2_bound`). X has an
 intercept column of ones. The AR query's second step sends, per lag, the sum over the firm's
 series of their last values (and how many series), from which the server forecasts the total.
 With `differences` d, every series is differenced d times (and divided by 2^d) before its lag
@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from silobridge.clients.analytics.columns import column_values
 from silobridge.clients.data import FirmData
-from silobridge.contract.analytics import QueryStep
+from silobridge.clients.query_answers.columns import column_values
 from silobridge.contract.queries import AutoregressionParams, LinearRegressionParams, difference_scale
 from silobridge.contract.query_params import step_params
+from silobridge.contract.query_protocol import QueryStep
 from silobridge.errors import ProtocolError
 
 

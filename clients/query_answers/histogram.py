@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from silobridge.clients.analytics.columns import column_values
 from silobridge.clients.data import FirmData
-from silobridge.contract.analytics import QueryStep
+from silobridge.clients.query_answers.columns import column_values
 from silobridge.contract.queries import HistogramParams, QuantileParams
 from silobridge.contract.query_params import step_params
+from silobridge.contract.query_protocol import QueryStep
 
 
 def bin_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Federated analytics: the contract between a query's server half and its firm half.
 
-A query is a short conversation. The server half (in `server/analytics/`) sends a `QueryStep`; each
-firm's half (in `clients/analytics/`) answers with one vector of local statistics, clipped to the
+A query is a short conversation. The server half (in `server/query_plans/`) sends a `QueryStep`; each
+firm's half (in `clients/query_answers/`) answers with one vector of local statistics, clipped to the
 step's public bounds; the federation releases only the (securely summed, DP-noised) sum of those
 vectors, and the server half either asks the next step or gives the answer. Keeping the contract
 here lets both halves be tested without Flower and carried over Flower messages unchanged.

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from silobridge.contract.analytics import FIRM_NEIGHBOURS, QueryStep, Unit
 from silobridge.contract.config import DataSchema
 from silobridge.contract.iterative_params import KMeansParams
 from silobridge.contract.query_params import parse_params
+from silobridge.contract.query_protocol import FIRM_NEIGHBOURS, QueryStep, Unit
 from silobridge.contract.ranges import from_unit
 from silobridge.errors import ProtocolError
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from silobridge.contract.analytics import UNITS, PlanFactory, QueryPlan, Unit
 from silobridge.contract.config import DataSchema
+from silobridge.contract.query_protocol import UNITS, PlanFactory, QueryPlan, Unit
 from silobridge.errors import ConfigError
-from silobridge.server.analytics import anomaly, apriori, kmeans, logistic
-from silobridge.server.analytics.histogram import HistogramPlan, QuantilesPlan
-from silobridge.server.analytics.moments import MomentsPlan
-from silobridge.server.analytics.regression import AutoregressionPlan, LinearRegressionPlan
+from silobridge.server.query_plans import anomaly, apriori, kmeans, logistic
+from silobridge.server.query_plans.histogram import HistogramPlan, QuantilesPlan
+from silobridge.server.query_plans.moments import MomentsPlan
+from silobridge.server.query_plans.regression import AutoregressionPlan, LinearRegressionPlan
 
 PLANS: dict[str, PlanFactory] = {
     "count": MomentsPlan.factory("count"),

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import dp_accounting as dpa
 from dp_accounting import NeighboringRelation
 
-from silobridge.contract.analytics import QueryStep
+from silobridge.contract.query_protocol import QueryStep
 from silobridge.errors import ProtocolError
 from silobridge.privacy.dp import AccountantKind, AccountingSpec, PrivacyUnit, epsilon
 

@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from silobridge.contract.analytics import FIRM_NEIGHBOURS, QueryStep, Unit
 from silobridge.contract.config import DataSchema
 from silobridge.contract.iterative_params import LogisticParams
+from silobridge.contract.query_protocol import FIRM_NEIGHBOURS, QueryStep, Unit
 from silobridge.contract.ranges import range_arrays
 from silobridge.errors import ProtocolError
-from silobridge.server.analytics._resolve import risk_query_params
+from silobridge.server.query_plans._resolve import risk_query_params
 
 NAME = "logistic_regression"
 CAP_DISPLACEMENT = 2.0

@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from silobridge.contract.analytics import FIRM_NEIGHBOURS, QueryStep, Unit
 from silobridge.contract.config import DataSchema
 from silobridge.contract.iterative_params import AprioriParams
 from silobridge.contract.query_params import param_error, parse_params
+from silobridge.contract.query_protocol import FIRM_NEIGHBOURS, QueryStep, Unit
 from silobridge.errors import ProtocolError
 
 NAME = "frequent_itemsets"

@@ -1,7 +1,7 @@
 """A firm's halves of the federated analytics queries: query name -> local statistics of one step.
 
 Each half reads the step's parameters, computes on the firm's own validated tables and returns one
-vector; the caller clips it with `silobridge.analytics.clip_answer` and releases it through the
+vector; the caller clips it with `silobridge.contract.query_protocol.clip_answer` and releases it through the
 secure sum. Nothing else leaves the firm.
 """
 
@@ -11,12 +11,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from silobridge.clients.analytics import anomaly, apriori, kmeans, logistic
-from silobridge.clients.analytics.histogram import histogram_local, quantiles_local
-from silobridge.clients.analytics.moments import count_local, mean_local, sum_local, variance_local
-from silobridge.clients.analytics.regression import autoregression_local, linear_regression_local
 from silobridge.clients.data import FirmData
-from silobridge.contract.analytics import LocalAnswer, QueryStep, clip_answer
+from silobridge.clients.query_answers import anomaly, apriori, kmeans, logistic
+from silobridge.clients.query_answers.histogram import histogram_local, quantiles_local
+from silobridge.clients.query_answers.moments import count_local, mean_local, sum_local, variance_local
+from silobridge.clients.query_answers.regression import autoregression_local, linear_regression_local
+from silobridge.contract.query_protocol import LocalAnswer, QueryStep, clip_answer
 from silobridge.errors import ProtocolError
 
 LocalHalf = Callable[[QueryStep, FirmData], np.ndarray]

@@ -25,7 +25,7 @@ from typing import Any
 import dp_accounting as dpa
 import numpy as np
 
-from silobridge.contract.analytics import FIRM_NEIGHBOURS, UNITS, QueryPlan, QueryStep, Unit
+from silobridge.contract.query_protocol import FIRM_NEIGHBOURS, UNITS, QueryPlan, QueryStep, Unit
 from silobridge.errors import BudgetExhausted, ConfigError, FederationError
 from silobridge.privacy.dp import Budget, Sampling, calibrate_noise_multiplier, central_round_event, epsilon
 from silobridge.privacy.dp.accounting import AccountantKind, AccountingSpec, PrivacyUnit

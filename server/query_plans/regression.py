@@ -13,7 +13,7 @@ of the symmetric noise matrix), so a noised matrix is regularised by what the no
 Record level: for linear regression one row of the demand table adds its own [x x^T, x y, y^2],
 L2 norm <= sqrt(dim^2 + dim + 1) / max_rows. For AR the record is one observation, and the relation
 is the replacement of its value (the series and weeks are public: the lag windows need them); see
-`silobridge.queries.ar_record_bound` for the sensitivity of each step.
+`silobridge.contract.queries.ar_record_bound` for the sensitivity of each step.
 
 AR(p) is the same regression on lag windows of every firm's demand series, then a second step sums
 each series' last p values (and counts the series), from which the forecast of the total of all
@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 
-from silobridge.contract.analytics import FIRM_NEIGHBOURS, QueryStep, Unit
 from silobridge.contract.config import DataSchema
 from silobridge.contract.queries import (
     AR_NEIGHBOURS,
@@ -47,6 +46,7 @@ from silobridge.contract.queries import (
     gram_length,
 )
 from silobridge.contract.query_params import parse_params
+from silobridge.contract.query_protocol import FIRM_NEIGHBOURS, QueryStep, Unit
 from silobridge.errors import FederationError
 
 

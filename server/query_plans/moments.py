@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from silobridge.contract.analytics import FIRM_NEIGHBOURS, QueryStep, Unit
 from silobridge.contract.config import DataSchema
 from silobridge.contract.queries import MOMENT_WEIGHTS, ROW_NEIGHBOURS, VALUE_BOUND, ColumnParams, CountParams
 from silobridge.contract.query_params import parse_params
+from silobridge.contract.query_protocol import FIRM_NEIGHBOURS, QueryStep, Unit
 from silobridge.errors import FederationError
 
 POWERS = {"count": (0,), "sum": (1,), "mean": (0, 1), "variance": (0, 1, 2)}

@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from silobridge.contract.analytics import FIRM_NEIGHBOURS, QueryStep, Unit
 from silobridge.contract.config import DataSchema
 from silobridge.contract.queries import ROW_NEIGHBOURS, VALUE_BOUND, HistogramParams, QuantileParams
 from silobridge.contract.query_params import parse_params
+from silobridge.contract.query_protocol import FIRM_NEIGHBOURS, QueryStep, Unit
 from silobridge.errors import FederationError
 
 

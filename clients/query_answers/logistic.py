@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from silobridge.clients.data import FirmData
-from silobridge.contract.analytics import QueryStep
 from silobridge.contract.iterative_params import LogisticStep
 from silobridge.contract.query_params import step_params
+from silobridge.contract.query_protocol import QueryStep
 from silobridge.contract.ranges import to_symmetric
 from silobridge.errors import ProtocolError
 

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 
 from silobridge.clients.data import FirmData
-from silobridge.contract.analytics import QueryStep
 from silobridge.contract.iterative_params import AprioriParams, AprioriStep
 from silobridge.contract.query_params import step_params
+from silobridge.contract.query_protocol import QueryStep
 
 _CHUNK = 512
 """Candidates counted at once (bounds the memory of the baskets x candidates x size test)."""

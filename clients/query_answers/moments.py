@@ -2,7 +2,7 @@
 
 count sends [n / max_rows]; sum [sum x / (max_rows M)]; mean adds the count; variance also
 sum x^2 / (max_rows M^2), with x clipped to the public [low, high] and M = max(|low|, |high|), each
-entry times its public weight (`silobridge.queries.MOMENT_WEIGHTS`). Within the bounds every entry is
+entry times its public weight (`silobridge.contract.queries.MOMENT_WEIGHTS`). Within the bounds every entry is
 in [-1, 1], and one row moves the vector by at most ||weights|| / max_rows.
 """
 
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from silobridge.clients.analytics.columns import column_values, row_count
 from silobridge.clients.data import FirmData
-from silobridge.contract.analytics import QueryStep
+from silobridge.clients.query_answers.columns import column_values, row_count
 from silobridge.contract.queries import MOMENT_WEIGHTS, ColumnParams, CountParams
 from silobridge.contract.query_params import step_params
+from silobridge.contract.query_protocol import QueryStep
 
 
 def count_local(step: QueryStep, data: FirmData) -> np.ndarray:

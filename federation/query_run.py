@@ -1,7 +1,7 @@
 """Running analytics queries over a federation: in memory (tests, benchmarks) or as a Flower simulation.
 
-Both halves meet here only: the server's plans (`server.analytics`) and the firms' halves
-(`clients.analytics`). Every step is one sum of the firms' clipped vectors -- in the clear, through
+Both halves meet here only: the server's plans (`server.query_plans`) and the firms' halves
+(`clients.query_answers`). Every step is one sum of the firms' clipped vectors -- in the clear, through
 the real SecAgg protocol in memory, or over Flower messages with the same secure-sum path training
 uses -- and the engine adds the DP noise and writes the ledger. `run_queries` runs a list of
 queries over a scenario's firms in a Flower simulation and writes a run directory whose ledger
@@ -24,10 +24,10 @@ import numpy as np
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from silobridge.clients.analytics import answer_step
 from silobridge.clients.data import FirmData
-from silobridge.contract.analytics import QUERY_SEGMENT, UNITS, QueryPlan, QueryStep, Unit
+from silobridge.clients.query_answers import answer_step
 from silobridge.contract.config import AggregationSpec
+from silobridge.contract.query_protocol import QUERY_SEGMENT, UNITS, QueryPlan, QueryStep, Unit
 from silobridge.contract.wire_names import QUERY_ANALYTICS
 from silobridge.errors import BudgetExhausted, ConfigError, FederationError, SiloBridgeError
 from silobridge.federation.coordinator import Federation, RunObserver
@@ -45,8 +45,9 @@ from silobridge.privacy.secagg.layout import CLIPPED
 from silobridge.privacy.secagg.simulate import InMemoryFederation
 from silobridge.scenarios.generator import catalogue_items
 from silobridge.scenarios.schema import load_scenario
-from silobridge.server.analytics import build_plan
-from silobridge.server.analytics.engine import (
+from silobridge.server.layouts import query_layout
+from silobridge.server.query_plans import build_plan
+from silobridge.server.query_plans.engine import (
     QueryEngine,
     QueryOutcome,
     QueryPrivacy,
@@ -55,8 +56,7 @@ from silobridge.server.analytics.engine import (
     calibrate_query_noise,
     query_accounting,
 )
-from silobridge.server.analytics.kmeans import KMeansPlan
-from silobridge.server.layouts import query_layout
+from silobridge.server.query_plans.kmeans import KMeansPlan
 
 QUERIES_FILE = "queries.json"
 

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 
 from silobridge.clients.data import FirmData
-from silobridge.contract.analytics import QueryStep
 from silobridge.contract.iterative_params import KMeansParams, KMeansStep
 from silobridge.contract.query_params import step_params
+from silobridge.contract.query_protocol import QueryStep
 from silobridge.contract.ranges import to_unit
 
 

@@ -17,9 +17,9 @@ from functools import lru_cache
 import numpy as np
 
 from silobridge.clients.data import FirmData
-from silobridge.contract.analytics import QueryStep
 from silobridge.contract.iterative_params import AnomalyParams, AnomalyStep
 from silobridge.contract.query_params import step_params
+from silobridge.contract.query_protocol import QueryStep
 from silobridge.contract.ranges import to_unit
 from silobridge.errors import ProtocolError
 
