@@ -18,9 +18,10 @@ from silobridge.contract.config import AggregationSpec
 from silobridge.errors import ConfigError, ProtocolError
 from silobridge.privacy.secagg import SecAggParams, default_num_neighbours, default_threshold
 from silobridge.privacy.secagg.driver import SecureSumDriver, SecureSumTransport
+from silobridge.privacy.secagg.dropout_record import DropoutRecord
 from silobridge.privacy.secagg.layout import VectorLayout
 from silobridge.privacy.secagg.quantise import choose_modulus_bits
-from silobridge.privacy.secagg.server import DropoutRecord, SecAggServer
+from silobridge.privacy.secagg.server import SecAggServer
 
 
 def resolve_aggregation(spec: AggregationSpec, num_firms: int) -> AggregationSpec:

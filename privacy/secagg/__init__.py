@@ -40,6 +40,7 @@ A Flower ClientApp may handle each message in a fresh process, so the glue keeps
 """
 
 from silobridge.privacy.secagg.client import SecAggClient
+from silobridge.privacy.secagg.dropout_record import DropoutRecord
 from silobridge.privacy.secagg.messages import (
     AdvertiseKeys,
     AdvertiseRequest,
@@ -66,7 +67,7 @@ from silobridge.privacy.secagg.quantise import (
     sum_error_bound,
 )
 from silobridge.privacy.secagg.ring import to_ring, to_signed
-from silobridge.privacy.secagg.server import DropoutRecord, SecAggServer
+from silobridge.privacy.secagg.server import SecAggServer
 from silobridge.privacy.secagg.simulate import InMemoryFederation, SecureSum, Traffic, secure_vector_sum
 from silobridge.privacy.secagg.stages import Stage
 from silobridge.privacy.secagg.state import STATE_FORMAT

@@ -19,7 +19,8 @@ import numpy as np
 
 from silobridge.errors import ConfigError, ProtocolError
 from silobridge.privacy.secagg.messages import AdvertiseRequest, MaskedInputRequest, Roster, UnmaskRequest
-from silobridge.privacy.secagg.server import Replies, SecAggServer
+from silobridge.privacy.secagg.replies import Replies
+from silobridge.privacy.secagg.server import SecAggServer
 
 Timer = Callable[[str], AbstractContextManager[None]]
 """Times a named server step ("start_round", "receive_masked_inputs", "finish")."""

@@ -23,18 +23,19 @@ nothing: the running sum is discarded.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
-from typing import Any, ClassVar, NoReturn, Protocol, Self, TypeVar
+from typing import Any, NoReturn
 
 import numpy as np
 
 from silobridge.errors import ConfigError, ProtocolError
 from silobridge.privacy.secagg.aead import TAG_BYTES
+from silobridge.privacy.secagg.dropout_record import DropoutRecord
 from silobridge.privacy.secagg.graph import is_connected, neighbour_graph
 from silobridge.privacy.secagg.keys import KeyPair, agree, check_public_key
-from silobridge.privacy.secagg.masking import pairwise_seed, pairwise_sign, self_mask_commitment, unmask_sum
+from silobridge.privacy.secagg.masking import pairwise_seed, pairwise_sign, unmask_sum
 from silobridge.privacy.secagg.messages import (
     AdvertiseKeys,
     AdvertiseRequest,
@@ -46,59 +47,11 @@ from silobridge.privacy.secagg.messages import (
     UnmaskShares,
 )
 from silobridge.privacy.secagg.params import Neighbourhood, SecAggParams
+from silobridge.privacy.secagg.recovery import rebuild_mask_key, rebuild_self_seed
+from silobridge.privacy.secagg.replies import FirmMessageT, Replies, Reply
 from silobridge.privacy.secagg.ring import ring_dtype
-from silobridge.privacy.secagg.shamir import SHARE_BYTES, decode_share, reconstruct_secret
+from silobridge.privacy.secagg.shamir import SHARE_BYTES, decode_share
 from silobridge.privacy.secagg.stages import Stage
-
-Reply = Any  # a message object or its wire dict
-Replies = Mapping[str, Reply] | Iterable[tuple[str, Reply]]
-
-
-class _FirmMessage(Protocol):
-    """What `SecAggServer._parse` reads of a firm's message type: its name, stage, sender and wire form."""
-
-    MESSAGE: ClassVar[str]
-    STAGE: ClassVar[Stage]
-
-    @property
-    def sender(self) -> str: ...
-
-    @classmethod
-    def from_wire(cls, wire: Mapping[str, object], *, expected_sender: str | None) -> Self: ...
-
-
-_Message = TypeVar("_Message", bound=_FirmMessage)
-
-
-@dataclass(frozen=True)
-class DropoutRecord:
-    """Who took part in a round, who dropped at which stage and why, and what was recovered."""
-
-    run_id: str
-    session: int
-    round_number: int | None
-    invited: tuple[str, ...]
-    roster: tuple[str, ...]  # advertised valid keys
-    active: tuple[str, ...]  # asked for a masked input
-    contributors: tuple[str, ...]  # inputs in the released sum
-    dropped: Mapping[str, Stage]  # firm -> stage at which it vanished or was rejected
-    errors: Mapping[str, str]  # firm -> why its message(s) were rejected
-    left_out: tuple[str, ...]  # not asked, at the caller's request
-    retired: tuple[str, ...]  # not asked: its mask key was reconstructed earlier in the session
-    reconstructed_mask_keys: tuple[str, ...]  # dropped before sending input; now retired
-    recovered_self_masks: tuple[str, ...]  # sent input, vanished before unmasking
-    aborted: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain types only, for a JSON run summary.
-
-        Field by field rather than `asdict`, which deep-copies and cannot copy the read-only
-        mapping proxies that `dropped` and `errors` are.
-        """
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["dropped"] = {firm: str(stage) for firm, stage in self.dropped.items()}
-        out["errors"] = dict(self.errors)
-        return out
 
 
 class _Phase(Enum):
@@ -251,7 +204,7 @@ class SecAggServer:
                 errors[key] = f"{errors[key]}; {err}" if key in errors else str(err)
 
     @staticmethod
-    def _parse(message_type: type[_Message], firm: str, reply: Reply) -> _Message:
+    def _parse(message_type: type[FirmMessageT], firm: str, reply: Reply) -> FirmMessageT:
         kind, stage = message_type.MESSAGE, message_type.STAGE
         if isinstance(reply, message_type):
             if reply.sender != firm:
@@ -624,22 +577,17 @@ class SecAggServer:
         return total
 
     def _rebuild_self_seed(self, firm: str, shares: dict[int, int], offset: int) -> bytes:
-        value = reconstruct_secret(shares, self._threshold)
-        expected = self._keys[firm].self_mask_commitments[offset]
-        seed = value.to_bytes(32, "big") if value < 1 << 256 else b""
-        commitment = self_mask_commitment(
-            seed, run_id=self.run_id, session=self._start, round_number=self._start + offset, firm=firm
-        )
-        if not seed or commitment != expected:
+        commitment, session = self._keys[firm].self_mask_commitments[offset], (self.run_id, self._start)
+        seed = rebuild_self_seed(shares, self._threshold, commitment, session, self._start + offset, firm)
+        if seed is None:
             self._abort(
                 Stage.UNMASK, "rebuilt self-mask seed does not match its commitment: a share is corrupt", firm=firm
             )
         return seed
 
     def _rebuild_mask_key(self, firm: str, shares: dict[int, int], key_index: int) -> KeyPair:
-        value = reconstruct_secret(shares, self._threshold)
-        key = KeyPair.from_private_bytes(value.to_bytes(32, "big")) if value < 1 << 256 else None
-        if key is None or key.public_bytes != self._keys[firm].mask_public_keys[key_index]:
+        key = rebuild_mask_key(shares, self._threshold, self._keys[firm].mask_public_keys[key_index])
+        if key is None:
             self._abort(
                 Stage.UNMASK, "rebuilt mask key does not match the advertised public key: a share is corrupt", firm=firm
             )

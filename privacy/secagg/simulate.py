@@ -20,10 +20,11 @@ import numpy as np
 from silobridge.errors import ConfigError, ProtocolError
 from silobridge.privacy.secagg.client import SecAggClient
 from silobridge.privacy.secagg.driver import SecureSumDriver
+from silobridge.privacy.secagg.dropout_record import DropoutRecord
 from silobridge.privacy.secagg.keys import Entropy
 from silobridge.privacy.secagg.messages import AdvertiseRequest, MaskedInputRequest, Roster, UnmaskRequest
 from silobridge.privacy.secagg.params import SecAggParams
-from silobridge.privacy.secagg.server import DropoutRecord, SecAggServer
+from silobridge.privacy.secagg.server import SecAggServer
 from silobridge.privacy.secagg.stages import ROUND_STAGES, SESSION_STAGES, Stage
 from silobridge.privacy.secagg.wire import WireDict, wire_size
 
