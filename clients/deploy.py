@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from scipy.special import expit
 
+from silobridge.clients.evaluation import forecast_units
 from silobridge.clients.features import DemandWindows
-from silobridge.clients.firm import FirmClient, Normaliser, forecast_units
+from silobridge.clients.firm import FirmClient
 from silobridge.clients.linear import (
     demand_design,
     logit_log_loss,
@@ -28,6 +29,7 @@ from silobridge.clients.linear import (
     wape,
 )
 from silobridge.clients.models import build_model, load_arrays
+from silobridge.clients.normaliser import Normaliser
 from silobridge.clients.personalise import (
     DEMAND_SWITCH_MARGIN,
     Choice,

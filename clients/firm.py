@@ -15,7 +15,7 @@ import torch
 from silobridge.clients import evaluation, round_update
 from silobridge.clients.baselines import LocalBaselines
 from silobridge.clients.data import FirmData
-from silobridge.clients.evaluation import Forecaster, demand_stats, forecast_units, risk_stats
+from silobridge.clients.evaluation import Forecaster
 from silobridge.clients.features import DemandWindows, RiskExamples
 from silobridge.clients.firm_release import round_clip_norm
 from silobridge.clients.holdings import FirmHoldings, StatSlots
@@ -27,17 +27,6 @@ from silobridge.contract.efficiency_sums import EfficiencyGroups, EfficiencySums
 from silobridge.contract.messages import BaselineInstruction, FirmManifest, TrainInstruction
 from silobridge.contract.stats import Moments
 from silobridge.contract.wire_names import RISK_MOMENTS
-
-__all__ = [
-    "FirmClient",
-    "Forecaster",
-    "Normaliser",
-    "StatSlots",
-    "TrainOutcome",
-    "demand_stats",
-    "forecast_units",
-    "risk_stats",
-]
 
 
 class FirmClient:

@@ -64,7 +64,8 @@ from silobridge.federation.settings import RunSettings, settings_from_run_config
 from silobridge.privacy.secagg.layout import CLIPPED
 
 if TYPE_CHECKING:  # torch and Opacus load only for the stages that train or evaluate (see LIGHT_STAGES)
-    from silobridge.clients.firm import FirmClient, Normaliser
+    from silobridge.clients.firm import FirmClient
+    from silobridge.clients.normaliser import Normaliser
 
 FIRM_ERROR_CODE = 4100
 """Error code of replies for failures SiloBridge raised on purpose (bad data, bad request)."""
@@ -145,7 +146,7 @@ def _release(req: Request, segments: dict[str, np.ndarray], *, clipped: int | No
 
 def _normaliser(content: RecordDict, firm: str) -> Normaliser | None:
     """The risk features' scaling as the coordinator scores with it: under DP with the public range."""
-    from silobridge.clients.firm import Normaliser
+    from silobridge.clients.normaliser import Normaliser
 
     if NORMALISER not in content.array_records:
         return None

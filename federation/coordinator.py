@@ -21,8 +21,8 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
-from silobridge.clients.firm import Normaliser
 from silobridge.clients.models import MODEL_KINDS
+from silobridge.clients.normaliser import Normaliser
 from silobridge.contract.efficiency_sums import EFFICIENCY_AFTER, EFFICIENCY_BEFORE, EfficiencyGroups
 from silobridge.contract.messages import BaselineInstruction, FirmManifest
 from silobridge.contract.stats import GROUPS, Moments, demand_metrics_by_group, risk_metrics_by_group

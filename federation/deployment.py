@@ -26,8 +26,9 @@ from silobridge.clients.deploy import (
     risk_test_stats,
     risk_training,
 )
-from silobridge.clients.firm import FirmClient, Normaliser
+from silobridge.clients.firm import FirmClient
 from silobridge.clients.linear import demand_design, demand_dim, forecast_units, logistic_fit, ridge
+from silobridge.clients.normaliser import Normaliser
 from silobridge.contract.config import FederationSpec
 from silobridge.contract.efficiency_sums import EfficiencyGroups, slot_by_tier
 from silobridge.contract.messages import BaselineInstruction

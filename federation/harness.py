@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from silobridge.clients.features import DemandWindows, RiskExamples
-from silobridge.clients.firm import FirmClient, Normaliser
+from silobridge.clients.firm import FirmClient
 from silobridge.clients.models import build_model, state_to_arrays
+from silobridge.clients.normaliser import Normaliser
 from silobridge.clients.training import FitSettings, fit, resolve_device
 from silobridge.contract.efficiency_sums import EFFICIENCY_AFTER, EfficiencyGroups
 from silobridge.contract.messages import BaselineInstruction

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord
 
-from silobridge.clients.firm import Normaliser
 from silobridge.clients.linear import demand_dim, demand_sensitivity, newton_sensitivity, risk_row_norm
+from silobridge.clients.normaliser import Normaliser
 from silobridge.contract.config import FederationSpec
 from silobridge.contract.sufficient import LINEAR_COEF, LINEAR_REQUEST, LINEAR_SEGMENT, newton_size, regression_size
 from silobridge.contract.wire_names import TRAIN_LINEAR

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from flwr.serverapp import Grid
 
-from silobridge.clients.firm import Normaliser
 from silobridge.clients.models import MODEL_KINDS
+from silobridge.clients.normaliser import Normaliser
 from silobridge.contract.efficiency_sums import EFFICIENCY_AFTER, EFFICIENCY_BEFORE
 from silobridge.contract.messages import FirmManifest
 from silobridge.errors import FederationError

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from silobridge.clients.firm import Normaliser
+from silobridge.clients.normaliser import Normaliser
 from silobridge.federation.coordinator import RunObserver
 from silobridge.federation.firm_source import pilot_folders
 from silobridge.federation.harness import SimulationHarness

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord
 
-from silobridge.clients.firm import Normaliser
 from silobridge.clients.models import MODEL_KINDS, build_model, state_to_arrays
+from silobridge.clients.normaliser import Normaliser
 from silobridge.contract.arrays import flatten, unflatten
 from silobridge.contract.wire_names import TRAIN, eval_segment, loss_segment, update_segment, weight_segment
 from silobridge.errors import BudgetExhausted, FederationError

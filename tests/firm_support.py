@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from silobridge.clients.firm import FirmClient, Normaliser
+from silobridge.clients.firm import FirmClient
 from silobridge.clients.models import MODEL_KINDS, build_model, state_to_arrays
+from silobridge.clients.normaliser import Normaliser
 from silobridge.contract.messages import TrainInstruction
 from silobridge.federation.firm_source import simulated_firm
 from silobridge.federation.settings import settings_from_run_config

@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from silobridge.clients.firm import FirmClient, Normaliser
+from silobridge.clients.firm import FirmClient
 from silobridge.clients.models import MODEL_KINDS
+from silobridge.clients.normaliser import Normaliser
 from silobridge.contract.config import AggregationSpec, PrivacySpec
 from silobridge.contract.messages import TrainInstruction
 from silobridge.errors import ConfigError, ProtocolError

@@ -269,7 +269,7 @@ def demand_weights(firms: list[FirmClient]) -> dict[str, np.ndarray]:
 
 
 def test_a_firms_forecast_totals_match_its_test_statistics(firms: list[FirmClient], demand_weights) -> None:
-    from silobridge.clients.firm import demand_stats
+    from silobridge.clients.evaluation import demand_stats
 
     firm = firms[0]
     model = build_model("demand", firm.spec)

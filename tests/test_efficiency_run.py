@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from silobridge.clients.firm import Normaliser
 from silobridge.clients.models import MODEL_KINDS
+from silobridge.clients.normaliser import Normaliser
 from silobridge.contract.efficiency_sums import EFFICIENCY_BEFORE
 from silobridge.federation.coordinator import baseline_instruction
 from silobridge.federation.harness import SimulationHarness

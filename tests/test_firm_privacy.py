@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from silobridge.clients.firm import FirmClient, Normaliser
+from silobridge.clients.firm import FirmClient
 from silobridge.clients.models import MODEL_KINDS
+from silobridge.clients.normaliser import Normaliser
 from silobridge.clients.round_update import dp_noise_seed
 from silobridge.contract.arrays import flatten
 from silobridge.contract.messages import TrainInstruction

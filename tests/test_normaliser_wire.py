@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flwr.app import RecordDict
 
-from silobridge.clients.firm import Normaliser
+from silobridge.clients.normaliser import Normaliser
 from silobridge.errors import ProtocolError
 from silobridge.federation.client_app import _normaliser
 from silobridge.federation.records import NORMALISER, arrays_record

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from silobridge.clients.data import firm_data_from_tables
-from silobridge.clients.firm import FirmClient, Normaliser
+from silobridge.clients.firm import FirmClient
 from silobridge.clients.models import build_model, load_arrays, state_to_arrays
+from silobridge.clients.normaliser import Normaliser
 from silobridge.clients.training import FitSettings, evaluate_loss, fit
 from silobridge.contract.arrays import flatten, unflatten
 from silobridge.contract.config import FederationSpec
