@@ -11,9 +11,11 @@ import json
 import os
 import platform
 import resource
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -215,3 +217,25 @@ class OtherWorkSampler:
         wall = time.monotonic() - self._started
         other = _machine_busy_s() - self._busy_at_start - sum(self._tree_cpu.values())
         self.other_share = max(0.0, other) / (wall * (os.cpu_count() or 1)) if wall > 0 else float("nan")
+
+
+@dataclass(frozen=True)
+class LoggedRun:
+    """A command run to completion with its output in a log file: exit code, wall time, the share of the
+    machine other work used meanwhile, and the log's tail (for an error row)."""
+
+    returncode: int
+    wall_s: float
+    other_share: float
+    log_tail: str
+
+
+def run_logged(command: Sequence[str], log: Path, cwd: Path) -> LoggedRun:
+    """Run `command` in a fresh process (stdout and stderr to `log`), timing it and sampling other work."""
+    started = time.monotonic()
+    with log.open("w") as sink:
+        process = subprocess.Popen(list(command), cwd=cwd, stdout=sink, stderr=subprocess.STDOUT, text=True)
+        with OtherWorkSampler(process.pid) as other:
+            process.wait()
+    wall = time.monotonic() - started
+    return LoggedRun(process.returncode, wall, other.other_share, log.read_text()[-2000:])

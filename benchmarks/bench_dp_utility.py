@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import RESULTS_DIR, OtherWorkSampler, markdown_table, write_results
+from benchmarks._common import RESULTS_DIR, markdown_table, run_logged, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = {"default": ROOT / "scenarios" / "default.toml", "large": ROOT / "scenarios" / "large.toml"}
@@ -226,28 +225,22 @@ def run_one(config: Config, work: Path) -> dict[str, Any]:
         command += ["--noise-seed", str(config.noise_seed)]
     for override in config.overrides():
         command += ["--set", override]
-    log = work / f"{config.run_id}.log"
-    started = time.monotonic()
-    with log.open("w") as sink:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, text=True)
-        with OtherWorkSampler(process.pid) as other:
-            process.wait()
-    wall = time.monotonic() - started
+    done = run_logged(command, work / f"{config.run_id}.log", ROOT)
     summary_path = work / "runs" / config.run_id / "summary.json"
-    if process.returncode != 0 or not summary_path.exists():
-        tail = log.read_text()[-2000:]
+    if done.returncode != 0 or not summary_path.exists():
+        tail = done.log_tail
         return {
             "setting": config.setting,
             "scenario": config.scenario,
             "unit": config.unit,
             "epsilon": config.epsilon,
-            "wall_s": round(wall, 1),
-            "error": f"exit {process.returncode}: {tail.strip().splitlines()[-1] if tail.strip() else ''}",
+            "wall_s": round(done.wall_s, 1),
+            "error": f"exit {done.returncode}: {tail.strip().splitlines()[-1] if tail.strip() else ''}",
             "log_tail": tail,
         }
     row = summarise(config, json.loads(summary_path.read_text()), rounds_trained(summary_path.parent))
-    row["wall_s"] = round(wall, 1)
-    row["other_share"] = round(other.other_share, 2)
+    row["wall_s"] = round(done.wall_s, 1)
+    row["other_share"] = round(done.other_share, 2)
     return row
 
 

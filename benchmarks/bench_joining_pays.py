@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import RESULTS_DIR, OtherWorkSampler, markdown_table, write_results
+from benchmarks._common import RESULTS_DIR, markdown_table, run_logged, write_results
 from benchmarks.bench_dp_utility import rounds_trained
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -444,24 +443,18 @@ def run_one(run: Point, work: Path, pilots: Path | None) -> dict[str, Any]:
     """One `silobridge simulate` in a fresh process; its summary read, or its error."""
     command = [sys.executable, "-m", "silobridge.federation.cli", "simulate"] + run.arguments(pilots)
     command += ["--plain", "--out", str(work / "runs"), "--run-id", run.run_id]
-    log = work / f"{run.run_id}.log"
-    started = time.monotonic()
-    with log.open("w") as sink:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, text=True)
-        with OtherWorkSampler(process.pid) as other:
-            process.wait()
-    wall = time.monotonic() - started
+    done = run_logged(command, work / f"{run.run_id}.log", ROOT)
     summary_path = work / "runs" / run.run_id / "summary.json"
-    if process.returncode != 0 or not summary_path.exists():
-        tail = log.read_text()[-2000:].strip()
+    if done.returncode != 0 or not summary_path.exists():
+        tail = done.log_tail.strip()
         lines = [line for line in tail.splitlines() if line.strip()]
         first = next((i for i, line in enumerate(lines) if "error" in line.lower()), max(len(lines) - 1, 0))
         error = " | ".join(line.strip() for line in lines[first : first + 6])
-        return {"wall_s": round(wall, 1), "error": f"exit {process.returncode}: {error}", "log_tail": tail}
+        return {"wall_s": round(done.wall_s, 1), "error": f"exit {done.returncode}: {error}", "log_tail": tail}
     row = read_summary(json.loads(summary_path.read_text()))
     row["rounds_trained"] = rounds_trained(summary_path.parent)
-    row["wall_s"] = round(wall, 1)
-    row["other_share"] = round(other.other_share, 2)
+    row["wall_s"] = round(done.wall_s, 1)
+    row["other_share"] = round(done.other_share, 2)
     return row
 
 

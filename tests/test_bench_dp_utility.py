@@ -4,6 +4,7 @@ results files and the plot, on synthetic runs (no simulation)."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +159,15 @@ def test_a_private_point_is_the_mean_of_its_noise_draws() -> None:
     # A failed draw fails the point instead of averaging the survivors.
     failed = combine_draws(point, [rows[0], {"setting": "default / record", "epsilon": 8.0, "error": "exit 1"}])
     assert failed["error"] == "exit 1" and failed["draws"] == 2 and "fed_wape_all_sd" not in failed
+
+
+def test_run_logged_keeps_the_exit_code_and_the_logs_tail(tmp_path: Path) -> None:
+    """The one runner both simulation benchmarks use: a failing command's code and output reach the error row."""
+    from benchmarks._common import run_logged
+
+    script = "import sys; print('x' * 3000); print('the last line'); sys.exit(3)"
+    done = run_logged([sys.executable, "-c", script], tmp_path / "run.log", tmp_path)
+    assert done.returncode == 3
+    assert done.log_tail.endswith("the last line\n") and len(done.log_tail) == 2000
+    assert (tmp_path / "run.log").read_text().startswith("x" * 3000)
+    assert done.wall_s > 0
