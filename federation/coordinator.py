@@ -64,7 +64,7 @@ from silobridge.server.efficiency import Grouping, group_tiers
 from silobridge.server.efficiency_release import RELEASE_ID, efficiency_event, noised
 from silobridge.server.layouts import baselines_layout, efficiency_layout, evaluation_layout, moments_layout
 from silobridge.server.secure_sum import SecureSumServer
-from silobridge.server.stat_groups import StatGrouping, group_statistics
+from silobridge.server.stat_groups import StatGrouping, group_statistics_beside
 from silobridge.server.strategy import FedAvg
 
 
@@ -285,9 +285,14 @@ class Federation:
         self.grouping = group_tiers(
             [m.tier for m in self.manifests.values() if m.has_demand], self.spec.efficiency.min_firms_per_group
         )
+        # the demand statistics carry the forecast-error totals the efficiency sums by tier carry too
+        slots = self.grouping.assignment.slots
+        efficiency = {m.firm_id: slots.get(m.tier) for m in self.manifests.values() if m.has_demand}
         self.stat_grouping = {
-            kind: group_statistics(
-                [m.group for m in self.manifests.values() if m.trains(kind)], self.spec.efficiency.min_firms_per_group
+            kind: group_statistics_beside(
+                {m.firm_id: m.group for m in self.manifests.values() if m.trains(kind)},
+                [efficiency] if kind == "demand" else [],
+                self.spec.efficiency.min_firms_per_group,
             )
             for kind in MODEL_KINDS
         }

@@ -7,12 +7,14 @@ check is linear algebra on the real slot assignments (`server.stat_groups.group_
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from silobridge.contract.slot_overlap import isolated_members
 from silobridge.scenarios.schema import load_scenario
 from silobridge.server.efficiency import group_tiers
-from silobridge.server.stat_groups import group_statistics
+from silobridge.server.stat_groups import group_statistics, group_statistics_beside
 
 
 def _slots(groups: dict[str, str], tiers: dict[str, str], minimum: int) -> list[dict[str, str | None]]:
@@ -51,3 +53,44 @@ def test_the_default_scenario_isolates_no_firm() -> None:
     groups = {f.id: scenario.group_of(f.id) for f in scenario.firms}  # every firm of it holds demand data
     tiers = {f.id: f.tier for f in scenario.firms}
     assert isolated_members(_slots(groups, tiers, minimum=scenario.efficiency.min_firms_per_group)) == []
+
+
+def _run_slots(groups: dict[str, str], tiers: dict[str, str], minimum: int) -> list[dict[str, str | None]]:
+    """The slots a run assigns (as `Federation.connect` does): the demand statistics chosen beside the
+    efficiency sums that carry the same forecast-error totals."""
+    firms = sorted(groups)
+    eff = group_tiers([tiers[f] for f in firms], minimum).assignment
+    efficiency = {f: eff.slots.get(tiers[f]) for f in firms}
+    stat = group_statistics_beside(groups, [efficiency], minimum).assignment
+    return [{f: stat.slots.get(groups[f]) for f in firms}, efficiency]
+
+
+def test_the_run_closes_the_leak_of_the_composition_that_isolates_a_firm() -> None:
+    groups = {"D1": "small", "D2": "small", "D3": "large", "M1": "large", "M2": "large"}
+    tiers = {"D1": "distributor", "D2": "distributor", "D3": "distributor", "M1": "manufacturer", "M2": "manufacturer"}
+    assert isolated_members(_run_slots(groups, tiers, minimum=2)) == []
+    grouping = group_statistics_beside(groups, [{f: tiers[f] for f in groups}], 2)
+    assert grouping.assignment.released == ()  # small and large pooled: only 'all'
+    assert grouping.withheld is not None and "D3" in grouping.withheld
+
+
+def test_no_chain_composition_of_five_firms_isolates_a_firm() -> None:
+    """Every assignment of groups and of two tiers to 5 firms (the first firm a distributor), minimum 2."""
+    for size in (5,):
+        firms = [f"F{i}" for i in range(size)]
+        for code in itertools.product(range(2), repeat=size):
+            groups = {f: ("small", "large")[c] for f, c in zip(firms, code, strict=True)}
+            for tier_code in itertools.product(range(2), repeat=size - 1):
+                tiers = {f: ("distributor", "manufacturer")[t] for f, t in zip(firms, (0, *tier_code), strict=True)}
+                assert isolated_members(_run_slots(groups, tiers, 2)) == [], (groups, tiers)
+
+
+def test_the_default_scenario_keeps_small_and_large() -> None:
+    scenario = load_scenario("scenarios/default.toml")
+    groups = {f.id: scenario.group_of(f.id) for f in scenario.firms}
+    tiers = {f.id: f.tier for f in scenario.firms}
+    minimum = scenario.efficiency.min_firms_per_group
+    eff = group_tiers([tiers[f] for f in sorted(groups)], minimum).assignment
+    grouping = group_statistics_beside(groups, [{f: eff.slots.get(t) for f, t in tiers.items()}], minimum)
+    assert grouping.assignment.released == ("small", "large")
+    assert grouping.withheld is None
