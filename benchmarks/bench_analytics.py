@@ -29,10 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from benchmarks._common import write_results
 from silobridge.clients.data import FirmData, firm_data_from_tables
+from silobridge.clients.query_answers.apriori import basket_matrix
+from silobridge.clients.query_answers.kmeans import points as kmeans_points
 from silobridge.contract.config import AggregationSpec, min_periods
 from silobridge.contract.query_protocol import QueryStep, Unit
 from silobridge.federation.query_run import SecAggSumStep, plain_sum_step
@@ -64,7 +67,12 @@ def _validated(scenario: Scenario) -> list[FirmData]:
     periods = min_periods(scenario.training.lags, scenario.horizon, scenario.test_periods)
     return [
         firm_data_from_tables(
-            f.id, chain.tables[f.id].demand, chain.tables[f.id].risk, GENERATED_SCHEMA, min_periods=periods
+            f.id,
+            chain.tables[f.id].demand,
+            chain.tables[f.id].risk,
+            GENERATED_SCHEMA,
+            min_periods=periods,
+            orders=chain.tables[f.id].orders,
         )
         for f in scenario.firms
     ]
@@ -120,6 +128,56 @@ def _tv(counts: list[float], truth: np.ndarray) -> float:
     return 0.5 * float(np.abs(got / max(got.sum(), 1e-300) - truth / truth.sum()).sum())
 
 
+def _roc_auc(score: np.ndarray, y: np.ndarray) -> float:
+    """Mann-Whitney ROC-AUC (ties count half)."""
+    ranks = pd.Series(score).rank().to_numpy()
+    positives = int(y.sum())
+    return float((ranks[y == 1].sum() - positives * (positives + 1) / 2) / (positives * (y.size - positives)))
+
+
+def _logistic_auc(firms: list[FirmData], features: list[str]) -> Callable[[dict[str, Any]], float]:
+    x = np.vstack([f.risk[features].to_numpy(dtype=float) for f in firms if f.risk is not None])
+    y = np.concatenate([f.risk["disrupted"].to_numpy(dtype=float) for f in firms if f.risk is not None])
+
+    def auc(answer: dict[str, Any]) -> float:
+        c = answer["coefficients"]
+        return _roc_auc(c["intercept"] + x @ np.array([c[k] for k in features]), y)
+
+    return auc
+
+
+def _lloyd_cost(x: np.ndarray, start: np.ndarray, rounds: int) -> float:
+    """Within-cluster sum of squares after plain Lloyd on the pooled points (an empty cluster keeps its centroid)."""
+    centroids = start.copy()
+    for _ in range(rounds):
+        labels = np.argmin(((x[:, None, :] - centroids[None]) ** 2).sum(axis=2), axis=1)
+        for j in np.unique(labels):
+            centroids[j] = x[labels == j].mean(axis=0)
+    return _cost(x, centroids)
+
+
+def _cost(x: np.ndarray, centroids: np.ndarray) -> float:
+    return float(((x[:, None, :] - centroids[None]) ** 2).sum(axis=2).min(axis=1).sum())
+
+
+def _itemsets(matrix: np.ndarray, items: list[str], min_support: float, max_size: int) -> set[tuple[str, ...]]:
+    """Every itemset up to max_size with at least min_support of the bounded baskets (pooled Apriori)."""
+    found: set[tuple[str, ...]] = set()
+    frontier = [(i,) for i in range(len(items))]
+    for _ in range(max_size):
+        kept = [c for c in frontier if matrix[:, list(c)].all(axis=1).sum() >= min_support]
+        found |= {tuple(sorted(items[i] for i in c)) for c in kept}
+        frontier = sorted({tuple(sorted(set(a) | {b[-1]})) for a in kept for b in kept if a[:-1] == b[:-1] and a < b})
+    return found
+
+
+def _f1(got: set[tuple[str, ...]], truth: set[tuple[str, ...]]) -> float:
+    if not got and not truth:
+        return 1.0
+    hits = len(got & truth)
+    return 2 * hits / (len(got) + len(truth))
+
+
 def queries(firms: list[FirmData]) -> list[Query]:
     """(name, parameters, the error measure's name, the error of an answer against the pooled ground truth)."""
     demand_rows = max(len(f.demand) for f in firms if f.demand is not None)
@@ -137,6 +195,27 @@ def queries(firms: list[FirmData]) -> list[Query]:
     risk_count = float(_pooled(firms, "risk", "disrupted").size)
     beta = _lstsq(x, units)
     beta_ar = _ar_truth(firms)
+    ids = [f.firm_id for f in firms]
+    logistic: dict[str, Any] = {"max_iterations": 3}
+    logistic_plan = build_plan("logistic_regression", logistic, GENERATED_SCHEMA)
+    auc = _logistic_auc(firms, list(logistic_plan.params.features))
+    auc_exact = auc(QueryEngine(plain_sum_step(firms), ids).run(logistic_plan).answer)
+    kmeans: dict[str, Any] = {"k": 4, "max_iterations": 5}
+    kmeans_params = build_plan("kmeans", kmeans, GENERATED_SCHEMA).params
+    points = np.vstack([kmeans_points(f.demand, kmeans_params) for f in firms])
+    items = sorted({str(i) for f in firms if f.orders is not None for i in f.orders["item"].unique()})
+    apriori: dict[str, Any] = {"items": items, "min_support": 20, "max_size": 3}
+    apriori_params = build_plan("frequent_itemsets", apriori, GENERATED_SCHEMA).params
+    baskets = np.vstack([basket_matrix(f.orders, apriori_params) for f in firms])
+    exact_sets = _itemsets(baskets, items, apriori_params.min_support, apriori_params.max_size)
+
+    def kmeans_excess(a: dict[str, Any]) -> float:
+        start = np.array(a["initial_centroids_scaled"])
+        reference = _lloyd_cost(points, start, max(int(a["iterations"]), 1))
+        return _cost(points, np.array(a["centroids_scaled"])) / reference - 1
+
+    def itemset_f1_loss(a: dict[str, Any]) -> float:
+        return 1 - _f1({tuple(sorted(e["items"])) for e in a["itemsets"]}, exact_sets)
 
     def quantile_error(a: dict[str, Any]) -> float:
         got = np.array([v if v is not None else np.inf for v in a["quantiles"].values()])
@@ -166,6 +245,9 @@ def queries(firms: list[FirmData]) -> list[Query]:
             "relative L2",
             lambda a: _l2(np.array([a["intercept"], *a["coefficients"].values()]), beta_ar),
         ),
+        ("logistic_regression", logistic, "ROC-AUC loss vs non-private", lambda a: auc_exact - auc(a)),
+        ("kmeans", kmeans, "cost / non-private cost - 1 (same init)", kmeans_excess),
+        ("frequent_itemsets", apriori, "1 - F1", itemset_f1_loss),
     ]
 
 
@@ -218,13 +300,23 @@ def _dp_draws(
     return z, errors, first_seconds
 
 
-def run_size(label: str, firms: list[FirmData], *, epsilon: float, delta: float, repeats: int) -> list[dict[str, Any]]:
+def run_size(
+    label: str,
+    firms: list[FirmData],
+    *,
+    epsilon: float,
+    delta: float,
+    repeats: int,
+    only: list[str] | None = None,
+) -> list[dict[str, Any]]:
     ids = [f.firm_id for f in firms]
     aggregation = resolve_aggregation(AggregationSpec(), len(firms))
     budget = Budget(epsilon, delta)
     rows = []
     for query in queries(firms):
         name, params, measure, metric = query
+        if only and name not in only:
+            continue
         t0 = time.monotonic()
         plain = QueryEngine(plain_sum_step(firms), ids).run(build_plan(name, params, GENERATED_SCHEMA))
         plain_s = time.monotonic() - t0
@@ -272,23 +364,31 @@ def run_size(label: str, firms: list[FirmData], *, epsilon: float, delta: float,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the default scenario and 50 built firms")
-    parser.add_argument("--firms", type=int, nargs="+", help="built chain sizes (default 10 50 100 200)")
+    parser.add_argument(
+        "--firms",
+        type=int,
+        nargs="*",
+        help="built chain sizes (default 10 50 100 200; none: the default scenario only)",
+    )
+    parser.add_argument("--queries", nargs="+", help="only these query families (default all)")
+    parser.add_argument("--label", default=None, help="results name (default analytics or analytics_quick)")
     parser.add_argument("--epsilon", type=float, default=1.0, help="epsilon per query")
     parser.add_argument("--delta", type=float, default=1e-5)
     parser.add_argument("--repeats", type=int, default=5, help="DP noise draws per query and unit (median)")
     args = parser.parse_args()
     quiet_accountant()
-    sizes = args.firms or ([50] if args.quick else [10, 50, 100, 200])
+    sizes = args.firms if args.firms is not None else ([50] if args.quick else [10, 50, 100, 200])
     started = time.monotonic()
     firms = default_firms()
     print(f"default scenario, {len(firms)} firms: data in {time.monotonic() - started:.1f} s", flush=True)
-    rows = run_size("default", firms, epsilon=args.epsilon, delta=args.delta, repeats=args.repeats)
+    only = args.queries
+    rows = run_size("default", firms, epsilon=args.epsilon, delta=args.delta, repeats=args.repeats, only=only)
     for n in sizes:
         started = time.monotonic()
         firms = chain_firms(n)
         print(f"{n} built firms: data in {time.monotonic() - started:.1f} s", flush=True)
-        rows += run_size(f"built-{n}", firms, epsilon=args.epsilon, delta=args.delta, repeats=args.repeats)
-    name = "analytics_quick" if args.quick else "analytics"
+        rows += run_size(f"built-{n}", firms, epsilon=args.epsilon, delta=args.delta, repeats=args.repeats, only=only)
+    name = args.label or ("analytics_quick" if args.quick else "analytics")
     json_path, md_path = write_results(
         name,
         parameters={
@@ -296,6 +396,7 @@ def main() -> None:
             "epsilon_per_query": args.epsilon,
             "delta": args.delta,
             "dp_repeats": args.repeats,
+            "queries": only or "all",
         },
         rows=rows,
         columns=[

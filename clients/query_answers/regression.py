@@ -1,7 +1,8 @@
 """A firm's half of linear regression and AR(p): its sufficient statistics X^T X, X^T y, y^T y.
 
-Columns are clipped to their public ranges and divided by their magnitudes, and the sums by the
-public row bound, so every entry is in [-1, 1] (see `silobridge.contract.queries.gram_l2_bound`). X has an
+Linear regression's columns are clipped to their public ranges, centred on the ranges' midpoints and
+divided by half their widths, and the sums by the public row bound, so every entry is in [-1, 1] (see
+`silobridge.contract.queries.gram_record_bound`); AR's values are divided by `high`. X has an
 intercept column of ones. The AR query's second step sends, per lag, the sum over the firm's
 series of their last values (and how many series), from which the server forecasts the total.
 With `differences` d, every series is differenced d times (and divided by 2^d) before its lag
@@ -27,15 +28,16 @@ def gram_vector(u: np.ndarray, v: np.ndarray, max_rows: int) -> np.ndarray:
     return np.concatenate([gram[rows, cols], u.T @ v, [v @ v]]) / max_rows
 
 
-def _scaled(values: np.ndarray, low: float, high: float) -> np.ndarray:
-    return np.clip(values, low, high) / max(abs(low), abs(high))
+def standardised(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Clipped to [low, high], centred on the midpoint and divided by half the width: in [-1, 1]."""
+    return (np.clip(values, low, high) - (low + high) / 2) / ((high - low) / 2)
 
 
 def linear_regression_local(step: QueryStep, data: FirmData) -> np.ndarray:
     params = step_params(LinearRegressionParams, step, firm=data.firm_id)
-    target = _scaled(column_values(data, params.table, params.target), *params.ranges[params.target])
+    target = standardised(column_values(data, params.table, params.target), *params.ranges[params.target])
     columns = [np.ones_like(target)] + [
-        _scaled(column_values(data, params.table, c), *params.ranges[c]) for c in params.features
+        standardised(column_values(data, params.table, c), *params.ranges[c]) for c in params.features
     ]
     return gram_vector(np.column_stack(columns), target, params.max_rows)
 

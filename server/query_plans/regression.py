@@ -4,16 +4,21 @@ The firms release [upper triangle of X^T X, X^T y, y^T y] of their scaled, clipp
 sum; the server unscales it and solves the ridge-stabilised normal equations
 (X^T X + lambda P) beta = X^T y, with P the identity except for the intercept and lambda = ridge x
 the mean diagonal of X^T X over the features. Without noise that is the pooled fit, to float
-precision. Under DP the noised X^T X may not be positive definite; it is then projected onto the
-positive definite matrices (eigenvalues floored at lambda, or 1e-9 x the largest one) before the
-solve, post-processing that costs no privacy. Under DP the ridge is noise-aware: each feature's
-diagonal also gets sqrt(dim) x the noise std of its released Gram entry (about half the spectral norm
-of the symmetric noise matrix), so a noised matrix is regularised by what the noise can do to it.
+precision. Linear regression's columns are standardised with their public ranges (centred on the
+midpoint, divided by half the width, so they span [-1, 1]): against a fixed record bound that
+quarters the coefficients' noise for a 0/1 feature, against dividing by the magnitude; the solve
+runs on those columns and the coefficients are mapped back. Under DP the noised X^T X may not be
+positive definite; it is then projected onto the positive definite matrices (eigenvalues floored at
+lambda, or 1e-9 x the largest one) before the solve, post-processing that costs no privacy. Under DP
+the ridge is noise-aware: each feature's diagonal also gets sqrt(dim) x the noise std of its
+released Gram entry (about half the spectral norm of the symmetric noise matrix), so a noised matrix
+is regularised by what the noise can do to it.
 
 Record level: for linear regression one row of the demand table adds its own [x x^T, x y, y^2],
-L2 norm <= sqrt(dim^2 + dim + 1) / max_rows. For AR the record is one observation, and the relation
-is the replacement of its value (the series and weeks are public: the lag windows need them); see
-`silobridge.contract.queries.ar_record_bound` for the sensitivity of each step.
+L2 norm <= sqrt(dim (dim + 1) / 2 + dim + 1) / max_rows (`gram_record_bound`). For AR the record is
+one observation, and the relation is the replacement of its value (the series and weeks are public:
+the lag windows need them); see `silobridge.contract.queries.ar_record_bound` for the sensitivity of
+each step.
 
 AR(p) is the same regression on lag windows of every firm's demand series, then a second step sums
 each series' last p values (and counts the series), from which the forecast of the total of all
@@ -44,6 +49,7 @@ from silobridge.contract.queries import (
     difference_scale,
     gram_l2_bound,
     gram_length,
+    gram_record_bound,
 )
 from silobridge.contract.query_params import parse_params
 from silobridge.contract.query_protocol import FIRM_NEIGHBOURS, QueryStep, Unit
@@ -73,6 +79,23 @@ class Normal:
     @property
     def rows(self) -> float:
         return float(self.xtx[0, 0])
+
+    def unstandardised(
+        self, centres: np.ndarray, halves: np.ndarray, target_centre: float, target_half: float
+    ) -> Normal:
+        """The statistics of X = Z M and y = c + h v from those of standardised Z and v (M: `transform`)."""
+        m = transform(centres, halves)
+        first = self.xtx[:, 0]  # Z^T 1 (Z's first column is the intercept)
+        xty = m.T @ (target_centre * first + target_half * self.xty)
+        yty = target_centre**2 * self.rows + 2 * target_centre * target_half * self.xty[0] + target_half**2 * self.yty
+        return Normal(m.T @ self.xtx @ m, xty, float(yty))
+
+
+def transform(centres: np.ndarray, halves: np.ndarray) -> np.ndarray:
+    """M with x = z M: x_0 = z_0 = 1 and x_j = centres_j + halves_j z_j (index 0 the intercept: 0 and 1)."""
+    m = np.diag(np.asarray(halves, dtype=np.float64))
+    m[0, 1:] = np.asarray(centres, dtype=np.float64)[1:]
+    return m
 
 
 def ridge_lambda(xtx: np.ndarray, ridge: float) -> float:
@@ -159,7 +182,9 @@ class LinearRegressionPlan:
         self.noise_multiplier = noise_multiplier
         self.unit = unit
         self.neighbours = FIRM_NEIGHBOURS if unit == "firm" else ROW_NEIGHBOURS.format(table=params.table)
-        self.scales = np.array([1.0] + [params.magnitude(c) for c in params.features])
+        self.centres = np.array([0.0] + [params.centre(c) for c in params.features])
+        self.halves = np.array([1.0] + [params.half_width(c) for c in params.features])
+        self.standard: Normal | None = None
         self.normal: Normal | None = None
         self.contributors = 0
 
@@ -171,30 +196,50 @@ class LinearRegressionPlan:
         return LinearRegressionPlan(params, noise_multiplier=noise_multiplier, unit=unit)
 
     def first(self) -> QueryStep:
-        dim = self.scales.size
-        bound = gram_l2_bound(dim) / self.params.max_rows
+        dim = self.halves.size
+        bound = gram_record_bound(dim) / self.params.max_rows
         return _gram_step(self.name, 0, dim, self.params.model_dump(mode="json"), bound)
 
     @property
     def entry_noise_std(self) -> float:
-        """Noise std of every entry of the released (scaled) vector."""
+        """Noise std of every entry of the released (standardised, divided by max_rows) vector."""
         return float(self.noise_multiplier * self.first().sensitivity(self.unit))
 
     def next(self, total: np.ndarray, contributors: int) -> QueryStep | None:
         p = self.params
-        self.normal = Normal.from_vector(np.asarray(total), self.scales, p.magnitude(p.target), p.max_rows)
+        ones = np.ones(self.halves.size)
+        self.standard = Normal.from_vector(np.asarray(total), ones, 1.0, p.max_rows)
+        self.normal = self.standard.unstandardised(
+            self.centres, self.halves, p.centre(p.target), p.half_width(p.target)
+        )
         self.contributors = contributors
         return None
+
+    def coefficients(self) -> np.ndarray:
+        """The fit in the data's units, solved on the standardised columns where every entry's noise is the same.
+
+        The stated ridge (lambda on the data's coefficients) is lambda / half_j^2 on the standardised ones,
+        which is the same objective divided by the target's half width squared; under DP the noise-aware
+        ridge and the eigenvalue floor are added there."""
+        if self.standard is None or self.normal is None:
+            raise FederationError(f"query '{self.name}' has no released sum yet")
+        p = self.params
+        sigma = self.entry_noise_std
+        stated = ridge_lambda(self.normal.xtx, p.ridge) / self.halves**2
+        stated[0] = 0.0
+        penalty = stated + (noise_penalty(sigma, np.ones(self.halves.size), p.max_rows) if sigma > 0 else 0.0)
+        floor = math.sqrt(self.halves.size) * sigma * p.max_rows
+        scaled = ridge_solve(self.standard.xtx, self.standard.xty, 0.0, penalty, noise_floor=floor)
+        beta = p.half_width(p.target) * np.linalg.solve(transform(self.centres, self.halves), scaled)
+        beta[0] += p.centre(p.target)
+        return np.asarray(beta)
 
     def result(self) -> dict[str, Any]:
         if self.normal is None:
             raise FederationError(f"query '{self.name}' has no released sum yet")
+        beta = self.coefficients()
         p = self.params
         sigma = self.entry_noise_std
-        extra = noise_penalty(sigma, self.scales, p.max_rows) if sigma > 0 else None
-        floor = math.sqrt(self.scales.size) * sigma * p.max_rows
-        beta = ridge_solve(self.normal.xtx, self.normal.xty, p.ridge, extra, scales=self.scales, noise_floor=floor)
-        target = p.magnitude(p.target)
         return {
             "firms": self.contributors,
             "target": self.params.target,
@@ -203,11 +248,17 @@ class LinearRegressionPlan:
             **fit_summary(self.normal, beta),
             "noise_std": {
                 "rows": sigma * p.max_rows,
-                "xtx": (sigma * p.max_rows * np.outer(self.scales, self.scales)).tolist(),
-                "xty": (sigma * p.max_rows * target * self.scales).tolist(),
-                "yty": sigma * p.max_rows * target * target,
+                "standardised_entry": sigma * p.max_rows,
             },
-            "noise_ridge": None if extra is None else extra.tolist(),
+            "standardised": {
+                "centres": dict(zip((p.target, *p.features), (p.centre(p.target), *self.centres[1:]), strict=True)),
+                "half_widths": dict(
+                    zip((p.target, *p.features), (p.half_width(p.target), *self.halves[1:]), strict=True)
+                ),
+            },
+            "noise_ridge": None
+            if sigma == 0
+            else (noise_penalty(sigma, np.ones(self.halves.size), p.max_rows)).tolist(),
         }
 
 

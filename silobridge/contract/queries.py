@@ -194,6 +194,17 @@ class LinearRegressionParams(TableQuery):
         low, high = self.ranges[column]
         return max(abs(low), abs(high))
 
+    def centre(self, column: str) -> float:
+        """The midpoint of the column's public range: the firms centre on it (public, so no privacy cost)."""
+        low, high = self.ranges[column]
+        return (low + high) / 2
+
+    def half_width(self, column: str) -> float:
+        """Half the public range: centred values divided by it lie in [-1, 1] and span all of it, so the
+        fixed noise of a record's bound is as small as it can be against the data's spread."""
+        low, high = self.ranges[column]
+        return (high - low) / 2
+
     def columns(self) -> list[tuple[str, str, str]]:
         return [
             ("target", self.table, self.target),
@@ -256,6 +267,13 @@ AR_NEIGHBOURS = (
     "replace the value of one observation (one series in one week, units clipped to [0, high]); which series "
     "and weeks exist is public, as the lag structure needs"
 )
+
+
+def gram_record_bound(dim: int) -> float:
+    """L2 norm of one row's [upper triangle of x x^T, x y, y^2] when every value lies in [-1, 1]: each
+    product is at most 1 in absolute value and the upper triangle holds dim (dim + 1) / 2 of them (tight:
+    a row at a corner of the ranges reaches it)."""
+    return math.sqrt(dim * (dim + 1) / 2 + dim + 1.0)
 
 
 def gram_l2_bound(dim: int) -> float:
