@@ -40,7 +40,7 @@ from silobridge.server.query_plans.engine import (
     query_accounting,
 )
 from silobridge.server.query_plans.histogram import histogram_quantiles
-from silobridge.server.query_plans.regression import integrate
+from silobridge.server.query_plans.regression import Normal, integrate, transform
 from silobridge.server.secure_sum import resolve_aggregation
 from tests.analytics_support import REGRESSION, RTOL, UNITS, pooled, pooled_ar, ridge_fit, tiny_firms
 
@@ -120,6 +120,30 @@ def test_linear_regression_equals_pooled(firms: list[FirmData], secure: bool) ->
     # and the ridge is only a stabiliser: ordinary least squares agrees to far better than the noise
     ols, *_ = np.linalg.lstsq(np.column_stack([np.ones(y.size), x]), y, rcond=None)
     assert np.allclose(got, ols, rtol=1e-5)
+
+
+def test_a_stated_ridge_is_the_pooled_ridge_on_the_data_s_columns(firms: list[FirmData]) -> None:
+    """The solve runs on standardised columns; the stated lambda (on the data's coefficients) is carried over
+    exactly, so a large ridge still gives the pooled ridge fit and not a fit shrunk on another scale."""
+    answer = _run(firms, "linear_regression", {**REGRESSION, "ridge": 0.5})
+    x = np.column_stack([pooled(firms, "demand", c) for c in REGRESSION["features"]])
+    y = pooled(firms, "demand", "units")
+    beta = ridge_fit(x, y, 0.5)
+    assert not np.allclose(beta, ridge_fit(x, y, 1e-9), rtol=1e-3)  # the ridge really shrinks
+    assert np.allclose([answer["intercept"], *answer["coefficients"].values()], beta, rtol=1e-9, atol=0)
+
+
+def test_standardised_statistics_map_back_to_the_data_s() -> None:
+    """Known values: x = centre + half z for the features, y = c + h v, so X^T X = M^T Z^T Z M and so on."""
+    z = np.array([[1.0, -1.0, 0.5], [1.0, 0.0, 1.0], [1.0, 1.0, -0.5]])
+    v = np.array([-1.0, 0.2, 0.6])
+    centres, halves = np.array([0.0, 25.0, 0.5]), np.array([1.0, 25.0, 0.5])
+    x = np.column_stack([np.ones(3), 25 + 25 * z[:, 1], 0.5 + 0.5 * z[:, 2]])
+    y = 2500 + 2500 * v
+    assert np.allclose(transform(centres, halves), [[1, 25, 0.5], [0, 25, 0], [0, 0, 0.5]])
+    standard = Normal(z.T @ z, z.T @ v, float(v @ v))
+    data = standard.unstandardised(centres, halves, 2500.0, 2500.0)
+    assert np.allclose(data.xtx, x.T @ x) and np.allclose(data.xty, x.T @ y) and np.isclose(data.yty, y @ y)
 
 
 @pytest.mark.parametrize("secure", [False, True], ids=["plain", "secagg"])
