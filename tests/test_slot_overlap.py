@@ -94,3 +94,11 @@ def test_the_default_scenario_keeps_small_and_large() -> None:
     grouping = group_statistics_beside(groups, [{f: eff.slots.get(t) for f, t in tiers.items()}], minimum)
     assert grouping.assignment.released == ("small", "large")
     assert grouping.withheld is None
+
+
+def test_at_the_real_minimum_of_three_the_leak_exists_and_the_run_closes_it() -> None:
+    """small = {D1, D2, D3}, large = {D4, M1, M2, M3}; tiers distributor = D1-D4, manufacturer = M1-M3."""
+    groups = {f: "small" for f in ("D1", "D2", "D3")} | {f: "large" for f in ("D4", "M1", "M2", "M3")}
+    tiers = {f: "distributor" if f.startswith("D") else "manufacturer" for f in groups}
+    assert isolated_members(_slots(groups, tiers, minimum=3)) == ["D4"]
+    assert isolated_members(_run_slots(groups, tiers, minimum=3)) == []
