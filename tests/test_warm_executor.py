@@ -166,6 +166,17 @@ def test_an_executor_that_cannot_run_is_not_restarted() -> None:
     assert "cannot run" in said[-1]
 
 
+def test_a_node_that_exits_before_opening_its_runtime_api_passes_its_code_on() -> None:
+    said: list[str] = []
+    plan = SupervisedNode(
+        node=[PY, "-c", "raise SystemExit(7)"],
+        executor=lambda _pid: [PY, "-c", "raise SystemExit(0)"],
+        runtime_address=f"127.0.0.1:{_port()}",
+    )
+    assert supervise(plan, os.environ, say=said.append) == 7
+    assert "exited with 7 before" in said[-1]
+
+
 # -- a real loopback federation served warm -----------------------------------------------------------
 
 

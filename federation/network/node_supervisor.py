@@ -147,7 +147,7 @@ def supervise(
             time.sleep(poll_s)
     except FederationError as err:
         say(f"error: {err}")
-        return 1
+        return (node.returncode or 1) if node is not None and node.poll() is not None else 1
     finally:
         _stop(executor)
         _stop(node)
