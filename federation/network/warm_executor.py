@@ -107,8 +107,11 @@ def preload(modules: Sequence[str] = PRELOAD) -> float:
 # -- one task ------------------------------------------------------------------------------------
 
 
-def _record_handoffs(log: Path | None, *, mode: Mode, task_id: int, acquired: float, executor_pid: int) -> None:
-    """Append one JSON line when the ClientApp's handler is entered: the task's hand-off, measured.
+def _record_handoffs(
+    log: Path | None, *, mode: Mode, task_id: int, acquired: float, executor_pid: int, started: float
+) -> None:
+    """Append one JSON line when the ClientApp's handler is entered: the task's hand-off, measured (`started`:
+    when the task's process began to run: a fork's first line, a fresh interpreter's `main`).
 
     Patches `ClientApp.__call__` in this (child) process only; the parent and other tasks are untouched.
     """
@@ -129,6 +132,7 @@ def _record_handoffs(log: Path | None, *, mode: Mode, task_id: int, acquired: fl
             "acquired": acquired,
             "entered": entered,
             "handoff_ms": round((entered - acquired) * 1000, 2),
+            "process_ms": round((started - acquired) * 1000, 2),
         }
         with open(log, "a", encoding="utf-8") as out:
             out.write(json.dumps(row) + "\n")
@@ -149,9 +153,12 @@ def serve_one(
     executor_pid: int,
 ) -> int:
     """Run one task with Flower's own ClientApp runner; its exit code (Flower exits through SystemExit)."""
+    started = time.time()
     from flwr.supernode.runtime.run_clientapp import run_clientapp
 
-    _record_handoffs(handoff_log, mode=mode, task_id=task_id, acquired=acquired, executor_pid=executor_pid)
+    _record_handoffs(
+        handoff_log, mode=mode, task_id=task_id, acquired=acquired, executor_pid=executor_pid, started=started
+    )
     try:
         run_clientapp(
             runtime_api_address=runtime_api_address,
