@@ -52,6 +52,24 @@ def test_our_executor_has_every_method_of_flowers_executor_protocol() -> None:
         assert list(ours.parameters) == list(theirs.parameters), name
 
 
+def test_the_preload_covers_every_module_the_client_apps_handlers_import_lazily() -> None:
+    """A module a handler imports but the parent did not preload is imported again in every fork."""
+    import ast
+
+    from tests.conftest import ROOT
+
+    tree = ast.parse((ROOT / "federation" / "client_app.py").read_text())
+    lazy = {
+        node.module if isinstance(node, ast.ImportFrom) else alias.name
+        for function in ast.walk(tree)
+        if isinstance(function, ast.FunctionDef)
+        for node in ast.walk(function)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    assert lazy and lazy <= set(warm_executor.PRELOAD), lazy - set(warm_executor.PRELOAD)
+
+
 def test_a_flower_version_not_read_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(warm_executor, "version", lambda _name: "1.99.0")
     with pytest.raises(FederationError, match=r"flwr 1\.99\.0 is installed.*--executor flower"):

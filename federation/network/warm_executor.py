@@ -59,8 +59,15 @@ PRELOAD = (
     "silobridge.federation.client_app",
     "silobridge.clients.firm",
     "silobridge.clients.own_budget",
+    "silobridge.clients.deploy",
+    "silobridge.clients.models",
+    "silobridge.clients.normaliser",
+    "silobridge.clients.query_answers",
+    "silobridge.clients.query_answers.own_spend",
+    "silobridge.federation.odometer_glue",
 )
-"""What a training stage imports: loaded once in the warm parent, shared copy-on-write by every fork."""
+"""Everything the ClientApp's handlers import (client_app.py imports them lazily, so that a fresh process for a
+light stage stays light): loaded once in the warm parent, shared copy-on-write by every fork."""
 
 EXIT_CONFIG = 2
 """The executor cannot serve at all (Flower changed, bad option): `silobridge join` does not restart it."""
