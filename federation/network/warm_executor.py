@@ -29,6 +29,7 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -241,6 +242,8 @@ class TaskExecutor:
                         handoff_log=self.handoff_log,
                         executor_pid=os.getppid(),
                     )
+                except BaseException:  # os._exit below would drop it unseen: the node's log gets it
+                    traceback.print_exc()
                 finally:
                     sys.stdout.flush()
                     sys.stderr.flush()
@@ -286,7 +289,7 @@ class TaskExecutor:
                     print(f"warm executor: task {task_id} (pid {pid}) exited with {code}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
-        """Flower calls this on shutdown; running children stop on their own when this process is gone."""
+        """Flower calls this on shutdown. Tasks already running finish: they answer to the SuperNode, not to us."""
 
 
 def install_executor(executor: TaskExecutor) -> ModuleType:
