@@ -104,11 +104,21 @@ def _join(r1_data: Path, tmp_path: Path, *extra: str) -> tuple[int, str]:
     return result.exit_code, " ".join(result.output.split())
 
 
+def _no_processes(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The SuperNode commands `join` would start (by itself with --executor flower, or supervised with its warm
+    executor, the default), recorded instead of started."""
+    from silobridge.federation.network import node_supervisor
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(subprocess, "call", lambda command, env=None: started.append(command) or 0)
+    monkeypatch.setattr(node_supervisor, "run_supervised", lambda command, *args, **kw: started.append(command) or 0)
+    return started
+
+
 def test_join_keeps_the_odometer_in_the_node_config(
     r1_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    started: list[list[str]] = []
-    monkeypatch.setattr(subprocess, "call", lambda command, env=None: started.append(command) or 0)
+    started = _no_processes(monkeypatch)
     state = tmp_path / "odometer"
     code, output = _join(r1_data, tmp_path, "--state", str(state), "--lifetime-epsilon", "10")
     assert code == 0, output
@@ -120,8 +130,7 @@ def test_join_keeps_the_odometer_in_the_node_config(
 def test_join_refuses_to_start_with_a_tampered_odometer(
     r1_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    started: list[list[str]] = []
-    monkeypatch.setattr(subprocess, "call", lambda command, env=None: started.append(command) or 0)
+    started = _no_processes(monkeypatch)
     state = tmp_path / "odometer"
     odometer = node_odometer("R1", None, _node(state, 10.0))
     charge_lifetime(odometer, PRIVACY, ["demand"], run_id="r", release_id="round-1", firm="R1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +16,14 @@ from silobridge.federation.cli.common import EXIT_TAMPERED, err_console, fail, o
 app = sub_app()
 
 SUPERLINK_PORT = 9093
+
+
+class ExecutorKind(StrEnum):
+    """Who runs a partner's messages (see `silobridge join --help`)."""
+
+    warm = "warm"
+    cold = "cold"
+    flower = "flower"
 
 
 @app.command()
@@ -172,6 +181,23 @@ def join(
     lifetime_delta: Annotated[
         float, typer.Option("--lifetime-delta", help="The delta lifetime epsilon is stated at.")
     ] = 1e-5,
+    executor: Annotated[
+        ExecutorKind,
+        typer.Option(
+            "--executor",
+            help="Who runs each message: 'warm' (one process that imported torch, flwr and the ClientApp once forks "
+            "per message; restarted if it dies), 'cold' (the same executor starting a fresh interpreter per "
+            "message), or 'flower' (Flower's own per-message flwr-clientapp processes).",
+        ),
+    ] = ExecutorKind.warm,
+    handoff_log: Annotated[
+        Path | None,
+        typer.Option(
+            "--handoff-log",
+            help="With warm or cold: append one JSON line per message (when the executor took it, when the "
+            "ClientApp's handler started), for benchmarks.",
+        ),
+    ] = None,
 ) -> None:
     """Firm: validate its data again, then start a SuperNode that joins the federation's rounds."""
     from silobridge.federation.network.deploy import argv_text, process_env
@@ -204,4 +230,12 @@ def join(
             "coordinator you trust (one that repeats a round number could cancel the noise)"
         )
     err_console.print(shown_command(argv_text(node.command), noise_seed))
-    raise typer.Exit(subprocess.call(node.command, env=process_env()))
+    if executor is ExecutorKind.flower:
+        raise typer.Exit(subprocess.call(node.command, env=process_env()))
+    from silobridge.federation.network.node_supervisor import run_supervised
+
+    err_console.print(f"executor: {executor.value} (--isolation process; restarted if it exits)")
+    code = run_supervised(
+        node.command, f"127.0.0.1:{runtime_port}", process_env(), mode=executor.value, handoff_log=handoff_log
+    )
+    raise typer.Exit(code)

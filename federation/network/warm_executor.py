@@ -1,0 +1,363 @@
+"""A partner's warm executor: the SuperNode's tasks served by forks of one process that imported everything once.
+
+flwr 1.41 serves each message with a fresh `flwr-clientapp` process (interpreter, flwr, torch, our
+ClientApp: seconds on every exchange), which exits after one message. With `flower-supernode
+--isolation process` the node starts no SuperExec of its own: an outside process polls the node's
+Runtime API (`AcquireTask`), receives a one-task token, and runs a ClientApp with it. This module is
+that process (`python -m silobridge.federation.network.warm_executor`): it imports torch, Opacus,
+flwr and our ClientApp once, then runs Flower's own SuperExec loop (`run_superexec`) with an executor
+of ours whose `launch` forks a child that runs Flower's own `run_clientapp` with the token (pull the
+message and context, run the ClientApp, push the reply and context, exit). The parent never runs a
+task, so torch's thread pools are never started before a fork.
+
+One private hook, pinned like `flower_hooks`: `run_superexec` builds its executor with the module's
+`get_executor` name, which offers only Flower's subprocess and Kubernetes executors; we replace that
+name in the module. `check_superexec_loop` checks the flwr version and the calls this relies on and
+raises `FederationError` otherwise (tests/test_warm_executor.py fails as well).
+
+`--mode cold` starts a fresh interpreter per task instead (what `flwr-clientapp` costs), with the
+same hand-off record, so the benchmark compares both paths by the same clock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Literal
+
+from silobridge.errors import FederationError
+
+HOOKED_MODULE = "flwr.supercore.superexec.run_superexec"
+TESTED_FLWR = ("1.41.0",)
+"""Flower versions whose SuperExec loop and ClientApp runner were read for this executor."""
+EXPECTED_SOURCE = ("executor = get_executor(", "plugin.launch_task(", "client.AcquireTask(")
+"""What `run_superexec` must still contain: the executor is built by name, and every task is launched through it."""
+RUN_CLIENTAPP_PARAMS = (
+    "runtime_api_address",
+    "token",
+    "insecure",
+    "certificates",
+    "parent_pid",
+    "runtime_dependency_install",
+)
+"""The keyword arguments `flwr.supernode.runtime.run_clientapp.run_clientapp` takes (and a child passes)."""
+
+PRELOAD = (
+    "torch",
+    "opacus",
+    "silobridge.federation.client_app",
+    "silobridge.clients.firm",
+    "silobridge.clients.own_budget",
+    "silobridge.clients.deploy",
+    "silobridge.clients.models",
+    "silobridge.clients.normaliser",
+    "silobridge.clients.query_answers",
+    "silobridge.clients.query_answers.own_spend",
+    "silobridge.federation.odometer_glue",
+)
+"""Everything the ClientApp's handlers import (client_app.py imports them lazily, so that a fresh process for a
+light stage stays light): loaded once in the warm parent, shared copy-on-write by every fork."""
+
+EXIT_CONFIG = 2
+"""The executor cannot serve at all (Flower changed, bad option): `silobridge join` does not restart it."""
+
+Mode = Literal["warm", "cold"]
+
+
+def check_superexec_loop() -> ModuleType:
+    """Flower's SuperExec module, after checking it is the one this executor was written against."""
+    installed = version("flwr")
+    if installed not in TESTED_FLWR:
+        raise FederationError(
+            f"flwr {installed} is installed, but the warm executor (federation/network/warm_executor.py) was "
+            f"checked against flwr {', '.join(TESTED_FLWR)} only: re-read {HOOKED_MODULE} and "
+            "flwr/supernode/runtime/run_clientapp.py, then update it (or join with --executor flower)"
+        )
+    module = importlib.import_module(HOOKED_MODULE)
+    source = inspect.getsource(module)
+    missing = [text for text in EXPECTED_SOURCE if source.count(text) != 1]
+    if missing or not callable(getattr(module, "get_executor", None)):
+        raise FederationError(
+            f"{HOOKED_MODULE} (flwr {installed}) no longer builds its executor as the warm executor expects "
+            f"(missing or repeated: {missing or ['get_executor']}): update federation/network/warm_executor.py"
+        )
+    from flwr.supernode.runtime.run_clientapp import run_clientapp
+
+    params = tuple(inspect.signature(run_clientapp).parameters)
+    if params != RUN_CLIENTAPP_PARAMS:
+        raise FederationError(
+            f"flwr {installed}'s run_clientapp takes {params}, the warm executor passes {RUN_CLIENTAPP_PARAMS}: "
+            "update federation/network/warm_executor.py"
+        )
+    return module
+
+
+def preload(modules: Sequence[str] = PRELOAD) -> float:
+    """Import what every task needs, once; the seconds it took."""
+    started = time.perf_counter()
+    for name in modules:
+        importlib.import_module(name)
+    return time.perf_counter() - started
+
+
+# -- one task ------------------------------------------------------------------------------------
+
+
+def _record_handoffs(
+    log: Path | None, *, mode: Mode, task_id: int, acquired: float, executor_pid: int, started: float
+) -> None:
+    """Append one JSON line when the ClientApp's handler is entered: the task's hand-off, measured (`started`:
+    when the task's process began to run: a fork's first line, a fresh interpreter's `main`).
+
+    Patches `ClientApp.__call__` in this (child) process only; the parent and other tasks are untouched.
+    """
+    if log is None:
+        return
+    from flwr.clientapp.client_app import ClientApp
+
+    original = ClientApp.__call__
+
+    def timed(self: ClientApp, message: Any, context: Any) -> Any:
+        entered = time.time()
+        row = {
+            "mode": mode,
+            "task_id": task_id,
+            "pid": os.getpid(),
+            "executor_pid": executor_pid,
+            "message_type": message.metadata.message_type,
+            "acquired": acquired,
+            "entered": entered,
+            "handoff_ms": round((entered - acquired) * 1000, 2),
+            "process_ms": round((started - acquired) * 1000, 2),
+        }
+        with open(log, "a", encoding="utf-8") as out:
+            out.write(json.dumps(row) + "\n")
+        return original(self, message, context)
+
+    ClientApp.__call__ = timed  # type: ignore[method-assign]
+
+
+def serve_one(
+    *,
+    runtime_api_address: str,
+    token: str,
+    parent_pid: int | None,
+    mode: Mode,
+    task_id: int,
+    acquired: float,
+    handoff_log: Path | None,
+    executor_pid: int,
+) -> int:
+    """Run one task with Flower's own ClientApp runner; its exit code (Flower exits through SystemExit)."""
+    started = time.time()
+    from flwr.supernode.runtime.run_clientapp import run_clientapp
+
+    _record_handoffs(
+        handoff_log, mode=mode, task_id=task_id, acquired=acquired, executor_pid=executor_pid, started=started
+    )
+    try:
+        run_clientapp(
+            runtime_api_address=runtime_api_address,
+            token=token,
+            insecure=True,
+            certificates=None,
+            parent_pid=parent_pid,
+            runtime_dependency_install=False,
+        )
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else 1
+    return 0
+
+
+# -- the executor Flower's SuperExec loop launches through ------------------------------------------
+
+
+@dataclass
+class TaskExecutor:
+    """Flower's `Executor` protocol (flwr.supercore.superexec.executor.types): forks (warm) or spawns (cold).
+
+    Only ClientApp tasks are served (a SuperNode hands out nothing else). Children are reaped between
+    polls. A task's process watches the SuperNode (`node_pid`), not this executor: a task in flight when
+    the executor dies still pushes its reply, and tasks end when the node that handed them out is gone.
+    """
+
+    mode: Mode
+    handoff_log: Path | None = None
+    node_pid: int | None = None
+    children: dict[int, int] = field(default_factory=dict)
+    """pid -> task id of the tasks still running."""
+
+    def get_eligible_capacity(
+        self, supported_task_types: set[Any], *, insecure: bool = False, root_certificates_path: str | None = None
+    ) -> tuple[set[Any], set[str]]:
+        from flwr.supercore.constant import TaskType
+
+        return {t for t in supported_task_types if t == TaskType.CLIENT_APP}, set()
+
+    def wait_for_capacity(
+        self,
+        task_type: Any = None,
+        *,
+        fab_hash: str | None = None,
+        insecure: bool = False,
+        root_certificates_path: str | None = None,
+    ) -> None:
+        """Forks have no capacity gate."""
+
+    def launch(self, spec: Any) -> Any:
+        from flwr.supercore.constant import TaskType
+        from flwr.supercore.superexec.executor import LaunchResult
+
+        acquired = time.time()
+        if spec.task_type != TaskType.CLIENT_APP:
+            return LaunchResult.failed(f"the warm executor serves ClientApp tasks only, not {spec.task_type}")
+        if spec.runtime_dependency_install:
+            return LaunchResult.failed("the warm executor never installs dependencies at run time")
+        if self.mode == "cold":
+            pid = self._spawn(spec, acquired)
+        else:
+            pid = os.fork()
+            if pid == 0:  # the child: serve the one task, then leave without running the parent's exit handlers
+                code = 1
+                try:
+                    code = serve_one(
+                        runtime_api_address=spec.runtime_api_address,
+                        token=spec.token,
+                        parent_pid=self.node_pid,
+                        mode="warm",
+                        task_id=spec.task_id,
+                        acquired=acquired,
+                        handoff_log=self.handoff_log,
+                        executor_pid=os.getppid(),
+                    )
+                except BaseException:  # os._exit below would drop it unseen: the node's log gets it
+                    traceback.print_exc()
+                finally:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(code)
+        self.children[pid] = spec.task_id
+        return LaunchResult.accepted()
+
+    def _spawn(self, spec: Any, acquired: float) -> int:
+        """A fresh interpreter per task, as `flwr-clientapp` is started (the cold path, measured the same way)."""
+        command = [
+            sys.executable,
+            "-m",
+            "silobridge.federation.network.warm_executor",
+            "--runtime-api-address",
+            spec.runtime_api_address,
+            "--one-task",
+            str(spec.task_id),
+            "--acquired",
+            repr(acquired),
+        ]
+        if self.node_pid is not None:
+            command += ["--node-pid", str(self.node_pid)]
+        if self.handoff_log is not None:
+            command += ["--handoff-log", str(self.handoff_log)]
+        # The token goes on stdin (as `flwr-clientapp --token-stdin` takes it), not on a command line.
+        process = subprocess.Popen(command, stdin=subprocess.PIPE)
+        if process.stdin is not None:
+            process.stdin.write(spec.token.encode() + b"\n")
+            process.stdin.close()
+        return process.pid
+
+    def reconcile(self) -> None:
+        """Reap finished children (forks and spawned interpreters alike)."""
+        for pid in list(self.children):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if done:
+                task_id = self.children.pop(pid)
+                code = os.waitstatus_to_exitcode(status)
+                if code != 0:
+                    print(f"warm executor: task {task_id} (pid {pid}) exited with {code}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        """Flower calls this on shutdown. Tasks already running finish: they answer to the SuperNode, not to us."""
+
+
+def install_executor(executor: TaskExecutor) -> ModuleType:
+    """Make Flower's SuperExec loop launch through `executor` (the pinned hook); the hooked module."""
+    module = check_superexec_loop()
+
+    def get_executor(*args: Any, **kwargs: Any) -> TaskExecutor:
+        return executor
+
+    module.get_executor = get_executor  # type: ignore[attr-defined]
+    return module
+
+
+# -- the process -----------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m silobridge.federation.network.warm_executor")
+    parser.add_argument("--runtime-api-address", required=True, help="The SuperNode's Runtime API, HOST:PORT.")
+    parser.add_argument("--mode", choices=("warm", "cold"), default="warm")
+    parser.add_argument("--superexec-auth-secret-file", type=Path, default=None)
+    parser.add_argument("--parent-pid", type=int, default=None, help="Exit when this process (the supervisor) is gone.")
+    parser.add_argument("--node-pid", type=int, default=None, help="The SuperNode: tasks end when it is gone.")
+    parser.add_argument("--handoff-log", type=Path, default=None)
+    parser.add_argument("--one-task", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--acquired", type=float, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    if args.one_task is not None:  # a cold task: token on stdin
+        token = sys.stdin.readline().strip()
+        sys.exit(
+            serve_one(
+                runtime_api_address=args.runtime_api_address,
+                token=token,
+                parent_pid=args.node_pid,
+                mode="cold",
+                task_id=args.one_task,
+                acquired=args.acquired or time.time(),
+                handoff_log=args.handoff_log,
+                executor_pid=os.getppid(),
+            )
+        )
+    try:
+        executor = TaskExecutor(mode=args.mode, handoff_log=args.handoff_log, node_pid=args.node_pid)
+        module = install_executor(executor)
+        secret = None
+        if args.superexec_auth_secret_file is not None:
+            secret = args.superexec_auth_secret_file.read_bytes()
+            if not secret:
+                raise FederationError(f"{args.superexec_auth_secret_file} is empty")
+    except (FederationError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    if args.mode == "warm":
+        seconds = preload()
+        print(f"warm executor: torch, opacus, flwr and the ClientApp imported in {seconds:.2f} s", flush=True)
+    print(f"warm executor ({args.mode}) serving {args.runtime_api_address}", flush=True)
+    module.run_superexec(
+        runtime_api_address=args.runtime_api_address,
+        insecure=True,
+        superexec_auth_secret=secret,
+        parent_pid=args.parent_pid,
+        runtime_dependency_install=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,275 @@
+"""The warm executor: its pinned hook into Flower, its supervision by `silobridge join`, and a real loopback run.
+
+If a pin test fails after a Flower upgrade, re-read `flwr/supercore/superexec/run_superexec.py` and
+`flwr/supernode/runtime/run_clientapp.py` and update `federation/network/warm_executor.py`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from silobridge.errors import FederationError
+from silobridge.federation.network import warm_executor
+from silobridge.federation.network.node_supervisor import SupervisedNode, supervise
+from silobridge.federation.network.warm_executor import (
+    EXIT_CONFIG,
+    RUN_CLIENTAPP_PARAMS,
+    TaskExecutor,
+    check_superexec_loop,
+    install_executor,
+)
+
+# -- the pinned hook -------------------------------------------------------------------------------
+
+
+def test_the_installed_flower_still_builds_its_executor_by_the_name_we_replace() -> None:
+    module = check_superexec_loop()
+    source = inspect.getsource(module.run_superexec)
+    assert source.count("get_executor(") == 1 and source.count("plugin.launch_task(") == 1
+    from flwr.supernode.runtime.run_clientapp import run_clientapp
+
+    assert tuple(inspect.signature(run_clientapp).parameters) == RUN_CLIENTAPP_PARAMS
+
+
+def test_our_executor_has_every_method_of_flowers_executor_protocol() -> None:
+    from flwr.supercore.superexec.executor.types import Executor
+
+    wanted = {name for name in vars(Executor) if not name.startswith("_")}
+    assert wanted == {"get_eligible_capacity", "wait_for_capacity", "launch", "reconcile", "close"}
+    for name in wanted:
+        ours = inspect.signature(getattr(TaskExecutor, name))
+        theirs = inspect.signature(getattr(Executor, name))
+        assert list(ours.parameters) == list(theirs.parameters), name
+
+
+def test_the_preload_covers_every_module_the_client_apps_handlers_import_lazily() -> None:
+    """A module a handler imports but the parent did not preload is imported again in every fork."""
+    import ast
+
+    from tests.conftest import ROOT
+
+    tree = ast.parse((ROOT / "federation" / "client_app.py").read_text())
+    lazy = {
+        node.module if isinstance(node, ast.ImportFrom) else alias.name
+        for function in ast.walk(tree)
+        if isinstance(function, ast.FunctionDef)
+        for node in ast.walk(function)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    assert lazy and lazy <= set(warm_executor.PRELOAD), lazy - set(warm_executor.PRELOAD)
+
+
+def test_a_flower_version_not_read_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(warm_executor, "version", lambda _name: "1.99.0")
+    with pytest.raises(FederationError, match=r"flwr 1\.99\.0 is installed.*--executor flower"):
+        check_superexec_loop()
+
+
+def test_a_superexec_loop_that_changed_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(warm_executor, "EXPECTED_SOURCE", ("executor = make_executor(",))
+    with pytest.raises(FederationError, match="no longer builds its executor"):
+        check_superexec_loop()
+
+
+def test_install_makes_flowers_loop_launch_through_ours(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = check_superexec_loop()
+    monkeypatch.setattr(module, "get_executor", module.get_executor)  # restored after the test
+    ours = TaskExecutor(mode="warm")
+    install_executor(ours)
+    from flwr.supercore.constant import ExecutorType
+
+    assert module.get_executor(ExecutorType.SUBPROCESS) is ours
+
+
+def test_only_clientapp_tasks_are_served() -> None:
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.superexec.executor import ExecutionSpec, LaunchResultStatus
+
+    executor = TaskExecutor(mode="warm")
+    eligible, fabs = executor.get_eligible_capacity(set(TaskType))
+    assert eligible == {TaskType.CLIENT_APP} and fabs == set()
+    spec = ExecutionSpec(
+        task_type=TaskType.SERVER_APP,
+        runtime_api_address="127.0.0.1:1",
+        token="t",
+        insecure=True,
+        root_certificates_path=None,
+        runtime_dependency_install=False,
+        parent_pid=None,
+        suppress_output=False,
+        task_id=3,
+    )
+    result = executor.launch(spec)
+    assert result.status == LaunchResultStatus.FAILED and "ClientApp tasks only" in (result.message or "")
+    assert executor.children == {}
+
+
+# -- supervision: the node keeps running, the executor is started again --------------------------
+
+PY = sys.executable
+
+
+def _listening_node(port: int, *, until: Path | None = None, lines: int = 0, limit_s: float = 120) -> list[str]:
+    """A stand-in SuperNode: opens its 'Runtime API' port, then lives until `until` has `lines` lines (or limit_s)."""
+    code = (
+        "import os, socket, sys, time; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+        f"s.bind(('127.0.0.1', {port})); s.listen(); end = time.monotonic() + {limit_s}\n"
+        "while time.monotonic() < end:\n"
+        f"    if {lines} and os.path.exists({str(until)!r}) and len(open({str(until)!r}).read().split()) >= {lines}:\n"
+        "        time.sleep(0.5); sys.exit(0)\n"
+        "    time.sleep(0.05)\n"
+    )
+    return [PY, "-c", code]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _plan(executor: Callable[[int], list[str]], *, until: Path | None = None, lines: int = 0) -> SupervisedNode:
+    port = _port()
+    return SupervisedNode(
+        node=_listening_node(port, until=until, lines=lines),
+        executor=executor,
+        runtime_address=f"127.0.0.1:{port}",
+        max_restarts=2,
+        window_s=60,
+    )
+
+
+def test_an_executor_that_exits_is_started_again_and_the_node_runs_on(tmp_path: Path) -> None:
+    starts = tmp_path / "starts"
+    # Each start appends the node's pid it was given; the first two exit at once, the third stays (until stopped).
+    executor = [
+        PY,
+        "-c",
+        f"import sys, time; p = open({str(starts)!r}, 'a'); p.write(sys.argv[1] + '\\n'); p.close(); "
+        f"n = len(open({str(starts)!r}).read().split()); time.sleep(120 if n >= 3 else 0)",
+    ]
+    said: list[str] = []
+    started = time.monotonic()
+    code = supervise(_plan(lambda pid: [*executor, str(pid)], until=starts, lines=3), os.environ, say=said.append)
+    assert code == 0  # the node's own exit code: it ran its course, and the third executor was stopped with it
+    assert time.monotonic() - started < 100
+    pids = starts.read_text().split()
+    assert len(pids) == 3 and len(set(pids)) == 1  # three executors, all given the same (one) node
+    assert sum("restarting" in line for line in said) == 2
+
+
+def test_an_executor_that_keeps_dying_stops_the_node(tmp_path: Path) -> None:
+    said: list[str] = []
+    started = time.monotonic()
+    code = supervise(_plan(lambda _pid: [PY, "-c", "raise SystemExit(1)"]), os.environ, say=said.append)
+    assert code == 1 and time.monotonic() - started < 100  # the node did not run its 120 s
+    assert "exited 3 times within 60 s" in said[-1]
+
+
+def test_an_executor_that_cannot_run_is_not_restarted() -> None:
+    said: list[str] = []
+    code = supervise(_plan(lambda _pid: [PY, "-c", f"raise SystemExit({EXIT_CONFIG})"]), os.environ, say=said.append)
+    assert code == 1 and not any("restarting" in line for line in said)
+    assert "cannot run" in said[-1]
+
+
+def test_a_node_that_exits_before_opening_its_runtime_api_passes_its_code_on() -> None:
+    said: list[str] = []
+    plan = SupervisedNode(
+        node=[PY, "-c", "raise SystemExit(7)"],
+        executor=lambda _pid: [PY, "-c", "raise SystemExit(0)"],
+        runtime_address=f"127.0.0.1:{_port()}",
+    )
+    assert supervise(plan, os.environ, say=said.append) == 7
+    assert "exited with 7 before" in said[-1]
+
+
+# -- a real loopback federation served warm -----------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _executor_of(join_pid: int) -> int:
+    for child in _children(join_pid):
+        if b"warm_executor" in Path(f"/proc/{child}/cmdline").read_bytes():
+            return child
+    raise AssertionError(f"no warm executor under pid {join_pid}")
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _wait(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_a_warm_federation_runs_and_survives_its_executor_being_killed_mid_run(tmp_path: Path) -> None:
+    """2 partners, plain, 1 round, every message served by a fork of a warm executor. D1's executor is killed
+    (SIGKILL) as soon as it has handed its first task over: `silobridge join` starts it again and the run
+    finishes, the later messages served by the new executor."""
+    from benchmarks.bench_network import federation_file
+    from silobridge.clients.data import write_firm_data
+    from silobridge.federation.network.loopback import LoopbackFederation
+    from silobridge.scenarios.generator import generate_chain
+    from silobridge.scenarios.schema import load_scenario
+    from tests.conftest import ROOT
+
+    config = federation_file(tmp_path / "federation.toml", 2, 1)
+    scenario = load_scenario(config)
+    chain = generate_chain(scenario)
+    with LoopbackFederation(tmp_path, config, ROOT) as net:
+        net.make_credentials(scenario.firm_ids)
+        net.start_superlink()
+        joins = {}
+        for firm in scenario.firm_ids:
+            write_firm_data(tmp_path / "data" / firm, chain.tables[firm].demand, chain.tables[firm].risk)
+            net.register(firm)
+            joins[firm] = net.join(firm, tmp_path / "data" / firm, "--handoff-log", str(tmp_path / f"{firm}.jsonl"))
+        log = tmp_path / "D1.jsonl"
+        _wait(lambda: "serving" in net.log("node-D1"), 180, "D1's executor")
+        first = _executor_of(joins["D1"].pid)
+        run = {}
+
+        def kill_after_first_task() -> None:
+            _wait(lambda: bool(_rows(log)), 600, "D1's first task")
+            os.kill(first, signal.SIGKILL)
+
+        import threading
+
+        killer = threading.Thread(target=kill_after_first_task, daemon=True)
+        killer.start()
+        run["result"] = net.run(tmp_path / "runs", "warm", timeout=900)
+        killer.join(timeout=5)
+        summary = tmp_path / "runs" / "warm" / "summary.json"
+        node_log = net.log("node-D1")
+        assert summary.exists(), run["result"].stdout[-3000:] + run["result"].stderr[-3000:] + node_log[-3000:]
+        assert json.loads(summary.read_text())["federation"]["rounds"] == 1
+        assert "warm executor exited with code -9: restarting it" in node_log
+        rows = _rows(log)
+        assert {r["mode"] for r in rows} == {"warm"}
+        served_by = [r["executor_pid"] for r in rows]
+        assert served_by[0] == first and served_by[-1] != first  # the restarted executor served the later messages
+        assert all(r["handoff_ms"] < 10_000 for r in rows), rows
+        assert _rows(tmp_path / "R1.jsonl"), "R1's messages went through its warm executor too"
