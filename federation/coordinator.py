@@ -335,7 +335,8 @@ class Federation:
         return [n for n, m in self.manifests.items() if m.trains(kind)]
 
     def feature_normaliser(self) -> Normaliser:
-        """Federation-wide mean and std of the risk features, from summed moments.
+        """Federation-wide mean and std of the risk features, from summed moments (range-scaled where the
+        schema gives public ranges: raw sums of squared dollar amounts pass the sum's statistics bound).
 
         Under DP the public ranges of the federation's schema scale the features instead: moments of
         the firms' data would be one more release to account.
