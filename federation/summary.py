@@ -18,13 +18,12 @@ import numpy as np
 from silobridge.clients.data import describe_risk_split
 from silobridge.contract.wire_names import DEMAND_LOCAL_ONLY, DEMAND_NAIVE, RISK_LOCAL_ONLY
 from silobridge.federation.coordinator import metrics_by_group
-from silobridge.federation.deployment import MIN_JUDGED_TEST_EVENTS
 from silobridge.federation.efficiency_report import efficiency_markdown, efficiency_summary
 from silobridge.federation.firm_source import pilot_risk_splits
 from silobridge.federation.progress import OBSERVATION_NOTE, shows_observation_epsilon
 from silobridge.federation.runner import FederationOutcome
 from silobridge.federation.settings import RunSettings
-from silobridge.federation.summary_schema import GROUP_ORDER, METHODS, METRICS, SIMULATION_ONLY
+from silobridge.federation.summary_schema import GROUP_ORDER, METHODS, METRICS, MIN_JUDGED_TEST_EVENTS, SIMULATION_ONLY
 
 
 def _clean(value: Any) -> Any:

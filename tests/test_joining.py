@@ -13,10 +13,10 @@ from silobridge.clients.personalise import DEMAND_SWITCH_MARGIN
 from silobridge.contract.sufficient import newton_size, regression_size
 from silobridge.errors import ConfigError, ProtocolError
 from silobridge.federation.coordinator import baseline_instruction
-from silobridge.federation.deployment import MIN_JUDGED_TEST_EVENTS
 from silobridge.federation.linear_run import model_families
 from silobridge.federation.settings import settings_from_run_config
 from silobridge.federation.summary import acceptance_checks, risk_per_firm
+from silobridge.federation.summary_schema import MIN_JUDGED_TEST_EVENTS
 from tests.conftest import TINY
 from tests.firm_support import tiny_firm
 
