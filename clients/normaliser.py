@@ -31,6 +31,29 @@ def range_scaled_moments(
     return Moments.of((np.clip(x, scale.low, scale.high) - scale.mean) / scale.std)
 
 
+def summed_moments_normaliser(
+    moments: Moments,
+    ranges: Mapping[str, tuple[float, float]],
+    features: tuple[str, ...],
+    *,
+    clipped: int,
+    bound: float,
+) -> Normaliser:
+    """The federation's scaling from the firms' summed moments (range-scaled where the schema gives public
+    ranges). Without ranges, a sum the secure aggregation clipped (`clipped` values past `bound`) is
+    refused: its variance would be wrong, and negative variances scale features by a million."""
+    if has_public_ranges(ranges, features):
+        return Normaliser.from_scaled_moments(moments, ranges, features)
+    if clipped:
+        raise ConfigError(
+            f"{clipped} of the risk features' summed moments passed the secure sum's statistics bound "
+            f"({bound:g}) and were clipped, so their scale is unknown; give every risk feature a public range "
+            "(its moments then travel scaled to [-1, 1])",
+            field="data.risk_feature_ranges",
+        )
+    return Normaliser(moments.mean(), moments.std())
+
+
 @dataclass(frozen=True)
 class Normaliser:
     """How risk features are scaled: federation-wide mean and std, or (under DP) public ranges.

@@ -22,7 +22,7 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
 from silobridge.clients.models import MODEL_KINDS
-from silobridge.clients.normaliser import Normaliser, has_public_ranges
+from silobridge.clients.normaliser import Normaliser, summed_moments_normaliser
 from silobridge.contract.efficiency_sums import EFFICIENCY_AFTER, EFFICIENCY_BEFORE, EfficiencyGroups
 from silobridge.contract.messages import BaselineInstruction, FirmManifest
 from silobridge.contract.stats import GROUPS, Moments, demand_metrics_by_group, risk_metrics_by_group
@@ -348,15 +348,13 @@ class Federation:
         outcome = self._sum(QUERY_MOMENTS, {}, layout, self.manifests, "moments")
         moments = Moments.from_vector(outcome.segments[RISK_MOMENTS])
         data = self.spec.data
-        if has_public_ranges(data.risk_feature_ranges, data.risk_features):
-            return Normaliser.from_scaled_moments(moments, data.risk_feature_ranges, data.risk_features)
-        if outcome.clipped:
-            raise FederationError(
-                f"feature moments: {outcome.clipped} of the risk features' sums passed aggregation.stats_bound "
-                f"({self.spec.aggregation.stats_bound:g}) and were clipped, so their scale is unknown; give every "
-                "risk feature a public range in [data.risk_feature_ranges] (moments then travel range-scaled)"
-            )
-        return Normaliser(moments.mean(), moments.std())
+        return summed_moments_normaliser(
+            moments,
+            data.risk_feature_ranges,
+            data.risk_features,
+            clipped=outcome.clipped,
+            bound=self.spec.aggregation.stats_bound,
+        )
 
     def baseline_instruction(self) -> BaselineInstruction:
         return baseline_instruction(self.settings)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 
 from silobridge.clients.features import RiskExamples
-from silobridge.clients.normaliser import Normaliser
+from silobridge.clients.normaliser import Normaliser, summed_moments_normaliser
 from silobridge.contract.stats import Moments
 from silobridge.contract.wire_names import RISK_MOMENTS
+from silobridge.errors import ConfigError
 from silobridge.server.layouts import moments_layout
 from tests.firm_support import tiny_firm
 
@@ -60,3 +62,16 @@ def test_scaled_moments_of_known_values() -> None:
     np.testing.assert_allclose(norm.mean, [2.0])
     np.testing.assert_allclose(norm.std, [1.0])
     np.testing.assert_allclose(norm.apply(np.array([[9.0]])), [[2.0]])
+
+
+def test_without_public_ranges_a_clipped_moment_sum_is_refused_with_the_field_to_fill() -> None:
+    moments = Moments.of(np.array([[1.0], [3.0]]))
+    plain = summed_moments_normaliser(moments, {}, ("x",), clipped=0, bound=2.0**40)
+    np.testing.assert_allclose([plain.mean, plain.std], [[2.0], [1.0]])
+    assert plain.low is None  # no public range: no clipping at scoring either
+    with pytest.raises(ConfigError, match=r"data\.risk_feature_ranges.*2 of the risk features' summed moments"):
+        summed_moments_normaliser(moments, {}, ("x",), clipped=2, bound=2.0**40)
+    ranged = summed_moments_normaliser(
+        Moments.of(np.array([[-0.5], [0.5]])), {"x": (0.0, 4.0)}, ("x",), clipped=0, bound=2.0**40
+    )
+    assert ranged.low is not None and ranged.mean[0] == pytest.approx(2.0)
