@@ -268,13 +268,18 @@ def choose_risk(
         return Choice("local", logistic_fit(x, y, penalty), f"{len(y)} rows, too few to validate: local")
     masks, rows = validation  # with a global model: every event validated (>= MIN_LOCAL_EVENTS), or a tail's
 
+    shrinkage: dict[str, float | None] = {"local": None}  # candidate -> its penalty toward the global model
+    if global_coef is not None:
+        shrinkage |= {"global": None} | {f"adapted@{alpha:g}": alpha for alpha in SHRINKAGE_GRID}
+
+    def fit(name: str, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        alpha = shrinkage[name]
+        if name == "global" and global_coef is not None:
+            return global_coef
+        return logistic_fit(xs, ys, penalty) if alpha is None else logistic_fit(xs, ys, alpha, prior=global_coef)
+
     def fits(xs: np.ndarray, ys: np.ndarray) -> dict[str, tuple[np.ndarray, float | None]]:
-        out: dict[str, tuple[np.ndarray, float | None]] = {"local": (logistic_fit(xs, ys, penalty), None)}
-        if global_coef is not None:
-            out["global"] = (global_coef, None)
-            for alpha in SHRINKAGE_GRID:
-                out[f"adapted@{alpha:g}"] = (logistic_fit(xs, ys, alpha, prior=global_coef), alpha)
-        return out
+        return {name: (fit(name, xs, ys), alpha) for name, alpha in shrinkage.items()}
 
     weights = np.array([mask.sum() for mask in masks], dtype=float) / sum(int(mask.sum()) for mask in masks)
     per_mask = [
@@ -296,5 +301,5 @@ def choose_risk(
         best = min(scores, key=lambda name: (scores[name], name != "global"))
     if best == "global":
         return Choice("global", global_coef, reason, validation=scores)
-    coef, alpha = fits(x, y)[best]
+    coef, alpha = fit(best, x, y), shrinkage[best]  # the choice alone refitted on all rows
     return Choice("adapted" if best.startswith("adapted") else best, coef, reason, shrinkage=alpha, validation=scores)
