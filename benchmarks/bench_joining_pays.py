@@ -42,6 +42,7 @@ import numpy as np
 
 from benchmarks._common import RESULTS_DIR, markdown_table, run_logged, write_results
 from benchmarks.bench_dp_utility import rounds_trained
+from silobridge.federation.summary_schema import MIN_JUDGED_TEST_EVENTS
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SCENARIO = ROOT / "scenarios" / "default.toml"
@@ -227,6 +228,9 @@ def read_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
     if risk_firms is None:
         row["missing"].append("models.risk.per_firm")
     row["risk_per_firm"] = {firm: list(pair) for firm, pair in per_firm_pairs(risk_firms, "roc_auc").items()}
+    row["risk_test_events"] = {
+        firm: entry.get("test_events") for firm, entry in _per_firm_entries(risk_firms).items()
+    }  # None where the build did not say: such a firm is judged
     row["auc_deployed_firm_mean"], row["auc_local_only_firm_mean"] = firm_means(row["risk_per_firm"])
 
     efficiency = summary.get("efficiency") or {}
@@ -343,6 +347,10 @@ def _federated_context(check: dict[str, Any], label: str, value: float | None) -
         check["detail"] = f"federated global model instead: {label} {value:.4g}"
 
 
+EVERY_FIRM_RISK = f"every firm's deployed - local-only risk ROC-AUC (firms with {MIN_JUDGED_TEST_EVENTS}+ test events)"
+FEW_EVENTS_RISK = f"deployed - local-only risk ROC-AUC of firms with fewer than {MIN_JUDGED_TEST_EVENTS} test events"
+
+
 def evaluate_targets(
     points: Sequence[dict[str, Any]], seeds: Sequence[int], epsilon: float = TARGET_EPSILON
 ) -> list[dict[str, Any]]:
@@ -377,20 +385,30 @@ def evaluate_targets(
     _federated_context(checks[-1], f"seed {seeds[0]}" if seeds else "", fed)
 
     firm_cases: list[tuple[str, float | None, bool | None]] = []
+    few_cases: list[tuple[str, float | None, bool | None]] = []
     mean_cases: list[tuple[str, float | None, bool | None]] = []
     for seed, row in zip(seeds, private, strict=True):
         # a firm whose test rows hold one class has no ROC-AUC, deployed or local-only: nothing to judge there
         pairs = {f: p for f, p in ((row or {}).get("risk_per_firm") or {}).items() if p != [None, None]}
+        events = (row or {}).get("risk_test_events") or {}
         gains = [dep - loc for dep, loc in pairs.values() if dep is not None and loc is not None]
         for firm, (dep, loc) in pairs.items():
             gain = None if dep is None or loc is None else dep - loc
-            firm_cases.append((f"seed {seed} {firm}", gain, None if gain is None else gain >= -0.01))
+            case = (f"seed {seed} {firm}", gain, None if gain is None else gain >= -0.01)
+            held = events.get(firm)
+            if held is not None and held < MIN_JUDGED_TEST_EVENTS:
+                few_cases.append((f"{case[0]} ({held} test event(s))", gain, True))  # reported, not judged
+            else:
+                firm_cases.append(case)
         mean = float(np.mean(gains)) if gains and len(gains) == len(pairs) else None
         mean_cases.append((f"seed {seed}", mean, None if mean is None else mean >= 0.05))
     reason = _why_missing(private, []) or (
         None if all((r or {}).get("risk_per_firm") for r in private) else NOT_PRODUCED
     )
-    checks.append(_check("every firm's deployed - local-only risk ROC-AUC", ">= -0.01", firm_cases, reason))
+    checks.append(_check(EVERY_FIRM_RISK, ">= -0.01", firm_cases, reason))
+    if few_cases:
+        few = _check(FEW_EVENTS_RISK, "reported", few_cases, reason)
+        checks.append({**few, "status": "reported, not judged" if reason is None else reason})
     checks.append(_check("mean over firms of deployed - local-only risk ROC-AUC", ">= 0.05", mean_cases, reason))
 
     cases = [(f"seed {s}", row and row.get("k_tfp_chain"), None) for s, row in zip(seeds, private, strict=True)]

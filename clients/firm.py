@@ -20,7 +20,7 @@ from silobridge.clients.features import DemandWindows, RiskExamples
 from silobridge.clients.firm_release import round_clip_norm
 from silobridge.clients.holdings import FirmHoldings, StatSlots
 from silobridge.clients.models import ModelKind
-from silobridge.clients.normaliser import Normaliser
+from silobridge.clients.normaliser import Normaliser, has_public_ranges, range_scaled_moments
 from silobridge.clients.round_update import TrainOutcome
 from silobridge.contract.config import FederationSpec
 from silobridge.contract.efficiency_sums import EfficiencyGroups, EfficiencySums
@@ -111,10 +111,17 @@ class FirmClient:
         )
 
     def risk_moments(self) -> dict[str, np.ndarray]:
-        """Moments of the risk features over the training rows (none if the firm holds no risk data)."""
+        """Moments of the risk features over the training rows (none if the firm holds no risk data);
+        range-scaled where the schema gives public ranges, so large-valued features stay within the sum's bound."""
         if not self.trains("risk"):
             return {}
-        return {RISK_MOMENTS: Moments.of(self.risk_split[0].features).to_vector()}  # type: ignore[index]
+        features = self.risk_split[0].features  # type: ignore[index]
+        data = self.spec.data
+        if has_public_ranges(data.risk_feature_ranges, data.risk_features):
+            moments = range_scaled_moments(features, data.risk_feature_ranges, data.risk_features)
+        else:
+            moments = Moments.of(features)
+        return {RISK_MOMENTS: moments.to_vector()}
 
     # -- training rounds -------------------------------------------------------------------------
 

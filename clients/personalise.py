@@ -57,8 +57,12 @@ fitted on little data)."""
 RISK_SWITCH_MARGIN = 0.02
 """Relative validation log loss by which a candidate must beat the firm's local-only risk model."""
 MIN_VALIDATION_EVENTS = 5
-"""Fewest events (positive labels) the risk tail must hold before any candidate may replace the
+"""Fewest events (positive labels) the risk validation must hold before any candidate may replace the
 local-only model: with fewer, the log loss turns on one or two predictions."""
+MIN_TAIL_EVENTS = 2 * MIN_VALIDATION_EVENTS
+"""Fewest events the recent risk tail must hold to be validated on alone; with fewer the firm validates on
+folds of all its rows, so every event it holds is evidence (a tail of 5 events is a quarter of 20: the
+other 15 would judge nothing)."""
 
 
 def keep_or_switch(scores: dict[str, float], incumbent: str, margin: float) -> str:
@@ -215,11 +219,11 @@ def stratified_folds(y: np.ndarray, folds: int) -> list[np.ndarray]:
 
 def risk_validation(y: np.ndarray, tail_share: float) -> tuple[list[np.ndarray], str] | None:
     """The masks a firm validates its risk candidates on (each fitted on the other rows) and their
-    description: its `stratified_tail` when that holds MIN_VALIDATION_EVENTS events, else folds of
+    description: its `stratified_tail` when that holds MIN_TAIL_EVENTS events, else folds of
     `stratified_folds` over all its rows (up to RISK_FOLDS, one event each at least). None if it has too
     few rows of a class for either."""
     tail = stratified_tail(y, tail_share)
-    if tail is not None and int(y[tail].sum()) >= MIN_VALIDATION_EVENTS:
+    if tail is not None and int(y[tail].sum()) >= MIN_TAIL_EVENTS:
         held = f"({int(tail.sum())}, {int(y[tail].sum())} positive)"
         return [tail], f"the last {tail_share:.0%} of each class's training rows {held}"
     folds = min(RISK_FOLDS, int(np.sum(y == 1.0)), int(np.sum(y == 0.0)))
@@ -240,13 +244,16 @@ def choose_risk(
     """The firm's deployed risk model (design rows `x`, in date order), chosen by log loss on
     `risk_validation`'s rows (each candidate fitted on the others), then refitted on all rows: logistic
     local, global or shrunk, or, with `local_only` (the log loss on a mask of its local-only model fitted on
-    the other rows), that model (name "local_only", coef None), kept unless the validated rows hold
-    MIN_VALIDATION_EVENTS events and a candidate beats it by RISK_SWITCH_MARGIN. Fewer than
-    MIN_LOCAL_EVENTS events in all: the global model; without one, too few to validate: local-only kept."""
+    the other rows), that model (name "local_only", coef None), kept unless a candidate beats it by
+    RISK_SWITCH_MARGIN. Fewer than
+    MIN_LOCAL_EVENTS events in all: the global model. Without a global model and with `local_only`, the
+    local-only model, fitting nothing: joining offered no model to choose."""
     if len(y) == 0:
         if global_coef is None:
             return Choice("none", None, "no risk training rows and no global model")
         return Choice("global", global_coef, "no risk training rows: global model")
+    if global_coef is None and local_only is not None:
+        return Choice("local_only", None, "no global model to choose: its local-only model")
     events = int(np.sum(y == 1.0))
     if events < MIN_LOCAL_EVENTS and global_coef is not None:
         why = f"its {len(y)} training rows hold {events} event(s), too few to learn risk from or to validate on"
@@ -259,15 +266,20 @@ def choose_risk(
         if global_coef is not None:
             return Choice("global", global_coef, f"{too_few}: global model")
         return Choice("local", logistic_fit(x, y, penalty), f"{len(y)} rows, too few to validate: local")
-    masks, rows = validation
+    masks, rows = validation  # with a global model: every event validated (>= MIN_LOCAL_EVENTS), or a tail's
+
+    shrinkage: dict[str, float | None] = {"local": None}  # candidate -> its penalty toward the global model
+    if global_coef is not None:
+        shrinkage |= {"global": None} | {f"adapted@{alpha:g}": alpha for alpha in SHRINKAGE_GRID}
+
+    def fit(name: str, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        alpha = shrinkage[name]
+        if name == "global" and global_coef is not None:
+            return global_coef
+        return logistic_fit(xs, ys, penalty) if alpha is None else logistic_fit(xs, ys, alpha, prior=global_coef)
 
     def fits(xs: np.ndarray, ys: np.ndarray) -> dict[str, tuple[np.ndarray, float | None]]:
-        out: dict[str, tuple[np.ndarray, float | None]] = {"local": (logistic_fit(xs, ys, penalty), None)}
-        if global_coef is not None:
-            out["global"] = (global_coef, None)
-            for alpha in SHRINKAGE_GRID:
-                out[f"adapted@{alpha:g}"] = (logistic_fit(xs, ys, alpha, prior=global_coef), alpha)
-        return out
+        return {name: (fit(name, xs, ys), alpha) for name, alpha in shrinkage.items()}
 
     weights = np.array([mask.sum() for mask in masks], dtype=float) / sum(int(mask.sum()) for mask in masks)
     per_mask = [
@@ -277,13 +289,9 @@ def choose_risk(
     scores = {
         name: float(sum(w * fold[name] for w, fold in zip(weights, per_mask, strict=True))) for name in per_mask[0]
     }
-    validated_events = int(sum(y[mask].sum() for mask in masks))
     reason = f"lowest log loss on {rows}"
     if local_only is not None:
         scores["local_only"] = float(np.dot(weights, [local_only(mask) for mask in masks]))
-        if validated_events < MIN_VALIDATION_EVENTS:
-            kept = f"fewer than {MIN_VALIDATION_EVENTS} events to validate on ({rows}): its local-only model"
-            return Choice("local_only", None, kept, validation=scores)
         best = keep_or_switch(scores, "local_only", RISK_SWITCH_MARGIN)
         if best == "local_only":
             kept = f"no candidate beat its local-only model by {RISK_SWITCH_MARGIN:.0%} log loss on {rows}"
@@ -293,5 +301,5 @@ def choose_risk(
         best = min(scores, key=lambda name: (scores[name], name != "global"))
     if best == "global":
         return Choice("global", global_coef, reason, validation=scores)
-    coef, alpha = fits(x, y)[best]
+    coef, alpha = fit(best, x, y), shrinkage[best]  # the choice alone refitted on all rows
     return Choice("adapted" if best.startswith("adapted") else best, coef, reason, shrinkage=alpha, validation=scores)

@@ -22,7 +22,7 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
 from silobridge.clients.models import MODEL_KINDS
-from silobridge.clients.normaliser import Normaliser
+from silobridge.clients.normaliser import Normaliser, summed_moments_normaliser
 from silobridge.contract.efficiency_sums import EFFICIENCY_AFTER, EFFICIENCY_BEFORE, EfficiencyGroups
 from silobridge.contract.messages import BaselineInstruction, FirmManifest
 from silobridge.contract.stats import GROUPS, Moments, demand_metrics_by_group, risk_metrics_by_group
@@ -340,7 +340,8 @@ class Federation:
         return [n for n, m in self.manifests.items() if m.trains(kind)]
 
     def feature_normaliser(self) -> Normaliser:
-        """Federation-wide mean and std of the risk features, from summed moments.
+        """Federation-wide mean and std of the risk features, from summed moments (range-scaled where the
+        schema gives public ranges: raw sums of squared dollar amounts pass the sum's statistics bound).
 
         Under DP the public ranges of the federation's schema scale the features instead: moments of
         the firms' data would be one more release to account.
@@ -351,7 +352,14 @@ class Federation:
         layout = moments_layout(len(self.spec.data.risk_features), self.spec.aggregation)
         outcome = self._sum(QUERY_MOMENTS, {}, layout, self.manifests, "moments")
         moments = Moments.from_vector(outcome.segments[RISK_MOMENTS])
-        return Normaliser(moments.mean(), moments.std())
+        data = self.spec.data
+        return summed_moments_normaliser(
+            moments,
+            data.risk_feature_ranges,
+            data.risk_features,
+            clipped=outcome.clipped,
+            bound=self.spec.aggregation.stats_bound,
+        )
 
     def baseline_instruction(self) -> BaselineInstruction:
         return baseline_instruction(self.settings)

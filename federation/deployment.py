@@ -99,6 +99,8 @@ def per_firm_row(
         comparison: _ratio(deployed, local) if comparison == "ratio" else deployed - local,
         "validation": _rounded(choice.validation),
     }
+    if kind == "risk" and firm.risk_split is not None:
+        row["test_events"] = int(np.sum(firm.risk_split[1].labels == 1.0))
     if getattr(choice, "recent", None):
         row["recent_validation"] = _rounded(choice.recent)
     return row

@@ -23,7 +23,7 @@ from silobridge.federation.firm_source import pilot_risk_splits
 from silobridge.federation.progress import OBSERVATION_NOTE, shows_observation_epsilon
 from silobridge.federation.runner import FederationOutcome
 from silobridge.federation.settings import RunSettings
-from silobridge.federation.summary_schema import GROUP_ORDER, METHODS, METRICS, SIMULATION_ONLY
+from silobridge.federation.summary_schema import GROUP_ORDER, METHODS, METRICS, MIN_JUDGED_TEST_EVENTS, SIMULATION_ONLY
 
 
 def _clean(value: Any) -> Any:
@@ -127,7 +127,8 @@ def acceptance_checks(
         ),
         _check("demand: small firms' deployed WAPE at least 30% below local-only", small, ">= 0.30", small >= 0.30),
         _check(
-            "risk: no firm's deployed ROC-AUC more than 0.01 below its local-only",
+            f"risk: no firm with {MIN_JUDGED_TEST_EVENTS}+ test events has deployed ROC-AUC more than 0.01 below "
+            "its local-only",
             worst_auc_value,
             ">= -0.01",
             worst_auc_value >= -0.01,
@@ -160,13 +161,25 @@ def per_firm_summary(outcome: FederationOutcome) -> dict[str, Any] | None:
         out["demand"] = {"firms": demand, "worst_ratio": max(ratios) if ratios else None}
     risk = deployed.per_firm.get("risk", [])
     if risk:
-        differences = [r["difference"] for r in risk if not math.isnan(r["difference"])]
-        out["risk"] = {
-            "firms": risk,
-            "worst_difference": min(differences) if differences else None,
-            "mean_difference": float(np.mean(differences)) if differences else None,
-        }
+        out["risk"] = risk_per_firm(risk)
     return out
+
+
+def risk_per_firm(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The risk rows with the worst difference over firms whose test rows hold MIN_JUDGED_TEST_EVENTS events
+    (the promise's), the others' differences apart (`few_test_events`), and the mean over every firm."""
+    scored = [r for r in rows if not math.isnan(r["difference"])]
+    judged = [r["difference"] for r in scored if r.get("test_events", 0) >= MIN_JUDGED_TEST_EVENTS]
+    differences = [r["difference"] for r in scored]
+    return {
+        "firms": rows,
+        "min_test_events": MIN_JUDGED_TEST_EVENTS,
+        "worst_difference": min(judged) if judged else None,
+        "few_test_events": {
+            r["firm"]: r["difference"] for r in scored if r.get("test_events", 0) < MIN_JUDGED_TEST_EVENTS
+        },
+        "mean_difference": float(np.mean(differences)) if differences else None,
+    }
 
 
 def build_summary(
@@ -351,10 +364,14 @@ def _per_firm_lines(kind: str, per_firm: dict[str, Any] | None) -> list[str]:
         keys = ("deployed_wape", "local_only_wape", "ratio")
         worst = f"worst ratio {_fmt(per_firm.get('worst_ratio'))}"
     else:
-        head = "| firm | group | deploys | ROC-AUC deployed | ROC-AUC local-only | difference |"
-        keys = ("deployed_roc_auc", "local_only_roc_auc", "difference")
-        worst = f"worst difference {_fmt(per_firm.get('worst_difference'))}"
-    lines = [f"What joining gave each firm (simulation only; {worst}):", "", head, "| --- " * 6 + "|"]
+        head = "| firm | group | deploys | ROC-AUC deployed | ROC-AUC local-only | difference | test events |"
+        keys = ("deployed_roc_auc", "local_only_roc_auc", "difference", "test_events")
+        few = per_firm.get("few_test_events") or {}
+        worst = (
+            f"worst difference {_fmt(per_firm.get('worst_difference'))} over firms with "
+            f"{per_firm.get('min_test_events')}+ test events; {len(few)} firm(s) with fewer, not judged"
+        )
+    lines = [f"What joining gave each firm (simulation only; {worst}):", "", head, "| --- " * (3 + len(keys)) + "|"]
     for row in per_firm["firms"]:
         cells = [row["firm"], row["group"], row["choice"], *(_fmt(row.get(k)) for k in keys)]
         lines.append("| " + " | ".join(cells) + " |")

@@ -12,6 +12,8 @@ import pytest
 from benchmarks.bench_joining_pays import (
     DRAWS,
     EPSILONS,
+    EVERY_FIRM_RISK,
+    FEW_EVENTS_RISK,
     NOT_PRODUCED,
     SEEDS,
     Point,
@@ -177,8 +179,8 @@ def test_targets_met_and_missed_with_issue17_keys_over_seeds() -> None:
     checks = _by_target(evaluate_targets(_points(summaries), [1, 2]))
     worst = checks["worst firm's deployed / local-only demand WAPE"]
     assert worst["status"] == "NOT met" and worst["value"] == pytest.approx(1.05) and "met on 1/2" in worst["detail"]
-    assert checks["every firm's deployed - local-only risk ROC-AUC"]["status"] == "NOT met"
-    assert checks["every firm's deployed - local-only risk ROC-AUC"]["value"] == pytest.approx(-0.09)
+    assert checks[EVERY_FIRM_RISK]["status"] == "NOT met"
+    assert checks[EVERY_FIRM_RISK]["value"] == pytest.approx(-0.09)
     assert checks["small firms' deployed / local-only demand WAPE"]["status"] == "met"
 
 
@@ -244,12 +246,31 @@ def test_risk_targets_skip_firms_without_a_roc_auc_but_not_half_measured_ones() 
     base = {"pilot": "default", "seed": 1, "epsilon": 8.0}
     row = {**base, "risk_per_firm": {"R1": [0.9, 0.6], "R2": [0.7, 0.8], "S1": [None, None]}}
     checks = {c["target"]: c for c in evaluate_targets([row], [1])}
-    every = checks["every firm's deployed - local-only risk ROC-AUC"]
+    every = checks[EVERY_FIRM_RISK]
     mean = checks["mean over firms of deployed - local-only risk ROC-AUC"]
     assert every["status"] == "NOT met" and "S1" not in every["detail"] and every["value"] == pytest.approx(-0.1)
     assert mean["status"] == "met" and mean["value"] == pytest.approx(0.1)
     half = {**base, "risk_per_firm": {"R1": [0.9, 0.6], "S1": [None, 0.5]}}
     assert {c["target"]: c for c in evaluate_targets([half], [1])}[every["target"]]["status"] == "not run"
+
+
+def test_firms_with_few_test_events_are_reported_apart_and_not_judged() -> None:
+    summary = _issue17(0.25, 0.30, {"R1": (0.2, 0.21)}, {})
+    summary["models"]["risk"]["per_firm"] = {
+        "firms": [
+            {"firm": "R1", "deployed_roc_auc": 0.28, "local_only_roc_auc": 0.48, "test_events": 1},
+            {"firm": "M1", "deployed_roc_auc": 0.81, "local_only_roc_auc": 0.80, "test_events": 119},
+        ]
+    }
+    row = {"pilot": "default", "seed": 1, "epsilon": 8.0, **read_summary(summary)}
+    assert row["risk_test_events"] == {"R1": 1, "M1": 119}
+    checks = {c["target"]: c for c in evaluate_targets([row], [1])}
+    every, few = checks[EVERY_FIRM_RISK], checks[FEW_EVENTS_RISK]
+    assert every["status"] == "met" and "R1" not in every["detail"] and every["value"] == pytest.approx(0.01)
+    assert few["status"] == "reported, not judged" and "R1 (1 test event(s))" in few["detail"]
+    assert few["value"] == pytest.approx(-0.2)
+    mean = checks["mean over firms of deployed - local-only risk ROC-AUC"]  # over every firm
+    assert mean["value"] == pytest.approx((-0.2 + 0.01) / 2)
 
 
 def test_a_reduced_grid_says_what_it_leaves_out() -> None:

@@ -87,6 +87,7 @@ def test_without_global_models_every_firm_still_deploys_and_says_why() -> None:
     assert demand["choice"] in ("local_mlp", "local_ridge", "naive") and demand["deployed_wape"] > 0
     assert risk["choice"] in ("local_only", "local") and risk["reason"].startswith(NO_GLOBAL_RISK)
     assert 0.0 <= risk["deployed_roc_auc"] <= 1.0
+    assert risk["test_events"] == int(firm.risk_split[1].labels.sum())  # the per-firm promise judges on these
     assert math.isnan(risk["local_only_roc_auc"]) and math.isnan(risk["difference"])  # no baselines given
     assert math.isnan(demand["ratio"])
     assert outcome.risk is not None and outcome.global_risk is None and outcome.global_demand is None

@@ -15,7 +15,8 @@ from silobridge.errors import ConfigError, ProtocolError
 from silobridge.federation.coordinator import baseline_instruction
 from silobridge.federation.linear_run import model_families
 from silobridge.federation.settings import settings_from_run_config
-from silobridge.federation.summary import acceptance_checks
+from silobridge.federation.summary import acceptance_checks, risk_per_firm
+from silobridge.federation.summary_schema import MIN_JUDGED_TEST_EVENTS
 from tests.conftest import TINY
 from tests.firm_support import tiny_firm
 
@@ -84,7 +85,7 @@ def test_acceptance_states_the_promise_and_is_honest_when_it_fails() -> None:
     assert checks["demand: no firm's deployed WAPE above 1.02x its local-only"]["passed"] is True
     small = checks["demand: small firms' deployed WAPE at least 30% below local-only"]
     assert small["value"] == pytest.approx(0.5) and small["passed"] is True
-    assert checks["risk: no firm's deployed ROC-AUC more than 0.01 below its local-only"]["passed"] is False
+    assert checks[RISK_CHECK]["passed"] is False
     assert checks["efficiency: chain K_TFP at least 1 with what firms deploy"]["passed"] is True
     failing = {c["name"]: c for c in acceptance_checks(_table(0.5, 0.6), {"demand": {"worst_ratio": 1.2}}, None)}
     assert failing["demand: no firm's deployed WAPE above 1.02x its local-only"]["passed"] is False
@@ -96,3 +97,35 @@ def test_acceptance_states_the_promise_and_is_honest_when_it_fails() -> None:
     table = {"demand": {"deployed": {"all": {"wape": 0.33}}}}
     judged = {c["name"]: c for c in acceptance_checks(table, None, None, non_private_wape=0.30)}
     assert judged[private]["value"] == pytest.approx(1.1) and judged[private]["passed"] is True
+
+
+RISK_CHECK = (
+    f"risk: no firm with {MIN_JUDGED_TEST_EVENTS}+ test events has deployed ROC-AUC more than 0.01 below its local-only"
+)
+
+
+def _risk_row(firm: str, difference: float, test_events: int) -> dict:
+    return {"firm": firm, "difference": difference, "test_events": test_events}
+
+
+def test_the_risk_promise_is_judged_on_firms_with_enough_test_events_and_the_others_reported_apart() -> None:
+    rows = [
+        _risk_row("R1", -0.19, 1),  # one test event: its ROC-AUC is that row's rank
+        _risk_row("R2", 0.02, MIN_JUDGED_TEST_EVENTS),
+        _risk_row("M1", -0.005, 119),
+        _risk_row("S1", math.nan, 0),  # one class in its test rows: no ROC-AUC at all
+    ]
+    risk = risk_per_firm(rows)
+    assert risk["worst_difference"] == pytest.approx(-0.005)
+    assert risk["few_test_events"] == {"R1": pytest.approx(-0.19)}
+    assert risk["mean_difference"] == pytest.approx((-0.19 + 0.02 - 0.005) / 3)  # the mean is over every firm
+    assert risk["min_test_events"] == MIN_JUDGED_TEST_EVENTS
+    checks = {c["name"]: c for c in acceptance_checks(_table(0.3, 0.6), {"risk": risk}, None)}
+    assert checks[RISK_CHECK]["passed"] is True
+    rows[2] = _risk_row("M1", -0.02, 119)
+    checks = {c["name"]: c for c in acceptance_checks(_table(0.3, 0.6), {"risk": risk_per_firm(rows)}, None)}
+    assert checks[RISK_CHECK]["passed"] is False
+    nobody = risk_per_firm([_risk_row("R1", -0.19, 1)])
+    assert nobody["worst_difference"] is None  # no firm can be judged: the check says n/a, never "passed"
+    checks = {c["name"]: c for c in acceptance_checks(_table(0.3, 0.6), {"risk": nobody}, None)}
+    assert checks[RISK_CHECK]["passed"] is None

@@ -9,6 +9,7 @@ from silobridge.clients.features import DemandWindows, demand_windows
 from silobridge.clients.linear import demand_design, ridge, risk_design
 from silobridge.clients.personalise import (
     DEMAND_SWITCH_MARGIN,
+    MIN_TAIL_EVENTS,
     MIN_VALIDATION_EVENTS,
     RISK_FOLDS,
     RISK_SWITCH_MARGIN,
@@ -177,13 +178,32 @@ def test_risk_with_few_events_in_its_tail_validates_on_folds_of_all_its_rows() -
     assert kept.name == "local_only" and "no candidate beat" in kept.reason
 
 
-def test_without_a_global_model_too_few_events_keep_the_local_only_model() -> None:
+def _never_fitted(mask: np.ndarray) -> float:
+    raise AssertionError("a local-only fold was fitted although nothing could replace the local-only model")
+
+
+def test_without_a_global_model_the_local_only_model_is_kept_and_no_fold_is_fitted() -> None:
     x, y, _ = _risk_rows()
     rare = np.zeros_like(y)
-    rare[[10, 150, 290]] = 1.0  # 3 events: 3 folds validate 3 < MIN_VALIDATION_EVENTS
-    few_events = choose_risk(x, rare, None, 1.0, local_only=lambda mask: 10.0)  # however bad it validates
-    assert few_events.name == "local_only" and f"fewer than {MIN_VALIDATION_EVENTS} events" in few_events.reason
-    assert "local" in few_events.validation  # the candidates were still scored, for the firm's report
+    rare[[10, 150, 290]] = 1.0  # 3 events
+    for labels in (rare, y):  # few events or many: without a global model joining offers nothing to choose
+        kept = choose_risk(x, labels, None, 1.0, local_only=_never_fitted)
+        assert kept.name == "local_only" and kept.coef is None and "no global model" in kept.reason
+        assert kept.validation == {}
+
+
+def test_a_tail_with_fewer_than_min_tail_events_gives_way_to_folds_of_all_rows() -> None:
+    rng = np.random.default_rng(3)
+    y = np.zeros(400)
+    y[np.sort(rng.choice(400, size=4 * (MIN_TAIL_EVENTS - 1), replace=False))] = 1.0  # the tail holds 9
+    tail_events = int(y[stratified_tail(y, 0.25)].sum())
+    assert MIN_VALIDATION_EVENTS <= tail_events < MIN_TAIL_EVENTS
+    masks, rows = risk_validation(y, 0.25)
+    assert len(masks) == RISK_FOLDS and "folds of all 400" in rows
+    assert int(sum(y[mask].sum() for mask in masks)) == int(y.sum())  # every event judges
+    y[np.flatnonzero(y == 0)[-200:][::20]] = 1.0  # 10 more recent events: the tail alone suffices
+    masks, rows = risk_validation(y, 0.25)
+    assert len(masks) == 1 and "the last 25%" in rows
 
 
 def test_a_firm_with_too_few_events_of_its_own_deploys_the_global_model() -> None:
@@ -194,8 +214,8 @@ def test_a_firm_with_too_few_events_of_its_own_deploys_the_global_model() -> Non
         choice = choose_risk(x, y, truth, 1.0, local_only=lambda mask: 0.0)
         assert choice.name == "global" and np.array_equal(choice.coef, truth)
         assert f"hold {len(events)} event(s)" in choice.reason
-    one_class = choose_risk(x[:10], np.zeros(10), None, 1.0, local_only=lambda cut: 0.1)  # and no global model
-    assert one_class.name == "local_only" and "too few" in one_class.reason
+    one_class = choose_risk(x[:10], np.zeros(10), None, 1.0, local_only=_never_fitted)  # and no global model
+    assert one_class.name == "local_only" and "no global model" in one_class.reason
 
 
 def test_stratified_folds_cut_each_class_in_date_order() -> None:

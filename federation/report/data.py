@@ -105,6 +105,7 @@ class FirmRow(_Model):
     deployed_roc_auc: Number = None
     local_only_roc_auc: Number = None
     difference: Number = None
+    test_events: int | None = None
 
 
 class PerFirm(_Model):
@@ -114,6 +115,8 @@ class PerFirm(_Model):
     worst_ratio: Number = None
     worst_difference: Number = None
     mean_difference: Number = None
+    min_test_events: int | None = None  # risk: the worst difference is over firms with this many test events
+    few_test_events: dict[str, Number] = {}  # risk: the others' differences, reported apart
 
 
 class Summary(_Model):

@@ -189,12 +189,27 @@ def _per_firm(kind: str, rows: PerFirm) -> str:
         body = [(r.firm, r.group, r.choice, r.deployed_wape, r.local_only_wape, r.ratio, r.reason) for r in rows.firms]
         worst = f"worst ratio {fmt(rows.worst_ratio)}"
     else:
-        headers = ("firm", "group", "deploys", "ROC-AUC deployed", "ROC-AUC local-only", "difference", "why")
+        headers = (
+            "firm",
+            "group",
+            "deploys",
+            "ROC-AUC deployed",
+            "ROC-AUC local-only",
+            "difference",
+            "test events",
+            "why",
+        )
         body = [
-            (r.firm, r.group, r.choice, r.deployed_roc_auc, r.local_only_roc_auc, r.difference, r.reason)
+            (r.firm, r.group, r.choice, r.deployed_roc_auc, r.local_only_roc_auc, r.difference, r.test_events, r.reason)
             for r in rows.firms
         ]
-        worst = f"worst difference {fmt(rows.worst_difference)}, mean {fmt(rows.mean_difference)}"
+        worst = f"worst difference {fmt(rows.worst_difference)}"
+        if rows.min_test_events is not None:
+            worst += (
+                f" over firms with {rows.min_test_events}+ test events ({len(rows.few_test_events)} with fewer: "
+                "their ROC-AUC turns on a row or two, reported but not judged)"
+            )
+        worst += f", mean {fmt(rows.mean_difference)}"
     note = paragraph(
         f"What joining gave each firm ({worst}). Each firm chose what it deploys on its own most recent training "
         "windows; the figures are the simulation harness's measurements on the test periods (simulation only: a "
