@@ -216,39 +216,20 @@ BROWSER_TESTS = frozenset({"test_report_in_headless_chromium"})
 # (seconds of one worker on 2 cores, measured with --durations=0) go first, so that no long file starts
 # last and leaves the other worker idle; the rest keep pytest's order.
 HEAVY_FIRST = (
-    "test_network_federation",
-    "test_private_runs",  # with test_report and test_efficiency_run: one group (SHARED_RUN_MODULES)
+    "test_network_federation",  # a SuperLink, three SuperNodes, a run, a query and a pilot simulation
+    "test_private_runs",  # with test_report and test_efficiency_run one unit (SHARED_RUN_MODULES): 7 runs
     "test_report",
     "test_efficiency_run",
     "test_simulation",
     "test_cli",
     "test_analytics_cli",
+    "test_adaptive_clipping",
     "test_flwr_run",
     "test_pilot_end_to_end",
-)
-
-
-def _group(path: str, module: str) -> str:
-    """A file's xdist group: its path, or one group for the files that read the shared runs."""
-    return "tiny-shared-runs" if module in SHARED_RUN_MODULES else path
-
-
-# ---- Two workers, evenly loaded -----------------------------------------------------------------------
-# With `--dist loadfile` xdist hands out whole files (module fixtures run once) in collection order, each
-# worker taking the next file when it is nearly done. The files that take longest (one worker's seconds
-# on 2 cores, --durations=0) go first, so that no long file starts last while the other worker idles; the
-# rest keep pytest's order (`--no-loadscope-reorder`: xdist would otherwise put files with many tests
-# first). The files that read the shared runs are one unit, so the runs are made once, on one worker.
-HEAVY_FIRST = (
-    "test_network_federation",
-    "test_private_runs",  # with test_report and test_efficiency_run: one unit (SHARED_RUN_MODULES)
-    "test_report",
-    "test_efficiency_run",
-    "test_simulation",
-    "test_cli",
-    "test_analytics_cli",
-    "test_flwr_run",
-    "test_pilot_end_to_end",
+    "test_rundir",
+    "test_interrupt",
+    "test_odometer_run",
+    "test_dp_canary_audit",
 )
 SHARED_RUNS_UNIT = "tests/shared-runs"
 
