@@ -145,76 +145,13 @@ NETWORK_MODULES = frozenset({"test_network_federation", "test_flwr_run"})
 BROWSER_TESTS = frozenset({"test_report_in_headless_chromium"})
 
 
-# ---- Test tiers -------------------------------------------------------------------------------------
-# `python -m pytest -m "not slow and not network and not browser"` is the fast tier (unit tests, about a
-# minute or two on 2 cores); CI runs every tier. "slow": runs simulations (Ray, Flower) or long
-# statistical checks, measured at 5 s or more on 2 cores; a whole module is slow where a module-scoped
-# fixture runs a simulation. "network": starts a SuperLink and SuperNodes on loopback. "browser":
-# opens headless Chromium.
-SLOW_MODULES = frozenset(
-    {
-        "test_dp_canary_audit",
-        "test_adaptive_clipping",
-        "test_analytics_cli",
-        "test_bench_secure_aggregation",
-        "test_efficiency_run",
-        "test_flwr_run",
-        "test_interrupt",
-        "test_joining",
-        "test_network_federation",
-        "test_odometer_run",
-        "test_pilot_end_to_end",
-        "test_preflight",
-        "test_private_runs",
-        "test_report",
-        "test_rundir",
-        "test_simulation",
-    }
-)
-SLOW_TESTS = frozenset(
-    {
-        "tests/privacy/test_dp_accounting.py::test_fixed_size_sampling_needs_replace_one",
-        "tests/privacy/test_dp_accounting.py::test_pld_matches_dp_accounting_at_its_default_discretisation",
-        "tests/privacy/test_secagg_protocol.py::test_neighbourhoods_sized_for_30_percent_dropout_recover_such_a_round",
-        "tests/privacy/test_secagg_state.py::test_restoring_every_firm_before_every_message_changes_nothing",
-        "tests/test_analytics_bad_input.py::test_command_line_noise_multiplier_zero",
-        "tests/test_analytics_own_spend.py::test_the_analytics_handler_refuses_a_coordinator_that_ignores_the_firms_budget",
-        "tests/test_deploy.py::test_without_global_models_every_firm_still_deploys_and_says_why",
-        "tests/test_deploy.py::test_a_switch_won_on_last_years_season_must_hold_on_the_recent_tail",
-        "tests/test_deploy.py::test_a_switch_confirmed_on_the_recent_tail_is_deployed",
-        "tests/test_light_stages.py::test_light_stages_still_hold_the_partner_to_its_federation_file",
-        "tests/privacy/test_dp_calibration.py::test_rounds_round_trip",
-        "tests/test_cli.py::test_bad_scenario_exits_2_and_writes_nothing",
-        "tests/test_cli.py::test_calibrate_finds_the_noise_that_spends_the_budget",
-        "tests/test_cli.py::test_generate_writes_partner_csv_files",
-        "tests/test_cli.py::test_out_of_range_options",
-        "tests/test_cli.py::test_simulate_no_dp_is_the_non_private_comparison",
-        "tests/test_cli.py::test_simulate_prints_the_comparison_and_writes_the_run",
-        "tests/test_efficiency.py::test_a_firms_forecast_totals_match_its_test_statistics",
-        "tests/test_efficiency.py::test_calibration_leaves_room_for_the_efficiency_release",
-        "tests/test_network_setup.py::test_a_partner_refuses_settings_that_differ_from_its_federation_file",
-        "tests/test_network_setup.py::test_a_partners_node_builds_its_firm_from_its_own_node_config_never_the_run_config",
-        "tests/test_network_setup.py::test_only_the_partner_can_seed_its_own_dp_noise",
-        "tests/test_own_budget.py::test_a_round_over_the_firms_own_budget_is_refused",
-        "tests/test_own_budget.py::test_the_firms_count_is_the_coordinators_accounting",
-        "tests/test_own_budget.py::test_the_train_handler_refuses_a_coordinator_that_ignores_the_firms_budget",
-        "tests/test_personalise.py::test_a_long_history_also_validates_on_last_years_season",
-        "tests/test_personalise.py::test_a_useless_global_model_is_not_deployed",
-        "tests/test_personalise.py::test_no_windows_deploys_naive_and_too_few_falls_back_with_a_reason",
-        "tests/test_personalise.py::test_the_choice_is_the_lowest_validation_wape_and_refits_on_all_windows",
-        "tests/test_personalise.py::test_validation_split_leaves_a_gap_of_one_horizon",
-        "tests/test_secure_sum.py::test_secure_sums_equal_plain_sums_through_stored_state",
-    }
-)
-NETWORK_MODULES = frozenset({"test_network_federation", "test_flwr_run"})
-BROWSER_TESTS = frozenset({"test_report_in_headless_chromium"})
-
-
 # ---- Two workers, evenly loaded -----------------------------------------------------------------------
-# xdist hands out whole files (`--dist loadgroup`, every file its own group, so module fixtures run once)
-# in collection order, each worker taking the next when it is nearly done. The files that take longest
-# (seconds of one worker on 2 cores, measured with --durations=0) go first, so that no long file starts
-# last and leaves the other worker idle; the rest keep pytest's order.
+# With `--dist loadfile` xdist hands out whole files (module fixtures run once) in collection order, each
+# worker taking the next file when it is nearly done. The files that take longest (simulations, a
+# loopback federation, CLI runs) go first, so that no long file starts last while the other worker idles;
+# the rest keep pytest's order (`--no-loadscope-reorder`: xdist would otherwise put the files with the
+# most tests first, the long files last). The files that read the shared runs are one unit of work, so
+# the runs are made once, on one worker.
 HEAVY_FIRST = (
     "test_network_federation",  # a SuperLink, three SuperNodes, a run, a query and a pilot simulation
     "test_private_runs",  # with test_report and test_efficiency_run one unit (SHARED_RUN_MODULES): 7 runs
