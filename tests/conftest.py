@@ -1,15 +1,20 @@
-"""Shared fixtures: the tiny test scenario and its generated chain, built once per session."""
+"""Shared fixtures: the tiny test scenario, its generated chain and the simulations several test files read,
+each built once per session; the order and grouping that keep the two xdist workers evenly loaded."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
 
 from silobridge.scenarios.generator import ChainData, generate_chain
 from silobridge.scenarios.schema import Scenario, load_scenario
+
+if TYPE_CHECKING:
+    from silobridge.federation.server_app import RunResult
 
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 torch.set_num_threads(1)
@@ -38,6 +43,41 @@ def default_scenario() -> Scenario:
 @pytest.fixture(scope="session")
 def default_chain(default_scenario: Scenario) -> ChainData:
     return generate_chain(default_scenario)
+
+
+# ---- Simulations shared between test files -------------------------------------------------------
+# A tiny simulation costs about 40 s on 2 cores, most of it Ray's start-up: where two files asserted on
+# runs of the same configuration, they now read one run. Their files are one unit of xdist's work (below), so
+# the run is made once, on one worker. Neither the runs nor the tests change what is asserted.
+OPEN_RUN = {"run-id": "open", "dp": "off", "set": "training.rounds=2"}
+"""Tiny without DP, 2 rounds, secure aggregation: test_report's non-private page and test_efficiency_run's
+recomputation of the efficiency section."""
+REFUSED_RUN = {
+    "run-id": "dp",
+    "set": "training.model=mlp;training.rounds=3;privacy.noise_multiplier=1.0;privacy.epsilon=4.5;"
+    "firms.S1.budget_epsilon=3.5",
+}
+"""Record-level DP-SGD whose round 3 would overspend epsilon 4.5 (rounds 1 and 2 spend 4.22), and S1's own
+budget of 3.5 pays for round 1 only: a refusal, a firm left out and an uneven spend. test_report's private
+page and test_private_runs' refused round."""
+SHARED_RUN_MODULES = frozenset({"test_report", "test_private_runs", "test_efficiency_run"})
+
+
+def _simulate_tiny(tmp_path_factory: pytest.TempPathFactory, config: dict[str, str]) -> RunResult:
+    from silobridge.federation.simulation import simulate  # Flower and Ray: only where a run is made
+
+    out = tmp_path_factory.mktemp("shared-runs")
+    return simulate({"scenario": str(TINY), "out-dir": str(out), **config}, cpus=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_open_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
+    return _simulate_tiny(tmp_path_factory, OPEN_RUN)
+
+
+@pytest.fixture(scope="session")
+def tiny_refused_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
+    return _simulate_tiny(tmp_path_factory, REFUSED_RUN)
 
 
 # ---- Test tiers -------------------------------------------------------------------------------------
@@ -105,7 +145,53 @@ NETWORK_MODULES = frozenset({"test_network_federation", "test_flwr_run"})
 BROWSER_TESTS = frozenset({"test_report_in_headless_chromium"})
 
 
+# ---- Two workers, evenly loaded -----------------------------------------------------------------------
+# With `--dist loadfile` xdist hands out whole files (module fixtures run once) in collection order, each
+# worker taking the next file when it is nearly done. The files that take longest (simulations, a
+# loopback federation, CLI runs) go first, so that no long file starts last while the other worker idles;
+# the rest keep pytest's order (`--no-loadscope-reorder`: xdist would otherwise put the files with the
+# most tests first, the long files last). The files that read the shared runs are one unit of work, so
+# the runs are made once, on one worker.
+HEAVY_FIRST = (
+    "test_network_federation",  # a SuperLink, three SuperNodes, a run, a query and a pilot simulation
+    "test_private_runs",  # with test_report and test_efficiency_run one unit (SHARED_RUN_MODULES): 7 runs
+    "test_report",
+    "test_efficiency_run",
+    "test_simulation",
+    "test_cli",
+    "test_analytics_cli",
+    "test_adaptive_clipping",
+    "test_flwr_run",
+    "test_pilot_end_to_end",
+    "test_rundir",
+    "test_interrupt",
+    "test_odometer_run",
+    "test_dp_canary_audit",
+)
+SHARED_RUNS_UNIT = "tests/shared-runs"
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """loadfile's scheduler, with the files of SHARED_RUN_MODULES as one unit of work.
+
+    (xdist's own `--dist loadgroup` cannot do this here: its group marks rename node ids through an
+    attribute pytest 9 no longer reads, so every test would be scheduled on its own.)
+    """
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedRunsScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return SHARED_RUNS_UNIT if Path(path).stem in SHARED_RUN_MODULES else path
+
+    return SharedRunsScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {module: i for i, module in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).stem, len(rank)))  # stable: files stay whole
     for item in items:
         path = Path(str(item.fspath)).relative_to(ROOT).as_posix()
         module = Path(path).stem

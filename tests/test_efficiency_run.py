@@ -1,4 +1,5 @@
-"""End to end: one Flower simulation of the tiny scenario (no DP, secure aggregation, 2 rounds).
+"""End to end: a Flower simulation of the tiny scenario (no DP, secure aggregation, 2 rounds; conftest's
+OPEN_RUN, which test_report reads too), and one with record-level DP and the efficiency release.
 
 The efficiency section of summary.json must equal what the firms' own numbers give when computed
 directly, outside the federation: each firm's local-only baseline and what each firm deploys (chosen
@@ -19,10 +20,11 @@ from silobridge.clients.normaliser import Normaliser
 from silobridge.contract.efficiency_sums import EFFICIENCY_BEFORE
 from silobridge.federation.coordinator import baseline_instruction
 from silobridge.federation.harness import SimulationHarness
+from silobridge.federation.server_app import RunResult
 from silobridge.federation.settings import settings_from_run_config
 from silobridge.federation.simulation import simulate
 from silobridge.server.efficiency import efficiency_table, group_tiers
-from tests.conftest import TINY
+from tests.conftest import OPEN_RUN, TINY
 
 
 def _close(got: dict, want: dict) -> None:
@@ -35,15 +37,9 @@ def _close(got: dict, want: dict) -> None:
             assert got[key] == pytest.approx(value, abs=2e-6), key
 
 
-def test_summary_efficiency_equals_the_firms_numbers_recomputed(tmp_path) -> None:
-    config = {
-        "scenario": str(TINY),
-        "out-dir": str(tmp_path),
-        "run-id": "tiny-efficiency",
-        "dp": "off",
-        "set": "training.rounds=2",
-    }
-    result = simulate(config, cpus=2)
+def test_summary_efficiency_equals_the_firms_numbers_recomputed(tiny_open_run: RunResult) -> None:
+    result = tiny_open_run
+    config = {"scenario": str(TINY), "out-dir": str(result.path.parent), **OPEN_RUN}
     section = result.summary["efficiency"]
     assert json.loads((result.path / "summary.json").read_text())["efficiency"] == section
     assert "## Cross-firm efficiency" in (result.path / "summary.md").read_text()

@@ -28,11 +28,12 @@ def _simulate(out: Path, run_id: str, overrides: str = "", **config: object) -> 
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunResult]:
+def runs(tmp_path_factory: pytest.TempPathFactory, tiny_refused_run: RunResult) -> dict[str, RunResult]:
+    """The refused round is conftest's REFUSED_RUN, which test_report reads too."""
     out = tmp_path_factory.mktemp("private-runs")
     return {
         "record": _simulate(out, "record", f"{MLP};firms.R2.budget_epsilon=7.0;firms.S1.budget_epsilon=1.0"),
-        "refused": _simulate(out, "refused", f"{MLP};privacy.noise_multiplier=1.0;privacy.epsilon=4.5"),
+        "refused": tiny_refused_run,
         "linear": _simulate(out, "linear", "firms.S1.budget_epsilon=1.0"),
         "central": _simulate(out, "central", "privacy.unit=firm;privacy.mechanism=central;privacy.accountant=pld"),
         "distributed": _simulate(out, "distributed", "privacy.unit=firm;privacy.mechanism=distributed"),

@@ -1,7 +1,8 @@
 """`silobridge report`: the page for a private and a non-private run, its sections and values, the
 efficiency section present and absent, a tampered ledger shown as failed, and the page in headless Chromium.
 
-Two real simulations of the tiny scenario (module scope); every other case edits a copy of one of them.
+Two real simulations of the tiny scenario, shared with test_private_runs and test_efficiency_run
+(tests/conftest.py); every other case edits a copy of one of them.
 """
 
 from __future__ import annotations
@@ -21,16 +22,9 @@ from silobridge.federation.cli import EXIT_TAMPERED, app
 from silobridge.federation.report import REPORT_FILE, load_run, render, write_report
 from silobridge.federation.report.page import NOT_COMPUTED, fmt
 from silobridge.federation.server_app import RunResult
-from silobridge.federation.simulation import simulate
 from silobridge.privacy.ledger import canonical_bytes, verify_ledger
 from tests.browser import page_problems
-from tests.conftest import TINY
 
-# Round 3 would overspend epsilon 4.5 (rounds 1 and 2 spend 4.22), and S1's own budget of 3.5 pays for
-# round 1 only: a refusal, a firm left out, and an uneven spend across firms.
-DP_OVERRIDES = (
-    "training.model=mlp;training.rounds=3;privacy.noise_multiplier=1.0;privacy.epsilon=4.5;firms.S1.budget_epsilon=3.5"
-)
 EFFICIENCY = {
     "horizon": 13,
     "policy": {"review_period": 1, "service_level": 0.95, "holding_cost": 0.2, "lead_time": 2},
@@ -56,13 +50,9 @@ EFFICIENCY = {
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunResult]:
-    out = tmp_path_factory.mktemp("report-runs")
-    config = {"scenario": str(TINY), "out-dir": str(out)}
-    return {
-        "dp": simulate({**config, "run-id": "dp", "set": DP_OVERRIDES}, cpus=2),
-        "plain": simulate({**config, "run-id": "plain", "set": "training.rounds=2", "dp": "off"}, cpus=2),
-    }
+def runs(tiny_refused_run: RunResult, tiny_open_run: RunResult) -> dict[str, RunResult]:
+    """conftest's REFUSED_RUN (round 3 refused, S1 out after round 1) and OPEN_RUN (no DP, 2 rounds)."""
+    return {"dp": tiny_refused_run, "plain": tiny_open_run}
 
 
 def _copy(run: RunResult, tmp_path: Path) -> Path:

@@ -84,7 +84,6 @@ def simulate(
     from silobridge.federation.progress import LogObserver, RichObserver, log_to_stderr
     from silobridge.federation.run_requests import simulation_config
     from silobridge.federation.settings import settings_from_run_config
-    from silobridge.federation.simulation import simulate as run
 
     run_config = simulation_config(
         scenario,
@@ -104,6 +103,10 @@ def simulate(
     try:
         settings = settings_from_run_config(run_config)
         run_config["run-id"] = settings.run_id
+        # torch, Opacus, Flower and Ray (seconds to import) only once the scenario and options are valid:
+        # a bad scenario's error comes at once.
+        from silobridge.federation.simulation import simulate as run
+
         if plain or not err_console.is_terminal:
             log_to_stderr()
             result = run(run_config, observer=LogObserver())
