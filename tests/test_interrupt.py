@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from silobridge.federation.cli import app
@@ -48,6 +49,7 @@ def _wait_for_release(ledger: Path, process: subprocess.Popen[str], timeout: flo
     raise AssertionError("no release reached the ledger in time")
 
 
+@pytest.mark.timeout(900)  # two simulations: the interrupted one and its resume
 def test_ctrl_c_stops_a_private_simulation_cleanly_and_keeps_its_ledger(tmp_path: Path) -> None:
     out = tmp_path / "runs"
     args = ("simulate", str(TRIO), "--rounds", "2", "--run-id", "cut", "--out", str(out), "--plain")

@@ -3,7 +3,8 @@ points, resumed each time, ends with the models and the spend of an uninterrupte
 
 One trio run of 3 rounds with fixed DP-SGD noise seeds, killed twice: after round 1's first ledger entry
 (its ledger then cut mid-line, as a crash during the write leaves it) and, resumed, in round 2's secure sum
-before the unmasking. Kill points come from `federation.crash_points`. Slow: four simulations.
+before the unmasking. Kill points come from `federation.crash_points`. Slow: four simulations (plus
+one refused at once), each mostly Ray's start-up.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def _models(run: Path) -> dict[str, dict[str, torch.Tensor]]:
     return {path.name: torch.load(path) for path in sorted((run / "models").glob("*.pt"))}
 
 
+@pytest.mark.timeout(1200)  # four simulations: about 4 minutes on the shared 2-core machine under load
 def test_a_killed_private_run_resumes_to_the_uninterrupted_models_and_spend(tmp_path: Path) -> None:
     out = tmp_path / "runs"
     common = (str(TRIO), "--rounds", "3", "--noise-seed", "5", "--out", str(out))
