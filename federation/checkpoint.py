@@ -13,8 +13,8 @@ round that the resumed run finishes by recording whichever of its releases the l
 (`federation.resume`): the round's release is charged once, and the models it charged are the ones
 the run continues from. Nothing random needs saving: the firms' DP-SGD noise is derived from their own
 seed and the round, the secure sum's result does not depend on its masks (a resumed run starts a fresh
-key-agreement session), and the central mechanism's noise is fresh OS entropy by design, as is each
-firm's stochastic rounding into the secure sum (a resumed run matches an uninterrupted one up to it).
+key-agreement session), and the central mechanism's noise is fresh OS entropy by design. (A resumed run
+still differs from an uninterrupted one by about a float32 ulp in a few coordinates; see the README.)
 """
 
 from __future__ import annotations
