@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
+from silobridge.federation.checkpoint import CHECKPOINT_FILE
 from silobridge.federation.rundir import live_runs
 from silobridge.federation.settings import quiet_accountant
 
@@ -82,8 +83,9 @@ def stop_on_interrupt() -> Iterator[None]:
     """Ctrl-C (SIGINT) ends the simulation at once, cleanly: Flower's runtime would otherwise lose its Ray
     workers and wait for their replies until the round times out.
 
-    The run's ledger gets its end entry ("interrupted"), a run that spent privacy keeps its folder with
-    failure.json, Ray is shut down, what was spent is printed, and the process exits with 130.
+    The run's ledger gets its end entry ("interrupted"), a run that spent privacy or completed a round keeps
+    its folder with failure.json, Ray is shut down, what was spent and the resume command are printed, and
+    the process exits with 130.
     """
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread receives signals
@@ -110,7 +112,10 @@ def _interrupted(signum: int, frame: object) -> None:
         )
     kept = rundir.abandon(reason) if rundir is not None else None
     if kept is not None:
-        lines.append(f"run directory kept with failure.json: {kept}; check it with: silobridge audit {kept}")
+        audit = f"; check it with: silobridge audit {kept}" if ledger is not None else ""
+        lines.append(f"run directory kept with failure.json: {kept}{audit}")
+        if (kept / CHECKPOINT_FILE).exists():
+            lines.append(f"resume it after its last completed round with: silobridge simulate --resume {kept}")
     elif ledger is None:
         lines.append("no privacy was spent; nothing was kept")
     _shutdown_ray()

@@ -5,7 +5,8 @@ on error, and a crash leaves only a hidden `.<run-id>.partial` that no reader mi
 The exception is a run that already spent privacy: its folder is kept, with `failure.json` and no
 summary, so that its ledger can be audited (also when Ctrl-C interrupts it: `abandon`). A ledger is
 never deleted: a partial folder left by a crash is never reused or removed; a new run with the same
-id is refused, naming the folder.
+id is refused, naming the folder. `RunDirectory.resume` reopens such a folder (or a kept one with
+`failure.json`) for `simulate --resume`: the failure record is kept under a numbered name.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class RunDirectory:
         self.final = out_dir / run_id
         self.partial = out_dir / f".{run_id}.partial"
         self.keep_on_failure = False  # set once the run holds something that must outlive a failure
+        self._resuming: Path | None = None  # the folder a resumed run continues (`resume`)
         if self.final.exists():
             raise ConfigError(
                 f"run directory {self.final} already exists; choose another --out or run id", field="run-id"
@@ -55,7 +57,38 @@ class RunDirectory:
                 field="run-id",
             )
 
+    @classmethod
+    def resume(cls, folder: Path) -> RunDirectory:
+        """A run directory left by a crash (`.<run-id>.partial`) or an interrupt (`<run-id>` with failure.json),
+        to be continued; refused if it completed (it has a summary) or another folder of the run exists."""
+        folder = folder.resolve()
+        name = folder.name
+        run_id = name[1 : -len(".partial")] if name.startswith(".") and name.endswith(".partial") else name
+        rundir = cls.__new__(cls)
+        rundir.final = folder.parent / run_id
+        rundir.partial = folder.parent / f".{run_id}.partial"
+        rundir.keep_on_failure = True  # it holds rounds (and any privacy spent) already
+        rundir._resuming = folder
+        if not (folder / CONFIG_FILE).exists():
+            raise ConfigError(f"{folder} is not a run directory (no {CONFIG_FILE})", field="--resume")
+        if (folder / SUMMARY_JSON).exists():
+            raise ConfigError(f"{folder} holds a completed run: nothing to resume", field="--resume")
+        other = rundir.final if folder == rundir.partial else rundir.partial
+        if other.exists():
+            raise ConfigError(f"both {folder} and {other} exist: move one away before resuming", field="--resume")
+        return rundir
+
     def __enter__(self) -> RunDirectory:
+        resuming = self._resuming
+        if resuming is not None:
+            if resuming == self.final:  # kept by an interrupt: back under the partial name while it runs
+                failure = self.final / FAILURE_FILE
+                if failure.exists():
+                    count = len(list(self.final.glob("failure.*.json")))
+                    failure.rename(self.final / f"failure.{count + 1}.json")
+                self.final.rename(self.partial)
+            self._metrics = (self.partial / METRICS_FILE).open("a", encoding="utf-8")
+            return self
         self.partial.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.partial.mkdir()  # never an existing one: another run may be writing it
@@ -100,6 +133,14 @@ class RunDirectory:
     def append_metrics(self, record: dict[str, Any]) -> None:
         self._metrics.write(json.dumps(record, default=_json_default) + "\n")
         self._metrics.flush()
+
+    def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
+        """Replace metrics.jsonl by `records` (a resumed run: the rounds its checkpoint holds)."""
+        self._metrics.close()
+        temporary = self.partial / f".{METRICS_FILE}.tmp"
+        temporary.write_text("".join(json.dumps(r, default=_json_default) + "\n" for r in records), encoding="utf-8")
+        temporary.replace(self.partial / METRICS_FILE)
+        self._metrics = (self.partial / METRICS_FILE).open("a", encoding="utf-8")
 
     def write_text(self, name: str, text: str) -> None:
         (self.partial / name).write_text(text, encoding="utf-8")

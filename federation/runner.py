@@ -26,6 +26,7 @@ from silobridge.federation.coordinator import Federation, RunObserver
 from silobridge.federation.deployment import DeployedOutcome
 from silobridge.federation.harness import SimulationHarness
 from silobridge.federation.linear_run import LinearModels, model_families, train_linear
+from silobridge.federation.resume import Checkpoints
 from silobridge.federation.settings import RunSettings
 from silobridge.federation.training import train
 from silobridge.privacy.ledger import PrivacyRun
@@ -95,10 +96,13 @@ def run_federation(
     flower_run_id: int,
     open_ledger: Callable[[Mapping[str, float | None]], PrivacyRun] | None = None,
     harness: SimulationHarness | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> FederationOutcome:
     """Connect, (without DP) release feature moments, baselines, train, evaluate.
 
     Under DP the privacy ledger opens once the firms have declared their own budgets (`open_ledger`).
+    With `checkpoints` every FedAvg round is checkpointed, and a resumed run continues after its last
+    (the stages before training spend no privacy and are deterministic: they are run again).
     """
     federation = Federation(grid, settings, observer, flower_run_id=flower_run_id, harness=harness)
     manifests = federation.connect()
@@ -114,7 +118,7 @@ def run_federation(
     history: list[dict[str, Any]] = []
     final: dict[str, np.ndarray] = {}
     if "mlp" in families:
-        weights, history = train(federation, norm)
+        weights, history = train(federation, norm, checkpoints)
         final = federation.evaluate(weights, norm)
     linear = None
     if "linear" in families:

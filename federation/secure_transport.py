@@ -18,6 +18,7 @@ from flwr.app import ConfigRecord, RecordDict
 from silobridge.contract.config import FederationSpec
 from silobridge.contract.wire_names import QUERY_SECAGG_ADVERTISE, QUERY_SECAGG_SHARE, QUERY_SECAGG_UNMASK
 from silobridge.errors import ProtocolError
+from silobridge.federation.crash_points import crash_point
 from silobridge.federation.exchange import Replies
 from silobridge.federation.records import MASKED, SECAGG, record_arrays, request_content
 from silobridge.privacy.secagg.messages import (
@@ -93,6 +94,7 @@ class GridSecureTransport:
         return masked
 
     def unmask(self, request: UnmaskRequest) -> dict[str, dict[str, Any]]:
+        crash_point(f"unmask:{self.stage}")  # crash tests: mid-exchange, the masked inputs in hand
         stage = f"{self.stage}: unmask"
         wire = request.to_wire()
         replies = self.send([(self.node_of[f], UNMASK, self._session_request(wire)) for f in request.survivors], stage)

@@ -30,15 +30,19 @@ from silobridge.federation.preflight import check_firm_budgets
 from silobridge.federation.privacy_report import LEDGER_FILE, privacy_summary
 from silobridge.federation.progress import Fanout, LogObserver, StageTimer, log_to_stderr
 from silobridge.federation.query_run import QueryJob, query_settings, serve_queries
+from silobridge.federation.resume import Checkpoints
 from silobridge.federation.rundir import CONFIG_FILE, SUMMARY_JSON, SUMMARY_MD, RunDirectory, live_runs
 from silobridge.federation.runner import run_federation
 from silobridge.federation.settings import QUERIES_KEY, RunSettings, settings_from_run_config
 from silobridge.federation.summary import build_summary, summary_markdown
 from silobridge.privacy.dp import Budget
 from silobridge.privacy.ledger import PrivacyRun, config_hash, public_key_hex
+from silobridge.privacy.ledger.keys import load_signing_key, save_signing_key
 from silobridge.server.privacy import accounting_spec
 
 log = logging.getLogger("silobridge")
+
+RUN_KEY_FILE = "ledger_signing_key.pem"  # a per-run ledger key, owner-only, for a resumed run to continue the chain
 
 
 @dataclass(frozen=True)
@@ -60,22 +64,34 @@ class _MetricsFile:
         self.rundir.append_metrics(record)
 
 
-def run_server(grid: Grid, settings: RunSettings, observer: RunObserver, *, flower_run_id: int) -> RunResult:
-    """The whole run. The run directory appears when it succeeded, or -- once privacy was spent --
-    also when it failed, so that its ledger can be audited."""
+def run_server(
+    grid: Grid, settings: RunSettings, observer: RunObserver, *, flower_run_id: int, resume: Path | None = None
+) -> RunResult:
+    """The whole run. The run directory appears when it succeeded, or -- once privacy was spent or a round
+    completed -- also when it failed, so that its ledger can be audited and the run resumed. `resume` is
+    the folder of an interrupted run to continue (`federation.resume`)."""
     started = time.monotonic()
     timer = StageTimer()
     spec = settings.spec  # configuration and calibration errors surface before anything is written
     pilot_folders(settings)  # a pilot's folder holds exactly the declared firms
     harness = SimulationHarness(settings) if settings.simulated else None  # a real federation has no harness
     signer = ledger_signer(settings) if spec.privacy.enabled else None  # a wrong or missing key: refused here
-    with RunDirectory(settings.out_dir, settings.run_id) as rundir, live_runs.hold(rundir):
+    opened = RunDirectory.resume(resume) if resume is not None else RunDirectory(settings.out_dir, settings.run_id)
+    with opened as rundir, live_runs.hold(rundir):
         config = {"run_config": settings.to_run_config(), "scenario": settings.scenario.model_dump(mode="json")}
-        rundir.write_json(CONFIG_FILE, config)
+        if resume is None:
+            rundir.write_json(CONFIG_FILE, config)
+        checkpoints = Checkpoints(rundir, config_hash(config), resuming=resume is not None)
         observers = Fanout(observer, timer, _MetricsFile(rundir))
-        with _LedgerOpener(settings, rundir, config, signer) as ledger:
+        with _LedgerOpener(settings, rundir, config, signer, checkpoints) as ledger:
             outcome = run_federation(
-                grid, settings, observers, flower_run_id=flower_run_id, open_ledger=ledger.open, harness=harness
+                grid,
+                settings,
+                observers,
+                flower_run_id=flower_run_id,
+                open_ledger=ledger.open,
+                harness=harness,
+                checkpoints=checkpoints,
             )
             ledger.stopped = outcome.stopped
         centralised: dict[str, np.ndarray] = {}
@@ -115,6 +131,7 @@ def run_server(grid: Grid, settings: RunSettings, observer: RunObserver, *, flow
         )
         rundir.write_json(SUMMARY_JSON, summary)
         rundir.write_text(SUMMARY_MD, summary_markdown(summary))
+        (rundir.partial / RUN_KEY_FILE).unlink(missing_ok=True)  # a completed run is never resumed
         path = rundir.commit()
     observer.stage("done")
     return RunResult(path=path, summary=summary)
@@ -133,13 +150,20 @@ class _LedgerOpener:
         rundir: RunDirectory,
         config: dict[str, Any],
         signer: tuple[Ed25519PrivateKey, str] | None,
+        checkpoints: Checkpoints,
     ):
         self.settings = settings
         self.rundir = rundir
         self.config_sha256 = config_hash(config)
+        self.checkpoints = checkpoints
         # The federation's long-term key, or (a simulation without one) a key made for this run only:
-        # the header records which, and its public key is in the summary.
+        # the header records which, and its public key is in the summary. A per-run key is kept in the run
+        # directory (owner-only) so that a resumed run can continue the chain: it proves nothing against
+        # whoever can edit the directory, and the audit says so of any per-run key.
         self.key, self.key_kind = signer if signer is not None else (Ed25519PrivateKey.generate(), PER_RUN)
+        run_key = rundir.partial / RUN_KEY_FILE
+        if checkpoints.resuming and self.key_kind == PER_RUN and run_key.exists():
+            self.key = load_signing_key(run_key)
         self.public_key = public_key_hex(self.key.public_key())
         self.ledger: PrivacyRun | None = None
         self.stopped: str | None = None
@@ -150,8 +174,16 @@ class _LedgerOpener:
         # if leaving out the firms that cannot pay for one round leaves too few for a round.
         check_firm_budgets(self.settings, firm_budgets)
         self.rundir.keep_on_failure = True  # from now on privacy may be spent: the ledger must survive
+        path = self.rundir.partial / LEDGER_FILE
+        if self.checkpoints.resuming and path.exists():
+            self.ledger, state = PrivacyRun.reopen(path, self.key)
+            live_runs.ledger_opened(self.rundir, self.ledger)
+            self.checkpoints.reconcile(self.ledger, state)
+            return self.ledger
+        if self.key_kind == PER_RUN:
+            save_signing_key(self.key, self.rundir.partial / RUN_KEY_FILE)
         self.ledger = PrivacyRun.start(
-            self.rundir.partial / LEDGER_FILE,
+            path,
             run_id=self.settings.run_id,
             config_sha256=self.config_sha256,
             budget=Budget(privacy.epsilon, privacy.delta),
@@ -180,6 +212,7 @@ def build_server_app(
     run_config: Mapping[str, Any] | None = None,
     observer: RunObserver | None = None,
     on_result: Callable[[RunResult], None] | None = None,
+    resume: Path | None = None,
 ) -> ServerApp:
     app = ServerApp()
 
@@ -201,7 +234,7 @@ def build_server_app(
             log.info("queries written to %s", queries.path)
             return
         settings = settings_from_run_config(config)
-        result = run_server(grid, settings, observer or LogObserver(), flower_run_id=context.run_id)
+        result = run_server(grid, settings, observer or LogObserver(), flower_run_id=context.run_id, resume=resume)
         log.info("run written to %s", result.path)
         if on_result is not None:
             on_result(result)

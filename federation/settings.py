@@ -240,6 +240,14 @@ def new_run_id(scenario_name: str, seed: int) -> str:
     return f"{stamp}-{scenario_name}-s{seed}"
 
 
+def _in_effect(override: str, overrides: tuple[str, ...]) -> bool:
+    """Whether `override` is already the last override of its field: the recorded run config then parses to
+    itself (a resumed run's configuration hashes as the run's did)."""
+    field = override.split("=", 1)[0].strip()
+    last = [text for text in overrides if text.split("=", 1)[0].strip() == field][-1:]
+    return last == [override]
+
+
 def settings_from_run_config(run_config: Mapping[str, Any], *, base_dir: Path = APP_DIR) -> RunSettings:
     """Parse Flower's run config (pyproject [tool.flwr.app.config] plus overrides) into RunSettings."""
     unknown = sorted(set(run_config) - set(RUN_CONFIG_KEYS))
@@ -263,7 +271,8 @@ def settings_from_run_config(run_config: Mapping[str, Any], *, base_dir: Path = 
     if seed >= 0:
         parsed.append(("seed", seed))
     scenario = load_scenario(scenario_path, parsed)
-    all_overrides = overrides + (f"training.rounds={rounds}",) * bool(rounds) + (f"seed={seed}",) * (seed >= 0)
+    extras = (f"training.rounds={rounds}",) * bool(rounds) + (f"seed={seed}",) * (seed >= 0)
+    all_overrides = overrides + tuple(extra for extra in extras if not _in_effect(extra, overrides))
     run_id = str(run_config.get("run-id") or new_run_id(scenario.name, scenario.seed))
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", run_id):
         raise ConfigError(

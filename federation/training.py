@@ -9,6 +9,7 @@ release in the ledger, and the simulation harness scores the models.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -19,18 +20,40 @@ from silobridge.clients.normaliser import Normaliser
 from silobridge.contract.arrays import flatten, unflatten
 from silobridge.contract.wire_names import TRAIN, eval_segment, loss_segment, update_segment, weight_segment
 from silobridge.errors import BudgetExhausted, FederationError
+from silobridge.federation.checkpoint import Checkpoint
 from silobridge.federation.coordinator import Federation, SumOutcome, Weights, metrics_by_group
+from silobridge.federation.crash_points import crash_point
 from silobridge.federation.records import INSTRUCTION
+from silobridge.federation.resume import Checkpoints
 from silobridge.server.layouts import training_layout
 
 
-def train(federation: Federation, norm: Normaliser) -> tuple[Weights, list[dict[str, Any]]]:
+def train(
+    federation: Federation, norm: Normaliser, checkpoints: Checkpoints | None = None
+) -> tuple[Weights, list[dict[str, Any]]]:
     """FedAvg rounds; each trains both models in one message per firm. Returns the final weights and one
-    history record per model and round."""
+    history record per model and round. With `checkpoints`, every completed round is checkpointed (under
+    DP around its ledger entries, see `federation.resume`) and a resumed run starts after its checkpoint."""
     settings, spec, dp = federation.settings, federation.spec, federation.dp
     seed = settings.scenario.seed
     kinds = [kind for kind in MODEL_KINDS if federation._holders(kind)]
     weights = {kind: state_to_arrays(build_model(kind, spec, seed=seed)) for kind in kinds}
+    history: list[dict[str, Any]] = []
+    first = 1
+    if checkpoints is not None and checkpoints.start is not None:
+        # a resumed run: the models, records and counters after its last completed round
+        start = checkpoints.start
+        if sorted(start.weights) != sorted(kinds):
+            raise FederationError(f"the checkpoint holds models {sorted(start.weights)}, this run trains {kinds}")
+        weights, history, first = start.weights, list(start.history), start.round + 1
+        federation.dropped = list(start.dropped)
+        federation.clipped_total = start.clipped_total
+        if dp is not None and dp.clipping is not None and start.clip_norm is not None:
+            dp.clipping = replace(dp.clipping, clip_norm=start.clip_norm)
+        checkpoints.rundir.rewrite_metrics(history)
+        federation.observer.stage(f"resumed after round {start.round}")
+    elif checkpoints is not None:
+        checkpoints.commit(_checkpoint(federation, checkpoints, 0, weights, history))
     private = federation.private
     distributed = private and spec.privacy.unit == "firm" and spec.privacy.mechanism == "distributed"
     clipping = dp.clipping if dp is not None else None
@@ -42,8 +65,7 @@ def train(federation: Federation, norm: Normaliser) -> tuple[Weights, list[dict[
         unclipped_count=clipping is not None,
     )
     rounds = settings.scenario.training.rounds
-    history: list[dict[str, Any]] = []
-    for server_round in range(1, rounds + 1):
+    for server_round in range(first, rounds + 1):
         federation.observer.stage(f"round {server_round}/{rounds}")
         started = time.monotonic()
         try:
@@ -69,26 +91,66 @@ def train(federation: Federation, norm: Normaliser) -> tuple[Weights, list[dict[
                 f"round {server_round}: only {len(outcome.contributors)} of {len(federation.manifests)} firms "
                 f"contributed (at least {needed} needed); see the dropout log"
             )
+        releases = []
         if private:
             policy, ledger = federation.private_rounds()
-            spent = policy.update(
+            releases = policy.release(
                 ledger, server_round, weights, outcome.segments, outcome.contributors, federation.accounted_parties()
             )
             harness = federation.harness
             evaluation = harness.evaluate(weights, norm) if harness is not None else {}
         seconds = round(time.monotonic() - started, 3)
+        records = []
         for kind in kinds:
             if private:
                 record = _round_record(federation, kind, server_round, server_round, outcome, evaluation.get(kind))
-                record["epsilon"] = spent
+                record["epsilon"] = None  # the overall spend once the round's entries are written (below)
                 if instruction.clip_norm is not None:
                     record["clip_norm"] = instruction.clip_norm
             else:
                 record = _aggregate(federation, kind, server_round, weights, outcome)
             record["seconds"] = seconds
+            records.append(record)
+        if private:
+            # the ledger commits the round: its models are on disk before its first entry (federation.resume)
+            if checkpoints is not None:
+                state = _checkpoint(federation, checkpoints, server_round, weights, history + records)
+                checkpoints.pending(state, releases)
+                crash_point(f"pending:{server_round}")
+            for release in releases:
+                ledger.record(release)
+                crash_point(f"entry:{server_round}")
+            for record in records:
+                record["epsilon"] = ledger.overall_epsilon
+        for record in records:
             history.append(record)
             federation.observer.round_done(record)
+        if checkpoints is not None:
+            checkpoints.commit(_checkpoint(federation, checkpoints, server_round, weights, history))
     return weights, history
+
+
+def _checkpoint(
+    federation: Federation,
+    checkpoints: Checkpoints,
+    server_round: int,
+    weights: Weights,
+    history: list[dict[str, Any]],
+) -> Checkpoint:
+    """The coordinator's state after `server_round` (under DP, with its pointer into the ledger)."""
+    dp, ledger = federation.dp, federation.ledger
+    entries, last_hash = ledger.pointer if ledger is not None else (None, None)
+    return Checkpoint(
+        round=server_round,
+        config_sha256=checkpoints.config_sha256,
+        weights=weights,
+        history=list(history),
+        dropped=list(federation.dropped),
+        clipped_total=federation.clipped_total,
+        clip_norm=dp.clipping.clip_norm if dp is not None and dp.clipping is not None else None,
+        ledger_entries=entries,
+        ledger_hash=last_hash,
+    )
 
 
 def _admit(federation: Federation, server_round: int) -> list[str]:

@@ -105,6 +105,21 @@ class DpRounds:
     ) -> float:
         """Apply the round's noised sum to `weights` (in place) and record the release; returns the
         overall epsilon spent so far."""
+        for release in self.release(ledger, server_round, weights, segments, contributors, parties):
+            ledger.record(release)
+        return ledger.overall_epsilon
+
+    def release(
+        self,
+        ledger: PrivacyRun,
+        server_round: int,
+        weights: Weights,
+        segments: Mapping[str, np.ndarray],
+        contributors: Sequence[str],
+        parties: Mapping[str, str],
+    ) -> list[Release]:
+        """Apply the round's noised sum to `weights` (in place); returns the releases the ledger must record,
+        each naming the firms its admission left out, so that a checkpoint can hold them before the ledger does."""
         plan = self.plan
         spec = plan.spec
         kinds = list(weights)
@@ -118,10 +133,11 @@ class DpRounds:
                         self.strategy.aggregate_train(flat, segments[update_segment(kind)], weight_sum), weights[kind]
                     )
             contributed = set(contributors)
+            releases = []
             for kind in kinds:
                 paid = sorted(p for p, firm in parties.items() if firm in contributed and p.endswith(f"/{kind}"))
                 if paid:
-                    ledger.record(
+                    releases.append(
                         Release(
                             release_id=f"{release}/{kind}",
                             mechanism="dpsgd",
@@ -130,10 +146,11 @@ class DpRounds:
                             sampling=Sampling.poisson(spec.sample_rate),
                             noise_multiplier=spec.noise_multiplier,
                             clip_norm=spec.max_grad_norm(kind),
+                            excluded_firms=_excluded(ledger, f"{release}/{kind}", paid),
                             parameters={"steps": plan.dpsgd_steps, "local_epochs": plan.local_epochs},
                         )
                     )
-            return ledger.overall_epsilon
+            return releases
         sizes = {kind: flatten(weights[kind]).size for kind in kinds}
         joint = np.concatenate([segments[update_segment(kind)] for kind in kinds])
         clip_norm = spec.clip_norm
@@ -155,7 +172,7 @@ class DpRounds:
             flat = flatten(weights[kind])
             weights[kind] = unflatten(flat + change[offset : offset + sizes[kind]], weights[kind])
             offset += sizes[kind]
-        ledger.record(
+        return [
             Release(
                 release_id=release,
                 mechanism="gaussian" if spec.mechanism == "central" else "skellam",
@@ -164,10 +181,10 @@ class DpRounds:
                 sampling=plan.firm_sampling if spec.mechanism == "central" else Sampling.none(),
                 noise_multiplier=spec.noise_multiplier,
                 clip_norm=clip_norm,
+                excluded_firms=_excluded(ledger, release, accounted),
                 parameters={"noise_shares": shares} if shares is not None else parameters,
             )
-        )
-        return ledger.overall_epsilon
+        ]
 
     def adaptive_step(
         self, segments: Mapping[str, np.ndarray], contributors: int, expected: float, rng: np.random.Generator
@@ -190,3 +207,8 @@ class DpRounds:
             "next_clip_norm": self.clipping.clip_norm,
         }
         return clipping.clip_norm, parameters
+
+
+def _excluded(ledger: PrivacyRun, release_id: str, accounted: Sequence[str]) -> list[str]:
+    """The firms the release's admission left out for their budgets, less those it accounts."""
+    return sorted(set(ledger.excluded_for(release_id)) - set(accounted))

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from silobridge.federation.cli import app
@@ -48,6 +49,7 @@ def _wait_for_release(ledger: Path, process: subprocess.Popen[str], timeout: flo
     raise AssertionError("no release reached the ledger in time")
 
 
+@pytest.mark.timeout(900)  # two simulations: the interrupted one and its resume
 def test_ctrl_c_stops_a_private_simulation_cleanly_and_keeps_its_ledger(tmp_path: Path) -> None:
     out = tmp_path / "runs"
     args = ("simulate", str(TRIO), "--rounds", "2", "--run-id", "cut", "--out", str(out), "--plain")
@@ -68,6 +70,7 @@ def test_ctrl_c_stops_a_private_simulation_cleanly_and_keeps_its_ledger(tmp_path
     report = verify_ledger(run / "privacy_ledger.jsonl")
     assert report.ended and report.end_reason == "interrupted: SIGINT (Ctrl-C)" and report.releases
     assert f"epsilon {report.epsilon_overall:.4f} of 8" in stderr
+    assert f"silobridge simulate --resume {run}" in stderr  # the resume command, printed
     # `report` accepts the interrupted run; `audit` verifies its ledger (a per-run key: said so, exit 5).
     shown = CliRunner().invoke(app, ["report", str(run)])
     assert shown.exit_code == 0 and "This run failed: interrupted: SIGINT" in (run / "report.html").read_text()
@@ -75,3 +78,11 @@ def test_ctrl_c_stops_a_private_simulation_cleanly_and_keeps_its_ledger(tmp_path
     # The same run id again is refused: the interrupted run is never overwritten.
     again = CliRunner().invoke(app, list(args))
     assert again.exit_code == 2 and "already exists" in " ".join(again.output.split())
+    # The printed command resumes it: the ledger reopens after its interrupt entry and closes completed.
+    resumed = _silobridge("simulate", "--resume", str(run), "--plain")
+    _, stderr = resumed.communicate(timeout=420)
+    assert resumed.returncode == 0, stderr[-3000:]
+    final = verify_ledger(run / "privacy_ledger.jsonl")
+    assert final.end_reason == "completed" and final.resumes[0]["reopened_after"] == "interrupted: SIGINT (Ctrl-C)"
+    assert sorted({r.release_id.split("/")[0] for r in final.releases}) == ["round-1", "round-2"]
+    assert (run / "summary.json").exists() and (run / "failure.1.json").exists()

@@ -24,10 +24,12 @@ app = sub_app()
 
 @app.command()
 def simulate(
-    scenario: Annotated[Path, typer.Argument(help="Scenario file (TOML), e.g. scenarios/default.toml.")] = Path(
-        "scenarios/default.toml"
-    ),
-    out: Annotated[Path, typer.Option("--out", help="Folder that receives the run directory.")] = Path("runs"),
+    scenario: Annotated[
+        Path | None, typer.Argument(help="Scenario file (TOML); default scenarios/default.toml.", show_default=False)
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder that receives the run directory (default: runs).")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Override the scenario's seed.", min=0)] = None,
     rounds: Annotated[int | None, typer.Option(help="Override the number of federated rounds.", min=1)] = None,
     set_: Annotated[
@@ -79,15 +81,24 @@ def simulate(
         float | None,
         typer.Option("--lifetime-epsilon", help="With --state: each firm's lifetime epsilon per data set.", min=0.0),
     ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            help="Continue the run in this folder (left by a crash or Ctrl-C) after its last completed round, with "
+            "the settings it started with (any other setting given is refused).",
+        ),
+    ] = None,
 ) -> None:
     """Simulate every firm of a scenario as a Flower client and compare federated, local-only, centralised and naive."""
     from silobridge.federation.progress import LogObserver, RichObserver, log_to_stderr
+    from silobridge.federation.resume import resume_run_config
     from silobridge.federation.run_requests import simulation_config
     from silobridge.federation.settings import settings_from_run_config
 
     run_config = simulation_config(
-        scenario,
-        out,
+        scenario or Path("scenarios/default.toml"),
+        out or Path("runs"),
         seed=seed,
         rounds=rounds,
         overrides=set_ or [],
@@ -100,7 +111,24 @@ def simulate(
         state=state,
         lifetime_epsilon=lifetime_epsilon,
     )
+    given = {  # the settings asked for on the command line, as run-config keys
+        "scenario": scenario,
+        "out-dir": out,
+        "seed": seed,
+        "num-rounds": rounds,
+        "set": set_,
+        "run-id": run_id,
+        "aggregation": aggregation,
+        "dp": no_dp or None,
+        "noise-seed": noise_seed,
+        "data": data,
+        "ledger-key": ledger_key,
+        "state-dir": state,
+        "lifetime-epsilon": lifetime_epsilon,
+    }
     try:
+        if resume is not None:
+            run_config = resume_run_config(resume, {key: run_config[key] for key, v in given.items() if v is not None})
         settings = settings_from_run_config(run_config)
         run_config["run-id"] = settings.run_id
         # torch, Opacus, Flower and Ray (seconds to import) only once the scenario and options are valid:
@@ -109,10 +137,10 @@ def simulate(
 
         if plain or not err_console.is_terminal:
             log_to_stderr()
-            result = run(run_config, observer=LogObserver())
+            result = run(run_config, observer=LogObserver(), resume=resume)
         else:
             with RichObserver(settings.scenario.training.rounds, console=err_console) as observer:
-                result = run(run_config, observer=observer)
+                result = run(run_config, observer=observer, resume=resume)
     except SiloBridgeError as err:
         raise fail(err) from None
     print_summary(result.summary)

@@ -10,6 +10,10 @@ Every entry has an envelope (`index`, `kind`, `time`, `prev` = SHA-256 of the pr
   DpEvent, free-form scalar parameters, and epsilon spent so far (overall and per accounted firm).
 - `refusal`: a release that was refused before anything was released, and why.
 - `end`: the run finished; epsilon spent by every firm and overall.
+- `resume`: the run continued from its checkpoint after a crash or an interrupt: the checkpoint's
+  round and its pointer into the ledger (entries before it, SHA-256 of the last), the torn last line
+  moved aside (if any), and the end entry it reopens after (an interrupt closes the ledger). May follow
+  an end entry; the resumed run closes the ledger again.
 """
 
 from __future__ import annotations
@@ -96,11 +100,28 @@ class EndEntry(_Envelope):
     epsilon: EpsilonTotals
 
 
-Entry = HeaderEntry | ReleaseEntry | RefusalEntry | EndEntry
+class TornTailModel(_Strict):
+    entry: int = Field(ge=1)
+    length: int = Field(ge=1)
+    sha256: Hex64
+    kept_as: NonEmpty
+
+
+class ResumeEntry(_Envelope):
+    kind: Literal["resume"]
+    checkpoint_round: int = Field(ge=0)  # 0: no round had completed
+    checkpoint_entries: int = Field(ge=1)  # ledger entries the checkpoint had seen
+    checkpoint_hash: Hex64  # SHA-256 of the last of them
+    torn_tail: TornTailModel | None
+    reopened_after: str | None  # the reason of the end entry this resume follows, if the ledger was closed
+
+
+Entry = HeaderEntry | ReleaseEntry | RefusalEntry | EndEntry | ResumeEntry
 ENTRY_MODELS: dict[str, type[_Envelope]] = {
     "header": HeaderEntry,
     "release": ReleaseEntry,
     "refusal": RefusalEntry,
     "end": EndEntry,
+    "resume": ResumeEntry,
 }
 ENVELOPE_FIELDS = frozenset({"index", "kind", "time", "prev", "signature"})

@@ -55,16 +55,23 @@ def write_signing_key(path: Path, *, overwrite: bool = False) -> tuple[Path, str
     if not overwrite and (path.exists() or public_path.exists()):
         raise ConfigError(f"{path} or {public_path} already exists; pass --overwrite to replace it", field="--out")
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
     path.parent.mkdir(parents=True, exist_ok=True)
     if overwrite and path.exists():
         path.unlink()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others, not even briefly
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)
+    save_signing_key(key, path)
     public_hex = raw_public(key).hex()
     public_path.write_text(public_hex + "\n", encoding="ascii")
     return public_path, public_hex
+
+
+def save_signing_key(key: Ed25519PrivateKey, path: Path) -> None:
+    """Write `key` as PEM at a new `path`, readable by its owner only (from the moment it exists)."""
+    pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others, not even briefly
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pem)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def load_signing_key(path: Path) -> Ed25519PrivateKey:

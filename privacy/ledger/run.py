@@ -22,6 +22,7 @@ What is charged to whom depends on the unit of privacy:
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,9 +36,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from silobridge.errors import BudgetExhausted, ConfigError
 from silobridge.privacy.dp.accounting import AccountingSpec, PrivacyUnit
 from silobridge.privacy.dp.budget import Budget, BudgetGuard, FirmBudgets, FirmCharge, overall_epsilon
-from silobridge.privacy.dp.codec import event_to_json
+from silobridge.privacy.dp.codec import event_from_json, event_to_json
 from silobridge.privacy.dp.sampling import Sampling
-from silobridge.privacy.ledger.writer import LedgerWriter
+from silobridge.privacy.ledger.sealing import sha256_hex
+from silobridge.privacy.ledger.writer import LedgerWriter, TornTail
 
 Scalar = str | int | float | bool | None
 
@@ -55,6 +57,15 @@ class Release:
     clip_norm: float | None = None
     excluded_firms: Sequence[str] = ()
     parameters: Mapping[str, Scalar] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LedgerState:
+    """A reopened ledger's whole entries (parsed, verified) with each line's SHA-256, and a torn tail moved aside."""
+
+    entries: tuple[dict[str, Any], ...]
+    hashes: tuple[str, ...]
+    torn: TornTail | None
 
 
 @dataclass(frozen=True)
@@ -109,6 +120,65 @@ class PrivacyRun:
         if key_kind is not None:
             header["key_kind"] = key_kind
         return cls(LedgerWriter(path, signing_key, header), spec, budget, firms)
+
+    @classmethod
+    def reopen(cls, path: str | Path, signing_key: Ed25519PrivateKey) -> tuple[PrivacyRun, LedgerState]:
+        """Continue a run's ledger (a resumed run): verified under `signing_key`, its accounts rebuilt by
+        replaying its releases in order, a torn last line moved aside (`LedgerWriter.reopen`).
+
+        Raises `LedgerTampered` if the ledger does not verify. The caller reconciles the entries with
+        its checkpoint and writes the resume entry (`resumed`) before any release.
+        """
+        from silobridge.privacy.ledger.verify import verify_ledger  # the audit is the reader of record
+
+        path = Path(path)
+        report = verify_ledger(path, public_key=signing_key.public_key())
+        lines = path.read_bytes().split(b"\n")[: report.entries]
+        entries = [json.loads(line) for line in lines]
+        header = entries[0]
+        spec = AccountingSpec.from_dict(header["accountant"])
+        budget = Budget.from_dict(header["budget"])
+        overrides = {firm: Budget.from_dict(b) for firm, b in header["firm_budgets"].items()}
+        writer, torn = LedgerWriter.reopen(path, signing_key)
+        run = cls(writer, spec, budget, FirmBudgets(budget, spec, overrides))
+        for entry in entries:
+            if entry["kind"] == "release":
+                run._replay(event_from_json(entry["event"]), list(entry["firms"]))
+        return run, LedgerState(tuple(entries), hashes=tuple(sha256_hex(line) for line in lines), torn=torn)
+
+    def _replay(self, event: dpa.DpEvent, firms: list[str]) -> None:
+        """Account a release the ledger already holds, exactly as `_record` did (no entry written)."""
+        charge = self._firms.preview(firms, event)
+        if self.spec.unit is PrivacyUnit.FIRM:
+            self._run.spend(event)
+        self._firms.commit(charge)
+
+    def resumed(
+        self, *, checkpoint_round: int, entries: int, last_hash: str, torn: TornTail | None, after_end: str | None
+    ) -> None:
+        """Write the resume entry: from here on the ledger records the resumed run."""
+        with self._lock:
+            self._writer.append(
+                "resume",
+                {
+                    "checkpoint_round": checkpoint_round,
+                    "checkpoint_entries": entries,
+                    "checkpoint_hash": last_hash,
+                    "torn_tail": torn.to_dict() if torn is not None else None,
+                    "reopened_after": after_end,
+                },
+            )
+
+    def excluded_for(self, release_id: str) -> list[str]:
+        """The firms this release's admission left out (what its entry will name as excluded)."""
+        with self._lock:
+            return list(self._excluded.get(release_id, ()))
+
+    @property
+    def pointer(self) -> tuple[int, str]:
+        """Entries written so far and the SHA-256 of the last: where a checkpoint stands in the ledger."""
+        with self._lock:
+            return self._writer.entries_written, self._writer.last_hash
 
     @property
     def path(self) -> Path:

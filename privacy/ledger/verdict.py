@@ -43,6 +43,7 @@ def judge(report: AuditReport | None, problems: tuple[str, ...] = (), error: str
         return Judgement(Verdict.TAMPERED, "FAILED: " + "; ".join(problems))
     budget = report.budget
     spent = f"epsilon {report.epsilon_overall:.4f} of {budget.epsilon:g} at delta {budget.delta:g} (recomputed)"
+    spent += _resumes(report)
     if not report.within_budget:
         return Judgement(Verdict.OVER_BUDGET, f"verified but OVER BUDGET: {spent}")
     if not report.ended:
@@ -64,3 +65,15 @@ def judge(report: AuditReport | None, problems: tuple[str, ...] = (), error: str
             f"file's key or --public-key): whoever can edit the directory could have re-signed it; {spent}",
         )
     return Judgement(Verdict.VERIFIED, f"verified: chain and signatures intact under the trusted key, {spent}")
+
+
+def _resumes(report: AuditReport) -> str:
+    """A resumed run says so: after which checkpointed rounds, and any torn line it moved aside."""
+    if not report.resumes:
+        return ""
+    parts = []
+    for resume in report.resumes:
+        torn = resume.get("torn_tail")
+        moved = f", torn line of {torn['length']} bytes kept as {torn['kept_as']}" if torn else ""
+        parts.append(f"after round {resume['checkpoint_round']} (entry {resume['index']}{moved})")
+    return "; resumed " + ", ".join(parts) + ", no release charged twice"

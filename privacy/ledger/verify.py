@@ -10,6 +10,10 @@ Truncation. A ledger cut at an entry boundary (a run killed mid-way) verifies; t
 no end-of-run entry. A last line without its newline is a write torn by a crash: it is left out and
 reported (`torn_tail`), and the prefix before it is verified: a crash prefix, which `privacy.ledger.verdict`
 calls incomplete, not verified. A damaged line anywhere else, or bytes after the end entry, fail.
+
+Resume. A resumed run writes a `resume` entry (after the end entry an interrupt wrote, if any) that
+points at its checkpoint's place in the ledger (entry count and that entry's SHA-256, checked here);
+the ledger must then end again. No firm is charged twice for one release id: a round is released once, resumed or not.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from silobridge.privacy.ledger.entries import (
     HeaderEntry,
     RefusalEntry,
     ReleaseEntry,
+    ResumeEntry,
 )
 from silobridge.privacy.ledger.keys import public_key_bytes, raw_public
 from silobridge.privacy.ledger.sealing import (
@@ -99,6 +104,7 @@ class AuditReport:
     torn_tail: bool
     warnings: tuple[str, ...] = field(default=())
     key_kind: str | None = None  # what the header says of its key: "long-term" or "per-run" (older ledgers: None)
+    resumes: tuple[Mapping[str, Any], ...] = ()  # each resume entry: index, checkpoint round, torn tail moved aside
 
     @property
     def within_budget(self) -> bool:
@@ -121,6 +127,7 @@ class AuditReport:
             "end_reason": self.end_reason,
             "torn_tail": self.torn_tail,
             "key_kind": self.key_kind,
+            "resumes": [dict(resume) for resume in self.resumes],
             "warnings": list(self.warnings),
             "refusals": list(self.refusals),
             "firms": {
@@ -270,11 +277,14 @@ def verify_ledger(path: str | Path, *, public_key: Ed25519PublicKey | str | byte
     releases: list[ReleaseAudit] = []
     refusals: list[str] = []
     end_reason: str | None = None
+    hashes: list[str] = []
+    released: dict[tuple[str, str], int] = {}  # (release id, firm) -> its entry
+    resumes: list[dict[str, Any]] = []
 
     for index, line in enumerate(lines):
         obj = _parse_line(line, index)
         kind = obj.get("kind")
-        if end_reason is not None:
+        if end_reason is not None and kind != "resume":
             raise LedgerTampered("an entry follows the end-of-run entry", entry=index)
         if (index == 0) != (kind == "header"):
             raise LedgerTampered("the header must be the first entry and only the first", entry=index)
@@ -303,8 +313,36 @@ def verify_ledger(path: str | Path, *, public_key: Ed25519PublicKey | str | byte
         if not signature_valid(obj, key):
             raise LedgerTampered("the Ed25519 signature does not match the entry", entry=index)
         prev = sha256_hex(line)
+        hashes.append(prev)
 
-        if isinstance(entry, ReleaseEntry):
+        if isinstance(entry, ResumeEntry):
+            points = entry.checkpoint_entries
+            if points > index or hashes[points - 1] != entry.checkpoint_hash:
+                raise LedgerTampered(
+                    f"resumes from a checkpoint at entry {points - 1} whose hash is not that entry's", entry=index
+                )
+            if (end_reason is None) != (entry.reopened_after is None) or (
+                end_reason is not None and end_reason != entry.reopened_after
+            ):
+                raise LedgerTampered("misstates the end entry it reopens after", entry=index)
+            end_reason = None
+            resumes.append(
+                {
+                    "index": index,
+                    "checkpoint_round": entry.checkpoint_round,
+                    "reopened_after": entry.reopened_after,
+                    "torn_tail": entry.torn_tail.model_dump() if entry.torn_tail is not None else None,
+                }
+            )
+        elif isinstance(entry, ReleaseEntry):
+            for firm in entry.firms:  # one release may be recorded per group of firms, each firm once
+                first = released.setdefault((entry.release_id, firm), index)
+                if first != index:
+                    raise LedgerTampered(
+                        f"charges firm '{firm}' for release '{entry.release_id}' again (first at entry {first}): "
+                        "a release is recorded once",
+                        entry=index,
+                    )
             event = _decode_event(entry.event, index)
             firms = list(entry.firms)
             if len(set(firms)) != len(firms) or set(firms) & set(entry.excluded_firms):
@@ -361,4 +399,5 @@ def verify_ledger(path: str | Path, *, public_key: Ed25519PublicKey | str | byte
         torn_tail=torn,
         warnings=tuple(warnings),
         key_kind=header.key_kind,
+        resumes=tuple(resumes),
     )

@@ -2,7 +2,9 @@
 
 Each entry is checked against its schema, chained to the previous line by SHA-256, signed with
 Ed25519, written as one canonical line, flushed and fsync'ed before `append` returns: a crash
-leaves a valid prefix (at worst with a torn last line, which the verifier reports).
+leaves a valid prefix (at worst with a torn last line, which the verifier reports). `reopen`
+continues such a prefix for a resumed run: a torn last line is moved, byte for byte, to a file of its
+own beside the ledger (never deleted) and the chain continues after the last whole entry.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -19,6 +22,19 @@ from pydantic import ValidationError
 from silobridge.errors import ConfigError
 from silobridge.privacy.ledger.entries import ENTRY_MODELS, ENVELOPE_FIELDS, FORMAT
 from silobridge.privacy.ledger.sealing import GENESIS_HASH, canonical_bytes, public_key_hex, sha256_hex, sign_entry
+
+
+@dataclass(frozen=True)
+class TornTail:
+    """A last line a crash cut short, moved out of the ledger when the run resumed."""
+
+    entry: int  # the index the torn entry would have had
+    length: int
+    sha256: str
+    kept_as: str  # file name beside the ledger
+
+    def to_dict(self) -> dict[str, int | str]:
+        return {"entry": self.entry, "length": self.length, "sha256": self.sha256, "kept_as": self.kept_as}
 
 
 def _now() -> str:
@@ -42,9 +58,47 @@ class LedgerWriter:
         _fsync_directory(self.path.parent)
         self.append("header", {**header, "format": FORMAT, "public_key": public_key_hex(signing_key)})
 
+    @classmethod
+    def reopen(cls, path: str | Path, signing_key: Ed25519PrivateKey) -> tuple[LedgerWriter, TornTail | None]:
+        """Continue the ledger at `path` after its last whole entry (the caller verified it first).
+
+        A torn last line (a write cut by a crash) is kept as `<ledger>.torn-<entry>` and cut from the
+        ledger, so that the next entry chains to the last whole one; returns what was moved, if anything.
+        """
+        path = Path(path)
+        data = path.read_bytes()
+        cut = data.rfind(b"\n") + 1  # the bytes after the last newline are a torn write
+        torn: TornTail | None = None
+        whole = data[:cut].split(b"\n")[:-1]
+        if cut < len(data):
+            kept = path.with_name(f"{path.name}.torn-{len(whole)}")
+            with open(kept, "xb") as handle:  # never over an earlier one
+                handle.write(data[cut:])
+                handle.flush()
+                os.fsync(handle.fileno())
+            torn = TornTail(entry=len(whole), length=len(data) - cut, sha256=sha256_hex(data[cut:]), kept_as=kept.name)
+            with open(path, "r+b") as handle:
+                handle.truncate(cut)
+                os.fsync(handle.fileno())
+            _fsync_directory(path.parent)
+        if not whole:
+            raise ConfigError("the ledger has no whole entry to continue after", source=str(path))
+        writer = cls.__new__(cls)
+        writer.path = path
+        writer._key = signing_key
+        writer._prev = sha256_hex(whole[-1])
+        writer._index = len(whole)
+        writer._file = open(path, "ab")  # noqa: SIM115 - kept open for appends
+        return writer, torn
+
     @property
     def entries_written(self) -> int:
         return self._index
+
+    @property
+    def last_hash(self) -> str:
+        """SHA-256 of the last line written: with `entries_written`, a pointer a checkpoint keeps."""
+        return self._prev
 
     @property
     def closed(self) -> bool:

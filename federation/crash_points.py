@@ -1,0 +1,20 @@
+"""Named points where a crash test kills the coordinator, so that resume is tested where it is hardest.
+
+`SILOBRIDGE_CRASH_AT=<point>` in the coordinator's environment makes the process SIGKILL its own process
+group (itself, its Ray workers) when it reaches that point, as an OOM kill or a reboot would: no handler
+runs, nothing is flushed. Points: `unmask:round N` (a round's secure sum has the firms' masked inputs,
+not yet unmasked), `pending:N` (round N's models are on disk, its ledger entries not yet written) and
+`entry:N` (round N's first ledger entry is written, the round's checkpoint not yet). Unset, nothing happens.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+CRASH_AT = "SILOBRIDGE_CRASH_AT"
+
+
+def crash_point(name: str) -> None:
+    if os.environ.get(CRASH_AT) == name:
+        os.killpg(os.getpgrp(), signal.SIGKILL)

@@ -1,0 +1,194 @@
+"""Checkpoint and resume: a run killed or interrupted continues from its last completed round.
+
+`Checkpoints` writes a run's checkpoints (`federation.checkpoint`) and, in a resumed run, hands the
+training loop the state it continues from. Under DP the privacy ledger is the commit point of a round:
+
+- the round's models are written as a pending checkpoint, holding the round's releases, before its
+  first ledger entry; then the entries; then the checkpoint proper (which points at the last entry);
+- on resume the ledger is reopened (verified under the run's key, a torn last line moved aside), every
+  entry up to the checkpoint's pointer must be the checkpoint's (same SHA-256), and a `resume` entry is
+  written; the only releases allowed beyond the pointer are those of the pending round, whose missing
+  entries are then recorded. The pending round is thereby complete, charged once, and the run continues
+  from exactly the models the ledger charged for. A round whose sum never completed left no pending
+  checkpoint and no entry: it is redone, and charged when it completes.
+
+Why this design: a release is charged when its entry is written, and a run never continues from models
+the ledger has not charged (or charged for other models). Redoing a charged round instead would, under
+the central mechanism's fresh noise, release a second draw charged once. `silobridge audit` checks the
+result: the resume entry's pointer, and that no firm is charged twice for one release id.
+
+Scope: the FedAvg rounds of the MLP family. A release recorded after the last round (the linear family's,
+the efficiency release) is not checkpointed; a ledger holding one beyond the checkpoint is refused, naming
+it, rather than charged again. `silobridge run` (the network path) has no `--resume` yet: the coordinator's
+side would be the same, but the partners' nodes keep per-run state (own budget, key agreement) that a
+fresh Flower run resets.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from silobridge.errors import ConfigError
+from silobridge.federation.checkpoint import (
+    CHECKPOINT_FILE,
+    PENDING_FILE,
+    Checkpoint,
+    read_checkpoint,
+    release_from_dict,
+    release_to_dict,
+    write_checkpoint,
+)
+from silobridge.federation.rundir import CONFIG_FILE, RunDirectory
+from silobridge.privacy.ledger import PrivacyRun, Release
+
+if TYPE_CHECKING:
+    from silobridge.privacy.ledger.run import LedgerState
+
+
+class Checkpoints:
+    """One run's checkpoints: written after every round; read back, and reconciled with the ledger, on resume."""
+
+    def __init__(self, rundir: RunDirectory, config_sha256: str, *, resuming: bool):
+        self.rundir = rundir
+        self.config_sha256 = config_sha256
+        self.resuming = resuming
+        self.start: Checkpoint | None = None  # what a resumed run continues from (after `reconcile`, under DP)
+        if resuming:
+            path = rundir.partial / CHECKPOINT_FILE
+            self.start = read_checkpoint(path) if path.exists() else None
+            if self.start is not None and self.start.config_sha256 != config_sha256:
+                raise ConfigError(
+                    "the checkpoint was written under another configuration than the run directory's config.json",
+                    source=str(path),
+                )
+
+    def _path(self, name: str) -> Path:
+        return self.rundir.partial / name
+
+    def pending(self, checkpoint: Checkpoint, releases: list[Release]) -> None:
+        """Before a round's first ledger entry: its models, records and releases."""
+        checkpoint.releases = [release_to_dict(release) for release in releases]
+        write_checkpoint(self._path(PENDING_FILE), checkpoint)
+
+    def commit(self, checkpoint: Checkpoint) -> None:
+        """The round is complete (its entries written): the checkpoint proper, then the pending one goes."""
+        checkpoint.releases = []
+        write_checkpoint(self._path(CHECKPOINT_FILE), checkpoint)
+        self._path(PENDING_FILE).unlink(missing_ok=True)
+        if checkpoint.round > 0:
+            self.rundir.keep_on_failure = True  # completed rounds can be resumed: never delete them
+
+    def reconcile(self, ledger: PrivacyRun, state: LedgerState) -> None:
+        """A resumed private run's ledger against its checkpoint: write the resume entry, finish a pending
+        round (record whichever of its releases the ledger lacks) and make it the starting point."""
+        ledger_path = str(ledger.path)
+        header = state.entries[0]
+        if header.get("config_sha256") != self.config_sha256:
+            raise ConfigError(
+                "the ledger was opened under another configuration than config.json records", source=ledger_path
+            )
+        start = self.start
+        entries, last_hash = (1, state.hashes[0]) if start is None else (start.ledger_entries, start.ledger_hash)
+        if entries is None or last_hash is None:
+            raise ConfigError(
+                "the checkpoint holds no pointer into the ledger", source=str(self._path(CHECKPOINT_FILE))
+            )
+        if entries > len(state.entries) or state.hashes[entries - 1] != last_hash:
+            raise ConfigError(
+                f"the checkpoint points at ledger entry {entries - 1}, which the ledger does not hold as written: "
+                "the ledger and the checkpoint are not of the same run",
+                source=ledger_path,
+            )
+        done = start.round if start is not None else 0
+        pending = self._pending(done + 1)
+        planned = {
+            (item["release_id"], tuple(item["firms"])) for item in (pending.releases if pending is not None else [])
+        }
+        recorded: set[str] = set()
+        for index, entry in enumerate(state.entries[entries:], start=entries):
+            if entry["kind"] != "release":
+                continue
+            if (entry["release_id"], tuple(entry["firms"])) not in planned:
+                raise ConfigError(
+                    f"entry {index} records release '{entry['release_id']}' after the checkpoint of round {done}, "
+                    "which the checkpoint cannot account for: resuming would charge it twice. Audit the run "
+                    "(silobridge audit) and start a new one",
+                    source=ledger_path,
+                )
+            recorded.add(entry["release_id"])
+        last = state.entries[-1]
+        ledger.resumed(
+            checkpoint_round=done,
+            entries=entries,
+            last_hash=last_hash,
+            torn=state.torn,
+            after_end=last["reason"] if last["kind"] == "end" else None,
+        )
+        if pending is None:
+            return
+        for item in pending.releases:
+            if item["release_id"] not in recorded:
+                ledger.record(release_from_dict(item))
+        for record in pending.history:
+            if record.get("round") == pending.round and "epsilon" in record:
+                record["epsilon"] = ledger.overall_epsilon
+        pending.ledger_entries, pending.ledger_hash = ledger.pointer
+        self.commit(pending)
+        self.start = pending
+
+    def _pending(self, expected_round: int) -> Checkpoint | None:
+        """The pending checkpoint of the round after the last complete one; an older one is stale."""
+        path = self._path(PENDING_FILE)
+        if not path.exists():
+            return None
+        pending = read_checkpoint(path)
+        if pending.round != expected_round or pending.config_sha256 != self.config_sha256:
+            path.unlink()  # written before a checkpoint that followed it: nothing in it is needed
+            return None
+        return pending
+
+
+def resume_run_config(run_dir: Path, given: Mapping[str, object]) -> dict[str, Any]:
+    """The run config a resumed run uses: the one its run directory recorded. `given` holds the settings
+    asked for on the command line; any that differs from the recorded one is refused, by name."""
+    config_path = run_dir / CONFIG_FILE
+    if not run_dir.is_dir() or not config_path.exists():
+        raise ConfigError(f"{run_dir} is not a run directory that can be resumed (no {CONFIG_FILE})", field="--resume")
+    try:
+        recorded = json.loads(config_path.read_text(encoding="utf-8"))
+        run_config = dict(recorded["run_config"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"unreadable run configuration: {err}", source=str(config_path)) from None
+    for key, value in given.items():
+        if key == "set":  # the recorded overrides also hold --rounds and --seed as overrides
+            recorded_parts = set(str(run_config.get(key) or "").split(";"))
+            if set(str(value).split(";")) - {""} <= recorded_parts:
+                continue
+        if str(run_config.get(key)) != str(value):
+            raise ConfigError(
+                f"the run was started with {key}={run_config.get(key)!r}, and --resume was given {value!r}: "
+                "a resumed run keeps every setting (omit it, or start a new run)",
+                source=str(config_path),
+                field=key,
+            )
+    return run_config
+
+
+def changed_scenario_field(recorded: Any, now: Any, prefix: str = "") -> str | None:
+    """The first field (dotted path) where the scenario as recorded and as resolved now differ; None if equal."""
+    if isinstance(recorded, dict) and isinstance(now, dict):
+        for key in sorted(set(recorded) | set(now)):
+            found = changed_scenario_field(recorded.get(key), now.get(key), f"{prefix}{key}.")
+            if found is not None:
+                return found
+        return None
+    if isinstance(recorded, list) and isinstance(now, list) and len(recorded) == len(now):
+        for index, (a, b) in enumerate(zip(recorded, now, strict=True)):
+            found = changed_scenario_field(a, b, f"{prefix}{index}.")
+            if found is not None:
+                return found
+        return None
+    return None if recorded == now else prefix.rstrip(".") or "scenario"

@@ -1,0 +1,89 @@
+"""Checkpoint and resume end to end: a private simulation killed (SIGKILL to its process group) at chosen
+points, resumed each time, ends with the models and the spend of an uninterrupted run with the same seeds
+(the spend and releases exactly; the models to within a float32 ulp, not yet bit for bit: see README).
+
+One trio run of 3 rounds with fixed DP-SGD noise seeds, killed twice: after round 1's first ledger entry
+(its ledger then cut mid-line, as a crash during the write leaves it) and, resumed, in round 2's secure sum
+before the unmasking. Kill points come from `federation.crash_points`. Slow: four simulations (plus
+one refused at once), each mostly Ray's start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from silobridge.federation.crash_points import CRASH_AT
+from silobridge.privacy.ledger import verify_ledger
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+TRIO = ROOT / "tests" / "scenarios" / "trio.toml"
+LEDGER = "privacy_ledger.jsonl"
+
+
+def _simulate(*args: str, crash_at: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    env.pop(CRASH_AT, None)
+    if crash_at is not None:
+        env[CRASH_AT] = crash_at
+    return subprocess.run(
+        [sys.executable, "-m", "silobridge.federation.cli", "simulate", *args, "--plain"],
+        capture_output=True,
+        text=True,
+        env=env,
+        start_new_session=True,  # its own process group: the crash point kills it and its Ray workers
+        timeout=540,
+        check=False,
+    )
+
+
+def _models(run: Path) -> dict[str, dict[str, torch.Tensor]]:
+    return {path.name: torch.load(path) for path in sorted((run / "models").glob("*.pt"))}
+
+
+@pytest.mark.timeout(1200)  # four simulations: about 4 minutes on the shared 2-core machine under load
+def test_a_killed_private_run_resumes_to_the_uninterrupted_models_and_spend(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    common = (str(TRIO), "--rounds", "3", "--noise-seed", "5", "--out", str(out))
+    straight = _simulate(*common, "--run-id", "straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    killed = _simulate(*common, "--run-id", "cut", crash_at="entry:1")
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    partial = out / ".cut.partial"
+    ledger = partial / LEDGER
+    data = ledger.read_bytes()
+    last = data.rstrip(b"\n").rfind(b"\n") + 1
+    ledger.write_bytes(data[: last + (len(data) - last) // 2])  # round 1's entry torn mid-line
+    cut = verify_ledger(ledger)
+    assert cut.torn_tail and not cut.ended and not cut.releases
+
+    again = _simulate("--resume", str(partial), crash_at="unmask:round 2")
+    assert again.returncode == -9, again.stderr[-3000:]
+    changed = _simulate("--resume", str(partial), "--rounds", "4")
+    assert changed.returncode == 2 and "num-rounds" in changed.stderr, changed.stderr[-3000:]
+    resumed = _simulate("--resume", str(partial))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    run, reference = out / "cut", out / "straight"
+    expected, got = _models(reference), _models(run)
+    assert sorted(got) == sorted(expected)
+    for name, state in expected.items():
+        for key, tensor in state.items():
+            # Not bit for bit (yet): resumed runs differ from the uninterrupted one by up to a float32 ulp in a
+            # few coordinates (2.9e-11 to 6e-8 seen), two uninterrupted runs did not; the cause is open (README)
+            assert torch.allclose(got[name][key], tensor, rtol=1e-5, atol=1e-7), f"{name} {key} differs"
+    audit, uninterrupted = verify_ledger(run / LEDGER), verify_ledger(reference / LEDGER)
+    assert audit.ended and audit.end_reason == "completed"
+    assert audit.epsilon_overall == uninterrupted.epsilon_overall
+    assert {f: a.epsilon for f, a in audit.firms.items()} == {f: a.epsilon for f, a in uninterrupted.firms.items()}
+    assert sorted(r.release_id for r in audit.releases) == sorted(r.release_id for r in uninterrupted.releases)
+    assert [r["checkpoint_round"] for r in audit.resumes] == [0, 1]  # round 1 was finished from its pending state
+    assert audit.resumes[0]["torn_tail"] is not None and (run / f"{LEDGER}.torn-{cut.entries}").exists()
