@@ -47,6 +47,8 @@ class DeployedOutcome:
     global_risk: np.ndarray | None = None
     efficiency_after: np.ndarray | None = None
     per_firm: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    baselined_demand: np.ndarray | None = None  # the deployed sums over the baselined firms only (a sample's
+    baselined_risk: np.ndarray | None = None  # comparison with local-only); None when every firm was baselined
 
 
 def linear_forecaster(coef: np.ndarray, spec: FederationSpec) -> Forecaster:
@@ -72,6 +74,9 @@ def _own(vector: np.ndarray, group: str, kind: str) -> dict[str, float]:
     by_group = (demand_metrics_by_group if kind == "demand" else risk_metrics_by_group)(vector, (group,))
     return by_group["all"]
 
+
+NO_BASELINE = "no local-only baseline: the firm is not in the run's baselines selection (see summary 'baselines')"
+"""A per-firm row's `no_baseline`: why its local-only figure and comparison are empty (never a claim)."""
 
 PER_FIRM_METRIC = {"demand": ("wape", "ratio"), "risk": ("roc_auc", "difference")}
 """Each model's per-firm metric and how its row compares deployed with local-only (a ratio of WAPE, a
@@ -101,6 +106,8 @@ def per_firm_row(
     }
     if getattr(choice, "recent", None):
         row["recent_validation"] = _rounded(choice.recent)
+    if key not in baselines:
+        row["no_baseline"] = NO_BASELINE
     return row
 
 
@@ -115,24 +122,32 @@ def deploy_all(
     norm: Normaliser,
     linear: dict[str, np.ndarray | None],
     mlp: dict[str, dict[str, np.ndarray]] | None = None,
+    *,
+    over_baselined: bool = False,
 ) -> DeployedOutcome:
     """Every firm's deployed demand and (where the linear family ran: `linear` has a "risk" key) risk model,
-    scored; each firm's local-only figures come from its own baselines (`baselines_of`, by firm). Without
-    a global model a firm still deploys (its own models or naive) and its row says why."""
+    scored; each firm's local-only figures come from its own baselines (`baselines_of`, by firm; a firm
+    without them has a row that says so). Without a global model a firm still deploys (its own models or
+    naive) and its row says why. `over_baselined` (only some firms were baselined): the deployed sums over
+    those firms are kept too, and the efficiency 'after' covers only them, like the 'before' it is compared
+    with."""
     out = DeployedOutcome(per_firm={"demand": [], "risk": []})
     for firm in firms:
         baselines = baselines_of.get(firm.firm_id, {})
+        counted = not over_baselined or firm.firm_id in baselines_of
         if firm.trains("demand"):
             deployment = deploy_demand(firm, instruction, linear.get("demand"), (mlp or {}).get("demand"))
             stats = slot_by_group(demand_test_stats(firm, deployment.forecaster).to_vector(), firm.group)
             out.demand = _add(out.demand, stats)
+            if over_baselined and counted:
+                out.baselined_demand = _add(out.baselined_demand, stats)
             coef = linear.get("demand")
             if coef is not None:
                 glob = demand_test_stats(firm, linear_forecaster(coef, firm.spec)).to_vector()
                 out.global_demand = _add(out.global_demand, slot_by_group(glob, firm.group))
             out.per_firm["demand"].append(per_firm_row(firm, "demand", stats, baselines, deployment))
             slot = firm.efficiency_slot(groups) if groups is not None else None
-            if slot is not None:
+            if slot is not None and counted:
                 out.efficiency_after = _add(
                     out.efficiency_after, slot_by_tier(firm.efficiency_sums(deployment.forecaster), slot)
                 )
@@ -144,6 +159,8 @@ def deploy_all(
                 choice = replace(choice, reason=f"{NO_GLOBAL_RISK}: {choice.reason}")
             stats = slot_by_group(risk_predict_stats(firm, deployed_risk.predict).to_vector(), firm.group)
             out.risk = _add(out.risk, stats)
+            if over_baselined and counted:
+                out.baselined_risk = _add(out.baselined_risk, stats)
             if risk_coef is not None:
                 global_stats = slot_by_group(risk_test_stats(firm, norm, risk_coef).to_vector(), firm.group)
                 out.global_risk = _add(out.global_risk, global_stats)
