@@ -363,7 +363,8 @@ class Federation:
         """Each firm fits local-only models on its own data; only their summed test statistics come back.
 
         Only the selected firms are asked (`baseline_selection`: all, a seeded sample, or none), so the
-        local-only figures, and every comparison with them, are over those firms. Under DP no firm releases test statistics: the simulation harness measures the baselines.
+        local-only figures, and every comparison with them, are over those firms. Under DP no firm releases
+        test statistics: the simulation harness measures the baselines.
         """
         self.observer.stage("local-only baselines")
         instruction = self.baseline_instruction()

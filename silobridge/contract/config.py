@@ -382,7 +382,13 @@ class BaselineSelection:
             else f"a seeded sample of {len(self.firms)} of {self.of} firms (seed {self.seed}): local-only "
             "figures and every comparison with them are over the sample only"
         )
-        return {"mode": self.mode, "firms": list(self.firms), "baselined": len(self.firms), "of": self.of, "scope": scope}
+        return {
+            "mode": self.mode,
+            "firms": list(self.firms),
+            "baselined": len(self.firms),
+            "of": self.of,
+            "scope": scope,
+        }
 
 
 def select_baselines(spec: BaselinesSpec, firms: Sequence[str], seed: int) -> BaselineSelection:
