@@ -241,7 +241,7 @@ def build_summary(
             _over_baselined(outcome, table) if partial else table,
             per_firm,
             efficiency,
-            over=selection.describe()["scope"] if partial and selection is not None else None,  # type: ignore[arg-type]
+            over=selection.scope if partial and selection is not None else None,
         ),
         "efficiency": efficiency,
         "dropouts": outcome.dropped,

@@ -372,22 +372,26 @@ class BaselineSelection:
         """Every firm is baselined, so local-only figures cover the same firms as every other method's."""
         return len(self.firms) == self.of
 
+    @property
+    def scope(self) -> str:
+        """What a comparison with local-only figures covers, in words."""
+        if self.complete:
+            return "all firms"
+        if not self.firms:
+            return "no firm (local-only comparisons are not made)"
+        return (
+            f"a seeded sample of {len(self.firms)} of {self.of} firms (seed {self.seed}): local-only figures and "
+            "every comparison with them are over the sample only"
+        )
+
     def describe(self) -> dict[str, object]:
         """For the run summary: which firms were baselined, and over what a local-only comparison runs."""
-        scope = (
-            "all firms"
-            if self.complete
-            else "no firm (local-only comparisons are not made)"
-            if not self.firms
-            else f"a seeded sample of {len(self.firms)} of {self.of} firms (seed {self.seed}): local-only "
-            "figures and every comparison with them are over the sample only"
-        )
         return {
             "mode": self.mode,
             "firms": list(self.firms),
             "baselined": len(self.firms),
             "of": self.of,
-            "scope": scope,
+            "scope": self.scope,
         }
 
 
