@@ -47,8 +47,6 @@ class DeployedOutcome:
     global_risk: np.ndarray | None = None
     efficiency_after: np.ndarray | None = None
     per_firm: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    baselined_demand: np.ndarray | None = None  # the deployed sums over the baselined firms only (a sample's
-    baselined_risk: np.ndarray | None = None  # comparison with local-only); None when every firm was baselined
 
 
 def linear_forecaster(coef: np.ndarray, spec: FederationSpec) -> Forecaster:
@@ -128,26 +126,26 @@ def deploy_all(
     """Every firm's deployed demand and (where the linear family ran: `linear` has a "risk" key) risk model,
     scored; each firm's local-only figures come from its own baselines (`baselines_of`, by firm; a firm
     without them has a row that says so). Without a global model a firm still deploys (its own models or
-    naive) and its row says why. `over_baselined` (only some firms were baselined): the deployed sums over
-    those firms are kept too, and the efficiency 'after' covers only them, like the 'before' it is compared
-    with."""
+    naive) and its row says why. `over_baselined` (only some firms were baselined): only those firms are
+    deployed and scored -- a firm's choice fits its own local-only models again, which would cost every
+    firm what sampling the baselines saved -- so deployed, local-only and efficiency figures cover the same
+    firms."""
     out = DeployedOutcome(per_firm={"demand": [], "risk": []})
     for firm in firms:
+        if over_baselined and firm.firm_id not in baselines_of:
+            continue
         baselines = baselines_of.get(firm.firm_id, {})
-        counted = not over_baselined or firm.firm_id in baselines_of
         if firm.trains("demand"):
             deployment = deploy_demand(firm, instruction, linear.get("demand"), (mlp or {}).get("demand"))
             stats = slot_by_group(demand_test_stats(firm, deployment.forecaster).to_vector(), firm.group)
             out.demand = _add(out.demand, stats)
-            if over_baselined and counted:
-                out.baselined_demand = _add(out.baselined_demand, stats)
             coef = linear.get("demand")
             if coef is not None:
                 glob = demand_test_stats(firm, linear_forecaster(coef, firm.spec)).to_vector()
                 out.global_demand = _add(out.global_demand, slot_by_group(glob, firm.group))
             out.per_firm["demand"].append(per_firm_row(firm, "demand", stats, baselines, deployment))
             slot = firm.efficiency_slot(groups) if groups is not None else None
-            if slot is not None and counted:
+            if slot is not None:
                 out.efficiency_after = _add(
                     out.efficiency_after, slot_by_tier(firm.efficiency_sums(deployment.forecaster), slot)
                 )
@@ -159,8 +157,6 @@ def deploy_all(
                 choice = replace(choice, reason=f"{NO_GLOBAL_RISK}: {choice.reason}")
             stats = slot_by_group(risk_predict_stats(firm, deployed_risk.predict).to_vector(), firm.group)
             out.risk = _add(out.risk, stats)
-            if over_baselined and counted:
-                out.baselined_risk = _add(out.baselined_risk, stats)
             if risk_coef is not None:
                 global_stats = slot_by_group(risk_test_stats(firm, norm, risk_coef).to_vector(), firm.group)
                 out.global_risk = _add(out.global_risk, global_stats)

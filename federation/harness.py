@@ -96,8 +96,8 @@ class SimulationHarness:
         mlp: dict[str, dict[str, np.ndarray]] | None = None,
         baselined: Collection[str] | None = None,
     ) -> DeployedOutcome:
-        """What every firm deploys, scored (simulation only: see federation.deployment); local-only figures
-        for the `baselined` firms only (default: all), whose rows and sums the comparisons then use."""
+        """What every firm deploys, scored (simulation only: see federation.deployment); with `baselined`
+        (default: all) only those firms are deployed and scored, beside their own local-only figures."""
         baselines = self.firm_baselines(instruction, groups, baselined)
         partial = baselined is not None and len(baselines) < len(self.firms)
         return deploy_all(self.firms, baselines, instruction, groups, norm, linear, mlp, over_baselined=partial)

@@ -175,21 +175,6 @@ def per_firm_summary(outcome: FederationOutcome) -> dict[str, Any] | None:
     return out
 
 
-def _over_baselined(outcome: FederationOutcome, table: dict) -> dict:
-    """The model table with its deployed rows over the baselined firms only, so that a sample's local-only
-    figures are compared with the same firms' deployed ones (no deployed row where nothing was measured)."""
-    deployed = outcome.deployed
-    out = {kind: {m: v for m, v in methods.items() if m != "deployed"} for kind, methods in table.items()}
-    if deployed is None:
-        return out
-    for kind, vector in (("demand", deployed.baselined_demand), ("risk", deployed.baselined_risk)):
-        if vector is not None:
-            released = outcome.released_groups.get(kind, GROUP_ORDER[1:])
-            by_group = metrics_by_group(kind, vector, tuple(released))
-            out[kind]["deployed"] = {g: by_group[g] for g in GROUP_ORDER if g in by_group}
-    return out
-
-
 def build_summary(
     settings: RunSettings,
     outcome: FederationOutcome,
@@ -238,7 +223,7 @@ def build_summary(
         "simulation_only": [*SIMULATION_ONLY, "per_firm", *(["federated", "federated_linear"] if private else [])],
         "baselines": selection.describe() if selection is not None else None,
         "acceptance": acceptance_checks(
-            _over_baselined(outcome, table) if partial else table,
+            table,
             per_firm,
             efficiency,
             over=selection.scope if partial and selection is not None else None,

@@ -17,7 +17,7 @@ from silobridge.contract.config import BASELINES_ALL_UP_TO, BaselinesSpec, selec
 from silobridge.contract.stats import DemandErrorStats, slot_by_group
 from silobridge.contract.wire_names import DEMAND_LOCAL_ONLY
 from silobridge.errors import ConfigError
-from silobridge.federation.deployment import NO_BASELINE, per_firm_row
+from silobridge.federation.deployment import NO_BASELINE, deploy_all, per_firm_row
 from silobridge.federation.summary import acceptance_checks
 from silobridge.scenarios.schema import load_scenario
 from tests.conftest import TINY
@@ -119,12 +119,23 @@ def test_a_sampled_run_compares_local_only_over_the_sample(tmp_path: Path) -> No
     assert baselines["mode"] == "sample" and baselines["baselined"] == 2 and baselines["of"] == 5
     sampled = set(baselines["firms"])
     rows = summary["models"]["demand"]["per_firm"]["firms"]
-    assert {r["firm"] for r in rows if "no_baseline" not in r} == sampled & {r["firm"] for r in rows}
-    for row in rows:
-        if row["firm"] not in sampled:
-            assert row["local_only_wape"] is None and row["ratio"] is None
+    assert rows and {r["firm"] for r in rows} <= sampled  # only the sample is deployed and scored beside its own
+    assert all(r["local_only_wape"] is not None and "no_baseline" not in r for r in rows)
     assert "local_only" in summary["models"]["demand"]
     assert all(c["over"] == baselines["scope"] for c in summary["acceptance"][:3])
     markdown = (result.path / "summary.md").read_text()
-    assert "Local-only baselines (sample): a seeded sample of 2 of 5 firms" in markdown
-    assert "no baseline" in markdown
+    assert (
+        "Local-only baselines (sample): a seeded sample of 2 of 5 firms (seed 11): local-only and deployed" in markdown
+    )
+
+
+def test_only_baselined_firms_are_deployed_when_the_baselines_were_sampled() -> None:
+    class Untouchable:
+        firm_id = "R2"
+
+        def __getattr__(self, name: str) -> object:
+            raise AssertionError(f"a firm outside the baselines selection was asked for {name}")
+
+    outcome = deploy_all([Untouchable()], {}, None, None, None, {}, over_baselined=True)  # type: ignore[list-item, arg-type]
+    assert outcome.demand is None and outcome.risk is None and outcome.efficiency_after is None
+    assert outcome.per_firm == {"demand": [], "risk": []}

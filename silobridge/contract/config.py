@@ -378,10 +378,10 @@ class BaselineSelection:
         if self.complete:
             return "all firms"
         if not self.firms:
-            return "no firm (local-only comparisons are not made)"
+            return "no firm (no local-only or deployed figures, no comparison with them)"
         return (
-            f"a seeded sample of {len(self.firms)} of {self.of} firms (seed {self.seed}): local-only figures and "
-            "every comparison with them are over the sample only"
+            f"a seeded sample of {len(self.firms)} of {self.of} firms (seed {self.seed}): local-only and deployed "
+            "figures and every comparison with them are over the sample only"
         )
 
     def describe(self) -> dict[str, object]:
