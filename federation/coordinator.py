@@ -175,7 +175,7 @@ class Federation:
         return self.manifests[node].firm_id if node in self.manifests else f"node {node}"
 
     def _send(self, requests: list[tuple[int, str, RecordDict]], stage: str) -> Replies:
-        replies = exchange(self.grid, requests, timeout_s=self.settings.round_timeout_s)
+        replies = exchange(self.grid, requests, timeout_s=self.settings.exchange_timeout_s)
         for (node, message_type), reason in sorted(replies.failed.items()):
             self.dropped.append({"stage": stage, "firm": self._firm(node), "message": message_type, "reason": reason})
         return replies

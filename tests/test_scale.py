@@ -1,5 +1,5 @@
-"""Local-only baselines for all, a seeded sample or none of the firms (issue 20): the selection, what a firm
-without a baseline shows, and a simulation whose comparisons with local-only are over the sample only."""
+"""Simulations at scale (issue 20): local-only baselines for all, a seeded sample or none of the firms (the
+selection, what a firm without a baseline shows, a run compared over its sample) and the exchange timeout."""
 
 from __future__ import annotations
 
@@ -139,3 +139,13 @@ def test_only_baselined_firms_are_deployed_when_the_baselines_were_sampled() -> 
     outcome = deploy_all([Untouchable()], {}, None, None, None, {}, over_baselined=True)  # type: ignore[list-item, arg-type]
     assert outcome.demand is None and outcome.risk is None and outcome.efficiency_after is None
     assert outcome.per_firm == {"demand": [], "risk": []}
+
+
+def test_a_simulations_exchange_timeout_grows_with_the_firms_each_cpu_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    from silobridge.federation.settings import SIMULATED_SECONDS_PER_TURN, settings_from_run_config
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    simulated = settings_from_run_config({"scenario": str(TINY)})  # 5 firms: 3 turns on 2 CPUs
+    assert simulated.exchange_timeout_s == simulated.round_timeout_s + 3 * SIMULATED_SECONDS_PER_TURN
+    real = simulated.model_copy(update={"data": "nodes"})
+    assert real.exchange_timeout_s == real.round_timeout_s
