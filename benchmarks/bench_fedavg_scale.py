@@ -1,17 +1,25 @@
-"""Plain FedAvg simulations of 10, 50 and 200 firms: wall time, time per round, peak memory.
+"""FedAvg simulations of growing federations: wall time, time per round, baselines' share, peak memory,
+and (`--flower`) Flower's own plain FedAvg over the same firms and MLPs, side by side.
 
-Run from the repository root:  python -m benchmarks.bench_fedavg_scale [--rounds 5] [--firms 10 50 200]
+Run from the repository root:
+  python -m benchmarks.bench_fedavg_scale [--rounds 5] [--firms 10 50 200]            (plain, no DP: the default)
+  python -m benchmarks.bench_fedavg_scale --firms 200 1000 --secure --dp --flower --name fedavg_scale_secure_dp
 
 Each size runs `silobridge simulate` in a fresh process (so Ray's start-up and memory are counted),
-on a chain built by `scenarios.builder`. The summary's stage timings say where the time goes:
-start-up (Ray and the virtual SuperNodes), local-only baselines, the rounds, the centralised
-baseline. Results: benchmarks/results/fedavg_scale.{json,md}.
+on a chain built by `scenarios.builder` (the MLP family: `training.model = "mlp"`). The summary's stage
+timings say where the time goes: start-up (Ray and the virtual SuperNodes), local-only baselines, the
+rounds, the centralised baseline. With `--flower`, `benchmarks.flower_fedavg` then runs flwr's FedAvg
+strategy on the same chain in a fresh process; its first round builds every firm's data (ours does that
+when the firms connect), so the ratio compares our rounds with Flower's later rounds. Results:
+benchmarks/results/<name>.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,9 +32,15 @@ from silobridge.scenarios.builder import chain_scenario, to_toml
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_one(num_firms: int, rounds: int, work: Path) -> dict[str, object]:
+def _load() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def run_one(num_firms: int, rounds: int, work: Path, *, secure: bool, dp: bool, baselines: str | None) -> dict:
+    """One `silobridge simulate` of the chain of `num_firms` firms, in a fresh process."""
     scenario = work / f"chain{num_firms}.toml"
     scenario.write_text(to_toml(chain_scenario(num_firms, seed=20251230, name=f"chain{num_firms}", rounds=rounds)))
+    run_id = f"n{num_firms}{'s' if secure else 'p'}{'dp' if dp else ''}"
     command = [
         sys.executable,
         "-m",
@@ -34,11 +48,18 @@ def run_one(num_firms: int, rounds: int, work: Path) -> dict[str, object]:
         "simulate",
         str(scenario),
         "--plain",
+        "--set",
+        "training.model=mlp",
+        "--aggregation",
+        "secure" if secure else "plain",
         "--out",
         str(work / "runs"),
         "--run-id",
-        f"n{num_firms}",
+        run_id,
+        *([] if dp else ["--no-dp"]),
+        *(["--baselines", baselines] if baselines else []),
     ]
+    load_before = _load()
     started = time.monotonic()
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     with TreeMemorySampler(process.pid) as memory:
@@ -46,21 +67,60 @@ def run_one(num_firms: int, rounds: int, work: Path) -> dict[str, object]:
     wall = time.monotonic() - started
     if process.returncode != 0:
         raise RuntimeError(f"simulation of {num_firms} firms failed:\n{output[-4000:]}")
-    summary = json.loads((work / "runs" / f"n{num_firms}" / "summary.json").read_text())
+    summary = json.loads((work / "runs" / run_id / "summary.json").read_text())
     stages = summary["stage_seconds"]
+    baselines_s = stages.get("local-only baselines", 0.0)
+    selection = summary.get("baselines") or {}
     return {
         "firms": num_firms,
         "rounds": rounds,
+        "aggregation": "secure" if secure else "plain",
+        "dp": dp,
         "wall_s": round(wall, 2),
         "per_round_s": round(stages["rounds"] / rounds, 3),
         "per_round_per_firm_ms": round(1000 * stages["rounds"] / rounds / num_firms, 1),
         "startup_s": round(stages.get(f"waiting for {num_firms} firms", 0.0), 2),
-        "local_baselines_s": stages.get("local-only baselines"),
+        "local_baselines_s": baselines_s,
+        "baselined": f"{selection.get('baselined', '?')}/{selection.get('of', num_firms)}",
+        "baselines_share": round(baselines_s / wall, 3),
         "rounds_s": stages["rounds"],
+        "deployment_s": stages.get("deployment (simulation)"),
         "centralised_s": stages.get("centralised baseline"),
         "outside_server_s": round(wall - summary["seconds"], 2),
         "peak_rss_mib": round(memory.peak_mib, 1),
-        "demand_wape_federated": summary["models"]["demand"]["federated"]["all"]["wape"],
+        "load_before": load_before,
+        "load_after": _load(),
+        "demand_wape_federated": summary["models"]["demand"].get("federated", {}).get("all", {}).get("wape"),
+    }
+
+
+def run_flower(num_firms: int, rounds: int, work: Path) -> dict:
+    """Flower's own plain FedAvg (`benchmarks.flower_fedavg`) over the same chain, in a fresh process."""
+    scenario = work / f"chain{num_firms}.toml"
+    out = work / f"flower{num_firms}.json"
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.flower_fedavg",
+        str(scenario),
+        "--rounds",
+        str(rounds),
+        "--out",
+        str(out),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # Ray's workers import the benchmark's ClientApp too
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    with TreeMemorySampler(process.pid) as memory:
+        output, _ = process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"Flower's FedAvg over {num_firms} firms failed:\n{output[-4000:]}")
+    result = json.loads(out.read_text())
+    later = result["round_s"][1:] or result["round_s"]
+    return {
+        "flower_wall_s": round(result["wall_s"], 2),
+        "flower_first_round_s": round(result["round_s"][0], 3),
+        "flower_round_s": round(statistics.mean(later), 3),
+        "flower_peak_rss_mib": round(memory.peak_mib, 1),
     }
 
 
@@ -68,12 +128,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="FedAvg simulation scaling benchmark")
     parser.add_argument("--firms", type=int, nargs="+", default=[10, 50, 200])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--secure", action="store_true", help="secure aggregation (default: in the clear)")
+    parser.add_argument("--dp", action="store_true", help="the scenario's differential privacy (default: off)")
+    parser.add_argument("--baselines", choices=["all", "sample", "none"], default=None, help="default: auto")
+    parser.add_argument("--flower", action="store_true", help="also run Flower's own plain FedAvg at each size")
+    parser.add_argument("--name", default="fedavg_scale", help="results file name")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.firms:
-            row = run_one(n, args.rounds, Path(tmp))
+            row = run_one(n, args.rounds, Path(tmp), secure=args.secure, dp=args.dp, baselines=args.baselines)
             print(json.dumps(row), flush=True)
+            if args.flower:
+                row.update(run_flower(n, args.rounds, Path(tmp)))
+                row["per_round_vs_flower"] = round(row["per_round_s"] / row["flower_round_s"], 2)
+                print(json.dumps(row), flush=True)
             rows.append(row)
     base = rows[0]
     for row in rows:
@@ -81,28 +150,48 @@ def main() -> None:
     columns = [
         "firms",
         "rounds",
+        "aggregation",
+        "dp",
         "wall_s",
         "startup_s",
         "local_baselines_s",
+        "baselined",
+        "baselines_share",
         "rounds_s",
         "per_round_s",
         "per_round_per_firm_ms",
         "per_round_vs_smallest",
+        *(["flower_first_round_s", "flower_round_s", "per_round_vs_flower"] if args.flower else []),
+        "deployment_s",
         "centralised_s",
         "outside_server_s",
         "peak_rss_mib",
+        *(["flower_peak_rss_mib"] if args.flower else []),
+        "load_before",
+        "load_after",
     ]
     json_path, md_path = write_results(
-        "fedavg_scale",
+        args.name,
         parameters={
             "firms": args.firms,
             "rounds": args.rounds,
-            "aggregation": "plain",
+            "aggregation": "secure" if args.secure else "plain",
+            "dp": args.dp,
+            "baselines": args.baselines or "auto",
+            "model": "mlp",
+            "flower": args.flower,
             "scenario": "scenarios.builder",
         },
         rows=rows,
         columns=columns,
-        notes="Stage seconds come from the run summary; outside_server_s is process start, imports and Ray shutdown.",
+        notes=(
+            "Stage seconds come from the run summary; outside_server_s is process start, imports and Ray shutdown; "
+            "peak_rss_mib is the whole process tree (Ray's workers included). baselines_share is the local-only "
+            "baselines' seconds over the wall time. flower_round_s is the mean of Flower's rounds after the first "
+            "(its first builds every firm's data, which ours does when the firms connect). The machine was shared "
+            "with other work (load_before/load_after: the 1, 5 and 15-minute load averages): absolute seconds are "
+            "inflated; ratios measured side by side are what count."
+        ),
     )
     print(f"wrote {json_path} and {md_path}")
 

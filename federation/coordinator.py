@@ -23,6 +23,7 @@ from flwr.serverapp import Grid
 
 from silobridge.clients.models import MODEL_KINDS
 from silobridge.clients.normaliser import Normaliser, summed_moments_normaliser
+from silobridge.contract.config import BaselineSelection, select_baselines
 from silobridge.contract.efficiency_sums import EFFICIENCY_AFTER, EFFICIENCY_BEFORE, EfficiencyGroups
 from silobridge.contract.messages import BaselineInstruction, FirmManifest
 from silobridge.contract.stats import GROUPS, Moments, demand_metrics_by_group, risk_metrics_by_group
@@ -166,6 +167,7 @@ class Federation:
         self.dropped: list[dict[str, Any]] = []
         self.clipped_total = 0
         self.min_firms = settings.min_firms
+        self.baselined: BaselineSelection | None = None  # whose local-only baselines were fitted (local_baselines)
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -173,7 +175,7 @@ class Federation:
         return self.manifests[node].firm_id if node in self.manifests else f"node {node}"
 
     def _send(self, requests: list[tuple[int, str, RecordDict]], stage: str) -> Replies:
-        replies = exchange(self.grid, requests, timeout_s=self.settings.round_timeout_s)
+        replies = exchange(self.grid, requests, timeout_s=self.settings.exchange_timeout_s)
         for (node, message_type), reason in sorted(replies.failed.items()):
             self.dropped.append({"stage": stage, "firm": self._firm(node), "message": message_type, "reason": reason})
         return replies
@@ -364,25 +366,39 @@ class Federation:
     def baseline_instruction(self) -> BaselineInstruction:
         return baseline_instruction(self.settings)
 
+    def baseline_selection(self) -> BaselineSelection:
+        """The firms whose local-only baselines this run fits (the scenario's `[training] baselines`), drawn
+        with the scenario's seed from the connected firms."""
+        training = self.settings.scenario.training
+        return select_baselines(training.baselines_spec, list(self.node_of), self.settings.scenario.seed)
+
     def local_baselines(self) -> dict[str, np.ndarray]:
         """Each firm fits local-only models on its own data; only their summed test statistics come back.
 
-        Under DP no firm releases test statistics: the simulation harness measures the baselines.
+        Only the selected firms are asked (`baseline_selection`: all, a seeded sample, or none), so the
+        local-only figures, and every comparison with them, are over those firms. Under DP no firm releases
+        test statistics: the simulation harness measures the baselines.
         """
         self.observer.stage("local-only baselines")
         instruction = self.baseline_instruction()
+        selection = self.baseline_selection()
+        self.baselined = selection
+        if not selection.firms:
+            self.efficiency_firms["before"] = []
+            return {}  # `--baselines none`: no local-only figures, and no comparison claims them
         if self.private:
             if self.harness is None:
                 return {}  # a real federation under DP: firms release no test statistics, nothing is measured
-            self.efficiency_firms["before"] = self._efficiency_holders(list(self.node_of))
-            return self.harness.local_baselines(instruction, self._assignment())
+            self.efficiency_firms["before"] = self._efficiency_holders(list(selection.firms))
+            return self.harness.local_baselines(instruction, self._assignment(), selection.firms)
         layout = baselines_layout(self.spec.aggregation)
         records = {
             INSTRUCTION: ConfigRecord(instruction.to_config()),
             **self._groups_record(),
             **self._stat_groups_record(),
         }
-        outcome = self._sum(TRAIN_BASELINES, records, layout, self.manifests, "baselines")
+        nodes = [self.node_of[firm] for firm in selection.firms]
+        outcome = self._sum(TRAIN_BASELINES, records, layout, nodes, "baselines")
         self.efficiency_firms["before"] = self._efficiency_holders(outcome.contributors)
         return {name: value for name, value in outcome.segments.items() if name != CLIPPED}
 

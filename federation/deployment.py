@@ -73,6 +73,9 @@ def _own(vector: np.ndarray, group: str, kind: str) -> dict[str, float]:
     return by_group["all"]
 
 
+NO_BASELINE = "no local-only baseline: the firm is not in the run's baselines selection (see summary 'baselines')"
+"""A per-firm row's `no_baseline`: why its local-only figure and comparison are empty (never a claim)."""
+
 PER_FIRM_METRIC = {"demand": ("wape", "ratio"), "risk": ("roc_auc", "difference")}
 """Each model's per-firm metric and how its row compares deployed with local-only (a ratio of WAPE, a
 difference of ROC-AUC)."""
@@ -103,6 +106,8 @@ def per_firm_row(
         row["test_events"] = int(np.sum(firm.risk_split[1].labels == 1.0))
     if getattr(choice, "recent", None):
         row["recent_validation"] = _rounded(choice.recent)
+    if key not in baselines:
+        row["no_baseline"] = NO_BASELINE
     return row
 
 
@@ -117,12 +122,20 @@ def deploy_all(
     norm: Normaliser,
     linear: dict[str, np.ndarray | None],
     mlp: dict[str, dict[str, np.ndarray]] | None = None,
+    *,
+    over_baselined: bool = False,
 ) -> DeployedOutcome:
     """Every firm's deployed demand and (where the linear family ran: `linear` has a "risk" key) risk model,
-    scored; each firm's local-only figures come from its own baselines (`baselines_of`, by firm). Without
-    a global model a firm still deploys (its own models or naive) and its row says why."""
+    scored; each firm's local-only figures come from its own baselines (`baselines_of`, by firm; a firm
+    without them has a row that says so). Without a global model a firm still deploys (its own models or
+    naive) and its row says why. `over_baselined` (only some firms were baselined): only those firms are
+    deployed and scored -- a firm's choice fits its own local-only models again, which would cost every
+    firm what sampling the baselines saved -- so deployed, local-only and efficiency figures cover the same
+    firms."""
     out = DeployedOutcome(per_firm={"demand": [], "risk": []})
     for firm in firms:
+        if over_baselined and firm.firm_id not in baselines_of:
+            continue
         baselines = baselines_of.get(firm.firm_id, {})
         if firm.trains("demand"):
             deployment = deploy_demand(firm, instruction, linear.get("demand"), (mlp or {}).get("demand"))

@@ -10,6 +10,8 @@ adds the centralised baseline only.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 import torch
 
@@ -61,17 +63,26 @@ class SimulationHarness:
         vectors = [v for v in (f.efficiency(weights["demand"], groups) for f in holders) if v is not None]
         return {EFFICIENCY_AFTER: np.sum(vectors, axis=0)} if vectors else {}
 
-    def firm_baselines(self, instruction: BaselineInstruction, groups: EfficiencyGroups) -> dict[str, dict]:
-        """Each firm's own local-only and naive statistics (in its group's slot), fitted once per run."""
+    def firm_baselines(
+        self, instruction: BaselineInstruction, groups: EfficiencyGroups, firms: Collection[str] | None = None
+    ) -> dict[str, dict]:
+        """The local-only and naive statistics (in the firm's group's slot) of each of `firms` (default: all),
+        fitted once per run: the baselines stage and the deployment share them."""
+        wanted = {f.firm_id for f in self.firms} if firms is None else set(firms)
         key = (instruction.model_dump_json(), tuple(sorted(groups.to_config().items())))
-        if key not in self._baselines:
-            self._baselines[key] = {firm.firm_id: firm.local_baselines(instruction, groups) for firm in self.firms}
-        return self._baselines[key]
+        fitted = self._baselines.setdefault(key, {})
+        for firm in self.firms:
+            if firm.firm_id in wanted and firm.firm_id not in fitted:
+                fitted[firm.firm_id] = firm.local_baselines(instruction, groups)
+        return {firm_id: vectors for firm_id, vectors in fitted.items() if firm_id in wanted}
 
-    def local_baselines(self, instruction: BaselineInstruction, groups: EfficiencyGroups) -> dict[str, np.ndarray]:
-        """Each firm's local-only models and naive forecasts, scored on its own test split, summed."""
+    def local_baselines(
+        self, instruction: BaselineInstruction, groups: EfficiencyGroups, firms: Collection[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """The local-only models and naive forecasts of each of `firms` (default: all), scored on its own
+        test split, summed."""
         totals: dict[str, np.ndarray] = {}
-        for vectors in self.firm_baselines(instruction, groups).values():
+        for vectors in self.firm_baselines(instruction, groups, firms).values():
             for key, vector in vectors.items():
                 totals[key] = totals.get(key, 0) + vector
         return totals
@@ -83,10 +94,13 @@ class SimulationHarness:
         norm: Normaliser,
         linear: dict[str, np.ndarray | None],
         mlp: dict[str, dict[str, np.ndarray]] | None = None,
+        baselined: Collection[str] | None = None,
     ) -> DeployedOutcome:
-        """What every firm deploys, scored (simulation only: see federation.deployment)."""
-        baselines = self.firm_baselines(instruction, groups)
-        return deploy_all(self.firms, baselines, instruction, groups, norm, linear, mlp)
+        """What every firm deploys, scored (simulation only: see federation.deployment); with `baselined`
+        (default: all) only those firms are deployed and scored, beside their own local-only figures."""
+        baselines = self.firm_baselines(instruction, groups, baselined)
+        partial = baselined is not None and len(baselines) < len(self.firms)
+        return deploy_all(self.firms, baselines, instruction, groups, norm, linear, mlp, over_baselined=partial)
 
     def centralised_linear(self, norm: Normaliser) -> dict[str, np.ndarray]:
         """The linear family fitted on every firm's training data pooled, without noise, scored per firm."""

@@ -19,6 +19,7 @@ from flwr.serverapp import Grid
 
 from silobridge.clients.models import MODEL_KINDS
 from silobridge.clients.normaliser import Normaliser
+from silobridge.contract.config import BaselineSelection
 from silobridge.contract.efficiency_sums import EFFICIENCY_AFTER, EFFICIENCY_BEFORE
 from silobridge.contract.messages import FirmManifest
 from silobridge.errors import FederationError
@@ -56,6 +57,7 @@ class FederationOutcome:
     families: tuple[str, ...] = ("mlp",)  # the global model families trained ("mlp", "linear")
     linear: LinearModels | None = None  # the global linear models, where trained
     deployed: DeployedOutcome | None = None  # simulation only: what each firm deployed, scored by the harness
+    baselined: BaselineSelection | None = None  # whose local-only baselines were fitted (all, a sample, none)
 
 
 def measure_deployment(
@@ -70,14 +72,18 @@ def measure_deployment(
     deployed forecasts (in `final`, in place); without the MLP family the global linear models are the
     federated ones there too."""
     federation.observer.stage("deployment (simulation)")
+    selection = federation.baselined
+    partial = selection is not None and not selection.complete
     deployed = harness.deploy(
         federation.baseline_instruction(),
         federation._assignment(),
         norm,
         {"demand": linear.demand, "risk": linear.risk} if linear is not None else {},
         mlp or None,
+        baselined=selection.firms if partial and selection is not None else None,
     )
-    federation.efficiency_firms["after"] = federation._efficiency_holders(list(federation.node_of))
+    compared = list(selection.firms) if partial and selection is not None else list(federation.node_of)
+    federation.efficiency_firms["after"] = federation._efficiency_holders(compared)
     final.pop(EFFICIENCY_AFTER, None)
     if deployed.efficiency_after is not None:
         final[EFFICIENCY_AFTER] = deployed.efficiency_after
@@ -125,7 +131,10 @@ def run_federation(
         linear, linear_history = train_linear(federation, norm)
         history += linear_history
     deployed = measure_deployment(federation, harness, norm, linear, weights, final) if harness is not None else None
-    efficiency = {"before": baselines.pop(EFFICIENCY_BEFORE, None), "after": final.pop(EFFICIENCY_AFTER, None)}
+    before = baselines.pop(EFFICIENCY_BEFORE, None)
+    if deployed is None and federation.baselined is not None and not federation.baselined.complete:
+        before = None  # a sample's 'before' against every firm's 'after' compares different firms: no comparison
+    efficiency = {"before": before, "after": final.pop(EFFICIENCY_AFTER, None)}
     efficiency_dp = None
     if federation.private and settings.spec.efficiency.dp and "demand" in weights:
         released = federation.release_efficiency(weights["demand"])
@@ -155,4 +164,5 @@ def run_federation(
         families=families,
         linear=linear,
         deployed=deployed,
+        baselined=federation.baselined,
     )

@@ -11,6 +11,7 @@ import datetime as dt
 import functools
 import logging
 import math
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -72,6 +73,9 @@ RUN_CONFIG_KEYS = (
     QUERIES_KEY,
 )
 
+SIMULATED_SECONDS_PER_TURN = 30.0
+"""A simulation's exchange timeout grows by this much per firm a CPU serves in turn (`exchange_timeout_s`)."""
+
 NODES = "nodes"
 """Run config `data = "nodes"`: a real federation, each SuperNode reading its own firm's files."""
 
@@ -109,6 +113,17 @@ class RunSettings(BaseModel):
     def simulated(self) -> bool:
         """Whether this process holds every firm's data (simulation or pilot), so the harness can measure."""
         return self.data != NODES
+
+    @property
+    def exchange_timeout_s(self) -> float:
+        """How long one exchange waits for its replies. A simulation serves its firms' messages a few at a
+        time (one per CPU), so an exchange over n firms takes n / CPUs firm-turns: 200 firms' first message
+        (each builds its data) outlasted a flat 600 s on a loaded 2-core machine. Real partners answer in
+        parallel: `round_timeout_s` as it is."""
+        if not self.simulated:
+            return self.round_timeout_s
+        turns = math.ceil(len(self.scenario.firms) / max(1, os.cpu_count() or 1))
+        return self.round_timeout_s + SIMULATED_SECONDS_PER_TURN * turns
 
     @property
     def spec(self) -> FederationSpec:

@@ -101,12 +101,15 @@ def acceptance_checks(
     per_firm: dict[str, Any] | None = None,
     efficiency: dict[str, Any] | None = None,
     non_private_wape: float | None = None,
+    over: str | None = None,
 ) -> list[dict[str, Any]]:
     """The promise to a firm: joining leaves it no worse off than going alone, and the chain better off.
 
     Deployed and per-firm figures are the simulation harness's measurements. That the private deployed
     WAPE is within 10% of the non-private one needs both runs (benchmarks/bench_joining_pays.py): one run
     cannot judge it, so its row says n/a unless `non_private_wape` (the other run's deployed WAPE) is given.
+    `over`: where only some firms were baselined, what the comparisons with local-only cover (each check
+    that uses local-only figures says it; `table`'s deployed rows must then be over the same firms).
     """
     demand_rows = (per_firm or {}).get("demand", {})
     worst = demand_rows.get("worst_ratio") if demand_rows else None
@@ -141,6 +144,9 @@ def acceptance_checks(
         ),
         _check("efficiency: chain K_TFP at least 1 with what firms deploy", k_tfp, ">= 1", k_tfp >= 1),
     ]
+    if over is not None:
+        for check in checks[:3]:  # the three comparisons with local-only figures
+            check["over"] = over
     for check in checks:
         if math.isnan(check["value"]):
             check["passed"] = None  # a method did not run, so the claim cannot be judged
@@ -196,6 +202,8 @@ def build_summary(
     table = model_table(outcome, centralised)
     per_firm = per_firm_summary(outcome)
     efficiency = efficiency_summary(settings, outcome)
+    selection = outcome.baselined
+    partial = selection is not None and not selection.complete
     for kind in ("demand", "risk"):
         if per_firm and kind in per_firm:
             table[kind]["per_firm"] = per_firm[kind]
@@ -226,7 +234,13 @@ def build_summary(
         "groups_withheld": dict(outcome.groups_withheld),
         "model_families": list(outcome.families),
         "simulation_only": [*SIMULATION_ONLY, "per_firm", *(["federated", "federated_linear"] if private else [])],
-        "acceptance": acceptance_checks(table, per_firm, efficiency),
+        "baselines": selection.describe() if selection is not None else None,
+        "acceptance": acceptance_checks(
+            table,
+            per_firm,
+            efficiency,
+            over=selection.scope if partial and selection is not None else None,
+        ),
         "efficiency": efficiency,
         "dropouts": outcome.dropped,
         "seconds": seconds,
@@ -278,6 +292,9 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         f"Test periods from {summary['federation']['test_start']}.",
         "",
     ]
+    baselines = summary.get("baselines")
+    if baselines and baselines.get("baselined") != baselines.get("of"):
+        lines += [f"Local-only baselines ({baselines['mode']}): {baselines['scope']}.", ""]
     data = data_lines(summary.get("data"))
     if data:
         lines += ["## Data", "", f"Pilot on the firms' files in `{summary['data']['source']}`.", ""]
@@ -348,7 +365,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     lines += efficiency_markdown(summary.get("efficiency"), private=bool(privacy.get("enabled")))
     lines += ["## Acceptance checks", "", "| check | value | target | passed |", "| --- | --- | --- | --- |"]
     for check in summary["acceptance"]:
-        lines.append(f"| {check['name']} | {_fmt(check['value'])} | {check['target']} | {_fmt(check['passed'])} |")
+        name = f"{check['name']} (over {check['over']})" if check.get("over") else check["name"]
+        lines.append(f"| {name} | {_fmt(check['value'])} | {check['target']} | {_fmt(check['passed'])} |")
     lines.append("")
     if summary["dropouts"]:
         lines += ["## Dropouts", ""] + [f"- {d}" for d in summary["dropouts"]] + [""]
@@ -373,7 +391,8 @@ def _per_firm_lines(kind: str, per_firm: dict[str, Any] | None) -> list[str]:
         )
     lines = [f"What joining gave each firm (simulation only; {worst}):", "", head, "| --- " * (3 + len(keys)) + "|"]
     for row in per_firm["firms"]:
-        cells = [row["firm"], row["group"], row["choice"], *(_fmt(row.get(k)) for k in keys)]
+        compared = [_fmt(row.get(k)) if "no_baseline" not in row else "no baseline" for k in keys[1:]]
+        cells = [row["firm"], row["group"], row["choice"], _fmt(row.get(keys[0])), *compared]
         lines.append("| " + " | ".join(cells) + " |")
     return [*lines, ""]
 

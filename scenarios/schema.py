@@ -22,6 +22,8 @@ from silobridge.contract.config import (
     MIN_TRAIN_WINDOWS,
     TIERS,
     AggregationSpec,
+    BaselineMode,
+    BaselinesSpec,
     DataSchema,
     EfficiencySpec,
     PrivacySpec,
@@ -149,6 +151,17 @@ class TrainingSpec(_Frozen):
         default=None, ge=1, description="fewest firms a round may aggregate; default: half the firms, at least 2"
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    baselines: BaselineMode = Field(
+        default="auto",
+        description="simulations: whose local-only baselines are fitted: 'all', 'sample' (a seeded sample of "
+        "baseline_sample firms), 'none', or 'auto' (all up to 200 firms, a sample above)",
+    )
+    baseline_sample: int = Field(default=100, ge=1, le=100_000, description="firms a baselines sample holds")
+
+    @property
+    def baselines_spec(self) -> BaselinesSpec:
+        """The baselines keys of this table as the contract's setting."""
+        return BaselinesSpec(mode=self.baselines, sample_size=self.baseline_sample)
 
     @property
     def optimiser_spec(self) -> OptimiserSpec:

@@ -11,7 +11,7 @@ import silobridge.clients.deploy as deploy
 from silobridge.clients.deploy import deploy_demand
 from silobridge.clients.personalise import DEMAND_SWITCH_MARGIN, validation_split
 from silobridge.federation.coordinator import baseline_instruction
-from silobridge.federation.deployment import NO_GLOBAL_RISK, deploy_all
+from silobridge.federation.deployment import NO_BASELINE, NO_GLOBAL_RISK, deploy_all
 from silobridge.federation.firm_source import simulated_firm
 from silobridge.federation.settings import settings_from_run_config
 from tests.conftest import TINY
@@ -90,4 +90,5 @@ def test_without_global_models_every_firm_still_deploys_and_says_why() -> None:
     assert risk["test_events"] == int(firm.risk_split[1].labels.sum())  # the per-firm promise judges on these
     assert math.isnan(risk["local_only_roc_auc"]) and math.isnan(risk["difference"])  # no baselines given
     assert math.isnan(demand["ratio"])
+    assert demand["no_baseline"] == risk["no_baseline"] == NO_BASELINE  # said, not claimed
     assert outcome.risk is not None and outcome.global_risk is None and outcome.global_demand is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +21,14 @@ from silobridge.federation.cli.common import (
 )
 
 app = sub_app()
+
+
+class BaselineChoice(StrEnum):
+    """`simulate --baselines`: the scenario's `[training] baselines`, set from the command line."""
+
+    all = "all"
+    sample = "sample"
+    none = "none"
 
 
 @app.command()
@@ -81,6 +90,15 @@ def simulate(
         float | None,
         typer.Option("--lifetime-epsilon", help="With --state: each firm's lifetime epsilon per data set.", min=0.0),
     ] = None,
+    baselines: Annotated[
+        BaselineChoice | None,
+        typer.Option(
+            "--baselines",
+            help="Whose local-only baselines to fit: all, a seeded sample (\\[training] baseline_sample firms), none; "
+            "default: the scenario's \\[training] baselines (auto: all up to 200 firms, a sample above). "
+            "Comparisons with local-only are then over those firms only, and the summary says so.",
+        ),
+    ] = None,
     resume: Annotated[
         Path | None,
         typer.Option(
@@ -96,12 +114,13 @@ def simulate(
     from silobridge.federation.run_requests import simulation_config
     from silobridge.federation.settings import settings_from_run_config
 
+    overrides = [*(set_ or []), *([f"training.baselines={baselines.value}"] if baselines is not None else [])]
     run_config = simulation_config(
         scenario or Path("scenarios/default.toml"),
         out or Path("runs"),
         seed=seed,
         rounds=rounds,
-        overrides=set_ or [],
+        overrides=overrides,
         run_id=run_id,
         aggregation=aggregation,
         no_dp=no_dp,
@@ -116,7 +135,7 @@ def simulate(
         "out-dir": out,
         "seed": seed,
         "num-rounds": rounds,
-        "set": set_,
+        "set": overrides or None,
         "run-id": run_id,
         "aggregation": aggregation,
         "dp": no_dp or None,

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -335,6 +338,76 @@ class LinearSpec(BaseModel):
     )
     newton_steps: int = Field(default=3, ge=1, le=20, description="noised Newton steps of the logistic risk model")
     risk_ridge: float = Field(default=1.0, gt=0, description="L2 penalty of the logistic risk model")
+
+
+BaselineMode = Literal["auto", "all", "sample", "none"]
+"""Which firms a simulation fits local-only baselines for: every firm, a seeded sample, none, or "auto"
+(every firm up to `BASELINES_ALL_UP_TO` firms, a sample above)."""
+
+BASELINES_ALL_UP_TO = 200
+"""Above this many firms, "auto" baselines a sample: fitting every firm's local-only models would cost
+more than the federated rounds themselves (benchmarks/results/fedavg_scale.md)."""
+
+
+class BaselinesSpec(BaseModel):
+    """The scenario's `[training] baselines` and `baseline_sample`: whose local-only baselines are fitted."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: BaselineMode = "auto"
+    sample_size: int = Field(default=100, ge=1, le=100_000, description="firms baselined by 'sample'")
+
+
+@dataclass(frozen=True)
+class BaselineSelection:
+    """The firms whose local-only baselines a run fits; a comparison with local-only is over these only."""
+
+    mode: Literal["all", "sample", "none"]
+    firms: tuple[str, ...]
+    of: int  # how many firms the federation has
+    seed: int | None = None  # the seed of a sample (None for all or none)
+
+    @property
+    def complete(self) -> bool:
+        """Every firm is baselined, so local-only figures cover the same firms as every other method's."""
+        return len(self.firms) == self.of
+
+    @property
+    def scope(self) -> str:
+        """What a comparison with local-only figures covers, in words."""
+        if self.complete:
+            return "all firms"
+        if not self.firms:
+            return "no firm (no local-only or deployed figures, no comparison with them)"
+        return (
+            f"a seeded sample of {len(self.firms)} of {self.of} firms (seed {self.seed}): local-only and deployed "
+            "figures and every comparison with them are over the sample only"
+        )
+
+    def describe(self) -> dict[str, object]:
+        """For the run summary: which firms were baselined, and over what a local-only comparison runs."""
+        return {
+            "mode": self.mode,
+            "firms": list(self.firms),
+            "baselined": len(self.firms),
+            "of": self.of,
+            "scope": self.scope,
+        }
+
+
+def select_baselines(spec: BaselinesSpec, firms: Sequence[str], seed: int) -> BaselineSelection:
+    """The firms to baseline: all, none, or `spec.sample_size` of them drawn with `seed` (the same firms
+    for the same ids and seed, whatever order the firms connected in)."""
+    ordered = sorted(firms)
+    mode = spec.mode
+    if mode == "auto":
+        mode = "all" if len(ordered) <= BASELINES_ALL_UP_TO else "sample"
+    if mode == "none":
+        return BaselineSelection("none", (), len(ordered))
+    if mode == "all" or spec.sample_size >= len(ordered):
+        return BaselineSelection("all", tuple(ordered), len(ordered))
+    chosen = sorted(random.Random(seed).sample(ordered, spec.sample_size))
+    return BaselineSelection("sample", tuple(chosen), len(ordered), seed)
 
 
 class FederationSpec(BaseModel):
