@@ -158,6 +158,8 @@ HEAVY_FIRST = (
     "test_report",
     "test_efficiency_run",
     "test_simulation",
+    "test_resume_run",  # four simulations: straight, killed twice, resumed
+    "test_warm_executor",  # a loopback federation served by the warm executor
     "test_cli",
     "test_analytics_cli",
     "test_adaptive_clipping",
@@ -167,6 +169,7 @@ HEAVY_FIRST = (
     "test_interrupt",
     "test_odometer_run",
     "test_dp_canary_audit",
+    "test_scale",
 )
 SHARED_RUNS_UNIT = "tests/shared-runs"
 
