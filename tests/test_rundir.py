@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from silobridge.errors import ConfigError
+from silobridge.federation.checkpoint import read_checkpoint
 from silobridge.federation.rundir import RunDirectory
 from silobridge.federation.simulation import simulate
 from silobridge.privacy.ledger import verify_ledger
@@ -41,15 +42,20 @@ class _FailsInRoundTwo:
             raise RuntimeError("coordinator crashed in round 2")
 
 
-def test_a_run_without_dp_that_fails_midway_leaves_nothing_in_runs(tmp_path: Path) -> None:
+def test_a_run_without_dp_that_fails_midway_is_kept_with_its_checkpoint(tmp_path: Path) -> None:
+    """A completed round's checkpoint makes the run resumable, so the folder is kept (issue 19), not dropped."""
     out = tmp_path / "runs"
     with pytest.raises(RuntimeError, match="coordinator crashed in round 2"):
         simulate(
-            {"scenario": str(TINY), "out-dir": str(out), "num-rounds": 3, "dp": "off"},
+            {"scenario": str(TINY), "out-dir": str(out), "num-rounds": 3, "dp": "off", "run-id": "crashed-open"},
             observer=_FailsInRoundTwo(),
             cpus=2,
         )
-    assert not out.exists() or list(out.iterdir()) == []
+    run = out / "crashed-open"
+    assert (run / "failure.json").exists() and not (run / "summary.json").exists()
+    assert "coordinator crashed in round 2" in json.loads((run / "failure.json").read_text())["error"]
+    assert read_checkpoint(run / "checkpoint.npz").round == 1
+    assert not (run / "privacy_ledger.jsonl").exists()
 
 
 MLP = "training.model=mlp"  # DP-SGD rounds: under record-level DP 'auto' trains the linear family

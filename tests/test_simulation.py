@@ -64,7 +64,8 @@ def _weights(run: RunResult, kind: str) -> dict[str, torch.Tensor]:
 def test_run_directory_is_complete(run: RunResult) -> None:
     assert run.path.name == "tiny-secure"
     names = {p.name for p in run.path.iterdir()}
-    assert names == {"config.json", "metrics.jsonl", "models", "summary.json", "summary.md"}
+    # checkpoint.npz: the state after the last round, kept as the README's run-directory table says
+    assert names == {"checkpoint.npz", "config.json", "metrics.jsonl", "models", "summary.json", "summary.md"}
     assert not list(run.path.parent.glob(".*partial"))
     config = json.loads((run.path / "config.json").read_text())
     assert config["scenario"]["name"] == "tiny" and config["run_config"]["run-id"] == "tiny-secure"
