@@ -94,21 +94,6 @@ class DpRounds:
             return RoundAdmission(sample, list(admission.excluded))
         return RoundAdmission(self.eligible, list(admission.excluded))
 
-    def update(
-        self,
-        ledger: PrivacyRun,
-        server_round: int,
-        weights: Weights,
-        segments: Mapping[str, np.ndarray],
-        contributors: Sequence[str],
-        parties: Mapping[str, str],
-    ) -> float:
-        """Apply the round's noised sum to `weights` (in place) and record the release; returns the
-        overall epsilon spent so far."""
-        for release in self.release(ledger, server_round, weights, segments, contributors, parties):
-            ledger.record(release)
-        return ledger.overall_epsilon
-
     def release(
         self,
         ledger: PrivacyRun,
