@@ -67,9 +67,43 @@ def test_federated_lloyd_equals_pooled_lloyd_from_the_same_start(firms: list[Fir
     assert sum(result["counts"]) == len(x)
     if params.get("tolerance") == 0.0:
         assert result["converged"]  # Lloyd reaches a fixed point: no centroid moves at all
-        labels = np.argmin(((x[:, None, :] - centroids[None]) ** 2).sum(axis=2), axis=1)
-        inertia = float(((x - centroids[labels]) ** 2).sum())
-        assert result["inertia_scaled"] == pytest.approx(inertia, rel=1e-12)
+
+
+def _series(name: str, units: list[float]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"date": pd.date_range("2025-01-06", periods=len(units), freq="7D"), "series": name, "units": units}
+    )
+
+
+def test_one_series_moves_each_step_by_at_most_its_record_bound_tight_at_opposite_corners() -> None:
+    """The record is one series. A firm at its cap (max_points 2) gains series 'a', which sorts first and
+    pushes 'c' out: 'a' sits at the corner (1, 1, 1) (a late spike: huge mean, cv and trend, clipped), 'c'
+    at (0, 0, 1/2) (no demand). The Lloyd vector moves by 1.80 against the bound sqrt(2 (3/4 + 1)) = 1.87;
+    opposite corners in two clusters reach the bound exactly; the grid moves by sqrt(2), its bound."""
+    spike = [0.0] * 9 + [1e7]
+    base = pd.concat([_series("b", [5.0, 7.0, 6.0, 8.0] * 2 + [5.0, 6.0]), _series("c", [0.0] * 10)])
+    grown = pd.concat([_series("a", spike), base])
+    plan = kmeans.make_plan({"k": 2, "max_points": 2}, schema=GENERATED_SCHEMA)
+    np.testing.assert_array_equal(firm_half.points(_series("a", spike), plan.params), [[1.0, 1.0, 1.0]])
+    np.testing.assert_array_equal(firm_half.points(_series("c", [0.0] * 10), plan.params), [[0.0, 0.0, 0.5]])
+    before, after = FirmData("F", base, None), FirmData("F", grown, None)
+    grid = plan.first()
+    assert grid.record_l2_bound == pytest.approx(np.sqrt(2))
+    moved = np.linalg.norm(firm_half.local(grid, after) - firm_half.local(grid, before))
+    assert moved == pytest.approx(grid.record_l2_bound)
+    lloyd = plan._lloyd_step(np.array([[1.0, 1.0, 1.0], [0.0, 0.0, 0.5]]))
+    assert lloyd.record_l2_bound == pytest.approx(np.sqrt(3.5))
+    moved = np.linalg.norm(firm_half.local(lloyd, after) - firm_half.local(lloyd, before))
+    assert moved == pytest.approx(np.sqrt(3.25)) and moved <= lloyd.record_l2_bound
+    # The corner itself: (1, 1, 1) in one cluster replaced by (0, 0, 0) in the other.
+    centroids = np.array([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
+    corner = firm_half.lloyd_terms(np.ones((1, 3)), centroids) - firm_half.lloyd_terms(np.zeros((1, 3)), centroids)
+    assert np.linalg.norm(corner) == pytest.approx(kmeans.displacement_bound(3), rel=1e-12)
+    # Added without displacing (a firm under its cap): one point's terms, sqrt(3/4 + 1).
+    alone = firm_half.lloyd_terms(np.ones((1, 3)), centroids)
+    assert np.linalg.norm(alone) == pytest.approx(kmeans.point_bound(3), rel=1e-12)
+    for width in range(1, 5):  # the same-cluster move sqrt(width) never exceeds the two-cluster one here
+        assert kmeans.displacement_bound(width) == pytest.approx(np.sqrt(2 * (width / 4 + 1)))
 
 
 def test_grid_init_is_deterministic_and_spread() -> None:

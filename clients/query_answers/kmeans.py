@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from silobridge.clients.data import FirmData
+from silobridge.contract.iterative_params import KMEANS_CENTRE as CENTRE
 from silobridge.contract.iterative_params import KMeansParams, KMeansStep
 from silobridge.contract.query_params import step_params
 from silobridge.contract.query_protocol import QueryStep
@@ -56,20 +57,21 @@ def grid_counts(x: np.ndarray, grid: int) -> np.ndarray:
 
 
 def lloyd_terms(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Per-cluster sums (k x features), counts (k) and the within-cluster sum of squares (1).
+    """Per-cluster sums of x - CENTRE (k x features) and counts (k).
 
-    Each point joins its nearest centroid; ties go to the lowest cluster index."""
+    Centred on the cube's public midpoint, a point adds at most sqrt(features) / 2 to a sum (not
+    sqrt(features)), which halves the noise the sums need. Each point joins its nearest centroid;
+    ties go to the lowest cluster index."""
     k, width = centroids.shape
     sums = np.zeros((k, width))
     counts = np.zeros(k)
     if len(x) == 0:
-        return np.concatenate([sums.ravel(), counts, [0.0]])
+        return np.concatenate([sums.ravel(), counts])
     squared = np.sum((x[:, None, :] - centroids[None, :, :]) ** 2, axis=2)
     labels = np.argmin(squared, axis=1)
-    np.add.at(sums, labels, x)
+    np.add.at(sums, labels, x - CENTRE)
     counts = np.bincount(labels, minlength=k).astype(np.float64)
-    inertia = float(squared[np.arange(len(x)), labels].sum())
-    return np.concatenate([sums.ravel(), counts, [inertia]])
+    return np.concatenate([sums.ravel(), counts])
 
 
 def local(step: QueryStep, data: FirmData) -> np.ndarray:

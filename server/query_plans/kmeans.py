@@ -14,12 +14,14 @@ point's terms (`CAP_DISPLACEMENT`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from silobridge.contract.config import DataSchema
+from silobridge.contract.iterative_params import KMEANS_CENTRE as CENTRE
 from silobridge.contract.iterative_params import KMeansParams
 from silobridge.contract.query_params import parse_params
 from silobridge.contract.query_protocol import FIRM_NEIGHBOURS, QueryStep, Unit
@@ -27,8 +29,18 @@ from silobridge.contract.ranges import from_unit
 from silobridge.errors import ProtocolError
 
 NAME = "kmeans"
-CAP_DISPLACEMENT = 2.0
-"""A series added to a firm over its cap pushes another out: the sum moves by two points' terms at most."""
+
+
+def point_bound(width: int) -> float:
+    """One point's terms in a Lloyd vector: x - 1/2 (norm <= sqrt(width) / 2) in one sum, 1 in one count."""
+    return math.sqrt(width / 4.0 + 1.0)
+
+
+def displacement_bound(width: int) -> float:
+    """One point replaced by another (a series that pushes another out of the cap): in two clusters the
+    vector moves by sqrt(2) x one point's terms; in one cluster only the sum moves, by <= sqrt(width).
+    Tight at opposite corners of the cube."""
+    return max(math.sqrt(2.0) * point_bound(width), math.sqrt(width))
 
 
 def cell_centres(grid: int, width: int) -> np.ndarray:
@@ -54,10 +66,11 @@ def grid_init(counts: np.ndarray, grid: int, width: int, k: int) -> np.ndarray:
 
 
 def lloyd_update(centroids: np.ndarray, sums: np.ndarray, counts: np.ndarray, min_count: float) -> np.ndarray:
-    """Each centroid moves to its cluster's mean; a cluster counted under `min_count` (or empty) stays put."""
+    """Each centroid moves to its cluster's mean (`sums` of x - CENTRE); a cluster counted under
+    `min_count` (or empty) stays put."""
     moved = centroids.copy()
     keep = counts >= max(min_count, np.finfo(np.float64).tiny)
-    moved[keep] = np.clip(sums[keep] / counts[keep, None], 0.0, 1.0)
+    moved[keep] = np.clip(CENTRE + sums[keep] / counts[keep, None], 0.0, 1.0)
     return moved
 
 
@@ -80,7 +93,6 @@ class KMeansPlan:
         self.initial: np.ndarray | None = None
         self.centroids: np.ndarray | None = None
         self.counts = np.zeros(params.k)
-        self.inertia = 0.0
         self.iterations = 0
         self.converged = False
         self.shifts: list[float] = []
@@ -89,24 +101,28 @@ class KMeansPlan:
     def planned_steps(self) -> int:
         return 1 + self.params.max_iterations
 
-    def point_bound(self) -> float:
-        """A point adds itself (norm <= sqrt(width)) to one sum, 1 to one count, <= width to the inertia."""
-        return float(np.sqrt(self.width + 1.0 + self.width**2))
-
     def lloyd_bound(self) -> float:
-        return self.params.points_per_firm * self.point_bound()
+        """A firm's whole Lloyd vector: its points' terms, each within `point_bound`."""
+        return self.params.points_per_firm * point_bound(self.width)
 
-    def _record_bound(self, per_point: float) -> float:
-        """One series moves the sum by one point's terms, twice where the firm's cap can displace another."""
-        return per_point * (1.0 if self.params.unit == "firm" else CAP_DISPLACEMENT)
+    def lloyd_record_bound(self) -> float:
+        """One series added or removed: its point's terms, or (a firm at its cap) a point replaced.
+        With `unit = "firm"` the firm's one point is the record: it is added or removed, never replaced."""
+        if self.params.unit == "firm":
+            return point_bound(self.width)
+        return displacement_bound(self.width)
+
+    def grid_record_bound(self) -> float:
+        """One series: 1 in one cell, or (replacing another) 1 in and 1 out of two cells."""
+        return 1.0 if self.params.unit == "firm" else math.sqrt(2.0)
 
     def lloyd_sigma(self) -> float:
         """Noise std of every entry of a Lloyd release."""
-        unit_bound = self.lloyd_bound() if self.unit == "firm" else self._record_bound(self.point_bound())
+        unit_bound = self.lloyd_bound() if self.unit == "firm" else self.lloyd_record_bound()
         return self.noise_multiplier * unit_bound
 
     def grid_sigma(self) -> float:
-        unit_bound = float(self.params.points_per_firm) if self.unit == "firm" else self._record_bound(1.0)
+        unit_bound = float(self.params.points_per_firm) if self.unit == "firm" else self.grid_record_bound()
         return self.noise_multiplier * unit_bound
 
     def first(self) -> QueryStep:
@@ -117,7 +133,7 @@ class KMeansPlan:
             length=self.params.init_grid**self.width,
             value_bound=m,
             l2_bound=m,
-            record_l2_bound=self._record_bound(1.0),
+            record_l2_bound=self.grid_record_bound(),
             params={"query": self.params.model_dump(mode="json"), "phase": "grid"},
         )
 
@@ -126,10 +142,10 @@ class KMeansPlan:
         return QueryStep.build(
             NAME,
             self.step,
-            length=k * self.width + k + 1,
-            value_bound=float(self.params.points_per_firm * max(1, self.width)),
+            length=k * self.width + k,
+            value_bound=float(self.params.points_per_firm),
             l2_bound=self.lloyd_bound(),
-            record_l2_bound=self._record_bound(self.point_bound()),
+            record_l2_bound=self.lloyd_record_bound(),
             params={
                 "query": self.params.model_dump(mode="json"),
                 "phase": "lloyd",
@@ -146,11 +162,10 @@ class KMeansPlan:
             self.initial = grid_init(values, p.init_grid, width, k)
             self.centroids = self.initial.copy()
         else:
-            if values.size != k * width + k + 1:
-                raise ProtocolError(f"{NAME}: Lloyd release has {values.size} entries, expected {k * width + k + 1}")
+            if values.size != k * width + k:
+                raise ProtocolError(f"{NAME}: Lloyd release has {values.size} entries, expected {k * width + k}")
             sums = values[: k * width].reshape(k, width)
-            self.counts = values[k * width : k * width + k]
-            self.inertia = float(values[-1])
+            self.counts = values[k * width :]
             threshold = max(p.min_count, p.count_sigmas * self.lloyd_sigma())
             moved = lloyd_update(self.centroids, sums, self.counts, threshold)
             shift = float(np.max(np.abs(moved - self.centroids)))
@@ -175,8 +190,7 @@ class KMeansPlan:
             "centroids_scaled": centroids.tolist(),
             "initial_centroids_scaled": initial.tolist(),
             "counts": self.counts.tolist(),
-            "inertia_scaled": self.inertia,
-            "counts_note": "points per cluster and within-cluster sum of squares at the last released round",
+            "counts_note": "points per cluster at the last released round (noisy under DP)",
             "noise_std": {
                 "grid": self.grid_sigma(),
                 "lloyd": self.lloyd_sigma(),

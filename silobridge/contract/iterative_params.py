@@ -83,6 +83,9 @@ DEMAND_FEATURE_RANGES: dict[str, Range] = {
     "zero_share": (0.0, 1.0),  # share of weeks without demand (intermittency)
 }
 """Public ranges of the demand-profile features K-means clusters on (overridable per query)."""
+KMEANS_CENTRE = 0.5
+"""K-means' Lloyd sums carry x - KMEANS_CENTRE (the [0, 1] cube's public midpoint): a point then adds at
+most sqrt(features) / 2 to a sum, not sqrt(features), which halves the noise the sums need."""
 
 
 class KMeansParams(_Frozen):
