@@ -134,6 +134,52 @@ def test_a_firm_contribution_is_bounded() -> None:
     np.testing.assert_array_equal(firm_half.local(fresh, FirmData("F2", None, None)), np.zeros(10))
 
 
+def test_one_basket_moves_a_level_by_at_most_its_record_bound_tight_when_it_displaces_a_disjoint_one() -> None:
+    """A firm at its cap (max_baskets 1) holding basket 'old' = {a, b, c} gains 'new' = {d, e, f}, whose digest
+    sorts first and pushes 'old' out: +1 on three counts, -1 on three others, sqrt(6) = sqrt(2 C(3, size))
+    at sizes 1 and 2, exactly the bound (twice one basket's changed counts inside the root, not 2 outside)."""
+    items = list("abcdef")
+    old = pd.DataFrame({"order_id": "old", "item": list("abc")})
+    grown = pd.concat([pd.DataFrame({"order_id": "new", "item": list("def")}), old])
+    params = {"items": items, "min_support": 1, "max_baskets": 1, "max_basket_items": 3, "max_size": 2}
+    plan = apriori.make_plan(params, schema=GENERATED_SCHEMA)
+    step = plan.first()
+    pairs = [tuple(c) for c in itertools.combinations(items, 2)]
+    while step is not None:
+        before = firm_half.local(step, FirmData("F", None, None, old))
+        after = firm_half.local(step, FirmData("F", None, None, grown))
+        assert step.record_l2_bound == pytest.approx(np.sqrt(6))
+        assert np.linalg.norm(after - before) == pytest.approx(step.record_l2_bound, rel=1e-12)
+        step = plan.next(np.ones(step.length), 1) if step.params["level"] == 1 else None
+        if step is not None:
+            assert [tuple(c) for c in step.params["candidates"]] == pairs
+
+
+def test_the_balanced_threshold_on_known_values() -> None:
+    """max(min_support, sigma Phi^-1(1 - absent_kept / m)): Phi^-1(0.99) = 2.3263478740."""
+    assert apriori.balanced_threshold(150.0, 44.0, 10, 0.1) == 150.0  # min_support binds
+    assert apriori.balanced_threshold(20.0, 44.0, 10, 0.1) == pytest.approx(44.0 * 2.3263478740, rel=1e-9)
+    assert apriori.balanced_threshold(20.0, 0.0, 10, 0.1) == 20.0  # without noise: min_support exactly
+    # More candidates, a higher guard: 1 - 0.1 / 1000 -> Phi^-1 = 3.7190164855.
+    assert apriori.balanced_threshold(1.0, 1.0, 1000, 0.1) == pytest.approx(3.7190164855, rel=1e-9)
+    noisy = {"items": ITEMS, "min_support": 20}
+    plan = apriori.make_plan(noisy, schema=GENERATED_SCHEMA, noise_multiplier=5.0)
+    assert plan.threshold() == pytest.approx(apriori.balanced_threshold(20.0, plan.sigma(), 12, 0.1))
+    fixed = apriori.make_plan({**noisy, "threshold_sigmas": 3}, schema=GENERATED_SCHEMA, noise_multiplier=5.0)
+    assert fixed.threshold() == pytest.approx(20.0 + 3 * fixed.sigma())
+
+
+def test_with_noise_absent_itemsets_pass_at_the_stated_rate() -> None:
+    """Items nobody orders, counted with noise: the balanced rule keeps each with probability absent_kept / m
+    (0.1 / 40 = 0.25%); over 4,000 levels of 40 the kept share is within 4 standard errors of that."""
+    rng = np.random.default_rng(7)
+    sigma, m, levels = 30.0, 40, 4000
+    threshold = apriori.balanced_threshold(5.0, sigma, m, 0.1)
+    kept = (rng.normal(0.0, sigma, size=(levels, m)) >= threshold).mean()
+    rate = 0.1 / m
+    assert abs(kept - rate) <= 4 * np.sqrt(rate * (1 - rate) / (levels * m))
+
+
 def test_the_candidate_cap_stops_the_query() -> None:
     items = [f"x{i:02d}" for i in range(20)]
     orders = pd.DataFrame({"order_id": np.repeat(["o1", "o2"], 20), "item": np.tile(items, 2)})
@@ -154,6 +200,7 @@ def test_the_candidate_cap_stops_the_query() -> None:
         ({"items": ["a"], "max_size": 9}, "max_size"),
         ({"items": ["a", "b", "c"], "max_candidates": 2}, "items"),
         ({"items": ["a"], "threshold_sigmas": -1}, "threshold_sigmas"),
+        ({"items": ["a"], "absent_kept": 0}, "absent_kept"),
     ],
 )
 def test_malformed_params_are_rejected_naming_the_field(params: dict, field: str) -> None:

@@ -2,14 +2,18 @@
 
 Level 1 counts every item of the public vocabulary; each later level counts the candidates built by
 Apriori's join (two frequent sets sharing all but their last item) and prune (every subset one item
-smaller must be frequent). A candidate is frequent when its released, noisy count reaches
-`min_support + threshold_sigmas * sigma`, sigma being the noise std of that release: with noise, an
-itemset under `min_support` survives with probability below Phi(-threshold_sigmas).
+smaller must be frequent). A candidate is frequent when its released, noisy count reaches the
+level's threshold (`threshold`): by default max(min_support, sigma Phi^-1(1 - absent_kept / m)) for
+m candidates and noise std sigma. The first term balances the two errors (with symmetric noise, an
+itemset d above min_support is missed exactly as often as one d below is kept); the second stops
+itemsets that no basket holds from passing by noise alone (each with probability absent_kept / m,
+so at most absent_kept expected per level). `threshold_sigmas` sets min_support + that many sigma
+instead (an itemset under min_support then survives with probability below Phi(-threshold_sigmas)).
 
 Record level: the record is one basket (an order), of which a firm counts at most `max_basket_items`
-items; one basket adds 1 to at most min(C(max_basket_items, size), candidates) counts, and may push
-another basket out of the firm's `max_baskets` cap, so it moves a level's counts by at most twice
-that in L2 (`CAP_DISPLACEMENT`).
+items; one basket adds 1 to at most m_b = min(C(max_basket_items, size), candidates) counts, and may
+push another basket out of the firm's `max_baskets` cap: one basket's +1s and another's -1s, so a
+level's counts move by at most sqrt(2 m_b) in L2 (`CAP_DISPLACEMENT` inside the root).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -31,7 +36,8 @@ NAME = "frequent_itemsets"
 
 Itemset = tuple[str, ...]
 CAP_DISPLACEMENT = 2.0
-"""A basket added to a firm over its cap pushes another out: counts move by two baskets' at most."""
+"""A basket added to a firm over its cap pushes another out: +1 on one basket's itemsets and -1 on the
+other's, so twice one basket's count of changed entries (L2 grows by sqrt(2), not 2)."""
 NEIGHBOURS = "add or remove one order basket (at most max_basket_items of its items counted)"
 
 
@@ -58,8 +64,17 @@ def count_bound(params: AprioriParams, level: int, candidates: int) -> float:
 
 
 def basket_bound(params: AprioriParams, level: int, candidates: int) -> float:
-    """L2 change of a level's counts when one basket is added or removed (displacement included)."""
-    return CAP_DISPLACEMENT * math.sqrt(min(math.comb(params.max_basket_items, level), candidates))
+    """L2 change of a level's counts when one basket is added or removed (displacement included): tight
+    when the added and the pushed-out basket share no itemset of the level."""
+    return math.sqrt(CAP_DISPLACEMENT * min(math.comb(params.max_basket_items, level), candidates))
+
+
+def balanced_threshold(min_support: float, sigma: float, candidates: int, absent_kept: float) -> float:
+    """max(min_support, the noisy count an absent itemset reaches with probability absent_kept / candidates)."""
+    if sigma <= 0.0:
+        return min_support
+    guard = sigma * float(NormalDist().inv_cdf(1.0 - absent_kept / max(candidates, 1)))
+    return max(min_support, guard)
 
 
 class AprioriPlan:
@@ -103,7 +118,9 @@ class AprioriPlan:
 
     def threshold(self) -> float:
         """The noisy count a candidate of the current level must reach."""
-        return self.params.min_support + self.params.threshold_sigmas * self.sigma()
+        if self.params.threshold_sigmas is not None:
+            return self.params.min_support + self.params.threshold_sigmas * self.sigma()
+        return balanced_threshold(self.params.min_support, self.sigma(), len(self.candidates), self.params.absent_kept)
 
     def first(self) -> QueryStep:
         return self._step()
@@ -148,6 +165,11 @@ class AprioriPlan:
             "levels": self.levels,
             "stopped": self.stopped,
             "min_support": self.params.min_support,
+            "threshold_rule": (
+                f"min_support + {self.params.threshold_sigmas:g} noise stds"
+                if self.params.threshold_sigmas is not None
+                else f"max(min_support, noise std x Phi^-1(1 - {self.params.absent_kept:g} / candidates))"
+            ),
             "contribution_bound": {
                 "max_baskets": self.params.max_baskets,
                 "max_basket_items": self.params.max_basket_items,

@@ -148,13 +148,22 @@ class AprioriParams(_Frozen):
     """Frequent itemsets over order baskets; `min_support` is an absolute count of baskets chain-wide.
 
     A firm contributes at most `max_baskets` baskets of at most `max_basket_items` items each (chosen
-    by a hash of the order id and item, so the choice is fixed and the same at every level); a
-    candidate survives when its noisy count reaches `min_support + threshold_sigmas * noise std`.
+    by a hash of the order id and item, so the choice is fixed and the same at every level). By default
+    a candidate survives when its noisy count reaches max(min_support, the absent-itemset guard): at
+    min_support an itemset counted d above is missed as often as one d below is kept (false positives
+    and negatives balanced), and the guard keeps an itemset that no basket holds with probability
+    `absent_kept / candidates` (at most `absent_kept` such itemsets expected per level).
+    `threshold_sigmas` instead sets the cut-off at min_support + that many noise stds.
     """
 
     items: tuple[str, ...] = Field(min_length=1, max_length=5000, description="the public item vocabulary")
     min_support: float = Field(default=20.0, ge=1)
-    threshold_sigmas: float = Field(default=3.0, ge=0)
+    threshold_sigmas: float | None = Field(
+        default=None, ge=0, description="cut-off min_support + this many noise stds (default: the balanced rule)"
+    )
+    absent_kept: float = Field(
+        default=0.1, gt=0, lt=1, description="itemsets held by no basket that one level keeps by noise, expected"
+    )
     max_size: int = Field(default=3, ge=1, le=6)
     max_baskets: int = Field(default=1000, ge=1, le=1_000_000)
     max_basket_items: int = Field(default=6, ge=1, le=20)
