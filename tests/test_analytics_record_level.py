@@ -119,6 +119,29 @@ def test_replacing_one_observation_moves_the_ar_vectors_by_at_most_the_bound(lag
     assert first.record_l2_bound == pytest.approx(ar_record_bound(lags, differences) / 50)
 
 
+@pytest.mark.parametrize("lags", [1, 3])
+def test_the_ar_bound_is_reached_at_its_corner(lags: int) -> None:
+    """d = 0: inside a series at `high` (standardised +1), one observation at 0 (-1) replaced by `high`: the
+    Gram vector moves by exactly 2 sqrt((p + 1)(2p + 1)) / max_rows; at either end of the series by less."""
+    high, size = 100.0, 12
+    frame = pd.DataFrame(
+        {"series": "s", "date": pd.date_range("2024-01-01", periods=size, freq="W-MON"), "units": high}
+    )
+    plan = build_plan(
+        "autoregression", {"lags": lags, "high": high, "max_rows": 20, "max_series": 5}, GENERATED_SCHEMA
+    )
+    step = plan.first()
+    assert step.record_l2_bound == pytest.approx(2 * math.sqrt((lags + 1) * (2 * lags + 1)) / 20)
+    full = _vector(step, FirmData("F", frame, None, None))
+    moved = []
+    for position in (0, size // 2, size - 1):
+        dip = frame.copy()
+        dip.loc[position, "units"] = 0.0
+        moved.append(float(np.linalg.norm(full - _vector(step, FirmData("F", dip, None, None)))))
+    assert moved[1] == pytest.approx(step.record_l2_bound, rel=1e-12)
+    assert max(moved[0], moved[2]) < step.record_l2_bound
+
+
 def test_issue_example_mean_within_one_percent_at_epsilon_one(firms: list[FirmData], tmp_path: Path) -> None:
     """`silobridge query scenarios/default.toml mean --param column=units --param low=0 --param high=5000` at
     epsilon 1: noise std z ||w|| / w_k per released number, the mean's std under 1%, the answer within 4 std."""

@@ -2,7 +2,8 @@
 
 Linear regression's columns are clipped to their public ranges, centred on the ranges' midpoints and
 divided by half their widths, and the sums by the public row bound, so every entry is in [-1, 1] (see
-`silobridge.contract.queries.gram_record_bound`); AR's values are divided by `high`. X has an
+`silobridge.contract.queries.gram_record_bound`); AR's levels are centred on high / 2 and divided by
+high / 2 (`silobridge.contract.queries.ar_standardisation`). X has an
 intercept column of ones. The AR query's second step sends, per lag, the sum over the firm's
 series of their last values (and how many series), from which the server forecasts the total.
 With `differences` d, every series is differenced d times (and divided by 2^d) before its lag
@@ -15,7 +16,12 @@ import numpy as np
 
 from silobridge.clients.data import FirmData
 from silobridge.clients.query_answers.columns import column_values
-from silobridge.contract.queries import AutoregressionParams, LinearRegressionParams, difference_scale
+from silobridge.contract.queries import (
+    AutoregressionParams,
+    LinearRegressionParams,
+    ar_standardisation,
+    difference_scale,
+)
 from silobridge.contract.query_params import step_params
 from silobridge.contract.query_protocol import QueryStep
 from silobridge.errors import ProtocolError
@@ -64,12 +70,18 @@ def differenced(series: np.ndarray, differences: int) -> np.ndarray:
     return np.diff(series, n=differences) / difference_scale(differences) if differences else series
 
 
+def ar_standardised(series: np.ndarray, high: float, differences: int) -> np.ndarray:
+    """A series on [0, 1] (units / high), differenced and standardised as `ar_standardisation` says: [-1, 1]."""
+    centre, half = ar_standardisation(high, differences)
+    return (np.diff(series * high, n=differences) - centre) / half
+
+
 def autoregression_local(step: QueryStep, data: FirmData) -> np.ndarray:
     params = step_params(AutoregressionParams, step, firm=data.firm_id)
     lags, d = params.lags, params.differences
     series = _series(data, params.high)
     if step.step == 0:
-        windows = [lag_windows(differenced(s, d), lags) for s in series if s.size > d]
+        windows = [lag_windows(ar_standardised(s, params.high, d), lags) for s in series if s.size > d]
         u = np.concatenate([w[0] for w in windows]) if windows else np.zeros((0, lags + 1))
         v = np.concatenate([w[1] for w in windows]) if windows else np.zeros(0)
         return gram_vector(u, v, params.max_rows)

@@ -46,6 +46,7 @@ from silobridge.contract.queries import (
     LinearRegressionParams,
     ar_ends_record_bound,
     ar_record_bound,
+    ar_standardisation,
     difference_scale,
     gram_l2_bound,
     gram_length,
@@ -289,8 +290,13 @@ class AutoregressionPlan:
         self.noise_multiplier = noise_multiplier
         self.privacy_unit = unit
         self.neighbours = FIRM_NEIGHBOURS if unit == "firm" else AR_NEIGHBOURS
-        self.unit = params.high * difference_scale(params.differences)  # the firms' scale of the differenced series
-        self.scales = np.array([1.0] + [self.unit] * params.lags)
+        self.unit = params.high * difference_scale(params.differences)  # the second step's scale
+        centre, half = ar_standardisation(params.high, params.differences)
+        self.centre, self.half = centre, half  # the first step's standardisation, in units
+        self.centres = np.array([0.0] + [centre] * params.lags)
+        self.halves = np.array([1.0] + [half] * params.lags)
+        self.scales = self.halves
+        self.standard: Normal | None = None
         self.sigmas: list[float] = []
         self.beta: np.ndarray | None = None
         self.normal: Normal | None = None
@@ -317,13 +323,10 @@ class AutoregressionPlan:
         p = self.params
         total = np.asarray(total, dtype=np.float64)
         if self.beta is None:
-            self.normal = Normal.from_vector(total, self.scales, self.unit, p.max_rows)
-            sigma = self.sigmas[0] if self.sigmas else 0.0
-            extra = noise_penalty(sigma, self.scales, p.max_rows) if sigma > 0 else None
-            floor = math.sqrt(self.scales.size) * sigma * p.max_rows
-            self.beta = ridge_solve(
-                self.normal.xtx, self.normal.xty, p.ridge, extra, scales=self.scales, noise_floor=floor
-            )
+            ones = np.ones(self.halves.size)
+            self.standard = Normal.from_vector(total, ones, 1.0, p.max_rows)
+            self.normal = self.standard.unstandardised(self.centres, self.halves, self.centre, self.half)
+            self.beta = self._solve()
             self.contributors = contributors
             length = 1 + p.lags + p.differences
             step = QueryStep.build(
@@ -348,6 +351,23 @@ class AutoregressionPlan:
         self.forecast = integrate(self.differenced, levels)
         return None
 
+    def _solve(self) -> np.ndarray:
+        """The fit in units, solved on the standardised lags (every released entry's noise the same there):
+        the stated ridge carried over exactly (lambda / half^2), the noise-aware ridge and eigenvalue
+        floor added there, the coefficients mapped back (as linear regression does)."""
+        if self.standard is None or self.normal is None:
+            raise FederationError(f"query '{self.name}' has not released its Gram sum yet")
+        p = self.params
+        sigma = self.sigmas[0] if self.sigmas else 0.0
+        stated = ridge_lambda(self.normal.xtx, p.ridge) / self.halves**2
+        stated[0] = 0.0
+        penalty = stated + (noise_penalty(sigma, np.ones(self.halves.size), p.max_rows) if sigma > 0 else 0.0)
+        floor = math.sqrt(self.halves.size) * sigma * p.max_rows
+        scaled = ridge_solve(self.standard.xtx, self.standard.xty, 0.0, penalty, noise_floor=floor)
+        beta = self.half * np.linalg.solve(transform(self.centres, self.halves), scaled)
+        beta[0] += self.centre
+        return np.asarray(beta)
+
     def result(self) -> dict[str, Any]:
         if self.beta is None or self.normal is None or self.forecast is None:
             raise FederationError(f"query '{self.name}' has not released both of its sums yet")
@@ -362,7 +382,7 @@ class AutoregressionPlan:
             **({"forecast_differenced": self.differenced} if self.params.differences else {}),
             "noise_std": {
                 "gram_entry_scaled": self.sigmas[0],
-                "xtx_lags": self.sigmas[0] * self.params.max_rows * self.unit**2,
+                "xtx_lags": self.sigmas[0] * self.params.max_rows * self.half**2,
                 "series": self.sigmas[1] * self.params.max_series,
                 "last_values_sum": self.sigmas[1] * self.params.max_series * self.unit,
             },

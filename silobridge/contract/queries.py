@@ -243,17 +243,31 @@ def gram_length(dim: int) -> int:
     return dim * (dim + 1) // 2 + dim + 1
 
 
+def ar_standardisation(high: float, differences: int) -> tuple[float, float]:
+    """(centre, half width) the firms standardise AR's series with before the lag windows, in units.
+
+    Levels (d = 0) are centred on the public range's midpoint high / 2 and divided by high / 2, so they
+    span [-1, 1]: one replaced value then moves the centred products by at most half of what it moves
+    the products of values in [0, high] (a centre in the data's mean would gain nothing: the largest
+    |y - c| stays near high). A d-times differenced series already spans [-2^d high, 2^d high] around 0."""
+    if differences == 0:
+        return high / 2.0, high / 2.0
+    return 0.0, high * difference_scale(differences)
+
+
 def ar_record_bound(lags: int, differences: int) -> float:
     """L2 change of the lag-window Gram vector (times max_rows) when one observation's value is replaced.
 
-    The observation enters at most lags + 1 windows. With d = 0 (values in [0, 1]) each entry of the
-    vector changes by at most 1 (the intercept row, the diagonal, X^T y's intercept, y^T y) or 2 (the
-    off-diagonal lag products and X^T y's lags, where it appears twice): 2 (lags + 1)^2 in squares.
+    The observation enters at most lags + 1 windows. With d = 0 the standardised values lie in [-1, 1];
+    a value a replaced by b moves the p + 1 intercept-row sums by b - a, the p + 1 squares by b^2 - a^2 =
+    (b - a)(a + b), and the p (p + 1) / 2 products with its neighbours by (b - a) times the sum of two
+    neighbours (<= 2): (p + 1)(b - a)^2 (1 + 2p + (a + b)^2) in squares, at most 4 (p + 1)(2p + 1), at
+    a = -1, b = 1 (0 replaced by high inside a series at high: the bound is tight there).
     With d > 0 the differenced values lie in [-1, 1] and one level changes d + 1 of them by amounts
     whose absolute values sum to at most 1 (binomial weights over 2^d); squares then change by up to
     twice the amount, which gives (2 lags + 5)(lags + 1) in squares per unit of change."""
     if differences == 0:
-        return math.sqrt(2.0) * (lags + 1)
+        return 2.0 * math.sqrt((lags + 1.0) * (2.0 * lags + 1.0))
     return math.sqrt((2.0 * lags + 5.0) * (lags + 1))
 
 
