@@ -4,12 +4,15 @@ Step 0 releases a coarse joint histogram of the firms' points (on the [0, 1] sca
 ranges); the initial centroids are picked from it deterministically: the densest cell first, then
 repeatedly the cell maximising count x squared distance to the nearest pick (k-means++'s rule with
 the argmax in place of sampling, so no randomness is needed and noise only moves counts). Each
-further step releases per-cluster sums, counts and the within-cluster sum of squares.
+further step releases per-cluster sums of the points centred on the cube's midpoint (x - 1/2) and
+per-cluster counts; nothing else (a within-cluster sum of squares would take a share of the noise
+and move no centroid). Under DP every round is a release: few rounds (1-2) leave less noise on each.
 
 Record level: the record is one point, i.e. one demand series (with `unit = "firm"` the firm's
 total demand is its only point, so record and firm level coincide). Adding a series may push
-another out of the firm's `max_points` cap, so one record moves a step's sum by at most twice one
-point's terms (`CAP_DISPLACEMENT`).
+another out of the firm's `max_points` cap, so one record may replace a point: a step moves by the
+largest difference of two points' terms (`displacement_bound`, grid: sqrt(2)), not by twice one
+point's.
 """
 
 from __future__ import annotations
