@@ -23,7 +23,7 @@ from silobridge.privacy.dp import Budget
 from silobridge.privacy.ledger import PrivacyRun, verify_ledger
 from silobridge.scenarios.generator import ChainData, catalogue_items
 from silobridge.scenarios.schema import Scenario
-from silobridge.server.query_plans import build_plan
+from silobridge.server.query_plans import apriori, build_plan
 from silobridge.server.query_plans.engine import QueryEngine, QueryPrivacy, calibrate_query_noise, query_accounting
 from tests.analytics_support import drive, tiny_firms
 from tests.conftest import TINY
@@ -84,7 +84,8 @@ def test_calibrated_noise_reaches_the_plans_and_the_ledger(firms: list[FirmData]
     answer = outcomes[1].answer
     for level, step in zip(answer["levels"], outcomes[1].steps, strict=False):
         assert level["noise_std"] == pytest.approx(step.noise_std)  # the plan's threshold noise is the engine's
-        assert level["threshold"] == pytest.approx(20.0 + 3.0 * step.noise_std)
+        expected = apriori.balanced_threshold(20.0, step.noise_std, level["candidates"], 0.1)
+        assert level["threshold"] == pytest.approx(expected)
     assert outcomes[0].answer["noise_std"]["lloyd"] == pytest.approx(outcomes[0].steps[-1].noise_std)
     report = verify_ledger(ledger.path)
     released = [s.release_id for o in outcomes for s in o.steps]
