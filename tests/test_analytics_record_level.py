@@ -127,9 +127,7 @@ def test_the_ar_bound_is_reached_at_its_corner(lags: int) -> None:
     frame = pd.DataFrame(
         {"series": "s", "date": pd.date_range("2024-01-01", periods=size, freq="W-MON"), "units": high}
     )
-    plan = build_plan(
-        "autoregression", {"lags": lags, "high": high, "max_rows": 20, "max_series": 5}, GENERATED_SCHEMA
-    )
+    plan = build_plan("autoregression", {"lags": lags, "high": high, "max_rows": 20, "max_series": 5}, GENERATED_SCHEMA)
     step = plan.first()
     assert step.record_l2_bound == pytest.approx(2 * math.sqrt((lags + 1) * (2 * lags + 1)) / 20)
     full = _vector(step, FirmData("F", frame, None, None))
