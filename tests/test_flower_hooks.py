@@ -10,6 +10,7 @@ import inspect
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,14 @@ from silobridge.errors import FederationError
 from silobridge.federation.network import flower_hooks
 from silobridge.federation.network.deploy import process_env, supernode_command
 from silobridge.federation.network.flower_hooks import (
+    FLOWER_PULL_DEFAULTS,
     HOOKED_MODULE,
+    OUR_PULL_DEFAULTS,
+    PULL_CALLERS,
+    PULL_FUNCTIONS,
     SUPEREXEC_POLL_ENV,
     SUPEREXEC_POLL_S,
+    apply_object_pull_backoff,
     apply_supernode_polling,
     check_supernode_loop,
 )
@@ -165,3 +171,86 @@ def test_the_serverapp_pulls_replies_itself_never_through_send_and_receive(monke
     replies = exchange_module.exchange(grid, [(4, "query.manifest", "request")], timeout_s=30)  # type: ignore[arg-type]
     assert replies.ok == {(4, "query.manifest"): "reply"} and grid.pulls == 3
     assert time.monotonic() - started < 0.5
+
+
+# -- the object-pull hook ------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def pull_defaults() -> Iterator[list]:
+    """Flower's two pull functions, their keyword defaults restored after the test."""
+    functions = flower_hooks.check_object_pulls(callers=())
+    saved = [dict(f.__kwdefaults__) for f in functions]
+    try:
+        yield functions
+    finally:
+        for function, defaults in zip(functions, saved, strict=True):
+            function.__kwdefaults__.clear()
+            function.__kwdefaults__.update(defaults)
+
+
+def test_the_installed_flower_pulls_objects_as_the_hook_expects() -> None:
+    """Flower's constants are the defaults the hook replaces, and no caller in a networked run passes them."""
+    from flwr.supercore import constant
+
+    assert FLOWER_PULL_DEFAULTS == {
+        "initial_backoff": constant.PULL_INITIAL_BACKOFF,
+        "backoff_cap": constant.PULL_BACKOFF_CAP,
+        "max_tries_per_object": constant.PULL_MAX_TRIES_PER_OBJECT,
+    }
+    functions = flower_hooks.check_object_pulls(callers=PULL_CALLERS)
+    assert [f.__name__ for f in functions] == list(PULL_FUNCTIONS)
+
+
+def test_the_hook_makes_a_missing_object_wait_milliseconds_not_a_second(pull_defaults: list) -> None:
+    """An object that is missing on the first two pulls: Flower's defaults wait 1 s + 2 s (+-20%) for it, ours
+    10 ms + 20 ms."""
+    from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError, pull_objects
+
+    apply_object_pull_backoff()
+    apply_object_pull_backoff()  # applying twice is allowed
+    for function in pull_defaults:
+        assert {k: function.__kwdefaults__[k] for k in OUR_PULL_DEFAULTS} == OUR_PULL_DEFAULTS
+    tries = []
+
+    def pull(object_id: str) -> bytes:
+        tries.append(time.monotonic())
+        if len(tries) < 3:
+            raise ObjectUnavailableError(object_id)
+        return b"content"
+
+    started = time.monotonic()
+    assert pull_objects(["abc"], pull) == {"abc": b"content"}
+    assert len(tries) == 3
+    waits = [b - a for a, b in zip(tries, tries[1:], strict=False)]
+    assert 0.008 <= waits[0] < 0.5 and 0.016 <= waits[1] < 0.5, waits
+    assert time.monotonic() - started < 1.0  # Flower's own first wait alone is 0.8-1.2 s
+
+
+def test_giving_up_on_an_object_takes_about_as_long_as_with_flowers_defaults() -> None:
+    def give_up_s(d: dict) -> float:
+        delay, total = d["initial_backoff"], 0.0
+        for _ in range(d["max_tries_per_object"] - 1):
+            total += delay
+            delay = min(delay * 2, d["backoff_cap"])
+        return total
+
+    assert give_up_s(FLOWER_PULL_DEFAULTS) == pytest.approx(4965, abs=1)
+    assert give_up_s(OUR_PULL_DEFAULTS) == pytest.approx(give_up_s(FLOWER_PULL_DEFAULTS), rel=0.01)
+
+
+def test_pull_defaults_that_changed_are_refused(pull_defaults: list) -> None:
+    pull_defaults[0].__kwdefaults__["initial_backoff"] = 3
+    with pytest.raises(FederationError, match=r"pull_objects .*keyword defaults.*update federation/network"):
+        apply_object_pull_backoff()
+
+
+def test_a_caller_that_passes_its_own_backoff_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = inspect.getsource
+    monkeypatch.setattr(
+        flower_hooks.inspect,
+        "getsource",
+        lambda module: real(module) + "\npull_objects(ids, fn, initial_backoff=2)\n",
+    )
+    with pytest.raises(FederationError, match=r"passes \['initial_backoff'\].*cannot shorten"):
+        flower_hooks.check_object_pulls(callers=PULL_CALLERS[:1])
