@@ -17,7 +17,7 @@ import pytest
 
 from silobridge.errors import FederationError
 from silobridge.federation.network import flower_hooks
-from silobridge.federation.network.deploy import process_env, supernode_command
+from silobridge.federation.network.deploy import TELEMETRY_ENV, process_env, supernode_command
 from silobridge.federation.network.flower_hooks import (
     FLOWER_PULL_DEFAULTS,
     HOOKED_MODULE,
@@ -254,3 +254,66 @@ def test_a_caller_that_passes_its_own_backoff_is_refused(monkeypatch: pytest.Mon
     )
     with pytest.raises(FederationError, match=r"passes \['initial_backoff'\].*cannot shorten"):
         flower_hooks.check_object_pulls(callers=PULL_CALLERS[:1])
+
+
+def test_the_supernode_wrapper_applies_both_hooks_before_flower_starts(
+    monkeypatch: pytest.MonkeyPatch, pull_defaults: list
+) -> None:
+    import flwr.supernode.cli
+
+    from silobridge.federation.network import supernode
+
+    module = check_supernode_loop()
+    monkeypatch.setattr(module, "time", time)  # restored after the test
+    seen = {}
+
+    def flower_supernode() -> None:
+        seen["argv"] = list(sys.argv)
+        seen["idle_s"] = module.time.idle_s
+        seen["pull"] = {k: pull_defaults[0].__kwdefaults__[k] for k in OUR_PULL_DEFAULTS}
+
+    monkeypatch.setattr(flwr.supernode.cli, "flower_supernode", flower_supernode)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    supernode.main(["--idle-poll", "0.2", "--superlink", "127.0.0.1:1"])
+    assert seen["argv"] == ["flower-supernode", "--superlink", "127.0.0.1:1"]
+    assert seen["idle_s"] == 0.2 and seen["pull"] == OUR_PULL_DEFAULTS
+
+
+def test_a_networked_serverapp_shortens_its_pulls_and_a_simulated_one_leaves_flower_alone(
+    pull_defaults: list,
+) -> None:
+    """The ServerApp applies the pull hook only on a grid that pulls objects from a SuperLink (not the
+    simulation's in-memory grid); here it then stops at a scenario file that does not exist."""
+    from flwr.app import Context, RecordDict
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    from silobridge.errors import ConfigError
+    from silobridge.federation.progress import LogObserver
+    from silobridge.federation.server_app import build_server_app
+
+    main = build_server_app(observer=LogObserver())._main
+    assert main is not None
+    run_config = {"scenario": "/nonexistent/federation.toml"}
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
+
+    class NetworkGrid:
+        """Stands in for Flower's HttpGrid: any grid that is not the in-memory one."""
+
+    simulated = InMemoryGrid.__new__(InMemoryGrid)
+    with pytest.raises(ConfigError, match="file not found"):
+        main(simulated, context)
+    assert {k: pull_defaults[0].__kwdefaults__[k] for k in FLOWER_PULL_DEFAULTS} == FLOWER_PULL_DEFAULTS
+    with pytest.raises(ConfigError, match="file not found"):
+        main(NetworkGrid(), context)
+    assert {k: pull_defaults[0].__kwdefaults__[k] for k in OUR_PULL_DEFAULTS} == OUR_PULL_DEFAULTS
+
+
+def test_flower_processes_send_no_telemetry_unless_the_operator_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    import flwr.supercore.telemetry as telemetry
+
+    assert 'os.getenv("FLWR_TELEMETRY_ENABLED", "1")' in inspect.getsource(telemetry)  # read once, at import
+    assert TELEMETRY_ENV == "FLWR_TELEMETRY_ENABLED"
+    monkeypatch.delenv(TELEMETRY_ENV, raising=False)
+    assert process_env()[TELEMETRY_ENV] == "0"
+    monkeypatch.setenv(TELEMETRY_ENV, "1")
+    assert process_env()[TELEMETRY_ENV] == "1"  # the operator's own setting wins

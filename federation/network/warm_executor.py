@@ -38,6 +38,7 @@ from types import ModuleType
 from typing import Any, Literal
 
 from silobridge.errors import FederationError
+from silobridge.federation.network.flower_hooks import apply_object_pull_backoff
 
 HOOKED_MODULE = "flwr.supercore.superexec.run_superexec"
 TESTED_FLWR = ("1.41.0",)
@@ -56,6 +57,7 @@ RUN_CLIENTAPP_PARAMS = (
 
 PRELOAD = (
     "torch",
+    "flwr.supernode.runtime.run_clientapp",
     "opacus",
     "silobridge.federation.client_app",
     "silobridge.clients.firm",
@@ -67,7 +69,8 @@ PRELOAD = (
     "silobridge.clients.query_answers.own_spend",
     "silobridge.federation.odometer_glue",
 )
-"""Everything the ClientApp's handlers import (client_app.py imports them lazily, so that a fresh process for a
+"""Everything a task imports: Flower's ClientApp runner (its FAB installer pulls in typer and tomli: 0.3 s under
+load) and what the ClientApp's handlers import (client_app.py imports them lazily, so that a fresh process for a
 light stage stays light): loaded once in the warm parent, shared copy-on-write by every fork."""
 
 EXIT_CONFIG = 2
@@ -163,6 +166,9 @@ def serve_one(
     """Run one task with Flower's own ClientApp runner; its exit code (Flower exits through SystemExit)."""
     started = time.time()
     from flwr.supernode.runtime.run_clientapp import run_clientapp
+
+    if mode == "cold":  # a warm parent applied it before forking
+        apply_object_pull_backoff()
 
     _record_handoffs(
         handoff_log, mode=mode, task_id=task_id, acquired=acquired, executor_pid=executor_pid, started=started
@@ -348,6 +354,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(EXIT_CONFIG)
     if args.mode == "warm":
         seconds = preload()
+        try:
+            apply_object_pull_backoff()  # every fork pulls its message's objects with it
+        except FederationError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(EXIT_CONFIG)
         print(f"warm executor: torch, opacus, flwr and the ClientApp imported in {seconds:.2f} s", flush=True)
     print(f"warm executor ({args.mode}) serving {args.runtime_api_address}", flush=True)
     module.run_superexec(
