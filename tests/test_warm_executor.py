@@ -70,6 +70,16 @@ def test_the_preload_covers_every_module_the_client_apps_handlers_import_lazily(
     assert lazy and lazy <= set(warm_executor.PRELOAD), lazy - set(warm_executor.PRELOAD)
 
 
+def test_the_preload_covers_what_a_forked_task_imports_to_run() -> None:
+    """`serve_one` imports Flower's ClientApp runner (and with it the FAB installer: typer, tomli, ...) in the
+    fork; preloaded, a fork pays none of it."""
+    import ast
+
+    tree = ast.parse(inspect.getsource(warm_executor.serve_one))
+    lazy = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert lazy == {"flwr.supernode.runtime.run_clientapp"} and lazy <= set(warm_executor.PRELOAD)
+
+
 def test_a_flower_version_not_read_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(warm_executor, "version", lambda _name: "1.99.0")
     with pytest.raises(FederationError, match=r"flwr 1\.99\.0 is installed.*--executor flower"):
