@@ -282,4 +282,5 @@ def test_a_warm_federation_runs_and_survives_its_executor_being_killed_mid_run(t
         served_by = [r["executor_pid"] for r in rows]
         assert served_by[0] == first and served_by[-1] != first  # the restarted executor served the later messages
         assert all(r["handoff_ms"] < 10_000 for r in rows), rows
+        assert all(0 < r["process_ms"] <= r["input_ms"] <= r["handoff_ms"] for r in rows), rows
         assert _rows(tmp_path / "R1.jsonl"), "R1's messages went through its warm executor too"

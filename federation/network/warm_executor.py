@@ -124,13 +124,25 @@ def _record_handoffs(
     """Append one JSON line when the ClientApp's handler is entered: the task's hand-off, measured (`started`:
     when the task's process began to run: a fork's first line, a fresh interpreter's `main`).
 
-    Patches `ClientApp.__call__` in this (child) process only; the parent and other tasks are untouched.
+    Patches `ClientApp.__call__` in this (child) process only; the parent and other tasks are untouched. Also
+    records when Flower's runner had pulled the task's input (context, run, FAB and the message with its objects:
+    `input_ms`), so the log shows whether the hand-off is spent pulling or after it.
     """
     if log is None:
         return
+    import flwr.supernode.runtime.run_clientapp as runner
     from flwr.clientapp.client_app import ClientApp
 
     original = ClientApp.__call__
+    pulled: dict[str, float] = {}
+    original_pull = runner.pull_task_input
+
+    def timed_pull(client: Any) -> Any:
+        result = original_pull(client)
+        pulled["at"] = time.time()
+        return result
+
+    runner.pull_task_input = timed_pull
 
     def timed(self: ClientApp, message: Any, context: Any) -> Any:
         entered = time.time()
@@ -144,6 +156,7 @@ def _record_handoffs(
             "entered": entered,
             "handoff_ms": round((entered - acquired) * 1000, 2),
             "process_ms": round((started - acquired) * 1000, 2),
+            "input_ms": round((pulled.get("at", entered) - acquired) * 1000, 2),
         }
         with open(log, "a", encoding="utf-8") as out:
             out.write(json.dumps(row) + "\n")
