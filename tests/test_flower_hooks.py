@@ -10,17 +10,23 @@ import inspect
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from silobridge.errors import FederationError
 from silobridge.federation.network import flower_hooks
-from silobridge.federation.network.deploy import process_env, supernode_command
+from silobridge.federation.network.deploy import TELEMETRY_ENV, process_env, supernode_command
 from silobridge.federation.network.flower_hooks import (
+    FLOWER_PULL_DEFAULTS,
     HOOKED_MODULE,
+    OUR_PULL_DEFAULTS,
+    PULL_CALLERS,
+    PULL_FUNCTIONS,
     SUPEREXEC_POLL_ENV,
     SUPEREXEC_POLL_S,
+    apply_object_pull_backoff,
     apply_supernode_polling,
     check_supernode_loop,
 )
@@ -165,3 +171,149 @@ def test_the_serverapp_pulls_replies_itself_never_through_send_and_receive(monke
     replies = exchange_module.exchange(grid, [(4, "query.manifest", "request")], timeout_s=30)  # type: ignore[arg-type]
     assert replies.ok == {(4, "query.manifest"): "reply"} and grid.pulls == 3
     assert time.monotonic() - started < 0.5
+
+
+# -- the object-pull hook ------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def pull_defaults() -> Iterator[list]:
+    """Flower's two pull functions, their keyword defaults restored after the test."""
+    functions = flower_hooks.check_object_pulls(callers=())
+    saved = [dict(f.__kwdefaults__) for f in functions]
+    try:
+        yield functions
+    finally:
+        for function, defaults in zip(functions, saved, strict=True):
+            function.__kwdefaults__.clear()
+            function.__kwdefaults__.update(defaults)
+
+
+def test_the_installed_flower_pulls_objects_as_the_hook_expects() -> None:
+    """Flower's constants are the defaults the hook replaces, and no caller in a networked run passes them."""
+    from flwr.supercore import constant
+
+    assert FLOWER_PULL_DEFAULTS == {
+        "initial_backoff": constant.PULL_INITIAL_BACKOFF,
+        "backoff_cap": constant.PULL_BACKOFF_CAP,
+        "max_tries_per_object": constant.PULL_MAX_TRIES_PER_OBJECT,
+    }
+    functions = flower_hooks.check_object_pulls(callers=PULL_CALLERS)
+    assert [f.__name__ for f in functions] == list(PULL_FUNCTIONS)
+
+
+def test_the_hook_makes_a_missing_object_wait_milliseconds_not_a_second(pull_defaults: list) -> None:
+    """An object that is missing on the first two pulls: Flower's defaults wait 1 s + 2 s (+-20%) for it, ours
+    10 ms + 20 ms."""
+    from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError, pull_objects
+
+    apply_object_pull_backoff()
+    apply_object_pull_backoff()  # applying twice is allowed
+    for function in pull_defaults:
+        assert {k: function.__kwdefaults__[k] for k in OUR_PULL_DEFAULTS} == OUR_PULL_DEFAULTS
+    tries = []
+
+    def pull(object_id: str) -> bytes:
+        tries.append(time.monotonic())
+        if len(tries) < 3:
+            raise ObjectUnavailableError(object_id)
+        return b"content"
+
+    started = time.monotonic()
+    assert pull_objects(["abc"], pull) == {"abc": b"content"}
+    assert len(tries) == 3
+    waits = [b - a for a, b in zip(tries, tries[1:], strict=False)]
+    assert 0.008 <= waits[0] < 0.5 and 0.016 <= waits[1] < 0.5, waits
+    assert time.monotonic() - started < 1.0  # Flower's own first wait alone is 0.8-1.2 s
+
+
+def test_giving_up_on_an_object_takes_about_as_long_as_with_flowers_defaults() -> None:
+    def give_up_s(d: dict) -> float:
+        delay, total = d["initial_backoff"], 0.0
+        for _ in range(d["max_tries_per_object"] - 1):
+            total += delay
+            delay = min(delay * 2, d["backoff_cap"])
+        return total
+
+    assert give_up_s(FLOWER_PULL_DEFAULTS) == pytest.approx(4965, abs=1)
+    assert give_up_s(OUR_PULL_DEFAULTS) == pytest.approx(give_up_s(FLOWER_PULL_DEFAULTS), rel=0.01)
+
+
+def test_pull_defaults_that_changed_are_refused(pull_defaults: list) -> None:
+    pull_defaults[0].__kwdefaults__["initial_backoff"] = 3
+    with pytest.raises(FederationError, match=r"pull_objects .*keyword defaults.*update federation/network"):
+        apply_object_pull_backoff()
+
+
+def test_a_caller_that_passes_its_own_backoff_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = inspect.getsource
+    monkeypatch.setattr(
+        flower_hooks.inspect,
+        "getsource",
+        lambda module: real(module) + "\npull_objects(ids, fn, initial_backoff=2)\n",
+    )
+    with pytest.raises(FederationError, match=r"passes \['initial_backoff'\].*cannot shorten"):
+        flower_hooks.check_object_pulls(callers=PULL_CALLERS[:1])
+
+
+def test_the_supernode_wrapper_applies_both_hooks_before_flower_starts(
+    monkeypatch: pytest.MonkeyPatch, pull_defaults: list
+) -> None:
+    import flwr.supernode.cli
+
+    from silobridge.federation.network import supernode
+
+    module = check_supernode_loop()
+    monkeypatch.setattr(module, "time", time)  # restored after the test
+    seen = {}
+
+    def flower_supernode() -> None:
+        seen["argv"] = list(sys.argv)
+        seen["idle_s"] = module.time.idle_s
+        seen["pull"] = {k: pull_defaults[0].__kwdefaults__[k] for k in OUR_PULL_DEFAULTS}
+
+    monkeypatch.setattr(flwr.supernode.cli, "flower_supernode", flower_supernode)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    supernode.main(["--idle-poll", "0.2", "--superlink", "127.0.0.1:1"])
+    assert seen["argv"] == ["flower-supernode", "--superlink", "127.0.0.1:1"]
+    assert seen["idle_s"] == 0.2 and seen["pull"] == OUR_PULL_DEFAULTS
+
+
+def test_a_networked_serverapp_shortens_its_pulls_and_a_simulated_one_leaves_flower_alone(
+    pull_defaults: list,
+) -> None:
+    """The ServerApp applies the pull hook only on a grid that pulls objects from a SuperLink (not the
+    simulation's in-memory grid); here it then stops at a scenario file that does not exist."""
+    from flwr.app import Context, RecordDict
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    from silobridge.errors import ConfigError
+    from silobridge.federation.progress import LogObserver
+    from silobridge.federation.server_app import build_server_app
+
+    main = build_server_app(observer=LogObserver())._main
+    assert main is not None
+    run_config = {"scenario": "/nonexistent/federation.toml"}
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
+
+    class NetworkGrid:
+        """Stands in for Flower's HttpGrid: any grid that is not the in-memory one."""
+
+    simulated = InMemoryGrid.__new__(InMemoryGrid)
+    with pytest.raises(ConfigError, match="file not found"):
+        main(simulated, context)
+    assert {k: pull_defaults[0].__kwdefaults__[k] for k in FLOWER_PULL_DEFAULTS} == FLOWER_PULL_DEFAULTS
+    with pytest.raises(ConfigError, match="file not found"):
+        main(NetworkGrid(), context)
+    assert {k: pull_defaults[0].__kwdefaults__[k] for k in OUR_PULL_DEFAULTS} == OUR_PULL_DEFAULTS
+
+
+def test_flower_processes_send_no_telemetry_unless_the_operator_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    import flwr.supercore.telemetry as telemetry
+
+    assert 'os.getenv("FLWR_TELEMETRY_ENABLED", "1")' in inspect.getsource(telemetry)  # read once, at import
+    assert TELEMETRY_ENV == "FLWR_TELEMETRY_ENABLED"
+    monkeypatch.delenv(TELEMETRY_ENV, raising=False)
+    assert process_env()[TELEMETRY_ENV] == "0"
+    monkeypatch.setenv(TELEMETRY_ENV, "1")
+    assert process_env()[TELEMETRY_ENV] == "1"  # the operator's own setting wins

@@ -70,6 +70,16 @@ def test_the_preload_covers_every_module_the_client_apps_handlers_import_lazily(
     assert lazy and lazy <= set(warm_executor.PRELOAD), lazy - set(warm_executor.PRELOAD)
 
 
+def test_the_preload_covers_what_a_forked_task_imports_to_run() -> None:
+    """`serve_one` imports Flower's ClientApp runner (and with it the FAB installer: typer, tomli, ...) in the
+    fork; preloaded, a fork pays none of it."""
+    import ast
+
+    tree = ast.parse(inspect.getsource(warm_executor.serve_one))
+    lazy = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert lazy == {"flwr.supernode.runtime.run_clientapp"} and lazy <= set(warm_executor.PRELOAD)
+
+
 def test_a_flower_version_not_read_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(warm_executor, "version", lambda _name: "1.99.0")
     with pytest.raises(FederationError, match=r"flwr 1\.99\.0 is installed.*--executor flower"):
@@ -272,4 +282,5 @@ def test_a_warm_federation_runs_and_survives_its_executor_being_killed_mid_run(t
         served_by = [r["executor_pid"] for r in rows]
         assert served_by[0] == first and served_by[-1] != first  # the restarted executor served the later messages
         assert all(r["handoff_ms"] < 10_000 for r in rows), rows
+        assert all(0 < r["process_ms"] <= r["input_ms"] <= r["handoff_ms"] for r in rows), rows
         assert _rows(tmp_path / "R1.jsonl"), "R1's messages went through its warm executor too"

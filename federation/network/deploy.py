@@ -27,6 +27,10 @@ CONNECTION = "silobridge"
 """Name of the SuperLink connection in $FLWR_HOME/config.toml that `flwr run` and `flwr supernode` use."""
 
 
+TELEMETRY_ENV = "FLWR_TELEMETRY_ENABLED"
+"""Read once by `flwr.supercore.telemetry` when a Flower process starts: '0' sends nothing."""
+
+
 def flower_executable(name: str) -> str:
     """Flower's console scripts live beside this interpreter (a venv need not be on PATH)."""
     beside = Path(sys.executable).with_name(name)
@@ -46,6 +50,10 @@ def process_env(flwr_home: Path | None = None) -> dict[str, str]:
     # A SuperExec (the SuperLink's for the ServerApp, a SuperNode's for each message) asks for work
     # every second by default; a task should not wait that long. The caller's own setting wins.
     env.setdefault(SUPEREXEC_POLL_ENV, SUPEREXEC_POLL_S)
+    # Flower posts a usage event to telemetry.flower.ai when each of its processes starts and waits up to 4 s for
+    # it on exit (offline here: about 0.8 s for the name lookup to fail). A private federation's nodes should not
+    # report to a third party by default; the caller's own setting wins.
+    env.setdefault(TELEMETRY_ENV, "0")
     if flwr_home is not None:
         env["FLWR_HOME"] = str(flwr_home)
     return env

@@ -10,13 +10,25 @@ It is pinned: `apply_supernode_polling` checks the installed flwr version and th
 holds exactly those calls, and raises `FederationError` otherwise, so a Flower upgrade that moves
 them fails loudly instead of silently running slow (tests/test_flower_hooks.py fails as well).
 The SuperExec's task poll needs no hook: it reads `FLWR_SUPEREXEC_TASK_POLL_INTERVAL`.
+
+A second pinned hook, `apply_object_pull_backoff`, shortens the first wait of Flower's object pulls. A
+message is visible before its objects are (the SuperNode creates a task before it has pulled the message's
+objects from the SuperLink; a reply reaches the SuperLink before its objects), and a pull that finds an
+object missing waits 1 s (+-20%), then 2, 4, ... s. A warm task's process starts within milliseconds, so
+its first pull nearly always misses and the hand-off took about 1.2 s; the coordinator's pull of a fresh
+reply can miss the same way. The hook changes only the keyword defaults of Flower's two pull functions
+(one function object each, whoever imported it): start at 10 ms, double up to 1 s, and allow 10x the
+tries, so a pull still gives up after about as long as with Flower's (500 tries, waits up to 10 s: about
+4,965 s; 5,000 tries, waits up to 1 s: about 4,993 s; `max_time`, 7,200 s, is unchanged).
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 import time
+from collections.abc import Sequence
 from importlib.metadata import version
 from types import ModuleType
 from typing import Any
@@ -41,6 +53,22 @@ REPLY_POLL_S = 0.01
 SUPEREXEC_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
 """Read by flwr's `run_superexec` (default 1 s, allowed 0.01 to 60 s): how often a SuperExec asks for a task."""
 SUPEREXEC_POLL_S = "0.05"
+
+
+PULL_MODULE = "flwr.supercore.inflatable.inflatable_utils"
+PULL_FUNCTIONS = ("pull_objects", "pull_and_inflate_object_from_tree")
+"""Every object pull in flwr 1.41 goes through these (the SuperNode's, a task's, the ServerApp grid's)."""
+FLOWER_PULL_DEFAULTS = {"initial_backoff": 1, "backoff_cap": 10, "max_tries_per_object": 500}
+"""Their keyword defaults as Flower ships them (`flwr/supercore/constant.py`: PULL_INITIAL_BACKOFF, ...)."""
+PULL_CALLERS = (
+    "flwr.supernode.start_client_internal",
+    "flwr.supernode.runtime.run_clientapp",
+    "flwr.superlink.grid.http_grid",
+)
+"""Who pulls objects in a networked run (the SuperNode, a task, the ServerApp's grid): none may pass the
+keywords the hook changes, or the hook would not reach it."""
+OUR_PULL_DEFAULTS = {"initial_backoff": 0.01, "backoff_cap": 1.0, "max_tries_per_object": 5000}
+"""10 ms, doubling up to 1 s; 10x the tries so that giving up takes about as long as with Flower's."""
 
 
 class _ShortSleeps:
@@ -95,3 +123,42 @@ def apply_supernode_polling(*, idle_s: float = IDLE_POLL_S, reply_s: float = REP
     sleeps = _ShortSleeps(time, idle_s=idle_s, reply_s=reply_s)
     module.time = sleeps  # type: ignore[attr-defined]
     return sleeps
+
+
+def check_object_pulls(callers: Sequence[str] | None = None) -> list[Any]:
+    """Flower's two object-pull functions, after checking their keyword defaults are Flower's or ours and that
+    `callers` (by default those of PULL_CALLERS this process has imported: importing the others costs seconds)
+    leave those keywords to the defaults."""
+    installed = version("flwr")
+    if installed not in TESTED_FLWR:
+        raise FederationError(
+            f"flwr {installed} is installed, but the object-pull hook (federation/network/flower_hooks.py) "
+            f"was checked against flwr {', '.join(TESTED_FLWR)} only: re-read {PULL_MODULE} and update the hook"
+        )
+    module = importlib.import_module(PULL_MODULE)
+    functions = [getattr(module, name, None) for name in PULL_FUNCTIONS]
+    for name, function in zip(PULL_FUNCTIONS, functions, strict=True):
+        defaults = getattr(function, "__kwdefaults__", None) or {}
+        found = {key: defaults.get(key) for key in FLOWER_PULL_DEFAULTS}
+        if found not in (FLOWER_PULL_DEFAULTS, OUR_PULL_DEFAULTS):
+            raise FederationError(
+                f"{PULL_MODULE}.{name} (flwr {installed}) has keyword defaults {found}, the object-pull hook "
+                f"expects {FLOWER_PULL_DEFAULTS}: update federation/network/flower_hooks.py"
+            )
+    if callers is None:
+        callers = [name for name in PULL_CALLERS if name in sys.modules]
+    for caller in callers:
+        source = inspect.getsource(importlib.import_module(caller))
+        passed = [key for key in FLOWER_PULL_DEFAULTS if f"{key}=" in source]
+        if passed:
+            raise FederationError(
+                f"{caller} (flwr {installed}) passes {passed} to its object pulls itself, so the object-pull hook "
+                "cannot shorten them: update federation/network/flower_hooks.py"
+            )
+    return functions
+
+
+def apply_object_pull_backoff() -> None:
+    """Make every object pull in this process start at 10 ms instead of 1 s (call before Flower pulls)."""
+    for function in check_object_pulls():
+        function.__kwdefaults__.update(OUR_PULL_DEFAULTS)

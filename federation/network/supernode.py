@@ -2,7 +2,8 @@
 
 `silobridge join` starts this instead of Flower's console script: it applies the pinned hook of
 `flower_hooks` and then runs Flower's own `flower_supernode()` with the remaining arguments, so the
-node behaves exactly as `flower-supernode` does apart from how long it sleeps between polls.
+node behaves exactly as `flower-supernode` does apart from how long it sleeps between polls and how soon it
+pulls again an object the SuperLink does not hold yet (`apply_object_pull_backoff`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from silobridge.errors import FederationError
-from silobridge.federation.network.flower_hooks import IDLE_POLL_S, apply_supernode_polling
+from silobridge.federation.network.flower_hooks import IDLE_POLL_S, apply_object_pull_backoff, apply_supernode_polling
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -21,6 +22,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ours, flower_args = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
     try:
         apply_supernode_polling(idle_s=ours.idle_poll)
+        apply_object_pull_backoff()
     except FederationError as err:
         sys.exit(f"error: {err}")
     from flwr.supernode.cli import flower_supernode

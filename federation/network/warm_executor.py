@@ -38,6 +38,7 @@ from types import ModuleType
 from typing import Any, Literal
 
 from silobridge.errors import FederationError
+from silobridge.federation.network.flower_hooks import apply_object_pull_backoff
 
 HOOKED_MODULE = "flwr.supercore.superexec.run_superexec"
 TESTED_FLWR = ("1.41.0",)
@@ -56,6 +57,7 @@ RUN_CLIENTAPP_PARAMS = (
 
 PRELOAD = (
     "torch",
+    "flwr.supernode.runtime.run_clientapp",
     "opacus",
     "silobridge.federation.client_app",
     "silobridge.clients.firm",
@@ -67,7 +69,8 @@ PRELOAD = (
     "silobridge.clients.query_answers.own_spend",
     "silobridge.federation.odometer_glue",
 )
-"""Everything the ClientApp's handlers import (client_app.py imports them lazily, so that a fresh process for a
+"""Everything a task imports: Flower's ClientApp runner (its FAB installer pulls in typer and tomli: 0.3 s under
+load) and what the ClientApp's handlers import (client_app.py imports them lazily, so that a fresh process for a
 light stage stays light): loaded once in the warm parent, shared copy-on-write by every fork."""
 
 EXIT_CONFIG = 2
@@ -121,13 +124,25 @@ def _record_handoffs(
     """Append one JSON line when the ClientApp's handler is entered: the task's hand-off, measured (`started`:
     when the task's process began to run: a fork's first line, a fresh interpreter's `main`).
 
-    Patches `ClientApp.__call__` in this (child) process only; the parent and other tasks are untouched.
+    Patches `ClientApp.__call__` in this (child) process only; the parent and other tasks are untouched. Also
+    records when Flower's runner had pulled the task's input (context, run, FAB and the message with its objects:
+    `input_ms`), so the log shows whether the hand-off is spent pulling or after it.
     """
     if log is None:
         return
+    import flwr.supernode.runtime.run_clientapp as runner
     from flwr.clientapp.client_app import ClientApp
 
     original = ClientApp.__call__
+    pulled: dict[str, float] = {}
+    original_pull = runner.pull_task_input
+
+    def timed_pull(client: Any) -> Any:
+        result = original_pull(client)
+        pulled["at"] = time.time()
+        return result
+
+    runner.pull_task_input = timed_pull
 
     def timed(self: ClientApp, message: Any, context: Any) -> Any:
         entered = time.time()
@@ -141,6 +156,7 @@ def _record_handoffs(
             "entered": entered,
             "handoff_ms": round((entered - acquired) * 1000, 2),
             "process_ms": round((started - acquired) * 1000, 2),
+            "input_ms": round((pulled.get("at", entered) - acquired) * 1000, 2),
         }
         with open(log, "a", encoding="utf-8") as out:
             out.write(json.dumps(row) + "\n")
@@ -163,6 +179,9 @@ def serve_one(
     """Run one task with Flower's own ClientApp runner; its exit code (Flower exits through SystemExit)."""
     started = time.time()
     from flwr.supernode.runtime.run_clientapp import run_clientapp
+
+    if mode == "cold":  # a warm parent applied it before forking
+        apply_object_pull_backoff()
 
     _record_handoffs(
         handoff_log, mode=mode, task_id=task_id, acquired=acquired, executor_pid=executor_pid, started=started
@@ -348,6 +367,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(EXIT_CONFIG)
     if args.mode == "warm":
         seconds = preload()
+        try:
+            apply_object_pull_backoff()  # every fork pulls its message's objects with it
+        except FederationError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(EXIT_CONFIG)
         print(f"warm executor: torch, opacus, flwr and the ClientApp imported in {seconds:.2f} s", flush=True)
     print(f"warm executor ({args.mode}) serving {args.runtime_api_address}", flush=True)
     module.run_superexec(
