@@ -21,6 +21,12 @@ from tests.conftest import ROOT, TINY
 
 MLP = "training.model=mlp"
 """The MLP family (DP-SGD rounds) where a test is about it: under record-level DP 'auto' trains the linear one."""
+NO_BASELINES = "training.baselines=none"
+"""Runs whose tests read only the privacy accounting: under DP the harness measures the local-only baselines
+outside the federation (no release, no spend), so fitting none changes nothing asserted and saves their fits."""
+FIRM_LEVEL = f"privacy.unit=firm;training.rounds=2;{NO_BASELINES}"
+"""Firm-level runs: their test asserts the mechanism, the accountant and that the calibrated budget holds,
+whatever the number of rounds (calibration spends the budget over the planned rounds)."""
 
 
 def _simulate(out: Path, run_id: str, overrides: str = "", **config: object) -> RunResult:
@@ -32,11 +38,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory, tiny_refused_run: RunResult) 
     """The refused round is conftest's REFUSED_RUN, which test_report reads too."""
     out = tmp_path_factory.mktemp("private-runs")
     return {
-        "record": _simulate(out, "record", f"{MLP};firms.R2.budget_epsilon=7.0;firms.S1.budget_epsilon=1.0"),
+        "record": _simulate(
+            out, "record", f"{MLP};firms.R2.budget_epsilon=7.0;firms.S1.budget_epsilon=1.0;{NO_BASELINES}"
+        ),
         "refused": tiny_refused_run,
         "linear": _simulate(out, "linear", "firms.S1.budget_epsilon=1.0"),
-        "central": _simulate(out, "central", "privacy.unit=firm;privacy.mechanism=central;privacy.accountant=pld"),
-        "distributed": _simulate(out, "distributed", "privacy.unit=firm;privacy.mechanism=distributed"),
+        "central": _simulate(out, "central", f"{FIRM_LEVEL};privacy.mechanism=central;privacy.accountant=pld"),
+        "distributed": _simulate(out, "distributed", f"{FIRM_LEVEL};privacy.mechanism=distributed"),
     }
 
 
