@@ -12,9 +12,12 @@ import os
 import signal
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
+from unittest.mock import patch
 
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
@@ -42,7 +45,7 @@ def launch(server_app: ServerApp, client_app: ClientApp, *, num_supernodes: int,
     }
     from flwr.simulation import run_simulation  # Ray: only where a simulation runs
 
-    with warnings.catch_warnings(), stop_on_interrupt():
+    with warnings.catch_warnings(), stop_on_interrupt(), _ray_kept(backend_config["init_args"]["num_cpus"]):
         warnings.simplefilter("ignore", FutureWarning)
         quiet_flower()
         run_simulation(
@@ -51,6 +54,64 @@ def launch(server_app: ServerApp, client_app: ClientApp, *, num_supernodes: int,
             num_supernodes=num_supernodes,
             backend_config=backend_config,
         )
+
+
+# ---- One Ray instance for many launches (tests) ---------------------------------------------------------
+# Flower's RayBackend (flwr 1.41, `server/superlink/fleet/vce/backend/raybackend.py`) skips `ray.init` when Ray
+# is already initialised, but its `terminate()` always calls `ray.shutdown()`: every launch pays Ray's start
+# (seconds on 2 cores). Inside `one_ray_for_many_launches()` a launch ends by killing its own actors instead,
+# so the next launch in this process reuses Ray but gets a fresh actor pool (fresh processes: no state carried
+# over). A CLI run launches once and keeps flwr's behaviour; the test suite keeps Ray per pytest worker.
+_keepers: list[object] = []  # one entry per active `one_ray_for_many_launches` block (they may nest)
+ACTORS_RELEASED_S = 60.0
+"""How long a launch waits for its killed actors to give their CPUs back before it shuts Ray down instead."""
+
+
+@contextmanager
+def one_ray_for_many_launches() -> Iterator[None]:
+    """Keep Ray running between the launches made inside, each with a fresh actor pool; the outermost block
+    shuts Ray down when it ends."""
+    token = object()
+    _keepers.append(token)
+    try:
+        yield
+    finally:
+        _keepers.remove(token)
+        if not _keepers and "ray" in sys.modules and sys.modules["ray"].is_initialized():
+            sys.modules["ray"].shutdown()
+
+
+@contextmanager
+def _ray_kept(num_cpus: int) -> Iterator[None]:
+    """While `one_ray_for_many_launches` is active: reuse a running Ray of the same size, and end the launch by
+    killing its actors (every one, busy ones included, as when a run fails mid-round) rather than Ray."""
+    if not _keepers:
+        yield
+        return
+    import ray
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+
+    if ray.is_initialized() and ray.cluster_resources().get("CPU") != num_cpus:
+        ray.shutdown()  # a launch asked for another number of CPUs: a Ray of that size, as without this hook
+    with patch.object(RayBackend, "terminate", _kill_actors_keep_ray):
+        yield
+
+
+def _kill_actors_keep_ray(backend: Any) -> None:
+    """RayBackend.terminate, less `ray.shutdown()`: kill the run's actors and wait until their CPUs are free."""
+    import ray
+
+    pool = backend.pool
+    if pool is not None:
+        for actor in [*pool.pool, *pool._future_to_actor.values()]:  # idle, then busy
+            ray.kill(actor, no_restart=True)
+    deadline = time.monotonic() + ACTORS_RELEASED_S
+    total = ray.cluster_resources().get("CPU", 0.0)
+    while ray.available_resources().get("CPU", 0.0) < total:
+        if time.monotonic() > deadline:  # an actor that would not die: start the next launch on a fresh Ray
+            ray.shutdown()
+            return
+        time.sleep(0.05)
 
 
 class _RunSimulationDeprecation(logging.Filter):

@@ -4,6 +4,7 @@ each built once per session; the order and grouping that keep the two xdist work
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,17 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "scenarios" / "tiny.toml"
 DEFAULT = ROOT / "scenarios" / "default.toml"
 LARGE = ROOT / "scenarios" / "large.toml"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_ray_per_worker() -> Iterator[None]:
+    """Every in-process simulation of this pytest worker runs on one Ray instance, each with a fresh actor pool
+    (`federation.launch.one_ray_for_many_launches`): Ray starts once per worker instead of once per run. Ray
+    is imported only by the first simulation; a worker that runs none never starts it."""
+    from silobridge.federation.launch import one_ray_for_many_launches
+
+    with one_ray_for_many_launches():
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -96,6 +108,7 @@ SLOW_MODULES = frozenset(
         "test_flwr_run",
         "test_interrupt",
         "test_joining",
+        "test_launch_ray",
         "test_network_federation",
         "test_odometer_run",
         "test_pilot_end_to_end",

@@ -119,6 +119,8 @@ def test_simulate_no_dp_is_the_non_private_comparison(tmp_path: Path) -> None:
         "--rounds",
         "1",
         "--no-dp",
+        "--baselines",
+        "none",  # what this test reads is the privacy, the groups and the tables' rows, not local-only figures
         "--run-id",
         "open",
         "--out",

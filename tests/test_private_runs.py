@@ -21,6 +21,12 @@ from tests.conftest import ROOT, TINY
 
 MLP = "training.model=mlp"
 """The MLP family (DP-SGD rounds) where a test is about it: under record-level DP 'auto' trains the linear one."""
+NO_BASELINES = "training.baselines=none"
+"""Runs whose tests read only the privacy accounting: under DP the harness measures the local-only baselines
+outside the federation (no release, no spend), so fitting none changes nothing asserted and saves their fits."""
+FIRM_LEVEL = f"privacy.unit=firm;training.rounds=2;{NO_BASELINES}"
+"""Firm-level runs: their test asserts the mechanism, the accountant and that the calibrated budget holds,
+whatever the number of rounds (calibration spends the budget over the planned rounds)."""
 
 
 def _simulate(out: Path, run_id: str, overrides: str = "", **config: object) -> RunResult:
@@ -28,16 +34,30 @@ def _simulate(out: Path, run_id: str, overrides: str = "", **config: object) -> 
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory, tiny_refused_run: RunResult) -> dict[str, RunResult]:
-    """The refused round is conftest's REFUSED_RUN, which test_report reads too."""
-    out = tmp_path_factory.mktemp("private-runs")
-    return {
-        "record": _simulate(out, "record", f"{MLP};firms.R2.budget_epsilon=7.0;firms.S1.budget_epsilon=1.0"),
-        "refused": tiny_refused_run,
-        "linear": _simulate(out, "linear", "firms.S1.budget_epsilon=1.0"),
-        "central": _simulate(out, "central", "privacy.unit=firm;privacy.mechanism=central;privacy.accountant=pld"),
-        "distributed": _simulate(out, "distributed", "privacy.unit=firm;privacy.mechanism=distributed"),
-    }
+def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("private-runs")
+
+
+# One fixture per run, made when a test first needs it: a test's set-up (which pytest-timeout counts) holds
+# only the runs it reads, not all five.
+@pytest.fixture(scope="module")
+def record_run(out: Path) -> RunResult:
+    return _simulate(out, "record", f"{MLP};firms.R2.budget_epsilon=7.0;firms.S1.budget_epsilon=1.0;{NO_BASELINES}")
+
+
+@pytest.fixture(scope="module")
+def linear_run(out: Path) -> RunResult:
+    return _simulate(out, "linear", "firms.S1.budget_epsilon=1.0")
+
+
+@pytest.fixture(scope="module")
+def central_run(out: Path) -> RunResult:
+    return _simulate(out, "central", f"{FIRM_LEVEL};privacy.mechanism=central;privacy.accountant=pld")
+
+
+@pytest.fixture(scope="module")
+def distributed_run(out: Path) -> RunResult:
+    return _simulate(out, "distributed", f"{FIRM_LEVEL};privacy.mechanism=distributed")
 
 
 def _audit(*args: str) -> subprocess.CompletedProcess[str]:
@@ -50,8 +70,8 @@ def _audit(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_record_level_run_spends_the_calibrated_budget_and_no_more(runs: dict[str, RunResult]) -> None:
-    run = runs["record"]
+def test_record_level_run_spends_the_calibrated_budget_and_no_more(record_run: RunResult) -> None:
+    run = record_run
     privacy = run.summary["privacy"]
     assert privacy["enabled"] and privacy["unit"] == "record" and privacy["mechanism"] == "dpsgd"
     assert privacy["within_budget"]
@@ -65,8 +85,8 @@ def test_record_level_run_spends_the_calibrated_budget_and_no_more(runs: dict[st
     assert firm["epsilon_pld"] < firm["epsilon_rdp"]
 
 
-def test_a_firm_with_its_own_budget_stops_contributing_when_it_is_spent(runs: dict[str, RunResult]) -> None:
-    run = runs["record"]
+def test_a_firm_with_its_own_budget_stops_contributing_when_it_is_spent(record_run: RunResult) -> None:
+    run = record_run
     firms = run.summary["privacy"]["firms"]
     assert firms["R2"]["epsilon_rdp"] <= 7.0 < firms["R1"]["epsilon_rdp"]
     assert firms["R2"]["releases"] < firms["R1"]["releases"] == 4
@@ -87,8 +107,9 @@ def test_a_firm_with_its_own_budget_stops_contributing_when_it_is_spent(runs: di
     assert all(any(p.startswith("S1/") for p in release.excluded_firms) for release in report.releases)
 
 
-def test_a_refused_round_ends_training_cleanly(runs: dict[str, RunResult]) -> None:
-    run = runs["refused"]
+def test_a_refused_round_ends_training_cleanly(tiny_refused_run: RunResult) -> None:
+    """conftest's REFUSED_RUN, which test_report reads too."""
+    run = tiny_refused_run
     assert run.summary["stopped"] and "refused" in run.summary["stopped"]
     report = verify_ledger(run.path / "privacy_ledger.jsonl")
     assert report.refusals and report.within_budget and report.epsilon_overall <= 4.5
@@ -99,20 +120,20 @@ def test_a_refused_round_ends_training_cleanly(runs: dict[str, RunResult]) -> No
     assert run.summary["models"]["demand"]["federated"]["all"]["wape"] is not None
 
 
-def test_firm_level_central_and_distributed_runs(runs: dict[str, RunResult]) -> None:
-    central = runs["central"].summary["privacy"]
+def test_firm_level_central_and_distributed_runs(central_run: RunResult, distributed_run: RunResult) -> None:
+    central = central_run.summary["privacy"]
     assert central["unit"] == "firm" and central["mechanism"] == "dp_fedavg_central" and central["accountant"] == "pld"
     assert central["within_budget"] and central["epsilon_overall"] <= 8.0
-    distributed = runs["distributed"].summary["privacy"]
+    distributed = distributed_run.summary["privacy"]
     assert distributed["mechanism"] == "dp_fedavg_distributed" and distributed["within_budget"]
     assert all(row["epsilon_pld"] is None for row in distributed["firms"].values())  # Skellam: RDP only
-    ledger = (runs["distributed"].path / "privacy_ledger.jsonl").read_text().splitlines()
+    ledger = (distributed_run.path / "privacy_ledger.jsonl").read_text().splitlines()
     releases = [json.loads(line) for line in ledger if json.loads(line)["kind"] == "release"]
     assert all(r["mechanism"] == "skellam" and r["parameters"]["noise_shares"] == 5 for r in releases)
 
 
-def test_audit_command_verifies_and_detects_tampering(runs: dict[str, RunResult], tmp_path: Path) -> None:
-    run = runs["record"]
+def test_audit_command_verifies_and_detects_tampering(record_run: RunResult, tmp_path: Path) -> None:
+    run = record_run
     key = run.summary["privacy"]["ledger_public_key"]
     result = _audit(str(run.path), "--public-key", key, "--json")
     assert result.returncode == 0, result.stderr
@@ -131,10 +152,10 @@ def test_audit_command_verifies_and_detects_tampering(runs: dict[str, RunResult]
     assert result.returncode == 3
 
 
-def test_linear_family_spends_the_budget_in_one_release_per_model_and_audits(runs: dict[str, RunResult]) -> None:
+def test_linear_family_spends_the_budget_in_one_release_per_model_and_audits(linear_run: RunResult) -> None:
     """The default under DP: one noised secure sum for demand, `newton_steps` for risk, each firm's data sets
     charged the calibrated epsilon; a firm whose own budget cannot pay is left out and spends nothing."""
-    run = runs["linear"]
+    run = linear_run
     privacy = run.summary["privacy"]
     assert privacy["mechanism"] == "sufficient_statistics_gaussian" and privacy["within_budget"]
     assert 7.8 <= privacy["epsilon_overall"] <= 8.0

@@ -33,6 +33,10 @@ def test_commit_renames_into_place(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["r2"]
 
 
+NO_BASELINES = "training.baselines=none"
+"""The failing runs' tests read what a crash in round 2 leaves behind: no local-only baselines are needed."""
+
+
 class _FailsInRoundTwo:
     def stage(self, name: str) -> None:
         return None
@@ -47,7 +51,14 @@ def test_a_run_without_dp_that_fails_midway_is_kept_with_its_checkpoint(tmp_path
     out = tmp_path / "runs"
     with pytest.raises(RuntimeError, match="coordinator crashed in round 2"):
         simulate(
-            {"scenario": str(TINY), "out-dir": str(out), "num-rounds": 3, "dp": "off", "run-id": "crashed-open"},
+            {
+                "scenario": str(TINY),
+                "out-dir": str(out),
+                "num-rounds": 3,
+                "dp": "off",
+                "run-id": "crashed-open",
+                "set": NO_BASELINES,
+            },
             observer=_FailsInRoundTwo(),
             cpus=2,
         )
@@ -70,7 +81,7 @@ def test_a_private_run_that_fails_midway_keeps_its_ledger_for_audit(tmp_path: Pa
                 "out-dir": str(out),
                 "num-rounds": 3,
                 "run-id": "crashed",
-                "set": "training.model=mlp",
+                "set": f"{MLP};{NO_BASELINES}",
             },
             observer=_FailsInRoundTwo(),
             cpus=2,

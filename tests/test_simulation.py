@@ -28,6 +28,7 @@ def _simulate(out: Path, run_id: str, **config: object) -> RunResult:
     return simulate({"scenario": str(TINY), "out-dir": str(out), "run-id": run_id, **config}, cpus=2)
 
 
+NO_BASELINES = "training.baselines=none"
 SECURE_SUMS: list[tuple[str, dict[str, np.ndarray]]] = []
 """(stage, decoded segments) of every secure sum of the secure run, as the server saw them."""
 
@@ -45,10 +46,15 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunResult]:
     with pytest.MonkeyPatch.context() as patch:  # the ServerApp runs in a thread of this process
         patch.setattr(Federation, "_sum", recording)
         secure = _simulate(out, "tiny-secure", dp="off")
+    # The plain and dropout runs are compared with the secure one in their models and federated metrics only:
+    # they fit no local-only baselines (training does not depend on them; a firm's dropout draws are seeded
+    # by firm, sum and stage, so the training rounds' draws are unchanged).
     return {
         "secure": secure,
-        "plain": _simulate(out, "tiny-plain", aggregation="plain", dp="off"),
-        "dropout": _simulate(out, "tiny-dropout", dp="off", set="dropout.rate=0.3;dropout.stage=after_masking"),
+        "plain": _simulate(out, "tiny-plain", aggregation="plain", dp="off", set=NO_BASELINES),
+        "dropout": _simulate(
+            out, "tiny-dropout", dp="off", set=f"dropout.rate=0.3;dropout.stage=after_masking;{NO_BASELINES}"
+        ),
     }
 
 
