@@ -57,6 +57,15 @@ class Checkpoint:
     ledger_entries: int | None = None  # under DP: ledger entries written when the round completed
     ledger_hash: str | None = None  # ... and the SHA-256 of the last of them
     releases: list[dict[str, Any]] = field(default_factory=list)  # pending only: the round's releases
+    # the linear family's progress (`federation.linear_resume`): its history records and noise generator's
+    # state (JSON), and each completed release's released vector, by release id
+    linear: dict[str, Any] | None = None
+    released: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """Where the run stands: FedAvg rounds done, then linear-family releases done."""
+        return self.round, len(self.released)
 
 
 def write_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
@@ -67,6 +76,8 @@ def write_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
         order[kind] = list(state)
         for index, value in enumerate(state.values()):
             arrays[f"{kind}.{index}"] = np.asarray(value)
+    for index, value in enumerate(checkpoint.released.values()):
+        arrays[f"released.{index}"] = np.asarray(value)
     meta = {
         "format": FORMAT,
         "round": checkpoint.round,
@@ -79,6 +90,8 @@ def write_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
         "ledger_entries": checkpoint.ledger_entries,
         "ledger_hash": checkpoint.ledger_hash,
         "releases": checkpoint.releases,
+        "linear": checkpoint.linear,
+        "released": list(checkpoint.released),
     }
     arrays[_META] = np.array(json.dumps(meta, default=_json_default))
     temporary = path.with_name(f".{path.name}.tmp")
@@ -101,6 +114,7 @@ def read_checkpoint(path: Path) -> Checkpoint:
                 kind: OrderedDict((name, data[f"{kind}.{index}"].copy()) for index, name in enumerate(names))
                 for kind, names in meta["parameters"].items()
             }
+            released = {name: data[f"released.{index}"].copy() for index, name in enumerate(meta["released"])}
     except (OSError, ValueError, KeyError) as err:
         raise ConfigError(f"unreadable checkpoint: {err}", source=str(path)) from None
     return Checkpoint(
@@ -114,6 +128,8 @@ def read_checkpoint(path: Path) -> Checkpoint:
         ledger_entries=meta["ledger_entries"],
         ledger_hash=meta["ledger_hash"],
         releases=list(meta["releases"]),
+        linear=meta["linear"],
+        released=released,
     )
 
 
