@@ -197,7 +197,7 @@ def _manifest(req: Request) -> RecordDict:
 
 
 def _moments(req: Request) -> RecordDict:
-    return _release(req, req.firm.risk_moments())
+    return _release(req, req.firm.risk_moments(), release="moments")  # the normaliser a resumed run recomputes
 
 
 def _baselines(req: Request) -> RecordDict:
