@@ -7,6 +7,7 @@ state holds the firm's private keys and its neighbours' shares: it never leaves 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,6 +29,22 @@ class MaskedRelease:
 
     message: WireDict
     vector: np.ndarray
+
+
+def rounding_seed(own_seed: int | None, firm_id: str, release: str) -> int | None:
+    """The seed of a firm's stochastic rounding into one release's secure sum: None (fresh entropy) unless
+    the firm fixed its own noise seed, which then makes the release reproducible to the last bit.
+
+    Why: the rounding moves each value by up to one quantisation step (about 1e-10 of a model change), enough
+    to flip the last bit of a float32 weight; drawn afresh, a resumed run could not repeat an uninterrupted
+    one exactly. Keyed by the release (e.g. 'round-3'), never by a secure-sum session, which a resumed run
+    starts afresh. Like the DP-SGD seed it is the firm's own number, never the coordinator's.
+    """
+    if own_seed is None:
+        return None
+    key = hashlib.sha256(f"secure-sum rounding|{firm_id}|{release}".encode()).digest()
+    sequence = np.random.SeedSequence([own_seed, int.from_bytes(key[:16], "big")])
+    return int(sequence.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
 class FirmSecureSum:
@@ -56,9 +73,15 @@ class FirmSecureSum:
         return self.client.share_keys(Roster.from_wire(wire, recipient=self.firm_id)).to_wire()
 
     def masked_input(
-        self, wire: Mapping[str, object], layout: VectorLayout, segments: Mapping[str, np.ndarray]
+        self,
+        wire: Mapping[str, object],
+        layout: VectorLayout,
+        segments: Mapping[str, np.ndarray],
+        *,
+        rounding: int | None = None,
     ) -> MaskedRelease:
-        """Quantise the firm's segments into the agreed layout and mask them."""
+        """Quantise the firm's segments into the agreed layout and mask them; `rounding` seeds the
+        stochastic rounding (`rounding_seed`; None: fresh entropy)."""
         request = MaskedInputRequest.from_wire(wire, expected_recipient=self.firm_id)
         if request.vector_length != layout.length:
             raise ProtocolError(
@@ -66,7 +89,7 @@ class FirmSecureSum:
                 firm=self.firm_id,
                 stage="masked_input",
             )
-        integers, _ = layout.encode(segments, np.random.default_rng(), firm=self.firm_id)
+        integers, _ = layout.encode(segments, np.random.default_rng(rounding), firm=self.firm_id)
         masked = self.client.masked_input(request, integers)
         return MaskedRelease(message=masked.to_wire(include_vector=False), vector=masked.vector)
 

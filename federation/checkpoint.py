@@ -1,20 +1,23 @@
 """A run's checkpoint: what the coordinator needs to continue after its last completed round.
 
-One `.npz` file (numpy arrays only, no pickle) holds the global models bit for bit and, as one JSON
-string, the round, the history records written so far, the firms dropped, adaptive clipping's next
-clip norm, and a pointer into the privacy ledger (entries written, SHA-256 of the last). It is written
-atomically (temporary file, fsync, `os.replace`, fsync of the folder): a crash leaves the previous
-checkpoint or the new one, never half of one.
+One `.npz` file (numpy arrays only, no pickle) holds the global models bit for bit (and the linear
+family's released vectors) and, as one JSON string, the round, the history records written so far, the
+firms dropped, adaptive clipping's next clip norm, and a pointer into the privacy ledger (entries
+written, SHA-256 of the last). It is written atomically (temporary file, fsync, `os.replace`, fsync of
+the folder): a crash leaves the previous checkpoint or the new one, never half of one.
 
 Under DP a round is committed by its ledger entries, so its checkpoint is written twice: as
 `checkpoint.pending.npz` (with the round's releases, as the ledger will record them) before the first
 entry, and as `checkpoint.npz` once every entry is written. A crash between the two leaves a pending
 round that the resumed run finishes by recording whichever of its releases the ledger lacks
 (`federation.resume`): the round's release is charged once, and the models it charged are the ones
-the run continues from. Nothing random needs saving: the firms' DP-SGD noise is derived from their own
-seed and the round, the secure sum's result does not depend on its masks (a resumed run starts a fresh
-key-agreement session), and the central mechanism's noise is fresh OS entropy by design. (A resumed run
-still differs from an uninterrupted one by about a float32 ulp in a few coordinates; see the README.)
+the run continues from. The linear family's releases are checkpointed the same way, each with its released
+vector and the noise generator's state (`federation.linear_resume`). Nothing else random needs saving: the
+firms' DP-SGD noise and their stochastic rounding into the secure sum are derived from their own seed and
+the round (`clients.secure_sum.rounding_seed`), the secure sum's result does not depend on its masks (a
+resumed run starts a fresh key-agreement session), and the central mechanism's noise is fresh OS entropy by
+design. With the firms' seeds fixed (`--noise-seed`) a resumed run's models equal an uninterrupted run's bit
+for bit.
 """
 
 from __future__ import annotations
@@ -57,6 +60,15 @@ class Checkpoint:
     ledger_entries: int | None = None  # under DP: ledger entries written when the round completed
     ledger_hash: str | None = None  # ... and the SHA-256 of the last of them
     releases: list[dict[str, Any]] = field(default_factory=list)  # pending only: the round's releases
+    # the linear family's progress (`federation.linear_resume`): its history records and noise generator's
+    # state (JSON), and each completed release's released vector, by release id
+    linear: dict[str, Any] | None = None
+    released: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """Where the run stands: FedAvg rounds done, then linear-family releases done."""
+        return self.round, len(self.released)
 
 
 def write_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
@@ -67,6 +79,8 @@ def write_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
         order[kind] = list(state)
         for index, value in enumerate(state.values()):
             arrays[f"{kind}.{index}"] = np.asarray(value)
+    for index, value in enumerate(checkpoint.released.values()):
+        arrays[f"released.{index}"] = np.asarray(value)
     meta = {
         "format": FORMAT,
         "round": checkpoint.round,
@@ -79,6 +93,8 @@ def write_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
         "ledger_entries": checkpoint.ledger_entries,
         "ledger_hash": checkpoint.ledger_hash,
         "releases": checkpoint.releases,
+        "linear": checkpoint.linear,
+        "released": list(checkpoint.released),
     }
     arrays[_META] = np.array(json.dumps(meta, default=_json_default))
     temporary = path.with_name(f".{path.name}.tmp")
@@ -101,6 +117,7 @@ def read_checkpoint(path: Path) -> Checkpoint:
                 kind: OrderedDict((name, data[f"{kind}.{index}"].copy()) for index, name in enumerate(names))
                 for kind, names in meta["parameters"].items()
             }
+            released = {name: data[f"released.{index}"].copy() for index, name in enumerate(meta["released"])}
     except (OSError, ValueError, KeyError) as err:
         raise ConfigError(f"unreadable checkpoint: {err}", source=str(path)) from None
     return Checkpoint(
@@ -114,6 +131,8 @@ def read_checkpoint(path: Path) -> Checkpoint:
         ledger_entries=meta["ledger_entries"],
         ledger_hash=meta["ledger_hash"],
         releases=list(meta["releases"]),
+        linear=meta["linear"],
+        released=released,
     )
 
 

@@ -10,6 +10,7 @@ The firm's data never leaves in any reply.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from silobridge.clients.secure_sum import FirmSecureSum
+from silobridge.clients.secure_sum import FirmSecureSum, rounding_seed
 from silobridge.contract.efficiency_sums import EfficiencyGroups
 from silobridge.contract.messages import BaselineInstruction, TrainInstruction
 from silobridge.contract.query_protocol import QUERY_SEGMENT, QueryStep
@@ -121,11 +122,15 @@ def _maybe_vanish(req: Request, round_number: int, stage: str) -> None:
         )
 
 
-def _release(req: Request, segments: dict[str, np.ndarray], *, clipped: int | None = None) -> RecordDict:
+def _release(
+    req: Request, segments: dict[str, np.ndarray], *, clipped: int | None = None, release: str | None = None
+) -> RecordDict:
     """Send the firm's segments into the sum the request asks for: in the clear, or masked.
 
     `clipped` is how many values the firm already clipped to public bounds (an analytics answer);
-    it is summed with the values quantisation clips, never sent on its own.
+    it is summed with the values quantisation clips, never sent on its own. `release` names a release
+    that a resumed run repeats (a training round, a linear-family sum): with the firm's own noise seed
+    its rounding is then seeded (`rounding_seed`), so the repeat is exact.
     """
     layout = read_layout(req.message)
     if req.firm.spec.aggregation.mode == "plain":
@@ -138,10 +143,12 @@ def _release(req: Request, segments: dict[str, np.ndarray], *, clipped: int | No
     secure = _secure(req)
     count = layout.count_clipped(segments) + (clipped or 0)
     try:
-        release = secure.masked_input(wire, layout, {**segments, CLIPPED: np.array([count])})
+        own_seed = getattr(req.firm, "noise_seed", None)  # a FirmClient's own seed; FirmFiles hold none
+        rounding = rounding_seed(own_seed, req.firm.firm_id, release) if release is not None else None
+        masked = secure.masked_input(wire, layout, {**segments, CLIPPED: np.array([count])}, rounding=rounding)
     finally:
         _store(secure, req)
-    return RecordDict({SECAGG: ConfigRecord(release.message), MASKED: arrays_record({"vector": release.vector})})
+    return RecordDict({SECAGG: ConfigRecord(masked.message), MASKED: arrays_record({"vector": masked.vector})})
 
 
 def _normaliser(content: RecordDict, firm: str) -> Normaliser | None:
@@ -190,7 +197,7 @@ def _manifest(req: Request) -> RecordDict:
 
 
 def _moments(req: Request) -> RecordDict:
-    return _release(req, req.firm.risk_moments())
+    return _release(req, req.firm.risk_moments(), release="moments")  # the normaliser a resumed run recomputes
 
 
 def _baselines(req: Request) -> RecordDict:
@@ -220,9 +227,8 @@ def _train(req: Request) -> RecordDict:
         )
     # Without DP the round carries test statistics of the received models: in the slots the server assigned.
     groups = None if firm.spec.privacy.enabled else _stat_groups(req)
-    reply = _release(
-        req, firm.train_round(weights, instruction, _normaliser(req.message.content, req.firm.firm_id), groups)
-    )
+    segments = firm.train_round(weights, instruction, _normaliser(req.message.content, req.firm.firm_id), groups)
+    reply = _release(req, segments, release=f"round-{instruction.round}")
     # Counted once the release has left (a firm that vanished before masking released nothing).
     req.context.state.config_records[OWN_SPEND] = ConfigRecord(
         {kind: trained.get(kind, 0) + (kind in kinds) for kind in sorted({*trained, *kinds})}
@@ -277,7 +283,7 @@ def _linear(req: Request) -> RecordDict:
     odometer = node_odometer(firm.firm_id, req.settings, req.context.node_config)
     refuse_uncounted_release(odometer, firm.spec.privacy, release_id=f"linear/{model}", firm=firm.firm_id)
     if model == "demand":
-        return _release(req, {LINEAR_SEGMENT: demand_statistics(firm)})
+        return _release(req, {LINEAR_SEGMENT: demand_statistics(firm)}, release="linear/demand")
     if model != "risk":
         raise ProtocolError(
             f"a linear-family request names model {model!r}, expected 'demand' or 'risk'", firm=firm.firm_id
@@ -286,7 +292,8 @@ def _linear(req: Request) -> RecordDict:
     if norm is None:
         raise ProtocolError("the risk Newton step carries no normaliser", firm=firm.firm_id)
     coef = np.asarray(arrays_of(req.message, LINEAR_COEF)["coef"], dtype=float)
-    return _release(req, {LINEAR_SEGMENT: risk_statistics(firm, norm, coef)})
+    at = hashlib.sha256(coef.tobytes()).hexdigest()[:16]  # a Newton step is named by where it stands
+    return _release(req, {LINEAR_SEGMENT: risk_statistics(firm, norm, coef)}, release=f"linear/risk@{at}")
 
 
 def _secagg_stage(stage: str) -> Handler:

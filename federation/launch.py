@@ -179,9 +179,11 @@ def _interrupted(signum: int, frame: object) -> None:
             lines.append(f"resume it after its last completed round with: silobridge simulate --resume {kept}")
     elif ledger is None:
         lines.append("no privacy was spent; nothing was kept")
-    _shutdown_ray()
+    # Said before Ray's shutdown: Flower's runtime thread may touch Ray once it is down, and Ray then ends the
+    # process at once (exit status 1), which must not lose the resume command.
     sys.stderr.write("interrupted: " + "\n".join(lines) + "\n")
     sys.stderr.flush()
+    _shutdown_ray()
     os._exit(EXIT_INTERRUPTED)  # Flower's runtime thread is still waiting on dead workers: do not join it
 
 

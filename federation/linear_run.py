@@ -28,7 +28,9 @@ from silobridge.contract.sufficient import LINEAR_COEF, LINEAR_REQUEST, LINEAR_S
 from silobridge.contract.wire_names import TRAIN_LINEAR
 from silobridge.errors import BudgetExhausted, ConfigError, FederationError
 from silobridge.federation.coordinator import Federation
+from silobridge.federation.linear_resume import LinearProgress
 from silobridge.federation.records import NORMALISER, arrays_record
+from silobridge.federation.resume import Checkpoints
 from silobridge.privacy.ledger import Release
 from silobridge.server.dp_rounds import dataset_party
 from silobridge.server.efficiency_release import efficiency_event
@@ -103,11 +105,16 @@ def _release(
     length: int,
     multiplier: float | None,
     sensitivity: float,
-    rng: np.random.Generator,
+    progress: LinearProgress,
     step: int = 1,
 ) -> tuple[np.ndarray, float, dict[str, Any]] | None:
     """One (noised) sum of the holders' statistics; None if the budget refuses it. Returns the released
-    vector, the noise std and a history record."""
+    vector, the noise std and a history record. A release the run's checkpoint holds is replayed from it
+    (a resumed run), neither summed nor charged again."""
+    std = 0.0 if multiplier is None else multiplier * sensitivity
+    replayed = progress.replay(release_id)
+    if replayed is not None:
+        return replayed[0], std, replayed[1]
     started = time.monotonic()
     holders = [federation.manifests[n].firm_id for n in federation.manifests if federation.manifests[n].trains(kind)]
     participants = holders
@@ -137,8 +144,7 @@ def _release(
     nodes = [federation.node_of[firm] for firm in participants]
     outcome = federation.release_sum(TRAIN_LINEAR, records, layout, nodes, release_id)
     summed = outcome.segments[LINEAR_SEGMENT]
-    std = 0.0 if multiplier is None else multiplier * sensitivity
-    released = add_noise(summed, std, rng)
+    released = add_noise(summed, std, progress.rng)
     record: dict[str, Any] = {
         "round": step,
         "evaluated_round": step,
@@ -149,32 +155,35 @@ def _release(
         "clipped_values": outcome.clipped,
         "metrics": None,
     }
+    release = None
     if multiplier is not None and ledger is not None:
         contributed = set(outcome.contributors)
-        ledger.record(
-            Release(
-                release_id=release_id,
-                mechanism="gaussian",
-                event=release_event(multiplier),
-                firms=sorted(dataset_party(f, kind) for f in holders if f in contributed),
-                noise_multiplier=multiplier,
-                clip_norm=sensitivity,
-                parameters={"query": f"sufficient statistics of the linear {kind} model", "noise_std": std},
-            )
+        release = Release(
+            release_id=release_id,
+            mechanism="gaussian",
+            event=release_event(multiplier),
+            firms=sorted(dataset_party(f, kind) for f in holders if f in contributed),
+            noise_multiplier=multiplier,
+            clip_norm=sensitivity,
+            parameters={"query": f"sufficient statistics of the linear {kind} model", "noise_std": std},
         )
-        record["epsilon"] = ledger.overall_epsilon
     record["seconds"] = round(time.monotonic() - started, 3)
+    progress.complete(release_id, released, record, ledger, release, federation.dropped)
     return released, std, record
 
 
-def train_linear(federation: Federation, norm: Normaliser) -> tuple[LinearModels, list[dict[str, Any]]]:
-    """Release the statistics, solve the global models; a refused release leaves that model None."""
+def train_linear(
+    federation: Federation, norm: Normaliser, checkpoints: Checkpoints | None = None
+) -> tuple[LinearModels, list[dict[str, Any]]]:
+    """Release the statistics, solve the global models; a refused release leaves that model None. With
+    `checkpoints`, each release is checkpointed and a resumed run replays those it completed."""
     spec = federation.spec
     private = federation.private
     multipliers = _multipliers(federation) if private else {}
     # Fresh OS entropy: noise the firms cannot predict; a simulation's --noise-seed fixes it (experiments only).
     seed = federation.settings.noise_seed if federation.settings.simulated else None
     rng = np.random.default_rng(None if seed is None else [seed, 17])
+    progress = LinearProgress(checkpoints, rng)
     models, history = LinearModels(), []
     if any(m.trains("demand") for m in federation.manifests.values()):
         federation.observer.stage("linear demand: sufficient statistics")
@@ -188,7 +197,7 @@ def train_linear(federation: Federation, norm: Normaliser) -> tuple[LinearModels
             regression_size(dim, spec.horizon),
             multipliers.get("demand"),
             sensitivity,
-            rng,
+            progress,
         )
         if out is not None:
             released, std, record = out
@@ -216,7 +225,7 @@ def train_linear(federation: Federation, norm: Normaliser) -> tuple[LinearModels
                 newton_size(dim),
                 multipliers.get("risk"),
                 sensitivity,
-                rng,
+                progress,
                 step,
             )
             if out is None:

@@ -17,11 +17,12 @@ the ledger has not charged (or charged for other models). Redoing a charged roun
 the central mechanism's fresh noise, release a second draw charged once. `silobridge audit` checks the
 result: the resume entry's pointer, and that no firm is charged twice for one release id.
 
-Scope: the FedAvg rounds of the MLP family. A release recorded after the last round (the linear family's,
-the efficiency release) is not checkpointed; a ledger holding one beyond the checkpoint is refused, naming
-it, rather than charged again. `silobridge run` (the network path) has no `--resume` yet: the coordinator's
-side would be the same, but the partners' nodes keep per-run state (own budget, key agreement) that a
-fresh Flower run resets.
+Scope: the FedAvg rounds of the MLP family and each release of the linear family (`federation.linear_resume`:
+a completed release is replayed from its checkpoint, never summed or charged again). A release recorded after
+them (the efficiency release) is not checkpointed; a ledger holding one beyond the checkpoint is refused,
+naming it, rather than charged again. Neither are query sessions. `silobridge run` (the network path) has no
+`--resume` yet: the coordinator's side would be the same, but the partners' nodes keep per-run state (own
+budget, key agreement) that a fresh Flower run resets.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class Checkpoints:
         self.config_sha256 = config_sha256
         self.resuming = resuming
         self.start: Checkpoint | None = None  # what a resumed run continues from (after `reconcile`, under DP)
+        self.last: Checkpoint | None = None  # the latest checkpoint committed (or resumed from) in this run
         if resuming:
             path = rundir.partial / CHECKPOINT_FILE
             self.start = read_checkpoint(path) if path.exists() else None
@@ -64,6 +66,7 @@ class Checkpoints:
                     "the checkpoint was written under another configuration than the run directory's config.json",
                     source=str(path),
                 )
+            self.last = self.start
 
     def _path(self, name: str) -> Path:
         return self.rundir.partial / name
@@ -78,7 +81,8 @@ class Checkpoints:
         checkpoint.releases = []
         write_checkpoint(self._path(CHECKPOINT_FILE), checkpoint)
         self._path(PENDING_FILE).unlink(missing_ok=True)
-        if checkpoint.round > 0:
+        self.last = checkpoint
+        if checkpoint.round > 0 or checkpoint.released:
             self.rundir.keep_on_failure = True  # completed rounds can be resumed: never delete them
 
     def reconcile(self, ledger: PrivacyRun, state: LedgerState) -> None:
@@ -103,7 +107,7 @@ class Checkpoints:
                 source=ledger_path,
             )
         done = start.round if start is not None else 0
-        pending = self._pending(done + 1)
+        pending = self._pending(start.position if start is not None else (0, 0))
         planned = {
             (item["release_id"], tuple(item["firms"])) for item in (pending.releases if pending is not None else [])
         }
@@ -132,20 +136,24 @@ class Checkpoints:
         for item in pending.releases:
             if item["release_id"] not in recorded:
                 ledger.record(release_from_dict(item))
-        for record in pending.history:
-            if record.get("round") == pending.round and "epsilon" in record:
-                record["epsilon"] = ledger.overall_epsilon
+        if pending.linear is not None and len(pending.released) > (len(start.released) if start is not None else 0):
+            pending.linear["history"][-1]["epsilon"] = ledger.overall_epsilon  # the linear release just finished
+        else:
+            for record in pending.history:
+                if record.get("round") == pending.round and "epsilon" in record:
+                    record["epsilon"] = ledger.overall_epsilon
         pending.ledger_entries, pending.ledger_hash = ledger.pointer
         self.commit(pending)
         self.start = pending
 
-    def _pending(self, expected_round: int) -> Checkpoint | None:
-        """The pending checkpoint of the round after the last complete one; an older one is stale."""
+    def _pending(self, committed: tuple[int, int]) -> Checkpoint | None:
+        """The pending checkpoint of the round (or linear release) after the last complete one, whose position
+        is `committed`; one not beyond it is stale."""
         path = self._path(PENDING_FILE)
         if not path.exists():
             return None
         pending = read_checkpoint(path)
-        if pending.round != expected_round or pending.config_sha256 != self.config_sha256:
+        if pending.position <= committed or pending.config_sha256 != self.config_sha256:
             path.unlink()  # written before a checkpoint that followed it: nothing in it is needed
             return None
         return pending

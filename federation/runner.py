@@ -128,7 +128,7 @@ def run_federation(
         final = federation.evaluate(weights, norm)
     linear = None
     if "linear" in families:
-        linear, linear_history = train_linear(federation, norm)
+        linear, linear_history = train_linear(federation, norm, checkpoints)
         history += linear_history
     deployed = measure_deployment(federation, harness, norm, linear, weights, final) if harness is not None else None
     before = baselines.pop(EFFICIENCY_BEFORE, None)
