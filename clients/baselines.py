@@ -29,6 +29,8 @@ class BaseRate(torch.nn.Module):
     rank rows by, and early stopping cannot choose an epoch either (the loss on one class falls with every
     epoch, so the MLP ran all of `max_epochs` to rank at random): the MLP is not fitted."""
 
+    log_odds: torch.Tensor
+
     def __init__(self, labels: np.ndarray):
         super().__init__()
         rate = (float(np.sum(labels == 1.0)) + 0.5) / (len(labels) + 1.0)
