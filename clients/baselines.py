@@ -4,6 +4,8 @@ instruction), their test statistics beside the naive forecast's, and the efficie
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -19,6 +21,28 @@ from silobridge.contract.stats import DemandErrorStats, Moments
 from silobridge.contract.wire_names import DEMAND_LOCAL_ONLY, DEMAND_NAIVE, RISK_LOCAL_ONLY
 from silobridge.errors import ProtocolError
 from silobridge.privacy.dp import clip_l2
+
+
+class BaseRate(torch.nn.Module):
+    """The log-odds of a firm's smoothed event rate, (events + 0.5) / (rows + 1), the same for every row: its
+    local-only risk model when its training rows hold one class. From one class nothing can be learnt to
+    rank rows by, and early stopping cannot choose an epoch either (the loss on one class falls with every
+    epoch, so the MLP ran all of `max_epochs` to rank at random): the MLP is not fitted."""
+
+    log_odds: torch.Tensor
+
+    def __init__(self, labels: np.ndarray):
+        super().__init__()
+        rate = (float(np.sum(labels == 1.0)) + 0.5) / (len(labels) + 1.0)
+        self.register_buffer("log_odds", torch.tensor(math.log(rate / (1.0 - rate)), dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.log_odds.expand(x.shape[0]).clone()
+
+
+def one_class(labels: np.ndarray) -> bool:
+    """Whether the labels hold fewer than both classes (no event, or nothing but events, or no rows)."""
+    return np.unique(labels).size < 2
 
 
 class LocalBaselines:
@@ -56,9 +80,12 @@ class LocalBaselines:
         self, features: np.ndarray, labels: np.ndarray, instruction: BaselineInstruction, fallback: np.ndarray
     ) -> tuple[torch.nn.Module, Normaliser]:
         """A local-only risk MLP on some of this firm's rows, scaled by their own moments (by `fallback`'s
-        where there are no rows): the local-only baseline's recipe, also used to validate it."""
+        where there are no rows): the local-only baseline's recipe, also used to validate it. Rows of one
+        class fit nothing: the model is their `BaseRate`."""
         own = Moments.of(features) if len(features) else Moments.of(fallback)
         norm = Normaliser(own.mean(), own.std())
+        if one_class(labels):
+            return BaseRate(labels), norm
         model = build_model("risk", self.firm.spec, seed=self.firm.seed(instruction.seed))
         fit_early_stopping(
             model,

@@ -11,6 +11,7 @@ by a real federation: they are marked simulation-only in the summary.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -114,6 +115,68 @@ def per_firm_row(
 NO_GLOBAL_RISK = "no global linear risk model (its release was skipped or refused)"
 
 
+def deploy_firm(
+    firm: FirmClient,
+    baselines: dict[str, np.ndarray],
+    instruction: BaselineInstruction,
+    groups: EfficiencyGroups | None,
+    norm: Normaliser,
+    linear: dict[str, np.ndarray | None],
+    mlp: dict[str, dict[str, np.ndarray]] | None = None,
+) -> DeployedOutcome:
+    """One firm's deployed demand and (where the linear family ran: `linear` has a "risk" key) risk model,
+    scored, with its rows; its local-only figures come from its own `baselines` (empty: its rows say so).
+    Without a global model the firm still deploys (its own models or naive) and its row says why."""
+    out = DeployedOutcome(per_firm={"demand": [], "risk": []})
+    if firm.trains("demand"):
+        deployment = deploy_demand(firm, instruction, linear.get("demand"), (mlp or {}).get("demand"))
+        stats = slot_by_group(demand_test_stats(firm, deployment.forecaster).to_vector(), firm.group)
+        out.demand = stats
+        coef = linear.get("demand")
+        if coef is not None:
+            glob = demand_test_stats(firm, linear_forecaster(coef, firm.spec)).to_vector()
+            out.global_demand = slot_by_group(glob, firm.group)
+        out.per_firm["demand"].append(per_firm_row(firm, "demand", stats, baselines, deployment))
+        slot = firm.efficiency_slot(groups) if groups is not None else None
+        if slot is not None:
+            out.efficiency_after = slot_by_tier(firm.efficiency_sums(deployment.forecaster), slot)
+    if firm.trains("risk") and "risk" in linear:  # the linear family ran (an MLP-only run has no risk choice)
+        risk_coef = linear["risk"]
+        deployed_risk = deploy_risk(firm, norm, risk_coef, instruction)
+        choice = deployed_risk.choice
+        if risk_coef is None:
+            choice = replace(choice, reason=f"{NO_GLOBAL_RISK}: {choice.reason}")
+        stats = slot_by_group(risk_predict_stats(firm, deployed_risk.predict).to_vector(), firm.group)
+        out.risk = stats
+        if risk_coef is not None:
+            out.global_risk = slot_by_group(risk_test_stats(firm, norm, risk_coef).to_vector(), firm.group)
+        out.per_firm["risk"].append(per_firm_row(firm, "risk", stats, baselines, choice))
+    return out
+
+
+def merge_outcomes(outcomes: Iterable[DeployedOutcome]) -> DeployedOutcome:
+    """The firms' outcomes in one: their vectors summed and rows listed in the order given (the firms'
+    order, so the sums are the same floating-point sums however the firms were deployed)."""
+    out = DeployedOutcome(per_firm={"demand": [], "risk": []})
+    for one in outcomes:
+        for name in ("demand", "risk", "global_demand", "global_risk", "efficiency_after"):
+            vector = getattr(one, name)
+            if vector is not None:
+                setattr(out, name, _add(getattr(out, name), vector))
+        for kind, rows in one.per_firm.items():
+            out.per_firm.setdefault(kind, []).extend(rows)
+    return out
+
+
+def deployed_firms(
+    firms: list[FirmClient], baselines_of: dict[str, dict[str, np.ndarray]], *, over_baselined: bool = False
+) -> list[FirmClient]:
+    """The firms a deployment covers: all, or with `over_baselined` (only some firms were baselined) only
+    those -- a firm's choice fits its own local-only models again, which would cost every firm what
+    sampling the baselines saved -- so deployed, local-only and efficiency figures cover the same firms."""
+    return [firm for firm in firms if not over_baselined or firm.firm_id in baselines_of]
+
+
 def deploy_all(
     firms: list[FirmClient],
     baselines_of: dict[str, dict[str, np.ndarray]],
@@ -125,45 +188,13 @@ def deploy_all(
     *,
     over_baselined: bool = False,
 ) -> DeployedOutcome:
-    """Every firm's deployed demand and (where the linear family ran: `linear` has a "risk" key) risk model,
-    scored; each firm's local-only figures come from its own baselines (`baselines_of`, by firm; a firm
-    without them has a row that says so). Without a global model a firm still deploys (its own models or
-    naive) and its row says why. `over_baselined` (only some firms were baselined): only those firms are
-    deployed and scored -- a firm's choice fits its own local-only models again, which would cost every
-    firm what sampling the baselines saved -- so deployed, local-only and efficiency figures cover the same
-    firms."""
-    out = DeployedOutcome(per_firm={"demand": [], "risk": []})
-    for firm in firms:
-        if over_baselined and firm.firm_id not in baselines_of:
-            continue
-        baselines = baselines_of.get(firm.firm_id, {})
-        if firm.trains("demand"):
-            deployment = deploy_demand(firm, instruction, linear.get("demand"), (mlp or {}).get("demand"))
-            stats = slot_by_group(demand_test_stats(firm, deployment.forecaster).to_vector(), firm.group)
-            out.demand = _add(out.demand, stats)
-            coef = linear.get("demand")
-            if coef is not None:
-                glob = demand_test_stats(firm, linear_forecaster(coef, firm.spec)).to_vector()
-                out.global_demand = _add(out.global_demand, slot_by_group(glob, firm.group))
-            out.per_firm["demand"].append(per_firm_row(firm, "demand", stats, baselines, deployment))
-            slot = firm.efficiency_slot(groups) if groups is not None else None
-            if slot is not None:
-                out.efficiency_after = _add(
-                    out.efficiency_after, slot_by_tier(firm.efficiency_sums(deployment.forecaster), slot)
-                )
-        if firm.trains("risk") and "risk" in linear:  # the linear family ran (an MLP-only run has no risk choice)
-            risk_coef = linear["risk"]
-            deployed_risk = deploy_risk(firm, norm, risk_coef, instruction)
-            choice = deployed_risk.choice
-            if risk_coef is None:
-                choice = replace(choice, reason=f"{NO_GLOBAL_RISK}: {choice.reason}")
-            stats = slot_by_group(risk_predict_stats(firm, deployed_risk.predict).to_vector(), firm.group)
-            out.risk = _add(out.risk, stats)
-            if risk_coef is not None:
-                global_stats = slot_by_group(risk_test_stats(firm, norm, risk_coef).to_vector(), firm.group)
-                out.global_risk = _add(out.global_risk, global_stats)
-            out.per_firm["risk"].append(per_firm_row(firm, "risk", stats, baselines, choice))
-    return out
+    """Every firm's `deploy_firm`, one after another, merged in the firms' order (`deployed_firms`: all,
+    or with `over_baselined` only the baselined ones); each firm's local-only figures come from its own
+    baselines (`baselines_of`, by firm)."""
+    return merge_outcomes(
+        deploy_firm(firm, baselines_of.get(firm.firm_id, {}), instruction, groups, norm, linear, mlp)
+        for firm in deployed_firms(firms, baselines_of, over_baselined=over_baselined)
+    )
 
 
 def centralised_linear(firms: list[FirmClient], norm: Normaliser) -> dict[str, np.ndarray]:

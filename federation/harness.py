@@ -22,8 +22,14 @@ from silobridge.clients.normaliser import Normaliser
 from silobridge.clients.training import FitSettings, fit, resolve_device
 from silobridge.contract.efficiency_sums import EFFICIENCY_AFTER, EfficiencyGroups
 from silobridge.contract.messages import BaselineInstruction
-from silobridge.federation.deployment import DeployedOutcome, centralised_linear, deploy_all
+from silobridge.federation.deployment import (
+    DeployedOutcome,
+    centralised_linear,
+    deployed_firms,
+    merge_outcomes,
+)
 from silobridge.federation.firm_source import simulated_firm
+from silobridge.federation.harness_pool import baseline_job, deploy_job, map_in_order, simulation_cpus
 from silobridge.federation.settings import RunSettings
 
 HARNESS_RUN_ID = -1
@@ -33,7 +39,9 @@ HARNESS_RUN_ID = -1
 class SimulationHarness:
     """Every firm of the scenario, held by the coordinator's process for measurement."""
 
-    def __init__(self, settings: RunSettings):
+    def __init__(self, settings: RunSettings, *, workers: int | None = None):
+        """`workers`: processes the per-firm fits (baselines, deployment) spread over, by default the
+        simulation's CPUs (`harness_pool`); 1 fits every firm in this process, one after another."""
         # One torch thread, as each simulated firm has: on a shared machine, threads that wait on each other
         # slowed the harness's local fits by more than ten times.
         if torch.get_num_threads() != 1:
@@ -44,6 +52,7 @@ class SimulationHarness:
             simulated_firm(settings, spec, i, run_id=HARNESS_RUN_ID) for i in range(len(settings.scenario.firms))
         ]
         self._baselines: dict[tuple, dict[str, dict[str, np.ndarray]]] = {}
+        self.workers = simulation_cpus(workers)
 
     def evaluate(self, weights: dict[str, dict[str, np.ndarray]], norm: Normaliser) -> dict[str, np.ndarray]:
         """Group-slotted test statistics of the given models, summed over the firms that hold the data."""
@@ -71,9 +80,11 @@ class SimulationHarness:
         wanted = {f.firm_id for f in self.firms} if firms is None else set(firms)
         key = (instruction.model_dump_json(), tuple(sorted(groups.to_config().items())))
         fitted = self._baselines.setdefault(key, {})
-        for firm in self.firms:
-            if firm.firm_id in wanted and firm.firm_id not in fitted:
-                fitted[firm.firm_id] = firm.local_baselines(instruction, groups)
+        todo = [i for i, firm in enumerate(self.firms) if firm.firm_id in wanted and firm.firm_id not in fitted]
+        done = map_in_order(baseline_job, [self.firms[i] for i in todo], instruction, groups, workers=self.workers)
+        for i, (vectors, firm) in zip(todo, done, strict=True):
+            self.firms[i] = firm  # from a worker: a copy holding its fitted local-only models, for deployment
+            fitted[firm.firm_id] = vectors
         return {firm_id: vectors for firm_id, vectors in fitted.items() if firm_id in wanted}
 
     def local_baselines(
@@ -100,7 +111,10 @@ class SimulationHarness:
         (default: all) only those firms are deployed and scored, beside their own local-only figures."""
         baselines = self.firm_baselines(instruction, groups, baselined)
         partial = baselined is not None and len(baselines) < len(self.firms)
-        return deploy_all(self.firms, baselines, instruction, groups, norm, linear, mlp, over_baselined=partial)
+        firms = deployed_firms(self.firms, baselines, over_baselined=partial)
+        jobs = [(firm, baselines.get(firm.firm_id, {})) for firm in firms]
+        outcomes = map_in_order(deploy_job, jobs, instruction, groups, norm, linear, mlp, workers=self.workers)
+        return merge_outcomes(outcomes)
 
     def centralised_linear(self, norm: Normaliser) -> dict[str, np.ndarray]:
         """The linear family fitted on every firm's training data pooled, without noise, scored per firm."""

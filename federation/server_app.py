@@ -66,16 +66,23 @@ class _MetricsFile:
 
 
 def run_server(
-    grid: Grid, settings: RunSettings, observer: RunObserver, *, flower_run_id: int, resume: Path | None = None
+    grid: Grid,
+    settings: RunSettings,
+    observer: RunObserver,
+    *,
+    flower_run_id: int,
+    resume: Path | None = None,
+    cpus: int | None = None,
 ) -> RunResult:
     """The whole run. The run directory appears when it succeeded, or -- once privacy was spent or a round
     completed -- also when it failed, so that its ledger can be audited and the run resumed. `resume` is
-    the folder of an interrupted run to continue (`federation.resume`)."""
+    the folder of an interrupted run to continue (`federation.resume`); `cpus` those the simulation was
+    given, which the harness's per-firm fits use while the firms' workers wait (default: the machine's)."""
     started = time.monotonic()
     timer = StageTimer()
     spec = settings.spec  # configuration and calibration errors surface before anything is written
     pilot_folders(settings)  # a pilot's folder holds exactly the declared firms
-    harness = SimulationHarness(settings) if settings.simulated else None  # a real federation has no harness
+    harness = SimulationHarness(settings, workers=cpus) if settings.simulated else None  # none in a real federation
     signer = ledger_signer(settings) if spec.privacy.enabled else None  # a wrong or missing key: refused here
     opened = RunDirectory.resume(resume) if resume is not None else RunDirectory(settings.out_dir, settings.run_id)
     with opened as rundir, live_runs.hold(rundir):
@@ -214,6 +221,7 @@ def build_server_app(
     observer: RunObserver | None = None,
     on_result: Callable[[RunResult], None] | None = None,
     resume: Path | None = None,
+    cpus: int | None = None,
 ) -> ServerApp:
     app = ServerApp()
 
@@ -239,7 +247,9 @@ def build_server_app(
             log.info("queries written to %s", queries.path)
             return
         settings = settings_from_run_config(config)
-        result = run_server(grid, settings, observer or LogObserver(), flower_run_id=context.run_id, resume=resume)
+        result = run_server(
+            grid, settings, observer or LogObserver(), flower_run_id=context.run_id, resume=resume, cpus=cpus
+        )
         log.info("run written to %s", result.path)
         if on_result is not None:
             on_result(result)

@@ -58,7 +58,7 @@ def simulate(
         resume = rundir.final if rundir.final.exists() else rundir.partial
     config = settings.to_run_config()  # pins the run id, so server and firms agree on it
     results: list[RunResult] = []
-    server_app = build_server_app(config, observer, results.append, resume=resume)
+    server_app = build_server_app(config, observer, results.append, resume=resume, cpus=cpus)
     client_app = build_client_app(config)
     launch(server_app, client_app, num_supernodes=len(settings.scenario.firms), cpus=cpus)
     if not results:
