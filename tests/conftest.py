@@ -183,6 +183,8 @@ HEAVY_FIRST = (
     "test_odometer_run",
     "test_dp_canary_audit",
     "test_scale",
+    "test_harness_pool",  # spawns a pool and fits every tiny firm twice (pooled and sequential)
+    "test_launch_ray",  # two simulations on one Ray
 )
 SHARED_RUNS_UNIT = "tests/shared-runs"
 
