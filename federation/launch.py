@@ -34,10 +34,11 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 def launch(server_app: ServerApp, client_app: ClientApp, *, num_supernodes: int, cpus: int | None = None) -> None:
     """Run the apps on Flower's simulation runtime (Ray backend, one CPU per virtual node) until the
     ServerApp returns; Ctrl-C stops it cleanly (`stop_on_interrupt`)."""
+    num_cpus = cpus or os.cpu_count() or 1
     backend_config = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {
-            "num_cpus": cpus or os.cpu_count() or 1,
+            "num_cpus": num_cpus,
             "include_dashboard": False,
             "logging_level": logging.ERROR,
             "log_to_driver": True,
@@ -45,7 +46,7 @@ def launch(server_app: ServerApp, client_app: ClientApp, *, num_supernodes: int,
     }
     from flwr.simulation import run_simulation  # Ray: only where a simulation runs
 
-    with warnings.catch_warnings(), stop_on_interrupt(), _ray_kept(backend_config["init_args"]["num_cpus"]):
+    with warnings.catch_warnings(), stop_on_interrupt(), _ray_kept(num_cpus):
         warnings.simplefilter("ignore", FutureWarning)
         quiet_flower()
         run_simulation(
