@@ -180,28 +180,13 @@ def _interrupted(signum: int, frame: object) -> None:
             lines.append(f"resume it after its last completed round with: silobridge simulate --resume {kept}")
     elif ledger is None:
         lines.append("no privacy was spent; nothing was kept")
-    # Said before Ray's shutdown: Flower's runtime thread may touch Ray once it is down, and Ray then ends the
-    # process at once (exit status 1), which must not lose the resume command.
     sys.stderr.write("interrupted: " + "\n".join(lines) + "\n")
     sys.stderr.flush()
-    _shutdown_ray()
-    os._exit(EXIT_INTERRUPTED)  # Flower's runtime thread is still waiting on dead workers: do not join it
-
-
-def _shutdown_ray() -> None:
-    """Ray's shutdown, bounded: a shutdown that hangs on dead workers must not keep the process alive."""
-
-    def stop() -> None:
-        try:
-            import ray
-
-            ray.shutdown()
-        except Exception:  # noqa: BLE001 - best effort while exiting; the process ends right after
-            return
-
-    thread = threading.Thread(target=stop, daemon=True)
-    thread.start()
-    thread.join(timeout=20)
+    # No `ray.shutdown()` here: Flower's runtime thread may touch Ray once it is down, and Ray then ends the
+    # process at once with exit status 1 (seen in CI). `ray.init` started a reaper that stops Ray's own
+    # processes when this one ends, so exiting is enough; Flower's runtime thread, still waiting on dead
+    # workers, is not joined.
+    os._exit(EXIT_INTERRUPTED)
 
 
 def quiet_flower() -> None:
