@@ -36,12 +36,18 @@ HARNESS_RUN_ID = -1
 """Cache key of the firms the harness rebuilds from the scenario (never a Flower run id)."""
 
 
+MIN_POOLED_FIRMS = 6
+"""Below this many firms the harness fits in its own process unless told otherwise: each pool spawns
+interpreters that import torch (seconds of CPU each), more than a handful of small firms' fits cost."""
+
+
 class SimulationHarness:
     """Every firm of the scenario, held by the coordinator's process for measurement."""
 
     def __init__(self, settings: RunSettings, *, workers: int | None = None):
         """`workers`: processes the per-firm fits (baselines, deployment) spread over, by default the
-        simulation's CPUs (`harness_pool`); 1 fits every firm in this process, one after another."""
+        simulation's CPUs (`harness_pool`) from MIN_POOLED_FIRMS firms on; 1 fits every firm in this process,
+        one after another."""
         # One torch thread, as each simulated firm has: on a shared machine, threads that wait on each other
         # slowed the harness's local fits by more than ten times.
         if torch.get_num_threads() != 1:
@@ -52,7 +58,7 @@ class SimulationHarness:
             simulated_firm(settings, spec, i, run_id=HARNESS_RUN_ID) for i in range(len(settings.scenario.firms))
         ]
         self._baselines: dict[tuple, dict[str, dict[str, np.ndarray]]] = {}
-        self.workers = simulation_cpus(workers)
+        self.workers = simulation_cpus(workers) if workers is not None or len(self.firms) >= MIN_POOLED_FIRMS else 1
 
     def evaluate(self, weights: dict[str, dict[str, np.ndarray]], norm: Normaliser) -> dict[str, np.ndarray]:
         """Group-slotted test statistics of the given models, summed over the firms that hold the data."""

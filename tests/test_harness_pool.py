@@ -16,8 +16,8 @@ from silobridge.contract.sufficient import split_regression
 from silobridge.errors import DataError, FederationError, ProtocolError
 from silobridge.federation.coordinator import baseline_instruction
 from silobridge.federation.deployment import DeployedOutcome, deploy_all
-from silobridge.federation.harness import SimulationHarness
-from silobridge.federation.harness_pool import _portable, map_in_order
+from silobridge.federation.harness import MIN_POOLED_FIRMS, SimulationHarness
+from silobridge.federation.harness_pool import _portable, map_in_order, simulation_cpus
 from silobridge.federation.settings import settings_from_run_config
 from silobridge.server.efficiency import group_tiers
 from tests.conftest import TINY
@@ -94,3 +94,13 @@ def test_an_error_that_cannot_travel_back_comes_as_its_message() -> None:
     assert isinstance(_portable(unpicklable), FederationError) and str(_portable(unpicklable)) == str(unpicklable)
     kept = ProtocolError("no data", firm="F9")
     assert _portable(kept) is kept
+
+
+def test_a_few_firms_fit_in_this_process_unless_workers_are_named() -> None:
+    few = settings_from_run_config({"scenario": str(TINY)})  # 5 firms
+    many = settings_from_run_config({"scenario": "scenarios/default.toml"})  # 12 firms
+    assert len(few.scenario.firms) < MIN_POOLED_FIRMS <= len(many.scenario.firms)
+    assert SimulationHarness(few).workers == 1
+    assert SimulationHarness(few, workers=2).workers == 2
+    assert SimulationHarness(many, workers=2).workers == 2
+    assert SimulationHarness(many).workers == simulation_cpus()
