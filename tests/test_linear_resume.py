@@ -4,7 +4,6 @@ noise seed, so that a repeated release quantises to the same integers. End to en
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +20,11 @@ from silobridge.privacy.dp import Budget
 from silobridge.privacy.ledger import PrivacyRun, Release, config_hash, verify_ledger
 from silobridge.privacy.secagg.layout import Segment, VectorLayout
 from tests.privacy.ledger_support import KEY, SPEC
+from tests.run_folder_fake import FakeRunFolder
 
 CONFIG = {"model": "linear"}
 RELEASES = ("linear/demand", "linear/risk-1", "linear/risk-2")
 PARTIES = ["acme/demand", "bolt/demand", "cargo/demand"]
-
-
-@dataclass
-class _Folder:
-    """What Checkpoints needs of a RunDirectory."""
-
-    partial: Path
-    keep_on_failure: bool = False
-    metrics: list[dict[str, Any]] = field(default_factory=list)
-
-    def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
-        self.metrics = list(records)
 
 
 class _Crash(Exception):
@@ -60,7 +48,7 @@ def _run(folder: Path, crash_at: str | None, monkeypatch: pytest.MonkeyPatch) ->
             raise _Crash(name)
 
     monkeypatch.setattr(linear_resume, "crash_point", crash)
-    checkpoints = Checkpoints(_Folder(folder), config_hash(CONFIG), resuming=False)  # type: ignore[arg-type]
+    checkpoints = Checkpoints(FakeRunFolder(folder), config_hash(CONFIG), resuming=False)  # type: ignore[arg-type]
     ledger = PrivacyRun.start(
         folder / "ledger.jsonl",
         run_id="r",
@@ -85,7 +73,7 @@ def _run(folder: Path, crash_at: str | None, monkeypatch: pytest.MonkeyPatch) ->
 
 def _resume(folder: Path) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
     """Reopen, reconcile, replay what the checkpoint holds and release the rest as an uninterrupted run would."""
-    checkpoints = Checkpoints(_Folder(folder), config_hash(CONFIG), resuming=True)  # type: ignore[arg-type]
+    checkpoints = Checkpoints(FakeRunFolder(folder), config_hash(CONFIG), resuming=True)  # type: ignore[arg-type]
     ledger, state = PrivacyRun.reopen(folder / "ledger.jsonl", KEY)
     checkpoints.reconcile(ledger, state)
     progress = LinearProgress(checkpoints, np.random.default_rng([5, 17]))

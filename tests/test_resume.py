@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -29,6 +27,7 @@ from silobridge.privacy.dp import Budget, Sampling
 from silobridge.privacy.ledger import PrivacyRun, Release, config_hash, verify_ledger
 from silobridge.privacy.ledger.verdict import Verdict, judge
 from tests.privacy.ledger_support import FIRMS, KEY, ROUND_EVENT, SPEC
+from tests.run_folder_fake import FakeRunFolder
 
 CONFIG = {"rounds": 3}
 
@@ -58,18 +57,6 @@ def _weights(value: float) -> dict[str, OrderedDict[str, np.ndarray]]:
         "demand": OrderedDict([("w", np.full((2, 3), value, dtype=np.float32)), ("b", np.arange(3.0) * value)]),
         "risk": OrderedDict([("w", np.full(4, -value))]),
     }
-
-
-@dataclass
-class _Folder:
-    """What Checkpoints needs of a RunDirectory."""
-
-    partial: Path
-    keep_on_failure: bool = False
-    metrics: list[dict[str, Any]] = field(default_factory=list)
-
-    def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
-        self.metrics = list(records)
 
 
 def test_a_checkpoint_round_trips_bit_for_bit_and_is_replaced_atomically(tmp_path: Path) -> None:
@@ -166,9 +153,9 @@ def test_a_resume_entry_must_point_at_an_entry_of_the_ledger(tmp_path: Path) -> 
         verify_ledger(path)
 
 
-def _pending_run(tmp_path: Path, recorded: int) -> tuple[Checkpoints, _Folder, Path]:
+def _pending_run(tmp_path: Path, recorded: int) -> tuple[Checkpoints, FakeRunFolder, Path]:
     """A crash inside round 1: its models pending with two releases, `recorded` of them in the ledger."""
-    folder = _Folder(tmp_path)
+    folder = FakeRunFolder(tmp_path)
     checkpoints = Checkpoints(folder, config_hash(CONFIG), resuming=False)  # type: ignore[arg-type]
     path = tmp_path / "ledger.jsonl"
     run = _ledger(path)

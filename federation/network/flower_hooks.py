@@ -90,14 +90,20 @@ class _ShortSleeps:
         return getattr(self._real, name)
 
 
-def check_supernode_loop() -> ModuleType:
-    """The module to hook, after checking it is the one this hook was written against."""
+def _tested_flwr(hook: str, module: str) -> str:
+    """The installed flwr version, refused unless the hooks were checked against it."""
     installed = version("flwr")
     if installed not in TESTED_FLWR:
         raise FederationError(
-            f"flwr {installed} is installed, but the SuperNode polling hook (federation/network/flower_hooks.py) "
-            f"was checked against flwr {', '.join(TESTED_FLWR)} only: re-read {HOOKED_MODULE} and update the hook"
+            f"flwr {installed} is installed, but the {hook} hook (federation/network/flower_hooks.py) "
+            f"was checked against flwr {', '.join(TESTED_FLWR)} only: re-read {module} and update the hook"
         )
+    return installed
+
+
+def check_supernode_loop() -> ModuleType:
+    """The module to hook, after checking it is the one this hook was written against."""
+    installed = _tested_flwr("SuperNode polling", HOOKED_MODULE)
     module = importlib.import_module(HOOKED_MODULE)
     found = getattr(module, "time", None)
     if not (isinstance(found, _ShortSleeps) or getattr(found, "__name__", None) == "time"):
@@ -129,12 +135,7 @@ def check_object_pulls(callers: Sequence[str] | None = None) -> list[Any]:
     """Flower's two object-pull functions, after checking their keyword defaults are Flower's or ours and that
     `callers` (by default those of PULL_CALLERS this process has imported: importing the others costs seconds)
     leave those keywords to the defaults."""
-    installed = version("flwr")
-    if installed not in TESTED_FLWR:
-        raise FederationError(
-            f"flwr {installed} is installed, but the object-pull hook (federation/network/flower_hooks.py) "
-            f"was checked against flwr {', '.join(TESTED_FLWR)} only: re-read {PULL_MODULE} and update the hook"
-        )
+    installed = _tested_flwr("object-pull", PULL_MODULE)
     module = importlib.import_module(PULL_MODULE)
     functions = [getattr(module, name, None) for name in PULL_FUNCTIONS]
     for name, function in zip(PULL_FUNCTIONS, functions, strict=True):
