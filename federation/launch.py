@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 from unittest.mock import patch
@@ -22,6 +22,7 @@ from unittest.mock import patch
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
+from silobridge.errors import FederationError
 from silobridge.federation.checkpoint import CHECKPOINT_FILE
 from silobridge.federation.rundir import live_runs
 from silobridge.federation.settings import quiet_accountant
@@ -49,12 +50,60 @@ def launch(server_app: ServerApp, client_app: ClientApp, *, num_supernodes: int,
     with warnings.catch_warnings(), stop_on_interrupt(), _ray_kept(num_cpus):
         warnings.simplefilter("ignore", FutureWarning)
         quiet_flower()
+        _start_ray(backend_config["init_args"])
         run_simulation(
             server_app=server_app,
             client_app=client_app,
             num_supernodes=num_supernodes,
             backend_config=backend_config,
         )
+
+
+# ---- Ray's start, retried ----------------------------------------------------------------------------------
+RAY_START_ATTEMPTS = 3
+"""Ray gives its raylet a fixed 30 s to register (ray/_private/node.py); an overloaded machine can miss it once."""
+
+
+def _start_ray(init_args: dict[str, Any]) -> None:
+    """Start Ray before Flower does, retrying a failed start: inside `run_simulation` a failed `ray.init` leaves
+    the run waiting for workers that never come, so it must fail (or succeed) here, where it can be reported."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    # What flwr 1.41's RayBackend.init_ray passes (it skips its own init once Ray is up): the driver's sys.path
+    # reaches the workers through PYTHONPATH.
+    pythonpath = os.pathsep.join(sys.path)
+    if os.environ.get("PYTHONPATH"):
+        pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+    os.environ["PYTHONPATH"] = pythonpath
+    start_with_retries(
+        lambda: ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args),
+        ray.shutdown,
+        attempts=RAY_START_ATTEMPTS,
+    )
+
+
+def start_with_retries(
+    start: Callable[[], object], clean_up: Callable[[], object], *, attempts: int, pause_s: float = 1.0
+) -> None:
+    """Call `start` until it returns, cleaning up after each failure; after `attempts` failures, a
+    FederationError that says what failed (no traceback reaches the user)."""
+    failures: list[str] = []
+    for attempt in range(1, attempts + 1):
+        try:
+            start()
+            return
+        except Exception as error:  # Ray raises a bare Exception on a start timeout
+            failures.append(f"{type(error).__name__}: {error}")
+            clean_up()
+            if attempt < attempts:
+                time.sleep(pause_s * attempt)
+    raise FederationError(
+        f"the simulation runtime (Ray) did not start in {attempts} attempts; last error: {failures[-1]} "
+        "(on an overloaded machine Ray's raylet can miss its fixed 30 s registration window: retry when the load "
+        "is lower)"
+    )
 
 
 # ---- One Ray instance for many launches (tests) ---------------------------------------------------------
