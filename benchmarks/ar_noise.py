@@ -100,6 +100,53 @@ def _signal(total: np.ndarray, dim: int, max_rows: int) -> tuple[float, list[flo
     return n, [float(v) for v in np.linalg.eigvalsh(centred)], float(means.mean())
 
 
+def first_moment_weighted_bound(lags: int, weight: float) -> float:
+    """The record bound (x max_rows) when the firms multiply the first moments by a public `weight`.
+
+    As `ar_record_bound` (d = 0): a value a replaced by b (both in [-1, 1], delta = b - a) moves the
+    p + 1 first moments by delta (now weight x delta), the p + 1 squares by delta (a + b) with |a + b| <=
+    2 - delta, and the p (p + 1) / 2 products by delta x (two neighbours) <= 2 delta; the maximum over
+    delta in [0, 2] of delta^2 (p + 1) (weight^2 + (2 - delta)^2 + 2p), taken on a fine grid."""
+    deltas = np.linspace(0.0, 2.0, 2001)
+    squares = deltas**2 * (lags + 1) * (weight**2 + (2.0 - deltas) ** 2 + 2.0 * lags)
+    return float(math.sqrt(squares.max()))
+
+
+def _series(firms: list[FirmData], high: float) -> list[np.ndarray]:
+    """Every demand series, clipped to [0, high] and standardised on the public midpoint, in date order."""
+    out = []
+    for firm in firms:
+        if firm.demand is None:
+            continue
+        for _, rows in firm.demand.sort_values(["series", "date"], kind="stable").groupby("series"):
+            out.append((np.clip(rows["units"].to_numpy(dtype=float), 0.0, high) - high / 2) / (high / 2))
+    return out
+
+
+def yule_walker_vector(firms: list[FirmData], high: float, lags: int, max_rows: int) -> np.ndarray:
+    """The plan's Gram vector rebuilt from what an autocovariance release holds (the sum of all values,
+    one sum of products per lag, and the public counts): every window entry taken from the whole series,
+    edges ignored. Without noise it shows that estimator's distance from the least-squares fit."""
+    series = [z for z in _series(firms, high) if z.size > lags]
+    windows = sum(z.size - lags for z in series)
+    values = sum(z.size for z in series)
+    total = sum(float(z.sum()) for z in series)
+    products = [sum(float(z[k:] @ z[: z.size - k]) for z in series) for k in range(lags + 1)]
+    pairs = [sum(z.size - k for z in series) for k in range(lags + 1)]
+    dim = lags + 2  # [1, y_t, y_{t-1}, ..., y_{t-p}]
+    gram = np.zeros((dim, dim))
+    gram[0, 0] = windows
+    for i in range(1, dim):
+        gram[0, i] = gram[i, 0] = total * windows / values
+        for j in range(1, dim):
+            k = abs(i - j)
+            gram[i, j] = products[k] * windows / pairs[k]
+    design = [0, *range(2, dim)]  # intercept and the lags; column 1 is the target
+    xtx = gram[np.ix_(design, design)]
+    rows, cols = np.triu_indices(lags + 1)
+    return np.concatenate([xtx[rows, cols], gram[design, 1], [gram[1, 1]]]) / max_rows
+
+
 def decompose(label: str, firms: list[FirmData], draws: int) -> list[dict[str, Any]]:
     truth = _ar_truth(firms)
     budget = Budget(1.0, 1e-5)
@@ -159,6 +206,15 @@ def decompose(label: str, firms: list[FirmData], draws: int) -> list[dict[str, A
         add(f"noise std x {scale:g} (eps 1's)", median(total, scale * sigma))
     add(f"eps 1 on step 0 alone (z {z_one:.3f}, second step free)", median(total, z_one * bound / max_rows))
     add(f"eps 4 (z {z_eps4:.3f})", median(total, z_eps4 * bound / max_rows))
+    first = _blocks(dim)["first moments only (intercept row, sum of targets)"]
+    for weight in (2.0, 3.0):
+        # the first moments released x weight: the bound grows, their noise (after dividing back) shrinks
+        weighted = z * first_moment_weighted_bound(LAGS, weight) / max_rows
+        add(f"eps 1, first moments weighted x {weight:g}", median(total, weighted, 1.0 + (1.0 / weight - 1.0) * first))
+    add(
+        "autocovariance (Yule-Walker) release: bias without noise",
+        error(solve(plan, yule_walker_vector(firms, HIGH, LAGS, max_rows), 0.0)),
+    )
     units = np.concatenate([f.demand["units"].to_numpy(dtype=float) for f in firms if f.demand is not None])
     for high in (3000.0, 2500.0, 2000.0):
         tighter, vector = _plan(firms, high, z)
