@@ -92,7 +92,10 @@ class KMeansParams(_Frozen):
     """K-means (Lloyd rounds) on demand profiles: one point per series (`series`) or per firm (`firm`).
 
     Step 0 releases a coarse joint histogram (`init_grid` cells per feature) from which the server
-    picks deterministic initial centroids; each further step is one Lloyd round.
+    picks deterministic initial centroids; each further step is one Lloyd round. `max_iterations`
+    defaults to 1: under DP (the default mode) every round is a release, and 1 round beat 2 at
+    epsilon 1 on every chain measured (12, 50 and 200 firms; benchmarks/results/analytics_sweep*.md);
+    a run without noise should ask for more (10, say) to converge.
     """
 
     k: int = Field(ge=2, le=64)
@@ -102,7 +105,7 @@ class KMeansParams(_Frozen):
         default_factory=dict, validate_default=True, description="public ranges; defaults per feature"
     )
     init_grid: int = Field(default=4, ge=2, le=16, validate_default=True)
-    max_iterations: int = Field(default=10, ge=1, le=100, description="Lloyd rounds (each one release)")
+    max_iterations: int = Field(default=1, ge=1, le=100, description="Lloyd rounds (each one release)")
     tolerance: float = Field(default=1e-6, ge=0, description="stop when no centroid coordinate moves more")
     max_points: int = Field(default=200, ge=1, le=100_000, description="series a firm contributes at most")
     min_count: float = Field(default=1.0, ge=0, description="a cluster with fewer points keeps its centroid")
