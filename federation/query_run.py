@@ -389,13 +389,16 @@ def session_config(
 
 
 def check_same_session(folder: Path, config: Mapping[str, Any]) -> None:
-    """A resumed session keeps its plan and every setting: the first that differs is named."""
+    """A resumed session keeps its plan and every setting: the first that differs is named. Only the parts
+    `config` holds are compared (the plan can be checked before the budget is planned)."""
     path = folder / CONFIG_FILE
     try:
         recorded = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise ConfigError(f"unreadable session configuration: {err}", source=str(path)) from None
-    changed = changed_scenario_field(recorded, dict(config))
+    if not isinstance(recorded, dict):
+        raise ConfigError("unreadable session configuration: not a JSON object", source=str(path))
+    changed = changed_scenario_field({key: recorded.get(key) for key in config}, dict(config))
     if changed is not None:
         raise ConfigError(
             f"'{changed}' differs from the session as it started (the plan, an option, the scenario file or its "
@@ -609,6 +612,10 @@ def run_queries(
     if budget is not None:
         ledger_signer(settings)  # a missing or wrong ledger key, before anything starts
     requests = with_scenario_defaults(settings, requests)
+    if resume is not None:  # a changed plan or setting is named before the budget is planned again
+        resume = resumable_session(resume)
+        planned = session_config(settings, requests, budget, None)
+        check_same_session(resume, {key: planned[key] for key in ("run_config", "scenario", "queries")})
     # parameter errors surface before anything starts; under DP, the budget is checked and calibrated too
     if budget is None:
         noise = None
@@ -616,7 +623,6 @@ def run_queries(
     else:
         noise = noised_plans(settings, requests, budget)[1]
     if resume is not None:
-        resume = resumable_session(resume)
         check_same_session(resume, session_config(settings, requests, budget, noise))
     config = settings.to_run_config()
     results: list[QueryRunResult] = []

@@ -6,6 +6,7 @@ whose sum was in flight is redone, and the answers and spend equal an uninterrup
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -166,3 +167,16 @@ def test_a_checkpoint_of_another_configuration_is_refused(tmp_path: Path, firms:
     with pytest.raises(ConfigError) as caught:
         Checkpoints(FakeRunFolder(tmp_path), config_hash({"other": 1}), resuming=True)  # type: ignore[arg-type]
     assert "another configuration" in str(caught.value)
+
+
+def test_the_interrupt_prints_the_resume_command_of_a_query_session_or_a_simulation(tmp_path: Path) -> None:
+    from silobridge.federation.resume import resume_command
+
+    session, simulation = tmp_path / "session", tmp_path / "simulation"
+    for folder, config in ((session, {"queries": [], "privacy": None}), (simulation, {"run_config": {}})):
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps(config))
+        assert resume_command(folder) is None  # nothing completed: nothing to resume
+        (folder / CHECKPOINT_FILE).write_bytes(b"")
+    assert resume_command(session) == f"silobridge query --resume {session}"
+    assert resume_command(simulation) == f"silobridge simulate --resume {simulation}"
