@@ -2,7 +2,8 @@
 checkpointed after every step (`federation.query_resume`), stopped at each crash point of a step in the middle of
 a multi-step query, and resumed: completed steps are replayed (no firm asked, nothing charged again), a step whose
 noised vector reached its pending checkpoint is finished from it (its entry written if the ledger lacks it), a step
-whose sum was in flight is redone, and the answers and spend equal an uninterrupted session's exactly. End to end over Flower: test_query_resume_run.py (slow)."""
+whose sum was in flight is redone, and the answers and spend equal an uninterrupted session's exactly. End to end
+over Flower: test_query_resume_run.py (slow)."""
 
 from __future__ import annotations
 
