@@ -452,7 +452,10 @@ def recorded_session(folder: Path) -> RecordedSession:
                 unit=privacy["unit"],
             )
         )
-        return RecordedSession(dict(recorded["run_config"]), requests, budget)
+        # `query` has no --rounds or --seed: the recorded values are the scenario's own, which, parsed again
+        # as overrides, would be added to 'set' (then the session would differ from itself)
+        run_config = {**recorded["run_config"], "num-rounds": 0, "seed": -1}
+        return RecordedSession(run_config, requests, budget)
     except (KeyError, TypeError, ValueError) as err:
         raise ConfigError(f"unreadable session configuration: {err!r}", source=str(path)) from None
 

@@ -181,3 +181,41 @@ def test_the_interrupt_prints_the_resume_command_of_a_query_session_or_a_simulat
         (folder / CHECKPOINT_FILE).write_bytes(b"")
     assert resume_command(session) == f"silobridge query --resume {session}"
     assert resume_command(simulation) == f"silobridge simulate --resume {simulation}"
+
+
+def test_a_recorded_session_plans_to_itself_and_a_change_is_named(tmp_path: Path) -> None:
+    """What `query --resume` reads back from config.json gives the same session config (the scenario's rounds
+    and seed are not added to the overrides), and a changed query parameter or budget is named."""
+    from silobridge.federation.query_run import (
+        QueryBudget,
+        QueryRequest,
+        check_same_session,
+        query_settings,
+        recorded_session,
+        session_config,
+    )
+    from silobridge.federation.run_requests import query_config
+    from tests.conftest import TINY
+
+    requests = [QueryRequest(name, params) for name, params in QUERIES]
+    budget = QueryBudget(30.0, 1e-5)
+    settings = query_settings(query_config(TINY, tmp_path, run_id="s", noise_seed=5))
+    folder = tmp_path / ".s.partial"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(session_config(settings, requests, budget, NOISE)))
+    recorded = recorded_session(folder)
+    again = query_settings(recorded.run_config)
+    assert recorded.budget == QueryBudget(30.0, 1e-5, noise_multiplier=NOISE)
+    assert session_config(again, recorded.requests, recorded.budget, NOISE) == json.loads(
+        (folder / "config.json").read_text()
+    )
+    changed = [QueryRequest("mean", {**QUERIES[0][1], "high": 4000}), *requests[1:]]
+    with pytest.raises(ConfigError) as caught:
+        check_same_session(folder, session_config(again, changed, recorded.budget, NOISE))
+    assert caught.value.field == "queries.0.params.high"
+    with pytest.raises(ConfigError) as caught:
+        check_same_session(folder, session_config(again, requests, QueryBudget(10.0, 1e-5), NOISE))
+    assert caught.value.field == "privacy.epsilon"
+    (folder / "queries.json").write_text("{}")
+    with pytest.raises(ConfigError, match="completed query session"):
+        recorded_session(folder)
