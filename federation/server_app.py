@@ -44,7 +44,6 @@ from silobridge.server.privacy import accounting_spec
 log = logging.getLogger("silobridge")
 
 
-
 @dataclass(frozen=True)
 class RunResult:
     path: Path
