@@ -12,7 +12,8 @@ entry, and as `checkpoint.npz` once every entry is written. A crash between the 
 round that the resumed run finishes by recording whichever of its releases the ledger lacks
 (`federation.resume`): the round's release is charged once, and the models it charged are the ones
 the run continues from. The linear family's releases are checkpointed the same way, each with its released
-vector and the noise generator's state (`federation.linear_resume`). Nothing else random needs saving: the
+vector and the noise generator's state (`federation.linear_resume`), and so are a query session's steps
+(`federation.query_resume`). Nothing else random needs saving: the
 firms' DP-SGD noise and their stochastic rounding into the secure sum are derived from their own seed and
 the round (`clients.secure_sum.rounding_seed`), the secure sum's result does not depend on its masks (a
 resumed run starts a fresh key-agreement session), and the central mechanism's noise is fresh OS entropy by
@@ -64,6 +65,9 @@ class Checkpoint:
     # state (JSON), and each completed release's released vector, by release id
     linear: dict[str, Any] | None = None
     released: dict[str, np.ndarray] = field(default_factory=dict)
+    # a query session's progress (`federation.query_resume`): each completed step's report, in the order of
+    # `released` (its released vector, by release id), and the noise generator's state after the last
+    queries: dict[str, Any] | None = None
 
     @property
     def position(self) -> tuple[int, int]:
@@ -95,6 +99,7 @@ def write_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
         "releases": checkpoint.releases,
         "linear": checkpoint.linear,
         "released": list(checkpoint.released),
+        "queries": checkpoint.queries,
     }
     arrays[_META] = np.array(json.dumps(meta, default=_json_default))
     temporary = path.with_name(f".{path.name}.tmp")
@@ -133,6 +138,7 @@ def read_checkpoint(path: Path) -> Checkpoint:
         releases=list(meta["releases"]),
         linear=meta["linear"],
         released=released,
+        queries=meta.get("queries"),
     )
 
 

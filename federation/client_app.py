@@ -129,7 +129,7 @@ def _release(
 
     `clipped` is how many values the firm already clipped to public bounds (an analytics answer);
     it is summed with the values quantisation clips, never sent on its own. `release` names a release
-    that a resumed run repeats (a training round, a linear-family sum): with the firm's own noise seed
+    that a resumed run repeats (a training round, a linear-family sum, a query step): with the firm's own noise seed
     its rounding is then seeded (`rounding_seed`), so the repeat is exact.
     """
     layout = read_layout(req.message)
@@ -256,7 +256,10 @@ def _analytics(req: Request) -> RecordDict:
     answered = [float(z) for z in (stored or {}).get("multipliers", [])]  # type: ignore[union-attr]
     check_step(step, req.firm.budget_epsilon, answered, firm=req.firm.firm_id)
     answer = answer_step(step, req.firm.data)
-    reply = _release(req, {QUERY_SEGMENT: answer.vector}, clipped=answer.clipped)
+    # the step as sent names the release: a resumed session that redoes it rounds it as it was rounded
+    reply = _release(
+        req, {QUERY_SEGMENT: answer.vector}, clipped=answer.clipped, release=f"query {step.model_dump_json()}"
+    )
     if step.noise_multiplier is not None:  # counted once the release has left
         req.context.state.config_records[OWN_QUERY_SPEND] = ConfigRecord(
             {"multipliers": [*answered, step.noise_multiplier]}

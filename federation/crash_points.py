@@ -4,7 +4,9 @@
 group (itself, its Ray workers) when it reaches that point, as an OOM kill or a reboot would: no handler
 runs, nothing is flushed. Points: `unmask:round N` (a round's secure sum has the firms' masked inputs,
 not yet unmasked), `pending:N` (round N's models are on disk, its ledger entries not yet written) and
-`entry:N` (round N's first ledger entry is written, the round's checkpoint not yet). Unset, nothing happens.
+`entry:N` (round N's first ledger entry is written, the round's checkpoint not yet); the linear family's
+releases and a query session's steps have the same two, named by release id (`pending:linear/demand`,
+`entry:query-2/kmeans/step-1`). Unset, nothing happens.
 """
 
 from __future__ import annotations

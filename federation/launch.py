@@ -23,7 +23,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
 from silobridge.errors import FederationError
-from silobridge.federation.checkpoint import CHECKPOINT_FILE
+from silobridge.federation.resume import resume_command
 from silobridge.federation.rundir import live_runs
 from silobridge.federation.settings import quiet_accountant
 
@@ -225,8 +225,9 @@ def _interrupted(signum: int, frame: object) -> None:
     if kept is not None:
         audit = f"; check it with: silobridge audit {kept}" if ledger is not None else ""
         lines.append(f"run directory kept with failure.json: {kept}{audit}")
-        if (kept / CHECKPOINT_FILE).exists():
-            lines.append(f"resume it after its last completed round with: silobridge simulate --resume {kept}")
+        command = resume_command(kept)
+        if command is not None:
+            lines.append(f"resume it after its last completed round or step with: {command}")
     elif ledger is None:
         lines.append("no privacy was spent; nothing was kept")
     sys.stderr.write("interrupted: " + "\n".join(lines) + "\n")

@@ -5,7 +5,8 @@ Both halves meet here only: the server's plans (`server.query_plans`) and the fi
 the real SecAgg protocol in memory, or over Flower messages with the same secure-sum path training
 uses -- and the engine adds the DP noise and writes the ledger. `run_queries` runs a list of
 queries over a scenario's firms in a Flower simulation and writes a run directory whose ledger
-`silobridge audit` verifies.
+`silobridge audit` verifies; the session is checkpointed after every step, and `resume=` continues one
+that a crash or Ctrl-C stopped (`federation.query_resume`).
 """
 
 from __future__ import annotations
@@ -33,14 +34,17 @@ from silobridge.errors import BudgetExhausted, ConfigError, FederationError, Sil
 from silobridge.federation.coordinator import Federation, RunObserver
 from silobridge.federation.firm_source import pilot_folders, validate_pilot
 from silobridge.federation.launch import launch
-from silobridge.federation.ledger_signer import ledger_signer
+from silobridge.federation.ledger_signer import PER_RUN, ledger_signer
 from silobridge.federation.privacy_report import LEDGER_FILE
 from silobridge.federation.progress import LogObserver
+from silobridge.federation.query_resume import QueryProgress
 from silobridge.federation.records import ANALYTICS
+from silobridge.federation.resume import RUN_KEY_FILE, Checkpoints, changed_scenario_field
 from silobridge.federation.rundir import CONFIG_FILE, RunDirectory, live_runs
 from silobridge.federation.settings import NODES, QUERIES_KEY, RunSettings, settings_from_run_config
 from silobridge.privacy.dp import Budget, epsilon
 from silobridge.privacy.ledger import PrivacyRun, config_hash, public_key_hex
+from silobridge.privacy.ledger.keys import load_signing_key, save_signing_key
 from silobridge.privacy.secagg.layout import CLIPPED
 from silobridge.privacy.secagg.simulate import InMemoryFederation
 from silobridge.scenarios.generator import catalogue_items
@@ -370,6 +374,98 @@ def _federation_sum_step(federation: Federation) -> SumStep:
     return sum_step
 
 
+def session_config(
+    settings: RunSettings, requests: Sequence[QueryRequest], budget: QueryBudget | None, noise: float | None
+) -> dict[str, Any]:
+    """What config.json records of a session (as JSON reads it back): a resumed session must ask the same."""
+    config = {
+        "run_config": settings.to_run_config(),
+        "scenario": settings.scenario.model_dump(mode="json"),
+        "queries": [{"query": r.name, "params": dict(r.params)} for r in requests],
+        "privacy": None if budget is None else {**vars(budget), "noise_multiplier": noise},
+    }
+    normalised: dict[str, Any] = json.loads(json.dumps(config, default=str))
+    return normalised
+
+
+def check_same_session(folder: Path, config: Mapping[str, Any]) -> None:
+    """A resumed session keeps its plan and every setting: the first that differs is named. Only the parts
+    `config` holds are compared (the plan can be checked before the budget is planned)."""
+    path = folder / CONFIG_FILE
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"unreadable session configuration: {err}", source=str(path)) from None
+    if not isinstance(recorded, dict):
+        raise ConfigError("unreadable session configuration: not a JSON object", source=str(path))
+    changed = changed_scenario_field({key: recorded.get(key) for key in config}, dict(config))
+    if changed is not None:
+        raise ConfigError(
+            f"'{changed}' differs from the session as it started (the plan, an option, the scenario file or its "
+            "data changed since): a resumed session keeps its plan and every setting; start a new session instead",
+            source=str(path),
+            field=changed,
+        )
+
+
+def resumable_session(folder: Path) -> Path:
+    """The folder of a query session that a crash or Ctrl-C stopped; a completed one is refused (nothing to
+    resume), and so is a simulation's run directory."""
+    if (folder / QUERIES_FILE).exists():
+        raise ConfigError(
+            f"{folder} holds a completed query session ({QUERIES_FILE}): nothing to resume", field="--resume"
+        )
+    rundir = RunDirectory.resume(folder)  # no config.json, a summary, or both folders of the run: refused
+    recorded = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    if not isinstance(recorded, dict) or "queries" not in recorded:
+        raise ConfigError(
+            f"{folder} holds a simulation, not a query session: resume it with silobridge simulate --resume",
+            field="--resume",
+        )
+    return rundir.final if rundir.final.exists() else rundir.partial
+
+
+@dataclass(frozen=True)
+class RecordedSession:
+    """A stopped session as its config.json records it: what `silobridge query --resume` continues."""
+
+    run_config: dict[str, Any]
+    requests: list[QueryRequest]
+    budget: QueryBudget | None
+
+
+def recorded_session(folder: Path) -> RecordedSession:
+    """The run config, queries and budget a session started with (its calibrated noise multiplier fixed)."""
+    path = resumable_session(folder) / CONFIG_FILE
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        requests = [QueryRequest(str(q["query"]), dict(q["params"])) for q in recorded["queries"]]
+        privacy = recorded["privacy"]
+        budget = (
+            None
+            if privacy is None
+            else QueryBudget(
+                epsilon=float(privacy["epsilon"]),
+                delta=float(privacy["delta"]),
+                accountant=str(privacy["accountant"]),
+                noise_multiplier=float(privacy["noise_multiplier"]),
+                unit=privacy["unit"],
+            )
+        )
+        # `query` has no --rounds or --seed: the recorded values are the scenario's own, which, parsed again
+        # as overrides, would be added to 'set' (then the session would differ from itself)
+        run_config = {**recorded["run_config"], "num-rounds": 0, "seed": -1}
+        return RecordedSession(run_config, requests, budget)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ConfigError(f"unreadable session configuration: {err!r}", source=str(path)) from None
+
+
+def session_rng(settings: RunSettings) -> np.random.Generator:
+    """The coordinator's noise: fresh OS entropy; a simulation's --noise-seed fixes it (experiments only)."""
+    seed = settings.noise_seed if settings.simulated else None
+    return np.random.default_rng(None if seed is None else [seed, 29])
+
+
 def serve_queries(
     grid: Grid,
     settings: RunSettings,
@@ -378,8 +474,12 @@ def serve_queries(
     *,
     flower_run_id: int,
     observer: RunObserver,
+    resume: Path | None = None,
 ) -> QueryRunResult:
-    """The coordinator's side: connect, open the ledger (under DP), run every query, write the run directory."""
+    """The coordinator's side: connect, open the ledger (under DP), run every query, write the run directory.
+
+    Every completed step is checkpointed; `resume` is the folder of a stopped session to continue.
+    """
     started = time.monotonic()
     check_query_privacy(settings, budget, [r.name for r in requests])
     pilot_folders(settings)  # a pilot's folder holds exactly the declared firms
@@ -387,38 +487,27 @@ def serve_queries(
     plans, noise = (
         (plan_queries(settings, requests), None) if budget is None else noised_plans(settings, requests, budget)
     )
-    with RunDirectory(settings.out_dir, settings.run_id) as rundir, live_runs.hold(rundir):
-        config = {
-            "run_config": settings.to_run_config(),
-            "queries": [{"query": r.name, "params": dict(r.params)} for r in requests],
-            "privacy": None if budget is None else {**vars(budget), "noise_multiplier": noise},
-        }
-        rundir.write_json(CONFIG_FILE, config)
+    config = session_config(settings, requests, budget, noise)
+    if resume is not None:
+        resume = resumable_session(resume)
+        check_same_session(resume, config)
+    opened = RunDirectory.resume(resume) if resume is not None else RunDirectory(settings.out_dir, settings.run_id)
+    with opened as rundir, live_runs.hold(rundir):
+        if resume is None:
+            rundir.write_json(CONFIG_FILE, config)
+        checkpoints = Checkpoints(rundir, config_hash(config), resuming=resume is not None)
         federation = Federation(grid, settings, observer, flower_run_id=flower_run_id)
         manifests = federation.connect()
         firms = sorted(m.firm_id for m in manifests.values())
         privacy, ledger, public_key = None, None, None
-        if budget is not None and noise is not None:
-            key, key_kind = ledger_signer(settings)  # the federation's long-term key, or one made for this run
-            public_key = public_key_hex(key.public_key())
-            rundir.keep_on_failure = True  # privacy may be spent from here on: the ledger must survive
-            ledger = PrivacyRun.start(
-                rundir.partial / LEDGER_FILE,
-                run_id=settings.run_id,
-                config_sha256=config_hash(config),
-                budget=Budget(budget.epsilon, budget.delta),
-                signing_key=key,
-                key_kind=key_kind,
-                spec=query_accounting(budget.accountant, budget.unit),
-                firm_budgets={
-                    m.firm_id: Budget(m.budget_epsilon, budget.delta)
-                    for m in manifests.values()
-                    if m.budget_epsilon is not None
-                },
-            )
-            live_runs.ledger_opened(rundir, ledger)  # Ctrl-C closes it with its end entry
-            privacy = QueryPrivacy(ledger, noise, unit=budget.unit)
-        engine = QueryEngine(_federation_sum_step(federation), firms, privacy=privacy)
+        rng = session_rng(settings) if budget is not None else None
+        if budget is not None and noise is not None and rng is not None:
+            ledger, public_key = _open_ledger(settings, rundir, checkpoints, config, budget, manifests.values())
+            privacy = QueryPrivacy(ledger, noise, rng=rng, unit=budget.unit)
+        progress = QueryProgress(checkpoints, rng, ledger, federation.dropped)
+        if progress.replayable:
+            observer.stage(f"resumed: {progress.replayable} completed step(s) replayed, no firm asked again")
+        engine = QueryEngine(_federation_sum_step(federation), firms, privacy=privacy, log=progress)
         outcomes: list[QueryOutcome] = []
         try:
             for plan in plans:
@@ -443,8 +532,54 @@ def serve_queries(
                 "seconds": seconds,
             },
         )
+        (rundir.partial / RUN_KEY_FILE).unlink(missing_ok=True)  # a completed session is never resumed
         path = rundir.commit()
     return QueryRunResult(path, outcomes, noise, public_key, seconds)
+
+
+def _open_ledger(
+    settings: RunSettings,
+    rundir: RunDirectory,
+    checkpoints: Checkpoints,
+    config: Mapping[str, Any],
+    budget: QueryBudget,
+    manifests: Any,
+) -> tuple[PrivacyRun, str]:
+    """The session's ledger: started, or (a resumed session) reopened, verified and reconciled with the
+    checkpoint. A key made for this session only is kept in the folder (owner-only) until it completes,
+    so that a resumed session continues the chain; the audit reports such a key as proving nothing."""
+    key, key_kind = ledger_signer(settings)  # the federation's long-term key, or one made for this run
+    run_key = rundir.partial / RUN_KEY_FILE
+    if checkpoints.resuming and key_kind == PER_RUN and run_key.exists():
+        key = load_signing_key(run_key)
+    rundir.keep_on_failure = True  # privacy may be spent from here on: the ledger must survive
+    path = rundir.partial / LEDGER_FILE
+    if checkpoints.resuming and path.exists():
+        ledger, state = PrivacyRun.reopen(path, key)
+        live_runs.ledger_opened(rundir, ledger)  # Ctrl-C closes it with its end entry
+        checkpoints.reconcile(ledger, state)
+        return ledger, public_key_hex(key.public_key())
+    if checkpoints.start is not None:
+        raise ConfigError(
+            f"the checkpoint records steps charged in {LEDGER_FILE}, which the folder no longer holds",
+            source=str(rundir.partial),
+        )
+    if key_kind == PER_RUN:
+        save_signing_key(key, run_key)
+    ledger = PrivacyRun.start(
+        path,
+        run_id=settings.run_id,
+        config_sha256=config_hash(config),
+        budget=Budget(budget.epsilon, budget.delta),
+        signing_key=key,
+        key_kind=key_kind,
+        spec=query_accounting(budget.accountant, budget.unit),
+        firm_budgets={
+            m.firm_id: Budget(m.budget_epsilon, budget.delta) for m in manifests if m.budget_epsilon is not None
+        },
+    )
+    live_runs.ledger_opened(rundir, ledger)  # Ctrl-C closes it with its end entry
+    return ledger, public_key_hex(key.public_key())
 
 
 def run_queries(
@@ -454,8 +589,12 @@ def run_queries(
     *,
     observer: RunObserver | None = None,
     cpus: int | None = None,
+    resume: Path | None = None,
 ) -> QueryRunResult:
     """Run `requests` over the scenario's firms in an in-process Flower simulation (secure sums by default).
+
+    `resume`: the folder of a stopped session to continue after its last completed step (`recorded_session`
+    gives what it started with); a changed plan or setting is refused, naming it, before anything starts.
 
     `run_config` is the flat run config of `silobridge simulate` (scenario, overrides, aggregation,
     out-dir, run-id, and `data` for a pilot on per-firm CSV folders, each validated first); the
@@ -476,11 +615,18 @@ def run_queries(
     if budget is not None:
         ledger_signer(settings)  # a missing or wrong ledger key, before anything starts
     requests = with_scenario_defaults(settings, requests)
+    if resume is not None:  # a changed plan or setting is named before the budget is planned again
+        resume = resumable_session(resume)
+        planned = session_config(settings, requests, budget, None)
+        check_same_session(resume, {key: planned[key] for key in ("run_config", "scenario", "queries")})
     # parameter errors surface before anything starts; under DP, the budget is checked and calibrated too
     if budget is None:
+        noise = None
         plan_queries(settings, requests)
     else:
-        noised_plans(settings, requests, budget)
+        noise = noised_plans(settings, requests, budget)[1]
+    if resume is not None:
+        check_same_session(resume, session_config(settings, requests, budget, noise))
     config = settings.to_run_config()
     results: list[QueryRunResult] = []
     errors: list[SiloBridgeError] = []
@@ -491,7 +637,13 @@ def run_queries(
         try:
             results.append(
                 serve_queries(
-                    grid, settings, requests, budget, flower_run_id=context.run_id, observer=observer or LogObserver()
+                    grid,
+                    settings,
+                    requests,
+                    budget,
+                    flower_run_id=context.run_id,
+                    observer=observer or LogObserver(),
+                    resume=resume,
                 )
             )
         except SiloBridgeError as err:  # raised again below, in the caller's thread, with its own message

@@ -20,7 +20,9 @@ result: the resume entry's pointer, and that no firm is charged twice for one re
 Scope: the FedAvg rounds of the MLP family and each release of the linear family (`federation.linear_resume`:
 a completed release is replayed from its checkpoint, never summed or charged again). A release recorded after
 them (the efficiency release) is not checkpointed; a ledger holding one beyond the checkpoint is refused,
-naming it, rather than charged again. Neither are query sessions. `silobridge run` (the network path) has no
+naming it, rather than charged again. Query sessions (`silobridge query --plan`) are checkpointed after every
+step the same way (`federation.query_resume`), a step's release standing where a round's does.
+`silobridge run` (the network path) has no
 `--resume` yet: the coordinator's side would be the same, but the partners' nodes keep per-run state (own
 budget, key agreement) that a fresh Flower run resets.
 """
@@ -44,6 +46,8 @@ from silobridge.federation.checkpoint import (
 )
 from silobridge.federation.rundir import CONFIG_FILE, RunDirectory
 from silobridge.privacy.ledger import PrivacyRun, Release
+
+RUN_KEY_FILE = "ledger_signing_key.pem"  # a per-run ledger key, owner-only, for a resumed run to continue the chain
 
 if TYPE_CHECKING:
     from silobridge.privacy.ledger.run import LedgerState
@@ -136,8 +140,11 @@ class Checkpoints:
         for item in pending.releases:
             if item["release_id"] not in recorded:
                 ledger.record(release_from_dict(item))
-        if pending.linear is not None and len(pending.released) > (len(start.released) if start is not None else 0):
+        finished = len(pending.released) > (len(start.released) if start is not None else 0)
+        if pending.linear is not None and finished:
             pending.linear["history"][-1]["epsilon"] = ledger.overall_epsilon  # the linear release just finished
+        elif pending.queries is not None and finished:
+            pending.queries["steps"][-1]["epsilon_after"] = ledger.overall_epsilon  # the query step just finished
         else:
             for record in pending.history:
                 if record.get("round") == pending.round and "epsilon" in record:
@@ -157,6 +164,19 @@ class Checkpoints:
             path.unlink()  # written before a checkpoint that followed it: nothing in it is needed
             return None
         return pending
+
+
+def resume_command(folder: Path) -> str | None:
+    """The command that resumes the run kept in `folder` (a query session or a simulation); None if it holds
+    no checkpoint to resume from."""
+    if not (folder / CHECKPOINT_FILE).exists():
+        return None
+    try:
+        recorded = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    command = "query" if isinstance(recorded, dict) and "queries" in recorded else "simulate"
+    return f"silobridge {command} --resume {folder}"
 
 
 def resume_run_config(run_dir: Path, given: Mapping[str, object]) -> dict[str, Any]:

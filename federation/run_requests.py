@@ -64,6 +64,7 @@ def query_config(
     aggregation: str | None = None,
     data: Path | None = None,
     ledger_key: Path | None = None,
+    noise_seed: int | None = None,
 ) -> dict[str, object]:
     """An analytics session's run config (its queries and budget travel beside it)."""
     config: dict[str, object] = {
@@ -78,6 +79,8 @@ def query_config(
         config["data"] = str(data.resolve())
     if ledger_key is not None:
         config["ledger-key"] = str(ledger_key.resolve())
+    if noise_seed is not None:
+        config["noise-seed"] = noise_seed
     return config
 
 

@@ -31,7 +31,7 @@ from silobridge.federation.preflight import check_firm_budgets
 from silobridge.federation.privacy_report import LEDGER_FILE, privacy_summary
 from silobridge.federation.progress import Fanout, LogObserver, StageTimer, log_to_stderr
 from silobridge.federation.query_run import QueryJob, query_settings, serve_queries
-from silobridge.federation.resume import Checkpoints
+from silobridge.federation.resume import RUN_KEY_FILE, Checkpoints
 from silobridge.federation.rundir import CONFIG_FILE, SUMMARY_JSON, SUMMARY_MD, RunDirectory, live_runs
 from silobridge.federation.runner import run_federation
 from silobridge.federation.settings import QUERIES_KEY, RunSettings, settings_from_run_config
@@ -42,8 +42,6 @@ from silobridge.privacy.ledger.keys import load_signing_key, save_signing_key
 from silobridge.server.privacy import accounting_spec
 
 log = logging.getLogger("silobridge")
-
-RUN_KEY_FILE = "ledger_signing_key.pem"  # a per-run ledger key, owner-only, for a resumed run to continue the chain
 
 
 @dataclass(frozen=True)

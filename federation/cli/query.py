@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from silobridge.contract.seeds import MAX_NOISE_SEED
 from silobridge.errors import ConfigError, SiloBridgeError
 from silobridge.federation.cli.common import PilotData, fail, out_console, sub_app
+
+if TYPE_CHECKING:
+    from silobridge.federation.query_run import QueryBudget, QueryRequest
 
 app = sub_app()
 
@@ -37,6 +42,7 @@ def check_query_options(
     unit: str,
     network: bool,
     data: Path | None,
+    resume: bool = False,
 ) -> None:
     """Options that contradict each other, or name an unknown accountant or unit, refused before anything runs."""
     if accountant not in ("rdp", "pld"):
@@ -49,7 +55,13 @@ def check_query_options(
             source="command line",
             field="--data",
         )
-    if (name is None) == (plan is None):
+    if resume and network:
+        raise ConfigError(
+            "--resume continues a simulated session (or a pilot's); a session over the network is not resumable yet",
+            source="command line",
+            field="--resume",
+        )
+    if not (resume and name is None and plan is None) and (name is None) == (plan is None):
         raise ConfigError(
             "name one query, or give --plan FILE for a session of several (not both)",
             source="command line",
@@ -84,9 +96,13 @@ def flatten_answer(answer: dict[str, object], prefix: str = "") -> list[tuple[st
 @app.command()
 def query(
     scenario: Annotated[
-        Path,
-        typer.Argument(help="Scenario file (TOML), e.g. scenarios/default.toml; with --network, the federation file."),
-    ],
+        Path | None,
+        typer.Argument(
+            help="Scenario file (TOML), e.g. scenarios/default.toml; with --network, the federation file. "
+            "Leave out with --resume.",
+            show_default=False,
+        ),
+    ] = None,
     name: Annotated[
         str | None,
         typer.Argument(
@@ -111,21 +127,26 @@ def query(
         ),
     ] = None,
     epsilon: Annotated[
-        float, typer.Option(help="Privacy budget of this run (the query, or every query of --plan together).")
-    ] = 1.0,
+        float | None,
+        typer.Option(
+            help="Privacy budget of this run (the query, or every query of --plan together); default 1.0.",
+            show_default=False,
+        ),
+    ] = None,
     unit: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="Unit of privacy: 'record' (one row, basket, series or observation as each query states; "
-            "the default) or 'firm' (a firm's whole contribution: for federations of hundreds of firms)."
+            "the default) or 'firm' (a firm's whole contribution: for federations of hundreds of firms).",
+            show_default=False,
         ),
-    ] = "record",
-    delta: Annotated[float, typer.Option(help="Delta of the budget.")] = 1e-5,
+    ] = None,
+    delta: Annotated[float | None, typer.Option(help="Delta of the budget; default 1e-5.", show_default=False)] = None,
     noise_multiplier: Annotated[
         float | None,
         typer.Option(help="Fix the noise multiplier instead of calibrating it to spend the budget."),
     ] = None,
-    accountant: Annotated[str, typer.Option(help="'rdp' or 'pld'.")] = "rdp",
+    accountant: Annotated[str | None, typer.Option(help="'rdp' (the default) or 'pld'.", show_default=False)] = None,
     no_dp: Annotated[
         bool,
         typer.Option(
@@ -134,7 +155,9 @@ def query(
             "the federation file turns DP off).",
         ),
     ] = False,
-    out: Annotated[Path, typer.Option("--out", help="Folder that receives the run directory.")] = Path("runs"),
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder that receives the run directory (default: runs).")
+    ] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a scenario field, as for simulate.")] = None,
     run_id: Annotated[str | None, typer.Option(help="Name of the run directory.")] = None,
     aggregation: Annotated[
@@ -154,6 +177,24 @@ def query(
         Path | None,
         typer.Option("--ledger-key", help="Sign the ledger with the federation's long-term key (keys --ledger)."),
     ] = None,
+    noise_seed: Annotated[
+        int | None,
+        typer.Option(
+            "--noise-seed",
+            help="Fix the coordinator's DP noise and the simulated firms' secure-sum rounding (reproducible "
+            "experiments); default: fresh OS entropy.",
+            min=0,
+            max=MAX_NOISE_SEED,
+        ),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            help="Continue the session in this folder (left by a crash or Ctrl-C) after its last completed step, "
+            "with the plan and settings it started with (any other plan or setting given is refused).",
+        ),
+    ] = None,
 ) -> None:
     """Run federated analytics queries (simulated, on a pilot's files, or over the network); print answers and cost.
 
@@ -163,42 +204,146 @@ def query(
     from silobridge.federation.network.runs import run_queries as run_network_queries
     from silobridge.federation.progress import log_to_stderr
     from silobridge.federation.query_plan import load_plan
-    from silobridge.federation.query_run import QueryBudget, QueryJob, QueryRequest, run_queries
+    from silobridge.federation.query_run import QueryJob, QueryRequest, run_queries
     from silobridge.federation.run_requests import query_config
 
     try:
         check_query_options(
-            name=name, plan=plan, params=param or [], accountant=accountant, unit=unit, network=network, data=data
-        )
-        requests = load_plan(plan) if plan is not None else [QueryRequest(name or "", parse_param_options(param or []))]
-        budget = None if no_dp else QueryBudget(epsilon, delta, accountant, noise_multiplier, unit)  # type: ignore[arg-type]
-        run_config = query_config(
-            scenario,
-            out,
-            overrides=set_ or [],
-            run_id=run_id,
-            aggregation=aggregation,
+            name=name,
+            plan=plan,
+            params=param or [],
+            accountant=accountant or "rdp",
+            unit=unit or "record",
+            network=network,
             data=data,
-            ledger_key=ledger_key,
+            resume=resume is not None,
         )
+        requests = (
+            load_plan(plan)
+            if plan is not None
+            else [QueryRequest(name, parse_param_options(param or []))]
+            if name is not None
+            else None
+        )
+        privacy = QueryPrivacyOptions(epsilon, delta, accountant, noise_multiplier, unit, no_dp)
+        if scenario is None and resume is None:
+            raise ConfigError("give the scenario file (or --resume RUN_DIR)", source="command line", field="scenario")
+        run_config = (
+            None
+            if scenario is None
+            else query_config(
+                scenario,
+                out or Path("runs"),
+                overrides=set_ or [],
+                run_id=run_id,
+                aggregation=aggregation,
+                data=data,
+                ledger_key=ledger_key,
+                noise_seed=noise_seed,
+            )
+        )
+        if resume is not None:
+            given = {  # the settings asked for on the command line, as run-config keys
+                "scenario": scenario,
+                "out-dir": out,
+                "set": set_ or None,
+                "run-id": run_id,
+                "aggregation": aggregation,
+                "data": data,
+                "ledger-key": ledger_key,
+                "noise-seed": noise_seed,
+            }
+            run_config, requests, budget = resumed_query_session(resume, run_config, given, requests, privacy)
+        else:
+            budget = privacy.budget()
+        if run_config is None or requests is None:  # both given, or both recorded
+            raise ConfigError("give the scenario file and a query or --plan", source="command line", field="scenario")
         if network:
             answered = run_network_queries(run_config, QueryJob(tuple(requests), budget))
             outcomes, noise, path = answered.outcomes, answered.noise_multiplier, answered.path
         else:
             log_to_stderr()
-            result = run_queries(run_config, requests, budget)
+            result = run_queries(run_config, requests, budget, resume=resume)
             outcomes, noise, path = [o.to_dict() for o in result.outcomes], result.noise_multiplier, result.path
     except SiloBridgeError as err:
         raise fail(err) from None
-    if plan is None:
-        print_query(outcomes[0], noise, path, epsilon=epsilon, as_json=as_json)
+    shown = budget.epsilon if budget is not None else 1.0
+    if plan is None and len(outcomes) == 1:
+        print_query(outcomes[0], noise, path, epsilon=shown, as_json=as_json)
     elif as_json:
         out_console.print_json(
             json.dumps({"queries": outcomes, "noise_multiplier": noise, "run_dir": str(path)}, default=str)
         )
     else:
         for outcome in outcomes:
-            print_query(outcome, noise, path, epsilon=epsilon, as_json=False)
+            print_query(outcome, noise, path, epsilon=shown, as_json=False)
+
+
+@dataclass(frozen=True)
+class QueryPrivacyOptions:
+    """The budget options as given on the command line (None: not given, so the default or the recorded one)."""
+
+    epsilon: float | None
+    delta: float | None
+    accountant: str | None
+    noise_multiplier: float | None
+    unit: str | None
+    no_dp: bool
+
+    def budget(self) -> QueryBudget | None:
+        from silobridge.federation.query_run import QueryBudget
+
+        if self.no_dp:
+            return None
+        return QueryBudget(
+            1.0 if self.epsilon is None else self.epsilon,
+            1e-5 if self.delta is None else self.delta,
+            self.accountant or "rdp",
+            self.noise_multiplier,
+            (self.unit or "record"),  # type: ignore[arg-type]  # checked by check_query_options
+        )
+
+
+def resumed_query_session(
+    folder: Path,
+    run_config: dict[str, object] | None,
+    given: dict[str, object],
+    requests: list[QueryRequest] | None,
+    privacy: QueryPrivacyOptions,
+) -> tuple[dict[str, object], list[QueryRequest], QueryBudget | None]:
+    """What a resumed session runs: the run config, queries and budget it recorded. Each option given must
+    equal the recorded one (refused, naming the option); a plan given is checked against the recorded one
+    when the session is planned again (`query_run.check_same_session`)."""
+    from silobridge.federation.query_run import recorded_session
+    from silobridge.federation.resume import resume_run_config
+
+    recorded = recorded_session(folder)
+    resume_run_config(folder, {key: (run_config or {})[key] for key, value in given.items() if value is not None})
+    budget = recorded.budget
+    options = (privacy.epsilon, privacy.delta, privacy.accountant, privacy.noise_multiplier, privacy.unit)
+    if (privacy.no_dp and budget is not None) or (budget is None and any(v is not None for v in options)):
+        recorded_text = "without DP (--no-dp)" if budget is None else f"under DP (epsilon {budget.epsilon:g})"
+        raise ConfigError(
+            f"the session was started {recorded_text}: a resumed session keeps its budget",
+            source=str(folder),
+            field="--no-dp",
+        )
+    if budget is not None:
+        for option, value, kept in (
+            ("--epsilon", privacy.epsilon, budget.epsilon),
+            ("--delta", privacy.delta, budget.delta),
+            ("--accountant", privacy.accountant, budget.accountant),
+            ("--noise-multiplier", privacy.noise_multiplier, budget.noise_multiplier),
+            ("--unit", privacy.unit, budget.unit),
+        ):
+            if value is not None and value != kept:
+                raise ConfigError(
+                    f"the session was started with {option} {kept!r}, and --resume was given {value!r}: a resumed "
+                    "session keeps its budget (omit it, or start a new session)",
+                    source=str(folder),
+                    field=option,
+                )
+    return recorded.run_config, requests if requests is not None else recorded.requests, budget
 
 
 def print_query(outcome: dict, noise: float | None, path: Path, *, epsilon: float, as_json: bool) -> None:

@@ -19,8 +19,8 @@ out of a step is not charged for it) and naming its unit, neighbouring relation 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 import dp_accounting as dpa
 import numpy as np
@@ -106,6 +106,31 @@ class StepReport:
 
 
 @dataclass(frozen=True)
+class ReplayedStep:
+    """A step a resumed session completed before: its released (noised) vector and its report."""
+
+    released: np.ndarray
+    report: StepReport
+
+
+class StepLog(Protocol):
+    """Where a session keeps its completed steps, so that a resumed session replays them.
+
+    A replayed step asks no firm and charges nothing: its released vector is the one the ledger charged.
+    `complete` takes each new step once its noise is drawn, records its release (under DP) and returns
+    the run's epsilon after it; the log decides how the ledger entry and its checkpoint are ordered.
+    """
+
+    def replay(self, release_id: str) -> ReplayedStep | None: ...
+
+    def started(self, prefix: str) -> bool: ...
+
+    def complete(
+        self, release_id: str, released: np.ndarray, report: StepReport, release: Release | None
+    ) -> float | None: ...
+
+
+@dataclass(frozen=True)
 class QueryOutcome:
     """A query's answer and what it cost: its own epsilon and the run's total after it (at the run's delta)."""
 
@@ -140,12 +165,20 @@ class QueryOutcome:
 class QueryEngine:
     """Runs queries one after another over the same firms, numbering their releases `query-<n>`."""
 
-    def __init__(self, sum_step: SumStep, firms: Sequence[str], *, privacy: QueryPrivacy | None = None):
+    def __init__(
+        self,
+        sum_step: SumStep,
+        firms: Sequence[str],
+        *,
+        privacy: QueryPrivacy | None = None,
+        log: StepLog | None = None,
+    ):
         if not firms:
             raise ConfigError("a query needs at least one firm", field="firms")
         self.sum_step = sum_step
         self.firms = sorted(firms)
         self.privacy = privacy
+        self.log = log  # a resumable session's checkpoints (`federation.query_resume`); None: record directly
         self.queries = 0
 
     def run(self, plan: QueryPlan) -> QueryOutcome:
@@ -155,7 +188,9 @@ class QueryEngine:
         steps: list[StepReport] = []
         first = plan.first()
         step: QueryStep | None = first
-        if self.privacy is not None:
+        # a query a resumed session had begun was admitted then; admitting it again would count its
+        # replayed steps twice
+        if self.privacy is not None and not (self.log is not None and self.log.started(prefix)):
             self._admit_query(self.privacy, prefix, plan, first)
         while step is not None:
             if step.step >= plan.planned_steps or len(steps) >= plan.planned_steps:
@@ -172,12 +207,14 @@ class QueryEngine:
             return QueryOutcome(plan.name, answer, steps, None, None, None)
         ledger = self.privacy.ledger
         own = epsilon(events, ledger.budget.delta, ledger.spec) if events else 0.0
+        # the run's total after this query's last release (a resumed session's ledger may hold later ones)
+        total = steps[-1].epsilon_after if steps and steps[-1].epsilon_after is not None else ledger.overall_epsilon
         return QueryOutcome(
             plan.name,
             answer,
             steps,
             own,
-            ledger.overall_epsilon,
+            total,
             ledger.budget.delta,
             self.privacy.unit,
             self._neighbours(plan),
@@ -228,6 +265,10 @@ class QueryEngine:
         if privacy is not None:
             sensitivity = step.sensitivity(privacy.unit)
             event = step_event(privacy.noise_multiplier, sensitivity)
+        replayed = self.log.replay(release_id) if self.log is not None else None
+        if replayed is not None:  # completed before a resume: no firm asked, nothing charged again
+            return np.array(replayed.released, dtype=np.float64, copy=True), replayed.report, event
+        if privacy is not None and event is not None:
             self._admit(privacy, release_id, event)  # before any firm is contacted
         if privacy is not None:  # what the firms need to count their own spend (record level)
             step = step.model_copy(
@@ -243,7 +284,7 @@ class QueryEngine:
         if total.shape != (step.length,):
             raise FederationError(f"{release_id}: the sum has {total.size} entries, the step {step.length}")
         noise_std = 0.0
-        epsilon_after = None
+        release = None
         if privacy is not None and event is not None and sensitivity is not None:
             noise_std = privacy.noise_multiplier * sensitivity
             total = total + privacy.rng.normal(0.0, noise_std, size=total.shape)
@@ -251,29 +292,26 @@ class QueryEngine:
             unknown = sorted(set(charged) - set(self.firms))
             if unknown:
                 raise FederationError(f"{release_id}: firms {unknown} contributed but are not in the federation")
-            totals = privacy.ledger.record(
-                Release(
-                    release_id=release_id,
-                    mechanism="gaussian",
-                    event=event,
-                    firms=charged,  # a firm that dropped out of the step is not in its sum, and not charged
-                    noise_multiplier=privacy.noise_multiplier,
-                    clip_norm=sensitivity,
-                    parameters={
-                        "query": step.query,
-                        "step": step.step,
-                        "length": step.length,
-                        "value_bound": step.value_bound,
-                        "unit": privacy.unit,
-                        "neighbours": self._neighbours(plan),
-                        "firm_l2_bound": step.l2_bound,
-                        "contributors": len(summed.contributors),
-                        "dropped": ",".join(sorted(set(self.firms) - set(charged))),
-                        "clipped": summed.clipped,
-                    },
-                )
+            release = Release(
+                release_id=release_id,
+                mechanism="gaussian",
+                event=event,
+                firms=charged,  # a firm that dropped out of the step is not in its sum, and not charged
+                noise_multiplier=privacy.noise_multiplier,
+                clip_norm=sensitivity,
+                parameters={
+                    "query": step.query,
+                    "step": step.step,
+                    "length": step.length,
+                    "value_bound": step.value_bound,
+                    "unit": privacy.unit,
+                    "neighbours": self._neighbours(plan),
+                    "firm_l2_bound": step.l2_bound,
+                    "contributors": len(summed.contributors),
+                    "dropped": ",".join(sorted(set(self.firms) - set(charged))),
+                    "clipped": summed.clipped,
+                },
             )
-            epsilon_after = float(totals["overall"])
         report = StepReport(
             step=step.step,
             length=step.length,
@@ -283,6 +321,12 @@ class QueryEngine:
             clipped=summed.clipped,
             noise_std=noise_std,
             release_id=release_id if privacy is not None else None,
-            epsilon_after=epsilon_after,
+            epsilon_after=None,
         )
-        return total, report, event
+        if self.log is not None:
+            epsilon_after = self.log.complete(release_id, total, report, release)
+        else:
+            epsilon_after = (
+                None if release is None or privacy is None else float(privacy.ledger.record(release)["overall"])
+            )
+        return total, replace(report, epsilon_after=epsilon_after), event
