@@ -3,7 +3,7 @@ on real public data.
 
 Run from the repository root:
     python -m benchmarks.bench_joining_pays [--quick] [--seeds 1,2,3,4,5] [--epsilons 1,2,4,8] [--draws 3]
-        [--rounds N] [--skip-real] [--resume] [--work DIR]
+        [--rounds N] [--skip-real] [--resume] [--work DIR] [--results NAME]
 
 Runs `silobridge simulate` in a fresh process per run (like bench_dp_utility) and reads each run's summary.json:
 (a) scenarios/default.toml with every seed (`--set seed=N`), record-level DP at delta 1e-5, each private point
@@ -22,7 +22,8 @@ anchor) is listed with its error, and the targets it would judge are "not run".
 
 The issue's targets are judged as measured ("met" / "NOT met"); a per-seed target is met only when it holds on
 every seed. `--quick`: seed 1, one draw, epsilon 8 and no DP, 5 rounds: a check that the harness works, not the
-issue's setting. Results, rewritten after every point: benchmarks/results/joining_pays{,_quick}.{json,md,png}.
+issue's setting. Results, rewritten after every point: benchmarks/results/joining_pays{,_quick}.{json,md,png}, or
+`--results NAME`'s NAME.{json,md,png} (a trial that must not overwrite the committed results).
 """
 
 from __future__ import annotations
@@ -774,7 +775,15 @@ def main() -> None:
     parser.add_argument("--skip-real", action="store_true", help="leave out the real pilots")
     parser.add_argument("--work", type=Path, default=None, help="keep pilots, run directories and logs here")
     parser.add_argument("--resume", action="store_true", help="keep the earlier results' good points, run the rest")
+    parser.add_argument(
+        "--results",
+        default=None,
+        help="results file name under benchmarks/results (default joining_pays, quick joining_pays_quick): "
+        "a trial's own name keeps the committed results",
+    )
     args = parser.parse_args()
+    if args.results is not None and (not args.results or not args.results.replace("_", "").isalnum()):
+        parser.error(f"--results must be a plain file name (letters, digits, underscores), got '{args.results}'")
     seeds, epsilons = (1,) if args.quick else args.seeds, (TARGET_EPSILON,) if args.quick else args.epsilons
     draws = args.draws or (1 if args.quick else DRAWS)
     rounds = args.rounds or (QUICK_ROUNDS if args.quick else None)
@@ -783,7 +792,7 @@ def main() -> None:
     if TARGET_EPSILON not in epsilons:
         epsilons = (*epsilons, TARGET_EPSILON)  # the targets are judged at epsilon 8
     points = plan(seeds, epsilons, draws, rounds, not args.skip_real)
-    name = "joining_pays_quick" if args.quick else "joining_pays"
+    name = args.results or ("joining_pays_quick" if args.quick else "joining_pays")
     reduced = reductions(seeds, epsilons, draws, rounds, not args.skip_real)
     parameters = {
         "mode": "quick" if args.quick else ("reduced" if reduced else "full"),
