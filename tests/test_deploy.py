@@ -19,17 +19,18 @@ from tests.firm_support import tiny_firm
 
 
 def _scripted_local_mlp(monkeypatch: pytest.MonkeyPatch, seasonal: float, recent: float) -> list[np.ndarray]:
-    """Replace the local-only MLP's validation score: `seasonal` on the tail reaching back a year, `recent` on
-    the recent tail alone. Returns the tails it was scored on."""
+    """Replace the local-only MLP's validation forecasts by the actuals x (1 + WAPE): WAPE `seasonal` on the tail
+    reaching back a year, `recent` on the recent tail alone. Returns the tails it was scored on."""
     tails: list[np.ndarray] = []
 
-    def scores(firm, instruction, train, split, global_mlp):  # noqa: ANN001, ANN202
+    def forecasts(firm, instruction, train, split, global_mlp):  # noqa: ANN001, ANN202
         spec = firm.spec
         tails.append(split[1])
         full = validation_split(train, spec.linear.validation_periods, spec.horizon, spec.test_periods)
-        return {"local_mlp": seasonal if np.array_equal(split[1], full[1]) else recent}
+        error = seasonal if np.array_equal(split[1], full[1]) else recent
+        return {"local_mlp": train.actual[split[1]] * (1.0 + error)}
 
-    monkeypatch.setattr(deploy, "_mlp_scores", scores)
+    monkeypatch.setattr(deploy, "_mlp_forecasts", forecasts)
     return tails
 
 
@@ -45,11 +46,13 @@ def _setup():  # noqa: ANN202
 
 def test_a_switch_won_on_last_years_season_must_hold_on_the_recent_tail(monkeypatch: pytest.MonkeyPatch) -> None:
     firm, instruction = _setup()
-    tails = _scripted_local_mlp(monkeypatch, seasonal=1e6, recent=1e-9)  # every candidate wins the seasonal tail
+    tails = _scripted_local_mlp(monkeypatch, seasonal=1e6, recent=1e-3)  # every candidate wins the seasonal tail
     kept = deploy_demand(firm, instruction, None)
     assert len(tails) == 2  # validated, then the switch was checked on the recent tail
     assert kept.name == "local_mlp" and "most recent" in kept.reason and "kept it" in kept.reason
-    assert {"naive", "local", "local_mlp"} <= set(kept.recent) and kept.recent["local_mlp"] == 1e-9
+    assert {"naive", "local", "local_mlp"} <= set(kept.recent) and kept.recent["local_mlp"] == pytest.approx(
+        1e-3, rel=1e-3
+    )
 
 
 def test_a_switch_confirmed_on_the_recent_tail_is_deployed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -71,7 +74,7 @@ def test_no_confirmation_when_the_tail_is_recent_only(monkeypatch: pytest.Monkey
     full = validation_split(train, spec.linear.validation_periods, spec.horizon, spec.test_periods)
     recent = validation_split(train, spec.linear.validation_periods, spec.horizon)
     assert np.array_equal(full[1], recent[1])
-    tails = _scripted_local_mlp(monkeypatch, seasonal=1e6, recent=1e-9)
+    tails = _scripted_local_mlp(monkeypatch, seasonal=1e6, recent=1e-3)
     deployment = deploy_demand(firm, instruction, None)
     assert deployment.name != "local_mlp" and len(tails) == 1 and deployment.recent == {}
 

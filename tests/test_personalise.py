@@ -13,13 +13,19 @@ from silobridge.clients.personalise import (
     MIN_VALIDATION_EVENTS,
     RISK_FOLDS,
     RISK_SWITCH_MARGIN,
+    blend,
+    blend_scores,
     choose_demand,
     choose_risk,
+    clear_gain,
     confirms,
     demand_forecasts,
     demand_scores,
     keep_or_switch,
+    origin_errors,
+    refit_candidate,
     risk_validation,
+    row_log_losses,
     stratified_folds,
     stratified_tail,
     validation_split,
@@ -249,3 +255,62 @@ def test_demand_scores_fit_on_the_fit_windows_and_score_the_tail() -> None:
     actual = train.actual[tail]
     forecast = np.maximum(x[tail] @ coef, 0.0) * train.scale[tail].astype(float)[:, None]
     assert scores["local"] == pytest.approx(np.abs(forecast - actual).sum() / np.abs(actual).sum())
+
+
+def test_clear_gain_needs_the_total_gain_beyond_z_standard_errors_of_the_paired_difference() -> None:
+    incumbent = np.array([0.10, 0.10, 0.10, 0.10])
+    steady = np.array([0.08, 0.08, 0.08, 0.09])  # gains 0.02, 0.02, 0.02, 0.01: total 0.07, sd 0.005 -> SE 0.01
+    assert clear_gain(incumbent, steady)
+    assert clear_gain(incumbent, steady, z=6.9) and not clear_gain(incumbent, steady, z=7.1)
+    lucky = np.array([0.0, 0.11, 0.11, 0.11])  # one origin's gain of 0.10 against three losses of 0.01
+    assert lucky.sum() < incumbent.sum() and not clear_gain(incumbent, lucky)  # total gain 0.07, 2 x sd 0.055 = 0.11
+    assert not clear_gain(incumbent[:1], steady[:1])  # one unit: no spread to judge by
+    assert not clear_gain(incumbent, np.array([0.08, np.nan, 0.08, 0.08]))
+    assert not clear_gain(incumbent, steady[:3])  # not paired
+
+
+def test_origin_errors_share_the_wape_among_origins() -> None:
+    actual = np.array([[10.0, 10.0], [20.0, 20.0], [10.0, 10.0]])
+    forecast = np.array([[12.0, 10.0], [20.0, 15.0], [10.0, 7.0]])
+    origins = np.array(["2025-01-13", "2025-01-06", "2025-01-13"], dtype="datetime64[D]")
+    shares = origin_errors(forecast, actual, origins)
+    assert shares.tolist() == pytest.approx([5 / 80, 5 / 80])  # 2025-01-06: 5; 2025-01-13: 2 + 3
+    assert shares.sum() == pytest.approx(np.abs(forecast - actual).sum() / actual.sum())
+
+
+def test_a_blend_is_the_convex_combination_and_can_beat_both_models() -> None:
+    actual = np.array([[10.0], [10.0]])
+    high, low = np.array([[12.0], [12.0]]), np.array([[8.0], [8.0]])  # each 20% off, on opposite sides
+    assert blend(high, low, 0.25).tolist() == [[9.0], [9.0]]
+    scores = blend_scores(high, low, actual)
+    assert scores == pytest.approx({"blend@0.25": 0.10, "blend@0.5": 0.0, "blend@0.75": 0.10})
+    assert keep_or_switch({"local_mlp": 0.2, "global": 0.2, **scores}, "local_mlp", 0.1) == "blend@0.5"
+    with pytest.raises(ValueError, match="blend weight"):
+        blend(high, low, 1.5)
+
+
+def test_refit_candidate_names_a_linear_candidate_and_its_shrinkage() -> None:
+    train, spec = _train()
+    x, y = demand_design(train, spec)
+    glob = np.ones((x.shape[1], spec.horizon))
+    local, alpha = refit_candidate("local", x, y, glob, spec)
+    assert alpha is None and np.allclose(local, ridge(x.T @ x, x.T @ y, spec.linear.ridge))
+    adapted, alpha = refit_candidate("adapted@30", x, y, glob, spec)
+    assert alpha == 30.0 and np.allclose(adapted, ridge(x.T @ x, x.T @ y, 30.0, prior=glob))
+    assert refit_candidate("global", x, y, glob, spec)[0] is glob
+    with pytest.raises(ValueError, match="needs the global model"):
+        refit_candidate("global", x, y, None, spec)
+
+
+def test_risk_keeps_the_local_only_model_when_the_gain_is_within_the_paired_noise() -> None:
+    x, y, truth = _risk_rows()
+    reference = choose_risk(x, y, truth, 1.0)
+    tail = stratified_tail(y, 0.25)
+    losses = row_log_losses(x[tail] @ truth, y[tail])  # the global model's (the truth's) on the tail
+    switched = choose_risk(x, y, truth, 1.0, local_only=lambda mask: losses * 1.5)  # worse on every row
+    assert switched.name != "local_only"
+    spiky = losses * 0.9  # better on every row but one...
+    spiky[np.argmax(losses)] = 20 * losses.max()  # ...and the whole gap on it: beyond the margin, within the noise
+    kept = choose_risk(x, y, truth, 1.0, local_only=lambda mask: spiky)
+    gap = (spiky.mean() - min(reference.validation.values())) / spiky.mean()
+    assert gap > RISK_SWITCH_MARGIN and kept.name == "local_only" and "standard error" in kept.reason
