@@ -9,10 +9,14 @@ seasonal naive, its local-only ridge, the global model, and the global model ada
 this leaves the firm.
 
 The choice is conservative: a firm keeps its local-only model (the one it runs without joining)
-unless another candidate beats it on the tail by a relative margin (`keep_or_switch`). The tail is
-short (a few origins, a few hundred risk rows), so the lowest score among a dozen candidates is
+unless another candidate beats it on the tail by a relative margin (`keep_or_switch`) and by at least
+one standard error of the paired difference (per forecast origin, or per risk row: `clear_gain`). The
+tail is short (a few origins, a few hundred risk rows), so the lowest score among a dozen candidates is
 partly luck, and a switch that validated slightly better can test worse; switching also has a cost
 (a model the firm did not build and cannot inspect), so a small validated gain does not pay for it.
+For the same reason the deployment (`clients.deploy`) lets only one linear candidate contend: the most
+shrunk toward the global model within one standard error of the best (`one_se_pick`), beside seasonal
+naive, the MLPs, and blends of the local-only MLP with that candidate (`blend`).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from silobridge.clients.personalise import (
     MIN_VALIDATION_EVENTS,
     RISK_FOLDS,
     RISK_SWITCH_MARGIN,
+    SHRINKAGE_GRID,
     blend,
     blend_scores,
     choose_demand,
@@ -22,6 +23,8 @@ from silobridge.clients.personalise import (
     demand_forecasts,
     demand_scores,
     keep_or_switch,
+    linear_order,
+    one_se_pick,
     origin_errors,
     refit_candidate,
     risk_validation,
@@ -314,3 +317,19 @@ def test_risk_keeps_the_local_only_model_when_the_gain_is_within_the_paired_nois
     kept = choose_risk(x, y, truth, 1.0, local_only=lambda mask: spiky)
     gap = (spiky.mean() - min(reference.validation.values())) / spiky.mean()
     assert gap > RISK_SWITCH_MARGIN and kept.name == "local_only" and "standard error" in kept.reason
+
+
+def test_one_se_pick_takes_the_most_shrunk_candidate_within_one_standard_error_of_the_best() -> None:
+    order = linear_order(True)
+    assert order[0] == "global" and order[-1] == "local" and order[1] == f"adapted@{max(SHRINKAGE_GRID):g}"
+    assert linear_order(False) == ["local"]
+    errors = {
+        "global": np.array([0.050, 0.060, 0.040, 0.050]),  # 0.200: within the noise of the best
+        "adapted@10": np.array([0.045, 0.045, 0.055, 0.045]),  # 0.190: the best
+        "local": np.array([0.100, 0.100, 0.100, 0.100]),
+    }
+    assert one_se_pick(errors, order) == "global"
+    errors["global"] = np.array([0.070, 0.070, 0.070, 0.070])  # 0.280: worse on every origin, clearly
+    assert one_se_pick(errors, order) == "adapted@10"
+    assert one_se_pick({"local": np.array([np.nan, 0.1])}, order) is None
+    assert one_se_pick({}, order) is None
