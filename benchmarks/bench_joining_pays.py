@@ -138,11 +138,15 @@ class Point:
         return args
 
 
-def plan(seeds: Sequence[int], epsilons: Sequence[float], draws: int, rounds: int | None, real: bool) -> list[Point]:
-    """Every point: per seed the non-private reference, then the budgets; then the real pilots at epsilon 8."""
+def plan(
+    seeds: Sequence[int], epsilons: Sequence[float], draws: int, rounds: int | None, real: bool, no_dp: bool = True
+) -> list[Point]:
+    """Every point: per seed the non-private reference (unless `no_dp` is false), then the budgets; then the real
+    pilots at epsilon 8."""
     points: list[Point] = []
     for seed in seeds:
-        points.append(Point("default", seed, None, 1, rounds))
+        if no_dp:
+            points.append(Point("default", seed, None, 1, rounds))
         points += [Point("default", seed, eps, draws, rounds) for eps in epsilons]
     if real:
         for pilot in REAL_PILOTS:
@@ -773,6 +777,11 @@ def main() -> None:
         "--rounds", type=int, default=None, help=f"rounds of every run (files' own; quick {QUICK_ROUNDS})"
     )
     parser.add_argument("--skip-real", action="store_true", help="leave out the real pilots")
+    parser.add_argument(
+        "--skip-no-dp",
+        action="store_true",
+        help="leave out the default scenario's non-private points (the private/non-private target is then not run)",
+    )
     parser.add_argument("--work", type=Path, default=None, help="keep pilots, run directories and logs here")
     parser.add_argument("--resume", action="store_true", help="keep the earlier results' good points, run the rest")
     parser.add_argument(
@@ -791,9 +800,11 @@ def main() -> None:
         parser.error("--draws must be at least 1, and --seeds and --epsilons must name at least one value")
     if TARGET_EPSILON not in epsilons:
         epsilons = (*epsilons, TARGET_EPSILON)  # the targets are judged at epsilon 8
-    points = plan(seeds, epsilons, draws, rounds, not args.skip_real)
+    points = plan(seeds, epsilons, draws, rounds, not args.skip_real, not args.skip_no_dp)
     name = args.results or ("joining_pays_quick" if args.quick else "joining_pays")
     reduced = reductions(seeds, epsilons, draws, rounds, not args.skip_real)
+    if args.skip_no_dp:
+        reduced.append("no non-private points")
     parameters = {
         "mode": "quick" if args.quick else ("reduced" if reduced else "full"),
         "reduced": reduced,
