@@ -3,7 +3,7 @@ on real public data.
 
 Run from the repository root:
     python -m benchmarks.bench_joining_pays [--quick] [--seeds 1,2,3,4,5] [--epsilons 1,2,4,8] [--draws 3]
-        [--rounds N] [--skip-real] [--resume] [--work DIR]
+        [--rounds N] [--skip-real] [--resume] [--work DIR] [--results NAME]
 
 Runs `silobridge simulate` in a fresh process per run (like bench_dp_utility) and reads each run's summary.json:
 (a) scenarios/default.toml with every seed (`--set seed=N`), record-level DP at delta 1e-5, each private point
@@ -22,7 +22,8 @@ anchor) is listed with its error, and the targets it would judge are "not run".
 
 The issue's targets are judged as measured ("met" / "NOT met"); a per-seed target is met only when it holds on
 every seed. `--quick`: seed 1, one draw, epsilon 8 and no DP, 5 rounds: a check that the harness works, not the
-issue's setting. Results, rewritten after every point: benchmarks/results/joining_pays{,_quick}.{json,md,png}.
+issue's setting. Results, rewritten after every point: benchmarks/results/joining_pays{,_quick}.{json,md,png}, or
+`--results NAME`'s NAME.{json,md,png} (a trial that must not overwrite the committed results).
 """
 
 from __future__ import annotations
@@ -137,11 +138,15 @@ class Point:
         return args
 
 
-def plan(seeds: Sequence[int], epsilons: Sequence[float], draws: int, rounds: int | None, real: bool) -> list[Point]:
-    """Every point: per seed the non-private reference, then the budgets; then the real pilots at epsilon 8."""
+def plan(
+    seeds: Sequence[int], epsilons: Sequence[float], draws: int, rounds: int | None, real: bool, no_dp: bool = True
+) -> list[Point]:
+    """Every point: per seed the non-private reference (unless `no_dp` is false), then the budgets; then the real
+    pilots at epsilon 8."""
     points: list[Point] = []
     for seed in seeds:
-        points.append(Point("default", seed, None, 1, rounds))
+        if no_dp:
+            points.append(Point("default", seed, None, 1, rounds))
         points += [Point("default", seed, eps, draws, rounds) for eps in epsilons]
     if real:
         for pilot in REAL_PILOTS:
@@ -772,9 +777,22 @@ def main() -> None:
         "--rounds", type=int, default=None, help=f"rounds of every run (files' own; quick {QUICK_ROUNDS})"
     )
     parser.add_argument("--skip-real", action="store_true", help="leave out the real pilots")
+    parser.add_argument(
+        "--skip-no-dp",
+        action="store_true",
+        help="leave out the default scenario's non-private points (the private/non-private target is then not run)",
+    )
     parser.add_argument("--work", type=Path, default=None, help="keep pilots, run directories and logs here")
     parser.add_argument("--resume", action="store_true", help="keep the earlier results' good points, run the rest")
+    parser.add_argument(
+        "--results",
+        default=None,
+        help="results file name under benchmarks/results (default joining_pays, quick joining_pays_quick): "
+        "a trial's own name keeps the committed results",
+    )
     args = parser.parse_args()
+    if args.results is not None and (not args.results or not args.results.replace("_", "").isalnum()):
+        parser.error(f"--results must be a plain file name (letters, digits, underscores), got '{args.results}'")
     seeds, epsilons = (1,) if args.quick else args.seeds, (TARGET_EPSILON,) if args.quick else args.epsilons
     draws = args.draws or (1 if args.quick else DRAWS)
     rounds = args.rounds or (QUICK_ROUNDS if args.quick else None)
@@ -782,9 +800,11 @@ def main() -> None:
         parser.error("--draws must be at least 1, and --seeds and --epsilons must name at least one value")
     if TARGET_EPSILON not in epsilons:
         epsilons = (*epsilons, TARGET_EPSILON)  # the targets are judged at epsilon 8
-    points = plan(seeds, epsilons, draws, rounds, not args.skip_real)
-    name = "joining_pays_quick" if args.quick else "joining_pays"
+    points = plan(seeds, epsilons, draws, rounds, not args.skip_real, not args.skip_no_dp)
+    name = args.results or ("joining_pays_quick" if args.quick else "joining_pays")
     reduced = reductions(seeds, epsilons, draws, rounds, not args.skip_real)
+    if args.skip_no_dp:
+        reduced.append("no non-private points")
     parameters = {
         "mode": "quick" if args.quick else ("reduced" if reduced else "full"),
         "reduced": reduced,

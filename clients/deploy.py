@@ -10,6 +10,7 @@ this is released; the simulation harness, which holds every firm's data, scores 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -22,7 +23,6 @@ from silobridge.clients.features import DemandWindows
 from silobridge.clients.firm import FirmClient
 from silobridge.clients.linear import (
     demand_design,
-    logit_log_loss,
     newton_statistics,
     risk_design,
     sufficient_statistics,
@@ -31,14 +31,24 @@ from silobridge.clients.linear import (
 from silobridge.clients.models import build_model, load_arrays
 from silobridge.clients.normaliser import Normaliser
 from silobridge.clients.personalise import (
+    BLEND_WEIGHTS,
     DEMAND_SWITCH_MARGIN,
+    SWITCH_STANDARD_ERRORS,
     Choice,
+    blend,
+    blend_name,
     choose_demand,
     choose_risk,
+    clear_gain,
     confirms,
     demand_forecasts,
-    demand_scores,
     keep_or_switch,
+    linear_order,
+    one_se_pick,
+    origin_errors,
+    refit_candidate,
+    row_log_losses,
+    tail_forecasts,
     validation_split,
 )
 from silobridge.clients.training import predict
@@ -84,6 +94,8 @@ class Deployment:
     shrinkage: float | None = None
     validation: dict[str, float] = field(default_factory=dict)
     recent: dict[str, float] = field(default_factory=dict)  # the confirmation on the recent tail, where one ran
+    blend_weight: float | None = None  # a blend's weight on the local-only MLP
+    blend_partner: str | None = None  # a blend's other candidate
 
 
 def _take(windows: DemandWindows, mask: np.ndarray) -> DemandWindows:
@@ -94,22 +106,76 @@ def _torch_forecaster(model: torch.nn.Module, device: torch.device) -> Forecaste
     return lambda windows: forecast_units(model, windows, device)
 
 
-def _mlp_scores(
+def _mlp_forecasts(
     firm: FirmClient,
     instruction: BaselineInstruction,
     train: DemandWindows,
     split: tuple[np.ndarray, np.ndarray],
     global_mlp: torch.nn.Module | None,
-) -> dict[str, float]:
-    """Validation WAPE on the split's tail of the local-only MLP (its recipe, fitted on the split's fit
-    windows) and of the global MLP."""
+) -> dict[str, np.ndarray]:
+    """Forecasts on the split's tail of the local-only MLP (its recipe, fitted on the split's fit windows) and
+    of the global MLP."""
     fit, tail = split
     tail_windows = _take(train, tail)
     local = firm.fit_local_demand(_take(train, fit), instruction)
-    scores = {"local_mlp": wape(forecast_units(local, tail_windows, firm.device), tail_windows.actual)}
+    out = {"local_mlp": forecast_units(local, tail_windows, firm.device)}
     if global_mlp is not None:
-        scores["global_mlp"] = wape(forecast_units(global_mlp, tail_windows, firm.device), tail_windows.actual)
-    return scores
+        out["global_mlp"] = forecast_units(global_mlp, tail_windows, firm.device)
+    return out
+
+
+@dataclass
+class SplitScores:
+    """Every candidate's validation WAPE on one split, its per-origin shares (`origin_errors`), and the
+    contenders the deployment decides among: seasonal naive, the linear candidate `one_se_pick` chose
+    (`linear`), the MLPs and the blends of the local-only MLP with that linear candidate."""
+
+    scores: dict[str, float]
+    errors: dict[str, np.ndarray]
+    contenders: list[str]
+    linear: str | None
+
+
+def split_scores(
+    firm: FirmClient,
+    instruction: BaselineInstruction,
+    linear_coef: np.ndarray | None,
+    split: tuple[np.ndarray, np.ndarray],
+    global_mlp: torch.nn.Module | None,
+) -> SplitScores:
+    """`SplitScores` of every candidate on the split's tail, each fitted on the split's fit windows."""
+    train = firm.demand_split[0]  # type: ignore[index]
+    actual, origins = train.actual[split[1]], train.origin[split[1]]
+    forecasts = {
+        **tail_forecasts(train, firm.spec, linear_coef, *split),
+        **_mlp_forecasts(firm, instruction, train, split, global_mlp),
+    }
+    errors = {name: origin_errors(forecast, actual, origins) for name, forecast in forecasts.items()}
+    linear = one_se_pick(errors, linear_order(linear_coef is not None))
+    contenders = [name for name in ("naive", linear, "local_mlp", "global_mlp") if name in forecasts]
+    if linear is not None and "local_mlp" in forecasts:
+        for weight in BLEND_WEIGHTS:
+            name = blend_name(weight)
+            forecasts[name] = blend(forecasts["local_mlp"], forecasts[linear], weight)
+            errors[name] = origin_errors(forecasts[name], actual, origins)
+            contenders.append(name)
+    scores = {name: wape(forecast, actual) for name, forecast in forecasts.items()}
+    return SplitScores(scores, errors, contenders, linear)
+
+
+def _partner_forecaster(
+    partner: str, firm: FirmClient, choice: Choice, linear_coef: np.ndarray | None, global_mlp: torch.nn.Module | None
+) -> Forecaster:
+    """The partner candidate refitted on all the firm's training windows, as a forecaster."""
+    spec, train = firm.spec, firm.demand_split[0]  # type: ignore[index]
+    if partner == "global_mlp" and global_mlp is not None:
+        return _torch_forecaster(global_mlp, firm.device)
+    if partner == "naive":
+        return lambda windows: windows.naive.astype(float)
+    x, y = demand_design(train, spec)
+    coef, alpha = refit_candidate(partner, x, y, linear_coef, spec)
+    refit = Choice(partner, coef, choice.reason, shrinkage=alpha)
+    return lambda windows: demand_forecasts(refit, windows, spec)
 
 
 def deploy_demand(
@@ -118,10 +184,10 @@ def deploy_demand(
     linear_coef: np.ndarray | None,
     mlp_arrays: dict[str, np.ndarray] | None = None,
 ) -> Deployment:
-    """The firm's deployed demand forecaster: its local-only MLP unless a candidate (seasonal naive included)
-    beats its validation WAPE by DEMAND_SWITCH_MARGIN (`keep_or_switch`) and, where the tail reached back to
-    last year's season, also on the recent tail alone (`confirms`); too few windows to validate, the linear
-    fallback."""
+    """The firm's deployed demand forecaster: its local-only MLP unless a candidate (seasonal naive and the
+    blends of the MLP with its best partner included) beats its validation WAPE by DEMAND_SWITCH_MARGIN
+    (`keep_or_switch`) and, where the tail reached back to last year's season, also on the recent tail alone
+    (`confirms`); too few windows to validate, the linear fallback."""
     if firm.demand_split is None:
         raise ProtocolError("asked to deploy a demand model but the firm holds no demand data", firm=firm.firm_id)
     spec, train = firm.spec, firm.demand_split[0]
@@ -140,24 +206,27 @@ def deploy_demand(
     if mlp_arrays is not None:
         global_mlp = build_model("demand", spec)
         load_arrays(global_mlp, mlp_arrays)
-    scores = {**choice.validation, **_mlp_scores(firm, instruction, train, split, global_mlp)}
-    makers: dict[str, Callable[[], Forecaster]] = {
-        "local_mlp": lambda: _torch_forecaster(firm.local_demand_model(instruction), firm.device)
-    }
-    if global_mlp is not None:
-        makers["global_mlp"] = lambda: _torch_forecaster(global_mlp, firm.device)  # type: ignore[arg-type]
+    validated = split_scores(firm, instruction, linear_coef, split, global_mlp)
+    scores, errors = validated.scores, validated.errors
+    candidates = {name: scores[name] for name in validated.contenders}
     origins = int(np.unique(train.origin[split[1]]).size)
-    pick = keep_or_switch(scores, "local_mlp", DEMAND_SWITCH_MARGIN)
+    pick = keep_or_switch(candidates, "local_mlp", DEMAND_SWITCH_MARGIN)
     confirm: dict[str, float] = {}
     reason = f"no candidate beat its local-only MLP by {DEMAND_SWITCH_MARGIN:.0%} WAPE on {origins} origins"
+    if pick != "local_mlp" and "local_mlp" in errors and not clear_gain(errors["local_mlp"], errors[pick]):
+        reason = (
+            f"{pick} beat its local-only MLP by {DEMAND_SWITCH_MARGIN:.0%} WAPE on {origins} origins, by less than "
+            f"{SWITCH_STANDARD_ERRORS:g} standard error(s) of the paired per-origin difference: kept it"
+        )
+        pick = "local_mlp"
     recent = validation_split(train, periods, spec.horizon)
     if pick != "local_mlp" and recent is not None and not np.array_equal(recent[1], split[1]):
         # The seasonal tail leaves the fitted candidates a year less to fit on; seasonal naive fits nothing, so
         # it (or a model that needs less data) can win there and lose once the local-only MLP has all its data.
-        confirm = {
-            **demand_scores(train, spec, linear_coef, *recent),
-            **_mlp_scores(firm, instruction, train, recent, global_mlp),
-        }
+        again = split_scores(firm, instruction, linear_coef, recent, global_mlp)
+        confirm = dict(again.scores)
+        if pick.startswith("blend@") and again.linear != validated.linear:
+            confirm[pick] = math.nan  # the blend's partner changed: not the same candidate
         if not confirms(confirm, pick, "local_mlp", DEMAND_SWITCH_MARGIN):
             recent_origins = int(np.unique(train.origin[recent[1]]).size)
             reason = (
@@ -165,19 +234,36 @@ def deploy_demand(
                 f"its {recent_origins} most recent (the local-only MLP fitted on more windows): kept it"
             )
             pick = "local_mlp"
+    local_mlp = _torch_forecaster(firm.local_demand_model(instruction), firm.device)
     if pick == "local_mlp":
-        return Deployment(pick, reason, makers[pick](), None, scores, confirm)
-    reason = f"{choice.reason}, over {DEMAND_SWITCH_MARGIN:.0%} below its local-only MLP's"
+        return Deployment(pick, reason, local_mlp, None, scores, confirm)
+    lead = f"lowest WAPE on {origins} of its own training origins"
+    reason = f"{lead}, over {DEMAND_SWITCH_MARGIN:.0%} below its local-only MLP's"
     if confirm:
         reason += f" (also on its {int(np.unique(train.origin[recent[1]]).size)} most recent)"  # type: ignore[index]
-    if pick in makers:
-        return Deployment(pick, reason, makers[pick](), None, scores, confirm)
-    # the best score overall is a linear candidate's, hence the linear choice's (its lowest)
+    if pick.startswith("blend@"):
+        weight = float(pick.split("@", 1)[1])
+        partner_name = validated.linear
+        partner = _partner_forecaster(partner_name, firm, choice, linear_coef, global_mlp)  # type: ignore[arg-type]
+        reason += f": {weight:g} x its local-only MLP + {1 - weight:g} x {partner_name} (refitted on all its windows)"
+
+        def blended(windows: DemandWindows) -> np.ndarray:
+            return blend(local_mlp(windows), partner(windows), weight)
+
+        return Deployment("blend", reason, blended, None, scores, confirm, weight, partner_name)
+    if pick == "global_mlp" and global_mlp is not None:
+        return Deployment(pick, reason, _torch_forecaster(global_mlp, firm.device), None, scores, confirm)
+    if pick == "naive":
+        return Deployment(pick, reason, lambda windows: windows.naive.astype(float), None, scores, confirm)
+    x, y = demand_design(train, spec)
+    coef, alpha = refit_candidate(pick, x, y, linear_coef, spec)
+    picked = Choice(pick, coef, reason, shrinkage=alpha)
+    name = "adapted" if pick.startswith("adapted") else pick
     return Deployment(
-        LINEAR_NAMES.get(choice.name, choice.name),
+        LINEAR_NAMES.get(name, name),
         reason,
-        lambda windows: demand_forecasts(choice, windows, spec),
-        choice.shrinkage,
+        lambda windows: demand_forecasts(picked, windows, spec),
+        alpha,
         scores,
         confirm,
     )
@@ -216,10 +302,10 @@ def deploy_risk(
     x, y = risk_training(firm, norm)  # raises if the firm holds no risk data
     train = firm.risk_split[0]  # type: ignore[index]
 
-    def local_only(tail: np.ndarray) -> float:
+    def local_only(tail: np.ndarray) -> np.ndarray:
         model, own = firm.fit_local_risk(train.features[~tail], train.labels[~tail], instruction, train.features)
         logits = predict(model, own.apply(train.features[tail]), device=firm.device)
-        return logit_log_loss(logits, train.labels[tail].astype(float))
+        return row_log_losses(np.asarray(logits, dtype=float), train.labels[tail].astype(float))
 
     choice = choose_risk(x, y, global_coef, firm.spec.linear.risk_ridge, local_only=local_only)
     if choice.name in ("local_only", "none"):  # "none": no rows and no global model, the baseline's fallback

@@ -9,10 +9,14 @@ seasonal naive, its local-only ridge, the global model, and the global model ada
 this leaves the firm.
 
 The choice is conservative: a firm keeps its local-only model (the one it runs without joining)
-unless another candidate beats it on the tail by a relative margin (`keep_or_switch`). The tail is
-short (a few origins, a few hundred risk rows), so the lowest score among a dozen candidates is
+unless another candidate beats it on the tail by a relative margin (`keep_or_switch`) and by at least
+one standard error of the paired per-origin difference (demand: `clear_gain`). The
+tail is short (a few origins, a few hundred risk rows), so the lowest score among a dozen candidates is
 partly luck, and a switch that validated slightly better can test worse; switching also has a cost
 (a model the firm did not build and cannot inspect), so a small validated gain does not pay for it.
+For the same reason the deployment (`clients.deploy`) lets only one linear candidate contend: the most
+shrunk toward the global model within one standard error of the best (`one_se_pick`), beside seasonal
+naive, the MLPs, and blends of the local-only MLP with that candidate (`blend`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from silobridge.clients.features import DemandWindows
-from silobridge.clients.linear import demand_design, forecast_units, log_loss, logistic_fit, ridge, wape
+from silobridge.clients.linear import demand_design, forecast_units, logistic_fit, ridge, wape
 from silobridge.contract.config import FederationSpec
 
 SHRINKAGE_GRID = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
@@ -85,6 +89,56 @@ def confirms(scores: dict[str, float], pick: str, incumbent: str, margin: float)
     return bool(np.isfinite(mine) and np.isfinite(theirs) and mine < (1.0 - margin) * theirs)
 
 
+SWITCH_STANDARD_ERRORS = 1.0
+"""How many standard errors of the paired difference a candidate's validated gain over the local-only model
+must reach (`clear_gain`), beside the relative margin: a gain made on one or two lucky origins (or rows) is
+within the noise of the validation however large it is."""
+
+
+def clear_gain(incumbent: np.ndarray, candidate: np.ndarray, z: float = SWITCH_STANDARD_ERRORS) -> bool:
+    """Whether the candidate's total loss over paired validation units (forecast origins, risk rows) is below
+    the incumbent's by at least `z` standard errors of the paired difference's total (sqrt(n) x the sample
+    standard deviation of the per-unit differences). Fewer than two units, or a non-finite loss: never."""
+    incumbent, candidate = np.asarray(incumbent, dtype=float), np.asarray(candidate, dtype=float)
+    if incumbent.shape != candidate.shape or incumbent.size < 2:
+        return False
+    gains = incumbent - candidate
+    if not np.all(np.isfinite(gains)):
+        return False
+    spread = math.sqrt(gains.size) * float(np.std(gains, ddof=1))
+    return bool(gains.sum() > z * spread)
+
+
+def linear_order(has_global: bool) -> list[str]:
+    """The linear candidates from the most shrunk toward the global model to the least (the firm's own ridge)."""
+    if not has_global:
+        return ["local"]
+    return ["global", *(f"adapted@{alpha:g}" for alpha in sorted(SHRINKAGE_GRID, reverse=True)), "local"]
+
+
+def one_se_pick(errors: dict[str, np.ndarray], order: list[str], z: float = SWITCH_STANDARD_ERRORS) -> str | None:
+    """The first candidate of `order` (most conservative first) whose validation loss the best candidate does
+    not beat by `z` standard errors of their paired difference (`clear_gain`): the one-standard-error rule for
+    a penalty. The shrinkage levels differ by a few percent on a firm's tail, so the lowest of them is mostly
+    luck, and a small firm's tail (weeks before the season it forecasts) underrates the pooled model. None
+    without a finite candidate."""
+    usable = [name for name in order if name in errors and np.all(np.isfinite(errors[name]))]
+    if not usable:
+        return None
+    best = min(usable, key=lambda name: float(np.sum(errors[name])))
+    return next(name for name in usable if name == best or not clear_gain(errors[name], errors[best], z))
+
+
+def origin_errors(forecast: np.ndarray, actual: np.ndarray, origins: np.ndarray) -> np.ndarray:
+    """Each forecast origin's share of the WAPE: its windows' absolute error over the total absolute actual
+    of all windows (sorted by origin), so the shares sum to the WAPE and pair across candidates."""
+    total = float(np.abs(actual).sum())
+    errors = np.abs(np.asarray(forecast, dtype=float) - actual).reshape(len(actual), -1).sum(axis=1)
+    labels, index = np.unique(origins, return_inverse=True)
+    per_origin = np.bincount(index, weights=errors, minlength=labels.size)
+    return per_origin / total if total > 0 else np.full(labels.size, math.nan)
+
+
 SEASON = 52
 """Periods in a year: a firm with a long history also validates on the same season a year earlier."""
 MIN_SEASONAL_FIT_ORIGINS = 26
@@ -129,18 +183,53 @@ def _candidates(
     return out
 
 
+def tail_forecasts(
+    train: DemandWindows, spec: FederationSpec, global_coef: np.ndarray | None, fit: np.ndarray, tail: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Forecasts in units on the `tail` windows of seasonal naive and of every linear candidate fitted on the
+    `fit` windows (keys: naive, local, global, adapted@ALPHA)."""
+    x_all, y_all = demand_design(train, spec)
+    tail_windows = _take(train, tail)
+    out = {"naive": tail_windows.naive.astype(float)}
+    for name, (coef, _) in _candidates(x_all[fit], y_all[fit], global_coef, spec).items():
+        out[name] = forecast_units(x_all[tail], coef, tail_windows.scale)
+    return out
+
+
 def demand_scores(
     train: DemandWindows, spec: FederationSpec, global_coef: np.ndarray | None, fit: np.ndarray, tail: np.ndarray
 ) -> dict[str, float]:
     """Validation WAPE on the `tail` windows of seasonal naive and of every linear candidate fitted on the
     `fit` windows (keys: naive, local, global, adapted@ALPHA)."""
-    x_all, y_all = demand_design(train, spec)
-    tail_windows = _take(train, tail)
-    actual = tail_windows.actual
-    scores = {"naive": wape(tail_windows.naive.astype(float), actual)}
-    for name, (coef, _) in _candidates(x_all[fit], y_all[fit], global_coef, spec).items():
-        scores[name] = wape(forecast_units(x_all[tail], coef, tail_windows.scale), actual)
-    return scores
+    actual = train.actual[tail]
+    return {
+        name: wape(forecast, actual) for name, forecast in tail_forecasts(train, spec, global_coef, fit, tail).items()
+    }
+
+
+BLEND_WEIGHTS = (0.25, 0.5, 0.75)
+"""Weights of the firm's local-only model in the blends it tries with its best linear candidate (the rest on
+that candidate). Two models that err differently average out part of each other's error: a small firm's
+local MLP (fitted on a few dozen windows) and the global model adapted to its data often do."""
+
+
+def blend_name(weight: float) -> str:
+    """A blend's candidate name, e.g. 'blend@0.25' (the local-only model's weight)."""
+    return f"blend@{weight:g}"
+
+
+def blend(local: np.ndarray, partner: np.ndarray, weight: float) -> np.ndarray:
+    """The convex combination `weight` x local + (1 - weight) x partner of two forecasts."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"a blend weight must lie in [0, 1], got {weight}")
+    return weight * local + (1.0 - weight) * partner
+
+
+def blend_scores(
+    local: np.ndarray, partner: np.ndarray, actual: np.ndarray, weights: tuple[float, ...] = BLEND_WEIGHTS
+) -> dict[str, float]:
+    """Validation WAPE of each blend of the local-only and the partner forecasts (keys `blend_name(w)`)."""
+    return {blend_name(w): wape(blend(local, partner, w), actual) for w in weights}
 
 
 def choose_demand(train: DemandWindows, spec: FederationSpec, global_coef: np.ndarray | None) -> Choice:
@@ -162,9 +251,25 @@ def choose_demand(train: DemandWindows, spec: FederationSpec, global_coef: np.nd
         return Choice("naive", None, reason, validation=scores)
     if best == "global":
         return Choice("global", global_coef, reason, validation=scores)
-    refit = _candidates(x_all, y_all, global_coef, spec)[best]
+    coef, alpha = refit_candidate(best, x_all, y_all, global_coef, spec)
     name = "adapted" if best.startswith("adapted") else best
-    return Choice(name, refit[0], reason, shrinkage=refit[1], validation=scores)
+    return Choice(name, coef, reason, shrinkage=alpha, validation=scores)
+
+
+def refit_candidate(
+    name: str, x: np.ndarray, y: np.ndarray, global_coef: np.ndarray | None, spec: FederationSpec
+) -> tuple[np.ndarray, float | None]:
+    """A linear candidate (local, global, adapted@ALPHA) refitted on the design rows `x`, `y`: its coefficients
+    and shrinkage toward the global model."""
+    xtx, xty = x.T @ x, x.T @ y
+    if name == "local":
+        return ridge(xtx, xty, spec.linear.ridge), None
+    if global_coef is None:
+        raise ValueError(f"candidate '{name}' needs the global model")
+    if name == "global":
+        return global_coef, None
+    alpha = float(name.split("@", 1)[1])
+    return ridge(xtx, xty, alpha, prior=global_coef), alpha
 
 
 def demand_forecasts(choice: Choice, windows: DemandWindows, spec: FederationSpec) -> np.ndarray:
@@ -175,6 +280,11 @@ def demand_forecasts(choice: Choice, windows: DemandWindows, spec: FederationSpe
         return windows.naive.astype(float)
     x, _ = demand_design(windows, spec)
     return forecast_units(x, choice.coef, windows.scale)
+
+
+def row_log_losses(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Binary cross-entropy of each row's log-odds `z` for its label `y` (without overflow)."""
+    return np.logaddexp(0.0, z) - y * z
 
 
 MIN_TAIL_PER_CLASS = 1
@@ -239,13 +349,14 @@ def choose_risk(
     global_coef: np.ndarray | None,
     penalty: float,
     tail_share: float = 0.25,
-    local_only: Callable[[np.ndarray], float] | None = None,
+    local_only: Callable[[np.ndarray], float | np.ndarray] | None = None,
 ) -> Choice:
     """The firm's deployed risk model (design rows `x`, in date order), chosen by log loss on
     `risk_validation`'s rows (each candidate fitted on the others), then refitted on all rows: logistic
-    local, global or shrunk, or, with `local_only` (the log loss on a mask of its local-only model fitted on
-    the other rows), that model (name "local_only", coef None), kept unless a candidate beats it by
-    RISK_SWITCH_MARGIN. Fewer than
+    local, global or shrunk, or, with `local_only` (the log loss, per row or in all, on a mask of its local-only
+    model fitted on the other rows), that model (name "local_only", coef None), kept unless a candidate beats it
+    by RISK_SWITCH_MARGIN (also asking for one standard error of the paired per-row difference, `clear_gain`, was
+    measured: it undid two firms' better switches and stopped none of the worse, so it is not asked). Fewer than
     MIN_LOCAL_EVENTS events in all: the global model. Without a global model and with `local_only`, the
     local-only model, fitting nothing: joining offered no model to choose."""
     if len(y) == 0:
@@ -281,17 +392,19 @@ def choose_risk(
     def fits(xs: np.ndarray, ys: np.ndarray) -> dict[str, tuple[np.ndarray, float | None]]:
         return {name: (fit(name, xs, ys), alpha) for name, alpha in shrinkage.items()}
 
-    weights = np.array([mask.sum() for mask in masks], dtype=float) / sum(int(mask.sum()) for mask in masks)
-    per_mask = [
-        {name: log_loss(x[mask], y[mask], coef) for name, (coef, _) in fits(x[~mask], y[~mask]).items()}
-        for mask in masks
-    ]
-    scores = {
-        name: float(sum(w * fold[name] for w, fold in zip(weights, per_mask, strict=True))) for name in per_mask[0]
-    }
+    # every candidate's log loss on each validated row (each fitted on the rows outside its mask), in mask order
+    rows_lost: dict[str, list[np.ndarray]] = {name: [] for name in shrinkage}
+    for mask in masks:
+        for name, (coef, _) in fits(x[~mask], y[~mask]).items():
+            rows_lost[name].append(row_log_losses(x[mask] @ coef, y[mask]))
+    per_row = {name: np.concatenate(parts) for name, parts in rows_lost.items()}
     reason = f"lowest log loss on {rows}"
     if local_only is not None:
-        scores["local_only"] = float(np.dot(weights, [local_only(mask) for mask in masks]))
+        per_row["local_only"] = np.concatenate(
+            [np.broadcast_to(np.asarray(local_only(mask), dtype=float), (int(mask.sum()),)) for mask in masks]
+        )
+    scores = {name: float(np.mean(losses)) for name, losses in per_row.items()}
+    if local_only is not None:
         best = keep_or_switch(scores, "local_only", RISK_SWITCH_MARGIN)
         if best == "local_only":
             kept = f"no candidate beat its local-only model by {RISK_SWITCH_MARGIN:.0%} log loss on {rows}"

@@ -107,6 +107,9 @@ def per_firm_row(
         row["test_events"] = int(np.sum(firm.risk_split[1].labels == 1.0))
     if getattr(choice, "recent", None):
         row["recent_validation"] = _rounded(choice.recent)
+    if getattr(choice, "blend_weight", None) is not None:
+        row["blend_weight"] = choice.blend_weight  # on its local-only model; the rest on blend_partner
+        row["blend_partner"] = choice.blend_partner
     if key not in baselines:
         row["no_baseline"] = NO_BASELINE
     return row

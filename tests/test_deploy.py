@@ -9,6 +9,7 @@ import pytest
 
 import silobridge.clients.deploy as deploy
 from silobridge.clients.deploy import deploy_demand
+from silobridge.clients.linear import demand_design, ridge
 from silobridge.clients.personalise import DEMAND_SWITCH_MARGIN, validation_split
 from silobridge.federation.coordinator import baseline_instruction
 from silobridge.federation.deployment import NO_BASELINE, NO_GLOBAL_RISK, deploy_all
@@ -19,17 +20,18 @@ from tests.firm_support import tiny_firm
 
 
 def _scripted_local_mlp(monkeypatch: pytest.MonkeyPatch, seasonal: float, recent: float) -> list[np.ndarray]:
-    """Replace the local-only MLP's validation score: `seasonal` on the tail reaching back a year, `recent` on
-    the recent tail alone. Returns the tails it was scored on."""
+    """Replace the local-only MLP's validation forecasts by the actuals x (1 + WAPE): WAPE `seasonal` on the tail
+    reaching back a year, `recent` on the recent tail alone. Returns the tails it was scored on."""
     tails: list[np.ndarray] = []
 
-    def scores(firm, instruction, train, split, global_mlp):  # noqa: ANN001, ANN202
+    def forecasts(firm, instruction, train, split, global_mlp):  # noqa: ANN001, ANN202
         spec = firm.spec
         tails.append(split[1])
         full = validation_split(train, spec.linear.validation_periods, spec.horizon, spec.test_periods)
-        return {"local_mlp": seasonal if np.array_equal(split[1], full[1]) else recent}
+        error = seasonal if np.array_equal(split[1], full[1]) else recent
+        return {"local_mlp": train.actual[split[1]] * (1.0 + error)}
 
-    monkeypatch.setattr(deploy, "_mlp_scores", scores)
+    monkeypatch.setattr(deploy, "_mlp_forecasts", forecasts)
     return tails
 
 
@@ -45,11 +47,13 @@ def _setup():  # noqa: ANN202
 
 def test_a_switch_won_on_last_years_season_must_hold_on_the_recent_tail(monkeypatch: pytest.MonkeyPatch) -> None:
     firm, instruction = _setup()
-    tails = _scripted_local_mlp(monkeypatch, seasonal=1e6, recent=1e-9)  # every candidate wins the seasonal tail
+    tails = _scripted_local_mlp(monkeypatch, seasonal=1e6, recent=1e-3)  # every candidate wins the seasonal tail
     kept = deploy_demand(firm, instruction, None)
     assert len(tails) == 2  # validated, then the switch was checked on the recent tail
     assert kept.name == "local_mlp" and "most recent" in kept.reason and "kept it" in kept.reason
-    assert {"naive", "local", "local_mlp"} <= set(kept.recent) and kept.recent["local_mlp"] == 1e-9
+    assert {"naive", "local", "local_mlp"} <= set(kept.recent) and kept.recent["local_mlp"] == pytest.approx(
+        1e-3, rel=1e-3
+    )
 
 
 def test_a_switch_confirmed_on_the_recent_tail_is_deployed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -71,7 +75,7 @@ def test_no_confirmation_when_the_tail_is_recent_only(monkeypatch: pytest.Monkey
     full = validation_split(train, spec.linear.validation_periods, spec.horizon, spec.test_periods)
     recent = validation_split(train, spec.linear.validation_periods, spec.horizon)
     assert np.array_equal(full[1], recent[1])
-    tails = _scripted_local_mlp(monkeypatch, seasonal=1e6, recent=1e-9)
+    tails = _scripted_local_mlp(monkeypatch, seasonal=1e6, recent=1e-3)
     deployment = deploy_demand(firm, instruction, None)
     assert deployment.name != "local_mlp" and len(tails) == 1 and deployment.recent == {}
 
@@ -92,3 +96,50 @@ def test_without_global_models_every_firm_still_deploys_and_says_why() -> None:
     assert math.isnan(demand["ratio"])
     assert demand["no_baseline"] == risk["no_baseline"] == NO_BASELINE  # said, not claimed
     assert outcome.risk is not None and outcome.global_risk is None and outcome.global_demand is None
+
+
+def test_a_blend_that_wins_clearly_is_deployed_and_recorded_with_its_weight_partner_and_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    firm, _, _, norm = tiny_firm("")
+    instruction = baseline_instruction(settings_from_run_config({"scenario": str(TINY)}))
+    x, y = demand_design(firm.demand_split[0], firm.spec)
+    glob = ridge(x.T @ x, x.T @ y, firm.spec.linear.ridge)
+
+    def linear(train, spec, global_coef, fit, tail):  # noqa: ANN001, ANN202
+        actual = train.actual[tail].astype(float)
+        return {"naive": 2.0 * actual, "local": 0.8 * actual, "global": 0.8 * actual}  # each 20% low
+
+    def mlp(firm, instruction, train, split, global_mlp):  # noqa: ANN001, ANN202
+        return {"local_mlp": 1.2 * train.actual[split[1]].astype(float)}  # 20% high: the half-half blend is exact
+
+    monkeypatch.setattr(deploy, "tail_forecasts", linear)
+    monkeypatch.setattr(deploy, "_mlp_forecasts", mlp)
+    outcome = deploy_all([firm], {}, instruction, None, norm, {"demand": glob})
+    (row,) = outcome.per_firm["demand"]
+    assert row["choice"] == "blend" and row["blend_weight"] == 0.5 and row["blend_partner"] == "global"
+    assert "0.5 x its local-only MLP + 0.5 x global" in row["reason"] and "also on its" in row["reason"]
+    assert row["validation"]["blend@0.5"] == pytest.approx(0.0, abs=1e-6) and row["deployed_wape"] > 0
+    assert row["recent_validation"]["blend@0.5"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_gain_within_the_paired_noise_keeps_the_local_only_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    firm, instruction = _setup()
+
+    def linear(train, spec, global_coef, fit, tail):  # noqa: ANN001, ANN202
+        actual = train.actual[tail].astype(float)
+        lucky = 1.5 * actual  # naive: 50% off on every origin but the first, exact there
+        lucky[train.origin[tail] == train.origin[tail].min()] = actual[train.origin[tail] == train.origin[tail].min()]
+        return {"naive": lucky, "local": 3.0 * actual}
+
+    def mlp(firm, instruction, train, split, global_mlp):  # noqa: ANN001, ANN202
+        actual = train.actual[split[1]].astype(float)
+        worse = 1.45 * actual  # the local-only MLP: 45% off (better than naive) on every origin but the first...
+        worse[train.origin[split[1]] == train.origin[split[1]].min()] *= 40.0  # ...where it is 57x off: its whole loss
+        return {"local_mlp": worse}
+
+    monkeypatch.setattr(deploy, "tail_forecasts", linear)
+    monkeypatch.setattr(deploy, "_mlp_forecasts", mlp)
+    kept = deploy_demand(firm, instruction, None)
+    assert kept.validation["naive"] < (1 - DEMAND_SWITCH_MARGIN) * kept.validation["local_mlp"]
+    assert kept.name == "local_mlp" and "standard error" in kept.reason

@@ -13,12 +13,20 @@ from silobridge.clients.personalise import (
     MIN_VALIDATION_EVENTS,
     RISK_FOLDS,
     RISK_SWITCH_MARGIN,
+    SHRINKAGE_GRID,
+    blend,
+    blend_scores,
     choose_demand,
     choose_risk,
+    clear_gain,
     confirms,
     demand_forecasts,
     demand_scores,
     keep_or_switch,
+    linear_order,
+    one_se_pick,
+    origin_errors,
+    refit_candidate,
     risk_validation,
     stratified_folds,
     stratified_tail,
@@ -249,3 +257,64 @@ def test_demand_scores_fit_on_the_fit_windows_and_score_the_tail() -> None:
     actual = train.actual[tail]
     forecast = np.maximum(x[tail] @ coef, 0.0) * train.scale[tail].astype(float)[:, None]
     assert scores["local"] == pytest.approx(np.abs(forecast - actual).sum() / np.abs(actual).sum())
+
+
+def test_clear_gain_needs_the_total_gain_beyond_z_standard_errors_of_the_paired_difference() -> None:
+    incumbent = np.array([0.10, 0.10, 0.10, 0.10])
+    steady = np.array([0.08, 0.08, 0.08, 0.09])  # gains 0.02, 0.02, 0.02, 0.01: total 0.07, sd 0.005 -> SE 0.01
+    assert clear_gain(incumbent, steady)
+    assert clear_gain(incumbent, steady, z=6.9) and not clear_gain(incumbent, steady, z=7.1)
+    lucky = np.array([0.0, 0.11, 0.11, 0.11])  # one origin's gain of 0.10 against three losses of 0.01
+    assert lucky.sum() < incumbent.sum() and not clear_gain(incumbent, lucky)  # total gain 0.07, 2 x sd 0.055 = 0.11
+    assert not clear_gain(incumbent[:1], steady[:1])  # one unit: no spread to judge by
+    assert not clear_gain(incumbent, np.array([0.08, np.nan, 0.08, 0.08]))
+    assert not clear_gain(incumbent, steady[:3])  # not paired
+
+
+def test_origin_errors_share_the_wape_among_origins() -> None:
+    actual = np.array([[10.0, 10.0], [20.0, 20.0], [10.0, 10.0]])
+    forecast = np.array([[12.0, 10.0], [20.0, 15.0], [10.0, 7.0]])
+    origins = np.array(["2025-01-13", "2025-01-06", "2025-01-13"], dtype="datetime64[D]")
+    shares = origin_errors(forecast, actual, origins)
+    assert shares.tolist() == pytest.approx([5 / 80, 5 / 80])  # 2025-01-06: 5; 2025-01-13: 2 + 3
+    assert shares.sum() == pytest.approx(np.abs(forecast - actual).sum() / actual.sum())
+
+
+def test_a_blend_is_the_convex_combination_and_can_beat_both_models() -> None:
+    actual = np.array([[10.0], [10.0]])
+    high, low = np.array([[12.0], [12.0]]), np.array([[8.0], [8.0]])  # each 20% off, on opposite sides
+    assert blend(high, low, 0.25).tolist() == [[9.0], [9.0]]
+    scores = blend_scores(high, low, actual)
+    assert scores == pytest.approx({"blend@0.25": 0.10, "blend@0.5": 0.0, "blend@0.75": 0.10})
+    assert keep_or_switch({"local_mlp": 0.2, "global": 0.2, **scores}, "local_mlp", 0.1) == "blend@0.5"
+    with pytest.raises(ValueError, match="blend weight"):
+        blend(high, low, 1.5)
+
+
+def test_refit_candidate_names_a_linear_candidate_and_its_shrinkage() -> None:
+    train, spec = _train()
+    x, y = demand_design(train, spec)
+    glob = np.ones((x.shape[1], spec.horizon))
+    local, alpha = refit_candidate("local", x, y, glob, spec)
+    assert alpha is None and np.allclose(local, ridge(x.T @ x, x.T @ y, spec.linear.ridge))
+    adapted, alpha = refit_candidate("adapted@30", x, y, glob, spec)
+    assert alpha == 30.0 and np.allclose(adapted, ridge(x.T @ x, x.T @ y, 30.0, prior=glob))
+    assert refit_candidate("global", x, y, glob, spec)[0] is glob
+    with pytest.raises(ValueError, match="needs the global model"):
+        refit_candidate("global", x, y, None, spec)
+
+
+def test_one_se_pick_takes_the_most_shrunk_candidate_within_one_standard_error_of_the_best() -> None:
+    order = linear_order(True)
+    assert order[0] == "global" and order[-1] == "local" and order[1] == f"adapted@{max(SHRINKAGE_GRID):g}"
+    assert linear_order(False) == ["local"]
+    errors = {
+        "global": np.array([0.050, 0.060, 0.040, 0.050]),  # 0.200: within the noise of the best
+        "adapted@10": np.array([0.045, 0.045, 0.055, 0.045]),  # 0.190: the best
+        "local": np.array([0.100, 0.100, 0.100, 0.100]),
+    }
+    assert one_se_pick(errors, order) == "global"
+    errors["global"] = np.array([0.070, 0.070, 0.070, 0.070])  # 0.280: worse on every origin, clearly
+    assert one_se_pick(errors, order) == "adapted@10"
+    assert one_se_pick({"local": np.array([np.nan, 0.1])}, order) is None
+    assert one_se_pick({}, order) is None
