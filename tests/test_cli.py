@@ -38,16 +38,23 @@ def silobridge_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess[
     the app did not turn into an exit code is a bug, raised with its traceback (`main()` would exit 1)."""
     from typer.testing import CliRunner
 
-    from silobridge.federation.cli import app
+    from silobridge.federation.cli import app, err_console, out_console
     from silobridge.federation.settings import quiet_accountant
 
     quiet_accountant()
     previous = Path.cwd()
+    # the consoles were made at import: in an xdist worker they keep 80 columns whatever COLUMNS says now,
+    # and a long tmp path would wrap mid-name
+    widths = {console: console._width for console in (err_console, out_console)}  # None: measured when printing
     os.chdir(cwd)
     try:
+        for console in widths:
+            console.width = 200
         result = CliRunner(env={"COLUMNS": "200", "HOME": str(cwd)}).invoke(app, list(args))
     finally:
         os.chdir(previous)
+        for console, width in widths.items():
+            console._width = width
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return subprocess.CompletedProcess(["silobridge", *args], result.exit_code, result.stdout, result.stderr)
