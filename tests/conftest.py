@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pytest
 import torch
 
@@ -61,9 +62,12 @@ def default_chain(default_scenario: Scenario) -> ChainData:
 # A tiny simulation costs about 40 s on 2 cores, most of it Ray's start-up: where two files asserted on
 # runs of the same configuration, they now read one run. Their files are one unit of xdist's work (below), so
 # the run is made once, on one worker. Neither the runs nor the tests change what is asserted.
-OPEN_RUN = {"run-id": "open", "dp": "off", "set": "training.rounds=2"}
-"""Tiny without DP, 2 rounds, secure aggregation: test_report's non-private page and test_efficiency_run's
-recomputation of the efficiency section."""
+OPEN_RUN = {"run-id": "open", "dp": "off"}
+"""Tiny without DP, its 4 rounds, secure aggregation: test_simulation's secure run (its models compared with
+the plain and dropout runs', its metrics with round 0's), test_report's non-private page and
+test_efficiency_run's recomputation of the efficiency section."""
+OPEN_RUN_SECURE_SUMS: list[tuple[str, dict[str, np.ndarray]]] = []
+"""(stage, decoded segments) of every secure sum of the open run, as the server saw them (test_simulation)."""
 REFUSED_RUN = {
     "run-id": "dp",
     "set": "training.model=mlp;training.rounds=3;privacy.noise_multiplier=1.0;privacy.epsilon=4.5;"
@@ -72,7 +76,7 @@ REFUSED_RUN = {
 """Record-level DP-SGD whose round 3 would overspend epsilon 4.5 (rounds 1 and 2 spend 4.22), and S1's own
 budget of 3.5 pays for round 1 only: a refusal, a firm left out and an uneven spend. test_report's private
 page and test_private_runs' refused round."""
-SHARED_RUN_MODULES = frozenset({"test_report", "test_private_runs", "test_efficiency_run"})
+SHARED_RUN_MODULES = frozenset({"test_report", "test_private_runs", "test_efficiency_run", "test_simulation"})
 
 
 def _simulate_tiny(tmp_path_factory: pytest.TempPathFactory, config: dict[str, str]) -> RunResult:
@@ -84,7 +88,18 @@ def _simulate_tiny(tmp_path_factory: pytest.TempPathFactory, config: dict[str, s
 
 @pytest.fixture(scope="session")
 def tiny_open_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
-    return _simulate_tiny(tmp_path_factory, OPEN_RUN)
+    from silobridge.federation.coordinator import Federation, SumOutcome
+
+    original = Federation._sum
+
+    def recording(self: Federation, *args: object, **kwargs: object) -> SumOutcome:
+        outcome = original(self, *args, **kwargs)
+        OPEN_RUN_SECURE_SUMS.append((str(args[-1]), dict(outcome.segments)))
+        return outcome
+
+    with pytest.MonkeyPatch.context() as patch:  # the ServerApp runs in a thread of this process
+        patch.setattr(Federation, "_sum", recording)
+        return _simulate_tiny(tmp_path_factory, OPEN_RUN)
 
 
 @pytest.fixture(scope="session")
@@ -132,10 +147,7 @@ SLOW_TESTS = frozenset(
         "tests/test_deploy.py::test_a_switch_confirmed_on_the_recent_tail_is_deployed",
         "tests/test_light_stages.py::test_light_stages_still_hold_the_partner_to_its_federation_file",
         "tests/privacy/test_dp_calibration.py::test_rounds_round_trip",
-        "tests/test_cli.py::test_bad_scenario_exits_2_and_writes_nothing",
         "tests/test_cli.py::test_calibrate_finds_the_noise_that_spends_the_budget",
-        "tests/test_cli.py::test_generate_writes_partner_csv_files",
-        "tests/test_cli.py::test_out_of_range_options",
         "tests/test_cli.py::test_simulate_no_dp_is_the_non_private_comparison",
         "tests/test_cli.py::test_simulate_prints_the_comparison_and_writes_the_run",
         "tests/test_efficiency.py::test_a_firms_forecast_totals_match_its_test_statistics",
@@ -167,7 +179,7 @@ BROWSER_TESTS = frozenset({"test_report_in_headless_chromium"})
 # the runs are made once, on one worker.
 HEAVY_FIRST = (
     "test_network_federation",  # a SuperLink, three SuperNodes, a run, a query and a pilot simulation
-    "test_private_runs",  # with test_report and test_efficiency_run one unit (SHARED_RUN_MODULES): 7 runs
+    "test_private_runs",  # with test_report, test_efficiency_run, test_simulation one unit (SHARED_RUN_MODULES): 9 runs
     "test_report",
     "test_efficiency_run",
     "test_simulation",

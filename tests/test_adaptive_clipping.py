@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import dp_accounting as dpa
@@ -34,8 +32,9 @@ from silobridge.privacy.dp import UNCLIPPED_SEGMENT, AccountingSpec, Budget, com
 from silobridge.privacy.ledger import PrivacyRun, Release, config_hash, verify_ledger
 from silobridge.server.layouts import training_layout
 from silobridge.server.privacy import PrivacyPlan, accounting_spec, resolve_privacy
-from tests.conftest import ROOT, TINY
+from tests.conftest import TINY
 from tests.firm_support import tiny_firm
+from tests.test_cli import silobridge_in_process
 
 ADAPTIVE = "privacy.unit=firm;privacy.adaptive_clipping=true;privacy.clip_count_noise_std=3"
 
@@ -288,15 +287,10 @@ def test_the_run_is_accounted_as_the_combined_gaussian_and_audits_clean(adaptive
         assert release["event"]["noise_multiplier"] == pytest.approx(combined, rel=1e-12)
     assert recorded[0] == pytest.approx(z, rel=1e-12)
     expected = _dp_accounting_epsilon(recorded, 1.0, 1e-5)
-    result = subprocess.run(
-        [
-            *(sys.executable, "-m", "silobridge.federation.cli", "audit", str(adaptive_run.path), "--json"),
-            *("--public-key", privacy["ledger_public_key"]),  # the run's own key: audited as published
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "COLUMNS": "200"},
+    result = silobridge_in_process(
+        *("audit", str(adaptive_run.path), "--json"),
+        *("--public-key", privacy["ledger_public_key"]),  # the run's own key: audited as published
+        cwd=adaptive_run.path,
     )
     assert result.returncode == 0, result.stderr
     audit = json.loads(result.stdout)

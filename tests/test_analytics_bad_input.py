@@ -18,7 +18,7 @@ from silobridge.errors import BudgetExhausted, ConfigError, SiloBridgeError
 from silobridge.federation.query_plan import load_plan
 from silobridge.federation.query_run import QueryBudget, QueryRequest, run_queries
 from tests.conftest import TINY
-from tests.test_cli import silobridge
+from tests.test_cli import silobridge_in_process
 
 UNITS = {"column": "units", "low": 0, "high": 5000}
 BUDGET = QueryBudget(1.0, 1e-5)
@@ -101,7 +101,7 @@ def test_fixed_noise_overspending_session_refused_by_the_preview(tmp_path: Path)
 
 
 def test_command_line_noise_multiplier_zero(tmp_path: Path) -> None:
-    done = silobridge(
+    done = silobridge_in_process(
         "query",
         str(TINY),
         "mean",

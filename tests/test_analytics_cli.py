@@ -25,7 +25,7 @@ from silobridge.scenarios.schema import Scenario
 from silobridge.server.query_plans import build_plan
 from tests.analytics_support import REGRESSION, UNITS, drive, pooled, pooled_ar, ridge_fit, tiny_firms
 from tests.conftest import TINY
-from tests.test_cli import silobridge
+from tests.test_cli import silobridge, silobridge_in_process
 
 
 @pytest.fixture(scope="module")
@@ -80,14 +80,14 @@ def test_query_command_with_dp_writes_an_auditable_ledger(tmp_path: Path, firms:
     units = pooled(firms, "demand", "units")
     assert abs(printed["answer"]["count"] - units.size) <= 5 * sigma_n + 0.5
     key = json.loads((Path(printed["run_dir"]) / "queries.json").read_text())["public_key"]
-    audit = silobridge("audit", printed["run_dir"], "--json", "--public-key", key, cwd=tmp_path)
+    audit = silobridge_in_process("audit", printed["run_dir"], "--json", "--public-key", key, cwd=tmp_path)
     assert audit.returncode == 0, audit.stderr
     report = json.loads(audit.stdout)
     assert report["verified"] and report["within_budget"]
     assert report["epsilon_overall"] == pytest.approx(printed["privacy"]["epsilon_total"], rel=1e-6)
     assert [r["release_id"] for r in report["releases"]] == ["query-1/mean/step-0"]
 
-    refused = silobridge(
+    refused = silobridge_in_process(
         "query",
         str(TINY),
         "mean",
@@ -100,7 +100,7 @@ def test_query_command_with_dp_writes_an_auditable_ledger(tmp_path: Path, firms:
 
 
 def test_iterative_query_command_equals_the_driver(tmp_path: Path, firms: list[FirmData]) -> None:
-    done = silobridge(
+    done = silobridge_in_process(
         "query",
         str(TINY),
         "frequent_itemsets",
@@ -140,7 +140,7 @@ def test_query_command_pilots_on_the_firms_files(
         units.append(demand["units"].to_numpy(dtype=float))
         write_firm_data(pilot / firm.id, demand, tables.risk, tables.orders)
     args = ("--param", "column=units", "--param", "low=0", "--param", "high=5000", "--no-dp", "--json")
-    done = silobridge(
+    done = silobridge_in_process(
         "query",
         str(TINY),
         "sum",
@@ -172,7 +172,9 @@ def test_query_command_pilots_on_the_firms_files(
     row[header.index("units")] = "many"
     lines[3] = ",".join(row)
     demand_csv.write_text("\n".join(lines) + "\n")
-    refused = silobridge("query", str(TINY), "sum", *args, "--data", str(broken), "--out", str(tmp_path), cwd=tmp_path)
+    refused = silobridge_in_process(
+        "query", str(TINY), "sum", *args, "--data", str(broken), "--out", str(tmp_path), cwd=tmp_path
+    )
     assert refused.returncode == 2, refused.stderr
     assert "R2/demand.csv" in refused.stderr and "units" in refused.stderr
 
@@ -192,7 +194,7 @@ def test_query_session_from_a_plan_file_one_budget_one_ledger(tmp_path: Path, fi
         'name = "count"\n'
         'params = { table = "risk" }\n'
     )
-    done = silobridge(
+    done = silobridge_in_process(
         "query",
         str(TINY),
         *("--plan", str(plan), "--epsilon", "30", "--json", "--out", str(tmp_path), "--run-id", "session"),
@@ -212,7 +214,7 @@ def test_query_session_from_a_plan_file_one_budget_one_ledger(tmp_path: Path, fi
     preview = written["preview"]
     assert preview["releases"] == 3 and preview["unit"] == "record" and preview["epsilon"] <= 30
     key = written["public_key"]
-    audit = silobridge("audit", printed["run_dir"], "--json", "--public-key", key, cwd=tmp_path)
+    audit = silobridge_in_process("audit", printed["run_dir"], "--json", "--public-key", key, cwd=tmp_path)
     assert audit.returncode == 0, audit.stderr
     report = json.loads(audit.stdout)
     assert report["verified"] and report["within_budget"]

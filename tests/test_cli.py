@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tomllib
@@ -17,6 +18,8 @@ from tests.conftest import ROOT, TINY
 
 
 def silobridge(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`silobridge ARGS` as its own process: for the tests about the process boundary (one per command that
+    runs a federation), each paying a Python, torch and Ray start-up."""
     return subprocess.run(
         [sys.executable, "-m", "silobridge.federation.cli", *args],
         cwd=cwd,
@@ -25,6 +28,36 @@ def silobridge(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         timeout=600,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "COLUMNS": "200", "HOME": str(cwd)},
     )
+
+
+def silobridge_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`silobridge ARGS` run by typer's CliRunner in this process, in `cwd` with HOME there, on the worker's
+    shared Ray: for tests of a command's output, files and exit code, without a process's start-up.
+
+    What `main()` adds around the app is done here too (the accountant's warnings quietened); an exception
+    the app did not turn into an exit code is a bug, raised with its traceback (`main()` would exit 1)."""
+    from typer.testing import CliRunner
+
+    from silobridge.federation.cli import app, err_console, out_console
+    from silobridge.federation.settings import quiet_accountant
+
+    quiet_accountant()
+    previous = Path.cwd()
+    # the consoles were made at import: in an xdist worker they keep 80 columns whatever COLUMNS says now,
+    # and a long tmp path would wrap mid-name
+    widths = {console: console._width for console in (err_console, out_console)}  # None: measured when printing
+    os.chdir(cwd)
+    try:
+        for console in widths:
+            console.width = 200
+        result = CliRunner(env={"COLUMNS": "200", "HOME": str(cwd)}).invoke(app, list(args))
+    finally:
+        os.chdir(previous)
+        for console, width in widths.items():
+            console._width = width
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess(["silobridge", *args], result.exit_code, result.stdout, result.stderr)
 
 
 def _bad_scenario(tmp_path: Path, change) -> Path:
@@ -46,7 +79,7 @@ def _bad_scenario(tmp_path: Path, change) -> Path:
 )
 def test_bad_scenario_exits_2_and_writes_nothing(tmp_path: Path, change, expected: str) -> None:
     scenario = _bad_scenario(tmp_path, change)
-    result = silobridge("simulate", str(scenario), "--out", str(tmp_path / "runs"), cwd=tmp_path)
+    result = silobridge_in_process("simulate", str(scenario), "--out", str(tmp_path / "runs"), cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     message = " ".join(result.stderr.split())
     assert "configuration error" in message and str(scenario) in message and expected in message
@@ -54,25 +87,27 @@ def test_bad_scenario_exits_2_and_writes_nothing(tmp_path: Path, change, expecte
 
 
 def test_out_of_range_options(tmp_path: Path) -> None:
-    result = silobridge("simulate", str(TINY), "--rounds", "0", "--out", str(tmp_path / "runs"), cwd=tmp_path)
+    result = silobridge_in_process(
+        "simulate", str(TINY), "--rounds", "0", "--out", str(tmp_path / "runs"), cwd=tmp_path
+    )
     assert result.returncode == 2 and "--rounds" in result.stderr
-    result = silobridge(
+    result = silobridge_in_process(
         "simulate", str(TINY), "--set", "training.learning_rate=-1", "--out", str(tmp_path / "runs"), cwd=tmp_path
     )
     assert result.returncode == 2 and "training.learning_rate" in result.stderr
-    result = silobridge("simulate", str(tmp_path / "missing.toml"), cwd=tmp_path)
+    result = silobridge_in_process("simulate", str(tmp_path / "missing.toml"), cwd=tmp_path)
     assert result.returncode == 2 and "file not found" in result.stderr
     assert not (tmp_path / "runs").exists()
 
 
 def test_generate_writes_partner_csv_files(tmp_path: Path) -> None:
-    result = silobridge("generate", str(TINY), "--out", str(tmp_path / "data"), cwd=tmp_path)
+    result = silobridge_in_process("generate", str(TINY), "--out", str(tmp_path / "data"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     folders = sorted(p.name for p in (tmp_path / "data").iterdir())
     assert folders == ["D1", "M1", "R1", "R2", "S1"]
     data = load_firm_data(tmp_path / "data" / "R2", GENERATED_SCHEMA, min_periods=28)
     assert data.demand is not None and data.risk is not None and data.orders is not None
-    again = silobridge("generate", str(TINY), "--out", str(tmp_path / "data"), cwd=tmp_path)
+    again = silobridge_in_process("generate", str(TINY), "--out", str(tmp_path / "data"), cwd=tmp_path)
     assert again.returncode == 2 and "is not empty" in again.stderr
 
 
@@ -113,7 +148,7 @@ def test_simulate_prints_the_comparison_and_writes_the_run(tmp_path: Path) -> No
 
 
 def test_simulate_no_dp_is_the_non_private_comparison(tmp_path: Path) -> None:
-    result = silobridge(
+    result = silobridge_in_process(
         "simulate",
         str(TINY),
         "--rounds",
@@ -151,7 +186,7 @@ def test_calibrate_finds_the_noise_that_spends_the_budget(tmp_path: Path) -> Non
     import dp_accounting as dpa
     from dp_accounting.rdp import RdpAccountant
 
-    result = silobridge("calibrate", "--epsilon", "8", "--rounds", "30", "--local-epochs", "2", cwd=tmp_path)
+    result = silobridge_in_process("calibrate", "--epsilon", "8", "--rounds", "30", "--local-epochs", "2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     z = float(re.search(r"noise multiplier ([0-9.]+)", result.stdout).group(1))
 
@@ -163,5 +198,5 @@ def test_calibrate_finds_the_noise_that_spends_the_budget(tmp_path: Path) -> Non
 
     assert 7.9 <= spent(z) <= 8.0 + 1e-3
     assert spent(z * 0.98) > 8.0  # and it is the smallest such noise, to within 2%
-    result = silobridge("calibrate", "--epsilon", "8", "--unit", "teams", cwd=tmp_path)
+    result = silobridge_in_process("calibrate", "--epsilon", "8", "--unit", "teams", cwd=tmp_path)
     assert result.returncode == 2 and "--unit" in result.stderr

@@ -1,5 +1,5 @@
-"""End to end: a Flower simulation of the tiny scenario (no DP, secure aggregation, 2 rounds; conftest's
-OPEN_RUN, which test_report reads too), and one with record-level DP and the efficiency release.
+"""End to end: a Flower simulation of the tiny scenario (no DP, secure aggregation, 4 rounds; conftest's
+OPEN_RUN, which test_report and test_simulation read too), and one with record-level DP and the efficiency release.
 
 The efficiency section of summary.json must equal what the firms' own numbers give when computed
 directly, outside the federation: each firm's local-only baseline and what each firm deploys (chosen

@@ -13,7 +13,7 @@ import pytest
 from silobridge.clients.data import write_firm_data
 from silobridge.scenarios.generator import generate_chain
 from silobridge.scenarios.schema import load_scenario
-from tests.test_cli import silobridge
+from tests.test_cli import silobridge, silobridge_in_process
 from tests.test_pilot_extracts import TRIO, reshape_as_extract
 from tests.test_pilot_init import TIERS, fill_in
 
@@ -36,15 +36,17 @@ def test_a_pilot_from_init_to_report(tmp_path: Path) -> None:
     (extracts / "R1" / "risk.csv").unlink()
 
     federation = tmp_path / "federation.toml"
-    result = silobridge("init", str(extracts), "--out", str(federation), cwd=tmp_path)
+    result = silobridge_in_process("init", str(extracts), "--out", str(federation), cwd=tmp_path)
     assert result.returncode == 2 and "cannot tell which 0/1 column is the label" in result.stderr
     assert not federation.exists()
-    result = silobridge("init", str(extracts), "--out", str(federation), "--label-column", "default_flag", cwd=tmp_path)
+    result = silobridge_in_process(
+        "init", str(extracts), "--out", str(federation), "--label-column", "default_flag", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     text = fill_in(federation.read_text(), {**TIERS, "L1": "supplier"})
     federation.write_text(text.replace("[data]", "[training]\nhidden = 8\nmin_firms = 2\n\n[data]", 1))
     for firm in ("R1", "D1", "M1", "L1"):
-        result = silobridge("validate", str(extracts / firm), "--config", str(federation), cwd=tmp_path)
+        result = silobridge_in_process("validate", str(extracts / firm), "--config", str(federation), cwd=tmp_path)
         assert result.returncode == 0, result.stdout + result.stderr
 
     result = silobridge(
@@ -71,6 +73,6 @@ def test_a_pilot_from_init_to_report(tmp_path: Path) -> None:
     assert all(row["reason"].startswith("no global linear risk model") for row in risk_rows)
     assert isinstance(summary["models"]["risk"]["deployed"]["all"]["roc_auc"], float)
 
-    result = silobridge("report", str(run), cwd=tmp_path)
+    result = silobridge_in_process("report", str(run), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (run / "report.html").stat().st_size > 10_000

@@ -18,6 +18,7 @@ from silobridge.federation.simulation import simulate
 from silobridge.privacy.ledger import verify_ledger
 from silobridge.scenarios.schema import load_scenario
 from tests.conftest import ROOT, TINY
+from tests.test_cli import silobridge_in_process
 
 MLP = "training.model=mlp"
 """The MLP family (DP-SGD rounds) where a test is about it: under record-level DP 'auto' trains the linear one."""
@@ -61,6 +62,7 @@ def distributed_run(out: Path) -> RunResult:
 
 
 def _audit(*args: str) -> subprocess.CompletedProcess[str]:
+    """`silobridge audit` as its own process: the audit command's exit codes as a shell sees them."""
     return subprocess.run(
         [sys.executable, "-m", "silobridge.federation.cli", "audit", *args],
         capture_output=True,
@@ -171,7 +173,9 @@ def test_linear_family_spends_the_budget_in_one_release_per_model_and_audits(lin
     assert firms["S1"]["releases"] == 0
     report = verify_ledger(run.path / "privacy_ledger.jsonl", public_key=privacy["ledger_public_key"])
     assert report.epsilon_overall == pytest.approx(privacy["epsilon_overall"], rel=1e-6)
-    result = _audit(str(run.path), "--public-key", privacy["ledger_public_key"], "--json")
+    result = silobridge_in_process(
+        "audit", str(run.path), "--public-key", privacy["ledger_public_key"], "--json", cwd=run.path
+    )
     assert result.returncode == 0, result.stderr
     assert (run.path / "models" / "demand_linear.pt").exists() and not (run.path / "models" / "demand.pt").exists()
     models = run.summary["models"]["demand"]

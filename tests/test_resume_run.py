@@ -5,8 +5,8 @@ bit for bit (the firms' DP-SGD noise and their secure-sum rounding are seeded by
 One trio run of 2 rounds with fixed noise seeds and no baselines (not checked here), killed twice: after
 round 1's first ledger entry (its ledger then cut mid-line, as a crash during the write leaves it) and,
 resumed, in round 2's secure sum before the unmasking. Kill points come from `federation.crash_points`.
-The uninterrupted reference run is one module fixture. Slow: four simulations (plus one refused at once),
-each mostly Ray's start-up.
+The uninterrupted reference run is one module fixture. Slow: four simulations (plus one refused at once,
+in this process), each mostly Ray's start-up.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch
 from silobridge.federation.crash_points import CRASH_AT
 from silobridge.privacy.ledger import verify_ledger
 from tests.conftest import ROOT
+from tests.test_cli import silobridge_in_process
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +78,8 @@ def test_a_killed_private_run_resumes_to_the_uninterrupted_models_and_spend(tmp_
 
     again = _simulate("--resume", str(partial), crash_at="unmask:round 2")
     assert again.returncode == -9, again.stderr[-3000:]
-    changed = _simulate("--resume", str(partial), "--rounds", "3")
+    # refused before anything starts: in this process (no Ray, no crash point), not a process of its own
+    changed = silobridge_in_process("simulate", "--resume", str(partial), "--rounds", "3", "--plain", cwd=tmp_path)
     assert changed.returncode == 2 and "num-rounds" in changed.stderr, changed.stderr[-3000:]
     resumed = _simulate("--resume", str(partial))
     assert resumed.returncode == 0, resumed.stderr[-3000:]

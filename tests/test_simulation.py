@@ -1,8 +1,9 @@
 """End to end: real Flower simulations of the tiny scenario, run in-process, and their run directories.
 
 Runs of the same scenario and seed without DP (so models can be compared exactly): secure
-aggregation, aggregation in the clear, and secure aggregation with 30% of the firms vanishing after
-sending their masked input. The differentially private default has its own tests.
+aggregation (conftest's OPEN_RUN, which test_report and test_efficiency_run read too), aggregation in the
+clear, and secure aggregation with 30% of the firms vanishing after sending their masked input. The
+differentially private default has its own tests.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ import torch
 
 from silobridge.clients.models import build_model
 from silobridge.contract.stats import POOLED, split_slots
-from silobridge.federation.coordinator import Federation, SumOutcome
 from silobridge.federation.server_app import RunResult
 from silobridge.federation.settings import settings_from_run_config
 from silobridge.federation.simulation import simulate
 from silobridge.federation.summary_schema import METHODS, METRICS
-from tests.conftest import TINY
+from tests.conftest import OPEN_RUN_SECURE_SUMS, TINY
 
 
 def _simulate(out: Path, run_id: str, **config: object) -> RunResult:
@@ -29,28 +29,16 @@ def _simulate(out: Path, run_id: str, **config: object) -> RunResult:
 
 
 NO_BASELINES = "training.baselines=none"
-SECURE_SUMS: list[tuple[str, dict[str, np.ndarray]]] = []
-"""(stage, decoded segments) of every secure sum of the secure run, as the server saw them."""
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunResult]:
+def runs(tiny_open_run: RunResult, tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunResult]:
     out = tmp_path_factory.mktemp("runs")
-    original = Federation._sum
-
-    def recording(self: Federation, *args: object, **kwargs: object) -> SumOutcome:
-        outcome = original(self, *args, **kwargs)
-        SECURE_SUMS.append((str(args[-1]), dict(outcome.segments)))
-        return outcome
-
-    with pytest.MonkeyPatch.context() as patch:  # the ServerApp runs in a thread of this process
-        patch.setattr(Federation, "_sum", recording)
-        secure = _simulate(out, "tiny-secure", dp="off")
     # The plain and dropout runs are compared with the secure one in their models and federated metrics only:
     # they fit no local-only baselines (training does not depend on them; a firm's dropout draws are seeded
     # by firm, sum and stage, so the training rounds' draws are unchanged).
     return {
-        "secure": secure,
+        "secure": tiny_open_run,
         "plain": _simulate(out, "tiny-plain", aggregation="plain", dp="off", set=NO_BASELINES),
         "dropout": _simulate(
             out, "tiny-dropout", dp="off", set=f"dropout.rate=0.3;dropout.stage=after_masking;{NO_BASELINES}"
@@ -68,13 +56,13 @@ def _weights(run: RunResult, kind: str) -> dict[str, torch.Tensor]:
 
 
 def test_run_directory_is_complete(run: RunResult) -> None:
-    assert run.path.name == "tiny-secure"
+    assert run.path.name == "open"
     names = {p.name for p in run.path.iterdir()}
     # checkpoint.npz: the state after the last round, kept as the README's run-directory table says
     assert names == {"checkpoint.npz", "config.json", "metrics.jsonl", "models", "summary.json", "summary.md"}
     assert not list(run.path.parent.glob(".*partial"))
     config = json.loads((run.path / "config.json").read_text())
-    assert config["scenario"]["name"] == "tiny" and config["run_config"]["run-id"] == "tiny-secure"
+    assert config["scenario"]["name"] == "tiny" and config["run_config"]["run-id"] == "open"
     assert json.loads((run.path / "summary.json").read_text()) == run.summary
     assert "| federated |" in (run.path / "summary.md").read_text()
 
@@ -106,10 +94,10 @@ def test_summary_has_every_model_method_and_metric_for_all_firms_only(run: RunRe
 
 def test_secure_sums_of_statistics_fill_only_the_pooled_slot(runs: dict[str, RunResult]) -> None:
     """What the server decoded from every secure sum of statistics: zero in the small and large slots."""
-    stages = {stage for stage, _ in SECURE_SUMS}
+    stages = {stage for stage, _ in OPEN_RUN_SECURE_SUMS}
     assert {"baselines", "round 1", "evaluate"} <= stages
     checked = 0
-    for _, segments in SECURE_SUMS:
+    for _, segments in OPEN_RUN_SECURE_SUMS:
         for name, vector in segments.items():
             if name.endswith(("/eval", "/local_only", "/naive")):
                 slots = split_slots(vector)
@@ -181,5 +169,5 @@ def test_existing_run_directory_is_refused(run: RunResult) -> None:
     from silobridge.errors import ConfigError
 
     with pytest.raises(ConfigError, match="already exists"):
-        simulate({"scenario": str(TINY), "out-dir": str(run.path.parent), "run-id": "tiny-secure", "dp": "off"})
+        simulate({"scenario": str(TINY), "out-dir": str(run.path.parent), "run-id": "open", "dp": "off"})
     assert not list(Path(run.path.parent).glob(".*partial"))
