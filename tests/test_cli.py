@@ -148,7 +148,9 @@ def test_simulate_prints_the_comparison_and_writes_the_run(tmp_path: Path) -> No
 
 
 def test_simulate_no_dp_is_the_non_private_comparison(tmp_path: Path) -> None:
-    result = silobridge_in_process(
+    # A process of its own: the live lines it reads go to stderr through the logging handler, which an earlier
+    # in-process run in the same xdist worker has bound to another stream (in-process, stderr came back empty).
+    result = silobridge(
         "simulate",
         str(TINY),
         "--rounds",
