@@ -34,8 +34,7 @@ from silobridge.errors import BudgetExhausted, ConfigError, FederationError, Sil
 from silobridge.federation.coordinator import Federation, RunObserver
 from silobridge.federation.firm_source import pilot_folders, validate_pilot
 from silobridge.federation.launch import launch
-from silobridge.federation.ledger_signer import PER_RUN, ledger_signer
-from silobridge.federation.privacy_report import LEDGER_FILE
+from silobridge.federation.ledger_signer import ledger_signer
 from silobridge.federation.progress import LogObserver
 from silobridge.federation.query_resume import QueryProgress
 from silobridge.federation.records import ANALYTICS
@@ -44,7 +43,6 @@ from silobridge.federation.rundir import CONFIG_FILE, RunDirectory, live_runs
 from silobridge.federation.settings import NODES, QUERIES_KEY, RunSettings, settings_from_run_config
 from silobridge.privacy.dp import Budget, epsilon
 from silobridge.privacy.ledger import PrivacyRun, config_hash, public_key_hex
-from silobridge.privacy.ledger.keys import load_signing_key, save_signing_key
 from silobridge.privacy.secagg.layout import CLIPPED
 from silobridge.privacy.secagg.simulate import InMemoryFederation
 from silobridge.scenarios.generator import catalogue_items
@@ -502,7 +500,7 @@ def serve_queries(
         privacy, ledger, public_key = None, None, None
         rng = session_rng(settings) if budget is not None else None
         if budget is not None and noise is not None and rng is not None:
-            ledger, public_key = _open_ledger(settings, rundir, checkpoints, config, budget, manifests.values())
+            ledger, public_key = _open_ledger(settings, checkpoints, config, budget, manifests.values())
             privacy = QueryPrivacy(ledger, noise, rng=rng, unit=budget.unit)
         progress = QueryProgress(checkpoints, rng, ledger, federation.dropped)
         if progress.replayable:
@@ -539,46 +537,31 @@ def serve_queries(
 
 def _open_ledger(
     settings: RunSettings,
-    rundir: RunDirectory,
     checkpoints: Checkpoints,
     config: Mapping[str, Any],
     budget: QueryBudget,
     manifests: Any,
 ) -> tuple[PrivacyRun, str]:
-    """The session's ledger: started, or (a resumed session) reopened, verified and reconciled with the
-    checkpoint. A key made for this session only is kept in the folder (owner-only) until it completes,
-    so that a resumed session continues the chain; the audit reports such a key as proving nothing."""
-    key, key_kind = ledger_signer(settings)  # the federation's long-term key, or one made for this run
-    run_key = rundir.partial / RUN_KEY_FILE
-    if checkpoints.resuming and key_kind == PER_RUN and run_key.exists():
-        key = load_signing_key(run_key)
-    rundir.keep_on_failure = True  # privacy may be spent from here on: the ledger must survive
-    path = rundir.partial / LEDGER_FILE
-    if checkpoints.resuming and path.exists():
-        ledger, state = PrivacyRun.reopen(path, key)
-        live_runs.ledger_opened(rundir, ledger)  # Ctrl-C closes it with its end entry
-        checkpoints.reconcile(ledger, state)
-        return ledger, public_key_hex(key.public_key())
-    if checkpoints.start is not None:
-        raise ConfigError(
-            f"the checkpoint records steps charged in {LEDGER_FILE}, which the folder no longer holds",
-            source=str(rundir.partial),
-        )
-    if key_kind == PER_RUN:
-        save_signing_key(key, run_key)
-    ledger = PrivacyRun.start(
-        path,
-        run_id=settings.run_id,
-        config_sha256=config_hash(config),
-        budget=Budget(budget.epsilon, budget.delta),
-        signing_key=key,
-        key_kind=key_kind,
-        spec=query_accounting(budget.accountant, budget.unit),
-        firm_budgets={
-            m.firm_id: Budget(m.budget_epsilon, budget.delta) for m in manifests if m.budget_epsilon is not None
-        },
+    """The session's ledger, started or (a resumed session) reopened as a training run's is
+    (`Checkpoints.open_ledger`), under the federation's long-term key or one made for this session."""
+    key, key_kind = ledger_signer(settings)
+    key = checkpoints.signing_key(key, key_kind)
+    ledger = checkpoints.open_ledger(
+        key,
+        key_kind,
+        lambda path: PrivacyRun.start(
+            path,
+            run_id=settings.run_id,
+            config_sha256=config_hash(config),
+            budget=Budget(budget.epsilon, budget.delta),
+            signing_key=key,
+            key_kind=key_kind,
+            spec=query_accounting(budget.accountant, budget.unit),
+            firm_budgets={
+                m.firm_id: Budget(m.budget_epsilon, budget.delta) for m in manifests if m.budget_epsilon is not None
+            },
+        ),
     )
-    live_runs.ledger_opened(rundir, ledger)  # Ctrl-C closes it with its end entry
     return ledger, public_key_hex(key.public_key())
 
 

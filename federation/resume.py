@@ -30,7 +30,7 @@ budget, key agreement) that a fresh Flower run resets.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,12 +44,17 @@ from silobridge.federation.checkpoint import (
     release_to_dict,
     write_checkpoint,
 )
-from silobridge.federation.rundir import CONFIG_FILE, RunDirectory
+from silobridge.federation.ledger_signer import PER_RUN
+from silobridge.federation.privacy_report import LEDGER_FILE
+from silobridge.federation.rundir import CONFIG_FILE, RunDirectory, live_runs
 from silobridge.privacy.ledger import PrivacyRun, Release
+from silobridge.privacy.ledger.keys import load_signing_key, save_signing_key
 
 RUN_KEY_FILE = "ledger_signing_key.pem"  # a per-run ledger key, owner-only, for a resumed run to continue the chain
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from silobridge.privacy.ledger.run import LedgerState
 
 
@@ -88,6 +93,37 @@ class Checkpoints:
         self.last = checkpoint
         if checkpoint.round > 0 or checkpoint.released:
             self.rundir.keep_on_failure = True  # completed rounds can be resumed: never delete them
+
+    def signing_key(self, key: Ed25519PrivateKey, key_kind: str) -> Ed25519PrivateKey:
+        """The key that continues the ledger's chain: a resumed run's per-run key, kept in its folder
+        (owner-only), or else `key`. A per-run key proves nothing against whoever can edit the folder; the
+        audit says so of any per-run key."""
+        run_key = self._path(RUN_KEY_FILE)
+        if self.resuming and key_kind == PER_RUN and run_key.exists():
+            return load_signing_key(run_key)
+        return key
+
+    def open_ledger(self, key: Ed25519PrivateKey, key_kind: str, start: Callable[[Path], PrivacyRun]) -> PrivacyRun:
+        """The run's ledger (training and query sessions alike): a resumed run's reopened, verified and
+        reconciled with the checkpoint; otherwise `start(path)`, its per-run key kept for a later resume.
+        From here privacy may be spent, so the run's folder survives a failure; Ctrl-C closes the ledger."""
+        self.rundir.keep_on_failure = True
+        path = self._path(LEDGER_FILE)
+        if self.resuming and path.exists():
+            ledger, state = PrivacyRun.reopen(path, key)
+            live_runs.ledger_opened(self.rundir, ledger)
+            self.reconcile(ledger, state)
+            return ledger
+        if self.start is not None:
+            raise ConfigError(
+                f"the checkpoint records releases charged in {LEDGER_FILE}, which the folder no longer holds",
+                source=str(self.rundir.partial),
+            )
+        if key_kind == PER_RUN:
+            save_signing_key(key, self._path(RUN_KEY_FILE))
+        ledger = start(path)
+        live_runs.ledger_opened(self.rundir, ledger)
+        return ledger
 
     def reconcile(self, ledger: PrivacyRun, state: LedgerState) -> None:
         """A resumed private run's ledger against its checkpoint: write the resume entry, finish a pending

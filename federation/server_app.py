@@ -38,7 +38,6 @@ from silobridge.federation.settings import QUERIES_KEY, RunSettings, settings_fr
 from silobridge.federation.summary import build_summary, summary_markdown
 from silobridge.privacy.dp import Budget
 from silobridge.privacy.ledger import PrivacyRun, config_hash, public_key_hex
-from silobridge.privacy.ledger.keys import load_signing_key, save_signing_key
 from silobridge.server.privacy import accounting_spec
 
 log = logging.getLogger("silobridge")
@@ -163,13 +162,9 @@ class _LedgerOpener:
         self.config_sha256 = config_hash(config)
         self.checkpoints = checkpoints
         # The federation's long-term key, or (a simulation without one) a key made for this run only:
-        # the header records which, and its public key is in the summary. A per-run key is kept in the run
-        # directory (owner-only) so that a resumed run can continue the chain: it proves nothing against
-        # whoever can edit the directory, and the audit says so of any per-run key.
+        # the header records which, and its public key is in the summary.
         self.key, self.key_kind = signer if signer is not None else (Ed25519PrivateKey.generate(), PER_RUN)
-        run_key = rundir.partial / RUN_KEY_FILE
-        if checkpoints.resuming and self.key_kind == PER_RUN and run_key.exists():
-            self.key = load_signing_key(run_key)
+        self.key = checkpoints.signing_key(self.key, self.key_kind)
         self.public_key = public_key_hex(self.key.public_key())
         self.ledger: PrivacyRun | None = None
         self.stopped: str | None = None
@@ -179,26 +174,20 @@ class _LedgerOpener:
         # The budgets the firms declared (a real federation learns them only now): refuse before round 1
         # if leaving out the firms that cannot pay for one round leaves too few for a round.
         check_firm_budgets(self.settings, firm_budgets)
-        self.rundir.keep_on_failure = True  # from now on privacy may be spent: the ledger must survive
-        path = self.rundir.partial / LEDGER_FILE
-        if self.checkpoints.resuming and path.exists():
-            self.ledger, state = PrivacyRun.reopen(path, self.key)
-            live_runs.ledger_opened(self.rundir, self.ledger)
-            self.checkpoints.reconcile(self.ledger, state)
-            return self.ledger
-        if self.key_kind == PER_RUN:
-            save_signing_key(self.key, self.rundir.partial / RUN_KEY_FILE)
-        self.ledger = PrivacyRun.start(
-            path,
-            run_id=self.settings.run_id,
-            config_sha256=self.config_sha256,
-            budget=Budget(privacy.epsilon, privacy.delta),
-            signing_key=self.key,
-            spec=accounting_spec(privacy),
-            firm_budgets={f: Budget(eps, privacy.delta) for f, eps in firm_budgets.items() if eps is not None},
-            key_kind=self.key_kind,
+        self.ledger = self.checkpoints.open_ledger(
+            self.key,
+            self.key_kind,
+            lambda path: PrivacyRun.start(
+                path,
+                run_id=self.settings.run_id,
+                config_sha256=self.config_sha256,
+                budget=Budget(privacy.epsilon, privacy.delta),
+                signing_key=self.key,
+                spec=accounting_spec(privacy),
+                firm_budgets={f: Budget(eps, privacy.delta) for f, eps in firm_budgets.items() if eps is not None},
+                key_kind=self.key_kind,
+            ),
         )
-        live_runs.ledger_opened(self.rundir, self.ledger)
         return self.ledger
 
     def __enter__(self) -> _LedgerOpener:
