@@ -89,38 +89,28 @@ def check_round(
 def charge_lifetime(
     odometer: Odometer, privacy: PrivacySpec, kinds: list[str], *, run_id: str, release_id: str, firm: str
 ) -> None:
-    """Charge one training round to the firm's lifetime odometer before it releases anything.
-
-    Refuses (BudgetExhausted, charging nothing) a round that would take one of `kinds` past the
-    lifetime budget, whichever run asks. The odometer counts record-level DP-SGD, which the firm can
-    account itself; a firm-level run's spend depends on what only the coordinator knows, so a node that
-    keeps an odometer does not take part in one.
-    """
+    """Charge one training round (DP-SGD on each of `kinds`) to the firm's lifetime odometer before it releases
+    anything; see `charge_release`."""
     if not privacy.enabled or not kinds:
         return
-    if privacy.unit != "record":
+    charge_release(odometer, privacy.unit, kinds, round_event(privacy), run_id=run_id, release_id=release_id, firm=firm)
+
+
+def charge_release(
+    odometer: Odometer, unit: str, datasets: list[str], event: dpa.DpEvent, *, run_id: str, release_id: str, firm: str
+) -> None:
+    """Charge one record-level release of `event` on each of `datasets` to the lifetime odometer.
+
+    Refuses (BudgetExhausted, charging nothing) a release that would take one of them past the lifetime
+    budget, whichever run asks. The firm computes `event` itself from the federation's spec, never from a
+    figure the coordinator sends. A firm-level spend depends on what only the coordinator knows (its noise
+    and sample of firms), so a node that keeps an odometer takes no part in one.
+    """
+    if unit != "record":
         raise ProtocolError(
-            "refused: this node keeps a lifetime privacy odometer, which can count record-level DP-SGD only; "
-            "it cannot account a firm-level run's spend itself",
+            "refused: this node keeps a lifetime privacy odometer, which counts record-level releases only; "
+            "it cannot account a firm-level release's spend itself",
             firm=firm,
             stage=release_id,
         )
-    odometer.charge(sorted(kinds), round_event(privacy), run_id=run_id, release_id=release_id)
-
-
-def refuse_uncounted_release(odometer: Odometer | None, privacy: PrivacySpec, *, release_id: str, firm: str) -> None:
-    """A node that keeps a lifetime odometer takes part only in releases it can count itself.
-
-    The linear family's statistics are noised by the coordinator after the secure sum, so the node cannot
-    account that release on its own: rather than release uncounted, it refuses (train with
-    `training.model = "mlp"`, whose DP-SGD rounds it counts, or join without a lifetime odometer).
-    """
-    if odometer is None or not privacy.enabled:
-        return
-    raise ProtocolError(
-        "refused: this node keeps a lifetime privacy odometer, which can count record-level DP-SGD rounds only; "
-        "the linear family's release is noised by the coordinator, so the node cannot count it itself "
-        '(the federation may train with training.model = "mlp")',
-        firm=firm,
-        stage=release_id,
-    )
+    odometer.charge(sorted(datasets), event, run_id=run_id, release_id=release_id)

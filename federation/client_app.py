@@ -250,11 +250,15 @@ def _analytics(req: Request) -> RecordDict:
         OWN_QUERY_SPEND,
         check_step,
     )
+    from silobridge.federation.odometer_charges import charge_query_step
+    from silobridge.federation.odometer_glue import node_odometer
 
     step = QueryStep.from_config(config_of(req.message, ANALYTICS), firm=req.firm.firm_id)
     stored = req.context.state.config_records.get(OWN_QUERY_SPEND)
     answered = [float(z) for z in (stored or {}).get("multipliers", [])]  # type: ignore[union-attr]
     check_step(step, req.firm.budget_epsilon, answered, firm=req.firm.firm_id)
+    odometer = node_odometer(req.firm.firm_id, req.settings, req.context.node_config)
+    charge_query_step(odometer, step, run_id=_odometer_run_id(req), firm=req.firm.firm_id)
     answer = answer_step(step, req.firm.data)
     # the step as sent names the release: a resumed session that redoes it rounds it as it was rounded
     reply = _release(
@@ -268,24 +272,31 @@ def _analytics(req: Request) -> RecordDict:
 
 
 def _efficiency(req: Request) -> RecordDict:
+    from silobridge.federation.odometer_charges import charge_efficiency
+    from silobridge.federation.odometer_glue import node_odometer
+
     instruction = BaselineInstruction.from_config(config_of(req.message, INSTRUCTION), firm=req.firm.firm_id)
     weights = _weights(req.message)
     if "demand" not in weights:
         raise ProtocolError("the efficiency release needs the federated demand model", firm=req.firm.firm_id)
+    odometer = node_odometer(req.firm.firm_id, req.settings, req.context.node_config)
+    charge_efficiency(odometer, req.firm.spec, run_id=_odometer_run_id(req), firm=req.firm.firm_id)
     return _release(req, req.firm.efficiency_release(weights["demand"], instruction, _groups(req)))
 
 
 def _linear(req: Request) -> RecordDict:
     """The firm's clipped sufficient statistics of one linear-family model, into the secure sum."""
     from silobridge.clients.deploy import demand_statistics, risk_statistics
-    from silobridge.clients.own_budget import refuse_uncounted_release
+    from silobridge.federation.odometer_charges import charge_linear
     from silobridge.federation.odometer_glue import node_odometer
 
     firm = req.firm
-    model = config_of(req.message, LINEAR_REQUEST).get("model")
+    model = str(config_of(req.message, LINEAR_REQUEST).get("model"))
     odometer = node_odometer(firm.firm_id, req.settings, req.context.node_config)
-    refuse_uncounted_release(odometer, firm.spec.privacy, release_id=f"linear/{model}", firm=firm.firm_id)
     if model == "demand":
+        charge_linear(
+            odometer, firm.spec, model, run_id=_odometer_run_id(req), release_id="linear/demand", firm=firm.firm_id
+        )
         return _release(req, {LINEAR_SEGMENT: demand_statistics(firm)}, release="linear/demand")
     if model != "risk":
         raise ProtocolError(
@@ -296,7 +307,9 @@ def _linear(req: Request) -> RecordDict:
         raise ProtocolError("the risk Newton step carries no normaliser", firm=firm.firm_id)
     coef = np.asarray(arrays_of(req.message, LINEAR_COEF)["coef"], dtype=float)
     at = hashlib.sha256(coef.tobytes()).hexdigest()[:16]  # a Newton step is named by where it stands
-    return _release(req, {LINEAR_SEGMENT: risk_statistics(firm, norm, coef)}, release=f"linear/risk@{at}")
+    release = f"linear/risk@{at}"
+    charge_linear(odometer, firm.spec, model, run_id=_odometer_run_id(req), release_id=release, firm=firm.firm_id)
+    return _release(req, {LINEAR_SEGMENT: risk_statistics(firm, norm, coef)}, release=release)
 
 
 def _secagg_stage(stage: str) -> Handler:

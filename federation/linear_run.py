@@ -33,9 +33,8 @@ from silobridge.federation.records import NORMALISER, arrays_record
 from silobridge.federation.resume import Checkpoints
 from silobridge.privacy.ledger import Release
 from silobridge.server.dp_rounds import dataset_party
-from silobridge.server.efficiency_release import efficiency_event
 from silobridge.server.layouts import linear_layout
-from silobridge.server.linear import adassp, add_noise, calibrate_release, newton_step, release_event
+from silobridge.server.linear import adassp, add_noise, linear_noise_multipliers, newton_step, release_event
 
 
 @dataclass
@@ -89,12 +88,7 @@ def linear_privacy(models: LinearModels) -> dict[str, Any]:
 
 def _multipliers(federation: Federation) -> dict[str, float]:
     """Noise multipliers calibrated so each model's releases (and a DP efficiency release) spend the budget."""
-    spec = federation.spec
-    reserved = (efficiency_event(spec.privacy.unit, spec.efficiency.dp_noise_multiplier),) if spec.efficiency.dp else ()
-    return {
-        "demand": calibrate_release(spec.privacy, 1, reserved),
-        "risk": calibrate_release(spec.privacy, spec.linear.newton_steps, reserved),
-    }
+    return linear_noise_multipliers(federation.spec)
 
 
 def _release(

@@ -7,7 +7,7 @@
   fewer firms than a round needs (secure aggregation's minimum of 3, the run's `min_firms`), the
   run could never complete a round: refused, naming each firm and its budget.
 - A simulation with `--state`: every firm's lifetime odometer is opened (verified, its budget set);
-  firms whose odometer cannot pay for one more round would refuse it, so the same count applies.
+  firms whose odometer cannot pay for the run's first release would refuse it, so the same count applies.
 """
 
 from __future__ import annotations
@@ -16,8 +16,13 @@ import logging
 from collections.abc import Mapping
 from dataclasses import replace
 
+import dp_accounting as dpa
+
 from silobridge.clients.own_budget import round_event
+from silobridge.contract.config import FederationSpec
 from silobridge.errors import ConfigError
+from silobridge.federation.linear_run import model_families
+from silobridge.federation.odometer_charges import linear_release_event
 from silobridge.federation.odometer_glue import node_odometer
 from silobridge.federation.settings import RunSettings
 from silobridge.privacy.dp import epsilon
@@ -93,27 +98,35 @@ def check_firm_budgets(
 
 
 def _lifetime_priced_out(settings: RunSettings) -> dict[str, str]:
-    """Simulated firms whose lifetime odometer (`--state`) cannot pay for one more round, and why."""
+    """Simulated firms whose lifetime odometer (`--state`) cannot pay for the run's next release, and why."""
     if settings.state_dir is None:
         return {}
     privacy = settings.spec.privacy
     if privacy.unit != "record":
         raise ConfigError(
-            "lifetime odometers count record-level DP-SGD only; a firm-level run's spend is not the firms' to count",
+            "lifetime odometers count record-level releases only; a firm-level run's spend is not the firms' to count",
             source="command line",
             field="--state",
         )
-    event = round_event(privacy)
+    events = first_release_events(settings.spec)
     out = {}
     for firm in settings.scenario.firms:
         odometer = node_odometer(firm.id, settings, {})
         if odometer is None:
             continue
-        worst = max((odometer.preview(dataset, event) for dataset in ("demand", "risk")), default=0.0)
+        worst = max(odometer.preview(dataset, event) for dataset, event in events.items())
         if worst > odometer.lifetime.epsilon:
             spent = max((row.epsilon for row in odometer.datasets()), default=0.0)
             out[firm.id] = (
-                f"lifetime odometer at epsilon {spent:.4g} of {odometer.lifetime.epsilon:g}, one more round takes it "
-                f"to {worst:.4g}"
+                f"lifetime odometer at epsilon {spent:.4g} of {odometer.lifetime.epsilon:g}, the run's first release "
+                f"takes it to {worst:.4g}"
             )
     return out
+
+
+def first_release_events(spec: FederationSpec) -> dict[str, dpa.DpEvent]:
+    """Per data set, the first release a private run of `spec` asks of it: a DP-SGD round, or the linear family's
+    first release (the demand statistics; the first risk Newton step)."""
+    if "linear" in model_families(spec):
+        return {model: linear_release_event(spec, model) for model in ("demand", "risk")}
+    return dict.fromkeys(("demand", "risk"), round_event(spec.privacy))

@@ -23,9 +23,10 @@ from collections.abc import Sequence
 import dp_accounting as dpa
 import numpy as np
 
-from silobridge.contract.config import PrivacySpec
+from silobridge.contract.config import FederationSpec, PrivacySpec
 from silobridge.contract.sufficient import split_newton, split_regression
 from silobridge.privacy.dp import Budget, calibrate_noise_multiplier
+from silobridge.server.efficiency_release import efficiency_event
 from silobridge.server.privacy import accounting_spec
 
 NOISE_FAILURE = 0.05
@@ -46,6 +47,18 @@ def calibrate_release(privacy: PrivacySpec, steps: int = 1, reserved: Sequence[d
         return dpa.ComposedDpEvent([event, *reserved]) if reserved else event
 
     return calibrate_noise_multiplier(whole, Budget(privacy.epsilon, privacy.delta), accounting_spec(privacy))
+
+
+def linear_noise_multipliers(spec: FederationSpec) -> dict[str, float]:
+    """Each linear model's noise multiplier, calibrated so its releases (and a DP efficiency release) spend the
+    run's budget: the coordinator noises with these, and a firm's lifetime odometer charges them, both from
+    the same spec."""
+    policy = spec.efficiency
+    reserved = (efficiency_event(spec.privacy.unit, policy.dp_noise_multiplier),) if policy.dp else ()
+    return {
+        "demand": calibrate_release(spec.privacy, 1, reserved),
+        "risk": calibrate_release(spec.privacy, spec.linear.newton_steps, reserved),
+    }
 
 
 def add_noise(vector: np.ndarray, noise_std: float, rng: np.random.Generator) -> np.ndarray:

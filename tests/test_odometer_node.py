@@ -3,21 +3,29 @@ and a tampered odometer stops the node. No simulation: the node's own functions,
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
+import dp_accounting as dpa
 import pytest
 from typer.testing import CliRunner
 
 from silobridge.clients.data import write_firm_data
-from silobridge.clients.own_budget import charge_lifetime, own_epsilon, refuse_uncounted_release
-from silobridge.contract.config import PrivacySpec
+from silobridge.clients.own_budget import charge_lifetime, own_epsilon
+from silobridge.clients.query_answers import LOCAL_HALVES, TABLES_READ, tables_read
+from silobridge.contract.config import FederationSpec, PrivacySpec
+from silobridge.contract.query_protocol import QueryStep
 from silobridge.errors import BudgetExhausted, LedgerTampered, ProtocolError
 from silobridge.federation.cli import app
+from silobridge.federation.odometer_charges import charge_linear, charge_query_step
 from silobridge.federation.odometer_glue import NODE_LIFETIME_EPSILON, NODE_STATE_DIR, node_odometer
+from silobridge.federation.preflight import first_release_events
+from silobridge.federation.settings import settings_from_run_config
 from silobridge.privacy.odometer import LOG_FILE
 from silobridge.scenarios.generator import generate_chain
 from silobridge.scenarios.schema import load_scenario
+from silobridge.server.linear import linear_noise_multipliers
 from tests.conftest import ROOT
 
 TRIO = ROOT / "tests" / "scenarios" / "trio.toml"
@@ -50,16 +58,79 @@ def test_rounds_of_several_runs_compose_and_the_one_past_the_lifetime_budget_is_
 def test_a_node_with_an_odometer_does_not_take_part_in_a_firm_level_run(tmp_path: Path) -> None:
     odometer = node_odometer("R1", None, _node(tmp_path, 10.0))
     firm_level = PrivacySpec(unit="firm", epsilon=8.0, noise_multiplier=1.0)
-    with pytest.raises(ProtocolError, match="record-level DP-SGD only"):
+    with pytest.raises(ProtocolError, match="counts record-level releases only"):
         charge_lifetime(odometer, firm_level, ["demand"], run_id="r", release_id="round-1", firm="R1")
 
 
-def test_a_node_with_an_odometer_refuses_a_release_it_cannot_count(tmp_path: Path) -> None:
+def _rdp_epsilon(events: list[dpa.DpEvent], delta: float = 1e-5) -> float:
+    """dp-accounting's own RDP accountant, add-or-remove-one: the figure the odometer must agree with."""
+    accountant = dpa.rdp.RdpAccountant()
+    for event in events:
+        accountant.compose(event)
+    return float(accountant.get_epsilon(delta))
+
+
+@pytest.fixture(scope="module")
+def linear_spec() -> FederationSpec:
+    spec = settings_from_run_config({"scenario": str(TRIO)}).spec
+    linear = spec.linear.model_copy(update={"model": "linear"})
+    return spec.model_copy(update={"linear": linear, "privacy": PrivacySpec(unit="record", epsilon=8.0)})
+
+
+def test_a_linear_release_is_charged_with_the_coordinators_event(tmp_path: Path, linear_spec: FederationSpec) -> None:
+    odometer = node_odometer("R1", None, _node(tmp_path, 100.0))
+    z = linear_noise_multipliers(linear_spec)  # what the coordinator noises with (federation/linear_run.py)
+    assert z["risk"] > z["demand"] > 0  # risk: three Newton steps share the budget
+    charge_linear(odometer, linear_spec, "demand", run_id="r", release_id="linear/demand", firm="R1")
+    for step in range(3):
+        charge_linear(odometer, linear_spec, "risk", run_id="r", release_id=f"linear/risk@{step}", firm="R1")
+    assert odometer.spent("demand") == pytest.approx(_rdp_epsilon([dpa.GaussianDpEvent(z["demand"])]), rel=1e-9)
+    assert odometer.spent("risk") == pytest.approx(_rdp_epsilon([dpa.GaussianDpEvent(z["risk"])] * 3), rel=1e-9)
+    assert {row.dataset: row.releases for row in odometer.datasets()} == {"demand": 1, "risk": 3}
+    # The run's budget is 8 at delta 1e-5 (less the efficiency release it reserves): the lifetime figure agrees.
+    assert 7.0 < odometer.spent("demand") <= 8.0 and 7.0 < odometer.spent("risk") <= 8.0
+    assert first_release_events(linear_spec) == {m: dpa.GaussianDpEvent(z[m]) for m in ("demand", "risk")}
+
+
+def test_a_linear_release_past_the_lifetime_budget_is_refused(tmp_path: Path, linear_spec: FederationSpec) -> None:
     odometer = node_odometer("R1", None, _node(tmp_path, 10.0))
-    with pytest.raises(ProtocolError, match="cannot count it itself"):
-        refuse_uncounted_release(odometer, PRIVACY, release_id="linear/demand", firm="R1")
-    refuse_uncounted_release(None, PRIVACY, release_id="linear/demand", firm="R1")  # no odometer: no refusal
-    assert node_odometer("R1", None, _node(tmp_path)).datasets() == []  # nothing charged
+    charge_linear(odometer, linear_spec, "demand", run_id="run-1", release_id="linear/demand", firm="R1")
+    with pytest.raises(BudgetExhausted, match="firm 'R1' refuses linear/demand of run run-2: its demand data"):
+        charge_linear(odometer, linear_spec, "demand", run_id="run-2", release_id="linear/demand", firm="R1")
+    assert node_odometer("R1", None, _node(tmp_path)).datasets()[0].releases == 1  # nothing charged
+    with pytest.raises(ProtocolError, match="expected 'demand' or 'risk'"):
+        charge_linear(odometer, linear_spec, "orders", run_id="run-2", release_id="linear/orders", firm="R1")
+    charge_linear(None, linear_spec, "demand", run_id="r", release_id="linear/demand", firm="R1")  # no odometer
+
+
+def _step(query: str, params: dict[str, object], z: float | None = 2.0, unit: str = "record") -> QueryStep:
+    dp = {"noise_multiplier": z, "unit": unit, "delta": 1e-5, "accountant": "rdp"} if z is not None else {}
+    return QueryStep(query=query, step=0, length=4, value_bound=1.0, l2_bound=2.0, params_json=json.dumps(params), **dp)
+
+
+def test_a_query_step_is_charged_to_the_tables_it_reads(tmp_path: Path) -> None:
+    odometer = node_odometer("R1", None, _node(tmp_path, 100.0))
+    steps = [
+        _step("mean", {"table": "risk", "column": "delay_days"}),
+        _step("kmeans", {}),
+        _step("frequent_itemsets", {}),
+        _step("count", {}),  # a table query names no table: the demand table, the query's default
+        _step("mean", {"table": "risk"}, z=None),  # no noise: nothing the odometer can count
+    ]
+    for step in steps:
+        charge_query_step(odometer, step, run_id="s", firm="R1")
+    one = _rdp_epsilon([dpa.GaussianDpEvent(2.0)])
+    assert {row.dataset: row.releases for row in odometer.datasets()} == {"demand": 2, "orders": 1, "risk": 1}
+    assert odometer.spent("risk") == pytest.approx(one, rel=1e-9)
+    assert odometer.spent("demand") == pytest.approx(_rdp_epsilon([dpa.GaussianDpEvent(2.0)] * 2), rel=1e-9)
+    with pytest.raises(ProtocolError, match="counts record-level releases only"):
+        charge_query_step(odometer, _step("mean", {"table": "risk"}, unit="firm"), run_id="s", firm="R1")
+    with pytest.raises(ProtocolError, match="unknown query 'median'"):
+        tables_read(_step("median", {}), firm="R1")
+
+
+def test_every_query_a_firm_answers_names_the_tables_it_reads() -> None:
+    assert set(TABLES_READ) == set(LOCAL_HALVES)
 
 
 def test_a_tampered_odometer_stops_the_node_and_budget_says_so(tmp_path: Path) -> None:

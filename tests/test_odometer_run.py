@@ -18,6 +18,7 @@ from silobridge.errors import ConfigError
 from silobridge.federation.cli import app
 from silobridge.federation.settings import settings_from_run_config
 from silobridge.federation.simulation import simulate
+from silobridge.privacy.ledger import verify_ledger
 from silobridge.privacy.ledger.keys import write_signing_key
 from silobridge.privacy.odometer import Odometer
 from tests.conftest import ROOT
@@ -56,3 +57,28 @@ def test_a_long_term_key_and_lifetime_odometers_across_runs(tmp_path: Path) -> N
     with pytest.raises(ConfigError, match="lifetime odometer at epsilon"):
         simulate({**keyed, "run-id": "second", "lifetime-epsilon": 0}, cpus=2)
     assert not (tmp_path / "runs" / "second").exists()
+
+
+def test_a_linear_run_charges_each_firms_odometer_what_its_ledger_charges(tmp_path: Path) -> None:
+    """The default private family (linear: sufficient statistics noised once by the coordinator): each firm's
+    node charges its own odometer, from the federation's spec, exactly what the coordinator's ledger charges it."""
+    state = tmp_path / "state"
+    config = {
+        "scenario": str(TRIO),
+        "out-dir": str(tmp_path / "runs"),
+        "set": "training.model=linear;training.baselines=none",
+        "state-dir": str(state),
+        "lifetime-epsilon": 100.0,
+        "run-id": "linear",
+    }
+    run = simulate(config, cpus=2)
+    report = verify_ledger(run.path / "privacy_ledger.jsonl")
+    assert report.ended and report.accountant.kind.value == "rdp"
+    charged = 0
+    for firm in ("R1", "D1", "M1"):
+        for row in Odometer.open(state / firm, firm=firm).datasets():
+            party = report.firms[f"{firm}/{row.dataset}"]
+            assert (row.releases, row.runs) == (party.releases, ("linear",)), (firm, row)
+            assert row.epsilon == pytest.approx(party.epsilon, rel=1e-9), (firm, row.dataset)
+            charged += 1
+    assert charged == sum(1 for party in report.firms if party.partition("/")[0] in {"R1", "D1", "M1"}) > 0
