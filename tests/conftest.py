@@ -75,8 +75,10 @@ REFUSED_RUN = {
 }
 """Record-level DP-SGD whose round 3 would overspend epsilon 4.5 (rounds 1 and 2 spend 4.22), and S1's own
 budget of 3.5 pays for round 1 only: a refusal, a firm left out and an uneven spend. test_report's private
-page and test_private_runs' refused round."""
-SHARED_RUN_MODULES = frozenset({"test_report", "test_private_runs", "test_efficiency_run", "test_simulation"})
+page and its refused-round test."""
+SHARED_RUN_MODULES = frozenset({"test_report", "test_efficiency_run", "test_simulation"})
+"""One unit of xdist's work. test_private_runs (four runs of its own) is not in it: its refused-round test moved to
+test_report, so the two workers share the nine runs (five here, four there) instead of one worker making all."""
 
 
 def _simulate_tiny(tmp_path_factory: pytest.TempPathFactory, config: dict[str, str]) -> RunResult:
@@ -178,13 +180,13 @@ BROWSER_TESTS = frozenset({"test_report_in_headless_chromium"})
 # most tests first, the long files last). The files that read the shared runs are one unit of work, so
 # the runs are made once, on one worker.
 HEAVY_FIRST = (
-    "test_network_federation",  # a SuperLink, three SuperNodes, a run, a query and a pilot simulation
-    "test_private_runs",  # with test_report, test_efficiency_run, test_simulation one unit (SHARED_RUN_MODULES): 9 runs
-    "test_report",
+    "test_network_federation",  # a SuperLink, three warm SuperNodes (one executor killed), a run, a query, a pilot
+    "test_report",  # with test_efficiency_run, test_simulation one unit (SHARED_RUN_MODULES): 5 runs
     "test_efficiency_run",
     "test_simulation",
+    "test_private_runs",  # four runs of its own
     "test_resume_run",  # four simulations: straight, killed twice, resumed
-    "test_warm_executor",  # a loopback federation served by the warm executor
+    "test_query_resume_run",  # three query sessions: straight, killed, resumed (it started late, in name order)
     "test_cli",
     "test_analytics_cli",
     "test_adaptive_clipping",

@@ -8,12 +8,22 @@ differ only by the secure sum's quantisation). A query on the same nodes answers
 of the pooled files, with an auditable ledger. Three would-be nodes are refused: one with an
 unregistered key, one with no key, one trusting another CA; each refusal shows in the logs. Every
 process the test starts is stopped by it, also on failure.
+
+Every partner's messages are served by its warm executor (`join`'s default), and D1's executor is SIGKILLed
+as soon as it has handed its first task over: `silobridge join` starts it again and the run still equals
+the pilot (a task in flight outlives its executor). One federation serves all of this: its start-up (a
+SuperLink, the partners' nodes and executors, a run's processes) is paid once.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,6 +38,7 @@ from silobridge.scenarios.generator import generate_chain
 from silobridge.scenarios.schema import load_scenario
 from silobridge.server.query_plans.engine import calibrate_query_noise
 from tests.conftest import ROOT
+from tests.test_cli import silobridge_in_process
 
 TRIO = ROOT / "tests" / "scenarios" / "trio.toml"
 FIRMS = ("R1", "D1", "M1")
@@ -49,17 +60,69 @@ def loopback(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackFeder
         yield net
 
 
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _executor_of(join_pid: int) -> int:
+    for child in _children(join_pid):
+        if b"warm_executor" in Path(f"/proc/{child}/cmdline").read_bytes():
+            return child
+    raise AssertionError(f"no warm executor under pid {join_pid}")
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _wait(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _handoffs(loopback: LoopbackFederation, firm: str) -> Path:
+    return loopback.root / f"{firm}.jsonl"
+
+
 @pytest.fixture(scope="module")
 def network_run(loopback: LoopbackFederation) -> dict:
-    for firm in FIRMS:
-        # Each partner seeds its own DP-SGD noise (only a firm may): the pilot below uses the same seed.
-        loopback.join(firm, loopback.root / "data" / firm, "--noise-seed", str(NOISE_SEED))
+    """The partners join (each seeding its own DP-SGD noise: only a firm may; the pilot uses the same seed, and
+    each warm executor logs its hand-offs); D1's executor is killed after its first task; the run."""
+    joins = {
+        firm: loopback.join(
+            firm,
+            loopback.root / "data" / firm,
+            *("--noise-seed", str(NOISE_SEED), "--handoff-log", str(_handoffs(loopback, firm))),
+        )
+        for firm in FIRMS
+    }
+    _wait(lambda: "serving" in loopback.log("node-D1"), 180, "D1's executor")
+    first = _executor_of(joins["D1"].pid)
+
+    def kill_after_first_task() -> None:
+        _wait(lambda: bool(_rows(_handoffs(loopback, "D1"))), 600, "D1's first task")
+        os.kill(first, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_after_first_task, daemon=True)
+    killer.start()
     run = loopback.run(loopback.root / "runs", "net")
+    killer.join(timeout=5)
     summary = loopback.root / "runs" / "net" / "summary.json"
     assert summary.exists(), run.stdout[-4000:] + run.stderr[-4000:] + loopback.log("superlink")[-4000:]
-    return {"summary": json.loads(summary.read_text()), "stdout": run.stdout + run.stderr}
+    return {
+        "summary": json.loads(summary.read_text()),
+        "stdout": run.stdout + run.stderr,
+        "first_executor": first,
+        "handoffs": {firm: _rows(_handoffs(loopback, firm)) for firm in FIRMS},
+    }
 
 
+@pytest.mark.timeout(1200)  # its set-up holds the federation's start and the run: 510 s + 91 s at load 17-23
 def test_a_network_run_equals_the_pilot_simulation_on_the_same_files(
     loopback: LoopbackFederation, network_run: dict
 ) -> None:
@@ -90,15 +153,37 @@ def test_a_network_run_equals_the_pilot_simulation_on_the_same_files(
     for firm, row in pilot.summary["privacy"]["firms"].items():
         assert spent[firm]["releases"] == row["releases"] == 2
         assert spent[firm]["epsilon_rdp"] == pytest.approx(row["epsilon_rdp"], rel=1e-9)
-    # The auditor verifies the network run's ledger like any other.
-    audit = loopback.cli("audit", str(net_dir), "--json", "--public-key", summary["privacy"]["ledger_public_key"])
+    # The auditor verifies the network run's ledger like any other (audit's exit codes as a process:
+    # test_private_runs, test_analytics_cli).
+    key = summary["privacy"]["ledger_public_key"]
+    audit = silobridge_in_process("audit", str(net_dir), "--json", "--public-key", key, cwd=loopback.root)
     assert audit.returncode == 0, audit.stdout + audit.stderr
+    assert json.loads(audit.stdout)["verified"]
     # A real federation holds no one's test data: nothing is measured, nothing pretends to be.
     assert summary["models"] == {"demand": {}, "risk": {}}
     # ... and its report says so instead of drawing empty curves.
-    report = loopback.cli("report", str(net_dir))
+    report = silobridge_in_process("report", str(net_dir), cwd=loopback.root)
     assert report.returncode == 0, report.stdout + report.stderr
     assert "No model metrics were recorded" in (net_dir / "report.html").read_text()
+
+
+def test_a_killed_warm_executor_is_started_again_and_the_run_finishes(
+    loopback: LoopbackFederation, network_run: dict
+) -> None:
+    """Every message of the run was served by a fork of a warm executor. D1's was SIGKILLed (network_run) as
+    soon as it had handed its first task over: `silobridge join` started it again, the run finished (and
+    equals the pilot: the test above), and the later messages were served by the new executor."""
+    assert network_run["summary"]["federation"]["rounds"] == 2
+    assert "warm executor exited with code -9: restarting it" in loopback.log("node-D1")
+    rows = network_run["handoffs"]["D1"]
+    assert {r["mode"] for r in rows} == {"warm"}
+    served_by = [r["executor_pid"] for r in rows]
+    first = network_run["first_executor"]
+    assert served_by[0] == first and served_by[-1] != first  # the restarted executor served the later messages
+    assert all(r["handoff_ms"] < 10_000 for r in rows), rows
+    assert all(0 < r["process_ms"] <= r["input_ms"] <= r["handoff_ms"] for r in rows), rows
+    for firm in ("R1", "M1"):
+        assert {r["mode"] for r in network_run["handoffs"][firm]} == {"warm"}, f"{firm}'s messages went warm too"
 
 
 def test_a_query_over_the_network_answers_with_its_cost_and_an_auditable_ledger(
@@ -115,7 +200,10 @@ def test_a_query_over_the_network_answers_with_its_cost_and_an_auditable_ledger(
         *("--param", "column=units", "--param", f"edges={json.dumps(edges)}", "--param", f"max_rows={rows}"),
         *("--out", str(loopback.root / "runs"), "--network", "--json"),
     )
-    refused = loopback.cli("query", str(TRIO), "histogram", *args, "--no-dp", "--run-id", "exact")
+    # refused before anything starts (in this process); the query itself is `silobridge query` as a process
+    refused = silobridge_in_process(
+        "query", str(TRIO), "histogram", *args, "--no-dp", "--run-id", "exact", cwd=loopback.root
+    )
     assert refused.returncode == 2 and "privacy.enabled" in refused.stderr, refused.stderr[-2000:]
     done = loopback.cli(
         "query", str(TRIO), "histogram", *args, "--epsilon", str(epsilon), "--run-id", "net-query", timeout=600
@@ -135,7 +223,7 @@ def test_a_query_over_the_network_answers_with_its_cost_and_an_auditable_ledger(
     assert written["queries"][0]["answer"] == answer and written["aggregation"]["mode"] == "secure"
     config = json.loads((run_dir / "config.json").read_text())
     assert config["run_config"]["data"] == "nodes" and config["queries"][0]["query"] == "histogram"
-    audit = loopback.cli("audit", str(run_dir), "--json", "--public-key", written["public_key"])
+    audit = silobridge_in_process("audit", str(run_dir), "--json", "--public-key", written["public_key"], cwd=run_dir)
     assert audit.returncode == 0, audit.stdout + audit.stderr
     report = json.loads(audit.stdout)
     assert report["verified"] and report["within_budget"] and set(report["firms"]) == set(FIRMS)

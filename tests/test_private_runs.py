@@ -1,7 +1,8 @@
 """End to end under differential privacy (the default): budgets, refusals, the ledger and its audit.
 
 Each run is a real Flower simulation of the tiny scenario; every figure asserted is recomputed from
-the run's signed ledger, by the same verification an auditor runs.
+the run's signed ledger, by the same verification an auditor runs. A round refused for the run's budget:
+test_report.py (conftest's REFUSED_RUN, which its private page reads).
 """
 
 from __future__ import annotations
@@ -107,19 +108,6 @@ def test_a_firm_with_its_own_budget_stops_contributing_when_it_is_spent(record_r
     # (before: `excluded_firms` was empty under record-level DP).
     assert run.summary["privacy"]["firms_in_no_round"] == ["S1"]
     assert all(any(p.startswith("S1/") for p in release.excluded_firms) for release in report.releases)
-
-
-def test_a_refused_round_ends_training_cleanly(tiny_refused_run: RunResult) -> None:
-    """conftest's REFUSED_RUN, which test_report reads too."""
-    run = tiny_refused_run
-    assert run.summary["stopped"] and "refused" in run.summary["stopped"]
-    report = verify_ledger(run.path / "privacy_ledger.jsonl")
-    assert report.refusals and report.within_budget and report.epsilon_overall <= 4.5
-    assert report.end_reason.startswith("stopped early")
-    trained = {json.loads(line)["round"] for line in (run.path / "metrics.jsonl").read_text().splitlines()}
-    assert len(trained) == 2  # rounds 1 and 2 spend 4.22; round 3 would reach 4.85
-    assert (run.path / "models" / "demand.pt").exists()  # the model trained so far is kept
-    assert run.summary["models"]["demand"]["federated"]["all"]["wape"] is not None
 
 
 def test_firm_level_central_and_distributed_runs(central_run: RunResult, distributed_run: RunResult) -> None:

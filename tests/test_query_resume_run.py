@@ -1,11 +1,13 @@
 """A query session killed mid-step and resumed over Flower ends with an uninterrupted session's answers and spend.
 
-`silobridge query --plan` on the tiny scenario (secure sums, seeded noise: the coordinator's and the firms'
+`silobridge query --plan` on the trio scenario (secure sums, seeded noise: the coordinator's and the firms'
 rounding), SIGKILLed (its whole process group, `federation.crash_points`) once the middle step of a multi-step
 query has its ledger entry and no checkpoint yet; a changed plan, a changed budget and a completed session are
 refused; `query --resume` replays the completed steps and finishes. Slow: three simulations (the uninterrupted
-reference, the killed one, the resumed one); the refusals come before any simulation starts. The crash points
-one by one, without Flower: test_query_resume.py.
+reference, the killed one, the resumed one); the refusals come before any simulation starts. The killed and the
+resumed sessions are processes (the kill; the resumed one's live lines on stderr); the reference, the refusals
+and the audit run in this process (`silobridge_in_process`), without a process's start-up. The crash points one
+by one, without Flower: test_query_resume.py.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ from pathlib import Path
 import pytest
 
 from silobridge.federation.crash_points import CRASH_AT
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT
+from tests.test_cli import silobridge_in_process
 
 pytestmark = pytest.mark.slow
+
+TRIO = ROOT / "tests" / "scenarios" / "trio.toml"
 
 PLAN = (
     "[[query]]\n"
@@ -56,8 +61,8 @@ def test_a_killed_query_session_resumes_to_the_uninterrupted_answers_and_spend(t
     plan = tmp_path / "plan.toml"
     plan.write_text(PLAN)
     out = tmp_path / "runs"
-    common = (str(TINY), "--plan", str(plan), "--epsilon", "30", "--noise-seed", "5", "--json", "--out", str(out))
-    straight = _query(*common, "--run-id", "straight", cwd=tmp_path)
+    common = (str(TRIO), "--plan", str(plan), "--epsilon", "30", "--noise-seed", "5", "--json", "--out", str(out))
+    straight = silobridge_in_process("query", *common, "--run-id", "straight", cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr[-3000:]
     expected = json.loads(straight.stdout)
 
@@ -68,10 +73,10 @@ def test_a_killed_query_session_resumes_to_the_uninterrupted_answers_and_spend(t
 
     changed = tmp_path / "changed.toml"
     changed.write_text(PLAN.replace("max_iterations = 2", "max_iterations = 3"))
-    refused = _query("--resume", str(partial), "--plan", str(changed), cwd=tmp_path)
+    refused = silobridge_in_process("query", "--resume", str(partial), "--plan", str(changed), cwd=tmp_path)
     assert refused.returncode == 2, refused.stderr[-3000:]
     assert "queries.1.params.max_iterations" in refused.stderr
-    refused = _query("--resume", str(partial), "--epsilon", "10", cwd=tmp_path)
+    refused = silobridge_in_process("query", "--resume", str(partial), "--epsilon", "10", cwd=tmp_path)
     assert refused.returncode == 2 and "--epsilon" in refused.stderr, refused.stderr[-3000:]
 
     resumed = _query("--resume", str(partial), "--plan", str(plan), "--json", cwd=tmp_path)
@@ -86,14 +91,7 @@ def test_a_killed_query_session_resumes_to_the_uninterrupted_answers_and_spend(t
     assert answered["queries"] == expected["queries"]
 
     key = json.loads((run / "queries.json").read_text())["public_key"]
-    audit = subprocess.run(
-        [sys.executable, "-m", "silobridge.federation.cli", "audit", str(run), "--json", "--public-key", key],
-        capture_output=True,
-        text=True,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
-        timeout=300,
-        check=False,
-    )
+    audit = silobridge_in_process("audit", str(run), "--json", "--public-key", key, cwd=tmp_path)
     assert audit.returncode == 0, audit.stdout + audit.stderr
     report = json.loads(audit.stdout)
     ids = [r["release_id"] for r in report["releases"]]
@@ -101,5 +99,5 @@ def test_a_killed_query_session_resumes_to_the_uninterrupted_answers_and_spend(t
     assert report["epsilon_overall"] == pytest.approx(expected["queries"][-1]["privacy"]["epsilon_total"], rel=1e-9)
     assert len(report["resumes"]) == 1
 
-    again = _query("--resume", str(run), cwd=tmp_path)
+    again = silobridge_in_process("query", "--resume", str(run), cwd=tmp_path)
     assert again.returncode == 2 and "completed query session" in again.stderr, again.stderr[-3000:]

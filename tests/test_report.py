@@ -1,7 +1,8 @@
 """`silobridge report`: the page for a private and a non-private run, its sections and values, the
-efficiency section present and absent, a tampered ledger shown as failed, and the page in headless Chromium.
+efficiency section present and absent, a tampered ledger shown as failed, and the page in headless Chromium;
+the private run's refused round itself (its ledger, metrics and kept model).
 
-Two real simulations of the tiny scenario, shared with test_private_runs and test_efficiency_run
+Two real simulations of the tiny scenario, shared with test_efficiency_run and test_simulation
 (tests/conftest.py); every other case edits a copy of one of them.
 """
 
@@ -53,6 +54,20 @@ EFFICIENCY = {
 def runs(tiny_refused_run: RunResult, tiny_open_run: RunResult) -> dict[str, RunResult]:
     """conftest's REFUSED_RUN (round 3 refused, S1 out after round 1) and OPEN_RUN (no DP, 2 rounds)."""
     return {"dp": tiny_refused_run, "plain": tiny_open_run}
+
+
+def test_a_refused_round_ends_training_cleanly(tiny_refused_run: RunResult) -> None:
+    """conftest's REFUSED_RUN's own checks (a test_private_runs case: here, with the report's private page that
+    reads the run, so that the shared runs' files are one unit of work without test_private_runs' four runs)."""
+    run = tiny_refused_run
+    assert run.summary["stopped"] and "refused" in run.summary["stopped"]
+    report = verify_ledger(run.path / "privacy_ledger.jsonl")
+    assert report.refusals and report.within_budget and report.epsilon_overall <= 4.5
+    assert report.end_reason.startswith("stopped early")
+    trained = {json.loads(line)["round"] for line in (run.path / "metrics.jsonl").read_text().splitlines()}
+    assert len(trained) == 2  # rounds 1 and 2 spend 4.22; round 3 would reach 4.85
+    assert (run.path / "models" / "demand.pt").exists()  # the model trained so far is kept
+    assert run.summary["models"]["demand"]["federated"]["all"]["wape"] is not None
 
 
 def _copy(run: RunResult, tmp_path: Path) -> Path:

@@ -6,7 +6,9 @@ One trio run of 2 rounds with fixed noise seeds and no baselines (not checked he
 round 1's first ledger entry (its ledger then cut mid-line, as a crash during the write leaves it) and,
 resumed, in round 2's secure sum before the unmasking. Kill points come from `federation.crash_points`.
 The uninterrupted reference run is one module fixture. Slow: four simulations (plus one refused at once,
-in this process), each mostly Ray's start-up.
+in this process). The two that are killed are processes of their own (the kill ends a process group); the
+reference and the last resume, which no one kills, run in this process (`silobridge_in_process`, on the
+worker's Ray): two Python, torch and Ray start-ups fewer.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ COMMON = (str(TRIO), "--rounds", "2", "--noise-seed", "5", "--baselines", "none"
 def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The uninterrupted run every resumed one in this file must equal."""
     out = tmp_path_factory.mktemp("straight")
-    run = _simulate(*COMMON, "--out", str(out), "--run-id", "straight")
+    run = silobridge_in_process("simulate", *COMMON, "--out", str(out), "--run-id", "straight", "--plain", cwd=out)
     assert run.returncode == 0, run.stderr[-3000:]
     return out / "straight"
 
@@ -81,7 +83,7 @@ def test_a_killed_private_run_resumes_to_the_uninterrupted_models_and_spend(tmp_
     # refused before anything starts: in this process (no Ray, no crash point), not a process of its own
     changed = silobridge_in_process("simulate", "--resume", str(partial), "--rounds", "3", "--plain", cwd=tmp_path)
     assert changed.returncode == 2 and "num-rounds" in changed.stderr, changed.stderr[-3000:]
-    resumed = _simulate("--resume", str(partial))
+    resumed = silobridge_in_process("simulate", "--resume", str(partial), "--plain", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     run, reference = out / "cut", straight
