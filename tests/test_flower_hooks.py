@@ -20,6 +20,7 @@ from silobridge.federation.network import flower_hooks
 from silobridge.federation.network.deploy import TELEMETRY_ENV, process_env, supernode_command
 from silobridge.federation.network.flower_hooks import (
     FLOWER_PULL_DEFAULTS,
+    IdleBackoff,
     HOOKED_MODULE,
     OUR_PULL_DEFAULTS,
     PULL_CALLERS,
@@ -317,3 +318,51 @@ def test_flower_processes_send_no_telemetry_unless_the_operator_says_so(monkeypa
     assert process_env()[TELEMETRY_ENV] == "0"
     monkeypatch.setenv(TELEMETRY_ENV, "1")
     assert process_env()[TELEMETRY_ENV] == "1"  # the operator's own setting wins
+
+
+def test_the_idle_backoff_polls_fast_after_activity_then_backs_off_to_flowers_three_seconds() -> None:
+    backoff = IdleBackoff(fast_s=0.1, hot_s=5.0, slow_s=3.0, fraction=0.1)
+    assert [backoff.interval(t) for t in (0.0, 2.0, 5.0)] == [0.1, 0.1, 0.1]
+    assert backoff.interval(5.5) == pytest.approx(0.55)
+    assert backoff.interval(10.0) == pytest.approx(1.0)
+    assert backoff.interval(30.0) == 3.0
+    assert backoff.interval(3600.0) == 3.0
+    assert IdleBackoff(fast_s=2.0, hot_s=1.0).interval(5.0) == 2.0  # never below the fast interval
+    # It only grows with idle time: a message arriving after T idle seconds waits at most interval(T).
+    times = [t / 10 for t in range(0, 600)]
+    intervals = [backoff.interval(t) for t in times]
+    assert intervals == sorted(intervals)
+    assert all(i <= max(0.1, 0.1 * t) + 1e-12 for t, i in zip(times, intervals, strict=True))
+
+
+def test_a_bad_idle_backoff_is_refused() -> None:
+    with pytest.raises(FederationError, match="fast"):
+        IdleBackoff(fast_s=4.0, slow_s=3.0)
+    with pytest.raises(FederationError, match="fraction"):
+        IdleBackoff(fraction=0.0)
+
+
+class _Clock(_Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_the_supernode_idles_slower_until_it_serves_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = check_supernode_loop()
+    monkeypatch.setattr(module, "time", time)  # restored after the test
+    clock = _Clock()
+    monkeypatch.setattr(flower_hooks, "time", clock)
+    apply_supernode_polling(idle_s=0.1, reply_s=0.01)
+    module.time.sleep(3)  # just started: fast
+    clock.now = 20.0
+    module.time.sleep(3)  # idle 20 s: a tenth of it
+    clock.now = 100.0
+    module.time.sleep(3)  # idle long: Flower's 3 s
+    module.time.sleep(0.5)  # serving a message: waits for its reply
+    clock.now = 101.0
+    module.time.sleep(3)  # fast again
+    assert clock.slept == [0.1, pytest.approx(2.0), 3.0, 0.01, 0.1]
