@@ -20,13 +20,13 @@ from silobridge.federation.network import flower_hooks
 from silobridge.federation.network.deploy import TELEMETRY_ENV, process_env, supernode_command
 from silobridge.federation.network.flower_hooks import (
     FLOWER_PULL_DEFAULTS,
-    IdleBackoff,
     HOOKED_MODULE,
     OUR_PULL_DEFAULTS,
     PULL_CALLERS,
     PULL_FUNCTIONS,
     SUPEREXEC_POLL_ENV,
     SUPEREXEC_POLL_S,
+    IdleBackoff,
     apply_object_pull_backoff,
     apply_supernode_polling,
     check_supernode_loop,
