@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from silobridge.errors import FederationError
 from silobridge.federation.network.flower_hooks import IDLE_POLL_S, apply_object_pull_backoff, apply_supernode_polling
+from silobridge.federation.network.trace import trace_supernode
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -23,6 +24,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         apply_supernode_polling(idle_s=ours.idle_poll)
         apply_object_pull_backoff()
+        trace_supernode()
     except FederationError as err:
         sys.exit(f"error: {err}")
     from flwr.supernode.cli import flower_supernode

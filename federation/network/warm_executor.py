@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 from silobridge.errors import FederationError
 from silobridge.federation.network.flower_hooks import apply_object_pull_backoff
+from silobridge.federation.network.trace import mark, trace_task
 
 HOOKED_MODULE = "flwr.supercore.superexec.run_superexec"
 TESTED_FLWR = ("1.41.0",)
@@ -178,6 +179,7 @@ def serve_one(
 ) -> int:
     """Run one task with Flower's own ClientApp runner; its exit code (Flower exits through SystemExit)."""
     started = time.time()
+    trace_task(task_id)
     from flwr.supernode.runtime.run_clientapp import run_clientapp
 
     if mode == "cold":  # a warm parent applied it before forking
@@ -240,6 +242,7 @@ class TaskExecutor:
         from flwr.supercore.superexec.executor import LaunchResult
 
         acquired = time.time()
+        mark("exec.acquired", task_id=spec.task_id)
         if spec.task_type != TaskType.CLIENT_APP:
             return LaunchResult.failed(f"the warm executor serves ClientApp tasks only, not {spec.task_type}")
         if spec.runtime_dependency_install:
