@@ -298,3 +298,12 @@ def _file_spec(path: Path, *, calibrated: bool = True) -> FederationSpec:
     """
     run_config = {"scenario": str(path.resolve()), "data": "nodes"}
     return settings_from_run_config(run_config if calibrated else {**run_config, "dp": "off"}).spec
+
+
+def warm_node(node_config: Mapping[str, Any]) -> None:
+    """Build in this process what a partner's messages build on first use: the federation file's spec (with
+    and without the DP calibration, seconds of accounting), the firm's data and its client. The warm executor
+    calls it once before it forks, so every task inherits them instead of rebuilding them per message."""
+    federation = Path(str(node_config[NODE_FEDERATION])).expanduser()
+    _file_spec(federation, calibrated=False)
+    node_firm(node_config, _file_spec(federation, calibrated=True), TRAIN)

@@ -205,6 +205,48 @@ def test_a_node_that_exits_before_opening_its_runtime_api_passes_its_code_on() -
     assert "exited with 7 before" in said[-1]
 
 
+# -- the firm's caches, built once before any fork ---------------------------------------------------
+
+
+def test_the_executor_builds_the_firm_a_coordinators_training_request_asks_for(tmp_path: Path) -> None:
+    """The noise calibration of the federation file's spec took seconds in every training message's fork; the
+    warm parent builds it (and the firm's data and client) once, from the node's own --node-config text, and a
+    request carrying the coordinator's spec then finds them built."""
+    from silobridge.clients.data import write_firm_data
+    from silobridge.federation import firm_source
+    from silobridge.federation.firm_source import NODE_DATA_DIR, NODE_FEDERATION, node_firm
+    from silobridge.federation.network.deploy import node_config_text
+    from silobridge.federation.settings import settings_from_run_config
+    from silobridge.scenarios.generator import generate_chain
+    from silobridge.scenarios.schema import load_scenario
+    from tests.conftest import ROOT
+
+    trio = ROOT / "tests" / "scenarios" / "trio.toml"
+    tables = generate_chain(load_scenario(trio)).tables["R1"]
+    write_firm_data(tmp_path / "R1", tables.demand, tables.risk)
+    node = {NODE_DATA_DIR: str(tmp_path / "R1"), NODE_FEDERATION: str(trio)}
+    firm_source._nodes.clear()
+    firm_source._file_spec.cache_clear()
+    assert warm_executor.warm_node_caches(node_config_text(node)) >= 0
+    (built,) = firm_source._nodes.values()
+    calibrations = firm_source._file_spec.cache_info().misses
+    coordinator = settings_from_run_config({"scenario": str(trio), "data": "nodes"}).spec
+    assert node_firm(node, coordinator, "train") is built
+    assert node_firm(node, coordinator, "query.secagg.unmask").firm_id == "R1"  # a light stage: its spec cached too
+    assert firm_source._file_spec.cache_info().misses == calibrations
+
+
+def test_join_gives_the_executor_the_nodes_config(tmp_path: Path) -> None:
+    from silobridge.federation.network.node_supervisor import executor_command
+
+    command = executor_command("127.0.0.1:9094", mode="warm", secret_file=tmp_path / "s", node_pid=5)
+    assert "--node-config" not in command
+    command = executor_command(
+        "127.0.0.1:9094", mode="warm", secret_file=tmp_path / "s", node_pid=5, node_config='firm-id="R1"'
+    )
+    assert command[-2:] == ["--node-config", 'firm-id="R1"']
+
+
 # -- a real loopback federation served warm -----------------------------------------------------------
 
 

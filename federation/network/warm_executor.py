@@ -37,7 +37,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
-from silobridge.errors import FederationError
+from silobridge.errors import FederationError, SiloBridgeError
 from silobridge.federation.network.flower_hooks import apply_object_pull_backoff
 from silobridge.federation.network.trace import mark, trace_task
 
@@ -113,6 +113,20 @@ def preload(modules: Sequence[str] = PRELOAD) -> float:
     started = time.perf_counter()
     for name in modules:
         importlib.import_module(name)
+    return time.perf_counter() - started
+
+
+def warm_node_caches(node_config_text: str) -> float:
+    """Build once, before any fork, what each task would otherwise rebuild from the node's config (Flower's
+    `--node-config` text, as the SuperNode got it): the federation file's spec with its DP noise calibration
+    (seconds of accounting: in every training message before this), the firm's data and client. The seconds it
+    took. Tasks still check each request against the file; a cache that does not match a request is not used."""
+    from flwr.common.config import parse_config_args
+
+    from silobridge.federation.firm_source import warm_node
+
+    started = time.perf_counter()
+    warm_node(parse_config_args([node_config_text]))
     return time.perf_counter() - started
 
 
@@ -336,6 +350,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--parent-pid", type=int, default=None, help="Exit when this process (the supervisor) is gone.")
     parser.add_argument("--node-pid", type=int, default=None, help="The SuperNode: tasks end when it is gone.")
     parser.add_argument("--handoff-log", type=Path, default=None)
+    parser.add_argument(
+        "--node-config", default=None, help="The SuperNode's --node-config: its firm's caches are built before forking."
+    )
     parser.add_argument("--one-task", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--acquired", type=float, default=None, help=argparse.SUPPRESS)
     return parser
@@ -376,6 +393,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(EXIT_CONFIG)
         print(f"warm executor: torch, opacus, flwr and the ClientApp imported in {seconds:.2f} s", flush=True)
+        if args.node_config:
+            try:
+                seconds = warm_node_caches(args.node_config)
+                print(f"warm executor: the firm's spec, data and client built in {seconds:.2f} s", flush=True)
+            except SiloBridgeError as err:  # each task meets the same problem and answers it as an error reply
+                print(f"warm executor: the firm's caches were not built ({err}); tasks build them", flush=True)
     print(f"warm executor ({args.mode}) serving {args.runtime_api_address}", flush=True)
     module.run_superexec(
         runtime_api_address=args.runtime_api_address,
