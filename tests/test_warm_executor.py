@@ -95,11 +95,42 @@ def test_a_superexec_loop_that_changed_is_refused(monkeypatch: pytest.MonkeyPatc
 def test_install_makes_flowers_loop_launch_through_ours(monkeypatch: pytest.MonkeyPatch) -> None:
     module = check_superexec_loop()
     monkeypatch.setattr(module, "get_executor", module.get_executor)  # restored after the test
+    monkeypatch.setattr(module, "time", module.time)
     ours = TaskExecutor(mode="warm")
     install_executor(ours)
     from flwr.supercore.constant import ExecutorType
 
     assert module.get_executor(ExecutorType.SUBPROCESS) is ours
+    assert isinstance(module.time, warm_executor.TaskPollSleeps) and module.time.executor is ours
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+
+def test_an_idle_executor_polls_its_node_less_often_until_it_launches_a_task() -> None:
+    clock = _Clock()
+    executor = TaskExecutor(mode="warm", active_at=100.0)
+    sleeps = warm_executor.TaskPollSleeps(clock, executor)  # type: ignore[arg-type]
+    sleeps.sleep(0.05)  # just started: Flower's loop passes FLWR_SUPEREXEC_TASK_POLL_INTERVAL
+    clock.now = 105.0
+    sleeps.sleep(0.05)  # still within 5 s
+    clock.now = 108.0
+    sleeps.sleep(0.05)  # idle 8 s: a tenth of it
+    clock.now = 200.0
+    sleeps.sleep(0.05)  # long idle: Flower's own 1 s
+    executor.active_at = 200.0  # a task was launched
+    sleeps.sleep(0.05)
+    assert clock.slept == [0.05, 0.05, pytest.approx(0.8), 1.0, 0.05]
+    assert sleeps.monotonic() == 200.0  # anything else passes through
 
 
 def test_only_clientapp_tasks_are_served() -> None:

@@ -38,14 +38,22 @@ from types import ModuleType
 from typing import Any, Literal
 
 from silobridge.errors import FederationError, SiloBridgeError
-from silobridge.federation.network.flower_hooks import apply_object_pull_backoff
+from silobridge.federation.network.flower_hooks import IdleBackoff, apply_object_pull_backoff
 from silobridge.federation.network.trace import mark, trace_task
 
 HOOKED_MODULE = "flwr.supercore.superexec.run_superexec"
 TESTED_FLWR = ("1.41.0",)
 """Flower versions whose SuperExec loop and ClientApp runner were read for this executor."""
-EXPECTED_SOURCE = ("executor = get_executor(", "plugin.launch_task(", "client.AcquireTask(")
-"""What `run_superexec` must still contain: the executor is built by name, and every task is launched through it."""
+EXPECTED_SOURCE = (
+    "executor = get_executor(",
+    "plugin.launch_task(",
+    "client.AcquireTask(",
+    "time.sleep(task_poll_interval)",
+)
+"""What `run_superexec` must still contain: the executor is built by name, every task is launched through it, and
+the loop sleeps its task poll interval through the module's `time` (which `TaskPollSleeps` stands in for)."""
+FLOWER_TASK_POLL_S = 1.0
+"""Flower's default task poll: where an idle executor's poll backs off to."""
 RUN_CLIENTAPP_PARAMS = (
     "runtime_api_address",
     "token",
@@ -233,6 +241,8 @@ class TaskExecutor:
     node_pid: int | None = None
     children: dict[int, int] = field(default_factory=dict)
     """pid -> task id of the tasks still running."""
+    active_at: float = field(default_factory=time.monotonic)
+    """When a task was last launched (or the executor started): the task poll is fast for a while after it."""
 
     def get_eligible_capacity(
         self, supported_task_types: set[Any], *, insecure: bool = False, root_certificates_path: str | None = None
@@ -256,6 +266,7 @@ class TaskExecutor:
         from flwr.supercore.superexec.executor import LaunchResult
 
         acquired = time.time()
+        self.active_at = time.monotonic()
         mark("exec.acquired", task_id=spec.task_id)
         if spec.task_type != TaskType.CLIENT_APP:
             return LaunchResult.failed(f"the warm executor serves ClientApp tasks only, not {spec.task_type}")
@@ -328,14 +339,33 @@ class TaskExecutor:
         """Flower calls this on shutdown. Tasks already running finish: they answer to the SuperNode, not to us."""
 
 
+class TaskPollSleeps:
+    """Stands in for the `time` module inside Flower's SuperExec loop, whose only use is the sleep between task
+    polls: `FLWR_SUPEREXEC_TASK_POLL_INTERVAL` (0.05 s) for 5 s after the executor last launched a task, then
+    backing off toward Flower's 1 s (`IdleBackoff`), so an idle executor stops asking its node 20 times a second."""
+
+    def __init__(self, real: ModuleType, executor: TaskExecutor) -> None:
+        self._real = real
+        self.executor = executor
+
+    def sleep(self, seconds: float) -> None:
+        backoff = IdleBackoff(fast_s=seconds, slow_s=max(seconds, FLOWER_TASK_POLL_S))
+        self._real.sleep(backoff.interval(self._real.monotonic() - self.executor.active_at))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
 def install_executor(executor: TaskExecutor) -> ModuleType:
-    """Make Flower's SuperExec loop launch through `executor` (the pinned hook); the hooked module."""
+    """Make Flower's SuperExec loop launch through `executor` and back off when idle (the pinned hook); the
+    hooked module."""
     module = check_superexec_loop()
 
     def get_executor(*args: Any, **kwargs: Any) -> TaskExecutor:
         return executor
 
     module.get_executor = get_executor  # type: ignore[attr-defined]
+    module.time = TaskPollSleeps(time, executor)  # type: ignore[attr-defined]
     return module
 
 
