@@ -257,14 +257,18 @@ def test_the_executor_builds_the_firm_a_coordinators_training_request_asks_for(t
     write_firm_data(tmp_path / "R1", tables.demand, tables.risk)
     node = {NODE_DATA_DIR: str(tmp_path / "R1"), NODE_FEDERATION: str(trio)}
     firm_source._nodes.clear()
-    firm_source._file_spec.cache_clear()
+    firm_source._stamped_spec.cache_clear()
     assert warm_executor.warm_node_caches(node_config_text(node)) >= 0
     (built,) = firm_source._nodes.values()
-    calibrations = firm_source._file_spec.cache_info().misses
+    calibrations = firm_source._stamped_spec.cache_info().misses
     coordinator = settings_from_run_config({"scenario": str(trio), "data": "nodes"}).spec
     assert node_firm(node, coordinator, "train") is built
     assert node_firm(node, coordinator, "query.secagg.unmask").firm_id == "R1"  # a light stage: its spec cached too
-    assert firm_source._file_spec.cache_info().misses == calibrations
+    assert firm_source._stamped_spec.cache_info().misses == calibrations
+    # A partner who updates its files while `join` runs is served from the new ones, not the warm copies.
+    demand = tmp_path / "R1" / "demand.csv"
+    os.utime(demand, ns=(demand.stat().st_atime_ns, demand.stat().st_mtime_ns + 10**9))
+    assert node_firm(node, coordinator, "train") is not built
 
 
 def test_join_gives_the_executor_the_nodes_config(tmp_path: Path) -> None:
