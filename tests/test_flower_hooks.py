@@ -21,6 +21,7 @@ from silobridge.federation.network.deploy import TELEMETRY_ENV, process_env, sup
 from silobridge.federation.network.flower_hooks import (
     FLOWER_PULL_DEFAULTS,
     HOOKED_MODULE,
+    LOCAL_PULL_DEFAULTS,
     OUR_PULL_DEFAULTS,
     PULL_CALLERS,
     PULL_FUNCTIONS,
@@ -238,6 +239,30 @@ def test_giving_up_on_an_object_takes_about_as_long_as_with_flowers_defaults() -
 
     assert give_up_s(FLOWER_PULL_DEFAULTS) == pytest.approx(4965, abs=1)
     assert give_up_s(OUR_PULL_DEFAULTS) == pytest.approx(give_up_s(FLOWER_PULL_DEFAULTS), rel=0.01)
+    assert give_up_s(LOCAL_PULL_DEFAULTS) == pytest.approx(give_up_s(FLOWER_PULL_DEFAULTS), rel=0.01)
+
+
+def test_a_task_pulling_from_its_own_node_waits_at_most_50_ms_more_than_it_must(pull_defaults: list) -> None:
+    """An object the node holds only after 0.3 s: with a 1 s cap the pull would sleep on to about 0.31 s + the
+    next doubling (0.32 s); with the local cap it has the object within about 50 ms (+20% jitter)."""
+    from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError, pull_objects
+
+    apply_object_pull_backoff(local=True)
+    for function in pull_defaults:
+        assert {k: function.__kwdefaults__[k] for k in LOCAL_PULL_DEFAULTS} == LOCAL_PULL_DEFAULTS
+    started = time.monotonic()
+    tries = []
+
+    def pull(object_id: str) -> bytes:
+        tries.append(time.monotonic() - started)
+        if tries[-1] < 0.3:
+            raise ObjectUnavailableError(object_id)
+        return b"content"
+
+    assert pull_objects(["abc"], pull) == {"abc": b"content"}
+    waits = [b - a for a, b in zip(tries, tries[1:], strict=False)]
+    assert max(waits) < 0.2, waits  # 0.06 s and scheduling; a 1 s cap would have slept 0.32 s here
+    assert len(tries) >= 6
 
 
 def test_pull_defaults_that_changed_are_refused(pull_defaults: list) -> None:

@@ -206,7 +206,7 @@ def serve_one(
     from flwr.supernode.runtime.run_clientapp import run_clientapp
 
     if mode == "cold":  # a warm parent applied it before forking
-        apply_object_pull_backoff()
+        apply_object_pull_backoff(local=True)
 
     _record_handoffs(
         handoff_log, mode=mode, task_id=task_id, acquired=acquired, executor_pid=executor_pid, started=started
@@ -419,7 +419,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.mode == "warm":
         seconds = preload()
         try:
-            apply_object_pull_backoff()  # every fork pulls its message's objects with it
+            apply_object_pull_backoff(local=True)  # every fork pulls its message's objects from its node with it
         except FederationError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(EXIT_CONFIG)
