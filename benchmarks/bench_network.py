@@ -16,6 +16,8 @@ process per partner that imported everything once and forks per message; `cold`,
 starting a fresh interpreter per message (what Flower's own `flwr-clientapp` per message costs);
 `both` runs the two side by side on the same files. Each message's hand-off (the executor took the
 task from the SuperNode -> the ClientApp's handler entered) is recorded by `join --handoff-log`.
+Every run is traced (`SILOBRIDGE_NET_TRACE`, federation/network/trace.py): the results carry each step of a
+message's trip, median and max, from the ServerApp's push to its pull of the reply.
 Also measured: the cold start of one ClientApp process (a SuperNode starts one per message), for a
 stage that trains (torch, Opacus) and for a stage that does not (secure-sum key and unmask stages,
 analytics: no model code).

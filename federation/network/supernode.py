@@ -2,8 +2,9 @@
 
 `silobridge join` starts this instead of Flower's console script: it applies the pinned hook of
 `flower_hooks` and then runs Flower's own `flower_supernode()` with the remaining arguments, so the
-node behaves exactly as `flower-supernode` does apart from how long it sleeps between polls and how soon it
-pulls again an object the SuperLink does not hold yet (`apply_object_pull_backoff`).
+node behaves exactly as `flower-supernode` does apart from how long it sleeps between polls (`--idle-poll` while a
+run is active, backing off toward Flower's 3 s when idle) and how soon it pulls again an object the SuperLink does
+not hold yet (`apply_object_pull_backoff`). With `SILOBRIDGE_NET_TRACE` set it also records its steps (`trace`).
 """
 
 from __future__ import annotations
