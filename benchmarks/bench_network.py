@@ -16,6 +16,8 @@ process per partner that imported everything once and forks per message; `cold`,
 starting a fresh interpreter per message (what Flower's own `flwr-clientapp` per message costs);
 `both` runs the two side by side on the same files. Each message's hand-off (the executor took the
 task from the SuperNode -> the ClientApp's handler entered) is recorded by `join --handoff-log`.
+Every run is traced (`SILOBRIDGE_NET_TRACE`, federation/network/trace.py): the results carry each step of a
+message's trip, median and max, from the ServerApp's push to its pull of the reply.
 Also measured: the cold start of one ClientApp process (a SuperNode starts one per message), for a
 stage that trains (torch, Opacus) and for a stage that does not (secure-sum key and unmask stages,
 analytics: no model code).
@@ -39,6 +41,7 @@ import tomli_w
 from benchmarks._common import write_results
 from silobridge.clients.data import write_firm_data
 from silobridge.federation.network.loopback import LoopbackFederation
+from silobridge.federation.network.trace import STEPS, TRACE_ENV, breakdown, load
 from silobridge.federation.simulation import simulate
 from silobridge.scenarios.generator import generate_chain
 from silobridge.scenarios.schema import load_scenario
@@ -112,7 +115,9 @@ def network_run(work: Path, config: Path, firms: list[str], executor: str) -> di
     folder = work / executor
     folder.mkdir()
     logs = [folder / f"handoff-{firm}.jsonl" for firm in firms]
+    trace = folder / "trace.jsonl"
     with LoopbackFederation(folder, config, ROOT) as net:
+        net.env[TRACE_ENV] = str(trace)
         net.make_credentials(firms)
         net.start_superlink()
         for firm, log in zip(firms, logs, strict=True):
@@ -130,6 +135,7 @@ def network_run(work: Path, config: Path, firms: list[str], executor: str) -> di
         "handoff_median_ms": round(statistics.median(handoffs), 1) if handoffs else None,
         "handoff_max_ms": round(max(handoffs), 1) if handoffs else None,
         "messages": len(handoffs),
+        "steps": breakdown(load(trace)),
     }
 
 
@@ -164,9 +170,22 @@ def measure(nodes: int, rounds: int, work: Path, executors: list[str]) -> list[d
                 "messages": run["messages"],
                 "network_run_s": round(run["wall"], 1),
                 "simulation_run_s": round(simulation_wall, 1),
+                "steps": run["steps"],
             }
         )
     return rows
+
+
+def steps_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: each step of a message's trip (federation/network/trace.py), median / max ms, per run."""
+    names = [name for name, _, _ in STEPS] + ["round_trip"]
+    head = "| nodes | executor | " + " | ".join(names) + " |"
+    lines = [head, "| " + " | ".join("---" for _ in range(len(names) + 2)) + " |"]
+    for row in rows:
+        steps = row.get("steps") or {}
+        cells = [f"{steps[n]['median_ms']:.0f} / {steps[n]['max_ms']:.0f}" if n in steps else "-" for n in names]
+        lines.append(f"| {row['nodes']} | {row['executor']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -217,7 +236,17 @@ def main() -> None:
         "clientapp_cold_start_light_s": [round(t, 2) for t in light],
         "load_average_1m": round(os.getloadavg()[0], 1),
     }
-    columns = list(rows[0]) if rows else ["nodes"]
+    notes += (
+        "\n\nWhere a message's time goes (median / max ms over every message of the run; steps in "
+        "federation/network/trace.py: push = the ServerApp's push_messages; to_node = pushed -> the SuperNode created "
+        "the task; node_objects = task created -> the SuperNode has pulled the message's objects from the SuperLink "
+        "(beside the next three); to_executor = task created -> the executor took it; fork = -> the task's process "
+        "runs; input = -> Flower's runner pulled context, run, FAB and message; fab = FAB installed; load_app = -> our "
+        "handler entered; handler = our ClientApp's work; push_reply = reply pushed to the SuperNode; to_link = -> the "
+        "SuperNode sent it to the SuperLink; to_server = -> the ServerApp's pull returned it; round_trip = push start "
+        "-> pulled):\n\n" + steps_table(rows)
+    )
+    columns = [c for c in rows[0] if c != "steps"] if rows else ["nodes"]
     json_path, md_path = write_results(args.results, parameters=parameters, rows=rows, columns=columns, notes=notes)
     print(md_path.read_text())
 

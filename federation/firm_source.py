@@ -261,12 +261,14 @@ def node_firm(
     check_contract(spec, _file_spec(federation, calibrated=not light), message_type, firm=firm_id)
     budget = node_config.get(NODE_BUDGET)
     budget_epsilon = float(budget) if budget not in (None, "") else None
-    if light:
-        declared_firm(_federation_file(federation), firm_id, source=str(federation))
-        return FirmFiles(load_for_spec(folder, spec, firm_id=firm_id), spec, budget_epsilon)
     keys = (NODE_DATA_DIR, NODE_FEDERATION, NODE_FIRM_ID, NODE_BUDGET, NODE_NOISE_SEED)
     key = tuple(str(node_config.get(k, "")) for k in keys)
-    key += (spec.digest(),)
+    key += (spec.digest(), repr(_stamp(federation, folder)))  # a file changed since: built again
+    if light:
+        declared_firm(_federation_file(federation), firm_id, source=str(federation))
+        built = _nodes.get(key)  # the same files under the same spec, already loaded and validated
+        data = built.data if built is not None else load_for_spec(folder, spec, firm_id=firm_id)
+        return FirmFiles(data, spec, budget_epsilon)
     if key not in _nodes:
         scenario = _federation_file(federation)
         declared_firm(scenario, firm_id, source=str(federation))
@@ -284,17 +286,48 @@ def node_firm(
 _nodes: dict[tuple[str, ...], FirmClient] = {}
 
 
-@lru_cache(maxsize=4)
+def _stamp(*paths: Path) -> tuple[tuple[str, int, int], ...]:
+    """Name, modification time and size of each file (a folder: of its files). What is cached from files is keyed
+    by it: a long-lived process (the warm executor) reads a partner's federation file or data again once changed."""
+    stamps = []
+    for path in paths:
+        for file in sorted(path.iterdir()) if path.is_dir() else [path]:
+            try:
+                found = file.stat()
+            except OSError:  # gone: whoever reads it reports it
+                continue
+            stamps.append((str(file), found.st_mtime_ns, found.st_size))
+    return tuple(stamps)
+
+
 def _federation_file(path: Path) -> Scenario:
+    return _stamped_scenario(path, _stamp(path))
+
+
+@lru_cache(maxsize=4)
+def _stamped_scenario(path: Path, stamp: tuple[tuple[str, int, int], ...]) -> Scenario:
     return load_scenario(path)
 
 
-@lru_cache(maxsize=8)
 def _file_spec(path: Path, *, calibrated: bool = True) -> FederationSpec:
     """The spec the federation file defines, resolved as the coordinator's `silobridge run` resolves it.
 
     `calibrated=False` leaves DP off: every field but `privacy` is the same, and calibrating the noise
     needs the model's size (torch), which a stage compared without `privacy` does not.
     """
+    return _stamped_spec(path, _stamp(path), calibrated)
+
+
+@lru_cache(maxsize=8)
+def _stamped_spec(path: Path, stamp: tuple[tuple[str, int, int], ...], calibrated: bool) -> FederationSpec:
     run_config = {"scenario": str(path.resolve()), "data": "nodes"}
     return settings_from_run_config(run_config if calibrated else {**run_config, "dp": "off"}).spec
+
+
+def warm_node(node_config: Mapping[str, Any]) -> None:
+    """Build in this process what a partner's messages build on first use: the federation file's spec (with
+    and without the DP calibration, seconds of accounting), the firm's data and its client. The warm executor
+    calls it once before it forks, so every task inherits them instead of rebuilding them per message."""
+    federation = Path(str(node_config[NODE_FEDERATION])).expanduser()
+    _file_spec(federation, calibrated=False)
+    node_firm(node_config, _file_spec(federation, calibrated=True), TRAIN)

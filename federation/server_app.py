@@ -27,6 +27,7 @@ from silobridge.federation.harness import SimulationHarness
 from silobridge.federation.ledger_signer import PER_RUN, ledger_signer
 from silobridge.federation.linear_run import linear_privacy
 from silobridge.federation.network.flower_hooks import apply_object_pull_backoff
+from silobridge.federation.network.trace import trace_grid
 from silobridge.federation.preflight import check_firm_budgets
 from silobridge.federation.privacy_report import LEDGER_FILE, privacy_summary
 from silobridge.federation.progress import Fanout, LogObserver, StageTimer, log_to_stderr
@@ -220,6 +221,7 @@ def build_server_app(
 
         if not isinstance(grid, InMemoryGrid):  # a networked run pulls each reply's objects from the SuperLink
             apply_object_pull_backoff()
+            trace_grid()  # only when SILOBRIDGE_NET_TRACE names a file (the network benchmark)
         config = run_config if run_config is not None else context.run_config
         if str(config.get(QUERIES_KEY) or ""):  # analytics queries instead of training (`silobridge query --network`)
             job = QueryJob.from_run_config(str(config[QUERIES_KEY]))

@@ -21,11 +21,13 @@ from silobridge.federation.network.deploy import TELEMETRY_ENV, process_env, sup
 from silobridge.federation.network.flower_hooks import (
     FLOWER_PULL_DEFAULTS,
     HOOKED_MODULE,
+    LOCAL_PULL_DEFAULTS,
     OUR_PULL_DEFAULTS,
     PULL_CALLERS,
     PULL_FUNCTIONS,
     SUPEREXEC_POLL_ENV,
     SUPEREXEC_POLL_S,
+    IdleBackoff,
     apply_object_pull_backoff,
     apply_supernode_polling,
     check_supernode_loop,
@@ -237,6 +239,30 @@ def test_giving_up_on_an_object_takes_about_as_long_as_with_flowers_defaults() -
 
     assert give_up_s(FLOWER_PULL_DEFAULTS) == pytest.approx(4965, abs=1)
     assert give_up_s(OUR_PULL_DEFAULTS) == pytest.approx(give_up_s(FLOWER_PULL_DEFAULTS), rel=0.01)
+    assert give_up_s(LOCAL_PULL_DEFAULTS) == pytest.approx(give_up_s(FLOWER_PULL_DEFAULTS), rel=0.01)
+
+
+def test_a_task_pulling_from_its_own_node_waits_at_most_50_ms_more_than_it_must(pull_defaults: list) -> None:
+    """An object the node holds only after 0.3 s: with a 1 s cap the pull would sleep on to about 0.31 s + the
+    next doubling (0.32 s); with the local cap it has the object within about 50 ms (+20% jitter)."""
+    from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError, pull_objects
+
+    apply_object_pull_backoff(local=True)
+    for function in pull_defaults:
+        assert {k: function.__kwdefaults__[k] for k in LOCAL_PULL_DEFAULTS} == LOCAL_PULL_DEFAULTS
+    started = time.monotonic()
+    tries = []
+
+    def pull(object_id: str) -> bytes:
+        tries.append(time.monotonic() - started)
+        if tries[-1] < 0.3:
+            raise ObjectUnavailableError(object_id)
+        return b"content"
+
+    assert pull_objects(["abc"], pull) == {"abc": b"content"}
+    waits = [b - a for a, b in zip(tries, tries[1:], strict=False)]
+    assert max(waits) < 0.2, waits  # 0.06 s and scheduling; a 1 s cap would have slept 0.32 s here
+    assert len(tries) >= 6
 
 
 def test_pull_defaults_that_changed_are_refused(pull_defaults: list) -> None:
@@ -317,3 +343,51 @@ def test_flower_processes_send_no_telemetry_unless_the_operator_says_so(monkeypa
     assert process_env()[TELEMETRY_ENV] == "0"
     monkeypatch.setenv(TELEMETRY_ENV, "1")
     assert process_env()[TELEMETRY_ENV] == "1"  # the operator's own setting wins
+
+
+def test_the_idle_backoff_polls_fast_after_activity_then_backs_off_to_flowers_three_seconds() -> None:
+    backoff = IdleBackoff(fast_s=0.1, hot_s=5.0, slow_s=3.0, fraction=0.1)
+    assert [backoff.interval(t) for t in (0.0, 2.0, 5.0)] == [0.1, 0.1, 0.1]
+    assert backoff.interval(5.5) == pytest.approx(0.55)
+    assert backoff.interval(10.0) == pytest.approx(1.0)
+    assert backoff.interval(30.0) == 3.0
+    assert backoff.interval(3600.0) == 3.0
+    assert IdleBackoff(fast_s=2.0, hot_s=1.0).interval(5.0) == 2.0  # never below the fast interval
+    # It only grows with idle time: a message arriving after T idle seconds waits at most interval(T).
+    times = [t / 10 for t in range(0, 600)]
+    intervals = [backoff.interval(t) for t in times]
+    assert intervals == sorted(intervals)
+    assert all(i <= max(0.1, 0.1 * t) + 1e-12 for t, i in zip(times, intervals, strict=True))
+
+
+def test_a_bad_idle_backoff_is_refused() -> None:
+    with pytest.raises(FederationError, match="fast"):
+        IdleBackoff(fast_s=4.0, slow_s=3.0)
+    with pytest.raises(FederationError, match="fraction"):
+        IdleBackoff(fraction=0.0)
+
+
+class _Clock(_Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_the_supernode_idles_slower_until_it_serves_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = check_supernode_loop()
+    monkeypatch.setattr(module, "time", time)  # restored after the test
+    clock = _Clock()
+    monkeypatch.setattr(flower_hooks, "time", clock)
+    apply_supernode_polling(idle_s=0.1, reply_s=0.01)
+    module.time.sleep(3)  # just started: fast
+    clock.now = 20.0
+    module.time.sleep(3)  # idle 20 s: a tenth of it
+    clock.now = 100.0
+    module.time.sleep(3)  # idle long: Flower's 3 s
+    module.time.sleep(0.5)  # serving a message: waits for its reply
+    clock.now = 101.0
+    module.time.sleep(3)  # fast again
+    assert clock.slept == [0.1, pytest.approx(2.0), 3.0, 0.01, 0.1]

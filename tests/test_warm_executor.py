@@ -94,11 +94,42 @@ def test_a_superexec_loop_that_changed_is_refused(monkeypatch: pytest.MonkeyPatc
 def test_install_makes_flowers_loop_launch_through_ours(monkeypatch: pytest.MonkeyPatch) -> None:
     module = check_superexec_loop()
     monkeypatch.setattr(module, "get_executor", module.get_executor)  # restored after the test
+    monkeypatch.setattr(module, "time", module.time)
     ours = TaskExecutor(mode="warm")
     install_executor(ours)
     from flwr.supercore.constant import ExecutorType
 
     assert module.get_executor(ExecutorType.SUBPROCESS) is ours
+    assert isinstance(module.time, warm_executor.TaskPollSleeps) and module.time.executor is ours
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+
+def test_an_idle_executor_polls_its_node_less_often_until_it_launches_a_task() -> None:
+    clock = _Clock()
+    executor = TaskExecutor(mode="warm", active_at=100.0)
+    sleeps = warm_executor.TaskPollSleeps(clock, executor)  # type: ignore[arg-type]
+    sleeps.sleep(0.05)  # just started: Flower's loop passes FLWR_SUPEREXEC_TASK_POLL_INTERVAL
+    clock.now = 105.0
+    sleeps.sleep(0.05)  # still within 5 s
+    clock.now = 108.0
+    sleeps.sleep(0.05)  # idle 8 s: a tenth of it
+    clock.now = 200.0
+    sleeps.sleep(0.05)  # long idle: Flower's own 1 s
+    executor.active_at = 200.0  # a task was launched
+    sleeps.sleep(0.05)
+    assert clock.slept == [0.05, 0.05, pytest.approx(0.8), 1.0, 0.05]
+    assert sleeps.monotonic() == 200.0  # anything else passes through
 
 
 def test_only_clientapp_tasks_are_served() -> None:
@@ -202,3 +233,49 @@ def test_a_node_that_exits_before_opening_its_runtime_api_passes_its_code_on() -
     )
     assert supervise(plan, os.environ, say=said.append) == 7
     assert "exited with 7 before" in said[-1]
+
+
+# -- the firm's caches, built once before any fork ---------------------------------------------------
+
+
+def test_the_executor_builds_the_firm_a_coordinators_training_request_asks_for(tmp_path: Path) -> None:
+    """The noise calibration of the federation file's spec took seconds in every training message's fork; the
+    warm parent builds it (and the firm's data and client) once, from the node's own --node-config text, and a
+    request carrying the coordinator's spec then finds them built."""
+    from silobridge.clients.data import write_firm_data
+    from silobridge.federation import firm_source
+    from silobridge.federation.firm_source import NODE_DATA_DIR, NODE_FEDERATION, node_firm
+    from silobridge.federation.network.deploy import node_config_text
+    from silobridge.federation.settings import settings_from_run_config
+    from silobridge.scenarios.generator import generate_chain
+    from silobridge.scenarios.schema import load_scenario
+    from tests.conftest import ROOT
+
+    trio = ROOT / "tests" / "scenarios" / "trio.toml"
+    tables = generate_chain(load_scenario(trio)).tables["R1"]
+    write_firm_data(tmp_path / "R1", tables.demand, tables.risk)
+    node = {NODE_DATA_DIR: str(tmp_path / "R1"), NODE_FEDERATION: str(trio)}
+    firm_source._nodes.clear()
+    firm_source._stamped_spec.cache_clear()
+    assert warm_executor.warm_node_caches(node_config_text(node)) >= 0
+    (built,) = firm_source._nodes.values()
+    calibrations = firm_source._stamped_spec.cache_info().misses
+    coordinator = settings_from_run_config({"scenario": str(trio), "data": "nodes"}).spec
+    assert node_firm(node, coordinator, "train") is built
+    assert node_firm(node, coordinator, "query.secagg.unmask").firm_id == "R1"  # a light stage: its spec cached too
+    assert firm_source._stamped_spec.cache_info().misses == calibrations
+    # A partner who updates its files while `join` runs is served from the new ones, not the warm copies.
+    demand = tmp_path / "R1" / "demand.csv"
+    os.utime(demand, ns=(demand.stat().st_atime_ns, demand.stat().st_mtime_ns + 10**9))
+    assert node_firm(node, coordinator, "train") is not built
+
+
+def test_join_gives_the_executor_the_nodes_config(tmp_path: Path) -> None:
+    from silobridge.federation.network.node_supervisor import executor_command
+
+    command = executor_command("127.0.0.1:9094", mode="warm", secret_file=tmp_path / "s", node_pid=5)
+    assert "--node-config" not in command
+    command = executor_command(
+        "127.0.0.1:9094", mode="warm", secret_file=tmp_path / "s", node_pid=5, node_config='firm-id="R1"'
+    )
+    assert command[-2:] == ["--node-config", 'firm-id="R1"']

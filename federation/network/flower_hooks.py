@@ -4,7 +4,10 @@ flwr 1.41's SuperNode loop (`flwr/supernode/start_client_internal.py`) sleeps a 
 every pull that finds no message, and 0.5 s per check while it waits for the ClientApp's reply (and
 for a reply's content). No option or environment variable changes them, and they put up to 3.5 s on
 every exchange. The hook replaces that module's `time` with a stand-in whose `sleep` maps those two
-literal values to ours and passes every other call through unchanged.
+literal values to ours and passes every other call through unchanged. The idle sleep is short
+(`--idle-poll`, 0.1 s) for 5 s after the node last served a message and then backs off toward
+Flower's 3 s (`IdleBackoff`: a tenth of the idle time so far), so an idle node costs what Flower's does
+while a run's exchanges are still picked up within 0.1 s.
 
 It is pinned: `apply_supernode_polling` checks the installed flwr version and that the module still
 holds exactly those calls, and raises `FederationError` otherwise, so a Flower upgrade that moves
@@ -29,6 +32,7 @@ import inspect
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib.metadata import version
 from types import ModuleType
 from typing import Any
@@ -46,7 +50,11 @@ FLOWER_REPLY_SLEEP_S = 0.5
 EXPECTED_CALLS = {f"time.sleep({FLOWER_IDLE_SLEEP_S})": 1, f"time.sleep({FLOWER_REPLY_SLEEP_S})": 2}
 
 IDLE_POLL_S = 0.1
-"""Our pull interval when idle: a message waits at most 0.1 s at the SuperLink (10 pulls a second per node)."""
+"""Our pull interval while a run is active: a message waits at most 0.1 s at the SuperLink (10 pulls a second)."""
+HOT_S = 5.0
+"""Seconds after the last activity during which a poller keeps its fast interval (a run's exchanges are closer)."""
+IDLE_FRACTION = 0.1
+"""After that, an idle poller sleeps this fraction of its idle time (up to Flower's 3 s)."""
 REPLY_POLL_S = 0.01
 """Our check interval for the ClientApp's reply: a local lookup in the SuperNode's own state."""
 
@@ -69,20 +77,68 @@ PULL_CALLERS = (
 keywords the hook changes, or the hook would not reach it."""
 OUR_PULL_DEFAULTS = {"initial_backoff": 0.01, "backoff_cap": 1.0, "max_tries_per_object": 5000}
 """10 ms, doubling up to 1 s; 10x the tries so that giving up takes about as long as with Flower's."""
+LOCAL_PULL_DEFAULTS = {"initial_backoff": 0.01, "backoff_cap": 0.05, "max_tries_per_object": 100_000}
+"""A task pulling from its own SuperNode (127.0.0.1, plain HTTP): 10 ms, doubling up to 50 ms, so it has its message
+within about 50 ms of the node having pulled it from the SuperLink (with a 1 s cap a task that had waited 2 s for
+that slept up to another second: median 0.65 s of the hand-off in a traced run). At most 2 pulling threads, each
+asking its node at most 20 times a second while it waits; giving up still takes about 5,000 s."""
+
+
+@dataclass(frozen=True)
+class IdleBackoff:
+    """How long an idle poller sleeps, given how long it has been idle: fast while a run is active, then slower.
+
+    A run's exchanges follow one another within seconds, so for `hot_s` after the last activity the
+    poller keeps its fast interval; after that it sleeps a tenth (`fraction`) of the idle time so far,
+    never less than `fast_s` and never more than `slow_s` (Flower's own idle sleep). The interval only
+    grows with idle time, so a message that arrives after an idle spell of T seconds is picked up within
+    `interval(T)` (plus one pull): `fast_s` within `hot_s` of activity, at most a tenth of T after it, and
+    never later than `slow_s`. An idle poller thus costs Flower's idle CPU once idle for 10 x `slow_s`.
+    """
+
+    fast_s: float = IDLE_POLL_S
+    hot_s: float = HOT_S
+    slow_s: float = FLOWER_IDLE_SLEEP_S
+    fraction: float = IDLE_FRACTION
+
+    def __post_init__(self) -> None:
+        if not (0.001 <= self.fast_s <= self.slow_s and self.hot_s >= 0 and 0 < self.fraction <= 1):
+            raise FederationError(
+                f"idle backoff needs 0.001 <= fast ({self.fast_s}) <= slow ({self.slow_s}) s, hot >= 0 "
+                f"({self.hot_s}) and 0 < fraction <= 1 ({self.fraction})"
+            )
+
+    def interval(self, idle_s: float) -> float:
+        """Seconds to sleep after an empty poll, `idle_s` seconds after the last activity."""
+        if idle_s <= self.hot_s:
+            return self.fast_s
+        return min(self.slow_s, max(self.fast_s, self.fraction * idle_s))
 
 
 class _ShortSleeps:
-    """Stands in for the `time` module inside Flower's SuperNode loop: only the two known sleeps change."""
+    """Stands in for the `time` module inside Flower's SuperNode loop: only the two known sleeps change.
 
-    def __init__(self, real: ModuleType, *, idle_s: float, reply_s: float) -> None:
+    The idle sleep follows `backoff`, counted from the last activity: a reply wait (the loop waits for a
+    ClientApp's reply only while it serves a message, at least one check per message since the reply
+    comes from another process) or the start.
+    """
+
+    def __init__(self, real: ModuleType, *, backoff: IdleBackoff, reply_s: float) -> None:
         self._real = real
-        self.idle_s = idle_s
+        self.backoff = backoff
         self.reply_s = reply_s
+        self.active_at = real.monotonic()
+
+    @property
+    def idle_s(self) -> float:
+        """The idle sleep a poll right after activity gets (`--idle-poll`)."""
+        return self.backoff.fast_s
 
     def sleep(self, seconds: float) -> None:
         if seconds == FLOWER_IDLE_SLEEP_S:
-            seconds = self.idle_s
+            seconds = self.backoff.interval(self._real.monotonic() - self.active_at)
         elif seconds == FLOWER_REPLY_SLEEP_S:
+            self.active_at = self._real.monotonic()
             seconds = self.reply_s
         self._real.sleep(seconds)
 
@@ -119,14 +175,15 @@ def check_supernode_loop() -> ModuleType:
 
 
 def apply_supernode_polling(*, idle_s: float = IDLE_POLL_S, reply_s: float = REPLY_POLL_S) -> _ShortSleeps:
-    """Shorten the SuperNode's idle and reply-wait sleeps in this process (call before it starts)."""
+    """Shorten the SuperNode's idle and reply-wait sleeps in this process (call before it starts); the idle sleep
+    is `idle_s` while a run is active and backs off toward Flower's 3 s when idle (`IdleBackoff`)."""
     if not (0.001 <= idle_s <= FLOWER_IDLE_SLEEP_S and 0.001 <= reply_s <= FLOWER_REPLY_SLEEP_S):
         raise FederationError(
             f"SuperNode poll intervals must be 0.001-{FLOWER_IDLE_SLEEP_S} s (idle) and "
             f"0.001-{FLOWER_REPLY_SLEEP_S} s (reply), got {idle_s} and {reply_s}"
         )
     module = check_supernode_loop()
-    sleeps = _ShortSleeps(time, idle_s=idle_s, reply_s=reply_s)
+    sleeps = _ShortSleeps(time, backoff=IdleBackoff(fast_s=idle_s), reply_s=reply_s)
     module.time = sleeps  # type: ignore[attr-defined]
     return sleeps
 
@@ -141,7 +198,7 @@ def check_object_pulls(callers: Sequence[str] | None = None) -> list[Any]:
     for name, function in zip(PULL_FUNCTIONS, functions, strict=True):
         defaults = getattr(function, "__kwdefaults__", None) or {}
         found = {key: defaults.get(key) for key in FLOWER_PULL_DEFAULTS}
-        if found not in (FLOWER_PULL_DEFAULTS, OUR_PULL_DEFAULTS):
+        if found not in (FLOWER_PULL_DEFAULTS, OUR_PULL_DEFAULTS, LOCAL_PULL_DEFAULTS):
             raise FederationError(
                 f"{PULL_MODULE}.{name} (flwr {installed}) has keyword defaults {found}, the object-pull hook "
                 f"expects {FLOWER_PULL_DEFAULTS}: update federation/network/flower_hooks.py"
@@ -159,7 +216,8 @@ def check_object_pulls(callers: Sequence[str] | None = None) -> list[Any]:
     return functions
 
 
-def apply_object_pull_backoff() -> None:
-    """Make every object pull in this process start at 10 ms instead of 1 s (call before Flower pulls)."""
+def apply_object_pull_backoff(*, local: bool = False) -> None:
+    """Make every object pull in this process start at 10 ms instead of 1 s (call before Flower pulls); `local`:
+    this process pulls only from its own SuperNode on 127.0.0.1 (a task), so its waits are capped at 50 ms."""
     for function in check_object_pulls():
-        function.__kwdefaults__.update(OUR_PULL_DEFAULTS)
+        function.__kwdefaults__.update(LOCAL_PULL_DEFAULTS if local else OUR_PULL_DEFAULTS)

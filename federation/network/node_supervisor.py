@@ -44,9 +44,16 @@ class SupervisedNode:
 
 
 def executor_command(
-    runtime_address: str, *, mode: str, secret_file: Path, node_pid: int, handoff_log: Path | None = None
+    runtime_address: str,
+    *,
+    mode: str,
+    secret_file: Path,
+    node_pid: int,
+    handoff_log: Path | None = None,
+    node_config: str | None = None,
 ) -> list[str]:
-    """The warm executor for one SuperNode (started with this interpreter; its parent is `silobridge join`)."""
+    """The warm executor for one SuperNode (started with this interpreter; its parent is `silobridge join`);
+    `node_config`: the node's `--node-config`, whose firm the executor prepares before it forks."""
     command = [
         sys.executable,
         "-m",
@@ -64,6 +71,8 @@ def executor_command(
     ]
     if handoff_log is not None:
         command += ["--handoff-log", str(handoff_log.resolve())]
+    if node_config is not None:
+        command += ["--node-config", node_config]
     return command
 
 
@@ -158,11 +167,17 @@ def run_supervised(
     node: Sequence[str], runtime_address: str, env: Mapping[str, str], *, mode: str, handoff_log: Path | None
 ) -> int:
     """`silobridge join`'s warm path: a fresh executor secret, the node with it, the executor, supervised."""
+    node_config = node[node.index("--node-config") + 1] if "--node-config" in node else None
     with superexec_secret() as secret:
         plan = SupervisedNode(
             node=[*node, "--isolation", "process", "--superexec-auth-secret-file", str(secret)],
             executor=lambda node_pid: executor_command(
-                runtime_address, mode=mode, secret_file=secret, node_pid=node_pid, handoff_log=handoff_log
+                runtime_address,
+                mode=mode,
+                secret_file=secret,
+                node_pid=node_pid,
+                handoff_log=handoff_log,
+                node_config=node_config,
             ),
             runtime_address=runtime_address,
         )

@@ -2,8 +2,9 @@
 
 `silobridge join` starts this instead of Flower's console script: it applies the pinned hook of
 `flower_hooks` and then runs Flower's own `flower_supernode()` with the remaining arguments, so the
-node behaves exactly as `flower-supernode` does apart from how long it sleeps between polls and how soon it
-pulls again an object the SuperLink does not hold yet (`apply_object_pull_backoff`).
+node behaves exactly as `flower-supernode` does apart from how long it sleeps between polls (`--idle-poll` while a
+run is active, backing off toward Flower's 3 s when idle) and how soon it pulls again an object the SuperLink does
+not hold yet (`apply_object_pull_backoff`). With `SILOBRIDGE_NET_TRACE` set it also records its steps (`trace`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 
 from silobridge.errors import FederationError
 from silobridge.federation.network.flower_hooks import IDLE_POLL_S, apply_object_pull_backoff, apply_supernode_polling
+from silobridge.federation.network.trace import trace_supernode
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -23,6 +25,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         apply_supernode_polling(idle_s=ours.idle_poll)
         apply_object_pull_backoff()
+        trace_supernode()
     except FederationError as err:
         sys.exit(f"error: {err}")
     from flwr.supernode.cli import flower_supernode

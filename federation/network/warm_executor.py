@@ -22,6 +22,7 @@ same hand-off record, so the benchmark compares both paths by the same clock.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import inspect
 import json
@@ -37,14 +38,23 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
-from silobridge.errors import FederationError
-from silobridge.federation.network.flower_hooks import apply_object_pull_backoff
+from silobridge.errors import FederationError, SiloBridgeError
+from silobridge.federation.network.flower_hooks import IdleBackoff, apply_object_pull_backoff
+from silobridge.federation.network.trace import mark, trace_task
 
 HOOKED_MODULE = "flwr.supercore.superexec.run_superexec"
 TESTED_FLWR = ("1.41.0",)
 """Flower versions whose SuperExec loop and ClientApp runner were read for this executor."""
-EXPECTED_SOURCE = ("executor = get_executor(", "plugin.launch_task(", "client.AcquireTask(")
-"""What `run_superexec` must still contain: the executor is built by name, and every task is launched through it."""
+EXPECTED_SOURCE = (
+    "executor = get_executor(",
+    "plugin.launch_task(",
+    "client.AcquireTask(",
+    "time.sleep(task_poll_interval)",
+)
+"""What `run_superexec` must still contain: the executor is built by name, every task is launched through it, and
+the loop sleeps its task poll interval through the module's `time` (which `TaskPollSleeps` stands in for)."""
+FLOWER_TASK_POLL_S = 1.0
+"""Flower's default task poll: where an idle executor's poll backs off to."""
 RUN_CLIENTAPP_PARAMS = (
     "runtime_api_address",
     "token",
@@ -115,6 +125,20 @@ def preload(modules: Sequence[str] = PRELOAD) -> float:
     return time.perf_counter() - started
 
 
+def warm_node_caches(node_config_text: str) -> float:
+    """Build once, before any fork, what each task would otherwise rebuild from the node's config (Flower's
+    `--node-config` text, as the SuperNode got it): the federation file's spec with its DP noise calibration
+    (seconds of accounting: in every training message before this), the firm's data and client. The seconds it
+    took. Tasks still check each request against the file; a cache that does not match a request is not used."""
+    from flwr.common.config import parse_config_args
+
+    from silobridge.federation.firm_source import warm_node
+
+    started = time.perf_counter()
+    warm_node(parse_config_args([node_config_text]))
+    return time.perf_counter() - started
+
+
 # -- one task ------------------------------------------------------------------------------------
 
 
@@ -178,10 +202,11 @@ def serve_one(
 ) -> int:
     """Run one task with Flower's own ClientApp runner; its exit code (Flower exits through SystemExit)."""
     started = time.time()
+    trace_task(task_id)
     from flwr.supernode.runtime.run_clientapp import run_clientapp
 
     if mode == "cold":  # a warm parent applied it before forking
-        apply_object_pull_backoff()
+        apply_object_pull_backoff(local=True)
 
     _record_handoffs(
         handoff_log, mode=mode, task_id=task_id, acquired=acquired, executor_pid=executor_pid, started=started
@@ -217,6 +242,8 @@ class TaskExecutor:
     node_pid: int | None = None
     children: dict[int, int] = field(default_factory=dict)
     """pid -> task id of the tasks still running."""
+    active_at: float = field(default_factory=time.monotonic)
+    """When a task was last launched (or the executor started): the task poll is fast for a while after it."""
 
     def get_eligible_capacity(
         self, supported_task_types: set[Any], *, insecure: bool = False, root_certificates_path: str | None = None
@@ -240,6 +267,8 @@ class TaskExecutor:
         from flwr.supercore.superexec.executor import LaunchResult
 
         acquired = time.time()
+        self.active_at = time.monotonic()
+        mark("exec.acquired", task_id=spec.task_id)
         if spec.task_type != TaskType.CLIENT_APP:
             return LaunchResult.failed(f"the warm executor serves ClientApp tasks only, not {spec.task_type}")
         if spec.runtime_dependency_install:
@@ -311,14 +340,33 @@ class TaskExecutor:
         """Flower calls this on shutdown. Tasks already running finish: they answer to the SuperNode, not to us."""
 
 
+class TaskPollSleeps:
+    """Stands in for the `time` module inside Flower's SuperExec loop, whose only use is the sleep between task
+    polls: `FLWR_SUPEREXEC_TASK_POLL_INTERVAL` (0.05 s) for 5 s after the executor last launched a task, then
+    backing off toward Flower's 1 s (`IdleBackoff`), so an idle executor stops asking its node 20 times a second."""
+
+    def __init__(self, real: ModuleType, executor: TaskExecutor) -> None:
+        self._real = real
+        self.executor = executor
+
+    def sleep(self, seconds: float) -> None:
+        backoff = IdleBackoff(fast_s=seconds, slow_s=max(seconds, FLOWER_TASK_POLL_S))
+        self._real.sleep(backoff.interval(self._real.monotonic() - self.executor.active_at))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
 def install_executor(executor: TaskExecutor) -> ModuleType:
-    """Make Flower's SuperExec loop launch through `executor` (the pinned hook); the hooked module."""
+    """Make Flower's SuperExec loop launch through `executor` and back off when idle (the pinned hook); the
+    hooked module."""
     module = check_superexec_loop()
 
     def get_executor(*args: Any, **kwargs: Any) -> TaskExecutor:
         return executor
 
     module.get_executor = get_executor  # type: ignore[attr-defined]
+    module.time = TaskPollSleeps(time, executor)  # type: ignore[attr-defined]
     return module
 
 
@@ -333,6 +381,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--parent-pid", type=int, default=None, help="Exit when this process (the supervisor) is gone.")
     parser.add_argument("--node-pid", type=int, default=None, help="The SuperNode: tasks end when it is gone.")
     parser.add_argument("--handoff-log", type=Path, default=None)
+    parser.add_argument(
+        "--node-config", default=None, help="The SuperNode's --node-config: its firm's caches are built before forking."
+    )
     parser.add_argument("--one-task", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--acquired", type=float, default=None, help=argparse.SUPPRESS)
     return parser
@@ -368,11 +419,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.mode == "warm":
         seconds = preload()
         try:
-            apply_object_pull_backoff()  # every fork pulls its message's objects with it
+            apply_object_pull_backoff(local=True)  # every fork pulls its message's objects from its node with it
         except FederationError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(EXIT_CONFIG)
         print(f"warm executor: torch, opacus, flwr and the ClientApp imported in {seconds:.2f} s", flush=True)
+        if args.node_config:
+            try:
+                seconds = warm_node_caches(args.node_config)
+                print(f"warm executor: the firm's spec, data and client built in {seconds:.2f} s", flush=True)
+            except SiloBridgeError as err:  # each task meets the same problem and answers it as an error reply
+                print(f"warm executor: the firm's caches were not built ({err}); tasks build them", flush=True)
+    if args.mode == "warm":
+        # What the parent built stays as it is for every fork: kept out of the collector's reach, a child's
+        # collections do not write to (and so copy) the parent's pages.
+        gc.collect()
+        gc.freeze()
     print(f"warm executor ({args.mode}) serving {args.runtime_api_address}", flush=True)
     module.run_superexec(
         runtime_api_address=args.runtime_api_address,
