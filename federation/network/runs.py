@@ -36,19 +36,30 @@ class NetworkQueries:
     path: Path
 
 
-def run_federation(run_config: Mapping[str, str | int]) -> NetworkRun:
+def run_federation(run_config: Mapping[str, str | int], *, resume: Path | None = None) -> NetworkRun:
     """Check the settings (and, under DP, the ledger key) before the partners are asked, then `flwr run`.
 
+    `resume`: the folder of an interrupted run to continue (`run_config` is then its recorded one, see
+    `federation.resume.network_resume_config`): checked here as `simulate --resume` checks it (a completed run,
+    both folders present, a federation file changed since: refused naming the field), then passed to the
+    ServerApp, which continues from its checkpoint in a new Flower run.
     `flwr run --stream` exits 0 even when the run failed: a run without its summary is a `FederationError`.
     """
     from silobridge.federation.ledger_signer import ledger_signer
     from silobridge.federation.network.deploy import process_env, run_command
-    from silobridge.federation.settings import APP_DIR, settings_from_run_config
+    from silobridge.federation.settings import APP_DIR, RESUME_KEY, settings_from_run_config
 
     settings = settings_from_run_config(dict(run_config))
     if settings.spec.privacy.enabled:
         ledger_signer(settings)  # a missing or wrong ledger key: refused before the partners are asked
     config = {**run_config, "run-id": settings.run_id}
+    if resume is not None:
+        from silobridge.federation.resume import check_scenario_unchanged
+        from silobridge.federation.rundir import RunDirectory
+
+        rundir = RunDirectory.resume(resume)  # a completed run, or both of its folders: refused here
+        check_scenario_unchanged(resume, settings)
+        config[RESUME_KEY] = str(rundir.final if rundir.final.exists() else rundir.partial)
     code = subprocess.call(run_command(APP_DIR, config), env=process_env())
     summary_path = settings.out_dir / settings.run_id / "summary.json"
     if not summary_path.exists():
