@@ -215,12 +215,13 @@ def resume_command(folder: Path) -> str | None:
         return None
     if not isinstance(recorded, dict):
         return None
+    network = (recorded.get("run_config") or {}).get("data") == NODES
     if "queries" in recorded:
+        if network:
+            return None  # `query --network` has no --resume
         command = "query"
-    elif (recorded.get("run_config") or {}).get("data") == NODES:
-        command = "run"
     else:
-        command = "simulate"
+        command = "run" if network else "simulate"
     return f"silobridge {command} --resume {folder}"
 
 

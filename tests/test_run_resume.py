@@ -8,6 +8,10 @@ test (a loopback federation) kills the coordinator's ServerApp after round 1's l
 from __future__ import annotations
 
 import json
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -142,3 +146,43 @@ def test_a_partners_own_budget_is_counted_by_our_run_id_across_flower_runs(tmp_p
     odometer = Odometer.open(tmp_path / "state", firm="R1")
     assert [odometer.releases_in_run(kind, "net") for kind in kinds] == [2] * len(kinds)  # the refusal charged none
     assert ask(flower_run(3), "another", 1).array_records  # another run of ours: its own per-run budget
+
+
+def test_ctrl_c_stops_the_flower_run_and_prints_the_resume_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`flwr run --stream` alone would stop streaming and leave the ServerApp running: Ctrl-C stops the Flower run
+    by its id (`flwr stop`), waits for the ServerApp to leave the run's folder, and says how to resume it.
+    Stand-ins: a `flwr run` that prints its run id and waits; a `flwr stop` that records its arguments and does
+    what a stopped ServerApp does (keeps the folder under its final name, with failure.json)."""
+    from silobridge.federation.network import deploy, runs
+
+    federation = tmp_path / "federation.toml"
+    federation.write_text(TRIO.read_text())
+    folder = _interrupted_network_run(tmp_path, federation)
+    stopped = tmp_path / "stopped.txt"
+    flwr_run = "import time; print('Successfully started run 4242', flush=True); time.sleep(60)"
+    flwr_stop = (
+        "import os, sys; from pathlib import Path; "
+        f"Path({str(stopped)!r}).write_text(' '.join(sys.argv[1:])); "
+        f"os.rename({str(folder)!r}, {str(folder.parent / 'net')!r}); "
+        f"Path({str(folder.parent / 'net' / 'failure.json')!r}).write_text('{{}}')"
+    )
+    monkeypatch.setattr(deploy, "run_command", lambda app_dir, config: [sys.executable, "-c", flwr_run])
+    monkeypatch.setattr(deploy, "stop_command", lambda run_id: [sys.executable, "-c", flwr_stop, str(run_id)])
+    main = threading.get_ident()
+
+    def ctrl_c() -> None:
+        deadline = time.monotonic() + 60
+        while "4242" not in capsys.readouterr().out and time.monotonic() < deadline:  # the run has started
+            time.sleep(0.1)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    threading.Thread(target=ctrl_c, daemon=True).start()
+    config = network_resume_config(folder, {})
+    with pytest.raises(KeyboardInterrupt):
+        runs.run_federation(config, resume=folder)
+    assert stopped.read_text() == "4242"  # `flwr stop 4242`
+    kept = folder.parent / "net"
+    err = capsys.readouterr().err
+    assert f"silobridge run --resume {kept}" in err and f"silobridge audit {kept}" in err, err
