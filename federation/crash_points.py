@@ -7,8 +7,8 @@ not yet unmasked), `pending:N` (round N's models are on disk, its ledger entries
 `entry:N` (round N's first ledger entry is written, the round's checkpoint not yet); the linear family's
 releases and a query session's steps have the same two, named by release id (`pending:linear/demand`,
 `entry:query-2/kmeans/step-1`). Unset, nothing happens. `SILOBRIDGE_CRASH_SCOPE=process` kills only the
-process that reaches the point: a networked ServerApp shares its process group with the SuperLink that
-started it, and the test is of the coordinator's app dying, not of its SuperLink.
+process that reaches the point: a networked ServerApp shares its process group with the SuperLink's SuperExec
+that started it (seen in flwr 1.41), and the test is of the coordinator's app dying, not of the SuperExec.
 """
 
 from __future__ import annotations

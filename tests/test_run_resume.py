@@ -87,6 +87,7 @@ def test_a_simulation_folder_is_not_resumed_by_run(tmp_path: Path) -> None:
         network_resume_config(folder, {})
 
 
+@pytest.mark.slow  # in-process CLI runs, DP-SGD rounds or processes: over 5 s on 2 cores
 def test_run_resume_refuses_a_changed_federation_file_or_option_naming_it(tmp_path: Path) -> None:
     """Refused before `flwr run` starts (no SuperLink here: reaching it would fail otherwise)."""
     federation = tmp_path / "federation.toml"
@@ -111,6 +112,7 @@ def test_every_request_names_our_run_id() -> None:
     assert read_run_id(SimpleNamespace(content=request_content(spec))) is None  # type: ignore[arg-type]
 
 
+@pytest.mark.slow  # in-process CLI runs, DP-SGD rounds or processes: over 5 s on 2 cores
 def test_a_partners_own_budget_is_counted_by_our_run_id_across_flower_runs(tmp_path: Path) -> None:
     """A resumed run is a new Flower run (a fresh node state): with a lifetime odometer the partner's node still
     counts the rounds it released to our run, and refuses the one past its own per-run budget; another run of
@@ -148,6 +150,7 @@ def test_a_partners_own_budget_is_counted_by_our_run_id_across_flower_runs(tmp_p
     assert ask(flower_run(3), "another", 1).array_records  # another run of ours: its own per-run budget
 
 
+@pytest.mark.slow  # in-process CLI runs, DP-SGD rounds or processes: over 5 s on 2 cores
 def test_ctrl_c_stops_the_flower_run_and_prints_the_resume_command(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
