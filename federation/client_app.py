@@ -56,6 +56,7 @@ from silobridge.federation.records import (
     arrays_record,
     config_of,
     read_layout,
+    read_run_id,
     read_spec,
     record_arrays,
     secagg_run_id,
@@ -186,7 +187,11 @@ Handler = Callable[[Request], RecordDict]
 
 
 def _odometer_run_id(req: Request) -> str:
-    return req.settings.run_id if req.settings is not None else f"flower-run-{req.context.run_id}"
+    """The run a release is charged to: ours (the ledger's run id, which a resumed run keeps), or Flower's run
+    where the request names none (a coordinator older than the run id in requests)."""
+    if req.settings is not None:
+        return req.settings.run_id
+    return read_run_id(req.message) or f"flower-run-{req.context.run_id}"
 
 
 def _manifest(req: Request) -> RecordDict:
@@ -212,19 +217,22 @@ def _train(req: Request) -> RecordDict:
     firm = req.firm
     instruction = TrainInstruction.from_config(config_of(req.message, INSTRUCTION), firm=firm.firm_id)
     weights = _weights(req.message)
-    # The firm's own budget, counted by the firm itself in this run's node state (record level).
+    # The firm's own budget, counted by the firm itself (record level): in this Flower run's node state, and,
+    # where the node keeps a lifetime odometer, by our run id in it, so that a resumed run (a new Flower run,
+    # a fresh node state) is counted against the same per-run budget.
     kinds = [kind for kind in weights if firm.trains(kind)]
     stored = req.context.state.config_records.get(OWN_SPEND)
     trained = {kind: int(count) for kind, count in (stored or {}).items()}  # type: ignore[call-overload]
+    odometer = node_odometer(firm.firm_id, req.settings, req.context.node_config)
+    run_id = _odometer_run_id(req)
+    if odometer is not None:
+        trained = {kind: max(trained.get(kind, 0), odometer.releases_in_run(kind, run_id)) for kind in kinds}
     stage = f"train round {instruction.round}"
     check_round(firm.spec.privacy, firm.budget_epsilon, trained, kinds, firm=firm.firm_id, stage=stage)
     # Across runs: the firm's lifetime odometer, charged before anything is released.
-    odometer = node_odometer(firm.firm_id, req.settings, req.context.node_config)
     if odometer is not None:
         release = f"round-{instruction.round}"
-        charge_lifetime(
-            odometer, firm.spec.privacy, kinds, run_id=_odometer_run_id(req), release_id=release, firm=firm.firm_id
-        )
+        charge_lifetime(odometer, firm.spec.privacy, kinds, run_id=run_id, release_id=release, firm=firm.firm_id)
     # Without DP the round carries test statistics of the received models: in the slots the server assigned.
     groups = None if firm.spec.privacy.enabled else _stat_groups(req)
     segments = firm.train_round(weights, instruction, _normaliser(req.message.content, req.firm.firm_id), groups)

@@ -220,7 +220,7 @@ class Federation:
         return self._sum(message_type, records, layout, nodes, stage)
 
     def _content(self, records: Records, layout: VectorLayout) -> RecordDict:
-        return request_content(self.spec, **records, **{LAYOUT: layout_record(layout)})
+        return request_content(self.spec, run_id=self.settings.run_id, **records, **{LAYOUT: layout_record(layout)})
 
     def _secure_sum(
         self,
@@ -275,7 +275,8 @@ class Federation:
         expected = len(self.settings.scenario.firms)
         self.observer.stage(f"waiting for {expected} firms")
         nodes = wait_for_nodes(self.grid, expected, timeout_s=self.settings.node_wait_s)
-        replies = self._send([(n, QUERY_MANIFEST, request_content(self.spec)) for n in nodes], "manifest")
+        manifest = request_content(self.spec, run_id=self.settings.run_id)
+        replies = self._send([(n, QUERY_MANIFEST, manifest) for n in nodes], "manifest")
         self._require(replies, "manifest")
         for (node, _), content in replies.ok.items():
             self.manifests[node] = FirmManifest.from_config(content.config_records[REPLY], firm=f"node {node}")

@@ -43,8 +43,18 @@ def record_arrays(record: ArrayRecord) -> OrderedDict[str, np.ndarray]:
     return OrderedDict((name, array.numpy()) for name, array in record.items())
 
 
-def request_content(spec: FederationSpec, **records: ArrayRecord | ConfigRecord) -> RecordDict:
-    return RecordDict({RUN: ConfigRecord({"spec": spec.model_dump_json()}), **records})
+def request_content(spec: FederationSpec, *, run_id: str = "", **records: ArrayRecord | ConfigRecord) -> RecordDict:
+    """A request: the federation spec, our run id (the ledger's, which a resumed run keeps while Flower's changes;
+    empty where none is named) and the stage's records."""
+    run = {"spec": spec.model_dump_json(), **({"run_id": run_id} if run_id else {})}
+    return RecordDict({RUN: ConfigRecord(run), **records})
+
+
+def read_run_id(message: Message) -> str | None:
+    """Our run id as the request names it (`request_content`); None if it names none."""
+    run = message.content.config_records.get(RUN)
+    text = str(run.get("run_id") or "") if run is not None else ""
+    return text or None
 
 
 def layout_record(layout: VectorLayout) -> ConfigRecord:

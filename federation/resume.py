@@ -22,9 +22,9 @@ a completed release is replayed from its checkpoint, never summed or charged aga
 them (the efficiency release) is not checkpointed; a ledger holding one beyond the checkpoint is refused,
 naming it, rather than charged again. Query sessions (`silobridge query --plan`) are checkpointed after every
 step the same way (`federation.query_resume`), a step's release standing where a round's does.
-`silobridge run` (the network path) has no
-`--resume` yet: the coordinator's side would be the same, but the partners' nodes keep per-run state (own
-budget, key agreement) that a fresh Flower run resets.
+`silobridge run --resume` (the network path) resumes through the same ServerApp code in a new Flower run
+(`RESUME_KEY` in its run config); secure aggregation starts afresh with it, and a partner's own per-run budget
+is counted by our run id in its lifetime odometer where it keeps one (`join --state`).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from silobridge.federation.checkpoint import (
 from silobridge.federation.ledger_signer import PER_RUN
 from silobridge.federation.privacy_report import LEDGER_FILE
 from silobridge.federation.rundir import CONFIG_FILE, RunDirectory, live_runs
+from silobridge.federation.settings import NODES
 from silobridge.privacy.ledger import PrivacyRun, Release
 from silobridge.privacy.ledger.keys import load_signing_key, save_signing_key
 
@@ -55,6 +56,7 @@ RUN_KEY_FILE = "ledger_signing_key.pem"  # a per-run ledger key, owner-only, for
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from silobridge.federation.settings import RunSettings
     from silobridge.privacy.ledger.run import LedgerState
 
 
@@ -203,16 +205,52 @@ class Checkpoints:
 
 
 def resume_command(folder: Path) -> str | None:
-    """The command that resumes the run kept in `folder` (a query session or a simulation); None if it holds
-    no checkpoint to resume from."""
+    """The command that resumes the run kept in `folder` (a query session, a simulation or a run over the
+    real federation); None if it holds no checkpoint to resume from."""
     if not (folder / CHECKPOINT_FILE).exists():
         return None
     try:
         recorded = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    command = "query" if isinstance(recorded, dict) and "queries" in recorded else "simulate"
+    if not isinstance(recorded, dict):
+        return None
+    network = (recorded.get("run_config") or {}).get("data") == NODES
+    if "queries" in recorded:
+        if network:
+            return None  # `query --network` has no --resume
+        command = "query"
+    else:
+        command = "run" if network else "simulate"
     return f"silobridge {command} --resume {folder}"
+
+
+def network_resume_config(run_dir: Path, given: Mapping[str, object]) -> dict[str, Any]:
+    """The run config `silobridge run --resume` sends: the recorded one, with the scenario's own rounds and
+    seed left to the federation file (the network run was started without overrides: parsed again as
+    overrides they would change 'set', and the run would differ from itself). `given` as for
+    `resume_run_config`; a folder that is not a run over the real federation is refused."""
+    run_config = resume_run_config(run_dir, given)
+    if run_config.get("data") != NODES:
+        raise ConfigError(
+            f"{run_dir} holds a simulation (data {run_config.get('data')!r}), not a run over the federation's "
+            "nodes: resume it with `silobridge simulate --resume`",
+            field="--resume",
+        )
+    return {**run_config, "num-rounds": 0, "seed": -1}
+
+
+def check_scenario_unchanged(run_dir: Path, settings: RunSettings) -> None:
+    """Refuse to resume when the scenario (or federation file) resolves differently now, naming the field."""
+    recorded = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8")).get("scenario")
+    changed = changed_scenario_field(recorded, settings.scenario.model_dump(mode="json"))
+    if changed is not None:
+        raise ConfigError(
+            f"the scenario's '{changed}' differs from the one the run started with (the scenario file or its "
+            "data changed since): a resumed run keeps every setting",
+            source=str(settings.scenario_path),
+            field=changed,
+        )
 
 
 def resume_run_config(run_dir: Path, given: Mapping[str, object]) -> dict[str, Any]:

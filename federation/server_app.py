@@ -35,7 +35,7 @@ from silobridge.federation.query_run import QueryJob, query_settings, serve_quer
 from silobridge.federation.resume import RUN_KEY_FILE, Checkpoints
 from silobridge.federation.rundir import CONFIG_FILE, SUMMARY_JSON, SUMMARY_MD, RunDirectory, live_runs
 from silobridge.federation.runner import run_federation
-from silobridge.federation.settings import QUERIES_KEY, RunSettings, settings_from_run_config
+from silobridge.federation.settings import QUERIES_KEY, RESUME_KEY, RunSettings, settings_from_run_config
 from silobridge.federation.summary import build_summary, summary_markdown
 from silobridge.privacy.dp import Budget
 from silobridge.privacy.ledger import PrivacyRun, config_hash, public_key_hex
@@ -236,8 +236,14 @@ def build_server_app(
             log.info("queries written to %s", queries.path)
             return
         settings = settings_from_run_config(config)
+        resume_dir = str(config.get(RESUME_KEY) or "")  # `silobridge run --resume`: the folder it checked
         result = run_server(
-            grid, settings, observer or LogObserver(), flower_run_id=context.run_id, resume=resume, cpus=cpus
+            grid,
+            settings,
+            observer or LogObserver(),
+            flower_run_id=context.run_id,
+            resume=resume if resume is not None else Path(resume_dir) if resume_dir else None,
+            cpus=cpus,
         )
         log.info("run written to %s", result.path)
         if on_result is not None:

@@ -56,6 +56,10 @@ QUERIES_KEY = "queries"
 """Run config `queries`: "" trains; otherwise the JSON of the analytics queries (and their budget) the ServerApp
 runs instead (`federation.query_run.QueryJob`). RunSettings does not hold it: only the ServerApp reads it."""
 
+RESUME_KEY = "resume-dir"
+"""Run config `resume-dir`: "" starts a run; otherwise the folder of an interrupted run over the real federation
+that the ServerApp continues (`silobridge run --resume`). RunSettings does not hold it: only the ServerApp reads it."""
+
 RUN_CONFIG_KEYS = (
     "scenario",
     "out-dir",
@@ -71,6 +75,7 @@ RUN_CONFIG_KEYS = (
     "state-dir",
     "lifetime-epsilon",
     QUERIES_KEY,
+    RESUME_KEY,
 )
 
 SIMULATED_SECONDS_PER_TURN = 30.0

@@ -7,20 +7,19 @@ result back directly.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from silobridge.errors import ConfigError, FederationError
+from silobridge.errors import FederationError
 from silobridge.federation.client_app import build_client_app
 from silobridge.federation.coordinator import RunObserver
 from silobridge.federation.firm_source import validate_pilot
 from silobridge.federation.launch import launch
 from silobridge.federation.ledger_signer import ledger_signer
 from silobridge.federation.preflight import preflight
-from silobridge.federation.resume import changed_scenario_field
-from silobridge.federation.rundir import CONFIG_FILE, RunDirectory
+from silobridge.federation.resume import check_scenario_unchanged
+from silobridge.federation.rundir import RunDirectory
 from silobridge.federation.server_app import RunResult, build_server_app
 from silobridge.federation.settings import settings_from_run_config
 
@@ -46,15 +45,7 @@ def simulate(
         RunDirectory(settings.out_dir, settings.run_id)  # an existing run, or an interrupted one, with this id
     else:
         rundir = RunDirectory.resume(resume)  # a completed run, or both of its folders
-        recorded = json.loads((resume / CONFIG_FILE).read_text(encoding="utf-8")).get("scenario")
-        changed = changed_scenario_field(recorded, settings.scenario.model_dump(mode="json"))
-        if changed is not None:
-            raise ConfigError(
-                f"the scenario's '{changed}' differs from the one the run started with (the scenario file or its "
-                "data changed since): a resumed run keeps every setting",
-                source=str(settings.scenario_path),
-                field=changed,
-            )
+        check_scenario_unchanged(resume, settings)
         resume = rundir.final if rundir.final.exists() else rundir.partial
     config = settings.to_run_config()  # pins the run id, so server and firms agree on it
     results: list[RunResult] = []

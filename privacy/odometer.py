@@ -148,6 +148,11 @@ class Odometer:
         account = self._state.accounts.get(dataset, Account.empty(SPEC)).compose(event)
         return account.epsilon(self.lifetime.delta)
 
+    def releases_in_run(self, dataset: str, run_id: str) -> int:
+        """How many releases of `dataset` the odometer charged to run `run_id`: a firm's own per-run count that
+        outlives a Flower run (a resumed run keeps its run id)."""
+        return self._state.runs.get(dataset, []).count(run_id)
+
     def datasets(self) -> list[DatasetSpend]:
         state = self._state
         return [

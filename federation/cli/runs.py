@@ -168,15 +168,26 @@ def simulate(
 
 @app.command("run")
 def run_federation_command(
-    config: Annotated[Path, typer.Argument(help="The federation file (firms, schema, training, privacy).")] = Path(
-        "federation.toml"
-    ),
-    out: Annotated[Path, typer.Option("--out", help="Folder that receives the run directory.")] = Path("runs"),
+    config: Annotated[
+        Path | None,
+        typer.Argument(help="The federation file (firms, schema, training, privacy); default federation.toml."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder that receives the run directory (default: runs).")
+    ] = None,
     run_id: Annotated[str | None, typer.Option(help="Name of the run directory.")] = None,
     ledger_key: Annotated[
         Path | None,
         typer.Option(
             "--ledger-key", help="The long-term ledger key whose public key the federation file names (keys --ledger)."
+        ),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            help="Continue the run in this folder (left by a crash or an interrupt) after its last completed round, "
+            "in a new Flower run on the same nodes, with the settings it started with (any other is refused).",
         ),
     ] = None,
 ) -> None:
@@ -189,7 +200,22 @@ def run_federation_command(
     from silobridge.federation.run_requests import network_run_config
 
     try:
-        result = run_federation(network_run_config(config, out, run_id=run_id, ledger_key=ledger_key))
+        if resume is None:
+            run_config = network_run_config(
+                config or Path("federation.toml"), out or Path("runs"), run_id=run_id, ledger_key=ledger_key
+            )
+        else:
+            from silobridge.federation.resume import network_resume_config
+
+            asked = network_run_config(config or Path("federation.toml"), out or Path("runs"), run_id=run_id)
+            given = {  # the settings named on the command line, as run-config keys
+                "scenario": asked["scenario"] if config is not None else None,
+                "out-dir": asked["out-dir"] if out is not None else None,
+                "run-id": run_id,
+                "ledger-key": str(ledger_key.resolve()) if ledger_key is not None else None,
+            }
+            run_config = network_resume_config(resume, {k: v for k, v in given.items() if v is not None})
+        result = run_federation(run_config, resume=resume)
     except SiloBridgeError as err:
         raise fail(err) from None
     print_summary(result.summary)

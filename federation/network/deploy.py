@@ -183,6 +183,11 @@ def run_command(app_dir: Path, run_config: Mapping[str, str | int], *, name: str
     return [flower_executable("flwr"), "run", str(app_dir), name, "--run-config", overrides, "--stream"]
 
 
+def stop_command(flower_run_id: int, *, name: str = CONNECTION) -> list[str]:
+    """`flwr stop` of a Flower run on the named SuperLink: its ServerApp is told to stop (at its next heartbeat)."""
+    return [flower_executable("flwr"), "stop", str(flower_run_id), name]
+
+
 def _toml_value(key: str, value: str | int) -> str:
     """A run-config value as Flower's `--run-config` parser reads it: quoted strings allow no escapes, so a
     string holding double quotes (the JSON of `queries`) goes in a TOML literal string ('...')."""
