@@ -330,4 +330,11 @@ def warm_node(node_config: Mapping[str, Any]) -> None:
     calls it once before it forks, so every task inherits them instead of rebuilding them per message."""
     federation = Path(str(node_config[NODE_FEDERATION])).expanduser()
     _file_spec(federation, calibrated=False)
-    node_firm(node_config, _file_spec(federation, calibrated=True), TRAIN)
+    firm = node_firm(node_config, _file_spec(federation, calibrated=True), TRAIN)
+    from silobridge.federation.odometer_glue import NODE_STATE_DIR
+
+    if str(node_config.get(NODE_STATE_DIR) or "") and firm.spec.privacy.enabled:
+        from silobridge.federation.odometer_charges import linear_release_event
+
+        for model in ("demand", "risk"):  # what a lifetime odometer charges a linear release: one more calibration
+            linear_release_event(firm.spec, model)

@@ -78,6 +78,7 @@ PRELOAD = (
     "silobridge.clients.query_answers",
     "silobridge.clients.query_answers.own_spend",
     "silobridge.federation.odometer_glue",
+    "silobridge.federation.odometer_charges",
 )
 """Everything a task imports: Flower's ClientApp runner (its FAB installer pulls in typer and tomli: 0.3 s under
 load) and what the ClientApp's handlers import (client_app.py imports them lazily, so that a fresh process for a
