@@ -193,7 +193,8 @@ def deploy_demand(
     """The firm's deployed demand forecaster: its local-only MLP unless a candidate (seasonal naive and the
     blends of the MLP with its best partner included) beats its validation WAPE by DEMAND_SWITCH_MARGIN
     (`keep_or_switch`) and, where the tail reached back to last year's season, also on the recent tail alone
-    (`confirms`); too few windows to validate, the linear fallback."""
+    (`confirms`), and then, under 3x the margin, hedged with the MLP (`hedge_weight`); too few windows to validate,
+    the linear fallback."""
     if firm.demand_split is None:
         raise ProtocolError("asked to deploy a demand model but the firm holds no demand data", firm=firm.firm_id)
     spec, train = firm.spec, firm.demand_split[0]
@@ -323,7 +324,8 @@ def deploy_risk(
 ) -> RiskDeployment:
     """The firm's deployed risk model (`choose_risk`): its local-only MLP (the baseline's recipe), unless a
     logistic one (local, global or shrunk toward the global) beats its validation log loss by
-    RISK_SWITCH_MARGIN, or its rows hold too few events to learn from and a global model exists."""
+    RISK_SWITCH_MARGIN, or its rows hold too few events to learn from and a global model exists. A validated switch
+    of a firm with RISK_HEDGE_EVENTS events or more deploys the average of both models' log-odds (`logit_blend`)."""
     x, y = risk_training(firm, norm)  # raises if the firm holds no risk data
     train = firm.risk_split[0]  # type: ignore[index]
 

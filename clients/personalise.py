@@ -16,7 +16,9 @@ partly luck, and a switch that validated slightly better can test worse; switchi
 (a model the firm did not build and cannot inspect), so a small validated gain does not pay for it.
 For the same reason the deployment (`clients.deploy`) lets only one linear candidate contend: the most
 shrunk toward the global model within one standard error of the best (`one_se_pick`), beside seasonal
-naive, the MLPs, and blends of the local-only MLP with that candidate (`blend`).
+naive, the MLPs, and blends of the local-only MLP with that candidate (`blend`). A switch won by a modest margin
+is hedged rather than made outright: demand by `hedge_weight` (firms whose history covers a season), risk by
+`logit_blend` (firms with RISK_HEDGE_EVENTS events or more).
 """
 
 from __future__ import annotations
