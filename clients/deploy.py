@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from silobridge.clients.normaliser import Normaliser
 from silobridge.clients.personalise import (
     BLEND_WEIGHTS,
     DEMAND_SWITCH_MARGIN,
+    HEDGE_FULL_AT,
+    RISK_HEDGE_EVENTS,
+    RISK_HEDGE_WEIGHT,
     SWITCH_STANDARD_ERRORS,
     Choice,
     blend,
@@ -42,8 +45,10 @@ from silobridge.clients.personalise import (
     clear_gain,
     confirms,
     demand_forecasts,
+    hedge_weight,
     keep_or_switch,
     linear_order,
+    logit_blend,
     one_se_pick,
     origin_errors,
     refit_candidate,
@@ -96,6 +101,7 @@ class Deployment:
     recent: dict[str, float] = field(default_factory=dict)  # the confirmation on the recent tail, where one ran
     blend_weight: float | None = None  # a blend's weight on the local-only MLP
     blend_partner: str | None = None  # a blend's other candidate
+    hedged_from: str | None = None  # the contender a hedged switch blended with the local-only MLP (`hedge_weight`)
 
 
 def _take(windows: DemandWindows, mask: np.ndarray) -> DemandWindows:
@@ -187,7 +193,8 @@ def deploy_demand(
     """The firm's deployed demand forecaster: its local-only MLP unless a candidate (seasonal naive and the
     blends of the MLP with its best partner included) beats its validation WAPE by DEMAND_SWITCH_MARGIN
     (`keep_or_switch`) and, where the tail reached back to last year's season, also on the recent tail alone
-    (`confirms`); too few windows to validate, the linear fallback."""
+    (`confirms`), and then, under 3x the margin, hedged with the MLP (`hedge_weight`); too few windows to validate,
+    the linear fallback."""
     if firm.demand_split is None:
         raise ProtocolError("asked to deploy a demand model but the firm holds no demand data", firm=firm.firm_id)
     spec, train = firm.spec, firm.demand_split[0]
@@ -241,6 +248,25 @@ def deploy_demand(
     reason = f"{lead}, over {DEMAND_SWITCH_MARGIN:.0%} below its local-only MLP's"
     if confirm:
         reason += f" (also on its {int(np.unique(train.origin[recent[1]]).size)} most recent)"  # type: ignore[index]
+    if confirm:  # its history covers a season: hedge a switch won by a modest margin (`hedge_weight`)
+        partner_name = validated.linear if pick.startswith("blend@") else pick
+        held = 1.0 - float(pick.split("@", 1)[1]) if pick.startswith("blend@") else 1.0
+        gain = 1.0 - scores[pick] / scores["local_mlp"]
+        weight = min(held, hedge_weight(gain, DEMAND_SWITCH_MARGIN))
+        if weight < held:
+            partner = _partner_forecaster(partner_name, firm, choice, linear_coef, global_mlp)  # type: ignore[arg-type]
+            local_weight = 1.0 - weight
+            reason += (
+                f"; {pick} won by {gain:.0%}, under {HEDGE_FULL_AT:g} x the margin, so hedged: {local_weight:g} x its "
+                f"local-only MLP + {weight:g} x {partner_name} (refitted on all its windows)"
+            )
+
+            def hedged(windows: DemandWindows) -> np.ndarray:
+                return blend(local_mlp(windows), partner(windows), local_weight)
+
+            return Deployment(
+                "blend", reason, hedged, None, scores, confirm, local_weight, partner_name, hedged_from=pick
+            )
     if pick.startswith("blend@"):
         weight = float(pick.split("@", 1)[1])
         partner_name = validated.linear
@@ -298,7 +324,8 @@ def deploy_risk(
 ) -> RiskDeployment:
     """The firm's deployed risk model (`choose_risk`): its local-only MLP (the baseline's recipe), unless a
     logistic one (local, global or shrunk toward the global) beats its validation log loss by
-    RISK_SWITCH_MARGIN, or its rows hold too few events to learn from and a global model exists."""
+    RISK_SWITCH_MARGIN, or its rows hold too few events to learn from and a global model exists. A validated switch
+    of a firm with RISK_HEDGE_EVENTS events or more deploys the average of both models' log-odds (`logit_blend`)."""
     x, y = risk_training(firm, norm)  # raises if the firm holds no risk data
     train = firm.risk_split[0]  # type: ignore[index]
 
@@ -314,6 +341,20 @@ def deploy_risk(
     coef = choice.coef if choice.coef is not None else global_coef
     if coef is None:
         raise ProtocolError("the firm has no risk model to deploy", firm=firm.firm_id)
+    events = int(np.sum(y == 1.0))
+    if "local_only" in choice.validation and events >= RISK_HEDGE_EVENTS:  # a validated switch from its own model
+        model, own = firm.local_risk_model(instruction)
+        weight, chosen = RISK_HEDGE_WEIGHT, coef
+
+        def hedged(features: np.ndarray) -> np.ndarray:
+            local = np.asarray(predict(model, own.apply(features), device=firm.device), dtype=float)
+            return logit_blend(local, risk_design(norm.apply(features)) @ chosen, weight)
+
+        why = (
+            f"{choice.reason}; hedged ({events} events, at least {RISK_HEDGE_EVENTS}): {weight:g} x its local-only "
+            f"model's log-odds + {1 - weight:g} x the chosen model's"
+        )
+        return RiskDeployment(replace(choice, reason=why, hedge=weight), hedged)
     return RiskDeployment(choice, _logistic(norm, coef))
 
 

@@ -107,6 +107,10 @@ def per_firm_row(
         row["test_events"] = int(np.sum(firm.risk_split[1].labels == 1.0))
     if getattr(choice, "recent", None):
         row["recent_validation"] = _rounded(choice.recent)
+    if getattr(choice, "hedged_from", None) is not None:
+        row["hedged_from"] = choice.hedged_from  # demand: the contender a hedged switch blended with its local-only MLP
+    if getattr(choice, "hedge", None) is not None:
+        row["hedge_weight"] = choice.hedge  # risk: the local-only model's log-odds weight in a hedged switch
     if getattr(choice, "blend_weight", None) is not None:
         row["blend_weight"] = choice.blend_weight  # on its local-only model; the rest on blend_partner
         row["blend_partner"] = choice.blend_partner

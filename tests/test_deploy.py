@@ -6,11 +6,18 @@ import math
 
 import numpy as np
 import pytest
+from scipy.special import expit
 
 import silobridge.clients.deploy as deploy
 from silobridge.clients.deploy import deploy_demand
-from silobridge.clients.linear import demand_design, ridge
-from silobridge.clients.personalise import DEMAND_SWITCH_MARGIN, validation_split
+from silobridge.clients.linear import demand_design, ridge, risk_design
+from silobridge.clients.personalise import (
+    DEMAND_SWITCH_MARGIN,
+    RISK_HEDGE_WEIGHT,
+    Choice,
+    logit_blend,
+    validation_split,
+)
 from silobridge.federation.coordinator import baseline_instruction
 from silobridge.federation.deployment import NO_BASELINE, NO_GLOBAL_RISK, deploy_all
 from silobridge.federation.firm_source import simulated_firm
@@ -143,3 +150,63 @@ def test_a_gain_within_the_paired_noise_keeps_the_local_only_model(monkeypatch: 
     kept = deploy_demand(firm, instruction, None)
     assert kept.validation["naive"] < (1 - DEMAND_SWITCH_MARGIN) * kept.validation["local_mlp"]
     assert kept.name == "local_mlp" and "standard error" in kept.reason
+
+
+def _scripted_switch(monkeypatch: pytest.MonkeyPatch, global_error: float, mlp_error: float):  # noqa: ANN202
+    """Every tail: the global linear model off by `global_error` and the local-only MLP by `mlp_error` on every
+    window (both high, so their blends lie between them), the other candidates far off."""
+
+    def linear(train, spec, global_coef, fit, tail):  # noqa: ANN001, ANN202
+        actual = train.actual[tail].astype(float)
+        return {"naive": 3.0 * actual, "local": 3.0 * actual, "global": (1.0 + global_error) * actual}
+
+    def mlp(firm, instruction, train, split, global_mlp):  # noqa: ANN001, ANN202
+        return {"local_mlp": (1.0 + mlp_error) * train.actual[split[1]].astype(float)}
+
+    monkeypatch.setattr(deploy, "tail_forecasts", linear)
+    monkeypatch.setattr(deploy, "_mlp_forecasts", mlp)
+
+
+def test_a_switch_won_by_a_modest_margin_is_hedged_with_the_local_only_mlp(monkeypatch: pytest.MonkeyPatch) -> None:
+    firm, _, _, norm = tiny_firm("")
+    instruction = baseline_instruction(settings_from_run_config({"scenario": str(TINY)}))
+    x, y = demand_design(firm.demand_split[0], firm.spec)
+    glob = ridge(x.T @ x, x.T @ y, firm.spec.linear.ridge)
+    _scripted_switch(monkeypatch, global_error=0.26, mlp_error=0.30)  # global 13% better: past the 10% margin only
+    (row,) = deploy_all([firm], {}, instruction, None, norm, {"demand": glob}).per_firm["demand"]
+    assert row["choice"] == "blend" and row["hedged_from"] == "global" and row["blend_partner"] == "global"
+    assert row["blend_weight"] == 0.75  # hedge_weight(0.133, 0.10) = 0.25 on the global model
+    assert "hedged: 0.75 x its local-only MLP + 0.25 x global" in row["reason"]
+
+
+def test_a_switch_won_by_a_wide_margin_is_deployed_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    firm, _, _, norm = tiny_firm("")
+    instruction = baseline_instruction(settings_from_run_config({"scenario": str(TINY)}))
+    x, y = demand_design(firm.demand_split[0], firm.spec)
+    glob = ridge(x.T @ x, x.T @ y, firm.spec.linear.ridge)
+    _scripted_switch(monkeypatch, global_error=0.10, mlp_error=0.30)  # 67% better: beyond 3 x the margin
+    (row,) = deploy_all([firm], {}, instruction, None, norm, {"demand": glob}).per_firm["demand"]
+    assert row["choice"] == "global_linear" and "hedged_from" not in row and "blend_weight" not in row
+
+
+def test_a_validated_risk_switch_of_a_firm_with_enough_events_is_hedged_in_log_odds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    firm, _, _, norm = tiny_firm("")
+    instruction = baseline_instruction(settings_from_run_config({"scenario": str(TINY)}))
+    x, y = deploy.risk_training(firm, norm)
+    events = int(y.sum())
+    coef = np.linspace(-0.5, 0.5, x.shape[1])
+    switched = Choice("global", coef, "lowest log loss", validation={"local_only": 0.3, "global": 0.2})
+    monkeypatch.setattr(deploy, "choose_risk", lambda *args, **kwargs: switched)
+    monkeypatch.setattr(deploy, "RISK_HEDGE_EVENTS", events)  # the tiny firm's rows hold this many events
+    deployed = deploy.deploy_risk(firm, norm, coef, instruction)
+    assert deployed.choice.hedge == RISK_HEDGE_WEIGHT and "hedged" in deployed.choice.reason
+    features = firm.risk_split[1].features
+    model, own = firm.local_risk_model(instruction)
+    local = np.asarray(deploy.predict(model, own.apply(features), device=firm.device), dtype=float)
+    chosen = risk_design(norm.apply(features)) @ coef
+    assert np.allclose(deployed.predict(features), logit_blend(local, chosen, RISK_HEDGE_WEIGHT))
+    monkeypatch.setattr(deploy, "RISK_HEDGE_EVENTS", events + 1)  # one event fewer than it asks: not hedged
+    alone = deploy.deploy_risk(firm, norm, coef, instruction)
+    assert alone.choice.hedge is None and np.allclose(alone.predict(features), expit(chosen))

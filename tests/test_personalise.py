@@ -22,8 +22,10 @@ from silobridge.clients.personalise import (
     confirms,
     demand_forecasts,
     demand_scores,
+    hedge_weight,
     keep_or_switch,
     linear_order,
+    logit_blend,
     one_se_pick,
     origin_errors,
     refit_candidate,
@@ -318,3 +320,27 @@ def test_one_se_pick_takes_the_most_shrunk_candidate_within_one_standard_error_o
     assert one_se_pick(errors, order) == "adapted@10"
     assert one_se_pick({"local": np.array([np.nan, 0.1])}, order) is None
     assert one_se_pick({}, order) is None
+
+
+def test_hedge_weight_grows_from_the_margin_to_full_at_times_it_rounded_up() -> None:
+    # margin 10%, full at 3 x: strength (gain - 0.1) / 0.2 rounded up to 0.25, 0.5, 0.75, 1
+    assert hedge_weight(0.10, 0.10) == 0.25  # just past the margin: a quarter on the contender
+    assert hedge_weight(0.135, 0.10) == 0.25  # seed 4's R1: 13.5% on its tail (strength 0.175)
+    assert hedge_weight(0.151, 0.10) == 0.5  # strength 0.255
+    assert hedge_weight(0.20, 0.10) == 0.5  # strength 0.5 exactly
+    assert hedge_weight(0.26, 0.10) == 1.0  # strength 0.8
+    assert hedge_weight(0.30, 0.10) == 1.0 and hedge_weight(0.9, 0.10) == 1.0
+    assert hedge_weight(0.15, 0.10, full_at=2.0) == 0.5  # strength 0.5 with full_at 2
+    with pytest.raises(ValueError, match="positive margin"):
+        hedge_weight(0.2, 0.0)
+    with pytest.raises(ValueError, match="full_at above 1"):
+        hedge_weight(0.2, 0.1, full_at=1.0)
+
+
+def test_logit_blend_averages_log_odds() -> None:
+    local, partner = np.array([0.0, 2.0, -4.0]), np.array([2.0, 2.0, 0.0])
+    assert np.allclose(logit_blend(local, partner, 0.5), 1 / (1 + np.exp(-np.array([1.0, 2.0, -2.0]))))
+    assert np.allclose(logit_blend(local, partner, 1.0), 1 / (1 + np.exp(-local)))
+    assert np.allclose(logit_blend(local, partner, 0.0), 1 / (1 + np.exp(-partner)))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        logit_blend(local, partner, 1.5)
