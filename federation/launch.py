@@ -26,6 +26,7 @@ from silobridge.errors import FederationError
 from silobridge.federation.resume import resume_command
 from silobridge.federation.rundir import live_runs
 from silobridge.federation.settings import quiet_accountant
+from silobridge.federation.sigint_probe import SignalProbe
 
 # The runtime would otherwise try to pip-install the app's dependencies, which fails offline.
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
@@ -202,9 +203,14 @@ def stop_on_interrupt() -> Iterator[None]:
         yield  # only the main thread receives signals
         return
     previous = signal.signal(signal.SIGINT, _interrupted)
+    probe = SignalProbe(signal.SIGINT)
+    probe.install()
+    live_runs.watch_interrupts(probe)  # the run's thread, failing because Ray's workers died, waits for us
     try:
         yield
     finally:
+        live_runs.watch_interrupts(None)
+        probe.uninstall()
         signal.signal(signal.SIGINT, previous)
 
 

@@ -512,6 +512,7 @@ def serve_queries(
                 observer.stage(f"query {plan.name}")
                 outcomes.append(engine.run(plan))
         except BaseException as err:
+            live_runs.yield_to_interrupt()  # a pending Ctrl-C's handler closes the ledger as interrupted instead
             if ledger is not None:
                 ledger.close(f"aborted: {type(err).__name__}: {err}")
             raise

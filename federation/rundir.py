@@ -15,7 +15,7 @@ import json
 import shutil
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -163,6 +163,10 @@ class RunDirectory:
         return self.final
 
 
+INTERRUPT_GRACE_S = 60.0
+"""How long a failing run's thread waits for a pending Ctrl-C's handler (which ends the process at once)."""
+
+
 class LiveRuns:
     """The run this process is writing (at most one), so that an interrupt handler can close it properly."""
 
@@ -170,6 +174,8 @@ class LiveRuns:
         self._lock = threading.Lock()
         self._rundir: RunDirectory | None = None
         self._ledger: PrivacyRun | None = None
+        self._interrupt_pending: Callable[[], bool] | None = None
+        self.grace_s = INTERRUPT_GRACE_S
 
     @contextmanager
     def hold(self, rundir: RunDirectory) -> Iterator[RunDirectory]:
@@ -177,6 +183,9 @@ class LiveRuns:
             self._rundir, self._ledger = rundir, None
         try:
             yield rundir
+        except BaseException:
+            self.yield_to_interrupt()
+            raise
         finally:
             with self._lock:
                 if self._rundir is rundir:
@@ -190,6 +199,20 @@ class LiveRuns:
     def current(self) -> tuple[RunDirectory | None, PrivacyRun | None]:
         with self._lock:
             return self._rundir, self._ledger
+
+    def watch_interrupts(self, pending: Callable[[], bool] | None) -> None:
+        """Set by the launcher that handles Ctrl-C: tells whether one arrived whose handler may not have run."""
+        self._interrupt_pending = pending
+
+    def yield_to_interrupt(self) -> None:
+        """Called by a failing run's thread before it closes anything: if Ctrl-C arrived (its SIGINT also
+        killed the Ray workers, which is likely why the run failed), wait for the main thread's handler,
+        which closes the ledger as interrupted, keeps the folder and ends the process. Without a pending
+        Ctrl-C, or past the grace period, it returns and the failure takes its normal course."""
+        pending = self._interrupt_pending
+        if pending is None or threading.current_thread() is threading.main_thread() or not pending():
+            return
+        threading.Event().wait(self.grace_s)
 
 
 live_runs = LiveRuns()

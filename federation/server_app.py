@@ -199,6 +199,7 @@ class _LedgerOpener:
         if self.ledger is None or self.ledger.closed:
             return
         if exc_type is not None:
+            live_runs.yield_to_interrupt()  # a pending Ctrl-C's handler closes it as interrupted instead
             self.ledger.close(f"aborted: {exc_type.__name__}: {exc}")
         else:
             self.ledger.close("completed" if self.stopped is None else f"stopped early: {self.stopped}")
