@@ -219,9 +219,7 @@ def resume_command(folder: Path) -> str | None:
         return None
     network = (recorded.get("run_config") or {}).get("data") == NODES
     if "queries" in recorded:
-        if network:
-            return None  # `query --network` has no --resume
-        command = "query"
+        command = "query --network" if network else "query"
     else:
         command = "run" if network else "simulate"
     return f"silobridge {command} --resume {folder}"
