@@ -86,25 +86,52 @@ def check_round(
             )
 
 
+def already_charged(odometer: Odometer, privacy: PrivacySpec, kinds: list[str], run_id: str, release_id: str) -> bool:
+    """Whether the odometer holds this training round already, charged to each of `kinds` (a redone round)."""
+    if not privacy.enabled or privacy.unit != "record" or not kinds:
+        return False
+    return odometer.holds(sorted(kinds), round_event(privacy), run_id=run_id, release_id=release_id)
+
+
 def charge_lifetime(
-    odometer: Odometer, privacy: PrivacySpec, kinds: list[str], *, run_id: str, release_id: str, firm: str
+    odometer: Odometer,
+    privacy: PrivacySpec,
+    kinds: list[str],
+    *,
+    run_id: str,
+    release_id: str,
+    firm: str,
+    repeatable: bool = False,
 ) -> None:
     """Charge one training round (DP-SGD on each of `kinds`) to the firm's lifetime odometer before it releases
     anything; see `charge_release`."""
     if not privacy.enabled or not kinds:
         return
-    charge_release(odometer, privacy.unit, kinds, round_event(privacy), run_id=run_id, release_id=release_id, firm=firm)
+    event = round_event(privacy)
+    charge_release(
+        odometer, privacy.unit, kinds, event, run_id=run_id, release_id=release_id, firm=firm, repeatable=repeatable
+    )
 
 
 def charge_release(
-    odometer: Odometer, unit: str, datasets: list[str], event: dpa.DpEvent, *, run_id: str, release_id: str, firm: str
+    odometer: Odometer,
+    unit: str,
+    datasets: list[str],
+    event: dpa.DpEvent,
+    *,
+    run_id: str,
+    release_id: str,
+    firm: str,
+    repeatable: bool = False,
 ) -> None:
     """Charge one record-level release of `event` on each of `datasets` to the lifetime odometer.
 
     Refuses (BudgetExhausted, charging nothing) a release that would take one of them past the lifetime
     budget, whichever run asks. The firm computes `event` itself from the federation's spec, never from a
     figure the coordinator sends. A firm-level spend depends on what only the coordinator knows (its noise
-    and sample of firms), so a node that keeps an odometer takes no part in one.
+    and sample of firms), so a node that keeps an odometer takes no part in one. `repeatable`: the release is
+    the same bits whenever it is asked again under `release_id` (the firm's own noise seed fixes its noise and
+    rounding, and the id names what it is computed from), so a repeat already charged is not charged again.
     """
     if unit != "record":
         raise ProtocolError(
@@ -113,4 +140,4 @@ def charge_release(
             firm=firm,
             stage=release_id,
         )
-    odometer.charge(sorted(datasets), event, run_id=run_id, release_id=release_id)
+    odometer.charge(sorted(datasets), event, run_id=run_id, release_id=release_id, repeatable=repeatable)
