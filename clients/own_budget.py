@@ -11,7 +11,7 @@ coordinator never asks for such a round: it charges the same events (and possibl
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import dp_accounting as dpa
 from dp_accounting import NeighboringRelation
@@ -84,6 +84,48 @@ def check_round(
                 firm=firm,
                 stage=stage,
             )
+
+
+OWN_LINEAR_SPEND = "silobridge.own_linear_spend"
+"""Node state (per Flower run): how many linear-family releases the firm made on each data set."""
+
+
+def check_release(
+    privacy: PrivacySpec,
+    budget_epsilon: float | None,
+    spent: Sequence[dpa.DpEvent],
+    event: dpa.DpEvent,
+    *,
+    dataset: str,
+    firm: str,
+    stage: str,
+) -> None:
+    """Refuse (before computing anything) a release of `event` on `dataset` that would take it past the firm's
+    own per-run budget, `spent` being the events this run already released on it (rounds and releases alike).
+
+    As for rounds: nothing to check without an own budget or outside record-level DP. The firm derives every
+    event from the federation's spec, and composes them with the run's accountant, as the ledger does.
+    """
+    if budget_epsilon is None or not privacy.enabled or privacy.unit != "record":
+        return
+    spec = AccountingSpec(
+        kind=AccountantKind(privacy.accountant), relation=NeighboringRelation.ADD_OR_REMOVE_ONE, unit=PrivacyUnit.RECORD
+    )
+    after = epsilon([*spent, event], privacy.delta, spec)
+    if after > budget_epsilon:
+        before = epsilon(list(spent), privacy.delta, spec) if spent else 0.0
+        raise ProtocolError(
+            f"refused: {stage} would take this firm's {dataset} data to epsilon {after:.4g} (spent {before:.4g} in "
+            f"{len(spent)} releases of this run), over its own budget {budget_epsilon:g} at delta {privacy.delta:g}",
+            firm=firm,
+            stage=stage,
+        )
+
+
+def run_events(privacy: PrivacySpec, rounds: int, releases: int, release: dpa.DpEvent) -> list[dpa.DpEvent]:
+    """What a run has released on one data set, from a node's own counts: `rounds` DP-SGD rounds, then
+    `releases` linear-family releases of `release`."""
+    return [*([round_event(privacy)] * rounds if rounds > 0 else []), *([release] * releases)]
 
 
 def already_charged(odometer: Odometer, privacy: PrivacySpec, kinds: list[str], run_id: str, release_id: str) -> bool:

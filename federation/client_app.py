@@ -264,7 +264,7 @@ def _train(req: Request) -> RecordDict:
 def _repeatable(req: Request) -> bool:
     """Whether the firm's releases repeat bit for bit when asked again on the same inputs: its own noise seed
     fixes its DP-SGD noise and its rounding into the secure sum (`clients.secure_sum.rounding_seed`)."""
-    return req.firm.noise_seed is not None
+    return getattr(req.firm, "noise_seed", None) is not None  # a FirmClient's own seed; FirmFiles hold none
 
 
 def _inputs_digest(req: Request, config_key: str) -> str:
@@ -334,25 +334,20 @@ def _efficiency(req: Request) -> RecordDict:
 
 
 def _linear(req: Request) -> RecordDict:
-    """The firm's clipped sufficient statistics of one linear-family model, into the secure sum."""
+    """The firm's clipped sufficient statistics of one linear-family model, into the secure sum.
+
+    Under record-level DP the firm counts the release against its own per-run budget (with the run's rounds and
+    earlier releases on the same data set) and refuses past it, as it does a round or a query step."""
     from silobridge.clients.deploy import demand_statistics, risk_statistics
-    from silobridge.federation.odometer_charges import charge_linear
-    from silobridge.federation.odometer_glue import node_odometer
 
     firm = req.firm
     model = str(config_of(req.message, LINEAR_REQUEST).get("model"))
-    odometer = node_odometer(firm.firm_id, req.settings, req.context.node_config)
     if model == "demand":
-        charge_linear(
-            odometer,
-            firm.spec,
-            model,
-            run_id=_odometer_run_id(req),
-            release_id="linear/demand",  # computed from the firm's data alone
-            firm=firm.firm_id,
-            repeatable=_repeatable(req),
-        )
-        return _release(req, {LINEAR_SEGMENT: demand_statistics(firm)}, release="linear/demand")
+        release = "linear/demand"  # computed from the firm's data alone
+        repeat = _linear_admitted(req, model, release)
+        reply = _release(req, {LINEAR_SEGMENT: demand_statistics(firm)}, release=release)
+        _count_linear(req, model, repeat)
+        return reply
     if model != "risk":
         raise ProtocolError(
             f"a linear-family request names model {model!r}, expected 'demand' or 'risk'", firm=firm.firm_id
@@ -363,16 +358,59 @@ def _linear(req: Request) -> RecordDict:
     coef = np.asarray(arrays_of(req.message, LINEAR_COEF)["coef"], dtype=float)
     at = hashlib.sha256(coef.tobytes()).hexdigest()[:16]  # a Newton step is named by where it stands
     release = f"linear/risk@{at}"
-    charge_linear(
-        odometer,
-        firm.spec,
-        model,
-        run_id=_odometer_run_id(req),
-        release_id=release,
-        firm=firm.firm_id,
-        repeatable=_repeatable(req),
+    repeat = _linear_admitted(req, model, release)
+    reply = _release(req, {LINEAR_SEGMENT: risk_statistics(firm, norm, coef)}, release=release)
+    _count_linear(req, model, repeat)
+    return reply
+
+
+def _linear_admitted(req: Request, model: str, release: str) -> bool:
+    """Check a linear release against the firm's own per-run budget, then charge its lifetime odometer; True if
+    it repeats one already charged (a resumed run redoing it), which is neither checked nor charged again."""
+    from silobridge.clients.own_budget import OWN_LINEAR_SPEND, check_release, run_events
+    from silobridge.federation.odometer_charges import LINEAR_DATASETS, charge_linear, linear_release_event
+    from silobridge.federation.odometer_glue import node_odometer
+
+    firm = req.firm
+    if model not in LINEAR_DATASETS:
+        raise ProtocolError(
+            f"a linear-family request names model {model!r}, expected 'demand' or 'risk'", firm=firm.firm_id
+        )
+    odometer = node_odometer(firm.firm_id, req.settings, req.context.node_config)
+    privacy, dataset, run_id = firm.spec.privacy, LINEAR_DATASETS[model], _odometer_run_id(req)
+    if not privacy.enabled:
+        return False
+    event = linear_release_event(firm.spec, model)
+    repeat = (
+        odometer is not None
+        and _repeatable(req)
+        and odometer.holds([dataset], event, run_id=run_id, release_id=release)
     )
-    return _release(req, {LINEAR_SEGMENT: risk_statistics(firm, norm, coef)}, release=release)
+    if not repeat and firm.budget_epsilon is not None:
+        if odometer is not None:  # every release of this run on the data set, across Flower runs of it
+            spent = odometer.events_in_run(dataset, run_id)
+        else:  # this Flower run's own counts
+            state = req.context.state.config_records
+            rounds = int((state.get(OWN_SPEND) or {}).get(model, 0))  # type: ignore[call-overload]
+            releases = int((state.get(OWN_LINEAR_SPEND) or {}).get(model, 0))  # type: ignore[call-overload]
+            spent = run_events(privacy, rounds, releases, event)
+        check_release(
+            privacy, firm.budget_epsilon, spent, event, dataset=dataset, firm=firm.firm_id, stage=f"release {release}"
+        )
+    charge_linear(
+        odometer, firm.spec, model, run_id=run_id, release_id=release, firm=firm.firm_id, repeatable=_repeatable(req)
+    )
+    return repeat
+
+
+def _count_linear(req: Request, model: str, repeat: bool) -> None:
+    """Counted in this Flower run's node state once the release has left (a repeat counts once)."""
+    from silobridge.clients.own_budget import OWN_LINEAR_SPEND
+
+    state = req.context.state.config_records
+    counts = {key: int(value) for key, value in (state.get(OWN_LINEAR_SPEND) or {}).items()}  # type: ignore[call-overload]
+    counts[model] = counts.get(model, 0) + (not repeat)
+    state[OWN_LINEAR_SPEND] = ConfigRecord(counts)
 
 
 def _secagg_stage(stage: str) -> Handler:

@@ -80,6 +80,7 @@ class _State:
     releases: dict[str, int]
     runs: dict[str, list[str]]
     charged: set[tuple[str, str, str, str]] = field(default_factory=set)  # (data set, run, release, event JSON)
+    run_events: dict[tuple[str, str], list[dpa.DpEvent]] = field(default_factory=dict)  # by (data set, run)
 
 
 class Odometer:
@@ -163,6 +164,11 @@ class Odometer:
         key = _event_key(event)
         return bool(datasets) and all((d, run_id, release_id, key) in self._state.charged for d in datasets)
 
+    def events_in_run(self, dataset: str, run_id: str) -> list[dpa.DpEvent]:
+        """Every event charged to `dataset` for run `run_id` (rounds, linear releases, ...), in order: what the
+        firm's own per-run budget composes, across Flower runs of one run of ours."""
+        return list(self._state.run_events.get((dataset, run_id), []))
+
     def datasets(self) -> list[DatasetSpend]:
         state = self._state
         return [
@@ -239,6 +245,7 @@ def _apply(state: _State, dataset: str, event: dpa.DpEvent, run_id: str, release
     state.releases[dataset] = state.releases.get(dataset, 0) + 1
     state.runs.setdefault(dataset, []).append(run_id)
     state.charged.add((dataset, run_id, release_id, _event_key(event)))
+    state.run_events.setdefault((dataset, run_id), []).append(event)
 
 
 def _write_head(folder: Path, key: Ed25519PrivateKey, entries: int, last: str) -> None:
