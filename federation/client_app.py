@@ -231,9 +231,9 @@ def _train(req: Request) -> RecordDict:
     run_id = _odometer_run_id(req)
     # A redone round (a resumed run whose sum never completed) on the same models, with the firm's own noise
     # seed, is the very release already charged: admitted and charged once (`Odometer.charge(repeatable=...)`).
-    release = f"round-{instruction.round}@{_inputs_digest(req, INSTRUCTION)}"
-    repeat = False
+    release, repeat = f"round-{instruction.round}", False
     if odometer is not None:
+        release = f"{release}@{_inputs_digest(req, INSTRUCTION)}"
         trained = {kind: max(trained.get(kind, 0), odometer.releases_in_run(kind, run_id)) for kind in kinds}
         repeat = _repeatable(req) and already_charged(odometer, firm.spec.privacy, kinds, run_id, release)
     stage = f"train round {instruction.round}"
@@ -327,7 +327,7 @@ def _efficiency(req: Request) -> RecordDict:
         req.firm.spec,
         run_id=_odometer_run_id(req),
         firm=req.firm.firm_id,
-        models=_inputs_digest(req, INSTRUCTION),
+        models=_inputs_digest(req, INSTRUCTION) if odometer is not None else "",
         repeatable=_repeatable(req),
     )
     return _release(req, req.firm.efficiency_release(weights["demand"], instruction, _groups(req)))
