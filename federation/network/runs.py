@@ -182,6 +182,7 @@ def report_interrupted(out_dir: Path, run_id: str, *, wait_s: float = STOP_WAIT_
     lines = [f"run directory: {kept}" + ("" if kept == final else " (its ServerApp had not stopped yet)")]
     command = resume_command(kept)
     if command is not None:
-        lines.append(f"resume it after its last completed round with: {command}")
+        done = "step" if command.startswith("silobridge query") else "round"
+        lines.append(f"resume it after its last completed {done} with: {command}")
     lines.append(f"check its ledger with: silobridge audit {kept}")
     sys.stderr.write("interrupted: " + "\n".join(lines) + "\n")
