@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_resume_kill                 # 20 points on tests/scenarios/trio.toml, 2 rounds
     python -m benchmarks.bench_resume_kill --points 4 --jobs 1 --name resume_kill_quick
+    python -m benchmarks.bench_resume_kill --only 1,4 --jobs 1 --name resume_kill_again   # points 1 and 4 of the 20
 
 Issue 19's test at full size (the test suite does two points, tests/test_resume_run.py). Two model families,
 each with its uninterrupted reference run: the MLP (FedAvg rounds of DP-SGD) and the linear family (one
@@ -52,6 +53,7 @@ COLUMNS = [
     "kill_after",
     "tear",
     "killed",
+    "first_exit",
     "killed_audit",
     "resumes",
     "completed",
@@ -173,7 +175,8 @@ def run_point(number: int, point: dict[str, Any], common: list[str], out: Path, 
         ledger=partial / LEDGER,
     )
     killed = status == -9
-    row: dict[str, Any] = {"point": number, **point, "killed": killed}
+    # the first run's exit status: -9 killed (at its crash point or timed kill), 124 hung past the limit
+    row: dict[str, Any] = {"point": number, **point, "killed": killed, "first_exit": status}
     folder = partial if partial.exists() else final
     if killed and point.get("tear") and (folder / LEDGER).exists():
         _tear(folder / LEDGER)
@@ -215,7 +218,13 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="points run side by side")
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench_resume_kill"))
     parser.add_argument("--name", default="resume_kill")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated point numbers of the --points drawn with --seed (e.g. 1,4): run only those",
+    )
     options = parser.parse_args()
+    only = {int(number) for number in options.only.split(",") if number.strip()}
     out = options.out.resolve()
     common = [str(TRIO), "--rounds", str(ROUNDS), "--noise-seed", "5", "--baselines", "none", "--out", str(out)]
     started = time.monotonic()
@@ -230,7 +239,12 @@ def main() -> None:
         )
     if any(code != 0 for code in status.values()):
         raise SystemExit(f"an uninterrupted run failed: {status}")
-    chosen = points(options.points, options.seed)
+    chosen = list(enumerate(points(options.points, options.seed), start=1))
+    if only:
+        unknown = sorted(only - {number for number, _ in chosen})
+        if unknown:
+            raise SystemExit(f"--only names points {unknown}, not among the {options.points} drawn")
+        chosen = [(number, point) for number, point in chosen if number in only]
     rows: list[dict[str, Any]] = []
     lock = threading.Lock()
     parameters = {
@@ -242,6 +256,7 @@ def main() -> None:
         "noise_seed": 5,
         "baselines": "none",
         "jobs": options.jobs,
+        "only": sorted(only) or "all",
     }
 
     def one(item: tuple[int, dict[str, Any]]) -> dict[str, Any]:
@@ -255,7 +270,7 @@ def main() -> None:
         return row
 
     with ThreadPoolExecutor(options.jobs) as pool:
-        list(pool.map(one, enumerate(chosen, start=1)))
+        list(pool.map(one, chosen))
     write_results(options.name, parameters=parameters, rows=rows, columns=COLUMNS, notes=_notes(rows, started))
     if not all(_ok(r) for r in rows):
         raise SystemExit(1)

@@ -13,12 +13,12 @@ round that the resumed run finishes by recording whichever of its releases the l
 (`federation.resume`): the round's release is charged once, and the models it charged are the ones
 the run continues from. The linear family's releases are checkpointed the same way, each with its released
 vector and the noise generator's state (`federation.linear_resume`), and so are a query session's steps
-(`federation.query_resume`). Nothing else random needs saving: the
-firms' DP-SGD noise and their stochastic rounding into the secure sum are derived from their own seed and
-the round (`clients.secure_sum.rounding_seed`), the secure sum's result does not depend on its masks (a
-resumed run starts a fresh key-agreement session), and the central mechanism's noise is fresh OS entropy by
-design. With the firms' seeds fixed (`--noise-seed`) a resumed run's models equal an uninterrupted run's bit
-for bit.
+(`federation.query_resume`) and the DP efficiency release (`federation.efficiency_resume`). Nothing else
+random needs saving: the firms' DP-SGD noise and their stochastic rounding into the secure sum are derived
+from their own seed and the round (`clients.secure_sum.rounding_seed`), the secure sum's result does not
+depend on its masks (a resumed run starts a fresh key-agreement session), and the central mechanism's noise
+is fresh OS entropy by design. With the firms' seeds fixed (`--noise-seed`) a resumed run's models equal an
+uninterrupted run's bit for bit.
 """
 
 from __future__ import annotations
@@ -68,11 +68,16 @@ class Checkpoint:
     # a query session's progress (`federation.query_resume`): each completed step's report, in the order of
     # `released` (its released vector, by release id), and the noise generator's state after the last
     queries: dict[str, Any] | None = None
+    # the DP efficiency release, the run's last (`federation.efficiency_resume`): which firms' sums it holds
+    # (JSON), and its released (noised) vectors, 'before' and 'after'
+    efficiency: dict[str, Any] | None = None
+    efficiency_released: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
-    def position(self) -> tuple[int, int]:
-        """Where the run stands: FedAvg rounds done, then linear-family releases done."""
-        return self.round, len(self.released)
+    def position(self) -> tuple[int, int, int]:
+        """Where the run stands: FedAvg rounds done, then linear-family releases done, then the efficiency
+        release (1 once done)."""
+        return self.round, len(self.released), int(self.efficiency is not None)
 
 
 def write_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
@@ -85,6 +90,8 @@ def write_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
             arrays[f"{kind}.{index}"] = np.asarray(value)
     for index, value in enumerate(checkpoint.released.values()):
         arrays[f"released.{index}"] = np.asarray(value)
+    for name, value in checkpoint.efficiency_released.items():
+        arrays[f"efficiency.{name}"] = np.asarray(value)
     meta = {
         "format": FORMAT,
         "round": checkpoint.round,
@@ -100,6 +107,8 @@ def write_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
         "linear": checkpoint.linear,
         "released": list(checkpoint.released),
         "queries": checkpoint.queries,
+        "efficiency": checkpoint.efficiency,
+        "efficiency_released": list(checkpoint.efficiency_released),
     }
     arrays[_META] = np.array(json.dumps(meta, default=_json_default))
     temporary = path.with_name(f".{path.name}.tmp")
@@ -123,6 +132,9 @@ def read_checkpoint(path: Path) -> Checkpoint:
                 for kind, names in meta["parameters"].items()
             }
             released = {name: data[f"released.{index}"].copy() for index, name in enumerate(meta["released"])}
+            efficiency_released = {
+                name: data[f"efficiency.{name}"].copy() for name in meta.get("efficiency_released", [])
+            }
     except (OSError, ValueError, KeyError) as err:
         raise ConfigError(f"unreadable checkpoint: {err}", source=str(path)) from None
     return Checkpoint(
@@ -139,6 +151,8 @@ def read_checkpoint(path: Path) -> Checkpoint:
         linear=meta["linear"],
         released=released,
         queries=meta.get("queries"),
+        efficiency=meta.get("efficiency"),
+        efficiency_released=efficiency_released,
     )
 
 

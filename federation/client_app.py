@@ -211,7 +211,11 @@ def _baselines(req: Request) -> RecordDict:
 
 
 def _train(req: Request) -> RecordDict:
-    from silobridge.clients.own_budget import charge_lifetime, check_round  # dp-accounting: only where a firm trains
+    from silobridge.clients.own_budget import (  # dp-accounting: only where a firm trains
+        already_charged,
+        charge_lifetime,
+        check_round,
+    )
     from silobridge.federation.odometer_glue import node_odometer
 
     firm = req.firm
@@ -225,23 +229,53 @@ def _train(req: Request) -> RecordDict:
     trained = {kind: int(count) for kind, count in (stored or {}).items()}  # type: ignore[call-overload]
     odometer = node_odometer(firm.firm_id, req.settings, req.context.node_config)
     run_id = _odometer_run_id(req)
+    # A redone round (a resumed run whose sum never completed) on the same models, with the firm's own noise
+    # seed, is the very release already charged: admitted and charged once (`Odometer.charge(repeatable=...)`).
+    release, repeat = f"round-{instruction.round}", False
     if odometer is not None:
+        release = f"{release}@{_inputs_digest(req, INSTRUCTION)}"
         trained = {kind: max(trained.get(kind, 0), odometer.releases_in_run(kind, run_id)) for kind in kinds}
+        repeat = _repeatable(req) and already_charged(odometer, firm.spec.privacy, kinds, run_id, release)
     stage = f"train round {instruction.round}"
-    check_round(firm.spec.privacy, firm.budget_epsilon, trained, kinds, firm=firm.firm_id, stage=stage)
+    if not repeat:
+        check_round(firm.spec.privacy, firm.budget_epsilon, trained, kinds, firm=firm.firm_id, stage=stage)
     # Across runs: the firm's lifetime odometer, charged before anything is released.
     if odometer is not None:
-        release = f"round-{instruction.round}"
-        charge_lifetime(odometer, firm.spec.privacy, kinds, run_id=run_id, release_id=release, firm=firm.firm_id)
+        charge_lifetime(
+            odometer,
+            firm.spec.privacy,
+            kinds,
+            run_id=run_id,
+            release_id=release,
+            firm=firm.firm_id,
+            repeatable=_repeatable(req),
+        )
     # Without DP the round carries test statistics of the received models: in the slots the server assigned.
     groups = None if firm.spec.privacy.enabled else _stat_groups(req)
     segments = firm.train_round(weights, instruction, _normaliser(req.message.content, req.firm.firm_id), groups)
     reply = _release(req, segments, release=f"round-{instruction.round}")
     # Counted once the release has left (a firm that vanished before masking released nothing).
     req.context.state.config_records[OWN_SPEND] = ConfigRecord(
-        {kind: trained.get(kind, 0) + (kind in kinds) for kind in sorted({*trained, *kinds})}
+        {kind: trained.get(kind, 0) + (kind in kinds and not repeat) for kind in sorted({*trained, *kinds})}
     )
     return reply
+
+
+def _repeatable(req: Request) -> bool:
+    """Whether the firm's releases repeat bit for bit when asked again on the same inputs: its own noise seed
+    fixes its DP-SGD noise and its rounding into the secure sum (`clients.secure_sum.rounding_seed`)."""
+    return getattr(req.firm, "noise_seed", None) is not None  # a FirmClient's own seed; FirmFiles hold none
+
+
+def _inputs_digest(req: Request, config_key: str) -> str:
+    """What a release is computed from (every array the request carries, its instruction): names the release
+    in the odometer, so that only a true repeat is found there."""
+    from silobridge.federation.odometer_charges import request_digest
+
+    content = req.message.content
+    arrays = {name: record_arrays(content.array_records[name]) for name in content.array_records}
+    config = dict(content.config_records[config_key]) if config_key in content.config_records else {}
+    return request_digest(arrays, config)
 
 
 def _evaluate(req: Request) -> RecordDict:
@@ -266,7 +300,7 @@ def _analytics(req: Request) -> RecordDict:
     answered = [float(z) for z in (stored or {}).get("multipliers", [])]  # type: ignore[union-attr]
     check_step(step, req.firm.budget_epsilon, answered, firm=req.firm.firm_id)
     odometer = node_odometer(req.firm.firm_id, req.settings, req.context.node_config)
-    charge_query_step(odometer, step, run_id=_odometer_run_id(req), firm=req.firm.firm_id)
+    charge_query_step(odometer, step, run_id=_odometer_run_id(req), firm=req.firm.firm_id, repeatable=_repeatable(req))
     answer = answer_step(step, req.firm.data)
     # the step as sent names the release: a resumed session that redoes it rounds it as it was rounded
     reply = _release(
@@ -288,24 +322,32 @@ def _efficiency(req: Request) -> RecordDict:
     if "demand" not in weights:
         raise ProtocolError("the efficiency release needs the federated demand model", firm=req.firm.firm_id)
     odometer = node_odometer(req.firm.firm_id, req.settings, req.context.node_config)
-    charge_efficiency(odometer, req.firm.spec, run_id=_odometer_run_id(req), firm=req.firm.firm_id)
+    charge_efficiency(
+        odometer,
+        req.firm.spec,
+        run_id=_odometer_run_id(req),
+        firm=req.firm.firm_id,
+        models=_inputs_digest(req, INSTRUCTION) if odometer is not None else "",
+        repeatable=_repeatable(req),
+    )
     return _release(req, req.firm.efficiency_release(weights["demand"], instruction, _groups(req)))
 
 
 def _linear(req: Request) -> RecordDict:
-    """The firm's clipped sufficient statistics of one linear-family model, into the secure sum."""
+    """The firm's clipped sufficient statistics of one linear-family model, into the secure sum.
+
+    Under record-level DP the firm counts the release against its own per-run budget (with the run's rounds and
+    earlier releases on the same data set) and refuses past it, as it does a round or a query step."""
     from silobridge.clients.deploy import demand_statistics, risk_statistics
-    from silobridge.federation.odometer_charges import charge_linear
-    from silobridge.federation.odometer_glue import node_odometer
 
     firm = req.firm
     model = str(config_of(req.message, LINEAR_REQUEST).get("model"))
-    odometer = node_odometer(firm.firm_id, req.settings, req.context.node_config)
     if model == "demand":
-        charge_linear(
-            odometer, firm.spec, model, run_id=_odometer_run_id(req), release_id="linear/demand", firm=firm.firm_id
-        )
-        return _release(req, {LINEAR_SEGMENT: demand_statistics(firm)}, release="linear/demand")
+        release = "linear/demand"  # computed from the firm's data alone
+        repeat = _linear_admitted(req, model, release)
+        reply = _release(req, {LINEAR_SEGMENT: demand_statistics(firm)}, release=release)
+        _count_linear(req, model, repeat)
+        return reply
     if model != "risk":
         raise ProtocolError(
             f"a linear-family request names model {model!r}, expected 'demand' or 'risk'", firm=firm.firm_id
@@ -316,8 +358,59 @@ def _linear(req: Request) -> RecordDict:
     coef = np.asarray(arrays_of(req.message, LINEAR_COEF)["coef"], dtype=float)
     at = hashlib.sha256(coef.tobytes()).hexdigest()[:16]  # a Newton step is named by where it stands
     release = f"linear/risk@{at}"
-    charge_linear(odometer, firm.spec, model, run_id=_odometer_run_id(req), release_id=release, firm=firm.firm_id)
-    return _release(req, {LINEAR_SEGMENT: risk_statistics(firm, norm, coef)}, release=release)
+    repeat = _linear_admitted(req, model, release)
+    reply = _release(req, {LINEAR_SEGMENT: risk_statistics(firm, norm, coef)}, release=release)
+    _count_linear(req, model, repeat)
+    return reply
+
+
+def _linear_admitted(req: Request, model: str, release: str) -> bool:
+    """Check a linear release against the firm's own per-run budget, then charge its lifetime odometer; True if
+    it repeats one already charged (a resumed run redoing it), which is neither checked nor charged again."""
+    from silobridge.clients.own_budget import OWN_LINEAR_SPEND, check_release, run_events
+    from silobridge.federation.odometer_charges import LINEAR_DATASETS, charge_linear, linear_release_event
+    from silobridge.federation.odometer_glue import node_odometer
+
+    firm = req.firm
+    if model not in LINEAR_DATASETS:
+        raise ProtocolError(
+            f"a linear-family request names model {model!r}, expected 'demand' or 'risk'", firm=firm.firm_id
+        )
+    odometer = node_odometer(firm.firm_id, req.settings, req.context.node_config)
+    privacy, dataset, run_id = firm.spec.privacy, LINEAR_DATASETS[model], _odometer_run_id(req)
+    if not privacy.enabled:
+        return False
+    event = linear_release_event(firm.spec, model)
+    repeat = (
+        odometer is not None
+        and _repeatable(req)
+        and odometer.holds([dataset], event, run_id=run_id, release_id=release)
+    )
+    if not repeat and firm.budget_epsilon is not None:
+        if odometer is not None:  # every release of this run on the data set, across Flower runs of it
+            spent = odometer.events_in_run(dataset, run_id)
+        else:  # this Flower run's own counts
+            state = req.context.state.config_records
+            rounds = int((state.get(OWN_SPEND) or {}).get(model, 0))  # type: ignore[call-overload]
+            releases = int((state.get(OWN_LINEAR_SPEND) or {}).get(model, 0))  # type: ignore[call-overload]
+            spent = run_events(privacy, rounds, releases, event)
+        check_release(
+            privacy, firm.budget_epsilon, spent, event, dataset=dataset, firm=firm.firm_id, stage=f"release {release}"
+        )
+    charge_linear(
+        odometer, firm.spec, model, run_id=run_id, release_id=release, firm=firm.firm_id, repeatable=_repeatable(req)
+    )
+    return repeat
+
+
+def _count_linear(req: Request, model: str, repeat: bool) -> None:
+    """Counted in this Flower run's node state once the release has left (a repeat counts once)."""
+    from silobridge.clients.own_budget import OWN_LINEAR_SPEND
+
+    state = req.context.state.config_records
+    counts = {key: int(value) for key, value in (state.get(OWN_LINEAR_SPEND) or {}).items()}  # type: ignore[call-overload]
+    counts[model] = counts.get(model, 0) + (not repeat)
+    state[OWN_LINEAR_SPEND] = ConfigRecord(counts)
 
 
 def _secagg_stage(stage: str) -> Handler:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
@@ -37,6 +37,7 @@ from silobridge.contract.wire_names import (
     eval_segment,
 )
 from silobridge.errors import BudgetExhausted, FederationError, ProtocolError
+from silobridge.federation.efficiency_resume import commit_efficiency, replayed_efficiency
 from silobridge.federation.exchange import Replies, exchange, wait_for_nodes
 from silobridge.federation.harness import SimulationHarness
 from silobridge.federation.records import (
@@ -67,6 +68,9 @@ from silobridge.server.layouts import baselines_layout, efficiency_layout, evalu
 from silobridge.server.secure_sum import SecureSumServer
 from silobridge.server.stat_groups import StatGrouping, group_statistics_beside
 from silobridge.server.strategy import FedAvg
+
+if TYPE_CHECKING:
+    from silobridge.federation.resume import Checkpoints
 
 
 def metrics_by_group(kind: str, vector: np.ndarray, groups: tuple[str, ...] = GROUPS) -> dict[str, dict[str, float]]:
@@ -444,15 +448,23 @@ class Federation:
             final[EFFICIENCY_AFTER] = outcome.segments[EFFICIENCY_AFTER]
         return final
 
-    def release_efficiency(self, demand: OrderedDict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    def release_efficiency(
+        self, demand: OrderedDict[str, np.ndarray], checkpoints: Checkpoints | None = None
+    ) -> dict[str, np.ndarray] | None:
         """Under DP with `efficiency.dp`: the firms' clipped efficiency sums, securely summed, Gaussian noise
         added here, charged to every contributing firm's demand data (or the firm) and recorded in the ledger.
+        With `checkpoints` the release is checkpointed around its entry, and a resumed run that completed it
+        replays it (`federation.efficiency_resume`): charged once.
 
         None if the budget refuses the release (a refusal entry is written); the harness's figures stand.
         """
         ledger, plan = self.ledger, self.plan
         if ledger is None or plan is None:
             raise FederationError("no privacy ledger in this run")
+        replayed = replayed_efficiency(checkpoints)
+        if replayed is not None:
+            released, self.efficiency_firms = replayed
+            return {"before": released[EFFICIENCY_BEFORE], "after": released[EFFICIENCY_AFTER]}
         self.observer.stage("efficiency release")
         policy, unit = self.spec.efficiency, plan.spec.unit
         holders = sorted(f for f, n in self.node_of.items() if self.manifests[n].trains("demand"))
@@ -477,18 +489,17 @@ class Federation:
         summed = {name: outcome.segments[name] for name in (EFFICIENCY_BEFORE, EFFICIENCY_AFTER)}
         released = noised(summed, policy, np.random.default_rng())  # fresh OS entropy, as for training noise
         contributors = set(outcome.contributors)
-        ledger.record(
-            Release(
-                release_id=RELEASE_ID,
-                mechanism="gaussian",
-                event=event,
-                firms=sorted(party for party, firm in firm_of.items() if firm in contributors),
-                noise_multiplier=policy.dp_noise_multiplier,
-                clip_norm=policy.dp_clip_norm,
-                excluded_firms=sorted(admission.excluded),
-                parameters={"query": "efficiency sums (before, after) by tier"},
-            )
+        release = Release(
+            release_id=RELEASE_ID,
+            mechanism="gaussian",
+            event=event,
+            firms=sorted(party for party, firm in firm_of.items() if firm in contributors),
+            noise_multiplier=policy.dp_noise_multiplier,
+            clip_norm=policy.dp_clip_norm,
+            excluded_firms=sorted(admission.excluded),
+            parameters={"query": "efficiency sums (before, after) by tier"},
         )
+        commit_efficiency(checkpoints, ledger, release, released, self.efficiency_firms, self.dropped)
         return {"before": released[EFFICIENCY_BEFORE], "after": released[EFFICIENCY_AFTER]}
 
     def describe_aggregation(self) -> dict[str, Any]:

@@ -17,10 +17,10 @@ the ledger has not charged (or charged for other models). Redoing a charged roun
 the central mechanism's fresh noise, release a second draw charged once. `silobridge audit` checks the
 result: the resume entry's pointer, and that no firm is charged twice for one release id.
 
-Scope: the FedAvg rounds of the MLP family and each release of the linear family (`federation.linear_resume`:
-a completed release is replayed from its checkpoint, never summed or charged again). A release recorded after
-them (the efficiency release) is not checkpointed; a ledger holding one beyond the checkpoint is refused,
-naming it, rather than charged again. Query sessions (`silobridge query --plan`) are checkpointed after every
+Scope: the FedAvg rounds of the MLP family, each release of the linear family (`federation.linear_resume`:
+a completed release is replayed from its checkpoint, never summed or charged again) and the DP efficiency
+release after them (`federation.efficiency_resume`, the same way). Any other release beyond the checkpoint is
+refused, naming it, rather than charged again. Query sessions (`silobridge query --plan`) are checkpointed after every
 step the same way (`federation.query_resume`), a step's release standing where a round's does.
 `silobridge run --resume` (the network path) resumes through the same ServerApp code in a new Flower run
 (`RESUME_KEY` in its run config); secure aggregation starts afresh with it, and a partner's own per-run budget
@@ -149,7 +149,7 @@ class Checkpoints:
                 source=ledger_path,
             )
         done = start.round if start is not None else 0
-        pending = self._pending(start.position if start is not None else (0, 0))
+        pending = self._pending(start.position if start is not None else (0, 0, 0))
         planned = {
             (item["release_id"], tuple(item["firms"])) for item in (pending.releases if pending is not None else [])
         }
@@ -179,11 +179,13 @@ class Checkpoints:
             if item["release_id"] not in recorded:
                 ledger.record(release_from_dict(item))
         finished = len(pending.released) > (len(start.released) if start is not None else 0)
+        # the efficiency release just finished carries its spend in the ledger only: no record to update
+        efficiency = pending.efficiency is not None and (start is None or start.efficiency is None)
         if pending.linear is not None and finished:
             pending.linear["history"][-1]["epsilon"] = ledger.overall_epsilon  # the linear release just finished
         elif pending.queries is not None and finished:
             pending.queries["steps"][-1]["epsilon_after"] = ledger.overall_epsilon  # the query step just finished
-        else:
+        elif not efficiency:
             for record in pending.history:
                 if record.get("round") == pending.round and "epsilon" in record:
                     record["epsilon"] = ledger.overall_epsilon
@@ -191,7 +193,7 @@ class Checkpoints:
         self.commit(pending)
         self.start = pending
 
-    def _pending(self, committed: tuple[int, int]) -> Checkpoint | None:
+    def _pending(self, committed: tuple[int, int, int]) -> Checkpoint | None:
         """The pending checkpoint of the round (or linear release) after the last complete one, whose position
         is `committed`; one not beyond it is stale."""
         path = self._path(PENDING_FILE)
@@ -217,9 +219,7 @@ def resume_command(folder: Path) -> str | None:
         return None
     network = (recorded.get("run_config") or {}).get("data") == NODES
     if "queries" in recorded:
-        if network:
-            return None  # `query --network` has no --resume
-        command = "query"
+        command = "query --network" if network else "query"
     else:
         command = "run" if network else "simulate"
     return f"silobridge {command} --resume {folder}"

@@ -137,7 +137,7 @@ def run_federation(
     efficiency = {"before": before, "after": final.pop(EFFICIENCY_AFTER, None)}
     efficiency_dp = None
     if federation.private and settings.spec.efficiency.dp and "demand" in weights:
-        released = federation.release_efficiency(weights["demand"])
+        released = federation.release_efficiency(weights["demand"], checkpoints)
         if released is not None:
             efficiency, privacy = released, settings.spec.privacy
             efficiency_dp = {

@@ -224,6 +224,7 @@ def build_server_app(
             apply_object_pull_backoff()
             trace_grid()  # only when SILOBRIDGE_NET_TRACE names a file (the network benchmark)
         config = run_config if run_config is not None else context.run_config
+        resume_dir = str(config.get(RESUME_KEY) or "")  # `run --resume`, `query --network --resume`: the folder
         if str(config.get(QUERIES_KEY) or ""):  # analytics queries instead of training (`silobridge query --network`)
             job = QueryJob.from_run_config(str(config[QUERIES_KEY]))
             queries = serve_queries(
@@ -233,11 +234,11 @@ def build_server_app(
                 job.budget,
                 flower_run_id=context.run_id,
                 observer=observer or LogObserver(),
+                resume=Path(resume_dir) if resume_dir else None,
             )
             log.info("queries written to %s", queries.path)
             return
         settings = settings_from_run_config(config)
-        resume_dir = str(config.get(RESUME_KEY) or "")  # `silobridge run --resume`: the folder it checked
         result = run_server(
             grid,
             settings,

@@ -12,7 +12,11 @@ node's own Ed25519 key (`odometer.key`, mode 0600), so no coordinator can reset 
   so that deleting entries at the end is detected too (the chain alone would only see gaps).
 
 A spend is written (and fsync'ed) before the release leaves the node: a crash can over-count, never
-under-count. Every open re-verifies chain, signatures, head and every stated total; any mismatch raises
+under-count. A release asked again that is bit for bit the one already charged (a resumed run redoing a round
+whose sum never completed, with the firm's own noise seed, on the same models) is charged once: `charge(...,
+repeatable=True)` finds its spend by data set, run, release id and event, and writes nothing. The node names
+such a release by what it was computed from (the models' digest), so a different release never matches.
+Every open re-verifies chain, signatures, head and every stated total; any mismatch raises
 `LedgerTampered`, and the node then refuses to take part. Epsilon per data set composes all its events by
 RDP under add-or-remove-one (record level), at the lifetime delta. Deleting the whole folder resets
 it, which no file can prevent: keep it with the firm's other records.
@@ -26,7 +30,7 @@ import fcntl
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +79,8 @@ class _State:
     accounts: dict[str, Account]
     releases: dict[str, int]
     runs: dict[str, list[str]]
+    charged: set[tuple[str, str, str, str]] = field(default_factory=set)  # (data set, run, release, event JSON)
+    run_events: dict[tuple[str, str], list[dpa.DpEvent]] = field(default_factory=dict)  # by (data set, run)
 
 
 class Odometer:
@@ -153,6 +159,16 @@ class Odometer:
         outlives a Flower run (a resumed run keeps its run id)."""
         return self._state.runs.get(dataset, []).count(run_id)
 
+    def holds(self, datasets: list[str], event: dpa.DpEvent, *, run_id: str, release_id: str) -> bool:
+        """Whether every one of `datasets` already has this release (run, release id, event) charged."""
+        key = _event_key(event)
+        return bool(datasets) and all((d, run_id, release_id, key) in self._state.charged for d in datasets)
+
+    def events_in_run(self, dataset: str, run_id: str) -> list[dpa.DpEvent]:
+        """Every event charged to `dataset` for run `run_id` (rounds, linear releases, ...), in order: what the
+        firm's own per-run budget composes, across Flower runs of one run of ours."""
+        return list(self._state.run_events.get((dataset, run_id), []))
+
     def datasets(self) -> list[DatasetSpend]:
         state = self._state
         return [
@@ -161,11 +177,19 @@ class Odometer:
         ]
 
     # -- spending -------------------------------------------------------------------------------
-    def charge(self, datasets: list[str], event: dpa.DpEvent, *, run_id: str, release_id: str) -> dict[str, float]:
+    def charge(
+        self, datasets: list[str], event: dpa.DpEvent, *, run_id: str, release_id: str, repeatable: bool = False
+    ) -> dict[str, float]:
         """Charge `event` to each of `datasets` before the release leaves; refuses (charging none) if any one
-        would pass the lifetime budget. Returns each data set's lifetime epsilon after the charge."""
+        would pass the lifetime budget. Returns each data set's lifetime epsilon after the charge.
+
+        `repeatable`: the caller guarantees that a release under this run and release id is always the same
+        bits (deterministic given what the id names); one already charged to every data set is then not
+        charged again (releasing the same value twice reveals nothing more)."""
         with _locked(self.folder):
             _, self._state = _verify(self.folder, self._key)  # another process of this node may have charged
+            if repeatable and self.holds(datasets, event, run_id=run_id, release_id=release_id):
+                return {dataset: self.spent(dataset) for dataset in datasets}
             budget = self.lifetime
             after = {}
             for dataset in datasets:
@@ -187,7 +211,7 @@ class Odometer:
                         "epsilon_after": after[dataset],
                     },
                 )
-                _apply(self._state, dataset, event, run_id)
+                _apply(self._state, dataset, event, run_id, release_id)
             return after
 
     def _append(self, kind: str, body: dict[str, Any]) -> None:
@@ -212,10 +236,16 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
 
 
-def _apply(state: _State, dataset: str, event: dpa.DpEvent, run_id: str) -> None:
+def _event_key(event: dpa.DpEvent) -> str:
+    return json.dumps(event_to_json(event), sort_keys=True)
+
+
+def _apply(state: _State, dataset: str, event: dpa.DpEvent, run_id: str, release_id: str) -> None:
     state.accounts[dataset] = state.accounts.get(dataset, Account.empty(SPEC)).compose(event)
     state.releases[dataset] = state.releases.get(dataset, 0) + 1
     state.runs.setdefault(dataset, []).append(run_id)
+    state.charged.add((dataset, run_id, release_id, _event_key(event)))
+    state.run_events.setdefault((dataset, run_id), []).append(event)
 
 
 def _write_head(folder: Path, key: Ed25519PrivateKey, entries: int, last: str) -> None:
@@ -272,7 +302,7 @@ def _replay(entry: dict[str, Any], index: int, state: _State, firm: str | None, 
         elif kind == "spend":
             event = event_from_json(entry["event"])
             dataset = str(entry["dataset"])
-            _apply(state, dataset, event, str(entry["run_id"]))
+            _apply(state, dataset, event, str(entry["run_id"]), str(entry["release_id"]))
             recomputed = state.accounts[dataset].epsilon(state.limit.delta if state.limit else 1e-5)
             if abs(float(entry["epsilon_after"]) - recomputed) > _TOLERANCE * max(1.0, recomputed):
                 raise LedgerTampered(

@@ -110,7 +110,7 @@ def test_a_linear_release_is_replayed_not_redone_and_the_noise_continues_exactly
     assert audit.epsilon_overall == reference.epsilon_overall
     assert [record["epsilon"] is not None for record in history] == [True, True, True]
     final = read_checkpoint(tmp_path / "cut" / CHECKPOINT_FILE)
-    assert list(final.released) == list(RELEASES) and final.position == (0, 3)
+    assert list(final.released) == list(RELEASES) and final.position == (0, 3, 0)
 
 
 def test_a_checkpoint_keeps_the_linear_releases_bit_for_bit(tmp_path: Path) -> None:
@@ -123,7 +123,7 @@ def test_a_checkpoint_keeps_the_linear_releases_bit_for_bit(tmp_path: Path) -> N
     state.released = released
     write_checkpoint(tmp_path / CHECKPOINT_FILE, state)
     back = read_checkpoint(tmp_path / CHECKPOINT_FILE)
-    assert np.array_equal(back.released["linear/demand"], released["linear/demand"]) and back.position == (0, 1)
+    assert np.array_equal(back.released["linear/demand"], released["linear/demand"]) and back.position == (0, 1, 0)
     again = np.random.default_rng(0)
     again.bit_generator.state = back.linear["rng"] if back.linear is not None else {}
     assert np.array_equal(again.normal(size=5), rng.normal(size=5))

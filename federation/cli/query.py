@@ -55,12 +55,6 @@ def check_query_options(
             source="command line",
             field="--data",
         )
-    if resume and network:
-        raise ConfigError(
-            "--resume continues a simulated session (or a pilot's); a session over the network is not resumable yet",
-            source="command line",
-            field="--resume",
-        )
     if not (resume and name is None and plan is None) and (name is None) == (plan is None):
         raise ConfigError(
             "name one query, or give --plan FILE for a session of several (not both)",
@@ -191,7 +185,8 @@ def query(
         Path | None,
         typer.Option(
             "--resume",
-            help="Continue the session in this folder (left by a crash or Ctrl-C) after its last completed step, "
+            help="Continue the session in this folder (left by a crash or Ctrl-C) after its last completed step (over "
+            "the network with --network, as it ran), "
             "with the plan and settings it started with (any other plan or setting given is refused).",
         ),
     ] = None,
@@ -254,12 +249,13 @@ def query(
                 "noise-seed": noise_seed,
             }
             run_config, requests, budget = resumed_query_session(resume, run_config, given, requests, privacy)
+            check_resumed_where(resume, run_config, network=network)
         else:
             budget = privacy.budget()
         if run_config is None or requests is None:  # both given, or both recorded
             raise ConfigError("give the scenario file and a query or --plan", source="command line", field="scenario")
         if network:
-            answered = run_network_queries(run_config, QueryJob(tuple(requests), budget))
+            answered = run_network_queries(run_config, QueryJob(tuple(requests), budget), resume=resume)
             outcomes, noise, path = answered.outcomes, answered.noise_multiplier, answered.path
         else:
             log_to_stderr()
@@ -318,7 +314,8 @@ def resumed_query_session(
     from silobridge.federation.resume import resume_run_config
 
     recorded = recorded_session(folder)
-    resume_run_config(folder, {key: (run_config or {})[key] for key, value in given.items() if value is not None})
+    asked = run_config if run_config is not None else _asked_without_scenario(recorded.run_config, given)
+    resume_run_config(folder, {key: asked[key] for key, value in given.items() if value is not None})
     budget = recorded.budget
     options = (privacy.epsilon, privacy.delta, privacy.accountant, privacy.noise_multiplier, privacy.unit)
     if (privacy.no_dp and budget is not None) or (budget is None and any(v is not None for v in options)):
@@ -344,6 +341,43 @@ def resumed_query_session(
                     field=option,
                 )
     return recorded.run_config, requests if requests is not None else recorded.requests, budget
+
+
+def _asked_without_scenario(recorded: dict[str, object], given: dict[str, object]) -> dict[str, object]:
+    """The options given beside --resume without the scenario file, as run-config values (paths resolved as
+    when a session starts), to compare with the recorded ones."""
+    from silobridge.federation.run_requests import query_config
+
+    def path(key: str) -> Path | None:
+        value = given.get(key)
+        return None if value is None else Path(str(value))
+
+    overrides = given.get("set")
+    return query_config(
+        Path(str(recorded.get("scenario"))),
+        path("out-dir") or Path("runs"),
+        overrides=[str(item) for item in overrides] if isinstance(overrides, list) else [],
+        run_id=None if given.get("run-id") is None else str(given["run-id"]),
+        aggregation=None if given.get("aggregation") is None else str(given["aggregation"]),
+        data=path("data"),
+        ledger_key=path("ledger-key"),
+        noise_seed=None if given.get("noise-seed") is None else int(str(given["noise-seed"])),
+    )
+
+
+def check_resumed_where(folder: Path, run_config: dict[str, object], *, network: bool) -> None:
+    """A session resumes where it ran: over the network (`--network`) or simulated / on a pilot's files."""
+    from silobridge.federation.settings import NODES
+
+    ran_on_nodes = run_config.get("data") == NODES
+    if ran_on_nodes != network:
+        where = "over the federation's nodes" if ran_on_nodes else "in a simulation (or on a pilot's files)"
+        advice = "add --network" if ran_on_nodes else "leave out --network"
+        raise ConfigError(
+            f"{folder} holds a query session that ran {where}: {advice} to resume it",
+            source=str(folder),
+            field="--network",
+        )
 
 
 def print_query(outcome: dict, noise: float | None, path: Path, *, epsilon: float, as_json: bool) -> None:

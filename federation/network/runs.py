@@ -73,18 +73,28 @@ def run_federation(run_config: Mapping[str, str | int], *, resume: Path | None =
     return NetworkRun(json.loads(summary_path.read_text()), summary_path.parent)
 
 
-def run_queries(run_config: Mapping[str, object], job: QueryJob) -> NetworkQueries:
-    """`flwr run` of the queries on the federation's SuperLink; the answer read back from the run directory."""
+def run_queries(run_config: Mapping[str, object], job: QueryJob, *, resume: Path | None = None) -> NetworkQueries:
+    """`flwr run` of the queries on the federation's SuperLink; the answer read back from the run directory.
+
+    `resume`: the folder of a stopped session to continue (`run_config` and `job` are then the ones it recorded,
+    `query_run.recorded_session`): a completed session, both folders present, a simulation's folder, or a plan,
+    option or federation file that differs now are refused here, naming the field, before `flwr run`; the
+    ServerApp continues the session after its last completed step (`federation.query_resume`).
+    """
     from silobridge.federation.ledger_signer import ledger_signer
     from silobridge.federation.network.deploy import process_env, run_command
     from silobridge.federation.query_run import (
         QUERIES_FILE,
         check_query_privacy,
+        check_same_session,
         noised_plans,
         plan_queries,
         query_settings,
+        resumable_session,
+        session_config,
+        with_scenario_defaults,
     )
-    from silobridge.federation.settings import APP_DIR, NODES, QUERIES_KEY
+    from silobridge.federation.settings import APP_DIR, NODES, QUERIES_KEY, RESUME_KEY
 
     config = {**run_config, "data": NODES}
     settings = query_settings(config)
@@ -94,9 +104,15 @@ def run_queries(run_config: Mapping[str, object], job: QueryJob) -> NetworkQueri
     # parameter errors (and, under DP, the budget's calibration) surface before the partners are asked
     if job.budget is None:
         plan_queries(settings, job.requests)
+        noise = None
     else:
-        noised_plans(settings, job.requests, job.budget)
+        noise = noised_plans(settings, job.requests, job.budget)[1]
     flower_config = {**settings.to_run_config(), QUERIES_KEY: job.to_run_config()}
+    if resume is not None:
+        folder = resumable_session(resume)
+        requests = with_scenario_defaults(settings, job.requests)
+        check_same_session(folder, session_config(settings, requests, job.budget, noise))
+        flower_config[RESUME_KEY] = str(folder)
     # flwr's streamed log goes to stderr, so that stdout holds only the answer (`--json` pipes cleanly)
     try:
         code = flower_run(run_command(APP_DIR, flower_config), process_env(), sys.stderr)
@@ -166,6 +182,7 @@ def report_interrupted(out_dir: Path, run_id: str, *, wait_s: float = STOP_WAIT_
     lines = [f"run directory: {kept}" + ("" if kept == final else " (its ServerApp had not stopped yet)")]
     command = resume_command(kept)
     if command is not None:
-        lines.append(f"resume it after its last completed round with: {command}")
+        done = "step" if command.startswith("silobridge query") else "round"
+        lines.append(f"resume it after its last completed {done} with: {command}")
     lines.append(f"check its ledger with: silobridge audit {kept}")
     sys.stderr.write("interrupted: " + "\n".join(lines) + "\n")
