@@ -3,6 +3,7 @@
     python -m benchmarks.bench_resume_kill                 # 20 points on tests/scenarios/trio.toml, 2 rounds
     python -m benchmarks.bench_resume_kill --points 4 --jobs 1 --name resume_kill_quick
     python -m benchmarks.bench_resume_kill --only 1,4 --jobs 1 --name resume_kill_again   # points 1 and 4 of the 20
+    python -m benchmarks.bench_resume_kill --scenario scenarios/default.toml --rounds 3 --name resume_kill_default
 
 Issue 19's test at full size (the test suite does two points, tests/test_resume_run.py). Two model families,
 each with its uninterrupted reference run: the MLP (FedAvg rounds of DP-SGD) and the linear family (one
@@ -128,11 +129,11 @@ def model_difference(a: Path, b: Path) -> tuple[bool, float]:
     return equal, max(float((left[n][k].double() - right[n][k].double()).abs().max()) for n in left for k in left[n])
 
 
-def named_points() -> list[dict[str, Any]]:
+def named_points(rounds: int = ROUNDS) -> list[dict[str, Any]]:
     """Every named crash point of both families (the 'entry' ones also tear the ledger's last line)."""
     mlp = [
         {"family": "mlp", "crash_at": f"{point}:{'round ' if point == 'unmask' else ''}{round_number}"}
-        for round_number in range(1, ROUNDS + 1)
+        for round_number in range(1, rounds + 1)
         for point in ("unmask", "pending", "entry")
     ]
     releases = ["linear/demand", *(f"linear/risk-{step}" for step in range(1, NEWTON_STEPS + 1))]
@@ -144,11 +145,11 @@ def named_points() -> list[dict[str, Any]]:
     return [{**p, "tear": p["crash_at"].startswith("entry:")} for p in mlp + linear]
 
 
-def points(count: int, seed: int) -> list[dict[str, Any]]:
+def points(count: int, seed: int, rounds: int = ROUNDS) -> list[dict[str, Any]]:
     """`count` kill points drawn with `seed`: named ones first (at least one secure-sum and one torn ledger
     write per family, the rest in a seeded order), then SIGKILLs at seeded delays."""
     draw = random.Random(seed)
-    named = named_points()
+    named = named_points(rounds)
     first = [
         p
         for p in named
@@ -219,6 +220,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench_resume_kill"))
     parser.add_argument("--name", default="resume_kill")
     parser.add_argument(
+        "--scenario", type=Path, default=TRIO, help="the scenario simulated (default tests/scenarios/trio.toml)"
+    )
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="the MLP family's rounds (default 2)")
+    parser.add_argument(
         "--only",
         default="",
         help="comma-separated point numbers of the --points drawn with --seed (e.g. 1,4): run only those",
@@ -226,7 +231,18 @@ def main() -> None:
     options = parser.parse_args()
     only = {int(number) for number in options.only.split(",") if number.strip()}
     out = options.out.resolve()
-    common = [str(TRIO), "--rounds", str(ROUNDS), "--noise-seed", "5", "--baselines", "none", "--out", str(out)]
+    scenario = options.scenario.resolve()
+    common = [
+        str(scenario),
+        "--rounds",
+        str(options.rounds),
+        "--noise-seed",
+        "5",
+        "--baselines",
+        "none",
+        "--out",
+        str(out),
+    ]
     started = time.monotonic()
     missing = [f for f in FAMILIES if not (out / f"straight-{f}" / "summary.json").exists()]  # kept from before
     with ThreadPoolExecutor(options.jobs) as pool:
@@ -239,7 +255,7 @@ def main() -> None:
         )
     if any(code != 0 for code in status.values()):
         raise SystemExit(f"an uninterrupted run failed: {status}")
-    chosen = list(enumerate(points(options.points, options.seed), start=1))
+    chosen = list(enumerate(points(options.points, options.seed, options.rounds), start=1))
     if only:
         unknown = sorted(only - {number for number, _ in chosen})
         if unknown:
@@ -248,8 +264,8 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     lock = threading.Lock()
     parameters = {
-        "scenario": "tests/scenarios/trio.toml",
-        "rounds": ROUNDS,
+        "scenario": scenario.relative_to(ROOT).as_posix() if scenario.is_relative_to(ROOT) else str(scenario),
+        "rounds": options.rounds,
         "families": {f: " ".join(extra) or "scenario's model (mlp)" for f, extra in FAMILIES.items()},
         "points": options.points,
         "seed": options.seed,
