@@ -46,7 +46,7 @@ ROUNDS = 2
 NEWTON_STEPS = 3  # the linear family's default risk Newton steps
 SIMULATION_TIMEOUT_S = 900
 TIMED_OUT = 124
-FAMILIES = {"mlp": [], "linear": ["--set", "training.model=linear"]}
+FAMILIES = {"mlp": ["--set", "training.model=mlp"], "linear": ["--set", "training.model=linear"]}
 COLUMNS = [
     "point",
     "family",
