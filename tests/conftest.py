@@ -168,7 +168,7 @@ SLOW_TESTS = frozenset(
         "tests/test_secure_sum.py::test_secure_sums_equal_plain_sums_through_stored_state",
     }
 )
-NETWORK_MODULES = frozenset({"test_network_federation", "test_flwr_run", "test_run_resume_network"})
+NETWORK_MODULES = frozenset({"test_network_federation", "test_flwr_run"})
 BROWSER_TESTS = frozenset({"test_report_in_headless_chromium"})
 
 
@@ -180,8 +180,8 @@ BROWSER_TESTS = frozenset({"test_report_in_headless_chromium"})
 # most tests first, the long files last). The files that read the shared runs are one unit of work, so
 # the runs are made once, on one worker.
 HEAVY_FIRST = (
-    "test_network_federation",  # a SuperLink, three warm SuperNodes (one executor killed), a run, a query, a pilot
-    "test_run_resume_network",  # a coordinator and its SuperLink killed mid-run, restarted, resumed; a pilot
+    "test_network_federation",  # a SuperLink, three warm SuperNodes (one executor killed), a run, a query, a pilot,
+    # then the coordinator and its SuperLink killed mid-run, restarted, resumed
     "test_report",  # with test_efficiency_run, test_simulation one unit (SHARED_RUN_MODULES): 5 runs
     "test_efficiency_run",
     "test_simulation",

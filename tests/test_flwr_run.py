@@ -19,7 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT
+
+TRIO = ROOT / "tests" / "scenarios" / "trio.toml"
+"""Three firms: what is asserted is that `flwr run .` writes the run directory a simulation writes, at any size."""
 
 
 def _free_port() -> int:
@@ -71,7 +74,7 @@ def test_flwr_run_writes_the_same_run_directory(flwr_home: Path, tmp_path: Path)
         "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
         "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
     }
-    run_config = f'scenario="{TINY}" out-dir="{out}" run-id="via-flwr-run" num-rounds=2 set="training.model=mlp"'
+    run_config = f'scenario="{TRIO}" out-dir="{out}" run-id="via-flwr-run" num-rounds=2 set="training.model=mlp"'
     flwr = bin_dir / "flwr"
     result = subprocess.run(
         [
@@ -81,7 +84,7 @@ def test_flwr_run_writes_the_same_run_directory(flwr_home: Path, tmp_path: Path)
             "--run-config",
             run_config,
             "--federation-config",
-            "num-supernodes=5",
+            "num-supernodes=3",
             "--stream",
         ],
         env=env,
@@ -92,7 +95,7 @@ def test_flwr_run_writes_the_same_run_directory(flwr_home: Path, tmp_path: Path)
     run_dir = out / "via-flwr-run"
     assert (run_dir / "summary.json").exists(), result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["federation"]["firms"] == 5 and summary["federation"]["rounds"] == 2
+    assert summary["federation"]["firms"] == 3 and summary["federation"]["rounds"] == 2
     # the MLP family (DP-SGD rounds, pinned by the run config's `set`); firms deploy their own choice
     methods = set(summary["models"]["demand"])
     required = {"deployed", "per_firm", "federated", "local_only", "centralised", "naive"}

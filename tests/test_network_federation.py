@@ -11,8 +11,10 @@ process the test starts is stopped by it, also on failure.
 
 Every partner's messages are served by its warm executor (`join`'s default), and D1's executor is SIGKILLed
 as soon as it has handed its first task over: `silobridge join` starts it again and the run still equals
-the pilot (a task in flight outlives its executor). One federation serves all of this: its start-up (a
-SuperLink, the partners' nodes and executors, a run's processes) is paid once.
+the pilot (a task in flight outlives its executor). Last, `silobridge run --resume` on the same federation:
+its coordinator's ServerApp and SuperLink die mid-run, the SuperLink restarts on its database, the nodes
+reconnect, and the resumed run equals the same pilot bit for bit. One federation and one pilot serve all of
+this: their start-up (a SuperLink, the partners' nodes and executors, a simulation) is paid once.
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +36,14 @@ import pytest
 import torch
 
 from silobridge.clients.data import write_firm_data
-from silobridge.federation.network.loopback import LoopbackFederation, free_port
+from silobridge.federation.crash_points import CRASH_AT, CRASH_SCOPE
+from silobridge.federation.network.deploy import wait_healthy
+from silobridge.federation.network.loopback import CLI, LoopbackFederation, free_port
+from silobridge.federation.privacy_report import LEDGER_FILE
+from silobridge.federation.server_app import RunResult
 from silobridge.federation.simulation import simulate
 from silobridge.privacy.dp import Budget
+from silobridge.privacy.odometer import Odometer
 from silobridge.scenarios.generator import generate_chain
 from silobridge.scenarios.schema import load_scenario
 from silobridge.server.query_plans.engine import calibrate_query_noise
@@ -45,6 +55,19 @@ FIRMS = ("R1", "D1", "M1")
 NOISE_SEED = 17
 
 
+def _superlink_command(net: LoopbackFederation) -> list[str]:
+    """The coordinator's SuperLink with a database: registrations (and runs) survive the resume test's restarts."""
+    certs = ("--certs", str(net.root / "certs"), "--port", str(net.port))
+    return [*CLI, "superlink", *certs, "--database", str(net.root / "superlink.db")]
+
+
+def _running_superlink(net: LoopbackFederation) -> subprocess.Popen:
+    command = _superlink_command(net)
+    running = [p for p in net.processes if p.args == command and p.poll() is None]
+    assert len(running) == 1, running
+    return running[0]
+
+
 @pytest.fixture(scope="module")
 def loopback(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackFederation]:
     root = tmp_path_factory.mktemp("loopback")
@@ -54,10 +77,27 @@ def loopback(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackFeder
             write_firm_data(root / "data" / firm, chain.tables[firm].demand, chain.tables[firm].risk)
         net.make_credentials([*FIRMS, "X9"])
         assert net.cli("certs", "--out", str(root / "other-ca"), "--host", "127.0.0.1").returncode == 0
-        net.start_superlink()
+        net.start("superlink", _superlink_command(net))
+        wait_healthy(net.address, net.ca_cert, timeout_s=90)
         for firm in FIRMS:
             net.register(firm)
         yield net
+
+
+@pytest.fixture(scope="module")
+def pilot(loopback: LoopbackFederation) -> RunResult:
+    """The pilot simulation on the partners' own files with their noise seed: what an uninterrupted run makes.
+    The network run and the resumed run are both compared with it."""
+    return simulate(
+        {
+            "scenario": str(TRIO),
+            "out-dir": str(loopback.root / "runs"),
+            "run-id": "pilot",
+            "data": str(loopback.root / "data"),
+            "noise-seed": NOISE_SEED,
+        },
+        cpus=2,
+    )
 
 
 def _children(pid: int) -> list[int]:
@@ -118,24 +158,15 @@ def network_run(loopback: LoopbackFederation) -> dict:
         "summary": json.loads(summary.read_text()),
         "stdout": run.stdout + run.stderr,
         "first_executor": first,
+        "joins": joins,
         "handoffs": {firm: _rows(_handoffs(loopback, firm)) for firm in FIRMS},
     }
 
 
 @pytest.mark.timeout(1200)  # its set-up holds the federation's start and the run: 510 s + 91 s at load 17-23
 def test_a_network_run_equals_the_pilot_simulation_on_the_same_files(
-    loopback: LoopbackFederation, network_run: dict
+    loopback: LoopbackFederation, network_run: dict, pilot: RunResult
 ) -> None:
-    pilot = simulate(
-        {
-            "scenario": str(TRIO),
-            "out-dir": str(loopback.root / "runs"),
-            "run-id": "pilot",
-            "data": str(loopback.root / "data"),
-            "noise-seed": NOISE_SEED,
-        },
-        cpus=2,
-    )
     net_dir = loopback.root / "runs" / "net"
     summary = network_run["summary"]
     assert summary["federation"]["firms"] == 3 and summary["federation"]["rounds"] == 2
@@ -272,3 +303,112 @@ def test_nodes_without_a_registered_key_or_the_right_ca_are_refused(
     assert node_says in log, log[-3000:]
     if superlink_says is not None:
         assert superlink_says in loopback.log("superlink")
+
+
+def _releases(ledger: Path) -> list[dict]:
+    if not ledger.exists():
+        return []
+    entries = []
+    for line in ledger.read_text().splitlines():
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            continue  # a line being written
+    return [entry for entry in entries if entry.get("kind") == "release"]
+
+
+def _nodes_online(database: Path) -> int:
+    """Nodes the SuperLink still counts online (flwr 1.41's `node` table). A stopped SuperNode does not deactivate
+    itself: it stays online until 2 heartbeat intervals (60 s) after its last heartbeat, and until then its key
+    cannot activate another node."""
+    with closing(sqlite3.connect(database, timeout=30)) as db:  # reads only
+        query = "SELECT count(*) FROM node WHERE status = 'online' AND online_until > ?"
+        return int(db.execute(query, (time.time(),)).fetchone()[0])
+
+
+@pytest.mark.timeout(1800)
+def test_a_network_run_resumes_after_its_coordinator_and_superlink_died(
+    loopback: LoopbackFederation, network_run: dict, pilot: RunResult
+) -> None:
+    """`silobridge run --resume` on this federation, whose coordinator dies mid-run. The LAST test of the module:
+    it stops the partners' nodes and kills the SuperLink (twice), restarting it on its database.
+
+    Once the stopped nodes count as offline, the partners join again, each node now keeping a lifetime odometer
+    (`join --state`; the run above had none: a DP-SGD round's charge is computed in the message's fork, which
+    would count in the hand-offs the warm executor test bounds). The SuperLink restarts with a crash point: every
+    ServerApp it starts dies (alone) right after round 1's first ledger entry; the operator's `silobridge run` and
+    the SuperLink are killed too; the SuperLink restarts on its database, the partners' nodes (left running)
+    reconnect by themselves, and the run resumes in a new Flower run. The resumed run completes; its ledger audits
+    clean with the resume recorded and every release charged once; its models equal the pilot's (the uninterrupted
+    run on the same files and seeds) bit for bit; each partner's odometer charged both rounds to our run id, across
+    the two Flower runs.
+    """
+    net, root, run_id = loopback, loopback.root, "resumed"
+    superlink = _superlink_command(net)
+    for join in network_run["joins"].values():  # the nodes of the run above
+        os.killpg(join.pid, signal.SIGTERM)
+        join.wait(timeout=60)
+    module_link = _running_superlink(net)  # the one the module started, with no crash point
+    os.killpg(module_link.pid, signal.SIGKILL)
+    module_link.wait(timeout=30)
+    out = root / "runs"
+    net.env[CRASH_AT], net.env[CRASH_SCOPE] = "entry:1", "process"
+    try:
+        crashing_link = net.start("superlink-crashing", superlink)  # same port and database
+        wait_healthy(net.address, net.ca_cert, timeout_s=120)
+        _wait(lambda: _nodes_online(root / "superlink.db") == 0, 150, "the stopped nodes to go offline")
+        for firm in FIRMS:
+            state = ("--state", str(root / "state" / firm), "--lifetime-epsilon", "1000")
+            command = net.join_command(root / "data" / firm, "--noise-seed", str(NOISE_SEED), *state, key=net.key(firm))
+            net.start(f"node-{firm}-odometer", command)
+        first = net.start("run-killed", [*CLI, "run", str(TRIO), "--out", str(out), "--run-id", run_id])
+    finally:
+        del net.env[CRASH_AT], net.env[CRASH_SCOPE]
+    partial = out / f".{run_id}.partial"
+    deadline = time.monotonic() + 900
+    while not _releases(partial / LEDGER_FILE):
+        assert first.poll() is None, net.log("run-killed")[-3000:] + net.log("superlink-crashing")[-3000:]
+        assert time.monotonic() < deadline, net.log("run-killed")[-3000:] + net.log("superlink-crashing")[-3000:]
+        time.sleep(0.5)
+    time.sleep(3)  # had the ServerApp lived on, round 1's other entries (or round 2) would follow
+    cut = _releases(partial / LEDGER_FILE)
+    assert len(cut) == 1 and cut[0]["release_id"].startswith("round-1/"), cut
+    os.killpg(first.pid, signal.SIGTERM)  # the operator's `silobridge run` goes too (a lost SSH session)
+    first.wait(timeout=30)
+    os.killpg(crashing_link.pid, signal.SIGKILL)  # ... and the SuperLink (the coordinator's machine lost)
+    crashing_link.wait(timeout=30)
+    assert not (out / run_id).exists()
+    net.start("superlink-restarted", superlink)  # same port, same database; the nodes were left running
+    wait_healthy(net.address, net.ca_cert, timeout_s=120)
+
+    resumed = net.cli("run", "--resume", str(partial), timeout=900)
+    logs = resumed.stdout[-3000:] + resumed.stderr[-3000:] + net.log("superlink-restarted")[-3000:]
+    logs += "".join(net.log(f"node-{firm}-odometer")[-1500:] for firm in FIRMS)
+    assert resumed.returncode == 0, logs
+    run_dir = out / run_id
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["federation"]["rounds"] == 2 and not partial.exists()
+
+    key = summary["privacy"]["ledger_public_key"]
+    audit = net.cli("audit", str(run_dir), "--json", "--public-key", key)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    report = json.loads(audit.stdout)
+    assert report["verified"] and report["within_budget"]
+    assert [r["checkpoint_round"] for r in report["resumes"]] == [0]  # round 1 finished from its pending state
+    released = [(r["release_id"], tuple(sorted(r["firms"]))) for r in report["releases"]]
+    assert len(released) == len(set(released))  # no release charged twice
+    assert {firm: row["releases"] for firm, row in summary["privacy"]["firms"].items()} == dict.fromkeys(FIRMS, 2)
+
+    uninterrupted = pilot.summary["privacy"]
+    assert report["epsilon_overall"] == pytest.approx(uninterrupted["epsilon_overall"], rel=1e-6)  # 6 digits
+    for kind in ("demand", "risk"):
+        ours = torch.load(run_dir / "models" / f"{kind}.pt")
+        theirs = torch.load(pilot.path / "models" / f"{kind}.pt")
+        assert ours.keys() == theirs.keys()
+        for name in ours:  # bit for bit: the partners' DP-SGD noise and their rounding are seeded by their own
+            assert torch.equal(ours[name], theirs[name]), f"{kind} {name} differs"
+
+    for firm in FIRMS:  # the partner's own count: both rounds charged to our run, across two Flower runs
+        odometer = Odometer.open(root / "state" / firm, firm=firm)
+        for spend in odometer.datasets():
+            assert spend.runs == (run_id,) and odometer.releases_in_run(spend.dataset, run_id) == 2, spend

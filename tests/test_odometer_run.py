@@ -32,7 +32,14 @@ def test_a_long_term_key_and_lifetime_odometers_across_runs(tmp_path: Path) -> N
     federation = tmp_path / "trio.toml"
     federation.write_text(TRIO.read_text() + f'\n[privacy]\nledger_public_key = "{public.upper()}"\n')
     state = tmp_path / "state"
-    config = {"scenario": str(federation), "out-dir": str(tmp_path / "runs"), "num-rounds": 2}
+    # what is read is the ledger and the odometers: no local-only baselines (under DP the harness fits them
+    # outside the federation, nothing spent changes)
+    config = {
+        "scenario": str(federation),
+        "out-dir": str(tmp_path / "runs"),
+        "num-rounds": 2,
+        "set": "training.baselines=none",
+    }
     privacy = settings_from_run_config(config).spec.privacy
     lifetime = own_epsilon(privacy, 2) * 1.0001  # this run's two rounds fit; not one more
     keyed = {**config, "ledger-key": str(key), "state-dir": str(state), "lifetime-epsilon": lifetime}

@@ -20,7 +20,9 @@ from silobridge.errors import ConfigError
 from silobridge.federation.deployment import NO_BASELINE, deploy_all, per_firm_row
 from silobridge.federation.summary import acceptance_checks
 from silobridge.scenarios.schema import load_scenario
-from tests.conftest import TINY
+from tests.conftest import ROOT, TINY
+
+TRIO = ROOT / "tests" / "scenarios" / "trio.toml"
 
 
 def _ids(n: int) -> list[str]:
@@ -104,7 +106,7 @@ def test_a_sampled_run_compares_local_only_over_the_sample(tmp_path: Path) -> No
 
     result = simulate(
         {
-            "scenario": str(TINY),
+            "scenario": str(TRIO),
             "out-dir": str(tmp_path),
             "run-id": "sampled",
             "dp": "off",
@@ -116,7 +118,7 @@ def test_a_sampled_run_compares_local_only_over_the_sample(tmp_path: Path) -> No
     )
     summary = json.loads((result.path / "summary.json").read_text())
     baselines = summary["baselines"]
-    assert baselines["mode"] == "sample" and baselines["baselined"] == 2 and baselines["of"] == 5
+    assert baselines["mode"] == "sample" and baselines["baselined"] == 2 and baselines["of"] == 3
     sampled = set(baselines["firms"])
     rows = summary["models"]["demand"]["per_firm"]["firms"]
     assert rows and {r["firm"] for r in rows} <= sampled  # only the sample is deployed and scored beside its own
@@ -125,7 +127,7 @@ def test_a_sampled_run_compares_local_only_over_the_sample(tmp_path: Path) -> No
     assert all(c["over"] == baselines["scope"] for c in summary["acceptance"][:3])
     markdown = (result.path / "summary.md").read_text()
     assert (
-        "Local-only baselines (sample): a seeded sample of 2 of 5 firms (seed 11): local-only and deployed" in markdown
+        "Local-only baselines (sample): a seeded sample of 2 of 3 firms (seed 7): local-only and deployed" in markdown
     )
 
 
