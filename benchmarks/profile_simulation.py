@@ -13,6 +13,7 @@ import argparse
 import cProfile
 import io
 import pstats
+import shutil
 import tempfile
 import time
 from collections.abc import Iterable
@@ -99,6 +100,9 @@ def main() -> None:
     parser.add_argument("--secure", action="store_true")
     parser.add_argument("--dp", action="store_true")
     parser.add_argument("--baselines", default="none")
+    parser.add_argument("--scenario", type=Path, default=None, help="a scenario file instead of the builder's chain")
+    parser.add_argument("--noise-seed", type=int, default=None, help="the firms' DP noise seed (a bit-equal check)")
+    parser.add_argument("--keep", type=Path, default=None, help="copy the run's folder here (its models)")
     parser.add_argument("--out", type=Path, default=None, help="cProfile's table (default: stdout)")
     parser.add_argument("--top", type=int, default=60)
     parser.add_argument("--dump", type=Path, default=None, help="also write cProfile's raw stats (pstats) here")
@@ -109,10 +113,11 @@ def main() -> None:
     from silobridge.federation.settings import settings_from_run_config
 
     with tempfile.TemporaryDirectory() as tmp:
-        scenario = Path(tmp) / "chain.toml"
-        scenario.write_text(
-            to_toml(chain_scenario(args.firms, seed=20251230, name=f"chain{args.firms}", rounds=args.rounds))
-        )
+        scenario = args.scenario.resolve() if args.scenario is not None else Path(tmp) / "chain.toml"
+        if args.scenario is None:
+            scenario.write_text(
+                to_toml(chain_scenario(args.firms, seed=20251230, name=f"chain{args.firms}", rounds=args.rounds))
+            )
         run_config = {
             "scenario": str(scenario),
             "set": f"training.model=mlp;training.baselines={args.baselines}",
@@ -120,17 +125,21 @@ def main() -> None:
             "dp": "on" if args.dp else "off",
             "out-dir": str(Path(tmp) / "runs"),
             "run-id": "profile",
+            "num-rounds": args.rounds,
+            **({"noise-seed": args.noise_seed} if args.noise_seed is not None else {}),
         }
         settings = settings_from_run_config(run_config)
         config = settings.to_run_config()
-        grid = InlineGrid(build_client_app(config), args.firms, config)
+        grid = InlineGrid(build_client_app(config), len(settings.scenario.firms), config)
         stages = Stages()
         profiler = cProfile.Profile()
         started = time.perf_counter()
         profiler.enable()
-        run_server(grid, settings, stages, flower_run_id=1, cpus=1)  # type: ignore[arg-type]
+        result = run_server(grid, settings, stages, flower_run_id=1, cpus=1)  # type: ignore[arg-type]
         profiler.disable()
         wall = time.perf_counter() - started
+        if args.keep is not None:
+            shutil.copytree(result.path, args.keep, dirs_exist_ok=True)
         if args.dump is not None:
             profiler.dump_stats(args.dump)
     stream = io.StringIO()
@@ -138,7 +147,7 @@ def main() -> None:
     stats.print_stats(args.top)
     stats.sort_stats("tottime").print_stats(args.top)
     ends = [t for _, t in stages.times[1:]] + [started + wall]
-    lines = [f"wall {wall:.1f} s, {args.firms} firms, {args.rounds} rounds, secure={args.secure}, dp={args.dp}"]
+    lines = [f"wall {wall:.1f} s, {len(grid.contexts)} firms, {args.rounds} rounds, secure={args.secure}, dp={args.dp}"]
     lines += [f"  stage {name}: {end - start:.2f} s" for (name, start), end in zip(stages.times, ends, strict=True)]
     lines += [f"  ClientApp {kind}: {seconds:.2f} s" for kind, seconds in sorted(grid.seconds.items())]
     text = "\n".join(lines) + "\n\n" + stream.getvalue()

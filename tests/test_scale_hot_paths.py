@@ -111,3 +111,22 @@ def test_run_settings_are_parsed_once_per_process_and_again_when_the_scenario_ch
     os.utime(scenario, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
     again = client_app._run_settings({**config, "run-id": "other"})
     assert again is not other  # a changed file is parsed again
+
+
+def test_the_harness_scores_every_firm_with_one_model_as_each_firm_scores_itself() -> None:
+    from silobridge.clients.models import MODEL_KINDS, build_model, state_to_arrays
+    from silobridge.clients.normaliser import Normaliser
+    from silobridge.federation.harness import SimulationHarness
+    from silobridge.federation.settings import settings_from_run_config
+
+    settings = settings_from_run_config({"scenario": str(TINY), "dp": "off", "aggregation": "plain"})
+    harness = SimulationHarness(settings, workers=1)
+    data = settings.spec.data
+    norm = Normaliser.from_ranges(data.risk_feature_ranges, data.risk_features)
+    weights = {kind: state_to_arrays(build_model(kind, settings.spec, seed=4)) for kind in MODEL_KINDS}
+    scored = harness.evaluate(weights, norm)
+    for kind in MODEL_KINDS:
+        holders = [f for f in harness.firms if f.trains(kind)]
+        assert holders
+        each = np.sum([f.evaluate(kind, weights[kind], norm) for f in holders], axis=0)  # type: ignore[arg-type]
+        assert np.array_equal(scored[kind], each)
