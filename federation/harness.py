@@ -15,9 +15,9 @@ from collections.abc import Collection
 import numpy as np
 import torch
 
+from silobridge.clients.evaluation import model_stats
 from silobridge.clients.features import DemandWindows, RiskExamples
 from silobridge.clients.firm import FirmClient
-from silobridge.clients.evaluation import model_stats
 from silobridge.clients.models import build_model, load_arrays, state_to_arrays
 from silobridge.clients.normaliser import Normaliser
 from silobridge.clients.training import FitSettings, fit, resolve_device

@@ -25,7 +25,9 @@ from silobridge.federation import client_app
 from tests.conftest import TINY
 
 
-def _opacus_fit(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, settings: FitSettings, dp: DpSgdSettings, seed: int):
+def _opacus_fit(
+    model: torch.nn.Module, x: np.ndarray, y: np.ndarray, settings: FitSettings, dp: DpSgdSettings, seed: int
+) -> None:
     """fit_private as it was before: Opacus' own DPDataLoader over a TensorDataset (the reference)."""
     private = GradSampleModule(model.train())
     generator = torch.Generator().manual_seed(seed)
