@@ -84,10 +84,10 @@ class Stages:
     """The run's stages with their wall time (the observer's callbacks)."""
 
     def __init__(self) -> None:
-        self.times: list[tuple[str, float]] = []
+        self.times: list[tuple[str, float, float]] = []
 
     def stage(self, name: str) -> None:
-        self.times.append((name, time.perf_counter()))
+        self.times.append((name, time.perf_counter(), time.process_time()))
 
     def round_done(self, record: dict[str, Any]) -> None:
         pass
@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, default=None, help="copy the run's folder here (its models)")
     parser.add_argument("--out", type=Path, default=None, help="cProfile's table (default: stdout)")
     parser.add_argument("--top", type=int, default=60)
+    parser.add_argument("--no-profile", action="store_true", help="no cProfile: CPU seconds without its overhead")
     parser.add_argument("--dump", type=Path, default=None, help="also write cProfile's raw stats (pstats) here")
     args = parser.parse_args()
 
@@ -133,23 +134,31 @@ def main() -> None:
         grid = InlineGrid(build_client_app(config), len(settings.scenario.firms), config)
         stages = Stages()
         profiler = cProfile.Profile()
-        started = time.perf_counter()
-        profiler.enable()
+        started, cpu_started = time.perf_counter(), time.process_time()
+        if not args.no_profile:
+            profiler.enable()
         result = run_server(grid, settings, stages, flower_run_id=1, cpus=1)  # type: ignore[arg-type]
         profiler.disable()
-        wall = time.perf_counter() - started
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
         if args.keep is not None:
             shutil.copytree(result.path, args.keep, dirs_exist_ok=True)
         if args.dump is not None:
             profiler.dump_stats(args.dump)
     stream = io.StringIO()
-    stats = pstats.Stats(profiler, stream=stream).sort_stats("cumulative")
-    stats.print_stats(args.top)
-    stats.sort_stats("tottime").print_stats(args.top)
-    ends = [t for _, t in stages.times[1:]] + [started + wall]
-    lines = [f"wall {wall:.1f} s, {len(grid.contexts)} firms, {args.rounds} rounds, secure={args.secure}, dp={args.dp}"]
-    lines += [f"  stage {name}: {end - start:.2f} s" for (name, start), end in zip(stages.times, ends, strict=True)]
-    lines += [f"  ClientApp {kind}: {seconds:.2f} s" for kind, seconds in sorted(grid.seconds.items())]
+    if not args.no_profile:
+        stats = pstats.Stats(profiler, stream=stream).sort_stats("cumulative")
+        stats.print_stats(args.top)
+        stats.sort_stats("tottime").print_stats(args.top)
+    ends = [(t, c) for _, t, c in stages.times[1:]] + [(started + wall, cpu_started + cpu)]
+    lines = [
+        f"wall {wall:.1f} s, CPU {cpu:.1f} s (this process: every firm and the server), {len(grid.contexts)} firms, "
+        f"{args.rounds} rounds, secure={args.secure}, dp={args.dp}, profiled={not args.no_profile}"
+    ]
+    lines += [
+        f"  stage {name}: {end - start:.2f} s wall, {cpu_end - cpu_start:.2f} s CPU"
+        for (name, start, cpu_start), (end, cpu_end) in zip(stages.times, ends, strict=True)
+    ]
+    lines += [f"  ClientApp {kind}: {seconds:.2f} s wall" for kind, seconds in sorted(grid.seconds.items())]
     text = "\n".join(lines) + "\n\n" + stream.getvalue()
     if args.out is not None:
         args.out.write_text(text)
