@@ -132,7 +132,7 @@ def main() -> None:
     parser.add_argument("--dp", action="store_true", help="the scenario's differential privacy (default: off)")
     parser.add_argument("--baselines", choices=["all", "sample", "none"], default=None, help="default: auto")
     parser.add_argument("--flower", action="store_true", help="also run Flower's own plain FedAvg at each size")
-    parser.add_argument("--name", default="fedavg_scale", help="results file name")
+    parser.add_argument("--name", "--results", dest="name", default="fedavg_scale", help="results file name")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -15,20 +15,17 @@ installed); the accounting does not depend on it.
 
 from __future__ import annotations
 
-import logging
 import math
 import secrets
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from opacus import GradSampleModule
-from opacus.data_loader import DPDataLoader
 from opacus.optimizers import DPOptimizer
 from torch import nn
-from torch.utils.data import TensorDataset
 
 from silobridge.clients.training import FitReport, FitSettings, LossName, loss_function, make_optimiser
 from silobridge.privacy.dp import poisson_steps_per_epoch
@@ -89,30 +86,41 @@ def fit_private(
         expected_batch_size=max(1, round(dp.sample_rate * len(features))),
         generator=noise_generator,
     )
-    dataset = TensorDataset(
-        torch.as_tensor(features, dtype=torch.float32, device=device),
-        torch.as_tensor(targets, dtype=torch.float32, device=device),
-    )
-    loader = DPDataLoader(dataset, sample_rate=dp.sample_rate, generator=generator)
+    inputs = torch.as_tensor(features, dtype=torch.float32, device=device)
+    labels = torch.as_tensor(targets, dtype=torch.float32, device=device)
     criterion = loss_function(loss)
-    opacus_log = logging.getLogger("opacus.data_loader")
-    level = opacus_log.level
-    opacus_log.setLevel(logging.ERROR)  # it warns on every empty Poisson batch, which is expected here
     try:
         with warnings.catch_warnings():  # torch warns about the backward hooks Opacus registers
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
             for _ in range(settings.epochs):
-                report.epoch_losses.append(_epoch(private, optimiser, loader, criterion, report))
+                batches = poisson_batches(inputs, labels, dp.sample_rate, generator)
+                report.epoch_losses.append(_epoch(private, optimiser, batches, criterion, report))
     finally:
-        opacus_log.setLevel(level)
         private._close()
     return report
+
+
+def poisson_batches(
+    inputs: torch.Tensor, labels: torch.Tensor, sample_rate: float, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of Opacus' Poisson sampling, drawn exactly as `opacus.data_loader.DPDataLoader` draws it over a
+    `TensorDataset` (the same generator calls in the same order, so the same batches and noise bit for bit), but
+    sliced from the tensors at once instead of collated example by example (a tenth of a firm's DP-SGD time).
+
+    DPDataLoader's epoch: torch's DataLoader iterator first draws its base seed (one int64) from the generator;
+    then each of the `int(1 / sample_rate)` steps keeps every example whose uniform draw is below the rate. An
+    empty draw is an empty batch of the same trailing shape (a noised step all the same)."""
+    torch.empty((), dtype=torch.int64).random_(generator=generator)  # DataLoader's _base_seed, unused here
+    for _ in range(int(1 / sample_rate)):  # UniformWithReplacementSampler's steps
+        mask = torch.rand(len(inputs), generator=generator) < sample_rate
+        indices = mask.nonzero(as_tuple=False).reshape(-1).to(inputs.device)
+        yield inputs[indices], labels[indices]
 
 
 def _epoch(
     private: nn.Module,
     optimiser: DPOptimizer,
-    loader: DPDataLoader,
+    loader: Iterator[tuple[torch.Tensor, torch.Tensor]],
     criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     report: FitReport,
 ) -> float:

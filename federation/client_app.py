@@ -14,6 +14,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -91,13 +92,41 @@ def _request(context: Context, run_config: Mapping[str, Any], message: Message) 
     node = context.node_config
     if "partition-id" not in node:
         return Request(node_firm(node, spec, message.metadata.message_type), None, context, message)
-    settings = settings_from_run_config(run_config)
+    settings = _run_settings(run_config)
     import torch
 
     if torch.get_num_threads() != 1:
         torch.set_num_threads(1)  # simulated firms share the machine's cores
     firm = simulated_firm(settings, spec, int(node["partition-id"]), run_id=context.run_id)
     return Request(firm, settings, context, message)
+
+
+def _run_settings(run_config: Mapping[str, Any]) -> RunSettings:
+    """The run's settings, parsed once per process, run config and scenario file: parsing loads the scenario
+    file (every firm of it), so parsing it per message cost each message time in proportion to the federation's
+    size (at 1,000 firms, more than a firm's training). A scenario file changed since is parsed again."""
+    key = tuple(sorted((str(k), repr(v)) for k, v in run_config.items()))
+    cached = _settings_cache.get(key)
+    if cached is not None and _file_stamp(cached.scenario_path) == _settings_stamp.get(key):
+        return cached
+    settings = settings_from_run_config(run_config)
+    _settings_cache.clear()  # one run at a time per process: the last run's settings only
+    _settings_cache[key] = settings
+    _settings_stamp.clear()
+    _settings_stamp[key] = _file_stamp(settings.scenario_path)
+    return settings
+
+
+def _file_stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_mtime_ns, found.st_size
+
+
+_settings_cache: dict[tuple[tuple[str, str], ...], RunSettings] = {}
+_settings_stamp: dict[tuple[tuple[str, str], ...], tuple[int, int] | None] = {}
 
 
 OWN_SPEND = "silobridge.own_spend"

@@ -15,9 +15,10 @@ from collections.abc import Collection
 import numpy as np
 import torch
 
+from silobridge.clients.evaluation import model_stats
 from silobridge.clients.features import DemandWindows, RiskExamples
 from silobridge.clients.firm import FirmClient
-from silobridge.clients.models import build_model, state_to_arrays
+from silobridge.clients.models import build_model, load_arrays, state_to_arrays
 from silobridge.clients.normaliser import Normaliser
 from silobridge.clients.training import FitSettings, fit, resolve_device
 from silobridge.contract.efficiency_sums import EFFICIENCY_AFTER, EfficiencyGroups
@@ -66,8 +67,16 @@ class SimulationHarness:
         for kind, arrays in weights.items():
             holders = [f for f in self.firms if f.trains(kind)]
             if holders:
-                out[kind] = np.sum([f.evaluate(kind, arrays, norm) for f in holders], axis=0)  # type: ignore[arg-type]
+                # One model for every firm (what FirmClient.evaluate computes per firm): building and loading the
+                # model for each firm was most of this per-round loop's time under DP.
+                model = build_model(kind, holders[0].spec)  # type: ignore[arg-type]
+                load_arrays(model, arrays)
+                out[kind] = np.sum([self._stats(f, kind, model, norm) for f in holders], axis=0)
         return out
+
+    @staticmethod
+    def _stats(firm: FirmClient, kind: str, model: torch.nn.Module, norm: Normaliser) -> np.ndarray:
+        return firm.holdings.slotted(kind, model_stats(firm.holdings, kind, model, norm), None)  # type: ignore[arg-type]
 
     def efficiency(self, weights: dict[str, dict[str, np.ndarray]], groups: EfficiencyGroups) -> dict[str, np.ndarray]:
         """Slotted efficiency sums of ordering from the given demand model, summed over the firms, in the
