@@ -746,7 +746,7 @@ def reductions(
     """How a grid falls short of the issue's (seeds 1-5, epsilon 1, 2, 4, 8, 3 draws, the files' rounds, the
     real pilots), said in the results so a reduced run is never read as the full one."""
     out = []
-    if tuple(seeds) != SEEDS:
+    if seeds and tuple(seeds) != SEEDS:
         out.append(f"seeds {', '.join(map(str, seeds))} of {SEEDS[0]}-{SEEDS[-1]}")
     if set(EPSILONS) - set(epsilons):
         ran, grid = (", ".join(f"{e:g}" for e in values) for values in (sorted(epsilons), EPSILONS))
