@@ -3,7 +3,7 @@ on real public data.
 
 Run from the repository root:
     python -m benchmarks.bench_joining_pays [--quick] [--seeds 1,2,3,4,5] [--epsilons 1,2,4,8] [--draws 3]
-        [--rounds N] [--skip-real] [--resume] [--work DIR] [--results NAME]
+        [--rounds N] [--skip-real] [--real-only] [--resume] [--work DIR] [--results NAME]
 
 Runs `silobridge simulate` in a fresh process per run (like bench_dp_utility) and reads each run's summary.json:
 (a) scenarios/default.toml with every seed (`--set seed=N`), record-level DP at delta 1e-5, each private point
@@ -746,7 +746,7 @@ def reductions(
     """How a grid falls short of the issue's (seeds 1-5, epsilon 1, 2, 4, 8, 3 draws, the files' rounds, the
     real pilots), said in the results so a reduced run is never read as the full one."""
     out = []
-    if tuple(seeds) != SEEDS:
+    if seeds and tuple(seeds) != SEEDS:
         out.append(f"seeds {', '.join(map(str, seeds))} of {SEEDS[0]}-{SEEDS[-1]}")
     if set(EPSILONS) - set(epsilons):
         ran, grid = (", ".join(f"{e:g}" for e in values) for values in (sorted(epsilons), EPSILONS))
@@ -782,6 +782,11 @@ def main() -> None:
         action="store_true",
         help="leave out the default scenario's non-private points (the private/non-private target is then not run)",
     )
+    parser.add_argument(
+        "--real-only",
+        action="store_true",
+        help="only the real pilots at epsilon 8 (their targets are judged within that point; no default scenario)",
+    )
     parser.add_argument("--work", type=Path, default=None, help="keep pilots, run directories and logs here")
     parser.add_argument("--resume", action="store_true", help="keep the earlier results' good points, run the rest")
     parser.add_argument(
@@ -796,15 +801,21 @@ def main() -> None:
     seeds, epsilons = (1,) if args.quick else args.seeds, (TARGET_EPSILON,) if args.quick else args.epsilons
     draws = args.draws or (1 if args.quick else DRAWS)
     rounds = args.rounds or (QUICK_ROUNDS if args.quick else None)
-    if draws < 1 or not seeds or not epsilons:
+    if args.real_only:
+        seeds, epsilons = (), (TARGET_EPSILON,)
+    if draws < 1 or not (seeds or args.real_only) or not epsilons:
         parser.error("--draws must be at least 1, and --seeds and --epsilons must name at least one value")
     if TARGET_EPSILON not in epsilons:
         epsilons = (*epsilons, TARGET_EPSILON)  # the targets are judged at epsilon 8
     points = plan(seeds, epsilons, draws, rounds, not args.skip_real, not args.skip_no_dp)
+    if args.real_only:
+        points = [Point(pilot, None, TARGET_EPSILON, draws, rounds) for pilot in REAL_PILOTS]
     name = args.results or ("joining_pays_quick" if args.quick else "joining_pays")
     reduced = reductions(seeds, epsilons, draws, rounds, not args.skip_real)
     if args.skip_no_dp:
         reduced.append("no non-private points")
+    if args.real_only:
+        reduced = [*reduced, "only the real pilots at epsilon 8 (no default scenario, no non-private points)"]
     parameters = {
         "mode": "quick" if args.quick else ("reduced" if reduced else "full"),
         "reduced": reduced,

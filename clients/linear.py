@@ -1,9 +1,11 @@
 """The linear model family on a firm's side: clipped designs, sufficient statistics and forecasts.
 
 Demand: a direct multi-horizon ridge forecaster. One window's features are its last `lags` values
-scaled by the series' training mean, their mean, the seasonal values (52 periods before each forecast
-period, zero with an indicator where the history lacks them), the federation's per-period calendar
-terms and covariates, the firm's tier and an intercept. Values are clipped to the public bounds of
+scaled by the series' training mean and then by the window's own level (`window_level`: the mean of
+those lags), their mean, the seasonal values (52 periods before each forecast period, zero with an
+indicator where the history lacks them) on the same scale, the federation's per-period calendar
+terms and covariates, the firm's tier and an intercept; targets are on the window's level too, so
+the model forecasts relative to where the series stands now. Values are clipped to the public bounds of
 `FederationSpec.linear` and each row to a public L2 norm, so one window moves the firm's X^T X and
 X^T Y by a known amount (`demand_sensitivity`). Risk: logistic regression on features scaled by the
 federation's normaliser, rows clipped to a public norm, with per-record gradient and Hessian sums for
@@ -39,22 +41,41 @@ def demand_dim(spec: FederationSpec) -> int:
     return spec.lags + 1 + 2 * spec.horizon + spec.horizon * per_period + len(TIERS) + 1
 
 
+LEVEL_FLOOR = 0.1
+"""The smallest window level (`window_level`), as a share of the series' training mean: a window whose
+recent values are (almost) all zero is scaled by this instead of dividing by zero."""
+
+
+def window_level(lags: np.ndarray, floor: float = LEVEL_FLOOR) -> np.ndarray:
+    """Each window's level: the mean of its lags (scaled by the series' training mean), at least `floor`.
+
+    A short history's training mean is a poor scale for the next season: the default scenario's small
+    firms started recording in spring, so their winter weeks run at 2.5-3.3x that mean, past the design's
+    value bound (the lags were clipped, the model saw a capped level). Relative to the window's own
+    recent level the values stay near 1 in every season, for long and short histories alike. The level
+    is a function of the window alone, so one window still moves the statistics by the same bound."""
+    return np.maximum(np.asarray(lags, dtype=float).mean(axis=1), floor)
+
+
 def demand_design(windows: DemandWindows, spec: FederationSpec) -> tuple[np.ndarray, np.ndarray]:
-    """(X, Y) of the windows, clipped to the federation's public bounds: X (n, d), Y (n, horizon) scaled."""
+    """(X, Y) of the windows, relative to each window's level and clipped to the federation's public bounds:
+    X (n, d), Y (n, horizon) scaled (units: Y x `demand_units_scale`)."""
     bounds = spec.linear
     lags, horizon = spec.lags, spec.horizon
     raw = windows.features.astype(float)
-    lag = np.clip(raw[:, :lags], 0.0, bounds.value_bound)
+    level = window_level(raw[:, :lags])[:, None]
+    lag = np.clip(raw[:, :lags] / level, 0.0, bounds.value_bound)
     period = np.clip(raw[:, lags : raw.shape[1] - len(TIERS)], -bounds.feature_bound, bounds.feature_bound)
     tier = raw[:, raw.shape[1] - len(TIERS) :]
     known = windows.seasonal_known.astype(bool)
     scale = np.maximum(windows.scale.astype(float), 1e-12)[:, None]
-    seasonal = np.where(known, np.clip(windows.naive / scale, 0.0, bounds.value_bound), 0.0)
+    seasonal = np.where(known, np.clip(windows.naive / scale / level, 0.0, bounds.value_bound), 0.0)
     ones = np.ones((len(windows), 1))
     x = np.concatenate([lag, lag.mean(axis=1, keepdims=True), seasonal, known, period, tier, ones], axis=1)
     if x.shape[1] != demand_dim(spec):
         raise ConfigError(f"demand windows have {raw.shape[1]} features; the federation's layout expects another count")
-    y = clip_rows(np.clip(windows.targets.astype(float), 0.0, bounds.value_bound), bounds.target_norm)
+    targets = windows.targets.astype(float) / level
+    y = clip_rows(np.clip(targets, 0.0, bounds.value_bound), bounds.target_norm)
     if horizon != y.shape[1]:
         raise ConfigError(f"demand targets cover {y.shape[1]} periods, the federation forecasts {horizon}")
     return clip_rows(x, bounds.row_norm), y
@@ -84,8 +105,18 @@ def ridge(xtx: np.ndarray, xty: np.ndarray, penalty: float, prior: np.ndarray | 
 
 
 def forecast_units(x: np.ndarray, coef: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Forecasts in units (never negative) of design rows `x`."""
+    """Forecasts in units (never negative) of design rows `x` whose units are `scale` per row."""
     return np.maximum(x @ coef, 0.0) * scale.astype(float)[:, None]
+
+
+def demand_units_scale(windows: DemandWindows, spec: FederationSpec) -> np.ndarray:
+    """Units of one design target per window: the series' training mean times the window's level."""
+    return windows.scale.astype(float) * window_level(windows.features[:, : spec.lags].astype(float))
+
+
+def linear_demand_forecasts(windows: DemandWindows, coef: np.ndarray, spec: FederationSpec) -> np.ndarray:
+    """Forecasts in units of a linear demand model's coefficients on the windows."""
+    return forecast_units(demand_design(windows, spec)[0], coef, demand_units_scale(windows, spec))
 
 
 def wape(forecast: np.ndarray, actual: np.ndarray) -> float:

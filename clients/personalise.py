@@ -31,7 +31,15 @@ import numpy as np
 from scipy.special import expit
 
 from silobridge.clients.features import DemandWindows
-from silobridge.clients.linear import demand_design, forecast_units, logistic_fit, ridge, wape
+from silobridge.clients.linear import (
+    demand_design,
+    demand_units_scale,
+    forecast_units,
+    linear_demand_forecasts,
+    logistic_fit,
+    ridge,
+    wape,
+)
 from silobridge.contract.config import FederationSpec
 
 SHRINKAGE_GRID = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
@@ -195,8 +203,9 @@ def tail_forecasts(
     x_all, y_all = demand_design(train, spec)
     tail_windows = _take(train, tail)
     out = {"naive": tail_windows.naive.astype(float)}
+    units = demand_units_scale(tail_windows, spec)
     for name, (coef, _) in _candidates(x_all[fit], y_all[fit], global_coef, spec).items():
-        out[name] = forecast_units(x_all[tail], coef, tail_windows.scale)
+        out[name] = forecast_units(x_all[tail], coef, units)
     return out
 
 
@@ -302,8 +311,7 @@ def demand_forecasts(choice: Choice, windows: DemandWindows, spec: FederationSpe
         return np.zeros(windows.targets.shape)
     if choice.coef is None:
         return windows.naive.astype(float)
-    x, _ = demand_design(windows, spec)
-    return forecast_units(x, choice.coef, windows.scale)
+    return linear_demand_forecasts(windows, choice.coef, spec)
 
 
 def row_log_losses(z: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ from silobridge.clients.deploy import (
     risk_training,
 )
 from silobridge.clients.firm import FirmClient
-from silobridge.clients.linear import demand_design, demand_dim, forecast_units, logistic_fit, ridge
+from silobridge.clients.linear import demand_dim, linear_demand_forecasts, logistic_fit, ridge
 from silobridge.clients.normaliser import Normaliser
 from silobridge.contract.config import FederationSpec
 from silobridge.contract.efficiency_sums import EfficiencyGroups, slot_by_tier
@@ -52,7 +52,7 @@ class DeployedOutcome:
 
 def linear_forecaster(coef: np.ndarray, spec: FederationSpec) -> Forecaster:
     """Forecasts in units of a linear demand model's coefficients."""
-    return lambda windows: forecast_units(demand_design(windows, spec)[0], coef, windows.scale)
+    return lambda windows: linear_demand_forecasts(windows, coef, spec)
 
 
 def _add(total: np.ndarray | None, vector: np.ndarray) -> np.ndarray:

@@ -95,7 +95,8 @@ def test_without_global_models_every_firm_still_deploys_and_says_why() -> None:
     (demand,) = outcome.per_firm["demand"]
     (risk,) = outcome.per_firm["risk"]
     assert demand["firm"] == risk["firm"] == firm.firm_id and demand["group"] == firm.group
-    assert demand["choice"] in ("local_mlp", "local_ridge", "naive") and demand["deployed_wape"] > 0
+    assert demand["choice"] in ("local_mlp", "local_ridge", "naive", "blend") and demand["deployed_wape"] > 0
+    assert demand["choice"] != "blend" or demand["blend_partner"] == "local"  # its own models only
     assert risk["choice"] in ("local_only", "local") and risk["reason"].startswith(NO_GLOBAL_RISK)
     assert 0.0 <= risk["deployed_roc_auc"] <= 1.0
     assert risk["test_events"] == int(firm.risk_split[1].labels.sum())  # the per-firm promise judges on these

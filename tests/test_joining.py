@@ -54,12 +54,16 @@ def test_a_firm_deploys_its_local_mlp_unless_a_candidate_beats_it_by_the_margin(
     assert deployment.name != "global_linear"
     assert {"naive", "local", "global", "local_mlp"} <= set(deployment.validation)
     names = {"naive": "naive", "local_ridge": "local", "global_linear": "global", "local_mlp": "local_mlp"}
-    chosen = names[deployment.name] if deployment.name in names else f"adapted@{deployment.shrinkage:g}"
     local = deployment.validation["local_mlp"]
-    if chosen != "local_mlp":
+    if deployment.name == "blend":  # the local-only MLP blended with a linear contender (hedged or chosen)
+        chosen = deployment.hedged_from or f"blend@{deployment.blend_weight:g}"
+        assert deployment.validation[chosen] < (1 - DEMAND_SWITCH_MARGIN) * local
+    else:
+        chosen = names[deployment.name] if deployment.name in names else f"adapted@{deployment.shrinkage:g}"
+    if chosen != "local_mlp" and deployment.name != "blend":
         assert deployment.validation[chosen] == min(deployment.validation.values())
         assert deployment.validation[chosen] < (1 - DEMAND_SWITCH_MARGIN) * local
-    elif min(deployment.validation.values()) < (1 - DEMAND_SWITCH_MARGIN) * local:
+    elif chosen == "local_mlp" and min(deployment.validation.values()) < (1 - DEMAND_SWITCH_MARGIN) * local:
         # won on the tail reaching back a year, not confirmed on the recent tail (the MLP fitted on more windows)
         best = min(deployment.validation, key=deployment.validation.__getitem__)
         assert "not on its" in deployment.reason

@@ -6,12 +6,14 @@ import dp_accounting as dpa
 import numpy as np
 import pytest
 
-from silobridge.clients.features import demand_windows
+from silobridge.clients.features import DemandWindows, demand_windows
 from silobridge.clients.linear import (
     clip_rows,
     demand_design,
     demand_dim,
     demand_sensitivity,
+    demand_units_scale,
+    linear_demand_forecasts,
     logistic_fit,
     newton_sensitivity,
     newton_statistics,
@@ -20,6 +22,7 @@ from silobridge.clients.linear import (
     risk_row_norm,
     sufficient_statistics,
     wape,
+    window_level,
 )
 from silobridge.contract.config import PrivacySpec
 from silobridge.contract.sufficient import split_newton, split_regression, symmetric_from_triu, triu_vector
@@ -95,6 +98,59 @@ def test_demand_design_is_clipped_and_marks_seasonal_history() -> None:
     seasonal = x[:, lags + 1 : lags + 1 + firm.spec.horizon]
     assert np.all(seasonal[~train.seasonal_known] == 0)
     assert np.all(x[:, -1] > 0)  # the intercept survives row clipping
+
+
+def test_window_level_is_the_mean_of_its_lags_floored() -> None:
+    lags = np.array([[1.0, 2.0, 3.0, 6.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.2], [2.5, 2.5, 2.5, 2.5]])
+    assert window_level(lags) == pytest.approx([3.0, 0.1, 0.1, 2.5])  # 0.05 is below the floor 0.1
+    assert window_level(lags, floor=0.01) == pytest.approx([3.0, 0.01, 0.05, 2.5])
+
+
+def _times(windows: DemandWindows, factor: np.ndarray, lags: int) -> DemandWindows:
+    """The windows with every demand value (lags, seasonal values, targets) multiplied per window by `factor`."""
+    features = windows.features.copy()
+    features[:, :lags] *= factor[:, None]
+    return DemandWindows(
+        features,
+        windows.targets * factor[:, None],
+        windows.scale,
+        windows.naive * factor[:, None],
+        windows.origin,
+        windows.seasonal_known,
+    )
+
+
+def test_demand_design_is_relative_to_the_window_level() -> None:
+    firm, *_ = tiny_firm("")
+    spec = firm.spec
+    train, _ = demand_windows(firm.data.demand, spec, firm.tier)
+    level = train.features[:, : spec.lags].astype(float).mean(axis=1)
+    assert np.all(level > 0.1)  # no window of the tiny firm at the floor
+    x, y = demand_design(train, spec)
+    lifted = _times(train, np.linspace(2.0, 3.3, len(train)).astype(np.float32), spec.lags)  # a winter peak's levels
+    x2, y2 = demand_design(lifted, spec)
+    assert np.allclose(x2, x, atol=1e-5) and np.allclose(y2, y, atol=1e-5)  # the same rows, nothing clipped away
+    inside = np.linalg.norm(x, axis=1) < spec.linear.row_norm - 1e-6  # rows the row clip left as they were
+    assert inside.sum() > len(x) / 2
+    assert np.allclose(x[inside, : spec.lags].mean(axis=1), 1.0, atol=1e-5)  # lags relative to their own mean
+    assert demand_units_scale(train, spec) == pytest.approx(train.scale * level, rel=1e-6)
+    coef = ridge(x.T @ x, x.T @ y, 1.0)
+    base = linear_demand_forecasts(train, coef, spec)
+    assert np.allclose(linear_demand_forecasts(lifted, coef, spec), base * np.linspace(2.0, 3.3, len(train))[:, None])
+    # in units, the forecast is the model's scaled output times the training mean times the level
+    assert base == pytest.approx(np.maximum(x @ coef, 0.0) * (train.scale * level)[:, None], rel=1e-5)
+
+
+def test_each_window_of_a_design_moves_the_statistics_by_at_most_the_sensitivity() -> None:
+    firm, *_ = tiny_firm("")
+    spec = firm.spec
+    train, _ = demand_windows(firm.data.demand, spec, firm.tier)
+    spikes = np.where(np.arange(len(train)) % 3 == 0, 50.0, 0.0).astype(np.float32)  # extreme windows, zeros
+    for windows in (train, _times(train, spikes, spec.lags)):
+        x, y = demand_design(windows, spec)
+        bound = demand_sensitivity(spec.linear.row_norm, spec.linear.target_norm)
+        norms = [np.linalg.norm(sufficient_statistics(x[i : i + 1], y[i : i + 1])) for i in range(len(x))]
+        assert max(norms) <= bound + 1e-9
 
 
 def test_ridge_and_adassp_agree_without_noise() -> None:

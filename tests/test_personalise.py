@@ -257,7 +257,9 @@ def test_demand_scores_fit_on_the_fit_windows_and_score_the_tail() -> None:
     x, y = demand_design(train, spec)
     coef = ridge(x[fit].T @ x[fit], x[fit].T @ y[fit], spec.linear.ridge)
     actual = train.actual[tail]
-    forecast = np.maximum(x[tail] @ coef, 0.0) * train.scale[tail].astype(float)[:, None]
+    level = train.features[tail, : spec.lags].astype(float).mean(axis=1)  # the window's level (all above the floor)
+    assert np.all(level > 0.1)
+    forecast = np.maximum(x[tail] @ coef, 0.0) * (train.scale[tail].astype(float) * level)[:, None]
     assert scores["local"] == pytest.approx(np.abs(forecast - actual).sum() / np.abs(actual).sum())
 
 
