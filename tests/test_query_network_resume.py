@@ -9,10 +9,7 @@ test_run_resume.py does for runs). The step-by-step resume itself is the simulat
 from __future__ import annotations
 
 import json
-import signal
 import sys
-import threading
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -39,6 +36,7 @@ from silobridge.federation.run_requests import query_config
 from silobridge.federation.rundir import CONFIG_FILE
 from silobridge.federation.settings import NODES, QUERIES_KEY, RESUME_KEY
 from tests.conftest import ROOT
+from tests.flwr_run_stand_in import ctrl_c_once_started, flwr_run_stand_in
 from tests.test_cli import silobridge_in_process
 
 TRIO = ROOT / "tests" / "scenarios" / "trio.toml"
@@ -159,24 +157,15 @@ def test_query_network_resume_refuses_a_changed_option_or_a_completed_session(tm
 
 
 def test_ctrl_c_stops_the_session_and_prints_its_resume_command(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest
 ) -> None:
     """Stand-ins: a `flwr run` that prints its run id and waits; a `flwr stop` that does what a stopped ServerApp
     does (keeps the folder under its final name)."""
     folder = _stopped_network_session(tmp_path)
-    flwr_run = "import time; print('Successfully started run 4343', flush=True); time.sleep(60)"
     flwr_stop = f"import os; os.rename({str(folder)!r}, {str(folder.parent / 'q')!r})"
-    monkeypatch.setattr(deploy, "run_command", lambda app_dir, config: [sys.executable, "-c", flwr_run])
+    monkeypatch.setattr(deploy, "run_command", lambda app_dir, config: flwr_run_stand_in(4343))
     monkeypatch.setattr(deploy, "stop_command", lambda run_id: [sys.executable, "-c", flwr_stop])
-    main = threading.get_ident()
-
-    def ctrl_c() -> None:
-        deadline = time.monotonic() + 60
-        while "4343" not in capsys.readouterr().err and time.monotonic() < deadline:  # the run has started
-            time.sleep(0.1)
-        signal.pthread_kill(main, signal.SIGINT)
-
-    threading.Thread(target=ctrl_c, daemon=True).start()
+    ctrl_c_once_started(monkeypatch, request)
     run_config, job = _job(folder)
     with pytest.raises(KeyboardInterrupt):
         runs.run_queries(run_config, job, resume=folder)

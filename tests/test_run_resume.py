@@ -8,10 +8,7 @@ test (a loopback federation) kills the coordinator's ServerApp after round 1's l
 from __future__ import annotations
 
 import json
-import signal
 import sys
-import threading
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -44,6 +41,7 @@ from silobridge.privacy.odometer import Odometer
 from silobridge.server.layouts import training_layout
 from tests.conftest import ROOT
 from tests.firm_support import tiny_firm
+from tests.flwr_run_stand_in import ctrl_c_once_started, flwr_run_stand_in
 from tests.test_cli import silobridge_in_process
 
 TRIO = ROOT / "tests" / "scenarios" / "trio.toml"
@@ -152,7 +150,7 @@ def test_a_partners_own_budget_is_counted_by_our_run_id_across_flower_runs(tmp_p
 
 @pytest.mark.slow  # in-process CLI runs, DP-SGD rounds or processes: over 5 s on 2 cores
 def test_ctrl_c_stops_the_flower_run_and_prints_the_resume_command(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest
 ) -> None:
     """`flwr run --stream` alone would stop streaming and leave the ServerApp running: Ctrl-C stops the Flower run
     by its id (`flwr stop`), waits for the ServerApp to leave the run's folder, and says how to resume it.
@@ -164,24 +162,15 @@ def test_ctrl_c_stops_the_flower_run_and_prints_the_resume_command(
     federation.write_text(TRIO.read_text())
     folder = _interrupted_network_run(tmp_path, federation)
     stopped = tmp_path / "stopped.txt"
-    flwr_run = "import time; print('Successfully started run 4242', flush=True); time.sleep(60)"
     flwr_stop = (
         "import os, sys; from pathlib import Path; "
         f"Path({str(stopped)!r}).write_text(' '.join(sys.argv[1:])); "
         f"os.rename({str(folder)!r}, {str(folder.parent / 'net')!r}); "
         f"Path({str(folder.parent / 'net' / 'failure.json')!r}).write_text('{{}}')"
     )
-    monkeypatch.setattr(deploy, "run_command", lambda app_dir, config: [sys.executable, "-c", flwr_run])
+    monkeypatch.setattr(deploy, "run_command", lambda app_dir, config: flwr_run_stand_in(4242))
     monkeypatch.setattr(deploy, "stop_command", lambda run_id: [sys.executable, "-c", flwr_stop, str(run_id)])
-    main = threading.get_ident()
-
-    def ctrl_c() -> None:
-        deadline = time.monotonic() + 60
-        while "4242" not in capsys.readouterr().out and time.monotonic() < deadline:  # the run has started
-            time.sleep(0.1)
-        signal.pthread_kill(main, signal.SIGINT)
-
-    threading.Thread(target=ctrl_c, daemon=True).start()
+    ctrl_c_once_started(monkeypatch, request)
     config = network_resume_config(folder, {})
     with pytest.raises(KeyboardInterrupt):
         runs.run_federation(config, resume=folder)
