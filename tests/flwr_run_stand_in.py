@@ -1,16 +1,13 @@
-"""A `flwr run` stand-in and a Ctrl-C that reaches the main thread only once `flower_run` has read its run id.
+"""A `flwr run` stand-in and a Ctrl-C raised inside `flower_run` only once it has read the run id.
 
 Watching captured output from another thread loses lines (`capsys.readouterr()` empties the buffer while the
-main thread writes), and a SIGINT sent as soon as the run id's line is written can land before `flower_run`
-parsed it. So the stand-in prints a second line, and the interrupt waits until that line reaches the sink:
-by then the loop has handled the first one.
+main thread writes). So the stand-in prints a second line, and the interrupt comes when that line reaches the
+sink: by then the loop has handled the first one.
 """
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 from collections.abc import Mapping, Sequence
 from typing import TextIO, cast
 
@@ -30,16 +27,17 @@ def flwr_run_stand_in(run_id: int) -> list[str]:
     return [sys.executable, "-c", code]
 
 
-class _Watch:
-    """A sink that passes everything on and notes when the stand-in's second line went through."""
+class _CtrlCAfterStarted:
+    """A sink that passes everything on and raises KeyboardInterrupt (what Ctrl-C raises in the main thread)
+    once the stand-in's second line went through: by then `flower_run` has read the run id."""
 
-    def __init__(self, sink: TextIO, seen: threading.Event):
-        self._sink, self._seen = sink, seen
+    def __init__(self, sink: TextIO):
+        self._sink = sink
 
     def write(self, text: str) -> int:
         written = self._sink.write(text)
         if AFTER_STARTED in text:
-            self._seen.set()
+            raise KeyboardInterrupt
         return written
 
     def flush(self) -> None:
@@ -49,29 +47,15 @@ class _Watch:
         return getattr(self._sink, name)
 
 
-def ctrl_c_once_started(
-    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, timeout_s: float = 300
-) -> None:
-    """Send SIGINT to this (main) thread once `flower_run`'s sink received the stand-in's second line
-    (`monkeypatch` wraps `runs.flower_run`'s sink until the test ends). Python's own SIGINT handler is put
-    in place for the test: a process started in the background inherits SIGINT ignored, and then Ctrl-C
-    would never raise KeyboardInterrupt."""
+def ctrl_c_once_started(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C inside `flower_run`'s loop once the run has started (`monkeypatch` wraps its sink until the test
+    ends). Raised from the sink, not sent as SIGINT: in a pytest worker that holds Ray a SIGINT sent to the main
+    thread never raised KeyboardInterrupt (the test hung until the stand-in exited)."""
     from silobridge.federation.network import runs
 
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
-
-    seen = threading.Event()
     flower_run = runs.flower_run
 
-    def watched(command: Sequence[str], env: Mapping[str, str], sink: TextIO) -> int:
-        return flower_run(command, env, cast(TextIO, _Watch(sink, seen)))
+    def interrupted(command: Sequence[str], env: Mapping[str, str], sink: TextIO) -> int:
+        return flower_run(command, env, cast(TextIO, _CtrlCAfterStarted(sink)))
 
-    monkeypatch.setattr(runs, "flower_run", watched)
-    main = threading.get_ident()
-
-    def interrupt() -> None:
-        if seen.wait(timeout_s):
-            signal.pthread_kill(main, signal.SIGINT)
-
-    threading.Thread(target=interrupt, daemon=True).start()
+    monkeypatch.setattr(runs, "flower_run", interrupted)

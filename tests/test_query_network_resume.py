@@ -157,7 +157,7 @@ def test_query_network_resume_refuses_a_changed_option_or_a_completed_session(tm
 
 
 def test_ctrl_c_stops_the_session_and_prints_its_resume_command(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Stand-ins: a `flwr run` that prints its run id and waits; a `flwr stop` that does what a stopped ServerApp
     does (keeps the folder under its final name)."""
@@ -165,7 +165,7 @@ def test_ctrl_c_stops_the_session_and_prints_its_resume_command(
     flwr_stop = f"import os; os.rename({str(folder)!r}, {str(folder.parent / 'q')!r})"
     monkeypatch.setattr(deploy, "run_command", lambda app_dir, config: flwr_run_stand_in(4343))
     monkeypatch.setattr(deploy, "stop_command", lambda run_id: [sys.executable, "-c", flwr_stop])
-    ctrl_c_once_started(monkeypatch, request)
+    ctrl_c_once_started(monkeypatch)
     run_config, job = _job(folder)
     with pytest.raises(KeyboardInterrupt):
         runs.run_queries(run_config, job, resume=folder)

@@ -150,7 +150,7 @@ def test_a_partners_own_budget_is_counted_by_our_run_id_across_flower_runs(tmp_p
 
 @pytest.mark.slow  # in-process CLI runs, DP-SGD rounds or processes: over 5 s on 2 cores
 def test_ctrl_c_stops_the_flower_run_and_prints_the_resume_command(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`flwr run --stream` alone would stop streaming and leave the ServerApp running: Ctrl-C stops the Flower run
     by its id (`flwr stop`), waits for the ServerApp to leave the run's folder, and says how to resume it.
@@ -170,7 +170,7 @@ def test_ctrl_c_stops_the_flower_run_and_prints_the_resume_command(
     )
     monkeypatch.setattr(deploy, "run_command", lambda app_dir, config: flwr_run_stand_in(4242))
     monkeypatch.setattr(deploy, "stop_command", lambda run_id: [sys.executable, "-c", flwr_stop, str(run_id)])
-    ctrl_c_once_started(monkeypatch, request)
+    ctrl_c_once_started(monkeypatch)
     config = network_resume_config(folder, {})
     with pytest.raises(KeyboardInterrupt):
         runs.run_federation(config, resume=folder)
