@@ -10,7 +10,6 @@ and is redone.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -60,17 +59,9 @@ def _checkpoint(
     dropped: list[dict[str, Any]],
 ) -> Checkpoint:
     """The latest checkpoint (rounds and linear releases) with the efficiency release."""
-    entries, last_hash = ledger.pointer
-    base = checkpoints.last
-    if base is None:
-        base = Checkpoint(round=0, config_sha256=checkpoints.config_sha256, weights={})
-    return replace(
-        base,
-        history=list(base.history),
-        dropped=list(dropped),
-        ledger_entries=entries,
-        ledger_hash=last_hash,
-        releases=[],
+    return checkpoints.latest_with(
+        ledger,
+        dropped,
         efficiency={"firms": {when: list(names) for when, names in firms.items()}},
         efficiency_released={when: np.array(value, copy=True) for when, value in released.items()},
     )

@@ -11,7 +11,6 @@ its saved state, so that with `--noise-seed` its models equal an uninterrupted r
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -82,17 +81,9 @@ class LinearProgress:
         self, checkpoints: Checkpoints, ledger: PrivacyRun | None, dropped: list[dict[str, Any]]
     ) -> Checkpoint:
         """The latest checkpoint (the FedAvg rounds', if any) with the linear releases so far."""
-        entries, last_hash = ledger.pointer if ledger is not None else (None, None)
-        base = checkpoints.last
-        if base is None:
-            base = Checkpoint(round=0, config_sha256=checkpoints.config_sha256, weights={})
-        return replace(
-            base,
-            history=list(base.history),
-            dropped=list(dropped),
-            ledger_entries=entries,
-            ledger_hash=last_hash,
-            releases=[],
+        return checkpoints.latest_with(
+            ledger,
+            dropped,
             linear={"history": [dict(record) for record in self.history], "rng": self.rng.bit_generator.state},
             released=dict(self.released),
         )

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +79,21 @@ class Checkpoints:
                     source=str(path),
                 )
             self.last = self.start
+
+    def latest_with(self, ledger: PrivacyRun | None, dropped: list[dict[str, Any]], **fields: Any) -> Checkpoint:
+        """The latest checkpoint (or round 0's) moved to the ledger's current entry, with `fields` replaced:
+        what the linear family's and the efficiency release's checkpoints add to the rounds'."""
+        entries, last_hash = ledger.pointer if ledger is not None else (None, None)
+        base = self.last or Checkpoint(round=0, config_sha256=self.config_sha256, weights={})
+        return replace(
+            base,
+            history=list(base.history),
+            dropped=list(dropped),
+            ledger_entries=entries,
+            ledger_hash=last_hash,
+            releases=[],
+            **fields,
+        )
 
     def _path(self, name: str) -> Path:
         return self.rundir.partial / name
