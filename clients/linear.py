@@ -41,6 +41,10 @@ def demand_dim(spec: FederationSpec) -> int:
     return spec.lags + 1 + 2 * spec.horizon + spec.horizon * per_period + len(TIERS) + 1
 
 
+DESIGN = "window-level/1"
+"""The linear family's design, recorded in a run's checkpoints: a release replayed on resume must come from the
+design that continues the run (the windows' level scaling changed what the released statistics mean)."""
+
 LEVEL_FLOOR = 0.1
 """The smallest window level (`window_level`), as a share of the series' training mean: a window whose
 recent values are (almost) all zero is scaled by this instead of dividing by zero."""

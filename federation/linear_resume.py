@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from silobridge.errors import FederationError
-from silobridge.federation.checkpoint import Checkpoint
+from silobridge.clients.linear import DESIGN
+from silobridge.errors import ConfigError, FederationError
+from silobridge.federation.checkpoint import CHECKPOINT_FILE, Checkpoint
 from silobridge.federation.crash_points import crash_point
 from silobridge.federation.resume import Checkpoints
 from silobridge.privacy.ledger import PrivacyRun, Release
@@ -32,6 +33,14 @@ class LinearProgress:
         self.history: list[dict[str, Any]] = []
         start = checkpoints.start if checkpoints is not None else None
         if checkpoints is not None and start is not None and start.linear is not None:
+            recorded = start.linear.get("design")
+            if recorded != DESIGN:
+                raise ConfigError(
+                    f"the checkpoint's linear releases were made by another design of the linear family (recorded "
+                    f"{recorded or 'none: a build before designs were recorded'}, this build {DESIGN}): replaying "
+                    "them would mix two designs in one model; start the run afresh",
+                    source=str(checkpoints.rundir.partial / CHECKPOINT_FILE),
+                )
             self.released = dict(start.released)
             self.history = [dict(record) for record in start.linear["history"]]
             if len(self.history) != len(self.released):
@@ -84,6 +93,10 @@ class LinearProgress:
         return checkpoints.latest_with(
             ledger,
             dropped,
-            linear={"history": [dict(record) for record in self.history], "rng": self.rng.bit_generator.state},
+            linear={
+                "design": DESIGN,
+                "history": [dict(record) for record in self.history],
+                "rng": self.rng.bit_generator.state,
+            },
             released=dict(self.released),
         )

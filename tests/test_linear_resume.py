@@ -113,6 +113,26 @@ def test_a_linear_release_is_replayed_not_redone_and_the_noise_continues_exactly
     assert list(final.released) == list(RELEASES) and final.position == (0, 3, 0)
 
 
+def test_a_checkpoint_from_another_linear_design_is_refused_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run checkpointed by a build whose linear design differs (here: one from before designs were recorded)
+    is refused rather than replayed into a model of the new design."""
+    from silobridge.clients.linear import DESIGN
+    from silobridge.errors import ConfigError
+    from silobridge.federation.checkpoint import write_checkpoint
+
+    _run(tmp_path, "pending:linear/risk-1", monkeypatch)
+    path = tmp_path / CHECKPOINT_FILE
+    old = read_checkpoint(path)
+    assert old.linear is not None and old.linear["design"] == DESIGN
+    del old.linear["design"]
+    write_checkpoint(path, old)
+    checkpoints = Checkpoints(FakeRunFolder(tmp_path), config_hash(CONFIG), resuming=True)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=f"another design of the linear family .*none.*this build {DESIGN}"):
+        LinearProgress(checkpoints, np.random.default_rng([5, 17]))
+
+
 def test_a_checkpoint_keeps_the_linear_releases_bit_for_bit(tmp_path: Path) -> None:
     from silobridge.federation.checkpoint import write_checkpoint
 
