@@ -26,6 +26,7 @@ from silobridge.federation.resume import Checkpoints
 from silobridge.federation.settings import GENERATED_SCHEMA
 from silobridge.privacy.dp import Budget
 from silobridge.privacy.ledger import PrivacyRun, config_hash, verify_ledger
+from silobridge.privacy.ledger.verdict import judge
 from silobridge.scenarios.generator import ChainData
 from silobridge.scenarios.schema import Scenario
 from silobridge.server.query_plans import build_plan
@@ -143,6 +144,10 @@ def test_a_session_stopped_around_a_steps_ledger_entry_resumes_exactly(
     ids = [r.release_id for r in report.releases]
     assert len(ids) == len(set(ids)) == 6  # every step charged once
     assert report.ended and len(report.resumes) == 1
+    # the audit says what the session resumed after in releases (a query session has no rounds)
+    # (the checkpoint it continued from had charged the two steps before kmeans/step-1), not "after round 0"
+    assert report.resumes[0]["checkpoint_releases"] == 2
+    assert "resumed after 2 release(s)" in judge(report).text
     assert not (tmp_path / PENDING_FILE).exists() and (tmp_path / CHECKPOINT_FILE).exists()
 
 

@@ -75,5 +75,8 @@ def _resumes(report: AuditReport) -> str:
     for resume in report.resumes:
         torn = resume.get("torn_tail")
         moved = f", torn line of {torn['length']} bytes kept as {torn['kept_as']}" if torn else ""
-        parts.append(f"after round {resume['checkpoint_round']} (entry {resume['index']}{moved})")
+        done = resume["checkpoint_round"]
+        # a session without rounds (a query, the linear family) resumed after the releases its checkpoint charged
+        after = f"round {done}" if done else f"{resume['checkpoint_releases']} release(s)"
+        parts.append(f"after {after} (entry {resume['index']}{moved})")
     return "; resumed " + ", ".join(parts) + ", no release charged twice"

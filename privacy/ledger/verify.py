@@ -330,6 +330,9 @@ def verify_ledger(path: str | Path, *, public_key: Ed25519PublicKey | str | byte
                 {
                     "index": index,
                     "checkpoint_round": entry.checkpoint_round,
+                    # releases the checkpoint had charged: what a session without rounds (queries, the
+                    # linear family) resumed after
+                    "checkpoint_releases": len({release for (release, _), at in released.items() if at < points}),
                     "reopened_after": entry.reopened_after,
                     "torn_tail": entry.torn_tail.model_dump() if entry.torn_tail is not None else None,
                 }
