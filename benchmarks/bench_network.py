@@ -111,6 +111,41 @@ def handoffs_ms(logs: list[Path]) -> list[float]:
     return [row["handoff_ms"] for row in rows]
 
 
+def _descendants(pid: int) -> list[int]:
+    """`pid`'s child processes, their children, ... (Linux /proc)."""
+    found, stack = [], [pid]
+    while stack:
+        parent = stack.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += children
+            stack += children
+    return found
+
+
+def superlink_usage(launcher_pid: int) -> dict[str, float]:
+    """The `flower-superlink` process under `silobridge superlink` (`launcher_pid`): its CPU seconds (user +
+    system) and its peak resident memory (VmHWM) so far, read from /proc before it is stopped."""
+    for pid in [launcher_pid, *_descendants(launcher_pid)]:
+        try:
+            if "flower-superlink" not in Path(f"/proc/{pid}/cmdline").read_text():
+                continue
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        except OSError:
+            continue
+        peak_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+        ticks = os.sysconf("SC_CLK_TCK")
+        return {
+            "superlink_cpu_s": round((int(fields[11]) + int(fields[12])) / ticks, 1),
+            "superlink_peak_rss_mib": round(peak_kib / 1024, 1),
+        }
+    return {}
+
+
 def network_run(
     work: Path, config: Path, firms: list[str], executor: str, pull_cap: float | None = None
 ) -> dict[str, Any]:
@@ -132,6 +167,7 @@ def network_run(
         started = time.perf_counter()
         result = net.run(folder / "runs", "net", timeout=3600)
         wall = time.perf_counter() - started
+        usage = superlink_usage(net.processes[0].pid)  # the SuperLink is the first process started
         if not (folder / "runs" / "net" / "summary.json").exists():
             raise RuntimeError(result.stdout[-3000:] + result.stderr[-3000:])
     handoffs = handoffs_ms(logs)
@@ -143,6 +179,7 @@ def network_run(
         "handoff_max_ms": round(max(handoffs), 1) if handoffs else None,
         "handoff_available_median_ms": steps.get("handoff_available", {}).get("median_ms"),
         "messages": len(handoffs),
+        **usage,
         "steps": steps,
     }
 
@@ -185,6 +222,8 @@ def measure(
                 "handoff_available_median_ms": run["handoff_available_median_ms"],
                 "messages": run["messages"],
                 "network_run_s": round(run["wall"], 1),
+                "superlink_cpu_s": run.get("superlink_cpu_s"),
+                "superlink_peak_rss_mib": run.get("superlink_peak_rss_mib"),
                 "simulation_run_s": round(simulation_wall, 1),
                 "steps": run["steps"],
             }
@@ -253,7 +292,9 @@ def main() -> None:
         "and only then pulls the message's objects from the SuperLink (which the ServerApp may still be pushing), so "
         "this hand-off also holds that transfer. handoff_available: the message whole at the SuperNode (its objects "
         "pulled) -> the handler entered (trace). pull_cap_s: the longest wait between two pulls of a missing object "
-        "from the SuperLink (SuperNodes and ServerApp; 1.0 until session 9, 0.1 since). Targets (issue 20): handoff "
+        "from the SuperLink (SuperNodes and ServerApp; 1.0 until session 9, 0.1 since). superlink_cpu_s, "
+        "superlink_peak_rss_mib: the flower-superlink process's CPU seconds and peak resident memory over its whole "
+        "life (the partners' registration and connection, then the run), read from /proc. Targets (issue 20): handoff "
         "(message available at the SuperNode -> our handler running) median <= 150 ms, 2 partners plain round <= "
         "1.5 s."
     )
