@@ -40,8 +40,9 @@ import tomli_w
 
 from benchmarks._common import write_results
 from silobridge.clients.data import write_firm_data
+from silobridge.federation.network.flower_hooks import PULL_CAP_ENV, REMOTE_PULL_CAP_S
 from silobridge.federation.network.loopback import LoopbackFederation
-from silobridge.federation.network.trace import STEPS, TRACE_ENV, breakdown, load
+from silobridge.federation.network.trace import SPANS, STEPS, TRACE_ENV, breakdown, load
 from silobridge.federation.simulation import simulate
 from silobridge.scenarios.generator import generate_chain
 from silobridge.scenarios.schema import load_scenario
@@ -110,14 +111,54 @@ def handoffs_ms(logs: list[Path]) -> list[float]:
     return [row["handoff_ms"] for row in rows]
 
 
-def network_run(work: Path, config: Path, firms: list[str], executor: str) -> dict[str, Any]:
-    """One loopback federation whose partners join with `--executor executor`; its round times and hand-offs."""
-    folder = work / executor
+def _descendants(pid: int) -> list[int]:
+    """`pid`'s child processes, their children, ... (Linux /proc)."""
+    found, stack = [], [pid]
+    while stack:
+        parent = stack.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += children
+            stack += children
+    return found
+
+
+def superlink_usage(launcher_pid: int) -> dict[str, float]:
+    """The `flower-superlink` process under `silobridge superlink` (`launcher_pid`): its CPU seconds (user +
+    system) and its peak resident memory (VmHWM) so far, read from /proc before it is stopped."""
+    for pid in [launcher_pid, *_descendants(launcher_pid)]:
+        try:
+            if "flower-superlink" not in Path(f"/proc/{pid}/cmdline").read_text():
+                continue
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        except OSError:
+            continue
+        peak_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+        ticks = os.sysconf("SC_CLK_TCK")
+        return {
+            "superlink_cpu_s": round((int(fields[11]) + int(fields[12])) / ticks, 1),
+            "superlink_peak_rss_mib": round(peak_kib / 1024, 1),
+        }
+    return {}
+
+
+def network_run(
+    work: Path, config: Path, firms: list[str], executor: str, pull_cap: float | None = None
+) -> dict[str, Any]:
+    """One loopback federation whose partners join with `--executor executor` (and, if given, whose SuperNodes and
+    ServerApp wait at most `pull_cap` s between pulls of an object: PULL_CAP_ENV); its round times and hand-offs."""
+    folder = work / (executor if pull_cap is None else f"{executor}-cap{pull_cap:g}")
     folder.mkdir()
     logs = [folder / f"handoff-{firm}.jsonl" for firm in firms]
     trace = folder / "trace.jsonl"
     with LoopbackFederation(folder, config, ROOT) as net:
         net.env[TRACE_ENV] = str(trace)
+        if pull_cap is not None:
+            net.env[PULL_CAP_ENV] = repr(pull_cap)
         net.make_credentials(firms)
         net.start_superlink()
         for firm, log in zip(firms, logs, strict=True):
@@ -126,27 +167,37 @@ def network_run(work: Path, config: Path, firms: list[str], executor: str) -> di
         started = time.perf_counter()
         result = net.run(folder / "runs", "net", timeout=3600)
         wall = time.perf_counter() - started
+        usage = superlink_usage(net.processes[0].pid)  # the SuperLink is the first process started
         if not (folder / "runs" / "net" / "summary.json").exists():
             raise RuntimeError(result.stdout[-3000:] + result.stderr[-3000:])
     handoffs = handoffs_ms(logs)
+    steps = breakdown(load(trace))
     return {
         "rounds": round_seconds(folder / "runs" / "net"),
         "wall": wall,
         "handoff_median_ms": round(statistics.median(handoffs), 1) if handoffs else None,
         "handoff_max_ms": round(max(handoffs), 1) if handoffs else None,
+        "handoff_available_median_ms": steps.get("handoff_available", {}).get("median_ms"),
         "messages": len(handoffs),
-        "steps": breakdown(load(trace)),
+        **usage,
+        "steps": steps,
     }
 
 
-def measure(nodes: int, rounds: int, work: Path, executors: list[str]) -> list[dict[str, Any]]:
+def measure(
+    nodes: int, rounds: int, work: Path, executors: list[str], pull_caps: list[float | None]
+) -> list[dict[str, Any]]:
     work.mkdir(parents=True)
     config = federation_file(work / "federation.toml", nodes, rounds)
     scenario = load_scenario(config)
     chain = generate_chain(scenario)
     for firm in scenario.firm_ids:
         write_firm_data(work / "data" / firm, chain.tables[firm].demand, chain.tables[firm].risk)
-    runs = {executor: network_run(work, config, list(scenario.firm_ids), executor) for executor in executors}
+    runs = {
+        (executor, cap): network_run(work, config, list(scenario.firm_ids), executor, cap)
+        for executor in executors
+        for cap in pull_caps
+    }
     started = time.perf_counter()
     pilot = simulate(
         {"scenario": str(config), "out-dir": str(work / "runs"), "run-id": "sim", "data": str(work / "data")}
@@ -154,7 +205,7 @@ def measure(nodes: int, rounds: int, work: Path, executors: list[str]) -> list[d
     simulation_wall = time.perf_counter() - started
     sim_round = statistics.mean(round_seconds(pilot.path))
     rows = []
-    for executor, run in runs.items():
+    for (executor, cap), run in runs.items():
         net_round = statistics.mean(run["rounds"])
         rows.append(
             {
@@ -162,13 +213,17 @@ def measure(nodes: int, rounds: int, work: Path, executors: list[str]) -> list[d
                 "rounds": rounds,
                 "aggregation": "plain" if nodes < 3 else "secure",
                 "executor": executor,
+                "pull_cap_s": cap if cap is not None else REMOTE_PULL_CAP_S,
                 "network_round_s": round(net_round, 2),
                 "simulation_round_s": round(sim_round, 2),
                 "round_ratio": round(net_round / sim_round, 2),
                 "handoff_median_ms": run["handoff_median_ms"],
                 "handoff_max_ms": run["handoff_max_ms"],
+                "handoff_available_median_ms": run["handoff_available_median_ms"],
                 "messages": run["messages"],
                 "network_run_s": round(run["wall"], 1),
+                "superlink_cpu_s": run.get("superlink_cpu_s"),
+                "superlink_peak_rss_mib": run.get("superlink_peak_rss_mib"),
                 "simulation_run_s": round(simulation_wall, 1),
                 "steps": run["steps"],
             }
@@ -178,13 +233,13 @@ def measure(nodes: int, rounds: int, work: Path, executors: list[str]) -> list[d
 
 def steps_table(rows: list[dict[str, Any]]) -> str:
     """Markdown: each step of a message's trip (federation/network/trace.py), median / max ms, per run."""
-    names = [name for name, _, _ in STEPS] + ["round_trip"]
-    head = "| nodes | executor | " + " | ".join(names) + " |"
-    lines = [head, "| " + " | ".join("---" for _ in range(len(names) + 2)) + " |"]
+    names = [name for name, _, _ in (*STEPS, *SPANS)]
+    head = "| nodes | executor | pull cap s | " + " | ".join(names) + " |"
+    lines = [head, "| " + " | ".join("---" for _ in range(len(names) + 3)) + " |"]
     for row in rows:
         steps = row.get("steps") or {}
         cells = [f"{steps[n]['median_ms']:.0f} / {steps[n]['max_ms']:.0f}" if n in steps else "-" for n in names]
-        lines.append(f"| {row['nodes']} | {row['executor']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row['nodes']} | {row['executor']} | {row['pull_cap_s']:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -197,6 +252,14 @@ def main() -> None:
     parser.add_argument(
         "--executor", choices=("cold", "warm", "both"), default="both", help="Who serves the partners' messages."
     )
+    parser.add_argument(
+        "--pull-caps",
+        type=float,
+        nargs="+",
+        default=None,
+        help=f"Run each size once per cap (s) on the longest wait between object pulls from the SuperLink "
+        f"({PULL_CAP_ENV}), side by side; default: the code's own ({REMOTE_PULL_CAP_S} s), once.",
+    )
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     starts = clientapp_cold_start(args.cold_starts)
@@ -205,7 +268,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-network-") as tmp:
         for nodes in args.nodes:
             executors = ["cold", "warm"] if args.executor == "both" else [args.executor]
-            for row in measure(nodes, args.rounds, Path(tmp) / f"n{nodes}", executors):
+            caps: list[float | None] = list(args.pull_caps) if args.pull_caps else [None]
+            for row in measure(nodes, args.rounds, Path(tmp) / f"n{nodes}", executors, caps):
                 print(row, flush=True)
                 rows.append(row)
     start_s, light_s = statistics.median(starts), statistics.median(light)
@@ -222,15 +286,23 @@ def main() -> None:
         "about one cold start plus the network and training, whatever the number of partners. "
         "executor 'warm' (the default of `silobridge join`): each partner's warm executor imported torch, Opacus, flwr "
         "and the ClientApp once and forks per message; 'cold': the same executor starting a fresh interpreter per "
-        "message. handoff: the executor took the task from its SuperNode -> the ClientApp's handler entered, over "
-        "every message of every partner (the SuperNode stores a pulled message as a task the executor polls for every "
-        "0.05 s, so add up to 50 ms from 'available at the SuperNode'). Targets (issue 20): handoff median <= 150 ms, "
-        "2 partners plain round <= 1.5 s."
+        "message; a warm ClientApp start is the trace's fork step (task taken -> the fork runs) plus load_app. "
+        "handoff: the executor took the task from its SuperNode -> the ClientApp's handler entered, over every message "
+        "of every partner (the executor's own record); the SuperNode creates the task as soon as it has the message "
+        "and only then pulls the message's objects from the SuperLink (which the ServerApp may still be pushing), so "
+        "this hand-off also holds that transfer. handoff_available: the message whole at the SuperNode (its objects "
+        "pulled) -> the handler entered (trace). pull_cap_s: the longest wait between two pulls of a missing object "
+        "from the SuperLink (SuperNodes and ServerApp; 1.0 until session 9, 0.1 since). superlink_cpu_s, "
+        "superlink_peak_rss_mib: the flower-superlink process's CPU seconds and peak resident memory over its whole "
+        "life (the partners' registration and connection, then the run), read from /proc. Targets (issue 20): handoff "
+        "(message available at the SuperNode -> our handler running) median <= 150 ms, 2 partners plain round <= "
+        "1.5 s."
     )
     parameters = {
         "nodes": args.nodes,
         "rounds": args.rounds,
         "executor": args.executor,
+        "pull_caps_s": args.pull_caps or [REMOTE_PULL_CAP_S],
         "load_average_1m_before": round(load_before, 1),
         "clientapp_cold_start_s": [round(t, 2) for t in starts],
         "clientapp_cold_start_light_s": [round(t, 2) for t in light],
@@ -244,7 +316,7 @@ def main() -> None:
         "runs; input = -> Flower's runner pulled context, run, FAB and message; fab = FAB installed; load_app = -> our "
         "handler entered; handler = our ClientApp's work; push_reply = reply pushed to the SuperNode; to_link = -> the "
         "SuperNode sent it to the SuperLink; to_server = -> the ServerApp's pull returned it; round_trip = push start "
-        "-> pulled):\n\n" + steps_table(rows)
+        "-> pulled; handoff and handoff_available as above):\n\n" + steps_table(rows)
     )
     columns = [c for c in rows[0] if c != "steps"] if rows else ["nodes"]
     json_path, md_path = write_results(args.results, parameters=parameters, rows=rows, columns=columns, notes=notes)

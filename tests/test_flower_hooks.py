@@ -242,6 +242,40 @@ def test_giving_up_on_an_object_takes_about_as_long_as_with_flowers_defaults() -
     assert give_up_s(LOCAL_PULL_DEFAULTS) == pytest.approx(give_up_s(FLOWER_PULL_DEFAULTS), rel=0.01)
 
 
+def _first_try_at_or_after(defaults: dict, ready_s: float) -> float:
+    """When Flower's pull loop (10 ms doubling up to the cap, jitter left out) next tries after `ready_s`."""
+    delay, at = defaults["initial_backoff"], 0.0
+    while at < ready_s:
+        at += delay
+        delay = min(delay * 2, defaults["backoff_cap"])
+    return at
+
+
+def test_a_node_has_objects_the_superlink_got_late_within_a_tenth_of_a_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Objects the ServerApp finished pushing 0.55 s after the node began to pull (traced: 0.08-0.55 s): with the
+    1 s cap of session 8 the node tried again only at 0.63 s, then 1.27 s; with 0.1 s at most 0.1 s later."""
+    monkeypatch.delenv(flower_hooks.PULL_CAP_ENV, raising=False)
+    assert flower_hooks.remote_pull_defaults() == OUR_PULL_DEFAULTS
+    assert OUR_PULL_DEFAULTS["backoff_cap"] == 0.1
+    before = {**OUR_PULL_DEFAULTS, "backoff_cap": 1.0}
+    assert _first_try_at_or_after(before, 0.65) == pytest.approx(1.27)
+    for ready in (0.05, 0.3, 0.55, 0.65, 2.0):
+        assert _first_try_at_or_after(OUR_PULL_DEFAULTS, ready) - ready <= 0.1 + 1e-9
+
+
+def test_the_pull_cap_can_be_set_and_a_bad_one_is_refused(monkeypatch: pytest.MonkeyPatch, pull_defaults: list) -> None:
+    monkeypatch.setenv(flower_hooks.PULL_CAP_ENV, "1.0")  # session 8's cap, as the benchmark's 'before' run sets it
+    apply_object_pull_backoff()
+    expected = {"initial_backoff": 0.01, "backoff_cap": 1.0, "max_tries_per_object": 5000}
+    assert {k: pull_defaults[0].__kwdefaults__[k] for k in expected} == expected
+    for bad in ("soon", "0", "60"):
+        monkeypatch.setenv(flower_hooks.PULL_CAP_ENV, bad)
+        with pytest.raises(FederationError, match=flower_hooks.PULL_CAP_ENV):
+            flower_hooks.remote_pull_defaults()
+
+
 def test_a_task_pulling_from_its_own_node_waits_at_most_50_ms_more_than_it_must(pull_defaults: list) -> None:
     """An object the node holds only after 0.3 s: with a 1 s cap the pull would sleep on to about 0.31 s + the
     next doubling (0.32 s); with the local cap it has the object within about 50 ms (+20% jitter)."""

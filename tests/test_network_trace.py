@@ -60,6 +60,11 @@ def test_the_breakdown_joins_each_message_by_its_ids(tmp_path: Path) -> None:
         assert table[name]["n"] == 2
     assert table["node_objects"]["median_ms"] == pytest.approx(4.0, abs=0.2)
     assert table["round_trip"]["max_ms"] == pytest.approx(3 * sum(steps), abs=0.5)
+    # hand-offs: the executor took the task -> handler (fork, input, fab, load_app: 29 ms, 87 ms); the node had the
+    # message's objects (4 ms after it created the task) -> handler (30 + 29 - 4 = 55 ms; 3 * 59 - 4 = 173 ms)
+    assert table["handoff"]["median_ms"] == pytest.approx((29 + 87) / 2, abs=0.2)
+    assert table["handoff_available"]["median_ms"] == pytest.approx((55 + 173) / 2, abs=0.2)
+    assert table["handoff_available"]["max_ms"] == pytest.approx(173, abs=0.2)
 
 
 def test_a_message_without_a_reply_counts_only_the_steps_it_reached() -> None:

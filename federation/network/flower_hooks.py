@@ -20,15 +20,16 @@ objects from the SuperLink; a reply reaches the SuperLink before its objects), a
 object missing waits 1 s (+-20%), then 2, 4, ... s. A warm task's process starts within milliseconds, so
 its first pull nearly always misses and the hand-off took about 1.2 s; the coordinator's pull of a fresh
 reply can miss the same way. The hook changes only the keyword defaults of Flower's two pull functions
-(one function object each, whoever imported it): start at 10 ms, double up to 1 s, and allow 10x the
-tries, so a pull still gives up after about as long as with Flower's (500 tries, waits up to 10 s: about
-4,965 s; 5,000 tries, waits up to 1 s: about 4,993 s; `max_time`, 7,200 s, is unchanged).
+(one function object each, whoever imported it): start at 10 ms, double up to 0.1 s (`REMOTE_PULL_CAP_S`),
+and allow the tries that make a pull give up after about as long as with Flower's (500 tries, waits up to
+10 s: about 4,965 s; 50,000 tries, waits up to 0.1 s: about 5,000 s; `max_time`, 7,200 s, is unchanged).
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -75,8 +76,35 @@ PULL_CALLERS = (
 )
 """Who pulls objects in a networked run (the SuperNode, a task, the ServerApp's grid): none may pass the
 keywords the hook changes, or the hook would not reach it."""
-OUR_PULL_DEFAULTS = {"initial_backoff": 0.01, "backoff_cap": 1.0, "max_tries_per_object": 5000}
-"""10 ms, doubling up to 1 s; 10x the tries so that giving up takes about as long as with Flower's."""
+GIVE_UP_S = 5000.0
+"""About how long a pull of ours keeps trying a missing object (Flower's defaults: about 4,965 s)."""
+REMOTE_PULL_CAP_S = 0.1
+"""Longest wait between two pulls of a missing object from the SuperLink (Flower: 10 s; ours until session 9: 1 s).
+A message's objects reach the SuperLink a few hundred ms after the message (the ServerApp pushes them one request
+each, 2 at a time); a SuperNode that started pulling at once and doubled its wait to 1 s had them up to twice that
+late (traced: 80-550 ms after the ServerApp's push had returned). At 0.1 s a waiting node asks at most 10 times a
+second per pulling thread (Flower pulls with 2), for as long as the push takes."""
+PULL_CAP_ENV = "SILOBRIDGE_PULL_BACKOFF_CAP_S"
+"""Overrides REMOTE_PULL_CAP_S (0.01-10 s): a node far from its SuperLink may ask less often; the network benchmark
+sets 1.0 to run the cap before this change side by side."""
+
+
+def remote_pull_defaults() -> dict[str, float | int]:
+    """Keyword defaults of an object pull from the SuperLink: 10 ms doubling up to the cap (REMOTE_PULL_CAP_S or
+    PULL_CAP_ENV), with as many tries as give up after about GIVE_UP_S."""
+    raw = os.environ.get(PULL_CAP_ENV, "")
+    try:
+        cap = float(raw) if raw else REMOTE_PULL_CAP_S
+    except ValueError:
+        raise FederationError(f"{PULL_CAP_ENV}={raw!r} is not a number of seconds") from None
+    if not 0.01 <= cap <= 10:
+        raise FederationError(f"{PULL_CAP_ENV}={raw} must be 0.01-10 s")
+    return {"initial_backoff": 0.01, "backoff_cap": cap, "max_tries_per_object": round(GIVE_UP_S / cap)}
+
+
+OUR_PULL_DEFAULTS = {"initial_backoff": 0.01, "backoff_cap": REMOTE_PULL_CAP_S, "max_tries_per_object": 50_000}
+"""From the SuperLink (`PULL_CAP_ENV` unset): 10 ms, doubling up to 0.1 s; tries so that giving up takes about as
+long as with Flower's."""
 LOCAL_PULL_DEFAULTS = {"initial_backoff": 0.01, "backoff_cap": 0.05, "max_tries_per_object": 100_000}
 """A task pulling from its own SuperNode (127.0.0.1, plain HTTP): 10 ms, doubling up to 50 ms, so it has its message
 within about 50 ms of the node having pulled it from the SuperLink (with a 1 s cap a task that had waited 2 s for
@@ -198,7 +226,7 @@ def check_object_pulls(callers: Sequence[str] | None = None) -> list[Any]:
     for name, function in zip(PULL_FUNCTIONS, functions, strict=True):
         defaults = getattr(function, "__kwdefaults__", None) or {}
         found = {key: defaults.get(key) for key in FLOWER_PULL_DEFAULTS}
-        if found not in (FLOWER_PULL_DEFAULTS, OUR_PULL_DEFAULTS, LOCAL_PULL_DEFAULTS):
+        if found not in (FLOWER_PULL_DEFAULTS, remote_pull_defaults(), LOCAL_PULL_DEFAULTS):
             raise FederationError(
                 f"{PULL_MODULE}.{name} (flwr {installed}) has keyword defaults {found}, the object-pull hook "
                 f"expects {FLOWER_PULL_DEFAULTS}: update federation/network/flower_hooks.py"
@@ -217,7 +245,9 @@ def check_object_pulls(callers: Sequence[str] | None = None) -> list[Any]:
 
 
 def apply_object_pull_backoff(*, local: bool = False) -> None:
-    """Make every object pull in this process start at 10 ms instead of 1 s (call before Flower pulls); `local`:
-    this process pulls only from its own SuperNode on 127.0.0.1 (a task), so its waits are capped at 50 ms."""
+    """Make every object pull in this process start at 10 ms instead of 1 s and wait at most 0.1 s between tries
+    (`remote_pull_defaults`; call before Flower pulls); `local`: this process pulls only from its own SuperNode on
+    127.0.0.1 (a task), so its waits are capped at 50 ms."""
+    defaults = LOCAL_PULL_DEFAULTS if local else remote_pull_defaults()
     for function in check_object_pulls():
-        function.__kwdefaults__.update(LOCAL_PULL_DEFAULTS if local else OUR_PULL_DEFAULTS)
+        function.__kwdefaults__.update(defaults)

@@ -215,11 +215,22 @@ def per_message(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, float]]:
     return messages
 
 
+SPANS = (
+    ("round_trip", "server.push_start", "server.pulled"),
+    ("handoff", "exec.acquired", "task.enter"),
+    ("handoff_available", "node.pulled", "task.enter"),
+)
+"""Spans over several steps: the whole trip; the hand-off from the executor's taking the task (the executor's own
+record); and from the message being whole at the SuperNode (its objects pulled from the SuperLink: issue 20's
+'available at the SuperNode') to our handler. A warm executor takes a task before the node has the message's
+objects, so the first hand-off also holds the SuperLink -> SuperNode transfer."""
+
+
 def breakdown(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
-    """Median and max milliseconds of each step over the messages that have both ends, and the whole trip."""
+    """Median and max milliseconds of each step over the messages that have both ends, and of each span."""
     messages = per_message(rows)
     out: dict[str, dict[str, float]] = {}
-    for name, start, end in (*STEPS, ("round_trip", "server.push_start", "server.pulled")):
+    for name, start, end in (*STEPS, *SPANS):
         spans = [(m[end] - m[start]) * 1000 for m in messages if start in m and end in m]
         if spans:
             out[name] = {
