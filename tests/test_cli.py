@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -39,6 +40,7 @@ def silobridge_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess[
     from typer.testing import CliRunner
 
     from silobridge.federation.cli import app, err_console, out_console
+    from silobridge.federation.progress import log as progress_log
     from silobridge.federation.settings import quiet_accountant
 
     quiet_accountant()
@@ -46,15 +48,26 @@ def silobridge_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess[
     # the consoles were made at import: in an xdist worker they keep 80 columns whatever COLUMNS says now,
     # and a long tmp path would wrap mid-name
     widths = {console: console._width for console in (err_console, out_console)}  # None: measured when printing
+    # the progress logger as in a fresh process (no handler, propagating): `log_to_stderr` binds its handler to
+    # this command's stderr, not to the stream of the first command this worker ran, so the live lines are captured
+    logger_state = (list(progress_log.handlers), progress_log.propagate, progress_log.level)
     os.chdir(cwd)
     try:
         for console in widths:
             console.width = 200
+        for handler in logger_state[0]:
+            progress_log.removeHandler(handler)
+        progress_log.propagate, progress_log.level = True, logging.NOTSET
         result = CliRunner(env={"COLUMNS": "200", "HOME": str(cwd)}).invoke(app, list(args))
     finally:
         os.chdir(previous)
         for console, width in widths.items():
             console._width = width
+        for handler in list(progress_log.handlers):
+            progress_log.removeHandler(handler)
+        for handler in logger_state[0]:
+            progress_log.addHandler(handler)
+        progress_log.propagate, progress_log.level = logger_state[1], logger_state[2]
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return subprocess.CompletedProcess(["silobridge", *args], result.exit_code, result.stdout, result.stderr)

@@ -4,10 +4,10 @@
 rounding), SIGKILLed (its whole process group, `federation.crash_points`) once the middle step of a multi-step
 query has its ledger entry and no checkpoint yet; a changed plan, a changed budget and a completed session are
 refused; `query --resume` replays the completed steps and finishes. Slow: three simulations (the uninterrupted
-reference, the killed one, the resumed one); the refusals come before any simulation starts. The killed and the
-resumed sessions are processes (the kill; the resumed one's live lines on stderr); the reference, the refusals
-and the audit run in this process (`silobridge_in_process`), without a process's start-up. The crash points one
-by one, without Flower: test_query_resume.py.
+reference, the killed one, the resumed one); the refusals come before any simulation starts. The killed session
+is a process (the kill ends its process group); the reference, the refusals, the resumed session (no one kills
+it) and the audit run in this process (`silobridge_in_process`, on the worker's Ray), without a process's
+start-up. The crash points one by one, without Flower: test_query_resume.py.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def test_a_killed_query_session_resumes_to_the_uninterrupted_answers_and_spend(t
     refused = silobridge_in_process("query", "--resume", str(partial), "--epsilon", "10", cwd=tmp_path)
     assert refused.returncode == 2 and "--epsilon" in refused.stderr, refused.stderr[-3000:]
 
-    resumed = _query("--resume", str(partial), "--plan", str(plan), "--json", cwd=tmp_path)
+    resumed = silobridge_in_process("query", "--resume", str(partial), "--plan", str(plan), "--json", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # mean and kmeans' first two steps (the second finished from its pending checkpoint): no firm asked again
     assert "3 completed step(s) replayed" in resumed.stderr
