@@ -235,6 +235,57 @@ def test_a_node_that_exits_before_opening_its_runtime_api_passes_its_code_on() -
     assert "exited with 7 before" in said[-1]
 
 
+def _deactivating_node(port: int, out: Path) -> str:
+    """A stand-in SuperNode that, on SIGTERM, takes 1 s to 'deactivate at the SuperLink' and writes so; a second
+    SIGTERM meanwhile cuts that short (as Flower's node then exits still registered)."""
+    return (
+        "import os, signal, socket, sys, time\n"
+        f"s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', {port}))\n"
+        "s.listen(); terms = []\n"
+        "def on_term(signum, frame):\n"
+        "    terms.append(signum)\n"
+        f"    if len(terms) > 1: open({str(out)!r}, 'a').write('cut short\\n'); os._exit(1)\n"
+        "signal.signal(signal.SIGTERM, on_term)\n"
+        "end = time.monotonic() + 120\n"
+        "while not terms and time.monotonic() < end: time.sleep(0.05)\n"
+        "time.sleep(1.0)\n"
+        f"open({str(out)!r}, 'a').write('deactivated\\n')\n"
+    )
+
+
+def test_a_signal_to_joins_process_group_lets_the_node_deactivate_itself(tmp_path: Path) -> None:
+    """SIGTERM to `join`'s process group reaches the SuperNode too: join must not send it a second one while it
+    deactivates itself at the SuperLink (a node cut short stayed 'online' there for up to a minute)."""
+    import signal
+    import subprocess
+
+    port, out = _port(), tmp_path / "node.log"
+    node = [PY, "-c", _deactivating_node(port, out)]
+    joiner = (
+        "import os, sys\n"
+        "from silobridge.federation.network.node_supervisor import SupervisedNode, supervise\n"
+        f"plan = SupervisedNode(node={node!r}, executor=lambda pid: [{PY!r}, '-c', 'import time; time.sleep(120)'], "
+        f"runtime_address='127.0.0.1:{port}')\n"
+        "sys.exit(supervise(plan, os.environ))\n"
+    )
+    process = subprocess.Popen([PY, "-c", joiner], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # the node's port open: supervise has started both
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert time.monotonic() < deadline and process.poll() is None, "the stand-in node never listened"
+            time.sleep(0.1)
+        time.sleep(0.5)  # the executor started after the port opened
+        os.killpg(process.pid, signal.SIGTERM)
+        assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert out.read_text().split("\n")[0] == "deactivated"
+
+
 # -- the firm's caches, built once before any fork ---------------------------------------------------
 
 

@@ -102,6 +102,23 @@ def wait_listening(address: str, node: subprocess.Popen, *, timeout_s: float) ->
     raise FederationError(f"the SuperNode's Runtime API at {address} did not open within {timeout_s:.0f} s")
 
 
+NODE_EXIT_GRACE_S = 5.0
+"""How long `join`, stopped by a signal, lets the SuperNode exit on its own before terminating it. A SIGTERM or
+Ctrl-C to join's process group reaches the node too, which then deactivates itself at the SuperLink; a second
+SIGTERM from us cut that short, and the SuperLink counted the partner online (its key unable to rejoin) for up
+to a minute more. A signal to join's pid alone costs this wait before the node is stopped."""
+
+
+def _exited_within(process: subprocess.Popen | None, seconds: float) -> None:
+    """Wait up to `seconds` for `process` to exit by itself."""
+    if process is None:
+        return
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        pass  # still running: `_stop` terminates it
+
+
 def _stop(process: subprocess.Popen | None) -> None:
     if process is None or process.poll() is not None:
         return
@@ -157,6 +174,10 @@ def supervise(
     except FederationError as err:
         say(f"error: {err}")
         return (node.returncode or 1) if node is not None and node.poll() is not None else 1
+    except (KeyboardInterrupt, SystemExit):  # SystemExit: `stop_on_signal`
+        _stop(executor)
+        _exited_within(node, NODE_EXIT_GRACE_S)
+        raise
     finally:
         _stop(executor)
         _stop(node)
