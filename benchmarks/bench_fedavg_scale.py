@@ -36,11 +36,35 @@ def _load() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-def run_one(num_firms: int, rounds: int, work: Path, *, secure: bool, dp: bool, baselines: str | None) -> dict:
-    """One `silobridge simulate` of the chain of `num_firms` firms, in a fresh process."""
+def write_chain(num_firms: int, rounds: int, work: Path, items: int | None) -> Path:
+    """The builder's chain of `num_firms` firms as a scenario file (`items` overrides its catalogue size)."""
+    raw = chain_scenario(num_firms, seed=20251230, name=f"chain{num_firms}", rounds=rounds)
+    if items is not None:
+        raw["items"] = items
     scenario = work / f"chain{num_firms}.toml"
-    scenario.write_text(to_toml(chain_scenario(num_firms, seed=20251230, name=f"chain{num_firms}", rounds=rounds)))
-    run_id = f"n{num_firms}{'s' if secure else 'p'}{'dp' if dp else ''}"
+    scenario.write_text(to_toml(raw))
+    return scenario
+
+
+def training_seconds(stages: dict[str, float]) -> float:
+    """The training stages' seconds: the MLP's rounds, or the linear family's releases (its Newton steps too)."""
+    return sum(v for k, v in stages.items() if k == "rounds" or k.startswith("linear "))
+
+
+def run_one(
+    num_firms: int,
+    rounds: int,
+    work: Path,
+    *,
+    secure: bool,
+    dp: bool,
+    baselines: str | None,
+    model: str = "mlp",
+    items: int | None = None,
+) -> dict:
+    """One `silobridge simulate` of the chain of `num_firms` firms, in a fresh process."""
+    scenario = write_chain(num_firms, rounds, work, items)
+    run_id = f"n{num_firms}{'s' if secure else 'p'}{'dp' if dp else ''}{model}"
     command = [
         sys.executable,
         "-m",
@@ -48,8 +72,7 @@ def run_one(num_firms: int, rounds: int, work: Path, *, secure: bool, dp: bool, 
         "simulate",
         str(scenario),
         "--plain",
-        "--set",
-        "training.model=mlp",
+        *([] if model == "auto" else ["--set", f"training.model={model}"]),
         "--aggregation",
         "secure" if secure else "plain",
         "--out",
@@ -71,19 +94,27 @@ def run_one(num_firms: int, rounds: int, work: Path, *, secure: bool, dp: bool, 
     stages = summary["stage_seconds"]
     baselines_s = stages.get("local-only baselines", 0.0)
     selection = summary.get("baselines") or {}
+    trained = training_seconds(stages)
+    mlp_rounds = rounds if "rounds" in stages else 0  # the linear family alone has no rounds
+    per_round = trained / mlp_rounds if mlp_rounds else trained
     return {
         "firms": num_firms,
         "rounds": rounds,
+        "model": model,
+        "families": "+".join(summary.get("model_families", [])),
+        "stopped": summary.get("stopped"),
+        "items": items,
         "aggregation": "secure" if secure else "plain",
         "dp": dp,
         "wall_s": round(wall, 2),
-        "per_round_s": round(stages["rounds"] / rounds, 3),
-        "per_round_per_firm_ms": round(1000 * stages["rounds"] / rounds / num_firms, 1),
+        "training_s": round(trained, 2),
+        "per_round_s": round(per_round, 3),
+        "per_round_per_firm_ms": round(1000 * per_round / num_firms, 1),
         "startup_s": round(stages.get(f"waiting for {num_firms} firms", 0.0), 2),
         "local_baselines_s": baselines_s,
         "baselined": f"{selection.get('baselined', '?')}/{selection.get('of', num_firms)}",
         "baselines_share": round(baselines_s / wall, 3),
-        "rounds_s": stages["rounds"],
+        "rounds_s": stages.get("rounds", 0.0),
         "deployment_s": stages.get("deployment (simulation)"),
         "centralised_s": stages.get("centralised baseline"),
         "outside_server_s": round(wall - summary["seconds"], 2),
@@ -91,11 +122,12 @@ def run_one(num_firms: int, rounds: int, work: Path, *, secure: bool, dp: bool, 
         "load_before": load_before,
         "load_after": _load(),
         "demand_wape_federated": summary["models"]["demand"].get("federated", {}).get("all", {}).get("wape"),
+        "stages": stages,
     }
 
 
 def run_flower(num_firms: int, rounds: int, work: Path) -> dict:
-    """Flower's own plain FedAvg (`benchmarks.flower_fedavg`) over the same chain, in a fresh process."""
+    """Flower's own plain FedAvg (`benchmarks.flower_fedavg`) over the same chain file, in a fresh process."""
     scenario = work / f"chain{num_firms}.toml"
     out = work / f"flower{num_firms}.json"
     command = [
@@ -108,7 +140,8 @@ def run_flower(num_firms: int, rounds: int, work: Path) -> dict:
         "--out",
         str(out),
     ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # Ray's workers import the benchmark's ClientApp too
+    # Ray's workers import the benchmark's ClientApp too
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(ROOT)) if p)}
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     with TreeMemorySampler(process.pid) as memory:
         output, _ = process.communicate()
@@ -132,16 +165,37 @@ def main() -> None:
     parser.add_argument("--dp", action="store_true", help="the scenario's differential privacy (default: off)")
     parser.add_argument("--baselines", choices=["all", "sample", "none"], default=None, help="default: auto")
     parser.add_argument("--flower", action="store_true", help="also run Flower's own plain FedAvg at each size")
+    parser.add_argument("--flower-rounds", type=int, default=None, help="Flower's rounds (default: --rounds)")
+    parser.add_argument(
+        "--model",
+        choices=["mlp", "linear", "auto"],
+        default="mlp",
+        help="training.model: the MLP (rounds of FedAvg, DP-SGD under DP; the default here), the linear family "
+        "(one secure release of sufficient statistics, Newton steps for risk) or the scenario's auto",
+    )
+    parser.add_argument("--items", type=int, default=None, help="the chain's catalogue size (default: builder's)")
     parser.add_argument("--name", "--results", dest="name", default="fedavg_scale", help="results file name")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.firms:
-            row = run_one(n, args.rounds, Path(tmp), secure=args.secure, dp=args.dp, baselines=args.baselines)
+            row = run_one(
+                n,
+                args.rounds,
+                Path(tmp),
+                secure=args.secure,
+                dp=args.dp,
+                baselines=args.baselines,
+                model=args.model,
+                items=args.items,
+            )
             print(json.dumps(row), flush=True)
             if args.flower:
-                row.update(run_flower(n, args.rounds, Path(tmp)))
-                row["per_round_vs_flower"] = round(row["per_round_s"] / row["flower_round_s"], 2)
+                row.update(run_flower(n, args.flower_rounds or args.rounds, Path(tmp)))
+                # a ratio of rounds: the linear family alone has none (its releases are in training_s)
+                row["per_round_vs_flower"] = (
+                    round(row["per_round_s"] / row["flower_round_s"], 2) if row["rounds_s"] else None
+                )
                 print(json.dumps(row), flush=True)
             rows.append(row)
     base = rows[0]
@@ -150,6 +204,9 @@ def main() -> None:
     columns = [
         "firms",
         "rounds",
+        "model",
+        "families",
+        "items",
         "aggregation",
         "dp",
         "wall_s",
@@ -158,6 +215,7 @@ def main() -> None:
         "baselined",
         "baselines_share",
         "rounds_s",
+        "training_s",
         "per_round_s",
         "per_round_per_firm_ms",
         "per_round_vs_smallest",
@@ -178,8 +236,10 @@ def main() -> None:
             "aggregation": "secure" if args.secure else "plain",
             "dp": args.dp,
             "baselines": args.baselines or "auto",
-            "model": "mlp",
+            "model": args.model,
+            "items": args.items,
             "flower": args.flower,
+            "flower_rounds": args.flower_rounds or args.rounds,
             "scenario": "scenarios.builder",
         },
         rows=rows,

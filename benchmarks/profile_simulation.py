@@ -93,6 +93,13 @@ class Stages:
         pass
 
 
+class _NothingKept(dict):  # type: ignore[type-arg]
+    """A live-client table that keeps nothing: every firm's next message restores from its stored state."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--firms", type=int, default=50)
@@ -107,7 +114,17 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=60)
     parser.add_argument("--no-profile", action="store_true", help="no cProfile: CPU seconds without its overhead")
     parser.add_argument("--dump", type=Path, default=None, help="also write cProfile's raw stats (pstats) here")
+    parser.add_argument(
+        "--secagg-restore-always",
+        action="store_true",
+        help="every message restores its firm's SecAgg client from the stored state, as a fresh process does "
+        "(the cost before the live client was kept: a side-by-side measure)",
+    )
     args = parser.parse_args()
+    if args.secagg_restore_always:
+        from silobridge.clients import secure_sum
+
+        secure_sum._live = _NothingKept()
 
     from silobridge.federation.client_app import build_client_app
     from silobridge.federation.server_app import run_server

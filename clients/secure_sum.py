@@ -3,6 +3,11 @@
 A firm's ClientApp may handle each message in a new process, so the SecAgg client is restored from
 the stored state before each stage and stored again after it, also when it refused a message. The
 state holds the firm's private keys and its neighbours' shares: it never leaves the firm.
+
+A process that handles the firm's next message too (a simulation's worker, a warm executor) keeps the
+live client beside the state it last stored, and reuses it when the stored state it is given is exactly
+that one: a restore derives every pairwise key again (a third of a firm's secure-sum CPU). Any other
+state (another process's, an older one) is restored and validated as before.
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ from silobridge.privacy.secagg.layout import VectorLayout
 from silobridge.privacy.secagg.messages import AdvertiseRequest, MaskedInputRequest, Roster, UnmaskRequest
 from silobridge.privacy.secagg.state import StateDict
 from silobridge.privacy.secagg.wire import WireDict
+
+_LiveKey = tuple[str, str, str]
+_live: dict[_LiveKey, tuple[SecAggClient, StateDict]] = {}
+"""(firm, secagg run id, parameters' fingerprint) -> the client this process last stored, and that state."""
 
 
 @dataclass(frozen=True)
@@ -61,10 +70,20 @@ class FirmSecureSum:
                     firm=firm_id,
                     stage="advertise_keys",
                 )
-        self.client = SecAggClient.restore_or_new(stored, firm_id, params, run_id=run_id, entropy=os.urandom)
+        self._key: _LiveKey = (firm_id, run_id, params.fingerprint())
+        live = _live.pop(self._key, None)  # taken, not shared: `state()` puts it back once stored
+        if live is not None and stored and live[1] == dict(stored):
+            self.client = live[0]
+        else:
+            self.client = SecAggClient.restore_or_new(stored, firm_id, params, run_id=run_id, entropy=os.urandom)
 
     def state(self) -> StateDict:
-        return self.client.to_state()
+        """The state to store; this process keeps the live client beside it (see the module's note)."""
+        state = self.client.to_state()
+        for stale in [k for k in _live if k[1] != self._key[1]]:  # one run at a time per process
+            del _live[stale]
+        _live[self._key] = (self.client, dict(state))
+        return state
 
     def advertise(self, wire: Mapping[str, object]) -> WireDict:
         return self.client.advertise(AdvertiseRequest.from_wire(wire, recipient=self.firm_id)).to_wire()

@@ -104,12 +104,13 @@ def _request(context: Context, run_config: Mapping[str, Any], message: Message) 
 def _run_settings(run_config: Mapping[str, Any]) -> RunSettings:
     """The run's settings, parsed once per process, run config and scenario file: parsing loads the scenario
     file (every firm of it), so parsing it per message cost each message time in proportion to the federation's
-    size (at 1,000 firms, more than a firm's training). A scenario file changed since is parsed again."""
+    size (at 1,000 firms, more than a firm's training). A scenario file changed since is parsed again. The spec
+    is not resolved (no DP calibration in a firm's worker): a firm uses the spec its message carries."""
     key = tuple(sorted((str(k), repr(v)) for k, v in run_config.items()))
     cached = _settings_cache.get(key)
     if cached is not None and _file_stamp(cached.scenario_path) == _settings_stamp.get(key):
         return cached
-    settings = settings_from_run_config(run_config)
+    settings = settings_from_run_config(run_config, resolve_spec=False)  # each message carries the spec
     _settings_cache.clear()  # one run at a time per process: the last run's settings only
     _settings_cache[key] = settings
     _settings_stamp.clear()

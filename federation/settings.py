@@ -268,8 +268,14 @@ def _in_effect(override: str, overrides: tuple[str, ...]) -> bool:
     return last == [override]
 
 
-def settings_from_run_config(run_config: Mapping[str, Any], *, base_dir: Path = APP_DIR) -> RunSettings:
-    """Parse Flower's run config (pyproject [tool.flwr.app.config] plus overrides) into RunSettings."""
+def settings_from_run_config(
+    run_config: Mapping[str, Any], *, base_dir: Path = APP_DIR, resolve_spec: bool = True
+) -> RunSettings:
+    """Parse Flower's run config (pyproject [tool.flwr.app.config] plus overrides) into RunSettings.
+
+    `resolve_spec=False` leaves the spec unresolved until asked for: a simulated firm's worker takes the spec
+    from each message, and resolving it here (under DP the noise calibration, 14-20 s) cost every worker that.
+    """
     unknown = sorted(set(run_config) - set(RUN_CONFIG_KEYS))
     if unknown:
         raise ConfigError(
@@ -351,5 +357,6 @@ def settings_from_run_config(run_config: Mapping[str, Any], *, base_dir: Path = 
         aggregation=aggregation,  # type: ignore[arg-type]
         dp=dp == "on",
     )
-    _ = settings.spec  # resolves secure aggregation for the federation's size: its errors surface here
+    if resolve_spec:
+        _ = settings.spec  # resolves secure aggregation for the federation's size: its errors surface here
     return settings

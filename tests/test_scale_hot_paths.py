@@ -1,6 +1,7 @@
 """Speed changes on the simulation's hot paths (issue 20, scale) that must not change a single bit: DP-SGD's
 Poisson batches sliced from the tensors (against Opacus' DPDataLoader, which drew them before), and the run's
-settings parsed once per ClientApp process (against a fresh parse, and parsed again once the file changes)."""
+settings parsed once per ClientApp process (against a fresh parse, and parsed again once the file changes),
+without resolving the spec (the DP calibration) there."""
 
 from __future__ import annotations
 
@@ -113,6 +114,22 @@ def test_run_settings_are_parsed_once_per_process_and_again_when_the_scenario_ch
     os.utime(scenario, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
     again = client_app._run_settings({**config, "run-id": "other"})
     assert again is not other  # a changed file is parsed again
+
+
+def test_a_firms_worker_parses_the_settings_without_resolving_the_spec(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under DP, resolving the spec calibrates the noise (seconds per process); a firm's worker takes the spec
+    from each message, so its settings are parsed without it, and equal a full parse otherwise."""
+    from silobridge.federation import settings as settings_module
+
+    config = {"scenario": str(TINY), "dp": "on", "aggregation": "secure", "run-id": "unresolved"}
+    calls: list[object] = []
+    resolve = settings_module.federation_spec
+    monkeypatch.setattr(settings_module, "federation_spec", lambda s: calls.append(s) or resolve(s))
+    worker = client_app._run_settings(config)
+    assert calls == []  # nothing calibrated
+    full = settings_module.settings_from_run_config(config)
+    assert len(calls) == 1  # the coordinator's parse resolves it
+    assert worker == full and worker.spec == full.spec
 
 
 def test_the_harness_scores_every_firm_with_one_model_as_each_firm_scores_itself() -> None:

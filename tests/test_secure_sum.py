@@ -14,6 +14,7 @@ from flwr.app import ConfigRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from silobridge.clients import secure_sum as firm_secure_sum
 from silobridge.clients.secure_sum import FirmSecureSum
 from silobridge.contract.config import AggregationSpec
 from silobridge.errors import ConfigError, ProtocolError
@@ -74,13 +75,17 @@ class _Federation:
     """Server and firms talking through flat dicts, firm state kept only as stored ConfigRecords; the
     sums are sequenced by the same driver the coordinator uses."""
 
-    def __init__(self, firms: list[str], spec: AggregationSpec):
+    def __init__(self, firms: list[str], spec: AggregationSpec, *, fresh_process: bool = False):
         self.firms = firms
         self.spec = spec
         self.server = SecureSumServer(spec, run_id=RUN)
         self.stored: dict[str, ConfigRecord] = {f: ConfigRecord() for f in firms}
+        self.fresh_process = fresh_process  # every message in a new process: nothing live, always restored
+        firm_secure_sum._live.clear()
 
     def call(self, firm: str, stage: str, *args: object) -> Any:
+        if self.fresh_process:
+            firm_secure_sum._live.clear()
         secure = FirmSecureSum(firm, self.spec, run_id=RUN, stored=dict(self.stored[firm]))
         try:
             return getattr(secure, stage)(*args)
@@ -115,11 +120,14 @@ def _values(firms: list[str], seed: int) -> dict[str, dict[str, np.ndarray]]:
     seed=st.integers(0, 2**16),
     rate=st.sampled_from([0.0, 0.2]),
     where=st.sampled_from(["before_masking", "after_masking"]),
+    fresh_process=st.booleans(),
 )
-def test_secure_sums_equal_plain_sums_through_stored_state(n: int, seed: int, rate: float, where: str) -> None:
+def test_secure_sums_equal_plain_sums_through_stored_state(
+    n: int, seed: int, rate: float, where: str, fresh_process: bool
+) -> None:
     firms = _firms(n)
     spec = resolve_aggregation(AggregationSpec(rounds_per_session=2, expected_dropout=0.2), n)
-    federation = _Federation(firms, spec)
+    federation = _Federation(firms, spec, fresh_process=fresh_process)
     rng = np.random.default_rng(seed)
     for sum_index in range(3):  # crosses a session boundary: keys are agreed again
         values = _values(firms, seed + sum_index)
@@ -137,6 +145,39 @@ def test_secure_sums_equal_plain_sums_through_stored_state(n: int, seed: int, ra
             expected = sum(values[f][name] for f in included)
             tolerance = bounds[name] + 4 * np.finfo(float).eps * np.abs(expected)
             assert np.all(np.abs(result.segments[name] - expected) <= tolerance)
+
+
+def test_a_live_client_is_reused_only_for_the_state_it_stored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In one process a firm's next message reuses its live client when the stored state is the one it last
+    stored; any other state (here an older one, replayed) is restored from what was given, as a new process
+    would, and the sums stay exact."""
+    firms = _firms(6)
+    spec = resolve_aggregation(AggregationSpec(rounds_per_session=3), len(firms))
+    federation = _Federation(firms, spec)
+    restored: list[str] = []
+    restore = firm_secure_sum.SecAggClient.restore_or_new
+
+    def counting(state: Any, firm_id: str, *args: Any, **kwargs: Any) -> Any:
+        if state:
+            restored.append(firm_id)
+        return restore(state, firm_id, *args, **kwargs)
+
+    monkeypatch.setattr(firm_secure_sum.SecAggClient, "restore_or_new", counting)
+    values = _values(firms, 1)
+    federation.secure_sum(LAYOUT, values, {})
+    assert restored == []  # keys agreed, masked, unmasked: every stage on the live client
+    older = dict(federation.stored["F03"])
+    result = federation.secure_sum(LAYOUT, _values(firms, 2), {})
+    assert restored == []
+    assert firm_secure_sum._live[("F03", RUN, spec.secagg_params().fingerprint())][1] != older
+    federation.stored["F03"] = ConfigRecord(older)  # an older state, replayed: not the live client's
+    third = federation.secure_sum(LAYOUT, _values(firms, 3), {})
+    assert restored == ["F03"]  # restored from what was given, once; the others' live clients served on
+    bound = LAYOUT.error_bounds(len(firms))["update"]
+    for summed, draw in ((result, 2), (third, 3)):
+        assert sorted(summed.contributors) == firms
+        expected = sum(_values(firms, draw)[f]["update"] for f in firms)
+        assert np.all(np.abs(summed.segments["update"] - expected) <= bound)
 
 
 def test_a_firm_refuses_a_threshold_below_a_majority() -> None:
