@@ -63,8 +63,13 @@ class SecureSumDriver:
         first = self.next_round if first_round is None else first_round
         request = self.server.start_session(first, firms)
         self.session_end = first + self.server.params.rounds_per_session
-        roster = self.server.receive_advertise(transport.advertise(request, firms))
-        self.server.receive_shares(transport.share_keys(roster))
+        try:
+            roster = self.server.receive_advertise(transport.advertise(request, firms))
+            self.server.receive_shares(transport.share_keys(roster))
+        except ProtocolError:
+            # the server has recorded a session from `first`: a retry's session must start after it
+            self.next_round = max(self.next_round, first + 1)
+            raise
         return roster
 
     def run_round(

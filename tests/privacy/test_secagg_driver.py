@@ -29,10 +29,12 @@ class _CountingTransport:
         self.exchanges: list[str] = []
         self.vanish_in: dict[int, set[str]] = {}  # round number -> firms that never answer the unmask stage
         self.rounds: list[int] = []
+        self.silent_at_advertise: list[set[str]] = []  # per key agreement: firms that never answer it
 
     def advertise(self, request: AdvertiseRequest, firms: Sequence[str]) -> dict:
         self.exchanges.append("advertise")
-        return {f: self.clients[f].advertise(request) for f in firms}
+        gone = self.silent_at_advertise.pop(0) if self.silent_at_advertise else set()
+        return {f: self.clients[f].advertise(request) for f in firms if f not in gone}
 
     def share_keys(self, roster: Roster) -> dict:
         self.exchanges.append("share")
@@ -89,3 +91,16 @@ def test_the_last_abort_is_raised_and_attempts_must_be_positive() -> None:
     assert aborts == [1, 2] and transport.rounds == [1, 2]
     with pytest.raises(ConfigError, match="attempts"):
         driver.secure_sum(transport, firms, 12, attempts=0)
+
+
+def test_a_key_agreement_that_fails_is_retried_under_a_session_that_starts_after_it() -> None:
+    """Three of five firms silent in the first key agreement (a worker killed): the retry opens a new session,
+    which the server accepts only from a later round (the failed one recorded round 1 as a session start)."""
+    firms, driver, transport = _setup(5, rounds_per_session=4)
+    transport.silent_at_advertise = [set(firms[:3])]
+    aborts: list[tuple[int, str]] = []
+    total = driver.secure_sum(transport, firms, 12, attempts=2, on_abort=lambda a, e: aborts.append((a, e.stage)))
+    assert [a for a, _ in aborts] == [1] and aborts[0][1] == "advertise_keys"
+    assert transport.exchanges == ["advertise", "advertise", "share", "masked", "unmask"]
+    assert transport.rounds == [2] and driver.next_round == 3
+    np.testing.assert_array_equal(total, np.sum([transport.vectors[f] for f in firms], axis=0) % (1 << BITS))
