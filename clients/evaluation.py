@@ -63,6 +63,17 @@ def evaluate(
     firm.stat_slot(kind, groups)  # refuse a too-small slot before computing anything
     model = build_model(kind, firm.spec)
     load_arrays(model, arrays)
+    return evaluate_model(firm, kind, model, norm, groups)
+
+
+def evaluate_model(
+    firm: FirmHoldings,
+    kind: ModelKind,
+    model: torch.nn.Module,
+    norm: Normaliser | None = None,
+    groups: StatSlots | None = None,
+) -> np.ndarray:
+    """`evaluate` of a model already built and loaded: a simulation scores one model on every firm."""
     return firm.slotted(kind, model_stats(firm, kind, model, norm), groups)
 
 

@@ -170,6 +170,10 @@ class FirmClient:
         """Test-split statistics of the given weights, in the slot assigned to this firm's group."""
         return evaluation.evaluate(self.holdings, kind, arrays, norm, groups)
 
+    def evaluate_model(self, kind: ModelKind, model: torch.nn.Module, norm: Normaliser | None = None) -> np.ndarray:
+        """`evaluate` of a model already built and loaded (unslotted groups: the simulation's own scoring)."""
+        return evaluation.evaluate_model(self.holdings, kind, model, norm)
+
     def efficiency_sums(self, model: torch.nn.Module | Forecaster) -> EfficiencySums:
         """Totals of the inventory simulation on the held-out horizon when ordering from `model`'s forecasts."""
         return evaluation.efficiency_sums(self.holdings, model)

@@ -106,15 +106,14 @@ def _run_settings(run_config: Mapping[str, Any]) -> RunSettings:
     file (every firm of it), so parsing it per message cost each message time in proportion to the federation's
     size (at 1,000 firms, more than a firm's training). A scenario file changed since is parsed again. The spec
     is not resolved (no DP calibration in a firm's worker): a firm uses the spec its message carries."""
+    global _last_settings
     key = tuple(sorted((str(k), repr(v)) for k, v in run_config.items()))
-    cached = _settings_cache.get(key)
-    if cached is not None and _file_stamp(cached.scenario_path) == _settings_stamp.get(key):
-        return cached
+    if _last_settings is not None:
+        last_key, stamp, cached = _last_settings
+        if last_key == key and _file_stamp(cached.scenario_path) == stamp:
+            return cached
     settings = settings_from_run_config(run_config, resolve_spec=False)  # each message carries the spec
-    _settings_cache.clear()  # one run at a time per process: the last run's settings only
-    _settings_cache[key] = settings
-    _settings_stamp.clear()
-    _settings_stamp[key] = _file_stamp(settings.scenario_path)
+    _last_settings = (key, _file_stamp(settings.scenario_path), settings)  # one run at a time per process
     return settings
 
 
@@ -126,8 +125,8 @@ def _file_stamp(path: Path) -> tuple[int, int] | None:
     return found.st_mtime_ns, found.st_size
 
 
-_settings_cache: dict[tuple[tuple[str, str], ...], RunSettings] = {}
-_settings_stamp: dict[tuple[tuple[str, str], ...], tuple[int, int] | None] = {}
+_last_settings: tuple[tuple[tuple[str, str], ...], tuple[int, int] | None, RunSettings] | None = None
+"""The last run's settings in this process: (run config, its scenario file's stamp, settings)."""
 
 
 OWN_SPEND = "silobridge.own_spend"

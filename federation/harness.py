@@ -15,7 +15,6 @@ from collections.abc import Collection
 import numpy as np
 import torch
 
-from silobridge.clients.evaluation import model_stats
 from silobridge.clients.features import DemandWindows, RiskExamples
 from silobridge.clients.firm import FirmClient
 from silobridge.clients.models import build_model, load_arrays, state_to_arrays
@@ -71,12 +70,8 @@ class SimulationHarness:
                 # model for each firm was most of this per-round loop's time under DP.
                 model = build_model(kind, holders[0].spec)  # type: ignore[arg-type]
                 load_arrays(model, arrays)
-                out[kind] = np.sum([self._stats(f, kind, model, norm) for f in holders], axis=0)
+                out[kind] = np.sum([f.evaluate_model(kind, model, norm) for f in holders], axis=0)  # type: ignore[arg-type]
         return out
-
-    @staticmethod
-    def _stats(firm: FirmClient, kind: str, model: torch.nn.Module, norm: Normaliser) -> np.ndarray:
-        return firm.holdings.slotted(kind, model_stats(firm.holdings, kind, model, norm), None)  # type: ignore[arg-type]
 
     def efficiency(self, weights: dict[str, dict[str, np.ndarray]], groups: EfficiencyGroups) -> dict[str, np.ndarray]:
         """Slotted efficiency sums of ordering from the given demand model, summed over the firms, in the
