@@ -29,8 +29,9 @@ from silobridge.federation.deployment import (
     merge_outcomes,
 )
 from silobridge.federation.firm_source import simulated_firm
-from silobridge.federation.harness_pool import baseline_job, deploy_job, map_in_order, simulation_cpus
+from silobridge.federation.harness_pool import baseline_job, deploy_job, map_in_order
 from silobridge.federation.settings import RunSettings
+from silobridge.federation.simulation_cpus import simulation_cpus
 
 HARNESS_RUN_ID = -1
 """Cache key of the firms the harness rebuilds from the scenario (never a Flower run id)."""

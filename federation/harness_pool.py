@@ -15,7 +15,6 @@ bit in a worker as in the coordinator. Results come back in firm order, so sums 
 from __future__ import annotations
 
 import multiprocessing
-import os
 import pickle
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -33,11 +32,6 @@ from silobridge.federation.deployment import DeployedOutcome, deploy_firm
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-def simulation_cpus(cpus: int | None = None) -> int:
-    """The CPUs the simulation's Ray runtime is given (`federation.launch`): `cpus`, else the machine's."""
-    return cpus or os.cpu_count() or 1
 
 
 def _init_worker() -> None:

@@ -27,6 +27,7 @@ from silobridge.federation.resume import resume_command
 from silobridge.federation.rundir import live_runs
 from silobridge.federation.settings import quiet_accountant
 from silobridge.federation.sigint_probe import SignalProbe
+from silobridge.federation.simulation_cpus import simulation_cpus
 
 # The runtime would otherwise try to pip-install the app's dependencies, which fails offline.
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
@@ -34,9 +35,9 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 
 def launch(server_app: ServerApp, client_app: ClientApp, *, num_supernodes: int, cpus: int | None = None) -> None:
-    """Run the apps on Flower's simulation runtime (Ray backend, one CPU per virtual node) until the
-    ServerApp returns; Ctrl-C stops it cleanly (`stop_on_interrupt`)."""
-    num_cpus = cpus or os.cpu_count() or 1
+    """Run the apps on Flower's simulation runtime (Ray backend, one CPU per virtual node; `simulation_cpus`
+    CPUs in all) until the ServerApp returns; Ctrl-C stops it cleanly (`stop_on_interrupt`)."""
+    num_cpus = simulation_cpus(cpus)
     backend_config = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {

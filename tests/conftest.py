@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 torch.set_num_threads(1)
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    # xdist's workers already keep every core busy: a run's second Ray actor and its harness pool's second
+    # process only contend with the other worker. One size for every launch also keeps the worker's one Ray.
+    os.environ.setdefault("SILOBRIDGE_SIMULATION_CPUS", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "scenarios" / "tiny.toml"
@@ -85,7 +89,7 @@ def _simulate_tiny(tmp_path_factory: pytest.TempPathFactory, config: dict[str, s
     from silobridge.federation.simulation import simulate  # Flower and Ray: only where a run is made
 
     out = tmp_path_factory.mktemp("shared-runs")
-    return simulate({"scenario": str(TINY), "out-dir": str(out), **config}, cpus=2)
+    return simulate({"scenario": str(TINY), "out-dir": str(out), **config})
 
 
 @pytest.fixture(scope="session")

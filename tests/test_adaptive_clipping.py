@@ -247,7 +247,7 @@ SIMULATION = (
 @pytest.fixture(scope="module")
 def adaptive_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
     out = tmp_path_factory.mktemp("adaptive-run")
-    return simulate({"scenario": str(TINY), "out-dir": str(out), "run-id": "adaptive", "set": SIMULATION}, cpus=2)
+    return simulate({"scenario": str(TINY), "out-dir": str(out), "run-id": "adaptive", "set": SIMULATION})
 
 
 def test_the_clip_norm_shrinks_from_far_too_large(adaptive_run: RunResult) -> None:

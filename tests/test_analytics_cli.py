@@ -40,7 +40,7 @@ def test_queries_in_a_flower_simulation_equal_pooled(tmp_path: Path, firms: list
         QueryRequest("autoregression", {"lags": 2, "horizon": 3, "high": 5000}),
         QueryRequest("count", {"table": "risk", "max_rows": 500}),  # R1 and D1 hold more: clipped
     ]
-    result = run_queries({"scenario": str(TINY), "out-dir": str(tmp_path), "run-id": "exact"}, requests, None, cpus=2)
+    result = run_queries({"scenario": str(TINY), "out-dir": str(tmp_path), "run-id": "exact"}, requests, None)
     variance, regression, ar, count = (o.answer for o in result.outcomes)
     units = pooled(firms, "demand", "units")
     assert np.isclose(variance["mean"], units.mean(), rtol=1e-9, atol=0)

@@ -106,7 +106,7 @@ def test_a_dp_efficiency_release_is_charged_and_recorded(tmp_path) -> None:
         "run-id": "trio-efficiency-dp",
         "set": "training.model=mlp;training.rounds=2;efficiency.dp=true",
     }
-    result = simulate(config, cpus=2)
+    result = simulate(config)
     settings = settings_from_run_config(config)
     section = result.summary["efficiency"]
     assert section["dp"] == {

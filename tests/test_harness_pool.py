@@ -17,8 +17,9 @@ from silobridge.errors import DataError, FederationError, ProtocolError
 from silobridge.federation.coordinator import baseline_instruction
 from silobridge.federation.deployment import DeployedOutcome, deploy_all
 from silobridge.federation.harness import MIN_POOLED_FIRMS, SimulationHarness
-from silobridge.federation.harness_pool import _portable, map_in_order, simulation_cpus
+from silobridge.federation.harness_pool import _portable, map_in_order
 from silobridge.federation.settings import settings_from_run_config
+from silobridge.federation.simulation_cpus import simulation_cpus
 from silobridge.server.efficiency import group_tiers
 from tests.conftest import TINY
 

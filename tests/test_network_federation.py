@@ -99,7 +99,6 @@ def pilot(loopback: LoopbackFederation) -> RunResult:
             "noise-seed": NOISE_SEED,
             "set": "training.baselines=none",
         },
-        cpus=2,
     )
 
 

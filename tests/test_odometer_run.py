@@ -45,8 +45,8 @@ def test_a_long_term_key_and_lifetime_odometers_across_runs(tmp_path: Path) -> N
     keyed = {**config, "ledger-key": str(key), "state-dir": str(state), "lifetime-epsilon": lifetime}
 
     with pytest.raises(ConfigError, match="pass its private key file with --ledger-key"):
-        simulate({**config, "run-id": "nokey"}, cpus=2)  # the federation names a key: no per-run key
-    run = simulate({**keyed, "run-id": "first"}, cpus=2)
+        simulate({**config, "run-id": "nokey"})  # the federation names a key: no per-run key
+    run = simulate({**keyed, "run-id": "first"})
 
     assert run.summary["privacy"]["ledger_key_kind"] == "long-term"
     result = CliRunner().invoke(app, ["audit", str(run.path), "--config", str(federation)], env={"COLUMNS": "250"})
@@ -62,7 +62,7 @@ def test_a_long_term_key_and_lifetime_odometers_across_runs(tmp_path: Path) -> N
 
     # A second run of the same firms would pass their lifetime budgets: refused before any firm is asked.
     with pytest.raises(ConfigError, match="lifetime odometer at epsilon"):
-        simulate({**keyed, "run-id": "second", "lifetime-epsilon": 0}, cpus=2)
+        simulate({**keyed, "run-id": "second", "lifetime-epsilon": 0})
     assert not (tmp_path / "runs" / "second").exists()
 
 
@@ -78,7 +78,7 @@ def test_a_linear_run_charges_each_firms_odometer_what_its_ledger_charges(tmp_pa
         "lifetime-epsilon": 100.0,
         "run-id": "linear",
     }
-    run = simulate(config, cpus=2)
+    run = simulate(config)
     report = verify_ledger(run.path / "privacy_ledger.jsonl")
     assert report.ended and report.accountant.kind.value == "rdp"
     charged = 0

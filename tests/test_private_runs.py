@@ -32,7 +32,7 @@ whatever the number of rounds (calibration spends the budget over the planned ro
 
 
 def _simulate(out: Path, run_id: str, overrides: str = "", **config: object) -> RunResult:
-    return simulate({"scenario": str(TINY), "out-dir": str(out), "run-id": run_id, "set": overrides, **config}, cpus=2)
+    return simulate({"scenario": str(TINY), "out-dir": str(out), "run-id": run_id, "set": overrides, **config})
 
 
 @pytest.fixture(scope="module")

@@ -60,7 +60,6 @@ def test_a_run_without_dp_that_fails_midway_is_kept_with_its_checkpoint(tmp_path
                 "set": NO_BASELINES,
             },
             observer=_FailsInRoundTwo(),
-            cpus=2,
         )
     run = out / "crashed-open"
     assert (run / "failure.json").exists() and not (run / "summary.json").exists()
@@ -84,7 +83,6 @@ def test_a_private_run_that_fails_midway_keeps_its_ledger_for_audit(tmp_path: Pa
                 "set": f"{MLP};{NO_BASELINES}",
             },
             observer=_FailsInRoundTwo(),
-            cpus=2,
         )
     run = out / "crashed"
     assert (run / "failure.json").exists() and not (run / "summary.json").exists()

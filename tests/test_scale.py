@@ -114,7 +114,6 @@ def test_a_sampled_run_compares_local_only_over_the_sample(tmp_path: Path) -> No
             "num-rounds": 2,
             "set": "training.baselines=sample;training.baseline_sample=2",
         },
-        cpus=2,
     )
     summary = json.loads((result.path / "summary.json").read_text())
     baselines = summary["baselines"]

@@ -25,7 +25,7 @@ from tests.conftest import OPEN_RUN_SECURE_SUMS, TINY
 
 
 def _simulate(out: Path, run_id: str, **config: object) -> RunResult:
-    return simulate({"scenario": str(TINY), "out-dir": str(out), "run-id": run_id, **config}, cpus=2)
+    return simulate({"scenario": str(TINY), "out-dir": str(out), "run-id": run_id, **config})
 
 
 NO_BASELINES = "training.baselines=none"
