@@ -24,8 +24,12 @@ def _message(*, content: object, dst_node_id: int, message_type: str) -> SimpleN
 class Grid:
     """Replies by node: (the pull on which the reply is first there, or None for never; its error reason or None)."""
 
-    def __init__(self, replies: dict[int, tuple[int | None, str | None]]) -> None:
+    def __init__(
+        self, replies: dict[int, tuple[int | None, str | None]], *, sources: dict[int, int] | None = None
+    ) -> None:
         self.replies = replies
+        self.sources = sources or {}
+        """Who a node's reply comes from, where not the node itself (0: the SuperLink's own error reply)."""
         self.pulls = 0
         self.asked: list[set[str]] = []
 
@@ -38,7 +42,8 @@ class Grid:
         out = []
         for node, (on_pull, error) in self.replies.items():
             if f"id-{node}" in ids and on_pull is not None and self.pulls >= on_pull:
-                meta = SimpleNamespace(reply_to_message_id=f"id-{node}", src_node_id=node, message_type="train")
+                source = self.sources.get(node, node)
+                meta = SimpleNamespace(reply_to_message_id=f"id-{node}", src_node_id=source, message_type="train")
                 out.append(
                     SimpleNamespace(
                         metadata=meta,
@@ -70,3 +75,22 @@ def test_a_partner_whose_task_died_is_failed_with_its_reason_and_not_waited_for(
     assert replies.ok == {(1, "train"): "update-1"}
     assert replies.failed == {(2, "train"): reason}
     assert grid.pulls == 1  # an error reply is an answer: the exchange ends at once, not at its 30 s timeout
+
+
+def test_a_partner_gone_is_failed_with_the_superlinks_reason_when_the_superlink_answers_for_it() -> None:
+    """flwr's SuperLink answers a message whose node stopped its heartbeats (killed) with an error from node 0,
+    not from the node: it is that node's answer, so the exchange ends with the reason instead of at its timeout
+    (before, a reply from node 0 was dropped as no answer and the exchange waited its whole 600 s)."""
+    reason = "Error: Node Unavailable - The destination node failed to report a heartbeat"
+    grid = Grid({1: (1, None), 2: (2, reason)}, sources={2: 0})
+    replies = exchange_module.exchange(grid, [(1, "train", "request"), (2, "train", "request")], timeout_s=30)  # type: ignore[arg-type]
+    assert replies.ok == {(1, "train"): "update-1"}
+    assert replies.failed == {(2, "train"): reason}
+    assert grid.pulls == 2
+
+
+def test_a_reply_from_another_node_than_the_one_asked_is_no_answer() -> None:
+    grid = Grid({1: (1, None), 2: (1, None)}, sources={2: 7})
+    replies = exchange_module.exchange(grid, [(1, "train", "request"), (2, "train", "request")], timeout_s=0.1)  # type: ignore[arg-type]
+    assert replies.ok == {(1, "train"): "update-1"}
+    assert replies.failed == {(2, "train"): "no reply within 0 s"}
