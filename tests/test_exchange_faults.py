@@ -79,7 +79,7 @@ def test_a_partner_whose_task_died_is_failed_with_its_reason_and_not_waited_for(
 
 def test_a_partner_gone_is_failed_with_the_superlinks_reason_when_the_superlink_answers_for_it() -> None:
     """flwr's SuperLink answers a message whose node stopped its heartbeats (killed) with an error from node 0,
-    not from the node: it is that node's answer, so the exchange ends with the reason instead of at its timeout
+    not from the node: it is that node's answer, so the node is failed with that reason
     (before, a reply from node 0 was dropped as no answer and the node failed as "no reply within 600 s")."""
     reason = "Error: Node Unavailable - The destination node failed to report a heartbeat"
     grid = Grid({1: (1, None), 2: (2, reason)}, sources={2: 0})
