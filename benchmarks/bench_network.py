@@ -51,8 +51,9 @@ from silobridge.scenarios.schema import load_scenario
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def federation_file(path: Path, nodes: int, rounds: int) -> Path:
-    """A distributor and `nodes - 1` retailers it supplies; sizes alternate large and small."""
+def federation_file(path: Path, nodes: int, rounds: int, *, aggregation: str | None = None) -> Path:
+    """A distributor and `nodes - 1` retailers it supplies; sizes alternate large and small; `aggregation`
+    ('plain' or 'secure'): default secure from 3 firms."""
     firms = [{"id": "D1", "tier": "distributor", "size": 6.0, "history": 100, "region": "north"}]
     for i in range(1, nodes):
         large = i % 3 == 1
@@ -76,6 +77,8 @@ def federation_file(path: Path, nodes: int, rounds: int) -> Path:
     }
     if nodes < 3:  # a sum of two firms tells each the other's input: secure aggregation refuses it
         raw["aggregation"] = {"mode": "plain"}
+    if aggregation is not None:
+        raw["aggregation"] = {"mode": aggregation}
     text = tomli_w.dumps(raw).replace('end = "2025-12-29"', "end = 2025-12-29")
     path.write_text(text)
     return path
