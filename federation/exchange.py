@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from flwr.app import Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID as FLOWER_SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 
 from silobridge.errors import FederationError
@@ -60,15 +61,15 @@ def poll_interval(elapsed_s: float) -> float:
     return min(MAX_POLL_S, max(MIN_POLL_S, POLL_FRACTION * elapsed_s))
 
 
-SUPERLINK_NODE_ID = 0
-"""The source of a reply the SuperLink writes itself: flwr 1.41 answers a message whose destination node stopped
-sending heartbeats (a partner's machine or process gone) with an error reply from node 0, 'Node Unavailable'."""
+SUPERLINK_NODE_ID = FLOWER_SUPERLINK_NODE_ID
+"""The source of a reply the SuperLink writes itself (node 1 in flwr 1.41): it answers a message whose destination
+node stopped sending heartbeats (a partner's machine or process gone) with an error reply, 'Node Unavailable'."""
 
 
 def send_and_receive(grid: Grid, messages: list[Message], *, timeout_s: float) -> dict[int, Message]:
     """Push `messages` and pull their replies until all have come or `timeout_s` has passed: each reply by the
     index of the message it answers (matched by the message's id: the SuperLink's own error replies come from
-    node 0, not from the node asked). A message the SuperLink did not take (its id None) gets no reply."""
+    SUPERLINK_NODE_ID, not from the node asked). A message the SuperLink did not take (its id None) gets no reply."""
     started = time.monotonic()
     index_of = {message_id: i for i, message_id in enumerate(grid.push_messages(messages)) if message_id}
     pending = set(index_of)

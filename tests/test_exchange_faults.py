@@ -29,7 +29,7 @@ class Grid:
     ) -> None:
         self.replies = replies
         self.sources = sources or {}
-        """Who a node's reply comes from, where not the node itself (0: the SuperLink's own error reply)."""
+        """Who a node's reply comes from, where not the node itself (the SuperLink's id: its own error reply)."""
         self.pulls = 0
         self.asked: list[set[str]] = []
 
@@ -78,11 +78,12 @@ def test_a_partner_whose_task_died_is_failed_with_its_reason_and_not_waited_for(
 
 
 def test_a_partner_gone_is_failed_with_the_superlinks_reason_when_the_superlink_answers_for_it() -> None:
-    """flwr's SuperLink answers a message whose node stopped its heartbeats (killed) with an error from node 0,
-    not from the node: it is that node's answer, so the node is failed with that reason
-    (before, a reply from node 0 was dropped as no answer and the node failed as "no reply within 600 s")."""
+    """flwr's SuperLink answers a message whose node stopped its heartbeats (killed) with an error from itself,
+    not from the node: it is that node's answer, so the node is failed with that reason (before, a reply from the
+    SuperLink's node id was dropped as no answer and the node failed as "no reply within 600 s")."""
+    assert exchange_module.SUPERLINK_NODE_ID == 1  # flwr 1.41's (flwr.common.constant): what its error replies carry
     reason = "Error: Node Unavailable - The destination node failed to report a heartbeat"
-    grid = Grid({1: (1, None), 2: (2, reason)}, sources={2: 0})
+    grid = Grid({1: (1, None), 2: (2, reason)}, sources={2: exchange_module.SUPERLINK_NODE_ID})
     replies = exchange_module.exchange(grid, [(1, "train", "request"), (2, "train", "request")], timeout_s=30)  # type: ignore[arg-type]
     assert replies.ok == {(1, "train"): "update-1"}
     assert replies.failed == {(2, "train"): reason}
