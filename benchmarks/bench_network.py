@@ -51,9 +51,11 @@ from silobridge.scenarios.schema import load_scenario
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def federation_file(path: Path, nodes: int, rounds: int, *, aggregation: str | None = None) -> Path:
+def federation_file(
+    path: Path, nodes: int, rounds: int, *, aggregation: str | None = None, model: str | None = None
+) -> Path:
     """A distributor and `nodes - 1` retailers it supplies; sizes alternate large and small; `aggregation`
-    ('plain' or 'secure'): default secure from 3 firms."""
+    ('plain' or 'secure'): default secure from 3 firms; `model`: the scenario's training model (default its own)."""
     firms = [{"id": "D1", "tier": "distributor", "size": 6.0, "history": 100, "region": "north"}]
     for i in range(1, nodes):
         large = i % 3 == 1
@@ -79,6 +81,8 @@ def federation_file(path: Path, nodes: int, rounds: int, *, aggregation: str | N
         raw["aggregation"] = {"mode": "plain"}
     if aggregation is not None:
         raw["aggregation"] = {"mode": aggregation}
+    if model is not None:
+        raw["training"]["model"] = model  # type: ignore[index]
     text = tomli_w.dumps(raw).replace('end = "2025-12-29"', "end = 2025-12-29")
     path.write_text(text)
     return path
@@ -192,10 +196,16 @@ def network_run(
 
 
 def measure(
-    nodes: int, rounds: int, work: Path, executors: list[str], pull_caps: list[float | None], packs: list[bool]
+    nodes: int,
+    rounds: int,
+    work: Path,
+    executors: list[str],
+    pull_caps: list[float | None],
+    packs: list[bool],
+    model: str | None = None,
 ) -> list[dict[str, Any]]:
     work.mkdir(parents=True)
-    config = federation_file(work / "federation.toml", nodes, rounds)
+    config = federation_file(work / "federation.toml", nodes, rounds, model=model)
     scenario = load_scenario(config)
     chain = generate_chain(scenario)
     for firm in scenario.firm_ids:
@@ -278,6 +288,7 @@ def main() -> None:
         help=f"Run each size once per choice, side by side: 'on' packs each record's arrays into one Flower object "
         f"(the default since session 10), 'off' sends one per array ({PACK_ENV}=0, before).",
     )
+    parser.add_argument("--model", default=None, help="The federation's training model (default: the scenario's).")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     starts = clientapp_cold_start(args.cold_starts)
@@ -288,7 +299,7 @@ def main() -> None:
             executors = ["cold", "warm"] if args.executor == "both" else [args.executor]
             caps: list[float | None] = list(args.pull_caps) if args.pull_caps else [None]
             packs = [choice == "on" for choice in args.pack]
-            for row in measure(nodes, args.rounds, Path(tmp) / f"n{nodes}", executors, caps, packs):
+            for row in measure(nodes, args.rounds, Path(tmp) / f"n{nodes}", executors, caps, packs, args.model):
                 print(row, flush=True)
                 rows.append(row)
     start_s, light_s = statistics.median(starts), statistics.median(light)
@@ -325,6 +336,7 @@ def main() -> None:
         "executor": args.executor,
         "pull_caps_s": args.pull_caps or [REMOTE_PULL_CAP_S],
         "pack": args.pack,
+        "model": args.model or "scenario default",
         "load_average_1m_before": round(load_before, 1),
         "clientapp_cold_start_s": [round(t, 2) for t in starts],
         "clientapp_cold_start_light_s": [round(t, 2) for t in light],
