@@ -7,8 +7,9 @@ imported torch, Opacus, flwr and the ClientApp once (`warm_executor.preload`) an
 each poller runs Flower's SuperExec loop against its node with the warm executor's `TaskExecutor`, which forks per
 task exactly as a partner's own executor does. The pollers share the parent's pages copy-on-write.
 
-`python -m benchmarks._shared_executor --nodes FILE --secret FILE [--handoff-dir DIR]`; FILE is JSON: a list of
-{"firm", "runtime_address", "node_pid", "node_config"}. Prints "serving FIRM" per poller ready. SIGTERM stops the
+`python -m benchmarks._shared_executor --nodes FILE --secret FILE [--handoff-dir DIR] [--max-tasks N]`; FILE is
+JSON: a list of {"firm", "runtime_address", "node_pid", "node_config"}. Prints "serving FIRM" per poller ready.
+SIGTERM stops the
 pollers (tasks in flight finish: they answer to their node).
 """
 
@@ -17,12 +18,14 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import multiprocessing
 import os
 import signal
 import sys
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from silobridge.federation.network.flower_hooks import apply_object_pull_backoff
 from silobridge.federation.network.warm_executor import (
@@ -33,10 +36,41 @@ from silobridge.federation.network.warm_executor import (
 )
 
 
-def poll_node(node: dict, secret: bytes, handoff_dir: Path | None, parent: int) -> None:
+class GatedExecutor(TaskExecutor):
+    """The warm executor's forks, at most `slots`' size running at once across all pollers: on 2 cores 50 tasks
+    forked together would only queue for the CPU, each holding its memory (torch, the firm's data) meanwhile. A poller
+    asks its node for a task only while a slot is free; a slot is taken at launch and given back when the task's
+    process is reaped (between polls), however it ended. Two pollers may both see the last slot free: the second
+    waits for a slot at launch (its task waits, as it would for a CPU)."""
+
+    def __init__(self, slots: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.slots = slots
+
+    def get_eligible_capacity(self, supported_task_types: set[Any], **kwargs: Any) -> tuple[set[Any], set[str]]:
+        if self.slots.get_value() <= 0:
+            return set(), set()
+        return super().get_eligible_capacity(supported_task_types, **kwargs)
+
+    def launch(self, spec: Any) -> Any:
+        self.slots.acquire()
+        running = len(self.children)
+        result = super().launch(spec)
+        if len(self.children) == running:  # refused, nothing forked: the slot goes back
+            self.slots.release()
+        return result
+
+    def reconcile(self) -> None:
+        running = len(self.children)
+        super().reconcile()
+        for _ in range(running - len(self.children)):
+            self.slots.release()
+
+
+def poll_node(node: dict, secret: bytes, handoff_dir: Path | None, parent: int, slots: Any) -> None:
     """In a forked poller: the node's firm's caches, then Flower's SuperExec loop for this node (never returns)."""
     log = handoff_dir / f"handoff-{node['firm']}.jsonl" if handoff_dir else None
-    executor = TaskExecutor(mode="warm", handoff_log=log, node_pid=int(node["node_pid"]))
+    executor = GatedExecutor(slots, mode="warm", handoff_log=log, node_pid=int(node["node_pid"]))
     module = install_executor(executor)
     warm_node_caches(node["node_config"])
     gc.collect()
@@ -56,7 +90,9 @@ def main() -> None:
     parser.add_argument("--nodes", type=Path, required=True)
     parser.add_argument("--secret", type=Path, required=True)
     parser.add_argument("--handoff-dir", type=Path, default=None)
+    parser.add_argument("--max-tasks", type=int, default=4, help="Tasks running at once, over all nodes.")
     args = parser.parse_args()
+    slots = multiprocessing.Semaphore(args.max_tasks)  # shared by the forks below
     nodes = json.loads(args.nodes.read_text())
     secret = args.secret.read_bytes()
     seconds = preload()
@@ -71,7 +107,7 @@ def main() -> None:
         if pid == 0:
             code = 1
             try:
-                poll_node(node, secret, args.handoff_dir, me)
+                poll_node(node, secret, args.handoff_dir, me, slots)
                 code = 0
             except BaseException as err:  # the benchmark reads the log: a poller that died says why
                 print(f"poller {node['firm']} failed: {err!r}", file=sys.stderr, flush=True)

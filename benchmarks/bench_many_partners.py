@@ -7,7 +7,8 @@ Per size: a federation file (a distributor and its retailers, bench_network's), 
 one SuperLink with TLS and node authentication (`silobridge superlink`), every key registered (`flwr supernode
 register`), one real SuperNode per firm (`flower-supernode --isolation process` through our polling hook, as
 `silobridge join` starts it, without join's supervisor), and one shared warm executor (benchmarks/_shared_executor:
-imports once, forks one poller per node, each forking per task as a partner's executor does), then `silobridge
+imports once, forks one poller per node, each forking per task as a partner's executor does, at most `--max-tasks`
+at once over all nodes, default 4: on 2 cores more would only queue, each holding its memory), then `silobridge
 run`. Reported: rounds completed and any dropout (a failed round), the run's wall time, the flower-superlink
 process's CPU seconds (over the run alone, and over its whole life with the registrations) and peak resident
 memory, and the memory of the partners' processes (PSS, so pages shared by forks count once) per SuperNode and
@@ -62,7 +63,7 @@ def _wait_for(check: Any, timeout_s: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def one_size(nodes: int, rounds: int, aggregation: str, work: Path) -> dict[str, Any]:
+def one_size(nodes: int, rounds: int, aggregation: str, work: Path, max_tasks: int = 4) -> dict[str, Any]:
     """One federation of `nodes` partners run for `rounds` rounds; its figures."""
     work.mkdir(parents=True)
     config = federation_file(work / "federation.toml", nodes, rounds, aggregation=aggregation)
@@ -118,6 +119,8 @@ def one_size(nodes: int, rounds: int, aggregation: str, work: Path) -> dict[str,
                 str(secret),
                 "--handoff-dir",
                 str(work),
+                "--max-tasks",
+                str(max_tasks),
             ],
         )
         _wait_for(
@@ -167,12 +170,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--aggregation", choices=("plain", "secure"), default="plain")
     parser.add_argument("--results", default="many_partners")
+    parser.add_argument("--max-tasks", type=int, default=4, help="The shared executor's tasks running at once.")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-many-") as tmp:
         for nodes in args.nodes:
-            row = one_size(nodes, args.rounds, args.aggregation, Path(tmp) / f"n{nodes}")
+            row = one_size(nodes, args.rounds, args.aggregation, Path(tmp) / f"n{nodes}", args.max_tasks)
             row["load_average_1m_after"] = round(os.getloadavg()[0], 1)
             print(row, flush=True)
             rows.append(row)
@@ -180,13 +184,15 @@ def main() -> None:
         "nodes": args.nodes,
         "rounds": args.rounds,
         "aggregation": args.aggregation,
+        "max_tasks": args.max_tasks,
         "load_average_1m_before": round(load_before, 1),
         "load_average_1m": round(os.getloadavg()[0], 1),
     }
     notes = (
         "Each size: one SuperLink (TLS, node authentication), one real SuperNode per firm (its own key, registration "
         "and Runtime API; `--isolation process`), their tasks served by one shared warm executor that forks a poller "
-        "per node and a process per task (benchmarks/_shared_executor.py), `silobridge run` for the rounds. "
+        "per node and a process per task (benchmarks/_shared_executor.py; at most max_tasks tasks at once over all "
+        "nodes), `silobridge run` for the rounds. "
         "rounds_completed and dropouts: from the run's summary (a failed round would show as fewer rounds, an abort "
         "or a dropout). superlink_cpu_run_s: the flower-superlink process's CPU seconds during the run; "
         "superlink_cpu_total_s and superlink_peak_rss_mib over its whole life (registrations and node connections "
