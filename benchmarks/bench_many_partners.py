@@ -63,10 +63,12 @@ def _wait_for(check: Any, timeout_s: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def one_size(nodes: int, rounds: int, aggregation: str, work: Path, max_tasks: int = 4) -> dict[str, Any]:
+def one_size(
+    nodes: int, rounds: int, aggregation: str, work: Path, max_tasks: int = 4, model: str | None = None
+) -> dict[str, Any]:
     """One federation of `nodes` partners run for `rounds` rounds; its figures."""
     work.mkdir(parents=True)
-    config = federation_file(work / "federation.toml", nodes, rounds, aggregation=aggregation)
+    config = federation_file(work / "federation.toml", nodes, rounds, aggregation=aggregation, model=model)
     scenario = load_scenario(config)
     chain = generate_chain(scenario)
     firms = list(scenario.firm_ids)
@@ -148,7 +150,8 @@ def one_size(nodes: int, rounds: int, aggregation: str, work: Path, max_tasks: i
         "nodes": nodes,
         "rounds": rounds,
         "aggregation": aggregation,
-        "rounds_completed": summary["federation"]["rounds"],
+        "model": model or "scenario default",
+        "rounds_recorded": len(per_round),
         "dropouts": len(summary.get("dropouts") or []),
         "round_s_mean": round(statistics.mean(per_round), 2),
         "run_wall_s": round(wall, 1),
@@ -171,12 +174,15 @@ def main() -> None:
     parser.add_argument("--aggregation", choices=("plain", "secure"), default="plain")
     parser.add_argument("--results", default="many_partners")
     parser.add_argument("--max-tasks", type=int, default=4, help="The shared executor's tasks running at once.")
+    parser.add_argument(
+        "--model", default=None, help="Training model: 'mlp' trains FedAvg rounds; the default (linear) releases once."
+    )
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-many-") as tmp:
         for nodes in args.nodes:
-            row = one_size(nodes, args.rounds, args.aggregation, Path(tmp) / f"n{nodes}", args.max_tasks)
+            row = one_size(nodes, args.rounds, args.aggregation, Path(tmp) / f"n{nodes}", args.max_tasks, args.model)
             row["load_average_1m_after"] = round(os.getloadavg()[0], 1)
             print(row, flush=True)
             rows.append(row)
@@ -193,8 +199,10 @@ def main() -> None:
         "and Runtime API; `--isolation process`), their tasks served by one shared warm executor that forks a poller "
         "per node and a process per task (benchmarks/_shared_executor.py; at most max_tasks tasks at once over all "
         "nodes), `silobridge run` for the rounds. "
-        "rounds_completed and dropouts: from the run's summary (a failed round would show as fewer rounds, an abort "
-        "or a dropout). superlink_cpu_run_s: the flower-superlink process's CPU seconds during the run; "
+        "rounds_recorded: the rounds in the run's metrics.jsonl (an MLP's FedAvg rounds; the linear model releases "
+        "once: its demand release and Newton steps, numbered 1-3); the run completing (a summary) and dropouts from "
+        "its summary: a failed round would abort the run or show as a dropout. superlink_cpu_run_s: the "
+        "flower-superlink process's CPU seconds during the run; "
         "superlink_cpu_total_s and superlink_peak_rss_mib over its whole life (registrations and node connections "
         "included), from /proc. PSS (proportional set size: pages shared by forks counted once across them) of each "
         "SuperNode and of the shared executor with its pollers and any task still running, at the run's end. "
