@@ -105,7 +105,8 @@ def _objects(content: RecordDict) -> int:
 def test_a_packed_record_is_three_objects_whatever_its_arrays() -> None:
     """message + RecordDict + per ArrayRecord: the record, and per Array the Array and its chunk (arrays of equal
     content are one object: these differ)."""
-    weights = {f"layer{i}.{part}": np.full((4, 2), 10.0 * i + len(part)) for i in range(3) for part in ("weight", "bias")}
+    parts = [(i, part) for i in range(3) for part in ("weight", "bias")]
+    weights = {f"layer{i}.{part}": np.full((4, 2), 10.0 * i + len(part)) for i, part in parts}
     for pack, expected in ((False, 2 + 1 + 2 * 6), (True, 2 + 3)):
         assert _objects(RecordDict({"w": arrays_record(weights, pack=pack)})) == expected
     config = ConfigRecord({"a": 1})
