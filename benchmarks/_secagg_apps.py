@@ -119,7 +119,7 @@ def plain_apps(case: Case, log_dir: str, outcome: ServerOutcome) -> tuple[Server
         outcome.first_round_started = time.perf_counter()
         for r in range(1, case.rounds + 1):
             started = time.perf_counter()
-            content = RecordDict({WEIGHTS: arrays_record({WEIGHTS: weights}), BENCH: _round_record(r)})
+            content = RecordDict({WEIGHTS: arrays_record({WEIGHTS: weights}, pack=False), BENCH: _round_record(r)})
             replies = exchange(grid, [(node, "train", content) for node in nodes], timeout_s=EXCHANGE_TIMEOUT_S)
             _check_failures(replies, len(dropping(case.seed, r, case.firms, case.dropout)), f"plain round {r}")
             with stopwatch.time("aggregate"):
@@ -148,7 +148,7 @@ def plain_apps(case: Case, log_dir: str, outcome: ServerOutcome) -> tuple[Server
             update = firm_update(case.seed, partition, r, case.params)
         content = RecordDict(
             {
-                UPDATE: arrays_record({UPDATE: update}),
+                UPDATE: arrays_record({UPDATE: update}, pack=False),
                 WEIGHT: MetricRecord({WEIGHT: firm_weight(case.seed, partition)}),
             }
         )
@@ -259,7 +259,7 @@ def ours_apps(case: Case, log_dir: str, outcome: ServerOutcome) -> tuple[ServerA
                     driver.open_session(transport, list(node_of))
                 setup = stopwatch.take()
             started = time.perf_counter()
-            transport.weights = arrays_record({WEIGHTS: weights})
+            transport.weights = arrays_record({WEIGHTS: weights}, pack=False)
             ring_sum = driver.run_round(transport, layout.length, timer=stopwatch.time)
             with stopwatch.time("finish"):
                 result = secure.decode(ring_sum, layout, case.firms)
@@ -315,7 +315,9 @@ def ours_apps(case: Case, log_dir: str, outcome: ServerOutcome) -> tuple[ServerA
         finally:
             with probe_step("store"):
                 store(secure, context)
-        content = RecordDict({SECAGG: ConfigRecord(release.message), MASKED: arrays_record({"vector": release.vector})})
+        content = RecordDict(
+            {SECAGG: ConfigRecord(release.message), MASKED: arrays_record({"vector": release.vector}, pack=False)}
+        )
         return Message(content, reply_to=message)
 
     def stage(name: str, *, may_vanish: bool = False) -> Callable[[Message, Context], Message]:

@@ -232,7 +232,8 @@ class TimedGrid(Grid):
         self._pushed_at = 0.0
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        return send_and_receive(self, list(messages), timeout_s=EXCHANGE_TIMEOUT_S if timeout is None else timeout)
+        replies = send_and_receive(self, list(messages), timeout_s=EXCHANGE_TIMEOUT_S if timeout is None else timeout)
+        return [replies[i] for i in sorted(replies)]  # by the request each answers
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = list(self._grid.push_messages(messages))

@@ -43,6 +43,7 @@ from silobridge.clients.data import write_firm_data
 from silobridge.federation.network.flower_hooks import PULL_CAP_ENV, REMOTE_PULL_CAP_S
 from silobridge.federation.network.loopback import LoopbackFederation
 from silobridge.federation.network.trace import SPANS, STEPS, TRACE_ENV, breakdown, load
+from silobridge.federation.records import PACK_ENV
 from silobridge.federation.simulation import simulate
 from silobridge.scenarios.generator import generate_chain
 from silobridge.scenarios.schema import load_scenario
@@ -50,8 +51,11 @@ from silobridge.scenarios.schema import load_scenario
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def federation_file(path: Path, nodes: int, rounds: int) -> Path:
-    """A distributor and `nodes - 1` retailers it supplies; sizes alternate large and small."""
+def federation_file(
+    path: Path, nodes: int, rounds: int, *, aggregation: str | None = None, model: str | None = None
+) -> Path:
+    """A distributor and `nodes - 1` retailers it supplies; sizes alternate large and small; `aggregation`
+    ('plain' or 'secure'): default secure from 3 firms; `model`: the scenario's training model (default its own)."""
     firms = [{"id": "D1", "tier": "distributor", "size": 6.0, "history": 100, "region": "north"}]
     for i in range(1, nodes):
         large = i % 3 == 1
@@ -75,6 +79,10 @@ def federation_file(path: Path, nodes: int, rounds: int) -> Path:
     }
     if nodes < 3:  # a sum of two firms tells each the other's input: secure aggregation refuses it
         raw["aggregation"] = {"mode": "plain"}
+    if aggregation is not None:
+        raw["aggregation"] = {"mode": aggregation}
+    if model is not None:
+        raw["training"]["model"] = model  # type: ignore[index]
     text = tomli_w.dumps(raw).replace('end = "2025-12-29"', "end = 2025-12-29")
     path.write_text(text)
     return path
@@ -147,11 +155,13 @@ def superlink_usage(launcher_pid: int) -> dict[str, float]:
 
 
 def network_run(
-    work: Path, config: Path, firms: list[str], executor: str, pull_cap: float | None = None
+    work: Path, config: Path, firms: list[str], executor: str, pull_cap: float | None = None, pack: bool = True
 ) -> dict[str, Any]:
     """One loopback federation whose partners join with `--executor executor` (and, if given, whose SuperNodes and
-    ServerApp wait at most `pull_cap` s between pulls of an object: PULL_CAP_ENV); its round times and hand-offs."""
+    ServerApp wait at most `pull_cap` s between pulls of an object: PULL_CAP_ENV; `pack` False: every process sends
+    one Array per name, PACK_ENV=0); its round times and hand-offs."""
     folder = work / (executor if pull_cap is None else f"{executor}-cap{pull_cap:g}")
+    folder = folder.with_name(folder.name + ("" if pack else "-unpacked"))
     folder.mkdir()
     logs = [folder / f"handoff-{firm}.jsonl" for firm in firms]
     trace = folder / "trace.jsonl"
@@ -159,6 +169,7 @@ def network_run(
         net.env[TRACE_ENV] = str(trace)
         if pull_cap is not None:
             net.env[PULL_CAP_ENV] = repr(pull_cap)
+        net.env[PACK_ENV] = "1" if pack else "0"
         net.make_credentials(firms)
         net.start_superlink()
         for firm, log in zip(firms, logs, strict=True):
@@ -185,18 +196,25 @@ def network_run(
 
 
 def measure(
-    nodes: int, rounds: int, work: Path, executors: list[str], pull_caps: list[float | None]
+    nodes: int,
+    rounds: int,
+    work: Path,
+    executors: list[str],
+    pull_caps: list[float | None],
+    packs: list[bool],
+    model: str | None = None,
 ) -> list[dict[str, Any]]:
     work.mkdir(parents=True)
-    config = federation_file(work / "federation.toml", nodes, rounds)
+    config = federation_file(work / "federation.toml", nodes, rounds, model=model)
     scenario = load_scenario(config)
     chain = generate_chain(scenario)
     for firm in scenario.firm_ids:
         write_firm_data(work / "data" / firm, chain.tables[firm].demand, chain.tables[firm].risk)
     runs = {
-        (executor, cap): network_run(work, config, list(scenario.firm_ids), executor, cap)
+        (executor, cap, pack): network_run(work, config, list(scenario.firm_ids), executor, cap, pack)
         for executor in executors
         for cap in pull_caps
+        for pack in packs
     }
     started = time.perf_counter()
     pilot = simulate(
@@ -205,7 +223,7 @@ def measure(
     simulation_wall = time.perf_counter() - started
     sim_round = statistics.mean(round_seconds(pilot.path))
     rows = []
-    for (executor, cap), run in runs.items():
+    for (executor, cap, pack), run in runs.items():
         net_round = statistics.mean(run["rounds"])
         rows.append(
             {
@@ -214,6 +232,7 @@ def measure(
                 "aggregation": "plain" if nodes < 3 else "secure",
                 "executor": executor,
                 "pull_cap_s": cap if cap is not None else REMOTE_PULL_CAP_S,
+                "packed": pack,
                 "network_round_s": round(net_round, 2),
                 "simulation_round_s": round(sim_round, 2),
                 "round_ratio": round(net_round / sim_round, 2),
@@ -234,12 +253,13 @@ def measure(
 def steps_table(rows: list[dict[str, Any]]) -> str:
     """Markdown: each step of a message's trip (federation/network/trace.py), median / max ms, per run."""
     names = [name for name, _, _ in (*STEPS, *SPANS)]
-    head = "| nodes | executor | pull cap s | " + " | ".join(names) + " |"
-    lines = [head, "| " + " | ".join("---" for _ in range(len(names) + 3)) + " |"]
+    head = "| nodes | executor | pull cap s | packed | " + " | ".join(names) + " |"
+    lines = [head, "| " + " | ".join("---" for _ in range(len(names) + 4)) + " |"]
     for row in rows:
         steps = row.get("steps") or {}
         cells = [f"{steps[n]['median_ms']:.0f} / {steps[n]['max_ms']:.0f}" if n in steps else "-" for n in names]
-        lines.append(f"| {row['nodes']} | {row['executor']} | {row['pull_cap_s']:g} | " + " | ".join(cells) + " |")
+        label = f"| {row['nodes']} | {row['executor']} | {row['pull_cap_s']:g} | {row['packed']} | "
+        lines.append(label + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -260,6 +280,15 @@ def main() -> None:
         help=f"Run each size once per cap (s) on the longest wait between object pulls from the SuperLink "
         f"({PULL_CAP_ENV}), side by side; default: the code's own ({REMOTE_PULL_CAP_S} s), once.",
     )
+    parser.add_argument(
+        "--pack",
+        choices=("on", "off"),
+        nargs="+",
+        default=["on"],
+        help=f"Run each size once per choice, side by side: 'on' packs each record's arrays into one Flower object "
+        f"(the default since session 10), 'off' sends one per array ({PACK_ENV}=0, before).",
+    )
+    parser.add_argument("--model", default=None, help="The federation's training model (default: the scenario's).")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     starts = clientapp_cold_start(args.cold_starts)
@@ -269,7 +298,8 @@ def main() -> None:
         for nodes in args.nodes:
             executors = ["cold", "warm"] if args.executor == "both" else [args.executor]
             caps: list[float | None] = list(args.pull_caps) if args.pull_caps else [None]
-            for row in measure(nodes, args.rounds, Path(tmp) / f"n{nodes}", executors, caps):
+            packs = [choice == "on" for choice in args.pack]
+            for row in measure(nodes, args.rounds, Path(tmp) / f"n{nodes}", executors, caps, packs, args.model):
                 print(row, flush=True)
                 rows.append(row)
     start_s, light_s = statistics.median(starts), statistics.median(light)
@@ -292,7 +322,9 @@ def main() -> None:
         "and only then pulls the message's objects from the SuperLink (which the ServerApp may still be pushing), so "
         "this hand-off also holds that transfer. handoff_available: the message whole at the SuperNode (its objects "
         "pulled) -> the handler entered (trace). pull_cap_s: the longest wait between two pulls of a missing object "
-        "from the SuperLink (SuperNodes and ServerApp; 1.0 until session 9, 0.1 since). superlink_cpu_s, "
+        "from the SuperLink (SuperNodes and ServerApp; 1.0 until session 9, 0.1 since). packed: each record's arrays "
+        "sent as one Flower object (True, since session 10: a training request is 14 objects instead of 36) or one "
+        "per array (False), each object pushed and pulled by its own request. superlink_cpu_s, "
         "superlink_peak_rss_mib: the flower-superlink process's CPU seconds and peak resident memory over its whole "
         "life (the partners' registration and connection, then the run), read from /proc. Targets (issue 20): handoff "
         "(message available at the SuperNode -> our handler running) median <= 150 ms, 2 partners plain round <= "
@@ -303,6 +335,8 @@ def main() -> None:
         "rounds": args.rounds,
         "executor": args.executor,
         "pull_caps_s": args.pull_caps or [REMOTE_PULL_CAP_S],
+        "pack": args.pack,
+        "model": args.model or "scenario default",
         "load_average_1m_before": round(load_before, 1),
         "clientapp_cold_start_s": [round(t, 2) for t in starts],
         "clientapp_cold_start_light_s": [round(t, 2) for t in light],

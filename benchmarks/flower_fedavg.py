@@ -59,7 +59,9 @@ def build_apps(scenario: Path, rounds: int, out: Path, times: list[float]) -> tu
             times.append(time.monotonic())
             return None
 
-        strategy.start(grid=grid, initial_arrays=arrays_record(initial), num_rounds=rounds, evaluate_fn=stamp)
+        strategy.start(
+            grid=grid, initial_arrays=arrays_record(initial, pack=False), num_rounds=rounds, evaluate_fn=stamp
+        )
 
     @client_app.train()
     def train(msg: Message, context: Context) -> Message:
@@ -99,7 +101,9 @@ def build_apps(scenario: Path, rounds: int, out: Path, times: list[float]) -> tu
             fit(model, x, y, loss=loss, settings=train_settings(firm.holdings, instruction), device=firm.device)
             out.update({f"{kind}.{k}": v for k, v in state_to_arrays(model).items()})
             examples += len(x)
-        content = RecordDict({ARRAYS: arrays_record(out), "metrics": MetricRecord({"num-examples": max(examples, 1)})})
+        content = RecordDict(
+            {ARRAYS: arrays_record(out, pack=False), "metrics": MetricRecord({"num-examples": max(examples, 1)})}
+        )
         return Message(content=content, reply_to=msg)
 
     return server_app, client_app

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from flwr.app import Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID as FLOWER_SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 
 from silobridge.errors import FederationError
@@ -60,15 +61,25 @@ def poll_interval(elapsed_s: float) -> float:
     return min(MAX_POLL_S, max(MIN_POLL_S, POLL_FRACTION * elapsed_s))
 
 
-def send_and_receive(grid: Grid, messages: list[Message], *, timeout_s: float) -> list[Message]:
-    """Push `messages` and pull their replies until all have come or `timeout_s` has passed."""
+SUPERLINK_NODE_ID = FLOWER_SUPERLINK_NODE_ID
+"""The source of a reply the SuperLink writes itself (node 1 in flwr 1.41): it answers a message whose destination
+node stopped sending heartbeats (a partner's machine or process gone) with an error reply, 'Node Unavailable'."""
+
+
+def send_and_receive(grid: Grid, messages: list[Message], *, timeout_s: float) -> dict[int, Message]:
+    """Push `messages` and pull their replies until all have come or `timeout_s` has passed: each reply by the
+    index of the message it answers (matched by the message's id: the SuperLink's own error replies come from
+    SUPERLINK_NODE_ID, not from the node asked). A message the SuperLink did not take (its id None) gets no reply."""
     started = time.monotonic()
-    pending = set(grid.push_messages(messages))
-    replies: list[Message] = []
+    index_of = {message_id: i for i, message_id in enumerate(grid.push_messages(messages)) if message_id}
+    pending = set(index_of)
+    replies: dict[int, Message] = {}
     while pending:
-        pulled = list(grid.pull_messages(pending))
-        replies += pulled
-        pending.difference_update(reply.metadata.reply_to_message_id for reply in pulled)
+        for reply in grid.pull_messages(pending):
+            answered = reply.metadata.reply_to_message_id
+            if answered in pending:
+                replies[index_of[answered]] = reply
+                pending.discard(answered)
         elapsed = time.monotonic() - started
         if not pending or elapsed >= timeout_s:
             break
@@ -77,23 +88,25 @@ def send_and_receive(grid: Grid, messages: list[Message], *, timeout_s: float) -
 
 
 def exchange(grid: Grid, requests: Iterable[tuple[int, str, RecordDict]], *, timeout_s: float) -> Replies:
-    """Send every request at once and collect the replies (one server-to-firms exchange)."""
+    """Send every request at once and collect the replies (one server-to-firms exchange). A reply from another
+    node than the one asked (nor the SuperLink) is not an answer; the SuperLink's error reply (the node is gone:
+    no heartbeat within 2 intervals) fails the node with Flower's reason, so a killed partner costs the exchange
+    about a minute, not its whole timeout."""
     messages = [
         Message(content=content, dst_node_id=node, message_type=message_type)
         for node, message_type, content in requests
     ]
-    expected = {(m.metadata.dst_node_id, m.metadata.message_type) for m in messages}
     replies = Replies()
     if not messages:
         return replies
-    for reply in send_and_receive(grid, messages, timeout_s=timeout_s):
-        key = (reply.metadata.src_node_id, reply.metadata.message_type)
-        if key not in expected:
-            continue  # not an answer to this exchange
-        if reply.has_error():
+    answers = send_and_receive(grid, messages, timeout_s=timeout_s)
+    for i, message in enumerate(messages):
+        key = (message.metadata.dst_node_id, message.metadata.message_type)
+        reply = answers.get(i)
+        if reply is None or reply.metadata.src_node_id not in (key[0], SUPERLINK_NODE_ID):
+            replies.failed[key] = f"no reply within {timeout_s:.0f} s"
+        elif reply.has_error():
             replies.failed[key] = reply.error.reason or f"error code {reply.error.code}"
         else:
             replies.ok[key] = reply.content
-    for key in expected - replies.ok.keys() - replies.failed.keys():
-        replies.failed[key] = f"no reply within {timeout_s:.0f} s"
     return replies

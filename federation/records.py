@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from collections.abc import Mapping
 
@@ -10,6 +11,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from silobridge.contract.config import FederationSpec
 from silobridge.errors import ConfigError, ProtocolError
+from silobridge.federation.array_pack import PACKED_STYPE, PackError, pack_arrays, unpack_arrays
 from silobridge.privacy.secagg.layout import Segment, VectorLayout
 
 RUN = "run"  # ConfigRecord: the federation spec every request carries
@@ -35,11 +37,34 @@ def weights_key(kind: str) -> str:
     return f"weights.{kind}"
 
 
-def arrays_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({name: Array(np.ascontiguousarray(value)) for name, value in arrays.items()})
+PACKED = "packed"
+"""The one key of a packed ArrayRecord (`arrays_record(..., pack=True)`)."""
+PACK_ENV = "SILOBRIDGE_PACK_ARRAYS"
+"""'0': our records keep one Array per name, as before session 10 (the network benchmark runs both side by side).
+Readers take either form, so a sender's choice never breaks its receivers."""
+
+
+def arrays_record(arrays: Mapping[str, np.ndarray], *, pack: bool | None = None) -> ArrayRecord:
+    """The arrays as a record: packed into one Array by default (federation/array_pack.py: one Flower object
+    per record instead of two per array, so a message costs a networked run fewer requests each way); `pack=False`
+    keeps one Array per name, for Flower's own strategies, which average the record's arrays themselves."""
+    if pack is None:
+        pack = os.environ.get(PACK_ENV, "1") != "0"
+    if not pack:
+        return ArrayRecord({name: Array(np.ascontiguousarray(value)) for name, value in arrays.items()})
+    blob = pack_arrays(arrays)
+    return ArrayRecord({PACKED: Array(dtype="uint8", shape=(len(blob),), stype=PACKED_STYPE, data=blob)})
 
 
 def record_arrays(record: ArrayRecord) -> OrderedDict[str, np.ndarray]:
+    """The record's arrays by name, packed or not; a packed record that does not unpack is a ProtocolError."""
+    if any(array.stype == PACKED_STYPE for array in record.values()):
+        if list(record) != [PACKED]:
+            raise ProtocolError(f"a packed array record holds {sorted(record)}, expected only '{PACKED}'")
+        try:
+            return unpack_arrays(record[PACKED].data)
+        except PackError as err:
+            raise ProtocolError(f"a packed array record does not unpack: {err}") from None
     return OrderedDict((name, array.numpy()) for name, array in record.items())
 
 

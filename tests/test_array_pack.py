@@ -1,0 +1,113 @@
+"""A record's arrays packed into one Flower object: the byte format, its refusals, and what it saves a message."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Metadata, RecordDict
+from flwr.app.message import make_message
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+from silobridge.errors import ProtocolError
+from silobridge.federation.array_pack import PACKED_STYPE, PackError, pack_arrays, unpack_arrays
+from silobridge.federation.records import PACK_ENV, PACKED, arrays_record, record_arrays
+
+
+def test_known_bytes() -> None:
+    """The format, written out: header length (big-endian), JSON header, each array's C-order bytes."""
+    blob = pack_arrays({"a": np.array([1, 2], dtype="<i4"), "b": np.array([[0.5]], dtype="<f8")})
+    header = b'[["a","<i4",[2]],["b","<f8",[1,1]]]'
+    assert blob == len(header).to_bytes(4, "big") + header + b"\x01\0\0\0\x02\0\0\0" + b"\0\0\0\0\0\0\xe0\x3f"
+
+
+def test_round_trip_keeps_names_order_dtypes_and_values() -> None:
+    rng = np.random.default_rng(3)
+    arrays = {
+        "w.2": rng.normal(size=(3, 4)).astype(np.float32),
+        "b.2": rng.normal(size=3).astype(np.float32),
+        "count": np.array(7, dtype=np.int64),  # a 0-d array
+        "empty": np.zeros((0, 5)),
+        "mask": np.array([True, False]),
+        "fortran": np.asfortranarray(rng.normal(size=(2, 3))),
+    }
+    back = unpack_arrays(pack_arrays(arrays))
+    assert list(back) == list(arrays)
+    for name, value in arrays.items():
+        assert back[name].dtype == value.dtype and back[name].shape == value.shape
+        np.testing.assert_array_equal(back[name], value)
+    back["w.2"][0, 0] = 1.0  # writable, as the unpacked Arrays were
+
+
+@pytest.mark.parametrize(
+    ("blob", "reason"),
+    [
+        (b"\0\0", "shorter than the header"),
+        (b"\0\0\0\x09[]", "runs past"),
+        (b"\0\0\0\x02{}", "malformed header"),
+        (b"\0\0\0\x13" + b'[["a","|O8",[1]]]xx' + b"\0" * 8, "malformed header|not allowed"),
+        (b"\0\0\0\x11" + b'[["a","<i4",[2]]]' + b"\x01\0\0\0", "runs past"),
+        (b"\0\0\0\x11" + b'[["a","<i4",[1]]]' + b"\x01\0\0\0\x02", "left after"),
+        (b"\0\0\0\x21" + b'[["a","<i4",[1]],["a","<i4",[1]]]' + b"\0" * 8, "appears twice"),
+        (b"\0\0\0\x12" + b'[["a","<i4",[-1]]]', "not allowed"),
+        (b"\0\0\0\x11" + b'[["a","<U4",[1]]]' + b"\0" * 16, "not allowed"),
+    ],
+)
+def test_malformed_bytes_are_refused(blob: bytes, reason: str) -> None:
+    with pytest.raises(PackError, match=reason):
+        unpack_arrays(blob)
+
+
+def test_object_arrays_are_never_packed() -> None:
+    with pytest.raises(PackError, match="'x' has dtype object"):
+        pack_arrays({"x": np.array([{"a": 1}], dtype=object)})
+
+
+def test_records_read_both_forms_and_pack_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(PACK_ENV, raising=False)
+    arrays = {"mean": np.arange(4.0), "std": np.ones(4)}
+    packed = arrays_record(arrays)
+    assert list(packed) == [PACKED] and packed[PACKED].stype == PACKED_STYPE
+    plain = arrays_record(arrays, pack=False)
+    assert list(plain) == ["mean", "std"]
+    for record in (packed, plain):
+        back = record_arrays(record)
+        assert list(back) == ["mean", "std"]
+        np.testing.assert_array_equal(back["mean"], arrays["mean"])
+    monkeypatch.setenv(PACK_ENV, "0")  # the form before session 10, for the benchmark's side-by-side run
+    assert list(arrays_record(arrays)) == ["mean", "std"]
+
+
+def test_a_packed_record_that_does_not_unpack_is_a_protocol_error() -> None:
+    bad = ArrayRecord({PACKED: Array(dtype="uint8", shape=(3,), stype=PACKED_STYPE, data=b"\0\0\0")})
+    with pytest.raises(ProtocolError, match="does not unpack: 3 bytes"):
+        record_arrays(bad)
+    mixed = ArrayRecord({PACKED: bad[PACKED], "extra": Array(np.zeros(2))})
+    with pytest.raises(ProtocolError, match="holds \\['extra', 'packed'\\]"):
+        record_arrays(mixed)
+
+
+def _objects(content: RecordDict) -> int:
+    """How many Flower objects (each pushed and pulled by its own request) a message with `content` becomes."""
+    metadata = Metadata(
+        run_id=1,
+        message_id="",
+        src_node_id=0,
+        dst_node_id=1,
+        reply_to_message_id="",
+        group_id="",
+        created_at=0.0,
+        ttl=100.0,
+        message_type="train",
+    )
+    return len(get_all_nested_objects(make_message(metadata=metadata, content=content)))
+
+
+def test_a_packed_record_is_three_objects_whatever_its_arrays() -> None:
+    """message + RecordDict + per ArrayRecord: the record, and per Array the Array and its chunk (arrays of equal
+    content are one object: these differ)."""
+    parts = [(i, part) for i in range(3) for part in ("weight", "bias")]
+    weights = {f"layer{i}.{part}": np.full((4, 2), 10.0 * i + len(part)) for i, part in parts}
+    for pack, expected in ((False, 2 + 1 + 2 * 6), (True, 2 + 3)):
+        assert _objects(RecordDict({"w": arrays_record(weights, pack=pack)})) == expected
+    config = ConfigRecord({"a": 1})
+    assert _objects(RecordDict({"c": config, "w": arrays_record(weights)})) == 2 + 1 + 3
