@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import warnings
+import zipfile
+
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Metadata, RecordDict
@@ -13,11 +17,14 @@ from silobridge.federation.array_pack import PACKED_STYPE, PackError, pack_array
 from silobridge.federation.records import PACK_ENV, PACKED, arrays_record, record_arrays
 
 
-def test_known_bytes() -> None:
-    """The format, written out: header length (big-endian), JSON header, each array's C-order bytes."""
-    blob = pack_arrays({"a": np.array([1, 2], dtype="<i4"), "b": np.array([[0.5]], dtype="<f8")})
-    header = b'[["a","<i4",[2]],["b","<f8",[1,1]]]'
-    assert blob == len(header).to_bytes(4, "big") + header + b"\x01\0\0\0\x02\0\0\0" + b"\0\0\0\0\0\0\xe0\x3f"
+def test_numpy_reads_what_we_pack() -> None:
+    """The bytes are NumPy's own .npz format: `np.load` (the reference reader) gives back names, order and values."""
+    arrays = {"a": np.array([1, 2], dtype="<i4"), "b": np.array([[0.5]], dtype="<f8")}
+    with np.load(io.BytesIO(pack_arrays(arrays)), allow_pickle=False) as loaded:
+        assert loaded.files == ["a", "b"]
+        for name, value in arrays.items():
+            assert loaded[name].dtype == value.dtype
+            np.testing.assert_array_equal(loaded[name], value)
 
 
 def test_round_trip_keeps_names_order_dtypes_and_values() -> None:
@@ -38,18 +45,32 @@ def test_round_trip_keeps_names_order_dtypes_and_values() -> None:
     back["w.2"][0, 0] = 1.0  # writable, as the unpacked Arrays were
 
 
+def _zip(members: list[tuple[str, bytes]], compression: int = zipfile.ZIP_STORED) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=compression) as archive, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # zipfile warns of the duplicate name one case writes
+        for name, data in members:
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, array, allow_pickle=True)
+    return buffer.getvalue()
+
+
 @pytest.mark.parametrize(
     ("blob", "reason"),
     [
-        (b"\0\0", "shorter than the header"),
-        (b"\0\0\0\x09[]", "runs past"),
-        (b"\0\0\0\x02{}", "malformed header"),
-        (b"\0\0\0\x13" + b'[["a","|O8",[1]]]xx' + b"\0" * 8, "malformed header|not allowed"),
-        (b"\0\0\0\x11" + b'[["a","<i4",[2]]]' + b"\x01\0\0\0", "runs past"),
-        (b"\0\0\0\x11" + b'[["a","<i4",[1]]]' + b"\x01\0\0\0\x02", "left after"),
-        (b"\0\0\0\x21" + b'[["a","<i4",[1]],["a","<i4",[1]]]' + b"\0" * 8, "appears twice"),
-        (b"\0\0\0\x12" + b'[["a","<i4",[-1]]]', "not allowed"),
-        (b"\0\0\0\x11" + b'[["a","<U4",[1]]]' + b"\0" * 16, "not allowed"),
+        (b"\0\0\0", "not packed arrays \\(3 bytes\\)"),
+        (pack_arrays({"a": np.arange(3)})[:-30], "not packed arrays"),
+        (_zip([("a.txt", b"x")]), "member 'a.txt' is not an .npy array"),
+        (_zip([("a.npy", _npy(np.arange(3)))], zipfile.ZIP_DEFLATED), "'a.npy' is compressed"),
+        (_zip([("a.npy", _npy(np.arange(3))), ("a.npy", _npy(np.arange(2)))]), "'a' appears twice"),
+        (_zip([("a.npy", _npy(np.array([{"x": 1}], dtype=object)))]), "not packed arrays.*pickle"),
+        (_zip([("a.npy", _npy(np.array(["abcd"])))]), "dtype <U4 is not allowed"),
+        (_zip([("a.npy", b"\x93NUMPY garbage")]), "not packed arrays"),
     ],
 )
 def test_malformed_bytes_are_refused(blob: bytes, reason: str) -> None:
@@ -79,7 +100,7 @@ def test_records_read_both_forms_and_pack_by_default(monkeypatch: pytest.MonkeyP
 
 def test_a_packed_record_that_does_not_unpack_is_a_protocol_error() -> None:
     bad = ArrayRecord({PACKED: Array(dtype="uint8", shape=(3,), stype=PACKED_STYPE, data=b"\0\0\0")})
-    with pytest.raises(ProtocolError, match="does not unpack: 3 bytes"):
+    with pytest.raises(ProtocolError, match="does not unpack: not packed arrays \\(3 bytes\\)"):
         record_arrays(bad)
     mixed = ArrayRecord({PACKED: bad[PACKED], "extra": Array(np.zeros(2))})
     with pytest.raises(ProtocolError, match="holds \\['extra', 'packed'\\]"):
