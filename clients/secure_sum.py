@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import struct
+import pickle
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,36 +38,16 @@ that plays every firm keeps the reuse; a longer roster costs a restore, never un
 
 
 def state_digest(state: Mapping[str, object]) -> bytes | None:
-    """SHA-256 of a stored state, every value typed and length-prefixed (two states share a digest only if
-    equal key by key, type by type); None for a value outside the state's types (then nothing is reused)."""
-    digest = hashlib.sha256()
+    """SHA-256 of a stored state's items, sorted by key and pickled (C speed; pickle keeps bool, int, float, str
+    and bytes apart and decodes to the value, so two states share a digest only if equal key by key, type by
+    type); None for a value outside the state's types (then nothing is reused)."""
+    items = sorted(state.items())
+    if not all(isinstance(value, _STATE_TYPES) for _, value in items):
+        return None
+    return hashlib.sha256(pickle.dumps(items, protocol=5)).digest()
 
-    def feed(tag: bytes, raw: bytes) -> None:
-        digest.update(tag + struct.pack(">Q", len(raw)) + raw)
 
-    def value(item: object) -> bool:
-        if isinstance(item, bool):
-            feed(b"b", b"1" if item else b"0")
-        elif isinstance(item, int):
-            feed(b"i", str(item).encode())
-        elif isinstance(item, float):
-            feed(b"f", item.hex().encode())
-        elif isinstance(item, str):
-            feed(b"s", item.encode())
-        elif isinstance(item, bytes):
-            feed(b"y", item)
-        elif isinstance(item, list):
-            feed(b"l", str(len(item)).encode())
-            return all(value(element) for element in item)
-        else:
-            return False
-        return True
-
-    for key in sorted(state):
-        feed(b"k", key.encode())
-        if not value(state[key]):
-            return None
-    return digest.digest()
+_STATE_TYPES = (bool, int, float, str, bytes, list)
 
 
 class LiveClients:
