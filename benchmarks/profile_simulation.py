@@ -93,13 +93,6 @@ class Stages:
         pass
 
 
-class _NothingKept(dict):  # type: ignore[type-arg]
-    """A live-client table that keeps nothing: every firm's next message restores from its stored state."""
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        return None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--firms", type=int, default=50)
@@ -124,7 +117,7 @@ def main() -> None:
     if args.secagg_restore_always:
         from silobridge.clients import secure_sum
 
-        secure_sum._live = _NothingKept()
+        secure_sum._live = secure_sum.LiveClients(capacity=0)  # keeps nothing: every message restores
 
     from silobridge.federation.client_app import build_client_app
     from silobridge.federation.server_app import run_server

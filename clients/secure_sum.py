@@ -7,13 +7,17 @@ state holds the firm's private keys and its neighbours' shares: it never leaves 
 A process that handles the firm's next message too (a simulation's worker, a warm executor) keeps the
 live client beside the state it last stored, and reuses it when the stored state it is given is exactly
 that one: a restore derives every pairwise key again (a third of a firm's secure-sum CPU). Any other
-state (another process's, an older one) is restored and validated as before.
+state (another process's, an older one) is restored and validated as before. What it keeps beside the
+client is the state's SHA-256 digest, not a copy (the copy was half the table's memory), and at most
+`LIVE_FIRMS` firms, least recently used dropped first.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -28,8 +32,62 @@ from silobridge.privacy.secagg.state import StateDict
 from silobridge.privacy.secagg.wire import WireDict
 
 _LiveKey = tuple[str, str, str]
-_live: dict[_LiveKey, tuple[SecAggClient, StateDict]] = {}
-"""(firm, secagg run id, parameters' fingerprint) -> the client this process last stored, and that state."""
+LIVE_FIRMS = 1024
+"""Firms whose live client one process keeps: above the builder's 1,000-firm chain, so a simulation's worker
+that plays every firm keeps the reuse; a longer roster costs a restore, never unbounded memory."""
+
+
+def state_digest(state: Mapping[str, object]) -> bytes | None:
+    """SHA-256 of a stored state's items, sorted by key and pickled (C speed; pickle keeps bool, int, float, str
+    and bytes apart and decodes to the value, so two states share a digest only if equal key by key, type by
+    type); None for a value outside the state's types (then nothing is reused)."""
+    items = sorted(state.items())
+    if not all(isinstance(value, _STATE_TYPES) for _, value in items):
+        return None
+    return hashlib.sha256(pickle.dumps(items, protocol=5)).digest()
+
+
+_STATE_TYPES = (bool, int, float, str, bytes, list)
+
+
+class LiveClients:
+    """(firm, secagg run id, parameters' fingerprint) -> the client this process last stored and its state's
+    digest; one run at a time, at most `capacity` firms (least recently used dropped)."""
+
+    def __init__(self, capacity: int = LIVE_FIRMS):
+        self.capacity = capacity
+        self._table: OrderedDict[_LiveKey, tuple[SecAggClient, bytes]] = OrderedDict()
+
+    def take(self, key: _LiveKey, stored: Mapping[str, object] | None) -> SecAggClient | None:
+        """The live client if `stored` is the state it last stored; taken out either way (not shared)."""
+        live = self._table.pop(key, None)
+        if live is None or not stored:
+            return None
+        return live[0] if state_digest(stored) == live[1] else None
+
+    def keep(self, key: _LiveKey, client: SecAggClient, state: StateDict) -> None:
+        digest = state_digest(state)
+        for stale in [k for k in self._table if k[1] != key[1]]:  # one run at a time per process
+            del self._table[stale]
+        self._table.pop(key, None)
+        if digest is None or self.capacity <= 0:
+            return
+        self._table[key] = (client, digest)
+        while len(self._table) > self.capacity:
+            self._table.popitem(last=False)
+
+    def digest_of(self, key: _LiveKey) -> bytes | None:
+        live = self._table.get(key)
+        return None if live is None else live[1]
+
+    def clear(self) -> None:
+        self._table.clear()
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+
+_live = LiveClients()
 
 
 @dataclass(frozen=True)
@@ -71,18 +129,16 @@ class FirmSecureSum:
                     stage="advertise_keys",
                 )
         self._key: _LiveKey = (firm_id, run_id, params.fingerprint())
-        live = _live.pop(self._key, None)  # taken, not shared: `state()` puts it back once stored
-        if live is not None and stored and live[1] == dict(stored):
-            self.client = live[0]
+        live = _live.take(self._key, stored)  # taken, not shared: `state()` puts it back once stored
+        if live is not None:
+            self.client = live
         else:
             self.client = SecAggClient.restore_or_new(stored, firm_id, params, run_id=run_id, entropy=os.urandom)
 
     def state(self) -> StateDict:
         """The state to store; this process keeps the live client beside it (see the module's note)."""
         state = self.client.to_state()
-        for stale in [k for k in _live if k[1] != self._key[1]]:  # one run at a time per process
-            del _live[stale]
-        _live[self._key] = (self.client, dict(state))
+        _live.keep(self._key, self.client, state)
         return state
 
     def advertise(self, wire: Mapping[str, object]) -> WireDict:

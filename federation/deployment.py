@@ -161,6 +161,25 @@ def deploy_firm(
     return out
 
 
+def global_linear_stats(
+    firms: Iterable[FirmClient], norm: Normaliser, linear: dict[str, np.ndarray | None]
+) -> dict[str, np.ndarray]:
+    """The global linear models' own test statistics (group-slotted), summed over every firm that holds each
+    model's data in the firms' order: the same vectors `deploy_firm` adds per deployed firm, but over all
+    firms whatever was baselined (a sample's or no firm's baselines must not shrink the federated figures)."""
+    totals: dict[str, np.ndarray | None] = {"demand": None, "risk": None}
+    for firm in firms:
+        coef = linear.get("demand")
+        if coef is not None and firm.trains("demand"):
+            glob = demand_test_stats(firm, linear_forecaster(coef, firm.spec)).to_vector()
+            totals["demand"] = _add(totals["demand"], slot_by_group(glob, firm.group))
+        risk_coef = linear.get("risk")
+        if risk_coef is not None and firm.trains("risk"):
+            stats = risk_test_stats(firm, norm, risk_coef).to_vector()
+            totals["risk"] = _add(totals["risk"], slot_by_group(stats, firm.group))
+    return {kind: vector for kind, vector in totals.items() if vector is not None}
+
+
 def merge_outcomes(outcomes: Iterable[DeployedOutcome]) -> DeployedOutcome:
     """The firms' outcomes in one: their vectors summed and rows listed in the order given (the firms'
     order, so the sums are the same floating-point sums however the firms were deployed)."""

@@ -26,6 +26,7 @@ from silobridge.federation.deployment import (
     DeployedOutcome,
     centralised_linear,
     deployed_firms,
+    global_linear_stats,
     merge_outcomes,
 )
 from silobridge.federation.firm_source import simulated_firm
@@ -126,6 +127,10 @@ class SimulationHarness:
         jobs = [(firm, baselines.get(firm.firm_id, {})) for firm in firms]
         outcomes = map_in_order(deploy_job, jobs, instruction, groups, norm, linear, mlp, workers=self.workers)
         return merge_outcomes(outcomes)
+
+    def global_linear(self, norm: Normaliser, linear: dict[str, np.ndarray | None]) -> dict[str, np.ndarray]:
+        """The global linear models scored on every firm's test split, summed (`global_linear_stats`)."""
+        return global_linear_stats(self.firms, norm, linear)
 
     def centralised_linear(self, norm: Normaliser) -> dict[str, np.ndarray]:
         """The linear family fitted on every firm's training data pooled, without noise, scored per firm."""

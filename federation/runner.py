@@ -70,7 +70,7 @@ def measure_deployment(
 ) -> DeployedOutcome:
     """Let every firm choose what it deploys, score it, and make the efficiency comparison's 'after' the
     deployed forecasts (in `final`, in place); without the MLP family the global linear models are the
-    federated ones there too."""
+    federated ones there too, scored over every firm (not only the baselined ones the deployment covers)."""
     federation.observer.stage("deployment (simulation)")
     selection = federation.baselined
     partial = selection is not None and not selection.complete
@@ -87,10 +87,8 @@ def measure_deployment(
     final.pop(EFFICIENCY_AFTER, None)
     if deployed.efficiency_after is not None:
         final[EFFICIENCY_AFTER] = deployed.efficiency_after
-    if not mlp:
-        for kind, vector in (("demand", deployed.global_demand), ("risk", deployed.global_risk)):
-            if vector is not None:
-                final[kind] = vector
+    if not mlp and linear is not None:
+        final.update(harness.global_linear(norm, {"demand": linear.demand, "risk": linear.risk}))
     return deployed
 
 

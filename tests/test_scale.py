@@ -130,6 +130,32 @@ def test_a_sampled_run_compares_local_only_over_the_sample(tmp_path: Path) -> No
     )
 
 
+@pytest.mark.slow
+def test_the_linear_familys_federated_figures_cover_every_firm_whatever_was_baselined(tmp_path: Path) -> None:
+    """The linear family alone has no final-evaluation stage: its global models are scored by the harness. With
+    no firm baselined (the 1,000-firm bench's `--baselines none`) the summary held no federated figures; they
+    are now every firm's, the same as with every firm baselined."""
+    from silobridge.federation.simulation import simulate
+
+    federated = {}
+    for baselines in ("none", "all"):
+        result = simulate(
+            {
+                "scenario": str(TRIO),
+                "out-dir": str(tmp_path),
+                "run-id": f"linear-{baselines}",
+                "dp": "off",
+                "aggregation": "plain",
+                "set": f"training.model=linear;training.baselines={baselines}",
+            },
+            cpus=2,
+        )
+        models = json.loads((result.path / "summary.json").read_text())["models"]
+        federated[baselines] = {kind: models[kind]["federated"]["all"] for kind in ("demand", "risk")}
+    assert federated["none"]["demand"]["wape"] > 0 and federated["none"]["risk"]["roc_auc"] > 0
+    assert federated["none"] == federated["all"]
+
+
 def test_only_baselined_firms_are_deployed_when_the_baselines_were_sampled() -> None:
     class Untouchable:
         firm_id = "R2"

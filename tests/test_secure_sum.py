@@ -169,7 +169,9 @@ def test_a_live_client_is_reused_only_for_the_state_it_stored(monkeypatch: pytes
     older = dict(federation.stored["F03"])
     result = federation.secure_sum(LAYOUT, _values(firms, 2), {})
     assert restored == []
-    assert firm_secure_sum._live[("F03", RUN, spec.secagg_params().fingerprint())][1] != older
+    live = firm_secure_sum._live.digest_of(("F03", RUN, spec.secagg_params().fingerprint()))
+    assert live is not None and live != firm_secure_sum.state_digest(older)
+    assert live == firm_secure_sum.state_digest(dict(federation.stored["F03"]))
     federation.stored["F03"] = ConfigRecord(older)  # an older state, replayed: not the live client's
     third = federation.secure_sum(LAYOUT, _values(firms, 3), {})
     assert restored == ["F03"]  # restored from what was given, once; the others' live clients served on
@@ -178,6 +180,46 @@ def test_a_live_client_is_reused_only_for_the_state_it_stored(monkeypatch: pytes
         assert sorted(summed.contributors) == firms
         expected = sum(_values(firms, draw)[f]["update"] for f in firms)
         assert np.all(np.abs(summed.segments["update"] - expected) <= bound)
+
+
+def test_the_live_table_keeps_at_most_its_capacity_and_the_sums_stay_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A table of 3 firms' live clients for 6 firms: the least recently used are dropped and restored from their
+    stored state on their next message; the sums stay exact (within the rounding bound, as with every firm kept)."""
+    firms = _firms(6)
+    spec = resolve_aggregation(AggregationSpec(rounds_per_session=3), len(firms))
+    restored: list[str] = []
+    restore = firm_secure_sum.SecAggClient.restore_or_new
+
+    def counting(state: Any, firm_id: str, *args: Any, **kwargs: Any) -> Any:
+        if state:
+            restored.append(firm_id)
+        return restore(state, firm_id, *args, **kwargs)
+
+    monkeypatch.setattr(firm_secure_sum.SecAggClient, "restore_or_new", counting)
+    sums = {}
+    for capacity in (3, 64):
+        monkeypatch.setattr(firm_secure_sum, "_live", firm_secure_sum.LiveClients(capacity=capacity))
+        restored.clear()
+        federation = _Federation(firms, spec)
+        sums[capacity] = [federation.secure_sum(LAYOUT, _values(firms, draw), {}) for draw in (1, 2)]
+        assert len(firm_secure_sum._live) == min(capacity, len(firms))
+        assert (restored != []) == (capacity < len(firms))
+    bounds = LAYOUT.error_bounds(len(firms))
+    for capacity, results in sums.items():
+        for result, draw in zip(results, (1, 2), strict=True):
+            assert sorted(result.contributors) == firms, capacity
+            for name in ("update", "weight"):  # the float64 segment's own test checks it against an exact sum
+                expected = sum(_values(firms, draw)[f][name] for f in firms)
+                assert np.all(np.abs(result.segments[name] - expected) <= bounds[name]), (capacity, name)
+
+
+def test_a_state_digest_tells_types_and_values_apart() -> None:
+    state: dict[str, object] = {"a": 1, "b": [b"x", b"y"], "c": "z"}
+    digest = firm_secure_sum.state_digest(state)
+    assert digest is not None and digest == firm_secure_sum.state_digest(dict(reversed(state.items())))
+    for other in ({**state, "a": True}, {**state, "a": 1.0}, {**state, "b": [b"x", b"z"]}, {**state, "c": b"z"}):
+        assert firm_secure_sum.state_digest(other) != digest
+    assert firm_secure_sum.state_digest({**state, "d": object()}) is None  # not a state's type: nothing reused
 
 
 def test_a_firm_refuses_a_threshold_below_a_majority() -> None:
