@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.sgd import sgd
 
 from silobridge.contract.optimiser import OptimiserSpec
 
@@ -64,11 +65,12 @@ def make_optimiser(model: nn.Module, settings: FitSettings) -> torch.optim.Optim
     raise ValueError(f"unknown optimiser '{spec.name}'")
 
 
-class _ForeachSgd:
-    """torch's SGD step (momentum, weight decay; no dampening, Nesterov or maximise: what `OptimiserSpec` offers),
-    as its foreach implementation computes it, without the Optimizer's per-step bookkeeping (hooks, profiler
-    records, grouping tensors by device): the same weights bit for bit, and a local-only baseline's epochs
-    are a few batches of a small MLP, where that bookkeeping was about a quarter of a step."""
+class _SgdSteps:
+    """torch's SGD update through its public functional form (`torch.optim.sgd.sgd`, the function
+    `torch.optim.SGD.step` calls; momentum and weight decay, no dampening, Nesterov or maximise: what
+    `OptimiserSpec` offers), without the Optimizer's per-step bookkeeping (hooks, profiler records, grouping
+    tensors by device): the same weights bit for bit, and a local-only baseline's epochs are a few batches of a
+    small MLP, where that bookkeeping was about a quarter of a step."""
 
     def __init__(self, model: nn.Module, spec: OptimiserSpec):
         self.params: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
@@ -82,27 +84,22 @@ class _ForeachSgd:
     @torch.no_grad()
     def step(self) -> None:
         live = [i for i, p in enumerate(self.params) if p.grad is not None]
-        params = [self.params[i] for i in live]
         grads: list[torch.Tensor] = [self.params[i].grad for i in live]  # type: ignore[misc]
-        spec = self.spec
-        if spec.weight_decay != 0:
-            grads = list(torch._foreach_add(grads, params, alpha=spec.weight_decay))
-        if spec.momentum != 0:
-            held = [self.buffers[i] for i in live]
-            if all(b is not None for b in held):
-                buffers: list[torch.Tensor] = held  # type: ignore[assignment]
-                torch._foreach_mul_(buffers, spec.momentum)
-                torch._foreach_add_(buffers, grads, alpha=1.0)
-            else:
-                buffers = []
-                for i, grad, buffer in zip(live, grads, held, strict=True):
-                    if buffer is None:
-                        buffer = self.buffers[i] = grad.detach().clone()
-                    else:
-                        buffer.mul_(spec.momentum).add_(grad, alpha=1.0)
-                    buffers.append(buffer)
-            grads = buffers
-        torch._foreach_add_(params, grads, alpha=-spec.learning_rate)
+        buffers = [self.buffers[i] for i in live]
+        sgd(
+            [self.params[i] for i in live],
+            grads,
+            buffers,  # filled in place where None (the first step), as SGD.step's state is
+            foreach=True,
+            weight_decay=self.spec.weight_decay,
+            momentum=self.spec.momentum,
+            lr=self.spec.learning_rate,
+            dampening=0.0,
+            nesterov=False,
+            maximize=False,
+        )
+        for i, buffer in zip(live, buffers, strict=True):
+            self.buffers[i] = buffer
 
 
 @dataclass
@@ -149,7 +146,7 @@ def _train_epochs(
     generator seeded `seed`): the loop `fit` and each epoch of `fit_early_stopping` share."""
     model.train()
     optimiser = (
-        _ForeachSgd(model, settings.optimiser) if settings.optimiser.name == "sgd" else make_optimiser(model, settings)
+        _SgdSteps(model, settings.optimiser) if settings.optimiser.name == "sgd" else make_optimiser(model, settings)
     )
     generator = torch.Generator().manual_seed(seed)
     n = x.shape[0]

@@ -165,3 +165,29 @@ def test_firm_releases_in_the_assigned_slot_and_refuses_a_slot_of_too_few_firms(
     # Too few holders in all: the firm releases zeros for the model.
     nothing = firm.evaluate("demand", weights, groups={"demand": StatGroups({}, {})})
     np.testing.assert_array_equal(nothing, 0.0)
+
+
+def test_the_sgd_steps_equal_torch_sgd_bit_for_bit() -> None:
+    """`_SgdSteps` (torch's functional SGD without the Optimizer's bookkeeping) against `torch.optim.SGD` itself,
+    momentum and weight decay on: the same weights after 20 steps, to the bit."""
+    import copy
+
+    from torch import nn
+
+    from silobridge.clients.training import _SgdSteps
+    from silobridge.contract.optimiser import OptimiserSpec
+
+    torch.manual_seed(0)
+    ours = nn.Sequential(nn.Linear(7, 16), nn.ReLU(), nn.Linear(16, 3))
+    reference, initial = copy.deepcopy(ours), copy.deepcopy(ours)
+    spec = OptimiserSpec(name="sgd", learning_rate=0.05, momentum=0.9, weight_decay=1e-4)
+    steps = _SgdSteps(ours, spec)
+    torch_sgd = torch.optim.SGD(reference.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4, foreach=True)
+    x, y = torch.randn(64, 7), torch.randn(64, 3)
+    for _ in range(20):
+        for model, optimiser in ((ours, steps), (reference, torch_sgd)):
+            optimiser.zero_grad()
+            ((model(x) - y) ** 2).mean().backward()
+            optimiser.step()
+    assert all(torch.equal(p, q) for p, q in zip(ours.parameters(), reference.parameters(), strict=True))
+    assert not any(torch.equal(p, q) for p, q in zip(ours.parameters(), initial.parameters(), strict=True))
