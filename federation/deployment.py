@@ -44,7 +44,7 @@ class DeployedOutcome:
 
     demand: np.ndarray | None = None
     risk: np.ndarray | None = None
-    global_demand: np.ndarray | None = None  # the global linear model itself, for the 'federated_linear' row
+    global_demand: np.ndarray | None = None  # the global linear model itself over every firm (`global_linear_stats`)
     global_risk: np.ndarray | None = None
     efficiency_after: np.ndarray | None = None
     per_firm: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -139,10 +139,6 @@ def deploy_firm(
         deployment = deploy_demand(firm, instruction, linear.get("demand"), (mlp or {}).get("demand"))
         stats = slot_by_group(demand_test_stats(firm, deployment.forecaster).to_vector(), firm.group)
         out.demand = stats
-        coef = linear.get("demand")
-        if coef is not None:
-            glob = demand_test_stats(firm, linear_forecaster(coef, firm.spec)).to_vector()
-            out.global_demand = slot_by_group(glob, firm.group)
         out.per_firm["demand"].append(per_firm_row(firm, "demand", stats, baselines, deployment))
         slot = firm.efficiency_slot(groups) if groups is not None else None
         if slot is not None:
@@ -155,8 +151,6 @@ def deploy_firm(
             choice = replace(choice, reason=f"{NO_GLOBAL_RISK}: {choice.reason}")
         stats = slot_by_group(risk_predict_stats(firm, deployed_risk.predict).to_vector(), firm.group)
         out.risk = stats
-        if risk_coef is not None:
-            out.global_risk = slot_by_group(risk_test_stats(firm, norm, risk_coef).to_vector(), firm.group)
         out.per_firm["risk"].append(per_firm_row(firm, "risk", stats, baselines, choice))
     return out
 
@@ -165,8 +159,8 @@ def global_linear_stats(
     firms: Iterable[FirmClient], norm: Normaliser, linear: dict[str, np.ndarray | None]
 ) -> dict[str, np.ndarray]:
     """The global linear models' own test statistics (group-slotted), summed over every firm that holds each
-    model's data in the firms' order: the same vectors `deploy_firm` adds per deployed firm, but over all
-    firms whatever was baselined (a sample's or no firm's baselines must not shrink the federated figures)."""
+    model's data in the firms' order, whatever was baselined (a sample's or no firm's baselines must not shrink
+    the federated figures): computed once per run, not per deployed firm."""
     totals: dict[str, np.ndarray | None] = {"demand": None, "risk": None}
     for firm in firms:
         coef = linear.get("demand")
@@ -185,7 +179,7 @@ def merge_outcomes(outcomes: Iterable[DeployedOutcome]) -> DeployedOutcome:
     order, so the sums are the same floating-point sums however the firms were deployed)."""
     out = DeployedOutcome(per_firm={"demand": [], "risk": []})
     for one in outcomes:
-        for name in ("demand", "risk", "global_demand", "global_risk", "efficiency_after"):
+        for name in ("demand", "risk", "efficiency_after"):
             vector = getattr(one, name)
             if vector is not None:
                 setattr(out, name, _add(getattr(out, name), vector))

@@ -87,8 +87,11 @@ def measure_deployment(
     final.pop(EFFICIENCY_AFTER, None)
     if deployed.efficiency_after is not None:
         final[EFFICIENCY_AFTER] = deployed.efficiency_after
-    if not mlp and linear is not None:
-        final.update(harness.global_linear(norm, {"demand": linear.demand, "risk": linear.risk}))
+    if linear is not None:  # the 'federated_linear' rows beside the MLP, else the federated figures themselves
+        scored = harness.global_linear(norm, {"demand": linear.demand, "risk": linear.risk})
+        deployed.global_demand, deployed.global_risk = scored.get("demand"), scored.get("risk")
+        if not mlp:
+            final.update(scored)
     return deployed
 
 

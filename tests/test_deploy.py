@@ -19,7 +19,7 @@ from silobridge.clients.personalise import (
     validation_split,
 )
 from silobridge.federation.coordinator import baseline_instruction
-from silobridge.federation.deployment import NO_BASELINE, NO_GLOBAL_RISK, deploy_all
+from silobridge.federation.deployment import NO_BASELINE, NO_GLOBAL_RISK, deploy_all, global_linear_stats
 from silobridge.federation.firm_source import simulated_firm
 from silobridge.federation.settings import settings_from_run_config
 from tests.conftest import TINY
@@ -103,7 +103,7 @@ def test_without_global_models_every_firm_still_deploys_and_says_why() -> None:
     assert math.isnan(risk["local_only_roc_auc"]) and math.isnan(risk["difference"])  # no baselines given
     assert math.isnan(demand["ratio"])
     assert demand["no_baseline"] == risk["no_baseline"] == NO_BASELINE  # said, not claimed
-    assert outcome.risk is not None and outcome.global_risk is None and outcome.global_demand is None
+    assert outcome.risk is not None and global_linear_stats([firm], norm, {"demand": None, "risk": None}) == {}
 
 
 def test_a_blend_that_wins_clearly_is_deployed_and_recorded_with_its_weight_partner_and_reason(
