@@ -147,13 +147,8 @@ def test_secure_sums_equal_plain_sums_through_stored_state(
             assert np.all(np.abs(result.segments[name] - expected) <= tolerance)
 
 
-def test_a_live_client_is_reused_only_for_the_state_it_stored(monkeypatch: pytest.MonkeyPatch) -> None:
-    """In one process a firm's next message reuses its live client when the stored state is the one it last
-    stored; any other state (here an older one, replayed) is restored from what was given, as a new process
-    would, and the sums stay exact."""
-    firms = _firms(6)
-    spec = resolve_aggregation(AggregationSpec(rounds_per_session=3), len(firms))
-    federation = _Federation(firms, spec)
+def _count_restores(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The firms whose SecAgg client is restored from a stored state from now on (not reused live), in order."""
     restored: list[str] = []
     restore = firm_secure_sum.SecAggClient.restore_or_new
 
@@ -163,6 +158,17 @@ def test_a_live_client_is_reused_only_for_the_state_it_stored(monkeypatch: pytes
         return restore(state, firm_id, *args, **kwargs)
 
     monkeypatch.setattr(firm_secure_sum.SecAggClient, "restore_or_new", counting)
+    return restored
+
+
+def test_a_live_client_is_reused_only_for_the_state_it_stored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In one process a firm's next message reuses its live client when the stored state is the one it last
+    stored; any other state (here an older one, replayed) is restored from what was given, as a new process
+    would, and the sums stay exact."""
+    firms = _firms(6)
+    spec = resolve_aggregation(AggregationSpec(rounds_per_session=3), len(firms))
+    federation = _Federation(firms, spec)
+    restored = _count_restores(monkeypatch)
     values = _values(firms, 1)
     federation.secure_sum(LAYOUT, values, {})
     assert restored == []  # keys agreed, masked, unmasked: every stage on the live client
@@ -187,15 +193,7 @@ def test_the_live_table_keeps_at_most_its_capacity_and_the_sums_stay_exact(monke
     stored state on their next message; the sums stay exact (within the rounding bound, as with every firm kept)."""
     firms = _firms(6)
     spec = resolve_aggregation(AggregationSpec(rounds_per_session=3), len(firms))
-    restored: list[str] = []
-    restore = firm_secure_sum.SecAggClient.restore_or_new
-
-    def counting(state: Any, firm_id: str, *args: Any, **kwargs: Any) -> Any:
-        if state:
-            restored.append(firm_id)
-        return restore(state, firm_id, *args, **kwargs)
-
-    monkeypatch.setattr(firm_secure_sum.SecAggClient, "restore_or_new", counting)
+    restored = _count_restores(monkeypatch)
     sums = {}
     for capacity in (3, 64):
         monkeypatch.setattr(firm_secure_sum, "_live", firm_secure_sum.LiveClients(capacity=capacity))
