@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from benchmarks._common import TreeMemorySampler, write_results
+from silobridge.clients.models import MODEL_KINDS
 from silobridge.scenarios.builder import chain_scenario, to_toml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +45,24 @@ def write_chain(num_firms: int, rounds: int, work: Path, items: int | None) -> P
     scenario = work / f"chain{num_firms}.toml"
     scenario.write_text(to_toml(raw))
     return scenario
+
+
+def steady_rounds(round_seconds: list[float]) -> list[float]:
+    """The later half of a run's rounds (at least one): a simulated firm is built in each Ray worker the first
+    time that worker serves it, so early rounds carry firm builds in proportions that differ between runs; by
+    the later rounds every worker has built every firm, on our side and Flower's alike."""
+    return round_seconds[len(round_seconds) // 2 :]
+
+
+def our_round_seconds(rundir: Path) -> list[float]:
+    """Each MLP round's seconds from the run's metrics (one record per model and round, the round's time on each;
+    the linear family's releases have records of their own, not rounds)."""
+    seconds: dict[int, float] = {}
+    for line in (rundir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record.get("model") in MODEL_KINDS and "seconds" in record:
+            seconds[int(record["round"])] = float(record["seconds"])
+    return [seconds[r] for r in sorted(seconds)]
 
 
 def training_seconds(stages: dict[str, float]) -> float:
@@ -97,6 +116,7 @@ def run_one(
     trained = training_seconds(stages)
     mlp_rounds = rounds if "rounds" in stages else 0  # the linear family alone has no rounds
     per_round = trained / mlp_rounds if mlp_rounds else trained
+    steady = steady_rounds(our_round_seconds(work / "runs" / run_id)) if mlp_rounds else []
     return {
         "firms": num_firms,
         "rounds": rounds,
@@ -110,6 +130,7 @@ def run_one(
         "training_s": round(trained, 2),
         "per_round_s": round(per_round, 3),
         "per_round_per_firm_ms": round(1000 * per_round / num_firms, 1),
+        "steady_round_s": round(statistics.mean(steady), 3) if steady else None,
         "startup_s": round(stages.get(f"waiting for {num_firms} firms", 0.0), 2),
         "local_baselines_s": baselines_s,
         "baselined": f"{selection.get('baselined', '?')}/{selection.get('of', num_firms)}",
@@ -153,6 +174,8 @@ def run_flower(num_firms: int, rounds: int, work: Path) -> dict:
         "flower_wall_s": round(result["wall_s"], 2),
         "flower_first_round_s": round(result["round_s"][0], 3),
         "flower_round_s": round(statistics.mean(later), 3),
+        "flower_steady_round_s": round(statistics.mean(steady_rounds(result["round_s"])), 3),
+        "flower_round_list_s": [round(v, 3) for v in result["round_s"]],
         "flower_peak_rss_mib": round(memory.peak_mib, 1),
     }
 
@@ -196,6 +219,9 @@ def main() -> None:
                 row["per_round_vs_flower"] = (
                     round(row["per_round_s"] / row["flower_round_s"], 2) if row["rounds_s"] else None
                 )
+                row["steady_vs_flower"] = (
+                    round(row["steady_round_s"] / row["flower_steady_round_s"], 2) if row["steady_round_s"] else None
+                )
                 print(json.dumps(row), flush=True)
             rows.append(row)
     base = rows[0]
@@ -219,7 +245,18 @@ def main() -> None:
         "per_round_s",
         "per_round_per_firm_ms",
         "per_round_vs_smallest",
-        *(["flower_first_round_s", "flower_round_s", "per_round_vs_flower"] if args.flower else []),
+        "steady_round_s",
+        *(
+            [
+                "flower_first_round_s",
+                "flower_round_s",
+                "per_round_vs_flower",
+                "flower_steady_round_s",
+                "steady_vs_flower",
+            ]
+            if args.flower
+            else []
+        ),
         "deployment_s",
         "centralised_s",
         "outside_server_s",
@@ -248,9 +285,14 @@ def main() -> None:
             "Stage seconds come from the run summary; outside_server_s is process start, imports and Ray shutdown; "
             "peak_rss_mib is the whole process tree (Ray's workers included). baselines_share is the local-only "
             "baselines' seconds over the wall time. flower_round_s is the mean of Flower's rounds after the first "
-            "(its first builds every firm's data, which ours does when the firms connect). The machine was shared "
-            "with other work (load_before/load_after: the 1, 5 and 15-minute load averages): absolute seconds are "
-            "inflated; ratios measured side by side are what count."
+            "(its first builds every firm's data, which ours does when the firms connect). steady_round_s and "
+            "flower_steady_round_s are the means of the later half of each side's rounds: a Ray worker builds a "
+            "simulated firm the first time it serves it, on both sides, so early rounds carry builds in proportions "
+            "that differ between runs; steady_vs_flower is their ratio, the like-for-like figure. Since session 11 "
+            "Flower's ClientApp carries only its run config (before, the settings object, 63 KB pickled, rode "
+            "with every message) and a round without a good reply from every firm fails the benchmark. The machine "
+            "was shared with other work (load_before/load_after: the 1, 5 and 15-minute load averages): absolute "
+            "seconds are inflated; ratios measured side by side are what count."
         ),
     )
     print(f"wrote {json_path} and {md_path}")

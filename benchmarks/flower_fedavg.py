@@ -16,32 +16,80 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 ARRAYS = "arrays"
 
 
+def _run_config(scenario: Path, rounds: int, out: Path) -> dict[str, Any]:
+    return {
+        "scenario": str(scenario),
+        "out-dir": str(out),
+        "run-id": "flower-fedavg",
+        "num-rounds": rounds,
+        "dp": "off",
+        "aggregation": "plain",
+    }
+
+
 def _settings(scenario: Path, rounds: int, out: Path) -> Any:
     from silobridge.federation.settings import settings_from_run_config
 
-    config = {"scenario": str(scenario), "out-dir": str(out), "run-id": "flower-fedavg", "num-rounds": rounds}
-    return settings_from_run_config({**config, "dp": "off", "aggregation": "plain"})
+    return settings_from_run_config(_run_config(scenario, rounds, out))
 
 
-def build_apps(scenario: Path, rounds: int, out: Path, times: list[float]) -> tuple[Any, Any]:
-    """Flower's ServerApp (FedAvg over every node, `rounds` rounds) and the minimal ClientApp."""
+def reply_failure(server_round: int, replies: list[Any], expected: int) -> str | None:
+    """What went wrong with a round's replies (error replies, or fewer than `expected`), or None."""
+    bad = [reply for reply in replies if reply.has_error()]
+    if not bad and len(replies) == expected:
+        return None
+    reason = bad[0].error.reason.strip().splitlines()[-1] if bad else "missing replies"
+    return f"round {server_round}: {len(replies) - len(bad)} of {expected} good replies ({reason})"
+
+
+def checked_fedavg(num_firms: int, failures: list[str]) -> Any:
+    """flwr's FedAvg over every node that notes each round without a good reply from every node in `failures`:
+    FedAvg itself logs failed replies and aggregates the rest, and a round of failures is fast."""
+    from flwr.app import ArrayRecord, Message, MetricRecord
+    from flwr.serverapp.strategy import FedAvg
+
+    class CheckedFedAvg(FedAvg):  # type: ignore[misc]
+        def aggregate_train(
+            self, server_round: int, replies: Iterable[Message]
+        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+            replies = list(replies)
+            failure = reply_failure(server_round, replies, num_firms)
+            if failure is not None:
+                failures.append(failure)
+            return super().aggregate_train(server_round, replies)
+
+    return CheckedFedAvg(
+        fraction_evaluate=0.0, min_train_nodes=num_firms, min_available_nodes=num_firms, min_evaluate_nodes=0
+    )
+
+
+def build_apps(
+    scenario: Path, rounds: int, out: Path, times: list[float], failures: list[str] | None = None
+) -> tuple[Any, Any]:
+    """Flower's ServerApp (FedAvg over every node, `rounds` rounds) and the minimal ClientApp. Every round
+    that does not get a good reply from every node adds a line to `failures`: FedAvg itself only logs
+    them and goes on, and a round of failed replies is fast, so it would pass for a fast round."""
     import numpy as np
     from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
     from flwr.serverapp import Grid, ServerApp
-    from flwr.serverapp.strategy import FedAvg
 
     from silobridge.clients.models import MODEL_KINDS, build_model, load_arrays, state_to_arrays
     from silobridge.federation.records import arrays_record, record_arrays
 
     settings = _settings(scenario, rounds, out)
     num_firms = len(settings.scenario.firms)
+    # Flower's Ray backend pickles the ClientApp (its closures included) with every message: like ours, the
+    # client carries only its small run config and parses it once per process (`run_settings`), never the
+    # settings object (63 KB pickled), which inflated Flower's column before session 11.
+    run_config = _run_config(scenario, rounds, out)
     server_app, client_app = ServerApp(), ClientApp()
 
     @server_app.main()
@@ -51,9 +99,8 @@ def build_apps(scenario: Path, rounds: int, out: Path, times: list[float]) -> tu
         for kind in MODEL_KINDS:
             for name, value in state_to_arrays(build_model(kind, spec, seed=settings.scenario.seed)).items():
                 initial[f"{kind}.{name}"] = value
-        strategy = FedAvg(
-            fraction_evaluate=0.0, min_train_nodes=num_firms, min_available_nodes=num_firms, min_evaluate_nodes=0
-        )
+
+        strategy = checked_fedavg(num_firms, failures if failures is not None else [])
 
         def stamp(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
             times.append(time.monotonic())
@@ -71,9 +118,11 @@ def build_apps(scenario: Path, rounds: int, out: Path, times: list[float]) -> tu
         from silobridge.clients.round_update import train_settings
         from silobridge.clients.training import fit
         from silobridge.contract.messages import TrainInstruction
+        from silobridge.federation.client_app import run_settings
         from silobridge.federation.firm_source import simulated_firm
 
         torch.set_num_threads(1)  # as every simulated firm of ours
+        settings = run_settings(run_config)
         spec = settings.spec
         firm = simulated_firm(settings, spec, int(context.node_config["partition-id"]), run_id=-2)
         weights = record_arrays(msg.content[ARRAYS])
@@ -114,12 +163,15 @@ def run(scenario: Path, rounds: int, cpus: int | None = None) -> dict[str, Any]:
     from silobridge.federation.launch import launch
 
     times: list[float] = []
+    failures: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
-        server_app, client_app = build_apps(scenario, rounds, Path(tmp), times)
+        server_app, client_app = build_apps(scenario, rounds, Path(tmp), times, failures)
         started = time.monotonic()
         num_firms = len(_settings(scenario, rounds, Path(tmp)).scenario.firms)
         launch(server_app, client_app, num_supernodes=num_firms, cpus=cpus)
         wall = time.monotonic() - started
+    if failures:
+        raise RuntimeError("Flower's FedAvg had failed replies: " + "; ".join(failures))
     if len(times) != rounds + 1:
         raise RuntimeError(f"Flower's FedAvg finished {len(times) - 1} of {rounds} rounds")
     per_round = [b - a for a, b in zip(times, times[1:], strict=False)]

@@ -92,7 +92,7 @@ def _request(context: Context, run_config: Mapping[str, Any], message: Message) 
     node = context.node_config
     if "partition-id" not in node:
         return Request(node_firm(node, spec, message.metadata.message_type), None, context, message)
-    settings = _run_settings(run_config)
+    settings = run_settings(run_config)
     import torch
 
     if torch.get_num_threads() != 1:
@@ -101,7 +101,7 @@ def _request(context: Context, run_config: Mapping[str, Any], message: Message) 
     return Request(firm, settings, context, message)
 
 
-def _run_settings(run_config: Mapping[str, Any]) -> RunSettings:
+def run_settings(run_config: Mapping[str, Any]) -> RunSettings:
     """The run's settings, parsed once per process, run config and scenario file: parsing loads the scenario
     file (every firm of it), so parsing it per message cost each message time in proportion to the federation's
     size (at 1,000 firms, more than a firm's training). A scenario file changed since is parsed again. The spec

@@ -104,15 +104,15 @@ def test_run_settings_are_parsed_once_per_process_and_again_when_the_scenario_ch
     scenario = tmp_path / "tiny.toml"
     shutil.copy(TINY, scenario)
     config = {"scenario": str(scenario), "dp": "off", "aggregation": "plain", "run-id": "cached"}
-    first = client_app._run_settings(config)
-    assert client_app._run_settings(dict(config)) is first  # the same run config: no second parse
+    first = client_app.run_settings(config)
+    assert client_app.run_settings(dict(config)) is first  # the same run config: no second parse
     assert first == client_app.settings_from_run_config(config)  # what a fresh parse gives
-    other = client_app._run_settings({**config, "run-id": "other"})
+    other = client_app.run_settings({**config, "run-id": "other"})
     assert other is not first and other.run_id == "other"
     scenario.write_text(scenario.read_text() + "\n")
     stat = scenario.stat()
     os.utime(scenario, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
-    again = client_app._run_settings({**config, "run-id": "other"})
+    again = client_app.run_settings({**config, "run-id": "other"})
     assert again is not other  # a changed file is parsed again
 
 
@@ -125,7 +125,7 @@ def test_a_firms_worker_parses_the_settings_without_resolving_the_spec(monkeypat
     calls: list[object] = []
     resolve = settings_module.federation_spec
     monkeypatch.setattr(settings_module, "federation_spec", lambda s: calls.append(s) or resolve(s))
-    worker = client_app._run_settings(config)
+    worker = client_app.run_settings(config)
     assert calls == []  # nothing calibrated
     full = settings_module.settings_from_run_config(config)
     assert len(calls) == 1  # the coordinator's parse resolves it
