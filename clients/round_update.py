@@ -12,6 +12,7 @@ import zlib
 from dataclasses import dataclass, replace
 
 import numpy as np
+from torch import nn
 
 from silobridge.clients.dpsgd import DpSgdSettings, fit_private
 from silobridge.clients.evaluation import model_stats
@@ -69,13 +70,18 @@ def local_change(
     norm: Normaliser | None,
     *,
     noise_seed: int | None = None,
+    received: nn.Module | None = None,
 ) -> tuple[np.ndarray, float, int]:
     """Train from the global weights; the change of the weights, the last epoch's loss, the examples.
 
-    `noise_seed` is the firm's own fixed seed (None: fresh entropy) for record-level DP-SGD.
+    `noise_seed` is the firm's own fixed seed (None: fresh entropy) for record-level DP-SGD. `received` is the
+    model already built with `arrays` loaded (`train` scored it first), trained in place rather than built again.
     """
-    model = build_model(kind, firm.spec)
-    load_arrays(model, arrays)
+    if received is None:
+        model = build_model(kind, firm.spec)
+        load_arrays(model, arrays)
+    else:
+        model = received
     x, y = firm.xy(kind, 0, norm)
     settings = train_settings(firm, instruction)
     loss: LossName = "l1" if kind == "demand" else "bce"
@@ -123,7 +129,8 @@ def train(
     model = build_model(kind, firm.spec)
     load_arrays(model, arrays)
     evaluation = firm.slotted(kind, model_stats(firm, kind, model, norm), groups)
-    delta, loss, examples = local_change(firm, kind, arrays, instruction, norm, noise_seed=noise_seed)
+    # scoring leaves the weights as received, so the same model trains (one build and load, not two)
+    delta, loss, examples = local_change(firm, kind, arrays, instruction, norm, noise_seed=noise_seed, received=model)
     weight = float(min(examples, firm.spec.aggregation.max_examples))
     return TrainOutcome(weight * delta, weight, loss, evaluation)
 

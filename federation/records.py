@@ -62,10 +62,24 @@ def record_arrays(record: ArrayRecord) -> OrderedDict[str, np.ndarray]:
         if list(record) != [PACKED]:
             raise ProtocolError(f"a packed array record holds {sorted(record)}, expected only '{PACKED}'")
         try:
-            return unpack_arrays(record[PACKED].data)
+            return _unpack_last(record[PACKED].data)
         except PackError as err:
             raise ProtocolError(f"a packed array record does not unpack: {err}") from None
     return OrderedDict((name, array.numpy()) for name, array in record.items())
+
+
+def _unpack_last(blob: bytes) -> OrderedDict[str, np.ndarray]:
+    """`unpack_arrays`, decoding the same bytes once in a row: a round sends every firm the same global weights,
+    and a process that serves many firms (a simulation's worker) decoded them once per firm. The caller gets its
+    own copies, writable, as from `unpack_arrays`."""
+    global _last_unpacked
+    if _last_unpacked is None or _last_unpacked[0] != blob:
+        _last_unpacked = (blob, unpack_arrays(blob))
+    return OrderedDict((name, array.copy()) for name, array in _last_unpacked[1].items())
+
+
+_last_unpacked: tuple[bytes, OrderedDict[str, np.ndarray]] | None = None
+"""The bytes this process last unpacked and their arrays (one payload: a firm's worker holds a round's weights)."""
 
 
 def request_content(spec: FederationSpec, *, run_id: str = "", **records: ArrayRecord | ConfigRecord) -> RecordDict:

@@ -132,3 +132,18 @@ def test_a_packed_record_is_three_objects_whatever_its_arrays() -> None:
         assert _objects(RecordDict({"w": arrays_record(weights, pack=pack)})) == expected
     config = ConfigRecord({"a": 1})
     assert _objects(RecordDict({"c": config, "w": arrays_record(weights)})) == 2 + 1 + 3
+
+
+def test_the_same_packed_weights_read_twice_are_equal_and_each_callers_own() -> None:
+    # a simulation's worker reads a round's global weights once per firm: decoded once, copied per caller
+    weights = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.array([0.5, -1.0], dtype=np.float32)}
+    record = arrays_record(weights, pack=True)
+    first = record_arrays(record)
+    first["w"][0, 0] = 99.0  # one firm writes into its copy
+    second = record_arrays(arrays_record(weights, pack=True))
+    assert list(second) == ["w", "b"]
+    np.testing.assert_array_equal(second["w"], weights["w"])
+    np.testing.assert_array_equal(second["b"], weights["b"])
+    assert second["w"].flags.writeable
+    other = record_arrays(arrays_record({"w": np.zeros(2, dtype=np.float32)}, pack=True))
+    np.testing.assert_array_equal(other["w"], np.zeros(2, dtype=np.float32))
