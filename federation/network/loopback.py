@@ -41,7 +41,7 @@ class LoopbackFederation:
     processes: list[subprocess.Popen] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.env = process_env(self.root / "flwr-home")
+        self.env = process_env(self.root / "flwr-home", superexec_poll_s=None)  # each command sets its own
         self.env["PYTHONPATH"] = str(self.app_dir) + os.pathsep + self.env.get("PYTHONPATH", "")
 
     @property
