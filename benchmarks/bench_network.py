@@ -46,7 +46,7 @@ from silobridge.federation.network.flower_hooks import (
     SUPEREXEC_POLL_ENV,
     SUPEREXEC_POLL_S,
 )
-from silobridge.federation.network.loopback import LoopbackFederation
+from silobridge.federation.network.loopback import THREADS_ENV, LoopbackFederation
 from silobridge.federation.network.task_wake import WAKE_ENV
 from silobridge.federation.network.trace import SPANS, STEPS, TRACE_ENV, breakdown, load
 from silobridge.federation.records import PACK_ENV
@@ -200,6 +200,15 @@ def cpu_by_role(roots: list[int]) -> dict[str, float]:
     return totals
 
 
+def arms(pollings: tuple[str, ...], threads: tuple[str, ...]) -> list[tuple[str, str]]:
+    """The (polling, threads) arms to run: every pair, but the session-10 polling only with torch's default threads
+    when both thread choices are asked for (the before arm: one change at a time from there)."""
+    pairs = [(p, t) for p in pollings for t in threads]
+    if len(threads) > 1:
+        pairs = [(p, t) for p, t in pairs if not (p == "s10" and t != "all")]
+    return pairs
+
+
 def network_run(
     work: Path,
     config: Path,
@@ -208,13 +217,15 @@ def network_run(
     pull_cap: float | None = None,
     pack: bool = True,
     polling: str = "s11",
+    threads: str = "1",
 ) -> dict[str, Any]:
     """One loopback federation whose partners join with `--executor executor` (and, if given, whose SuperNodes and
     ServerApp wait at most `pull_cap` s between pulls of an object: PULL_CAP_ENV; `pack` False: every process sends
-    one Array per name, PACK_ENV=0; `polling` 's10': the task polls as in session 10, POLLING); its round times,
-    hand-offs and CPU."""
+    one Array per name, PACK_ENV=0; `polling` 's10': the task polls as in session 10, POLLING; `threads` 'all':
+    each process's torch uses every core, as before session 11, THREADS_ENV unset); its round times, hand-offs and
+    CPU."""
     folder = work / (executor if pull_cap is None else f"{executor}-cap{pull_cap:g}")
-    folder = folder.with_name(folder.name + ("" if pack else "-unpacked") + f"-{polling}")
+    folder = folder.with_name(folder.name + ("" if pack else "-unpacked") + f"-{polling}-t{threads}")
     folder.mkdir()
     logs = [folder / f"handoff-{firm}.jsonl" for firm in firms]
     trace = folder / "trace.jsonl"
@@ -224,6 +235,8 @@ def network_run(
             net.env[PULL_CAP_ENV] = repr(pull_cap)
         net.env[PACK_ENV] = "1" if pack else "0"
         net.env.update(POLLING[polling])
+        if threads == "all":
+            net.env.pop(THREADS_ENV, None)
         net.make_credentials(firms)
         net.start_superlink()
         for firm, log in zip(firms, logs, strict=True):
@@ -262,6 +275,7 @@ def measure(
     packs: list[bool],
     model: str | None = None,
     pollings: tuple[str, ...] = ("s11",),
+    threads: tuple[str, ...] = ("1",),
 ) -> list[dict[str, Any]]:
     work.mkdir(parents=True)
     config = federation_file(work / "federation.toml", nodes, rounds, model=model)
@@ -270,11 +284,13 @@ def measure(
     for firm in scenario.firm_ids:
         write_firm_data(work / "data" / firm, chain.tables[firm].demand, chain.tables[firm].risk)
     runs = {
-        (executor, cap, pack, polling): network_run(work, config, list(scenario.firm_ids), executor, cap, pack, polling)
+        (executor, cap, pack, polling, thread): network_run(
+            work, config, list(scenario.firm_ids), executor, cap, pack, polling, thread
+        )
         for executor in executors
         for cap in pull_caps
         for pack in packs
-        for polling in pollings
+        for polling, thread in arms(pollings, threads)
     }
     started = time.perf_counter()
     pilot = simulate(
@@ -283,7 +299,7 @@ def measure(
     simulation_wall = time.perf_counter() - started
     sim_round = statistics.mean(round_seconds(pilot.path))
     rows = []
-    for (executor, cap, pack, polling), run in runs.items():
+    for (executor, cap, pack, polling, thread), run in runs.items():
         net_round = statistics.mean(run["rounds"])
         rows.append(
             {
@@ -294,6 +310,7 @@ def measure(
                 "pull_cap_s": cap if cap is not None else REMOTE_PULL_CAP_S,
                 "packed": pack,
                 "polling": polling,
+                "torch_threads": thread,
                 "network_round_s": round(net_round, 2),
                 "simulation_round_s": round(sim_round, 2),
                 "round_ratio": round(net_round / sim_round, 2),
@@ -315,12 +332,13 @@ def measure(
 def steps_table(rows: list[dict[str, Any]]) -> str:
     """Markdown: each step of a message's trip (federation/network/trace.py), median / max ms, per run."""
     names = [name for name, _, _ in (*STEPS, *SPANS)]
-    head = "| nodes | executor | pull cap s | packed | polling | " + " | ".join(names) + " |"
-    lines = [head, "| " + " | ".join("---" for _ in range(len(names) + 5)) + " |"]
+    head = "| nodes | executor | pull cap s | packed | polling | threads | " + " | ".join(names) + " |"
+    lines = [head, "| " + " | ".join("---" for _ in range(len(names) + 6)) + " |"]
     for row in rows:
         steps = row.get("steps") or {}
         cells = [f"{steps[n]['median_ms']:.0f} / {steps[n]['max_ms']:.0f}" if n in steps else "-" for n in names]
-        label = f"| {row['nodes']} | {row['executor']} | {row['pull_cap_s']:g} | {row['packed']} | {row['polling']} | "
+        arm = f"{row['packed']} | {row['polling']} | {row['torch_threads']}"
+        label = f"| {row['nodes']} | {row['executor']} | {row['pull_cap_s']:g} | {arm} | "
         lines.append(label + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -359,6 +377,15 @@ def main() -> None:
         "when it creates a task; the SuperLink's SuperExec polls every 0.5 s), 's10' (before: the executors and the "
         "SuperLink's SuperExec poll every 0.05 s).",
     )
+    parser.add_argument(
+        "--threads",
+        choices=("1", "all"),
+        nargs="+",
+        default=["1"],
+        help=f"Run once per choice, side by side: '1' (the loopback's own, {THREADS_ENV}=1: one torch thread per "
+        "process, as each simulated firm), 'all' (torch's default, one per core in every process: before session "
+        "11). With two --polling choices and two here, three arms run: s10/all (before), s11/all, s11/1.",
+    )
     parser.add_argument("--model", default=None, help="The federation's training model (default: the scenario's).")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
@@ -371,7 +398,9 @@ def main() -> None:
             caps: list[float | None] = list(args.pull_caps) if args.pull_caps else [None]
             packs = [choice == "on" for choice in args.pack]
             work = Path(tmp) / f"n{nodes}"
-            for row in measure(nodes, args.rounds, work, executors, caps, packs, args.model, tuple(args.polling)):
+            for row in measure(
+                nodes, args.rounds, work, executors, caps, packs, args.model, tuple(args.polling), tuple(args.threads)
+            ):
                 print(row, flush=True)
                 rows.append(row)
     start_s, light_s = statistics.median(starts), statistics.median(light)
@@ -409,6 +438,7 @@ def main() -> None:
         "pull_caps_s": args.pull_caps or [REMOTE_PULL_CAP_S],
         "pack": args.pack,
         "polling": args.polling,
+        "threads": args.threads,
         "model": args.model or "scenario default",
         "load_average_1m_before": round(load_before, 1),
         "clientapp_cold_start_s": [round(t, 2) for t in starts],
