@@ -124,6 +124,24 @@ def test_the_superlinks_superexec_polls_less_often_than_a_nodes(
     assert float(SUPERLINK_SUPEREXEC_POLL_S) > float(SUPEREXEC_POLL_S)
 
 
+def test_a_loopback_federation_gives_each_process_one_torch_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its partners share this machine's cores, as the simulation's firms do (one thread each)."""
+    from silobridge.federation.network.loopback import THREADS_ENV, LoopbackFederation
+
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    monkeypatch.delenv(SUPEREXEC_POLL_ENV, raising=False)
+    net = LoopbackFederation(tmp_path, tmp_path / "federation.toml", ROOT)
+    assert net.env[THREADS_ENV] == "1"
+    assert SUPEREXEC_POLL_ENV not in net.env  # `silobridge superlink` and `join` each set their own
+    code = "import torch; print(torch.get_num_threads())"
+    shown = subprocess.run([sys.executable, "-c", code], env=net.env, capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == "1"
+    monkeypatch.setenv(THREADS_ENV, "2")
+    assert LoopbackFederation(tmp_path, tmp_path / "federation.toml", ROOT).env[THREADS_ENV] == "2"
+
+
 def test_join_starts_flowers_supernode_through_the_hook(tmp_path: Path) -> None:
     command = supernode_command(
         superlink="10.0.0.5:9093",
