@@ -40,8 +40,14 @@ import tomli_w
 
 from benchmarks._common import write_results
 from silobridge.clients.data import write_firm_data
-from silobridge.federation.network.flower_hooks import PULL_CAP_ENV, REMOTE_PULL_CAP_S
-from silobridge.federation.network.loopback import LoopbackFederation
+from silobridge.federation.network.flower_hooks import (
+    PULL_CAP_ENV,
+    REMOTE_PULL_CAP_S,
+    SUPEREXEC_POLL_ENV,
+    SUPEREXEC_POLL_S,
+)
+from silobridge.federation.network.loopback import THREADS_ENV, LoopbackFederation
+from silobridge.federation.network.task_wake import WAKE_ENV
 from silobridge.federation.network.trace import SPANS, STEPS, TRACE_ENV, breakdown, load
 from silobridge.federation.records import PACK_ENV
 from silobridge.federation.simulation import simulate
@@ -49,6 +55,11 @@ from silobridge.scenarios.generator import generate_chain
 from silobridge.scenarios.schema import load_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
+
+POLLING = {"s11": {}, "s10": {WAKE_ENV: "0", SUPEREXEC_POLL_ENV: SUPEREXEC_POLL_S}}
+"""`--polling`: the environment of every process of a loopback federation. 's10' turns the task wake-up off (each
+warm executor asks its SuperNode for a task every 0.05 s while a run is active) and gives the SuperLink's SuperExec
+the nodes' 0.05 s poll, as in session 10; 's11' leaves the code's own (wake-up on, the SuperLink's SuperExec 0.5 s)."""
 
 
 def federation_file(
@@ -154,14 +165,67 @@ def superlink_usage(launcher_pid: int) -> dict[str, float]:
     return {}
 
 
+ROLES = (
+    ("superlink", "flower-superlink"),
+    ("serverapp", "flwr-serverapp"),
+    ("supernode", "silobridge.federation.network.supernode"),
+    ("executor", "warm_executor"),
+)
+"""CPU roles by a piece of each process's command line; anything else (launchers, supervisors) is 'other'."""
+
+
+def cpu_by_role(roots: list[int]) -> dict[str, float]:
+    """CPU seconds (user + system) so far of every process under `roots`, by role (ROLES); the children a process
+    has reaped count as '<role> reaped' (the SuperLink's ServerApp processes), except a warm executor's forked
+    tasks, counted with it ('executor+tasks')."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = {}
+    seen: set[int] = set()
+    for pid in [p for root in roots for p in (root, *_descendants(root))]:
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        role = next((name for name, text in ROLES if text in cmdline), "other")
+        own, reaped = int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+        if role == "executor":
+            own, reaped, role = own + reaped, 0, "executor+tasks"
+        totals[role] = totals.get(role, 0.0) + own / ticks
+        if reaped:
+            totals[f"{role} reaped"] = totals.get(f"{role} reaped", 0.0) + reaped / ticks
+    return totals
+
+
+def arms(pollings: tuple[str, ...], threads: tuple[str, ...]) -> list[tuple[str, str]]:
+    """The (polling, threads) arms to run: every pair, but the session-10 polling only with torch's default threads
+    when both thread choices are asked for (the before arm: one change at a time from there)."""
+    pairs = [(p, t) for p in pollings for t in threads]
+    if len(threads) > 1:
+        pairs = [(p, t) for p, t in pairs if not (p == "s10" and t != "all")]
+    return pairs
+
+
 def network_run(
-    work: Path, config: Path, firms: list[str], executor: str, pull_cap: float | None = None, pack: bool = True
+    work: Path,
+    config: Path,
+    firms: list[str],
+    executor: str,
+    pull_cap: float | None = None,
+    pack: bool = True,
+    polling: str = "s11",
+    threads: str = "1",
 ) -> dict[str, Any]:
     """One loopback federation whose partners join with `--executor executor` (and, if given, whose SuperNodes and
     ServerApp wait at most `pull_cap` s between pulls of an object: PULL_CAP_ENV; `pack` False: every process sends
-    one Array per name, PACK_ENV=0); its round times and hand-offs."""
+    one Array per name, PACK_ENV=0; `polling` 's10': the task polls as in session 10, POLLING; `threads` 'all':
+    each process's torch uses every core, as before session 11, THREADS_ENV unset); its round times, hand-offs and
+    CPU."""
     folder = work / (executor if pull_cap is None else f"{executor}-cap{pull_cap:g}")
-    folder = folder.with_name(folder.name + ("" if pack else "-unpacked"))
+    folder = folder.with_name(folder.name + ("" if pack else "-unpacked") + f"-{polling}-t{threads}")
     folder.mkdir()
     logs = [folder / f"handoff-{firm}.jsonl" for firm in firms]
     trace = folder / "trace.jsonl"
@@ -170,14 +234,20 @@ def network_run(
         if pull_cap is not None:
             net.env[PULL_CAP_ENV] = repr(pull_cap)
         net.env[PACK_ENV] = "1" if pack else "0"
+        net.env.update(POLLING[polling])
+        if threads == "all":
+            net.env.pop(THREADS_ENV, None)
         net.make_credentials(firms)
         net.start_superlink()
         for firm, log in zip(firms, logs, strict=True):
             net.register(firm)
             net.join(firm, work / "data" / firm, "--executor", executor, "--handoff-log", str(log))
+        roots = [process.pid for process in net.processes]
+        cpu_before = cpu_by_role(roots)
         started = time.perf_counter()
         result = net.run(folder / "runs", "net", timeout=3600)
         wall = time.perf_counter() - started
+        cpu_after = cpu_by_role(roots)
         usage = superlink_usage(net.processes[0].pid)  # the SuperLink is the first process started
         if not (folder / "runs" / "net" / "summary.json").exists():
             raise RuntimeError(result.stdout[-3000:] + result.stderr[-3000:])
@@ -191,6 +261,7 @@ def network_run(
         "handoff_available_median_ms": steps.get("handoff_available", {}).get("median_ms"),
         "messages": len(handoffs),
         **usage,
+        "cpu_s": {role: round(cpu_after[role] - cpu_before.get(role, 0.0), 1) for role in sorted(cpu_after)},
         "steps": steps,
     }
 
@@ -203,6 +274,8 @@ def measure(
     pull_caps: list[float | None],
     packs: list[bool],
     model: str | None = None,
+    pollings: tuple[str, ...] = ("s11",),
+    threads: tuple[str, ...] = ("1",),
 ) -> list[dict[str, Any]]:
     work.mkdir(parents=True)
     config = federation_file(work / "federation.toml", nodes, rounds, model=model)
@@ -211,10 +284,13 @@ def measure(
     for firm in scenario.firm_ids:
         write_firm_data(work / "data" / firm, chain.tables[firm].demand, chain.tables[firm].risk)
     runs = {
-        (executor, cap, pack): network_run(work, config, list(scenario.firm_ids), executor, cap, pack)
+        (executor, cap, pack, polling, thread): network_run(
+            work, config, list(scenario.firm_ids), executor, cap, pack, polling, thread
+        )
         for executor in executors
         for cap in pull_caps
         for pack in packs
+        for polling, thread in arms(pollings, threads)
     }
     started = time.perf_counter()
     pilot = simulate(
@@ -223,7 +299,7 @@ def measure(
     simulation_wall = time.perf_counter() - started
     sim_round = statistics.mean(round_seconds(pilot.path))
     rows = []
-    for (executor, cap, pack), run in runs.items():
+    for (executor, cap, pack, polling, thread), run in runs.items():
         net_round = statistics.mean(run["rounds"])
         rows.append(
             {
@@ -233,6 +309,8 @@ def measure(
                 "executor": executor,
                 "pull_cap_s": cap if cap is not None else REMOTE_PULL_CAP_S,
                 "packed": pack,
+                "polling": polling,
+                "torch_threads": thread,
                 "network_round_s": round(net_round, 2),
                 "simulation_round_s": round(sim_round, 2),
                 "round_ratio": round(net_round / sim_round, 2),
@@ -244,6 +322,7 @@ def measure(
                 "superlink_cpu_s": run.get("superlink_cpu_s"),
                 "superlink_peak_rss_mib": run.get("superlink_peak_rss_mib"),
                 "simulation_run_s": round(simulation_wall, 1),
+                "run_cpu_s": run["cpu_s"],
                 "steps": run["steps"],
             }
         )
@@ -253,12 +332,13 @@ def measure(
 def steps_table(rows: list[dict[str, Any]]) -> str:
     """Markdown: each step of a message's trip (federation/network/trace.py), median / max ms, per run."""
     names = [name for name, _, _ in (*STEPS, *SPANS)]
-    head = "| nodes | executor | pull cap s | packed | " + " | ".join(names) + " |"
-    lines = [head, "| " + " | ".join("---" for _ in range(len(names) + 4)) + " |"]
+    head = "| nodes | executor | pull cap s | packed | polling | threads | " + " | ".join(names) + " |"
+    lines = [head, "| " + " | ".join("---" for _ in range(len(names) + 6)) + " |"]
     for row in rows:
         steps = row.get("steps") or {}
         cells = [f"{steps[n]['median_ms']:.0f} / {steps[n]['max_ms']:.0f}" if n in steps else "-" for n in names]
-        label = f"| {row['nodes']} | {row['executor']} | {row['pull_cap_s']:g} | {row['packed']} | "
+        arm = f"{row['packed']} | {row['polling']} | {row['torch_threads']}"
+        label = f"| {row['nodes']} | {row['executor']} | {row['pull_cap_s']:g} | {arm} | "
         lines.append(label + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -288,6 +368,24 @@ def main() -> None:
         help=f"Run each size once per choice, side by side: 'on' packs each record's arrays into one Flower object "
         f"(the default since session 10), 'off' sends one per array ({PACK_ENV}=0, before).",
     )
+    parser.add_argument(
+        "--polling",
+        choices=tuple(POLLING),
+        nargs="+",
+        default=["s11"],
+        help="Run each size once per choice, side by side: 's11' (the code's own: each SuperNode wakes its executor "
+        "when it creates a task; the SuperLink's SuperExec polls every 0.5 s), 's10' (before: the executors and the "
+        "SuperLink's SuperExec poll every 0.05 s).",
+    )
+    parser.add_argument(
+        "--threads",
+        choices=("1", "all"),
+        nargs="+",
+        default=["1"],
+        help=f"Run once per choice, side by side: '1' (the loopback's own, {THREADS_ENV}=1: one torch thread per "
+        "process, as each simulated firm), 'all' (torch's default, one per core in every process: before session "
+        "11). With two --polling choices and two here, three arms run: s10/all (before), s11/all, s11/1.",
+    )
     parser.add_argument("--model", default=None, help="The federation's training model (default: the scenario's).")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
@@ -299,7 +397,10 @@ def main() -> None:
             executors = ["cold", "warm"] if args.executor == "both" else [args.executor]
             caps: list[float | None] = list(args.pull_caps) if args.pull_caps else [None]
             packs = [choice == "on" for choice in args.pack]
-            for row in measure(nodes, args.rounds, Path(tmp) / f"n{nodes}", executors, caps, packs, args.model):
+            work = Path(tmp) / f"n{nodes}"
+            for row in measure(
+                nodes, args.rounds, work, executors, caps, packs, args.model, tuple(args.polling), tuple(args.threads)
+            ):
                 print(row, flush=True)
                 rows.append(row)
     start_s, light_s = statistics.median(starts), statistics.median(light)
@@ -310,7 +411,12 @@ def main() -> None:
         "every exchange costs each partner at least this, in parallel across partners (each on its own machine); a "
         "secure, private round is 2 exchanges (train, then unmask without model code), plus 2 per key-agreement "
         "session. The SuperNode's idle and reply sleeps are shortened (federation/network/flower_hooks.py) and the "
-        "SuperExec polls every 0.05 s. Here every partner's "
+        "warm executor is woken by its SuperNode when a task is created (polling 's11'; 's10': it asked every 0.05 s, "
+        "as did the SuperLink's SuperExec, now 0.5 s); torch_threads '1': every process of the loopback federation "
+        "uses one torch thread (OMP_NUM_THREADS=1, as each simulated firm), 'all': torch's default (one per core). "
+        "run_cpu_s: CPU seconds of each role's processes over the run (executor+tasks: the warm executors with their "
+        "forked tasks; other: every other process under the federation's launchers: `silobridge` commands, "
+        "supervisors, the SuperLink's SuperExec). Here every partner's "
         "SuperNode and its per-message processes share this machine's cores, so the loopback round grows with the "
         "number of nodes (n cold starts per exchange on 2 cores); on the partners' own machines an exchange costs "
         "about one cold start plus the network and training, whatever the number of partners. "
@@ -336,6 +442,8 @@ def main() -> None:
         "executor": args.executor,
         "pull_caps_s": args.pull_caps or [REMOTE_PULL_CAP_S],
         "pack": args.pack,
+        "polling": args.polling,
+        "threads": args.threads,
         "model": args.model or "scenario default",
         "load_average_1m_before": round(load_before, 1),
         "clientapp_cold_start_s": [round(t, 2) for t in starts],

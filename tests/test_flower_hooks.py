@@ -27,6 +27,7 @@ from silobridge.federation.network.flower_hooks import (
     PULL_FUNCTIONS,
     SUPEREXEC_POLL_ENV,
     SUPEREXEC_POLL_S,
+    SUPERLINK_SUPEREXEC_POLL_S,
     IdleBackoff,
     apply_object_pull_backoff,
     apply_supernode_polling,
@@ -100,6 +101,45 @@ def test_the_superexec_reads_our_poll_interval(monkeypatch: pytest.MonkeyPatch) 
     assert run_superexec._get_task_poll_interval() == float(SUPEREXEC_POLL_S)
     monkeypatch.setenv(SUPEREXEC_POLL_ENV, "0.5")
     assert process_env()[SUPEREXEC_POLL_ENV] == "0.5"  # the operator's own setting wins
+
+
+def test_the_superlinks_superexec_polls_less_often_than_a_nodes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It asks only for ServerApp tasks (one a run) and never backs off: at the nodes' 0.05 s it cost CPU all along."""
+    from typer.testing import CliRunner
+
+    from silobridge.federation.cli import app
+
+    monkeypatch.delenv(SUPEREXEC_POLL_ENV, raising=False)
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "home"))
+    assert SUPEREXEC_POLL_ENV not in process_env(superexec_poll_s=None)  # the loopback's: each command sets its own
+    runner = CliRunner()
+    assert runner.invoke(app, ["certs", "--out", str(tmp_path / "certs"), "--host", "127.0.0.1"]).exit_code == 0
+    envs: list[dict[str, str]] = []
+    monkeypatch.setattr(subprocess, "call", lambda command, env=None: envs.append(env or {}) or 0)
+    result = runner.invoke(app, ["superlink", "--certs", str(tmp_path / "certs"), "--port", "9093"])
+    assert result.exit_code == 0, result.output
+    assert envs[0][SUPEREXEC_POLL_ENV] == SUPERLINK_SUPEREXEC_POLL_S
+    assert float(SUPERLINK_SUPEREXEC_POLL_S) > float(SUPEREXEC_POLL_S)
+
+
+def test_a_loopback_federation_gives_each_process_one_torch_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its partners share this machine's cores, as the simulation's firms do (one thread each)."""
+    from silobridge.federation.network.loopback import THREADS_ENV, LoopbackFederation
+
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    monkeypatch.delenv(SUPEREXEC_POLL_ENV, raising=False)
+    net = LoopbackFederation(tmp_path, tmp_path / "federation.toml", ROOT)
+    assert net.env[THREADS_ENV] == "1"
+    assert SUPEREXEC_POLL_ENV not in net.env  # `silobridge superlink` and `join` each set their own
+    code = "import torch; print(torch.get_num_threads())"
+    shown = subprocess.run([sys.executable, "-c", code], env=net.env, capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == "1"
+    monkeypatch.setenv(THREADS_ENV, "2")
+    assert LoopbackFederation(tmp_path, tmp_path / "federation.toml", ROOT).env[THREADS_ENV] == "2"
 
 
 def test_join_starts_flowers_supernode_through_the_hook(tmp_path: Path) -> None:

@@ -107,6 +107,7 @@ def superlink(
 ) -> None:
     """Coordinator: start a SuperLink with TLS and SuperNode authentication (registered keys only)."""
     from silobridge.federation.network.deploy import CONNECTION, argv_text, process_env
+    from silobridge.federation.network.flower_hooks import SUPERLINK_SUPEREXEC_POLL_S
     from silobridge.federation.network.launch import connect_flwr, plan_superlink
 
     try:
@@ -121,7 +122,7 @@ def superlink(
     err_console.print(
         f"register a firm: silobridge register FIRM.key.pub (or flwr supernode register FIRM.key.pub {CONNECTION})"
     )
-    raise typer.Exit(subprocess.call(launch.command, env=process_env()))
+    raise typer.Exit(subprocess.call(launch.command, env=process_env(superexec_poll_s=SUPERLINK_SUPEREXEC_POLL_S)))
 
 
 @app.command()

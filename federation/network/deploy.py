@@ -21,7 +21,11 @@ import httpx
 
 from silobridge.errors import ConfigError, FederationError
 from silobridge.federation.firm_source import NODE_BUDGET, NODE_DATA_DIR, NODE_FEDERATION, NODE_FIRM_ID, NODE_NOISE_SEED
-from silobridge.federation.network.flower_hooks import IDLE_POLL_S, SUPEREXEC_POLL_ENV, SUPEREXEC_POLL_S
+from silobridge.federation.network.flower_hooks import (
+    IDLE_POLL_S,
+    SUPEREXEC_POLL_ENV,
+    SUPEREXEC_POLL_S,
+)
 
 CONNECTION = "silobridge"
 """Name of the SuperLink connection in $FLWR_HOME/config.toml that `flwr run` and `flwr supernode` use."""
@@ -42,14 +46,17 @@ def flower_executable(name: str) -> str:
     return found
 
 
-def process_env(flwr_home: Path | None = None) -> dict[str, str]:
-    """Flower starts helper processes by name: put its scripts on PATH, never install at run time."""
+def process_env(flwr_home: Path | None = None, *, superexec_poll_s: str | None = SUPEREXEC_POLL_S) -> dict[str, str]:
+    """Flower starts helper processes by name: put its scripts on PATH, never install at run time.
+    `superexec_poll_s`: the task poll of the SuperExecs the started process runs (None: left unset, for a caller
+    whose `silobridge` commands each set their own)."""
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
     # A SuperExec (the SuperLink's for the ServerApp, a SuperNode's for each message) asks for work
     # every second by default; a task should not wait that long. The caller's own setting wins.
-    env.setdefault(SUPEREXEC_POLL_ENV, SUPEREXEC_POLL_S)
+    if superexec_poll_s is not None:
+        env.setdefault(SUPEREXEC_POLL_ENV, superexec_poll_s)
     # Flower posts a usage event to telemetry.flower.ai when each of its processes starts and waits up to 4 s for
     # it on exit (offline here: about 0.8 s for the name lookup to fail). A private federation's nodes should not
     # report to a third party by default; the caller's own setting wins.

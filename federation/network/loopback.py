@@ -23,6 +23,12 @@ from silobridge.federation.network.deploy import process_env, wait_healthy
 
 CLI = (sys.executable, "-m", "silobridge.federation.cli")
 
+THREADS_ENV = "OMP_NUM_THREADS"
+"""Read by torch when a process imports it. Every partner of a loopback federation shares this machine's cores, so
+each process's torch gets one thread, as each simulated firm's does (`client_app` sets it), not one per core each:
+with 5 partners' forks on 2 cores, OpenMP threads spinning against each other cost a training step 3x the CPU
+(measured, session 11). A partner on its own machine keeps torch's default. The caller's own setting wins."""
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -41,7 +47,8 @@ class LoopbackFederation:
     processes: list[subprocess.Popen] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.env = process_env(self.root / "flwr-home")
+        self.env = process_env(self.root / "flwr-home", superexec_poll_s=None)  # each command sets its own
+        self.env.setdefault(THREADS_ENV, "1")
         self.env["PYTHONPATH"] = str(self.app_dir) + os.pathsep + self.env.get("PYTHONPATH", "")
 
     @property

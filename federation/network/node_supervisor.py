@@ -7,7 +7,8 @@ exits the SuperNode keeps running and the executor is started again; the node's 
 the new one. A task in flight when it died is lost (the coordinator sees this partner drop out of that
 exchange). An executor that cannot start at all (exit code 2: Flower changed, bad option) or keeps
 dying (more than `max_restarts` within `window_s`) stops the node: it leaves with an error, not in a
-crash loop.
+crash loop. The node announces each task it creates on a FIFO beside the executor's secret (`task_wake`), so the
+executor need not ask it for tasks 20 times a second.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from silobridge.errors import FederationError
+from silobridge.federation.network.task_wake import WAKE_ENV, make_fifo
 from silobridge.federation.network.warm_executor import EXIT_CONFIG
 
 
@@ -190,6 +192,8 @@ def run_supervised(
     """`silobridge join`'s warm path: a fresh executor secret, the node with it, the executor, supervised."""
     node_config = node[node.index("--node-config") + 1] if "--node-config" in node else None
     with superexec_secret() as secret:
+        if env.get(WAKE_ENV) != "0":  # the node wakes its executor when it creates a task (task_wake)
+            env = {**env, WAKE_ENV: str(make_fifo(secret.parent))}
         plan = SupervisedNode(
             node=[*node, "--isolation", "process", "--superexec-auth-secret-file", str(secret)],
             executor=lambda node_pid: executor_command(

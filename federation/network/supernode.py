@@ -4,7 +4,8 @@
 `flower_hooks` and then runs Flower's own `flower_supernode()` with the remaining arguments, so the
 node behaves exactly as `flower-supernode` does apart from how long it sleeps between polls (`--idle-poll` while a
 run is active, backing off toward Flower's 3 s when idle) and how soon it pulls again an object the SuperLink does
-not hold yet (`apply_object_pull_backoff`). With `SILOBRIDGE_NET_TRACE` set it also records its steps (`trace`).
+not hold yet (`apply_object_pull_backoff`). With `SILOBRIDGE_TASK_WAKE` set (by `silobridge join`) it wakes its
+warm executor when it creates a task (`task_wake`). With `SILOBRIDGE_NET_TRACE` set it also records its steps (`trace`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 
 from silobridge.errors import FederationError
 from silobridge.federation.network.flower_hooks import IDLE_POLL_S, apply_object_pull_backoff, apply_supernode_polling
+from silobridge.federation.network.task_wake import hook_supernode
 from silobridge.federation.network.trace import trace_supernode
 
 
@@ -25,6 +27,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         apply_supernode_polling(idle_s=ours.idle_poll)
         apply_object_pull_backoff()
+        hook_supernode()
         trace_supernode()
     except FederationError as err:
         sys.exit(f"error: {err}")

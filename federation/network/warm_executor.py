@@ -40,6 +40,7 @@ from typing import Any, Literal
 
 from silobridge.errors import FederationError, SiloBridgeError
 from silobridge.federation.network.flower_hooks import IdleBackoff, apply_object_pull_backoff
+from silobridge.federation.network.task_wake import Waker, wake_path
 from silobridge.federation.network.trace import mark, trace_task
 
 HOOKED_MODULE = "flwr.supercore.superexec.run_superexec"
@@ -343,14 +344,19 @@ class TaskExecutor:
 
 class TaskPollSleeps:
     """Stands in for the `time` module inside Flower's SuperExec loop, whose only use is the sleep between task
-    polls: `FLWR_SUPEREXEC_TASK_POLL_INTERVAL` (0.05 s) for 5 s after the executor last launched a task, then
-    backing off toward Flower's 1 s (`IdleBackoff`), so an idle executor stops asking its node 20 times a second."""
+    polls. With a `waker` (the SuperNode announces each task it creates: `task_wake`) it waits on that for up to
+    Flower's 1 s and polls at once when woken; without one, `FLWR_SUPEREXEC_TASK_POLL_INTERVAL` (0.05 s) for 5 s
+    after the executor last launched a task, then backing off toward Flower's 1 s (`IdleBackoff`)."""
 
-    def __init__(self, real: ModuleType, executor: TaskExecutor) -> None:
+    def __init__(self, real: ModuleType, executor: TaskExecutor, waker: Waker | None = None) -> None:
         self._real = real
         self.executor = executor
+        self.waker = waker
 
     def sleep(self, seconds: float) -> None:
+        if self.waker is not None:
+            self.waker.wait(max(seconds, FLOWER_TASK_POLL_S))
+            return
         backoff = IdleBackoff(fast_s=seconds, slow_s=max(seconds, FLOWER_TASK_POLL_S))
         self._real.sleep(backoff.interval(self._real.monotonic() - self.executor.active_at))
 
@@ -358,16 +364,16 @@ class TaskPollSleeps:
         return getattr(self._real, name)
 
 
-def install_executor(executor: TaskExecutor) -> ModuleType:
-    """Make Flower's SuperExec loop launch through `executor` and back off when idle (the pinned hook); the
-    hooked module."""
+def install_executor(executor: TaskExecutor, waker: Waker | None = None) -> ModuleType:
+    """Make Flower's SuperExec loop launch through `executor` and wait between polls on `waker` (or back off when
+    idle) (the pinned hook); the hooked module."""
     module = check_superexec_loop()
 
     def get_executor(*args: Any, **kwargs: Any) -> TaskExecutor:
         return executor
 
     module.get_executor = get_executor  # type: ignore[attr-defined]
-    module.time = TaskPollSleeps(time, executor)  # type: ignore[attr-defined]
+    module.time = TaskPollSleeps(time, executor, waker)  # type: ignore[attr-defined]
     return module
 
 
@@ -408,7 +414,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     try:
         executor = TaskExecutor(mode=args.mode, handoff_log=args.handoff_log, node_pid=args.node_pid)
-        module = install_executor(executor)
+        wake = wake_path()
+        module = install_executor(executor, Waker(wake) if wake is not None else None)
         secret = None
         if args.superexec_auth_secret_file is not None:
             secret = args.superexec_auth_secret_file.read_bytes()
