@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 
@@ -62,24 +63,33 @@ def record_arrays(record: ArrayRecord) -> OrderedDict[str, np.ndarray]:
         if list(record) != [PACKED]:
             raise ProtocolError(f"a packed array record holds {sorted(record)}, expected only '{PACKED}'")
         try:
-            return _unpack_last(record[PACKED].data)
+            return _unpack_recent(record[PACKED].data)
         except PackError as err:
             raise ProtocolError(f"a packed array record does not unpack: {err}") from None
     return OrderedDict((name, array.numpy()) for name, array in record.items())
 
 
-def _unpack_last(blob: bytes) -> OrderedDict[str, np.ndarray]:
-    """`unpack_arrays`, decoding the same bytes once in a row: a round sends every firm the same global weights,
-    and a process that serves many firms (a simulation's worker) decoded them once per firm. The caller gets its
-    own copies, writable, as from `unpack_arrays`."""
-    global _last_unpacked
-    if _last_unpacked is None or _last_unpacked[0] != blob:
-        _last_unpacked = (blob, unpack_arrays(blob))
-    return OrderedDict((name, array.copy()) for name, array in _last_unpacked[1].items())
+def _unpack_recent(blob: bytes) -> OrderedDict[str, np.ndarray]:
+    """`unpack_arrays`, decoding bytes seen lately once: a round sends every firm the same global weights (one
+    packed record per model, and the normaliser's), and a process that serves many firms (a simulation's worker)
+    decoded them once per firm. Each caller gets its own copies, writable, as from `unpack_arrays`."""
+    with _recent_lock:
+        arrays = _recent_unpacked.get(blob)
+        if arrays is not None:
+            _recent_unpacked.move_to_end(blob)
+    if arrays is None:
+        arrays = unpack_arrays(blob)
+        with _recent_lock:
+            _recent_unpacked[blob] = arrays
+            while len(_recent_unpacked) > RECENT_UNPACKED:
+                _recent_unpacked.popitem(last=False)
+    return OrderedDict((name, array.copy()) for name, array in arrays.items())
 
 
-_last_unpacked: tuple[bytes, OrderedDict[str, np.ndarray]] | None = None
-"""The bytes this process last unpacked and their arrays (one payload: a firm's worker holds a round's weights)."""
+RECENT_UNPACKED = 4
+"""Packed payloads a process keeps decoded: a training request holds three (two models' weights, the normaliser)."""
+_recent_unpacked: OrderedDict[bytes, OrderedDict[str, np.ndarray]] = OrderedDict()
+_recent_lock = threading.Lock()
 
 
 def request_content(spec: FederationSpec, *, run_id: str = "", **records: ArrayRecord | ConfigRecord) -> RecordDict:

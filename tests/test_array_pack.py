@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import warnings
 import zipfile
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -147,3 +148,27 @@ def test_the_same_packed_weights_read_twice_are_equal_and_each_callers_own() -> 
     assert second["w"].flags.writeable
     other = record_arrays(arrays_record({"w": np.zeros(2, dtype=np.float32)}, pack=True))
     np.testing.assert_array_equal(other["w"], np.zeros(2, dtype=np.float32))
+
+
+def test_a_requests_packed_records_read_in_turn_are_each_decoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a training request holds three packed records (two models' weights, the normaliser); firm after firm reads
+    # them in turn, which a cache of the last payload alone would decode every time
+    from silobridge.federation import records
+
+    decoded: list[int] = []
+
+    def counting(blob: bytes):  # type: ignore[no-untyped-def]
+        decoded.append(len(blob))
+        return unpack_arrays(blob)
+
+    monkeypatch.setattr(records, "unpack_arrays", counting)
+    monkeypatch.setattr(records, "_recent_unpacked", OrderedDict())  # nothing decoded by earlier tests
+    payloads = [
+        arrays_record({"w": np.full(3, float(i), dtype=np.float32), f"x{i}": np.ones(i + 1)}, pack=True)
+        for i in range(3)
+    ]
+    for _firm in range(4):
+        for i, record in enumerate(payloads):
+            arrays = record_arrays(record)
+            np.testing.assert_array_equal(arrays["w"], np.full(3, float(i), dtype=np.float32))
+    assert len(decoded) == 3
